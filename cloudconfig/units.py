@@ -1,0 +1,126 @@
+"""The systemd units of an Air machine, as text.
+
+This module owns the names, ports and paths the units agree on (the etcd
+unit, its drop-in and data directory, the Air units and containers, the
+state and secrets folders mounted into them) and renders the unit files
+themselves. Everything here is a pure function of validated values: what
+the machine runs is decided here, and applying it is someone else's job.
+"""
+from __future__ import annotations
+
+import re
+
+UNIT_DIR = "/etc/systemd/system"
+DOCKER = "/usr/bin/docker"
+
+ETCD_UNIT = "etcd-member.service"
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+ETCD_DROPIN = "20-air.conf"
+ETCD_DATA_DIR = "/var/lib/etcd/member"
+ETCD_STATES = ("new", "existing")
+
+STATE_DIR = "/etc/air/state"      # the machine's release, read-only in containers at /air/state
+SECRETS_DIR = "/etc/air/secrets"  # read-only in containers at /air/secrets
+STATE_MOUNT = "/air/state"
+SECRETS_MOUNT = "/air/secrets"
+DATA_DIR = "/var/lib/air"         # per component, kept across releases; read-write at /air/data
+DATA_MOUNT = "/air/data"
+
+# Grace given to `docker stop` beyond its own timeout before systemd kills it.
+STOP_MARGIN = 15
+
+_PLAIN = re.compile(r"[A-Za-z0-9_@+=:,./\[\]-]+")
+
+
+def unit_name(component_name: str) -> str:
+    return f"air-{component_name}.service"
+
+
+def container_name(component_name: str) -> str:
+    return f"air-{component_name}"
+
+
+def url(address: str, port: int) -> str:
+    """http://address:port, with an IPv6 address in brackets."""
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}"
+
+
+def quote(word) -> str:
+    """One word of an Exec*= line, read back by systemd as exactly ``word``.
+
+    systemd splits on whitespace, honours quotes and backslashes, and expands
+    % specifiers and $variables even inside quotes; that is not shell quoting.
+    """
+    word = str(word)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in word):
+        raise ValueError(f"control character in unit command word {word!r}")
+    if _PLAIN.fullmatch(word):
+        return word
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
+def command(*words) -> str:
+    return " ".join(quote(w) for w in words)
+
+
+def component_unit(cluster, component, version: str, machine: str) -> str:
+    """The unit running ``component`` at ``version`` in its container on ``machine``."""
+    container = container_name(component.name)
+    stop = cluster.timeouts.stop
+    run = command(
+        DOCKER, "run", "--rm", "--name", container, "--network", "host",
+        "-e", f"AIR_COMPONENT={component.name}",
+        "-e", f"AIR_VERSION={version}",
+        "-e", f"AIR_MACHINE={machine}",
+        "-e", f"AIR_PORT={component.port}",
+        "-v", f"{STATE_DIR}:{STATE_MOUNT}:ro",
+        "-v", f"{SECRETS_DIR}:{SECRETS_MOUNT}:ro",
+        "-v", f"{DATA_DIR}/{component.name}:{DATA_MOUNT}",
+        cluster.image_ref(component.name, version),
+    )
+    return f"""\
+[Unit]
+Description=Air {component.name}
+After=docker.service {ETCD_UNIT}
+Requires=docker.service
+
+[Service]
+ExecStartPre=-{command(DOCKER, "rm", "-f", container)}
+ExecStart={run}
+ExecStop={command(DOCKER, "stop", "--time", stop, container)}
+TimeoutStopSec={stop + STOP_MARGIN}
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def etcd_dropin(cluster, machine: str, members, state: str) -> str:
+    """The drop-in making ``machine`` the etcd member named after its address.
+
+    ``members`` are the addresses of the whole etcd cluster including
+    ``machine``; ``state`` is "new" when they bootstrap together and
+    "existing" when ``machine`` joins running members.
+    """
+    if state not in ETCD_STATES:
+        raise ValueError(f"etcd cluster state must be one of {ETCD_STATES}, got {state!r}")
+    if machine not in members:
+        raise ValueError(f"machine {machine} is not one of the etcd members {list(members)}")
+    # Every value is a validated address or cluster name: nothing to quote.
+    environment = {
+        "ETCD_NAME": machine,
+        "ETCD_INITIAL_CLUSTER": ",".join(f"{m}={url(m, ETCD_PEER_PORT)}" for m in members),
+        "ETCD_INITIAL_CLUSTER_STATE": state,
+        "ETCD_INITIAL_CLUSTER_TOKEN": f"air-{cluster.name}",
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": url(machine, ETCD_PEER_PORT),
+        "ETCD_LISTEN_PEER_URLS": url(machine, ETCD_PEER_PORT),
+        "ETCD_LISTEN_CLIENT_URLS": f"{url('127.0.0.1', ETCD_CLIENT_PORT)},{url(machine, ETCD_CLIENT_PORT)}",
+        "ETCD_ADVERTISE_CLIENT_URLS": url(machine, ETCD_CLIENT_PORT),
+        "ETCD_DATA_DIR": ETCD_DATA_DIR,
+    }
+    return "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in environment.items())

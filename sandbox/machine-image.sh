@@ -1,0 +1,46 @@
+#!/bin/sh
+# The sandbox machine image: a Debian root file system that behaves like a
+# freshly prepared CoreOS/Flatcar machine (systemd as PID 1, sshd, dockerd,
+# etcd installed as etcd-member.service but not configured). The build server,
+# registry and balancer use the same image with other services switched on.
+# Usage: machine-image.sh ROOTFS_DIR   (run as root; the caller imports it)
+set -eu
+root=$1
+packages=systemd,systemd-sysv,openssh-server,openssh-sftp-server,docker.io,etcd-server,etcd-client,iproute2,ca-certificates,curl,git,haproxy,docker-registry,apache2-utils,busybox-static,procps
+debootstrap --variant=minbase --include="$packages" bookworm "$root" >"$root.log" 2>&1 || { tail -n 20 "$root.log" >&2; exit 1; }
+
+# Host keys are made on each machine's first boot, never shared through the image.
+rm -f "$root"/etc/ssh/ssh_host_*
+mkdir -p "$root/etc/systemd/system/ssh.service.d"
+cat >"$root/etc/systemd/system/ssh.service.d/host-keys.conf" <<'UNIT'
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+UNIT
+
+# Flatcar's unit name for etcd; configured later by a drop-in with ETCD_* settings.
+cat >"$root/etc/systemd/system/etcd-member.service" <<'UNIT'
+[Unit]
+Description=etcd key-value store (member)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+User=etcd
+Environment=ETCD_DATA_DIR=/var/lib/etcd/member
+ExecStart=/usr/bin/etcd
+Restart=on-failure
+RestartSec=2
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+chroot "$root" systemctl mask etcd.service
+# Role services start only where the sandbox switches them on.
+chroot "$root" systemctl disable haproxy.service docker-registry.service
+# Nothing in a container needs these, and they slow the boot.
+chroot "$root" systemctl mask systemd-udevd.service systemd-udev-trigger.service getty@tty1.service console-getty.service systemd-logind.service apt-daily.timer apt-daily-upgrade.timer
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*

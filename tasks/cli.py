@@ -1,0 +1,43 @@
+"""How air-deploy's functions become `fab` tasks.
+
+``air_task`` is Fabric's ``@task`` plus one rule: an AirError ends the run
+with ``error: <message>`` on one line and exit status 1, never a traceback.
+``cluster_of`` turns the ``--cluster`` flag into a validated Cluster before
+any host is contacted.
+"""
+from __future__ import annotations
+
+import functools
+
+from fabric import task
+from invoke.exceptions import Exit
+
+from . import cluster as cluster_config
+from .errors import AirError, ConfigError
+
+
+def air_task(*args, **kwargs):
+    def decorate(function):
+        @functools.wraps(function)
+        def body(c, *a, **kw):
+            try:
+                return function(c, *a, **kw)
+            except AirError as error:
+                raise Exit(f"error: {error}", code=1) from None
+        return task(**kwargs)(body)
+    if args and callable(args[0]):
+        return decorate(args[0])
+    return decorate
+
+
+def cluster_of(name) -> cluster_config.Cluster:
+    if not name:
+        raise ConfigError("--cluster is required (known: "
+                          f"{', '.join(cluster_config.known_clusters())})")
+    return cluster_config.load(name)
+
+
+def build_host(c, cluster) -> str:
+    """The build server: `fab -H` when given, else the cluster's own."""
+    host = getattr(c, "host", None)
+    return host or cluster.build.host

@@ -1,0 +1,171 @@
+"""Running things on the cluster's hosts: the one place that talks SSH.
+
+Everything else builds *what* to run (pure functions returning command
+strings, file contents, plans); this module *runs* it. It opens Fabric
+connections that check host keys against the cluster's known_hosts file,
+runs commands through ``sudo -n`` when the login user is not root, writes
+files atomically over SFTP with their mode set before any content arrives
+(so secrets are never readable by others, and never in argv), and fans out
+per-machine work in threads while keeping each machine's outcome.
+"""
+from __future__ import annotations
+
+import io
+import shlex
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import CommandTimedOut, UnexpectedExit
+
+from .errors import AirError, ConfigError, RemoteError
+
+_print_lock = threading.Lock()
+
+
+def say(message: str) -> None:
+    """Progress for the operator, on standard error (standard output is for results)."""
+    with _print_lock:
+        print(message, file=sys.stderr, flush=True)
+
+
+def q(value) -> str:
+    """Quote one value for the remote shell."""
+    return shlex.quote(str(value))
+
+
+def connect(cluster, host: str) -> Connection:
+    """A connection to ``host`` with the cluster's login, refusing unknown host keys."""
+    known_hosts = cluster.ssh.known_hosts
+    if not known_hosts.exists():
+        raise ConfigError(f"{cluster.file}: ssh.known_hosts: {known_hosts} does not exist")
+    if not cluster.ssh.key.exists():
+        raise ConfigError(f"{cluster.file}: ssh.key: {cluster.ssh.key} does not exist")
+    conn = Connection(
+        host, user=cluster.ssh.user, port=cluster.ssh.port,
+        connect_timeout=cluster.timeouts.connect,
+        connect_kwargs={"key_filename": [str(cluster.ssh.key)], "look_for_keys": False,
+                        "allow_agent": False, "banner_timeout": cluster.timeouts.connect,
+                        "auth_timeout": cluster.timeouts.connect},
+    )
+    conn.client.load_host_keys(str(known_hosts))
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    conn.air_sudo = cluster.ssh.user != "root"
+    return conn
+
+
+def _wrapped(conn: Connection, command: str) -> str:
+    if getattr(conn, "air_sudo", False):
+        return f"sudo -n sh -c {q(command)}"
+    return command
+
+
+def run(conn: Connection, command: str, *, check: bool = True, stdin: str = None,
+        timeout: int = None, what: str = None, stream: bool = False):
+    """Run ``command`` on ``conn``'s host; return the invoke Result.
+
+    ``check``: a non-zero exit raises RemoteError naming the host, ``what`` was
+    being done and the last lines of its error output. ``stdin``: text sent as
+    standard input (the way secrets reach a command). ``stream``: show output
+    as it comes (build logs); otherwise it is captured and hidden.
+    """
+    what = what or command.split("\n")[0][:80]
+    try:
+        result = conn.run(
+            _wrapped(conn, command), hide=not stream, warn=True, pty=False,
+            in_stream=io.StringIO(stdin) if stdin is not None else False,
+            timeout=timeout,
+        )
+    except CommandTimedOut:
+        raise RemoteError(f"{conn.host}: {what}: no answer within {timeout} s") from None
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        raise RemoteError(f"{conn.host}: cannot reach over SSH ({_reason(e)})") from None
+    if check and result.exited != 0:
+        raise RemoteError(f"{conn.host}: {what} failed (exit {result.exited}): {tail(result.stderr or result.stdout)}")
+    return result
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, paramiko.BadHostKeyException):
+        return "host key does not match known_hosts: refusing"
+    if isinstance(error, paramiko.SSHException) and "not found in known_hosts" in str(error):
+        return "host key not in known_hosts: refusing"
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0]
+
+
+def tail(text: str, lines: int = 3) -> str:
+    kept = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return " | ".join(kept[-lines:]) or "(no output)"
+
+
+def reachable(conn: Connection) -> str:
+    """None when ``conn`` can log in, otherwise why not (one line)."""
+    try:
+        conn.open()
+        return None
+    except Exception as e:  # anything that stops a login is an answer here
+        return _reason(e)
+
+
+def write_file(conn: Connection, path: str, content, mode: int = 0o644) -> None:
+    """Replace ``path`` atomically with ``content``; its mode is set before the content is written."""
+    data = content.encode() if isinstance(content, str) else content
+    directory = path.rsplit("/", 1)[0] or "/"
+    if getattr(conn, "air_sudo", False):
+        staging = run(conn, "mktemp -d", what="make a private staging folder").stdout.strip()
+        # mktemp ran under sudo; the login user must be able to write into it.
+        run(conn, f"chown {q(conn.user)} {q(staging)}", what="own the staging folder")
+        upload = f"{staging}/file"
+    else:
+        run(conn, f"mkdir -p {q(directory)}", what=f"make {directory}")
+        upload = f"{path}.air-new"
+    try:
+        sftp = conn.sftp()
+        with sftp.open(upload, "wb") as remote:
+            remote.chmod(mode)
+            remote.write(data)
+    except (OSError, paramiko.SSHException) as e:
+        raise RemoteError(f"{conn.host}: cannot write {path}: {_reason(e)}") from None
+    if getattr(conn, "air_sudo", False):
+        run(conn, f"mkdir -p {q(directory)} && install -m {mode:o} {q(upload)} {q(path)}.air-new && "
+                  f"mv -f {q(path)}.air-new {q(path)}; rm -rf {q(staging)}", what=f"install {path}")
+    else:
+        run(conn, f"mv -f {q(upload)} {q(path)}", what=f"install {path}")
+
+
+def read_file(conn: Connection, path: str, missing=None):
+    """The text of ``path``, or ``missing`` when there is no such file."""
+    result = run(conn, f"cat {q(path)} 2>/dev/null || test ! -e {q(path)}", what=f"read {path}")
+    if result.stdout == "":
+        exists = run(conn, f"test -e {q(path)}", check=False).exited == 0
+        return "" if exists else missing
+    return result.stdout
+
+
+def parallel(work: Callable, items: Iterable, *, describe: Callable = str) -> list:
+    """``work(item)`` for every item at once; results in order, or one AirError naming each failure.
+
+    Every item runs to its end even when another fails, so the error says
+    the state of each machine, not only of the first that failed.
+    """
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        futures = [pool.submit(work, item) for item in items]
+    results, failures = [], []
+    for item, future in zip(items, futures):
+        error = future.exception()
+        if error is None:
+            results.append(future.result())
+        elif isinstance(error, AirError):
+            failures.append(f"{describe(item)}: {error}")
+        else:
+            raise error
+    if failures:
+        raise RemoteError("; ".join(failures) if len(failures) > 1 else failures[0])
+    return results

@@ -1,0 +1,502 @@
+"""The sandbox: the `local` target cluster, made of containers on this machine.
+
+It owns everything about the local test bed: the machine image (Debian
+packages via debootstrap, cached by a hash of its recipe), the Docker network
+and containers that act as CoreOS machines (systemd as PID 1, sshd, dockerd,
+etcd-member.service not yet configured), the build server with the sample
+application's git repository, the registry (TLS from the sandbox CA, htpasswd
+auth), and the haproxy balancer. ``up`` is idempotent: what is running and
+configured is reused, what is missing is made. What it made (addresses, key,
+CA, credentials) is written to ``.sandbox/cluster.yaml``, which
+``clusters/local.yaml`` includes. Nothing here is used against real clusters.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import balancer_config, cluster as cluster_config
+from .errors import AirError, ConfigError
+from .cli import air_task
+from .remote import parallel, say
+
+ROOT = cluster_config.PROJECT_ROOT
+RECIPE = ROOT / "sandbox" / "machine-image.sh"
+BASE_IMAGE_DIR = ROOT / "sandbox" / "base-image"
+APP_DIR = ROOT / "sandbox" / "air"
+STATE = Path(os.environ.get("AIR_SANDBOX_STATE", ROOT / ".sandbox"))
+
+PREFIX = "air-sandbox"
+NETWORK = PREFIX
+SUBNET = "10.213.7"  # /24; addresses below are fixed so the cluster file stays stable
+IMAGE_REPO = f"{PREFIX}/machine"
+BASE_IMAGE = f"{PREFIX}/base:1"  # the sample app's FROM; built on the build server
+REGISTRY_PORT = 5000
+BALANCER_PORT = 80
+REPOSITORY = "/srv/git/air.git"
+NAMESPACE = "aircloak"
+REGISTRY_USER = "air"
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
+LABEL = "air.sandbox.role"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    address: str
+    role: str  # build, registry, balancer, machine, spare
+
+    @property
+    def is_machine(self) -> bool:
+        return self.role in ("machine", "spare")
+
+
+def layout(machines: int, spares: int) -> list:
+    """The containers a sandbox of that size has, with their fixed addresses."""
+    if machines < 1 or spares < 0 or machines + spares > 40:
+        raise ConfigError(f"sandbox: --machines must be 1..40 and --spares 0..{40 - machines}")
+    nodes = [Node(f"{PREFIX}-build", f"{SUBNET}.10", "build"),
+             Node(f"{PREFIX}-registry", f"{SUBNET}.11", "registry"),
+             Node(f"{PREFIX}-balancer", f"{SUBNET}.12", "balancer")]
+    for i in range(machines + spares):
+        nodes.append(Node(f"{PREFIX}-m{i + 1}", f"{SUBNET}.{21 + i}", "machine" if i < machines else "spare"))
+    return nodes
+
+
+# ---------------------------------------------------------------- local commands
+
+def sh(*args, input=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """Run a command on this machine (argv, never a shell string)."""
+    proc = subprocess.run(list(args), input=input, capture_output=True, timeout=timeout,
+                          text=not isinstance(input, bytes))
+    if check and proc.returncode != 0:
+        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+        raise AirError(f"sandbox: `{' '.join(shlex.quote(a) for a in args[:4])} ...` failed: "
+                       f"{(err.strip().splitlines() or ['(no output)'])[-1]}")
+    return proc
+
+
+def docker(*args, **kwargs):
+    return sh("docker", *args, **kwargs)
+
+
+def inside(node: str, script: str, input=None, check=True, timeout=300) -> str:
+    """Run a shell script in a sandbox container (as its root); return its output."""
+    flags = ["-i"] if input is not None else []
+    proc = docker("exec", *flags, node, "sh", "-ec", script, input=input, check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+        raise AirError(f"sandbox: {node}: {script.splitlines()[0][:60]}... failed: "
+                       f"{' | '.join(err.strip().splitlines()[-3:])}")
+    return proc.stdout if isinstance(proc.stdout, str) else proc.stdout.decode()
+
+
+def put(node: str, path: str, content, mode: str = "0644", owner: str = None) -> None:
+    """Write a file into a container; content on stdin, mode set before it is written."""
+    chown = f" && chown {shlex.quote(owner)} {shlex.quote(path)}.new" if owner else ""
+    inside(node, f"mkdir -p $(dirname {shlex.quote(path)}) && umask 077 && cat > {shlex.quote(path)}.new"
+                 f" && chmod {mode} {shlex.quote(path)}.new{chown} && mv -f {shlex.quote(path)}.new {shlex.quote(path)}",
+           input=content if isinstance(content, bytes) else content.encode())
+
+
+def engine_ready() -> None:
+    try:
+        docker("info", "--format", "{{.ServerVersion}}", timeout=20)
+    except (AirError, FileNotFoundError, subprocess.TimeoutExpired):
+        raise AirError("sandbox: no Docker engine answers on this machine (start dockerd; see .ci/run)") from None
+
+
+# ---------------------------------------------------------------- the machine image
+
+def image_tag() -> str:
+    digest = hashlib.sha256(RECIPE.read_bytes()).hexdigest()[:12]
+    return f"{IMAGE_REPO}:{digest}"
+
+
+def ensure_image() -> str:
+    tag = image_tag()
+    if docker("image", "inspect", tag, check=False).returncode == 0:
+        return tag
+    if not shutil.which("debootstrap"):
+        raise AirError("sandbox: debootstrap is needed to build the machine image (apt-get install debootstrap)")
+    say(f"sandbox: building machine image {tag} from Debian packages (about a minute)")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="air-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        sh("sh", str(RECIPE), str(rootfs), timeout=1800)
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]', "-", tag],
+                                  stdin=tar.stdout, capture_output=True, text=True)
+        tar.wait()
+        if imported.returncode != 0 or tar.returncode != 0:
+            raise AirError(f"sandbox: importing the machine image failed: {imported.stderr.strip()}")
+    say(f"sandbox: machine image ready in {time.monotonic() - started:.0f} s")
+    return tag
+
+
+# ---------------------------------------------------------------- secrets and keys (on this machine)
+
+def ensure_local_files() -> None:
+    """The sandbox's key pair, CA, registry certificate, credentials and app secrets."""
+    STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = STATE / "id_ed25519"
+    if not key.exists():
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "air-sandbox", "-f", str(key))
+    if not (STATE / "ca.crt").exists():
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
+           "/CN=air-sandbox CA", "-keyout", str(STATE / "ca.key"), "-out", str(STATE / "ca.crt"))
+        registry_ip = next(n.address for n in layout(1, 0) if n.role == "registry")
+        ext = STATE / "registry.ext"
+        ext.write_text(f"subjectAltName=IP:{registry_ip},DNS:{PREFIX}-registry\n")
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={PREFIX}-registry",
+           "-keyout", str(STATE / "registry.key"), "-out", str(STATE / "registry.csr"))
+        sh("openssl", "x509", "-req", "-in", str(STATE / "registry.csr"), "-CA", str(STATE / "ca.crt"),
+           "-CAkey", str(STATE / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(ext),
+           "-out", str(STATE / "registry.crt"))
+        for f in ("ca.key", "registry.key"):
+            os.chmod(STATE / f, 0o600)
+    credentials = STATE / "registry-credentials.yaml"
+    if not credentials.exists():
+        fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            yaml.safe_dump({"username": REGISTRY_USER, "password": secrets.token_urlsafe(18)}, out)
+    secrets_dir = STATE / "secrets"
+    if not secrets_dir.exists():
+        secrets_dir.mkdir(mode=0o700)
+        for name in ("database_password", "session_key"):
+            fd = os.open(secrets_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24) + "\n")
+
+
+def registry_credentials() -> tuple:
+    data = yaml.safe_load((STATE / "registry-credentials.yaml").read_text())
+    return data["username"], data["password"]
+
+
+# ---------------------------------------------------------------- containers
+
+def container_state(name: str) -> dict:
+    proc = docker("container", "inspect", name, check=False)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout)[0]
+
+
+def run_container(node: Node, image: str) -> None:
+    args = ["run", "-d", "--name", node.name, "--hostname", node.name, "--network", NETWORK,
+            "--ip", node.address, "--label", f"{LABEL}={node.role}",
+            "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
+            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+            "--device-cgroup-rule=a *:* rwm", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+            "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--stop-signal", "SIGRTMIN+3"]
+    if node.role in ("build", "machine", "spare"):
+        args += ["-v", f"{node.name}-docker:/var/lib/docker"]
+    if node.role == "registry":
+        args += ["-v", f"{node.name}-data:/var/lib/docker-registry"]
+    docker(*args, image, "/lib/systemd/systemd")
+
+
+def ensure_network() -> None:
+    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
+        docker("network", "create", "--subnet", f"{SUBNET}.0/24", NETWORK)
+
+
+def wait_booted(node: Node, timeout: int = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = docker("exec", node.name, "systemctl", "is-system-running", check=False, timeout=30)
+        state = proc.stdout.strip()
+        if state in ("running", "degraded"):
+            if state == "degraded":
+                failed = inside(node.name, "systemctl --failed --no-legend --plain | cut -d' ' -f1", check=False)
+                raise AirError(f"sandbox: {node.name} booted degraded (failed: {failed.split()})")
+            return
+        time.sleep(0.5)
+    raise AirError(f"sandbox: {node.name} did not finish booting within {timeout} s")
+
+
+# ---------------------------------------------------------------- configuring each role
+
+def configure_common(node: Node, public_key: str) -> None:
+    put(node.name, "/root/.ssh/authorized_keys", public_key, "0600")
+    if node.role != "registry":
+        ca = (STATE / "ca.crt").read_text()
+        put(node.name, f"/etc/docker/certs.d/{registry_address()}/ca.crt", ca)
+
+
+def configure_registry(node: Node) -> None:
+    user, password = registry_credentials()
+    line = inside(node.name, f"htpasswd -niB {shlex.quote(user)}", input=password.encode()).strip()
+    put(node.name, "/etc/docker/registry/htpasswd", line + "\n", "0640", "root:docker-registry")
+    put(node.name, "/etc/docker/registry/registry.crt", (STATE / "registry.crt").read_text())
+    put(node.name, "/etc/docker/registry/registry.key", (STATE / "registry.key").read_text(), "0640",
+        "root:docker-registry")
+    put(node.name, "/etc/docker/registry/config.yml", yaml.safe_dump({
+        "version": 0.1,
+        "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": "/var/lib/docker-registry"}, "delete": {"enabled": True}},
+        "http": {"addr": f":{REGISTRY_PORT}",
+                 "tls": {"certificate": "/etc/docker/registry/registry.crt",
+                         "key": "/etc/docker/registry/registry.key"}},
+        "auth": {"htpasswd": {"realm": "air-sandbox", "path": "/etc/docker/registry/htpasswd"}},
+    }, sort_keys=False))
+    inside(node.name, "chown -R docker-registry: /var/lib/docker-registry && "
+                      "systemctl enable -q docker-registry && systemctl restart docker-registry && "
+                      "systemctl disable -q --now docker.socket docker.service containerd.service")
+
+
+def configure_balancer(node: Node, machines: list) -> None:
+    routers = "/etc/haproxy/air-routers.cfg"
+    put(node.name, "/etc/haproxy/haproxy.cfg", balancer_config.main_config(BALANCER_PORT, routers))
+    inside(node.name, f"test -e {routers} || cat > {routers}",
+           input=balancer_config.routers_file(BALANCER_PORT, []).encode())
+    put(node.name, "/etc/systemd/system/haproxy.service.d/air-routers.conf",
+        "[Service]\nEnvironment=\"EXTRAOPTS=-S /run/haproxy-master.sock -f /etc/haproxy/air-routers.cfg\"\n")
+    inside(node.name, "mkdir -p /run/haproxy && systemctl daemon-reload && systemctl enable -q haproxy && "
+                      "systemctl restart haproxy && "
+                      "systemctl disable -q --now docker.socket docker.service containerd.service")
+
+
+def configure_build(node: Node) -> None:
+    """The base image of the sample app, and its git repository (made once)."""
+    have_base = inside(node.name, f"docker image inspect {BASE_IMAGE} >/dev/null 2>&1 && echo yes || true")
+    if have_base.strip() != "yes":
+        context = _tar_of(BASE_IMAGE_DIR)
+        inside(node.name, f"rm -rf /tmp/air-base && mkdir /tmp/air-base && tar -x -C /tmp/air-base && "
+                          f"cp /bin/busybox /tmp/air-base/busybox && "
+                          f"docker build -q -t {BASE_IMAGE} /tmp/air-base >/dev/null && rm -rf /tmp/air-base",
+               input=context)
+    exists = inside(node.name, f"test -d {REPOSITORY} && echo yes || true").strip() == "yes"
+    if not exists:
+        inside(node.name,
+               f"rm -rf /tmp/air-src && mkdir -p /tmp/air-src && tar -x -C /tmp/air-src && cd /tmp/air-src && "
+               f"git init -q -b master && git add -A && "
+               f"git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q -m 'Sample Air application' && "
+               f"git init -q --bare -b master {REPOSITORY} && git push -q {REPOSITORY} master && rm -rf /tmp/air-src",
+               input=_tar_of(APP_DIR))
+
+
+def configure_machine(node: Node) -> None:
+    user, password = registry_credentials()
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    put(node.name, "/root/.docker/config.json",
+        json.dumps({"auths": {registry_address(): {"auth": auth}}}), "0600")
+
+
+def _tar_of(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(directory.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+    return buffer.getvalue()
+
+
+def host_key(node: Node) -> str:
+    return inside(node.name, f"cat {HOST_KEY}").split()[:2]
+
+
+def registry_address() -> str:
+    return f"{_node('registry').address}:{REGISTRY_PORT}"
+
+
+def _node(role: str) -> Node:
+    return next(n for n in layout(1, 0) if n.role == role)
+
+
+# ---------------------------------------------------------------- the cluster file it writes
+
+def cluster_fragment(nodes: list) -> dict:
+    build = next(n for n in nodes if n.role == "build")
+    balancer = next(n for n in nodes if n.role == "balancer")
+    return {
+        "ssh": {"user": "root", "key": str(STATE / "id_ed25519"), "known_hosts": str(STATE / "known_hosts")},
+        "build": {"host": build.address, "repository": REPOSITORY},
+        "registry": {"address": registry_address(), "ca": str(STATE / "ca.crt"),
+                     "credentials": str(STATE / "registry-credentials.yaml")},
+        "balancer": {"host": balancer.address, "port": BALANCER_PORT},
+        "machines": [n.address for n in nodes if n.role == "machine"],
+        "secrets": str(STATE / "secrets"),
+    }
+
+
+def status(nodes: list = None) -> dict:
+    """What the sandbox is, for scripts (``fab sandbox.status --json``)."""
+    state_file = STATE / "state.json"
+    if nodes is None:
+        if not state_file.exists():
+            return {"cluster": "local", "up": False}
+        nodes = [Node(**n) for n in json.loads(state_file.read_text())["nodes"]]
+    running = {}
+    for n in nodes:
+        info = container_state(n.name)
+        running[n.name] = bool(info and info["State"]["Running"])
+    pick = lambda role: next(n for n in nodes if n.role == role)
+    return {
+        "cluster": "local",
+        "up": all(running.values()),
+        "ssh_key": str(STATE / "id_ed25519"),
+        "known_hosts": str(STATE / "known_hosts"),
+        "ca": str(STATE / "ca.crt"),
+        "build": {"name": pick("build").name, "address": pick("build").address},
+        "registry": {"name": pick("registry").name, "address": pick("registry").address, "port": REGISTRY_PORT},
+        "balancer": {"name": pick("balancer").name, "address": pick("balancer").address, "port": BALANCER_PORT},
+        "machines": [{"name": n.name, "address": n.address, "spare": n.role == "spare",
+                      "running": running[n.name]} for n in nodes if n.is_machine],
+    }
+
+
+# ---------------------------------------------------------------- up, down, change
+
+def bring_up(machines: int = 3, spares: int = 0) -> dict:
+    """Bring the sandbox to the wanted shape; reuse whatever is already right."""
+    started = time.monotonic()
+    nodes = layout(machines, spares)
+    engine_ready()
+    image = ensure_image()
+    ensure_local_files()
+    ensure_network()
+    public_key = (STATE / "id_ed25519.pub").read_text()
+    config_id = hashlib.sha256((image + public_key + (STATE / "ca.crt").read_text()).encode()).hexdigest()[:12]
+
+    # Machines beyond the wanted number go (a smaller sandbox was asked for).
+    wanted = {n.name for n in nodes}
+    listed = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
+    for name in listed:
+        if name not in wanted:
+            docker("rm", "-f", "-v", name)
+            docker("volume", "rm", "-f", f"{name}-docker", check=False)
+
+    fresh = []
+    for node in nodes:
+        info = container_state(node.name)
+        same = info and info["Config"]["Image"] == image and \
+            info["Config"]["Labels"].get(LABEL) == node.role and \
+            info["NetworkSettings"]["Networks"].get(NETWORK, {}).get("IPAddress") == node.address
+        if info and not same:
+            docker("rm", "-f", node.name)
+            docker("volume", "rm", "-f", f"{node.name}-docker", f"{node.name}-data", check=False)
+            info = None
+        if info is None:
+            run_container(node, image)
+            fresh.append(node)
+        elif not info["State"]["Running"]:
+            docker("start", node.name)
+
+    def prepare(node: Node):
+        wait_booted(node)
+        marker = inside(node.name, "cat /etc/air-sandbox 2>/dev/null || true").strip()
+        if marker != config_id:
+            configure_common(node, public_key)
+            if node.role == "registry":
+                configure_registry(node)
+            elif node.role == "balancer":
+                configure_balancer(node, [])
+            elif node.role == "build":
+                configure_build(node)
+            else:
+                configure_machine(node)
+            put(node.name, "/etc/air-sandbox", config_id + "\n")
+        elif node.role == "build":
+            configure_build(node)  # checks only, fast; the repository may have been removed
+        return node, host_key(node)
+
+    keys = parallel(prepare, nodes, describe=lambda n: n.name)
+    known = "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys)
+    (STATE / "known_hosts").write_text(known)
+    (STATE / "cluster.yaml").write_text(
+        "# Written by `fab sandbox.up`; clusters/local.yaml includes it.\n" +
+        yaml.safe_dump(cluster_fragment(nodes), sort_keys=False))
+    (STATE / "state.json").write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=1))
+    say(f"sandbox: up in {time.monotonic() - started:.1f} s "
+        f"({machines} machines, {spares} spares; {len(fresh)} containers created)")
+    return status(nodes)
+
+
+def tear_down() -> None:
+    """Remove every sandbox container, volume and the network; the machine image stays cached."""
+    listed = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
+    if listed:
+        docker("rm", "-f", "-v", *listed)
+    volumes = docker("volume", "ls", "-q", "--filter", f"name={PREFIX}-").stdout.split()
+    if volumes:
+        docker("volume", "rm", "-f", *volumes)
+    if docker("network", "inspect", NETWORK, check=False).returncode == 0:
+        docker("network", "rm", NETWORK)
+    for name in ("state.json", "cluster.yaml", "known_hosts"):
+        (STATE / name).unlink(missing_ok=True)
+
+
+def commit_change(component: str, broken: bool = False, branch: str = "master", version: str = None) -> str:
+    """Commit a change to the sample application on the build server; return the new commit."""
+    build = _node("build").name
+    if component not in {p.name for p in (APP_DIR / "components").iterdir()}:
+        raise ConfigError(f"sandbox.change: no component {component!r} in the sample application")
+    if not cluster_config.CLUSTER_NAME.match(branch.replace("-", "_").replace("/", "_")):
+        raise ConfigError(f"sandbox.change: branch {branch!r} is not a simple branch name")
+    path = f"components/{component}/" + ("broken" if broken else "index.html")
+    edit = (f"printf '%s\\n' {shlex.quote(version)} > VERSION"
+            if version else f"date +%s%N >> {shlex.quote(path)}")
+    what = f"VERSION {version}" if version else f"{'break' if broken else 'change'} {component}"
+    return inside(build, f"""
+        rm -rf /tmp/air-change && git clone -q {REPOSITORY} /tmp/air-change && cd /tmp/air-change
+        git checkout -q {shlex.quote(branch)} 2>/dev/null || git checkout -q -b {shlex.quote(branch)}
+        {edit}
+        git add -A && git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q -m {shlex.quote(what)}
+        git push -q origin {shlex.quote(branch)} && git rev-parse HEAD && rm -rf /tmp/air-change
+    """).strip()
+
+
+# ---------------------------------------------------------------- the tasks
+
+@air_task(help={"machines": "machines in the cluster (default 3)",
+                "spares": "extra machines, prepared but not in the cluster (for add-machine)"})
+def up(c, machines=3, spares=0):
+    """Bring up the sandbox (the `local` cluster); reuses what is already running."""
+    bring_up(int(machines), int(spares))
+
+
+@air_task
+def down(c):
+    """Remove the sandbox's containers, volumes and network (the machine image stays cached)."""
+    tear_down()
+
+
+@air_task(name="status", help={"json": "print JSON for scripts"})
+def show_status(c, json_=False):
+    """Show the sandbox's machines and services."""
+    info = status()
+    if json_:
+        print(json.dumps(info, indent=1))
+        return
+    if not info.get("machines"):
+        print("sandbox: not up (fab sandbox.up)")
+        return
+    for role in ("build", "registry", "balancer"):
+        print(f"{role:9} {info[role]['name']:22} {info[role]['address']}")
+    for m in info["machines"]:
+        kind = "spare" if m["spare"] else "machine"
+        print(f"{kind:9} {m['name']:22} {m['address']}  {'running' if m['running'] else 'stopped'}")
+
+
+@air_task(help={"component": "component of the sample application to change",
+                "broken": "a change that builds but never becomes healthy",
+                "branch": "branch to commit to (made if missing)",
+                "version": "instead, set the application's VERSION (MAJOR.MINOR)"})
+def change(c, component="router", broken=False, branch="master", version=None):
+    """Commit a change to the sample application's repository on the build server."""
+    print(commit_change(component, broken, branch, version))

@@ -1,0 +1,258 @@
+import copy
+
+import pytest
+import yaml
+
+import cloudconfig
+from cloudconfig import File, base, files, final, render, secret_paths, started_units
+from cloudconfig.units import component_unit, etcd_dropin
+from tasks.cluster import load
+from tasks.release import Image, Release
+
+CLUSTER_YAML = """\
+namespace: aircloak
+ssh: {key: id_ed25519, known_hosts: known_hosts}
+build: {host: build.example.org, repository: git@example.org:air.git}
+registry: {address: "registry.example.org:5000", credentials: registry.yaml}
+balancer: {host: 10.0.0.100}
+machines: [10.0.0.1, 10.0.0.2, 10.0.0.3]
+components:
+  - {name: web, port: 8080}
+  - {name: worker, port: 9090, health: /ready}
+secrets: secrets
+timeouts: {stop: 20}
+"""
+
+KEYS = ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"]
+CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+AUTH = ("deploy", "s3cret")  # base64("deploy:s3cret") == "ZGVwbG95OnMzY3JldA=="
+RELEASE = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64),
+                   Image("web", "1.2.3", "sha256:" + "a" * 64)))
+
+EXPECTED_BASE = {
+    "ssh_authorized_keys": ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"],
+    "write_files": [
+        {"path": "/etc/docker/certs.d/registry.example.org:5000/ca.crt", "permissions": "0644",
+         "content": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
+        {"path": "/root/.docker/config.json", "permissions": "0600",
+         "content": '{"auths": {"registry.example.org:5000": {"auth": "ZGVwbG95OnMzY3JldA=="}}}\n'},
+    ],
+    "coreos": {"units": []},
+}
+
+EXPECTED_BASE_YAML = """\
+#cloud-config
+ssh_authorized_keys:
+- ssh-ed25519 AAAA one
+- ssh-ed25519 BBBB two
+write_files:
+- path: /etc/docker/certs.d/registry.example.org:5000/ca.crt
+  permissions: '0644'
+  content: |
+    -----BEGIN CERTIFICATE-----
+    MIIB
+    -----END CERTIFICATE-----
+- path: /root/.docker/config.json
+  permissions: '0600'
+  content: |
+    {"auths": {"registry.example.org:5000": {"auth": "ZGVwbG95OnMzY3JldA=="}}}
+coreos:
+  units: []
+"""
+
+EXPECTED_FINAL_YAML = """\
+#cloud-config
+ssh_authorized_keys:
+- ssh-ed25519 AAAA one
+- ssh-ed25519 BBBB two
+write_files:
+- path: /etc/docker/certs.d/registry.example.org:5000/ca.crt
+  permissions: '0644'
+  content: |
+    -----BEGIN CERTIFICATE-----
+    MIIB
+    -----END CERTIFICATE-----
+- path: /root/.docker/config.json
+  permissions: '0600'
+  content: |
+    {"auths": {"registry.example.org:5000": {"auth": "ZGVwbG95OnMzY3JldA=="}}}
+- path: /etc/air/state/release
+  permissions: '0644'
+  content: |
+    0570bb33ff35
+- path: /etc/air/state/components
+  permissions: '0644'
+  content: |
+    web 1.2.3 8080
+    worker 1.3.0 9090
+coreos:
+  units:
+  - name: etcd-member.service
+    enable: true
+    command: start
+    drop_ins:
+    - name: 20-air.conf
+      content: |
+        [Service]
+        Environment=ETCD_NAME=10.0.0.2
+        Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=http://10.0.0.1:2380,10.0.0.2=http://10.0.0.2:2380,10.0.0.3=http://10.0.0.3:2380
+        Environment=ETCD_INITIAL_CLUSTER_STATE=new
+        Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
+        Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.2:2380
+        Environment=ETCD_LISTEN_PEER_URLS=http://10.0.0.2:2380
+        Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://10.0.0.2:2379
+        Environment=ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.2:2379
+        Environment=ETCD_DATA_DIR=/var/lib/etcd/member
+  - name: air-web.service
+    enable: true
+    command: start
+    content: |
+      [Unit]
+      Description=Air web
+      After=docker.service etcd-member.service
+      Requires=docker.service
+
+      [Service]
+      ExecStartPre=-/usr/bin/docker rm -f air-web
+      ExecStart=/usr/bin/docker run --rm --name air-web --network host -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 \
+-e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 -v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro \
+-v /var/lib/air/web:/air/data registry.example.org:5000/aircloak/prod_web:1.2.3
+      ExecStop=/usr/bin/docker stop --time 20 air-web
+      TimeoutStopSec=35
+      Restart=on-failure
+      RestartSec=2
+
+      [Install]
+      WantedBy=multi-user.target
+  - name: air-worker.service
+    enable: true
+    command: start
+    content: |
+      [Unit]
+      Description=Air worker
+      After=docker.service etcd-member.service
+      Requires=docker.service
+
+      [Service]
+      ExecStartPre=-/usr/bin/docker rm -f air-worker
+      ExecStart=/usr/bin/docker run --rm --name air-worker --network host -e AIR_COMPONENT=worker -e AIR_VERSION=1.3.0 \
+-e AIR_MACHINE=10.0.0.2 -e AIR_PORT=9090 -v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro \
+-v /var/lib/air/worker:/air/data registry.example.org:5000/aircloak/prod_worker:1.3.0
+      ExecStop=/usr/bin/docker stop --time 20 air-worker
+      TimeoutStopSec=35
+      Restart=on-failure
+      RestartSec=2
+
+      [Install]
+      WantedBy=multi-user.target
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    (tmp_path / "prod.yaml").write_text(CLUSTER_YAML)
+    return load("prod", directory=tmp_path)
+
+
+@pytest.fixture
+def base_doc(cluster):
+    return base(cluster, KEYS, CA, AUTH)
+
+
+@pytest.fixture
+def final_doc(cluster, base_doc):
+    return final(cluster, "10.0.0.2", cluster.machines, "new", RELEASE, base_doc)
+
+
+def test_release_id_is_the_one_written_in_expected():
+    assert RELEASE.id == "0570bb33ff35"
+
+
+def test_base(base_doc):
+    assert base_doc == EXPECTED_BASE
+    assert render(base_doc) == EXPECTED_BASE_YAML
+
+
+def test_base_without_registry_ca(cluster):
+    assert base(cluster, KEYS, None, AUTH) == {
+        "ssh_authorized_keys": KEYS,
+        "write_files": [EXPECTED_BASE["write_files"][1]],
+        "coreos": {"units": []},
+    }
+
+
+def test_final(final_doc):
+    assert render(final_doc) == EXPECTED_FINAL_YAML
+    assert final_doc == yaml.safe_load(EXPECTED_FINAL_YAML)
+
+
+def test_final_leaves_base_doc_unchanged(cluster, base_doc):
+    before = copy.deepcopy(base_doc)
+    final(cluster, "10.0.0.2", cluster.machines, "new", RELEASE, base_doc)
+    assert base_doc == before == EXPECTED_BASE
+
+
+def test_final_refuses_unknown_state(cluster, base_doc):
+    with pytest.raises(ValueError):
+        final(cluster, "10.0.0.2", cluster.machines, "restart", RELEASE, base_doc)
+
+
+@pytest.mark.parametrize("doc", ["base_doc", "final_doc"])
+def test_render_reads_back(request, doc):
+    doc = request.getfixturevalue(doc)
+    text = render(doc)
+    assert text.startswith("#cloud-config\n")
+    assert yaml.safe_load(text) == doc
+
+
+def test_render_does_not_change_yaml_globally(final_doc):
+    render(final_doc)
+    assert yaml.safe_dump({"a": "one\ntwo\n"}) == "a: 'one\n\n  two\n\n  '\n"
+
+
+def test_files_of_base(base_doc):
+    assert files(base_doc) == [
+        File("/etc/docker/certs.d/registry.example.org:5000/ca.crt", CA, 0o644),
+        File("/root/.docker/config.json",
+             '{"auths": {"registry.example.org:5000": {"auth": "ZGVwbG95OnMzY3JldA=="}}}\n', 0o600),
+    ]
+
+
+def test_files_of_final(cluster, final_doc):
+    web, worker = cluster.components
+    assert files(final_doc) == files(EXPECTED_BASE) + [
+        File("/etc/air/state/release", "0570bb33ff35\n", 0o644),
+        File("/etc/air/state/components", "web 1.2.3 8080\nworker 1.3.0 9090\n", 0o644),
+        File("/etc/systemd/system/etcd-member.service.d/20-air.conf",
+             etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new"), 0o644),
+        File("/etc/systemd/system/air-web.service", component_unit(cluster, web, "1.2.3", "10.0.0.2"), 0o644),
+        File("/etc/systemd/system/air-worker.service",
+             component_unit(cluster, worker, "1.3.0", "10.0.0.2"), 0o644),
+    ]
+
+
+def test_files_read_back_from_rendered_yaml(final_doc):
+    assert files(yaml.safe_load(render(final_doc))) == files(final_doc)
+
+
+def test_units(base_doc, final_doc):
+    assert started_units(base_doc) == []
+    assert started_units(final_doc) == ["etcd-member.service", "air-web.service", "air-worker.service"]
+
+
+def test_secret_paths(base_doc, final_doc):
+    assert secret_paths(base_doc) == ["/root/.docker/config.json"]
+    assert secret_paths(final_doc) == ["/root/.docker/config.json"]
+
+
+def test_file_repr_hides_content():
+    assert "s3cret" not in repr(File("/root/.docker/config.json", "s3cret", 0o600))
+
+
+def test_final_on_ipv6_machines(cluster):
+    cluster = cluster.with_machines(["fd00::1", "fd00::2", "fd00::3"])
+    doc = final(cluster, "fd00::1", cluster.machines, "existing", RELEASE, base(cluster, KEYS, None, AUTH))
+    dropin = doc["coreos"]["units"][0]["drop_ins"][0]["content"]
+    assert "Environment=ETCD_LISTEN_PEER_URLS=http://[fd00::1]:2380\n" in dropin
+    assert yaml.safe_load(render(doc)) == doc
+    assert cloudconfig.started_units(doc)[0] == "etcd-member.service"

@@ -1,0 +1,127 @@
+import pytest
+
+from cloudconfig.units import (component_unit, container_name, etcd_dropin, quote, unit_name,
+                               url)
+from tasks.cluster import load
+
+CLUSTER_YAML = """\
+namespace: aircloak
+ssh: {key: id_ed25519, known_hosts: known_hosts}
+build: {host: build.example.org, repository: git@example.org:air.git}
+registry: {address: "registry.example.org:5000", credentials: registry.yaml}
+balancer: {host: 10.0.0.100}
+machines: [10.0.0.1, 10.0.0.2, 10.0.0.3]
+components:
+  - {name: web, port: 8080}
+  - {name: worker, port: 9090, health: /ready}
+secrets: secrets
+timeouts: {stop: 20}
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    (tmp_path / "prod.yaml").write_text(CLUSTER_YAML)
+    return load("prod", directory=tmp_path)
+
+
+def test_names():
+    assert unit_name("web") == "air-web.service"
+    assert container_name("web") == "air-web"
+
+
+def test_component_unit(cluster):
+    assert component_unit(cluster, cluster.component("web"), "1.2.3", "10.0.0.2") == """\
+[Unit]
+Description=Air web
+After=docker.service etcd-member.service
+Requires=docker.service
+
+[Service]
+ExecStartPre=-/usr/bin/docker rm -f air-web
+ExecStart=/usr/bin/docker run --rm --name air-web --network host \
+-e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
+-v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/web:/air/data \
+registry.example.org:5000/aircloak/prod_web:1.2.3
+ExecStop=/usr/bin/docker stop --time 20 air-web
+TimeoutStopSec=35
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_component_unit_on_ipv6(cluster):
+    unit = component_unit(cluster, cluster.component("worker"), "2.0.0-rc.1+b7", "fd00::2")
+    assert unit.splitlines()[7] == (
+        "ExecStart=/usr/bin/docker run --rm --name air-worker --network host "
+        "-e AIR_COMPONENT=worker -e AIR_VERSION=2.0.0-rc.1+b7 -e AIR_MACHINE=fd00::2 -e AIR_PORT=9090 "
+        "-v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/worker:/air/data "
+        "registry.example.org:5000/aircloak/prod_worker:2.0.0-rc.1+b7")
+
+
+@pytest.mark.parametrize("word, quoted", [
+    ("plain-word_1.2:3/x=y,[::1]", "plain-word_1.2:3/x=y,[::1]"),
+    ("two words", '"two words"'),
+    ('say "hi"', '"say \\"hi\\""'),
+    ("back\\slash", '"back\\\\slash"'),
+    ("100%", '"100%%"'),
+    ("$HOME", '"$$HOME"'),
+    (";", '";"'),
+    ("", '""'),
+])
+def test_quote(word, quoted):
+    assert quote(word) == quoted
+
+
+def test_quote_refuses_control_characters():
+    with pytest.raises(ValueError):
+        quote("two\nlines")
+
+
+def test_url():
+    assert url("10.0.0.1", 2379) == "http://10.0.0.1:2379"
+    assert url("fd00::1", 2380) == "http://[fd00::1]:2380"
+
+
+def test_etcd_dropin(cluster):
+    assert etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new") == """\
+[Service]
+Environment=ETCD_NAME=10.0.0.2
+Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=http://10.0.0.1:2380,10.0.0.2=http://10.0.0.2:2380,10.0.0.3=http://10.0.0.3:2380
+Environment=ETCD_INITIAL_CLUSTER_STATE=new
+Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
+Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.2:2380
+Environment=ETCD_LISTEN_PEER_URLS=http://10.0.0.2:2380
+Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://10.0.0.2:2379
+Environment=ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.2:2379
+Environment=ETCD_DATA_DIR=/var/lib/etcd/member
+"""
+
+
+def test_etcd_dropin_ipv6_existing(cluster):
+    assert etcd_dropin(cluster, "fd00::3", ["fd00::1", "fd00::3"], "existing") == """\
+[Service]
+Environment=ETCD_NAME=fd00::3
+Environment=ETCD_INITIAL_CLUSTER=fd00::1=http://[fd00::1]:2380,fd00::3=http://[fd00::3]:2380
+Environment=ETCD_INITIAL_CLUSTER_STATE=existing
+Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
+Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://[fd00::3]:2380
+Environment=ETCD_LISTEN_PEER_URLS=http://[fd00::3]:2380
+Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://[fd00::3]:2379
+Environment=ETCD_ADVERTISE_CLIENT_URLS=http://[fd00::3]:2379
+Environment=ETCD_DATA_DIR=/var/lib/etcd/member
+"""
+
+
+@pytest.mark.parametrize("state", ["", "New", "joining", None])
+def test_etcd_dropin_refuses_unknown_state(cluster, state):
+    with pytest.raises(ValueError, match="state"):
+        etcd_dropin(cluster, "10.0.0.1", cluster.machines, state)
+
+
+def test_etcd_dropin_refuses_machine_outside_members(cluster):
+    with pytest.raises(ValueError, match="10.0.0.9"):
+        etcd_dropin(cluster, "10.0.0.9", cluster.machines, "existing")
