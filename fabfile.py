@@ -5,7 +5,7 @@ namespaces group the tools around them (sandbox, balancer, cloudconfig, lock).
 """
 from invoke import Collection
 
-from tasks import sandbox
+from tasks import build, push, sandbox
 
-namespace = Collection()
+namespace = Collection(build.build, push.push)
 namespace.add_collection(Collection.from_module(sandbox))

@@ -60,6 +60,7 @@ KINDS = {
     "local_path": "a path on this machine (relative to the cluster file; ~ allowed)",
     "remote_path": "an absolute path on the remote host (letters, digits, . _ / @ + -)",
     "url_path": "an HTTP path starting with /",
+    "repo_path": "a relative path inside the source checkout (no .., no leading /)",
 }
 
 SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
@@ -99,6 +100,8 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "name": Field("name", "Component name; the image is <namespace>/<cluster>_<name>."),
         "port": Field("int", "Port the component listens on (host network)."),
         "health": Field("url_path", "HTTP path answering 200 when the component is healthy.", "/health"),
+        "source": Field("repo_path", "Folder of the component's Dockerfile (its build context) in the checkout; "
+                        "default components/<name>.", required=False),
     }, many=True),
     "secrets": Field("local_path", "Folder of secret files, installed on every machine with mode 0600 "
                      "and mounted read-only into the containers."),
@@ -157,6 +160,7 @@ class Component:
     name: str
     port: int
     health: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,11 @@ def _check(kind, value, where, file, base_dir, cluster):
         if not REMOTE_PATH.match(value) or "/../" in value + "/":
             _fail(file, where, KINDS[kind], value)
         return value
+    if kind == "repo_path":
+        parts = value.split("/")
+        if value.startswith("/") or ".." in parts or not REMOTE_PATH.match("/" + value):
+            _fail(file, where, KINDS[kind], value)
+        return value.strip("/")
     if kind == "url_path":
         if not value.startswith("/") or any(ch.isspace() for ch in value):
             _fail(file, where, KINDS[kind], value)
@@ -386,7 +395,8 @@ def load(name: str, directory: Path = None) -> Cluster:
         ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),
         registry=Registry(**values["registry"]), balancer=Balancer(**values["balancer"]),
         machines=values["machines"],
-        components=tuple(Component(**c) for c in values["components"]),
+        components=tuple(Component(**{**c, "source": c["source"] or f"components/{c['name']}"})
+                         for c in values["components"]),
         secrets=values["secrets"], cloud_config=values["cloud_config"],
         admin=Admin(**values["admin"]) if values["admin"] else None,
         timeouts=Timeouts(**values["timeouts"]),

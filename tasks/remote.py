@@ -139,11 +139,35 @@ def write_file(conn: Connection, path: str, content, mode: int = 0o644) -> None:
 
 def read_file(conn: Connection, path: str, missing=None):
     """The text of ``path``, or ``missing`` when there is no such file."""
-    result = run(conn, f"cat {q(path)} 2>/dev/null || test ! -e {q(path)}", what=f"read {path}")
-    if result.stdout == "":
-        exists = run(conn, f"test -e {q(path)}", check=False).exited == 0
-        return "" if exists else missing
+    result = run(conn, f"if [ -e {q(path)} ]; then cat {q(path)}; else exit 3; fi", check=False)
+    if result.exited == 3:
+        return missing
+    if result.exited != 0:
+        raise RemoteError(f"{conn.host}: cannot read {path}: {tail(result.stderr)}")
     return result.stdout
+
+
+def read_bytes(conn: Connection, command: str, what: str) -> bytes:
+    """The binary standard output of ``command`` (a tar stream, say)."""
+    conn.open()
+    channel = conn.client.get_transport().open_session()
+    try:
+        channel.exec_command(_wrapped(conn, command))
+        chunks, errors = [], []
+        while True:
+            data = channel.recv(1 << 16)
+            if not data:
+                break
+            chunks.append(data)
+        while channel.recv_stderr_ready():
+            errors.append(channel.recv_stderr(1 << 16))
+        status = channel.recv_exit_status()
+    finally:
+        channel.close()
+    if status != 0:
+        raise RemoteError(f"{conn.host}: {what} failed (exit {status}): "
+                          f"{tail(b''.join(errors).decode(errors='replace'))}")
+    return b"".join(chunks)
 
 
 def parallel(work: Callable, items: Iterable, *, describe: Callable = str) -> list:

@@ -1,0 +1,128 @@
+"""Building the cluster's images on the build server.
+
+Each target cluster has its own source checkout there (``build.checkout``),
+so stage and production can be on different branches at once. A build
+updates that checkout to the branch, then builds every component's image
+through the build server's Docker engine, tagged ``candidate``; ``push``
+decides what of it is new. The shell lines sent to the build server are
+built by the pure functions at the top and tested by equality.
+"""
+from __future__ import annotations
+
+import io
+import re
+
+from . import docker_api, remote, version
+from .cli import air_task, build_host, cluster_of
+from .errors import ConfigError, RemoteError
+from .remote import q, say
+
+CANDIDATE = "candidate"  # tag of a freshly built image, before push gives it a version
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+BUILD_LOG_LINES = 15
+
+
+# ---------------------------------------------------------------- what to run
+
+def check_branch(branch: str) -> str:
+    """A branch name safe for git and the shell, or a ConfigError (before anything is contacted)."""
+    if not isinstance(branch, str) or not _BRANCH.match(branch) or ".." in branch or "//" in branch \
+            or branch.endswith(("/", ".", ".lock")) or "/." in branch:
+        raise ConfigError(f"branch {branch!r} is not a valid branch name "
+                          "(letters, digits, . _ - /; no '..', no shell characters)")
+    return branch
+
+
+def checkout_script(repository: str, checkout: str, branch: str) -> str:
+    """Make or update the checkout and put it exactly at the branch's tip; prints the commit."""
+    ref = f"refs/remotes/origin/{branch}"
+    return "\n".join([
+        "set -e",
+        f"if [ -d {q(checkout + '/.git')} ]; then git -C {q(checkout)} fetch -q --prune origin;",
+        f"else mkdir -p {q(checkout.rsplit('/', 1)[0] or '/')} && git clone -q --no-checkout {q(repository)} {q(checkout)}; fi",
+        f"if ! git -C {q(checkout)} rev-parse -q --verify {q(ref)} >/dev/null; then",
+        f"  echo {q(f'no branch {branch} in {repository}')} >&2; exit 3; fi",
+        f"git -C {q(checkout)} checkout -q -f --detach {q(ref)}",
+        f"git -C {q(checkout)} clean -q -f -d -x",
+        f"git -C {q(checkout)} rev-parse HEAD",
+    ])
+
+
+def context_command(checkout: str, source: str) -> str:
+    """A tar of one component's build context, on standard output."""
+    return f"tar -C {q(checkout + '/' + source)} -c ."
+
+
+def candidate(cluster, component: str) -> str:
+    return f"{cluster.registry.address}/{cluster.image(component)}:{CANDIDATE}"
+
+
+# ---------------------------------------------------------------- running it
+
+def update_checkout(conn, cluster, branch: str) -> str:
+    try:
+        result = remote.run(conn, checkout_script(cluster.build.repository, cluster.build.checkout, branch),
+                            what=f"update checkout {cluster.build.checkout}")
+    except RemoteError as e:
+        if "no branch" in str(e):
+            raise ConfigError(f"no branch {branch!r} in {cluster.build.repository}") from None
+        raise
+    return result.stdout.strip().splitlines()[-1]
+
+
+def read_version(conn, cluster) -> tuple:
+    path = f"{cluster.build.checkout}/VERSION"
+    text = remote.read_file(conn, path)
+    if text is None:
+        raise ConfigError(f"{conn.host}:{path}: missing (it must hold MAJOR.MINOR)")
+    return version.parse_version(text, f"{conn.host}:{path}")
+
+
+def build_component(api, conn, cluster, component) -> str:
+    """Build one image from the checkout; return its image ID. Output streams as progress."""
+    context = remote.read_bytes(conn, context_command(cluster.build.checkout, component.source),
+                                what=f"read the build context of {component.name}")
+    log, image_id = [], None
+    for chunk in api.build(fileobj=io.BytesIO(context), custom_context=True, tag=candidate(cluster, component.name),
+                           rm=True, forcerm=True, decode=True):
+        if "stream" in chunk:
+            for line in chunk["stream"].splitlines():
+                if line.strip():
+                    log.append(line)
+                    if line.startswith("Step "):
+                        say(f"  {component.name}: {line}")
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+        if "error" in chunk:
+            log.append(chunk["error"].strip())
+            raise RemoteError(f"build of {component.name} failed: {chunk['error'].strip()}\n"
+                              + "\n".join(f"    {line}" for line in log[-BUILD_LOG_LINES:]))
+    if image_id is None:
+        image_id = api.inspect_image(candidate(cluster, component.name))["Id"]
+    return image_id
+
+
+def build_all(cluster, host: str, branch: str, only: str = None) -> dict:
+    """Checkout and build; returns {component: image ID} and the commit built."""
+    check_branch(branch)
+    components = [cluster.component(only)] if only else list(cluster.components)
+    with remote.connect(cluster, host) as conn:
+        commit = update_checkout(conn, cluster, branch)
+        base = read_version(conn, cluster)
+        say(f"build: {cluster.name} at {branch} ({commit[:10]}), VERSION {base[0]}.{base[1]}, on {host}")
+        api = docker_api.engine(conn)
+        images = {c.name: build_component(api, conn, cluster, c) for c in components}
+    return {"commit": commit, "branch": branch, "base": base, "images": images}
+
+
+@air_task(help={"cluster": "target cluster (clusters/<name>.yaml)",
+                "branch": "branch to build (default: the cluster's build.branch)",
+                "component": "build only this component"})
+def build(c, cluster=None, branch=None, component=None):
+    """Update the cluster's checkout on the build server and build its images."""
+    target = cluster_of(cluster)
+    if branch is not None:
+        check_branch(branch)
+    result = build_all(target, build_host(c, target), branch or target.build.branch, component)
+    for name, image_id in result["images"].items():
+        print(f"{name:20} {image_id}")

@@ -1,0 +1,407 @@
+"""Talking to the cluster's etcd: the one module that knows which client library is used.
+
+It owns keys and values, the deploy lock (a key held by a lease that expires
+by itself when its holder dies), cluster membership (learners added, promoted
+and removed) and a quorum health check, and it turns every failure into one
+``RemoteError`` line. etcd is reached through an SSH tunnel to a member's
+127.0.0.1:2379 (``tunnel``), so its client port need not be open to the
+network. The library is ``etcd3gw``, which speaks etcd's JSON gateway over
+plain HTTP: python-etcd3 is unmaintained, needs protobuf<4 (clashing with
+anything else installed) and cannot add learners. etcd3gw has no membership
+methods, so those are gateway calls through its ``post()``.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import paramiko
+import requests
+from etcd3gw import exceptions as gw_errors
+from etcd3gw.client import Etcd3Client
+from etcd3gw.lease import Lease
+from invoke.exceptions import ThreadException
+
+from .errors import HealthError, LockedError, RemoteError
+from .remote import reachable
+
+CLIENT_PORT = 2379
+API_PATH = "/v3/"  # etcd 3.4 and later; fixed, so no version request precedes every client
+HOLDER_FIELDS = ("who", "since", "why")  # shown first when a lock is refused
+_NOT_IN_SYNC = "in sync with leader"
+_NOT_A_LEARNER = "can only promote a learner member"
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    name: str
+    peer_urls: tuple
+    client_urls: tuple
+    learner: bool
+
+    @property
+    def started(self) -> bool:
+        # A member that was added but has not yet joined has no name.
+        return bool(self.name)
+
+
+def _member(data: dict) -> Member:
+    # The gateway leaves out empty fields: no name, no client URLs, isLearner false.
+    return Member(id=str(data["ID"]), name=data.get("name", ""),
+                  peer_urls=tuple(data.get("peerURLs", ())),
+                  client_urls=tuple(data.get("clientURLs", ())),
+                  learner=bool(data.get("isLearner", False)))
+
+
+class Etcd:
+    """A client of one etcd member at ``host:port`` (over a tunnel, see ``tunnel``)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None):
+        self.host, self.port, self.timeout = host, int(port), timeout
+        self.label = label or f"{host}:{port}"
+        self._client = self._new_client(timeout)
+
+    def __repr__(self) -> str:
+        return f"Etcd({self.label})"
+
+    def _new_client(self, timeout: float) -> Etcd3Client:
+        return Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH)
+
+    def _error(self, what: str, error: Exception) -> RemoteError:
+        if isinstance(error, gw_errors.Etcd3Exception):
+            return RemoteError(f"etcd at {self.label}: {what}: {_reason(error, self.timeout)}")
+        return RemoteError(f"etcd at {self.label}: {what}: {_first_line(error) or type(error).__name__}")
+
+    def _call(self, what: str, function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (gw_errors.Etcd3Exception, requests.RequestException) as e:
+            raise self._error(what, e) from None
+
+    def _post(self, what: str, path: str, payload: dict) -> dict:
+        return self._call(what, self._client.post, self._client.get_url(path), json=payload)
+
+    # Keys and values: text in, text out (UTF-8).
+
+    def get(self, key: str) -> Optional[str]:
+        values = self._call(f"get {key}", self._client.get, _bytes(key))
+        return values[0].decode() if values else None
+
+    def put(self, key: str, value: str) -> None:
+        self._call(f"put {key}", self._client.put, _bytes(key), _bytes(value))
+
+    def get_prefix(self, prefix: str) -> dict:
+        items = self._call(f"get {prefix}*", self._client.get, _bytes(prefix) or b"\0",
+                           metadata=True, range_end=_prefix_end(prefix))
+        return {meta["key"].decode(): value.decode() for value, meta in items}
+
+    def delete(self, key: str) -> None:
+        self._call(f"delete {key}", self._client.delete, _bytes(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        if not prefix:
+            raise ValueError("delete_prefix needs a prefix: refusing to delete every key")
+        self._call(f"delete {prefix}*", self._client.delete, _bytes(prefix), range_end=_prefix_end(prefix))
+
+    # Membership.
+
+    def members(self) -> list:
+        return [_member(m) for m in self._call("list members", self._client.members)]
+
+    def add_member(self, peer_url: str, learner: bool = True) -> Member:
+        """Announce a member before it starts; a learner does not count for quorum until promoted."""
+        kind = "learner" if learner else "voting member"
+        result = self._post(f"add {kind} {peer_url}", "/cluster/member/add",
+                            {"peerURLs": [peer_url], "isLearner": learner})
+        return _member(result["member"])
+
+    def promote(self, member_id: str, timeout: float = 60, interval: float = 1) -> None:
+        """Make learner ``member_id`` a voting member, waiting up to ``timeout`` s for it to catch up.
+
+        Promoting a member that already votes changes nothing.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._client.post(self._client.get_url("/cluster/member/promote"), json={"ID": member_id})
+                return
+            except gw_errors.Etcd3Exception as e:
+                text = _reason(e, self.timeout)
+                if _NOT_IN_SYNC in text:
+                    if time.monotonic() + interval > deadline:
+                        raise HealthError(f"etcd at {self.label}: learner {member_id} did not catch up "
+                                          f"with the leader within {timeout:g} s, not promoted") from None
+                    time.sleep(interval)
+                    continue
+                if _NOT_A_LEARNER in text:
+                    return
+                raise self._error(f"promote {member_id}", e) from None
+            except requests.RequestException as e:
+                raise self._error(f"promote {member_id}", e) from None
+
+    def remove_member(self, member_id: str) -> None:
+        self._post(f"remove member {member_id}", "/cluster/member/remove", {"ID": member_id})
+
+    def healthy(self) -> bool:
+        """True when a linearizable read answers, that is, the cluster has quorum and a leader."""
+        try:
+            self._call("read through the leader", self._client.get, b"health", serializable=False)
+            return True
+        except RemoteError:
+            return False
+
+    # The lock.
+
+    def acquire(self, key: str, holder: dict, ttl: int = 30) -> "Lock":
+        """Take the lock ``key`` at once or raise LockedError naming its holder; never waits.
+
+        ``holder`` (who, since, why, ...) is stored as JSON under ``key``,
+        attached to a lease of ``ttl`` s kept alive until ``release()``: if this
+        process dies the lock goes away by itself within ``ttl`` s.
+        """
+        ttl = max(2, int(ttl))
+        lease = self._call(f"grant a {ttl} s lease", self._client.lease, ttl)
+        encoded = _bytes(key)
+        txn = {
+            "compare": [{"key": _b64(encoded), "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
+            "success": [{"request_put": {"key": _b64(encoded), "value": _b64(_bytes(json.dumps(holder))),
+                                         "lease": lease.id}}],
+            "failure": [{"request_range": {"key": _b64(encoded)}}],
+        }
+        try:
+            result = self._call(f"take lock {key}", self._client.transaction, txn)
+        except RemoteError:
+            self._drop(lease.id)
+            raise
+        if result.get("succeeded"):
+            return Lock(self, key, dict(holder), ttl, lease.id)
+        self._drop(lease.id)
+        current = _range_kv(result)
+        if current is None:  # not expected: the same transaction found the key
+            raise LockedError(f"{key} was held a moment ago; try again")
+        raise LockedError(self._locked_message(key, current))
+
+    def holder(self, key: str) -> Optional[dict]:
+        value = self.get(key)
+        return None if value is None else _parse_holder(value)
+
+    def force_release(self, key: str) -> Optional[dict]:
+        """Remove lock ``key`` whoever holds it; return the holder it had, if any.
+
+        Its lease is revoked too, so a still-running holder sees the lock lost.
+        """
+        items = self._call(f"get {key}", self._client.get, _bytes(key), metadata=True)
+        if not items:
+            return None
+        value, meta = items[0]
+        if meta.get("lease"):
+            self._revoke(int(meta["lease"]))
+        self.delete(key)
+        return _parse_holder(value.decode())
+
+    def _locked_message(self, key: str, kv: dict) -> str:
+        held_by = _describe(_parse_holder(_unb64(kv.get("value", "")).decode()))
+        message = f"{key} is held by {held_by}"
+        lease_id = int(kv.get("lease", 0))
+        if lease_id:
+            try:
+                left = int(self._post("lease time to live", "/kv/lease/timetolive", {"ID": lease_id}).get("TTL", 0))
+                message += f" (if its holder is gone, it expires within {max(left, 0)} s)"
+            except RemoteError:
+                pass  # the message is complete without it
+        return message
+
+    def _drop(self, lease_id: int) -> None:
+        try:
+            self._revoke(lease_id)
+        except RemoteError:
+            pass  # an unused lease expires by itself; the caller's error matters more
+
+    def _revoke(self, lease_id: int) -> None:
+        try:
+            self._client.post(self._client.get_url("/kv/lease/revoke"), json={"ID": lease_id})
+        except gw_errors.Etcd3Exception as e:
+            if "lease not found" not in _reason(e, self.timeout):  # expired already: nothing to undo
+                raise self._error(f"revoke lease {lease_id}", e) from None
+        except requests.RequestException as e:
+            raise self._error(f"revoke lease {lease_id}", e) from None
+
+
+class Lock:
+    """A held lock: the key lives while a daemon thread keeps its lease alive, until ``release()``."""
+
+    def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int):
+        self.etcd, self.key, self.holder, self.ttl, self.lease_id = etcd, key, holder, ttl, lease_id
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._released = False
+        # Its own HTTP session (requests sessions are not meant to be shared between
+        # threads) and a timeout short enough that one stuck request cannot outlast the lease.
+        self._lease = Lease(lease_id, client=etcd._new_client(timeout=max(1.0, ttl / 3)))
+        self._thread = threading.Thread(target=self._keep_alive, name=f"etcd lock {key}", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> "Lock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @property
+    def held(self) -> bool:
+        """False once released, or once the lease was found expired (the lock may be someone else's now)."""
+        return not self._released and not self._lost.is_set()
+
+    def release(self) -> None:
+        """Stop the keepalive and revoke the lease, which deletes the key. Safe to call twice."""
+        if self._released:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._released = True
+        self.etcd._revoke(self.lease_id)
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                left = self._lease.refresh()
+            except Exception:
+                # A blip (tunnel, leader election) is survivable: the lease outlasts
+                # two missed refreshes, and the next tick tries again.
+                continue
+            if left <= 0:
+                self._lost.set()
+                return
+
+
+@contextmanager
+def tunnel(conn, remote_port: int = CLIENT_PORT, timeout: float = 5) -> Iterator[Etcd]:
+    """An ``Etcd`` client of the member on ``conn``'s host, through an SSH tunnel to its 127.0.0.1:``remote_port``."""
+    label = f"{conn.host} (SSH tunnel to its 127.0.0.1:{remote_port})"
+    why_not = reachable(conn)
+    if why_not:
+        raise RemoteError(f"etcd at {label}: cannot reach over SSH ({why_not})")
+    try:
+        # One channel first: "nothing listens there" is then said at once, not after a timeout.
+        conn.transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0),
+                                    timeout=timeout).close()
+    except paramiko.ChannelException as e:
+        raise RemoteError(f"etcd at {label}: cannot connect there ({e.text}): is etcd running?") from None
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        raise RemoteError(f"etcd at {label}: cannot open the tunnel ({_first_line(e) or type(e).__name__})") from None
+    local_port = _free_port()
+    try:
+        with conn.forward_local(local_port=local_port, remote_port=remote_port,
+                                remote_host="127.0.0.1", local_host="127.0.0.1"):
+            _wait_listening(local_port, label)
+            yield Etcd("127.0.0.1", local_port, timeout=timeout, label=label)
+    except ThreadException as e:
+        # Raised on leaving the tunnel when it broke (typically: nothing listens on the
+        # remote port); it explains whatever failed inside better than a timeout does.
+        raise RemoteError(f"etcd at {label}: the tunnel failed ({_tunnel_reason(e)})") from None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, label: str, within: float = 5) -> None:
+    # Fabric's tunnel binds its local port in a thread, after forward_local has returned.
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RemoteError(f"etcd at {label}: the tunnel's local port {port} did not open "
+                                  f"within {within:g} s") from None
+            time.sleep(0.02)
+
+
+def _tunnel_reason(error: ThreadException) -> str:
+    reasons = {_first_line(w.value) or type(w.value).__name__ for w in error.exceptions}
+    return "; ".join(sorted(reasons)) or "unknown"
+
+
+def _reason(error: gw_errors.Etcd3Exception, timeout: float) -> str:
+    """One line from an etcd3gw error: etcd's own message when it sent one."""
+    if isinstance(error, gw_errors.ConnectionTimeoutError) and not _etcd_message(error):
+        return f"no answer within {timeout:g} s"
+    message = _etcd_message(error)
+    if message:
+        return message
+    text = error.detail_text or ""
+    if "Connection refused" in text:
+        return "connection refused"
+    if isinstance(error, gw_errors.ConnectionFailedError):
+        return f"cannot connect ({_first_line(text) or 'no detail'})"
+    status = " ".join(str(a) for a in error.args) or type(error).__name__
+    return f"HTTP {status}: {_first_line(text)}" if text else f"HTTP {status}"
+
+
+def _etcd_message(error: gw_errors.Etcd3Exception) -> str:
+    try:
+        body = json.loads(error.detail_text or "")
+    except ValueError:
+        return ""
+    return str(body.get("message") or body.get("error") or "") if isinstance(body, dict) else ""
+
+
+def _first_line(value) -> str:
+    lines = str(value).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def _bytes(text: str) -> bytes:
+    # etcd3gw encodes str as latin-1; bytes pass through, so UTF-8 is chosen here.
+    return text.encode() if isinstance(text, str) else bytes(text)
+
+
+def _prefix_end(prefix: str) -> bytes:
+    """The range end covering every key that starts with ``prefix`` (etcd's convention)."""
+    data = bytearray(_bytes(prefix))
+    while data and data[-1] == 0xFF:
+        data.pop()
+    if not data:
+        return b"\0"  # from the prefix to the end of the key space
+    data[-1] += 1
+    return bytes(data)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _range_kv(txn_result: dict) -> Optional[dict]:
+    for response in txn_result.get("responses", ()):
+        kvs = response.get("response_range", {}).get("kvs")
+        if kvs:
+            return kvs[0]
+    return None
+
+
+def _parse_holder(value: str) -> dict:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"value": value}
+
+
+def _describe(holder: dict) -> str:
+    keys = [k for k in HOLDER_FIELDS if k in holder] + sorted(k for k in holder if k not in HOLDER_FIELDS)
+    return ", ".join(f"{k}={holder[k]}" for k in keys) or "(no details)"

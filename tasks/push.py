@@ -1,0 +1,112 @@
+"""Pushing the built images: the registry decides each one's version.
+
+For every component, the facts are read first (the image's tags in the
+registry and the config digest of the newest one), ``version.decide`` turns
+them into a plan, and only then are the changed images tagged and pushed, as
+their version and as ``latest``. An image equal to the newest pushed one is
+reported unchanged and not pushed. Registry credentials reach the build
+server's engine in the API's auth header, never in argv, a file or a log.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from docker.errors import APIError, ImageNotFound
+
+from . import docker_api, remote, version
+from .build import CANDIDATE, candidate, read_version
+from .cli import air_task, build_host, cluster_of
+from .errors import ConfigError, RemoteError
+from .registry import RegistryClient, load_credentials
+from .release import Image, Release
+from .remote import say
+
+
+@dataclass(frozen=True)
+class Step:
+    component: str
+    image_id: str
+    decision: version.Decision
+
+    @property
+    def image(self) -> Image:
+        return Image(self.component, self.decision.version, self.image_id)
+
+
+def plan(cluster, base: tuple, images: dict, registry: RegistryClient) -> list:
+    """What push would do: one Step per component, from the registry's tags and digests."""
+    steps = []
+    for component, image_id in images.items():
+        repository = cluster.image(component)
+        tags = registry.tags(repository)
+        newest = version.newest(tags)
+        newest_digest = registry.config_digest(repository, str(newest)) if newest else None
+        steps.append(Step(component, image_id,
+                          version.decide(base, tags, newest_digest, image_id, f"{cluster.build.checkout}/VERSION")))
+    return steps
+
+
+def push_image(api, cluster, step: Step, auth: dict) -> None:
+    repository = f"{cluster.registry.address}/{cluster.image(step.component)}"
+    for tag in (step.decision.version, "latest"):
+        api.tag(candidate(cluster, step.component), repository, tag)
+        for chunk in api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True):
+            if "error" in chunk:
+                raise RemoteError(f"push of {step.component} {tag} failed: {chunk['error'].strip()}")
+
+
+def candidates(api, cluster, components) -> dict:
+    images = {}
+    for component in components:
+        try:
+            images[component] = api.inspect_image(candidate(cluster, component))["Id"]
+        except ImageNotFound:
+            raise ConfigError(f"no {CANDIDATE} image of {component} on the build server: run build first") from None
+    return images
+
+
+def push_all(cluster, host: str, images: dict = None) -> tuple:
+    """Push what changed; returns the Release and the steps taken."""
+    registry = RegistryClient.for_registry(cluster.registry)
+    registry.check()
+    username, password = load_credentials(cluster.registry.credentials)
+    auth = {"username": username, "password": password}
+    with remote.connect(cluster, host) as conn:
+        base = read_version(conn, cluster)
+        api = docker_api.engine(conn)
+        images = images or candidates(api, cluster, cluster.component_names)
+        steps = plan(cluster, base, images, registry)
+        for step in steps:
+            if step.decision.changed:
+                say(f"push: {step.component} {step.decision.version}")
+                try:
+                    push_image(api, cluster, step, auth)
+                except APIError as e:
+                    raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
+    return Release(tuple(s.image for s in steps)), steps
+
+
+def report(release: Release, steps: list) -> dict:
+    return {"release": release.id,
+            "components": {s.component: {"version": s.decision.version, "digest": s.image_id,
+                                         "changed": s.decision.changed, "previous": s.decision.previous}
+                           for s in steps}}
+
+
+def print_report(release: Release, steps: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report(release, steps), indent=1, sort_keys=True))
+        return
+    for s in steps:
+        state = "pushed" if s.decision.changed else "unchanged"
+        print(f"{s.component:20} {s.decision.version:10} {s.image_id[:19]}  {state}")
+    print(f"release {release.id}")
+
+
+@air_task(help={"cluster": "target cluster", "json": "print the release as JSON"})
+def push(c, cluster=None, json_=False):
+    """Push the built images that changed, each with the next version the registry allows."""
+    target = cluster_of(cluster)
+    release, steps = push_all(target, build_host(c, target))
+    print_report(release, steps, json_)
