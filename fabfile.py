@@ -1,11 +1,18 @@
 """air-deploy's tasks, as `fab` sees them (`fab --list`).
 
-Top-level tasks are the runbook verbs (build, push, setup-cluster, ...);
-namespaces group the tools around them (sandbox, balancer, cloudconfig, lock).
+Top-level tasks are the runbook verbs (build, push, setup-cluster, deploy,
+...); namespaces group the tools around them (sandbox, balancer,
+cloudconfig, lock).
 """
 from invoke import Collection
 
-from tasks import build, push, sandbox
+from tasks import balancer, build, deploy, install, push, sandbox, upgrade
 
-namespace = Collection(build.build, push.push)
+namespace = Collection(
+    build.build, push.push, install.setup_cluster, install.create_admin,
+    upgrade.upgrade_machine_task, upgrade.rolling_upgrade,
+    deploy.deploy, deploy.releases, deploy.rollback,
+)
 namespace.add_collection(Collection.from_module(sandbox))
+namespace.add_collection(Collection.from_module(balancer))
+namespace.add_collection(Collection("lock", deploy.lock_status, deploy.lock_release))

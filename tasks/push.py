@@ -17,7 +17,7 @@ from docker.errors import APIError, ImageNotFound
 from . import docker_api, remote, version
 from .build import CANDIDATE, candidate, read_version
 from .cli import air_task, build_host, cluster_of
-from .errors import ConfigError, RemoteError
+from .errors import ConfigError, PreflightError, RemoteError
 from .registry import RegistryClient, load_credentials
 from .release import Image, Release
 from .remote import say
@@ -45,6 +45,20 @@ def plan(cluster, base: tuple, images: dict, registry: RegistryClient) -> list:
         steps.append(Step(component, image_id,
                           version.decide(base, tags, newest_digest, image_id, f"{cluster.build.checkout}/VERSION")))
     return steps
+
+
+def published_release(cluster) -> Release:
+    """The newest pushed version of every component, as the registry has it."""
+    registry = RegistryClient.for_registry(cluster.registry)
+    images = []
+    for component in cluster.component_names:
+        repository = cluster.image(component)
+        newest = version.newest(registry.tags(repository))
+        if newest is None:
+            raise PreflightError(f"no pushed version of {repository} in {cluster.registry.address}: "
+                                 f"build and push first")
+        images.append(Image(component, str(newest), registry.config_digest(repository, str(newest))))
+    return Release(tuple(images))
 
 
 def push_image(api, cluster, step: Step, auth: dict) -> None:

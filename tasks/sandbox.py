@@ -274,12 +274,15 @@ def configure_balancer(node: Node, machines: list) -> None:
 
 def configure_build(node: Node) -> None:
     """The base image of the sample app, and its git repository (made once)."""
-    have_base = inside(node.name, f"docker image inspect {BASE_IMAGE} >/dev/null 2>&1 && echo yes || true")
-    if have_base.strip() != "yes":
-        context = _tar_of(BASE_IMAGE_DIR)
+    context = _tar_of(BASE_IMAGE_DIR)
+    recipe = hashlib.sha256(context).hexdigest()[:12]
+    label = "{{index .Config.Labels \"air.sandbox.recipe\"}}"
+    have = inside(node.name, f"docker image inspect -f '{label}' {BASE_IMAGE} 2>/dev/null || true").strip()
+    if have != recipe:
         inside(node.name, f"rm -rf /tmp/air-base && mkdir /tmp/air-base && tar -x -C /tmp/air-base && "
                           f"cp /bin/busybox /tmp/air-base/busybox && "
-                          f"docker build -q -t {BASE_IMAGE} /tmp/air-base >/dev/null && rm -rf /tmp/air-base",
+                          f"docker build -q --label air.sandbox.recipe={recipe} -t {BASE_IMAGE} /tmp/air-base "
+                          f">/dev/null && rm -rf /tmp/air-base",
                input=context)
     exists = inside(node.name, f"test -d {REPOSITORY} && echo yes || true").strip() == "yes"
     if not exists:
@@ -362,7 +365,7 @@ def status(nodes: list = None) -> dict:
 
 # ---------------------------------------------------------------- up, down, change
 
-def bring_up(machines: int = 3, spares: int = 0) -> dict:
+def bring_up(machines: int = 3, spares: int = 2) -> dict:
     """Bring the sandbox to the wanted shape; reuse whatever is already right."""
     started = time.monotonic()
     nodes = layout(machines, spares)
@@ -464,8 +467,8 @@ def commit_change(component: str, broken: bool = False, branch: str = "master", 
 # ---------------------------------------------------------------- the tasks
 
 @air_task(help={"machines": "machines in the cluster (default 3)",
-                "spares": "extra machines, prepared but not in the cluster (for add-machine)"})
-def up(c, machines=3, spares=0):
+                "spares": "extra machines, prepared but not in the cluster, for add-machine (default 2)"})
+def up(c, machines=3, spares=2):
     """Bring up the sandbox (the `local` cluster); reuses what is already running."""
     bring_up(int(machines), int(spares))
 

@@ -1,0 +1,180 @@
+"""One Air machine: what to run on it, and the steps every task composes.
+
+The top half builds command lines (pure, tested by equality): preflight
+facts, pulling a release, starting and politely stopping the Air units,
+the health check loop, wiping etcd. The bottom half runs them on one
+connection: install, upgrade and membership read as a sequence of these
+steps. The machine's files come from its final cloud config
+(``cloudconfig.final``), so what is installed and what a reboot replays are
+the same document.
+"""
+from __future__ import annotations
+
+import cloudconfig
+from cloudconfig.units import (DATA_DIR, ETCD_DATA_DIR, ETCD_DROPIN, ETCD_UNIT, SECRETS_DIR, STATE_DIR,
+                               UNIT_DIR, unit_name)
+
+from . import remote
+from .errors import HealthError
+from .registry import load_credentials
+from .remote import q
+
+ETCD_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_DROPIN}"
+FACTS_SEPARATOR = "=="
+
+
+# ---------------------------------------------------------------- what to run
+
+def facts_command(cluster) -> str:
+    """Prints key=value lines describing the machine, for ``parse_facts``."""
+    units = " ".join(q(unit_name(c.name)) for c in cluster.components)
+    return "; ".join([
+        "echo docker=$(systemctl is-active docker.service 2>/dev/null)",
+        f"echo etcd_unit=$(systemctl cat {ETCD_UNIT} >/dev/null 2>&1 && echo yes || echo no)",
+        f"echo etcd_configured=$(test -e {q(ETCD_DROPIN_PATH)} && echo yes || echo no)",
+        f"echo etcd_active=$(systemctl is-active {ETCD_UNIT} 2>/dev/null)",
+        f"echo etcd_data=$(test -n \"$(ls -A {q(ETCD_DATA_DIR)} 2>/dev/null)\" && echo yes || echo no)",
+        f"echo air_units=$(systemctl list-unit-files --no-legend {units} 2>/dev/null | wc -l)",
+        f"echo release=$(cat {q(STATE_DIR)}/release 2>/dev/null)",
+    ])
+
+
+def parse_facts(text: str) -> dict:
+    facts = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            facts[key.strip()] = value.strip()
+    return facts
+
+
+def fresh_problems(facts: dict) -> list:
+    """Why a machine is not a freshly prepared one (empty when it is)."""
+    problems = []
+    if facts.get("docker") != "active":
+        problems.append("docker is not active")
+    if facts.get("etcd_unit") != "yes":
+        problems.append(f"no {ETCD_UNIT}")
+    if facts.get("etcd_configured") == "yes" or facts.get("etcd_active") == "active":
+        problems.append("etcd is already configured (an installed machine?)")
+    if facts.get("etcd_data") == "yes":
+        problems.append(f"{ETCD_DATA_DIR} is not empty")
+    if facts.get("air_units", "0") not in ("", "0"):
+        problems.append("Air units are already installed")
+    return problems
+
+
+def pull_command(cluster, release) -> str:
+    return " && ".join(f"docker pull -q {q(cluster.image_ref(i.component, i.version))} >/dev/null"
+                       for i in release.images)
+
+
+def units_of(cluster) -> list:
+    return [unit_name(c.name) for c in cluster.components]
+
+
+def start_command(cluster) -> str:
+    units = " ".join(q(u) for u in units_of(cluster))
+    return f"systemctl daemon-reload && systemctl enable -q {units} && systemctl restart {units}"
+
+
+def stop_command(cluster) -> str:
+    """Stops every Air unit at once; each unit's ExecStop gives its container the cluster's stop timeout."""
+    return f"systemctl stop {' '.join(q(u) for u in units_of(cluster))}"
+
+
+def health_command(cluster, timeout: int) -> str:
+    """Waits until every component answers its health check on the machine, or fails naming those that don't."""
+    checks = " ".join(f"{c.name}={c.port}{c.health}" for c in cluster.components)
+    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); "
+            f"while :; do failed=''; for check in {checks}; do "
+            f"curl -fsS -o /dev/null -m 2 \"http://127.0.0.1:${{check#*=}}\" 2>/dev/null || failed=\"$failed ${{check%%=*}}\"; "
+            f"done; [ -z \"$failed\" ] && exit 0; "
+            f"if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within {int(timeout)} s:$failed\" >&2; exit 1; fi; "
+            f"sleep 0.5; done")
+
+
+def start_etcd_command() -> str:
+    return f"systemctl daemon-reload && systemctl enable -q {ETCD_UNIT} && systemctl start --no-block {ETCD_UNIT}"
+
+
+def wipe_etcd_command() -> str:
+    """Stops etcd and forgets its membership, so the machine can be added again as a fresh one."""
+    return (f"systemctl disable -q --now {ETCD_UNIT} 2>/dev/null; rm -f {q(ETCD_DROPIN_PATH)}; "
+            f"rm -rf {q(ETCD_DATA_DIR)}; systemctl daemon-reload")
+
+
+def diagnostics_command(cluster) -> str:
+    """The last lines of each unit's journal, for an error message."""
+    return "; ".join(f"echo '--- {u}'; journalctl -u {q(u)} -n 5 --no-pager -o cat 2>/dev/null" for u in units_of(cluster))
+
+
+# ---------------------------------------------------------------- inputs of the cloud config
+
+def base_document(cluster) -> dict:
+    """The base cloud config of this cluster, from its key, CA and credentials files."""
+    public_key = cluster.ssh.key.with_name(cluster.ssh.key.name + ".pub")
+    keys = [public_key.read_text().strip()] if public_key.exists() else []
+    ca = cluster.registry.ca.read_text() if cluster.registry.ca else None
+    return cloudconfig.base(cluster, keys, ca, load_credentials(cluster.registry.credentials))
+
+
+def final_document(cluster, machine, members, state, release, base_doc=None) -> dict:
+    return cloudconfig.final(cluster, machine, members, state, release, base_doc or base_document(cluster))
+
+
+# ---------------------------------------------------------------- steps on one machine
+
+def facts(conn, cluster) -> dict:
+    return parse_facts(remote.run(conn, facts_command(cluster), what="read machine facts").stdout)
+
+
+def install_secrets(conn, cluster) -> None:
+    """Every file of the secrets folder, mode 0600, in a folder only root can enter."""
+    remote.run(conn, f"mkdir -p {q(SECRETS_DIR)} && chmod 0700 {q(SECRETS_DIR)}", what="make the secrets folder")
+    for path in sorted(cluster.secrets.iterdir()) if cluster.secrets.is_dir() else []:
+        if path.is_file():
+            remote.write_file(conn, f"{SECRETS_DIR}/{path.name}", path.read_bytes(), 0o600)
+
+
+def apply_document(conn, cluster, doc: dict) -> None:
+    """Write every file the cloud config stands for, then the cloud config itself (0600: it holds the login)."""
+    for file in cloudconfig.files(doc):
+        remote.write_file(conn, file.path, file.content, file.mode)
+    remote.write_file(conn, cluster.cloud_config, cloudconfig.render(doc), 0o600)
+    remote.run(conn, f"mkdir -p {q(DATA_DIR)} && systemctl daemon-reload", what="reload systemd")
+
+
+def pull(conn, cluster, release) -> None:
+    remote.run(conn, pull_command(cluster, release), what=f"pull release {release.id}")
+
+
+def start(conn, cluster) -> None:
+    remote.run(conn, start_command(cluster), what="start the Air units")
+
+
+def stop(conn, cluster) -> None:
+    remote.run(conn, stop_command(cluster), what="stop the Air units",
+               timeout=cluster.timeouts.stop + 60)
+
+
+def wait_healthy(conn, cluster, timeout: int = None) -> None:
+    timeout = timeout or cluster.timeouts.healthy
+    result = remote.run(conn, health_command(cluster, timeout), check=False, timeout=timeout + 30,
+                        what="health check")
+    if result.exited != 0:
+        journal = remote.run(conn, diagnostics_command(cluster), check=False).stdout
+        raise HealthError(f"{conn.host}: {remote.tail(result.stderr, 1)}\n{journal.rstrip()}")
+
+
+def running_release(conn) -> str:
+    """The release id the machine last finished installing (empty when none)."""
+    return (remote.read_file(conn, f"{STATE_DIR}/release", missing="") or "").strip()
+
+
+def unit_states(conn, cluster) -> dict:
+    units = units_of(cluster)
+    out = remote.run(conn, f"systemctl is-active {' '.join(q(u) for u in units)}", check=False).stdout.split()
+    return dict(zip(units, out))
+
+

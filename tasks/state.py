@@ -1,0 +1,128 @@
+"""What air-deploy keeps in the cluster's own etcd, and where.
+
+The cluster is its own record: the current release (component -> version
+and digest, with branch, commit, who and when), the history of releases with
+their outcome, the machine list and the deploy lock all live under
+``/air/<cluster>/``. This module is the one home of those keys and of the
+shape of their values; ``tasks.etcd`` carries them.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from datetime import datetime, timezone
+
+from contextlib import ExitStack, contextmanager
+from urllib.parse import urlsplit
+
+from . import etcd, remote
+from .errors import RemoteError
+from .release import Release
+
+
+def prefix(cluster) -> str:
+    return f"/air/{cluster.name}/"
+
+
+def release_key(cluster) -> str:
+    return prefix(cluster) + "release/current"
+
+
+def history_prefix(cluster) -> str:
+    return prefix(cluster) + "releases/"
+
+
+def history_key(cluster, stamp: str) -> str:
+    return history_prefix(cluster) + stamp
+
+
+def machines_key(cluster) -> str:
+    return prefix(cluster) + "machines"
+
+
+def lock_key(cluster) -> str:
+    return prefix(cluster) + "lock"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def operator() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def release_record(release: Release, **meta) -> str:
+    """The JSON stored for a release: its components plus who/when/branch/commit/outcome."""
+    return json.dumps({**release.to_dict(), **meta}, sort_keys=True)
+
+
+def read_release(etcd, cluster):
+    """(Release, record dict) of the cluster's current release, or (None, None)."""
+    text = etcd.get(release_key(cluster))
+    if not text:
+        return None, None
+    record = json.loads(text)
+    return Release.from_dict(record), record
+
+
+def write_release(etcd, cluster, release: Release, **meta) -> dict:
+    meta.setdefault("who", operator())
+    meta.setdefault("when", now())
+    record = release_record(release, **meta)
+    etcd.put(release_key(cluster), record)
+    return json.loads(record)
+
+
+def add_history(etcd, cluster, record: dict) -> str:
+    stamp = record.get("when") or now()
+    etcd.put(history_key(cluster, stamp), json.dumps(record, sort_keys=True))
+    return stamp
+
+
+def history(etcd, cluster) -> list:
+    """Release records, oldest first."""
+    items = etcd.get_prefix(history_prefix(cluster))
+    return [json.loads(v) for _, v in sorted(items.items())]
+
+
+def write_machines(etcd, cluster, machines) -> None:
+    etcd.put(machines_key(cluster), json.dumps(list(machines)))
+
+
+def read_machines(etcd, cluster) -> list:
+    text = etcd.get(machines_key(cluster))
+    return json.loads(text) if text else []
+
+
+
+
+@contextmanager
+def cluster_etcd(cluster, via: str = None):
+    """An etcd client of the cluster: through ``via``, else the first machine of the file that answers."""
+    reasons = []
+    for address in [via] if via else list(cluster.machines):
+        conn = remote.connect(cluster, address)
+        stack = ExitStack()
+        try:
+            client = stack.enter_context(etcd.tunnel(conn))
+            if client.healthy():
+                break
+            reasons.append(f"{address}: etcd there has no quorum")
+        except RemoteError as e:
+            reasons.append(str(e))
+        stack.close()
+        conn.close()
+    else:
+        raise RemoteError("no healthy etcd member reachable: " + "; ".join(reasons))
+    try:
+        yield client
+    finally:
+        stack.close()
+        conn.close()
+
+
+def member_address(member) -> str:
+    """A member's machine address, from its peer URL (an unstarted member has no name yet)."""
+    return urlsplit(member.peer_urls[0]).hostname if member.peer_urls else member.name

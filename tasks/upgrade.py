@@ -1,0 +1,164 @@
+"""Upgrading machines to a release, one at a time, without downtime.
+
+``upgrade_machine`` is the per-machine runbook: pull the new images first
+(while still serving), take the machine out of the balancer, stop the Air
+units politely, install the release's cloud config, start, wait until
+healthy, put it back. A machine already on the release is left alone. When
+it fails, the machine is put back on the release it ran before and returned
+to the balancer, and the error names the machine and the failed check.
+``rolling_upgrade`` takes the machines from etcd's member list and upgrades
+them one after another (``--batch`` allows a few at once, never so many
+that most of the cluster is out of the balancer), stopping at the first
+failure.
+"""
+from __future__ import annotations
+
+import time
+
+from . import balancer, machine, remote, state
+from .cli import air_task, cluster_of
+from .cluster import check_address
+from .errors import AirError, ConfigError, HealthError, RemoteError
+from .release import Release
+from .remote import say
+
+
+class UpgradeFailed(AirError):
+    def __init__(self, address, message, restored):
+        self.address = address
+        self.restored = restored
+        super().__init__(message)
+
+
+def install_release(conn, cluster, address, members, release, base_doc) -> None:
+    doc = machine.final_document(cluster, address, members, "existing", release, base_doc)
+    machine.apply_document(conn, cluster, doc)
+
+
+def upgrade_machine(cluster, address, release: Release, previous: Release, members, base_doc=None) -> bool:
+    """Upgrade one machine; True when it changed. On failure: restore ``previous`` and raise UpgradeFailed."""
+    base_doc = base_doc or machine.base_document(cluster)
+    conn = remote.connect(cluster, address)
+    why = remote.reachable(conn)
+    if why:
+        raise UpgradeFailed(address, f"{address}: unreachable ({why}); it was not changed", restored=False)
+    with conn:
+        if machine.running_release(conn) == release.id:
+            say(f"upgrade: {address} already runs {release.id}")
+            return False
+        started = time.monotonic()
+        machine.pull(conn, cluster, release)
+        balancer.remove(cluster, address)
+        try:
+            machine.stop(conn, cluster)
+            install_release(conn, cluster, address, members, release, base_doc)
+            machine.start(conn, cluster)
+            machine.wait_healthy(conn, cluster)
+        except (HealthError, RemoteError) as failure:
+            restored = _restore(conn, cluster, address, members, previous, base_doc)
+            raise UpgradeFailed(address, f"upgrade of {address} to {release.id} failed: {failure}\n{restored}",
+                                restored=previous is not None) from None
+        balancer.add(cluster, address)
+        say(f"upgrade: {address} runs {release.id} ({time.monotonic() - started:.1f} s)")
+        return True
+
+
+def _restore(conn, cluster, address, members, previous, base_doc) -> str:
+    if previous is None:
+        return f"{address} is out of the balancer; no earlier release to restore."
+    try:
+        machine.stop(conn, cluster)
+        install_release(conn, cluster, address, members, previous, base_doc)
+        machine.start(conn, cluster)
+        machine.wait_healthy(conn, cluster)
+        balancer.add(cluster, address)
+        return f"{address} is back on release {previous.id} and in the balancer."
+    except AirError as e:
+        return f"restoring {address} to {previous.id} failed too ({e}); it is out of the balancer."
+
+
+def batch_limit(machines: int, wanted: int) -> int:
+    """How many machines may be upgraded at once: a majority always stays in the balancer."""
+    return max(1, min(int(wanted), (machines - 1) // 2))
+
+
+def member_machines(client) -> list:
+    return [state.member_address(m) for m in client.members() if not m.learner]
+
+
+def rolling(cluster, release: Release, previous: Release, via: str = None, batch: int = 1) -> list:
+    """Upgrade every member machine to ``release``; returns those that changed."""
+    with state.cluster_etcd(cluster, via) as client:
+        members = sorted(member_machines(client))
+    step = batch_limit(len(members), batch)
+    base_doc = machine.base_document(cluster)
+    changed = []
+    for i in range(0, len(members), step):
+        group = members[i:i + step]
+        results = remote.parallel(
+            lambda a: upgrade_machine(cluster, a, release, previous, members, base_doc), group)
+        changed += [a for a, did in zip(group, results) if did]
+    return changed
+
+
+def rolling_with_record(cluster, release: Release, previous: Release, via=None, batch=1, **meta) -> list:
+    """The rolling upgrade, with the cluster's current release and history kept right in etcd."""
+    with state.cluster_etcd(cluster, via) as client:
+        record = state.write_release(client, cluster, release, outcome="upgrading", **meta)
+    try:
+        changed = rolling(cluster, release, previous, via, batch)
+    except AirError as failure:
+        with state.cluster_etcd(cluster, via) as client:
+            record["outcome"] = f"failed: {str(failure).splitlines()[0]}"
+            state.add_history(client, cluster, record)
+            if previous is not None:
+                state.write_release(client, cluster, previous, outcome="restored after a failed upgrade")
+        raise
+    with state.cluster_etcd(cluster, via) as client:
+        record["outcome"] = "succeeded"
+        state.write_release(client, cluster, release, **{k: v for k, v in record.items()
+                                                           if k not in ("id", "components")})
+        state.add_history(client, cluster, record)
+    return changed
+
+
+def target_release(cluster, via=None, release_id=None):
+    """(release wanted, release the cluster is recorded at) from etcd; ``release_id`` picks one from history."""
+    with state.cluster_etcd(cluster, via) as client:
+        current, _ = state.read_release(client, cluster)
+        if release_id is None:
+            if current is None:
+                raise ConfigError(f"cluster {cluster.name} has no release recorded in etcd: run setup-cluster")
+            return current, current
+        for record in reversed(state.history(client, cluster)):
+            if record["id"] == release_id:
+                return Release.from_dict(record), current
+    raise ConfigError(f"no release {release_id!r} in the history of {cluster.name} (see fab releases)")
+
+
+@air_task(name="upgrade-machine", help={"cluster": "target cluster", "machine": "machine address",
+                                        "release": "release id (default: the cluster's current release)",
+                                        "via": "member to reach etcd through"})
+def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None):
+    """Upgrade one machine to the cluster's release (drain, stop politely, install, start, check, re-add)."""
+    target = cluster_of(cluster)
+    address = check_address(machine_, "--machine")
+    via = check_address(via, "--via") if via else None
+    wanted, current = target_release(target, via, release)
+    with state.cluster_etcd(target, via) as client:
+        members = sorted(member_machines(client))
+    if address not in members:
+        raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
+    upgrade_machine(target, address, wanted, current, members)
+
+
+@air_task(name="rolling-upgrade", help={"cluster": "target cluster", "via": "member to reach etcd through",
+                                        "batch": "machines upgraded at once (capped to keep a majority serving)",
+                                        "release": "release id (default: the cluster's current release)"})
+def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None):
+    """Upgrade every member machine to the cluster's release, one at a time."""
+    target = cluster_of(cluster)
+    via = check_address(via, "--via") if via else None
+    wanted, current = target_release(target, via, release)
+    changed = rolling(target, wanted, current, via, int(batch))
+    print(f"release {wanted.id}: {len(changed)} machine(s) upgraded")

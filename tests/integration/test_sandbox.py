@@ -1,0 +1,201 @@
+"""The sandbox is real: checked from outside, the way air-deploy will use it.
+
+Every machine (spares too) is reached over SSH with the sandbox key and the
+cluster's known_hosts (a host with another key is refused), runs systemd and
+Docker, and pulls from the registry; the registry wants credentials and
+speaks TLS from the sandbox CA; the balancer listens; `sandbox.up` is
+idempotent and fast when nothing is missing. Nothing here changes a machine
+for good: the probe image pulled on each machine is removed again.
+"""
+import dataclasses
+import json
+import secrets
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from tasks import docker_api, remote, sandbox as sb
+from tasks.errors import RemoteError
+from tasks.registry import RegistryClient, load_credentials
+
+from conftest import MACHINES, SPARES, fab
+
+NODES = sb.layout(MACHINES, SPARES)
+MACHINE_NODES = [n for n in NODES if n.is_machine]
+by_name = pytest.mark.parametrize("node", MACHINE_NODES, ids=lambda n: n.name)
+
+
+@pytest.fixture(scope="module")
+def connections(local):
+    """One SSH connection per host, opened on first use, closed at the end of the module."""
+    opened = {}
+
+    def to(address):
+        if address not in opened:
+            opened[address] = remote.connect(local, address)
+        return opened[address]
+
+    yield to
+    for conn in opened.values():
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def probe_image(local, connections):
+    """The build server's base image, pushed under a test-only name; yields (reference, image ID)."""
+    repository = f"{local.registry.address}/t{secrets.token_hex(4)}/sandbox_probe"
+    username, password = load_credentials(local.registry.credentials)
+    api = docker_api.engine(connections(local.build.host))
+    api.tag(sb.BASE_IMAGE, repository, "1")
+    for chunk in api.push(repository, tag="1", auth_config={"username": username, "password": password},
+                          stream=True, decode=True):
+        assert "error" not in chunk, chunk
+    image_id = api.inspect_image(f"{repository}:1")["Id"]
+    yield f"{repository}:1", image_id
+    api.remove_image(f"{repository}:1")
+
+
+# ---------------------------------------------------------------- what `fab sandbox.status --json` says
+
+def test_status_json_has_the_documented_keys(sandbox):
+    info = json.loads(fab("sandbox.status", "--json").stdout)
+    assert info["cluster"] == "local"
+    assert info["up"] is True
+    assert info["ssh_key"].endswith("id_ed25519")
+    for role in ("build", "registry", "balancer"):
+        node = next(n for n in NODES if n.role == role)
+        assert info[role]["name"] == node.name
+        assert info[role]["address"] == node.address
+    assert info["registry"]["port"] == sb.REGISTRY_PORT
+    assert info["balancer"]["port"] == sb.BALANCER_PORT
+    assert [(m["name"], m["address"], m["spare"]) for m in info["machines"]] == \
+        [(n.name, n.address, n.role == "spare") for n in MACHINE_NODES]
+    assert sum(m["spare"] for m in info["machines"]) == SPARES
+
+
+# ---------------------------------------------------------------- every machine, spares included
+
+@by_name
+def test_machine_answers_ssh_with_the_sandbox_key_and_a_checked_host_key(local, connections, node):
+    conn = connections(node.address)
+    assert remote.run(conn, "hostname").stdout.strip() == node.name
+    offered = conn.client.get_transport().get_remote_server_key()
+    known = conn.client.get_host_keys().lookup(node.address)
+    assert known is not None and known[offered.get_name()] == offered
+    assert conn.connect_kwargs["key_filename"] == [str(local.ssh.key)]
+
+
+@by_name
+def test_machine_runs_systemd(connections, node):
+    result = remote.run(connections(node.address), "systemctl is-system-running", check=False)
+    assert result.stdout.strip() == "running", \
+        remote.run(connections(node.address), "systemctl --failed --no-legend --plain", check=False).stdout
+    assert remote.run(connections(node.address), "ps -o comm= -p 1").stdout.strip() == "systemd"
+
+
+@by_name
+def test_machine_has_an_active_docker_service(connections, node):
+    result = remote.run(connections(node.address), "systemctl is-active docker", check=False)
+    assert result.stdout.strip() == "active"
+
+
+@by_name
+def test_machine_pulls_from_the_registry(connections, probe_image, node):
+    reference, image_id = probe_image
+    conn = connections(node.address)
+    try:
+        remote.run(conn, f"docker pull -q {remote.q(reference)}", what=f"pull {reference}")
+        pulled = remote.run(conn, f"docker image inspect --format '{{{{.Id}}}}' {remote.q(reference)}")
+        assert pulled.stdout.strip() == image_id
+    finally:
+        remote.run(conn, f"docker image rm -f {remote.q(reference)} >/dev/null 2>&1 || true")
+
+
+# ---------------------------------------------------------------- a key that is not the machine's is refused
+
+@pytest.fixture
+def other_key(tmp_path):
+    """A freshly made ed25519 public key that no sandbox host has: (type, base64)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    return (tmp_path / "other.pub").read_text().split()[:2]
+
+
+def with_known_hosts(cluster, path):
+    return dataclasses.replace(cluster, ssh=dataclasses.replace(cluster.ssh, known_hosts=path))
+
+
+def test_a_machine_with_another_key_than_known_hosts_says_is_refused(local, tmp_path, other_key):
+    machine = MACHINE_NODES[0]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"{machine.address} {other_key[0]} {other_key[1]}\n")
+    with remote.connect(with_known_hosts(local, known_hosts), machine.address) as conn:
+        with pytest.raises(RemoteError) as refused:
+            remote.run(conn, "touch /tmp/air-should-not-exist")
+    assert str(refused.value) == f"{machine.address}: cannot reach over SSH (host key does not match known_hosts: refusing)"
+
+
+def test_a_machine_missing_from_known_hosts_is_refused(local, tmp_path, other_key):
+    machine, other = MACHINE_NODES[0], MACHINE_NODES[1]
+    known_hosts = tmp_path / "known_hosts"
+    # Another host's real key: the file is valid, only this machine is not in it.
+    known_hosts.write_text(next(line for line in local.ssh.known_hosts.read_text().splitlines()
+                                if line.startswith(other.address + " ")) + "\n")
+    with remote.connect(with_known_hosts(local, known_hosts), machine.address) as conn:
+        with pytest.raises(RemoteError) as refused:
+            remote.run(conn, "true")
+    assert str(refused.value) == f"{machine.address}: cannot reach over SSH (host key not in known_hosts: refusing)"
+
+
+# ---------------------------------------------------------------- registry and balancer
+
+def test_registry_refuses_anonymous_access(sandbox, local):
+    base = f"https://{local.registry.address}"
+    ca = str(local.registry.ca)
+    response = requests.get(f"{base}/v2/", verify=ca, timeout=10)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].lower().startswith("basic")
+    upload = requests.post(f"{base}/v2/tanonymous/sandbox_probe/blobs/uploads/", verify=ca, timeout=10)
+    assert upload.status_code == 401
+
+
+def test_registry_refuses_a_wrong_password(sandbox, local):
+    username, _ = load_credentials(local.registry.credentials)
+    response = requests.get(f"https://{local.registry.address}/v2/", auth=(username, "not-the-password"),
+                            verify=str(local.registry.ca), timeout=10)
+    assert response.status_code == 401
+
+
+def test_registry_accepts_the_credentials_over_tls_from_the_sandbox_ca(local, probe_image):
+    credentials = load_credentials(local.registry.credentials)
+    response = requests.get(f"https://{local.registry.address}/v2/", auth=credentials,
+                            verify=str(local.registry.ca), timeout=10)
+    assert response.status_code == 200
+    reference, image_id = probe_image
+    repository = reference.split("/", 1)[1].rsplit(":", 1)[0]
+    client = RegistryClient.for_registry(local.registry)
+    assert client.tags(repository) == ["1"]
+    assert client.config_digest(repository, "1") == image_id
+
+
+def test_balancer_accepts_tcp_on_its_port(sandbox):
+    with socket.create_connection((sandbox["balancer"]["address"], sandbox["balancer"]["port"]), timeout=5):
+        pass
+
+
+# ---------------------------------------------------------------- sandbox.up is idempotent
+
+def test_bring_up_twice_in_a_row_is_fast_the_second_time(sandbox, capsys):
+    times = []
+    for _ in range(2):
+        started = time.monotonic()
+        info = sb.bring_up(MACHINES, SPARES)
+        times.append(time.monotonic() - started)
+        assert info["up"] is True
+        assert len(info["machines"]) == MACHINES + SPARES
+    with capsys.disabled():
+        print(f"\n  sandbox.up, already up: {times[0]:.1f} s, then again: {times[1]:.1f} s")
+    assert info == sandbox
+    assert times[1] < 15

@@ -1,0 +1,344 @@
+"""tasks/cluster.py: what a cluster file may say, and the one-line errors when it says something else.
+
+Every error test checks the same contract: a ConfigError whose message is a
+single line naming the file, the field and what was expected. Files are
+written into tmp_path; nothing is contacted and no key file is read.
+"""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import cluster
+from tasks.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+VALID = {
+    "namespace": "aircloak",
+    "ssh": {"key": "keys/id_ed25519", "known_hosts": "keys/known_hosts"},
+    "build": {"host": "build.example.com", "repository": "git@example.com:aircloak/air.git"},
+    "registry": {"address": "registry.example.com:5000", "credentials": "registry.yaml"},
+    "balancer": {"host": "192.0.2.10"},
+    "machines": ["192.0.2.11", "192.0.2.12", "192.0.2.13"],
+    "components": [{"name": "router", "port": 80}, {"name": "air_backend", "port": 8082}],
+    "secrets": "secrets",
+}
+
+
+def write(directory: Path, name: str, data) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+DELETE = object()
+
+
+def variant(**changes) -> dict:
+    """VALID with top-level or dotted fields changed; a value of DELETE removes the field."""
+    data = copy.deepcopy(VALID)
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = data
+        for parent in parents:
+            target = target[parent]
+        if value is DELETE:
+            del target[key]
+        else:
+            target[key] = value
+    return data
+
+
+def error_of(directory: Path, name: str, data) -> str:
+    """The message of the ConfigError that loading ``data`` as ``name`` raises; checked to be one line."""
+    file = write(directory, name, data)
+    with pytest.raises(ConfigError) as raised:
+        cluster.load(name, directory)
+    message = str(raised.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"{file.resolve()}: "), message
+    return message
+
+
+# ---------------------------------------------------------------- a valid file and its defaults
+
+def test_a_valid_file_loads_with_defaults_applied(tmp_path):
+    write(tmp_path, "stage", VALID)
+    c = cluster.load("stage", tmp_path)
+    assert c.name == "stage" and c.file == tmp_path / "stage.yaml"
+    assert c.build.checkout == "/aircloak/stage/air"
+    assert c.build.branch == "master"
+    assert (c.ssh.user, c.ssh.port) == ("core", 22)
+    assert c.timeouts == cluster.Timeouts(connect=10, stop=30, healthy=60, lock=30)
+    assert c.balancer == cluster.Balancer("192.0.2.10", 80, "/etc/haproxy/air-routers.cfg", "/etc/haproxy/haproxy.cfg")
+    assert c.cloud_config == "/var/lib/coreos-install/user_data"
+    assert c.admin is None
+    assert c.registry.ca is None
+    assert c.components[0] == cluster.Component("router", 80, "/health", "components/router")
+    assert c.machines == ("192.0.2.11", "192.0.2.12", "192.0.2.13")
+
+
+def test_local_paths_are_relative_to_the_cluster_file_and_expand_home(tmp_path):
+    write(tmp_path, "stage", variant(ssh__known_hosts="~/.ssh/known_hosts"))
+    c = cluster.load("stage", tmp_path)
+    assert c.ssh.key == (tmp_path / "keys" / "id_ed25519").resolve()
+    assert c.ssh.known_hosts == Path("~/.ssh/known_hosts").expanduser().resolve()
+
+
+def test_checkout_names_its_own_cluster(tmp_path):
+    write(tmp_path, "prod", variant(build__checkout="/srv/{cluster}/src"))
+    assert cluster.load("prod", tmp_path).build.checkout == "/srv/prod/src"
+
+
+def test_timeouts_given_in_part_keep_the_other_defaults(tmp_path):
+    write(tmp_path, "prod", variant(timeouts={"healthy": 180}))
+    assert cluster.load("prod", tmp_path).timeouts == cluster.Timeouts(connect=10, stop=30, healthy=180, lock=30)
+
+
+def test_image_names(tmp_path):
+    write(tmp_path, "stage", VALID)
+    c = cluster.load("stage", tmp_path)
+    assert c.image("router") == "aircloak/stage_router"
+    assert c.image_ref("router", "1.0.2") == "registry.example.com:5000/aircloak/stage_router:1.0.2"
+
+
+def test_include_completes_the_file_and_its_own_fields_win(tmp_path):
+    (tmp_path / "base").mkdir()
+    base = variant(namespace="base", ssh__user="root")
+    del base["components"]
+    (tmp_path / "base" / "common.yaml").write_text(yaml.safe_dump(base))
+    write(tmp_path, "stage", {"include": "base/common.yaml", "namespace": "own",
+                              "ssh": {"port": 2222}, "components": VALID["components"]})
+    c = cluster.load("stage", tmp_path)
+    assert c.namespace == "own"
+    assert (c.ssh.user, c.ssh.port) == ("root", 2222)
+    # Paths are relative to the file that names the cluster, not to the included one.
+    assert c.ssh.key == (tmp_path / "keys" / "id_ed25519").resolve()
+
+
+# ---------------------------------------------------------------- errors, one line each
+
+def test_unknown_cluster_lists_the_known_ones(tmp_path):
+    write(tmp_path, "stage", VALID)
+    write(tmp_path, "prod", VALID)
+    with pytest.raises(ConfigError) as raised:
+        cluster.load("staging", tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message == f"unknown cluster 'staging': no {tmp_path / 'staging.yaml'} (known: prod, stage)"
+
+
+@pytest.mark.parametrize("name", ["Prod", "prod-1", "1prod", "", "../etc/passwd", "a" * 41])
+def test_bad_cluster_name_is_refused_before_any_file_is_read(tmp_path, name):
+    with pytest.raises(ConfigError) as raised:
+        cluster.load(name, tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message == f"cluster name {name!r} is not valid ({cluster.KINDS['name']})"
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    message = error_of(tmp_path, "stage", "namespace: aircloak\nssh:\n  user: [core\n  port: 22\n")
+    assert "malformed YAML at line" in message
+
+
+def test_a_file_that_is_not_a_mapping(tmp_path):
+    message = error_of(tmp_path, "stage", "- just\n- a list\n")
+    assert "top level: expected a mapping of fields" in message
+
+
+@pytest.mark.parametrize("missing, shown", [
+    ("namespace", "namespace: missing (a Docker repository namespace"),
+    ("ssh__key", "ssh.key: missing (a path on this machine"),
+    ("machines", "machines: missing (a non-empty list of distinct IPv4 or IPv6 addresses"),
+    ("build", "build: missing (The build server"),
+    ("components", "components: missing (The Air components"),
+])
+def test_missing_field(tmp_path, missing, shown):
+    message = error_of(tmp_path, "stage", variant(**{missing: DELETE}))
+    assert f": {shown}" in message
+
+
+def test_missing_field_of_a_component(tmp_path):
+    message = error_of(tmp_path, "stage", variant(components=[{"name": "router"}]))
+    assert ": components[0].port: missing (a positive whole number" in message
+
+
+def test_bad_address_in_machines(tmp_path):
+    message = error_of(tmp_path, "stage", variant(machines=["192.0.2.11", "192.0.2.300"]))
+    assert message.endswith(f": machines[1]: expected {cluster.KINDS['address']}, got '192.0.2.300'")
+
+
+def test_a_host_name_is_not_a_machine_address(tmp_path):
+    message = error_of(tmp_path, "stage", variant(machines=["m1.example.com"]))
+    assert ": machines[0]: expected an IPv4 or IPv6 address" in message
+
+
+def test_duplicate_machines(tmp_path):
+    message = error_of(tmp_path, "stage", variant(machines=["192.0.2.11", "192.0.2.12", "192.0.2.11"]))
+    assert f": machines: expected {cluster.KINDS['addresses']}, got " in message
+
+
+def test_duplicate_machines_in_different_spellings(tmp_path):
+    message = error_of(tmp_path, "stage", variant(machines=["2001:db8::1", "2001:DB8:0::1"]))
+    assert ": machines: expected a non-empty list of distinct" in message
+
+
+def test_empty_machines(tmp_path):
+    message = error_of(tmp_path, "stage", variant(machines=[]))
+    assert ": machines: expected a non-empty list of distinct" in message
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("components", [{"name": "router", "port": "eighty"}], "components[0].port: expected a positive whole number, got 'eighty'"),
+    ("ssh__port", "eighty", "ssh.port: expected a positive whole number, got 'eighty'"),
+    ("ssh__port", True, "ssh.port: expected a positive whole number, got True"),
+    ("ssh__port", 0, "ssh.port: expected a positive whole number, got 0"),
+    ("ssh__user", 17, "ssh.user: expected a non-empty string, got 17"),
+    ("ssh", "root", "ssh: expected a mapping of fields, got 'root'"),
+    ("namespace", "AirCloak", "namespace: expected a Docker repository namespace"),
+    ("registry__address", "registry.example.com", "registry.address: expected HOST:PORT, got 'registry.example.com'"),
+    ("registry__address", "registry.example.com:99999", "registry.address: expected HOST:PORT"),
+    ("build__host", "build server", "build.host: expected an IP address or a DNS name, got 'build server'"),
+    ("build__checkout", "/aircloak/../etc", "build.checkout: expected an absolute path on the remote host"),
+    ("build__checkout", "aircloak/air", "build.checkout: expected an absolute path on the remote host"),
+    ("components", [{"name": "router", "port": 80, "health": "health"}], "components[0].health: expected an HTTP path"),
+    ("components", [{"name": "router", "port": 80, "source": "../other"}], "components[0].source: expected a relative path"),
+    ("components", [{"name": "Router", "port": 80}], "components[0].name: expected a lower-case name"),
+    ("components", {"name": "router", "port": 80}, "components: expected a non-empty list"),
+    ("timeouts", {"healthy": -5}, "timeouts.healthy: expected a positive whole number, got -5"),
+])
+def test_wrong_type_or_shape(tmp_path, field, value, expected):
+    message = error_of(tmp_path, "stage", variant(**{field: value}))
+    assert f": {expected}" in message
+
+
+@pytest.mark.parametrize("field, expected", [
+    ("balancer__hots", "balancer.hots: unknown field (expected one of: host, port, routers_file, config)"),
+    ("registery", "registery: unknown field (expected one of: include, namespace, ssh, "),
+])
+def test_unknown_field(tmp_path, field, expected):
+    message = error_of(tmp_path, "stage", variant(**{field: "x"}))
+    assert f": {expected}" in message
+
+
+def test_unknown_field_of_a_component(tmp_path):
+    message = error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80, "helth": "/h"}]))
+    assert ": components[0].helth: unknown field (expected one of: name, port, health, source)" in message
+
+
+def test_duplicate_component_names(tmp_path):
+    message = error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80},
+                                                              {"name": "router", "port": 81}]))
+    assert ": components: expected distinct component names, got ['router', 'router']" in message
+
+
+def test_admin_component_must_be_a_component(tmp_path):
+    message = error_of(tmp_path, "stage", variant(admin={"component": "air_frontend", "command": "/bin/x"}))
+    assert ": admin.component: expected one of the components (router, air_backend), got 'air_frontend'" in message
+
+
+def test_include_of_a_missing_file(tmp_path):
+    message = error_of(tmp_path, "stage", variant(include="common.yaml"))
+    assert message.endswith(f": include: {tmp_path.resolve() / 'common.yaml'} does not exist")
+
+
+def test_include_of_a_missing_sandbox_file_says_to_bring_the_sandbox_up(tmp_path):
+    message = error_of(tmp_path, "local", {"include": ".sandbox/cluster.yaml", "namespace": "aircloak"})
+    assert message.endswith(f": include: {tmp_path.resolve() / '.sandbox' / 'cluster.yaml'} does not exist "
+                            "(run `fab sandbox.up` first)")
+
+
+def test_malformed_included_file_is_named(tmp_path):
+    (tmp_path / "common.yaml").write_text("ssh: {user: root\n")
+    write(tmp_path, "stage", variant(include="common.yaml"))
+    with pytest.raises(ConfigError) as raised:
+        cluster.load("stage", tmp_path)
+    assert str(raised.value).startswith(f"{(tmp_path / 'common.yaml').resolve()}: malformed YAML")
+
+
+def test_include_must_be_a_path(tmp_path):
+    message = error_of(tmp_path, "stage", variant(include=["a.yaml"]))
+    assert ": include: expected a path on this machine" in message
+
+
+def test_unknown_component_is_named(tmp_path):
+    write(tmp_path, "stage", VALID)
+    with pytest.raises(ConfigError) as raised:
+        cluster.load("stage", tmp_path).component("frontend")
+    assert str(raised.value) == f"{tmp_path / 'stage.yaml'}: no component 'frontend' (known: router, air_backend)"
+
+
+# ---------------------------------------------------------------- with_machines (--machines)
+
+@pytest.fixture
+def stage(tmp_path):
+    write(tmp_path, "stage", VALID)
+    return cluster.load("stage", tmp_path)
+
+
+def test_with_machines_replaces_the_list_in_canonical_form(stage):
+    other = stage.with_machines(["192.0.2.21", " 2001:DB8::1 "])
+    assert other.machines == ("192.0.2.21", "2001:db8::1")
+    assert other.name == stage.name and other.components == stage.components
+    assert stage.machines == ("192.0.2.11", "192.0.2.12", "192.0.2.13")  # the original is untouched
+
+
+def test_with_machines_accepts_the_command_line_form(stage):
+    assert stage.with_machines("192.0.2.21,192.0.2.22,").machines == ("192.0.2.21", "192.0.2.22")
+
+
+@pytest.mark.parametrize("machines, expected", [
+    ("192.0.2.21,nope", "--machines: machines[1]: expected an IPv4 or IPv6 address, got 'nope'"),
+    ("", "--machines: machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got []"),
+    ([], "--machines: machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got []"),
+    (["192.0.2.21", "192.0.2.21"], "--machines: machines: expected a non-empty list of distinct"),
+    (None, "--machines: machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got None"),
+])
+def test_with_machines_validates(stage, machines, expected):
+    with pytest.raises(ConfigError) as raised:
+        stage.with_machines(machines)
+    assert "\n" not in str(raised.value)
+    assert str(raised.value).startswith(expected)
+
+
+# ---------------------------------------------------------------- the files in clusters/ and their documentation
+
+def test_readme_is_written_from_the_schema():
+    """clusters/README.md is regenerated with: python -m tasks.cluster --readme > clusters/README.md"""
+    assert (ROOT / "clusters" / "README.md").read_text() == cluster.readme()
+
+
+def test_readme_documents_every_field():
+    text = cluster.readme()
+    for key, spec in cluster.SCHEMA.fields.items():
+        assert f"| `{key}` |" in text
+        if isinstance(spec, cluster.Section):
+            prefix = f"{key}[]." if spec.many else f"{key}."
+            for sub in spec.fields:
+                assert f"| `{prefix}{sub}` |" in text
+
+
+CLUSTER_FILES = sorted(p.stem for p in (ROOT / "clusters").glob("*.yaml") if p.stem != "local")
+
+
+def test_there_are_example_clusters():
+    assert {"air_stage", "air_prod"} <= set(CLUSTER_FILES)
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_every_cluster_file_but_the_sandbox_loads(name):
+    # local.yaml includes .sandbox/cluster.yaml, which only `fab sandbox.up` writes.
+    c = cluster.load(name, ROOT / "clusters")
+    assert c.name == name
+    assert len(c.machines) >= 1
+
+
+def test_example_clusters_are_separate():
+    stage, prod = cluster.load("air_stage", ROOT / "clusters"), cluster.load("air_prod", ROOT / "clusters")
+    assert stage.build.checkout != prod.build.checkout
+    assert stage.image("router") != prod.image("router")
+    assert not set(stage.machines) & set(prod.machines)
+    assert prod.build.branch == "release"
+    assert prod.timeouts.healthy > stage.timeouts.healthy
