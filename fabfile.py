@@ -6,10 +6,11 @@ cloudconfig, lock).
 """
 from invoke import Collection
 
-from tasks import balancer, build, deploy, install, push, sandbox, upgrade
+from tasks import balancer, build, deploy, install, membership, push, sandbox, upgrade
 
 namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,
+    membership.add_machine, membership.remove_machine,
     upgrade.upgrade_machine_task, upgrade.rolling_upgrade,
     deploy.deploy, deploy.releases, deploy.rollback,
 )

@@ -98,10 +98,13 @@ def start_etcd_command() -> str:
     return f"systemctl daemon-reload && systemctl enable -q {ETCD_UNIT} && systemctl start --no-block {ETCD_UNIT}"
 
 
-def wipe_etcd_command() -> str:
-    """Stops etcd and forgets its membership, so the machine can be added again as a fresh one."""
-    return (f"systemctl disable -q --now {ETCD_UNIT} 2>/dev/null; rm -f {q(ETCD_DROPIN_PATH)}; "
-            f"rm -rf {q(ETCD_DATA_DIR)}; systemctl daemon-reload")
+def wipe_command(cluster) -> str:
+    """Stops etcd and the Air units and forgets them, so the machine is a fresh one again."""
+    units = " ".join(q(u) for u in units_of(cluster))
+    unit_files = " ".join(q(f"{UNIT_DIR}/{u}") for u in units_of(cluster))
+    return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
+            f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files}; rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)}; "
+            f"systemctl daemon-reload")
 
 
 def diagnostics_command(cluster) -> str:
@@ -117,6 +120,11 @@ def base_document(cluster) -> dict:
     keys = [public_key.read_text().strip()] if public_key.exists() else []
     ca = cluster.registry.ca.read_text() if cluster.registry.ca else None
     return cloudconfig.base(cluster, keys, ca, load_credentials(cluster.registry.credentials))
+
+
+def render_base(cluster) -> str:
+    """The base cloud config as a file: what a freshly prepared machine boots from."""
+    return cloudconfig.render(base_document(cluster))
 
 
 def final_document(cluster, machine, members, state, release, base_doc=None) -> dict:
