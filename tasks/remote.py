@@ -11,6 +11,7 @@ per-machine work in threads while keeping each machine's outcome.
 from __future__ import annotations
 
 import io
+import logging
 import shlex
 import sys
 import threading
@@ -24,6 +25,8 @@ from invoke.exceptions import CommandTimedOut, UnexpectedExit
 from .errors import AirError, ConfigError, RemoteError
 
 _print_lock = threading.Lock()
+# paramiko logs a refused tunnel channel at ERROR; our own error line already says what failed.
+logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 
 def say(message: str) -> None:

@@ -40,11 +40,12 @@ BASE_IMAGE_DIR = ROOT / "sandbox" / "base-image"
 APP_DIR = ROOT / "sandbox" / "air"
 STATE = Path(os.environ.get("AIR_SANDBOX_STATE", ROOT / ".sandbox"))
 
-PREFIX = "air-sandbox"
+# A second sandbox can run beside the first (another checkout, other names and subnet).
+PREFIX = os.environ.get("AIR_SANDBOX_PREFIX", "air-sandbox")
 NETWORK = PREFIX
-SUBNET = "10.213.7"  # /24; addresses below are fixed so the cluster file stays stable
-IMAGE_REPO = f"{PREFIX}/machine"
-BASE_IMAGE = f"{PREFIX}/base:1"  # the sample app's FROM; built on the build server
+SUBNET = os.environ.get("AIR_SANDBOX_SUBNET", "10.213.7")  # a /24; fixed addresses keep the cluster file stable
+IMAGE_REPO = "air-sandbox/machine"
+BASE_IMAGE = "air-sandbox/base:1"  # the sample app's FROM; built on the build server
 REGISTRY_PORT = 5000
 BALANCER_PORT = 80
 REPOSITORY = "/srv/git/air.git"
@@ -52,6 +53,7 @@ NAMESPACE = "aircloak"
 REGISTRY_USER = "air"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 LABEL = "air.sandbox.role"
+OWNER = "air.sandbox.name"  # which sandbox a container belongs to
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ def container_state(name: str) -> dict:
 
 def run_container(node: Node, image: str) -> None:
     args = ["run", "-d", "--name", node.name, "--hostname", node.name, "--network", NETWORK,
-            "--ip", node.address, "--label", f"{LABEL}={node.role}",
+            "--ip", node.address, "--label", f"{LABEL}={node.role}", "--label", f"{OWNER}={PREFIX}",
             "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
             "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
             "--device-cgroup-rule=a *:* rwm", "--tmpfs", "/run", "--tmpfs", "/run/lock",
@@ -365,6 +367,26 @@ def status(nodes: list = None) -> dict:
 
 # ---------------------------------------------------------------- up, down, change
 
+def prepare(node: Node, public_key: str, config_id: str):
+    """Wait for a container to boot and configure its role, unless already done; returns its host key."""
+    wait_booted(node)
+    marker = inside(node.name, "cat /etc/air-sandbox 2>/dev/null || true").strip()
+    if marker != config_id:
+        configure_common(node, public_key)
+        if node.role == "registry":
+            configure_registry(node)
+        elif node.role == "balancer":
+            configure_balancer(node, [])
+        elif node.role == "build":
+            configure_build(node)
+        else:
+            configure_machine(node)
+        put(node.name, "/etc/air-sandbox", config_id + "\n")
+    elif node.role == "build":
+        configure_build(node)  # checks only, fast; the repository may have been removed
+    return node, host_key(node)
+
+
 def bring_up(machines: int = 3, spares: int = 2) -> dict:
     """Bring the sandbox to the wanted shape; reuse whatever is already right."""
     started = time.monotonic()
@@ -374,11 +396,11 @@ def bring_up(machines: int = 3, spares: int = 2) -> dict:
     ensure_local_files()
     ensure_network()
     public_key = (STATE / "id_ed25519.pub").read_text()
-    config_id = hashlib.sha256((image + public_key + (STATE / "ca.crt").read_text()).encode()).hexdigest()[:12]
+    config_id = _config_id(image, public_key)
 
     # Machines beyond the wanted number go (a smaller sandbox was asked for).
     wanted = {n.name for n in nodes}
-    listed = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
+    listed = docker("ps", "-a", "--filter", f"label={OWNER}={PREFIX}", "--format", "{{.Names}}").stdout.split()
     for name in listed:
         if name not in wanted:
             docker("rm", "-f", "-v", name)
@@ -388,7 +410,7 @@ def bring_up(machines: int = 3, spares: int = 2) -> dict:
     for node in nodes:
         info = container_state(node.name)
         same = info and info["Config"]["Image"] == image and \
-            info["Config"]["Labels"].get(LABEL) == node.role and \
+            info["Config"]["Labels"].get(LABEL) == node.role and info["Config"]["Labels"].get(OWNER) == PREFIX and \
             info["NetworkSettings"]["Networks"].get(NETWORK, {}).get("IPAddress") == node.address
         if info and not same:
             docker("rm", "-f", node.name)
@@ -400,25 +422,7 @@ def bring_up(machines: int = 3, spares: int = 2) -> dict:
         elif not info["State"]["Running"]:
             docker("start", node.name)
 
-    def prepare(node: Node):
-        wait_booted(node)
-        marker = inside(node.name, "cat /etc/air-sandbox 2>/dev/null || true").strip()
-        if marker != config_id:
-            configure_common(node, public_key)
-            if node.role == "registry":
-                configure_registry(node)
-            elif node.role == "balancer":
-                configure_balancer(node, [])
-            elif node.role == "build":
-                configure_build(node)
-            else:
-                configure_machine(node)
-            put(node.name, "/etc/air-sandbox", config_id + "\n")
-        elif node.role == "build":
-            configure_build(node)  # checks only, fast; the repository may have been removed
-        return node, host_key(node)
-
-    keys = parallel(prepare, nodes, describe=lambda n: n.name)
+    keys = parallel(lambda n: prepare(n, public_key, config_id), nodes, describe=lambda n: n.name)
     known = "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys)
     (STATE / "known_hosts").write_text(known)
     (STATE / "cluster.yaml").write_text(
@@ -430,12 +434,37 @@ def bring_up(machines: int = 3, spares: int = 2) -> dict:
     return status(nodes)
 
 
+def _config_id(image: str, public_key: str) -> str:
+    return hashlib.sha256((image + public_key + (STATE / "ca.crt").read_text()).encode()).hexdigest()[:12]
+
+
+def reset_machines(addresses) -> None:
+    """Make these machines freshly prepared again: new containers and engine volumes, same addresses."""
+    state = json.loads((STATE / "state.json").read_text())
+    nodes = [Node(**n) for n in state["nodes"] if n["address"] in set(addresses) and n["role"] in ("machine", "spare")]
+    image = ensure_image()
+    public_key = (STATE / "id_ed25519.pub").read_text()
+
+    def renew(node):
+        docker("rm", "-f", node.name)
+        docker("volume", "rm", "-f", f"{node.name}-docker", check=False)
+        run_container(node, image)
+        return node, prepare(node, public_key, _config_id(image, public_key))[1]
+
+    renewed = dict(parallel(renew, nodes, describe=lambda n: n.name))
+    known = [line for line in (STATE / "known_hosts").read_text().splitlines()
+             if line.split()[0] not in {n.address for n in nodes}]
+    known += [f"{n.address} {k[0]} {k[1]}" for n, k in renewed.items()]
+    (STATE / "known_hosts").write_text("\n".join(known) + "\n")
+
+
 def tear_down() -> None:
     """Remove every sandbox container, volume and the network; the machine image stays cached."""
-    listed = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
+    listed = docker("ps", "-a", "--filter", f"label={OWNER}={PREFIX}", "--format", "{{.Names}}").stdout.split()
     if listed:
         docker("rm", "-f", "-v", *listed)
-    volumes = docker("volume", "ls", "-q", "--filter", f"name={PREFIX}-").stdout.split()
+    volumes = [v for v in docker("volume", "ls", "-q", "--filter", f"name={PREFIX}-").stdout.split()
+               if v.startswith(f"{PREFIX}-")]
     if volumes:
         docker("volume", "rm", "-f", *volumes)
     if docker("network", "inspect", NETWORK, check=False).returncode == 0:

@@ -47,3 +47,46 @@ def sandbox():
 def local(sandbox):
     from tasks import cluster
     return cluster.load("local")
+
+
+def serving(cluster) -> bool:
+    """True when the cluster's etcd has exactly its machines as started members, a release is
+    recorded, every machine runs that release and the balancer lists exactly those machines."""
+    from tasks import balancer, machine, remote, state
+    from tasks.errors import AirError
+    try:
+        with state.cluster_etcd(cluster) as client:
+            members = client.members()
+            release, _ = state.read_release(client, cluster)
+        addresses = sorted(state.member_address(m) for m in members)
+        if release is None or addresses != sorted(cluster.machines) or any(m.learner or not m.started for m in members):
+            return False
+
+        def runs(address):
+            with remote.connect(cluster, address) as conn:
+                return machine.running_release(conn) == release.id and \
+                    set(machine.unit_states(conn, cluster).values()) == {"active"}
+        return all(remote.parallel(runs, cluster.machines)) and \
+            sorted(balancer.listed(cluster)) == addresses
+    except AirError:
+        return False
+
+
+def install_fresh(sandbox, cluster):
+    """Reset every sandbox machine to freshly prepared, build and push master, and set the cluster up."""
+    from tasks import build, install, push
+    from tasks import sandbox as sb
+    sb.reset_machines([m["address"] for m in sandbox["machines"]])
+    built = build.build_all(cluster, cluster.build.host, cluster.build.branch)
+    push.push_all(cluster, cluster.build.host, built["images"])
+    install.setup(cluster, list(cluster.machines))
+
+
+@pytest.fixture(scope="module")
+def installed(sandbox, local):
+    """The local cluster installed on its 3 machines and serving. Checked at the start of every
+    module that uses it and reinstalled only when a previous module left it otherwise."""
+    if not serving(local):
+        install_fresh(sandbox, local)
+    assert serving(local)
+    return local
