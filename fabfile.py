@@ -6,7 +6,7 @@ cloudconfig, lock).
 """
 from invoke import Collection
 
-from tasks import balancer, build, deploy, install, membership, push, sandbox, upgrade
+from tasks import balancer, build, cloud_config, deploy, install, membership, push, sandbox, upgrade
 
 namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,
@@ -16,4 +16,5 @@ namespace = Collection(
 )
 namespace.add_collection(Collection.from_module(sandbox))
 namespace.add_collection(Collection.from_module(balancer))
+namespace.add_collection(Collection.from_module(cloud_config, name="cloudconfig"))
 namespace.add_collection(Collection("lock", deploy.lock_status, deploy.lock_release))

@@ -74,7 +74,7 @@ def main() -> None:
     overhead, _ = fab({}, "--list")
     with tempfile.TemporaryDirectory(prefix="air-bench-") as clusters:
         (Path(clusters) / f"{name}.yaml").write_text(yaml.safe_dump({
-            "include": str((ROOT / ".sandbox" / "cluster.yaml").resolve()),
+            "include": str((sb.STATE / "cluster.yaml").resolve()),
             "namespace": prefix, "components": local["components"]}, sort_keys=False))
         env = {"AIR_CLUSTERS_DIR": clusters}
         try:

@@ -115,3 +115,15 @@ def started_units(doc: dict) -> list:
 def secret_paths(doc: dict) -> list:
     """Paths of the files only their owner may read (0600): never print their content."""
     return [f.path for f in files(doc) if f.mode & 0o077 == 0]
+
+
+REDACTED = "<secret: left out; use --output FILE to write the whole document>"
+
+
+def redacted(doc: dict) -> dict:
+    """``doc`` with the content of every owner-only (0600) file replaced, for printing."""
+    doc = copy.deepcopy(doc)
+    for entry in doc.get("write_files", []):
+        if int(entry["permissions"], 8) & 0o077 == 0:
+            entry["content"] = REDACTED
+    return doc

@@ -12,7 +12,6 @@ CA, credentials) is written to ``.sandbox/cluster.yaml``, which
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+import cloudconfig
 
 from . import balancer_config, cluster as cluster_config
 from .errors import AirError, ConfigError
@@ -218,27 +219,37 @@ def ensure_network() -> None:
         docker("network", "create", "--subnet", f"{SUBNET}.0/24", NETWORK)
 
 
+# Units that may fail in a container without making it less of a machine (no console, no tty).
+HARMLESS_FAILURES = {"systemd-ask-password-wall.path", "systemd-ask-password-console.path"}
+
+
 def wait_booted(node: Node, timeout: int = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         proc = docker("exec", node.name, "systemctl", "is-system-running", check=False, timeout=30)
         state = proc.stdout.strip()
-        if state in ("running", "degraded"):
-            if state == "degraded":
-                failed = inside(node.name, "systemctl --failed --no-legend --plain | cut -d' ' -f1", check=False)
-                raise AirError(f"sandbox: {node.name} booted degraded (failed: {failed.split()})")
+        if state == "running":
             return
+        if state == "degraded":
+            failed = set(inside(node.name, "systemctl --failed --no-legend --plain | cut -d' ' -f1",
+                                check=False).split())
+            if failed - HARMLESS_FAILURES:
+                raise AirError(f"sandbox: {node.name} booted degraded (failed: {sorted(failed)})")
+            inside(node.name, "systemctl reset-failed")
+            continue
         time.sleep(0.5)
     raise AirError(f"sandbox: {node.name} did not finish booting within {timeout} s")
 
 
 # ---------------------------------------------------------------- configuring each role
 
-def configure_common(node: Node, public_key: str) -> None:
-    put(node.name, "/root/.ssh/authorized_keys", public_key, "0600")
-    if node.role != "registry":
-        ca = (STATE / "ca.crt").read_text()
-        put(node.name, f"/etc/docker/certs.d/{registry_address()}/ca.crt", ca)
+def configure_common(node: Node, base_doc: dict) -> None:
+    """What coreos-cloudinit does with the cluster's base cloud config: the authorized keys
+    everywhere, and its files (registry CA and login) on the machines and the build server."""
+    put(node.name, "/root/.ssh/authorized_keys", "\n".join(base_doc["ssh_authorized_keys"]) + "\n", "0600")
+    if node.role in ("machine", "spare", "build"):
+        for file in cloudconfig.files(base_doc):
+            put(node.name, file.path, file.content, f"{file.mode:04o}")
 
 
 def configure_registry(node: Node) -> None:
@@ -294,13 +305,6 @@ def configure_build(node: Node) -> None:
                f"git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q -m 'Sample Air application' && "
                f"git init -q --bare -b master {REPOSITORY} && git push -q {REPOSITORY} master && rm -rf /tmp/air-src",
                input=_tar_of(APP_DIR))
-
-
-def configure_machine(node: Node) -> None:
-    user, password = registry_credentials()
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    put(node.name, "/root/.docker/config.json",
-        json.dumps({"auths": {registry_address(): {"auth": auth}}}), "0600")
 
 
 def _tar_of(directory: Path) -> bytes:
@@ -367,20 +371,18 @@ def status(nodes: list = None) -> dict:
 
 # ---------------------------------------------------------------- up, down, change
 
-def prepare(node: Node, public_key: str, config_id: str):
+def prepare(node: Node, base_doc: dict, config_id: str):
     """Wait for a container to boot and configure its role, unless already done; returns its host key."""
     wait_booted(node)
     marker = inside(node.name, "cat /etc/air-sandbox 2>/dev/null || true").strip()
     if marker != config_id:
-        configure_common(node, public_key)
+        configure_common(node, base_doc)
         if node.role == "registry":
             configure_registry(node)
         elif node.role == "balancer":
             configure_balancer(node, [])
         elif node.role == "build":
             configure_build(node)
-        else:
-            configure_machine(node)
         put(node.name, "/etc/air-sandbox", config_id + "\n")
     elif node.role == "build":
         configure_build(node)  # checks only, fast; the repository may have been removed
@@ -422,16 +424,23 @@ def bring_up(machines: int = 3, spares: int = 2) -> dict:
         elif not info["State"]["Running"]:
             docker("start", node.name)
 
-    keys = parallel(lambda n: prepare(n, public_key, config_id), nodes, describe=lambda n: n.name)
-    known = "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys)
-    (STATE / "known_hosts").write_text(known)
     (STATE / "cluster.yaml").write_text(
         "# Written by `fab sandbox.up`; clusters/local.yaml includes it.\n" +
         yaml.safe_dump(cluster_fragment(nodes), sort_keys=False))
+    base_doc = base_document()
+    keys = parallel(lambda n: prepare(n, base_doc, config_id), nodes, describe=lambda n: n.name)
+    known = "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys)
+    (STATE / "known_hosts").write_text(known)
     (STATE / "state.json").write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=1))
     say(f"sandbox: up in {time.monotonic() - started:.1f} s "
         f"({machines} machines, {spares} spares; {len(fresh)} containers created)")
     return status(nodes)
+
+
+def base_document() -> dict:
+    """The base cloud config of the `local` cluster: the sandbox's machines are prepared with it."""
+    from .machine import base_document as render
+    return render(cluster_config.load("local"))
 
 
 def _config_id(image: str, public_key: str) -> str:
@@ -444,12 +453,13 @@ def reset_machines(addresses) -> None:
     nodes = [Node(**n) for n in state["nodes"] if n["address"] in set(addresses) and n["role"] in ("machine", "spare")]
     image = ensure_image()
     public_key = (STATE / "id_ed25519.pub").read_text()
+    base_doc = base_document()
 
     def renew(node):
         docker("rm", "-f", node.name)
         docker("volume", "rm", "-f", f"{node.name}-docker", check=False)
         run_container(node, image)
-        return node, prepare(node, public_key, _config_id(image, public_key))[1]
+        return node, prepare(node, base_doc, _config_id(image, public_key))[1]
 
     renewed = dict(parallel(renew, nodes, describe=lambda n: n.name))
     known = [line for line in (STATE / "known_hosts").read_text().splitlines()

@@ -25,7 +25,7 @@ from tasks.registry import RegistryClient
 
 from conftest import ROOT, fab
 
-FRAGMENT = (ROOT / ".sandbox" / "cluster.yaml").resolve()
+FRAGMENT = (sb.STATE / "cluster.yaml").resolve()  # what `fab sandbox.up` wrote
 LOCAL = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
 COMPONENTS = [c["name"] for c in LOCAL["components"]]
 BUILD = f"{sb.PREFIX}-build"

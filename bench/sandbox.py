@@ -1,0 +1,42 @@
+"""Sandbox timings: a cold `sandbox.up` (new containers; with --no-image-cache the machine image is
+rebuilt from Debian packages too), a warm one (everything already up), and `sandbox.down`.
+
+Run from the project root: python bench/sandbox.py [--machines N] [--no-image-cache]
+It replaces whatever sandbox of the same name is up (set AIR_SANDBOX_PREFIX/AIR_SANDBOX_SUBNET
+to measure beside another one). Prints figures; asserts nothing.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tasks import sandbox  # noqa: E402
+
+
+def timed(what, function, *args):
+    started = time.monotonic()
+    function(*args)
+    seconds = time.monotonic() - started
+    print(f"{what:40} {seconds:7.1f} s", flush=True)
+    return seconds
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--machines", type=int, default=3)
+    parser.add_argument("--spares", type=int, default=0)
+    parser.add_argument("--no-image-cache", action="store_true", help="rebuild the machine image first")
+    args = parser.parse_args()
+    sandbox.tear_down()
+    if args.no_image_cache:
+        sandbox.docker("image", "rm", "-f", sandbox.image_tag(), check=False)
+    label = "cold up (image built)" if args.no_image_cache else "cold up (image cached)"
+    timed(f"{label}, {args.machines} machines", sandbox.bring_up, args.machines, args.spares)
+    timed(f"warm up, {args.machines} machines", sandbox.bring_up, args.machines, args.spares)
+    timed("down", sandbox.tear_down)
+    timed(f"up after down, {args.machines} machines", sandbox.bring_up, args.machines, args.spares)
+
+
+if __name__ == "__main__":
+    main()
