@@ -542,3 +542,21 @@ def show_status(c, json_=False):
 def change(c, component="router", broken=False, branch="master", version=None):
     """Commit a change to the sample application's repository on the build server."""
     print(commit_change(component, broken, branch, version))
+
+
+@air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})
+def deploy_sample(c, branch="master"):
+    """Deploy the sample application to the sandbox: setup-cluster the first time, deploy afterwards."""
+    from . import build, deploy as deploying, install, push, state  # the sandbox's own runbook
+    local = cluster_config.load("local")
+    try:
+        with state.cluster_etcd(local) as client:
+            installed = state.read_release(client, local)[0] is not None
+    except AirError:
+        installed = False
+    if installed:
+        deploying.deploy_release(local, local.build.host, build.check_branch(branch))
+        return
+    built = build.build_all(local, local.build.host, build.check_branch(branch))
+    push.push_all(local, local.build.host, built["images"])
+    install.setup(local, list(local.machines))
