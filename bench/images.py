@@ -86,11 +86,11 @@ def main() -> None:
                       check=False)
 
     cached = sorted(c for c, image in cold["images"].items() if image in known_images)
-    cache = (f"warm for all of them: each image was already on the build server" if len(cached) == len(cold["images"])
+    cache = ("warm for all of them: each image was already on the build server" if len(cached) == len(cold["images"])
              else f"warm for {', '.join(cached)}" if cached else "cold: every image was new to the build server")
-    print(f"sandbox up, warm (everything reused): {up:5.1f} s")
+    print(f"sandbox.up (reuses what already runs): {up:5.1f} s")
     print(f"cold build+push of {len(cold['images'])} components (fresh namespace {prefix}, cluster {name}: "
-          f"nothing in the registry; build cache {cache}):")
+          f"new checkout, nothing in the registry; build cache {cache}):")
     print(f"  build {cold['build']:5.1f} s   push {cold['push']:5.1f} s   total {cold['total']:5.1f} s"
           f"   pushed: {', '.join(cold['pushed']) or 'nothing'}")
     totals = [n["total"] for n in noops]

@@ -3,8 +3,8 @@
 Each target cluster has its own source checkout there (``build.checkout``),
 so stage and production can be on different branches at once. A build
 updates that checkout to the branch, then builds every component's image
-through the build server's Docker engine, tagged ``candidate``; ``push``
-decides what of it is new. The shell lines sent to the build server are
+through the build server's Docker engine, tagged ``candidate-<commit>``
+(the commit it was built from); ``push`` decides what of it is new. The shell lines sent to the build server are
 built by the pure functions at the top and tested by equality.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .cli import air_task, build_host, cluster_of
 from .errors import ConfigError, RemoteError
 from .remote import q, say
 
-CANDIDATE = "candidate"  # tag of a freshly built image, before push gives it a version
+CANDIDATE = "candidate-"  # + commit: a freshly built image, before push gives it a version
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 BUILD_LOG_LINES = 15
 
@@ -53,8 +53,8 @@ def context_command(checkout: str, source: str) -> str:
     return f"tar -C {q(checkout + '/' + source)} -c ."
 
 
-def candidate(cluster, component: str) -> str:
-    return f"{cluster.registry.address}/{cluster.image(component)}:{CANDIDATE}"
+def candidate(cluster, component: str, commit: str) -> str:
+    return f"{cluster.registry.address}/{cluster.image(component)}:{CANDIDATE}{commit[:12]}"
 
 
 # ---------------------------------------------------------------- running it
@@ -70,6 +70,12 @@ def update_checkout(conn, cluster, branch: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+def checkout_commit(conn, cluster) -> str:
+    """The commit the cluster's checkout is at (what push publishes)."""
+    return remote.run(conn, f"git -C {q(cluster.build.checkout)} rev-parse HEAD",
+                      what=f"read the commit of {cluster.build.checkout}").stdout.strip()
+
+
 def read_version(conn, cluster) -> tuple:
     path = f"{cluster.build.checkout}/VERSION"
     text = remote.read_file(conn, path)
@@ -78,12 +84,12 @@ def read_version(conn, cluster) -> tuple:
     return version.parse_version(text, f"{conn.host}:{path}")
 
 
-def build_component(api, conn, cluster, component) -> str:
+def build_component(api, conn, cluster, component, commit: str) -> str:
     """Build one image from the checkout; return its image ID. Output streams as progress."""
     context = remote.read_bytes(conn, context_command(cluster.build.checkout, component.source),
                                 what=f"read the build context of {component.name}")
     log, image_id = [], None
-    for chunk in api.build(fileobj=io.BytesIO(context), custom_context=True, tag=candidate(cluster, component.name),
+    for chunk in api.build(fileobj=io.BytesIO(context), custom_context=True, tag=candidate(cluster, component.name, commit),
                            rm=True, forcerm=True, decode=True):
         if "stream" in chunk:
             for line in chunk["stream"].splitlines():
@@ -98,8 +104,19 @@ def build_component(api, conn, cluster, component) -> str:
             raise RemoteError(f"build of {component.name} failed: {chunk['error'].strip()}\n"
                               + "\n".join(f"    {line}" for line in log[-BUILD_LOG_LINES:]))
     if image_id is None:
-        image_id = api.inspect_image(candidate(cluster, component.name))["Id"]
+        image_id = api.inspect_image(candidate(cluster, component.name, commit))["Id"]
+    forget_older_candidates(api, cluster, component.name, commit)
     return image_id
+
+
+def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
+    """Untag candidates of other commits (the images stay while a version tag holds them)."""
+    keep = candidate(cluster, component, commit)
+    repository = keep.rsplit(":", 1)[0]
+    for image in api.images(name=repository):
+        for tag in image.get("RepoTags") or []:
+            if tag != keep and tag.startswith(f"{repository}:{CANDIDATE}"):
+                api.remove_image(tag, noprune=True)
 
 
 def build_all(cluster, host: str, branch: str, only: str = None) -> dict:
@@ -111,7 +128,7 @@ def build_all(cluster, host: str, branch: str, only: str = None) -> dict:
         base = read_version(conn, cluster)
         say(f"build: {cluster.name} at {branch} ({commit[:10]}), VERSION {base[0]}.{base[1]}, on {host}")
         api = docker_api.engine(conn)
-        images = {c.name: build_component(api, conn, cluster, c) for c in components}
+        images = {c.name: build_component(api, conn, cluster, c, commit) for c in components}
     return {"commit": commit, "branch": branch, "base": base, "images": images}
 
 

@@ -53,6 +53,7 @@ KINDS = {
     "name": "a lower-case name: a letter, then letters, digits or _",
     "namespace": "a Docker repository namespace (lower-case letters, digits, . _ -)",
     "int": "a positive whole number",
+    "port": "a TCP port (1 to 65535)",
     "address": "an IPv4 or IPv6 address",
     "addresses": "a non-empty list of distinct IPv4 or IPv6 addresses",
     "host": "an IP address or a DNS name",
@@ -69,7 +70,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     "namespace": Field("namespace", "Docker namespace of the images: <namespace>/<cluster>_<component>."),
     "ssh": Section("How air-deploy logs in to every host of the cluster.", {
         "user": Field("text", "Login user; commands are run through `sudo -n` unless it is root.", "core"),
-        "port": Field("int", "SSH port.", 22),
+        "port": Field("port", "SSH port.", 22),
         "key": Field("local_path", "Private key file."),
         "known_hosts": Field("local_path", "known_hosts file; a host whose key is not in it is refused."),
     }),
@@ -89,7 +90,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     }),
     "balancer": Section("The TCP load balancer (haproxy) in front of the machines.", {
         "host": Field("host", "Address of the balancer host."),
-        "port": Field("int", "Port the routers listen on, on every machine.", 80),
+        "port": Field("port", "Port the routers listen on, on every machine.", 80),
         "routers_file": Field("remote_path", "haproxy backend file listing the machines; written by air-deploy only.",
                               "/etc/haproxy/air-routers.cfg"),
         "config": Field("remote_path", "haproxy's main configuration, used to validate the routers file.",
@@ -98,7 +99,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     "machines": Field("addresses", "The machines of the cluster (etcd members), by address."),
     "components": Section("The Air components, each a Docker container under systemd on every machine.", {
         "name": Field("name", "Component name; the image is <namespace>/<cluster>_<name>."),
-        "port": Field("int", "Port the component listens on (host network)."),
+        "port": Field("port", "Port the component listens on (host network)."),
         "health": Field("url_path", "HTTP path answering 200 when the component is healthy.", "/health"),
         "source": Field("repo_path", "Folder of the component's Dockerfile (its build context) in the checkout; "
                         "default components/<name>.", required=False),
@@ -214,7 +215,7 @@ class Cluster:
     def with_machines(self, machines) -> "Cluster":
         """The same cluster with another machine list (validated)."""
         values = dict(self.__dict__)
-        values["machines"] = tuple(check_addresses(machines, "machines", "--machines"))
+        values["machines"] = tuple(check_addresses(machines, "--machines"))
         return Cluster(**values)
 
 
@@ -244,8 +245,8 @@ def check_addresses(values, where="machines", file="command line") -> list:
 
 
 def _check(kind, value, where, file, base_dir, cluster):
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if kind in ("int", "port"):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or (kind == "port" and value > 65535):
             _fail(file, where, KINDS[kind], value)
         return value
     if not isinstance(value, str) and kind != "addresses":
@@ -444,7 +445,15 @@ def readme() -> str:
                 lines.append(f"| `{path}` | {KINDS[spec.kind]} | {default} | {spec.doc} |")
 
     walk(SCHEMA, "")
-    return "\n".join(lines) + "\n"
+    return "\n".join(_markdown(line) for line in lines) + "\n"
+
+
+def _markdown(line: str) -> str:
+    """Angle brackets outside `code` spans, escaped so Markdown does not take them for HTML."""
+    if line.startswith("<!--"):
+        return line
+    parts = line.split("`")
+    return "`".join(p.replace("<", "&lt;").replace(">", "&gt;") if i % 2 == 0 else p for i, p in enumerate(parts))
 
 
 if __name__ == "__main__":

@@ -2,16 +2,17 @@
 
 ``deploy`` is the whole runbook under the cluster's lock: build on the build
 server, push what changed, record the release in etcd, roll the cluster to
-it, record the outcome. A deploy whose release is already running
-everywhere ends early and restarts nothing. The lock is a key in the
-cluster's etcd held by a lease, so a killed deploy's lock expires by itself.
+it, record the outcome. A deploy whose release is already serving
+everywhere (release file, units active, in the balancer) ends early and
+restarts nothing. The lock is a key in the cluster's etcd held by a lease,
+so a killed deploy's lock expires by itself.
 """
 from __future__ import annotations
 
 import json
 import time
 
-from . import machine, remote, state, upgrade
+from . import balancer, remote, state, upgrade
 from .build import build_all, check_branch
 from .cli import air_task, build_host, cluster_of
 from .cluster import check_address
@@ -33,10 +34,13 @@ def _lock(client, cluster, why: str, wait: bool):
 
 
 def running_everywhere(cluster, release: Release, members) -> bool:
-    def runs(address):
+    """True when every member serves ``release``: nothing for a rolling upgrade to do."""
+    listed = balancer.listed(cluster)
+
+    def action(address):
         with remote.connect(cluster, address) as conn:
-            return machine.running_release(conn) == release.id
-    return all(remote.parallel(runs, members))
+            return upgrade.action_on(conn, cluster, address, release, listed)
+    return all(a == upgrade.NOTHING for a in remote.parallel(action, members))
 
 
 def deploy_release(cluster, host, branch, via=None, wait=False, batch=1) -> Release:
@@ -85,6 +89,24 @@ def releases(c, cluster=None, via=None, json_=False):
         print(f"{mark} {r['when']}  {r['id']}  {r.get('outcome', '?'):10.40}  {r.get('branch', '-')}  {versions}")
 
 
+GOOD_OUTCOMES = ("succeeded", "installed")
+
+
+def rollback_target(records: list, current_id: str = None, to: str = None, cluster_name: str = "the cluster") -> dict:
+    """The history record a rollback goes to: release ``to``, else the newest successful one that is
+    not ``current_id``. ``records`` oldest first, as ``state.history`` gives them."""
+    good = [r for r in records if r.get("outcome") in GOOD_OUTCOMES]
+    if to:
+        chosen = next((r for r in reversed(good) if r["id"] == to), None)
+        if chosen is None:
+            raise ConfigError(f"no successful release {to!r} in the history of {cluster_name}")
+        return chosen
+    chosen = next((r for r in reversed(good) if r["id"] != current_id), None)
+    if chosen is None:
+        raise ConfigError(f"no earlier successful release of {cluster_name} to roll back to")
+    return chosen
+
+
 @air_task(help={"cluster": "target cluster", "to": "release id (default: the previous successful one)",
                 "via": "member to reach etcd through"})
 def rollback(c, cluster=None, to=None, via=None):
@@ -92,18 +114,10 @@ def rollback(c, cluster=None, to=None, via=None):
     target = cluster_of(cluster)
     via = via and check_address(via, "--via")
     with state.cluster_etcd(target, via) as client:
-        current, _ = state.read_release(client, target)
-        good = [r for r in state.history(client, target)
-                if r.get("outcome") in ("succeeded", "installed")]
         with _lock(client, target, "rollback", False):
-            if to:
-                chosen = next((r for r in reversed(good) if r["id"] == to), None)
-                if chosen is None:
-                    raise ConfigError(f"no successful release {to!r} in the history of {target.name}")
-            else:
-                chosen = next((r for r in reversed(good) if not current or r["id"] != current.id), None)
-                if chosen is None:
-                    raise ConfigError(f"no earlier successful release of {target.name} to roll back to")
+            # Read under the lock: a deploy that just ended may have changed both.
+            current, _ = state.read_release(client, target)
+            chosen = rollback_target(state.history(client, target), current and current.id, to, target.name)
             wanted = Release.from_dict(chosen)
             upgrade.rolling_with_record(target, wanted, current, via=via, rollback_from=current and current.id)
     print(f"release {wanted.id}")

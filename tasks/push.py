@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from docker.errors import APIError, ImageNotFound
 
 from . import docker_api, remote, version
-from .build import CANDIDATE, candidate, read_version
+from .build import candidate, checkout_commit, read_version
 from .cli import air_task, build_host, cluster_of
 from .errors import ConfigError, PreflightError, RemoteError
 from .registry import RegistryClient, load_credentials
@@ -61,22 +61,32 @@ def published_release(cluster) -> Release:
     return Release(tuple(images))
 
 
-def push_image(api, cluster, step: Step, auth: dict) -> None:
+def tags_to_push(cluster, registry, step: Step) -> list:
+    if step.decision.changed:
+        return [step.decision.version, "latest"]
+    # An earlier push may have stopped between the version and `latest`: repair `latest`.
+    if registry.config_digest(cluster.image(step.component), "latest") != step.image_id:
+        return ["latest"]
+    return []
+
+
+def push_image(api, cluster, step: Step, commit: str, auth: dict, tags: list) -> None:
     repository = f"{cluster.registry.address}/{cluster.image(step.component)}"
-    for tag in (step.decision.version, "latest"):
-        api.tag(candidate(cluster, step.component), repository, tag)
+    for tag in tags:
+        api.tag(candidate(cluster, step.component, commit), repository, tag)
         for chunk in api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True):
             if "error" in chunk:
                 raise RemoteError(f"push of {step.component} {tag} failed: {chunk['error'].strip()}")
 
 
-def candidates(api, cluster, components) -> dict:
+def candidates(api, cluster, components, commit: str) -> dict:
     images = {}
     for component in components:
         try:
-            images[component] = api.inspect_image(candidate(cluster, component))["Id"]
+            images[component] = api.inspect_image(candidate(cluster, component, commit))["Id"]
         except ImageNotFound:
-            raise ConfigError(f"no {CANDIDATE} image of {component} on the build server: run build first") from None
+            raise ConfigError(f"no image of {component} built from {commit[:12]} (the checkout's commit) "
+                              f"on the build server: run build first") from None
     return images
 
 
@@ -88,16 +98,19 @@ def push_all(cluster, host: str, images: dict = None) -> tuple:
     auth = {"username": username, "password": password}
     with remote.connect(cluster, host) as conn:
         base = read_version(conn, cluster)
+        commit = checkout_commit(conn, cluster)
         api = docker_api.engine(conn)
-        images = images or candidates(api, cluster, cluster.component_names)
+        images = images or candidates(api, cluster, cluster.component_names, commit)
         steps = plan(cluster, base, images, registry)
         for step in steps:
-            if step.decision.changed:
-                say(f"push: {step.component} {step.decision.version}")
-                try:
-                    push_image(api, cluster, step, auth)
-                except APIError as e:
-                    raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
+            tags = tags_to_push(cluster, registry, step)
+            if not tags:
+                continue
+            say(f"push: {step.component} {' and '.join(tags)}")
+            try:
+                push_image(api, cluster, step, commit, auth, tags)
+            except APIError as e:
+                raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
     return Release(tuple(s.image for s in steps)), steps
 
 

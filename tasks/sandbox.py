@@ -12,6 +12,7 @@ CA, credentials) is written to ``.sandbox/cluster.yaml``, which
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -389,8 +391,22 @@ def prepare(node: Node, base_doc: dict, config_id: str):
     return node, host_key(node)
 
 
+@contextmanager
+def _exclusive():
+    """One change to the sandbox at a time (two test runs, or a test run and a developer)."""
+    STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(STATE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def bring_up(machines: int = 3, spares: int = 2) -> dict:
     """Bring the sandbox to the wanted shape; reuse whatever is already right."""
+    with _exclusive():
+        return _bring_up(machines, spares)
+
+
+def _bring_up(machines: int, spares: int) -> dict:
     started = time.monotonic()
     nodes = layout(machines, spares)
     engine_ready()
@@ -449,6 +465,11 @@ def _config_id(image: str, public_key: str) -> str:
 
 def reset_machines(addresses) -> None:
     """Make these machines freshly prepared again: new containers and engine volumes, same addresses."""
+    with _exclusive():
+        _reset_machines(addresses)
+
+
+def _reset_machines(addresses) -> None:
     state = json.loads((STATE / "state.json").read_text())
     nodes = [Node(**n) for n in state["nodes"] if n["address"] in set(addresses) and n["role"] in ("machine", "spare")]
     image = ensure_image()
@@ -470,6 +491,11 @@ def reset_machines(addresses) -> None:
 
 def tear_down() -> None:
     """Remove every sandbox container, volume and the network; the machine image stays cached."""
+    with _exclusive():
+        _tear_down()
+
+
+def _tear_down() -> None:
     listed = docker("ps", "-a", "--filter", f"label={OWNER}={PREFIX}", "--format", "{{.Names}}").stdout.split()
     if listed:
         docker("rm", "-f", "-v", *listed)
@@ -483,17 +509,27 @@ def tear_down() -> None:
         (STATE / name).unlink(missing_ok=True)
 
 
-def commit_change(component: str, broken: bool = False, branch: str = "master", version: str = None) -> str:
-    """Commit a change to the sample application on the build server; return the new commit."""
+def commit_change(component: str, broken: bool = False, branch: str = "master", version: str = None,
+                  fix: bool = False) -> str:
+    """Commit a change to the sample application on the build server; return the new commit.
+
+    ``broken``: the component ships a file ``broken`` (its health check fails);
+    ``fix``: a normal change that also removes that file.
+    """
     build = _node("build").name
     if component not in {p.name for p in (APP_DIR / "components").iterdir()}:
         raise ConfigError(f"sandbox.change: no component {component!r} in the sample application")
     if not cluster_config.CLUSTER_NAME.match(branch.replace("-", "_").replace("/", "_")):
         raise ConfigError(f"sandbox.change: branch {branch!r} is not a simple branch name")
-    path = f"components/{component}/" + ("broken" if broken else "index.html")
+    if broken and fix:
+        raise ConfigError("sandbox.change: --broken and --fix exclude each other")
+    folder = f"components/{component}"
+    path = f"{folder}/" + ("broken" if broken else "index.html")
     edit = (f"printf '%s\\n' {shlex.quote(version)} > VERSION"
             if version else f"date +%s%N >> {shlex.quote(path)}")
-    what = f"VERSION {version}" if version else f"{'break' if broken else 'change'} {component}"
+    if fix:
+        edit = f"rm -f {shlex.quote(folder + '/broken')}; {edit}"
+    what = f"VERSION {version}" if version else f"{'break' if broken else 'fix' if fix else 'change'} {component}"
     return inside(build, f"""
         rm -rf /tmp/air-change && git clone -q {REPOSITORY} /tmp/air-change && cd /tmp/air-change
         git checkout -q {shlex.quote(branch)} 2>/dev/null || git checkout -q -b {shlex.quote(branch)}
@@ -538,10 +574,11 @@ def show_status(c, json_=False):
 @air_task(help={"component": "component of the sample application to change",
                 "broken": "a change that builds but never becomes healthy",
                 "branch": "branch to commit to (made if missing)",
-                "version": "instead, set the application's VERSION (MAJOR.MINOR)"})
-def change(c, component="router", broken=False, branch="master", version=None):
+                "version": "instead, set the application's VERSION (MAJOR.MINOR)",
+                "fix": "a normal change that also removes the component's `broken` file"})
+def change(c, component="router", broken=False, branch="master", version=None, fix=False):
     """Commit a change to the sample application's repository on the build server."""
-    print(commit_change(component, broken, branch, version))
+    print(commit_change(component, broken, branch, version, fix))
 
 
 @air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})

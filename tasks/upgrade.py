@@ -3,13 +3,15 @@
 ``upgrade_machine`` is the per-machine runbook: pull the new images first
 (while still serving), take the machine out of the balancer, stop the Air
 units politely, install the release's cloud config, start, wait until
-healthy, put it back. A machine already on the release is left alone. When
-it fails, the machine is put back on the release it ran before and returned
-to the balancer, and the error names the machine and the failed check.
-``rolling_upgrade`` takes the machines from etcd's member list and upgrades
-them one after another (``--batch`` allows a few at once, never so many
-that most of the cluster is out of the balancer), stopping at the first
-failure.
+healthy, put it back. A machine already serving the release (release file,
+every unit active, in the balancer) is left alone; one that runs it but is
+out of the balancer (a deploy killed after its start) is only checked and
+put back. When it fails, the machine is put back on the release it ran
+before and returned to the balancer, and the error names the machine and
+the failed check. ``rolling_upgrade`` takes the machines from etcd's member
+list, refuses at once when one of them does not answer, and upgrades them
+one after another (``--batch`` allows a few at once, never so many that
+most of the cluster is out of the balancer), stopping at the first failure.
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ from .cluster import check_address
 from .errors import AirError, ConfigError, HealthError, RemoteError
 from .release import Release
 from .remote import say
+
+
+# What bringing one machine to a release takes (``machine_action``).
+NOTHING, READD, UPGRADE = "nothing", "re-add", "upgrade"
 
 
 class UpgradeFailed(AirError):
@@ -35,6 +41,25 @@ def install_release(conn, cluster, address, members, release, base_doc) -> None:
     machine.apply_document(conn, cluster, doc)
 
 
+def machine_action(running: str, units: dict, listed: bool, release_id: str) -> str:
+    """What bringing one machine to ``release_id`` takes, from its facts.
+
+    ``running``: its release file; ``units``: unit -> ``systemctl is-active``;
+    ``listed``: whether the balancer routes to it. The release file alone is
+    not enough: a deploy killed between installing and re-adding leaves it
+    right on a machine that is out of the balancer or not started.
+    """
+    if running != release_id or not units or set(units.values()) != {"active"}:
+        return UPGRADE
+    return NOTHING if listed else READD
+
+
+def action_on(conn, cluster, address, release: Release, listed) -> str:
+    """``machine_action`` of the machine on ``conn``; ``listed``: the balancer's machines."""
+    return machine_action(machine.running_release(conn), machine.unit_states(conn, cluster),
+                          address in listed, release.id)
+
+
 def upgrade_machine(cluster, address, release: Release, previous: Release, members, base_doc=None) -> bool:
     """Upgrade one machine; True when it changed. On failure: restore ``previous`` and raise UpgradeFailed."""
     base_doc = base_doc or machine.base_document(cluster)
@@ -43,23 +68,28 @@ def upgrade_machine(cluster, address, release: Release, previous: Release, membe
     if why:
         raise UpgradeFailed(address, f"{address}: unreachable ({why}); it was not changed", restored=False)
     with conn:
-        if machine.running_release(conn) == release.id:
-            say(f"upgrade: {address} already runs {release.id}")
+        action = action_on(conn, cluster, address, release, balancer.listed(cluster))
+        if action == NOTHING:
+            say(f"upgrade: {address} already runs {release.id}; left alone")
             return False
         started = time.monotonic()
-        machine.pull(conn, cluster, release)
+        if action == UPGRADE:
+            machine.pull(conn, cluster, release)
         balancer.remove(cluster, address)
         try:
-            machine.stop(conn, cluster)
-            install_release(conn, cluster, address, members, release, base_doc)
-            machine.start(conn, cluster)
+            if action == UPGRADE:
+                machine.stop(conn, cluster)
+                install_release(conn, cluster, address, members, release, base_doc)
+                machine.start(conn, cluster)
             machine.wait_healthy(conn, cluster)
         except (HealthError, RemoteError) as failure:
             restored = _restore(conn, cluster, address, members, previous, base_doc)
             raise UpgradeFailed(address, f"upgrade of {address} to {release.id} failed: {failure}\n{restored}",
                                 restored=previous is not None) from None
         balancer.add(cluster, address)
-        say(f"upgrade: {address} runs {release.id} ({time.monotonic() - started:.1f} s)")
+        took = f"{time.monotonic() - started:.1f} s"
+        say(f"upgrade: {address} runs {release.id} ({took})" if action == UPGRADE else
+            f"upgrade: {address} already ran {release.id}; healthy, back in the balancer ({took})")
         return True
 
 
@@ -86,17 +116,41 @@ def member_machines(client) -> list:
     return [state.member_address(m) for m in client.members() if not m.learner]
 
 
+def unreachable(cluster, addresses) -> list:
+    """'address (why)' for each of ``addresses`` that cannot be logged in to."""
+    def why(address):
+        conn = remote.connect(cluster, address)
+        try:
+            return remote.reachable(conn)
+        finally:
+            conn.close()
+    return [f"{a} ({w})" for a, w in zip(addresses, remote.parallel(why, addresses)) if w]
+
+
 def rolling(cluster, release: Release, previous: Release, via: str = None, batch: int = 1) -> list:
     """Upgrade every member machine to ``release``; returns those that changed."""
     with state.cluster_etcd(cluster, via) as client:
         members = sorted(member_machines(client))
+    # Checked before any change: a machine found down halfway would leave the cluster on two releases.
+    down = unreachable(cluster, members)
+    if down:
+        raise UpgradeFailed(", ".join(d.split()[0] for d in down),
+                            f"not upgrading {cluster.name} to {release.id}: unreachable: {'; '.join(down)}. "
+                            f"No machine was changed.", restored=False)
     step = batch_limit(len(members), batch)
     base_doc = machine.base_document(cluster)
     changed = []
     for i in range(0, len(members), step):
         group = members[i:i + step]
-        results = remote.parallel(
-            lambda a: upgrade_machine(cluster, a, release, previous, members, base_doc), group)
+        try:
+            results = remote.parallel(
+                lambda a: upgrade_machine(cluster, a, release, previous, members, base_doc), group)
+        except AirError as failure:
+            if not changed:
+                raise
+            raise UpgradeFailed(", ".join(group), f"{failure}\nalready upgraded to {release.id}: "
+                                f"{', '.join(changed)} (fab rolling-upgrade puts them back on the cluster's "
+                                f"release)", restored=False) from None
         changed += [a for a, did in zip(group, results) if did]
     return changed
 
@@ -149,7 +203,8 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None)
         members = sorted(member_machines(client))
     if address not in members:
         raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
-    upgrade_machine(target, address, wanted, current, members)
+    changed = upgrade_machine(target, address, wanted, current, members)
+    print(f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
 
 
 @air_task(name="rolling-upgrade", help={"cluster": "target cluster", "via": "member to reach etcd through",

@@ -11,7 +11,6 @@ images stay in the registry under the unique namespace (the registry has no
 garbage collection running).
 """
 import json
-import os
 import secrets
 import socket
 import time
@@ -150,7 +149,7 @@ def stage(session):
 
 def test_first_push_gives_every_component_x_y_0(session, stage, registry):
     name, _, tip, report, built = stage
-    assert f"VERSION 1.0" in built and f"({tip[:10]})" in built
+    assert "VERSION 1.0" in built and f"({tip[:10]})" in built
     assert versions(report) == {c: "1.0.0" for c in COMPONENTS}
     assert changed(report) == set(COMPONENTS)
     assert all(c["previous"] is None for c in report["components"].values())

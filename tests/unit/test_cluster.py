@@ -162,7 +162,7 @@ def test_missing_field(tmp_path, missing, shown):
 
 def test_missing_field_of_a_component(tmp_path):
     message = error_of(tmp_path, "stage", variant(components=[{"name": "router"}]))
-    assert ": components[0].port: missing (a positive whole number" in message
+    assert ": components[0].port: missing (a TCP port (1 to 65535)" in message
 
 
 def test_bad_address_in_machines(tmp_path):
@@ -191,10 +191,12 @@ def test_empty_machines(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("components", [{"name": "router", "port": "eighty"}], "components[0].port: expected a positive whole number, got 'eighty'"),
-    ("ssh__port", "eighty", "ssh.port: expected a positive whole number, got 'eighty'"),
-    ("ssh__port", True, "ssh.port: expected a positive whole number, got True"),
-    ("ssh__port", 0, "ssh.port: expected a positive whole number, got 0"),
+    ("components", [{"name": "router", "port": "eighty"}], "components[0].port: expected a TCP port (1 to 65535), got 'eighty'"),
+    ("ssh__port", "eighty", "ssh.port: expected a TCP port (1 to 65535), got 'eighty'"),
+    ("ssh__port", True, "ssh.port: expected a TCP port (1 to 65535), got True"),
+    ("ssh__port", 0, "ssh.port: expected a TCP port (1 to 65535), got 0"),
+    ("ssh__port", 70000, "ssh.port: expected a TCP port (1 to 65535), got 70000"),
+    ("balancer", {"host": "192.0.2.9", "port": 65536}, "balancer.port: expected a TCP port (1 to 65535), got 65536"),
     ("ssh__user", 17, "ssh.user: expected a non-empty string, got 17"),
     ("ssh", "root", "ssh: expected a mapping of fields, got 'root'"),
     ("namespace", "AirCloak", "namespace: expected a Docker repository namespace"),
@@ -290,11 +292,11 @@ def test_with_machines_accepts_the_command_line_form(stage):
 
 
 @pytest.mark.parametrize("machines, expected", [
-    ("192.0.2.21,nope", "--machines: machines[1]: expected an IPv4 or IPv6 address, got 'nope'"),
-    ("", "--machines: machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got []"),
-    ([], "--machines: machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got []"),
-    (["192.0.2.21", "192.0.2.21"], "--machines: machines: expected a non-empty list of distinct"),
-    (None, "--machines: machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got None"),
+    ("192.0.2.21,nope", "command line: --machines[1]: expected an IPv4 or IPv6 address, got 'nope'"),
+    ("", "command line: --machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got []"),
+    ([], "command line: --machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got []"),
+    (["192.0.2.21", "192.0.2.21"], "command line: --machines: expected a non-empty list of distinct"),
+    (None, "command line: --machines: expected a non-empty list of distinct IPv4 or IPv6 addresses, got None"),
 ])
 def test_with_machines_validates(stage, machines, expected):
     with pytest.raises(ConfigError) as raised:
