@@ -99,11 +99,12 @@ def start_etcd_command() -> str:
 
 
 def wipe_command(cluster) -> str:
-    """Stops etcd and the Air units and forgets them, so the machine is a fresh one again."""
+    """Stops etcd and the Air units and forgets them and the cluster's secrets, so the machine is a
+    fresh one again. The components' data (``DATA_DIR``) stays: removing a machine loses nothing."""
     units = " ".join(q(u) for u in units_of(cluster))
     unit_files = " ".join(q(f"{UNIT_DIR}/{u}") for u in units_of(cluster))
     return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
-            f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files}; rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)}; "
+            f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files}; rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)}; "
             f"systemctl daemon-reload")
 
 

@@ -113,9 +113,11 @@ def remove(cluster, via: str, old: str, force: bool = False) -> None:
         if member is None:
             raise ConfigError(f"{old} is not an etcd member of {cluster.name}")
         addresses = [state.member_address(m) for m in client.members()]
+        voters = [state.member_address(m) for m in client.members() if not m.learner]
         probes = dict(zip(addresses, remote.parallel(lambda a: _probe(cluster, a), addresses)))
         alive = {a for a, (_, etcd_up) in probes.items() if etcd_up}
-        problem = removal_problem(addresses, alive, old)
+        # Learners do not vote: removing one never costs quorum, and they count for none.
+        problem = None if member.learner else removal_problem(voters, alive, old)
         if problem and not force:
             raise PreflightError(f"refusing to remove {old}: {problem}. Nothing was changed "
                                  f"(--force removes it anyway)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import shlex
+import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +97,10 @@ def _reason(error: Exception) -> str:
         return "host key does not match known_hosts: refusing"
     if isinstance(error, paramiko.SSHException) and "not found in known_hosts" in str(error):
         return "host key not in known_hosts: refusing"
+    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+        return f"nothing answers on port {sorted(error.errors)[0][1]}"
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return "no answer (timed out)"
     text = str(error) or type(error).__name__
     return text.splitlines()[0]
 

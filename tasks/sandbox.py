@@ -445,8 +445,7 @@ def _bring_up(machines: int, spares: int) -> dict:
         yaml.safe_dump(cluster_fragment(nodes), sort_keys=False))
     base_doc = base_document()
     keys = parallel(lambda n: prepare(n, base_doc, config_id), nodes, describe=lambda n: n.name)
-    known = "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys)
-    (STATE / "known_hosts").write_text(known)
+    _write_atomically(STATE / "known_hosts", "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys))
     (STATE / "state.json").write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=1))
     say(f"sandbox: up in {time.monotonic() - started:.1f} s "
         f"({machines} machines, {spares} spares; {len(fresh)} containers created)")
@@ -457,6 +456,13 @@ def base_document() -> dict:
     """The base cloud config of the `local` cluster: the sandbox's machines are prepared with it."""
     from .machine import base_document as render
     return render(cluster_config.load("local"))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers (another test run's SSH connections) see the old file or the new one, never half."""
+    partial = path.with_name(path.name + ".new")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _config_id(image: str, public_key: str) -> str:
@@ -486,7 +492,7 @@ def _reset_machines(addresses) -> None:
     known = [line for line in (STATE / "known_hosts").read_text().splitlines()
              if line.split()[0] not in {n.address for n in nodes}]
     known += [f"{n.address} {k[0]} {k[1]}" for n, k in renewed.items()]
-    (STATE / "known_hosts").write_text("\n".join(known) + "\n")
+    _write_atomically(STATE / "known_hosts", "\n".join(known) + "\n")
 
 
 def tear_down() -> None:

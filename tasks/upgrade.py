@@ -139,12 +139,16 @@ def rolling(cluster, release: Release, previous: Release, via: str = None, batch
                             f"No machine was changed.", restored=False)
     step = batch_limit(len(members), batch)
     base_doc = machine.base_document(cluster)
+
+    def upgrade(address):
+        return upgrade_machine(cluster, address, release, previous, members, base_doc)
+
     changed = []
     for i in range(0, len(members), step):
         group = members[i:i + step]
         try:
-            results = remote.parallel(
-                lambda a: upgrade_machine(cluster, a, release, previous, members, base_doc), group)
+            # One machine at a time needs no fan-out, whose error would name the machine once more.
+            results = [upgrade(group[0])] if len(group) == 1 else remote.parallel(upgrade, group)
         except AirError as failure:
             if not changed:
                 raise

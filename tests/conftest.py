@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,48 @@ def fab(*args, env=None, input=None, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def error_line(proc) -> str:
+    """A `fab` run that failed the way the command line promises: non-zero, no traceback, and
+    exactly one `error:` line, its last (progress lines may precede it). Returns that line."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    return errors[0]
+
+
+def on(cluster, address, command, check=True):
+    """Run ``command`` on one host of the cluster over SSH; returns the invoke Result."""
+    from tasks import remote
+    with remote.connect(cluster, address) as conn:
+        return remote.run(conn, command, check=check)
+
+
+@pytest.fixture(scope="module")
+def clock(request):
+    """``with clock("what"):`` times a step; a module's steps are printed at its end, even under -q."""
+    steps = []
+
+    @contextmanager
+    def timed(what):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            steps.append((what, time.monotonic() - started))
+
+    yield timed
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and steps:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_sep("-", f"timings of {request.module.__name__}")
+            for what, seconds in steps:
+                reporter.write_line(f"{seconds:7.1f} s  {what}")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,108 @@
+"""tasks/state.py: the etcd keys of a cluster and the JSON stored under them, with a dict as etcd."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from tasks import state
+from tasks.etcd import Member
+from tasks.release import Image, Release
+
+CLUSTER = SimpleNamespace(name="prod")
+RELEASE = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64),
+                   Image("web", "1.2.3", "sha256:" + "a" * 64)))
+
+
+class FakeEtcd:
+    """The part of tasks.etcd.Etcd that state uses, over a dict."""
+
+    def __init__(self):
+        self.data = {}
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, value):
+        assert isinstance(value, str)
+        self.data[key] = value
+
+    def get_prefix(self, prefix):
+        return {k: v for k, v in self.data.items() if k.startswith(prefix)}
+
+
+def test_keys():
+    assert state.prefix(CLUSTER) == "/air/prod/"
+    assert state.release_key(CLUSTER) == "/air/prod/release/current"
+    assert state.history_prefix(CLUSTER) == "/air/prod/releases/"
+    assert state.history_key(CLUSTER, "2024-01-02T03:04:05.000000Z") == "/air/prod/releases/2024-01-02T03:04:05.000000Z"
+    assert state.machines_key(CLUSTER) == "/air/prod/machines"
+    assert state.lock_key(CLUSTER) == "/air/prod/lock"
+
+
+def test_keys_of_two_clusters_do_not_overlap():
+    other = SimpleNamespace(name="prod_eu")
+    assert not state.release_key(other).startswith(state.prefix(CLUSTER))
+
+
+def test_release_record():
+    assert state.release_record(RELEASE, who="ada@build", when="2024-01-02T03:04:05.000000Z",
+                                outcome="installed", branch="master") == (
+        '{"branch": "master", '
+        '"components": {"web": {"digest": "sha256:' + "a" * 64 + '", "version": "1.2.3"}, '
+        '"worker": {"digest": "sha256:' + "b" * 64 + '", "version": "1.3.0"}}, '
+        '"id": "0570bb33ff35", "outcome": "installed", "when": "2024-01-02T03:04:05.000000Z", "who": "ada@build"}')
+
+
+def test_release_record_of_a_bare_release():
+    assert json.loads(state.release_record(RELEASE)) == RELEASE.to_dict()
+
+
+def test_write_then_read_release():
+    etcd = FakeEtcd()
+    record = state.write_release(etcd, CLUSTER, RELEASE, outcome="installed", who="ada@build", when="T")
+    assert record == {**RELEASE.to_dict(), "outcome": "installed", "who": "ada@build", "when": "T"}
+    assert list(etcd.data) == ["/air/prod/release/current"]
+    release, stored = state.read_release(etcd, CLUSTER)
+    assert release == RELEASE and release.id == "0570bb33ff35"
+    assert stored == record
+
+
+def test_write_release_says_who_and_when(monkeypatch):
+    monkeypatch.setattr(state, "operator", lambda: "ada@build")
+    monkeypatch.setattr(state, "now", lambda: "2024-01-02T03:04:05.000000Z")
+    record = state.write_release(FakeEtcd(), CLUSTER, RELEASE)
+    assert (record["who"], record["when"]) == ("ada@build", "2024-01-02T03:04:05.000000Z")
+
+
+def test_no_release_recorded():
+    assert state.read_release(FakeEtcd(), CLUSTER) == (None, None)
+
+
+def test_history_is_oldest_first():
+    etcd = FakeEtcd()
+    for when, outcome in [("2024-02-01T00:00:00.000000Z", "succeeded"), ("2024-01-01T00:00:00.000000Z", "installed")]:
+        assert state.add_history(etcd, CLUSTER, {**RELEASE.to_dict(), "when": when, "outcome": outcome}) == when
+    assert [r["outcome"] for r in state.history(etcd, CLUSTER)] == ["installed", "succeeded"]
+
+
+def test_machines():
+    etcd = FakeEtcd()
+    assert state.read_machines(etcd, CLUSTER) == []
+    state.write_machines(etcd, CLUSTER, ("10.0.0.1", "fd00::2"))
+    assert etcd.data["/air/prod/machines"] == '["10.0.0.1", "fd00::2"]'
+    assert state.read_machines(etcd, CLUSTER) == ["10.0.0.1", "fd00::2"]
+
+
+def test_now_is_sortable_utc():
+    stamp = state.now()
+    assert len(stamp) == len("2024-01-02T03:04:05.000000Z") and stamp.endswith("Z")
+
+
+@pytest.mark.parametrize("member, address", [
+    (Member("1", "10.0.0.1", ("http://10.0.0.1:2380",), ("http://10.0.0.1:2379",), False), "10.0.0.1"),
+    (Member("2", "", ("http://10.0.0.4:2380",), (), True), "10.0.0.4"),  # added, not started yet
+    (Member("3", "fd00::3", ("http://[fd00::3]:2380",), (), False), "fd00::3"),
+    (Member("4", "10.0.0.5", (), (), False), "10.0.0.5"),
+])
+def test_member_address(member, address):
+    assert state.member_address(member) == address
