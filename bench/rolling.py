@@ -1,0 +1,148 @@
+"""Wall time of a rolling upgrade of 3 machines, beside its physical minimum and a no-op deploy.
+
+Against the sandbox's `local` cluster (brought up, or reused, with 3
+machines and 2 spares; installed when it is not). Each run commits a change
+to one component of the sample application, builds and pushes it (timed
+apart), then times ``tasks.upgrade.rolling_with_record`` to that release
+under the cluster's deploy lock, as ``fab deploy`` does: pull, drain, polite
+stop, install, start, health check and re-add, one machine after another.
+
+The physical minimum is what the machines themselves need: on each machine
+in turn, timed there (so SSH round trips are not counted), `systemctl stop`
+of the Air units, their start, and the health loop of
+``machine.health_command``; the sum over the machines. Each machine is taken
+out of the balancer around its own measurement, untimed, so nothing is
+served by a stopped machine. The no-op deploy is `fab deploy` with nothing
+new, as a user runs it. Figures only; nothing is asserted about time.
+
+    python bench/rolling.py [--runs N] [--component NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tasks import balancer, build, cluster as cluster_config, install, machine, push, remote  # noqa: E402
+from tasks import sandbox as sb, state, upgrade  # noqa: E402
+
+UPGRADED = re.compile(r"^upgrade: (\S+) runs \S+ \(([\d.]+) s\)$", re.M)
+
+
+def fab(*args) -> tuple:
+    """`fab ARGS` from the project root; (seconds, stderr)."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "fabric", *args], cwd=ROOT, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        sys.exit(f"fab {' '.join(args)} failed:\n{proc.stderr.strip()}")
+    return seconds, proc.stderr
+
+
+def ensure_installed(cluster) -> str:
+    """The cluster serving from its machines; installs it (as the tests' fixture does) when it has no release."""
+    try:
+        with state.cluster_etcd(cluster) as client:
+            if state.read_release(client, cluster)[0] is not None:
+                return "reused"
+    except Exception:  # no etcd answering: not installed
+        pass
+    sb.reset_machines(list(cluster.machines))
+    built = build.build_all(cluster, cluster.build.host, cluster.build.branch)
+    push.push_all(cluster, cluster.build.host, built["images"])
+    install.setup(cluster, list(cluster.machines))
+    return "installed"
+
+
+def physical(cluster, address) -> dict:
+    """Seconds of stop, start and health check of the Air units, timed on the machine itself."""
+    script = " && ".join([
+        "t0=$(date +%s.%N)", machine.stop_command(cluster),
+        "t1=$(date +%s.%N)", machine.start_command(cluster),
+        "t2=$(date +%s.%N)", f"( {machine.health_command(cluster, cluster.timeouts.healthy)} )",
+        "t3=$(date +%s.%N)", 'echo "$t0 $t1 $t2 $t3"'])
+    balancer.remove(cluster, address)
+    try:
+        with remote.connect(cluster, address) as conn:
+            out = remote.run(conn, script, what="stop, start and health check",
+                             timeout=cluster.timeouts.stop + cluster.timeouts.healthy + 120).stdout
+    finally:
+        balancer.add(cluster, address)
+    t0, t1, t2, t3 = (float(x) for x in out.split()[-4:])
+    return {"stop": t1 - t0, "start": t2 - t1, "health": t3 - t2, "total": t3 - t0}
+
+
+def rolling_run(cluster, component: str) -> dict:
+    """Commit, build and push a change to ``component``, then time the rolling upgrade to it."""
+    sb.commit_change(component)
+    started = time.monotonic()
+    built = build.build_all(cluster, cluster.build.host, cluster.build.branch)
+    release, steps = push.push_all(cluster, cluster.build.host, built["images"])
+    build_push = time.monotonic() - started
+    pushed = [s.component for s in steps if s.decision.changed]
+    holder = {"who": state.operator(), "since": state.now(), "why": "bench/rolling.py"}
+    with state.cluster_etcd(cluster) as client, client.acquire(state.lock_key(cluster), holder,
+                                                               cluster.timeouts.lock):
+        current, _ = state.read_release(client, cluster)
+        said = io.StringIO()
+        started = time.monotonic()
+        with contextlib.redirect_stderr(said):
+            changed = upgrade.rolling_with_record(cluster, release, current, branch=cluster.build.branch,
+                                                  commit=built["commit"])
+        rolling = time.monotonic() - started
+    per_machine = {m: float(s) for m, s in UPGRADED.findall(said.getvalue())}
+    return {"build_push": build_push, "pushed": pushed, "rolling": rolling, "changed": changed,
+            "per_machine": per_machine, "release": release.id}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="rolling upgrades and physical measurements (default 3)")
+    parser.add_argument("--component", default="static_website", help="component changed (default static_website)")
+    parser.add_argument("--noop-runs", type=int, default=3, help="no-op deploys (default 3)")
+    args = parser.parse_args()
+
+    sb.bring_up(3, 2)
+    cluster = cluster_config.load("local")
+    how = ensure_installed(cluster)
+    machines = list(cluster.machines)
+    overhead, _ = fab("--list")
+
+    runs, minimums = [], []
+    for _ in range(args.runs):
+        runs.append(rolling_run(cluster, args.component))
+        minimums.append({m: physical(cluster, m) for m in machines})  # one machine after another
+    noops = [fab("deploy", "--cluster", "local")[0] for _ in range(args.noop_runs)]
+
+    print(f"sandbox `local`, {len(machines)} machines ({how}); {args.runs} run(s), each a change to "
+          f"{args.component}, stop timeout {cluster.timeouts.stop} s")
+    for i, (run, minimum) in enumerate(zip(runs, minimums), 1):
+        floor = sum(m["total"] for m in minimum.values())
+        print(f"run {i}: build+push {run['build_push']:5.1f} s (pushed {', '.join(run['pushed']) or 'nothing'}); "
+              f"rolling upgrade {run['rolling']:5.1f} s; physical minimum {floor:5.1f} s; "
+              f"ratio {run['rolling'] / floor:4.2f}")
+        for m in machines:
+            p = minimum[m]
+            upgraded = run["per_machine"].get(m)
+            print(f"  {m:15} upgrade {upgraded if upgraded is not None else float('nan'):5.1f} s   "
+                  f"on the machine: stop {p['stop']:4.1f} + start {p['start']:4.1f} + health {p['health']:4.1f}"
+                  f" = {p['total']:4.1f} s")
+    rolling = statistics.median(r["rolling"] for r in runs)
+    floor = statistics.median(sum(m["total"] for m in minimum.values()) for minimum in minimums)
+    print(f"median: rolling upgrade {rolling:5.1f} s, physical minimum {floor:5.1f} s, ratio {rolling / floor:4.2f}")
+    print(f"no-op `fab deploy` (nothing new), {len(noops)} runs: "
+          + ", ".join(f"{s:4.1f} s" for s in noops) + f"; median {statistics.median(noops):4.1f} s "
+          f"(includes starting `fab`: `fab --list` takes {overhead:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Which release a rollback goes to, from the cluster's history (oldest first)."""
+import pytest
+
+from tasks.deploy import rollback_target
+from tasks.errors import ConfigError
+
+
+def record(release_id, outcome, when):
+    return {"id": release_id, "outcome": outcome, "when": when, "components": {}}
+
+
+HISTORY = [
+    record("aaa", "installed", "1"),
+    record("bbb", "succeeded", "2"),
+    record("ccc", "failed: upgrade of 10.0.0.1 to ccc failed", "3"),
+    record("ddd", "succeeded", "4"),
+]
+
+
+def test_the_newest_successful_release_before_the_current_one():
+    assert rollback_target(HISTORY, "ddd")["id"] == "bbb"
+
+
+def test_a_failed_release_is_never_chosen():
+    assert rollback_target(HISTORY[:3], "bbb")["id"] == "aaa"
+
+
+def test_when_current_is_not_the_newest_successful_the_newest_other_is_chosen():
+    # After a failed deploy the cluster is back on bbb; the newest good other than bbb wins.
+    assert rollback_target(HISTORY, "bbb")["id"] == "ddd"
+
+
+def test_no_current_release_takes_the_newest_successful():
+    assert rollback_target(HISTORY, None)["id"] == "ddd"
+
+
+def test_rolling_back_twice_goes_back_and_forth():
+    after_rollback = HISTORY + [record("bbb", "succeeded", "5")]
+    assert rollback_target(after_rollback, "bbb")["id"] == "ddd"
+
+
+def test_an_explicit_release_must_have_succeeded():
+    assert rollback_target(HISTORY, "ddd", to="aaa")["id"] == "aaa"
+    with pytest.raises(ConfigError, match="no successful release 'ccc' in the history of prod"):
+        rollback_target(HISTORY, "ddd", to="ccc", cluster_name="prod")
+    with pytest.raises(ConfigError, match="no successful release 'zzz'"):
+        rollback_target(HISTORY, "ddd", to="zzz")
+
+
+def test_nothing_to_roll_back_to():
+    with pytest.raises(ConfigError, match="no earlier successful release of prod"):
+        rollback_target([record("aaa", "installed", "1")], "aaa", cluster_name="prod")
+    with pytest.raises(ConfigError, match="no earlier successful release"):
+        rollback_target([], None)
+
+
+def test_the_newest_of_several_records_of_one_release_is_returned():
+    history = [record("aaa", "installed", "1"), record("bbb", "succeeded", "2"), record("aaa", "succeeded", "3"),
+               record("ccc", "succeeded", "4")]
+    assert rollback_target(history, "ccc")["when"] == "3"
