@@ -9,7 +9,8 @@ stop, install, start, health check and re-add, one machine after another.
 
 The physical minimum is what the machines themselves need: on each machine
 in turn, timed there (so SSH round trips are not counted), `systemctl stop`
-of the Air units, their start, and the health loop of
+of the changed component's unit (the only one an upgrade restarts), its
+start, and the health loop of
 ``machine.health_command``; the sum over the machines. Each machine is taken
 out of the balancer around its own measurement, untimed, so nothing is
 served by a stopped machine. The no-op deploy is `fab deploy` with nothing
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tasks import balancer, build, cluster as cluster_config, install, machine, push, remote  # noqa: E402
 from tasks import sandbox as sb, state, upgrade  # noqa: E402
 
-UPGRADED = re.compile(r"^upgrade: (\S+) runs \S+ \(([\d.]+) s\)$", re.M)
+UPGRADED = re.compile(r"^upgrade: (\S+) runs \S+, restarted .* \(([\d.]+) s\)$", re.M)
 
 
 def fab(*args) -> tuple:
@@ -63,11 +64,12 @@ def ensure_installed(cluster) -> str:
     return "installed"
 
 
-def physical(cluster, address) -> dict:
-    """Seconds of stop, start and health check of the Air units, timed on the machine itself."""
+def physical(cluster, address, components) -> dict:
+    """Seconds of stop and start of the units of ``components`` (those an upgrade restarts) and of
+    the whole machine's health check, timed on the machine itself."""
     script = " && ".join([
-        "t0=$(date +%s.%N)", machine.stop_command(cluster),
-        "t1=$(date +%s.%N)", machine.start_command(cluster),
+        "t0=$(date +%s.%N)", machine.stop_command(cluster, components),
+        "t1=$(date +%s.%N)", machine.start_command(cluster, components),
         "t2=$(date +%s.%N)", f"( {machine.health_command(cluster, cluster.timeouts.healthy)} )",
         "t3=$(date +%s.%N)", 'echo "$t0 $t1 $t2 $t3"'])
     balancer.remove(cluster, address)
@@ -120,7 +122,7 @@ def main() -> None:
     runs, minimums = [], []
     for _ in range(args.runs):
         runs.append(rolling_run(cluster, args.component))
-        minimums.append({m: physical(cluster, m) for m in machines})  # one machine after another
+        minimums.append({m: physical(cluster, m, [args.component]) for m in machines})  # one after another
     noops = [fab("deploy", "--cluster", "local")[0] for _ in range(args.noop_runs)]
 
     print(f"sandbox `local`, {len(machines)} machines ({how}); {args.runs} run(s), each a change to "

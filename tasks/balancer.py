@@ -8,6 +8,8 @@ reload (established connections finish on the old process).
 """
 from __future__ import annotations
 
+import threading
+
 from . import remote
 from .balancer_config import machines_in, routers_file
 from .cli import air_task, cluster_of
@@ -21,37 +23,79 @@ def check_command(config: str, candidate: str) -> str:
     return f"haproxy -c -q -f {q(config)} -f {q(candidate)}"
 
 
-def listed(cluster, conn=None) -> list:
-    """The machines the routers file sends traffic to now."""
-    if conn is None:
-        with remote.connect(cluster, cluster.balancer.host) as conn:
-            return listed(cluster, conn)
-    return machines_in(remote.read_file(conn, cluster.balancer.routers_file, missing=""))
+class Routers:
+    """The routers file over one open connection to the balancer host.
 
+    It reads the file once and then knows what it wrote, so a rolling upgrade
+    drains and re-adds every machine without reconnecting or rereading.
+    """
 
-def set_machines(cluster, machines) -> list:
-    """Make the routers file list exactly ``machines``; no change, no reload."""
-    machines = list(dict.fromkeys(machines))
-    with remote.connect(cluster, cluster.balancer.host) as conn:
-        current = listed(cluster, conn)
-        if current == machines:
-            return current
-        path = cluster.balancer.routers_file
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self._connection = remote.connect(cluster, cluster.balancer.host)
+        self._machines = None
+        self._lock = threading.RLock()  # machines upgraded side by side (--batch) share it
+
+    def __enter__(self) -> "Routers":
+        self.conn = self._connection.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._connection.__exit__(*exc)
+
+    def listed(self) -> list:
+        """The machines the routers file sends traffic to now."""
+        if self._machines is None:
+            self._machines = machines_in(remote.read_file(self.conn, self.cluster.balancer.routers_file, missing=""))
+        return list(self._machines)
+
+    def set(self, machines) -> list:
+        """Make the routers file list exactly ``machines``; no change, no reload."""
+        with self._lock:
+            return self._set(list(dict.fromkeys(machines)))
+
+    def _set(self, machines) -> list:
+        if self.listed() == machines:
+            return machines
+        path = self.cluster.balancer.routers_file
         candidate = f"{path}.air-candidate"
-        remote.write_file(conn, candidate, routers_file(cluster.balancer.port, machines), 0o644)
-        remote.run(conn, check_command(cluster.balancer.config, candidate), what="validate the routers file")
-        remote.run(conn, f"mv -f {q(candidate)} {q(path)} && {RELOAD}", what="install the routers file and reload")
+        remote.write_file(self.conn, candidate, routers_file(self.cluster.balancer.port, machines), 0o644)
+        remote.run(self.conn, check_command(self.cluster.balancer.config, candidate),
+                   what="validate the routers file")
+        remote.run(self.conn, f"mv -f {q(candidate)} {q(path)} && {RELOAD}",
+                   what="install the routers file and reload")
+        self._machines = machines
         say(f"balancer: routes to {', '.join(machines) or 'no machine'}")
         return machines
 
+    def add(self, machine: str) -> list:
+        with self._lock:
+            current = self.listed()
+            return current if machine in current else self.set(current + [machine])
+
+    def remove(self, machine: str) -> list:
+        with self._lock:
+            return self.set([m for m in self.listed() if m != machine])
+
+
+def listed(cluster) -> list:
+    with Routers(cluster) as routers:
+        return routers.listed()
+
+
+def set_machines(cluster, machines) -> list:
+    with Routers(cluster) as routers:
+        return routers.set(machines)
+
 
 def add(cluster, machine: str) -> list:
-    current = listed(cluster)
-    return set_machines(cluster, current + [machine]) if machine not in current else current
+    with Routers(cluster) as routers:
+        return routers.add(machine)
 
 
 def remove(cluster, machine: str) -> list:
-    return set_machines(cluster, [m for m in listed(cluster) if m != machine])
+    with Routers(cluster) as routers:
+        return routers.remove(machine)
 
 
 @air_task(name="list", help={"cluster": "target cluster"})

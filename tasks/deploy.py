@@ -49,7 +49,11 @@ def deploy_release(cluster, host, branch, via=None, wait=False, batch=1) -> Rele
         with _lock(client, cluster, f"deploy {branch}", wait):
             built = build_all(cluster, host, branch)
             release, steps = push_all(cluster, host, built["images"])
-            current, _ = state.read_release(client, cluster)
+            current, record = state.read_release(client, cluster)
+            if record and record.get("outcome") == "upgrading":
+                # A deploy was killed midway: its release never proved itself, so a failure
+                # now goes back to the last release that did.
+                current = last_good(state.history(client, cluster)) or current
             members = sorted(upgrade.member_machines(client))
             if current is not None and current.id == release.id and running_everywhere(cluster, release, members):
                 say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
@@ -90,6 +94,12 @@ def releases(c, cluster=None, via=None, json_=False):
 
 
 GOOD_OUTCOMES = ("succeeded", "installed")
+
+
+def last_good(records: list):
+    """The newest release in ``records`` (oldest first) whose rollout succeeded, or None."""
+    good = [r for r in records if r.get("outcome") in GOOD_OUTCOMES]
+    return Release.from_dict(good[-1]) if good else None
 
 
 def rollback_target(records: list, current_id: str = None, to: str = None, cluster_name: str = "the cluster") -> dict:

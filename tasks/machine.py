@@ -11,7 +11,7 @@ the same document.
 from __future__ import annotations
 
 import cloudconfig
-from cloudconfig.units import (DATA_DIR, ETCD_DATA_DIR, ETCD_DROPIN, ETCD_UNIT, SECRETS_DIR, STATE_DIR,
+from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_UNIT, SECRETS_DIR, STATE_DIR,
                                UNIT_DIR, unit_name)
 
 from . import remote
@@ -69,18 +69,31 @@ def pull_command(cluster, release) -> str:
                        for i in release.images)
 
 
-def units_of(cluster) -> list:
-    return [unit_name(c.name) for c in cluster.components]
+def units_of(cluster, components=None) -> list:
+    """The Air units of ``components`` (names; default: all), in the cluster's order."""
+    return [unit_name(c.name) for c in cluster.components if components is None or c.name in components]
 
 
-def start_command(cluster) -> str:
-    units = " ".join(q(u) for u in units_of(cluster))
+def start_command(cluster, components=None) -> str:
+    units = " ".join(q(u) for u in units_of(cluster, components))
     return f"systemctl daemon-reload && systemctl enable -q {units} && systemctl restart {units}"
 
 
-def stop_command(cluster) -> str:
-    """Stops every Air unit at once; each unit's ExecStop gives its container the cluster's stop timeout."""
-    return f"systemctl stop {' '.join(q(u) for u in units_of(cluster))}"
+def stop_command(cluster, components=None) -> str:
+    """Stops the Air units at once; each unit's ExecStop gives its container the cluster's stop timeout."""
+    return f"systemctl stop {' '.join(q(u) for u in units_of(cluster, components))}"
+
+
+def parse_components(text: str) -> dict:
+    """component -> version, from the machine's components state file."""
+    return {parts[0]: parts[1] for parts in (line.split() for line in (text or "").splitlines()) if len(parts) >= 2}
+
+
+def to_restart(running: dict, units: dict, release, cluster) -> list:
+    """Components whose unit must be restarted to run ``release``: another version, or not active."""
+    wanted = release.versions()
+    return [c.name for c in cluster.components
+            if running.get(c.name) != wanted.get(c.name) or units.get(unit_name(c.name)) != "active"]
 
 
 def health_command(cluster, timeout: int) -> str:
@@ -91,7 +104,7 @@ def health_command(cluster, timeout: int) -> str:
             f"curl -fsS -o /dev/null -m 2 \"http://127.0.0.1:${{check#*=}}\" 2>/dev/null || failed=\"$failed ${{check%%=*}}\"; "
             f"done; [ -z \"$failed\" ] && exit 0; "
             f"if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within {int(timeout)} s:$failed\" >&2; exit 1; fi; "
-            f"sleep 0.5; done")
+            f"sleep 0.2; done")
 
 
 def start_etcd_command() -> str:
@@ -148,23 +161,27 @@ def install_secrets(conn, cluster) -> None:
 
 def apply_document(conn, cluster, doc: dict) -> None:
     """Write every file the cloud config stands for, then the cloud config itself (0600: it holds the login)."""
-    for file in cloudconfig.files(doc):
-        remote.write_file(conn, file.path, file.content, file.mode)
-    remote.write_file(conn, cluster.cloud_config, cloudconfig.render(doc), 0o600)
-    remote.run(conn, f"mkdir -p {q(DATA_DIR)} && systemctl daemon-reload", what="reload systemd")
+    files = [(f.path, f.content, f.mode) for f in cloudconfig.files(doc)]
+    # The components' data folders need no step: `docker run -v` makes them.
+    remote.write_files(conn, files + [(cluster.cloud_config, cloudconfig.render(doc), 0o600)])
 
 
 def pull(conn, cluster, release) -> None:
     remote.run(conn, pull_command(cluster, release), what=f"pull release {release.id}")
 
 
-def start(conn, cluster) -> None:
-    remote.run(conn, start_command(cluster), what="start the Air units")
+def start(conn, cluster, components=None) -> None:
+    remote.run(conn, start_command(cluster, components), what="start the Air units")
 
 
-def stop(conn, cluster) -> None:
-    remote.run(conn, stop_command(cluster), what="stop the Air units",
+def stop(conn, cluster, components=None) -> None:
+    remote.run(conn, stop_command(cluster, components), what="stop the Air units",
                timeout=cluster.timeouts.stop + 60)
+
+
+def running_components(conn) -> dict:
+    """component -> version the machine last installed."""
+    return parse_components(remote.read_file(conn, cloudconfig.COMPONENTS_FILE, missing=""))
 
 
 def wait_healthy(conn, cluster, timeout: int = None) -> None:

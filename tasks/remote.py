@@ -145,6 +145,28 @@ def write_file(conn: Connection, path: str, content, mode: int = 0o644) -> None:
         run(conn, f"mv -f {q(upload)} {q(path)}", what=f"install {path}")
 
 
+def write_files(conn: Connection, files) -> None:
+    """``write_file`` for many ``(path, content, mode)`` at once: one folder command, one SFTP
+    session for every upload (each mode set before its content), one command swapping them all in."""
+    files = list(files)
+    if getattr(conn, "air_sudo", False):
+        for path, content, mode in files:
+            write_file(conn, path, content, mode)
+        return
+    folders = sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files})
+    run(conn, "mkdir -p " + " ".join(q(f) for f in folders), what="make folders")
+    try:
+        sftp = conn.sftp()
+        for path, content, mode in files:
+            with sftp.open(f"{path}.air-new", "wb") as remote:
+                remote.chmod(mode)
+                remote.write(content.encode() if isinstance(content, str) else content)
+    except (OSError, paramiko.SSHException) as e:
+        raise RemoteError(f"{conn.host}: cannot write {path}: {_reason(e)}") from None
+    run(conn, " && ".join(f"mv -f {q(path + '.air-new')} {q(path)}" for path, _, _ in files),
+        what=f"install {len(files)} files")
+
+
 def read_file(conn: Connection, path: str, missing=None):
     """The text of ``path``, or ``missing`` when there is no such file."""
     result = run(conn, f"if [ -e {q(path)} ]; then cat {q(path)}; else exit 3; fi", check=False)

@@ -60,40 +60,42 @@ def action_on(conn, cluster, address, release: Release, listed) -> str:
                           address in listed, release.id)
 
 
-def upgrade_machine(cluster, address, release: Release, previous: Release, members, base_doc=None) -> bool:
-    """Upgrade one machine; True when it changed. On failure: restore ``previous`` and raise UpgradeFailed."""
-    base_doc = base_doc or machine.base_document(cluster)
-    conn = remote.connect(cluster, address)
-    why = remote.reachable(conn)
-    if why:
-        raise UpgradeFailed(address, f"{address}: unreachable ({why}); it was not changed", restored=False)
-    with conn:
-        action = action_on(conn, cluster, address, release, balancer.listed(cluster))
-        if action == NOTHING:
-            say(f"upgrade: {address} already runs {release.id}; left alone")
-            return False
-        started = time.monotonic()
+def upgrade_machine(cluster, conn, release: Release, previous: Release, members, base_doc, routers) -> bool:
+    """Bring the machine on ``conn`` to ``release``; True when it changed.
+
+    Only the units whose version changes (or that are not active) restart. On
+    failure the machine is put back on ``previous`` and UpgradeFailed is raised.
+    """
+    address = conn.host
+    units = machine.unit_states(conn, cluster)
+    action = machine_action(machine.running_release(conn), units, address in routers.listed(), release.id)
+    if action == NOTHING:
+        say(f"upgrade: {address} already runs {release.id}; left alone")
+        return False
+    started = time.monotonic()
+    restart = machine.to_restart(machine.running_components(conn), units, release, cluster) \
+        if action == UPGRADE else []
+    if action == UPGRADE:
+        machine.pull(conn, cluster, release)  # already there when rolling pulled ahead
+    routers.remove(address)
+    try:
         if action == UPGRADE:
-            machine.pull(conn, cluster, release)
-        balancer.remove(cluster, address)
-        try:
-            if action == UPGRADE:
-                machine.stop(conn, cluster)
-                install_release(conn, cluster, address, members, release, base_doc)
-                machine.start(conn, cluster)
-            machine.wait_healthy(conn, cluster)
-        except (HealthError, RemoteError) as failure:
-            restored = _restore(conn, cluster, address, members, previous, base_doc)
-            raise UpgradeFailed(address, f"upgrade of {address} to {release.id} failed: {failure}\n{restored}",
-                                restored=previous is not None) from None
-        balancer.add(cluster, address)
-        took = f"{time.monotonic() - started:.1f} s"
-        say(f"upgrade: {address} runs {release.id} ({took})" if action == UPGRADE else
-            f"upgrade: {address} already ran {release.id}; healthy, back in the balancer ({took})")
-        return True
+            machine.stop(conn, cluster, restart)
+            install_release(conn, cluster, address, members, release, base_doc)
+            machine.start(conn, cluster, restart)
+        machine.wait_healthy(conn, cluster)
+    except (HealthError, RemoteError) as failure:
+        restored = _restore(conn, cluster, address, members, previous, base_doc, routers)
+        raise UpgradeFailed(address, f"upgrade of {address} to {release.id} failed: {failure}\n{restored}",
+                            restored=previous is not None) from None
+    routers.add(address)
+    took = f"{time.monotonic() - started:.1f} s"
+    say(f"upgrade: {address} runs {release.id}, restarted {', '.join(restart) or 'nothing'} ({took})"
+        if action == UPGRADE else f"upgrade: {address} already ran {release.id}; healthy, back in the balancer ({took})")
+    return True
 
 
-def _restore(conn, cluster, address, members, previous, base_doc) -> str:
+def _restore(conn, cluster, address, members, previous, base_doc, routers) -> str:
     if previous is None:
         return f"{address} is out of the balancer; no earlier release to restore."
     try:
@@ -101,7 +103,7 @@ def _restore(conn, cluster, address, members, previous, base_doc) -> str:
         install_release(conn, cluster, address, members, previous, base_doc)
         machine.start(conn, cluster)
         machine.wait_healthy(conn, cluster)
-        balancer.add(cluster, address)
+        routers.add(address)
         return f"{address} is back on release {previous.id} and in the balancer."
     except AirError as e:
         return f"restoring {address} to {previous.id} failed too ({e}); it is out of the balancer."
@@ -116,46 +118,57 @@ def member_machines(client) -> list:
     return [state.member_address(m) for m in client.members() if not m.learner]
 
 
-def unreachable(cluster, addresses) -> list:
-    """'address (why)' for each of ``addresses`` that cannot be logged in to."""
-    def why(address):
+def open_all(cluster, addresses) -> tuple:
+    """(connections by address, 'address (why)' for each that cannot be logged in to), at once."""
+    def open_one(address):
         conn = remote.connect(cluster, address)
-        try:
-            return remote.reachable(conn)
-        finally:
+        why = remote.reachable(conn)
+        if why:
             conn.close()
-    return [f"{a} ({w})" for a, w in zip(addresses, remote.parallel(why, addresses)) if w]
+        return conn, why
+    opened = dict(zip(addresses, remote.parallel(open_one, addresses)))
+    down = [f"{a} ({why})" for a, (_, why) in opened.items() if why]
+    return {a: conn for a, (conn, why) in opened.items() if not why}, down
 
 
 def rolling(cluster, release: Release, previous: Release, via: str = None, batch: int = 1) -> list:
     """Upgrade every member machine to ``release``; returns those that changed."""
     with state.cluster_etcd(cluster, via) as client:
         members = sorted(member_machines(client))
-    # Checked before any change: a machine found down halfway would leave the cluster on two releases.
-    down = unreachable(cluster, members)
-    if down:
-        raise UpgradeFailed(", ".join(d.split()[0] for d in down),
-                            f"not upgrading {cluster.name} to {release.id}: unreachable: {'; '.join(down)}. "
-                            f"No machine was changed.", restored=False)
-    step = batch_limit(len(members), batch)
+    conns, down = open_all(cluster, members)
+    try:
+        # Checked before any change: a machine found down halfway would leave the cluster on two releases.
+        if down:
+            raise UpgradeFailed(", ".join(d.split()[0] for d in down),
+                                f"not upgrading {cluster.name} to {release.id}: unreachable: {'; '.join(down)}. "
+                                f"No machine was changed.", restored=False)
+        # Pulling does not disturb service: every machine fetches the release at once, before its turn.
+        remote.parallel(lambda a: machine.pull(conns[a], cluster, release), members)
+        return _roll(cluster, conns, members, release, previous, batch_limit(len(members), batch))
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def _roll(cluster, conns, members, release, previous, step) -> list:
     base_doc = machine.base_document(cluster)
-
-    def upgrade(address):
-        return upgrade_machine(cluster, address, release, previous, members, base_doc)
-
     changed = []
-    for i in range(0, len(members), step):
-        group = members[i:i + step]
-        try:
-            # One machine at a time needs no fan-out, whose error would name the machine once more.
-            results = [upgrade(group[0])] if len(group) == 1 else remote.parallel(upgrade, group)
-        except AirError as failure:
-            if not changed:
-                raise
-            raise UpgradeFailed(", ".join(group), f"{failure}\nalready upgraded to {release.id}: "
-                                f"{', '.join(changed)} (fab rolling-upgrade puts them back on the cluster's "
-                                f"release)", restored=False) from None
-        changed += [a for a, did in zip(group, results) if did]
+    with balancer.Routers(cluster) as routers:
+        def upgrade(address):
+            return upgrade_machine(cluster, conns[address], release, previous, members, base_doc, routers)
+
+        for i in range(0, len(members), step):
+            group = members[i:i + step]
+            try:
+                # One machine at a time needs no fan-out, whose error would name the machine once more.
+                results = [upgrade(group[0])] if len(group) == 1 else remote.parallel(upgrade, group)
+            except AirError as failure:
+                if not changed:
+                    raise
+                raise UpgradeFailed(", ".join(group), f"{failure}\nalready upgraded to {release.id}: "
+                                    f"{', '.join(changed)} (fab rolling-upgrade puts them back on the cluster's "
+                                    f"release)", restored=False) from None
+            changed += [a for a, did in zip(group, results) if did]
     return changed
 
 
@@ -207,7 +220,8 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None)
         members = sorted(member_machines(client))
     if address not in members:
         raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
-    changed = upgrade_machine(target, address, wanted, current, members)
+    with remote.connect(target, address) as conn, balancer.Routers(target) as routers:
+        changed = upgrade_machine(target, conn, wanted, current, members, machine.base_document(target), routers)
     print(f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
 
 

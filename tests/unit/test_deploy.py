@@ -58,3 +58,15 @@ def test_the_newest_of_several_records_of_one_release_is_returned():
     history = [record("aaa", "installed", "1"), record("bbb", "succeeded", "2"), record("aaa", "succeeded", "3"),
                record("ccc", "succeeded", "4")]
     assert rollback_target(history, "ccc")["when"] == "3"
+
+
+def test_last_good_is_the_newest_successful_release():
+    from tasks.deploy import last_good
+    from tasks.release import Image, Release
+    first = Release((Image("router", "1.0.0", "sha256:a"),))
+    second = Release((Image("router", "1.0.1", "sha256:b"),))
+    records = [{**first.to_dict(), "outcome": "installed"}, {**second.to_dict(), "outcome": "succeeded"},
+               {**Release((Image("router", "1.0.2", "sha256:c"),)).to_dict(), "outcome": "failed: health"}]
+    assert last_good(records) == second
+    assert last_good(records[:1]) == first
+    assert last_good(records[2:]) is None
