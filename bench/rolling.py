@@ -98,7 +98,7 @@ def rolling_run(cluster, component: str) -> dict:
         said = io.StringIO()
         started = time.monotonic()
         with contextlib.redirect_stderr(said):
-            changed = upgrade.rolling_with_record(cluster, release, current, branch=cluster.build.branch,
+            changed = upgrade.rolling_with_record(cluster, client, release, current, branch=cluster.build.branch,
                                                   commit=built["commit"])
         rolling = time.monotonic() - started
     per_machine = {m: float(s) for m, s in UPGRADED.findall(said.getvalue())}

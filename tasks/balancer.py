@@ -59,11 +59,11 @@ class Routers:
             return machines
         path = self.cluster.balancer.routers_file
         candidate = f"{path}.air-candidate"
-        remote.write_file(self.conn, candidate, routers_file(self.cluster.balancer.port, machines), 0o644)
-        remote.run(self.conn, check_command(self.cluster.balancer.config, candidate),
-                   what="validate the routers file")
-        remote.run(self.conn, f"mv -f {q(candidate)} {q(path)} && {RELOAD}",
-                   what="install the routers file and reload")
+        # Beside haproxy's own configuration, so its folder exists; the swap below is atomic.
+        remote.upload_file(self.conn, candidate, routers_file(self.cluster.balancer.port, machines), 0o644)
+        remote.run(self.conn, f"{check_command(self.cluster.balancer.config, candidate)} && "
+                              f"mv -f {q(candidate)} {q(path)} && {RELOAD}",
+                   what="validate and install the routers file, reload")
         self._machines = machines
         say(f"balancer: routes to {', '.join(machines) or 'no machine'}")
         return machines

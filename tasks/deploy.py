@@ -59,7 +59,7 @@ def deploy_release(cluster, host, branch, via=None, wait=False, batch=1) -> Rele
                 say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
                     f"({time.monotonic() - started:.1f} s)")
                 return release
-            upgrade.rolling_with_record(cluster, release, current, via=via, batch=batch,
+            upgrade.rolling_with_record(cluster, client, release, current, batch=batch,
                                         branch=branch, commit=built["commit"])
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
     return release
@@ -129,7 +129,7 @@ def rollback(c, cluster=None, to=None, via=None):
             current, _ = state.read_release(client, target)
             chosen = rollback_target(state.history(client, target), current and current.id, to, target.name)
             wanted = Release.from_dict(chosen)
-            upgrade.rolling_with_record(target, wanted, current, via=via, rollback_from=current and current.id)
+            upgrade.rolling_with_record(target, client, wanted, current, rollback_from=current and current.id)
     print(f"release {wanted.id}")
 
 

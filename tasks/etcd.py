@@ -66,13 +66,22 @@ class Etcd:
     def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None):
         self.host, self.port, self.timeout = host, int(port), timeout
         self.label = label or f"{host}:{port}"
+        self._clients = []
         self._client = self._new_client(timeout)
 
     def __repr__(self) -> str:
         return f"Etcd({self.label})"
 
     def _new_client(self, timeout: float) -> Etcd3Client:
-        return Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH)
+        client = Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH,
+                             session=requests.Session())
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Close this client's HTTP connections (a tunnel then ends at once instead of after its 1 s poll)."""
+        for client in self._clients:
+            client.session.close()
 
     def _error(self, what: str, error: Exception) -> RemoteError:
         if isinstance(error, gw_errors.Etcd3Exception):
@@ -301,7 +310,11 @@ def tunnel(conn, remote_port: int = CLIENT_PORT, timeout: float = 5) -> Iterator
         with conn.forward_local(local_port=local_port, remote_port=remote_port,
                                 remote_host="127.0.0.1", local_host="127.0.0.1"):
             _wait_listening(local_port, label)
-            yield Etcd("127.0.0.1", local_port, timeout=timeout, label=label)
+            client = Etcd("127.0.0.1", local_port, timeout=timeout, label=label)
+            try:
+                yield client
+            finally:
+                client.close()
     except ThreadException as e:
         # Raised on leaving the tunnel when it broke (typically: nothing listens on the
         # remote port); it explains whatever failed inside better than a timeout does.

@@ -76,12 +76,14 @@ def units_of(cluster, components=None) -> list:
 
 def start_command(cluster, components=None) -> str:
     units = " ".join(q(u) for u in units_of(cluster, components))
-    return f"systemctl daemon-reload && systemctl enable -q {units} && systemctl restart {units}"
+    reload = "systemctl daemon-reload"
+    return f"{reload} && systemctl enable -q {units} && systemctl restart {units}" if units else reload
 
 
 def stop_command(cluster, components=None) -> str:
     """Stops the Air units at once; each unit's ExecStop gives its container the cluster's stop timeout."""
-    return f"systemctl stop {' '.join(q(u) for u in units_of(cluster, components))}"
+    units = " ".join(q(u) for u in units_of(cluster, components))
+    return f"systemctl stop {units}" if units else "true"
 
 
 def parse_components(text: str) -> dict:
@@ -159,11 +161,20 @@ def install_secrets(conn, cluster) -> None:
             remote.write_file(conn, f"{SECRETS_DIR}/{path.name}", path.read_bytes(), 0o600)
 
 
+def document_files(cluster, doc: dict) -> list:
+    """Every file the cloud config stands for, then the cloud config itself (0600: it holds the login).
+    The components' data folders need no step: `docker run -v` makes them."""
+    return [(f.path, f.content, f.mode) for f in cloudconfig.files(doc)] + \
+        [(cluster.cloud_config, cloudconfig.render(doc), 0o600)]
+
+
 def apply_document(conn, cluster, doc: dict) -> None:
-    """Write every file the cloud config stands for, then the cloud config itself (0600: it holds the login)."""
-    files = [(f.path, f.content, f.mode) for f in cloudconfig.files(doc)]
-    # The components' data folders need no step: `docker run -v` makes them.
-    remote.write_files(conn, files + [(cluster.cloud_config, cloudconfig.render(doc), 0o600)])
+    remote.write_files(conn, document_files(cluster, doc))
+
+
+def stage_document(conn, cluster, doc: dict) -> str:
+    """Upload the document's files without putting them in place; returns the command that does."""
+    return remote.stage_files(conn, document_files(cluster, doc))
 
 
 def pull(conn, cluster, release) -> None:

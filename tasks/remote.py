@@ -119,52 +119,45 @@ def reachable(conn: Connection) -> str:
         return _reason(e)
 
 
-def write_file(conn: Connection, path: str, content, mode: int = 0o644) -> None:
-    """Replace ``path`` atomically with ``content``; its mode is set before the content is written."""
-    data = content.encode() if isinstance(content, str) else content
-    directory = path.rsplit("/", 1)[0] or "/"
-    if getattr(conn, "air_sudo", False):
-        staging = run(conn, "mktemp -d", what="make a private staging folder").stdout.strip()
-        # mktemp ran under sudo; the login user must be able to write into it.
-        run(conn, f"chown {q(conn.user)} {q(staging)}", what="own the staging folder")
-        upload = f"{staging}/file"
-    else:
-        run(conn, f"mkdir -p {q(directory)}", what=f"make {directory}")
-        upload = f"{path}.air-new"
+def upload_file(conn: Connection, path: str, content, mode: int) -> None:
+    """Write ``path`` over SFTP as the login user, its mode set before any content is written."""
     try:
-        sftp = conn.sftp()
-        with sftp.open(upload, "wb") as remote:
+        with conn.sftp().open(path, "wb") as remote:
             remote.chmod(mode)
-            remote.write(data)
+            remote.write(content.encode() if isinstance(content, str) else content)
     except (OSError, paramiko.SSHException) as e:
         raise RemoteError(f"{conn.host}: cannot write {path}: {_reason(e)}") from None
-    if getattr(conn, "air_sudo", False):
-        run(conn, f"mkdir -p {q(directory)} && install -m {mode:o} {q(upload)} {q(path)}.air-new && "
-                  f"mv -f {q(path)}.air-new {q(path)}; rm -rf {q(staging)}", what=f"install {path}")
-    else:
-        run(conn, f"mv -f {q(upload)} {q(path)}", what=f"install {path}")
+
+
+def stage_files(conn: Connection, files) -> str:
+    """Upload ``(path, content, mode)`` files without putting them in place yet; returns the one
+    command that swaps them all in. Each upload has its mode before its content: beside its
+    target as ``<path>.air-new``, or, when commands run through sudo, in a private staging folder."""
+    files = list(files)
+    folders = " ".join(q(f) for f in sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files}))
+    if not getattr(conn, "air_sudo", False):
+        run(conn, f"mkdir -p {folders}", what="make folders")
+        for path, content, mode in files:
+            upload_file(conn, f"{path}.air-new", content, mode)
+        return " && ".join(f"mv -f {q(path + '.air-new')} {q(path)}" for path, _, _ in files)
+    staging = run(conn, "mktemp -d", what="make a private staging folder").stdout.strip()
+    # mktemp ran under sudo; the login user must be able to write into it.
+    run(conn, f"chown {q(conn.user)} {q(staging)}", what="own the staging folder")
+    for i, (path, content, mode) in enumerate(files):
+        upload_file(conn, f"{staging}/{i}", content, mode)
+    swap = " && ".join(f"install -m {mode:o} {q(f'{staging}/{i}')} {q(path + '.air-new')} && "
+                       f"mv -f {q(path + '.air-new')} {q(path)}" for i, (path, _, mode) in enumerate(files))
+    return f"{{ mkdir -p {folders} && {swap}; }}; status=$?; rm -rf {q(staging)}; exit $status"
 
 
 def write_files(conn: Connection, files) -> None:
-    """``write_file`` for many ``(path, content, mode)`` at once: one folder command, one SFTP
-    session for every upload (each mode set before its content), one command swapping them all in."""
+    """Replace each ``(path, content, mode)`` atomically; no file is ever readable with another mode."""
     files = list(files)
-    if getattr(conn, "air_sudo", False):
-        for path, content, mode in files:
-            write_file(conn, path, content, mode)
-        return
-    folders = sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files})
-    run(conn, "mkdir -p " + " ".join(q(f) for f in folders), what="make folders")
-    try:
-        sftp = conn.sftp()
-        for path, content, mode in files:
-            with sftp.open(f"{path}.air-new", "wb") as remote:
-                remote.chmod(mode)
-                remote.write(content.encode() if isinstance(content, str) else content)
-    except (OSError, paramiko.SSHException) as e:
-        raise RemoteError(f"{conn.host}: cannot write {path}: {_reason(e)}") from None
-    run(conn, " && ".join(f"mv -f {q(path + '.air-new')} {q(path)}" for path, _, _ in files),
-        what=f"install {len(files)} files")
+    run(conn, stage_files(conn, files), what=f"install {', '.join(p for p, _, _ in files)}"[:120])
+
+
+def write_file(conn: Connection, path: str, content, mode: int = 0o644) -> None:
+    write_files(conn, [(path, content, mode)])
 
 
 def read_file(conn: Connection, path: str, missing=None):

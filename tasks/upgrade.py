@@ -61,7 +61,7 @@ def action_on(conn, cluster, address, release: Release, listed) -> str:
 
 
 def upgrade_machine(cluster, conn, release: Release, previous: Release, members, base_doc, routers) -> bool:
-    """Bring the machine on ``conn`` to ``release``; True when it changed.
+    """Bring the machine on ``conn`` to ``release`` (its images already pulled); True when it changed.
 
     Only the units whose version changes (or that are not active) restart. On
     failure the machine is put back on ``previous`` and UpgradeFailed is raised.
@@ -76,13 +76,17 @@ def upgrade_machine(cluster, conn, release: Release, previous: Release, members,
     restart = machine.to_restart(machine.running_components(conn), units, release, cluster) \
         if action == UPGRADE else []
     if action == UPGRADE:
-        machine.pull(conn, cluster, release)  # already there when rolling pulled ahead
+        # Everything is uploaded while the machine still serves; out of the balancer, one command
+        # stops what changes, swaps the files in and starts it again.
+        doc = machine.final_document(cluster, address, members, "existing", release, base_doc)
+        swap = machine.stage_document(conn, cluster, doc)
     routers.remove(address)
     try:
         if action == UPGRADE:
-            machine.stop(conn, cluster, restart)
-            install_release(conn, cluster, address, members, release, base_doc)
-            machine.start(conn, cluster, restart)
+            remote.run(conn, " && ".join([machine.stop_command(cluster, restart), swap,
+                                          machine.start_command(cluster, restart)]),
+                       what=f"restart {', '.join(restart) or 'nothing'} on release {release.id}",
+                       timeout=cluster.timeouts.stop + 60)
         machine.wait_healthy(conn, cluster)
     except (HealthError, RemoteError) as failure:
         restored = _restore(conn, cluster, address, members, previous, base_doc, routers)
@@ -131,10 +135,9 @@ def open_all(cluster, addresses) -> tuple:
     return {a: conn for a, (conn, why) in opened.items() if not why}, down
 
 
-def rolling(cluster, release: Release, previous: Release, via: str = None, batch: int = 1) -> list:
-    """Upgrade every member machine to ``release``; returns those that changed."""
-    with state.cluster_etcd(cluster, via) as client:
-        members = sorted(member_machines(client))
+def rolling(cluster, client, release: Release, previous: Release, batch: int = 1) -> list:
+    """Upgrade every member machine (``client``: the cluster's etcd) to ``release``; returns those that changed."""
+    members = sorted(member_machines(client))
     conns, down = open_all(cluster, members)
     try:
         # Checked before any change: a machine found down halfway would leave the cluster on two releases.
@@ -172,24 +175,20 @@ def _roll(cluster, conns, members, release, previous, step) -> list:
     return changed
 
 
-def rolling_with_record(cluster, release: Release, previous: Release, via=None, batch=1, **meta) -> list:
+def rolling_with_record(cluster, client, release: Release, previous: Release, batch=1, **meta) -> list:
     """The rolling upgrade, with the cluster's current release and history kept right in etcd."""
-    with state.cluster_etcd(cluster, via) as client:
-        record = state.write_release(client, cluster, release, outcome="upgrading", **meta)
+    record = state.write_release(client, cluster, release, outcome="upgrading", **meta)
     try:
-        changed = rolling(cluster, release, previous, via, batch)
+        changed = rolling(cluster, client, release, previous, batch)
     except AirError as failure:
-        with state.cluster_etcd(cluster, via) as client:
-            record["outcome"] = f"failed: {str(failure).splitlines()[0]}"
-            state.add_history(client, cluster, record)
-            if previous is not None:
-                state.write_release(client, cluster, previous, outcome="restored after a failed upgrade")
-        raise
-    with state.cluster_etcd(cluster, via) as client:
-        record["outcome"] = "succeeded"
-        state.write_release(client, cluster, release, **{k: v for k, v in record.items()
-                                                           if k not in ("id", "components")})
+        record["outcome"] = f"failed: {str(failure).splitlines()[0]}"
         state.add_history(client, cluster, record)
+        if previous is not None:
+            state.write_release(client, cluster, previous, outcome="restored after a failed upgrade")
+        raise
+    record["outcome"] = "succeeded"
+    state.write_release(client, cluster, release, **{k: v for k, v in record.items() if k not in ("id", "components")})
+    state.add_history(client, cluster, record)
     return changed
 
 
@@ -221,6 +220,7 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None)
     if address not in members:
         raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
     with remote.connect(target, address) as conn, balancer.Routers(target) as routers:
+        machine.pull(conn, target, wanted)
         changed = upgrade_machine(target, conn, wanted, current, members, machine.base_document(target), routers)
     print(f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
 
@@ -233,5 +233,6 @@ def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None):
     target = cluster_of(cluster)
     via = check_address(via, "--via") if via else None
     wanted, current = target_release(target, via, release)
-    changed = rolling(target, wanted, current, via, int(batch))
+    with state.cluster_etcd(target, via) as client:
+        changed = rolling(target, client, wanted, current, int(batch))
     print(f"release {wanted.id}: {len(changed)} machine(s) upgraded")

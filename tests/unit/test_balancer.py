@@ -86,7 +86,7 @@ def remote(mocker):
 def test_set_machines_with_nothing_to_change_neither_writes_nor_reloads(remote):
     assert balancer.set_machines(CLUSTER, ["10.0.0.1", "10.0.0.2"]) == ["10.0.0.1", "10.0.0.2"]
     remote.read_file.assert_called_once_with("conn", "/etc/haproxy/air-routers.cfg", missing="")
-    remote.write_file.assert_not_called()
+    remote.upload_file.assert_not_called()
     remote.run.assert_not_called()
 
 
@@ -99,27 +99,27 @@ def test_set_machines_writes_a_candidate_checks_it_then_swaps_and_reloads(remote
     assert balancer.set_machines(CLUSTER, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == \
         ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     candidate = "/etc/haproxy/air-routers.cfg.air-candidate"
-    remote.write_file.assert_called_once_with(
+    remote.upload_file.assert_called_once_with(
         "conn", candidate, routers_file(80, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]), 0o644)
     assert [c.args[1] for c in remote.run.call_args_list] == [
-        f"haproxy -c -q -f /etc/haproxy/haproxy.cfg -f {candidate}",
+        f"haproxy -c -q -f /etc/haproxy/haproxy.cfg -f {candidate} && "
         f"mv -f {candidate} /etc/haproxy/air-routers.cfg && systemctl reload haproxy",
     ]
 
 
 def test_add_of_a_listed_machine_changes_nothing(remote):
     assert balancer.add(CLUSTER, "10.0.0.2") == ["10.0.0.1", "10.0.0.2"]
-    remote.write_file.assert_not_called()
+    remote.upload_file.assert_not_called()
     remote.run.assert_not_called()
 
 
 def test_remove_of_an_unlisted_machine_changes_nothing(remote):
     assert balancer.remove(CLUSTER, "10.0.0.9") == ["10.0.0.1", "10.0.0.2"]
-    remote.write_file.assert_not_called()
+    remote.upload_file.assert_not_called()
     remote.run.assert_not_called()
 
 
 def test_remove_writes_the_others(remote):
     assert balancer.remove(CLUSTER, "10.0.0.1") == ["10.0.0.2"]
-    remote.write_file.assert_called_once()
-    assert remote.write_file.call_args.args[2] == routers_file(80, ["10.0.0.2"])
+    remote.upload_file.assert_called_once()
+    assert remote.upload_file.call_args.args[2] == routers_file(80, ["10.0.0.2"])
