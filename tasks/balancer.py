@@ -49,13 +49,15 @@ class Routers:
             self._machines = machines_in(remote.read_file(self.conn, self.cluster.balancer.routers_file, missing=""))
         return list(self._machines)
 
-    def set(self, machines) -> list:
-        """Make the routers file list exactly ``machines``; no change, no reload."""
+    def set(self, machines, reload: bool = False) -> list:
+        """Make the routers file list exactly ``machines``; no change, no reload, unless ``reload``:
+        a reload starts haproxy's view afresh, with every listed machine up (those its checks had
+        found down while they were being installed, say), which the caller has just checked."""
         with self._lock:
-            return self._set(list(dict.fromkeys(machines)))
+            return self._set(list(dict.fromkeys(machines)), reload)
 
-    def _set(self, machines) -> list:
-        if self.listed() == machines:
+    def _set(self, machines, reload: bool = False) -> list:
+        if self.listed() == machines and not reload:
             return machines
         path = self.cluster.balancer.routers_file
         candidate = f"{path}.air-candidate"
@@ -83,9 +85,9 @@ def listed(cluster) -> list:
         return routers.listed()
 
 
-def set_machines(cluster, machines) -> list:
+def set_machines(cluster, machines, reload: bool = False) -> list:
     with Routers(cluster) as routers:
-        return routers.set(machines)
+        return routers.set(machines, reload)
 
 
 def add(cluster, machine: str) -> list:

@@ -90,7 +90,7 @@ def setup(cluster, machines) -> object:
         state.write_machines(client, cluster, machines)
     say("setup-cluster: starting the Air units")
     remote.parallel(lambda a: start_machine(cluster, a), machines)
-    balancer.set_machines(cluster, machines)
+    balancer.set_machines(cluster, machines, reload=True)
     say(f"setup-cluster: {cluster.name} is up on {len(machines)} machines in {time.monotonic() - started:.1f} s")
     return release
 

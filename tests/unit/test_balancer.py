@@ -123,3 +123,10 @@ def test_remove_writes_the_others(remote):
     assert balancer.remove(CLUSTER, "10.0.0.1") == ["10.0.0.2"]
     remote.upload_file.assert_called_once()
     assert remote.upload_file.call_args.args[2] == routers_file(80, ["10.0.0.2"])
+
+
+def test_set_machines_with_reload_reloads_even_when_the_file_is_right(remote):
+    # After setup-cluster the file may already be right while haproxy still counts the freshly
+    # installed machines as down: the reload starts its checks afresh.
+    assert balancer.set_machines(CLUSTER, ["10.0.0.1", "10.0.0.2"], reload=True) == ["10.0.0.1", "10.0.0.2"]
+    assert remote.run.call_args.args[1].endswith("&& systemctl reload haproxy")
