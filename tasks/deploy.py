@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import balancer, remote, state, upgrade
+from . import balancer, machine, remote, state, upgrade
 from .build import build_all, check_branch
 from .cli import air_task, build_host, cluster_of
 from .cluster import check_address
@@ -35,12 +35,11 @@ def _lock(client, cluster, why: str, wait: bool):
 
 def running_everywhere(cluster, release: Release, members) -> bool:
     """True when every member serves ``release``: nothing for a rolling upgrade to do."""
-    listed = balancer.listed(cluster)
-
-    def action(address):
+    def facts(address):
         with remote.connect(cluster, address) as conn:
-            return upgrade.action_on(conn, cluster, address, release, listed)
-    return all(a == upgrade.NOTHING for a in remote.parallel(action, members))
+            return machine.release_facts(conn, cluster)
+    found = dict(zip(members, remote.parallel(facts, members)))
+    return not upgrade.plan(cluster, release, found, balancer.listed(cluster))
 
 
 def deploy_release(cluster, host, branch, via=None, wait=False, batch=1) -> Release:

@@ -172,8 +172,8 @@ def apply_document(conn, cluster, doc: dict) -> None:
     remote.write_files(conn, document_files(cluster, doc))
 
 
-def stage_document(conn, cluster, doc: dict) -> str:
-    """Upload the document's files without putting them in place; returns the command that does."""
+def stage_document(conn, cluster, doc: dict) -> remote.Staged:
+    """Upload the document's files without putting them in place (see ``remote.stage_files``)."""
     return remote.stage_files(conn, document_files(cluster, doc))
 
 
@@ -188,6 +188,32 @@ def start(conn, cluster, components=None) -> None:
 def stop(conn, cluster, components=None) -> None:
     remote.run(conn, stop_command(cluster, components), what="stop the Air units",
                timeout=cluster.timeouts.stop + 60)
+
+
+def release_facts_command(cluster) -> str:
+    """Prints the machine's release file, its components file and its units' states, in sections."""
+    units = " ".join(q(u) for u in units_of(cluster))
+    return (f"echo '--release'; cat {q(STATE_DIR)}/release 2>/dev/null; "
+            f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null; "
+            f"echo '--units'; systemctl is-active {units} 2>/dev/null; true")
+
+
+def parse_release_facts(text: str, cluster) -> dict:
+    """{"release": id or "", "components": component -> version, "units": unit -> state}."""
+    sections, current = {"release": [], "components": [], "units": []}, None
+    for line in text.splitlines():
+        if line.startswith("--") and line[2:] in sections:
+            current = line[2:]
+        elif current:
+            sections[current].append(line)
+    return {"release": "".join(sections["release"]).strip(),
+            "components": parse_components("\n".join(sections["components"])),
+            "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"])))}
+
+
+def release_facts(conn, cluster) -> dict:
+    return parse_release_facts(remote.run(conn, release_facts_command(cluster), what="read the release facts").stdout,
+                               cluster)
 
 
 def running_components(conn) -> dict:

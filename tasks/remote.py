@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import paramiko
 from fabric import Connection
@@ -129,17 +129,23 @@ def upload_file(conn: Connection, path: str, content, mode: int) -> None:
         raise RemoteError(f"{conn.host}: cannot write {path}: {_reason(e)}") from None
 
 
-def stage_files(conn: Connection, files) -> str:
-    """Upload ``(path, content, mode)`` files without putting them in place yet; returns the one
-    command that swaps them all in. Each upload has its mode before its content: beside its
-    target as ``<path>.air-new``, or, when commands run through sudo, in a private staging folder."""
+class Staged(NamedTuple):
+    swap: str     # the command putting every staged file in place at once
+    discard: str  # the command removing them instead
+
+
+def stage_files(conn: Connection, files) -> Staged:
+    """Upload ``(path, content, mode)`` files without putting them in place yet. Each upload has
+    its mode before its content: beside its target as ``<path>.air-new``, or, when commands run
+    through sudo, in a private staging folder."""
     files = list(files)
     folders = " ".join(q(f) for f in sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files}))
     if not getattr(conn, "air_sudo", False):
         run(conn, f"mkdir -p {folders}", what="make folders")
         for path, content, mode in files:
             upload_file(conn, f"{path}.air-new", content, mode)
-        return " && ".join(f"mv -f {q(path + '.air-new')} {q(path)}" for path, _, _ in files)
+        return Staged(" && ".join(f"mv -f {q(path + '.air-new')} {q(path)}" for path, _, _ in files),
+                      "rm -f " + " ".join(q(path + ".air-new") for path, _, _ in files))
     staging = run(conn, "mktemp -d", what="make a private staging folder").stdout.strip()
     # mktemp ran under sudo; the login user must be able to write into it.
     run(conn, f"chown {q(conn.user)} {q(staging)}", what="own the staging folder")
@@ -147,13 +153,14 @@ def stage_files(conn: Connection, files) -> str:
         upload_file(conn, f"{staging}/{i}", content, mode)
     swap = " && ".join(f"install -m {mode:o} {q(f'{staging}/{i}')} {q(path + '.air-new')} && "
                        f"mv -f {q(path + '.air-new')} {q(path)}" for i, (path, _, mode) in enumerate(files))
-    return f"{{ mkdir -p {folders} && {swap}; }}; status=$?; rm -rf {q(staging)}; exit $status"
+    return Staged(f"{{ mkdir -p {folders} && {swap}; }}; status=$?; rm -rf {q(staging)}; exit $status",
+                  f"rm -rf {q(staging)}")
 
 
 def write_files(conn: Connection, files) -> None:
     """Replace each ``(path, content, mode)`` atomically; no file is ever readable with another mode."""
     files = list(files)
-    run(conn, stage_files(conn, files), what=f"install {', '.join(p for p, _, _ in files)}"[:120])
+    run(conn, stage_files(conn, files).swap, what=f"install {', '.join(p for p, _, _ in files)}"[:120])
 
 
 def write_file(conn: Connection, path: str, content, mode: int = 0o644) -> None:

@@ -1,21 +1,23 @@
-"""Upgrading machines to a release, one at a time, without downtime.
+"""Upgrading machines to a release without downtime: facts, a plan, then one machine at a time.
 
-``upgrade_machine`` is the per-machine runbook: pull the new images first
-(while still serving), take the machine out of the balancer, stop the Air
-units politely, install the release's cloud config, start, wait until
-healthy, put it back. A machine already serving the release (release file,
-every unit active, in the balancer) is left alone; one that runs it but is
-out of the balancer (a deploy killed after its start) is only checked and
-put back. When it fails, the machine is put back on the release it ran
-before and returned to the balancer, and the error names the machine and
-the failed check. ``rolling_upgrade`` takes the machines from etcd's member
-list, refuses at once when one of them does not answer, and upgrades them
-one after another (``--batch`` allows a few at once, never so many that
-most of the cluster is out of the balancer), stopping at the first failure.
+First the facts of every machine (its release file, components, unit states,
+whether the balancer routes to it) and a pure ``plan``: a machine already
+serving the release is left alone, one that runs it but is out of the
+balancer (a deploy killed after its start) is only checked and put back, the
+others restart just the components whose version changes. Then every machine
+to upgrade pulls the images and has its files staged, all at once, while
+still serving. Then group by group (one machine by default; ``--batch`` never
+takes out so many that most of the cluster is out of the balancer) the group
+leaves the balancer in the same reload that puts the previous group back, one
+command restarts what changes on the staged files, and the health check must
+pass. At the first failure the machine is put back on the release it ran
+before and into the balancer, nothing further is touched, and the error names
+the machine, the failed check and the journal's last lines.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from . import balancer, machine, remote, state
 from .cli import air_task, cluster_of
@@ -54,63 +56,112 @@ def machine_action(running: str, units: dict, listed: bool, release_id: str) -> 
     return NOTHING if listed else READD
 
 
-def action_on(conn, cluster, address, release: Release, listed) -> str:
-    """``machine_action`` of the machine on ``conn``; ``listed``: the balancer's machines."""
-    return machine_action(machine.running_release(conn), machine.unit_states(conn, cluster),
-                          address in listed, release.id)
+@dataclass(frozen=True)
+class Step:
+    machine: str
+    action: str           # UPGRADE or READD
+    restart: tuple = ()   # components whose units restart (UPGRADE)
 
 
-def upgrade_machine(cluster, conn, release: Release, previous: Release, members, base_doc, routers) -> bool:
-    """Bring the machine on ``conn`` to ``release`` (its images already pulled); True when it changed.
-
-    Only the units whose version changes (or that are not active) restart. On
-    failure the machine is put back on ``previous`` and UpgradeFailed is raised.
-    """
-    address = conn.host
-    units = machine.unit_states(conn, cluster)
-    action = machine_action(machine.running_release(conn), units, address in routers.listed(), release.id)
-    if action == NOTHING:
-        say(f"upgrade: {address} already runs {release.id}; left alone")
-        return False
-    started = time.monotonic()
-    restart = machine.to_restart(machine.running_components(conn), units, release, cluster) \
-        if action == UPGRADE else []
-    if action == UPGRADE:
-        # Everything is uploaded while the machine still serves; out of the balancer, one command
-        # stops what changes, swaps the files in and starts it again.
-        doc = machine.final_document(cluster, address, members, "existing", release, base_doc)
-        swap = machine.stage_document(conn, cluster, doc)
-    routers.remove(address)
-    try:
+def plan(cluster, release: Release, facts: dict, listed) -> list:
+    """The steps bringing the machines of ``facts`` (address -> ``machine.release_facts``) to
+    ``release``, in address order; a machine already serving it has none. Pure."""
+    steps = []
+    for address in sorted(facts):
+        fact = facts[address]
+        action = machine_action(fact["release"], fact["units"], address in listed, release.id)
         if action == UPGRADE:
-            remote.run(conn, " && ".join([machine.stop_command(cluster, restart), swap,
-                                          machine.start_command(cluster, restart)]),
-                       what=f"restart {', '.join(restart) or 'nothing'} on release {release.id}",
+            steps.append(Step(address, UPGRADE,
+                              tuple(machine.to_restart(fact["components"], fact["units"], release, cluster))))
+        elif action == READD:
+            steps.append(Step(address, READD))
+    return steps
+
+
+def routed(members, serving, done, out) -> list:
+    """Who the balancer sends traffic to: the members that served at the start or are done, but
+    none of ``out`` (the machines being upgraded). Pure; in the members' order."""
+    return [m for m in members if (m in serving or m in done) and m not in out]
+
+
+def read_facts(cluster, conns) -> dict:
+    addresses = sorted(conns)
+    return dict(zip(addresses, remote.parallel(lambda a: machine.release_facts(conns[a], cluster), addresses)))
+
+
+def prepare(cluster, conns, steps, release, members, base_doc) -> dict:
+    """Pull the release and stage its files on every machine to upgrade, all at once (serving is
+    not disturbed); returns address -> ``remote.Staged``."""
+    def one(step):
+        conn = conns[step.machine]
+        machine.pull(conn, cluster, release)
+        doc = machine.final_document(cluster, step.machine, members, "existing", release, base_doc)
+        return machine.stage_document(conn, cluster, doc)
+    upgrades = [s for s in steps if s.action == UPGRADE]
+    return dict(zip((s.machine for s in upgrades), remote.parallel(one, upgrades)))
+
+
+def carry_out(cluster, conn, step: Step, staged, release, previous, members, base_doc) -> tuple:
+    """One machine, out of the balancer: restart what changes on the staged files, then its health
+    check. Returns (None, None) on success, else (why, restored?) with ``previous`` restored if it can be."""
+    started = time.monotonic()
+    try:
+        if step.action == UPGRADE:
+            remote.run(conn, " && ".join([machine.stop_command(cluster, step.restart), staged.swap,
+                                          machine.start_command(cluster, step.restart)]),
+                       what=f"restart {', '.join(step.restart) or 'nothing'} on release {release.id}",
                        timeout=cluster.timeouts.stop + 60)
         machine.wait_healthy(conn, cluster)
     except (HealthError, RemoteError) as failure:
-        restored = _restore(conn, cluster, address, members, previous, base_doc, routers)
-        raise UpgradeFailed(address, f"upgrade of {address} to {release.id} failed: {failure}\n{restored}",
-                            restored=previous is not None) from None
-    routers.add(address)
+        restored, how = _restore(conn, cluster, step.machine, members, previous, base_doc)
+        return f"upgrade of {step.machine} to {release.id} failed: {failure}\n{how}", restored
     took = f"{time.monotonic() - started:.1f} s"
-    say(f"upgrade: {address} runs {release.id}, restarted {', '.join(restart) or 'nothing'} ({took})"
-        if action == UPGRADE else f"upgrade: {address} already ran {release.id}; healthy, back in the balancer ({took})")
-    return True
+    say(f"upgrade: {step.machine} runs {release.id}, restarted {', '.join(step.restart) or 'nothing'} ({took})"
+        if step.action == UPGRADE else
+        f"upgrade: {step.machine} already ran {release.id}; healthy, back in the balancer ({took})")
+    return None, None
 
 
-def _restore(conn, cluster, address, members, previous, base_doc, routers) -> str:
+def _restore(conn, cluster, address, members, previous, base_doc) -> tuple:
     if previous is None:
-        return f"{address} is out of the balancer; no earlier release to restore."
+        return False, f"{address} is out of the balancer; no earlier release to restore."
     try:
         machine.stop(conn, cluster)
         install_release(conn, cluster, address, members, previous, base_doc)
         machine.start(conn, cluster)
         machine.wait_healthy(conn, cluster)
-        routers.add(address)
-        return f"{address} is back on release {previous.id} and in the balancer."
+        return True, f"{address} is back on release {previous.id} and in the balancer."
     except AirError as e:
-        return f"restoring {address} to {previous.id} failed too ({e}); it is out of the balancer."
+        return False, f"restoring {address} to {previous.id} failed too ({e}); it is out of the balancer."
+
+
+def execute(cluster, conns, steps, release, previous, members, routers, batch: int = 1) -> list:
+    """Carry out ``steps``: prepare every machine at once, then group by group take the group out of
+    the balancer (the same reload puts the previous group back), restart and check it. Stops at the
+    first failure; returns the machines done."""
+    base_doc = machine.base_document(cluster)
+    staged = prepare(cluster, conns, steps, release, members, base_doc)
+    serving, done = routers.listed(), []
+    for i in range(0, len(steps), batch):
+        group = steps[i:i + batch]
+        routers.set(routed(members, serving, done, [s.machine for s in group]))
+        outcomes = remote.parallel(lambda s: carry_out(cluster, conns[s.machine], s, staged.pop(s.machine, None),
+                                                        release, previous, members, base_doc), group)
+        failed = [(s, why, restored) for s, (why, restored) in zip(group, outcomes) if why]
+        done += [s.machine for s, (why, _) in zip(group, outcomes) if not why]
+        if failed:
+            back = [s.machine for s, _, restored in failed if restored]
+            routers.set(routed(members, serving, done + back, [s.machine for s, _, r in failed if not r]))
+            for address, files in staged.items():  # machines never reached keep nothing staged
+                remote.run(conns[address], files.discard, check=False)
+            message = "\n".join(why for _, why, _ in failed)
+            if done:
+                message += (f"\nalready upgraded to {release.id}: {', '.join(done)} "
+                            f"(fab rolling-upgrade puts them back on the cluster's release)")
+            raise UpgradeFailed(", ".join(s.machine for s, _, _ in failed), message,
+                                restored=all(r for _, _, r in failed))
+    routers.set(routed(members, serving, done, []))
+    return done
 
 
 def batch_limit(machines: int, wanted: int) -> int:
@@ -135,51 +186,33 @@ def open_all(cluster, addresses) -> tuple:
     return {a: conn for a, (conn, why) in opened.items() if not why}, down
 
 
-def rolling(cluster, client, release: Release, previous: Release, batch: int = 1) -> list:
-    """Upgrade every member machine (``client``: the cluster's etcd) to ``release``; returns those that changed."""
+def upgrade(cluster, client, release: Release, previous: Release, only=None, batch: int = 1) -> list:
+    """Bring the member machines (or ``only`` those) to ``release``; returns those that changed.
+    Refuses at once, changing nothing, when one of them does not answer: a machine found down
+    halfway would leave the cluster on two releases."""
     members = sorted(member_machines(client))
-    conns, down = open_all(cluster, members)
+    conns, down = open_all(cluster, only or members)
     try:
-        # Checked before any change: a machine found down halfway would leave the cluster on two releases.
         if down:
             raise UpgradeFailed(", ".join(d.split()[0] for d in down),
                                 f"not upgrading {cluster.name} to {release.id}: unreachable: {'; '.join(down)}. "
                                 f"No machine was changed.", restored=False)
-        # Pulling does not disturb service: every machine fetches the release at once, before its turn.
-        remote.parallel(lambda a: machine.pull(conns[a], cluster, release), members)
-        return _roll(cluster, conns, members, release, previous, batch_limit(len(members), batch))
+        with balancer.Routers(cluster) as routers:
+            steps = plan(cluster, release, read_facts(cluster, conns), routers.listed())
+            for address in sorted(set(conns) - {s.machine for s in steps}):
+                say(f"upgrade: {address} already runs {release.id}; left alone")
+            return execute(cluster, conns, steps, release, previous, members, routers,
+                           batch_limit(len(members), batch))
     finally:
         for conn in conns.values():
             conn.close()
-
-
-def _roll(cluster, conns, members, release, previous, step) -> list:
-    base_doc = machine.base_document(cluster)
-    changed = []
-    with balancer.Routers(cluster) as routers:
-        def upgrade(address):
-            return upgrade_machine(cluster, conns[address], release, previous, members, base_doc, routers)
-
-        for i in range(0, len(members), step):
-            group = members[i:i + step]
-            try:
-                # One machine at a time needs no fan-out, whose error would name the machine once more.
-                results = [upgrade(group[0])] if len(group) == 1 else remote.parallel(upgrade, group)
-            except AirError as failure:
-                if not changed:
-                    raise
-                raise UpgradeFailed(", ".join(group), f"{failure}\nalready upgraded to {release.id}: "
-                                    f"{', '.join(changed)} (fab rolling-upgrade puts them back on the cluster's "
-                                    f"release)", restored=False) from None
-            changed += [a for a, did in zip(group, results) if did]
-    return changed
 
 
 def rolling_with_record(cluster, client, release: Release, previous: Release, batch=1, **meta) -> list:
     """The rolling upgrade, with the cluster's current release and history kept right in etcd."""
     record = state.write_release(client, cluster, release, outcome="upgrading", **meta)
     try:
-        changed = rolling(cluster, client, release, previous, batch)
+        changed = upgrade(cluster, client, release, previous, batch=batch)
     except AirError as failure:
         record["outcome"] = f"failed: {str(failure).splitlines()[0]}"
         state.add_history(client, cluster, record)
@@ -217,11 +250,9 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None)
     wanted, current = target_release(target, via, release)
     with state.cluster_etcd(target, via) as client:
         members = sorted(member_machines(client))
-    if address not in members:
-        raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
-    with remote.connect(target, address) as conn, balancer.Routers(target) as routers:
-        machine.pull(conn, target, wanted)
-        changed = upgrade_machine(target, conn, wanted, current, members, machine.base_document(target), routers)
+        if address not in members:
+            raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
+        changed = upgrade(target, client, wanted, current, only=[address])
     print(f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
 
 
@@ -234,5 +265,5 @@ def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None):
     via = check_address(via, "--via") if via else None
     wanted, current = target_release(target, via, release)
     with state.cluster_etcd(target, via) as client:
-        changed = rolling(target, client, wanted, current, int(batch))
+        changed = upgrade(target, client, wanted, current, batch=int(batch))
     print(f"release {wanted.id}: {len(changed)} machine(s) upgraded")

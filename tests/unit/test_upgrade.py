@@ -47,3 +47,42 @@ def test_no_unit_facts_is_not_taken_for_running():
 
 def test_running_but_out_of_the_balancer_is_only_put_back():
     assert machine_action("r1", ACTIVE, False, "r1") == READD
+
+
+# ---------------------------------------------------------------- the plan, and who is routed meanwhile
+
+def _cluster():
+    from types import SimpleNamespace
+    return SimpleNamespace(components=(SimpleNamespace(name="router"), SimpleNamespace(name="web")))
+
+
+def _facts(release, router, web, units=("active", "active")):
+    return {"release": release, "components": {"router": router, "web": web},
+            "units": {"air-router.service": units[0], "air-web.service": units[1]}}
+
+
+def test_plan_restarts_only_what_changes_and_skips_what_serves():
+    from tasks.release import Image, Release
+    from tasks.upgrade import Step, plan
+    release = Release((Image("router", "1.0.0", "sha256:r"), Image("web", "1.0.1", "sha256:w")))
+    facts = {
+        "10.0.0.3": _facts("old", "1.0.0", "1.0.0"),                            # web changes
+        "10.0.0.1": _facts(release.id, "1.0.0", "1.0.1"),                       # serves it already
+        "10.0.0.2": _facts(release.id, "1.0.0", "1.0.1"),                       # runs it, not routed
+        "10.0.0.4": _facts("old", "0.9.0", "1.0.0", units=("active", "failed")),  # both
+    }
+    assert plan(_cluster(), release, facts, listed=["10.0.0.1", "10.0.0.3", "10.0.0.4"]) == [
+        Step("10.0.0.2", READD),
+        Step("10.0.0.3", UPGRADE, ("web",)),
+        Step("10.0.0.4", UPGRADE, ("router", "web")),
+    ]
+
+
+def test_routed_takes_the_group_out_and_puts_finished_machines_back():
+    from tasks.upgrade import routed
+    members = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    serving = ["10.0.0.1", "10.0.0.3"]  # .2 was out of the balancer when the upgrade began
+    assert routed(members, serving, done=[], out=["10.0.0.1"]) == ["10.0.0.3"]
+    assert routed(members, serving, done=["10.0.0.1"], out=["10.0.0.2"]) == ["10.0.0.1", "10.0.0.3"]
+    assert routed(members, serving, done=["10.0.0.1", "10.0.0.2"], out=["10.0.0.3"]) == ["10.0.0.1", "10.0.0.2"]
+    assert routed(members, serving, done=["10.0.0.1", "10.0.0.2", "10.0.0.3"], out=[]) == members
