@@ -64,9 +64,14 @@ def fresh_problems(facts: dict) -> list:
     return problems
 
 
-def pull_command(cluster, release) -> str:
-    return " && ".join(f"docker pull -q {q(cluster.image_ref(i.component, i.version))} >/dev/null"
-                       for i in release.images)
+def pull_command(cluster, release, components=None) -> str:
+    """Pulls the release's images (of ``components`` only, when given) side by side; fails if any fails."""
+    refs = [cluster.image_ref(i.component, i.version) for i in release.images
+            if components is None or i.component in components]
+    if not refs:
+        return "true"
+    pulls = " ".join(f"docker pull -q {q(ref)} >/dev/null & pids=\"$pids $!\";" for ref in refs)
+    return f"pids=''; {pulls} for pid in $pids; do wait $pid || exit 1; done"
 
 
 def units_of(cluster, components=None) -> list:
@@ -177,8 +182,8 @@ def stage_document(conn, cluster, doc: dict) -> remote.Staged:
     return remote.stage_files(conn, document_files(cluster, doc))
 
 
-def pull(conn, cluster, release) -> None:
-    remote.run(conn, pull_command(cluster, release), what=f"pull release {release.id}")
+def pull(conn, cluster, release, components=None) -> None:
+    remote.run(conn, pull_command(cluster, release, components), what=f"pull release {release.id}")
 
 
 def start(conn, cluster, components=None) -> None:

@@ -94,7 +94,7 @@ def prepare(cluster, conns, steps, release, members, base_doc) -> dict:
     not disturbed); returns address -> ``remote.Staged``."""
     def one(step):
         conn = conns[step.machine]
-        machine.pull(conn, cluster, release)
+        machine.pull(conn, cluster, release, step.restart)
         doc = machine.final_document(cluster, step.machine, members, "existing", release, base_doc)
         return machine.stage_document(conn, cluster, doc)
     upgrades = [s for s in steps if s.action == UPGRADE]

@@ -116,10 +116,20 @@ def test_units_of(cluster):
     assert machine.units_of(cluster) == ["air-web.service", "air-worker.service"]
 
 
-def test_pull_command(cluster):
+def test_pull_command_pulls_side_by_side_and_fails_when_one_fails(cluster):
     assert machine.pull_command(cluster, RELEASE) == (
-        "docker pull -q registry.example.org:5000/aircloak/prod_web:1.2.3 >/dev/null && "
-        "docker pull -q registry.example.org:5000/aircloak/prod_worker:1.3.0 >/dev/null")
+        "pids=''; "
+        "docker pull -q registry.example.org:5000/aircloak/prod_web:1.2.3 >/dev/null & pids=\"$pids $!\"; "
+        "docker pull -q registry.example.org:5000/aircloak/prod_worker:1.3.0 >/dev/null & pids=\"$pids $!\"; "
+        "for pid in $pids; do wait $pid || exit 1; done")
+
+
+def test_pull_command_of_some_components(cluster):
+    assert machine.pull_command(cluster, RELEASE, ["worker"]) == (
+        "pids=''; "
+        "docker pull -q registry.example.org:5000/aircloak/prod_worker:1.3.0 >/dev/null & pids=\"$pids $!\"; "
+        "for pid in $pids; do wait $pid || exit 1; done")
+    assert machine.pull_command(cluster, RELEASE, []) == "true"
 
 
 def test_start_command(cluster):
