@@ -9,20 +9,6 @@ from cloudconfig.units import component_unit, etcd_dropin
 from tasks.cluster import load
 from tasks.release import Image, Release
 
-CLUSTER_YAML = """\
-namespace: aircloak
-ssh: {key: id_ed25519, known_hosts: known_hosts}
-build: {host: build.example.org, repository: git@example.org:air.git}
-registry: {address: "registry.example.org:5000", credentials: registry.yaml}
-balancer: {host: 10.0.0.100}
-machines: [10.0.0.1, 10.0.0.2, 10.0.0.3]
-components:
-  - {name: web, port: 8080}
-  - {name: worker, port: 9090, health: /ready}
-secrets: secrets
-timeouts: {stop: 20}
-"""
-
 KEYS = ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"]
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 AUTH = ("deploy", "s3cret")  # base64("deploy:s3cret") == "ZGVwbG95OnMzY3JldA=="
@@ -146,12 +132,6 @@ coreos:
       [Install]
       WantedBy=multi-user.target
 """
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    (tmp_path / "prod.yaml").write_text(CLUSTER_YAML)
-    return load("prod", directory=tmp_path)
 
 
 @pytest.fixture

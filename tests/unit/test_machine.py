@@ -7,22 +7,7 @@ notice. Nothing here connects anywhere.
 import pytest
 
 from tasks import machine
-from tasks.cluster import load
 from tasks.release import Image, Release
-
-CLUSTER_YAML = """\
-namespace: aircloak
-ssh: {key: id_ed25519, known_hosts: known_hosts}
-build: {host: build.example.org, repository: git@example.org:air.git}
-registry: {address: "registry.example.org:5000", credentials: registry.yaml}
-balancer: {host: 10.0.0.100}
-machines: [10.0.0.1, 10.0.0.2, 10.0.0.3]
-components:
-  - {name: web, port: 8080}
-  - {name: worker, port: 9090, health: /ready}
-secrets: secrets
-timeouts: {stop: 20}
-"""
 
 RELEASE = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64),
                    Image("web", "1.2.3", "sha256:" + "a" * 64)))
@@ -38,12 +23,6 @@ NOT_WIPED = ("docker=active\netcd_unit=yes\netcd_configured=yes\netcd_active=fai
 # A bare host: no Docker, no etcd-member unit.
 BARE = ("docker=inactive\netcd_unit=no\netcd_configured=no\netcd_active=inactive\n"
         "etcd_data=no\nair_units=0\nrelease=\n")
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    (tmp_path / "prod.yaml").write_text(CLUSTER_YAML)
-    return load("prod", directory=tmp_path)
 
 
 # ---------------------------------------------------------------- facts

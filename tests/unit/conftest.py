@@ -1,0 +1,25 @@
+"""The small cluster the unit tests render for: three machines, two components."""
+import pytest
+
+from tasks.cluster import load
+
+CLUSTER_YAML = """\
+namespace: aircloak
+ssh: {key: id_ed25519, known_hosts: known_hosts}
+build: {host: build.example.org, repository: git@example.org:air.git}
+registry: {address: "registry.example.org:5000", credentials: registry.yaml}
+balancer: {host: 10.0.0.100}
+machines: [10.0.0.1, 10.0.0.2, 10.0.0.3]
+components:
+  - {name: web, port: 8080}
+  - {name: worker, port: 9090, health: /ready}
+secrets: secrets
+timeouts: {stop: 20}
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """The cluster `prod` of CLUSTER_YAML, loaded as air-deploy loads any cluster file."""
+    (tmp_path / "prod.yaml").write_text(CLUSTER_YAML)
+    return load("prod", directory=tmp_path)
