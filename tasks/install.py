@@ -43,13 +43,11 @@ def preflight(cluster, machines) -> None:
         raise PreflightError("preflight failed: " + "; ".join(problems) + "." + hint)
 
 
-def install_machine(cluster, address, machines, release, base_doc) -> None:
-    """Everything but starting: secrets, images, the final cloud config and its files."""
+def install_machine(cluster, address, machines, release, base_doc, state="new") -> None:
+    """Everything but starting: secrets, the final cloud config and its files, the images."""
     with remote.connect(cluster, address) as conn:
-        machine.install_secrets(conn, cluster)
-        doc = machine.final_document(cluster, address, machines, "new", release, base_doc)
-        machine.apply_document(conn, cluster, doc)
-        machine.pull(conn, cluster, release)
+        doc = machine.final_document(cluster, address, machines, state, release, base_doc)
+        machine.install(conn, cluster, doc, release)
 
 
 def start_etcd(cluster, machines) -> None:

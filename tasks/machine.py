@@ -158,12 +158,19 @@ def facts(conn, cluster) -> dict:
     return parse_facts(remote.run(conn, facts_command(cluster), what="read machine facts").stdout)
 
 
-def install_secrets(conn, cluster) -> None:
-    """Every file of the secrets folder, mode 0600, in a folder only root can enter."""
-    remote.run(conn, f"mkdir -p {q(SECRETS_DIR)} && chmod 0700 {q(SECRETS_DIR)}", what="make the secrets folder")
-    for path in sorted(cluster.secrets.iterdir()) if cluster.secrets.is_dir() else []:
-        if path.is_file():
-            remote.write_file(conn, f"{SECRETS_DIR}/{path.name}", path.read_bytes(), 0o600)
+def secret_files(cluster) -> list:
+    """``(path, content, 0600)`` for every file of the cluster's secrets folder."""
+    folder = cluster.secrets
+    return [(f"{SECRETS_DIR}/{path.name}", path.read_bytes(), 0o600)
+            for path in (sorted(folder.iterdir()) if folder.is_dir() else []) if path.is_file()]
+
+
+def install(conn, cluster, doc: dict, release) -> None:
+    """A machine's secrets, the document's files and the release's images, in one command after
+    one SFTP session: what setup-cluster and add-machine do on each machine before starting it."""
+    staged = remote.stage_files(conn, secret_files(cluster) + document_files(cluster, doc))
+    remote.run(conn, f"mkdir -p {q(SECRETS_DIR)} && chmod 0700 {q(SECRETS_DIR)} && {staged.swap} && "
+                     f"{pull_command(cluster, release)}", what=f"install release {release.id}")
 
 
 def document_files(cluster, doc: dict) -> list:

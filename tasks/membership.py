@@ -83,10 +83,7 @@ def add(cluster, via: str, new: str) -> None:
             if problems:
                 raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
             say(f"add-machine: installing release {release.id} on {new}")
-            install_machine(cluster, new, addresses, release, machine.base_document(cluster))
-            # Install wrote a drop-in for a new cluster; this machine joins an existing one.
-            doc = machine.final_document(cluster, new, addresses, "existing", release)
-            machine.apply_document(conn, cluster, doc)
+            install_machine(cluster, new, addresses, release, machine.base_document(cluster), state="existing")
             added = client.add_member(url(new, ETCD_PEER_PORT), learner=True)
             try:
                 remote.run(conn, machine.start_etcd_command(), what="start etcd")
