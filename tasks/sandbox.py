@@ -290,7 +290,7 @@ def configure_balancer(node: Node, machines: list) -> None:
 def configure_build(node: Node) -> None:
     """The base image of the sample app, and its git repository (made once)."""
     context = _tar_of(BASE_IMAGE_DIR)
-    recipe = hashlib.sha256(context).hexdigest()[:12]
+    recipe = _content_hash(BASE_IMAGE_DIR)
     label = "{{index .Config.Labels \"air.sandbox.recipe\"}}"
     have = inside(node.name, f"docker image inspect -f '{label}' {BASE_IMAGE} 2>/dev/null || true").strip()
     if have != recipe:
@@ -307,6 +307,16 @@ def configure_build(node: Node) -> None:
                f"git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q -m 'Sample Air application' && "
                f"git init -q --bare -b master {REPOSITORY} && git push -q {REPOSITORY} master && rm -rf /tmp/air-src",
                input=_tar_of(APP_DIR))
+
+
+def _content_hash(directory: Path) -> str:
+    """A hash of the files' names, modes and bytes: the same in every checkout (a tar's is not:
+    it carries times and owners)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(directory)}\0{path.stat().st_mode & 0o777:o}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _tar_of(directory: Path) -> bytes:
