@@ -28,6 +28,7 @@ COMPONENT_NAME = CLUSTER_NAME
 DOCKER_NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+-]*$")
 
 
 # ---------------------------------------------------------------- the schema
@@ -60,7 +61,7 @@ KINDS = {
     "hostport": "HOST:PORT",
     "local_path": "a path on this machine (relative to the cluster file; ~ allowed)",
     "remote_path": "an absolute path on the remote host (letters, digits, . _ / @ + -)",
-    "url_path": "an HTTP path starting with /",
+    "url_path": "an HTTP path starting with / (letters, digits, . _ ~ / ? = & % + -)",
     "repo_path": "a relative path inside the source checkout (no .., no leading /)",
 }
 
@@ -293,7 +294,7 @@ def _check(kind, value, where, file, base_dir, cluster):
             _fail(file, where, KINDS[kind], value)
         return value.strip("/")
     if kind == "url_path":
-        if not value.startswith("/") or any(ch.isspace() for ch in value):
+        if not URL_PATH.match(value):
             _fail(file, where, KINDS[kind], value)
         return value
     raise AssertionError(kind)

@@ -105,7 +105,7 @@ def to_restart(running: dict, units: dict, release, cluster) -> list:
 
 def health_command(cluster, timeout: int) -> str:
     """Waits until every component answers its health check on the machine, or fails naming those that don't."""
-    checks = " ".join(f"{c.name}={c.port}{c.health}" for c in cluster.components)
+    checks = " ".join(q(f"{c.name}={c.port}{c.health}") for c in cluster.components)
     return (f"deadline=$(( $(date +%s) + {int(timeout)} )); "
             f"while :; do failed=''; for check in {checks}; do "
             f"curl -fsS -o /dev/null -m 2 \"http://127.0.0.1:${{check#*=}}\" 2>/dev/null || failed=\"$failed ${{check%%=*}}\"; "

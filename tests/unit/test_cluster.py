@@ -195,6 +195,9 @@ def test_empty_machines(tmp_path):
     ("ssh__port", "eighty", "ssh.port: expected a TCP port (1 to 65535), got 'eighty'"),
     ("ssh__port", True, "ssh.port: expected a TCP port (1 to 65535), got True"),
     ("ssh__port", 0, "ssh.port: expected a TCP port (1 to 65535), got 0"),
+    ("components", [{"name": "router", "port": 80, "health": "/health;reboot"}],
+     "components[0].health: expected an HTTP path starting with / (letters, digits, . _ ~ / ? = & % + -), "
+     "got '/health;reboot'"),
     ("ssh__port", 70000, "ssh.port: expected a TCP port (1 to 65535), got 70000"),
     ("balancer", {"host": "192.0.2.9", "port": 65536}, "balancer.port: expected a TCP port (1 to 65535), got 65536"),
     ("ssh__user", 17, "ssh.user: expected a non-empty string, got 17"),
