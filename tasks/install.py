@@ -79,15 +79,29 @@ def setup(cluster, machines) -> object:
     preflight(cluster, machines)
     base_doc = machine.base_document(cluster)
     say("setup-cluster: installing secrets, images, units and cloud config on every machine")
-    remote.parallel(lambda a: install_machine(cluster, a, machines, release, base_doc), machines)
-    say("setup-cluster: starting etcd")
-    start_etcd(cluster, machines)
+    try:
+        remote.parallel(lambda a: install_machine(cluster, a, machines, release, base_doc), machines)
+        say("setup-cluster: starting etcd")
+        start_etcd(cluster, machines)
+    except AirError as failure:
+        # Nothing serves yet: put every machine back to freshly prepared, so setup can simply run again.
+        def wipe(address):
+            with remote.connect(cluster, address) as conn:
+                machine.wipe(conn, cluster)
+        remote.parallel(wipe, machines)
+        raise AirError(f"setup-cluster failed before anything started: {failure}\n"
+                       f"every machine was wiped back to freshly prepared; fix the cause and run it again") from None
     with remote.connect(cluster, machines[0]) as conn, etcd.tunnel(conn) as client:
         record = state.write_release(client, cluster, release, outcome="installed")
         state.add_history(client, cluster, record)
         state.write_machines(client, cluster, machines)
     say("setup-cluster: starting the Air units")
-    remote.parallel(lambda a: start_machine(cluster, a), machines)
+    try:
+        remote.parallel(lambda a: start_machine(cluster, a), machines)
+    except AirError as failure:
+        raise AirError(f"setup-cluster: {failure}\netcd is up with every machine and release {release.id} is "
+                       f"recorded, but not every machine is healthy, and the balancer was not changed; fix the "
+                       f"cause and run `fab rolling-upgrade --cluster {cluster.name}` to finish") from None
     balancer.set_machines(cluster, machines, reload=True)
     say(f"setup-cluster: {cluster.name} is up on {len(machines)} machines in {time.monotonic() - started:.1f} s")
     return release

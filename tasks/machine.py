@@ -165,6 +165,13 @@ def secret_files(cluster) -> list:
             for path in (sorted(folder.iterdir()) if folder.is_dir() else []) if path.is_file()]
 
 
+def wipe(conn, cluster) -> None:
+    """Back to a freshly prepared machine: ``wipe_command``, and the base cloud config in place of
+    the final one, so a reboot does not bring the cluster's units back."""
+    remote.run(conn, wipe_command(cluster), what="wipe etcd and the Air units")
+    remote.write_file(conn, cluster.cloud_config, render_base(cluster), 0o600)
+
+
 def install(conn, cluster, doc: dict, release) -> None:
     """A machine's secrets, the document's files and the release's images, in one command after
     one SFTP session: what setup-cluster and add-machine do on each machine before starting it."""
@@ -226,11 +233,6 @@ def parse_release_facts(text: str, cluster) -> dict:
 def release_facts(conn, cluster) -> dict:
     return parse_release_facts(remote.run(conn, release_facts_command(cluster), what="read the release facts").stdout,
                                cluster)
-
-
-def running_components(conn) -> dict:
-    """component -> version the machine last installed."""
-    return parse_components(remote.read_file(conn, cloudconfig.COMPONENTS_FILE, missing=""))
 
 
 def wait_healthy(conn, cluster, timeout: int = None) -> None:

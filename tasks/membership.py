@@ -83,19 +83,21 @@ def add(cluster, via: str, new: str) -> None:
             if problems:
                 raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
             say(f"add-machine: installing release {release.id} on {new}")
-            install_machine(cluster, new, addresses, release, machine.base_document(cluster), state="existing")
-            added = client.add_member(url(new, ETCD_PEER_PORT), learner=True)
+            added = None
             try:
+                install_machine(cluster, new, addresses, release, machine.base_document(cluster), state="existing")
+                added = client.add_member(url(new, ETCD_PEER_PORT), learner=True)
                 remote.run(conn, machine.start_etcd_command(), what="start etcd")
                 client.promote(added.id, timeout=cluster.timeouts.healthy)
                 machine.start(conn, cluster)
                 machine.wait_healthy(conn, cluster)
             except AirError as failure:
-                client.remove_member(added.id)
-                remote.run(conn, machine.wipe_command(cluster), check=False)
+                if added is not None:
+                    client.remove_member(added.id)
+                machine.wipe(conn, cluster)
+                undone = "its etcd membership was removed again and " if added is not None else ""
                 raise AirError(f"add-machine {new} failed: {failure}\n"
-                               f"its etcd membership was removed again and it was wiped; "
-                               f"the cluster is as before") from None
+                               f"{undone}it was wiped; the cluster is as before") from None
         state.write_machines(client, cluster, addresses)
     balancer.add(cluster, new)
     say(f"add-machine: {new} is a member and serves release {release.id}")
@@ -126,8 +128,7 @@ def remove(cluster, via: str, old: str, force: bool = False) -> None:
             machine.stop(conn, cluster)
         client.remove_member(member.id)
         if answers:
-            remote.run(conn, machine.wipe_command(cluster), what="wipe etcd and the Air units")
-            remote.write_file(conn, cluster.cloud_config, machine.render_base(cluster), 0o600)
+            machine.wipe(conn, cluster)
         conn.close()
         state.write_machines(client, cluster, [a for a in addresses if a != old])
     if answers:

@@ -217,7 +217,8 @@ def parallel(work: Callable, items: Iterable, *, describe: Callable = str) -> li
         if error is None:
             results.append(future.result())
         elif isinstance(error, AirError):
-            failures.append(f"{describe(item)}: {error}")
+            name = describe(item)
+            failures.append(str(error) if str(error).startswith(f"{name}:") else f"{name}: {error}")
         else:
             raise error
     if failures:
