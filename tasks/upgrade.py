@@ -186,10 +186,27 @@ def open_all(cluster, addresses) -> tuple:
     return {a: conn for a, (conn, why) in opened.items() if not why}, down
 
 
-def upgrade(cluster, client, release: Release, previous: Release, only=None, batch: int = 1) -> list:
+def describe(steps, machines, release: Release) -> list:
+    """The plan in words, one line per machine (what ``--plan`` prints). Pure."""
+    planned = {s.machine: s for s in steps}
+    lines = []
+    for address in sorted(machines):
+        step = planned.get(address)
+        if step is None:
+            lines.append(f"{address}: already runs {release.id}; nothing to do")
+        elif step.action == READD:
+            lines.append(f"{address}: runs {release.id}; health check, then back into the balancer")
+        else:
+            lines.append(f"{address}: out of the balancer, restart {', '.join(step.restart) or 'nothing'} "
+                         f"on {release.id}, health check, back in")
+    return lines
+
+
+def upgrade(cluster, client, release: Release, previous: Release, only=None, batch: int = 1,
+            dry: bool = False) -> list:
     """Bring the member machines (or ``only`` those) to ``release``; returns those that changed.
     Refuses at once, changing nothing, when one of them does not answer: a machine found down
-    halfway would leave the cluster on two releases."""
+    halfway would leave the cluster on two releases. ``dry``: print the plan, change nothing."""
     members = sorted(member_machines(client))
     conns, down = open_all(cluster, only or members)
     try:
@@ -199,6 +216,10 @@ def upgrade(cluster, client, release: Release, previous: Release, only=None, bat
                                 f"No machine was changed.", restored=False)
         with balancer.Routers(cluster) as routers:
             steps = plan(cluster, release, read_facts(cluster, conns), routers.listed())
+            if dry:
+                for line in describe(steps, conns, release):
+                    print(line)
+                return []
             for address in sorted(set(conns) - {s.machine for s in steps}):
                 say(f"upgrade: {address} already runs {release.id}; left alone")
             return execute(cluster, conns, steps, release, previous, members, routers,
@@ -258,12 +279,14 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None)
 
 @air_task(name="rolling-upgrade", help={"cluster": "target cluster", "via": "member to reach etcd through",
                                         "batch": "machines upgraded at once (capped to keep a majority serving)",
-                                        "release": "release id (default: the cluster's current release)"})
-def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None):
+                                        "release": "release id (default: the cluster's current release)",
+                                        "plan": "print what each machine needs and change nothing"})
+def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=False):
     """Upgrade every member machine to the cluster's release, one at a time."""
     target = cluster_of(cluster)
     via = check_address(via, "--via") if via else None
     wanted, current = target_release(target, via, release)
     with state.cluster_etcd(target, via) as client:
-        changed = upgrade(target, client, wanted, current, batch=int(batch))
-    print(f"release {wanted.id}: {len(changed)} machine(s) upgraded")
+        changed = upgrade(target, client, wanted, current, batch=int(batch), dry=plan_)
+    if not plan_:
+        print(f"release {wanted.id}: {len(changed)} machine(s) upgraded")

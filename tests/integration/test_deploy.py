@@ -415,6 +415,15 @@ def test_upgrade_machine_leaves_a_machine_on_the_release_alone_and_rolling_upgra
         fab("upgrade-machine", "--cluster", "local", "--machine", last, "--release", older)
     assert machine_releases(local_serving)[last] == older
     started = start_times(local_serving)
+
+    # --plan says what each machine needs, and changes nothing.
+    plan = fab("rolling-upgrade", "--cluster", "local", "--plan").stdout.strip().splitlines()
+    assert plan[:-1] == [f"{m}: already runs {current['id']}; nothing to do" for m in machines[:-1]]
+    assert plan[-1].startswith(f"{last}: out of the balancer, restart ") and plan[-1].endswith(
+        f"on {current['id']}, health check, back in")
+    assert start_times(local_serving) == started and machine_releases(local_serving)[last] == older
+    assert sorted(balancer.listed(local_serving)) == sorted(machines)
+
     with clock("rolling-upgrade of one machine out of three"):
         with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
             proc = fab("rolling-upgrade", "--cluster", "local")

@@ -86,3 +86,15 @@ def test_routed_takes_the_group_out_and_puts_finished_machines_back():
     assert routed(members, serving, done=["10.0.0.1"], out=["10.0.0.2"]) == ["10.0.0.1", "10.0.0.3"]
     assert routed(members, serving, done=["10.0.0.1", "10.0.0.2"], out=["10.0.0.3"]) == ["10.0.0.1", "10.0.0.2"]
     assert routed(members, serving, done=["10.0.0.1", "10.0.0.2", "10.0.0.3"], out=[]) == members
+
+
+def test_describe_says_what_each_machine_needs():
+    from tasks.release import Image, Release
+    from tasks.upgrade import Step, describe
+    release = Release((Image("web", "1.0.1", "sha256:w"),))
+    steps = [Step("10.0.0.2", READD), Step("10.0.0.3", UPGRADE, ("web",))]
+    assert describe(steps, ["10.0.0.3", "10.0.0.1", "10.0.0.2"], release) == [
+        f"10.0.0.1: already runs {release.id}; nothing to do",
+        f"10.0.0.2: runs {release.id}; health check, then back into the balancer",
+        f"10.0.0.3: out of the balancer, restart web on {release.id}, health check, back in",
+    ]
