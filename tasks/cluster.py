@@ -228,6 +228,8 @@ def _fail(file, where, expected, got):
 
 def check_address(value, where="address", file="command line") -> str:
     """An IP address in canonical form, or a ConfigError naming ``where``."""
+    if value is None and where.startswith("--"):
+        raise ConfigError(f"{where} is required ({KINDS['address']})")
     try:
         return str(ipaddress.ip_address(str(value).strip()))
     except ValueError:

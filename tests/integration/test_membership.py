@@ -153,7 +153,7 @@ def ids_before(cluster):
      "error: command line: --via: expected an IPv4 or IPv6 address, got 'm1.local;reboot'"),
     (("remove-machine", "--via", M1, "--machine", "10.213.7"),
      "error: command line: --machine: expected an IPv4 or IPv6 address, got '10.213.7'"),
-    (("add-machine", "--via", M1), "error: command line: --machine: expected an IPv4 or IPv6 address, got None"),
+    (("add-machine", "--via", M1), "error: --machine is required (an IPv4 or IPv6 address)"),
 ], ids=["add-via-non-member", "remove-via-non-member", "remove-non-member", "remove-via-itself",
         "add-bad-machine", "add-bad-via", "remove-bad-machine", "add-no-machine"])
 def test_refused_before_anything_changes(cluster, ids_before, args, expected):
