@@ -38,6 +38,7 @@ class Routers:
 
     def __enter__(self) -> "Routers":
         self.conn = self._connection.__enter__()
+        self.listed()  # read now: the connection is open anyway
         return self
 
     def __exit__(self, *exc):

@@ -17,6 +17,7 @@ the machine, the failed check and the journal's last lines.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import balancer, machine, remote, state
@@ -208,23 +209,29 @@ def upgrade(cluster, client, release: Release, previous: Release, only=None, bat
     Refuses at once, changing nothing, when one of them does not answer: a machine found down
     halfway would leave the cluster on two releases. ``dry``: print the plan, change nothing."""
     members = sorted(member_machines(client))
-    conns, down = open_all(cluster, only or members)
+    routers = balancer.Routers(cluster)
+    # The balancer is reached while the machines are: neither waits for the other.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opening = pool.submit(routers.__enter__)
+        conns, down = open_all(cluster, only or members)
+        facts = read_facts(cluster, conns) if not down else {}
     try:
+        opening.result()
         if down:
             raise UpgradeFailed(", ".join(d.split()[0] for d in down),
                                 f"not upgrading {cluster.name} to {release.id}: unreachable: {'; '.join(down)}. "
                                 f"No machine was changed.", restored=False)
-        with balancer.Routers(cluster) as routers:
-            steps = plan(cluster, release, read_facts(cluster, conns), routers.listed())
-            if dry:
-                for line in describe(steps, conns, release):
-                    print(line)
-                return []
-            for address in sorted(set(conns) - {s.machine for s in steps}):
-                say(f"upgrade: {address} already runs {release.id}; left alone")
-            return execute(cluster, conns, steps, release, previous, members, routers,
-                           batch_limit(len(members), batch))
+        steps = plan(cluster, release, facts, routers.listed())
+        if dry:
+            for line in describe(steps, conns, release):
+                print(line)
+            return []
+        for address in sorted(set(conns) - {s.machine for s in steps}):
+            say(f"upgrade: {address} already runs {release.id}; left alone")
+        return execute(cluster, conns, steps, release, previous, members, routers,
+                       batch_limit(len(members), batch))
     finally:
+        routers.__exit__(None, None, None)
         for conn in conns.values():
             conn.close()
 
