@@ -33,10 +33,7 @@ NOTHING, READD, UPGRADE = "nothing", "re-add", "upgrade"
 
 
 class UpgradeFailed(AirError):
-    def __init__(self, address, message, restored):
-        self.address = address
-        self.restored = restored
-        super().__init__(message)
+    """An upgrade stopped; the message names the machines and the state each was left in."""
 
 
 def install_release(conn, cluster, address, members, release, base_doc) -> None:
@@ -159,8 +156,7 @@ def execute(cluster, conns, steps, release, previous, members, routers, batch: i
             if done:
                 message += (f"\nalready upgraded to {release.id}: {', '.join(done)} "
                             f"(fab rolling-upgrade puts them back on the cluster's release)")
-            raise UpgradeFailed(", ".join(s.machine for s, _, _ in failed), message,
-                                restored=all(r for _, _, r in failed))
+            raise UpgradeFailed(message)
     routers.set(routed(members, serving, done, []))
     return done
 
@@ -218,9 +214,8 @@ def upgrade(cluster, client, release: Release, previous: Release, only=None, bat
     try:
         opening.result()
         if down:
-            raise UpgradeFailed(", ".join(d.split()[0] for d in down),
-                                f"not upgrading {cluster.name} to {release.id}: unreachable: {'; '.join(down)}. "
-                                f"No machine was changed.", restored=False)
+            raise UpgradeFailed(f"not upgrading {cluster.name} to {release.id}: unreachable: {'; '.join(down)}. "
+                                f"No machine was changed.")
         steps = plan(cluster, release, facts, routers.listed())
         if dry:
             for line in describe(steps, conns, release):
