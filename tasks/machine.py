@@ -20,14 +20,13 @@ from .registry import load_credentials
 from .remote import q
 
 ETCD_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_DROPIN}"
-FACTS_SEPARATOR = "=="
 
 
 # ---------------------------------------------------------------- what to run
 
 def facts_command(cluster) -> str:
     """Prints key=value lines describing the machine, for ``parse_facts``."""
-    units = " ".join(q(unit_name(c.name)) for c in cluster.components)
+    units = unit_words(cluster)
     return "; ".join([
         "echo docker=$(systemctl is-active docker.service 2>/dev/null)",
         f"echo etcd_unit=$(systemctl cat {ETCD_UNIT} >/dev/null 2>&1 && echo yes || echo no)",
@@ -79,15 +78,20 @@ def units_of(cluster, components=None) -> list:
     return [unit_name(c.name) for c in cluster.components if components is None or c.name in components]
 
 
+def unit_words(cluster, components=None) -> str:
+    """``units_of``, quoted for the shell."""
+    return " ".join(q(u) for u in units_of(cluster, components))
+
+
 def start_command(cluster, components=None) -> str:
-    units = " ".join(q(u) for u in units_of(cluster, components))
+    units = unit_words(cluster, components)
     reload = "systemctl daemon-reload"
     return f"{reload} && systemctl enable -q {units} && systemctl restart {units}" if units else reload
 
 
 def stop_command(cluster, components=None) -> str:
     """Stops the Air units at once; each unit's ExecStop gives its container the cluster's stop timeout."""
-    units = " ".join(q(u) for u in units_of(cluster, components))
+    units = unit_words(cluster, components)
     return f"systemctl stop {units}" if units else "true"
 
 
@@ -121,7 +125,7 @@ def start_etcd_command() -> str:
 def wipe_command(cluster) -> str:
     """Stops etcd and the Air units and forgets them and the cluster's secrets, so the machine is a
     fresh one again. The components' data (``DATA_DIR``) stays: removing a machine loses nothing."""
-    units = " ".join(q(u) for u in units_of(cluster))
+    units = unit_words(cluster)
     unit_files = " ".join(q(f"{UNIT_DIR}/{u}") for u in units_of(cluster))
     return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
             f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files}; rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)}; "
@@ -211,7 +215,7 @@ def stop(conn, cluster, components=None) -> None:
 
 def release_facts_command(cluster) -> str:
     """Prints the machine's release file, its components file and its units' states, in sections."""
-    units = " ".join(q(u) for u in units_of(cluster))
+    units = unit_words(cluster)
     return (f"echo '--release'; cat {q(STATE_DIR)}/release 2>/dev/null; "
             f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null; "
             f"echo '--units'; systemctl is-active {units} 2>/dev/null; true")
@@ -242,16 +246,5 @@ def wait_healthy(conn, cluster, timeout: int = None) -> None:
     if result.exited != 0:
         journal = remote.run(conn, diagnostics_command(cluster), check=False).stdout
         raise HealthError(f"{conn.host}: {remote.tail(result.stderr, 1)}\n{journal.rstrip()}")
-
-
-def running_release(conn) -> str:
-    """The release id the machine last finished installing (empty when none)."""
-    return (remote.read_file(conn, f"{STATE_DIR}/release", missing="") or "").strip()
-
-
-def unit_states(conn, cluster) -> dict:
-    units = units_of(cluster)
-    out = remote.run(conn, f"systemctl is-active {' '.join(q(u) for u in units)}", check=False).stdout.split()
-    return dict(zip(units, out))
 
 

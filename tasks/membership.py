@@ -122,14 +122,13 @@ def remove(cluster, via: str, old: str, force: bool = False) -> None:
                                  f"(--force removes it anyway)")
         balancer.remove(cluster, old)
         answers = probes[old][0]
-        conn = remote.connect(cluster, old)
-        if answers:
-            say(f"remove-machine: stopping the Air units on {old}")
-            machine.stop(conn, cluster)
-        client.remove_member(member.id)
-        if answers:
-            machine.wipe(conn, cluster)
-        conn.close()
+        with remote.connect(cluster, old) as conn:
+            if answers:
+                say(f"remove-machine: stopping the Air units on {old}")
+                machine.stop(conn, cluster)
+            client.remove_member(member.id)
+            if answers:
+                machine.wipe(conn, cluster)
         state.write_machines(client, cluster, [a for a in addresses if a != old])
     if answers:
         say(f"remove-machine: {old} removed and wiped")

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, NamedTuple
 
 import paramiko
 from fabric import Connection
-from invoke.exceptions import CommandTimedOut, UnexpectedExit
+from invoke.exceptions import CommandTimedOut
 
 from .errors import AirError, ConfigError, RemoteError
 

@@ -275,7 +275,7 @@ def configure_registry(node: Node) -> None:
                       "systemctl disable -q --now docker.socket docker.service containerd.service")
 
 
-def configure_balancer(node: Node, machines: list) -> None:
+def configure_balancer(node: Node) -> None:
     routers = "/etc/haproxy/air-routers.cfg"
     put(node.name, "/etc/haproxy/haproxy.cfg", balancer_config.main_config(BALANCER_PORT, routers))
     inside(node.name, f"test -e {routers} || cat > {routers}",
@@ -392,7 +392,7 @@ def prepare(node: Node, base_doc: dict, config_id: str):
         if node.role == "registry":
             configure_registry(node)
         elif node.role == "balancer":
-            configure_balancer(node, [])
+            configure_balancer(node)
         elif node.role == "build":
             configure_build(node)
         put(node.name, "/etc/air-sandbox", config_id + "\n")

@@ -6,7 +6,6 @@ the end, unless AIR_SANDBOX_KEEP=1, which keeps it for fast reruns while
 developing. A test that changes the cluster restores what it changed, or
 says in its fixture what state it leaves.
 """
-import json
 import os
 import subprocess
 import sys
@@ -108,8 +107,8 @@ def serving(cluster) -> bool:
 
         def runs(address):
             with remote.connect(cluster, address) as conn:
-                return machine.running_release(conn) == release.id and \
-                    set(machine.unit_states(conn, cluster).values()) == {"active"}
+                facts = machine.release_facts(conn, cluster)
+                return facts["release"] == release.id and set(facts["units"].values()) == {"active"}
         return all(remote.parallel(runs, cluster.machines)) and \
             sorted(balancer.listed(cluster)) == addresses
     except AirError:

@@ -122,7 +122,7 @@ def machine_releases(cluster) -> dict:
     """machine -> its /etc/air/state/release."""
     def read(address):
         with remote.connect(cluster, address) as conn:
-            return machine.running_release(conn)
+            return machine.release_facts(conn, cluster)["release"]
     return dict(zip(cluster.machines, remote.parallel(read, cluster.machines)))
 
 
@@ -299,7 +299,7 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
         listed = line.split("to", 1)[1].replace(",", " ").split()
         upgrading = next(m for m in machines if m not in listed)
         with remote.connect(local_serving, upgrading) as conn:
-            while machine.running_release(conn) == before["id"]:
+            while machine.release_facts(conn, local_serving)["release"] == before["id"]:
                 assert time.monotonic() < deadline, f"{upgrading} never got the new release"
                 time.sleep(0.05)
     finally:

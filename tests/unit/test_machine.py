@@ -4,8 +4,6 @@ The facts outputs below were recorded from sandbox machines (an installed one,
 a freshly prepared spare) and from the states in between that preflight must
 notice. Nothing here connects anywhere.
 """
-import pytest
-
 from tasks import machine
 from tasks.release import Image, Release
 
