@@ -12,20 +12,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tasks import build, cluster, install, push, sandbox  # noqa: E402
+from tasks.session import session  # noqa: E402
 
 
 def main():
     info = sandbox.bring_up(6, 0)
     local = cluster.load("local")
-    built = build.build_all(local, local.build.host, local.build.branch)
-    push.push_all(local, local.build.host, built["images"])
+    with session(local, etcd=False) as s:
+        built = build.build_all(s.ex, local.build.host, local.build.branch)
+        push.push_all(s.ex, local.build.host, built["images"])
     machines = [m["address"] for m in info["machines"]]
     times = {}
     for size in (3, 6):
         sandbox.reset_machines(machines)
         chosen = machines[:size]
         started = time.monotonic()
-        install.setup(local.with_machines(chosen), chosen)
+        with session(local.with_machines(chosen), etcd=False) as s:
+            install.setup(s, chosen)
         times[size] = time.monotonic() - started
         print(f"setup-cluster, {size} machines: {times[size]:6.1f} s", flush=True)
     print(f"ratio 6/3: {times[6] / times[3]:.2f} (target <= 1.3)")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 
-from . import remote
 from .balancer_config import machines_in, routers_file
 from .cli import air_task, cluster_of
 from .cluster import check_address
 from .remote import q, say
+from .session import session
 
 RELOAD = "systemctl reload haproxy"
 
@@ -24,30 +24,21 @@ def check_command(config: str, candidate: str) -> str:
 
 
 class Routers:
-    """The routers file over one open connection to the balancer host.
+    """The routers file on the balancer host, through the task's executor.
 
     It reads the file once and then knows what it wrote, so a rolling upgrade
-    drains and re-adds every machine without reconnecting or rereading.
+    drains and re-adds every machine without rereading.
     """
 
-    def __init__(self, cluster):
-        self.cluster = cluster
-        self._connection = remote.connect(cluster, cluster.balancer.host)
+    def __init__(self, ex):
+        self.ex, self.cluster, self.host = ex, ex.cluster, ex.cluster.balancer.host
         self._machines = None
         self._lock = threading.RLock()  # machines upgraded side by side (--batch) share it
-
-    def __enter__(self) -> "Routers":
-        self.conn = self._connection.__enter__()
-        self.listed()  # read now: the connection is open anyway
-        return self
-
-    def __exit__(self, *exc):
-        return self._connection.__exit__(*exc)
 
     def listed(self) -> list:
         """The machines the routers file sends traffic to now."""
         if self._machines is None:
-            self._machines = machines_in(remote.read_file(self.conn, self.cluster.balancer.routers_file, missing=""))
+            self._machines = machines_in(self.ex.read_file(self.host, self.cluster.balancer.routers_file, missing=""))
         return list(self._machines)
 
     def set(self, machines, reload: bool = False) -> list:
@@ -61,12 +52,12 @@ class Routers:
         if self.listed() == machines and not reload:
             return machines
         path = self.cluster.balancer.routers_file
-        candidate = f"{path}.air-candidate"
+        candidate = f"{path}.air-candidate-{self.ex.run_id}"
         # Beside haproxy's own configuration, so its folder exists; the swap below is atomic.
-        remote.upload_file(self.conn, candidate, routers_file(self.cluster.balancer.port, machines), 0o644)
-        remote.run(self.conn, f"{check_command(self.cluster.balancer.config, candidate)} && "
-                              f"mv -f {q(candidate)} {q(path)} && {RELOAD}",
-                   what="validate and install the routers file, reload")
+        self.ex.upload(self.host, candidate, routers_file(self.cluster.balancer.port, machines), 0o644)
+        self.ex.run(self.host, f"{check_command(self.cluster.balancer.config, candidate)} && "
+                               f"mv -f {q(candidate)} {q(path)} && {RELOAD}",
+                    what="validate and install the routers file, reload")
         self._machines = machines
         say(f"balancer: routes to {', '.join(machines) or 'no machine'}")
         return machines
@@ -81,30 +72,12 @@ class Routers:
             return self.set([m for m in self.listed() if m != machine])
 
 
-def listed(cluster) -> list:
-    with Routers(cluster) as routers:
-        return routers.listed()
-
-
-def set_machines(cluster, machines, reload: bool = False) -> list:
-    with Routers(cluster) as routers:
-        return routers.set(machines, reload)
-
-
-def add(cluster, machine: str) -> list:
-    with Routers(cluster) as routers:
-        return routers.add(machine)
-
-
-def remove(cluster, machine: str) -> list:
-    with Routers(cluster) as routers:
-        return routers.remove(machine)
-
-
 @air_task(name="list", help={"cluster": "target cluster"})
 def list_(c, cluster=None):
     """List the machines the balancer sends traffic to."""
-    for machine in listed(cluster_of(cluster)):
+    with session(cluster_of(cluster), etcd=False) as s:
+        machines = Routers(s.ex).listed()
+    for machine in machines:
         print(machine)
 
 
@@ -112,11 +85,15 @@ def list_(c, cluster=None):
 def add_task(c, cluster=None, machine=None):
     """Send balancer traffic to a machine too."""
     target = cluster_of(cluster)
-    add(target, check_address(machine, "--machine"))
+    address = check_address(machine, "--machine")
+    with session(target, f"balancer.add {address}") as s:
+        Routers(s.ex).add(address)
 
 
 @air_task(name="remove", help={"cluster": "target cluster", "machine": "machine address"})
 def remove_task(c, cluster=None, machine=None):
     """Stop sending balancer traffic to a machine (established connections finish)."""
     target = cluster_of(cluster)
-    remove(target, check_address(machine, "--machine"))
+    address = check_address(machine, "--machine")
+    with session(target, f"balancer.remove {address}") as s:
+        Routers(s.ex).remove(address)

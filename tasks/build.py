@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import re
 
-from . import docker_api, remote, version
+from . import docker_api, version
 from .cli import air_task, build_host, cluster_of
 from .errors import ConfigError, RemoteError
 from .remote import q, say
+from .session import optional_lock, session
 
 CANDIDATE = "candidate-"  # + commit: a freshly built image, before push gives it a version
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
@@ -59,10 +60,11 @@ def candidate(cluster, component: str, commit: str) -> str:
 
 # ---------------------------------------------------------------- running it
 
-def update_checkout(conn, cluster, branch: str) -> str:
+def update_checkout(ex, host, branch: str) -> str:
+    cluster = ex.cluster
     try:
-        result = remote.run(conn, checkout_script(cluster.build.repository, cluster.build.checkout, branch),
-                            what=f"update checkout {cluster.build.checkout}")
+        result = ex.run(host, checkout_script(cluster.build.repository, cluster.build.checkout, branch),
+                        what=f"update checkout {cluster.build.checkout}")
     except RemoteError as e:
         if "no branch" in str(e):
             raise ConfigError(f"no branch {branch!r} in {cluster.build.repository}") from None
@@ -70,24 +72,25 @@ def update_checkout(conn, cluster, branch: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def checkout_commit(conn, cluster) -> str:
+def checkout_commit(ex, host) -> str:
     """The commit the cluster's checkout is at (what push publishes)."""
-    return remote.run(conn, f"git -C {q(cluster.build.checkout)} rev-parse HEAD",
-                      what=f"read the commit of {cluster.build.checkout}").stdout.strip()
+    checkout = ex.cluster.build.checkout
+    return ex.read(host, f"git -C {q(checkout)} rev-parse HEAD", what=f"read the commit of {checkout}").stdout.strip()
 
 
-def read_version(conn, cluster) -> tuple:
-    path = f"{cluster.build.checkout}/VERSION"
-    text = remote.read_file(conn, path)
+def read_version(ex, host) -> tuple:
+    path = f"{ex.cluster.build.checkout}/VERSION"
+    text = ex.read_file(host, path)
     if text is None:
-        raise ConfigError(f"{conn.host}:{path}: missing (it must hold MAJOR.MINOR)")
-    return version.parse_version(text, f"{conn.host}:{path}")
+        raise ConfigError(f"{host}:{path}: missing (it must hold MAJOR.MINOR)")
+    return version.parse_version(text, f"{host}:{path}")
 
 
-def build_component(api, conn, cluster, component, commit: str) -> str:
+def build_component(api, ex, host, component, commit: str) -> str:
     """Build one image from the checkout; return its image ID. Output streams as progress."""
-    context = remote.read_bytes(conn, context_command(cluster.build.checkout, component.source),
-                                what=f"read the build context of {component.name}")
+    cluster = ex.cluster
+    context = ex.read_bytes(host, context_command(cluster.build.checkout, component.source),
+                            what=f"read the build context of {component.name}")
     log, image_id = [], None
     for chunk in api.build(fileobj=io.BytesIO(context), custom_context=True, tag=candidate(cluster, component.name, commit),
                            rm=True, forcerm=True, decode=True):
@@ -119,16 +122,19 @@ def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
                 api.remove_image(tag, noprune=True)
 
 
-def build_all(cluster, host: str, branch: str, only: str = None) -> dict:
+def build_all(ex, host: str, branch: str, only: str = None) -> dict:
     """Checkout and build; returns {component: image ID} and the commit built."""
+    cluster = ex.cluster
     check_branch(branch)
     components = [cluster.component(only)] if only else list(cluster.components)
-    with remote.connect(cluster, host) as conn:
-        commit = update_checkout(conn, cluster, branch)
-        base = read_version(conn, cluster)
-        say(f"build: {cluster.name} at {branch} ({commit[:10]}), VERSION {base[0]}.{base[1]}, on {host}")
-        api = docker_api.engine(conn)
-        images = {c.name: build_component(api, conn, cluster, c, commit) for c in components}
+    commit = update_checkout(ex, host, branch)
+    base = read_version(ex, host)
+    say(f"build: {cluster.name} at {branch} ({commit[:10]}), VERSION {base[0]}.{base[1]}, on {host}")
+    api = docker_api.engine(ex.conn(host))
+    images = {}
+    for c in components:
+        ex.check(f"the build of {c.name}")
+        images[c.name] = build_component(api, ex, host, c, commit)
     return {"commit": commit, "branch": branch, "base": base, "images": images}
 
 
@@ -138,8 +144,9 @@ def build_all(cluster, host: str, branch: str, only: str = None) -> dict:
 def build(c, cluster=None, branch=None, component=None):
     """Update the cluster's checkout on the build server and build its images."""
     target = cluster_of(cluster)
-    if branch is not None:
-        check_branch(branch)
-    result = build_all(target, build_host(c, target), branch or target.build.branch, component)
+    branch = check_branch(branch or target.build.branch)
+    with session(target, etcd=False, changes=True) as s:
+        optional_lock(s, f"build {branch}")
+        result = build_all(s.ex, build_host(c, target), branch, component)
     for name, image_id in result["images"].items():
         print(f"{name:20} {image_id}")

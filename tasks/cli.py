@@ -1,7 +1,9 @@
 """How air-deploy's functions become `fab` tasks.
 
 ``air_task`` is Fabric's ``@task`` plus one rule: an AirError ends the run
-with ``error: <message>`` on one line and exit status 1, never a traceback.
+with ``error: <message>`` on one line and exit status 1, never a traceback;
+an interrupt that stopped the task in order ends it with ``interrupted:
+<state left>`` and exit status 130.
 ``cluster_of`` turns the ``--cluster`` flag into a validated Cluster before
 any host is contacted.
 """
@@ -13,7 +15,10 @@ from fabric import task
 from invoke.exceptions import Exit
 
 from . import cluster as cluster_config
-from .errors import AirError, ConfigError
+from .errors import AirError, ConfigError, Interrupted
+
+
+INTERRUPTED = 130  # as shells report a command ended by Ctrl-C
 
 
 def air_task(*args, **kwargs):
@@ -22,6 +27,8 @@ def air_task(*args, **kwargs):
         def body(c, *a, **kw):
             try:
                 return function(c, *a, **kw)
+            except Interrupted as stopped:
+                raise Exit(f"interrupted: {stopped}", code=INTERRUPTED) from None
             except AirError as error:
                 raise Exit(f"error: {error}", code=1) from None
         return task(**kwargs)(body)

@@ -119,7 +119,11 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "connect": Field("int", "SSH connection.", 10),
         "stop": Field("int", "Polite stop of a component before it is killed.", 30),
         "healthy": Field("int", "A started machine must pass its health checks within this.", 60),
-        "lock": Field("int", "Lease of the deploy lock; a killed deploy's lock expires after it.", 30),
+        "lock": Field("int", "Lease of the cluster's lock; a killed or hung task's lock expires after it.", 30),
+        "command": Field("int", "Deadline of one remote command (one without its own below); "
+                         "past it the command is stopped on the host too.", 60),
+        "pull": Field("int", "Deadline of pulling a release's images on a machine.", 300),
+        "alive": Field("int", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
     }, required=False),
 })
 
@@ -177,6 +181,9 @@ class Timeouts:
     stop: int
     healthy: int
     lock: int
+    command: int
+    pull: int
+    alive: int
 
 
 @dataclass(frozen=True)

@@ -2,87 +2,77 @@
 
 ``deploy`` is the whole runbook under the cluster's lock: build on the build
 server, push what changed, record the release in etcd, roll the cluster to
-it, record the outcome. A deploy whose release is already serving
-everywhere (release file, units active, in the balancer) ends early and
-restarts nothing. The lock is a key in the cluster's etcd held by a lease,
-so a killed deploy's lock expires by itself.
+it, record the outcome. The rollout's plan tells whether anything is to be
+done: a deploy whose release is already serving everywhere (release file,
+units active, in the balancer) ends early and restarts nothing. The lock is a
+key in the cluster's etcd held by a lease (``tasks.session``), so a killed
+deploy's lock expires by itself.
 """
 from __future__ import annotations
 
 import json
 import time
 
-from . import balancer, machine, remote, state, upgrade
+from . import state, upgrade
 from .build import build_all, check_branch
 from .cli import air_task, build_host, cluster_of
 from .cluster import check_address
-from .errors import ConfigError, LockedError
-from .push import push_all
+from .errors import ConfigError
+from .push import print_report, push_all
 from .release import Release
 from .remote import say
+from .session import session
 
 
-def _lock(client, cluster, why: str, wait: bool):
-    holder = {"who": state.operator(), "since": state.now(), "why": why}
-    while True:
-        try:
-            return client.acquire(state.lock_key(cluster), holder, cluster.timeouts.lock)
-        except LockedError:
-            if not wait:
-                raise
-            time.sleep(1)
-
-
-def running_everywhere(cluster, release: Release, members) -> bool:
-    """True when every member serves ``release``: nothing for a rolling upgrade to do."""
-    def facts(address):
-        with remote.connect(cluster, address) as conn:
-            return machine.release_facts(conn, cluster)
-    found = dict(zip(members, remote.parallel(facts, members)))
-    return not upgrade.plan(cluster, release, found, balancer.listed(cluster))
-
-
-def deploy_release(cluster, host, branch, via=None, wait=False, batch=1) -> Release:
+def deploy_release(s, host, branch, batch=1, dry=False) -> Release:
+    """The deploy runbook in a session holding the cluster's lock: build, push what changed,
+    record the release, roll the cluster to it. ``dry``: build, then print what push and the
+    rollout would do, pushing and changing nothing."""
     started = time.monotonic()
-    with state.cluster_etcd(cluster, via) as client:
-        with _lock(client, cluster, f"deploy {branch}", wait):
-            built = build_all(cluster, host, branch)
-            release, steps = push_all(cluster, host, built["images"])
-            current, record = state.read_release(client, cluster)
-            if record and record.get("outcome") == "upgrading":
-                # A deploy was killed midway: its release never proved itself, so a failure
-                # now goes back to the last release that did.
-                current = last_good(state.history(client, cluster)) or current
-            members = sorted(upgrade.member_machines(client))
-            if current is not None and current.id == release.id and running_everywhere(cluster, release, members):
-                say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
-                    f"({time.monotonic() - started:.1f} s)")
-                return release
-            upgrade.rolling_with_record(cluster, client, release, current, batch=batch,
-                                        branch=branch, commit=built["commit"])
+    cluster = s.cluster
+    built = build_all(s.ex, host, branch)
+    release, steps = push_all(s.ex, host, built["images"], dry=dry)
+    current, record = state.read_release(s.etcd, cluster)
+    if record and record.get("outcome") == "upgrading":
+        # A deploy was killed midway: its release never proved itself, so a failure
+        # now goes back to the last release that did.
+        current = last_good(state.history(s.etcd, cluster)) or current
+    rollout = upgrade.Rollout(s, release, current, batch=batch)
+    if dry:
+        print_report(release, steps, False)
+        upgrade.print_plan(rollout)
+        return release
+    if current is not None and current.id == release.id and rollout.nothing_to_do:
+        say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
+            f"({time.monotonic() - started:.1f} s)")
+        return release
+    rollout.apply_recorded(branch=branch, commit=built["commit"])
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
     return release
 
 
 @air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch)",
-                "via": "member to reach etcd through", "wait": "wait for another deploy's lock instead of failing",
-                "batch": "machines upgraded at once"})
-def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1):
-    """Build, push what changed and roll the cluster to it, under the cluster's deploy lock."""
+                "via": "member to reach etcd through", "wait": "wait for another task's lock instead of failing",
+                "batch": "machines upgraded at once",
+                "plan": "build, then print what push and the rollout would do; push and change nothing"})
+def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, plan_=False):
+    """Build, push what changed and roll the cluster to it, under the cluster's lock."""
     target = cluster_of(cluster)
     branch = check_branch(branch or target.build.branch)
     via = check_address(via, "--via") if via else None
-    release = deploy_release(target, build_host(c, target), branch, via, wait, int(batch))
-    print(f"release {release.id}")
+    with session(target, f"deploy {branch}", via, wait) as s:
+        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_)
+    if not plan_:
+        print(f"release {release.id}")
 
 
 @air_task(help={"cluster": "target cluster", "via": "member to reach etcd through", "json": "print JSON"})
 def releases(c, cluster=None, via=None, json_=False):
     """List the cluster's releases, oldest first, with their outcome."""
     target = cluster_of(cluster)
-    with state.cluster_etcd(target, via and check_address(via, "--via")) as client:
-        records = state.history(client, target)
-        current, _ = state.read_release(client, target)
+    with session(target, via=via and check_address(via, "--via")) as s:
+        records = state.history(s.etcd, target)
+        current, _ = state.read_release(s.etcd, target)
     if json_:
         print(json.dumps(records, indent=1))
         return
@@ -117,34 +107,37 @@ def rollback_target(records: list, current_id: str = None, to: str = None, clust
 
 
 @air_task(help={"cluster": "target cluster", "to": "release id (default: the previous successful one)",
-                "via": "member to reach etcd through"})
-def rollback(c, cluster=None, to=None, via=None):
+                "via": "member to reach etcd through", "plan": "print what each machine needs and change nothing"})
+def rollback(c, cluster=None, to=None, via=None, plan_=False):
     """Roll the cluster back to an earlier release, through the same gated rolling upgrade."""
     target = cluster_of(cluster)
     via = via and check_address(via, "--via")
-    with state.cluster_etcd(target, via) as client:
-        with _lock(client, target, "rollback", False):
-            # Read under the lock: a deploy that just ended may have changed both.
-            current, _ = state.read_release(client, target)
-            chosen = rollback_target(state.history(client, target), current and current.id, to, target.name)
-            wanted = Release.from_dict(chosen)
-            upgrade.rolling_with_record(target, client, wanted, current, rollback_from=current and current.id)
+    with session(target, None if plan_ else "rollback", via) as s:
+        # Read under the lock: a deploy that just ended may have changed both.
+        current, _ = state.read_release(s.etcd, target)
+        chosen = rollback_target(state.history(s.etcd, target), current and current.id, to, target.name)
+        wanted = Release.from_dict(chosen)
+        rollout = upgrade.Rollout(s, wanted, current)
+        if plan_:
+            upgrade.print_plan(rollout)
+            return
+        rollout.apply_recorded(rollback_from=current and current.id)
     print(f"release {wanted.id}")
 
 
 @air_task(name="status", help={"cluster": "target cluster", "via": "member to reach etcd through"})
 def lock_status(c, cluster=None, via=None):
-    """Show who holds the cluster's deploy lock."""
+    """Show who holds the cluster's lock."""
     target = cluster_of(cluster)
-    with state.cluster_etcd(target, via and check_address(via, "--via")) as client:
-        holder = client.holder(state.lock_key(target))
+    with session(target, via=via and check_address(via, "--via")) as s:
+        holder = s.etcd.holder(state.lock_key(target))
     print("free" if holder is None else " ".join(f"{k}={v}" for k, v in holder.items()))
 
 
 @air_task(name="release", help={"cluster": "target cluster", "via": "member to reach etcd through"})
 def lock_release(c, cluster=None, via=None):
-    """Release the cluster's deploy lock by force (when its holder is known to be gone)."""
+    """Release the cluster's lock by force (when its holder is known to be gone)."""
     target = cluster_of(cluster)
-    with state.cluster_etcd(target, via and check_address(via, "--via")) as client:
-        holder = client.force_release(state.lock_key(target))
+    with session(target, via=via and check_address(via, "--via")) as s:
+        holder = s.etcd.force_release(state.lock_key(target))
     print("was free" if holder is None else "released the lock of " + " ".join(f"{k}={v}" for k, v in holder.items()))

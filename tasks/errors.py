@@ -28,3 +28,19 @@ class HealthError(AirError):
 
 class LockedError(AirError):
     """Another deploy holds the cluster's lock."""
+
+
+class DeadlineError(RemoteError):
+    """A remote step did not end within its deadline; it was stopped there when the host answered."""
+
+
+class Halt(AirError):
+    """The task must change nothing more (see its subclasses); raised before the next change."""
+
+
+class Interrupted(Halt):
+    """The operator pressed Ctrl-C or sent SIGTERM."""
+
+
+class LostLock(Halt):
+    """The cluster's lock is no longer this task's: its lease expired or the key was taken away."""

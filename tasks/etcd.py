@@ -9,6 +9,11 @@ network. The library is ``etcd3gw``, which speaks etcd's JSON gateway over
 plain HTTP: python-etcd3 is unmaintained, needs protobuf<4 (clashing with
 anything else installed) and cannot add learners. etcd3gw has no membership
 methods, so those are gateway calls through its ``post()``.
+
+Leader changes are routine: idempotent calls retry with backoff through an
+election (``RETRY_FOR``). A client may be *fenced* by a held lock: then its
+every write is a transaction that only applies while the lock key is still
+the one this task created, and raises LostLock otherwise.
 """
 from __future__ import annotations
 
@@ -28,14 +33,19 @@ from etcd3gw.client import Etcd3Client
 from etcd3gw.lease import Lease
 from invoke.exceptions import ThreadException
 
-from .errors import HealthError, LockedError, RemoteError
-from .remote import reachable
+from .errors import HealthError, LockedError, LostLock, RemoteError
 
 CLIENT_PORT = 2379
 API_PATH = "/v3/"  # etcd 3.4 and later; fixed, so no version request precedes every client
 HOLDER_FIELDS = ("who", "since", "why")  # shown first when a lock is refused
 _NOT_IN_SYNC = "in sync with leader"
 _NOT_A_LEARNER = "can only promote a learner member"
+# etcd's answers that mean "not done, try again": no leader (an election runs), a request dropped
+# by a leader or membership change, an overloaded member. A request that got no answer at all
+# (a timeout) is retried too, by the idempotent calls only.
+TRANSIENT = ("no leader", "leader changed", "request timed out", "too many requests",
+             "not capable", "server stopped", "unhealthy cluster")
+RETRY_FOR = 15  # seconds an idempotent call keeps retrying through a leader change
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,9 @@ class Etcd:
     def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None):
         self.host, self.port, self.timeout = host, int(port), timeout
         self.label = label or f"{host}:{port}"
-        self._clients = []
+        self._clients: list = []
         self._client = self._new_client(timeout)
+        self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
 
     def __repr__(self) -> str:
         return f"Etcd({self.label})"
@@ -88,14 +99,21 @@ class Etcd:
             return RemoteError(f"etcd at {self.label}: {what}: {_reason(error, self.timeout)}")
         return RemoteError(f"etcd at {self.label}: {what}: {_first_line(error) or type(error).__name__}")
 
-    def _call(self, what: str, function, *args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (gw_errors.Etcd3Exception, requests.RequestException) as e:
-            raise self._error(what, e) from None
+    def _call(self, what: str, function, *args, retry: bool = True, **kwargs):
+        """``function(*args, **kwargs)``; etcd's transient refusals are retried with backoff for
+        ``RETRY_FOR`` s, and, when ``retry`` (the call is idempotent), so are unanswered requests."""
+        give_up, pause = time.monotonic() + RETRY_FOR, 0.1
+        while True:
+            try:
+                return function(*args, **kwargs)
+            except (gw_errors.Etcd3Exception, requests.RequestException) as e:
+                if not _transient(e, retry) or time.monotonic() + pause > give_up:
+                    raise self._error(what, e) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
-    def _post(self, what: str, path: str, payload: dict) -> dict:
-        return self._call(what, self._client.post, self._client.get_url(path), json=payload)
+    def _post(self, what: str, path: str, payload: dict, retry: bool = True) -> dict:
+        return self._call(what, self._client.post, self._client.get_url(path), json=payload, retry=retry)
 
     # Keys and values: text in, text out (UTF-8).
 
@@ -104,7 +122,8 @@ class Etcd:
         return values[0].decode() if values else None
 
     def put(self, key: str, value: str) -> None:
-        self._call(f"put {key}", self._client.put, _bytes(key), _bytes(value))
+        self._write(f"put {key}", {"request_put": {"key": _b64(_bytes(key)), "value": _b64(_bytes(value))}},
+                    lambda: self._client.put(_bytes(key), _bytes(value)))
 
     def get_prefix(self, prefix: str) -> dict:
         items = self._call(f"get {prefix}*", self._client.get, _bytes(prefix) or b"\0",
@@ -112,12 +131,40 @@ class Etcd:
         return {meta["key"].decode(): value.decode() for value, meta in items}
 
     def delete(self, key: str) -> None:
-        self._call(f"delete {key}", self._client.delete, _bytes(key))
+        self._write(f"delete {key}", {"request_delete_range": {"key": _b64(_bytes(key))}},
+                    lambda: self._client.delete(_bytes(key)))
 
     def delete_prefix(self, prefix: str) -> None:
         if not prefix:
             raise ValueError("delete_prefix needs a prefix: refusing to delete every key")
-        self._call(f"delete {prefix}*", self._client.delete, _bytes(prefix), range_end=_prefix_end(prefix))
+        self._write(f"delete {prefix}*",
+                    {"request_delete_range": {"key": _b64(_bytes(prefix)), "range_end": _b64(_prefix_end(prefix))}},
+                    lambda: self._client.delete(_bytes(prefix), range_end=_prefix_end(prefix)))  # type: ignore[arg-type]
+
+    def _write(self, what: str, request: dict, unfenced) -> None:
+        """One write: as it is, or, on a fenced client, a transaction that applies it only while
+        the lock key is still the one this task created (etcd's fencing)."""
+        if self.fence is None:
+            self._call(what, unfenced)
+            return
+        key, revision = self.fence
+        result = self._call(what, self._client.transaction, fenced_txn(key, revision, request))
+        if not result.get("succeeded"):
+            raise LostLock(f"{key} is no longer ours: {what} was not written")
+
+    # Status and leadership.
+
+    def status(self) -> dict:
+        """This member's view: its id (``member``), the ``leader``'s id, ``raft_term``."""
+        data = self._post("read the member status", "/maintenance/status", {})
+        header = data.get("header", {})
+        return {"member": str(header.get("member_id", "")), "leader": str(data.get("leader", "")),
+                "raft_term": int(header.get("raft_term", 0) or 0)}
+
+    def move_leader(self, target_id: str) -> None:
+        """Hand leadership to member ``target_id``; asked of the leader itself."""
+        self._post(f"move leadership to {target_id}", "/maintenance/transfer-leadership",
+                   {"targetID": target_id}, retry=False)
 
     # Membership.
 
@@ -127,8 +174,9 @@ class Etcd:
     def add_member(self, peer_url: str, learner: bool = True) -> Member:
         """Announce a member before it starts; a learner does not count for quorum until promoted."""
         kind = "learner" if learner else "voting member"
+        # Not idempotent: an add that got no answer is not sent again (the caller sees the members).
         result = self._post(f"add {kind} {peer_url}", "/cluster/member/add",
-                            {"peerURLs": [peer_url], "isLearner": learner})
+                            {"peerURLs": [peer_url], "isLearner": learner}, retry=False)
         return _member(result["member"])
 
     def promote(self, member_id: str, timeout: float = 60, interval: float = 1) -> None:
@@ -156,14 +204,19 @@ class Etcd:
                 raise self._error(f"promote {member_id}", e) from None
 
     def remove_member(self, member_id: str) -> None:
-        self._post(f"remove member {member_id}", "/cluster/member/remove", {"ID": member_id})
+        """Remove ``member_id``; a member already gone (an earlier try that got no answer) is fine."""
+        try:
+            self._post(f"remove member {member_id}", "/cluster/member/remove", {"ID": member_id})
+        except RemoteError as e:
+            if "member not found" not in str(e):
+                raise
 
     def healthy(self) -> bool:
         """True when a linearizable read answers, that is, the cluster has quorum and a leader."""
         try:
-            self._call("read through the leader", self._client.get, b"health", serializable=False)
+            self._client.get(b"health", serializable=False)
             return True
-        except RemoteError:
+        except (gw_errors.Etcd3Exception, requests.RequestException):
             return False
 
     # The lock.
@@ -185,12 +238,16 @@ class Etcd:
             "failure": [{"request_range": {"key": _b64(encoded)}}],
         }
         try:
+            # Retried when unanswered: a try that did apply is then found holding our own lease.
             result = self._call(f"take lock {key}", self._client.transaction, txn)
         except RemoteError:
             self._drop(lease.id)
             raise
+        mine = _range_kv(result)
+        if mine is not None and int(mine.get("lease", 0)) == int(lease.id):
+            return Lock(self, key, dict(holder), ttl, lease.id, int(mine["create_revision"]))
         if result.get("succeeded"):
-            return Lock(self, key, dict(holder), ttl, lease.id)
+            return Lock(self, key, dict(holder), ttl, lease.id, int(result["header"]["revision"]))
         self._drop(lease.id)
         current = _range_kv(result)
         if current is None:  # not expected: the same transaction found the key
@@ -243,17 +300,34 @@ class Etcd:
             raise self._error(f"revoke lease {lease_id}", e) from None
 
 
-class Lock:
-    """A held lock: the key lives while a daemon thread keeps its lease alive, until ``release()``."""
+def boottime() -> float:
+    """Seconds on a clock that keeps counting while this process is stopped or the laptop sleeps
+    (a lease expires on the server all the same)."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
 
-    def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int):
+
+class Lock:
+    """A held lock: the key lives while a daemon thread keeps its lease alive, until ``release()``.
+
+    ``confirm()`` tells, before a change, whether the lock is still certainly ours: the lease
+    was renewed recently enough that it cannot have expired, and the key is still the one this
+    lock created (not deleted, not taken over). A watchdog (``stuck``, a callable naming a step
+    past its deadline) stops the renewals when the task hangs, so the lock expires by itself.
+    """
+
+    def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int, revision: int = 0):
         self.etcd, self.key, self.holder, self.ttl, self.lease_id = etcd, key, holder, ttl, lease_id
+        self.revision = revision
+        self.stuck = lambda: None
         self._stop = threading.Event()
-        self._lost = threading.Event()
+        self._lost: Optional[str] = None
         self._released = False
-        # Its own HTTP session (requests sessions are not meant to be shared between
+        self._renewed = boottime()  # when the last renewal that succeeded was sent
+        # Their own HTTP sessions (requests sessions are not meant to be shared between
         # threads) and a timeout short enough that one stuck request cannot outlast the lease.
         self._lease = Lease(lease_id, client=etcd._new_client(timeout=max(1.0, ttl / 3)))
+        self._checker = etcd._new_client(timeout=max(1.0, ttl / 3))
+        self._check_lock = threading.Lock()
         self._thread = threading.Thread(target=self._keep_alive, name=f"etcd lock {key}", daemon=True)
         self._thread.start()
 
@@ -265,20 +339,63 @@ class Lock:
 
     @property
     def held(self) -> bool:
-        """False once released, or once the lease was found expired (the lock may be someone else's now)."""
-        return not self._released and not self._lost.is_set()
+        """False once released, or once found lost (the lock may be someone else's now)."""
+        return not self._released and self._lost is None
+
+    def confirm(self) -> None:
+        """Raise LostLock unless the lock is certainly still ours (one linearizable read)."""
+        if self._released:
+            raise LostLock(f"{self.key} was released")
+        if self._lost is None:
+            quiet = boottime() - self._renewed
+            if quiet > self.ttl * 2 / 3:
+                self._lost = f"its lease was not renewed for {quiet:.0f} s (this process was stopped or cut off)"
+        if self._lost is None:
+            with self._check_lock:
+                self._lost = self._check_key()
+        if self._lost is not None:
+            raise LostLock(f"{self.key}: {self._lost}")
+
+    def _check_key(self) -> Optional[str]:
+        give_up, pause = time.monotonic() + self.ttl / 3, 0.1
+        while True:
+            try:
+                items = self._checker.get(_bytes(self.key), metadata=True, serializable=False)
+                break
+            except (gw_errors.Etcd3Exception, requests.RequestException) as e:
+                if time.monotonic() + pause > give_up:
+                    return f"cannot confirm it ({_first_line(e) or type(e).__name__})"
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+        if not items:
+            return "the key is gone (deleted or expired)"
+        value, meta = items[0]
+        if int(meta.get("lease", 0)) != int(self.lease_id) or int(meta.get("create_revision", 0)) != self.revision:
+            return f"the key is now held by {_describe(_parse_holder(value.decode()))}"
+        return None
 
     def release(self) -> None:
-        """Stop the keepalive and revoke the lease, which deletes the key. Safe to call twice."""
+        """Stop the keepalive and revoke the lease, which deletes the key (if it is still ours). Safe to call twice."""
         if self._released:
             return
         self._stop.set()
         self._thread.join()
         self._released = True
-        self.etcd._revoke(self.lease_id)
+        for client in (self._lease.client, self._checker):
+            client.session.close()
+        try:
+            self.etcd._revoke(self.lease_id)
+        except RemoteError:
+            pass  # unreachable now: the lease expires by itself within its TTL
 
     def _keep_alive(self) -> None:
         while not self._stop.wait(self.ttl / 3):
+            stuck = self.stuck()
+            if stuck:
+                # A hung step must not hold the cluster forever: let the lease run out.
+                self._lost = f"stopped renewing it: {stuck} is past its deadline"
+                return
+            sent = boottime()
             try:
                 left = self._lease.refresh()
             except Exception:
@@ -286,17 +403,35 @@ class Lock:
                 # two missed refreshes, and the next tick tries again.
                 continue
             if left <= 0:
-                self._lost.set()
+                self._lost = "its lease expired"
                 return
+            self._renewed = sent
+
+
+def fenced_txn(lock_key: str, revision: int, request: dict) -> dict:
+    """A transaction applying ``request`` only while ``lock_key`` is the key created at ``revision``. Pure."""
+    return {"compare": [{"key": _b64(_bytes(lock_key)), "result": "EQUAL", "target": "CREATE",
+                         "create_revision": revision}],
+            "success": [request], "failure": []}
+
+
+def _transient(error: Exception, unanswered_too: bool) -> bool:
+    if isinstance(error, (gw_errors.ConnectionTimeoutError, requests.Timeout)) and \
+            not (isinstance(error, gw_errors.Etcd3Exception) and _etcd_message(error)):
+        return unanswered_too
+    text = _etcd_message(error) if isinstance(error, gw_errors.Etcd3Exception) else ""
+    return any(marker in text for marker in TRANSIENT)
 
 
 @contextmanager
-def tunnel(conn, remote_port: int = CLIENT_PORT, timeout: float = 5) -> Iterator[Etcd]:
-    """An ``Etcd`` client of the member on ``conn``'s host, through an SSH tunnel to its 127.0.0.1:``remote_port``."""
-    label = f"{conn.host} (SSH tunnel to its 127.0.0.1:{remote_port})"
-    why_not = reachable(conn)
+def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) -> Iterator[Etcd]:
+    """An ``Etcd`` client of the member on ``host``, through an SSH tunnel (over the executor's
+    connection) to its 127.0.0.1:``remote_port``."""
+    label = f"{host} (SSH tunnel to its 127.0.0.1:{remote_port})"
+    why_not = ex.reachable(host)
     if why_not:
         raise RemoteError(f"etcd at {label}: cannot reach over SSH ({why_not})")
+    conn = ex.conn(host)
     try:
         # One channel first: "nothing listens there" is then said at once, not after a timeout.
         conn.transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0),

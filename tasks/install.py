@@ -15,27 +15,24 @@ import shlex
 import sys
 import time
 
-from . import balancer, etcd, machine, push, remote, state
+from . import balancer, machine, push, state
 from .cli import air_task, cluster_of
-from .cluster import check_addresses
-from .errors import AirError, ConfigError, PreflightError
+from .cluster import check_address, check_addresses
+from .errors import AirError, ConfigError, Halt, PreflightError, RemoteError
 from .remote import q, say
+from .session import session
 
 
-def preflight(cluster, machines) -> None:
+def preflight(ex, machines) -> None:
     """Every machine reachable, fresh, with Docker and etcd; else one error naming each problem."""
     def check(address):
-        conn = remote.connect(cluster, address)
-        why = remote.reachable(conn)
+        why = ex.reachable(address)
         if why:
             return f"{address}: unreachable ({why})"
-        try:
-            problems = machine.fresh_problems(machine.facts(conn, cluster))
-        finally:
-            conn.close()
+        problems = machine.fresh_problems(machine.facts(ex, address))
         return f"{address}: {', '.join(problems)}" if problems else None
 
-    problems = [p for p in remote.parallel(check, machines) if p]
+    problems = [p for p in ex.parallel(check, machines) if p]
     if problems:
         installed = any("already" in p for p in problems)
         hint = (" setup-cluster never bootstraps etcd over a running cluster; use add-machine or upgrade."
@@ -43,77 +40,121 @@ def preflight(cluster, machines) -> None:
         raise PreflightError("preflight failed: " + "; ".join(problems) + "." + hint)
 
 
-def install_machine(cluster, address, machines, release, base_doc, state="new") -> None:
+def install_machine(ex, address, machines, release, base_doc, state="new") -> None:
     """Everything but starting: secrets, the final cloud config and its files, the images."""
-    with remote.connect(cluster, address) as conn:
-        doc = machine.final_document(cluster, address, machines, state, release, base_doc)
-        machine.install(conn, cluster, doc, release)
+    doc = machine.final_document(ex.cluster, address, machines, state, release, base_doc)
+    machine.install(ex, address, doc, release)
 
 
-def start_etcd(cluster, machines) -> None:
-    remote.parallel(lambda a: _run_on(cluster, a, machine.start_etcd_command(), "start etcd"), machines)
+def start_etcd(s, machines) -> None:
+    """Start etcd everywhere and wait for its quorum; the session then reaches it."""
+    cluster = s.cluster
+    s.ex.parallel(lambda a: s.ex.run(a, machine.start_etcd_command(), what="start etcd"), machines)
     deadline = time.monotonic() + cluster.timeouts.healthy
-    with remote.connect(cluster, machines[0]) as conn, etcd.tunnel(conn) as client:
-        while not client.healthy():
+    while True:
+        try:
+            s.connect_etcd(machines[0])
+            return
+        except RemoteError as e:
             if time.monotonic() > deadline:
-                raise AirError(f"etcd did not form a healthy cluster within {cluster.timeouts.healthy} s")
+                raise AirError(f"etcd did not form a healthy cluster within {cluster.timeouts.healthy} s ({e})") from None
             time.sleep(0.5)
 
 
-def start_machine(cluster, address) -> None:
-    with remote.connect(cluster, address) as conn:
-        machine.start(conn, cluster)
-        machine.wait_healthy(conn, cluster)
+def start_machine(ex, address) -> None:
+    machine.start(ex, address)
+    machine.wait_healthy(ex, address)
 
 
-def _run_on(cluster, address, command, what):
-    with remote.connect(cluster, address) as conn:
-        return remote.run(conn, command, what=what)
+def wipe_all(ex, machines) -> str:
+    """Every machine back to freshly prepared; '' or what could not be wiped (one line)."""
+    try:
+        ex.parallel(lambda a: machine.wipe(ex, a), machines)
+        return ""
+    except AirError as e:
+        return f"; wiping failed too: {e}"
 
 
-def setup(cluster, machines) -> object:
+def setup(s, machines) -> object:
+    """The install runbook: preflight, install everywhere, etcd, lock, record, start, balancer."""
     started = time.monotonic()
+    cluster, ex = s.cluster, s.ex
     release = push.published_release(cluster)
     say(f"setup-cluster: {cluster.name} on {', '.join(machines)}, release {release.id} "
         f"({', '.join(f'{i.component} {i.version}' for i in release.images)})")
-    preflight(cluster, machines)
+    preflight(ex, machines)
     base_doc = machine.base_document(cluster)
     say("setup-cluster: installing secrets, images, units and cloud config on every machine")
     try:
-        remote.parallel(lambda a: install_machine(cluster, a, machines, release, base_doc), machines)
+        ex.parallel(lambda a: install_machine(ex, a, machines, release, base_doc), machines)
         say("setup-cluster: starting etcd")
-        start_etcd(cluster, machines)
+        start_etcd(s, machines)
+        # From here on, the cluster's lock exists: nothing else may change it meanwhile.
+        s.take_lock("setup-cluster")
     except AirError as failure:
+        if isinstance(failure, Halt):
+            raise
         # Nothing serves yet: put every machine back to freshly prepared, so setup can simply run again.
-        def wipe(address):
-            with remote.connect(cluster, address) as conn:
-                machine.wipe(conn, cluster)
-        remote.parallel(wipe, machines)
+        with ex.finishing():
+            undone = wipe_all(ex, machines)
         raise AirError(f"setup-cluster failed before anything started: {failure}\n"
-                       f"every machine was wiped back to freshly prepared; fix the cause and run it again") from None
-    with remote.connect(cluster, machines[0]) as conn, etcd.tunnel(conn) as client:
-        record = state.write_release(client, cluster, release, outcome="installed")
-        state.add_history(client, cluster, record)
-        state.write_machines(client, cluster, machines)
-    say("setup-cluster: starting the Air units")
-    try:
-        remote.parallel(lambda a: start_machine(cluster, a), machines)
-    except AirError as failure:
-        raise AirError(f"setup-cluster: {failure}\netcd is up with every machine and release {release.id} is "
-                       f"recorded, but not every machine is healthy, and the balancer was not changed; fix the "
-                       f"cause and run `fab rolling-upgrade --cluster {cluster.name}` to finish") from None
-    balancer.set_machines(cluster, machines, reload=True)
+                       + ("every machine was wiped back to freshly prepared; fix the cause and run it again"
+                          if not undone else f"not every machine could be wiped back{undone}")) from None
+    record = state.write_release(s.etcd, cluster, release, outcome="installed")
+    state.add_history(s.etcd, cluster, record)
+    finish(s, machines, release)
     say(f"setup-cluster: {cluster.name} is up on {len(machines)} machines in {time.monotonic() - started:.1f} s")
     return release
 
 
+def finish(s, machines, release) -> None:
+    """The Air units started on every machine, healthy, and the balancer routing to them all."""
+    say("setup-cluster: starting the Air units")
+    try:
+        s.ex.parallel(lambda a: start_machine(s.ex, a), machines)
+    except AirError as failure:
+        if isinstance(failure, Halt):
+            raise
+        raise AirError(f"setup-cluster: {failure}\netcd is up with every machine and release {release.id} is "
+                       f"recorded, but not every machine is healthy, and the balancer was not changed; fix the "
+                       f"cause and run `fab setup-cluster --cluster {s.cluster.name} --resume` to finish") from None
+    balancer.Routers(s.ex).set(machines, reload=True)
+
+
+def resume(s, via) -> object:
+    """Finish a setup that stopped after etcd formed: record the release if none is, start, balancer."""
+    s.connect_etcd(via)
+    s.take_lock("setup-cluster --resume")
+    members = s.etcd.members()
+    if any(m.learner or not m.started for m in members):
+        raise PreflightError("etcd has a member that has not started or is still a learner; "
+                             "remove it first (fab remove-machine)")
+    machines = sorted(state.member_address(m) for m in members)
+    release, _ = state.read_release(s.etcd, s.cluster)
+    if release is None:
+        release = push.published_release(s.cluster)
+        record = state.write_release(s.etcd, s.cluster, release, outcome="installed")
+        state.add_history(s.etcd, s.cluster, record)
+        say(f"setup-cluster: recorded release {release.id}")
+    finish(s, machines, release)
+    say(f"setup-cluster: {s.cluster.name} is up on {', '.join(machines)} with release {release.id}")
+    return release
+
+
 @air_task(name="setup-cluster", help={"cluster": "target cluster",
-                                      "machines": "comma-separated addresses (default: the cluster file's)"})
-def setup_cluster(c, cluster=None, machines=None):
+                                      "machines": "comma-separated addresses (default: the cluster file's)",
+                                      "resume": "finish a setup that stopped after etcd formed",
+                                      "via": "with --resume: the member to reach etcd through"})
+def setup_cluster(c, cluster=None, machines=None, resume_=False, via=None):
     """Install the cluster on freshly prepared machines and start it."""
     target = cluster_of(cluster)
     chosen = check_addresses(machines, "--machines") if machines else list(target.machines)
-    setup(target, chosen)
+    via = check_address(via, "--via") if via else None
+    with session(target, etcd=False, changes=True) as s:
+        if resume_:
+            resume(s, via)
+        else:
+            setup(s, chosen)
 
 
 @air_task(name="create-admin", help={"cluster": "target cluster", "email": "admin's email",
@@ -130,8 +171,8 @@ def create_admin(c, cluster=None, email=None, name=None, machine_=None):
     if not password:
         raise ConfigError("an empty password is not accepted")
     container = f"air-{target.admin.component}"
-    with remote.connect(target, address) as conn:
+    with session(target, etcd=False) as s:
         command = " ".join(q(word) for word in shlex.split(target.admin.command))
-        result = remote.run(conn, f"docker exec -i {q(container)} {command}",
-                            stdin=f"{email}\n{name}\n{password}\n", what="create the admin")
+        result = s.ex.run(address, f"docker exec -i {q(container)} {command}",
+                          stdin=f"{email}\n{name}\n{password}\n", what="create the admin")
     print(result.stdout.strip())

@@ -158,8 +158,8 @@ def final_document(cluster, machine, members, state, release, base_doc=None) -> 
 
 # ---------------------------------------------------------------- steps on one machine
 
-def facts(conn, cluster) -> dict:
-    return parse_facts(remote.run(conn, facts_command(cluster), what="read machine facts").stdout)
+def facts(ex, address) -> dict:
+    return parse_facts(ex.read(address, facts_command(ex.cluster), what="read machine facts").stdout)
 
 
 def secret_files(cluster) -> list:
@@ -169,19 +169,23 @@ def secret_files(cluster) -> list:
             for path in (sorted(folder.iterdir()) if folder.is_dir() else []) if path.is_file()]
 
 
-def wipe(conn, cluster) -> None:
+def wipe(ex, address) -> None:
     """Back to a freshly prepared machine: ``wipe_command``, and the base cloud config in place of
     the final one, so a reboot does not bring the cluster's units back."""
-    remote.run(conn, wipe_command(cluster), what="wipe etcd and the Air units")
-    remote.write_file(conn, cluster.cloud_config, render_base(cluster), 0o600)
+    cluster = ex.cluster
+    ex.run(address, wipe_command(cluster), what="wipe etcd and the Air units",
+           deadline=cluster.timeouts.stop + cluster.timeouts.command)
+    ex.write_file(address, cluster.cloud_config, render_base(cluster), 0o600)
 
 
-def install(conn, cluster, doc: dict, release) -> None:
+def install(ex, address, doc: dict, release) -> None:
     """A machine's secrets, the document's files and the release's images, in one command after
     one SFTP session: what setup-cluster and add-machine do on each machine before starting it."""
-    staged = remote.stage_files(conn, secret_files(cluster) + document_files(cluster, doc))
-    remote.run(conn, f"mkdir -p {q(SECRETS_DIR)} && chmod 0700 {q(SECRETS_DIR)} && {staged.swap} && "
-                     f"{pull_command(cluster, release)}", what=f"install release {release.id}")
+    cluster = ex.cluster
+    staged = ex.stage_files(address, secret_files(cluster) + document_files(cluster, doc))
+    ex.run(address, f"mkdir -p {q(SECRETS_DIR)} && chmod 0700 {q(SECRETS_DIR)} && {staged.swap} && "
+                    f"{pull_command(cluster, release)}", what=f"install release {release.id}",
+           deadline=cluster.timeouts.pull)
 
 
 def document_files(cluster, doc: dict) -> list:
@@ -191,26 +195,27 @@ def document_files(cluster, doc: dict) -> list:
         [(cluster.cloud_config, cloudconfig.render(doc), 0o600)]
 
 
-def apply_document(conn, cluster, doc: dict) -> None:
-    remote.write_files(conn, document_files(cluster, doc))
+def apply_document(ex, address, doc: dict) -> None:
+    ex.write_files(address, document_files(ex.cluster, doc))
 
 
-def stage_document(conn, cluster, doc: dict) -> remote.Staged:
-    """Upload the document's files without putting them in place (see ``remote.stage_files``)."""
-    return remote.stage_files(conn, document_files(cluster, doc))
+def stage_document(ex, address, doc: dict) -> remote.Staged:
+    """Upload the document's files without putting them in place (see ``Executor.stage_files``)."""
+    return ex.stage_files(address, document_files(ex.cluster, doc))
 
 
-def pull(conn, cluster, release, components=None) -> None:
-    remote.run(conn, pull_command(cluster, release, components), what=f"pull release {release.id}")
+def pull(ex, address, release, components=None) -> None:
+    ex.run(address, pull_command(ex.cluster, release, components), what=f"pull release {release.id}",
+           deadline=ex.cluster.timeouts.pull)
 
 
-def start(conn, cluster, components=None) -> None:
-    remote.run(conn, start_command(cluster, components), what="start the Air units")
+def start(ex, address, components=None) -> None:
+    ex.run(address, start_command(ex.cluster, components), what="start the Air units")
 
 
-def stop(conn, cluster, components=None) -> None:
-    remote.run(conn, stop_command(cluster, components), what="stop the Air units",
-               timeout=cluster.timeouts.stop + 60)
+def stop(ex, address, components=None) -> None:
+    ex.run(address, stop_command(ex.cluster, components), what="stop the Air units",
+           deadline=ex.cluster.timeouts.stop + ex.cluster.timeouts.command)
 
 
 def release_facts_command(cluster) -> str:
@@ -223,7 +228,8 @@ def release_facts_command(cluster) -> str:
 
 def parse_release_facts(text: str, cluster) -> dict:
     """{"release": id or "", "components": component -> version, "units": unit -> state}."""
-    sections, current = {"release": [], "components": [], "units": []}, None
+    sections: dict = {"release": [], "components": [], "units": []}
+    current = None
     for line in text.splitlines():
         if line.startswith("--") and line[2:] in sections:
             current = line[2:]
@@ -234,17 +240,15 @@ def parse_release_facts(text: str, cluster) -> dict:
             "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"])))}
 
 
-def release_facts(conn, cluster) -> dict:
-    return parse_release_facts(remote.run(conn, release_facts_command(cluster), what="read the release facts").stdout,
-                               cluster)
+def release_facts(ex, address) -> dict:
+    return parse_release_facts(ex.read(address, release_facts_command(ex.cluster),
+                                       what="read the release facts").stdout, ex.cluster)
 
 
-def wait_healthy(conn, cluster, timeout: int = None) -> None:
-    timeout = timeout or cluster.timeouts.healthy
-    result = remote.run(conn, health_command(cluster, timeout), check=False, timeout=timeout + 30,
-                        what="health check")
+def wait_healthy(ex, address, timeout: int = None) -> None:
+    timeout = timeout or ex.cluster.timeouts.healthy
+    result = ex.read(address, health_command(ex.cluster, timeout), check=False,
+                     deadline=timeout + ex.cluster.timeouts.command, what="health check")
     if result.exited != 0:
-        journal = remote.run(conn, diagnostics_command(cluster), check=False).stdout
-        raise HealthError(f"{conn.host}: {remote.tail(result.stderr, 1)}\n{journal.rstrip()}")
-
-
+        journal = ex.read(address, diagnostics_command(ex.cluster), check=False, what="read the journal").stdout
+        raise HealthError(f"{address}: {remote.tail(result.stderr, 1)}\n{journal.rstrip()}")

@@ -8,27 +8,33 @@ the release recorded in etcd, not whatever is newest in the registry. A
 failure midway removes the membership it added and says so.
 
 A removal takes the machine out of the balancer first, stops it politely
-when it answers, removes it from etcd, and wipes its etcd and Air units so it
-can be added back later. It is refused when the members left alive could
+when it answers, hands etcd's leadership to another member when it leads,
+removes it from etcd, and wipes its etcd and Air units so it can be added
+back later (a learner left behind by a failed add is removed the same way). It is refused when the members left alive could
 not keep quorum, or when one member would remain, unless forced.
 """
 from __future__ import annotations
 
 from cloudconfig.units import ETCD_PEER_PORT, url
 
-from . import balancer, machine, remote, state
+import time
+from typing import Optional
+
+from . import balancer, machine, state
+from . import etcd as etcd_api
 from .cli import air_task, cluster_of
 from .cluster import check_address
-from .errors import AirError, ConfigError, PreflightError
+from .errors import AirError, ConfigError, Interrupted, LostLock, PreflightError, RemoteError
 from .install import install_machine
 from .remote import say
+from .session import session
 
 
 def quorum(voters: int) -> int:
     return voters // 2 + 1
 
 
-def removal_problem(members: list, alive: set, leaving: str) -> str:
+def removal_problem(members: list, alive: set, leaving: str) -> Optional[str]:
     """Why removing ``leaving`` is unsafe (None when it is safe). Pure: members are addresses."""
     remaining = [m for m in members if m != leaving]
     if len(remaining) < 2:
@@ -45,15 +51,11 @@ def _member(client, address):
     return next((m for m in client.members() if state.member_address(m) == address), None)
 
 
-def _probe(cluster, address) -> tuple:
+def _probe(ex, address) -> tuple:
     """(answers SSH, runs etcd) for one machine."""
-    conn = remote.connect(cluster, address)
-    try:
-        if remote.reachable(conn):
-            return False, False
-        return True, machine.facts(conn, cluster).get("etcd_active") == "active"
-    finally:
-        conn.close()
+    if ex.reachable(address):
+        return False, False
+    return True, machine.facts(ex, address).get("etcd_active") == "active"
 
 
 def _check_via(client, cluster, via):
@@ -61,76 +63,108 @@ def _check_via(client, cluster, via):
         raise ConfigError(f"--via {via} is not an etcd member of {cluster.name}")
 
 
-def add(cluster, via: str, new: str) -> None:
-    with state.cluster_etcd(cluster, via) as client:
-        _check_via(client, cluster, via)
-        members = client.members()
-        if any(not m.started or m.learner for m in members):
-            raise PreflightError("etcd has a member that has not started or is still a learner; "
-                                 "finish or remove it first (etcdctl member list)")
-        if _member(client, new) is not None:
-            raise PreflightError(f"{new} is already an etcd member of {cluster.name}")
-        release, _ = state.read_release(client, cluster)
-        if release is None:
-            raise PreflightError(f"{cluster.name} has no release recorded in etcd: run setup-cluster first")
-        addresses = [state.member_address(m) for m in members] + [new]
-        conn = remote.connect(cluster, new)
-        why = remote.reachable(conn)
-        if why:
-            raise PreflightError(f"{new}: unreachable ({why}); nothing was changed")
-        with conn:
-            problems = machine.fresh_problems(machine.facts(conn, cluster))
-            if problems:
-                raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
-            say(f"add-machine: installing release {release.id} on {new}")
-            added = None
-            try:
-                install_machine(cluster, new, addresses, release, machine.base_document(cluster), state="existing")
-                added = client.add_member(url(new, ETCD_PEER_PORT), learner=True)
-                remote.run(conn, machine.start_etcd_command(), what="start etcd")
-                client.promote(added.id, timeout=cluster.timeouts.healthy)
-                machine.start(conn, cluster)
-                machine.wait_healthy(conn, cluster)
-            except AirError as failure:
-                if added is not None:
-                    client.remove_member(added.id)
-                machine.wipe(conn, cluster)
-                undone = "its etcd membership was removed again and " if added is not None else ""
-                raise AirError(f"add-machine {new} failed: {failure}\n"
-                               f"{undone}it was wiped; the cluster is as before") from None
-        state.write_machines(client, cluster, addresses)
-    balancer.add(cluster, new)
+def add(s, via: str, new: str) -> None:
+    cluster, ex, client = s.cluster, s.ex, s.etcd
+    _check_via(client, cluster, via)
+    members = client.members()
+    if any(not m.started or m.learner for m in members):
+        raise PreflightError("etcd has a member that has not started or is still a learner; "
+                             "finish or remove it first (fab remove-machine)")
+    if _member(client, new) is not None:
+        raise PreflightError(f"{new} is already an etcd member of {cluster.name}")
+    release, _ = state.read_release(client, cluster)
+    if release is None:
+        raise PreflightError(f"{cluster.name} has no release recorded in etcd: run setup-cluster first")
+    addresses = [state.member_address(m) for m in members] + [new]
+    why = ex.reachable(new)
+    if why:
+        raise PreflightError(f"{new}: unreachable ({why}); nothing was changed")
+    problems = machine.fresh_problems(machine.facts(ex, new))
+    if problems:
+        raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
+    say(f"add-machine: installing release {release.id} on {new}")
+    added = None
+    try:
+        install_machine(ex, new, addresses, release, machine.base_document(cluster), state="existing")
+        ex.check(f"adding {new} to etcd")
+        added = client.add_member(url(new, ETCD_PEER_PORT), learner=True)
+        ex.run(new, machine.start_etcd_command(), what="start etcd")
+        client.promote(added.id, timeout=cluster.timeouts.healthy)
+        machine.start(ex, new)
+        machine.wait_healthy(ex, new)
+    except AirError as failure:
+        if isinstance(failure, LostLock):
+            raise LostLock(f"{failure}; {new} was left half-added" +
+                           (f" (etcd member {added.id}): remove it with fab remove-machine" if added else
+                            ": wipe it before adding it again")) from None
+        with ex.finishing():
+            undone = _undo_add(s, new, added)
+        raise (Interrupted if isinstance(failure, Interrupted) else AirError)(
+            f"add-machine {new} failed: {failure}\n{undone}") from None
+    balancer.Routers(ex).add(new)
     say(f"add-machine: {new} is a member and serves release {release.id}")
 
 
-def remove(cluster, via: str, old: str, force: bool = False) -> None:
-    if via == old:
-        raise ConfigError("--via must be another member than --machine")
-    with state.cluster_etcd(cluster, via) as client:
-        _check_via(client, cluster, via)
-        member = _member(client, old)
-        if member is None:
-            raise ConfigError(f"{old} is not an etcd member of {cluster.name}")
-        addresses = [state.member_address(m) for m in client.members()]
-        voters = [state.member_address(m) for m in client.members() if not m.learner]
-        probes = dict(zip(addresses, remote.parallel(lambda a: _probe(cluster, a), addresses)))
-        alive = {a for a, (_, etcd_up) in probes.items() if etcd_up}
-        # Learners do not vote: removing one never costs quorum, and they count for none.
-        problem = None if member.learner else removal_problem(voters, alive, old)
-        if problem and not force:
-            raise PreflightError(f"refusing to remove {old}: {problem}. Nothing was changed "
-                                 f"(--force removes it anyway)")
-        balancer.remove(cluster, old)
-        answers = probes[old][0]
-        with remote.connect(cluster, old) as conn:
-            if answers:
-                say(f"remove-machine: stopping the Air units on {old}")
-                machine.stop(conn, cluster)
-            client.remove_member(member.id)
-            if answers:
-                machine.wipe(conn, cluster)
-        state.write_machines(client, cluster, [a for a in addresses if a != old])
+def _undo_add(s, new, added) -> str:
+    """Remove the membership an add made and wipe the machine; says what became of it. A cleanup
+    that fails is reported after the failure it cleans up after, never instead of it."""
+    said = []
+    try:
+        if added is not None:
+            s.etcd.remove_member(added.id)
+            said.append("its etcd membership was removed again")
+        machine.wipe(s.ex, new)
+        said.append("it was wiped; the cluster is as before")
+    except AirError as e:
+        said.append(f"cleaning up failed too ({e}): `fab remove-machine --cluster {s.cluster.name} "
+                    f"--machine {new}` finishes it")
+    return " and ".join(said)
+
+
+def hand_over_leadership(s, leaving: str, via: str) -> None:
+    """When ``leaving`` leads etcd, move leadership to ``via`` first: a leader removed while leading
+    leaves the cluster without one until an election, and writes in flight get no answer."""
+    members = {state.member_address(m): m for m in s.etcd.members()}
+    leader_id = s.etcd.status()["leader"]
+    if members.get(leaving) is None or members[leaving].id != leader_id:
+        return
+    say(f"remove-machine: {leaving} leads etcd; handing leadership to {via}")
+    s.ex.check(f"moving etcd leadership off {leaving}")
+    with etcd_api.tunnel(s.ex, leaving) as at_leader:
+        at_leader.move_leader(members[via].id)
+    deadline = time.monotonic() + s.cluster.timeouts.healthy
+    while s.etcd.status()["leader"] != members[via].id:
+        if time.monotonic() > deadline:
+            raise RemoteError(f"etcd leadership did not move to {via} within {s.cluster.timeouts.healthy} s")
+        time.sleep(0.2)
+
+
+def remove(s, via: str, old: str, force: bool = False) -> None:
+    cluster, ex, client = s.cluster, s.ex, s.etcd
+    _check_via(client, cluster, via)
+    member = _member(client, old)
+    if member is None:
+        raise ConfigError(f"{old} is not an etcd member of {cluster.name}")
+    addresses = [state.member_address(m) for m in client.members()]
+    voters = [state.member_address(m) for m in client.members() if not m.learner]
+    probes = dict(zip(addresses, ex.parallel(lambda a: _probe(ex, a), addresses)))
+    alive = {a for a, (_, etcd_up) in probes.items() if etcd_up}
+    # Learners do not vote: removing one never costs quorum, and they count for none.
+    problem = None if member.learner else removal_problem(voters, alive, old)
+    if problem and not force:
+        raise PreflightError(f"refusing to remove {old}: {problem}. Nothing was changed "
+                             f"(--force removes it anyway)")
+    balancer.Routers(ex).remove(old)
+    answers = probes[old][0]
     if answers:
+        say(f"remove-machine: stopping the Air units on {old}")
+        machine.stop(ex, old)
+    if probes[old][1] and not member.learner:
+        hand_over_leadership(s, old, via)
+    ex.check(f"removing {old} from etcd")
+    client.remove_member(member.id)
+    if answers:
+        machine.wipe(ex, old)
         say(f"remove-machine: {old} removed and wiped")
     else:
         say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
@@ -142,7 +176,9 @@ def remove(cluster, via: str, old: str, force: bool = False) -> None:
 def add_machine(c, cluster=None, via=None, machine_=None):
     """Add a freshly prepared machine to the cluster (etcd learner, promoted, current release, balancer)."""
     target = cluster_of(cluster)
-    add(target, check_address(via, "--via"), check_address(machine_, "--machine"))
+    via, new = check_address(via, "--via"), check_address(machine_, "--machine")
+    with session(target, f"add-machine {new}", via) as s:
+        add(s, via, new)
 
 
 @air_task(name="remove-machine", help={"cluster": "target cluster", "via": "another member",
@@ -151,4 +187,8 @@ def add_machine(c, cluster=None, via=None, machine_=None):
 def remove_machine(c, cluster=None, via=None, machine_=None, force=False):
     """Remove a machine from the cluster: balancer, polite stop, etcd, wipe."""
     target = cluster_of(cluster)
-    remove(target, check_address(via, "--via"), check_address(machine_, "--machine"), force)
+    via, old = check_address(via, "--via"), check_address(machine_, "--machine")
+    if via == old:
+        raise ConfigError("--via must be another member than --machine")
+    with session(target, f"remove-machine {old}", via) as s:
+        remove(s, via, old, force)

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from docker.errors import APIError, ImageNotFound
 
-from . import docker_api, remote, version
+from . import docker_api, version
 from .build import candidate, checkout_commit, read_version
 from .cli import air_task, build_host, cluster_of
 from .errors import ConfigError, PreflightError, RemoteError
 from .registry import RegistryClient, load_credentials
 from .release import Image, Release
 from .remote import say
+from .session import optional_lock, session
 
 
 @dataclass(frozen=True)
@@ -90,27 +91,28 @@ def candidates(api, cluster, components, commit: str) -> dict:
     return images
 
 
-def push_all(cluster, host: str, images: dict = None) -> tuple:
-    """Push what changed; returns the Release and the steps taken."""
+def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
+    """Push what changed; returns the Release and the steps taken (``dry``: the steps push would take)."""
+    cluster = ex.cluster
     registry = RegistryClient.for_registry(cluster.registry)
     registry.check()
     username, password = load_credentials(cluster.registry.credentials)
     auth = {"username": username, "password": password}
-    with remote.connect(cluster, host) as conn:
-        base = read_version(conn, cluster)
-        commit = checkout_commit(conn, cluster)
-        api = docker_api.engine(conn)
-        images = images or candidates(api, cluster, cluster.component_names, commit)
-        steps = plan(cluster, base, images, registry)
-        for step in steps:
-            tags = tags_to_push(cluster, registry, step)
-            if not tags:
-                continue
-            say(f"push: {step.component} {' and '.join(tags)}")
-            try:
-                push_image(api, cluster, step, commit, auth, tags)
-            except APIError as e:
-                raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
+    base = read_version(ex, host)
+    commit = checkout_commit(ex, host)
+    api = docker_api.engine(ex.conn(host))
+    images = images or candidates(api, cluster, cluster.component_names, commit)
+    steps = plan(cluster, base, images, registry)
+    for step in [] if dry else steps:
+        tags = tags_to_push(cluster, registry, step)
+        if not tags:
+            continue
+        ex.check(f"the push of {step.component}")
+        say(f"push: {step.component} {' and '.join(tags)}")
+        try:
+            push_image(api, cluster, step, commit, auth, tags)
+        except APIError as e:
+            raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
     return Release(tuple(s.image for s in steps)), steps
 
 
@@ -135,5 +137,7 @@ def print_report(release: Release, steps: list, as_json: bool) -> None:
 def push(c, cluster=None, json_=False):
     """Push the built images that changed, each with the next version the registry allows."""
     target = cluster_of(cluster)
-    release, steps = push_all(target, build_host(c, target))
+    with session(target, etcd=False, changes=True) as s:
+        optional_lock(s, "push")
+        release, steps = push_all(s.ex, build_host(c, target))
     print_report(release, steps, json_)

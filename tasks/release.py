@@ -7,7 +7,6 @@ again gives the same release, and "nothing changed" is a comparison of ids.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 
@@ -43,13 +42,6 @@ class Release:
         return {"id": self.id,
                 "components": {i.component: {"version": i.version, "digest": i.digest} for i in self.images}}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: dict) -> "Release":
         return cls(tuple(Image(name, c["version"], c["digest"]) for name, c in data["components"].items()))
-
-    @classmethod
-    def from_json(cls, text: str) -> "Release":
-        return cls.from_dict(json.loads(text))

@@ -1,33 +1,45 @@
 """Running things on the cluster's hosts: the one place that talks SSH.
 
 Everything else builds *what* to run (pure functions returning command
-strings, file contents, plans); this module *runs* it. It opens Fabric
-connections that check host keys against the cluster's known_hosts file,
-runs commands through ``sudo -n`` when the login user is not root, writes
-files atomically over SFTP with their mode set before any content arrives
-(so secrets are never readable by others, and never in argv), and fans out
-per-machine work in threads while keeping each machine's outcome.
+strings, file contents, plans); the ``Executor`` here *runs* it. One executor
+serves one task: it opens each host's Fabric ``Connection`` once (its host
+key checked against the cluster's known_hosts, never anything else), watches
+it with SSH keepalives so a vanished or hung peer is noticed within seconds,
+and runs every command under a deadline that also holds on the remote side
+(``timeout`` there ends the command, not only our channel). Commands go
+through ``sudo -n`` when the login user is not root. Files are written
+atomically with their mode set before any content arrives (secrets are never
+readable by others, and never in argv). Before every change it checks that
+the task may still change things: not interrupted, and still holding the
+cluster's lock (``fence``). Work per machine fans out in threads while each
+machine's outcome is kept.
 """
 from __future__ import annotations
 
-import io
 import logging
+import secrets
 import shlex
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, NamedTuple
+from contextlib import contextmanager
+from typing import Callable, Iterable, NamedTuple, Optional
 
 import paramiko
 from fabric import Connection
-from invoke.exceptions import CommandTimedOut
 
-from .errors import AirError, ConfigError, RemoteError
+from .errors import AirError, ConfigError, DeadlineError, Halt, Interrupted, RemoteError
 
 _print_lock = threading.Lock()
 # paramiko logs a refused tunnel channel at ERROR; our own error line already says what failed.
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+
+TIMED_OUT = 124      # what `timeout` exits with when it had to stop the command
+KILL_AFTER = 5       # seconds `timeout` waits after SIGTERM before SIGKILL
+LOCAL_GRACE = 10     # seconds we wait beyond a deadline for the remote `timeout` to answer
+KEEPALIVE_EVERY = 2  # seconds between SSH keepalive requests
 
 
 def say(message: str) -> None:
@@ -41,55 +53,342 @@ def q(value) -> str:
     return shlex.quote(str(value))
 
 
-def connect(cluster, host: str) -> Connection:
-    """A connection to ``host`` with the cluster's login, refusing unknown host keys."""
-    known_hosts = cluster.ssh.known_hosts
-    if not known_hosts.exists():
-        raise ConfigError(f"{cluster.file}: ssh.known_hosts: {known_hosts} does not exist")
-    if not cluster.ssh.key.exists():
-        raise ConfigError(f"{cluster.file}: ssh.key: {cluster.ssh.key} does not exist")
-    conn = Connection(
-        host, user=cluster.ssh.user, port=cluster.ssh.port,
-        connect_timeout=cluster.timeouts.connect,
-        connect_kwargs={"key_filename": [str(cluster.ssh.key)], "look_for_keys": False,
-                        "allow_agent": False, "banner_timeout": cluster.timeouts.connect,
-                        "auth_timeout": cluster.timeouts.connect},
-    )
-    conn.client.load_host_keys(str(known_hosts))
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    conn.air_sudo = cluster.ssh.user != "root"
-    return conn
+def tail(text: str, lines: int = 3) -> str:
+    kept = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return " | ".join(kept[-lines:]) or "(no output)"
 
 
-def _wrapped(conn: Connection, command: str) -> str:
-    if getattr(conn, "air_sudo", False):
-        return f"sudo -n sh -c {q(command)}"
-    return command
+def deadline_wrapped(command: str, deadline: int, sudo: bool) -> str:
+    """``command`` as sent: under ``timeout`` so it ends on the host itself when its deadline
+    passes, through ``sudo -n`` for a login user that is not root. Pure."""
+    wrapped = f"timeout -k {KILL_AFTER} {int(deadline)} sh -c {q(command)}"
+    return f"sudo -n {wrapped}" if sudo else wrapped
 
 
-def run(conn: Connection, command: str, *, check: bool = True, stdin: str = None,
-        timeout: int = None, what: str = None, stream: bool = False):
-    """Run ``command`` on ``conn``'s host; return the invoke Result.
+class Unreachable(RemoteError):
+    """A host that cannot be logged in to; ``reason`` says why in a few words."""
 
-    ``check``: a non-zero exit raises RemoteError naming the host, ``what`` was
-    being done and the last lines of its error output. ``stdin``: text sent as
-    standard input (the way secrets reach a command). ``stream``: show output
-    as it comes (build logs); otherwise it is captured and hidden.
+    def __init__(self, host: str, reason: str):
+        super().__init__(f"{host}: cannot reach over SSH ({reason})")
+        self.reason = reason
+
+
+class Result(NamedTuple):
+    exited: int
+    stdout: str
+    stderr: str
+
+
+class Staged(NamedTuple):
+    swap: str     # the command putting every staged file in place at once
+    discard: str  # the command removing them instead
+
+
+def staged_commands(files, staging: Optional[str], suffix: str) -> Staged:
+    """The commands that put uploaded ``(path, content, mode)`` files in place, or discard them. Pure.
+
+    Without ``staging`` each file was uploaded beside its target as ``<path><suffix>``; with it
+    (the login user may not write there) as ``<staging>/<index>``, installed with its mode. Both
+    commands end with the status of what they did, so they chain with ``&&``.
     """
-    what = what or command.split("\n")[0][:80]
+    files = list(files)
+    folders = " ".join(q(f) for f in sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files}))
+    if staging is None:
+        return Staged(" && ".join([f"mkdir -p {folders}"] +
+                                  [f"mv -f {q(path + suffix)} {q(path)}" for path, _, _ in files]),
+                      "rm -f " + " ".join(q(path + suffix) for path, _, _ in files))
+    moves = " && ".join(f"install -m {mode:o} {q(f'{staging}/{i}')} {q(path + suffix)} && "
+                        f"mv -f {q(path + suffix)} {q(path)}" for i, (path, _, mode) in enumerate(files))
+    cleanup = f"rm -rf {q(staging)}"
+    return Staged(f"if mkdir -p {folders} && {moves}; then {cleanup}; else {cleanup}; false; fi", cleanup)
+
+
+class Executor:
+    """Every remote action of one task, on connections opened once per host."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.fence = None                      # the cluster lock this task holds, once it holds one
+        self.interrupted = threading.Event()   # set by the first Ctrl-C or SIGTERM
+        self.run_id = secrets.token_hex(4)     # staged files of concurrent runs never collide
+        self._conns: dict = {}
+        self._gone: dict = {}                  # host -> why its connection was given up
+        self._host_locks: dict = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._active: dict = {}                # step id -> (host, what, deadline as monotonic time)
+        self._closed = threading.Event()
+
+    # ------------------------------------------------------------ connections
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()
+
+    def _settings(self) -> dict:
+        known_hosts, key = self.cluster.ssh.known_hosts, self.cluster.ssh.key
+        if not known_hosts.exists():
+            raise ConfigError(f"{self.cluster.file}: ssh.known_hosts: {known_hosts} does not exist")
+        if not key.exists():
+            raise ConfigError(f"{self.cluster.file}: ssh.key: {key} does not exist")
+        timeout = self.cluster.timeouts.connect
+        return dict(user=self.cluster.ssh.user, port=self.cluster.ssh.port, connect_timeout=timeout,
+                    connect_kwargs={"key_filename": [str(key)], "look_for_keys": False, "allow_agent": False,
+                                    "banner_timeout": timeout, "auth_timeout": timeout})
+
+    def conn(self, host: str) -> Connection:
+        """The open connection to ``host`` (opened on first use, host key checked); RemoteError if none."""
+        with self._lock:
+            host_lock = self._host_locks.setdefault(host, threading.Lock())
+        with host_lock:
+            conn = self._conns.get(host)
+            if conn is not None and conn.is_connected:
+                return conn
+            if host in self._gone:
+                raise Unreachable(host, self._gone[host])
+            conn = Connection(host, **self._settings())
+            conn.client.load_host_keys(str(self.cluster.ssh.known_hosts))
+            conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            try:
+                conn.open()
+            except Exception as e:  # anything that stops a login is an answer here
+                conn.close()
+                raise Unreachable(host, _reason(e)) from None
+            conn.air_sudo = self.cluster.ssh.user != "root"
+            self._conns[host] = conn
+            threading.Thread(target=self._watch, args=(host, conn), name=f"keepalive {host}", daemon=True).start()
+            return conn
+
+    def reachable(self, host: str) -> Optional[str]:
+        """None when ``host`` can be logged in to, otherwise why not (one line)."""
+        try:
+            self.conn(host)
+            return None
+        except Unreachable as e:
+            return e.reason
+
+    def _watch(self, host: str, conn: Connection) -> None:
+        """Keepalive requests that want an answer: a peer that gives none within the cluster's
+        ``timeouts.alive`` (hung, paused, powered off) has its connection closed, so whatever
+        waits on it fails at once instead of at its deadline."""
+        transport = conn.transport
+        limit = self.cluster.timeouts.alive
+        while not self._closed.wait(KEEPALIVE_EVERY) and transport.is_active():
+            answered = threading.Event()
+
+            def ask():
+                transport.global_request("keepalive@openssh.com", wait=True)
+                answered.set()
+            threading.Thread(target=ask, daemon=True).start()
+            if not answered.wait(limit) and transport.is_active() and not self._closed.is_set():
+                self._gone[host] = f"no answer over SSH for {limit} s (hung or gone)"
+                transport.close()
+                return
+
+    # ------------------------------------------------------------ checks before a change
+
+    def check(self, what: str = "the next change") -> None:
+        """Raise Halt when the task must change nothing more: interrupted (unless finishing the
+        machine in hand), or no longer holding the cluster's lock."""
+        if self.interrupted.is_set() and not getattr(self._local, "finishing", False):
+            raise Interrupted(f"interrupted before {what}")
+        if self.fence is not None:
+            self.fence.confirm()
+
+    @contextmanager
+    def finishing(self):
+        """Within it, an interrupt does not stop this thread's changes: the machine in hand is
+        being finished or put back."""
+        before = getattr(self._local, "finishing", False)
+        self._local.finishing = True
+        try:
+            yield
+        finally:
+            self._local.finishing = before
+
+    def in_flight(self) -> list:
+        """'host: what' of every remote step running now (what a second Ctrl-C may leave half-done)."""
+        with self._lock:
+            return [f"{host}: {what}" for host, what, _ in self._active.values()]
+
+    def stuck(self) -> Optional[str]:
+        """A step past its deadline and grace (its host does not answer), or None."""
+        now = time.monotonic()
+        with self._lock:
+            for host, what, deadline in self._active.values():
+                if now > deadline + LOCAL_GRACE:
+                    return f"{host}: {what}"
+        return None
+
+    @contextmanager
+    def _step(self, host: str, what: str, deadline: float):
+        token = object()
+        with self._lock:
+            self._active[token] = (host, what, time.monotonic() + deadline)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._active[token]
+
+    # ------------------------------------------------------------ commands
+
+    def run(self, host: str, command: str, *, what: str = None, deadline: int = None, stdin: str = None,
+            check: bool = True, change: bool = True) -> Result:
+        """Run ``command`` on ``host`` within ``deadline`` s (default ``timeouts.command``).
+
+        ``change``: it changes something, so the task must still be allowed to (``check``);
+        a read (``change=False``) runs regardless. ``check``: a non-zero exit raises RemoteError
+        naming the host, ``what`` was done and the last lines of its error output. ``stdin``:
+        text sent as standard input (the way secrets reach a command).
+        """
+        what = what or command.split("\n")[0][:80]
+        deadline = int(deadline or self.cluster.timeouts.command)
+        if change:
+            self.check(what)
+        conn = self.conn(host)
+        sent = deadline_wrapped(command, deadline, conn.air_sudo)
+        with self._step(host, what, deadline):
+            status, out, err = self._exec(host, conn, sent, stdin.encode() if stdin is not None else None,
+                                          deadline, what)
+        result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
+        if status == TIMED_OUT:
+            raise DeadlineError(f"{host}: {what}: not done within {deadline} s (stopped there)")
+        if check and status != 0:
+            raise RemoteError(f"{host}: {what} failed (exit {status}): {tail(result.stderr or result.stdout)}")
+        return result
+
+    def read(self, host: str, command: str, *, what: str = None, deadline: int = None,
+             check: bool = True) -> Result:
+        """``run`` for a command that changes nothing."""
+        return self.run(host, command, what=what, deadline=deadline, check=check, change=False)
+
+    def read_bytes(self, host: str, command: str, what: str, deadline: int = None) -> bytes:
+        """The binary standard output of ``command`` (a tar stream, say)."""
+        deadline = int(deadline or self.cluster.timeouts.command)
+        conn = self.conn(host)
+        with self._step(host, what, deadline):
+            status, out, err = self._exec(host, conn, deadline_wrapped(command, deadline, conn.air_sudo),
+                                          None, deadline, what)
+        if status != 0:
+            raise RemoteError(f"{host}: {what} failed (exit {status}): {tail(err.decode(errors='replace'))}")
+        return out
+
+    def _exec(self, host, conn, command: str, stdin: Optional[bytes], deadline: int, what: str) -> tuple:
+        """(exit status, stdout, stderr) of one command on its own channel; gives up ``LOCAL_GRACE``
+        s after ``deadline`` when the host's own ``timeout`` has not answered."""
+        give_up = time.monotonic() + deadline + LOCAL_GRACE
+        errors: list = []
+        try:
+            channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            reader = threading.Thread(target=_drain_stderr, args=(channel, errors), daemon=True)
+            reader.start()
+            chunks = []
+            while True:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout()
+                channel.settimeout(left)
+                data = channel.recv(1 << 16)
+                if not data:
+                    break
+                chunks.append(data)
+            if not channel.status_event.wait(max(0.0, give_up - time.monotonic())):
+                raise socket.timeout()
+            reader.join(max(0.0, give_up - time.monotonic()))
+            status = channel.recv_exit_status()
+            channel.close()
+            return status, b"".join(chunks), b"".join(errors)
+        except socket.timeout:
+            raise DeadlineError(f"{host}: {what}: no answer within {deadline} s") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            why = self._gone.get(host) or _reason(e)
+            raise RemoteError(f"{host}: {what}: connection lost ({why})") from None
+
+    # ------------------------------------------------------------ files
+
+    def sftp(self, host: str):
+        client = self.conn(host).sftp()
+        client.get_channel().settimeout(self.cluster.timeouts.command)
+        return client
+
+    def upload(self, host: str, path: str, content, mode: int) -> None:
+        """Write ``path`` over SFTP as the login user, its mode set before any content is written."""
+        self.check(f"write {path}")
+        try:
+            with self.sftp(host).open(path, "wb") as remote:
+                remote.chmod(mode)
+                remote.write(content.encode() if isinstance(content, str) else content)
+        except (OSError, paramiko.SSHException) as e:
+            raise RemoteError(f"{host}: cannot write {path}: {self._gone.get(host) or _reason(e)}") from None
+
+    def stage_files(self, host: str, files) -> Staged:
+        """Upload ``(path, content, mode)`` files without putting them in place yet; each upload has
+        its mode before its content. Names are unique to this run, so two runs never take each
+        other's files. Returns the commands that swap them in or discard them."""
+        files = list(files)
+        suffix = f".air-new-{self.run_id}"
+        if not self.conn(host).air_sudo:
+            staged = staged_commands(files, None, suffix)
+            folders = " ".join(q(f) for f in sorted({p.rsplit("/", 1)[0] or "/" for p, _, _ in files}))
+            self.run(host, f"mkdir -p {folders}", what="make folders")
+            for path, content, mode in files:
+                self.upload(host, path + suffix, content, mode)
+            return staged
+        staging = self.run(host, "mktemp -d", what="make a private staging folder").stdout.strip()
+        # mktemp ran under sudo; the login user must be able to write into it.
+        self.run(host, f"chown {q(self.cluster.ssh.user)} {q(staging)}", what="own the staging folder")
+        for i, (_, content, mode) in enumerate(files):
+            self.upload(host, f"{staging}/{i}", content, mode)
+        return staged_commands(files, staging, suffix)
+
+    def write_files(self, host: str, files) -> None:
+        """Replace each ``(path, content, mode)`` atomically; no file is ever readable with another mode."""
+        files = list(files)
+        self.run(host, self.stage_files(host, files).swap,
+                 what=f"install {', '.join(p for p, _, _ in files)}"[:120])
+
+    def write_file(self, host: str, path: str, content, mode: int = 0o644) -> None:
+        self.write_files(host, [(path, content, mode)])
+
+    def read_file(self, host: str, path: str, missing=None):
+        """The text of ``path``, or ``missing`` when there is no such file."""
+        result = self.read(host, f"if [ -e {q(path)} ]; then cat {q(path)}; else exit 3; fi", check=False,
+                           what=f"read {path}")
+        if result.exited == 3:
+            return missing
+        if result.exited != 0:
+            raise RemoteError(f"{host}: cannot read {path}: {tail(result.stderr)}")
+        return result.stdout
+
+    # ------------------------------------------------------------ fan-out
+
+    def parallel(self, work: Callable, items: Iterable, *, describe: Callable = str) -> list:
+        return parallel(work, items, describe=describe)
+
+
+def _drain_stderr(channel, sink: list) -> None:
     try:
-        result = conn.run(
-            _wrapped(conn, command), hide=not stream, warn=True, pty=False,
-            in_stream=io.StringIO(stdin) if stdin is not None else False,
-            timeout=timeout,
-        )
-    except CommandTimedOut:
-        raise RemoteError(f"{conn.host}: {what}: no answer within {timeout} s") from None
-    except (paramiko.SSHException, OSError, EOFError) as e:
-        raise RemoteError(f"{conn.host}: cannot reach over SSH ({_reason(e)})") from None
-    if check and result.exited != 0:
-        raise RemoteError(f"{conn.host}: {what} failed (exit {result.exited}): {tail(result.stderr or result.stdout)}")
-    return result
+        while True:
+            data = channel.recv_stderr(1 << 16)
+            if not data:
+                return
+            sink.append(data)
+    except (OSError, paramiko.SSHException, EOFError):
+        return
 
 
 def _reason(error: Exception) -> str:
@@ -105,122 +404,33 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0]
 
 
-def tail(text: str, lines: int = 3) -> str:
-    kept = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return " | ".join(kept[-lines:]) or "(no output)"
-
-
-def reachable(conn: Connection) -> str:
-    """None when ``conn`` can log in, otherwise why not (one line)."""
-    try:
-        conn.open()
-        return None
-    except Exception as e:  # anything that stops a login is an answer here
-        return _reason(e)
-
-
-def upload_file(conn: Connection, path: str, content, mode: int) -> None:
-    """Write ``path`` over SFTP as the login user, its mode set before any content is written."""
-    try:
-        with conn.sftp().open(path, "wb") as remote:
-            remote.chmod(mode)
-            remote.write(content.encode() if isinstance(content, str) else content)
-    except (OSError, paramiko.SSHException) as e:
-        raise RemoteError(f"{conn.host}: cannot write {path}: {_reason(e)}") from None
-
-
-class Staged(NamedTuple):
-    swap: str     # the command putting every staged file in place at once
-    discard: str  # the command removing them instead
-
-
-def stage_files(conn: Connection, files) -> Staged:
-    """Upload ``(path, content, mode)`` files without putting them in place yet. Each upload has
-    its mode before its content: beside its target as ``<path>.air-new``, or, when commands run
-    through sudo, in a private staging folder."""
-    files = list(files)
-    folders = " ".join(q(f) for f in sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files}))
-    if not getattr(conn, "air_sudo", False):
-        run(conn, f"mkdir -p {folders}", what="make folders")
-        for path, content, mode in files:
-            upload_file(conn, f"{path}.air-new", content, mode)
-        return Staged(" && ".join(f"mv -f {q(path + '.air-new')} {q(path)}" for path, _, _ in files),
-                      "rm -f " + " ".join(q(path + ".air-new") for path, _, _ in files))
-    staging = run(conn, "mktemp -d", what="make a private staging folder").stdout.strip()
-    # mktemp ran under sudo; the login user must be able to write into it.
-    run(conn, f"chown {q(conn.user)} {q(staging)}", what="own the staging folder")
-    for i, (path, content, mode) in enumerate(files):
-        upload_file(conn, f"{staging}/{i}", content, mode)
-    swap = " && ".join(f"install -m {mode:o} {q(f'{staging}/{i}')} {q(path + '.air-new')} && "
-                       f"mv -f {q(path + '.air-new')} {q(path)}" for i, (path, _, mode) in enumerate(files))
-    return Staged(f"{{ mkdir -p {folders} && {swap}; }}; status=$?; rm -rf {q(staging)}; exit $status",
-                  f"rm -rf {q(staging)}")
-
-
-def write_files(conn: Connection, files) -> None:
-    """Replace each ``(path, content, mode)`` atomically; no file is ever readable with another mode."""
-    files = list(files)
-    run(conn, stage_files(conn, files).swap, what=f"install {', '.join(p for p, _, _ in files)}"[:120])
-
-
-def write_file(conn: Connection, path: str, content, mode: int = 0o644) -> None:
-    write_files(conn, [(path, content, mode)])
-
-
-def read_file(conn: Connection, path: str, missing=None):
-    """The text of ``path``, or ``missing`` when there is no such file."""
-    result = run(conn, f"if [ -e {q(path)} ]; then cat {q(path)}; else exit 3; fi", check=False)
-    if result.exited == 3:
-        return missing
-    if result.exited != 0:
-        raise RemoteError(f"{conn.host}: cannot read {path}: {tail(result.stderr)}")
-    return result.stdout
-
-
-def read_bytes(conn: Connection, command: str, what: str) -> bytes:
-    """The binary standard output of ``command`` (a tar stream, say)."""
-    conn.open()
-    channel = conn.client.get_transport().open_session()
-    try:
-        channel.exec_command(_wrapped(conn, command))
-        chunks, errors = [], []
-        while True:
-            data = channel.recv(1 << 16)
-            if not data:
-                break
-            chunks.append(data)
-        while channel.recv_stderr_ready():
-            errors.append(channel.recv_stderr(1 << 16))
-        status = channel.recv_exit_status()
-    finally:
-        channel.close()
-    if status != 0:
-        raise RemoteError(f"{conn.host}: {what} failed (exit {status}): "
-                          f"{tail(b''.join(errors).decode(errors='replace'))}")
-    return b"".join(chunks)
-
-
 def parallel(work: Callable, items: Iterable, *, describe: Callable = str) -> list:
     """``work(item)`` for every item at once; results in order, or one AirError naming each failure.
 
     Every item runs to its end even when another fails, so the error says
-    the state of each machine, not only of the first that failed.
+    the state of each machine, not only of the first that failed. A Halt
+    (interrupted, lost lock) is raised as itself, the others' failures added.
     """
     items = list(items)
     if not items:
         return []
     with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
         futures = [pool.submit(work, item) for item in items]
-    results, failures = [], []
+    results, failures, halts = [], [], []
     for item, future in zip(items, futures):
         error = future.exception()
         if error is None:
             results.append(future.result())
+        elif isinstance(error, Halt):
+            halts.append(error)
         elif isinstance(error, AirError):
             name = describe(item)
             failures.append(str(error) if str(error).startswith(f"{name}:") else f"{name}: {error}")
         else:
             raise error
+    if halts:
+        halt = halts[0]
+        raise type(halt)("; ".join([str(halt)] + failures))
     if failures:
         raise RemoteError("; ".join(failures) if len(failures) > 1 else failures[0])
     return results

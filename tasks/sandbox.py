@@ -601,15 +601,15 @@ def change(c, component="router", broken=False, branch="master", version=None, f
 def deploy_sample(c, branch="master"):
     """Deploy the sample application to the sandbox: setup-cluster the first time, deploy afterwards."""
     from . import build, deploy as deploying, install, push, state  # the sandbox's own runbook
+    from .session import optional_lock, session
     local = cluster_config.load("local")
-    try:
-        with state.cluster_etcd(local) as client:
-            installed = state.read_release(client, local)[0] is not None
-    except AirError:
-        installed = False
-    if installed:
-        deploying.deploy_release(local, local.build.host, build.check_branch(branch))
-        return
-    built = build.build_all(local, local.build.host, build.check_branch(branch))
-    push.push_all(local, local.build.host, built["images"])
-    install.setup(local, list(local.machines))
+    branch = build.check_branch(branch)
+    with session(local, etcd=False, changes=True) as s:
+        optional_lock(s, f"sandbox.deploy {branch}")
+        if s.etcd is not None and state.read_release(s.etcd, local)[0] is not None:
+            deploying.deploy_release(s, local.build.host, branch)
+            return
+        built = build.build_all(s.ex, local.build.host, branch)
+        push.push_all(s.ex, local.build.host, built["images"])
+    with session(local, etcd=False, changes=True) as s:
+        install.setup(s, list(local.machines))

@@ -2,7 +2,7 @@
 
 The cluster is its own record: the current release (component -> version
 and digest, with branch, commit, who and when), the history of releases with
-their outcome, the machine list and the deploy lock all live under
+their outcome and the deploy lock all live under
 ``/air/<cluster>/``. This module is the one home of those keys and of the
 shape of their values; ``tasks.etcd`` carries them.
 """
@@ -13,11 +13,8 @@ import json
 import socket
 from datetime import datetime, timezone
 
-from contextlib import ExitStack, contextmanager
 from urllib.parse import urlsplit
 
-from . import etcd, remote
-from .errors import RemoteError
 from .release import Release
 
 
@@ -35,10 +32,6 @@ def history_prefix(cluster) -> str:
 
 def history_key(cluster, stamp: str) -> str:
     return history_prefix(cluster) + stamp
-
-
-def machines_key(cluster) -> str:
-    return prefix(cluster) + "machines"
 
 
 def lock_key(cluster) -> str:
@@ -85,42 +78,6 @@ def history(etcd, cluster) -> list:
     """Release records, oldest first."""
     items = etcd.get_prefix(history_prefix(cluster))
     return [json.loads(v) for _, v in sorted(items.items())]
-
-
-def write_machines(etcd, cluster, machines) -> None:
-    etcd.put(machines_key(cluster), json.dumps(list(machines)))
-
-
-def read_machines(etcd, cluster) -> list:
-    text = etcd.get(machines_key(cluster))
-    return json.loads(text) if text else []
-
-
-
-
-@contextmanager
-def cluster_etcd(cluster, via: str = None):
-    """An etcd client of the cluster: through ``via``, else the first machine of the file that answers."""
-    reasons = []
-    for address in [via] if via else list(cluster.machines):
-        conn = remote.connect(cluster, address)
-        stack = ExitStack()
-        try:
-            client = stack.enter_context(etcd.tunnel(conn))
-            if client.healthy():
-                break
-            reasons.append(f"{address}: etcd there has no quorum")
-        except RemoteError as e:
-            reasons.append(str(e))
-        stack.close()
-        conn.close()
-    else:
-        raise RemoteError("no healthy etcd member reachable: " + "; ".join(reasons))
-    try:
-        yield client
-    finally:
-        stack.close()
-        conn.close()
 
 
 def member_address(member) -> str:

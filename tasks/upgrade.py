@@ -1,32 +1,40 @@
-"""Upgrading machines to a release without downtime: facts, a plan, then one machine at a time.
+"""Bringing machines to a release without downtime: the one rollout behind every upgrade.
 
-First the facts of every machine (its release file, components, unit states,
-whether the balancer routes to it) and a pure ``plan``: a machine already
-serving the release is left alone, one that runs it but is out of the
-balancer (a deploy killed after its start) is only checked and put back, the
-others restart just the components whose version changes. Then every machine
-to upgrade pulls the images and has its files staged, all at once, while
-still serving. Then group by group (one machine by default; ``--batch`` never
-takes out so many that most of the cluster is out of the balancer) the group
-leaves the balancer in the same reload that puts the previous group back, one
-command restarts what changes on the staged files, and the health check must
-pass. At the first failure the machine is put back on the release it ran
-before and into the balancer, nothing further is touched, and the error names
-the machine, the failed check and the journal's last lines.
+deploy, rolling-upgrade, upgrade-machine and rollback all use ``Rollout``:
+it reads the facts of every machine once (its release file, components, unit
+states, whether the balancer routes to it) together with the balancer's
+routers file, warns about drift (a member out of the balancer, a machine on
+another release than the recorded one), and makes a pure ``plan``: a machine
+already serving the release is left alone, one that runs it but is out of
+the balancer (a deploy killed after its start) is only checked and put back,
+the others restart just the components whose version changes. ``--plan``
+prints that and changes nothing. Applying it, every machine to upgrade pulls
+the images and has its files staged, all at once, while still serving; then
+group by group (one machine by default; ``--batch`` never takes out so many
+that most of the cluster is out of the balancer) the group leaves the
+balancer in the same reload that puts the previous group back, one command
+restarts what changes on the staged files, and the health check must pass.
+
+At the first failure, or an interrupt, the machine in hand is put back on the
+release it ran before and into the balancer, nothing further is touched, and
+the error names the machine, the failed check and the journal's last lines.
+A task that lost the cluster's lock changes nothing at all: it says which
+machine it left out of the balancer.
 """
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
-from . import balancer, machine, remote, state
+from . import balancer, machine, state
 from .cli import air_task, cluster_of
 from .cluster import check_address
-from .errors import AirError, ConfigError, HealthError, RemoteError
+from .errors import AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, RemoteError
 from .release import Release
 from .remote import say
-
+from .session import session
 
 # What bringing one machine to a release takes (``machine_action``).
 NOTHING, READD, UPGRADE = "nothing", "re-add", "upgrade"
@@ -34,11 +42,6 @@ NOTHING, READD, UPGRADE = "nothing", "re-add", "upgrade"
 
 class UpgradeFailed(AirError):
     """An upgrade stopped; the message names the machines and the state each was left in."""
-
-
-def install_release(conn, cluster, address, members, release, base_doc) -> None:
-    doc = machine.final_document(cluster, address, members, "existing", release, base_doc)
-    machine.apply_document(conn, cluster, doc)
 
 
 def machine_action(running: str, units: dict, listed: bool, release_id: str) -> str:
@@ -82,105 +85,16 @@ def routed(members, serving, done, out) -> list:
     return [m for m in members if (m in serving or m in done) and m not in out]
 
 
-def read_facts(cluster, conns) -> dict:
-    addresses = sorted(conns)
-    return dict(zip(addresses, remote.parallel(lambda a: machine.release_facts(conns[a], cluster), addresses)))
-
-
-def prepare(cluster, conns, steps, release, members, base_doc) -> dict:
-    """Pull the release and stage its files on every machine to upgrade, all at once (serving is
-    not disturbed); returns address -> ``remote.Staged``."""
-    def one(step):
-        conn = conns[step.machine]
-        machine.pull(conn, cluster, release, step.restart)
-        doc = machine.final_document(cluster, step.machine, members, "existing", release, base_doc)
-        return machine.stage_document(conn, cluster, doc)
-    upgrades = [s for s in steps if s.action == UPGRADE]
-    return dict(zip((s.machine for s in upgrades), remote.parallel(one, upgrades)))
-
-
-def carry_out(cluster, conn, step: Step, staged, release, previous, members, base_doc) -> tuple:
-    """One machine, out of the balancer: restart what changes on the staged files, then its health
-    check. Returns (None, None) on success, else (why, restored?) with ``previous`` restored if it can be."""
-    started = time.monotonic()
-    try:
-        if step.action == UPGRADE:
-            remote.run(conn, " && ".join([machine.stop_command(cluster, step.restart), staged.swap,
-                                          machine.start_command(cluster, step.restart)]),
-                       what=f"restart {', '.join(step.restart) or 'nothing'} on release {release.id}",
-                       timeout=cluster.timeouts.stop + 60)
-        machine.wait_healthy(conn, cluster)
-    except (HealthError, RemoteError) as failure:
-        restored, how = _restore(conn, cluster, step.machine, members, previous, base_doc)
-        return f"upgrade of {step.machine} to {release.id} failed: {failure}\n{how}", restored
-    took = f"{time.monotonic() - started:.1f} s"
-    say(f"upgrade: {step.machine} runs {release.id}, restarted {', '.join(step.restart) or 'nothing'} ({took})"
-        if step.action == UPGRADE else
-        f"upgrade: {step.machine} already ran {release.id}; healthy, back in the balancer ({took})")
-    return None, None
-
-
-def _restore(conn, cluster, address, members, previous, base_doc) -> tuple:
-    if previous is None:
-        return False, f"{address} is out of the balancer; no earlier release to restore."
-    try:
-        machine.stop(conn, cluster)
-        install_release(conn, cluster, address, members, previous, base_doc)
-        machine.start(conn, cluster)
-        machine.wait_healthy(conn, cluster)
-        return True, f"{address} is back on release {previous.id} and in the balancer."
-    except AirError as e:
-        return False, f"restoring {address} to {previous.id} failed too ({e}); it is out of the balancer."
-
-
-def execute(cluster, conns, steps, release, previous, members, routers, batch: int = 1) -> list:
-    """Carry out ``steps``: prepare every machine at once, then group by group take the group out of
-    the balancer (the same reload puts the previous group back), restart and check it. Stops at the
-    first failure; returns the machines done."""
-    base_doc = machine.base_document(cluster)
-    staged = prepare(cluster, conns, steps, release, members, base_doc)
-    serving, done = routers.listed(), []
-    for i in range(0, len(steps), batch):
-        group = steps[i:i + batch]
-        routers.set(routed(members, serving, done, [s.machine for s in group]))
-        outcomes = remote.parallel(lambda s: carry_out(cluster, conns[s.machine], s, staged.pop(s.machine, None),
-                                                        release, previous, members, base_doc), group)
-        failed = [(s, why, restored) for s, (why, restored) in zip(group, outcomes) if why]
-        done += [s.machine for s, (why, _) in zip(group, outcomes) if not why]
-        if failed:
-            back = [s.machine for s, _, restored in failed if restored]
-            routers.set(routed(members, serving, done + back, [s.machine for s, _, r in failed if not r]))
-            for address, files in staged.items():  # machines never reached keep nothing staged
-                remote.run(conns[address], files.discard, check=False)
-            message = "\n".join(why for _, why, _ in failed)
-            if done:
-                message += (f"\nalready upgraded to {release.id}: {', '.join(done)} "
-                            f"(fab rolling-upgrade puts them back on the cluster's release)")
-            raise UpgradeFailed(message)
-    routers.set(routed(members, serving, done, []))
-    return done
-
-
-def batch_limit(machines: int, wanted: int) -> int:
-    """How many machines may be upgraded at once: a majority always stays in the balancer."""
-    return max(1, min(int(wanted), (machines - 1) // 2))
-
-
-def member_machines(client) -> list:
-    return [state.member_address(m) for m in client.members() if not m.learner]
-
-
-def open_all(cluster, addresses) -> tuple:
-    """(connections by address, 'address (why)' for each that cannot be logged in to), at once."""
-    def open_one(address):
-        conn = remote.connect(cluster, address)
-        why = remote.reachable(conn)
-        if why:
-            conn.close()
-        return conn, why
-    opened = dict(zip(addresses, remote.parallel(open_one, addresses)))
-    down = [f"{a} ({why})" for a, (_, why) in opened.items() if why]
-    return {a: conn for a, (conn, why) in opened.items() if not why}, down
+def drift(cluster, members, facts: dict, listed, recorded: Release) -> Optional[str]:
+    """One warning line when the cluster is not as recorded (a member out of the balancer, a
+    machine on another release), with the command that fixes it; None when all is as recorded. Pure."""
+    problems = [f"{m} is out of the balancer" for m in members if m not in listed]
+    if recorded is not None:
+        problems += [f"{m} runs release {facts[m]['release'] or '(none)'}, not the recorded {recorded.id}"
+                     for m in members if m in facts and facts[m]["release"] != recorded.id]
+    if not problems:
+        return None
+    return f"warning: {cluster.name} drifted: {'; '.join(problems)} (`fab rolling-upgrade --cluster {cluster.name}` fixes it)"
 
 
 def describe(steps, machines, release: Release) -> list:
@@ -199,83 +113,264 @@ def describe(steps, machines, release: Release) -> list:
     return lines
 
 
-def upgrade(cluster, client, release: Release, previous: Release, only=None, batch: int = 1,
-            dry: bool = False) -> list:
-    """Bring the member machines (or ``only`` those) to ``release``; returns those that changed.
-    Refuses at once, changing nothing, when one of them does not answer: a machine found down
-    halfway would leave the cluster on two releases. ``dry``: print the plan, change nothing."""
-    members = sorted(member_machines(client))
-    routers = balancer.Routers(cluster)
-    # The balancer is reached while the machines are: neither waits for the other.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(routers.__enter__)
-        conns, down = open_all(cluster, only or members)
-        facts = read_facts(cluster, conns) if not down else {}
-    try:
-        opening.result()
-        if down:
-            raise UpgradeFailed(f"not upgrading {cluster.name} to {release.id}: unreachable: {'; '.join(down)}. "
-                                f"No machine was changed.")
-        steps = plan(cluster, release, facts, routers.listed())
-        if dry:
-            for line in describe(steps, conns, release):
-                print(line)
-            return []
-        for address in sorted(set(conns) - {s.machine for s in steps}):
-            say(f"upgrade: {address} already runs {release.id}; left alone")
-        return execute(cluster, conns, steps, release, previous, members, routers,
-                       batch_limit(len(members), batch))
-    finally:
-        routers.__exit__(None, None, None)
-        for conn in conns.values():
-            conn.close()
+def batch_limit(machines: int, wanted: int) -> int:
+    """How many machines may be upgraded at once: a majority always stays in the balancer."""
+    return max(1, min(int(wanted), (machines - 1) // 2))
 
 
-def rolling_with_record(cluster, client, release: Release, previous: Release, batch=1, **meta) -> list:
-    """The rolling upgrade, with the cluster's current release and history kept right in etcd."""
-    record = state.write_release(client, cluster, release, outcome="upgrading", **meta)
-    try:
-        changed = upgrade(cluster, client, release, previous, batch=batch)
-    except AirError as failure:
-        record["outcome"] = f"failed: {str(failure).splitlines()[0]}"
-        state.add_history(client, cluster, record)
-        if previous is not None:
-            state.write_release(client, cluster, previous, outcome="restored after a failed upgrade")
-        raise
-    record["outcome"] = "succeeded"
-    state.write_release(client, cluster, release, **{k: v for k, v in record.items() if k not in ("id", "components")})
-    state.add_history(client, cluster, record)
-    return changed
+def member_machines(client) -> list:
+    return [state.member_address(m) for m in client.members() if not m.learner]
 
 
-def target_release(cluster, via=None, release_id=None):
+class Rollout:
+    """Bringing the member machines (or ``only`` those) of a session's cluster to ``release``.
+
+    Built from one read of the facts; ``steps`` is the plan, ``apply()`` carries it out.
+    ``previous``: the release a failed or interrupted machine is put back on.
+    """
+
+    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1):
+        self.s, self.ex, self.cluster = s, s.ex, s.cluster
+        self.release, self.previous = release, previous
+        self.members = sorted(member_machines(s.etcd))
+        self.machines = sorted(only or self.members)
+        self.batch = batch_limit(len(self.members), batch)
+        self.routers = balancer.Routers(self.ex)
+        self.down, self.facts = self._read()
+        self.steps = plan(self.cluster, release, self.facts, self.routers.listed()) if not self.down else []
+        self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous) \
+            if not self.down and only is None else None
+        self._base_doc: Optional[dict] = None
+
+    def _read(self) -> tuple:
+        """(machines that cannot be logged in to, with why; facts of the others), with the
+        balancer read at the same time: neither waits for the other."""
+        def one(address):
+            why = self.ex.reachable(address)
+            return (why, None) if why else (None, machine.release_facts(self.ex, address))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            reading = pool.submit(self.routers.listed)
+            found = dict(zip(self.machines, self.ex.parallel(one, self.machines)))
+            reading.result()
+        down = [f"{a} ({why})" for a, (why, _) in found.items() if why]
+        return down, {a: facts for a, (why, facts) in found.items() if not why}
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.down and not self.steps
+
+    def describe(self) -> list:
+        return describe(self.steps, self.machines, self.release)
+
+    @property
+    def base_doc(self) -> dict:
+        if self._base_doc is None:
+            self._base_doc = machine.base_document(self.cluster)
+        return self._base_doc
+
+    # ------------------------------------------------------------ applying
+
+    def apply(self) -> list:
+        """Carry out the plan; returns the machines done. Refuses at once, changing nothing, when a
+        machine did not answer: one found down halfway would leave the cluster on two releases."""
+        if self.down:
+            raise UpgradeFailed(f"not upgrading {self.cluster.name} to {self.release.id}: unreachable: "
+                                f"{'; '.join(self.down)}. No machine was changed.")
+        if self.warning:
+            say(self.warning)
+        for address in sorted(set(self.machines) - {s.machine for s in self.steps}):
+            say(f"upgrade: {address} already runs {self.release.id}; left alone")
+        staged = self._prepare()
+        serving = self.routers.listed()
+        done: list = []
+        for i in range(0, len(self.steps), self.batch):
+            group = self.steps[i:i + self.batch]
+            names = [s.machine for s in group]
+            try:
+                self.ex.check(f"the upgrade of {', '.join(names)}")
+                self.routers.set(routed(self.members, serving, done, names))
+            except Halt as halt:
+                self._halt_between(halt, serving, done, staged)
+            except AirError as failure:
+                raise UpgradeFailed(self._balancer_failed(failure, done)) from None
+            outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group)
+            done += [s.machine for s, (failure, _) in zip(group, outcomes) if failure is None]
+            failed = [(s, failure, how) for s, (failure, how) in zip(group, outcomes) if failure is not None]
+            if failed:
+                self._stop_after(failed, serving, done, staged)
+        try:
+            self.routers.set(routed(self.members, serving, done, []))
+        except Halt as halt:
+            self._halt_between(halt, serving, done, staged)
+        except AirError as failure:
+            raise UpgradeFailed(self._balancer_failed(failure, done)) from None
+        return done
+
+    def _balancer_failed(self, failure, done) -> str:
+        out = [m for m in self.members if m not in self.routers.listed()]
+        return (f"the balancer could not be changed: {failure}; " + self._left(done, "no other machine was touched")
+                + (f"; out of the balancer: {', '.join(out)} (`fab rolling-upgrade --cluster {self.cluster.name}` "
+                   f"puts it back once the balancer answers)" if out else ""))
+
+    def _halt_between(self, halt, serving, done, staged) -> None:
+        """Stopped between machines, none in hand: when interrupted the machines done go back in;
+        when the lock is lost nothing more changes, and the error says who is out of the balancer."""
+        if isinstance(halt, LostLock):
+            out = [m for m in self.members if m not in self.routers.listed()]
+            raise LostLock(f"{halt}; " + self._left(done, "nothing else was changed") +
+                           (f"; out of the balancer: {', '.join(out)}" if out else "")) from None
+        with self.ex.finishing():
+            self.routers.set(routed(self.members, serving, done, []))
+            self._discard(staged)
+        raise Interrupted(self._left(done, "every machine is in the balancer")) from None
+
+    def _stop_after(self, failed, serving, done, staged) -> None:
+        """The end of a rollout at a group with failures: those restored go back in, then raise."""
+        lost = [f for f in failed if isinstance(f[1], LostLock)]
+        if lost:
+            # Not ours to change any more: say what is where and stop.
+            out = ", ".join(s.machine for s, _, _ in failed)
+            raise LostLock(f"{lost[0][1]}; left out of the balancer mid-upgrade: {out}; "
+                           + self._left(done, "nothing else was changed"))
+        back = [s.machine for s, _, how in failed if how.startswith("restored")]
+        still_out = [s.machine for s, _, how in failed if not how.startswith("restored")]
+        with self.ex.finishing():
+            self.routers.set(routed(self.members, serving, done + back, still_out))
+            self._discard(staged)
+        interrupted = [f for f in failed if isinstance(f[1], Interrupted)]
+        if interrupted:
+            raise Interrupted(f"{'; '.join(how for _, _, how in failed)}; " +
+                              self._left(done, "no other machine was touched"))
+        message = "\n".join(f"upgrade of {s.machine} to {self.release.id} failed: {failure}\n{how}"
+                            for s, failure, how in failed)
+        if done:
+            message += (f"\nalready upgraded to {self.release.id}: {', '.join(done)} "
+                        f"(fab rolling-upgrade puts them back on the cluster's release)")
+        raise UpgradeFailed(message)
+
+    def _left(self, done, rest: str) -> str:
+        upgraded = f"upgraded to {self.release.id}: {', '.join(done)}; " if done else ""
+        return f"{upgraded}{rest}"
+
+    def _discard(self, staged) -> None:
+        for address, files in staged.items():  # machines never reached keep nothing staged
+            self.ex.run(address, files.discard, check=False, what="discard the staged files")
+
+    def _prepare(self) -> dict:
+        """Pull the release and stage its files on every machine to upgrade, all at once (serving is
+        not disturbed); returns address -> ``remote.Staged``."""
+        def one(step):
+            machine.pull(self.ex, step.machine, self.release, step.restart)
+            return machine.stage_document(self.ex, step.machine, self._document(step.machine, self.release))
+        upgrades = [s for s in self.steps if s.action == UPGRADE]
+        return dict(zip((s.machine for s in upgrades), self.ex.parallel(one, upgrades)))
+
+    def _document(self, address, release) -> dict:
+        return machine.final_document(self.cluster, address, self.members, "existing", release, self.base_doc)
+
+    def _carry_out(self, step: Step, staged) -> tuple:
+        """One machine, out of the balancer: restart what changes on the staged files, then its health
+        check. Returns (None, None) on success, else (the failure, what became of the machine)."""
+        started = time.monotonic()
+        try:
+            if step.action == UPGRADE:
+                self.ex.run(step.machine, " && ".join([
+                    machine.stop_command(self.cluster, step.restart), staged.swap,
+                    machine.start_command(self.cluster, step.restart)]),
+                    what=f"restart {', '.join(step.restart) or 'nothing'} on release {self.release.id}",
+                    deadline=self.cluster.timeouts.stop + self.cluster.timeouts.command)
+            machine.wait_healthy(self.ex, step.machine)
+            if self.ex.interrupted.is_set() and step.action == UPGRADE:
+                raise Interrupted(f"interrupted during the upgrade of {step.machine}")
+        except LostLock as lost:
+            return lost, "left as it was"
+        except (HealthError, RemoteError, Interrupted) as failure:
+            with self.ex.finishing():
+                return failure, self._restore(step.machine)
+        took = f"{time.monotonic() - started:.1f} s"
+        say(f"upgrade: {step.machine} runs {self.release.id}, restarted {', '.join(step.restart) or 'nothing'} ({took})"
+            if step.action == UPGRADE else
+            f"upgrade: {step.machine} already ran {self.release.id}; healthy, back in the balancer ({took})")
+        return None, None
+
+    def _restore(self, address) -> str:
+        """Put ``address`` back on the previous release; says how that went ("restored ..." when it did)."""
+        if self.previous is None:
+            return f"{address} is out of the balancer; no earlier release to restore."
+        try:
+            machine.stop(self.ex, address)
+            machine.apply_document(self.ex, address, self._document(address, self.previous))
+            machine.start(self.ex, address)
+            machine.wait_healthy(self.ex, address)
+            return f"restored: {address} is back on release {self.previous.id} and in the balancer."
+        except LostLock:
+            raise
+        except AirError as e:
+            return f"restoring {address} to {self.previous.id} failed too ({e}); it is out of the balancer."
+
+    def apply_recorded(self, **meta) -> list:
+        """``apply`` with the cluster's current release and history kept right in etcd."""
+        record = state.write_release(self.s.etcd, self.cluster, self.release, outcome="upgrading", **meta)
+        try:
+            changed = self.apply()
+        except LostLock:
+            raise  # its records are not ours to write any more
+        except AirError as failure:
+            kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+            record["outcome"] = f"{kind}: {str(failure).splitlines()[0]}"
+            state.add_history(self.s.etcd, self.cluster, record)
+            if self.previous is not None:
+                state.write_release(self.s.etcd, self.cluster, self.previous,
+                                    outcome=f"restored after {'an interrupted' if kind == 'interrupted' else 'a failed'} upgrade")
+            raise
+        record["outcome"] = "succeeded"
+        state.write_release(self.s.etcd, self.cluster, self.release,
+                            **{k: v for k, v in record.items() if k not in ("id", "components")})
+        state.add_history(self.s.etcd, self.cluster, record)
+        return changed
+
+
+def print_plan(rollout: Rollout) -> None:
+    if rollout.down:
+        print(f"unreachable: {'; '.join(rollout.down)}: the rollout would refuse to start")
+    if rollout.warning:
+        print(rollout.warning)
+    for line in rollout.describe():
+        print(line)
+
+
+def target_release(s, release_id=None) -> tuple:
     """(release wanted, release the cluster is recorded at) from etcd; ``release_id`` picks one from history."""
-    with state.cluster_etcd(cluster, via) as client:
-        current, _ = state.read_release(client, cluster)
-        if release_id is None:
-            if current is None:
-                raise ConfigError(f"cluster {cluster.name} has no release recorded in etcd: run setup-cluster")
-            return current, current
-        for record in reversed(state.history(client, cluster)):
-            if record["id"] == release_id:
-                return Release.from_dict(record), current
-    raise ConfigError(f"no release {release_id!r} in the history of {cluster.name} (see fab releases)")
+    current, _ = state.read_release(s.etcd, s.cluster)
+    if release_id is None:
+        if current is None:
+            raise ConfigError(f"cluster {s.cluster.name} has no release recorded in etcd: run setup-cluster")
+        return current, current
+    for record in reversed(state.history(s.etcd, s.cluster)):
+        if record["id"] == release_id:
+            return Release.from_dict(record), current
+    raise ConfigError(f"no release {release_id!r} in the history of {s.cluster.name} (see fab releases)")
 
 
 @air_task(name="upgrade-machine", help={"cluster": "target cluster", "machine": "machine address",
                                         "release": "release id (default: the cluster's current release)",
-                                        "via": "member to reach etcd through"})
-def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None):
+                                        "via": "member to reach etcd through",
+                                        "plan": "print what the machine needs and change nothing"})
+def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None, plan_=False):
     """Upgrade one machine to the cluster's release (drain, stop politely, install, start, check, re-add)."""
     target = cluster_of(cluster)
     address = check_address(machine_, "--machine")
     via = check_address(via, "--via") if via else None
-    wanted, current = target_release(target, via, release)
-    with state.cluster_etcd(target, via) as client:
-        members = sorted(member_machines(client))
+    with session(target, None if plan_ else f"upgrade-machine {address}", via) as s:
+        wanted, current = target_release(s, release)
+        members = sorted(member_machines(s.etcd))
         if address not in members:
             raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
-        changed = upgrade(target, client, wanted, current, only=[address])
+        rollout = Rollout(s, wanted, current, only=[address])
+        if plan_:
+            print_plan(rollout)
+            return
+        changed = rollout.apply()
     print(f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
 
 
@@ -287,8 +382,11 @@ def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=Fals
     """Upgrade every member machine to the cluster's release, one at a time."""
     target = cluster_of(cluster)
     via = check_address(via, "--via") if via else None
-    wanted, current = target_release(target, via, release)
-    with state.cluster_etcd(target, via) as client:
-        changed = upgrade(target, client, wanted, current, batch=int(batch), dry=plan_)
-    if not plan_:
-        print(f"release {wanted.id}: {len(changed)} machine(s) upgraded")
+    with session(target, None if plan_ else "rolling-upgrade", via) as s:
+        wanted, current = target_release(s, release)
+        rollout = Rollout(s, wanted, current, batch=int(batch))
+        if plan_:
+            print_plan(rollout)
+            return
+        changed = rollout.apply()
+    print(f"release {wanted.id}: {len(changed)} machine(s) upgraded")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
 import semver
@@ -20,15 +19,6 @@ import semver
 from .errors import ConfigError
 
 MAJOR_MINOR = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
-
-
-def read_version(path) -> Tuple[int, int]:
-    """(major, minor) from a VERSION file holding ``MAJOR.MINOR``, read as text."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8", "replace")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_version(text, path)
 
 
 def parse_version(text: str, where) -> Tuple[int, int]:

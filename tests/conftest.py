@@ -6,9 +6,13 @@ the end, unless AIR_SANDBOX_KEEP=1, which keeps it for fast reruns while
 developing. A test that changes the cluster restores what it changed, or
 says in its fixture what state it leaves.
 """
+import http.client
+import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +21,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES, SPARES = 3, 2
+
+
+def _layout():
+    """The sandbox's addresses, as `sandbox.status` reports them (from its layout, which follows
+    AIR_SANDBOX_SUBNET): no test writes an address of its own."""
+    from tasks import sandbox as sb
+    nodes = sb.layout(MACHINES, SPARES)
+    role = lambda r: [n.address for n in nodes if n.role == r]
+    return role("machine"), role("spare"), role("balancer")[0], role("build")[0]
+
+
+MACHINE_ADDRESSES, SPARE_ADDRESSES, BALANCER_ADDRESS, BUILD_ADDRESS = _layout()
+SUBNET = BALANCER_ADDRESS.rsplit(".", 1)[0]
+NOBODY = f"{SUBNET}.99"  # in the sandbox's subnet, but no container has it
 
 
 def pytest_collection_modifyitems(items):
@@ -46,10 +64,34 @@ def error_line(proc) -> str:
 
 
 def on(cluster, address, command, check=True):
-    """Run ``command`` on one host of the cluster over SSH; returns the invoke Result."""
-    from tasks import remote
-    with remote.connect(cluster, address) as conn:
-        return remote.run(conn, command, check=check)
+    """Run ``command`` on one host of the cluster over SSH; returns the Result."""
+    from tasks.remote import Executor
+    with Executor(cluster) as ex:
+        return ex.run(address, command, check=check)
+
+
+def on_each(cluster, command, machines=None) -> dict:
+    """machine -> standard output of ``command`` there, over SSH, side by side."""
+    from tasks.remote import Executor
+    machines = list(machines or cluster.machines)
+    with Executor(cluster) as ex:
+        return dict(zip(machines, ex.parallel(lambda a: ex.run(a, command, what=command[:40]).stdout, machines)))
+
+
+def listed(cluster) -> list:
+    """The machines the balancer's routers file lists."""
+    from tasks import balancer
+    from tasks.remote import Executor
+    with Executor(cluster) as ex:
+        return balancer.Routers(ex).listed()
+
+
+@contextmanager
+def etcd_of(cluster, via=None):
+    """An etcd client of the cluster (no lock taken)."""
+    from tasks.session import session
+    with session(cluster, via=via) as s:
+        yield s.etcd
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +118,21 @@ def clock(request):
                 reporter.write_line(f"{seconds:7.1f} s  {what}")
 
 
+@pytest.fixture(scope="module")
+def figures(request):
+    """``figures(line)`` keeps a measured figure; a module's figures are printed at its end, even under -q."""
+    lines = []
+    yield lines.append
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and lines:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_sep("-", f"figures of {request.module.__name__}")
+            for line in lines:
+                reporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def sandbox():
     """The sandbox's status (fab sandbox.status --json), up for the whole session."""
@@ -95,22 +152,23 @@ def local(sandbox):
 def serving(cluster) -> bool:
     """True when the cluster's etcd has exactly its machines as started members, a release is
     recorded, every machine runs that release and the balancer lists exactly those machines."""
-    from tasks import balancer, machine, remote, state
+    from tasks import balancer, machine, state
     from tasks.errors import AirError
+    from tasks.session import session
     try:
-        with state.cluster_etcd(cluster) as client:
-            members = client.members()
-            release, _ = state.read_release(client, cluster)
-        addresses = sorted(state.member_address(m) for m in members)
-        if release is None or addresses != sorted(cluster.machines) or any(m.learner or not m.started for m in members):
-            return False
+        with session(cluster) as s:
+            members = s.etcd.members()
+            release, _ = state.read_release(s.etcd, cluster)
+            addresses = sorted(state.member_address(m) for m in members)
+            if release is None or addresses != sorted(cluster.machines) or \
+                    any(m.learner or not m.started for m in members):
+                return False
 
-        def runs(address):
-            with remote.connect(cluster, address) as conn:
-                facts = machine.release_facts(conn, cluster)
+            def runs(address):
+                facts = machine.release_facts(s.ex, address)
                 return facts["release"] == release.id and set(facts["units"].values()) == {"active"}
-        return all(remote.parallel(runs, cluster.machines)) and \
-            sorted(balancer.listed(cluster)) == addresses
+            return all(s.ex.parallel(runs, cluster.machines)) and \
+                sorted(balancer.Routers(s.ex).listed()) == addresses
     except AirError:
         return False
 
@@ -119,10 +177,13 @@ def install_fresh(sandbox, cluster):
     """Reset every sandbox machine to freshly prepared, build and push master, and set the cluster up."""
     from tasks import build, install, push
     from tasks import sandbox as sb
+    from tasks.session import session
     sb.reset_machines([m["address"] for m in sandbox["machines"]])
-    built = build.build_all(cluster, cluster.build.host, cluster.build.branch)
-    push.push_all(cluster, cluster.build.host, built["images"])
-    install.setup(cluster, list(cluster.machines))
+    with session(cluster, etcd=False) as s:
+        built = build.build_all(s.ex, cluster.build.host, cluster.build.branch)
+        push.push_all(s.ex, cluster.build.host, built["images"])
+    with session(cluster, etcd=False) as s:
+        install.setup(s, list(cluster.machines))
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +194,96 @@ def installed(sandbox, local):
         install_fresh(sandbox, local)
     assert serving(local)
     return local
+
+
+# ---------------------------------------------------------------- traffic through the balancer
+
+class Probe:
+    """Steady GET /version requests to the balancer in a thread, until stopped or a bound is reached."""
+
+    def __init__(self, address, port, max_requests=3000, max_seconds=120, interval=0.04):
+        self.address, self.port = address, port
+        self.max_requests, self.max_seconds, self.interval = max_requests, max_seconds, interval
+        self.sent = self.failed = 0
+        self.errors = []        # (seconds into the probe, what went wrong), the first few
+        self.releases = {}      # release id -> answers naming it
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="balancer probe", daemon=True)
+
+    def __enter__(self):
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.monotonic() - self._started
+
+    def _run(self):
+        while not self._stop.is_set() and self.sent < self.max_requests \
+                and time.monotonic() - self._started < self.max_seconds:
+            self.sent += 1
+            try:
+                answer = get_version(self.address, self.port)
+                self.releases[answer.get("release")] = self.releases.get(answer.get("release"), 0) + 1
+            except Exception as e:  # any failure is what is counted
+                self.failed += 1
+                if len(self.errors) < 10:
+                    self.errors.append((round(time.monotonic() - self._started, 2), repr(e)[:160]))
+            self._stop.wait(self.interval)
+
+    @property
+    def covered(self) -> bool:
+        """True when it stopped because it was told to, not because a bound was reached."""
+        return self.sent < self.max_requests and self.seconds < self.max_seconds + 1
+
+    def report(self, what) -> str:
+        return (f"{what}: probe sent {self.sent} requests in {self.seconds:.1f} s, {self.failed} failed; "
+                f"releases answered: {self.releases}" + (f"; errors: {self.errors}" if self.errors else ""))
+
+
+def get_version(address, port, timeout=10) -> dict:
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", "/version")
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise AssertionError(f"HTTP {response.status}: {body[:100]!r}")
+    return json.loads(body)
+
+
+class Running:
+    """A `fab` run in the background whose progress lines (standard error) can be waited for."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines, self._queue = [], queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._queue.put(line.rstrip("\n"))
+
+    def wait_for(self, prefix: str, within: float = 120) -> str:
+        """The next progress line starting with ``prefix``."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.05, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line {prefix!r} within {within} s; so far:\n" + "\n".join(self.lines))
+            if line.startswith(prefix):
+                return line
+
+    def finish(self, within: float = 300) -> subprocess.CompletedProcess:
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=within)
+        self._reader.join(5)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, "\n".join(self.lines) + "\n")

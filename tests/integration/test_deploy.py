@@ -20,74 +20,17 @@ import time
 import pytest
 
 from cloudconfig.units import container_name
-from tasks import balancer, machine, remote, state
+from tasks import machine, state
 from tasks import sandbox as sb
+from tasks.remote import Executor
 
-from conftest import ROOT, fab, serving
+from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, serving
 
 CHANGED = "static_website"   # the component a normal change touches
 BROKEN = "air_frontend"      # the component a broken release breaks
 
 
 # ---------------------------------------------------------------- reading the cluster from outside
-
-class Probe:
-    """Steady GET /version requests to the balancer in a thread, until stopped or a bound is reached."""
-
-    def __init__(self, address, port, max_requests=3000, max_seconds=120, interval=0.04):
-        self.address, self.port = address, port
-        self.max_requests, self.max_seconds, self.interval = max_requests, max_seconds, interval
-        self.sent = self.failed = 0
-        self.errors = []        # (seconds into the probe, what went wrong), the first few
-        self.releases = {}      # release id -> answers naming it
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="balancer probe", daemon=True)
-
-    def __enter__(self):
-        self._started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.seconds = time.monotonic() - self._started
-
-    def _run(self):
-        while not self._stop.is_set() and self.sent < self.max_requests \
-                and time.monotonic() - self._started < self.max_seconds:
-            self.sent += 1
-            try:
-                answer = get_version(self.address, self.port)
-                self.releases[answer.get("release")] = self.releases.get(answer.get("release"), 0) + 1
-            except Exception as e:  # any failure is what is counted
-                self.failed += 1
-                if len(self.errors) < 10:
-                    self.errors.append((round(time.monotonic() - self._started, 2), repr(e)[:160]))
-            self._stop.wait(self.interval)
-
-    @property
-    def covered(self) -> bool:
-        """True when it stopped because it was told to, not because a bound was reached."""
-        return self.sent < self.max_requests and self.seconds < self.max_seconds + 1
-
-    def report(self, what) -> str:
-        return (f"{what}: probe sent {self.sent} requests in {self.seconds:.1f} s, {self.failed} failed; "
-                f"releases answered: {self.releases}" + (f"; errors: {self.errors}" if self.errors else ""))
-
-
-def get_version(address, port, timeout=10) -> dict:
-    conn = http.client.HTTPConnection(address, port, timeout=timeout)
-    try:
-        conn.request("GET", "/version")
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise AssertionError(f"HTTP {response.status}: {body[:100]!r}")
-    return json.loads(body)
-
 
 def balancer_view(sandbox, machines, tries=60) -> dict:
     """machine -> its /version answer, asked through the balancer until every machine answered."""
@@ -101,34 +44,23 @@ def balancer_view(sandbox, machines, tries=60) -> dict:
     return seen
 
 
-def on_machines(cluster, command, machines=None) -> dict:
-    """machine -> standard output of ``command`` there, over SSH."""
-    machines = list(machines or cluster.machines)
-
-    def run(address):
-        with remote.connect(cluster, address) as conn:
-            return remote.run(conn, command, what=command[:40]).stdout
-    return dict(zip(machines, remote.parallel(run, machines)))
-
-
 def start_times(cluster, machines=None) -> dict:
     """machine -> {component: start time of its container}."""
     names = [c.name for c in cluster.components]
     command = "; ".join(f"docker inspect -f '{{{{.State.StartedAt}}}}' {container_name(n)}" for n in names)
-    return {m: dict(zip(names, out.split())) for m, out in on_machines(cluster, command, machines).items()}
+    return {m: dict(zip(names, out.split())) for m, out in on_each(cluster, command, machines).items()}
 
 
 def machine_releases(cluster) -> dict:
     """machine -> its /etc/air/state/release."""
-    def read(address):
-        with remote.connect(cluster, address) as conn:
-            return machine.release_facts(conn, cluster)["release"]
-    return dict(zip(cluster.machines, remote.parallel(read, cluster.machines)))
+    with Executor(cluster) as ex:
+        return dict(zip(cluster.machines, ex.parallel(lambda a: machine.release_facts(ex, a)["release"],
+                                                      cluster.machines)))
 
 
 def recorded(cluster):
     """(current release record, history, lock holder) from the cluster's etcd."""
-    with state.cluster_etcd(cluster) as client:
+    with etcd_of(cluster) as client:
         return state.read_release(client, cluster)[1], state.history(client, cluster), \
             client.holder(state.lock_key(cluster))
 
@@ -244,7 +176,7 @@ def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, lo
     assert f"{first} is back on release {old['id']}" in proc.stderr
     # The first machine runs the old release again; the others were never touched.
     assert_on_release(sandbox, local_serving, old["id"])
-    assert sorted(balancer.listed(local_serving)) == sorted(machines)
+    assert sorted(listed(local_serving)) == sorted(machines)
     assert fab("lock.status", "--cluster", "local").stdout.strip() == "free"
     current, history_after, _ = recorded(local_serving)
     assert current["outcome"] == "restored after a failed upgrade"
@@ -262,7 +194,7 @@ def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, lo
 
 def test_a_second_deploy_is_refused_while_the_lock_is_held(sandbox, local_serving, clock):
     holder = {"who": "test_deploy@pytest", "since": state.now(), "why": "holding the lock for a test"}
-    with state.cluster_etcd(local_serving) as client:
+    with etcd_of(local_serving) as client:
         with client.acquire(state.lock_key(local_serving), holder, local_serving.timeouts.lock):
             with clock("deploy refused by the lock"):
                 began = time.monotonic()
@@ -296,10 +228,10 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             if line.startswith("balancer: routes to"):
                 break
-        listed = line.split("to", 1)[1].replace(",", " ").split()
-        upgrading = next(m for m in machines if m not in listed)
-        with remote.connect(local_serving, upgrading) as conn:
-            while machine.release_facts(conn, local_serving)["release"] == before["id"]:
+        routed_to = line.split("to", 1)[1].replace(",", " ").split()
+        upgrading = next(m for m in machines if m not in routed_to)
+        with Executor(local_serving) as ex:
+            while machine.release_facts(ex, upgrading)["release"] == before["id"]:
                 assert time.monotonic() < deadline, f"{upgrading} never got the new release"
                 time.sleep(0.05)
     finally:
@@ -309,7 +241,7 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
     _, _, holder = recorded(local_serving)
     assert holder is not None and holder["why"].startswith("deploy"), "the killed deploy should still hold the lock"
     print(f"\nkilled the deploy once {upgrading} had the new release, out of the balancer "
-          f"(balancer: {', '.join(balancer.listed(local_serving))})")
+          f"(balancer: {', '.join(listed(local_serving))})")
 
     # The cluster keeps serving from the machines in the balancer while the lock runs out.
     lease = local_serving.timeouts.lock
@@ -418,11 +350,15 @@ def test_upgrade_machine_leaves_a_machine_on_the_release_alone_and_rolling_upgra
 
     # --plan says what each machine needs, and changes nothing.
     plan = fab("rolling-upgrade", "--cluster", "local", "--plan").stdout.strip().splitlines()
+    # The machine on another release is drift, said first with its fix.
+    assert plan[0] == (f"warning: local drifted: {last} runs release {older}, not the recorded {current['id']} "
+                       f"(`fab rolling-upgrade --cluster local` fixes it)")
+    plan = plan[1:]
     assert plan[:-1] == [f"{m}: already runs {current['id']}; nothing to do" for m in machines[:-1]]
     assert plan[-1].startswith(f"{last}: out of the balancer, restart ") and plan[-1].endswith(
         f"on {current['id']}, health check, back in")
     assert start_times(local_serving) == started and machine_releases(local_serving)[last] == older
-    assert sorted(balancer.listed(local_serving)) == sorted(machines)
+    assert sorted(listed(local_serving)) == sorted(machines)
 
     with clock("rolling-upgrade of one machine out of three"):
         with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import cluster as cluster_config, remote, sandbox as sb
+from tasks import cluster as cluster_config, sandbox as sb
+from tasks.remote import Executor, q
 from tasks.registry import RegistryClient
 
 from conftest import ROOT, fab
@@ -84,8 +85,9 @@ def session(sandbox, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def build_server(local):
-    with remote.connect(local, local.build.host) as conn:
-        yield conn
+    """(executor, build server address)."""
+    with Executor(local) as ex:
+        yield ex, local.build.host
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +202,8 @@ def test_a_new_minor_version_goes_to_changed_components_only(session, registry):
 # ---------------------------------------------------------------- two clusters, two branches
 
 def head_of(build_server, checkout) -> str:
-    return remote.run(build_server, f"git -C {remote.q(checkout)} rev-parse HEAD").stdout.strip()
+    ex, host = build_server
+    return ex.run(host, f"git -C {q(checkout)} rev-parse HEAD").stdout.strip()
 
 
 def test_two_clusters_on_different_branches_keep_separate_checkouts_and_images(session, stage, registry,
@@ -297,11 +300,11 @@ def test_branch_that_does_not_exist(session, target, registry, build_server):
 
 def test_branch_with_shell_characters_is_refused_before_anything_runs(session, target, registry, build_server):
     name, _ = target
-    assert remote.run(build_server, "test -e /tmp/pwned", check=False).exited == 1
+    assert build_server[0].run(build_server[1], "test -e /tmp/pwned", check=False).exited == 1
     before = snapshot(session, registry)
     message = refused("build", "--cluster", name, "--branch", "x;touch /tmp/pwned", env=session.env)
     assert message.startswith("error: branch 'x;touch /tmp/pwned' is not a valid branch name")
-    assert remote.run(build_server, "test -e /tmp/pwned", check=False).exited == 1
+    assert build_server[0].run(build_server[1], "test -e /tmp/pwned", check=False).exited == 1
     assert snapshot(session, registry) == before
 
 

@@ -19,15 +19,16 @@ import pytest
 import requests
 import yaml
 
-from tasks import build, machine, push, remote, state
+from tasks import build, machine, push, state
 from tasks import sandbox as sb
 from tasks.registry import RegistryClient, load_credentials
+from tasks.remote import Executor
+from tasks.session import session
 from tasks.version import newest
 
-from conftest import error_line, fab, on, serving
+from conftest import MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, error_line, etcd_of, fab, on, serving
 
-SPARE = "10.213.7.24"
-NOBODY = "10.213.7.99"   # in the sandbox's subnet, but no container has it
+SPARE = SPARE_ADDRESSES[0]
 ADMINS = "/var/lib/air/air_backend/admins"
 OUTPUTS = []             # every `fab` run of the module: no secret may appear in any
 
@@ -49,8 +50,8 @@ def member_ids(cluster, address):
 
 
 def facts(cluster, address):
-    with remote.connect(cluster, address) as conn:
-        return machine.facts(conn, cluster)
+    with Executor(cluster) as ex:
+        return machine.facts(ex, address)
 
 
 def registry_release(cluster):
@@ -69,8 +70,9 @@ def setup_run(sandbox, local, clock):
     with clock("reset the 3 machines"):
         sb.reset_machines(list(local.machines))
     with clock("build + push master (what is already pushed is not pushed again)"):
-        built = build.build_all(local, local.build.host, local.build.branch)
-        pushed, _ = push.push_all(local, local.build.host, built["images"])
+        with session(local, etcd=False) as s:
+            built = build.build_all(s.ex, local.build.host, local.build.branch)
+            pushed, _ = push.push_all(s.ex, local.build.host, built["images"])
     with clock("fab setup-cluster --cluster local"):
         proc = run_fab("setup-cluster", "--cluster", "local")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -80,7 +82,7 @@ def setup_run(sandbox, local, clock):
 @pytest.fixture(scope="module")
 def recorded(setup_run, local):
     """The release record etcd holds after the install."""
-    with state.cluster_etcd(local) as client:
+    with etcd_of(local) as client:
         _, record = state.read_release(client, local)
     return record
 
@@ -196,9 +198,9 @@ def test_create_admin_stores_the_admin_but_not_the_password(setup_run, local):
 
 @pytest.mark.parametrize("args, expected", [
     (("setup-cluster", "--cluster", "nosuch"), "error: unknown cluster 'nosuch'"),
-    (("setup-cluster", "--cluster", "local", "--machines", "10.213.7.21,10.213.7.300"),
-     "error: command line: --machines[1]: expected an IPv4 or IPv6 address, got '10.213.7.300'"),
-    (("setup-cluster", "--cluster", "local", "--machines", "10.213.7.24,10.213.7.24"),
+    (("setup-cluster", "--cluster", "local", "--machines", f"{MACHINE_ADDRESSES[0]},{NOBODY}00"),
+     f"error: command line: --machines[1]: expected an IPv4 or IPv6 address, got '{NOBODY}00'"),
+    (("setup-cluster", "--cluster", "local", "--machines", f"{SPARE},{SPARE}"),
      "error: command line: --machines: expected a non-empty list of distinct IPv4 or IPv6 addresses"),
     (("setup-cluster",), "error: --cluster is required"),
     (("create-admin", "--cluster", "local", "--email", "nobody", "--name", "Ada"),

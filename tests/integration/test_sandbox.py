@@ -17,7 +17,8 @@ import time
 import pytest
 import requests
 
-from tasks import docker_api, remote, sandbox as sb
+from tasks import docker_api, sandbox as sb
+from tasks.remote import Executor, q
 from tasks.errors import RemoteError
 from tasks.registry import RegistryClient, load_credentials
 
@@ -29,26 +30,18 @@ by_name = pytest.mark.parametrize("node", MACHINE_NODES, ids=lambda n: n.name)
 
 
 @pytest.fixture(scope="module")
-def connections(local):
-    """One SSH connection per host, opened on first use, closed at the end of the module."""
-    opened = {}
-
-    def to(address):
-        if address not in opened:
-            opened[address] = remote.connect(local, address)
-        return opened[address]
-
-    yield to
-    for conn in opened.values():
-        conn.close()
+def ex(local):
+    """One executor for the module: one SSH connection per host, opened on first use."""
+    with Executor(local) as executor:
+        yield executor
 
 
 @pytest.fixture(scope="module")
-def probe_image(local, connections):
+def probe_image(local, ex):
     """The build server's base image, pushed under a test-only name; yields (reference, image ID)."""
     repository = f"{local.registry.address}/t{secrets.token_hex(4)}/sandbox_probe"
     username, password = load_credentials(local.registry.credentials)
-    api = docker_api.engine(connections(local.build.host))
+    api = docker_api.engine(ex.conn(local.build.host))
     api.tag(sb.BASE_IMAGE, repository, "1")
     for chunk in api.push(repository, tag="1", auth_config={"username": username, "password": password},
                           stream=True, decode=True):
@@ -79,9 +72,9 @@ def test_status_json_has_the_documented_keys(sandbox):
 # ---------------------------------------------------------------- every machine, spares included
 
 @by_name
-def test_machine_answers_ssh_with_the_sandbox_key_and_a_checked_host_key(local, connections, node):
-    conn = connections(node.address)
-    assert remote.run(conn, "hostname").stdout.strip() == node.name
+def test_machine_answers_ssh_with_the_sandbox_key_and_a_checked_host_key(local, ex, node):
+    conn = ex.conn(node.address)
+    assert ex.run(node.address, "hostname").stdout.strip() == node.name
     offered = conn.client.get_transport().get_remote_server_key()
     known = conn.client.get_host_keys().lookup(node.address)
     assert known is not None and known[offered.get_name()] == offered
@@ -89,29 +82,28 @@ def test_machine_answers_ssh_with_the_sandbox_key_and_a_checked_host_key(local, 
 
 
 @by_name
-def test_machine_runs_systemd(connections, node):
-    result = remote.run(connections(node.address), "systemctl is-system-running", check=False)
+def test_machine_runs_systemd(ex, node):
+    result = ex.run(node.address, "systemctl is-system-running", check=False)
     assert result.stdout.strip() == "running", \
-        remote.run(connections(node.address), "systemctl --failed --no-legend --plain", check=False).stdout
-    assert remote.run(connections(node.address), "ps -o comm= -p 1").stdout.strip() == "systemd"
+        ex.run(node.address, "systemctl --failed --no-legend --plain", check=False).stdout
+    assert ex.run(node.address, "ps -o comm= -p 1").stdout.strip() == "systemd"
 
 
 @by_name
-def test_machine_has_an_active_docker_service(connections, node):
-    result = remote.run(connections(node.address), "systemctl is-active docker", check=False)
+def test_machine_has_an_active_docker_service(ex, node):
+    result = ex.run(node.address, "systemctl is-active docker", check=False)
     assert result.stdout.strip() == "active"
 
 
 @by_name
-def test_machine_pulls_from_the_registry(connections, probe_image, node):
+def test_machine_pulls_from_the_registry(ex, probe_image, node):
     reference, image_id = probe_image
-    conn = connections(node.address)
     try:
-        remote.run(conn, f"docker pull -q {remote.q(reference)}", what=f"pull {reference}")
-        pulled = remote.run(conn, f"docker image inspect --format '{{{{.Id}}}}' {remote.q(reference)}")
+        ex.run(node.address, f"docker pull -q {q(reference)}", what=f"pull {reference}")
+        pulled = ex.run(node.address, f"docker image inspect --format '{{{{.Id}}}}' {q(reference)}")
         assert pulled.stdout.strip() == image_id
     finally:
-        remote.run(conn, f"docker image rm -f {remote.q(reference)} >/dev/null 2>&1 || true")
+        ex.run(node.address, f"docker image rm -f {q(reference)} >/dev/null 2>&1 || true")
 
 
 # ---------------------------------------------------------------- a key that is not the machine's is refused
@@ -131,9 +123,9 @@ def test_a_machine_with_another_key_than_known_hosts_says_is_refused(local, tmp_
     machine = MACHINE_NODES[0]
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"{machine.address} {other_key[0]} {other_key[1]}\n")
-    with remote.connect(with_known_hosts(local, known_hosts), machine.address) as conn:
+    with Executor(with_known_hosts(local, known_hosts)) as other:
         with pytest.raises(RemoteError) as refused:
-            remote.run(conn, "touch /tmp/air-should-not-exist")
+            other.run(machine.address, "touch /tmp/air-should-not-exist")
     assert str(refused.value) == f"{machine.address}: cannot reach over SSH (host key does not match known_hosts: refusing)"
 
 
@@ -143,9 +135,9 @@ def test_a_machine_missing_from_known_hosts_is_refused(local, tmp_path, other_ke
     # Another host's real key: the file is valid, only this machine is not in it.
     known_hosts.write_text(next(line for line in local.ssh.known_hosts.read_text().splitlines()
                                 if line.startswith(other.address + " ")) + "\n")
-    with remote.connect(with_known_hosts(local, known_hosts), machine.address) as conn:
+    with Executor(with_known_hosts(local, known_hosts)) as other:
         with pytest.raises(RemoteError) as refused:
-            remote.run(conn, "true")
+            other.run(machine.address, "true")
     assert str(refused.value) == f"{machine.address}: cannot reach over SSH (host key not in known_hosts: refusing)"
 
 

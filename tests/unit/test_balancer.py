@@ -1,16 +1,18 @@
-"""The balancer: the routers file rendered and read back (pure), and set_machines' plan (remote mocked).
+"""The balancer: the routers file rendered and read back (pure), and what ``Routers`` runs.
 
-``balancer_config`` is text in, text out; ``balancer.set_machines`` reads the
+``balancer_config`` is text in, text out; ``balancer.Routers`` reads the
 file first and only writes, validates and reloads when the machine list
-changes, which is checked here with ``tasks.remote`` replaced by a mock.
+changes, which is checked here on the recording executor.
 """
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
 
 from tasks import balancer
 from tasks.balancer_config import BACKEND, HEADER, machines_in, main_config, routers_file
+from tasks.errors import LostLock
+
+from .fakes import FakeExecutor, FakeFence
 
 ROUTERS = """\
 # Written by air-deploy; do not edit by hand.
@@ -68,65 +70,66 @@ def test_check_command_quotes_paths():
     assert balancer.check_command("/etc/my haproxy.cfg", "/tmp/x") == "haproxy -c -q -f '/etc/my haproxy.cfg' -f /tmp/x"
 
 
-# ---------------------------------------------------------------- set_machines, remote mocked
+# ---------------------------------------------------------------- Routers, on the recording executor
 
 CLUSTER = SimpleNamespace(balancer=SimpleNamespace(
     host="10.0.0.100", port=80, routers_file="/etc/haproxy/air-routers.cfg", config="/etc/haproxy/haproxy.cfg"))
+CANDIDATE = "/etc/haproxy/air-routers.cfg.air-candidate-run1"
 
 
 @pytest.fixture
-def remote(mocker):
-    """tasks.balancer's remote, with a balancer whose routers file lists 10.0.0.1 and 10.0.0.2."""
-    fake = mocker.patch("tasks.balancer.remote")
-    fake.connect.return_value = nullcontext("conn")
-    fake.read_file.return_value = ROUTERS
+def ex():
+    """An executor whose balancer's routers file lists 10.0.0.1 and 10.0.0.2."""
+    fake = FakeExecutor(CLUSTER)
+    fake.files[("10.0.0.100", "/etc/haproxy/air-routers.cfg")] = (ROUTERS, 0o644)
     return fake
 
 
-def test_set_machines_with_nothing_to_change_neither_writes_nor_reloads(remote):
-    assert balancer.set_machines(CLUSTER, ["10.0.0.1", "10.0.0.2"]) == ["10.0.0.1", "10.0.0.2"]
-    remote.read_file.assert_called_once_with("conn", "/etc/haproxy/air-routers.cfg", missing="")
-    remote.upload_file.assert_not_called()
-    remote.run.assert_not_called()
+def test_set_with_nothing_to_change_neither_writes_nor_reloads(ex):
+    assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2"]) == ["10.0.0.1", "10.0.0.2"]
+    assert ex.commands(changes_only=True) == []
+    assert ("10.0.0.100", CANDIDATE) not in ex.files
 
 
-def test_set_machines_ignores_repeated_machines(remote):
-    assert balancer.set_machines(CLUSTER, ["10.0.0.1", "10.0.0.2", "10.0.0.1"]) == ["10.0.0.1", "10.0.0.2"]
-    remote.run.assert_not_called()
+def test_set_ignores_repeated_machines(ex):
+    assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2", "10.0.0.1"]) == ["10.0.0.1", "10.0.0.2"]
+    assert ex.commands(changes_only=True) == []
 
 
-def test_set_machines_writes_a_candidate_checks_it_then_swaps_and_reloads(remote):
-    assert balancer.set_machines(CLUSTER, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == \
-        ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
-    candidate = "/etc/haproxy/air-routers.cfg.air-candidate"
-    remote.upload_file.assert_called_once_with(
-        "conn", candidate, routers_file(80, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]), 0o644)
-    assert [c.args[1] for c in remote.run.call_args_list] == [
-        f"haproxy -c -q -f /etc/haproxy/haproxy.cfg -f {candidate} && "
-        f"mv -f {candidate} /etc/haproxy/air-routers.cfg && systemctl reload haproxy",
+def test_set_writes_a_candidate_checks_it_then_swaps_and_reloads(ex):
+    assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert ex.files[("10.0.0.100", CANDIDATE)] == (routers_file(80, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]), 0o644)
+    assert ex.commands(changes_only=True) == [
+        f"haproxy -c -q -f /etc/haproxy/haproxy.cfg -f {CANDIDATE} && "
+        f"mv -f {CANDIDATE} /etc/haproxy/air-routers.cfg && systemctl reload haproxy",
     ]
 
 
-def test_add_of_a_listed_machine_changes_nothing(remote):
-    assert balancer.add(CLUSTER, "10.0.0.2") == ["10.0.0.1", "10.0.0.2"]
-    remote.upload_file.assert_not_called()
-    remote.run.assert_not_called()
+def test_add_of_a_listed_machine_changes_nothing(ex):
+    assert balancer.Routers(ex).add("10.0.0.2") == ["10.0.0.1", "10.0.0.2"]
+    assert ex.commands(changes_only=True) == []
 
 
-def test_remove_of_an_unlisted_machine_changes_nothing(remote):
-    assert balancer.remove(CLUSTER, "10.0.0.9") == ["10.0.0.1", "10.0.0.2"]
-    remote.upload_file.assert_not_called()
-    remote.run.assert_not_called()
+def test_remove_of_an_unlisted_machine_changes_nothing(ex):
+    assert balancer.Routers(ex).remove("10.0.0.9") == ["10.0.0.1", "10.0.0.2"]
+    assert ex.commands(changes_only=True) == []
 
 
-def test_remove_writes_the_others(remote):
-    assert balancer.remove(CLUSTER, "10.0.0.1") == ["10.0.0.2"]
-    remote.upload_file.assert_called_once()
-    assert remote.upload_file.call_args.args[2] == routers_file(80, ["10.0.0.2"])
+def test_remove_writes_the_others(ex):
+    assert balancer.Routers(ex).remove("10.0.0.1") == ["10.0.0.2"]
+    assert ex.files[("10.0.0.100", CANDIDATE)][0] == routers_file(80, ["10.0.0.2"])
 
 
-def test_set_machines_with_reload_reloads_even_when_the_file_is_right(remote):
+def test_set_with_reload_reloads_even_when_the_file_is_right(ex):
     # After setup-cluster the file may already be right while haproxy still counts the freshly
     # installed machines as down: the reload starts its checks afresh.
-    assert balancer.set_machines(CLUSTER, ["10.0.0.1", "10.0.0.2"], reload=True) == ["10.0.0.1", "10.0.0.2"]
-    assert remote.run.call_args.args[1].endswith("&& systemctl reload haproxy")
+    assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2"], reload=True) == ["10.0.0.1", "10.0.0.2"]
+    assert ex.commands(changes_only=True)[-1].endswith("&& systemctl reload haproxy")
+
+
+def test_a_lost_lock_stops_the_change_before_the_balancer_is_touched(ex):
+    ex.fence = FakeFence()
+    ex.fence.lose()
+    with pytest.raises(LostLock):
+        balancer.Routers(ex).remove("10.0.0.1")
+    assert ex.commands(changes_only=True) == [] and ("10.0.0.100", CANDIDATE) not in ex.files

@@ -13,8 +13,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tasks.errors import HealthError, LockedError, RemoteError
-from tasks.etcd import Etcd, Member, tunnel
+from tasks.errors import HealthError, LockedError, LostLock, RemoteError
+from tasks.etcd import Etcd, Member, fenced_txn, tunnel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ETCD = shutil.which("etcd")
@@ -158,6 +158,85 @@ def test_force_release_takes_the_lock_from_a_live_holder(etcd):
     lock.release()  # the lease is gone already: still fine
 
 
+# ---------------------------------------------------------------- the fence
+
+def fenced_client(etcd, lock) -> Etcd:
+    client = Etcd("127.0.0.1", etcd.port, timeout=3)
+    client.fence = (lock.key, lock.revision)
+    return client
+
+
+def test_a_fenced_client_writes_while_its_lock_stands(etcd):
+    with etcd.acquire(etcd.prefix + "lock", {"who": "alice"}, ttl=5) as lock:
+        assert lock.revision > 0
+        client = fenced_client(etcd, lock)
+        client.put(etcd.prefix + "release", "r1")
+        client.delete(etcd.prefix + "release")
+        client.put(etcd.prefix + "h/1", "x")
+        client.delete_prefix(etcd.prefix + "h/")
+        lock.confirm()
+    assert etcd.get_prefix(etcd.prefix) == {}
+
+
+def test_a_fenced_write_after_the_key_was_deleted_is_refused_and_writes_nothing(etcd):
+    key = etcd.prefix + "lock"
+    with etcd.acquire(key, {"who": "alice"}, ttl=5) as lock:
+        client = fenced_client(etcd, lock)
+        etcd.delete(key)  # etcdctl del behind the holder's back
+        with pytest.raises(LostLock, match="is no longer ours: put .*release was not written"):
+            client.put(etcd.prefix + "release", "r2")
+        assert etcd.get(etcd.prefix + "release") is None
+        with pytest.raises(LostLock, match="the key is gone"):
+            lock.confirm()
+
+
+def test_a_lock_taken_over_by_another_holder_fences_the_first(etcd):
+    key = etcd.prefix + "lock"
+    first = etcd.acquire(key, {"who": "alice"}, ttl=5)
+    try:
+        etcd.force_release(key)
+        with etcd.acquire(key, {"who": "bob", "why": "deploy"}, ttl=5):
+            with pytest.raises(LostLock, match="held by who=bob, why=deploy"):
+                first.confirm()
+            with pytest.raises(LostLock):
+                fenced_client(etcd, first).put(etcd.prefix + "release", "alice's")
+            assert etcd.get(etcd.prefix + "release") is None
+    finally:
+        first.release()
+
+
+def test_a_lease_not_renewed_for_most_of_its_ttl_is_taken_for_lost(etcd, monkeypatch):
+    # A process stopped (SIGSTOP, a sleeping laptop) cannot know whether its lease outlived the
+    # pause; the clock it reads keeps counting through both.
+    from tasks import etcd as etcd_module
+    with etcd.acquire(etcd.prefix + "lock", {"who": "alice"}, ttl=6) as lock:
+        later = etcd_module.boottime() + 5
+        monkeypatch.setattr(etcd_module, "boottime", lambda: later)
+        with pytest.raises(LostLock, match="not renewed for 5 s"):
+            lock.confirm()
+
+
+def test_a_stuck_task_stops_renewing_and_its_lock_expires(etcd):
+    key = etcd.prefix + "lock"
+    lock = etcd.acquire(key, {"who": "hung"}, ttl=2)
+    try:
+        lock.stuck = lambda: "10.0.0.1: pull release r1"
+        deadline = time.monotonic() + 6
+        while etcd.holder(key) is not None:
+            assert time.monotonic() < deadline, "a stuck task's lock did not expire"
+            time.sleep(0.2)
+        with pytest.raises(LostLock, match="stopped renewing it: 10.0.0.1: pull release r1 is past its deadline"):
+            lock.confirm()
+    finally:
+        lock.release()
+
+
+def test_fenced_txn():
+    assert fenced_txn("/air/c/lock", 42, {"request_put": {"key": "a", "value": "b"}}) == {
+        "compare": [{"key": "L2Fpci9jL2xvY2s=", "result": "EQUAL", "target": "CREATE", "create_revision": 42}],
+        "success": [{"request_put": {"key": "a", "value": "b"}}], "failure": []}
+
+
 def test_members_of_a_one_member_cluster(etcd, etcd_server):
     [member] = etcd.members()
     assert isinstance(member, Member)
@@ -182,8 +261,8 @@ def test_a_learner_that_never_starts_can_be_removed(etcd):
         etcd.remove_member(learner.id)
     assert [m.name for m in etcd.members()] == ["solo"]
     assert etcd.healthy()
-    with pytest.raises(RemoteError, match="member not found"):
-        etcd.remove_member(learner.id)
+    etcd.remove_member(learner.id)  # gone already (a retried removal): nothing to do, no error
+    assert [m.name for m in etcd.members()] == ["solo"]
 
 
 def test_promoting_a_voting_member_changes_nothing(etcd):
@@ -213,8 +292,22 @@ def test_silent_etcd_times_out_as_remote_error():
 
 def test_an_etcd_error_is_reported_with_etcds_message(etcd):
     with pytest.raises(RemoteError) as failed:
-        etcd.remove_member("12345")
-    assert str(failed.value) == f"etcd at 127.0.0.1:{etcd.port}: remove member 12345: etcdserver: member not found"
+        etcd.add_member("not a url", learner=True)
+    assert str(failed.value).startswith(f"etcd at 127.0.0.1:{etcd.port}: add learner not a url: ")
+    assert "URL" in str(failed.value) or "url" in str(failed.value)
+
+
+class FakeTunnelExecutor:
+    """Stands in for the executor: its one connection is a FakeConnection."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def reachable(self, host):
+        return None
+
+    def conn(self, host):
+        return self.connection
 
 
 class FakeConnection:
@@ -273,7 +366,7 @@ class FakeConnection:
 
 def test_tunnel_reaches_the_members_loopback_client_port(etcd):
     conn = FakeConnection(etcd.port)
-    with tunnel(conn) as remote:
+    with tunnel(FakeTunnelExecutor(conn), "node1") as remote:
         remote.put(etcd.prefix + "k", "through the tunnel")
         assert remote.get(etcd.prefix + "k") == "through the tunnel"
         assert "node1" in repr(remote)
@@ -283,7 +376,7 @@ def test_tunnel_reaches_the_members_loopback_client_port(etcd):
 
 def test_tunnel_to_a_port_where_nothing_listens_fails_at_once(etcd):
     with pytest.raises(RemoteError) as failed:
-        with tunnel(FakeConnection(etcd.port), remote_port=2380):
+        with tunnel(FakeTunnelExecutor(FakeConnection(etcd.port)), "node1", remote_port=2380):
             pass
     assert str(failed.value) == ("etcd at node1 (SSH tunnel to its 127.0.0.1:2380): "
                                  "cannot connect there (Connect failed): is etcd running?")

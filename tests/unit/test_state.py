@@ -35,7 +35,6 @@ def test_keys():
     assert state.release_key(CLUSTER) == "/air/prod/release/current"
     assert state.history_prefix(CLUSTER) == "/air/prod/releases/"
     assert state.history_key(CLUSTER, "2024-01-02T03:04:05.000000Z") == "/air/prod/releases/2024-01-02T03:04:05.000000Z"
-    assert state.machines_key(CLUSTER) == "/air/prod/machines"
     assert state.lock_key(CLUSTER) == "/air/prod/lock"
 
 
@@ -83,14 +82,6 @@ def test_history_is_oldest_first():
     for when, outcome in [("2024-02-01T00:00:00.000000Z", "succeeded"), ("2024-01-01T00:00:00.000000Z", "installed")]:
         assert state.add_history(etcd, CLUSTER, {**RELEASE.to_dict(), "when": when, "outcome": outcome}) == when
     assert [r["outcome"] for r in state.history(etcd, CLUSTER)] == ["installed", "succeeded"]
-
-
-def test_machines():
-    etcd = FakeEtcd()
-    assert state.read_machines(etcd, CLUSTER) == []
-    state.write_machines(etcd, CLUSTER, ("10.0.0.1", "fd00::2"))
-    assert etcd.data["/air/prod/machines"] == '["10.0.0.1", "fd00::2"]'
-    assert state.read_machines(etcd, CLUSTER) == ["10.0.0.1", "fd00::2"]
 
 
 def test_now_is_sortable_utc():

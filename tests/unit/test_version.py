@@ -2,7 +2,7 @@ import pytest
 import semver
 
 from tasks.errors import ConfigError
-from tasks.version import Decision, decide, newest, read_version
+from tasks.version import Decision, decide, newest, parse_version
 
 OLD, NEW = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 
@@ -74,7 +74,7 @@ def test_minor_ten_is_after_minor_nine():
     assert decide((1, 10), ["1.9.3", "1.10.2"], OLD, NEW) == Decision("1.10.3", True, "1.10.2")
 
 
-# ---------------------------------------------------------------- read_version
+# ---------------------------------------------------------------- parse_version
 
 @pytest.mark.parametrize("text, expected", [
     ("1.0", (1, 0)),
@@ -82,18 +82,11 @@ def test_minor_ten_is_after_minor_nine():
     ("0.3\n", (0, 3)),
     ("  2.7 \n\n", (2, 7)),
 ])
-def test_read_version(tmp_path, text, expected):
-    (tmp_path / "VERSION").write_text(text)
-    assert read_version(tmp_path / "VERSION") == expected
+def test_parse_version(text, expected):
+    assert parse_version(text, "build:/air/VERSION") == expected
 
 
 @pytest.mark.parametrize("text", ["1", "1.0.0", "a.b", "", "\n", "1.", ".1", "01.0", "1.0-rc1", "1.0\n2.0", "major: 1"])
-def test_malformed_version_is_an_error_naming_the_file(tmp_path, text):
-    (tmp_path / "VERSION").write_text(text)
-    with pytest.raises(ConfigError, match="VERSION: expected MAJOR.MINOR"):
-        read_version(tmp_path / "VERSION")
-
-
-def test_missing_version_file_is_an_error_naming_it(tmp_path):
-    with pytest.raises(ConfigError, match=r"VERSION: cannot read"):
-        read_version(tmp_path / "VERSION")
+def test_malformed_version_is_an_error_naming_the_file(text):
+    with pytest.raises(ConfigError, match="build:/air/VERSION: expected MAJOR.MINOR"):
+        parse_version(text, "build:/air/VERSION")

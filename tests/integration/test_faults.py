@@ -1,0 +1,284 @@
+"""A real day's faults on the sandbox: a stopped deploy, a hung host, Ctrl-C, a deleted lock, the etcd leader removed.
+
+Every test runs a real `fab` in the background and causes the fault from
+outside (signals to the process, `docker pause` of a container, `etcdctl
+del`), while a probe sends requests through the balancer. Each checks the
+outcome from outside (exit status and error line, the routers file, the
+release files, etcd's records and members) and leaves the cluster serving,
+which the next test checks first. The figures of each (requests sent and
+failed, how long the failure took to surface) are printed.
+"""
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from tasks import machine, state
+from tasks import sandbox as sb
+from tasks.remote import Executor
+
+from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, error_line, etcd_of, fab, listed, on,
+                      serving)
+
+PORT = 80
+
+
+def wait_serving(cluster, within=120):
+    deadline = time.monotonic() + within
+    while not serving(cluster):
+        assert time.monotonic() < deadline, "the cluster did not come back to serving"
+        time.sleep(1)
+
+
+def recorded(cluster):
+    """(current release record, history, lock holder)."""
+    with etcd_of(cluster) as client:
+        return state.read_release(client, cluster)[1], state.history(client, cluster), \
+            client.holder(state.lock_key(cluster))
+
+
+def release_files(cluster) -> dict:
+    with Executor(cluster) as ex:
+        return dict(zip(cluster.machines, ex.parallel(lambda a: machine.release_facts(ex, a)["release"],
+                                                      cluster.machines)))
+
+
+class Watch:
+    """Reads the routers file every 0.2 s in a thread; ``fewest`` is the fewest machines it ever listed."""
+
+    def __init__(self, cluster):
+        self.cluster, self.fewest, self._stop = cluster, len(cluster.machines), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        with Executor(self.cluster) as ex:
+            path = self.cluster.balancer.routers_file
+            while not self._stop.wait(0.2):
+                try:
+                    text = ex.read_file(self.cluster.balancer.host, path, missing="")
+                except Exception:  # the balancer paused: nothing to read now
+                    continue
+                self.fewest = min(self.fewest, sum(1 for line in text.splitlines() if "server " in line))
+
+
+@pytest.fixture
+def local_serving(installed):
+    wait_serving(installed, 60)
+    assert recorded(installed)[2] is None, "the lock is held at the start of the test"
+    return installed
+
+
+def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(local_serving, clock, figures):
+    cluster = local_serving
+    sb.commit_change("static_website")
+    with Probe(BALANCER_ADDRESS, PORT) as probe, Watch(cluster) as watch:
+        first = Running("deploy", "--cluster", "local")
+        first.wait_for("balancer: routes to")
+        first.proc.send_signal(signal.SIGSTOP)   # a laptop lid closed mid-upgrade
+        time.sleep(cluster.timeouts.lock + 2)
+        with clock("second deploy while the first is stopped"):
+            second = Running("deploy", "--cluster", "local")
+            second.wait_for("build:")
+            first.proc.send_signal(signal.SIGCONT)
+            stopped = first.finish()
+            done = second.finish()
+    figures(f"{probe.report('two deploys, the first stopped past its lease')}; fewest machines in the balancer: "
+          f"{watch.fewest} of {len(cluster.machines)}")
+    assert error_line(stopped).startswith("error: lost the deploy lock of local (")
+    assert done.returncode == 0, done.stderr
+    assert probe.failed == 0 and watch.fewest >= len(cluster.machines) - 1
+    assert serving(cluster)
+
+
+def test_a_paused_balancer_fails_the_deploy_within_its_deadline_and_frees_the_lock(sandbox, local_serving, clock, figures):
+    cluster = local_serving
+    sb.commit_change("static_website")
+    running = Running("deploy", "--cluster", "local")
+    running.wait_for("balancer: routes to")
+    sb.docker("pause", sandbox["balancer"]["name"])
+    paused = time.monotonic()
+    try:
+        finished = running.finish(within=cluster.timeouts.alive + cluster.timeouts.command + 30)
+        took = time.monotonic() - paused
+    finally:
+        sb.docker("unpause", sandbox["balancer"]["name"])
+    figures(f"balancer paused mid-deploy: the deploy failed {took:.1f} s later: {error_line(finished)}")
+    assert "no answer over SSH" in error_line(finished)
+    assert took < cluster.timeouts.alive + 10
+    assert recorded(cluster)[2] is None, "the lock outlived the failed deploy"
+    # The drained machine is drift now; rolling-upgrade says so and fixes it.
+    with Probe(BALANCER_ADDRESS, PORT) as probe:
+        fixed = fab("rolling-upgrade", "--cluster", "local")
+    figures(probe.report("rolling-upgrade after the paused balancer"))
+    assert "drifted" in fixed.stderr and probe.failed == 0
+    assert serving(cluster)
+
+
+def test_a_machine_paused_during_a_deploy_fails_it_at_once_and_frees_the_lock(sandbox, local_serving, figures):
+    cluster = local_serving
+    sb.commit_change("static_website")
+    name = next(m["name"] for m in sandbox["machines"] if m["address"] == cluster.machines[-1])
+    with Probe(BALANCER_ADDRESS, PORT) as probe:
+        running = Running("deploy", "--cluster", "local")
+        running.wait_for("build:")
+        sb.docker("pause", name)
+        paused = time.monotonic()
+        try:
+            finished = running.finish(within=120)
+            took = time.monotonic() - paused
+        finally:
+            sb.docker("unpause", name)
+    figures(f"machine paused during a deploy: failed {took:.1f} s later: {error_line(finished)}; "
+          f"{probe.report('meanwhile')}")
+    assert f"unreachable: {cluster.machines[-1]}" in error_line(finished)
+    assert "No machine was changed" in error_line(finished)
+    assert recorded(cluster)[2] is None
+    wait_serving(cluster)
+    fab("deploy", "--cluster", "local")  # the change goes out once the machine answers again
+    assert serving(cluster)
+
+
+def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_130(local_serving, clock, figures):
+    cluster = local_serving
+    before, _, _ = recorded(cluster)
+    sb.commit_change("static_website")
+    with Probe(BALANCER_ADDRESS, PORT) as probe:
+        running = Running("deploy", "--cluster", "local")
+        line = running.wait_for("balancer: routes to")
+        in_hand = next(m for m in cluster.machines if m not in line)
+        running.proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        finished = running.finish()
+        took = time.monotonic() - interrupted
+    figures(f"Ctrl-C mid-upgrade of {in_hand}: exit {finished.returncode} {took:.1f} s later; "
+          f"{probe.report('meanwhile')}")
+    last = finished.stderr.strip().splitlines()[-1]
+    assert finished.returncode == 130 and last.startswith("interrupted: ") and "Traceback" not in finished.stderr
+    assert f"{in_hand} is back on release {before['id']}" in last
+    assert probe.failed == 0
+    current, history, holder = recorded(cluster)
+    assert holder is None and current["id"] == before["id"]
+    assert history[-1]["outcome"].startswith("interrupted")
+    assert release_files(cluster)[in_hand] == before["id"] and in_hand in listed(cluster)
+    fab("deploy", "--cluster", "local")
+    assert serving(cluster)
+
+
+def test_the_lock_deleted_behind_a_deploy_stops_it_before_its_next_change(local_serving, figures):
+    cluster = local_serving
+    sb.commit_change("static_website")
+    with Probe(BALANCER_ADDRESS, PORT) as probe:
+        running = Running("deploy", "--cluster", "local")
+        running.wait_for("balancer: routes to")
+        on(cluster, cluster.machines[0], f"ETCDCTL_API=3 etcdctl del {state.lock_key(cluster)}")
+        seen = len(running.lines)
+        finished = running.finish()
+    after = running.lines[seen:]
+    figures(f"lock deleted mid-deploy: {error_line(finished)}; {probe.report('meanwhile')}")
+    assert error_line(finished).startswith("error: lost the deploy lock of local (/air/local/lock: the key is gone")
+    assert not any(line.startswith("balancer: routes to") for line in after), after
+    assert probe.failed == 0
+    fab("rolling-upgrade", "--cluster", "local")  # brings back what the stopped deploy left out
+    fab("deploy", "--cluster", "local")
+    assert serving(cluster)
+
+
+def test_rolling_upgrade_while_a_deploy_runs_is_refused_naming_the_holder(local_serving):
+    sb.commit_change("static_website")
+    running = Running("deploy", "--cluster", "local")
+    try:
+        running.wait_for("build:")
+        refused = fab("rolling-upgrade", "--cluster", "local", check=False)
+    finally:
+        finished = running.finish()
+    assert finished.returncode == 0, finished.stderr
+    line = error_line(refused)
+    assert line.startswith("error: /air/local/lock is held by who=") and "why=deploy master" in line
+
+
+def leader(cluster) -> str:
+    """The address of the member leading etcd, as etcdctl on the first machine sees it."""
+    status = json.loads(on(cluster, cluster.machines[0],
+                           "ETCDCTL_API=3 etcdctl endpoint status --cluster -w json").stdout)
+    lead = next(s["Status"]["leader"] for s in status)
+    return next(s["Endpoint"] for s in status if s["Status"]["header"]["member_id"] == lead).split("//")[1].split(":")[0]
+
+
+def make_leader(cluster, address):
+    """Move etcd's leadership to ``address`` (etcdctl move-leader, asked of the current leader)."""
+    members = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
+    target = next(m["ID"] for m in members["members"] if m.get("name") == address)
+    current = leader(cluster)
+    if current != address:
+        on(cluster, current, f"ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 move-leader {target:x}")
+    assert leader(cluster) == address
+
+
+@pytest.mark.parametrize("role", ["leader", "follower"])
+def test_remove_machine_of_the_etcd_leader_or_a_follower_completes_under_traffic(sandbox, local_serving, role, clock, figures):
+    cluster = local_serving
+    spare = SPARE_ADDRESSES[0]
+    sb.reset_machines([spare])
+    fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
+    if role == "leader":
+        make_leader(cluster, spare)
+    else:
+        assert leader(cluster) != spare
+    with Probe(BALANCER_ADDRESS, PORT) as probe, clock(f"remove-machine of the {role}"):
+        removed = fab("remove-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare,
+                      check=False)
+    figures(f"remove-machine of the etcd {role}: exit {removed.returncode}; {probe.report('meanwhile')}")
+    assert removed.returncode == 0, removed.stderr
+    assert probe.failed == 0
+    members = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
+    assert sorted(m["name"] for m in members["members"]) == sorted(cluster.machines)
+    assert leader(cluster) in cluster.machines
+    assert serving(cluster)
+
+
+def test_a_learner_left_behind_by_a_failed_add_is_removed_by_remove_machine(local_serving):
+    cluster = local_serving
+    spare = SPARE_ADDRESSES[1]
+    sb.reset_machines([spare])
+    # What an add-machine stopped right after `member add` leaves: a learner that never started.
+    on(cluster, cluster.machines[0], f"ETCDCTL_API=3 etcdctl member add {spare} --learner "
+                                     f"--peer-urls=http://{spare}:2380 >/dev/null")
+    before = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
+    assert any(m.get("isLearner") for m in before["members"])
+    refused = fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine",
+                  SPARE_ADDRESSES[0], check=False)
+    assert "still a learner" in error_line(refused) and "fab remove-machine" in error_line(refused)
+    fab("remove-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
+    after = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
+    assert sorted(m["name"] for m in after["members"]) == sorted(cluster.machines)
+    assert serving(cluster)
+
+
+def test_setup_cluster_resume_finishes_a_setup_that_stopped_after_etcd_formed(local_serving):
+    cluster = local_serving
+    # What a setup stopped after etcd formed leaves: no release recorded, units not started, no balancer.
+    last = cluster.machines[-1]
+    with etcd_of(cluster) as client:
+        client.delete(state.release_key(cluster))
+    units = " ".join(machine.units_of(cluster))
+    on(cluster, last, f"systemctl stop {units}")
+    fab("balancer.remove", "--cluster", "local", "--machine", last)
+    broken = fab("rolling-upgrade", "--cluster", "local", check=False)
+    assert "has no release recorded" in error_line(broken)
+    resumed = fab("setup-cluster", "--cluster", "local", "--resume")
+    assert "setup-cluster: recorded release" in resumed.stderr
+    current, _, _ = recorded(cluster)
+    assert current["outcome"] == "installed"
+    assert on(cluster, last, f"systemctl is-active {units}").stdout.split() == ["active"] * len(cluster.components)
+    assert sorted(listed(cluster)) == sorted(cluster.machines)
+    assert serving(cluster)

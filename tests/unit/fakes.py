@@ -1,0 +1,161 @@
+"""A recording fake of the executor (``tasks.remote.Executor``): the seam orchestration tests use.
+
+It runs nothing. Each command is recorded as ``(host, command, change)``; its
+answer comes from the first scripted rule whose host and text match, else
+exit 0 with no output. Files uploaded or staged are kept in ``files``. Its
+``check`` is the real rule (interrupt flag, then the fence), so lost-lock and
+interrupt paths run as they do for real.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+from tasks.errors import DeadlineError, RemoteError
+from tasks.remote import Executor, Result, Staged, parallel, staged_commands
+
+
+class FakeExecutor:
+    def __init__(self, cluster, down=()):
+        self.cluster = cluster
+        self.fence = None
+        self.interrupted = threading.Event()
+        self.run_id = "run1"
+        self.down = dict.fromkeys(down, "nothing answers on port 22") if not isinstance(down, dict) else dict(down)
+        self.calls: list = []
+        self.files: dict = {}
+        self.rules: list = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.on_run = None  # called with (host, command) before answering: a hook for tests
+
+    # The real rules of what may still change.
+    check = Executor.check
+    finishing = Executor.finishing
+
+    def answer(self, text: str, exited: int = 0, stdout: str = "", stderr: str = "", host: str = None,
+               deadline: bool = False):
+        """Commands containing ``text`` (on ``host``, if given) answer so; ``deadline``: they time out."""
+        self.rules.append((host, text, Result(exited, stdout, stderr), deadline))
+
+    def commands(self, host: str = None, changes_only: bool = False) -> list:
+        return [c for h, c, change in self.calls if (host is None or h == host) and (change or not changes_only)]
+
+    def reachable(self, host):
+        return self.down.get(host)
+
+    def conn(self, host):
+        if host in self.down:
+            raise RemoteError(f"{host}: cannot reach over SSH ({self.down[host]})")
+        return SimpleNamespace(host=host, air_sudo=False)
+
+    def run(self, host, command, *, what=None, deadline=None, stdin=None, check=True, change=True):
+        what = what or command.split("\n")[0][:80]
+        if change:
+            self.check(what)
+        self.conn(host)
+        with self._lock:
+            self.calls.append((host, command, change))
+        if self.on_run:
+            self.on_run(host, command)
+        for rule_host, text, result, times_out in self.rules:
+            if text in command and (rule_host is None or rule_host == host):
+                if times_out:
+                    raise DeadlineError(f"{host}: {what}: not done within {deadline} s (stopped there)")
+                if check and result.exited != 0:
+                    raise RemoteError(f"{host}: {what} failed (exit {result.exited}): {result.stderr}")
+                return result
+        return Result(0, "", "")
+
+    def read(self, host, command, *, what=None, deadline=None, check=True):
+        return self.run(host, command, what=what, deadline=deadline, check=check, change=False)
+
+    def upload(self, host, path, content, mode):
+        self.check(f"write {path}")
+        self.files[(host, path)] = (content, mode)
+
+    def stage_files(self, host, files) -> Staged:
+        files = list(files)
+        for path, content, mode in files:
+            self.upload(host, path + ".staged", content, mode)
+        return staged_commands(files, None, ".staged")
+
+    def write_files(self, host, files):
+        files = list(files)
+        staged = self.stage_files(host, files)
+        self.run(host, staged.swap, what="install files")
+        for path, content, mode in files:
+            self.files[(host, path)] = (content, mode)
+
+    def write_file(self, host, path, content, mode=0o644):
+        self.write_files(host, [(path, content, mode)])
+
+    def read_file(self, host, path, missing=None):
+        found = self.files.get((host, path))
+        return missing if found is None else found[0]
+
+    def parallel(self, work, items, *, describe=str):
+        return parallel(work, items, describe=describe)
+
+    def in_flight(self):
+        return []
+
+    def stuck(self):
+        return None
+
+    def close(self):
+        pass
+
+
+class FakeFence:
+    """A lock whose ``confirm`` fails once ``lose()`` was called (a lease expired, a key deleted)."""
+
+    def __init__(self):
+        self.lost = None
+
+    def lose(self, why="the key is gone (deleted or expired)"):
+        self.lost = why
+
+    def confirm(self):
+        from tasks.errors import LostLock
+        if self.lost:
+            raise LostLock(f"/air/test/lock: {self.lost}")
+
+
+class FakeEtcd:
+    """Keys in a dict, and a fixed member list."""
+
+    def __init__(self, members=()):
+        self.data: dict = {}
+        self._members = [SimpleNamespace(id=str(i + 1), name=f"m{i + 1}", peer_urls=(f"http://{m}:2380",),
+                                         client_urls=(), learner=False, started=True)
+                         for i, m in enumerate(members)]
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, value):
+        self.data[key] = value
+
+    def get_prefix(self, prefix):
+        return {k: v for k, v in self.data.items() if k.startswith(prefix)}
+
+    def members(self):
+        return list(self._members)
+
+
+@contextmanager
+def interrupted_at(ex, text):
+    """Set the executor's interrupt flag when a command containing ``text`` runs (as a Ctrl-C would mid-step)."""
+    before = ex.on_run
+
+    def hook(host, command):
+        if text in command:
+            ex.interrupted.set()
+    ex.on_run = hook
+    try:
+        yield
+    finally:
+        ex.on_run = before
+

@@ -1,0 +1,97 @@
+"""What the executor sends (pure builders, run in a real ``sh``) and its checks before a change."""
+import os
+import subprocess
+
+import pytest
+
+from tasks.errors import Interrupted, LostLock, RemoteError
+from tasks.remote import KILL_AFTER, deadline_wrapped, parallel, staged_commands
+
+from .fakes import FakeExecutor, FakeFence
+
+
+def sh(command: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=30)
+
+
+def test_a_command_is_sent_under_timeout_and_sudo_for_a_user_that_is_not_root():
+    assert deadline_wrapped("systemctl stop 'a b'", 30, sudo=False) == \
+        f"timeout -k {KILL_AFTER} 30 sh -c 'systemctl stop '\"'\"'a b'\"'\"''"
+    assert deadline_wrapped("true", 5, sudo=True) == f"sudo -n timeout -k {KILL_AFTER} 5 sh -c true"
+
+
+def test_the_remote_timeout_stops_the_command_there_and_says_so(tmp_path):
+    started = sh(deadline_wrapped("sleep 30; touch late", 1, sudo=False), tmp_path)
+    assert started.returncode == 124 and not (tmp_path / "late").exists()
+
+
+@pytest.mark.parametrize("staging", [False, True], ids=["beside-targets", "through-a-staging-folder"])
+def test_swap_puts_every_file_in_place_and_lets_the_chain_go_on(tmp_path, staging):
+    files = [(str(tmp_path / "etc/a.conf"), "A", 0o644), (str(tmp_path / "secrets/key"), "K", 0o600)]
+    folder = tmp_path / "stage"
+    if staging:
+        folder.mkdir()
+        for i, (_, content, _) in enumerate(files):
+            (folder / str(i)).write_text(content)
+    else:
+        for path, content, _ in files:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            (tmp_path / (path + ".new-1")).write_text(content)
+    swap = staged_commands(files, str(folder) if staging else None, ".new-1").swap
+    done = sh(f"{swap} && echo after", tmp_path)
+    assert done.returncode == 0 and done.stdout == "after\n", done.stderr
+    assert (tmp_path / "etc/a.conf").read_text() == "A" and (tmp_path / "secrets/key").read_text() == "K"
+    if staging:
+        assert oct((tmp_path / "secrets/key").stat().st_mode & 0o777) == oct(0o600)
+        assert not folder.exists()  # the staging folder is cleaned up
+
+
+def test_a_failed_swap_fails_the_chain_and_cleans_up(tmp_path):
+    folder = tmp_path / "stage"
+    folder.mkdir()  # its file 0 is missing: the install fails
+    swap = staged_commands([(str(tmp_path / "a"), "A", 0o644)], str(folder), ".new-1").swap
+    done = sh(f"{swap} && echo after", tmp_path)
+    assert done.returncode != 0 and "after" not in done.stdout
+    assert not folder.exists() and not (tmp_path / "a").exists()
+
+
+def test_discard_removes_what_was_staged(tmp_path):
+    (tmp_path / "a.new-1").write_text("A")
+    assert sh(staged_commands([(str(tmp_path / "a"), "A", 0o644)], None, ".new-1").discard, tmp_path).returncode == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the checks before a change
+
+def test_an_interrupt_stops_the_next_change_but_not_a_read_nor_the_machine_in_hand(cluster):
+    ex = FakeExecutor(cluster)
+    ex.interrupted.set()
+    with pytest.raises(Interrupted, match="interrupted before stop"):
+        ex.run("10.0.0.1", "systemctl stop x", what="stop")
+    assert ex.read("10.0.0.1", "cat /etc/air/state/release").exited == 0
+    with ex.finishing():
+        ex.run("10.0.0.1", "systemctl start x", what="start")
+    assert ex.commands() == ["cat /etc/air/state/release", "systemctl start x"]
+
+
+def test_a_lost_lock_stops_every_change_even_while_finishing(cluster):
+    ex = FakeExecutor(cluster)
+    ex.fence = FakeFence()
+    ex.run("10.0.0.1", "true")
+    ex.fence.lose()
+    with ex.finishing(), pytest.raises(LostLock):
+        ex.run("10.0.0.1", "systemctl start x")
+    assert ex.commands() == ["true"]
+
+
+def test_parallel_raises_a_halt_as_itself_with_the_others_failures():
+    def work(n):
+        if n == "10.0.0.1":
+            raise LostLock("/air/c/lock: the key is gone")
+        if n == "10.0.0.2":
+            raise RemoteError("10.0.0.2: pull failed")
+        return n
+    with pytest.raises(LostLock) as halted:
+        parallel(work, ["10.0.0.0", "10.0.0.1", "10.0.0.2"])
+    assert str(halted.value) == "/air/c/lock: the key is gone; 10.0.0.2: pull failed"
+    assert parallel(lambda n: n * 2, [1, 2, 3]) == [2, 4, 6]

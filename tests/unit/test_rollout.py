@@ -1,0 +1,154 @@
+"""The rollout on the recording executor: what it runs, in which order, and where it stops.
+
+Machines answer their release facts as scripted; everything else succeeds
+unless a rule says otherwise. These pin the orchestration (prepare all, then
+one machine at a time out of the balancer) and its halts: a deadline that
+passes, an interrupt mid-step, a lock lost between machines.
+"""
+import json
+
+import pytest
+
+import cloudconfig
+from tasks import machine, state
+from tasks.errors import Interrupted, LostLock
+from tasks.release import Image, Release
+from tasks.upgrade import Rollout, UpgradeFailed
+
+from .fakes import FakeEtcd, FakeExecutor, FakeFence
+
+OLD = Release((Image("web", "1.0.0", "sha256:" + "a" * 64), Image("worker", "1.0.0", "sha256:" + "b" * 64)))
+NEW = Release((Image("web", "1.0.1", "sha256:" + "c" * 64), Image("worker", "1.0.0", "sha256:" + "b" * 64)))
+MACHINES = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+BALANCER = "10.0.0.100"
+ROUTERS = "/etc/haproxy/air-routers.cfg"
+
+
+class FakeSession:
+    def __init__(self, cluster, ex, etcd):
+        self.cluster, self.ex, self.etcd = cluster, ex, etcd
+
+
+@pytest.fixture
+def s(cluster, monkeypatch):
+    monkeypatch.setattr(machine, "base_document",
+                        lambda c: cloudconfig.base(c, ["ssh-ed25519 AAAA test"], None, ("u", "p")))
+    ex = FakeExecutor(cluster)
+    from tasks.balancer_config import routers_file
+    ex.files[(BALANCER, ROUTERS)] = (routers_file(8080, MACHINES), 0o644)
+    facts = ("--release\n" + OLD.id + "\n--components\nweb 1.0.0\nworker 1.0.0\n"
+             "--units\nactive\nactive\n")
+    ex.answer("echo '--release'", stdout=facts)
+    etcd = FakeEtcd(MACHINES)
+    etcd.put(state.release_key(cluster), state.release_record(OLD, outcome="succeeded"))
+    return FakeSession(cluster, ex, etcd)
+
+
+@pytest.fixture(autouse=True)
+def record_routes(monkeypatch):
+    """Every machine list the balancer is set to, in order, on ``ex.routed``."""
+    from tasks import balancer
+    original = balancer.Routers._set
+
+    def recording(self, machines, reload=False):
+        self.ex.__dict__.setdefault("routed", []).append(list(machines))
+        return original(self, machines, reload)
+    monkeypatch.setattr(balancer.Routers, "_set", recording)
+
+
+def restarts(ex) -> list:
+    return [(h, c) for h, c, change in ex.calls if change and "systemctl stop" in c]
+
+
+def test_the_plan_restarts_only_what_changes_and_nothing_runs_while_planning(s):
+    rollout = Rollout(s, NEW, OLD)
+    assert [(st.machine, st.action, st.restart) for st in rollout.steps] == \
+        [(m, "upgrade", ("web",)) for m in MACHINES]
+    assert rollout.describe()[0] == f"10.0.0.1: out of the balancer, restart web on {NEW.id}, health check, back in"
+    assert s.ex.commands(changes_only=True) == [] and rollout.warning is None
+
+
+def test_one_machine_at_a_time_each_leaving_the_balancer_in_the_reload_that_puts_the_last_back(s):
+    done = Rollout(s, NEW, OLD).apply()
+    assert done == MACHINES
+    assert s.ex.routed == [["10.0.0.2", "10.0.0.3"], ["10.0.0.1", "10.0.0.3"], ["10.0.0.1", "10.0.0.2"], MACHINES]
+    assert [h for h, _ in restarts(s.ex)] == MACHINES
+    # Every machine pulled and staged before the first left the balancer.
+    first_restart = next(i for i, (_, c, _) in enumerate(s.ex.calls) if "systemctl stop" in c)
+    pulls = [i for i, (_, c, _) in enumerate(s.ex.calls) if "docker pull" in c]
+    assert len(pulls) == 3 and max(pulls) < first_restart
+
+
+def test_a_step_past_its_deadline_restores_that_machine_and_touches_no_other(s):
+    s.ex.answer("systemctl stop air-web.service && ", host="10.0.0.2", deadline=True)
+    with pytest.raises(UpgradeFailed) as failed:
+        Rollout(s, NEW, OLD).apply()
+    message = str(failed.value)
+    assert "10.0.0.2: restart web on release" in message and "not done within" in message
+    assert f"restored: 10.0.0.2 is back on release {OLD.id} and in the balancer." in message
+    assert f"already upgraded to {NEW.id}: 10.0.0.1" in message
+    assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1", "10.0.0.2", "10.0.0.2"]  # the last: its restore
+    assert s.ex.routed[-1] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+
+
+def test_an_interrupt_mid_step_puts_the_machine_in_hand_back_and_stops(s):
+    def interrupt(host, command):
+        if host == "10.0.0.1" and "systemctl stop" in command:
+            s.ex.interrupted.set()   # Ctrl-C while the machine restarts
+    s.ex.on_run = interrupt
+    with pytest.raises(Interrupted) as stopped:
+        Rollout(s, NEW, OLD).apply_recorded(branch="master")
+    assert f"restored: 10.0.0.1 is back on release {OLD.id} and in the balancer." in str(stopped.value)
+    assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1", "10.0.0.1"]  # the upgrade, then its restore
+    assert s.ex.routed[-1] == MACHINES
+    history = state.history(s.etcd, s.cluster)
+    assert history[-1]["id"] == NEW.id and history[-1]["outcome"].startswith("interrupted")
+    current, record = state.read_release(s.etcd, s.cluster)
+    assert current == OLD and record["outcome"] == "restored after an interrupted upgrade"
+
+
+def test_a_lost_lock_between_machines_changes_nothing_more(s):
+    s.ex.fence = FakeFence()
+
+    def lose_after_first(host, command):
+        if host == "10.0.0.1" and "curl" in command:  # the first machine's health check
+            s.ex.fence.lose()
+    s.ex.on_run = lose_after_first
+    with pytest.raises(LostLock) as lost:
+        Rollout(s, NEW, OLD).apply()
+    calls = len(s.ex.calls)
+    assert str(lost.value) == (f"/air/test/lock: the key is gone (deleted or expired); upgraded to {NEW.id}: "
+                               f"10.0.0.1; nothing else was changed; out of the balancer: 10.0.0.1")
+    assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1"]
+    # After the loss: no change ran (the fence refused every one), the balancer was left as it was.
+    assert s.ex.routed == [["10.0.0.2", "10.0.0.3"]]
+    assert calls == len(s.ex.calls)
+
+
+def test_a_machine_that_does_not_answer_refuses_the_rollout_before_any_change(cluster, s):
+    s.ex.down = {"10.0.0.3": "nothing answers on port 22"}
+    with pytest.raises(UpgradeFailed, match=r"unreachable: 10\.0\.0\.3 \(nothing answers on port 22\)\. "
+                                            r"No machine was changed"):
+        Rollout(s, NEW, OLD).apply()
+    assert s.ex.commands(changes_only=True) == []
+
+
+def test_drift_is_one_warning_line_with_its_fix(s):
+    s.ex.answer("echo '--release'", host="10.0.0.2",
+                stdout="--release\nolder\n--components\nweb 0.9.0\nworker 1.0.0\n--units\nactive\nactive\n")
+    s.ex.rules.insert(0, s.ex.rules.pop())  # the machine's own answer first
+    from tasks.balancer_config import routers_file
+    s.ex.files[(BALANCER, ROUTERS)] = (routers_file(8080, ["10.0.0.1", "10.0.0.2"]), 0o644)
+    rollout = Rollout(s, OLD, OLD)
+    assert rollout.warning == (
+        f"warning: prod drifted: 10.0.0.3 is out of the balancer; 10.0.0.2 runs release older, not the recorded "
+        f"{OLD.id} (`fab rolling-upgrade --cluster prod` fixes it)")
+    assert [(st.machine, st.action) for st in rollout.steps] == [("10.0.0.2", "upgrade"), ("10.0.0.3", "re-add")]
+
+
+def test_records_of_a_successful_rollout(s):
+    Rollout(s, NEW, OLD).apply_recorded(branch="master", commit="abc")
+    current, record = state.read_release(s.etcd, s.cluster)
+    assert current == NEW and record["outcome"] == "succeeded" and record["commit"] == "abc"
+    assert [json.loads(v)["outcome"] for v in s.etcd.get_prefix(state.history_prefix(s.cluster)).values()] == \
+        ["succeeded"]
