@@ -1,9 +1,11 @@
 """Cloud configs of Air machines: the documents, their YAML, and the files they mean.
 
 This package owns what a machine's cloud config says: ``base`` is what a
-freshly prepared machine gets (SSH keys, registry trust and login), ``final``
-adds what install makes it run (etcd membership, the Air units, the release
-state). A document is a plain dict; ``render`` writes it as the
+freshly prepared machine gets (SSH keys, registry trust and login; the
+administrator may add anything), ``final`` is the administrator's base
+extended, never replaced, by ``install_part`` (etcd membership, the Air
+units, the release state, the cluster's additions, OS reboots under an etcd
+lock). A document is a plain dict; ``render`` writes it as the
 ``#cloud-config`` YAML the machine boots from, and ``files`` lists the files
 it stands for, which the installer writes as they are, so the cloud config
 and the installed machine cannot differ. Unit contents come from ``.units``.
@@ -14,6 +16,7 @@ import base64
 import copy
 import json
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import yaml
 
@@ -21,6 +24,9 @@ from .units import (ETCD_DROPIN, ETCD_UNIT, STATE_DIR, UNIT_DIR, component_unit,
                     etcd_dropin, unit_name)
 
 HEADER = "#cloud-config\n"
+REBOOT_STRATEGY = "etcd-lock"  # OS updates reboot one machine at a time, under a lock in the cluster's etcd
+LOCKSMITH_ETCD = "http://127.0.0.1:2379"
+IGNITION_VERSION = "3.3.0"
 DOCKER_CERTS_DIR = "/etc/docker/certs.d"
 DOCKER_CONFIG = "/root/.docker/config.json"
 RELEASE_FILE = f"{STATE_DIR}/release"
@@ -62,21 +68,113 @@ def base(cluster, public_keys, registry_ca, registry_auth) -> dict:
     }
 
 
-def final(cluster, machine: str, members, state: str, release, base_doc: dict) -> dict:
-    """``base_doc`` plus etcd membership, the Air units at ``release`` and the release state."""
-    doc = copy.deepcopy(base_doc)
+class Conflict(ValueError):
+    """The install part would replace an entry of the administrator's base cloud config."""
+
+
+def install_part(cluster, machine: str, members, state: str, release) -> dict:
+    """What install adds to a machine's base cloud config: etcd membership, the Air units at
+    ``release``, the release state, the cluster's own additions, and OS reboots one machine at a
+    time (locksmith's lock in the cluster's etcd)."""
     versions = {c.name: release.image(c.name).version for c in cluster.components}
-    units = doc.setdefault("coreos", {}).setdefault("units", [])
-    units.append(_unit(ETCD_UNIT, drop_ins=[
-        {"name": ETCD_DROPIN, "content": etcd_dropin(cluster, machine, members, state)}]))
-    for c in cluster.components:
-        units.append(_unit(unit_name(c.name), content=component_unit(cluster, c, versions[c.name], machine)))
+    units = [_unit(ETCD_UNIT, drop_ins=[{"name": ETCD_DROPIN, "content": etcd_dropin(cluster, machine, members, state)}])]
+    units += [_unit(unit_name(c.name), content=component_unit(cluster, c, versions[c.name], machine))
+              for c in cluster.components]
     components = "".join(f"{c.name} {versions[c.name]} {c.port}\n" for c in cluster.components)
-    doc.setdefault("write_files", []).extend([
-        _write_file(RELEASE_FILE, release.id + "\n", 0o644),
-        _write_file(COMPONENTS_FILE, components, 0o644),
-    ])
+    write_files = [_write_file(RELEASE_FILE, release.id + "\n", 0o644),
+                   _write_file(COMPONENTS_FILE, components, 0o644)]
+    additions = getattr(cluster, "additions", None)
+    if additions is not None:
+        units += [_unit(u.name, content=u.content) for u in additions.units]
+        write_files += [_write_file(f.path, f.content, int(f.permissions, 8)) for f in additions.files]
+    return {"write_files": write_files,
+            "coreos": {"update": {"reboot_strategy": REBOOT_STRATEGY}, "locksmith": {"endpoint": LOCKSMITH_ETCD},
+                       "units": units}}
+
+
+def merge(base_doc: dict, part: dict) -> dict:
+    """One document: the administrator's ``base_doc`` with ``part`` added. Units are told apart by
+    name, files by path; an entry of ``part`` that the base already has (or a setting the base
+    gives another value) raises Conflict naming both: nothing of the base is ever replaced. Pure."""
+    doc = copy.deepcopy(base_doc)
+    files_by_path = {f.get("path"): f for f in doc.get("write_files", [])}
+    for entry in part.get("write_files", []):
+        if entry["path"] in files_by_path:
+            raise Conflict(f"write_files {entry['path']}: the base cloud config writes it, and so would the install")
+        doc.setdefault("write_files", []).append(copy.deepcopy(entry))
+    coreos = doc.setdefault("coreos", {})
+    names = {u.get("name") for u in coreos.get("units", []) or []}
+    for unit in part.get("coreos", {}).get("units", []):
+        if unit["name"] in names:
+            raise Conflict(f"unit {unit['name']}: the base cloud config has it, and so would the install")
+        coreos.setdefault("units", []).append(copy.deepcopy(unit))
+    for section, settings in part.get("coreos", {}).items():
+        if section == "units":
+            continue
+        have = coreos.setdefault(section, {})
+        for key, value in settings.items():
+            if key in have and have[key] != value:
+                raise Conflict(f"coreos.{section}.{key}: the base cloud config says {have[key]!r}, "
+                               f"the install needs {value!r}")
+            have[key] = value
     return doc
+
+
+def without(doc: dict, part: dict) -> dict:
+    """``doc`` less the entries ``part`` adds (units by name, files by path, its coreos settings):
+    the base of a machine whose final cloud config was written before bases were kept. Pure."""
+    doc = copy.deepcopy(doc)
+    paths = {f["path"] for f in part.get("write_files", [])}
+    doc["write_files"] = [f for f in doc.get("write_files", []) if f.get("path") not in paths]
+    coreos = doc.setdefault("coreos", {})
+    names = {u["name"] for u in part.get("coreos", {}).get("units", [])}
+    coreos["units"] = [u for u in coreos.get("units", []) or [] if u.get("name") not in names]
+    for section, settings in part.get("coreos", {}).items():
+        if section != "units" and coreos.get(section) == settings:
+            del coreos[section]
+    return doc
+
+
+def final(cluster, machine: str, members, state: str, release, base_doc: dict) -> dict:
+    """``base_doc`` (the administrator's) extended by ``install_part``; see ``merge``."""
+    return merge(base_doc, install_part(cluster, machine, members, state, release))
+
+
+def parse(text: str, where: str) -> dict:
+    """A cloud config document from its file; Conflict-free ValueError naming ``where`` when it is not one."""
+    if not text.startswith(HEADER.strip()):
+        raise ValueError(f"{where}: not a cloud config (it does not start with {HEADER.strip()})")
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where}: malformed YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}: expected a mapping of cloud-config sections")
+    return doc
+
+
+def ignition(doc: dict) -> dict:
+    """The same machine configuration as Ignition (spec 3) JSON, for provisioning Flatcar: the
+    SSH keys of user core, every file with its mode, every unit with its drop-ins. Pure."""
+    return {
+        "ignition": {"version": IGNITION_VERSION},
+        "passwd": {"users": [{"name": "core", "sshAuthorizedKeys": list(doc.get("ssh_authorized_keys", []))}]},
+        "storage": {"files": [{"path": f["path"], "mode": int(f["permissions"], 8), "overwrite": True,
+                               "contents": {"source": "data:," + quote(f["content"], safe="")}}
+                              for f in doc.get("write_files", [])]},
+        "systemd": {"units": [_ignition_unit(u) for u in doc.get("coreos", {}).get("units", []) or []]},
+    }
+
+
+def _ignition_unit(unit: dict) -> dict:
+    out = {"name": unit["name"]}
+    if unit.get("enable") or unit.get("command") == "start":
+        out["enabled"] = True
+    if "content" in unit:
+        out["contents"] = unit["content"]
+    if unit.get("drop_ins"):
+        out["dropins"] = [{"name": d["name"], "contents": d["content"]} for d in unit["drop_ins"]]
+    return out
 
 
 class _Dumper(yaml.SafeDumper):

@@ -29,6 +29,8 @@ DOCKER_NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+-]*$")
+UNIT_NAME = re.compile(r"^[A-Za-z0-9@._:-]+\.(service|timer|socket|path|mount)$")
+FILE_MODE = re.compile(r"^0?[0-7]{3}$")
 
 
 # ---------------------------------------------------------------- the schema
@@ -63,6 +65,8 @@ KINDS = {
     "remote_path": "an absolute path on the remote host (letters, digits, . _ / @ + -)",
     "url_path": "an HTTP path starting with / (letters, digits, . _ ~ / ? = & % + -)",
     "repo_path": "a relative path inside the source checkout (no .., no leading /)",
+    "unit": "a systemd unit name (letters, digits, @ . _ : -, ending in .service, .timer, .socket, .path, .mount)",
+    "mode": "an octal file mode, e.g. '0644'",
 }
 
 SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
@@ -107,9 +111,23 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     }, many=True),
     "secrets": Field("local_path", "Folder of secret files, installed on every machine with mode 0600 "
                      "and mounted read-only into the containers."),
-    "cloud_config": Field("remote_path", "Where a machine reads its cloud config "
-                          "(Flatcar: /var/lib/flatcar-install/user_data).",
-                          "/var/lib/coreos-install/user_data"),
+    "cloud_config": Field("remote_path", "Where every machine reads its cloud config. Default: found per "
+                          "machine, Flatcar's /var/lib/flatcar-install/user_data where it exists, else CoreOS's "
+                          "/var/lib/coreos-install/user_data. The administrator's base is kept beside it "
+                          "(<path>.air-base) and restored when the machine is wiped.", required=False),
+    "additions": Section("Units and files every machine of the cluster gets in its final cloud config, "
+                         "merged with the administrator's base like the install's own (an entry the base "
+                         "already has is refused before anything changes).", {
+        "units": Section("A systemd unit, enabled and started at boot.", {
+            "name": Field("unit", "Unit name."),
+            "content": Field("text", "The unit file."),
+        }, many=True, required=False),
+        "files": Section("A file.", {
+            "path": Field("remote_path", "Where it is written."),
+            "content": Field("text", "What it holds."),
+            "permissions": Field("mode", "Its mode.", "0644"),
+        }, many=True, required=False),
+    }, required=False),
     "admin": Section("How the application creates its first admin user.", {
         "component": Field("name", "Component whose container runs the command."),
         "command": Field("text", "Command run in that container; it reads email, name and password "
@@ -176,6 +194,25 @@ class Admin:
 
 
 @dataclass(frozen=True)
+class Unit:
+    name: str
+    content: str
+
+
+@dataclass(frozen=True)
+class File:
+    path: str
+    content: str
+    permissions: str
+
+
+@dataclass(frozen=True)
+class Additions:
+    units: tuple
+    files: tuple
+
+
+@dataclass(frozen=True)
 class Timeouts:
     connect: int
     stop: int
@@ -198,9 +235,10 @@ class Cluster:
     machines: tuple
     components: tuple
     secrets: Path
-    cloud_config: str
+    cloud_config: Optional[str]
     admin: Optional[Admin]
     timeouts: Timeouts
+    additions: Optional[Additions] = None
 
     def image(self, component: str) -> str:
         """Repository of a component's image, without registry or tag."""
@@ -302,6 +340,14 @@ def _check(kind, value, where, file, base_dir, cluster):
         if value.startswith("/") or ".." in parts or not REMOTE_PATH.match("/" + value):
             _fail(file, where, KINDS[kind], value)
         return value.strip("/")
+    if kind == "unit":
+        if not UNIT_NAME.match(value):
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "mode":
+        if not FILE_MODE.match(value):
+            _fail(file, where, KINDS[kind], value)
+        return value.rjust(4, "0")
     if kind == "url_path":
         if not URL_PATH.match(value):
             _fail(file, where, KINDS[kind], value)
@@ -411,7 +457,15 @@ def load(name: str, directory: Path = None) -> Cluster:
         secrets=values["secrets"], cloud_config=values["cloud_config"],
         admin=Admin(**values["admin"]) if values["admin"] else None,
         timeouts=Timeouts(**values["timeouts"]),
+        additions=_additions(values["additions"]),
     )
+
+
+def _additions(values) -> Optional[Additions]:
+    if not values:
+        return None
+    return Additions(units=tuple(Unit(**u) for u in values["units"] or ()),
+                     files=tuple(File(**f) for f in values["files"] or ()))
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -14,6 +14,7 @@ import getpass
 import shlex
 import sys
 import time
+from typing import NamedTuple
 
 from . import balancer, machine, push, state
 from .cli import air_task, cluster_of
@@ -23,27 +24,47 @@ from .remote import q, say
 from .session import session
 
 
-def preflight(ex, machines) -> None:
-    """Every machine reachable, fresh, with Docker and etcd; else one error naming each problem."""
+def preflight(ex, machines, release) -> dict:
+    """Every machine reachable, fresh, with Docker and etcd, and a base cloud config the install
+    can extend; else one error naming each problem. Returns address -> its ``Plan``."""
     def check(address):
         why = ex.reachable(address)
         if why:
-            return f"{address}: unreachable ({why})"
-        problems = machine.fresh_problems(machine.facts(ex, address))
-        return f"{address}: {', '.join(problems)}" if problems else None
+            return f"{address}: unreachable ({why})", None
+        facts = machine.facts(ex, address)
+        problems = machine.fresh_problems(facts)
+        if problems:
+            return f"{address}: {', '.join(problems)}", None
+        try:
+            return None, plan_machine(ex, address, facts["user_data"], machines, release, "new")
+        except PreflightError as e:
+            return str(e).replace("; nothing was changed", ""), None
 
-    problems = [p for p in ex.parallel(check, machines) if p]
+    found = dict(zip(machines, ex.parallel(check, machines)))
+    problems = [p for p, _ in found.values() if p]
     if problems:
         installed = any("already" in p for p in problems)
         hint = (" setup-cluster never bootstraps etcd over a running cluster; use add-machine or upgrade."
                 if installed else " Nothing was changed.")
         raise PreflightError("preflight failed: " + "; ".join(problems) + "." + hint)
+    return {address: plan for address, (_, plan) in found.items()}
 
 
-def install_machine(ex, address, machines, release, base_doc, state="new") -> None:
+class Plan(NamedTuple):
+    """What install writes on one machine: its final cloud config and where it goes."""
+    user_data: str
+    doc: dict
+
+
+def plan_machine(ex, address, user_data, machines, release, state) -> Plan:
+    """The machine's final cloud config: its own base extended (PreflightError on a conflict)."""
+    base_doc = machine.base_of(ex, address, user_data)
+    return Plan(user_data, machine.final_document(ex.cluster, address, machines, state, release, base_doc))
+
+
+def install_machine(ex, address, plan: Plan, release) -> None:
     """Everything but starting: secrets, the final cloud config and its files, the images."""
-    doc = machine.final_document(ex.cluster, address, machines, state, release, base_doc)
-    machine.install(ex, address, doc, release)
+    machine.install(ex, address, plan.doc, release, plan.user_data)
 
 
 def start_etcd(s, machines) -> None:
@@ -64,12 +85,13 @@ def start_etcd(s, machines) -> None:
 def start_machine(ex, address) -> None:
     machine.start(ex, address)
     machine.wait_healthy(ex, address)
+    machine.resume_os_updates(ex, address)
 
 
-def wipe_all(ex, machines) -> str:
+def wipe_all(ex, plans: dict) -> str:
     """Every machine back to freshly prepared; '' or what could not be wiped (one line)."""
     try:
-        ex.parallel(lambda a: machine.wipe(ex, a), machines)
+        ex.parallel(lambda a: machine.wipe(ex, a, plans[a].user_data), list(plans))
         return ""
     except AirError as e:
         return f"; wiping failed too: {e}"
@@ -82,11 +104,10 @@ def setup(s, machines) -> object:
     release = push.published_release(cluster)
     say(f"setup-cluster: {cluster.name} on {', '.join(machines)}, release {release.id} "
         f"({', '.join(f'{i.component} {i.version}' for i in release.images)})")
-    preflight(ex, machines)
-    base_doc = machine.base_document(cluster)
+    plans = preflight(ex, machines, release)
     say("setup-cluster: installing secrets, images, units and cloud config on every machine")
     try:
-        ex.parallel(lambda a: install_machine(ex, a, machines, release, base_doc), machines)
+        ex.parallel(lambda a: install_machine(ex, a, plans[a], release), machines)
         say("setup-cluster: starting etcd")
         start_etcd(s, machines)
         # From here on, the cluster's lock exists: nothing else may change it meanwhile.
@@ -96,7 +117,7 @@ def setup(s, machines) -> object:
             raise
         # Nothing serves yet: put every machine back to freshly prepared, so setup can simply run again.
         with ex.finishing():
-            undone = wipe_all(ex, machines)
+            undone = wipe_all(ex, plans)
         raise AirError(f"setup-cluster failed before anything started: {failure}\n"
                        + ("every machine was wiped back to freshly prepared; fix the cause and run it again"
                           if not undone else f"not every machine could be wiped back{undone}")) from None

@@ -15,11 +15,26 @@ from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_UNIT, SECRETS_DI
                                UNIT_DIR, unit_name)
 
 from . import remote
-from .errors import HealthError
+from .errors import HealthError, PreflightError
 from .registry import load_credentials
 from .remote import q
 
 ETCD_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_DROPIN}"
+# Where a machine reads its cloud config, looked for in this order: Flatcar's, then CoreOS's.
+USER_DATA_PATHS = ("/var/lib/flatcar-install/user_data", "/var/lib/coreos-install/user_data")
+BASE_SUFFIX = ".air-base"  # the administrator's base, kept beside the final cloud config
+# OS updates that could reboot a machine mid-install; paused meanwhile, then put back as they were.
+OS_UPDATE_UNITS = ("update-engine.service", "locksmithd.service")
+OS_UPDATES_PAUSED = "/run/air-os-updates-paused"  # the units that were active when paused
+
+
+def user_data_command(cluster) -> str:
+    """Prints the path of the machine's cloud config: the cluster's, else the first of
+    ``USER_DATA_PATHS`` that exists, else CoreOS's."""
+    if cluster.cloud_config:
+        return f"echo {q(cluster.cloud_config)}"
+    found = " ".join(q(p) for p in USER_DATA_PATHS)
+    return f"for p in {found}; do if [ -e \"$p\" ]; then echo \"$p\"; exit 0; fi; done; echo {q(USER_DATA_PATHS[-1])}"
 
 
 # ---------------------------------------------------------------- what to run
@@ -35,6 +50,7 @@ def facts_command(cluster) -> str:
         f"echo etcd_data=$(test -n \"$(ls -A {q(ETCD_DATA_DIR)} 2>/dev/null)\" && echo yes || echo no)",
         f"echo air_units=$(systemctl list-unit-files --no-legend {units} 2>/dev/null | wc -l)",
         f"echo release=$(cat {q(STATE_DIR)}/release 2>/dev/null)",
+        f"echo user_data=$({user_data_command(cluster)})",
     ])
 
 
@@ -122,14 +138,43 @@ def start_etcd_command() -> str:
     return f"systemctl daemon-reload && systemctl enable -q {ETCD_UNIT} && systemctl start --no-block {ETCD_UNIT}"
 
 
-def wipe_command(cluster) -> str:
-    """Stops etcd and the Air units and forgets them and the cluster's secrets, so the machine is a
-    fresh one again. The components' data (``DATA_DIR``) stays: removing a machine loses nothing."""
-    units = unit_words(cluster)
-    unit_files = " ".join(q(f"{UNIT_DIR}/{u}") for u in units_of(cluster))
+def installed_units(cluster) -> list:
+    """The units install adds beside etcd: the Air units and the cluster's additions."""
+    return units_of(cluster) + [u.name for u in (cluster.additions.units if cluster.additions else ())]
+
+
+def wipe_command(cluster, user_data: str) -> str:
+    """Stops etcd and the installed units and forgets them and the cluster's secrets, and puts the
+    administrator's base cloud config back byte for byte, so the machine is a fresh one again. The
+    components' data (``DATA_DIR``) stays: removing a machine loses nothing."""
+    units = " ".join(q(u) for u in installed_units(cluster))
+    unit_files = " ".join(q(f"{UNIT_DIR}/{u}") for u in installed_units(cluster))
+    added_files = " ".join(q(f.path) for f in (cluster.additions.files if cluster.additions else ()))
+    base = q(user_data + BASE_SUFFIX)
     return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
-            f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files}; rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)}; "
-            f"systemctl daemon-reload")
+            f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files} {added_files}; "
+            f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)}; "
+            f"if [ -e {base} ]; then mv -f {base} {q(user_data)}; fi; "
+            f"systemctl daemon-reload; {resume_os_updates_command()}")
+
+
+def keep_base_command(user_data: str) -> str:
+    """Keeps the administrator's base beside the cloud config, once (a reinstall keeps the first)."""
+    return f"{{ [ -e {q(user_data + BASE_SUFFIX)} ] || cp -p {q(user_data)} {q(user_data + BASE_SUFFIX)}; }}"
+
+
+def pause_os_updates_command() -> str:
+    """Stops the OS update units, remembering which were active (a second pause keeps the first's record)."""
+    units = " ".join(OS_UPDATE_UNITS)
+    return (f"{{ [ -e {OS_UPDATES_PAUSED} ] || {{ for u in {units}; do systemctl is-active -q $u && echo $u; done "
+            f"> {OS_UPDATES_PAUSED}.new; mv -f {OS_UPDATES_PAUSED}.new {OS_UPDATES_PAUSED}; }}; "
+            f"systemctl stop {units} 2>/dev/null; true; }}")
+
+
+def resume_os_updates_command() -> str:
+    """Starts again the OS update units that were active when paused; nothing when none was paused."""
+    return (f"{{ if [ -e {OS_UPDATES_PAUSED} ]; then for u in $(cat {OS_UPDATES_PAUSED}); do systemctl start $u; "
+            f"done; rm -f {OS_UPDATES_PAUSED}; fi; }}")
 
 
 def diagnostics_command(cluster) -> str:
@@ -147,13 +192,13 @@ def base_document(cluster) -> dict:
     return cloudconfig.base(cluster, keys, ca, load_credentials(cluster.registry.credentials))
 
 
-def render_base(cluster) -> str:
-    """The base cloud config as a file: what a freshly prepared machine boots from."""
-    return cloudconfig.render(base_document(cluster))
-
-
-def final_document(cluster, machine, members, state, release, base_doc=None) -> dict:
-    return cloudconfig.final(cluster, machine, members, state, release, base_doc or base_document(cluster))
+def final_document(cluster, machine, members, state, release, base_doc: dict) -> dict:
+    """The machine's final cloud config: its administrator's ``base_doc`` extended by the install;
+    PreflightError when the install would replace an entry of the base."""
+    try:
+        return cloudconfig.final(cluster, machine, members, state, release, base_doc)
+    except cloudconfig.Conflict as conflict:
+        raise PreflightError(f"{machine}: {conflict}; nothing was changed") from None
 
 
 # ---------------------------------------------------------------- steps on one machine
@@ -169,39 +214,67 @@ def secret_files(cluster) -> list:
             for path in (sorted(folder.iterdir()) if folder.is_dir() else []) if path.is_file()]
 
 
-def wipe(ex, address) -> None:
-    """Back to a freshly prepared machine: ``wipe_command``, and the base cloud config in place of
-    the final one, so a reboot does not bring the cluster's units back."""
+def wipe(ex, address, user_data: str = None) -> None:
+    """Back to a freshly prepared machine (``wipe_command``): a reboot does not bring the
+    cluster's units back, and the administrator's base cloud config is in place again."""
     cluster = ex.cluster
-    ex.run(address, wipe_command(cluster), what="wipe etcd and the Air units",
+    user_data = user_data or facts(ex, address)["user_data"]
+    ex.run(address, wipe_command(cluster, user_data), what="wipe etcd and the Air units",
            deadline=cluster.timeouts.stop + cluster.timeouts.command)
-    ex.write_file(address, cluster.cloud_config, render_base(cluster), 0o600)
 
 
-def install(ex, address, doc: dict, release) -> None:
+def base_of(ex, address, user_data: str, installed_part: dict = None) -> dict:
+    """The administrator's base cloud config of the machine: the copy kept at install, else the
+    cloud config it was prepared with. PreflightError when there is none or it is not one.
+
+    ``installed_part``: the machine is installed; when it has no kept copy (installed before
+    copies were kept), its cloud config less what install added is taken for its base."""
+    for path in (user_data + BASE_SUFFIX, user_data):
+        text = ex.read_file(address, path)
+        if text is not None:
+            try:
+                doc = cloudconfig.parse(text, f"{address}:{path}")
+            except ValueError as e:
+                raise PreflightError(f"{e}; nothing was changed") from None
+            return cloudconfig.without(doc, installed_part) if installed_part and path == user_data else doc
+    raise PreflightError(f"{address}: no cloud config at {user_data}: prepare the machine with the cluster's "
+                         f"base cloud config first (fab cloudconfig.base); nothing was changed")
+
+
+def install(ex, address, doc: dict, release, user_data: str) -> None:
     """A machine's secrets, the document's files and the release's images, in one command after
-    one SFTP session: what setup-cluster and add-machine do on each machine before starting it."""
+    one SFTP session: what setup-cluster and add-machine do on each machine before starting it.
+    OS updates are paused until the machine is started."""
     cluster = ex.cluster
-    staged = ex.stage_files(address, secret_files(cluster) + document_files(cluster, doc))
-    ex.run(address, f"mkdir -p {q(SECRETS_DIR)} && chmod 0700 {q(SECRETS_DIR)} && {staged.swap} && "
+    staged = ex.stage_files(address, secret_files(cluster) + document_files(doc, user_data))
+    ex.run(address, f"{pause_os_updates_command()} && {keep_base_command(user_data)} && "
+                    f"mkdir -p {q(SECRETS_DIR)} && chmod 0700 {q(SECRETS_DIR)} && {staged.swap} && "
                     f"{pull_command(cluster, release)}", what=f"install release {release.id}",
            deadline=cluster.timeouts.pull)
 
 
-def document_files(cluster, doc: dict) -> list:
-    """Every file the cloud config stands for, then the cloud config itself (0600: it holds the login).
-    The components' data folders need no step: `docker run -v` makes them."""
+def document_files(doc: dict, user_data: str) -> list:
+    """Every file the cloud config stands for, then the cloud config itself at ``user_data`` (0600:
+    it holds the login). The components' data folders need no step: `docker run -v` makes them."""
     return [(f.path, f.content, f.mode) for f in cloudconfig.files(doc)] + \
-        [(cluster.cloud_config, cloudconfig.render(doc), 0o600)]
+        [(user_data, cloudconfig.render(doc), 0o600)]
 
 
-def apply_document(ex, address, doc: dict) -> None:
-    ex.write_files(address, document_files(ex.cluster, doc))
+def apply_document(ex, address, doc: dict, user_data: str) -> None:
+    ex.write_files(address, document_files(doc, user_data))
 
 
-def stage_document(ex, address, doc: dict) -> remote.Staged:
+def stage_document(ex, address, doc: dict, user_data: str) -> remote.Staged:
     """Upload the document's files without putting them in place (see ``Executor.stage_files``)."""
-    return ex.stage_files(address, document_files(ex.cluster, doc))
+    return ex.stage_files(address, document_files(doc, user_data))
+
+
+def pause_os_updates(ex, address) -> None:
+    ex.run(address, pause_os_updates_command(), what="pause OS updates")
+
+
+def resume_os_updates(ex, address) -> None:
+    ex.run(address, resume_os_updates_command(), what="resume OS updates")
 
 
 def pull(ex, address, release, components=None) -> None:
@@ -219,16 +292,19 @@ def stop(ex, address, components=None) -> None:
 
 
 def release_facts_command(cluster) -> str:
-    """Prints the machine's release file, its components file and its units' states, in sections."""
+    """Prints the machine's release file, its components file, its units' states and where its
+    cloud config is, in sections."""
     units = unit_words(cluster)
     return (f"echo '--release'; cat {q(STATE_DIR)}/release 2>/dev/null; "
             f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null; "
-            f"echo '--units'; systemctl is-active {units} 2>/dev/null; true")
+            f"echo '--units'; systemctl is-active {units} 2>/dev/null; "
+            f"echo '--user_data'; ({user_data_command(cluster)}); true")
 
 
 def parse_release_facts(text: str, cluster) -> dict:
-    """{"release": id or "", "components": component -> version, "units": unit -> state}."""
-    sections: dict = {"release": [], "components": [], "units": []}
+    """{"release": id or "", "components": component -> version, "units": unit -> state,
+    "user_data": path of its cloud config}."""
+    sections: dict = {"release": [], "components": [], "units": [], "user_data": []}
     current = None
     for line in text.splitlines():
         if line.startswith("--") and line[2:] in sections:
@@ -237,7 +313,8 @@ def parse_release_facts(text: str, cluster) -> dict:
             sections[current].append(line)
     return {"release": "".join(sections["release"]).strip(),
             "components": parse_components("\n".join(sections["components"])),
-            "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"])))}
+            "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"]))),
+            "user_data": "".join(sections["user_data"]).strip()}
 
 
 def release_facts(ex, address) -> dict:

@@ -25,7 +25,7 @@ from . import etcd as etcd_api
 from .cli import air_task, cluster_of
 from .cluster import check_address
 from .errors import AirError, ConfigError, Interrupted, LostLock, PreflightError, RemoteError
-from .install import install_machine
+from .install import install_machine, plan_machine
 from .remote import say
 from .session import session
 
@@ -79,33 +79,36 @@ def add(s, via: str, new: str) -> None:
     why = ex.reachable(new)
     if why:
         raise PreflightError(f"{new}: unreachable ({why}); nothing was changed")
-    problems = machine.fresh_problems(machine.facts(ex, new))
+    facts = machine.facts(ex, new)
+    problems = machine.fresh_problems(facts)
     if problems:
         raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
+    plan = plan_machine(ex, new, facts["user_data"], addresses, release, "existing")
     say(f"add-machine: installing release {release.id} on {new}")
     added = None
     try:
-        install_machine(ex, new, addresses, release, machine.base_document(cluster), state="existing")
+        install_machine(ex, new, plan, release)
         ex.check(f"adding {new} to etcd")
         added = client.add_member(url(new, ETCD_PEER_PORT), learner=True)
         ex.run(new, machine.start_etcd_command(), what="start etcd")
         client.promote(added.id, timeout=cluster.timeouts.healthy)
         machine.start(ex, new)
         machine.wait_healthy(ex, new)
+        machine.resume_os_updates(ex, new)
     except AirError as failure:
         if isinstance(failure, LostLock):
             raise LostLock(f"{failure}; {new} was left half-added" +
                            (f" (etcd member {added.id}): remove it with fab remove-machine" if added else
                             ": wipe it before adding it again")) from None
         with ex.finishing():
-            undone = _undo_add(s, new, added)
+            undone = _undo_add(s, new, added, plan.user_data)
         raise (Interrupted if isinstance(failure, Interrupted) else AirError)(
             f"add-machine {new} failed: {failure}\n{undone}") from None
     balancer.Routers(ex).add(new)
     say(f"add-machine: {new} is a member and serves release {release.id}")
 
 
-def _undo_add(s, new, added) -> str:
+def _undo_add(s, new, added, user_data) -> str:
     """Remove the membership an add made and wipe the machine; says what became of it. A cleanup
     that fails is reported after the failure it cleans up after, never instead of it."""
     said = []
@@ -113,7 +116,7 @@ def _undo_add(s, new, added) -> str:
         if added is not None:
             s.etcd.remove_member(added.id)
             said.append("its etcd membership was removed again")
-        machine.wipe(s.ex, new)
+        machine.wipe(s.ex, new, user_data)
         said.append("it was wiped; the cluster is as before")
     except AirError as e:
         said.append(f"cleaning up failed too ({e}): `fab remove-machine --cluster {s.cluster.name} "

@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
+import cloudconfig
+
 from . import balancer, machine, state
 from .cli import air_task, cluster_of
 from .cluster import check_address
@@ -77,6 +79,10 @@ def plan(cluster, release: Release, facts: dict, listed) -> list:
         elif action == READD:
             steps.append(Step(address, READD))
     return steps
+
+
+def _machine(step: Step) -> str:
+    return step.machine
 
 
 def routed(members, serving, done, out) -> list:
@@ -140,7 +146,7 @@ class Rollout:
         self.steps = plan(self.cluster, release, self.facts, self.routers.listed()) if not self.down else []
         self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous) \
             if not self.down and only is None else None
-        self._base_doc: Optional[dict] = None
+        self._bases: dict = {}
 
     def _read(self) -> tuple:
         """(machines that cannot be logged in to, with why; facts of the others), with the
@@ -161,12 +167,6 @@ class Rollout:
 
     def describe(self) -> list:
         return describe(self.steps, self.machines, self.release)
-
-    @property
-    def base_doc(self) -> dict:
-        if self._base_doc is None:
-            self._base_doc = machine.base_document(self.cluster)
-        return self._base_doc
 
     # ------------------------------------------------------------ applying
 
@@ -193,7 +193,8 @@ class Rollout:
                 self._halt_between(halt, serving, done, staged)
             except AirError as failure:
                 raise UpgradeFailed(self._balancer_failed(failure, done)) from None
-            outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group)
+            outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group,
+                                        describe=_machine)
             done += [s.machine for s, (failure, _) in zip(group, outcomes) if failure is None]
             failed = [(s, failure, how) for s, (failure, how) in zip(group, outcomes) if failure is not None]
             if failed:
@@ -253,20 +254,32 @@ class Rollout:
         return f"{upgraded}{rest}"
 
     def _discard(self, staged) -> None:
-        for address, files in staged.items():  # machines never reached keep nothing staged
-            self.ex.run(address, files.discard, check=False, what="discard the staged files")
+        for address, files in staged.items():  # machines never reached keep nothing staged, and update again
+            self.ex.run(address, f"{files.discard}; {machine.resume_os_updates_command()}", check=False,
+                        what="discard the staged files, resume OS updates")
 
     def _prepare(self) -> dict:
         """Pull the release and stage its files on every machine to upgrade, all at once (serving is
         not disturbed); returns address -> ``remote.Staged``."""
         def one(step):
             machine.pull(self.ex, step.machine, self.release, step.restart)
-            return machine.stage_document(self.ex, step.machine, self._document(step.machine, self.release))
+            staged = machine.stage_document(self.ex, step.machine, self._document(step.machine, self.release),
+                                            self._user_data(step.machine))
+            machine.pause_os_updates(self.ex, step.machine)
+            return staged
         upgrades = [s for s in self.steps if s.action == UPGRADE]
-        return dict(zip((s.machine for s in upgrades), self.ex.parallel(one, upgrades)))
+        return dict(zip((s.machine for s in upgrades), self.ex.parallel(one, upgrades, describe=_machine)))
+
+    def _user_data(self, address) -> str:
+        return self.facts[address]["user_data"]
 
     def _document(self, address, release) -> dict:
-        return machine.final_document(self.cluster, address, self.members, "existing", release, self.base_doc)
+        """The machine's final cloud config at ``release``: its administrator's base, extended."""
+        if address not in self._bases:
+            installed = cloudconfig.install_part(self.cluster, address, self.members, "existing", release)
+            self._bases[address] = machine.base_of(self.ex, address, self._user_data(address), installed)
+        return machine.final_document(self.cluster, address, self.members, "existing", release,
+                                      self._bases[address])
 
     def _carry_out(self, step: Step, staged) -> tuple:
         """One machine, out of the balancer: restart what changes on the staged files, then its health
@@ -282,6 +295,8 @@ class Rollout:
             machine.wait_healthy(self.ex, step.machine)
             if self.ex.interrupted.is_set() and step.action == UPGRADE:
                 raise Interrupted(f"interrupted during the upgrade of {step.machine}")
+            if step.action == UPGRADE:
+                machine.resume_os_updates(self.ex, step.machine)
         except LostLock as lost:
             return lost, "left as it was"
         except (HealthError, RemoteError, Interrupted) as failure:
@@ -299,9 +314,10 @@ class Rollout:
             return f"{address} is out of the balancer; no earlier release to restore."
         try:
             machine.stop(self.ex, address)
-            machine.apply_document(self.ex, address, self._document(address, self.previous))
+            machine.apply_document(self.ex, address, self._document(address, self.previous), self._user_data(address))
             machine.start(self.ex, address)
             machine.wait_healthy(self.ex, address)
+            machine.resume_os_updates(self.ex, address)
             return f"restored: {address} is back on release {self.previous.id} and in the balancer."
         except LostLock:
             raise

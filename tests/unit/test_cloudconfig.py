@@ -130,6 +130,10 @@ coreos:
 
       [Install]
       WantedBy=multi-user.target
+  update:
+    reboot_strategy: etcd-lock
+  locksmith:
+    endpoint: http://127.0.0.1:2379
 """
 
 
@@ -235,3 +239,88 @@ def test_final_on_ipv6_machines(cluster):
     assert "Environment=ETCD_LISTEN_PEER_URLS=http://[fd00::1]:2380\n" in dropin
     assert yaml.safe_load(render(doc)) == doc
     assert cloudconfig.started_units(doc)[0] == "etcd-member.service"
+
+
+# ---------------------------------------------------------------- the administrator's base, extended
+
+ADMIN_BASE = """\
+#cloud-config
+ssh_authorized_keys:
+- ssh-ed25519 CCCC admin
+write_files:
+- path: /etc/monitoring/agent.conf
+  permissions: '0640'
+  content: |
+    server=monitor.example.org
+coreos:
+  units:
+  - name: admin-monitor.service
+    command: start
+    content: |
+      [Service]
+      ExecStart=/usr/bin/monitor
+users:
+- name: ops
+"""
+
+
+def test_the_administrators_base_is_extended_and_nothing_of_it_replaced(cluster):
+    admin = cloudconfig.parse(ADMIN_BASE, "m1:/var/lib/coreos-install/user_data")
+    doc = final(cluster, "10.0.0.2", cluster.machines, "new", RELEASE, admin)
+    assert doc["users"] == [{"name": "ops"}] and doc["ssh_authorized_keys"] == ["ssh-ed25519 CCCC admin"]
+    assert [f["path"] for f in doc["write_files"]] == [
+        "/etc/monitoring/agent.conf", "/etc/air/state/release", "/etc/air/state/components"]
+    assert [u["name"] for u in doc["coreos"]["units"]] == [
+        "admin-monitor.service", "etcd-member.service", "air-web.service", "air-worker.service"]
+    assert doc["coreos"]["update"] == {"reboot_strategy": "etcd-lock"}
+    # One document: the base's entries come first, byte for byte what it said.
+    assert render(doc).startswith("#cloud-config\nssh_authorized_keys:\n- ssh-ed25519 CCCC admin\n")
+    assert admin == cloudconfig.parse(ADMIN_BASE, "again")  # the base itself is left as it was
+
+
+@pytest.mark.parametrize("base_text, message", [
+    ("#cloud-config\ncoreos:\n  units:\n  - name: air-web.service\n",
+     "unit air-web.service: the base cloud config has it, and so would the install"),
+    ("#cloud-config\nwrite_files:\n- path: /etc/air/state/release\n  content: x\n",
+     "write_files /etc/air/state/release: the base cloud config writes it, and so would the install"),
+    ("#cloud-config\ncoreos:\n  update:\n    reboot_strategy: reboot\n",
+     "coreos.update.reboot_strategy: the base cloud config says 'reboot', the install needs 'etcd-lock'"),
+])
+def test_an_install_entry_that_would_replace_the_bases_is_a_conflict_naming_both(cluster, base_text, message):
+    with pytest.raises(cloudconfig.Conflict) as conflict:
+        final(cluster, "10.0.0.2", cluster.machines, "new", RELEASE, cloudconfig.parse(base_text, "x"))
+    assert str(conflict.value) == message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ssh_authorized_keys: []\n", "m1:/u: not a cloud config (it does not start with #cloud-config)"),
+    ("#cloud-config\n- a list\n", "m1:/u: expected a mapping of cloud-config sections"),
+    ("#cloud-config\na: [\n", "m1:/u: malformed YAML"),
+])
+def test_parse_refuses_what_is_not_a_cloud_config(text, message):
+    with pytest.raises(ValueError) as refused:
+        cloudconfig.parse(text, "m1:/u")
+    assert str(refused.value).startswith(message)
+
+
+def test_ignition_has_every_key_file_and_unit_of_the_cloud_config(cluster, base_doc):
+    doc = cloudconfig.merge(cloudconfig.parse(ADMIN_BASE, "x"), base_doc | {"ssh_authorized_keys": []})
+    converted = cloudconfig.ignition(doc)
+    assert converted["ignition"] == {"version": "3.3.0"}
+    assert converted["passwd"] == {"users": [{"name": "core", "sshAuthorizedKeys": ["ssh-ed25519 CCCC admin"]}]}
+    by_path = {f["path"]: f for f in converted["storage"]["files"]}
+    assert set(by_path) == {f.path for f in files(doc) if not f.path.startswith("/etc/systemd/")}
+    config = by_path["/root/.docker/config.json"]
+    assert config["mode"] == 0o600 and config["overwrite"] is True
+    assert config["contents"]["source"].startswith("data:,%7B%22auths%22")
+    from urllib.parse import unquote
+    assert unquote(by_path["/etc/monitoring/agent.conf"]["contents"]["source"][len("data:,"):]) == \
+        "server=monitor.example.org\n"
+    assert converted["systemd"]["units"] == [
+        {"name": "admin-monitor.service", "enabled": True, "contents": "[Service]\nExecStart=/usr/bin/monitor\n"}]
+
+
+def test_without_the_install_part_a_final_config_gives_back_its_base(cluster):
+    admin = cloudconfig.parse(ADMIN_BASE, "x")
+    part = cloudconfig.install_part(cluster, "10.0.0.2", cluster.machines, "existing", RELEASE)
+    assert cloudconfig.without(cloudconfig.merge(admin, part), part) == admin

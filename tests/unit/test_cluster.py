@@ -72,7 +72,7 @@ def test_a_valid_file_loads_with_defaults_applied(tmp_path):
     assert (c.ssh.user, c.ssh.port) == ("core", 22)
     assert c.timeouts == cluster.Timeouts(connect=10, stop=30, healthy=60, lock=30, command=60, pull=300, alive=10)
     assert c.balancer == cluster.Balancer("192.0.2.10", 80, "/etc/haproxy/air-routers.cfg", "/etc/haproxy/haproxy.cfg")
-    assert c.cloud_config == "/var/lib/coreos-install/user_data"
+    assert c.cloud_config is None  # found per machine
     assert c.admin is None
     assert c.registry.ca is None
     assert c.components[0] == cluster.Component("router", 80, "/health", "components/router")

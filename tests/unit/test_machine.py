@@ -4,6 +4,12 @@ The facts outputs below were recorded from sandbox machines (an installed one,
 a freshly prepared spare) and from the states in between that preflight must
 notice. Nothing here connects anywhere.
 """
+import os
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
 from tasks import machine
 from tasks.release import Image, Release
 
@@ -33,7 +39,22 @@ def test_facts_command(cluster):
         "echo etcd_active=$(systemctl is-active etcd-member.service 2>/dev/null); "
         "echo etcd_data=$(test -n \"$(ls -A /var/lib/etcd/member 2>/dev/null)\" && echo yes || echo no); "
         "echo air_units=$(systemctl list-unit-files --no-legend air-web.service air-worker.service 2>/dev/null | wc -l); "
-        "echo release=$(cat /etc/air/state/release 2>/dev/null)")
+        "echo release=$(cat /etc/air/state/release 2>/dev/null); "
+        f"echo user_data=$({machine.user_data_command(cluster)})")
+
+
+@pytest.mark.parametrize("present, found", [
+    (["flatcar", "coreos"], "flatcar"), (["coreos"], "coreos"), ([], "coreos")])
+def test_the_cloud_config_is_found_per_machine_flatcar_first(tmp_path, monkeypatch, present, found):
+    paths = {kind: tmp_path / f"{kind}-install" / "user_data" for kind in ("flatcar", "coreos")}
+    for kind in present:
+        paths[kind].parent.mkdir()
+        paths[kind].write_text("#cloud-config\n")
+    monkeypatch.setattr(machine, "USER_DATA_PATHS", (str(paths["flatcar"]), str(paths["coreos"])))
+    auto = SimpleNamespace(cloud_config=None)
+    assert run_sh(machine.user_data_command(auto), tmp_path).stdout == f"{paths[found]}\n"
+    forced = SimpleNamespace(cloud_config="/srv/my user_data")
+    assert run_sh(machine.user_data_command(forced), tmp_path).stdout == "/srv/my user_data\n"
 
 
 def test_parse_facts_of_an_installed_machine():
@@ -139,12 +160,59 @@ def test_start_etcd_command():
         "systemctl start --no-block etcd-member.service")
 
 
+USER_DATA = "/var/lib/flatcar-install/user_data"
+
+
 def test_wipe_command(cluster):
-    assert machine.wipe_command(cluster) == (
+    assert machine.wipe_command(cluster, USER_DATA) == (
         "systemctl disable -q --now air-web.service air-worker.service etcd-member.service 2>/dev/null; "
         "rm -f /etc/systemd/system/etcd-member.service.d/20-air.conf "
-        "/etc/systemd/system/air-web.service /etc/systemd/system/air-worker.service; "
-        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/secrets; systemctl daemon-reload")
+        "/etc/systemd/system/air-web.service /etc/systemd/system/air-worker.service ; "
+        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/secrets; "
+        f"if [ -e {USER_DATA}.air-base ]; then mv -f {USER_DATA}.air-base {USER_DATA}; fi; "
+        f"systemctl daemon-reload; {machine.resume_os_updates_command()}")
+
+
+def run_sh(script: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=30)
+
+
+def test_the_base_is_kept_once_and_the_wipe_puts_it_back_byte_for_byte(tmp_path):
+    user_data = str(tmp_path / "user_data")
+    base = b"#cloud-config\n# the administrator's own\nusers: []\n"
+    (tmp_path / "user_data").write_bytes(base)
+    os.chmod(user_data, 0o600)
+    assert run_sh(f"{machine.keep_base_command(user_data)} && echo kept", tmp_path).stdout == "kept\n"
+    (tmp_path / "user_data").write_text("#cloud-config\n# final\n")
+    assert run_sh(machine.keep_base_command(user_data), tmp_path).returncode == 0  # a reinstall keeps the first
+    restore = machine.wipe_command(SimpleNamespace(components=(), additions=None), user_data)
+    restore = restore[restore.index("if [ -e"):restore.index("fi;") + 3]
+    assert run_sh(restore, tmp_path).returncode == 0
+    assert (tmp_path / "user_data").read_bytes() == base and not (tmp_path / "user_data.air-base").exists()
+    assert oct(os.stat(user_data).st_mode & 0o777) == oct(0o600)
+
+
+def test_os_updates_are_paused_and_put_back_as_they_were(tmp_path, monkeypatch):
+    """Run with a stand-in systemctl: update-engine was active, locksmithd was not."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(
+        "#!/bin/sh\necho \"$*\" >> \"$LOG\"\n"
+        "[ \"$1 $2 $3\" = 'is-active -q update-engine.service' ] && exit 0\n"
+        "[ \"$1\" = is-active ] && exit 3\nexit 0\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    paused = tmp_path / "paused"
+    monkeypatch.setattr(machine, "OS_UPDATES_PAUSED", str(paused))
+    env = f"PATH={bin_dir}:$PATH LOG={tmp_path}/log; export PATH LOG; "
+    assert run_sh(env + machine.pause_os_updates_command() + " && echo on", tmp_path).stdout == "on\n"
+    assert paused.read_text() == "update-engine.service\n"
+    assert run_sh(env + machine.pause_os_updates_command(), tmp_path).returncode == 0  # paused twice: first record kept
+    assert paused.read_text() == "update-engine.service\n"
+    assert run_sh(env + machine.resume_os_updates_command() + " && echo on", tmp_path).stdout == "on\n"
+    log = (tmp_path / "log").read_text().splitlines()
+    assert "stop update-engine.service locksmithd.service" in log
+    assert log[-1] == "start update-engine.service" and not paused.exists()
+    assert run_sh(env + machine.resume_os_updates_command(), tmp_path).returncode == 0  # nothing paused: nothing
 
 
 def test_diagnostics_command(cluster):
@@ -155,7 +223,7 @@ def test_diagnostics_command(cluster):
 
 def test_wipe_undoes_what_preflight_looks_at(cluster):
     """Every file and folder whose presence makes a machine 'not fresh' is removed by the wipe."""
-    wipe = machine.wipe_command(cluster)
+    wipe = machine.wipe_command(cluster, USER_DATA)
     for path in (machine.ETCD_DROPIN_PATH, "/var/lib/etcd/member", "/etc/air/state",
                  "/etc/systemd/system/air-web.service", "/etc/systemd/system/air-worker.service"):
         assert path in wipe
