@@ -13,7 +13,7 @@ import json
 import time
 
 from . import balancer, machine, remote, state, upgrade
-from .build import build_all, check_branch
+from .build import build_all, parse_branches
 from .cli import air_task, build_host, cluster_of
 from .cluster import check_address
 from .errors import ConfigError, LockedError
@@ -43,6 +43,8 @@ def running_everywhere(cluster, release: Release, members) -> bool:
 
 
 def deploy_release(cluster, host, branch, via=None, wait=False, batch=1) -> Release:
+    """``branch``: the main repository's branch, or Branches (components' own branches too)."""
+    branch = parse_branches(cluster, branch)
     started = time.monotonic()
     with state.cluster_etcd(cluster, via) as client:
         with _lock(client, cluster, f"deploy {branch}", wait):
@@ -59,18 +61,19 @@ def deploy_release(cluster, host, branch, via=None, wait=False, batch=1) -> Rele
                     f"({time.monotonic() - started:.1f} s)")
                 return release
             upgrade.rolling_with_record(cluster, client, release, current, batch=batch,
-                                        branch=branch, commit=built["commit"])
+                                        branch=built["branch"], commit=built["commit"], sources=built["sources"])
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
     return release
 
 
-@air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch)",
+@air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch); "
+                "COMPONENT=B for a component with its own repository (repeatable)",
                 "via": "member to reach etcd through", "wait": "wait for another deploy's lock instead of failing",
-                "batch": "machines upgraded at once"})
+                "batch": "machines upgraded at once"}, iterable=["branch"])
 def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1):
     """Build, push what changed and roll the cluster to it, under the cluster's deploy lock."""
     target = cluster_of(cluster)
-    branch = check_branch(branch or target.build.branch)
+    branch = parse_branches(target, branch)
     via = check_address(via, "--via") if via else None
     release = deploy_release(target, build_host(c, target), branch, via, wait, int(batch))
     print(f"release {release.id}")
@@ -89,7 +92,9 @@ def releases(c, cluster=None, via=None, json_=False):
     for r in records:
         mark = "*" if current and r["id"] == current.id else " "
         versions = " ".join(f"{k}={v['version']}" for k, v in sorted(r["components"].items()))
-        print(f"{mark} {r['when']}  {r['id']}  {r.get('outcome', '?'):10.40}  {r.get('branch', '-')}  {versions}")
+        # every repository that went into it: URL, branch and commit
+        sources = "".join(f"  {s['repository']} {s['branch']}@{s['commit'][:10]}" for s in r.get("sources", []))
+        print(f"{mark} {r['when']}  {r['id']}  {r.get('outcome', '?'):10.40}  {r.get('branch', '-')}  {versions}{sources}")
 
 
 GOOD_OUTCOMES = ("succeeded", "installed")

@@ -19,7 +19,12 @@ def test_checkout_script_clones_or_fetches_and_detaches_at_the_branch_tip():
 
 
 def test_context_command_quotes_the_folder():
-    assert context_command("/srv/a b", "components/router") == "tar -C '/srv/a b/components/router' -c ."
+    assert context_command("/srv/a b", "components/router") == \
+        "tar -C '/srv/a b/components/router' --exclude=./.git -c ."
+
+
+def test_context_command_of_the_checkouts_root():
+    assert context_command("/srv/air", ".") == "tar -C /srv/air --exclude=./.git -c ."
 
 
 @pytest.mark.parametrize("branch", ["master", "release/2.1", "feature/x_y-z.3", "a" * 200])

@@ -230,7 +230,8 @@ def test_unknown_field(tmp_path, field, expected):
 
 def test_unknown_field_of_a_component(tmp_path):
     message = error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80, "helth": "/h"}]))
-    assert ": components[0].helth: unknown field (expected one of: name, port, health, source)" in message
+    assert (": components[0].helth: unknown field (expected one of: name, port, health, source, dockerfile, ignore, "
+            "args, target, prepare, prepare_timeout, repository, branch)") in message
 
 
 def test_duplicate_component_names(tmp_path):
