@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -162,11 +163,13 @@ def build_args(component, values: dict) -> dict:
     return {name: template.format(**values) for name, template in component.args}
 
 
-def build_options(cluster, component, commit: str, values: dict) -> dict:
-    """What ``APIClient.build`` is given besides the context."""
+def build_options(cluster, component, commit: str, values: dict, cache: bool = True) -> dict:
+    """What ``APIClient.build`` is given besides the context. ``cache``: False rebuilds every step."""
     options = {"custom_context": True, "tag": candidate(cluster, component.name, commit),
                "dockerfile": relative_to(component.source, component.dockerfile),
                "rm": True, "forcerm": True, "decode": True}
+    if not cache:
+        options["nocache"] = True
     if component.args:
         options["buildargs"] = build_args(component, values)
     if component.target:
@@ -288,13 +291,15 @@ def prepare(conn, checkout: str, component) -> None:
         raise RemoteError(f"build of {component.name} failed at its prepare command (exit {result.exited}): {last}")
 
 
-def build_component(api, conn, cluster, component, checkout: str, commit: str, values: dict) -> str:
+def build_component(api, conn, cluster, component, checkout: str, commit: str, values: dict,
+                    cache: bool = True) -> str:
     """Prepare and build one image from its checkout; return its image ID. Steps stream as progress."""
+    started = time.monotonic()
     if component.prepare:
         prepare(conn, checkout, component)
     context = build_context(remote.read_bytes(conn, context_command(checkout, component.source),
                                               what=f"read the build context of {component.name}"), component)
-    options = build_options(cluster, component, commit, values)
+    options = build_options(cluster, component, commit, values, cache)
     log, step, image_id = [], None, None
 
     def failed(error: str) -> RemoteError:
@@ -319,6 +324,7 @@ def build_component(api, conn, cluster, component, checkout: str, commit: str, v
     if image_id is None:
         image_id = api.inspect_image(options["tag"])["Id"]
     forget_older_candidates(api, cluster, component.name, commit)
+    say(f"  {component.name}: built {image_id[:19]} in {time.monotonic() - started:.1f} s")
     return image_id
 
 
@@ -332,9 +338,9 @@ def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
                 api.remove_image(tag, noprune=True)
 
 
-def build_all(cluster, host: str, branch=None, only: str = None) -> dict:
+def build_all(cluster, host: str, branch=None, only: str = None, cache: bool = True) -> dict:
     """Checkouts and builds. ``branch``: a branch of the main repository, ``--branch`` values or
-    Branches. Returns the images ({component: image ID}), the main commit and branch, VERSION's
+    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}), the main commit and branch, VERSION's
     (major, minor) and ``sources``: every checkout's repository, branch, commit and components."""
     branches = parse_branches(cluster, branch)
     components = [cluster.component(only)] if only else list(cluster.components)
@@ -351,7 +357,7 @@ def build_all(cluster, host: str, branch=None, only: str = None) -> dict:
             c, commit = next((c, commit) for c, commit in zip(plan, commits) if component.name in c.components)
             values = {"version": f"{base[0]}.{base[1]}", "commit": commit, "branch": c.branch,
                       "cluster": cluster.name, "component": component.name}
-            images[component.name] = build_component(api, conn, cluster, component, c.path, commit, values)
+            images[component.name] = build_component(api, conn, cluster, component, c.path, commit, values, cache)
     sources = [{"repository": c.repository, "branch": c.branch, "commit": commit, "components": list(c.components)}
                for c, commit in zip(plan, commits)]
     return {"commit": commits[0], "branch": branches.main, "base": base, "images": images, "sources": sources}
@@ -360,14 +366,15 @@ def build_all(cluster, host: str, branch=None, only: str = None) -> dict:
 @air_task(help={"cluster": "target cluster (clusters/<name>.yaml)",
                 "branch": "branch of the main repository (default: the cluster's build.branch); "
                           "COMPONENT=B for a component with its own repository (repeatable)",
-                "component": "build only this component"},
+                "component": "build only this component",
+                "no-cache": "rebuild every step instead of using the build server's build cache"},
           iterable=["branch"])
-def build(c, cluster=None, branch=None, component=None):
+def build(c, cluster=None, branch=None, component=None, no_cache=False):
     """Update the cluster's checkouts on the build server and build its images."""
     target = cluster_of(cluster)
     branches = parse_branches(target, branch)
     if component is not None:
         target.component(component)
-    result = build_all(target, build_host(c, target), branches, component)
+    result = build_all(target, build_host(c, target), branches, component, cache=not no_cache)
     for name, image_id in result["images"].items():
         print(f"{name:20} {image_id}")

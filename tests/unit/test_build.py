@@ -261,3 +261,8 @@ def test_a_named_ignore_file_that_is_missing_is_a_config_error(built):
     with pytest.raises(ConfigError) as error:
         build_context(tar_of(ROOT_CONTEXT), component)
     assert str(error.value) == "component app: ignore file images/app/missing.ignore is not in its checkout"
+
+
+def test_build_options_without_cache_rebuild_every_step(built):
+    assert build_options(built, built.component("web"), "ab" * 20, {}, cache=False)["nocache"] is True
+    assert "nocache" not in build_options(built, built.component("web"), "ab" * 20, {})
