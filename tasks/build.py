@@ -111,13 +111,39 @@ def checkouts(cluster, branches: Branches, components=None) -> list:
     return plan
 
 
+@dataclass(frozen=True)
+class Job:
+    """One component's build: the checkout it is built from, and the values its build arguments may name."""
+    component: object
+    checkout: str   # its path on the build server
+    values: dict    # version, commit, branch, cluster, component
+    cache: bool = True
+
+    @property
+    def commit(self) -> str:
+        return self.values["commit"]
+
+
+def jobs(cluster, plan: list, commits: list, base: tuple, components, cache: bool = True) -> list:
+    """The build of every component, in ``components``' order, from ``plan``'s checkouts at ``commits``."""
+    where = {name: (c, commit) for c, commit in zip(plan, commits) for name in c.components}
+    result = []
+    for component in components:
+        checkout, commit = where[component.name]
+        result.append(Job(component, checkout.path, {"version": f"{base[0]}.{base[1]}", "commit": commit,
+                                                     "branch": checkout.branch, "cluster": cluster.name,
+                                                     "component": component.name}, cache))
+    return result
+
+
 def checkout_script(repository: str, checkout: str, branch: str) -> str:
     """Make or update the checkout and put it exactly at the branch's tip; prints the commit."""
     ref = f"refs/remotes/origin/{branch}"
     return "\n".join([
         "set -e",
         f"if [ -d {q(checkout + '/.git')} ]; then git -C {q(checkout)} fetch -q --prune origin;",
-        f"else mkdir -p {q(checkout.rsplit('/', 1)[0] or '/')} && git clone -q --no-checkout {q(repository)} {q(checkout)}; fi",
+        f"else mkdir -p {q(checkout.rsplit('/', 1)[0] or '/')} && "
+        f"git clone -q --no-checkout -- {q(repository)} {q(checkout)}; fi",
         f"if ! git -C {q(checkout)} rev-parse -q --verify {q(ref)} >/dev/null; then",
         f"  echo {q(f'no branch {branch} in {repository}')} >&2; exit 3; fi",
         f"git -C {q(checkout)} checkout -q -f --detach {q(ref)}",
@@ -163,15 +189,16 @@ def build_args(component, values: dict) -> dict:
     return {name: template.format(**values) for name, template in component.args}
 
 
-def build_options(cluster, component, commit: str, values: dict, cache: bool = True) -> dict:
-    """What ``APIClient.build`` is given besides the context. ``cache``: False rebuilds every step."""
-    options = {"custom_context": True, "tag": candidate(cluster, component.name, commit),
+def build_options(cluster, job: Job) -> dict:
+    """What ``APIClient.build`` is given besides the context (``job.cache`` False: rebuild every step)."""
+    component = job.component
+    options = {"custom_context": True, "tag": candidate(cluster, component.name, job.commit),
                "dockerfile": relative_to(component.source, component.dockerfile),
                "rm": True, "forcerm": True, "decode": True}
-    if not cache:
+    if not job.cache:
         options["nocache"] = True
     if component.args:
-        options["buildargs"] = build_args(component, values)
+        options["buildargs"] = build_args(component, job.values)
     if component.target:
         options["target"] = component.target
     return options
@@ -291,15 +318,14 @@ def prepare(conn, checkout: str, component) -> None:
         raise RemoteError(f"build of {component.name} failed at its prepare command (exit {result.exited}): {last}")
 
 
-def build_component(api, conn, cluster, component, checkout: str, commit: str, values: dict,
-                    cache: bool = True) -> str:
+def build_component(api, conn, cluster, job: Job) -> str:
     """Prepare and build one image from its checkout; return its image ID. Steps stream as progress."""
-    started = time.monotonic()
+    started, component = time.monotonic(), job.component
     if component.prepare:
-        prepare(conn, checkout, component)
-    context = build_context(remote.read_bytes(conn, context_command(checkout, component.source),
+        prepare(conn, job.checkout, component)
+    context = build_context(remote.read_bytes(conn, context_command(job.checkout, component.source),
                                               what=f"read the build context of {component.name}"), component)
-    options = build_options(cluster, component, commit, values, cache)
+    options = build_options(cluster, job)
     log, step, image_id = [], None, None
 
     def failed(error: str) -> RemoteError:
@@ -323,7 +349,7 @@ def build_component(api, conn, cluster, component, checkout: str, commit: str, v
         raise failed(e.explanation or str(e)) from None
     if image_id is None:
         image_id = api.inspect_image(options["tag"])["Id"]
-    forget_older_candidates(api, cluster, component.name, commit)
+    forget_older_candidates(api, cluster, component.name, job.commit)
     say(f"  {component.name}: built {image_id[:19]} in {time.monotonic() - started:.1f} s")
     return image_id
 
@@ -340,8 +366,9 @@ def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
 
 def build_all(cluster, host: str, branch=None, only: str = None, cache: bool = True) -> dict:
     """Checkouts and builds. ``branch``: a branch of the main repository, ``--branch`` values or
-    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}), the main commit and branch, VERSION's
-    (major, minor) and ``sources``: every checkout's repository, branch, commit and components."""
+    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}), the
+    main commit and branch, VERSION's (major, minor) and ``sources``: every checkout's repository,
+    branch, commit and components."""
     branches = parse_branches(cluster, branch)
     components = [cluster.component(only)] if only else list(cluster.components)
     plan = checkouts(cluster, branches, components)
@@ -352,12 +379,8 @@ def build_all(cluster, host: str, branch=None, only: str = None, cache: bool = T
         for c, commit in zip(plan[1:], commits[1:]):
             say(f"build: {', '.join(c.components)} from {c.repository} at {c.branch} ({commit[:10]})")
         api = docker_api.engine(conn)
-        images = {}
-        for component in components:
-            c, commit = next((c, commit) for c, commit in zip(plan, commits) if component.name in c.components)
-            values = {"version": f"{base[0]}.{base[1]}", "commit": commit, "branch": c.branch,
-                      "cluster": cluster.name, "component": component.name}
-            images[component.name] = build_component(api, conn, cluster, component, c.path, commit, values, cache)
+        images = {job.component.name: build_component(api, conn, cluster, job)
+                  for job in jobs(cluster, plan, commits, base, components, cache)}
     sources = [{"repository": c.repository, "branch": c.branch, "commit": commit, "components": list(c.components)}
                for c, commit in zip(plan, commits)]
     return {"commit": commits[0], "branch": branches.main, "base": base, "images": images, "sources": sources}

@@ -94,7 +94,8 @@ def releases(c, cluster=None, via=None, json_=False):
         versions = " ".join(f"{k}={v['version']}" for k, v in sorted(r["components"].items()))
         # every repository that went into it: URL, branch and commit
         sources = "".join(f"  {s['repository']} {s['branch']}@{s['commit'][:10]}" for s in r.get("sources", []))
-        print(f"{mark} {r['when']}  {r['id']}  {r.get('outcome', '?'):10.40}  {r.get('branch', '-')}  {versions}{sources}")
+        print(f"{mark} {r['when']}  {r['id']}  {r.get('outcome', '?'):10.40}  {r.get('branch', '-')}  {versions}"
+              f"{sources}")
 
 
 GOOD_OUTCOMES = ("succeeded", "installed")

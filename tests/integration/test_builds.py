@@ -16,11 +16,29 @@ import json
 import pytest
 
 from tasks import remote, sandbox as sb
+from tasks.registry import RegistryClient
 
 from conftest import error_line, fab
 from integration.test_deploy import Probe, get_version, recorded, start_times, wait_serving
-from integration.test_images import (build_push, build_server, changed, head_of, registry,  # noqa: F401 (fixtures)
-                                     session, snapshot, versions)
+from integration.test_images import Session, build_push, changed, head_of, snapshot, versions
+
+
+@pytest.fixture(scope="module")
+def session(sandbox, tmp_path_factory):
+    s = Session(tmp_path_factory.mktemp("clusters"))
+    yield s
+    s.cleanup()
+
+
+@pytest.fixture(scope="module")
+def build_server(local):
+    with remote.connect(local, local.build.host) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def registry(local):
+    return RegistryClient.for_registry(local.registry)
 
 
 def images(report) -> dict:

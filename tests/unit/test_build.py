@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from tasks.build import (Branches, Checkout, build_context, build_options, check_branch, checkout_script, checkouts,
-                         commits_command, context_command, filter_context, ignore_patterns, parse_branches,
+from tasks.build import (Branches, Checkout, Job, build_context, build_options, check_branch, checkout_script,
+                         checkouts, commits_command, context_command, filter_context, ignore_patterns, jobs, parse_branches,
                          prepare_script, step_of, update_script)
 from tasks.cluster import load
 from tasks.errors import ConfigError
@@ -18,7 +18,8 @@ def test_checkout_script_clones_or_fetches_and_detaches_at_the_branch_tip():
     assert checkout_script("git@example.org:air.git", "/aircloak/air_stage/air", "release/2.1") == "\n".join([
         "set -e",
         "if [ -d /aircloak/air_stage/air/.git ]; then git -C /aircloak/air_stage/air fetch -q --prune origin;",
-        "else mkdir -p /aircloak/air_stage && git clone -q --no-checkout git@example.org:air.git /aircloak/air_stage/air; fi",
+        "else mkdir -p /aircloak/air_stage && "
+        "git clone -q --no-checkout -- git@example.org:air.git /aircloak/air_stage/air; fi",
         "if ! git -C /aircloak/air_stage/air rev-parse -q --verify refs/remotes/origin/release/2.1 >/dev/null; then",
         "  echo 'no branch release/2.1 in git@example.org:air.git' >&2; exit 3; fi",
         "git -C /aircloak/air_stage/air checkout -q -f --detach refs/remotes/origin/release/2.1",
@@ -135,8 +136,9 @@ def test_update_script_runs_every_checkout_script_and_stops_at_the_first_failure
 
 
 def test_commits_command_reads_every_checkout():
-    assert commits_command(["/srv/a b", "/srv/c"]) == \
-        "git -C '/srv/a b' rev-parse HEAD 2>/dev/null || echo none; git -C /srv/c rev-parse HEAD 2>/dev/null || echo none"
+    assert commits_command(["/srv/a b", "/srv/c"]) == (
+        "git -C '/srv/a b' rev-parse HEAD 2>/dev/null || echo none; "
+        "git -C /srv/c rev-parse HEAD 2>/dev/null || echo none")
 
 
 # ---------------------------------------------------------------- prepare
@@ -165,9 +167,28 @@ def test_prepare_script_keeps_the_commands_status_and_prefixes_every_line(tmp_pa
 
 # ---------------------------------------------------------------- build options
 
+def test_every_component_is_built_from_its_checkouts_commit_with_the_values_of_its_arguments(built):
+    plan = checkouts(built, Branches("master", (("site", "feature-x"),)))
+    assert jobs(built, plan, ["a" * 40, "b" * 40], (1, 4), built.components) == [
+        Job(built.component("web"), "/srv/prod/air", {"version": "1.4", "commit": "a" * 40, "branch": "master",
+                                                      "cluster": "prod", "component": "web"}),
+        Job(built.component("app"), "/srv/prod/air", {"version": "1.4", "commit": "a" * 40, "branch": "master",
+                                                      "cluster": "prod", "component": "app"}),
+        Job(built.component("site"), "/srv/prod/air-site", {"version": "1.4", "commit": "b" * 40,
+                                                            "branch": "feature-x", "cluster": "prod",
+                                                            "component": "site"}),
+    ]
+    assert [j.cache for j in jobs(built, plan, ["a" * 40, "b" * 40], (1, 4), built.components, cache=False)] == \
+        [False] * 3
+
+
+def job(built, name, commit="c0ffee" * 6, cache=True):
+    values = {"version": "1.4", "commit": commit, "branch": "master", "cluster": "prod", "component": name}
+    return Job(built.component(name), "/srv/prod/air", values, cache)
+
+
 def test_build_options_carry_dockerfile_arguments_and_target(built):
-    values = {"version": "1.4", "commit": "c0ffee" * 6, "branch": "master", "cluster": "prod", "component": "app"}
-    assert build_options(built, built.component("app"), "c0ffee" * 6, values) == {
+    assert build_options(built, job(built, "app")) == {
         "custom_context": True, "tag": "registry.example.org:5000/aircloak/prod_app:candidate-c0ffeec0ffee",
         "dockerfile": "images/app/Dockerfile", "rm": True, "forcerm": True, "decode": True,
         "buildargs": {"VERSION": "1.4", "WHERE": "prod/app", "FROM_COMMIT": "c0ffee" * 6 + "@master"},
@@ -176,7 +197,7 @@ def test_build_options_carry_dockerfile_arguments_and_target(built):
 
 
 def test_build_options_of_a_plain_component_have_no_arguments_or_target(built):
-    options = build_options(built, built.component("web"), "ab" * 20, {})
+    options = build_options(built, job(built, "web"))
     assert options["dockerfile"] == "Dockerfile" and "buildargs" not in options and "target" not in options
 
 
@@ -237,7 +258,8 @@ def test_entries_that_stay_keep_their_headers_and_content(built):
     context = build_context(tar_of(ROOT_CONTEXT), built.component("app"))
     with tarfile.open(fileobj=io.BytesIO(context)) as tar:
         main = tar.getmember("./src/app/main.c")
-        assert (main.mtime, main.uid, main.mode, tar.extractfile(main).read()) == (1234567890, 1000, 0o644, b"int main;\n")
+        assert (main.mtime, main.uid, main.mode, tar.extractfile(main).read()) == \
+            (1234567890, 1000, 0o644, b"int main;\n")
 
 
 def test_the_dockerfile_stays_even_when_the_ignore_file_excludes_it(built):
@@ -264,5 +286,5 @@ def test_a_named_ignore_file_that_is_missing_is_a_config_error(built):
 
 
 def test_build_options_without_cache_rebuild_every_step(built):
-    assert build_options(built, built.component("web"), "ab" * 20, {}, cache=False)["nocache"] is True
-    assert "nocache" not in build_options(built, built.component("web"), "ab" * 20, {})
+    assert build_options(built, job(built, "web", cache=False))["nocache"] is True
+    assert "nocache" not in build_options(built, job(built, "web"))
