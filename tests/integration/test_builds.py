@@ -12,13 +12,15 @@ machines, the registry's tags, etcd's records, the containers' start times.
 Branches made here carry the session's prefix and are removed at the end.
 """
 import json
+import time
 
 import pytest
+import yaml
 
 from tasks import remote, sandbox as sb
 from tasks.registry import RegistryClient
 
-from conftest import error_line, fab
+from conftest import ROOT, error_line, fab
 from integration.test_deploy import Probe, get_version, recorded, start_times, wait_serving
 from integration.test_images import Session, build_push, changed, head_of, snapshot, versions
 
@@ -95,6 +97,49 @@ def test_a_component_branch_builds_the_second_repository_at_that_branch(session,
     assert changed(report) == {sb.WEBSITE}
     major, minor, patch = before[sb.WEBSITE].split(".")
     assert versions(report) == {**before, sb.WEBSITE: f"{major}.{minor}.{int(patch) + 1}"}
+
+
+def test_a_prepare_command_past_its_deadline_is_stopped_and_fails_the_build(session, built, registry, build_server):
+    name, branch, _ = built
+    marker = session.name("slow_prepare")
+    local = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
+    slow = [{**c, "prepare": f"echo started; sleep 60; echo {marker}-never", "prepare_timeout": 2}
+            if c["name"] == "air_backend" else c for c in local["components"]]
+    session.write("builds", branch, components=slow)
+    sb.commit_change("air_backend", branch=branch)  # a new commit: no image of air_backend built from it yet
+    try:
+        before = snapshot(session, registry)
+        began = time.monotonic()
+        proc = fab("build", "--cluster", name, env=session.env, check=False)
+        seconds = time.monotonic() - began
+        assert error_line(proc) == "error: build of air_backend failed at its prepare command: not done within 2 s " \
+                                   "(prepare_timeout)"
+        assert "  air_backend: started" in proc.stderr and f"air_backend: {marker}-never" not in proc.stderr
+        assert seconds < 30
+        # Nothing of it is left running on the build server.
+        left = remote.run(build_server, f"grep -l -s '{marker[:-1]}[{marker[-1]}]' /proc/[0-9]*/cmdline",
+                          check=False)
+        assert left.stdout.strip() == ""
+        assert refused_push(session, name) and snapshot(session, registry) == before
+    finally:
+        session.write("builds", branch)
+
+
+def refused_push(session, name) -> bool:
+    """`fab push` after a failed build refuses: the failed component has no image of its checkout's commit."""
+    proc = fab("push", "--cluster", name, env=session.env, check=False)
+    return error_line(proc).startswith("error: no image of air_backend built from ")
+
+
+def test_component_branches_are_checked(session, built, build_server):
+    name, _, _ = built
+    missing = session.name("no_such_site_branch")
+    proc = fab("build", "--cluster", name, "--branch", f"{sb.WEBSITE}={missing}", env=session.env, check=False)
+    assert error_line(proc) == f"error: no branch {missing!r} in {sb.WEBSITE_REPOSITORY}"
+    proc = fab("build", "--cluster", name, "--branch", "air_frontend=develop", env=session.env, check=False)
+    assert error_line(proc) == "error: --branch air_frontend=develop: air_frontend is built from the main " \
+                               "repository, whose branch is given as --branch develop"
+    assert proc.stderr.count("\n") == 1  # refused before anything ran
 
 
 # ---------------------------------------------------------------- the local cluster
