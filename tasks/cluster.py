@@ -116,12 +116,13 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "dockerfile": Field("repo_path", "Dockerfile, as a path in the checkout inside the build context; "
                             "default <source>/Dockerfile.", required=False),
         "ignore": Field("repo_path", "Ignore file (`.dockerignore` rules), as a path in the checkout inside the "
-                        "build context; what it excludes is not sent to the build. Default: <dockerfile>.dockerignore, "
+                        "build context; what it excludes is not sent to the build (the Dockerfile always is). "
+                        "Default: <dockerfile>.dockerignore, "
                         "else .dockerignore at the root of the context, when there is one.", required=False),
         "args": Field("build_args", "Build arguments (`ARG` in the Dockerfile). `{version}` is MAJOR.MINOR of the "
                       "main checkout's VERSION, `{commit}` and `{branch}` those of the component's checkout, "
-                      "`{cluster}` and `{component}` the names: a value that changes with every commit makes "
-                      "every commit a new image.", required=False),
+                      "`{cluster}` and `{component}` the names (quote such a value in YAML); a value that changes "
+                      "with every commit makes every commit a new image.", required=False),
         "target": Field("stage", "Stage of a multi-stage Dockerfile to build; default its last stage.", required=False),
         "prepare": Field("text", "Shell command run in the root of the component's checkout before its build "
                          "(generated files); its output is shown prefixed by the component's name; "
