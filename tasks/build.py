@@ -1,37 +1,140 @@
 """Building the cluster's images on the build server.
 
-Each target cluster has its own source checkout there (``build.checkout``),
-so stage and production can be on different branches at once. A build
-updates that checkout to the branch, then builds every component's image
-through the build server's Docker engine, tagged ``candidate-<commit>``
-(the commit it was built from); ``push`` decides what of it is new. The shell lines sent to the build server are
-built by the pure functions at the top and tested by equality.
+Each target cluster has its own checkouts there, so stage and production can
+be on different branches at once: the main one (``build.checkout``, holding
+VERSION) and one per component that names its own repository
+(``<build.checkout>-<component>``). A build puts every checkout at its branch,
+runs a component's prepare command in its checkout (output prefixed by the
+component's name, under a deadline), streams its build context (a folder of
+the checkout, the root included) as a tar from the build server, drops what
+the component's ignore file excludes, and builds through the build server's
+Docker engine with the component's Dockerfile, build arguments and target
+stage, tagged ``candidate-<commit>`` (the commit of the component's own
+checkout); ``push`` decides what of it is new. The engine's build cache is
+kept (intermediate images of every stage stay), so an unchanged component is
+rebuilt from cache into the same image ID. A failure names the component and
+the step, shows the last lines of its output, and stops the build before
+anything is pushed. The shell lines sent to the build server and the build's
+options are built by the pure functions at the top and tested by equality.
 """
 from __future__ import annotations
 
 import io
-import re
+import os
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from docker.errors import APIError
+from docker.utils.build import PatternMatcher
 
 from . import docker_api, version
 from .cli import air_task, build_host, cluster_of
-from .errors import ConfigError, RemoteError
-from .remote import q, say
+from .cluster import relative_to, valid_branch
+from .errors import ConfigError, DeadlineError, RemoteError
+from .remote import q, say, tail
 from .session import optional_lock, session
 
 CANDIDATE = "candidate-"  # + commit: a freshly built image, before push gives it a version
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 BUILD_LOG_LINES = 15
+TIMED_OUT = 124           # exit status of `timeout` when the deadline passed
+NO_COMMIT = "none"        # what commits_command prints for a checkout that does not exist
 
 
 # ---------------------------------------------------------------- what to run
 
 def check_branch(branch: str) -> str:
     """A branch name safe for git and the shell, or a ConfigError (before anything is contacted)."""
-    if not isinstance(branch, str) or not _BRANCH.match(branch) or ".." in branch or "//" in branch \
-            or branch.endswith(("/", ".", ".lock")) or "/." in branch:
+    if not valid_branch(branch):
         raise ConfigError(f"branch {branch!r} is not a valid branch name "
                           "(letters, digits, . _ - /; no '..', no shell characters)")
     return branch
+
+
+@dataclass(frozen=True)
+class Branches:
+    """The branch of every checkout of a build: the main repository's, and those given for
+    components with their own repository (the others keep their cluster file's branch)."""
+    main: str
+    components: tuple = ()  # ((component, branch), ...), sorted
+
+    def of(self, component) -> str:
+        if not component.repository:
+            return self.main
+        return dict(self.components).get(component.name, component.branch)
+
+    def __str__(self) -> str:
+        return " ".join([self.main] + [f"{name}={branch}" for name, branch in self.components])
+
+
+def parse_branches(cluster, values=None) -> Branches:
+    """``--branch`` values: ``B`` for the main repository, ``COMPONENT=B`` for a component with its own.
+    None or nothing: the cluster file's branches."""
+    if isinstance(values, Branches):
+        return values
+    values = [values] if isinstance(values, str) else list(values or [])
+    main, components = None, {}
+    for value in values:
+        name, sep, branch = str(value).partition("=")
+        if not sep:
+            if main is not None:
+                raise ConfigError(f"--branch: two branches for the main repository ({main}, {value})")
+            main = check_branch(value)
+            continue
+        component = cluster.component(name)
+        if not component.repository:
+            raise ConfigError(f"--branch {value}: {name} is built from the main repository, whose branch is "
+                              f"given as --branch {branch}")
+        if name in components:
+            raise ConfigError(f"--branch: two branches for {name}")
+        components[name] = check_branch(branch)
+    return Branches(main or cluster.build.branch, tuple(sorted(components.items())))
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """One git checkout on the build server, and the components built from it."""
+    repository: str
+    path: str
+    branch: str
+    components: tuple  # names
+
+
+def checkouts(cluster, branches: Branches, components=None) -> list:
+    """The checkouts a build of ``components`` (default all) uses: the main one first (it holds
+    VERSION), then one per component with its own repository."""
+    components = list(cluster.components if components is None else components)
+    plan = [Checkout(cluster.build.repository, cluster.build.checkout, branches.main,
+                     tuple(c.name for c in components if not c.repository))]
+    plan += [Checkout(c.repository, cluster.checkout_of(c), branches.of(c), (c.name,))
+             for c in components if c.repository]
+    return plan
+
+
+@dataclass(frozen=True)
+class Job:
+    """One component's build: the checkout it is built from, and the values its build arguments may name."""
+    component: object
+    checkout: str   # its path on the build server
+    values: dict    # version, commit, branch, cluster, component
+    cache: bool = True
+
+    @property
+    def commit(self) -> str:
+        return self.values["commit"]
+
+
+def jobs(cluster, plan: list, commits: list, base: tuple, components, cache: bool = True) -> list:
+    """The build of every component, in ``components``' order, from ``plan``'s checkouts at ``commits``."""
+    where = {name: (c, commit) for c, commit in zip(plan, commits) for name in c.components}
+    result = []
+    for component in components:
+        checkout, commit = where[component.name]
+        result.append(Job(component, checkout.path, {"version": f"{base[0]}.{base[1]}", "commit": commit,
+                                                     "branch": checkout.branch, "cluster": cluster.name,
+                                                     "component": component.name}, cache))
+    return result
 
 
 def checkout_script(repository: str, checkout: str, branch: str) -> str:
@@ -40,7 +143,8 @@ def checkout_script(repository: str, checkout: str, branch: str) -> str:
     return "\n".join([
         "set -e",
         f"if [ -d {q(checkout + '/.git')} ]; then git -C {q(checkout)} fetch -q --prune origin;",
-        f"else mkdir -p {q(checkout.rsplit('/', 1)[0] or '/')} && git clone -q --no-checkout {q(repository)} {q(checkout)}; fi",
+        f"else mkdir -p {q(checkout.rsplit('/', 1)[0] or '/')} && "
+        f"git clone -q --no-checkout -- {q(repository)} {q(checkout)}; fi",
         f"if ! git -C {q(checkout)} rev-parse -q --verify {q(ref)} >/dev/null; then",
         f"  echo {q(f'no branch {branch} in {repository}')} >&2; exit 3; fi",
         f"git -C {q(checkout)} checkout -q -f --detach {q(ref)}",
@@ -49,33 +153,151 @@ def checkout_script(repository: str, checkout: str, branch: str) -> str:
     ])
 
 
+def update_script(plan: list) -> str:
+    """Every checkout of ``plan`` at its branch, one after the other; prints one commit per checkout."""
+    return "\n".join(f"( {checkout_script(c.repository, c.path, c.branch)}\n) || exit $?" for c in plan)
+
+
+def commits_command(paths) -> str:
+    """The commit each checkout is at, one line each (``none`` for a missing checkout)."""
+    return "; ".join(f"git -C {q(path)} rev-parse HEAD 2>/dev/null || echo {NO_COMMIT}" for path in paths)
+
+
+def prepare_script(checkout: str, component) -> str:
+    """Run the component's prepare command in its checkout under its deadline; every line of its
+    output goes to standard error prefixed by the component's name; exits with the command's status."""
+    prefix = f"  {component.name}: "
+    return "\n".join([
+        f"cd {q(checkout)} || exit 1",
+        f"status=$( ( ( timeout -k 10 {int(component.prepare_timeout)} sh -c {q(component.prepare)} "
+        f"</dev/null 2>&1 3>&-; echo $? >&3 ) | sed -u {q('s/^/' + prefix + '/')} >&2 ) 3>&1 )",
+        'exit "$status"',
+    ])
+
+
 def context_command(checkout: str, source: str) -> str:
-    """A tar of one component's build context, on standard output."""
-    return f"tar -C {q(checkout + '/' + source)} -c ."
+    """A tar of one component's build context (without git's own folder), on standard output."""
+    folder = checkout if source == "." else f"{checkout}/{source}"
+    return f"tar -C {q(folder)} --exclude=./.git -c ."
 
 
 def candidate(cluster, component: str, commit: str) -> str:
     return f"{cluster.registry.address}/{cluster.image(component)}:{CANDIDATE}{commit[:12]}"
 
 
+def build_args(component, values: dict) -> dict:
+    """The component's build arguments with ``{version}``, ``{commit}``, ... replaced."""
+    return {name: template.format(**values) for name, template in component.args}
+
+
+def build_options(cluster, job: Job) -> dict:
+    """What ``APIClient.build`` is given besides the context (``job.cache`` False: rebuild every step)."""
+    component = job.component
+    options = {"custom_context": True, "tag": candidate(cluster, component.name, job.commit),
+               "dockerfile": relative_to(component.source, component.dockerfile),
+               "rm": True, "forcerm": True, "decode": True}
+    if not job.cache:
+        options["nocache"] = True
+    if component.args:
+        options["buildargs"] = build_args(component, job.values)
+    if component.target:
+        options["target"] = component.target
+    return options
+
+
+def ignore_patterns(text: str) -> list:
+    """The rules of an ignore file (``.dockerignore`` syntax): one per line, ``#`` comments skipped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _member_path(name: str) -> str:
+    return os.path.normpath(name)  # "./a/b" -> "a/b", "./" -> "."
+
+
+def ignore_file_of(component, paths) -> Optional[str]:
+    """The ignore file, as a path in the context: the component's own (which must be there), else
+    <Dockerfile>.dockerignore, else .dockerignore, when present among ``paths``."""
+    if component.ignore:
+        path = relative_to(component.source, component.ignore)
+        if path not in paths:
+            raise ConfigError(f"component {component.name}: ignore file {component.ignore} is not in its checkout")
+        return path
+    dockerfile = relative_to(component.source, component.dockerfile)
+    return next((p for p in (f"{dockerfile}.dockerignore", ".dockerignore") if p in paths), None)
+
+
+def filter_context(context: bytes, patterns: list, keep: str) -> bytes:
+    """The tar ``context`` without what ``patterns`` exclude. ``keep`` (the Dockerfile) always stays,
+    like the folders holding anything that stays; entries keep their headers, so an unchanged
+    source gives the same files to the build cache."""
+    matcher = PatternMatcher(patterns)
+    with tarfile.open(fileobj=io.BytesIO(context)) as source:
+        members = source.getmembers()
+        kept = {_member_path(m.name) for m in members
+                if _member_path(m.name) == keep or _member_path(m.name) == "." or
+                not matcher.matches(_member_path(m.name))}
+        # a folder excluded by a rule whose exceptions bring back something inside it stays too
+        for path in list(kept):
+            while path not in (".", ""):
+                path = os.path.dirname(path) or "."
+                kept.add(path)
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=source.format) as target:
+            for member in members:
+                if _member_path(member.name) in kept:
+                    target.addfile(member, source.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+
+def build_context(context: bytes, component) -> bytes:
+    """The tar streamed from the build server, with the component's ignore file applied."""
+    with tarfile.open(fileobj=io.BytesIO(context)) as tar:
+        members = {_member_path(m.name): m for m in tar.getmembers()}
+        ignore = ignore_file_of(component, members)
+        if ignore is None:
+            return context
+        text = tar.extractfile(members[ignore]).read().decode("utf-8", "replace")
+    return filter_context(context, ignore_patterns(text), relative_to(component.source, component.dockerfile))
+
+
+def step_of(line: str) -> str:
+    """``Step 3/5 : RUN make`` -> ``step 3/5 (RUN make)``, short enough for an error line."""
+    number, _, instruction = line[len("Step "):].partition(" : ")
+    instruction = " ".join(instruction.split())
+    if len(instruction) > 60:
+        instruction = instruction[:57] + "..."
+    return f"step {number} ({instruction})"
+
+
+def failure_line(text: str) -> str:
+    """The last non-empty line of an error text."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
 # ---------------------------------------------------------------- running it
 
-def update_checkout(ex, host, branch: str) -> str:
+def update_checkouts(ex, host, plan: list) -> list:
+    """Put every checkout at its branch; returns their commits, in ``plan``'s order."""
+    result = ex.run(host, update_script(plan), check=False, deadline=ex.cluster.timeouts.pull,
+                    what=f"update checkouts {', '.join(c.path for c in plan)}")
+    if result.exited == 3:
+        for c in plan:
+            if f"no branch {c.branch} in {c.repository}" in result.stderr:
+                raise ConfigError(f"no branch {c.branch!r} in {c.repository}")
+    if result.exited != 0:
+        raise RemoteError(f"{host}: updating the checkouts failed (exit {result.exited}): "
+                          f"{tail(result.stderr or result.stdout)}")
+    return result.stdout.split()[-len(plan):]
+
+
+def component_commits(ex, host) -> dict:
+    """component -> the commit its checkout is at (what push publishes), ``none`` if it has no checkout."""
     cluster = ex.cluster
-    try:
-        result = ex.run(host, checkout_script(cluster.build.repository, cluster.build.checkout, branch),
-                        what=f"update checkout {cluster.build.checkout}")
-    except RemoteError as e:
-        if "no branch" in str(e):
-            raise ConfigError(f"no branch {branch!r} in {cluster.build.repository}") from None
-        raise
-    return result.stdout.strip().splitlines()[-1]
-
-
-def checkout_commit(ex, host) -> str:
-    """The commit the cluster's checkout is at (what push publishes)."""
-    checkout = ex.cluster.build.checkout
-    return ex.read(host, f"git -C {q(checkout)} rev-parse HEAD", what=f"read the commit of {checkout}").stdout.strip()
+    paths = list(dict.fromkeys(cluster.checkout_of(c) for c in cluster.components))
+    found = dict(zip(paths, ex.read(host, commits_command(paths), what="read the commits of the checkouts")
+                     .stdout.split()))
+    return {c.name: found.get(cluster.checkout_of(c), NO_COMMIT) for c in cluster.components}
 
 
 def read_version(ex, host) -> tuple:
@@ -86,29 +308,55 @@ def read_version(ex, host) -> tuple:
     return version.parse_version(text, f"{host}:{path}")
 
 
-def build_component(api, ex, host, component, commit: str) -> str:
-    """Build one image from the checkout; return its image ID. Output streams as progress."""
-    cluster = ex.cluster
-    context = ex.read_bytes(host, context_command(cluster.build.checkout, component.source),
-                            what=f"read the build context of {component.name}")
-    log, image_id = [], None
-    for chunk in api.build(fileobj=io.BytesIO(context), custom_context=True, tag=candidate(cluster, component.name, commit),
-                           rm=True, forcerm=True, decode=True):
-        if "stream" in chunk:
-            for line in chunk["stream"].splitlines():
+def prepare(ex, host, checkout: str, component) -> None:
+    say(f"  {component.name}: prepare: {component.prepare}")
+    try:
+        result = ex.run(host, prepare_script(checkout, component), check=False, stream=True,
+                        deadline=component.prepare_timeout + 30, what=f"prepare {component.name}")
+    except DeadlineError:
+        result = None
+    if result is None or result.exited == TIMED_OUT:
+        raise RemoteError(f"build of {component.name} failed at its prepare command: not done within "
+                          f"{component.prepare_timeout} s (prepare_timeout)")
+    if result.exited != 0:
+        last = failure_line(result.stderr).removeprefix(f"{component.name}: ")
+        raise RemoteError(f"build of {component.name} failed at its prepare command (exit {result.exited}): {last}")
+
+
+def build_component(api, ex, host, job: Job) -> str:
+    """Prepare and build one image from its checkout; return its image ID. Steps stream as progress."""
+    started, component, cluster = time.monotonic(), job.component, ex.cluster
+    ex.check(f"the build of {component.name}")
+    if component.prepare:
+        prepare(ex, host, job.checkout, component)
+    context = build_context(ex.read_bytes(host, context_command(job.checkout, component.source),
+                                          what=f"read the build context of {component.name}"), component)
+    options = build_options(cluster, job)
+    log, step, image_id = [], None, None
+
+    def failed(error: str) -> RemoteError:
+        for line in log[-BUILD_LOG_LINES:]:
+            say(f"  {component.name}| {line}")
+        return RemoteError(f"build of {component.name} failed at {step or 'its start'}: {failure_line(error)}")
+
+    try:
+        for chunk in api.build(fileobj=io.BytesIO(context), **options):
+            for line in chunk.get("stream", "").splitlines():
                 if line.strip():
                     log.append(line)
                     if line.startswith("Step "):
+                        step = step_of(line)
                         say(f"  {component.name}: {line}")
-        if "aux" in chunk and "ID" in chunk["aux"]:
-            image_id = chunk["aux"]["ID"]
-        if "error" in chunk:
-            log.append(chunk["error"].strip())
-            raise RemoteError(f"build of {component.name} failed: {chunk['error'].strip()}\n"
-                              + "\n".join(f"    {line}" for line in log[-BUILD_LOG_LINES:]))
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+            if "error" in chunk:
+                raise failed(chunk["error"])
+    except APIError as e:
+        raise failed(e.explanation or str(e)) from None
     if image_id is None:
-        image_id = api.inspect_image(candidate(cluster, component.name, commit))["Id"]
-    forget_older_candidates(api, cluster, component.name, commit)
+        image_id = api.inspect_image(options["tag"])["Id"]
+    forget_older_candidates(api, cluster, component.name, job.commit)
+    say(f"  {component.name}: built {image_id[:19]} in {time.monotonic() - started:.1f} s")
     return image_id
 
 
@@ -122,31 +370,42 @@ def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
                 api.remove_image(tag, noprune=True)
 
 
-def build_all(ex, host: str, branch: str, only: str = None) -> dict:
-    """Checkout and build; returns {component: image ID} and the commit built."""
+def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) -> dict:
+    """Checkouts and builds. ``branch``: a branch of the main repository, ``--branch`` values or
+    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}), the
+    main commit and branch, VERSION's (major, minor) and ``sources``: every checkout's repository,
+    branch, commit and components."""
     cluster = ex.cluster
-    check_branch(branch)
+    branches = parse_branches(cluster, branch)
     components = [cluster.component(only)] if only else list(cluster.components)
-    commit = update_checkout(ex, host, branch)
+    plan = checkouts(cluster, branches, components)
+    commits = update_checkouts(ex, host, plan)
     base = read_version(ex, host)
-    say(f"build: {cluster.name} at {branch} ({commit[:10]}), VERSION {base[0]}.{base[1]}, on {host}")
+    say(f"build: {cluster.name} at {branches.main} ({commits[0][:10]}), VERSION {base[0]}.{base[1]}, on {host}")
+    for c, commit in zip(plan[1:], commits[1:]):
+        say(f"build: {', '.join(c.components)} from {c.repository} at {c.branch} ({commit[:10]})")
     api = docker_api.engine(ex.conn(host))
-    images = {}
-    for c in components:
-        ex.check(f"the build of {c.name}")
-        images[c.name] = build_component(api, ex, host, c, commit)
-    return {"commit": commit, "branch": branch, "base": base, "images": images}
+    images = {job.component.name: build_component(api, ex, host, job)
+              for job in jobs(cluster, plan, commits, base, components, cache)}
+    sources = [{"repository": c.repository, "branch": c.branch, "commit": commit, "components": list(c.components)}
+               for c, commit in zip(plan, commits)]
+    return {"commit": commits[0], "branch": branches.main, "base": base, "images": images, "sources": sources}
 
 
 @air_task(help={"cluster": "target cluster (clusters/<name>.yaml)",
-                "branch": "branch to build (default: the cluster's build.branch)",
-                "component": "build only this component"})
-def build(c, cluster=None, branch=None, component=None):
-    """Update the cluster's checkout on the build server and build its images."""
+                "branch": "branch of the main repository (default: the cluster's build.branch); "
+                          "COMPONENT=B for a component with its own repository (repeatable)",
+                "component": "build only this component",
+                "no-cache": "rebuild every step instead of using the build server's build cache"},
+          iterable=["branch"])
+def build(c, cluster=None, branch=None, component=None, no_cache=False):
+    """Update the cluster's checkouts on the build server and build its images."""
     target = cluster_of(cluster)
-    branch = check_branch(branch or target.build.branch)
+    branches = parse_branches(target, branch)
+    if component is not None:
+        target.component(component)
     with session(target, etcd=False, changes=True) as s:
-        optional_lock(s, f"build {branch}")
-        result = build_all(s.ex, build_host(c, target), branch, component)
+        optional_lock(s, f"build {branches}")
+        result = build_all(s.ex, build_host(c, target), branches, component, cache=not no_cache)
     for name, image_id in result["images"].items():
         print(f"{name:20} {image_id}")

@@ -31,6 +31,11 @@ REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+-]*$")
 UNIT_NAME = re.compile(r"^[A-Za-z0-9@._:-]+\.(service|timer|socket|path|mount)$")
 FILE_MODE = re.compile(r"^0?[0-7]{3}$")
+BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+STAGE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,62}$")
+# What a build argument's value may name in braces; build.py gives the values.
+BUILD_ARG_VALUES = ("version", "commit", "branch", "cluster", "component")
 
 
 # ---------------------------------------------------------------- the schema
@@ -64,9 +69,13 @@ KINDS = {
     "local_path": "a path on this machine (relative to the cluster file; ~ allowed)",
     "remote_path": "an absolute path on the remote host (letters, digits, . _ / @ + -)",
     "url_path": "an HTTP path starting with / (letters, digits, . _ ~ / ? = & % + -)",
-    "repo_path": "a relative path inside the source checkout (no .., no leading /)",
     "unit": "a systemd unit name (letters, digits, @ . _ : -, ending in .service, .timer, .socket, .path, .mount)",
     "mode": "an octal file mode, e.g. '0644'",
+    "repo_path": "a relative path inside the source checkout (no .., no leading /; `.` is its root)",
+    "branch": "a git branch name (letters, digits, . _ - /; no `..`)",
+    "stage": "a Dockerfile stage name (a letter, then letters, digits, . _ -)",
+    "build_args": "a mapping of build-argument names (letters, digits, _) to strings; "
+                  + ", ".join(f"`{{{v}}}`" for v in BUILD_ARG_VALUES) + " in a value are replaced",
 }
 
 SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
@@ -106,8 +115,29 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "name": Field("name", "Component name; the image is <namespace>/<cluster>_<name>."),
         "port": Field("port", "Port the component listens on (host network)."),
         "health": Field("url_path", "HTTP path answering 200 when the component is healthy.", "/health"),
-        "source": Field("repo_path", "Folder of the component's Dockerfile (its build context) in the checkout; "
-                        "default components/<name>.", required=False),
+        "source": Field("repo_path", "Build context: the folder of the component's checkout sent to the build "
+                        "(`.` for the checkout's root); default components/<name>.", required=False),
+        "dockerfile": Field("repo_path", "Dockerfile, as a path in the checkout inside the build context; "
+                            "default <source>/Dockerfile.", required=False),
+        "ignore": Field("repo_path", "Ignore file (`.dockerignore` rules), as a path in the checkout inside the "
+                        "build context; what it excludes is not sent to the build (the Dockerfile always is). "
+                        "Default: <dockerfile>.dockerignore, "
+                        "else .dockerignore at the root of the context, when there is one.", required=False),
+        "args": Field("build_args", "Build arguments (`ARG` in the Dockerfile). `{version}` is MAJOR.MINOR of the "
+                      "main checkout's VERSION, `{commit}` and `{branch}` those of the component's checkout, "
+                      "`{cluster}` and `{component}` the names (quote such a value in YAML); a value that changes "
+                      "with every commit makes every commit a new image.", required=False),
+        "target": Field("stage", "Stage of a multi-stage Dockerfile to build; default its last stage.", required=False),
+        "prepare": Field("text", "Shell command run in the root of the component's checkout before its build "
+                         "(generated files); its output is shown prefixed by the component's name; "
+                         "a non-zero exit fails the build.", required=False),
+        "prepare_timeout": Field("int", "Seconds the prepare command may take before it is stopped (a failure).",
+                                 300),
+        "repository": Field("text", "Git URL of the component's own repository (as the build server reaches it); "
+                            "default: build.repository, the main checkout. Its checkout on the build server is "
+                            "<build.checkout>-<name>, one per cluster.", required=False),
+        "branch": Field("branch", "Branch of the component's own repository (only with repository); "
+                        "`--branch <name>=B` overrides it; default build.branch.", required=False),
     }, many=True),
     "secrets": Field("local_path", "Folder of secret files, installed on every machine with mode 0600 "
                      "and mounted read-only into the containers."),
@@ -184,7 +214,19 @@ class Component:
     name: str
     port: int
     health: str
-    source: str
+    source: str                        # build context, relative to the checkout ("." is its root)
+    dockerfile: str = None             # relative to the checkout, inside source
+    ignore: Optional[str] = None       # relative to the checkout, inside source; None: the default lookup
+    args: tuple = ()                   # ((NAME, value template), ...), in file order
+    target: Optional[str] = None
+    prepare: Optional[str] = None
+    prepare_timeout: int = 300
+    repository: Optional[str] = None   # None: the main repository (build.repository)
+    branch: Optional[str] = None       # with repository: its branch
+
+    def __post_init__(self):
+        if self.dockerfile is None:
+            object.__setattr__(self, "dockerfile", in_folder(self.source, "Dockerfile"))
 
 
 @dataclass(frozen=True)
@@ -254,6 +296,10 @@ class Cluster:
                 return component
         raise ConfigError(f"{self.file}: no component {name!r} (known: {', '.join(self.component_names)})")
 
+    def checkout_of(self, component: Component) -> str:
+        """The checkout on the build server a component is built from."""
+        return f"{self.build.checkout}-{component.name}" if component.repository else self.build.checkout
+
     @property
     def component_names(self) -> tuple:
         return tuple(c.name for c in self.components)
@@ -266,6 +312,24 @@ class Cluster:
 
 
 # ---------------------------------------------------------------- validation
+
+def in_folder(folder: str, path: str) -> str:
+    """``path`` inside ``folder`` of the checkout ("." is its root)."""
+    return path if folder == "." else f"{folder}/{path}"
+
+
+def relative_to(folder: str, path: str) -> Optional[str]:
+    """``path`` (in the checkout) as seen from ``folder``, or None when it is not inside it."""
+    if folder == ".":
+        return path
+    return path[len(folder) + 1:] if path.startswith(folder + "/") else None
+
+
+def valid_branch(branch) -> bool:
+    """A branch name safe for git and the shell."""
+    return isinstance(branch, str) and bool(BRANCH.match(branch)) and ".." not in branch and "//" not in branch \
+        and not branch.endswith(("/", ".", ".lock")) and "/." not in branch
+
 
 def _fail(file, where, expected, got):
     raise ConfigError(f"{file}: {where}: expected {expected}, got {got!r}")
@@ -297,6 +361,20 @@ def _check(kind, value, where, file, base_dir, cluster):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or (kind == "port" and value > 65535):
             _fail(file, where, KINDS[kind], value)
         return value
+    if kind == "build_args":
+        if not isinstance(value, dict) or not value:
+            _fail(file, where, KINDS[kind], value)
+        args = []
+        for name, text in value.items():
+            if not isinstance(name, str) or not BUILD_ARG.match(name) or not isinstance(text, (str, int, float)) \
+                    or isinstance(text, bool):
+                _fail(file, f"{where}.{name}", KINDS[kind], text)
+            try:
+                str(text).format(**{v: "" for v in BUILD_ARG_VALUES})
+            except (KeyError, IndexError, ValueError):
+                _fail(file, f"{where}.{name}", KINDS[kind], text)
+            args.append((name, str(text)))
+        return tuple(args)
     if not isinstance(value, str) and kind != "addresses":
         _fail(file, where, KINDS[kind], value)
     if kind == "text":
@@ -348,6 +426,14 @@ def _check(kind, value, where, file, base_dir, cluster):
         if not FILE_MODE.match(value):
             _fail(file, where, KINDS[kind], value)
         return value.rjust(4, "0")
+    if kind == "branch":
+        if not valid_branch(value):
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "stage":
+        if not STAGE.match(value):
+            _fail(file, where, KINDS[kind], value)
+        return value
     if kind == "url_path":
         if not URL_PATH.match(value):
             _fail(file, where, KINDS[kind], value)
@@ -452,8 +538,8 @@ def load(name: str, directory: Path = None) -> Cluster:
         ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),
         registry=Registry(**values["registry"]), balancer=Balancer(**values["balancer"]),
         machines=values["machines"],
-        components=tuple(Component(**{**c, "source": c["source"] or f"components/{c['name']}"})
-                         for c in values["components"]),
+        components=tuple(_component(c, f"{shown}: components[{i}]", values["build"])
+                         for i, c in enumerate(values["components"])),
         secrets=values["secrets"], cloud_config=values["cloud_config"],
         admin=Admin(**values["admin"]) if values["admin"] else None,
         timeouts=Timeouts(**values["timeouts"]),
@@ -466,6 +552,21 @@ def _additions(values) -> Optional[Additions]:
         return None
     return Additions(units=tuple(Unit(**u) for u in values["units"] or ()),
                      files=tuple(File(**f) for f in values["files"] or ()))
+
+
+def _component(values: dict, where: str, build: dict) -> Component:
+    """A component's entry, its defaults filled in and its build paths checked against each other."""
+    values = {**values, "source": values["source"] or f"components/{values['name']}", "args": values["args"] or ()}
+    if values["branch"] and not values["repository"]:
+        raise ConfigError(f"{where}.branch: only a component with its own repository has its own branch")
+    if values["repository"] and not values["branch"]:
+        values["branch"] = build["branch"]
+    component = Component(**values)
+    for key in ("dockerfile", "ignore"):
+        path = getattr(component, key)
+        if path is not None and relative_to(component.source, path) is None:
+            raise ConfigError(f"{where}.{key}: {path} is not inside the build context {component.source}")
+    return component
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -14,7 +14,7 @@ import json
 import time
 
 from . import state, upgrade
-from .build import build_all, check_branch
+from .build import build_all, parse_branches
 from .cli import air_task, build_host, cluster_of
 from .cluster import check_address
 from .errors import ConfigError
@@ -26,10 +26,12 @@ from .session import session
 
 def deploy_release(s, host, branch, batch=1, dry=False) -> Release:
     """The deploy runbook in a session holding the cluster's lock: build, push what changed,
-    record the release, roll the cluster to it. ``dry``: build, then print what push and the
+    record the release, roll the cluster to it. ``branch``: the main repository's branch, or
+    Branches (components' own branches too). ``dry``: build, then print what push and the
     rollout would do, pushing and changing nothing."""
     started = time.monotonic()
     cluster = s.cluster
+    branch = parse_branches(cluster, branch)
     built = build_all(s.ex, host, branch)
     release, steps = push_all(s.ex, host, built["images"], dry=dry)
     current, record = state.read_release(s.etcd, cluster)
@@ -46,19 +48,21 @@ def deploy_release(s, host, branch, batch=1, dry=False) -> Release:
         say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
             f"({time.monotonic() - started:.1f} s)")
         return release
-    rollout.apply_recorded(branch=branch, commit=built["commit"])
+    rollout.apply_recorded(branch=built["branch"], commit=built["commit"], sources=built["sources"])
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
     return release
 
 
-@air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch)",
+@air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch); "
+                "COMPONENT=B for a component with its own repository (repeatable)",
                 "via": "member to reach etcd through", "wait": "wait for another task's lock instead of failing",
                 "batch": "machines upgraded at once",
-                "plan": "build, then print what push and the rollout would do; push and change nothing"})
+                "plan": "build, then print what push and the rollout would do; push and change nothing"},
+          iterable=["branch"])
 def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, plan_=False):
     """Build, push what changed and roll the cluster to it, under the cluster's lock."""
     target = cluster_of(cluster)
-    branch = check_branch(branch or target.build.branch)
+    branch = parse_branches(target, branch)
     via = check_address(via, "--via") if via else None
     with session(target, f"deploy {branch}", via, wait) as s:
         release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_)
@@ -79,7 +83,10 @@ def releases(c, cluster=None, via=None, json_=False):
     for r in records:
         mark = "*" if current and r["id"] == current.id else " "
         versions = " ".join(f"{k}={v['version']}" for k, v in sorted(r["components"].items()))
-        print(f"{mark} {r['when']}  {r['id']}  {r.get('outcome', '?'):10.40}  {r.get('branch', '-')}  {versions}")
+        # every repository that went into it: URL, branch and commit
+        sources = "".join(f"  {s['repository']} {s['branch']}@{s['commit'][:10]}" for s in r.get("sources", []))
+        print(f"{mark} {r['when']}  {r['id']}  {r.get('outcome', '?'):10.40}  {r.get('branch', '-')}  {versions}"
+              f"{sources}")
 
 
 GOOD_OUTCOMES = ("succeeded", "installed")

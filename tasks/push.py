@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from docker.errors import APIError, ImageNotFound
 
 from . import docker_api, version
-from .build import candidate, checkout_commit, read_version
+from .build import NO_COMMIT, candidate, component_commits, read_version
 from .cli import air_task, build_host, cluster_of
 from .errors import ConfigError, PreflightError, RemoteError
 from .registry import RegistryClient, load_credentials
@@ -80,13 +80,18 @@ def push_image(api, cluster, step: Step, commit: str, auth: dict, tags: list) ->
                 raise RemoteError(f"push of {step.component} {tag} failed: {chunk['error'].strip()}")
 
 
-def candidates(api, cluster, components, commit: str) -> dict:
+def candidates(api, cluster, components, commits: dict) -> dict:
+    """component -> image ID of its candidate built from its checkout's commit; every one must be there,
+    so that nothing is pushed when a component's build failed."""
     images = {}
     for component in components:
+        commit = commits[component]
+        if commit == NO_COMMIT:
+            raise ConfigError(f"no checkout of {component} on the build server: run build first")
         try:
             images[component] = api.inspect_image(candidate(cluster, component, commit))["Id"]
         except ImageNotFound:
-            raise ConfigError(f"no image of {component} built from {commit[:12]} (the checkout's commit) "
+            raise ConfigError(f"no image of {component} built from {commit[:12]} (its checkout's commit) "
                               f"on the build server: run build first") from None
     return images
 
@@ -99,9 +104,9 @@ def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
     username, password = load_credentials(cluster.registry.credentials)
     auth = {"username": username, "password": password}
     base = read_version(ex, host)
-    commit = checkout_commit(ex, host)
+    commits = component_commits(ex, host)
     api = docker_api.engine(ex.conn(host))
-    images = images or candidates(api, cluster, cluster.component_names, commit)
+    images = images or candidates(api, cluster, cluster.component_names, commits)
     steps = plan(cluster, base, images, registry)
     for step in [] if dry else steps:
         tags = tags_to_push(cluster, registry, step)
@@ -110,7 +115,7 @@ def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
         ex.check(f"the push of {step.component}")
         say(f"push: {step.component} {' and '.join(tags)}")
         try:
-            push_image(api, cluster, step, commit, auth, tags)
+            push_image(api, cluster, step, commits[step.component], auth, tags)
         except APIError as e:
             raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
     return Release(tuple(s.image for s in steps)), steps

@@ -243,13 +243,14 @@ class Executor:
     # ------------------------------------------------------------ commands
 
     def run(self, host: str, command: str, *, what: str = None, deadline: int = None, stdin: str = None,
-            check: bool = True, change: bool = True) -> Result:
+            check: bool = True, change: bool = True, stream: bool = False) -> Result:
         """Run ``command`` on ``host`` within ``deadline`` s (default ``timeouts.command``).
 
         ``change``: it changes something, so the task must still be allowed to (``check``);
         a read (``change=False``) runs regardless. ``check``: a non-zero exit raises RemoteError
         naming the host, ``what`` was done and the last lines of its error output. ``stdin``:
-        text sent as standard input (the way secrets reach a command).
+        text sent as standard input (the way secrets reach a command). ``stream``: its error
+        output is shown as it comes (a build's progress), and kept as well.
         """
         what = what or command.split("\n")[0][:80]
         deadline = int(deadline or self.cluster.timeouts.command)
@@ -259,7 +260,7 @@ class Executor:
         sent = deadline_wrapped(command, deadline, conn.air_sudo)
         with self._step(host, what, deadline):
             status, out, err = self._exec(host, conn, sent, stdin.encode() if stdin is not None else None,
-                                          deadline, what)
+                                          deadline, what, stream)
         result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
         if status == TIMED_OUT:
             raise DeadlineError(f"{host}: {what}: not done within {deadline} s (stopped there)")
@@ -283,7 +284,8 @@ class Executor:
             raise RemoteError(f"{host}: {what} failed (exit {status}): {tail(err.decode(errors='replace'))}")
         return out
 
-    def _exec(self, host, conn, command: str, stdin: Optional[bytes], deadline: int, what: str) -> tuple:
+    def _exec(self, host, conn, command: str, stdin: Optional[bytes], deadline: int, what: str,
+              stream: bool = False) -> tuple:
         """(exit status, stdout, stderr) of one command on its own channel; gives up ``LOCAL_GRACE``
         s after ``deadline`` when the host's own ``timeout`` has not answered."""
         give_up = time.monotonic() + deadline + LOCAL_GRACE
@@ -294,7 +296,7 @@ class Executor:
             if stdin:
                 channel.sendall(stdin)
             channel.shutdown_write()
-            reader = threading.Thread(target=_drain_stderr, args=(channel, errors), daemon=True)
+            reader = threading.Thread(target=_drain_stderr, args=(channel, errors, stream), daemon=True)
             reader.start()
             chunks = []
             while True:
@@ -380,13 +382,17 @@ class Executor:
         return parallel(work, items, describe=describe)
 
 
-def _drain_stderr(channel, sink: list) -> None:
+def _drain_stderr(channel, sink: list, show: bool) -> None:
     try:
         while True:
             data = channel.recv_stderr(1 << 16)
             if not data:
                 return
             sink.append(data)
+            if show:
+                with _print_lock:
+                    sys.stderr.write(data.decode(errors="replace"))
+                    sys.stderr.flush()
     except (OSError, paramiko.SSHException, EOFError):
         return
 

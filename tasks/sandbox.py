@@ -41,6 +41,7 @@ ROOT = cluster_config.PROJECT_ROOT
 RECIPE = ROOT / "sandbox" / "machine-image.sh"
 BASE_IMAGE_DIR = ROOT / "sandbox" / "base-image"
 APP_DIR = ROOT / "sandbox" / "air"
+WEBSITE_DIR = ROOT / "sandbox" / "website"  # the static website: a second repository
 STATE = Path(os.environ.get("AIR_SANDBOX_STATE", ROOT / ".sandbox"))
 
 # A second sandbox can run beside the first (another checkout, other names and subnet).
@@ -52,6 +53,10 @@ BASE_IMAGE = "air-sandbox/base:1"  # the sample app's FROM; built on the build s
 REGISTRY_PORT = 5000
 BALANCER_PORT = 80
 REPOSITORY = "/srv/git/air.git"
+WEBSITE_REPOSITORY = "/srv/git/website.git"  # clusters/local.yaml names it for static_website
+WEBSITE_BRANCH = "develop"
+WEBSITE = "static_website"
+RECIPE_FILE = "air-sandbox-recipe"  # in a bare repository: the content hash it was made from
 NAMESPACE = "aircloak"
 REGISTRY_USER = "air"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
@@ -288,7 +293,7 @@ def configure_balancer(node: Node) -> None:
 
 
 def configure_build(node: Node) -> None:
-    """The base image of the sample app, and its git repository (made once)."""
+    """The base image of the sample app, and its two git repositories (made again when their content changed)."""
     context = _tar_of(BASE_IMAGE_DIR)
     recipe = _content_hash(BASE_IMAGE_DIR)
     label = "{{index .Config.Labels \"air.sandbox.recipe\"}}"
@@ -299,14 +304,21 @@ def configure_build(node: Node) -> None:
                           f"docker build -q --label air.sandbox.recipe={recipe} -t {BASE_IMAGE} /tmp/air-base "
                           f">/dev/null && rm -rf /tmp/air-base",
                input=context)
-    exists = inside(node.name, f"test -d {REPOSITORY} && echo yes || true").strip() == "yes"
-    if not exists:
+    repositories = [(REPOSITORY, APP_DIR, "master"), (WEBSITE_REPOSITORY, WEBSITE_DIR, WEBSITE_BRANCH)]
+    have = inside(node.name, "; ".join(f"cat {path}/{RECIPE_FILE} 2>/dev/null || echo none"
+                                       for path, _, _ in repositories)).split()
+    for (path, directory, branch), made_from in zip(repositories, have):
+        recipe = _content_hash(directory)
+        if made_from == recipe:
+            continue
+        # Made once per content of the sample: commits added since (sandbox.change) stay until it changes.
         inside(node.name,
-               f"rm -rf /tmp/air-src && mkdir -p /tmp/air-src && tar -x -C /tmp/air-src && cd /tmp/air-src && "
-               f"git init -q -b master && git add -A && "
+               f"rm -rf {path} /tmp/air-src && mkdir -p /tmp/air-src && tar -x -C /tmp/air-src && cd /tmp/air-src && "
+               f"git init -q -b {branch} && git add -A && "
                f"git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q -m 'Sample Air application' && "
-               f"git init -q --bare -b master {REPOSITORY} && git push -q {REPOSITORY} master && rm -rf /tmp/air-src",
-               input=_tar_of(APP_DIR))
+               f"git init -q --bare -b {branch} {path} && git push -q {path} {branch} && "
+               f"echo {recipe} > {path}/{RECIPE_FILE} && rm -rf /tmp/air-src",
+               input=_tar_of(directory))
 
 
 def _content_hash(directory: Path) -> str:
@@ -525,29 +537,54 @@ def _tear_down() -> None:
         (STATE / name).unlink(missing_ok=True)
 
 
-def commit_change(component: str, broken: bool = False, branch: str = "master", version: str = None,
-                  fix: bool = False) -> str:
+FAILURES = ("prepare", "build")
+
+
+def commit_change(component: str, broken: bool = False, branch: str = None, version: str = None,
+                  fix: bool = False, *, file: str = None, fails: str = None) -> str:
     """Commit a change to the sample application on the build server; return the new commit.
 
+    The change goes to the repository the component is built from (``static_website``: the second
+    repository, on ``develop`` unless ``branch`` is given; the others: the main one, on ``master``).
     ``broken``: the component ships a file ``broken`` (its health check fails);
-    ``fix``: a normal change that also removes that file.
+    ``fix``: a normal change that also removes that file; ``file``: the file of the component's
+    folder that is changed (default index.html); ``fails``: a change whose ``prepare`` command
+    (air_backend's) or ``build`` (a failing Dockerfile step) fails.
     """
     build = _node("build").name
-    if component not in {p.name for p in (APP_DIR / "components").iterdir()}:
+    components = {p.name for p in (APP_DIR / "components").iterdir()} | {WEBSITE}
+    if component not in components:
         raise ConfigError(f"sandbox.change: no component {component!r} in the sample application")
+    website = component == WEBSITE
+    branch = branch or (WEBSITE_BRANCH if website else "master")
     if not cluster_config.CLUSTER_NAME.match(branch.replace("-", "_").replace("/", "_")):
         raise ConfigError(f"sandbox.change: branch {branch!r} is not a simple branch name")
     if broken and fix:
         raise ConfigError("sandbox.change: --broken and --fix exclude each other")
-    folder = f"components/{component}"
-    path = f"{folder}/" + ("broken" if broken else "index.html")
-    edit = (f"printf '%s\\n' {shlex.quote(version)} > VERSION"
-            if version else f"date +%s%N >> {shlex.quote(path)}")
+    if fails not in (None,) + FAILURES:
+        raise ConfigError(f"sandbox.change: --fails must be one of {', '.join(FAILURES)}")
+    if fails == "prepare" and component != "air_backend":
+        raise ConfigError("sandbox.change: only air_backend has a prepare command")
+    if version and website:
+        raise ConfigError(f"sandbox.change: VERSION is in the main repository, not in {component}'s")
+    if file is not None and (not cluster_config.REMOTE_PATH.match("/" + file) or ".." in file.split("/")):
+        raise ConfigError(f"sandbox.change: --file {file!r} is not a path inside the component's folder")
+    folder = "." if website else f"components/{component}"
+    path = f"{folder}/" + ("broken" if broken else file or "index.html")
+    edit = f"date +%s%N >> {shlex.quote(path)}"
+    if version:
+        edit = f"printf '%s\\n' {shlex.quote(version)} > VERSION"
+    elif fails == "prepare":  # a script its prepare command refuses (sh -n)
+        edit = f"printf 'if then\\n' > {shlex.quote(folder + '/bin/unfinished')}"
+    elif fails == "build":
+        edit = f"printf 'RUN echo compiling {component} && exit 3\\n' >> {shlex.quote(folder + '/Dockerfile')}"
     if fix:
         edit = f"rm -f {shlex.quote(folder + '/broken')}; {edit}"
-    what = f"VERSION {version}" if version else f"{'break' if broken else 'fix' if fix else 'change'} {component}"
+    what = f"VERSION {version}" if version else \
+        f"{'break' if broken else 'fix' if fix else f'{fails} fails for' if fails else 'change'} {component}"
+    repository = WEBSITE_REPOSITORY if website else REPOSITORY
     return inside(build, f"""
-        rm -rf /tmp/air-change && git clone -q {REPOSITORY} /tmp/air-change && cd /tmp/air-change
+        rm -rf /tmp/air-change && git clone -q {repository} /tmp/air-change && cd /tmp/air-change
         git checkout -q {shlex.quote(branch)} 2>/dev/null || git checkout -q -b {shlex.quote(branch)}
         {edit}
         git add -A && git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q -m {shlex.quote(what)}
@@ -589,12 +626,14 @@ def show_status(c, json_=False):
 
 @air_task(help={"component": "component of the sample application to change",
                 "broken": "a change that builds but never becomes healthy",
-                "branch": "branch to commit to (made if missing)",
+                "branch": "branch to commit to, made if missing (default: master; develop for static_website)",
                 "version": "instead, set the application's VERSION (MAJOR.MINOR)",
-                "fix": "a normal change that also removes the component's `broken` file"})
-def change(c, component="router", broken=False, branch="master", version=None, fix=False):
-    """Commit a change to the sample application's repository on the build server."""
-    print(commit_change(component, broken, branch, version, fix))
+                "fix": "a normal change that also removes the component's `broken` file",
+                "file": "file of the component's folder to change (default index.html)",
+                "fails": "a change whose `prepare` (air_backend) or `build` fails"})
+def change(c, component="router", broken=False, branch=None, version=None, fix=False, file=None, fails=None):
+    """Commit a change to the sample application's repositories on the build server."""
+    print(commit_change(component, broken, branch, version, fix, file=file, fails=fails))
 
 
 @air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})

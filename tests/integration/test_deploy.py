@@ -9,7 +9,6 @@ The tests run in file order and each leaves the cluster serving (checked
 at the start of the next); the last release deployed is whatever the last
 test left, recorded in etcd as usual.
 """
-import http.client
 import json
 import queue
 import subprocess

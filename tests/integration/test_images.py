@@ -61,8 +61,9 @@ class Session:
     def load(self, name: str, directory: Path = None):
         return cluster_config.load(name, directory or self.directory)
 
-    def branch(self, short: str, component: str = "static_website") -> tuple:
-        """A new branch <prefix>_<short> of the sample app (from master, plus one change); (branch, commit)."""
+    def branch(self, short: str, component: str = "air_frontend") -> tuple:
+        """A new branch <prefix>_<short> of the sample app's main repository (from master, plus one change
+        to ``component``); (branch, commit)."""
         branch = self.name(short)
         return branch, sb.commit_change(component, branch=branch)
 
@@ -70,8 +71,10 @@ class Session:
         p = self.prefix
         sb.inside(BUILD, f"""
             rm -rf /aircloak/{p}_*
-            git -C {sb.REPOSITORY} for-each-ref --format='%(refname:short)' 'refs/heads/{p}_*' \\
-                | xargs -r git -C {sb.REPOSITORY} branch -q -D
+            for repository in {sb.REPOSITORY} {sb.WEBSITE_REPOSITORY}; do
+                git -C $repository for-each-ref --format='%(refname:short)' 'refs/heads/{p}_*' \\
+                    | xargs -r git -C $repository branch -q -D
+            done
             docker image ls --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '/{p}/' | xargs -r docker image rm >/dev/null
         """, check=False)
 
@@ -193,8 +196,9 @@ def test_a_new_minor_version_goes_to_changed_components_only(session, registry):
     sb.commit_change("air_backend", branch=branch)
     report, built, _ = build_push(session, name)
     assert "VERSION 1.1" in built
-    assert changed(report) == {"air_backend"}
-    assert versions(report) == {"router": "1.0.1", "air_frontend": "1.0.0", "air_backend": "1.1.0",
+    # air_frontend's image carries MAJOR.MINOR (its AIR_BUILD_VERSION build argument): it changes with VERSION.
+    assert changed(report) == {"air_backend", "air_frontend"}
+    assert versions(report) == {"router": "1.0.1", "air_frontend": "1.1.0", "air_backend": "1.1.0",
                                 "static_website": "1.0.0"}
     assert registry_versions(registry, session.load(name))["air_backend"] == ["1.0.0", "1.1.0", "latest"]
 
@@ -223,8 +227,8 @@ def test_two_clusters_on_different_branches_keep_separate_checkouts_and_images(s
 
     assert stage_cluster.image("router") != prod_cluster.image("router")
     assert registry_versions(registry, prod_cluster) == {c: ["1.0.0", "latest"] for c in COMPONENTS}
-    # Their branches differ in router and static_website (each changed one of them from master).
-    for component in ("router", "static_website"):
+    # Their branches differ in router and air_frontend (each changed one of them from master).
+    for component in ("router", "air_frontend"):
         assert prod_report["components"][component]["digest"] != stage_report["components"][component]["digest"]
         assert registry.config_digest(prod_cluster.image(component), "1.0.0") != \
             registry.config_digest(stage_cluster.image(component), "1.0.0")

@@ -230,7 +230,8 @@ def test_unknown_field(tmp_path, field, expected):
 
 def test_unknown_field_of_a_component(tmp_path):
     message = error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80, "helth": "/h"}]))
-    assert ": components[0].helth: unknown field (expected one of: name, port, health, source)" in message
+    assert (": components[0].helth: unknown field (expected one of: name, port, health, source, dockerfile, ignore, "
+            "args, target, prepare, prepare_timeout, repository, branch)") in message
 
 
 def test_duplicate_component_names(tmp_path):
@@ -347,3 +348,65 @@ def test_example_clusters_are_separate():
     assert not set(stage.machines) & set(prod.machines)
     assert prod.build.branch == "release"
     assert prod.timeouts.healthy > stage.timeouts.healthy
+
+
+# ---------------------------------------------------------------- how a component is built
+
+def components(tmp_path, *entries):
+    write(tmp_path, "stage", variant(components=list(entries)))
+    return cluster.load("stage", tmp_path)
+
+
+def test_a_components_build_defaults_to_its_folder(tmp_path):
+    c = components(tmp_path, {"name": "web", "port": 80}).components[0]
+    assert (c.source, c.dockerfile, c.ignore, c.args, c.target, c.prepare, c.prepare_timeout) == \
+        ("components/web", "components/web/Dockerfile", None, (), None, None, 300)
+    assert (c.repository, c.branch) == (None, None)
+
+
+def test_a_component_built_from_the_root_with_every_build_field(tmp_path):
+    c = components(tmp_path, {"name": "web", "port": 80, "source": ".", "dockerfile": "images/web/Dockerfile",
+                              "ignore": "images/web/Dockerfile.dockerignore", "target": "runtime",
+                              "args": {"VERSION": "{version}", "MODE": "prod", "LEVEL": 3},
+                              "prepare": "make assets", "prepare_timeout": 90}).components[0]
+    assert (c.source, c.dockerfile, c.ignore, c.target, c.prepare, c.prepare_timeout) == \
+        (".", "images/web/Dockerfile", "images/web/Dockerfile.dockerignore", "runtime", "make assets", 90)
+    assert c.args == (("VERSION", "{version}"), ("MODE", "prod"), ("LEVEL", "3"))
+
+
+def test_a_component_of_its_own_repository_has_its_own_checkout_and_branch(tmp_path):
+    loaded = components(tmp_path, {"name": "web", "port": 80},
+                        {"name": "site", "port": 81, "repository": "git@example.com:site.git", "branch": "develop"},
+                        {"name": "docs", "port": 82, "repository": "git@example.com:docs.git"})
+    web, site, docs = loaded.components
+    assert loaded.checkout_of(web) == "/aircloak/stage/air"
+    assert (site.repository, site.branch, loaded.checkout_of(site)) == \
+        ("git@example.com:site.git", "develop", "/aircloak/stage/air-site")
+    assert docs.branch == "master"  # build.branch
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"branch": "develop"}, "components[0].branch: only a component with its own repository has its own branch"),
+    ({"dockerfile": "other/Dockerfile"}, "components[0].dockerfile: other/Dockerfile is not inside the build "
+                                         "context components/web"),
+    ({"source": "images", "ignore": "images-web.ignore"}, "components[0].ignore: images-web.ignore is not inside "
+                                                          "the build context images"),
+    ({"args": {"VERSION": "{versoin}"}}, "components[0].args.VERSION: expected a mapping of build-argument names"),
+    ({"args": {"NOT-A-NAME": "x"}}, "components[0].args.NOT-A-NAME: expected a mapping of build-argument names"),
+    ({"args": {"FLAG": True}}, "components[0].args.FLAG: expected a mapping of build-argument names"),
+    ({"args": ["VERSION"]}, "components[0].args: expected a mapping of build-argument names"),
+    ({"target": "run time"}, "components[0].target: expected a Dockerfile stage name"),
+    ({"repository": "x", "branch": "a..b"}, "components[0].branch: expected a git branch name"),
+    ({"prepare_timeout": 0}, "components[0].prepare_timeout: expected a positive whole number, got 0"),
+    ({"prepare": ""}, "components[0].prepare: expected a non-empty string"),
+])
+def test_bad_build_fields_are_named(tmp_path, entry, expected):
+    message = error_of(tmp_path, "stage", variant(components=[{"name": "web", "port": 80, **entry}]))
+    assert f": {expected}" in message
+
+
+def test_the_sandboxs_static_website_is_its_second_repository():
+    from tasks import sandbox
+    local = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
+    website = next(c for c in local["components"] if c["name"] == sandbox.WEBSITE)
+    assert (website["repository"], website["branch"]) == (sandbox.WEBSITE_REPOSITORY, sandbox.WEBSITE_BRANCH)
