@@ -6,7 +6,7 @@
 # Usage: machine-image.sh ROOTFS_DIR   (run as root; the caller imports it)
 set -eu
 root=$1
-packages=systemd,systemd-sysv,openssh-server,openssh-sftp-server,docker.io,etcd-server,etcd-client,iproute2,ca-certificates,curl,git,haproxy,docker-registry,apache2-utils,busybox-static,procps
+packages=systemd,systemd-sysv,openssh-server,openssh-sftp-server,docker.io,etcd-server,etcd-client,iproute2,ca-certificates,curl,git,haproxy,docker-registry,apache2-utils,busybox-static,procps,sudo
 debootstrap --variant=minbase --include="$packages" bookworm "$root" >"$root.log" 2>&1 || { tail -n 20 "$root.log" >&2; exit 1; }
 
 # Host keys are made on each machine's first boot, never shared through the image.
@@ -18,6 +18,29 @@ ExecStartPre=
 ExecStartPre=/usr/bin/ssh-keygen -A
 ExecStartPre=/usr/sbin/sshd -t
 UNIT
+
+# As on CoreOS and Flatcar: root may not log in over SSH; `core` may, with passwordless sudo
+# and the docker group. Its authorized keys come from the cloud config.
+mkdir -p "$root/etc/ssh/sshd_config.d"
+printf 'PermitRootLogin no\n' >"$root/etc/ssh/sshd_config.d/air-sandbox.conf"
+chroot "$root" useradd --create-home --shell /bin/bash --groups docker,sudo core
+printf 'core ALL=(ALL) NOPASSWD: ALL\n' >"$root/etc/sudoers.d/core"
+chmod 0440 "$root/etc/sudoers.d/core"
+
+# Stand-ins for Flatcar's OS update units (they only run): install pauses them and puts them back.
+for unit in update-engine locksmithd; do
+  cat >"$root/etc/systemd/system/$unit.service" <<UNIT
+[Unit]
+Description=Stand-in for Flatcar's $unit
+
+[Service]
+ExecStart=/bin/sleep infinity
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  chroot "$root" systemctl enable "$unit.service"
+done
 
 # Flatcar's unit name for etcd; configured later by a drop-in with ETCD_* settings.
 cat >"$root/etc/systemd/system/etcd-member.service" <<'UNIT'

@@ -12,6 +12,7 @@ CA, credentials) is written to ``.sandbox/cluster.yaml``, which
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import io
@@ -33,6 +34,7 @@ import yaml
 import cloudconfig
 
 from . import balancer_config, cluster as cluster_config
+from .machine import USER_DATA_PATHS
 from .errors import AirError, ConfigError
 from .cli import air_task
 from .remote import parallel, say
@@ -73,6 +75,12 @@ class Node:
     @property
     def is_machine(self) -> bool:
         return self.role in ("machine", "spare")
+
+    @property
+    def user_data(self) -> str:
+        """Where this machine keeps its cloud config: every second one like Flatcar, the others like CoreOS."""
+        flatcar = self.name.rsplit("-m", 1)[-1].isdigit() and int(self.name.rsplit("-m", 1)[-1]) % 2 == 0
+        return USER_DATA_PATHS[0] if flatcar else USER_DATA_PATHS[-1]
 
 
 def layout(machines: int, spares: int) -> list:
@@ -163,9 +171,9 @@ def ensure_image() -> str:
 def ensure_local_files() -> None:
     """The sandbox's key pair, CA, registry certificate, credentials and app secrets."""
     STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = STATE / "id_ed25519"
-    if not key.exists():
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "air-sandbox", "-f", str(key))
+    for name, comment in (("id_ed25519", "air-sandbox"), ("admin_ed25519", "the administrator's own")):
+        if not (STATE / name).exists():
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(STATE / name))
     if not (STATE / "ca.crt").exists():
         sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
            "/CN=air-sandbox CA", "-keyout", str(STATE / "ca.key"), "-out", str(STATE / "ca.crt"))
@@ -250,13 +258,39 @@ def wait_booted(node: Node, timeout: int = 90) -> None:
 
 # ---------------------------------------------------------------- configuring each role
 
+ADMIN_UNIT = "admin-monitor.service"
+ADMIN_FILE = "/etc/admin/monitoring.conf"
+
+
+def administrators_base(base_doc: dict, admin_key: str) -> dict:
+    """The base cloud config an administrator prepares the sandbox's machines with: the cluster's
+    base plus things air-deploy knows nothing of (a monitoring unit, a file, another SSH key),
+    which installing must keep."""
+    doc = copy.deepcopy(base_doc)
+    doc["ssh_authorized_keys"].append(admin_key)
+    doc["write_files"].append({"path": ADMIN_FILE, "permissions": "0644",
+                               "content": "# the administrator's monitoring\nserver=monitor.invalid\n"})
+    doc["coreos"]["units"].append({"name": ADMIN_UNIT, "enable": True, "command": "start", "content":
+                                   "[Unit]\nDescription=The administrator's monitoring (a stand-in)\n\n"
+                                   "[Service]\nExecStart=/bin/sleep infinity\n\n"
+                                   "[Install]\nWantedBy=multi-user.target\n"})
+    return doc
+
+
 def configure_common(node: Node, base_doc: dict) -> None:
-    """What coreos-cloudinit does with the cluster's base cloud config: the authorized keys
-    everywhere, and its files (registry CA and login) on the machines and the build server."""
-    put(node.name, "/root/.ssh/authorized_keys", "\n".join(base_doc["ssh_authorized_keys"]) + "\n", "0600")
+    """What coreos-cloudinit does with a base cloud config: `core`'s authorized keys everywhere;
+    on the machines and the build server its files; on the machines its units too, and the
+    document itself where the machine keeps its cloud config."""
+    put(node.name, "/home/core/.ssh/authorized_keys", "\n".join(base_doc["ssh_authorized_keys"]) + "\n",
+        "0600", "core:core")
     if node.role in ("machine", "spare", "build"):
         for file in cloudconfig.files(base_doc):
             put(node.name, file.path, file.content, f"{file.mode:04o}")
+    if node.is_machine:
+        put(node.name, node.user_data, cloudconfig.render(base_doc), "0600")
+        units = " ".join(shlex.quote(name) for name in cloudconfig.started_units(base_doc))
+        if units:
+            inside(node.name, f"systemctl daemon-reload && systemctl enable -q --now {units}")
 
 
 def configure_registry(node: Node) -> None:
@@ -357,7 +391,7 @@ def cluster_fragment(nodes: list) -> dict:
     build = next(n for n in nodes if n.role == "build")
     balancer = next(n for n in nodes if n.role == "balancer")
     return {
-        "ssh": {"user": "root", "key": str(STATE / "id_ed25519"), "known_hosts": str(STATE / "known_hosts")},
+        "ssh": {"key": str(STATE / "id_ed25519"), "known_hosts": str(STATE / "known_hosts")},
         "build": {"host": build.address, "repository": REPOSITORY},
         "registry": {"address": registry_address(), "ca": str(STATE / "ca.crt"),
                      "credentials": str(STATE / "registry-credentials.yaml")},
@@ -475,9 +509,11 @@ def _bring_up(machines: int, spares: int) -> dict:
 
 
 def base_document() -> dict:
-    """The base cloud config of the `local` cluster: the sandbox's machines are prepared with it."""
+    """What the sandbox's machines are prepared with: the `local` cluster's base cloud config
+    as its administrator extended it (``administrators_base``)."""
     from .machine import base_document as render
-    return render(cluster_config.load("local"))
+    admin_key = (STATE / "admin_ed25519.pub").read_text().strip()
+    return administrators_base(render(cluster_config.load("local")), admin_key)
 
 
 def _write_atomically(path: Path, text: str) -> None:
