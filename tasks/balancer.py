@@ -54,8 +54,8 @@ class Routers:
         path = self.cluster.balancer.routers_file
         candidate = f"{path}.air-candidate-{self.ex.run_id}"
         # Beside haproxy's own configuration, so its folder exists; the swap below is atomic.
-        self.ex.upload(self.host, candidate, routers_file(self.cluster.balancer.port, machines), 0o644)
-        self.ex.run(self.host, f"{check_command(self.cluster.balancer.config, candidate)} && "
+        staged = self.ex.stage_files(self.host, [(candidate, routers_file(self.cluster.balancer.port, machines), 0o644)])
+        self.ex.run(self.host, f"{staged.swap} && {check_command(self.cluster.balancer.config, candidate)} && "
                                f"mv -f {q(candidate)} {q(path)} && {RELOAD}",
                     what="validate and install the routers file, reload")
         self._machines = machines

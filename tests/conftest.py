@@ -29,10 +29,12 @@ def _layout():
     from tasks import sandbox as sb
     nodes = sb.layout(MACHINES, SPARES)
     role = lambda r: [n.address for n in nodes if n.role == r]
-    return role("machine"), role("spare"), role("balancer")[0], role("build")[0]
+    user_data = {n.address: n.user_data for n in nodes if n.is_machine}
+    return role("machine"), role("spare"), role("balancer")[0], role("build")[0], user_data
 
 
-MACHINE_ADDRESSES, SPARE_ADDRESSES, BALANCER_ADDRESS, BUILD_ADDRESS = _layout()
+# USER_DATA: machine address -> where it keeps its cloud config (Flatcar's or CoreOS's path).
+MACHINE_ADDRESSES, SPARE_ADDRESSES, BALANCER_ADDRESS, BUILD_ADDRESS, USER_DATA = _layout()
 SUBNET = BALANCER_ADDRESS.rsplit(".", 1)[0]
 NOBODY = f"{SUBNET}.99"  # in the sandbox's subnet, but no container has it
 

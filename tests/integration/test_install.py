@@ -26,7 +26,7 @@ from tasks.remote import Executor
 from tasks.session import session
 from tasks.version import newest
 
-from conftest import MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, error_line, etcd_of, fab, on, serving
+from conftest import MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab, on, serving
 
 SPARE = SPARE_ADDRESSES[0]
 ADMINS = "/var/lib/air/air_backend/admins"
@@ -128,11 +128,12 @@ def test_each_machine_records_the_release_it_runs(setup_run, local, recorded):
 
 
 def test_the_cloud_config_is_private_and_names_every_unit(setup_run, local):
-    expected = {"etcd-member.service"} | {f"air-{c}.service" for c in local.component_names}
+    expected = {"etcd-member.service", sb.ADMIN_UNIT} | {f"air-{c}.service" for c in local.component_names}
+    assert len(set(USER_DATA[a] for a in local.machines)) == 2  # Flatcar's path and CoreOS's, both used
     for address in local.machines:
-        mode = on(local, address, f"stat -c %a {local.cloud_config}").stdout.strip()
+        mode = on(local, address, f"stat -c %a {USER_DATA[address]}").stdout.strip()
         assert mode == "600", address
-        text = on(local, address, f"cat {local.cloud_config}").stdout
+        text = on(local, address, f"cat {USER_DATA[address]}").stdout
         assert text.startswith("#cloud-config\n")
         doc = yaml.safe_load(text)
         assert {u["name"] for u in doc["coreos"]["units"]} == expected

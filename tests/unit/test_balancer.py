@@ -88,7 +88,7 @@ def ex():
 def test_set_with_nothing_to_change_neither_writes_nor_reloads(ex):
     assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2"]) == ["10.0.0.1", "10.0.0.2"]
     assert ex.commands(changes_only=True) == []
-    assert ("10.0.0.100", CANDIDATE) not in ex.files
+    assert ("10.0.0.100", CANDIDATE + ".staged") not in ex.files
 
 
 def test_set_ignores_repeated_machines(ex):
@@ -98,8 +98,10 @@ def test_set_ignores_repeated_machines(ex):
 
 def test_set_writes_a_candidate_checks_it_then_swaps_and_reloads(ex):
     assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
-    assert ex.files[("10.0.0.100", CANDIDATE)] == (routers_file(80, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]), 0o644)
+    assert ex.files[("10.0.0.100", CANDIDATE + ".staged")] == \
+        (routers_file(80, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]), 0o644)
     assert ex.commands(changes_only=True) == [
+        f"mkdir -p /etc/haproxy && mv -f {CANDIDATE}.staged {CANDIDATE} && "
         f"haproxy -c -q -f /etc/haproxy/haproxy.cfg -f {CANDIDATE} && "
         f"mv -f {CANDIDATE} /etc/haproxy/air-routers.cfg && systemctl reload haproxy",
     ]
@@ -117,7 +119,7 @@ def test_remove_of_an_unlisted_machine_changes_nothing(ex):
 
 def test_remove_writes_the_others(ex):
     assert balancer.Routers(ex).remove("10.0.0.1") == ["10.0.0.2"]
-    assert ex.files[("10.0.0.100", CANDIDATE)][0] == routers_file(80, ["10.0.0.2"])
+    assert ex.files[("10.0.0.100", CANDIDATE + ".staged")][0] == routers_file(80, ["10.0.0.2"])
 
 
 def test_set_with_reload_reloads_even_when_the_file_is_right(ex):
@@ -132,4 +134,4 @@ def test_a_lost_lock_stops_the_change_before_the_balancer_is_touched(ex):
     ex.fence.lose()
     with pytest.raises(LostLock):
         balancer.Routers(ex).remove("10.0.0.1")
-    assert ex.commands(changes_only=True) == [] and ("10.0.0.100", CANDIDATE) not in ex.files
+    assert ex.commands(changes_only=True) == [] and ("10.0.0.100", CANDIDATE + ".staged") not in ex.files
