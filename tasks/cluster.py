@@ -87,6 +87,10 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "port": Field("port", "SSH port.", 22),
         "key": Field("local_path", "Private key file."),
         "known_hosts": Field("local_path", "known_hosts file; a host whose key is not in it is refused."),
+        "gateway": Field("host", "A host every other connection goes through (a jump host, e.g. the build "
+                         "server, when the machines sit on a private network): SSH, the etcd tunnel, the Docker "
+                         "API and the registry's API. Its host key is checked like every other; ~/.ssh/config "
+                         "is never read.", required=False),
     }),
     "build": Section("The build server, where images are built and pushed.", {
         "host": Field("host", "Address of the build server (`fab -H` overrides it)."),
@@ -184,6 +188,7 @@ class Ssh:
     port: int
     key: Path
     known_hosts: Path
+    gateway: Optional[str] = None
 
 
 @dataclass(frozen=True)

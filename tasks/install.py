@@ -101,7 +101,7 @@ def setup(s, machines) -> object:
     """The install runbook: preflight, install everywhere, etcd, lock, record, start, balancer."""
     started = time.monotonic()
     cluster, ex = s.cluster, s.ex
-    release = push.published_release(cluster)
+    release = push.published_release(ex)
     say(f"setup-cluster: {cluster.name} on {', '.join(machines)}, release {release.id} "
         f"({', '.join(f'{i.component} {i.version}' for i in release.images)})")
     plans = preflight(ex, machines, release)
@@ -153,7 +153,7 @@ def resume(s, via) -> object:
     machines = sorted(state.member_address(m) for m in members)
     release, _ = state.read_release(s.etcd, s.cluster)
     if release is None:
-        release = push.published_release(s.cluster)
+        release = push.published_release(s.ex)
         record = state.write_release(s.etcd, s.cluster, release, outcome="installed")
         state.add_history(s.etcd, s.cluster, record)
         say(f"setup-cluster: recorded release {release.id}")

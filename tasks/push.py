@@ -48,9 +48,10 @@ def plan(cluster, base: tuple, images: dict, registry: RegistryClient) -> list:
     return steps
 
 
-def published_release(cluster) -> Release:
+def published_release(ex) -> Release:
     """The newest pushed version of every component, as the registry has it."""
-    registry = RegistryClient.for_registry(cluster.registry)
+    cluster = ex.cluster
+    registry = RegistryClient.for_cluster(ex)
     images = []
     for component in cluster.component_names:
         repository = cluster.image(component)
@@ -99,7 +100,7 @@ def candidates(api, cluster, components, commits: dict) -> dict:
 def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
     """Push what changed; returns the Release and the steps taken (``dry``: the steps push would take)."""
     cluster = ex.cluster
-    registry = RegistryClient.for_registry(cluster.registry)
+    registry = RegistryClient.for_cluster(ex)
     registry.check()
     username, password = load_credentials(cluster.registry.credentials)
     auth = {"username": username, "password": password}

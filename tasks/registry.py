@@ -17,6 +17,8 @@ from typing import Optional
 from urllib.parse import urljoin
 
 import requests
+import requests.adapters
+import urllib3
 import yaml
 
 from .errors import ConfigError, RemoteError
@@ -57,7 +59,7 @@ class RegistryClient:
     """A read-only client of one registry (``host:port``)."""
 
     def __init__(self, address: str, credentials: Optional[tuple] = None, ca=None, timeout: float = 10,
-                 *, scheme: str = "https", credentials_file=None):
+                 *, scheme: str = "https", credentials_file=None, connect=None):
         if ca is not None and not Path(ca).is_file():
             raise ConfigError(f"registry {address}: CA certificate {ca} does not exist")
         self.address = address
@@ -69,6 +71,18 @@ class RegistryClient:
         self._basic: Optional[str] = None          # Authorization header, once the registry asked for Basic
         self._tokens: dict = {}                    # scope -> Authorization header with a Bearer token
         self._session = requests.Session()
+        if connect is not None:
+            # Every connection made by ``connect(host, port)`` (through a jump host); TLS and its
+            # checks are as they would be directly.
+            adapter = _ConnectingAdapter(connect)
+            self._session.mount("https://", adapter)
+            self._session.mount("http://", adapter)
+
+    @classmethod
+    def for_cluster(cls, ex) -> "RegistryClient":
+        """A client for the executor's cluster, through the cluster's jump host when it has one."""
+        gateway = ex.cluster.ssh.gateway
+        return cls.for_registry(ex.cluster.registry, connect=ex.socket_to if gateway else None)
 
     @classmethod
     def for_registry(cls, registry, **options) -> "RegistryClient":
@@ -212,3 +226,31 @@ def _pull(repository: str) -> str:
 
 def _path(response) -> str:
     return response.url.split("?")[0]
+
+
+class _ConnectingAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections are opened by ``connect(host, port)``."""
+
+    def __init__(self, connect):
+        self._connect = connect
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        connect = self._connect
+
+        class Secure(urllib3.connection.HTTPSConnection):
+            def _new_conn(self):
+                return connect(self.host, self.port)
+
+        class Plain(urllib3.connection.HTTPConnection):
+            def _new_conn(self):
+                return connect(self.host, self.port)
+
+        class SecurePool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = Secure
+
+        class PlainPool(urllib3.HTTPConnectionPool):
+            ConnectionCls = Plain
+
+        self.poolmanager.pool_classes_by_scheme = {"https": SecurePool, "http": PlainPool}

@@ -155,7 +155,10 @@ class Executor:
                 return conn
             if host in self._gone:
                 raise Unreachable(host, self._gone[host])
-            conn = Connection(host, **self._settings())
+            gateway = self.cluster.ssh.gateway
+            # Through the jump host when the cluster has one (Fabric opens a channel there to this host).
+            via = self.conn(gateway) if gateway and host != gateway else None
+            conn = Connection(host, gateway=via, **self._settings())
             conn.client.load_host_keys(str(self.cluster.ssh.known_hosts))
             conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
             try:
@@ -167,6 +170,24 @@ class Executor:
             self._conns[host] = conn
             threading.Thread(target=self._watch, args=(host, conn), name=f"keepalive {host}", daemon=True).start()
             return conn
+
+    def socket_to(self, host: str, port: int, timeout: float = None) -> socket.socket:
+        """A TCP connection to ``host:port`` (the registry's API, say): through the cluster's jump
+        host when it has one, as a local socket pair bridged to an SSH channel there."""
+        timeout = timeout or self.cluster.timeouts.connect
+        gateway = self.cluster.ssh.gateway
+        if not gateway:
+            return socket.create_connection((host, port), timeout=timeout)
+        try:
+            channel = self.conn(gateway).transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                                               timeout=timeout)
+        except (paramiko.SSHException, OSError) as e:
+            raise OSError(f"through {gateway}: {_reason(e)}") from None
+        near, far = socket.socketpair()
+        for source, sink in ((channel, far), (far, channel)):
+            threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+        near.settimeout(timeout)
+        return near
 
     def reachable(self, host: str) -> Optional[str]:
         """None when ``host`` can be logged in to, otherwise why not (one line)."""
@@ -380,6 +401,24 @@ class Executor:
 
     def parallel(self, work: Callable, items: Iterable, *, describe: Callable = str) -> list:
         return parallel(work, items, describe=describe)
+
+
+def _pipe(source, sink) -> None:
+    """Copy ``source`` to ``sink`` until either ends, then close both."""
+    try:
+        while True:
+            data = source.recv(1 << 16)
+            if not data:
+                break
+            sink.sendall(data)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+    finally:
+        for end in (source, sink):
+            try:
+                end.close()
+            except (OSError, EOFError):
+                pass
 
 
 def _drain_stderr(channel, sink: list, show: bool) -> None:
