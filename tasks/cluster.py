@@ -63,6 +63,7 @@ KINDS = {
     "remote_path": "an absolute path on the remote host (letters, digits, . _ / @ + -)",
     "url_path": "an HTTP path starting with / (letters, digits, . _ ~ / ? = & % + -)",
     "repo_path": "a relative path inside the source checkout (no .., no leading /)",
+    "proxy_protocol": "v1 or v2 (the PROXY protocol's text or binary version)",
 }
 
 SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
@@ -89,13 +90,20 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "credentials": Field("local_path", "YAML file with `username` and `password` "
                              "(must not be readable by group or others)."),
     }),
-    "balancer": Section("The TCP load balancer (haproxy) in front of the machines.", {
-        "host": Field("host", "Address of the balancer host."),
-        "port": Field("port", "Port the routers listen on, on every machine.", 80),
-        "routers_file": Field("remote_path", "haproxy backend file listing the machines; written by air-deploy only.",
-                              "/etc/haproxy/air-routers.cfg"),
-        "config": Field("remote_path", "haproxy's main configuration, used to validate the routers file.",
-                        "/etc/haproxy/haproxy.cfg"),
+    "balancer": Section("The TCP load balancer (haproxy) in front of the machines. One host may serve several "
+                        "clusters: each has its own frontends, files and haproxy instance there.", {
+        "host": Field("host", "Address of the balancer host (reached over SSH)."),
+        "bind": Field("address", "Address this cluster's frontends listen on (default: every address of the host).",
+                      required=False),
+        "http_port": Field("port", "Port of this cluster's HTTP frontend (passed through as TCP).", 80),
+        "https_port": Field("port", "Port of this cluster's HTTPS frontend (passed through as TCP; used when the "
+                            "component below serves HTTPS).", 443),
+        "component": Field("name", "Component the balancer sends traffic to (default: the first one).",
+                           required=False),
+        "tunnel": Field("int", "haproxy's `timeout tunnel`: how long an established connection (a websocket, "
+                        "a long download) may stay idle, in seconds.", 3600),
+        "folder": Field("remote_path", "This cluster's own files on the balancer host (haproxy.cfg, routers.cfg); "
+                        "written by air-deploy only.", "/etc/haproxy/air/{cluster}"),
     }),
     "machines": Field("addresses", "The machines of the cluster (etcd members), by address."),
     "components": Section("The Air components, each a Docker container under systemd on every machine.", {
@@ -104,6 +112,13 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "health": Field("url_path", "HTTP path answering 200 when the component is healthy.", "/health"),
         "source": Field("repo_path", "Folder of the component's Dockerfile (its build context) in the checkout; "
                         "default components/<name>.", required=False),
+        "https_port": Field("port", "Port where the component serves HTTPS itself (TLS), if it does.", required=False),
+        "proxy": Section("Ports where the component reads the PROXY protocol first, so it sees each client's "
+                         "address; the balancer sends to them instead of `port` and `https_port`.", {
+            "http": Field("port", "PROXY protocol, then HTTP."),
+            "https": Field("port", "PROXY protocol, then HTTPS.", required=False),
+            "protocol": Field("proxy_protocol", "Version the balancer sends.", "v2"),
+        }, required=False),
     }, many=True),
     "secrets": Field("local_path", "Folder of secret files, installed on every machine with mode 0600 "
                      "and mounted read-only into the containers."),
@@ -120,6 +135,8 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "stop": Field("int", "Polite stop of a component before it is killed.", 30),
         "healthy": Field("int", "A started machine must pass its health checks within this.", 60),
         "lock": Field("int", "Lease of the deploy lock; a killed deploy's lock expires after it.", 30),
+        "drain": Field("int", "A machine leaving the balancer: its established connections may finish within "
+                       "this, then it is taken out all the same.", 30),
     }, required=False),
 })
 
@@ -152,9 +169,29 @@ class Registry:
 @dataclass(frozen=True)
 class Balancer:
     host: str
-    port: int
-    routers_file: str
-    config: str
+    bind: Optional[str]
+    http_port: int
+    https_port: int
+    component: str
+    tunnel: int
+    folder: str
+
+    @property
+    def config(self) -> str:
+        """haproxy's main configuration of this cluster (global, defaults, frontends)."""
+        return f"{self.folder}/haproxy.cfg"
+
+    @property
+    def routers_file(self) -> str:
+        """The backends listing the machines (kept by tasks.balancer)."""
+        return f"{self.folder}/routers.cfg"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    http: int
+    https: Optional[int]
+    protocol: str
 
 
 @dataclass(frozen=True)
@@ -163,6 +200,8 @@ class Component:
     port: int
     health: str
     source: str
+    https_port: Optional[int] = None
+    proxy: Optional[Proxy] = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +216,7 @@ class Timeouts:
     stop: int
     healthy: int
     lock: int
+    drain: int
 
 
 @dataclass(frozen=True)
@@ -208,6 +248,11 @@ class Cluster:
             if component.name == name:
                 return component
         raise ConfigError(f"{self.file}: no component {name!r} (known: {', '.join(self.component_names)})")
+
+    @property
+    def front(self) -> Component:
+        """The component the balancer sends traffic to (the router)."""
+        return self.component(self.balancer.component)
 
     @property
     def component_names(self) -> tuple:
@@ -295,6 +340,10 @@ def _check(kind, value, where, file, base_dir, cluster):
         if value.startswith("/") or ".." in parts or not REMOTE_PATH.match("/" + value):
             _fail(file, where, KINDS[kind], value)
         return value.strip("/")
+    if kind == "proxy_protocol":
+        if value not in ("v1", "v2"):
+            _fail(file, where, KINDS[kind], value)
+        return value
     if kind == "url_path":
         if not URL_PATH.match(value):
             _fail(file, where, KINDS[kind], value)
@@ -394,12 +443,17 @@ def load(name: str, directory: Path = None) -> Cluster:
         _fail(shown, "components", "distinct component names", names)
     if values["admin"] and values["admin"]["component"] not in names:
         _fail(shown, "admin.component", f"one of the components ({', '.join(names)})", values["admin"]["component"])
+    values["balancer"]["component"] = values["balancer"]["component"] or names[0]
+    if values["balancer"]["component"] not in names:
+        _fail(shown, "balancer.component", f"one of the components ({', '.join(names)})",
+              values["balancer"]["component"])
     return Cluster(
         name=name, file=file, namespace=values["namespace"],
         ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),
         registry=Registry(**values["registry"]), balancer=Balancer(**values["balancer"]),
         machines=values["machines"],
-        components=tuple(Component(**{**c, "source": c["source"] or f"components/{c['name']}"})
+        components=tuple(Component(**{**c, "source": c["source"] or f"components/{c['name']}",
+                                      "proxy": Proxy(**c["proxy"]) if c["proxy"] else None})
                          for c in values["components"]),
         secrets=values["secrets"], cloud_config=values["cloud_config"],
         admin=Admin(**values["admin"]) if values["admin"] else None,
