@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 
 from . import remote
-from .balancer_config import (Change, admin_socket, change_command, check_command, drain_left, main_config,
+from .balancer_config import (admin_socket, change_command, check_command, drain_left, main_config,
                               parse_stat, plan, routers_file, servers_in, stat_command, unit_file, unit_name,
                               unit_path)
 from .cli import air_task, cluster_of
@@ -65,14 +65,13 @@ class Routers:
         with self._lock:
             return self._set(list(dict.fromkeys(machines)), reload)
 
-    def _set(self, machines, reload: bool) -> list:
+    def _set(self, machines, reload: bool, forget=()) -> list:
         enabled, disabled = self._read()
-        change = plan(enabled, disabled, machines, reload)
-        if enabled == machines and not reload:
+        change = plan(enabled, disabled, machines, reload, forget)
+        if enabled == machines and not reload and change.drained == disabled:
             return machines
         drain = self.cluster.timeouts.drain
-        result = remote.run(self.conn, change_command(self.cluster, change, drain), stdin=self.text(change),
-                            timeout=drain + 60, what=f"change the balancer of {self.cluster.name} "
+        result = remote.run(self.conn, change_command(self.cluster, change, drain), timeout=drain + 60, what=f"change the balancer of {self.cluster.name} "
                                                      f"(is {unit_name(self.cluster)} running? fab balancer.setup)")
         self._servers = (change.machines, change.drained)
         left = drain_left(result.stdout)
@@ -84,17 +83,16 @@ class Routers:
             + (" (reloaded)" if change.reload else ""))
         return machines
 
-    def text(self, change: Change) -> str:
-        return routers_file(self.cluster, change.machines, change.drained)
-
     def add(self, machine: str) -> list:
         with self._lock:
             current = self.listed()
             return current if machine in current else self.set(current + [machine])
 
     def remove(self, machine: str) -> list:
+        """Drain ``machine`` and forget it: the routers file no longer names it (it leaves the
+        cluster; a later ``add`` is a new server, read by a reload)."""
         with self._lock:
-            return self.set([m for m in self.listed() if m != machine])
+            return self._set([m for m in self.listed() if m != machine], False, forget=[machine])
 
     def servers(self) -> list:
         """haproxy's own view: every server with its status and current connections."""

@@ -174,10 +174,11 @@ def test_change_command_drains_waits_and_puts_in_maintenance_without_reload(prox
     command = bc.change_command(proxied, change, 30)
     sock = "UNIX-CONNECT:/run/air-balancer-stage/admin.sock"
     path = "/etc/haproxy/air/stage/routers.cfg"
-    steps = command.split(" && ")
-    assert steps[:4] == [f"umask 022", f"cat > {path}.air-candidate",
-                         f"/usr/sbin/haproxy -c -q -f /etc/haproxy/air/stage/haproxy.cfg -f {path}.air-candidate",
-                         f"mv -f {path}.air-candidate {path}"]
+    text = bc.routers_file(proxied, ["10.0.0.1", "10.0.0.3"], ["10.0.0.2"])
+    assert command.startswith(
+        f"umask 022 && printf %s '{text}' > {path}.air-candidate && "
+        f"/usr/sbin/haproxy -c -q -f /etc/haproxy/air/stage/haproxy.cfg -f {path}.air-candidate && "
+        f"mv -f {path}.air-candidate {path} && ")
     assert ("printf '%s\\n' 'set server stage_http/10.0.0.3 state ready;set server stage_https/10.0.0.3 state "
             f"ready' | socat -t 5 stdio {sock}") in command
     ready, drain, maint = (command.index(f"state {s}") for s in ("ready", "drain", "maint"))
@@ -260,13 +261,26 @@ def test_set_machines_ignores_repeated_machines(remote, cluster):
     remote.run.assert_not_called()
 
 
-def test_remove_is_one_command_with_the_file_on_standard_input(remote, cluster):
+def test_remove_is_one_command_carrying_the_new_file(remote, cluster):
     assert balancer.remove(cluster, "10.0.0.1") == ["10.0.0.2"]
-    change = bc.plan(["10.0.0.1", "10.0.0.2"], [], ["10.0.0.2"])
+    change = bc.plan(["10.0.0.1", "10.0.0.2"], [], ["10.0.0.2"], forget=["10.0.0.1"])
+    assert change == bc.Change(["10.0.0.2"], [], [], ["10.0.0.1"], False)
     remote.run.assert_called_once()
     assert remote.run.call_args.args == ("conn", bc.change_command(cluster, change, cluster.timeouts.drain))
-    assert remote.run.call_args.kwargs["stdin"] == bc.routers_file(cluster, ["10.0.0.2"], ["10.0.0.1"])
+    assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.2'])}' > " in remote.run.call_args.args[1]
     assert remote.run.call_args.kwargs["timeout"] > cluster.timeouts.drain
+
+
+def test_remove_of_a_drained_machine_only_forgets_it(remote, cluster):
+    remote.read_file.return_value = bc.routers_file(cluster, ["10.0.0.1"], ["10.0.0.2"])
+    assert balancer.remove(cluster, "10.0.0.2") == ["10.0.0.1"]
+    command = remote.run.call_args.args[1]
+    assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.1'])}' > " in command and "state" not in command
+
+
+def test_set_keeps_a_leaving_machine_listed_but_disabled(remote, cluster):
+    balancer.set_machines(cluster, ["10.0.0.2"])
+    assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.2'], ['10.0.0.1'])}' > " in remote.run.call_args.args[1]
 
 
 def test_add_of_a_listed_machine_changes_nothing(remote, cluster):
@@ -288,7 +302,7 @@ def test_a_rolling_upgrade_drains_and_readies_over_one_connection_without_reload
     commands = [c.args[1] for c in remote.run.call_args_list]
     assert len(commands) == 3 and not any("systemctl reload" in c for c in commands)
     assert "prod_http/10.0.0.1 state ready" in commands[1] and "prod_http/10.0.0.2 state drain" in commands[1]
-    assert remote.run.call_args.kwargs["stdin"] == bc.routers_file(cluster, ["10.0.0.1", "10.0.0.2"])
+    assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.1', '10.0.0.2'])}' > " in commands[2]
 
 
 def test_set_machines_with_reload_reloads_even_when_the_file_is_right(remote, cluster):
