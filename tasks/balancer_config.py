@@ -220,7 +220,7 @@ def change_command(cluster, change: Change, drain_seconds: int) -> str:
         if not change.reload:
             steps.append(api_command(cluster, set_state(cluster, change.drain, "maint")))
     if change.reload:
-        steps.append(f"systemctl reload {unit_name(cluster)}")
+        steps.append(f"systemctl reload-or-restart {unit_name(cluster)}")  # started, if it was not running
     return " && ".join(steps)
 
 

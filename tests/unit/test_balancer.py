@@ -188,7 +188,7 @@ def test_change_command_drains_waits_and_puts_in_maintenance_without_reload(prox
 
 def test_change_command_for_a_new_machine_drains_then_reloads_its_own_unit_only(proxied):
     command = bc.change_command(proxied, bc.plan(["10.0.0.1"], [], ["10.0.0.2"]), 30)
-    assert command.endswith(" && systemctl reload air-balancer-stage.service")
+    assert command.endswith(" && systemctl reload-or-restart air-balancer-stage.service")
     assert "state drain" in command and "state maint" not in command and "state ready" not in command
 
 
@@ -309,7 +309,7 @@ def test_set_machines_with_reload_reloads_even_when_the_file_is_right(remote, cl
     # After setup-cluster the file may already be right while haproxy still counts the freshly
     # installed machines as down: the reload starts its checks afresh.
     assert balancer.set_machines(cluster, ["10.0.0.1", "10.0.0.2"], reload=True) == ["10.0.0.1", "10.0.0.2"]
-    assert remote.run.call_args.args[1].endswith("&& systemctl reload air-balancer-prod.service")
+    assert remote.run.call_args.args[1].endswith("&& systemctl reload-or-restart air-balancer-prod.service")
 
 
 def test_connections_left_after_the_drain_timeout_are_said(remote, cluster, capsys):
