@@ -83,6 +83,24 @@ def test_setup_is_idempotent_and_each_cluster_has_its_own_instance(clusters):
     assert balancer_files(local)["processes"].split()[0] != before["processes"].split()[0]  # two processes
 
 
+def test_a_changed_configuration_of_one_cluster_reloads_it_alone(clusters):
+    local, local2 = clusters["local"], clusters["local2"]
+    before, other = balancer_files(local2), balancer_files(local)
+    changed = replace(local2, balancer=replace(local2.balancer, tunnel=1800))
+    try:
+        with Probe(local.balancer.host, local.balancer.http_port) as probe:
+            assert balancer.setup(changed) == [local2.balancer.config]
+            time.sleep(1)
+        assert "    timeout tunnel 1800s\n" in balancer_files(local2)[local2.balancer.config]
+        main, workers = balancer_files(local2)["processes"].split(" ", 1)
+        assert main == before["processes"].split(" ", 1)[0] and workers != before["processes"].split(" ", 1)[1]
+    finally:
+        balancer.setup(local2)
+    assert probe.failed == 0 and probe.sent > 5, probe.report("local")
+    assert balancer_files(local) == other
+    assert balancer_files(local2)[local2.balancer.config] == before[local2.balancer.config]
+
+
 # ---------------------------------------------------------------- HTTPS and client addresses
 
 @pytest.mark.parametrize("name", ["local", "local2"])
