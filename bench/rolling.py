@@ -15,7 +15,11 @@ for the changed component's unit only (the only one an upgrade restarts;
 the stricter figure) and for every Air unit of the machine. Each machine is taken
 out of the balancer around its own measurement, untimed, so nothing is
 served by a stopped machine. The no-op deploy is `fab deploy` with nothing
-new, as a user runs it. Figures only; nothing is asserted about time.
+new, as a user runs it. Last, the balancer alone: over one open connection,
+how long a machine takes to leave (drain through haproxy's runtime API, no
+connection open) and to rejoin (ready, until haproxy reports it UP and a
+request through the balancer lands on it). Figures only; nothing is asserted
+about time.
 
     python bench/rolling.py [--runs N] [--component NAME]
 """
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import io
+import json
 import re
 import statistics
 import subprocess
@@ -73,15 +79,45 @@ def physical(cluster, address, components) -> dict:
         "t1=$(date +%s.%N)", machine.start_command(cluster, components),
         "t2=$(date +%s.%N)", f"( {machine.health_command(cluster, cluster.timeouts.healthy)} )",
         "t3=$(date +%s.%N)", 'echo "$t0 $t1 $t2 $t3"'])
-    balancer.remove(cluster, address)
+    everyone = list(cluster.machines)
+    balancer.set_machines(cluster, [m for m in everyone if m != address])  # drained, as an upgrade does
     try:
         with remote.connect(cluster, address) as conn:
             out = remote.run(conn, script, what="stop, start and health check",
                              timeout=cluster.timeouts.stop + cluster.timeouts.healthy + 120).stdout
     finally:
-        balancer.add(cluster, address)
+        balancer.set_machines(cluster, everyone)
     t0, t1, t2, t3 = (float(x) for x in out.split()[-4:])
     return {"stop": t1 - t0, "start": t2 - t1, "health": t3 - t2, "total": t3 - t0}
+
+
+def leave_and_rejoin(cluster, address) -> dict:
+    """Seconds for ``address`` to leave the balancer (drained: the call returns) and to rejoin it
+    (readied: until haproxy says UP and a request through the balancer is answered by it)."""
+    everyone = list(cluster.machines)
+    with balancer.Routers(cluster) as routers:
+        started = time.monotonic()
+        routers.set([m for m in everyone if m != address])
+        leave = time.monotonic() - started
+        started = time.monotonic()
+        routers.set(everyone)
+        while not all(s.status.startswith("UP") for s in routers.servers() if s.machine == address):
+            time.sleep(0.05)
+        up = time.monotonic() - started
+        tries = 0
+        while answered_by(cluster) != address and tries < 100:  # round robin: a few requests at most
+            tries += 1
+        served = time.monotonic() - started if tries < 100 else float("nan")
+    return {"leave": leave, "up": up, "served": served}
+
+
+def answered_by(cluster) -> str:
+    connection = http.client.HTTPConnection(cluster.balancer.host, cluster.balancer.http_port, timeout=5)
+    try:
+        connection.request("GET", "/version")
+        return json.loads(connection.getresponse().read())["machine"]
+    finally:
+        connection.close()
 
 
 def rolling_run(cluster, component: str) -> dict:
@@ -128,6 +164,7 @@ def main() -> None:
         minimums.append({m: physical(cluster, m, [args.component]) for m in machines})
         wholes.append({m: physical(cluster, m, None) for m in machines})
     noops = [fab("deploy", "--cluster", "local")[0] for _ in range(args.noop_runs)]
+    moves = [leave_and_rejoin(cluster, m) for _ in range(args.runs) for m in machines]
 
     print(f"sandbox `local`, {len(machines)} machines ({how}); {args.runs} run(s), each a change to "
           f"{args.component}, stop timeout {cluster.timeouts.stop} s")
@@ -153,6 +190,12 @@ def main() -> None:
     print(f"no-op `fab deploy` (nothing new), {len(noops)} runs: "
           + ", ".join(f"{s:4.1f} s" for s in noops) + f"; median {statistics.median(noops):4.1f} s "
           f"(includes starting `fab`: `fab --list` takes {overhead:.1f} s)")
+    print(f"balancer, {len(moves)} times a machine out and back in over one connection (runtime API, no reload): "
+          f"leave median {statistics.median(m['leave'] for m in moves):5.2f} s "
+          f"(max {max(m['leave'] for m in moves):4.2f}); rejoin until haproxy says UP median "
+          f"{statistics.median(m['up'] for m in moves):5.2f} s (max {max(m['up'] for m in moves):4.2f}), "
+          f"until it answers a request through the balancer median "
+          f"{statistics.median(m['served'] for m in moves):5.2f} s (max {max(m['served'] for m in moves):4.2f})")
 
 
 if __name__ == "__main__":

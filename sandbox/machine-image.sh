@@ -6,7 +6,7 @@
 # Usage: machine-image.sh ROOTFS_DIR   (run as root; the caller imports it)
 set -eu
 root=$1
-packages=systemd,systemd-sysv,openssh-server,openssh-sftp-server,docker.io,etcd-server,etcd-client,iproute2,ca-certificates,curl,git,haproxy,docker-registry,apache2-utils,busybox-static,procps,sudo
+packages=systemd,systemd-sysv,openssh-server,openssh-sftp-server,docker.io,etcd-server,etcd-client,iproute2,ca-certificates,curl,git,haproxy,docker-registry,apache2-utils,busybox-static,procps,sudo,socat,nginx
 debootstrap --variant=minbase --include="$packages" bookworm "$root" >"$root.log" 2>&1 || { tail -n 20 "$root.log" >&2; exit 1; }
 
 # Host keys are made on each machine's first boot, never shared through the image.
@@ -62,8 +62,9 @@ LimitNOFILE=65536
 WantedBy=multi-user.target
 UNIT
 chroot "$root" systemctl mask etcd.service
-# Role services start only where the sandbox switches them on.
-chroot "$root" systemctl disable haproxy.service docker-registry.service
+# Role services start only where the sandbox switches them on. (nginx is here for its files: the
+# build server copies it into the sample router's image; socat reaches haproxy's admin sockets.)
+chroot "$root" systemctl disable haproxy.service docker-registry.service nginx.service
 # Nothing in a container needs these, and they slow the boot.
 chroot "$root" systemctl mask systemd-udevd.service systemd-udev-trigger.service getty@tty1.service console-getty.service systemd-logind.service apt-daily.timer apt-daily-upgrade.timer
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*

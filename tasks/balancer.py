@@ -1,65 +1,79 @@
-"""The balancer's routers file: read, change, validate, swap, reload.
+"""The balancer of one cluster: its haproxy instance set up, its machine list changed and read.
 
-The routers file on the balancer host is kept by these functions only;
-setup, membership and upgrade call them, and ``fab balancer.*`` exposes them.
-A new file is written beside the old one, checked by haproxy together with
-its main configuration, moved into place atomically and loaded by a graceful
-reload (established connections finish on the old process).
+``setup`` installs or refreshes the cluster's own haproxy instance on the
+balancer host (unit, ``haproxy.cfg``, ``routers.cfg``; see
+``tasks.balancer_config``), touching no file or process of another cluster.
+``Routers`` keeps the machine list: setup, membership and upgrade call it.
+A change is one command on the balancer host (through the task's executor,
+so under the cluster's lock): the new routers file travels in it, is checked
+by haproxy with the cluster's configuration and moved into place, then the running instance is told through its admin
+socket: a machine leaving is drained (no new connections), waited for until
+its connections end or ``timeouts.drain`` passes, and put in maintenance; a
+machine coming back is readied. No reload, except when haproxy has never
+heard of a machine (a new one), and then only this cluster's instance
+reloads, gracefully.
 """
 from __future__ import annotations
 
 import threading
 
-from .balancer_config import machines_in, routers_file
+from .balancer_config import (admin_socket, change_command, check_command, drain_left, main_config,
+                              parse_stat, plan, routers_file, servers_in, stat_command, unit_file, unit_name,
+                              unit_path)
 from .cli import air_task, cluster_of
 from .cluster import check_address
-from .remote import q, say
-from .session import session
-
-RELOAD = "systemctl reload haproxy"
-
-
-def check_command(config: str, candidate: str) -> str:
-    return f"haproxy -c -q -f {q(config)} -f {q(candidate)}"
+from .errors import RemoteError
+from .remote import say
+from .session import optional_lock, session
 
 
 class Routers:
-    """The routers file on the balancer host, through the task's executor.
+    """The cluster's machine list on the balancer host, through the task's executor.
 
-    It reads the file once and then knows what it wrote, so a rolling upgrade
-    drains and re-adds every machine without rereading.
+    It reads the routers file once and then knows what it wrote, so a rolling
+    upgrade drains and readies every machine without rereading.
     """
 
     def __init__(self, ex):
         self.ex, self.cluster, self.host = ex, ex.cluster, ex.cluster.balancer.host
-        self._machines = None
+        self._servers = None  # (in rotation, listed but disabled)
         self._lock = threading.RLock()  # machines upgraded side by side (--batch) share it
 
+    def _read(self) -> tuple:
+        if self._servers is None:
+            self._servers = servers_in(self.ex.read_file(self.host, self.cluster.balancer.routers_file, missing=""))
+        return self._servers
+
     def listed(self) -> list:
-        """The machines the routers file sends traffic to now."""
-        if self._machines is None:
-            self._machines = machines_in(self.ex.read_file(self.host, self.cluster.balancer.routers_file, missing=""))
-        return list(self._machines)
+        """The machines the balancer sends traffic to now."""
+        return list(self._read()[0])
 
     def set(self, machines, reload: bool = False) -> list:
-        """Make the routers file list exactly ``machines``; no change, no reload, unless ``reload``:
-        a reload starts haproxy's view afresh, with every listed machine up (those its checks had
-        found down while they were being installed, say), which the caller has just checked."""
+        """Make the balancer send traffic to exactly ``machines``: those leaving are drained (their
+        connections may finish, within ``timeouts.drain``), those coming back readied, all through
+        haproxy's runtime API. ``reload``: haproxy's view starts afresh from the file, every listed
+        machine up (those its checks had found down while being installed, say)."""
         with self._lock:
             return self._set(list(dict.fromkeys(machines)), reload)
 
-    def _set(self, machines, reload: bool = False) -> list:
-        if self.listed() == machines and not reload:
+    def _set(self, machines, reload: bool, forget=()) -> list:
+        enabled, disabled = self._read()
+        change = plan(enabled, disabled, machines, reload, forget)
+        if enabled == machines and not reload and change.drained == disabled:
             return machines
-        path = self.cluster.balancer.routers_file
-        candidate = f"{path}.air-candidate-{self.ex.run_id}"
-        # Beside haproxy's own configuration, so its folder exists; the swap below is atomic.
-        staged = self.ex.stage_files(self.host, [(candidate, routers_file(self.cluster.balancer.port, machines), 0o644)])
-        self.ex.run(self.host, f"{staged.swap} && {check_command(self.cluster.balancer.config, candidate)} && "
-                               f"mv -f {q(candidate)} {q(path)} && {RELOAD}",
-                    what="validate and install the routers file, reload")
-        self._machines = machines
-        say(f"balancer: routes to {', '.join(machines) or 'no machine'}")
+        drain = self.cluster.timeouts.drain
+        result = self.ex.run(self.host, change_command(self.cluster, change, drain, self.ex.run_id),
+                             deadline=drain + self.cluster.timeouts.command,
+                             what=f"change the balancer of {self.cluster.name} "
+                                  f"(is {unit_name(self.cluster)} running? fab balancer.setup)")
+        self._servers = (change.machines, change.drained)
+        left = drain_left(result.stdout)
+        if left:
+            say(f"balancer: {left} connection(s) to {', '.join(change.drain)} still open after {drain} s; "
+                f"out of rotation all the same")
+        say(f"balancer: routes to {', '.join(machines) or 'no machine'}"
+            + (f" (drained {', '.join(change.drain)})" if change.drain else "")
+            + (" (reloaded)" if change.reload else ""))
         return machines
 
     def add(self, machine: str) -> list:
@@ -68,8 +82,70 @@ class Routers:
             return current if machine in current else self.set(current + [machine])
 
     def remove(self, machine: str) -> list:
+        """Drain ``machine`` and forget it: the routers file no longer names it (it leaves the
+        cluster; a later ``add`` is a new server, read by a reload)."""
         with self._lock:
-            return self.set([m for m in self.listed() if m != machine])
+            return self._set([m for m in self.listed() if m != machine], False, forget=[machine])
+
+    def servers(self) -> list:
+        """haproxy's own view: every server with its status and current connections."""
+        return parse_stat(self.ex.read(self.host, stat_command(self.cluster), what="read haproxy's servers").stdout)
+
+
+# ---------------------------------------------------------------- setting up the cluster's instance
+
+def wanted_files(cluster, current_routers: str) -> dict:
+    """path -> content of the cluster's instance; the routers file keeps the machines it lists."""
+    enabled, disabled = servers_in(current_routers)
+    return {unit_path(cluster): unit_file(cluster), cluster.balancer.config: main_config(cluster),
+            cluster.balancer.routers_file: routers_file(cluster, enabled, disabled)}
+
+
+def activate_command(cluster, changed) -> str:
+    """After the files changed: check them, then start the instance, reload it (a changed
+    configuration; established connections finish on the old process) or restart it (a changed unit)."""
+    unit = unit_name(cluster)
+    config, routers = cluster.balancer.config, cluster.balancer.routers_file
+    if unit_path(cluster) in changed:
+        action = f"systemctl daemon-reload && systemctl enable -q {unit} && systemctl restart {unit}"
+    elif changed:
+        action = f"systemctl enable -q {unit} && systemctl reload-or-restart {unit}"
+    else:
+        action = f"systemctl enable -q {unit} && {{ systemctl is-active -q {unit} || systemctl start {unit}; }}"
+    return f"{check_command(cluster, config, routers)} && {action}"
+
+
+def setup(ex) -> list:
+    """Install or refresh the cluster's haproxy instance on the balancer host; returns the files
+    it changed (none when all was right: then it only makes sure the instance runs)."""
+    cluster = ex.cluster
+    host = cluster.balancer.host
+    tools = ex.read(host, "command -v haproxy socat systemctl", check=False).stdout.split()
+    missing = [t for t in ("haproxy", "socat", "systemctl") if not any(p.endswith("/" + t) for p in tools)]
+    if missing:
+        raise RemoteError(f"{host}: the balancer host needs {', '.join(missing)} (apt-get install haproxy socat)")
+    current_routers = ex.read_file(host, cluster.balancer.routers_file, missing="")
+    wanted = wanted_files(cluster, current_routers)
+    changed = [path for path, text in wanted.items()
+               if (current_routers if path == cluster.balancer.routers_file
+                   else ex.read_file(host, path, missing=None)) != text]
+    if changed:
+        ex.write_files(host, [(path, wanted[path], 0o644) for path in changed])
+    ex.run(host, activate_command(cluster, changed), what=f"start {unit_name(cluster)}")
+    say(f"balancer: {unit_name(cluster)} on {host}: "
+        + (f"wrote {', '.join(changed)}" if changed else "already up to date") + f"; admin socket {admin_socket(cluster)}")
+    return changed
+
+
+# ---------------------------------------------------------------- the tasks
+
+@air_task(name="setup", help={"cluster": "target cluster"})
+def setup_task(c, cluster=None):
+    """Install or refresh the cluster's own haproxy instance on the balancer host (idempotent)."""
+    target = cluster_of(cluster)
+    with session(target, etcd=False, changes=True) as s:
+        optional_lock(s, "balancer.setup")
+        setup(s.ex)
 
 
 @air_task(name="list", help={"cluster": "target cluster"})
@@ -79,6 +155,15 @@ def list_(c, cluster=None):
         machines = Routers(s.ex).listed()
     for machine in machines:
         print(machine)
+
+
+@air_task(name="status", help={"cluster": "target cluster"})
+def status_task(c, cluster=None):
+    """Show haproxy's view of the cluster's servers: status and current connections."""
+    with session(cluster_of(cluster), etcd=False) as s:
+        found = Routers(s.ex).servers()
+    for server in found:
+        print(f"{server.backend:20} {server.machine:20} {server.status:10} {server.sessions}")
 
 
 @air_task(name="add", help={"cluster": "target cluster", "machine": "machine address"})
@@ -92,7 +177,7 @@ def add_task(c, cluster=None, machine=None):
 
 @air_task(name="remove", help={"cluster": "target cluster", "machine": "machine address"})
 def remove_task(c, cluster=None, machine=None):
-    """Stop sending balancer traffic to a machine (established connections finish)."""
+    """Stop sending balancer traffic to a machine, once its connections end (within timeouts.drain)."""
     target = cluster_of(cluster)
     address = check_address(machine, "--machine")
     with session(target, f"balancer.remove {address}") as s:

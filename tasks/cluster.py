@@ -76,6 +76,7 @@ KINDS = {
     "stage": "a Dockerfile stage name (a letter, then letters, digits, . _ -)",
     "build_args": "a mapping of build-argument names (letters, digits, _) to strings; "
                   + ", ".join(f"`{{{v}}}`" for v in BUILD_ARG_VALUES) + " in a value are replaced",
+    "proxy_protocol": "v1 or v2 (the PROXY protocol's text or binary version)",
 }
 
 SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
@@ -106,13 +107,20 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "credentials": Field("local_path", "YAML file with `username` and `password` "
                              "(must not be readable by group or others)."),
     }),
-    "balancer": Section("The TCP load balancer (haproxy) in front of the machines.", {
-        "host": Field("host", "Address of the balancer host."),
-        "port": Field("port", "Port the routers listen on, on every machine.", 80),
-        "routers_file": Field("remote_path", "haproxy backend file listing the machines; written by air-deploy only.",
-                              "/etc/haproxy/air-routers.cfg"),
-        "config": Field("remote_path", "haproxy's main configuration, used to validate the routers file.",
-                        "/etc/haproxy/haproxy.cfg"),
+    "balancer": Section("The TCP load balancer (haproxy) in front of the machines. One host may serve several "
+                        "clusters: each has its own frontends, files and haproxy instance there.", {
+        "host": Field("host", "Address of the balancer host (reached over SSH)."),
+        "bind": Field("address", "Address this cluster's frontends listen on (default: every address of the host).",
+                      required=False),
+        "http_port": Field("port", "Port of this cluster's HTTP frontend (passed through as TCP).", 80),
+        "https_port": Field("port", "Port of this cluster's HTTPS frontend (passed through as TCP; used when the "
+                            "component below serves HTTPS).", 443),
+        "component": Field("name", "Component the balancer sends traffic to (default: the first one).",
+                           required=False),
+        "tunnel": Field("int", "haproxy's `timeout tunnel`: how long an established connection (a websocket, "
+                        "a long download) may stay idle, in seconds.", 3600),
+        "folder": Field("remote_path", "This cluster's own files on the balancer host (haproxy.cfg, routers.cfg); "
+                        "written by air-deploy only.", "/etc/haproxy/air/{cluster}"),
     }),
     "machines": Field("addresses", "The machines of the cluster (etcd members), by address."),
     "components": Section("The Air components, each a Docker container under systemd on every machine.", {
@@ -142,6 +150,13 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                             "<build.checkout>-<name>, one per cluster.", required=False),
         "branch": Field("branch", "Branch of the component's own repository (only with repository); "
                         "`--branch <name>=B` overrides it; default build.branch.", required=False),
+        "https_port": Field("port", "Port where the component serves HTTPS itself (TLS), if it does.", required=False),
+        "proxy": Section("Ports where the component reads the PROXY protocol first, so it sees each client's "
+                         "address; the balancer sends to them instead of `port` and `https_port`.", {
+            "http": Field("port", "PROXY protocol, then HTTP."),
+            "https": Field("port", "PROXY protocol, then HTTPS.", required=False),
+            "protocol": Field("proxy_protocol", "Version the balancer sends.", "v2"),
+        }, required=False),
     }, many=True),
     "secrets": Field("local_path", "Folder of secret files, installed on every machine with mode 0600 "
                      "and mounted read-only into the containers."),
@@ -176,6 +191,8 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                          "past it the command is stopped on the host too.", 60),
         "pull": Field("int", "Deadline of pulling a release's images on a machine.", 300),
         "alive": Field("int", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
+        "drain": Field("int", "A machine leaving the balancer: its established connections may finish within "
+                       "this, then it is taken out all the same.", 30),
     }, required=False),
 })
 
@@ -209,9 +226,29 @@ class Registry:
 @dataclass(frozen=True)
 class Balancer:
     host: str
-    port: int
-    routers_file: str
-    config: str
+    bind: Optional[str]
+    http_port: int
+    https_port: int
+    component: str
+    tunnel: int
+    folder: str
+
+    @property
+    def config(self) -> str:
+        """haproxy's main configuration of this cluster (global, defaults, frontends)."""
+        return f"{self.folder}/haproxy.cfg"
+
+    @property
+    def routers_file(self) -> str:
+        """The backends listing the machines (kept by tasks.balancer)."""
+        return f"{self.folder}/routers.cfg"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    http: int
+    https: Optional[int]
+    protocol: str
 
 
 @dataclass(frozen=True)
@@ -228,6 +265,9 @@ class Component:
     prepare_timeout: int = 300
     repository: Optional[str] = None   # None: the main repository (build.repository)
     branch: Optional[str] = None       # with repository: its branch
+
+    https_port: Optional[int] = None
+    proxy: Optional[Proxy] = None
 
     def __post_init__(self):
         if self.dockerfile is None:
@@ -268,6 +308,7 @@ class Timeouts:
     command: int
     pull: int
     alive: int
+    drain: int
 
 
 @dataclass(frozen=True)
@@ -304,6 +345,11 @@ class Cluster:
     def checkout_of(self, component: Component) -> str:
         """The checkout on the build server a component is built from."""
         return f"{self.build.checkout}-{component.name}" if component.repository else self.build.checkout
+
+    @property
+    def front(self) -> Component:
+        """The component the balancer sends traffic to (the router)."""
+        return self.component(self.balancer.component)
 
     @property
     def component_names(self) -> tuple:
@@ -423,6 +469,10 @@ def _check(kind, value, where, file, base_dir, cluster):
         if value.startswith("/") or ".." in parts or not REMOTE_PATH.match("/" + value):
             _fail(file, where, KINDS[kind], value)
         return value.strip("/")
+    if kind == "proxy_protocol":
+        if value not in ("v1", "v2"):
+            _fail(file, where, KINDS[kind], value)
+        return value
     if kind == "unit":
         if not UNIT_NAME.match(value):
             _fail(file, where, KINDS[kind], value)
@@ -538,6 +588,10 @@ def load(name: str, directory: Path = None) -> Cluster:
         _fail(shown, "components", "distinct component names", names)
     if values["admin"] and values["admin"]["component"] not in names:
         _fail(shown, "admin.component", f"one of the components ({', '.join(names)})", values["admin"]["component"])
+    values["balancer"]["component"] = values["balancer"]["component"] or names[0]
+    if values["balancer"]["component"] not in names:
+        _fail(shown, "balancer.component", f"one of the components ({', '.join(names)})",
+              values["balancer"]["component"])
     return Cluster(
         name=name, file=file, namespace=values["namespace"],
         ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),
@@ -561,7 +615,8 @@ def _additions(values) -> Optional[Additions]:
 
 def _component(values: dict, where: str, build: dict) -> Component:
     """A component's entry, its defaults filled in and its build paths checked against each other."""
-    values = {**values, "source": values["source"] or f"components/{values['name']}", "args": values["args"] or ()}
+    values = {**values, "source": values["source"] or f"components/{values['name']}", "args": values["args"] or (),
+              "proxy": Proxy(**values["proxy"]) if values["proxy"] else None}
     if values["branch"] and not values["repository"]:
         raise ConfigError(f"{where}.branch: only a component with its own repository has its own branch")
     if values["repository"] and not values["branch"]:

@@ -5,10 +5,13 @@ packages via debootstrap, cached by a hash of its recipe), the Docker network
 and containers that act as CoreOS machines (systemd as PID 1, sshd, dockerd,
 etcd-member.service not yet configured), the build server with the sample
 application's git repository, the registry (TLS from the sandbox CA, htpasswd
-auth), and the haproxy balancer. ``up`` is idempotent: what is running and
-configured is reused, what is missing is made. What it made (addresses, key,
-CA, credentials) is written to ``.sandbox/cluster.yaml``, which
-``clusters/local.yaml`` includes. Nothing here is used against real clusters.
+auth), and the haproxy balancer. A second cluster, `local2`, has two machines
+of its own and shares build server, registry and balancer with `local` (as
+stage and prod share them in the seed). ``up`` is idempotent: what is running
+and configured is reused, what is missing is made. What it made (addresses,
+key, CA, credentials) is written to ``.sandbox/cluster.yaml`` and
+``.sandbox/local2.yaml``, which ``clusters/local.yaml`` and
+``clusters/local2.yaml`` include. Nothing here is used against real clusters.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import yaml
 
 import cloudconfig
 
-from . import balancer_config, cluster as cluster_config
+from . import cluster as cluster_config
 from .machine import USER_DATA_PATHS
 from .errors import AirError, ConfigError
 from .cli import air_task
@@ -52,8 +55,10 @@ NETWORK = PREFIX
 SUBNET = os.environ.get("AIR_SANDBOX_SUBNET", "10.213.7")  # a /24; fixed addresses keep the cluster file stable
 IMAGE_REPO = "air-sandbox/machine"
 BASE_IMAGE = "air-sandbox/base:1"  # the sample app's FROM; built on the build server
+NGINX_IMAGE = "air-sandbox/nginx:1"  # the sample router's FROM: the base image plus Debian's nginx
 REGISTRY_PORT = 5000
-BALANCER_PORT = 80
+CLUSTERS = ("local", "local2")  # the sandbox's clusters; the first owns the spares
+OTHER_MACHINES = 2  # machines of local2
 REPOSITORY = "/srv/git/air.git"
 WEBSITE_REPOSITORY = "/srv/git/website.git"  # clusters/local.yaml names it for static_website
 WEBSITE_BRANCH = "develop"
@@ -71,6 +76,7 @@ class Node:
     name: str
     address: str
     role: str  # build, registry, balancer, machine, spare
+    cluster: str = "local"  # the cluster a machine or spare belongs to
 
     @property
     def is_machine(self) -> bool:
@@ -92,6 +98,8 @@ def layout(machines: int, spares: int) -> list:
              Node(f"{PREFIX}-balancer", f"{SUBNET}.12", "balancer")]
     for i in range(machines + spares):
         nodes.append(Node(f"{PREFIX}-m{i + 1}", f"{SUBNET}.{21 + i}", "machine" if i < machines else "spare"))
+    for i in range(OTHER_MACHINES):
+        nodes.append(Node(f"{PREFIX}-{CLUSTERS[1]}-m{i + 1}", f"{SUBNET}.{61 + i}", "machine", CLUSTERS[1]))
     return nodes
 
 
@@ -199,6 +207,19 @@ def ensure_local_files() -> None:
             fd = os.open(secrets_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(24) + "\n")
+    if not (secrets_dir / "router.crt").exists():
+        # The sample router's own TLS certificate, for the name and address clients reach it by: the
+        # balancer's (HTTPS passes through it as TCP). A secret of the cluster, like the others.
+        balancer_ip = _node("balancer").address
+        ext = STATE / "router.ext"
+        ext.write_text(f"subjectAltName=IP:{balancer_ip},DNS:{PREFIX}-balancer,DNS:localhost,IP:127.0.0.1\n")
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={PREFIX}-balancer",
+           "-keyout", str(secrets_dir / "router.key"), "-out", str(STATE / "router.csr"))
+        sh("openssl", "x509", "-req", "-in", str(STATE / "router.csr"), "-CA", str(STATE / "ca.crt"),
+           "-CAkey", str(STATE / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(ext),
+           "-out", str(secrets_dir / "router.crt"))
+        for f in ("router.key", "router.crt"):
+            os.chmod(secrets_dir / f, 0o600)
 
 
 def registry_credentials() -> tuple:
@@ -315,15 +336,9 @@ def configure_registry(node: Node) -> None:
 
 
 def configure_balancer(node: Node) -> None:
-    routers = "/etc/haproxy/air-routers.cfg"
-    put(node.name, "/etc/haproxy/haproxy.cfg", balancer_config.main_config(BALANCER_PORT, routers))
-    inside(node.name, f"test -e {routers} || cat > {routers}",
-           input=balancer_config.routers_file(BALANCER_PORT, []).encode())
-    put(node.name, "/etc/systemd/system/haproxy.service.d/air-routers.conf",
-        "[Service]\nEnvironment=\"EXTRAOPTS=-S /run/haproxy-master.sock -f /etc/haproxy/air-routers.cfg\"\n")
-    inside(node.name, "mkdir -p /run/haproxy && systemctl daemon-reload && systemctl enable -q haproxy && "
-                      "systemctl restart haproxy && "
-                      "systemctl disable -q --now docker.socket docker.service containerd.service")
+    """Only Debian's haproxy package, its own instance off: each cluster's instance is set up by
+    `fab balancer.setup` (``bring_up`` calls it for every sandbox cluster, over SSH, as for a real one)."""
+    inside(node.name, "systemctl disable -q --now haproxy.service docker.socket docker.service containerd.service")
 
 
 def configure_build(node: Node) -> None:
@@ -338,6 +353,11 @@ def configure_build(node: Node) -> None:
                           f"docker build -q --label air.sandbox.recipe={recipe} -t {BASE_IMAGE} /tmp/air-base "
                           f">/dev/null && rm -rf /tmp/air-base",
                input=context)
+    nginx_recipe = hashlib.sha256((recipe + NGINX_RECIPE).encode()).hexdigest()[:12]
+    have = inside(node.name, f"docker image inspect -f '{label}' {NGINX_IMAGE} 2>/dev/null || true").strip()
+    if have != nginx_recipe:
+        inside(node.name, NGINX_RECIPE + f"docker build -q --label air.sandbox.recipe={nginx_recipe} "
+                                         f"-t {NGINX_IMAGE} /tmp/air-nginx >/dev/null && rm -rf /tmp/air-nginx")
     repositories = [(REPOSITORY, APP_DIR, "master"), (WEBSITE_REPOSITORY, WEBSITE_DIR, WEBSITE_BRANCH)]
     have = inside(node.name, "; ".join(f"cat {path}/{RECIPE_FILE} 2>/dev/null || echo none"
                                        for path, _, _ in repositories)).split()
@@ -353,6 +373,23 @@ def configure_build(node: Node) -> None:
                f"git init -q --bare -b {branch} {path} && git push -q {path} {branch} && "
                f"echo {recipe} > {path}/{RECIPE_FILE} && rm -rf /tmp/air-src",
                input=_tar_of(directory))
+
+
+# The sample router's base: Debian's nginx and the libraries it links, copied from the build server's
+# own root file system (the machine image has the package) onto the busybox base image; no public
+# registry, and no second debootstrap.
+NGINX_RECIPE = f"""\
+rm -rf /tmp/air-nginx && mkdir -p /tmp/air-nginx/root/usr/sbin /tmp/air-nginx/root/etc \\
+  /tmp/air-nginx/root/var/log/nginx /tmp/air-nginx/root/var/lib/nginx /tmp/air-nginx/root/tmp
+cd /tmp/air-nginx && cp /usr/sbin/nginx root/usr/sbin/nginx
+for lib in $(ldd /usr/sbin/nginx | awk '$2 == "=>" {{ print $3 }} $1 ~ /^\\// {{ print $1 }}'); do
+  cp -L --parents "$lib" root/
+done
+printf 'root:x:0:0::/:/bin/sh\\nnobody:x:65534:65534::/:/bin/false\\n' > root/etc/passwd
+printf 'root:x:0:\\nnogroup:x:65534:\\n' > root/etc/group
+chmod 1777 root/tmp
+printf 'FROM {BASE_IMAGE}\\nCOPY root/ /\\n' > Dockerfile
+"""
 
 
 def _content_hash(directory: Path) -> str:
@@ -387,7 +424,12 @@ def _node(role: str) -> Node:
 
 # ---------------------------------------------------------------- the cluster file it writes
 
-def cluster_fragment(nodes: list) -> dict:
+def fragment_file(cluster: str) -> Path:
+    """What ``clusters/<cluster>.yaml`` includes."""
+    return STATE / ("cluster.yaml" if cluster == CLUSTERS[0] else f"{cluster}.yaml")
+
+
+def cluster_fragment(nodes: list, cluster: str = CLUSTERS[0]) -> dict:
     build = next(n for n in nodes if n.role == "build")
     balancer = next(n for n in nodes if n.role == "balancer")
     return {
@@ -395,8 +437,8 @@ def cluster_fragment(nodes: list) -> dict:
         "build": {"host": build.address, "repository": REPOSITORY},
         "registry": {"address": registry_address(), "ca": str(STATE / "ca.crt"),
                      "credentials": str(STATE / "registry-credentials.yaml")},
-        "balancer": {"host": balancer.address, "port": BALANCER_PORT},
-        "machines": [n.address for n in nodes if n.role == "machine"],
+        "balancer": {"host": balancer.address},
+        "machines": [n.address for n in nodes if n.role == "machine" and n.cluster == cluster],
         "secrets": str(STATE / "secrets"),
     }
 
@@ -413,6 +455,7 @@ def status(nodes: list = None) -> dict:
         info = container_state(n.name)
         running[n.name] = bool(info and info["State"]["Running"])
     pick = lambda role: next(n for n in nodes if n.role == role)
+    ports = {name: _ports(name) for name in CLUSTERS}
     return {
         "cluster": "local",
         "up": all(running.values()),
@@ -421,10 +464,21 @@ def status(nodes: list = None) -> dict:
         "ca": str(STATE / "ca.crt"),
         "build": {"name": pick("build").name, "address": pick("build").address},
         "registry": {"name": pick("registry").name, "address": pick("registry").address, "port": REGISTRY_PORT},
-        "balancer": {"name": pick("balancer").name, "address": pick("balancer").address, "port": BALANCER_PORT},
+        "balancer": {"name": pick("balancer").name, "address": pick("balancer").address,
+                     "port": ports[CLUSTERS[0]][0], "https_port": ports[CLUSTERS[0]][1]},
         "machines": [{"name": n.name, "address": n.address, "spare": n.role == "spare",
-                      "running": running[n.name]} for n in nodes if n.is_machine],
+                      "running": running[n.name]} for n in nodes if n.is_machine and n.cluster == CLUSTERS[0]],
+        "clusters": {name: {"port": ports[name][0], "https_port": ports[name][1],
+                            "machines": [{"name": n.name, "address": n.address, "running": running[n.name]}
+                                         for n in nodes if n.is_machine and n.cluster == name]}
+                     for name in CLUSTERS},
     }
+
+
+def _ports(name: str) -> tuple:
+    """(http, https) ports of a sandbox cluster's frontends on the balancer, from its cluster file."""
+    balancer = cluster_config.load(name).balancer
+    return balancer.http_port, balancer.https_port
 
 
 # ---------------------------------------------------------------- up, down, change
@@ -496,13 +550,19 @@ def _bring_up(machines: int, spares: int) -> dict:
         elif not info["State"]["Running"]:
             docker("start", node.name)
 
-    (STATE / "cluster.yaml").write_text(
-        "# Written by `fab sandbox.up`; clusters/local.yaml includes it.\n" +
-        yaml.safe_dump(cluster_fragment(nodes), sort_keys=False))
+    for name in CLUSTERS:
+        fragment_file(name).write_text(
+            f"# Written by `fab sandbox.up`; clusters/{name}.yaml includes it.\n" +
+            yaml.safe_dump(cluster_fragment(nodes, name), sort_keys=False))
     base_doc = base_document()
     keys = parallel(lambda n: prepare(n, base_doc, config_id), nodes, describe=lambda n: n.name)
     _write_atomically(STATE / "known_hosts", "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys))
     (STATE / "state.json").write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=1))
+    from . import balancer  # each cluster's own haproxy instance, as `fab balancer.setup` makes it
+    from .remote import Executor
+    for name in CLUSTERS:
+        with Executor(cluster_config.load(name)) as ex:
+            balancer.setup(ex)
     say(f"sandbox: up in {time.monotonic() - started:.1f} s "
         f"({machines} machines, {spares} spares; {len(fresh)} containers created)")
     return status(nodes)
@@ -569,8 +629,10 @@ def _tear_down() -> None:
         docker("volume", "rm", "-f", *volumes)
     if docker("network", "inspect", NETWORK, check=False).returncode == 0:
         docker("network", "rm", NETWORK)
-    for name in ("state.json", "cluster.yaml", "known_hosts"):
+    for name in ("state.json", "known_hosts"):
         (STATE / name).unlink(missing_ok=True)
+    for name in CLUSTERS:
+        fragment_file(name).unlink(missing_ok=True)
 
 
 FAILURES = ("prepare", "build")
@@ -674,17 +736,22 @@ def change(c, component="router", broken=False, branch=None, version=None, fix=F
 
 @air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})
 def deploy_sample(c, branch="master"):
-    """Deploy the sample application to the sandbox: setup-cluster the first time, deploy afterwards."""
+    """Deploy the sample application to the sandbox's clusters (local, local2): setup-cluster the
+    first time, deploy afterwards; one cluster after the other."""
+    for name in CLUSTERS:
+        deploy_one(cluster_config.load(name), branch)
+
+
+def deploy_one(target, branch: str = "master") -> None:
     from . import build, deploy as deploying, install, push, state  # the sandbox's own runbook
     from .session import optional_lock, session
-    local = cluster_config.load("local")
     branch = build.check_branch(branch)
-    with session(local, etcd=False, changes=True) as s:
+    with session(target, etcd=False, changes=True) as s:
         optional_lock(s, f"sandbox.deploy {branch}")
-        if s.etcd is not None and state.read_release(s.etcd, local)[0] is not None:
-            deploying.deploy_release(s, local.build.host, branch)
+        if s.etcd is not None and state.read_release(s.etcd, target)[0] is not None:
+            deploying.deploy_release(s, target.build.host, branch)
             return
-        built = build.build_all(s.ex, local.build.host, branch)
-        push.push_all(s.ex, local.build.host, built["images"])
-    with session(local, etcd=False, changes=True) as s:
-        install.setup(s, list(local.machines))
+        built = build.build_all(s.ex, target.build.host, branch)
+        push.push_all(s.ex, target.build.host, built["images"])
+    with session(target, etcd=False, changes=True) as s:
+        install.setup(s, list(target.machines))

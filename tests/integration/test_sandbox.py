@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from tasks import docker_api, sandbox as sb
+from tasks import cluster, docker_api, sandbox as sb
 from tasks.remote import Executor, q
 from tasks.errors import RemoteError
 from tasks.registry import RegistryClient, load_credentials
@@ -53,7 +53,7 @@ def probe_image(local, ex):
 
 # ---------------------------------------------------------------- what `fab sandbox.status --json` says
 
-def test_status_json_has_the_documented_keys(sandbox):
+def test_status_json_has_the_documented_keys(sandbox, local):
     info = json.loads(fab("sandbox.status", "--json").stdout)
     assert info["cluster"] == "local"
     assert info["up"] is True
@@ -63,9 +63,12 @@ def test_status_json_has_the_documented_keys(sandbox):
         assert info[role]["name"] == node.name
         assert info[role]["address"] == node.address
     assert info["registry"]["port"] == sb.REGISTRY_PORT
-    assert info["balancer"]["port"] == sb.BALANCER_PORT
+    assert (info["balancer"]["port"], info["balancer"]["https_port"]) == \
+        (local.balancer.http_port, local.balancer.https_port)
     assert [(m["name"], m["address"], m["spare"]) for m in info["machines"]] == \
-        [(n.name, n.address, n.role == "spare") for n in MACHINE_NODES]
+        [(n.name, n.address, n.role == "spare") for n in MACHINE_NODES if n.cluster == "local"]
+    assert [m["address"] for m in info["clusters"]["local2"]["machines"]] == \
+        [n.address for n in MACHINE_NODES if n.cluster == "local2"] == list(cluster.load("local2").machines)
     assert sum(m["spare"] for m in info["machines"]) == SPARES
 
 

@@ -1,94 +1,263 @@
-"""The balancer: the routers file rendered and read back (pure), and what ``Routers`` runs.
+"""The balancer: one cluster's haproxy files and commands rendered (pure), and what Routers runs.
 
-``balancer_config`` is text in, text out; ``balancer.Routers`` reads the
-file first and only writes, validates and reloads when the machine list
-changes, which is checked here on the recording executor.
+``balancer_config`` is text in, text out: the files of a cluster's own
+haproxy instance, the plan of a machine-list change and the one command
+carrying it out (file checked and swapped, then haproxy's runtime API).
+``balancer.Routers`` reads the file once and only runs that command when
+the machine list changes, which is checked here on the recording executor.
 """
 from types import SimpleNamespace
 
 import pytest
 
-from tasks import balancer
-from tasks.balancer_config import BACKEND, HEADER, machines_in, main_config, routers_file
 from tasks.errors import LostLock
+from tasks.remote import Result
 
 from .fakes import FakeExecutor, FakeFence
 
-ROUTERS = """\
-# Written by air-deploy; do not edit by hand.
-backend air_routers
-    mode tcp
-    balance roundrobin
-    option redispatch
-    retries 3
-    default-server check inter 1s fall 2 rise 2
-    server 10.0.0.1 10.0.0.1:80
-    server 10.0.0.2 10.0.0.2:80
+from tasks import balancer
+from tasks import balancer_config as bc
+from tasks.cluster import load
+
+PROXIED = """\
+namespace: aircloak
+ssh: {key: id_ed25519, known_hosts: known_hosts}
+build: {host: build.example.org, repository: git@example.org:air.git}
+registry: {address: "registry.example.org:5000", credentials: registry.yaml}
+balancer: {host: 10.0.0.100, bind: 10.0.0.101, http_port: 8080, https_port: 8443, component: router, tunnel: 600}
+machines: [10.0.0.1, 10.0.0.2, 10.0.0.3]
+components:
+  - {name: web, port: 8081}
+  - {name: router, port: 80, health: /ready, https_port: 443, proxy: {http: 8000, https: 8444, protocol: v1}}
+secrets: secrets
 """
 
 
-def test_routers_file():
-    assert routers_file(80, ["10.0.0.1", "10.0.0.2"]) == ROUTERS
+@pytest.fixture
+def proxied(tmp_path):
+    (tmp_path / "stage.yaml").write_text(PROXIED)
+    return load("stage", directory=tmp_path)
 
 
-def test_routers_file_without_machines():
-    text = routers_file(80, [])
-    assert text.startswith(HEADER) and f"backend {BACKEND}\n" in text
-    assert "server " not in text.replace("default-server", "")
-    assert machines_in(text) == []
+ROUTERS = """\
+# Written by air-deploy; do not edit by hand.
+backend prod_http
+    balance roundrobin
+    option redispatch
+    retries 3
+    option httpchk GET /health
+    http-check expect status 200
+    default-server check port 8080 inter 500ms fall 2 rise 2
+    server 10.0.0.1 10.0.0.1:8080
+    server 10.0.0.2 10.0.0.2:8080
+"""
 
 
-def test_routers_file_with_ipv6_machines_brackets_the_address_only():
-    text = routers_file(8080, ["fd00::1", "10.0.0.3"])
-    assert text.endswith("    server fd00::1 [fd00::1]:8080\n    server 10.0.0.3 10.0.0.3:8080\n")
+# ---------------------------------------------------------------- the files
+
+def test_routers_file_of_a_plain_component(cluster):
+    # The unit tests' cluster: the balancer goes to its first component, plain HTTP, no HTTPS.
+    assert bc.routers_file(cluster, ["10.0.0.1", "10.0.0.2"]) == ROUTERS
 
 
-@pytest.mark.parametrize("machines", [
-    [], ["10.0.0.1"], ["10.0.0.3", "10.0.0.1", "10.0.0.2"], ["fd00::1", "fd00::2"], ["2001:db8::a", "10.0.0.9"],
+def test_routers_file_with_proxy_ports_sends_the_protocol_and_checks_the_plain_port(proxied):
+    text = bc.routers_file(proxied, ["10.0.0.1"], drained=["10.0.0.2"])
+    assert text == """\
+# Written by air-deploy; do not edit by hand.
+backend stage_http
+    balance roundrobin
+    option redispatch
+    retries 3
+    option httpchk GET /ready
+    http-check expect status 200
+    default-server check port 80 inter 500ms fall 2 rise 2
+    server 10.0.0.1 10.0.0.1:8000 send-proxy
+    server 10.0.0.2 10.0.0.2:8000 send-proxy disabled
+backend stage_https
+    balance roundrobin
+    option redispatch
+    retries 3
+    option httpchk GET /ready
+    http-check expect status 200
+    default-server check port 80 inter 500ms fall 2 rise 2
+    server 10.0.0.1 10.0.0.1:8444 send-proxy
+    server 10.0.0.2 10.0.0.2:8444 send-proxy disabled
+"""
+
+
+def test_backends_follow_the_component(proxied):
+    v2 = proxied.front.__class__(**{**proxied.front.__dict__,
+                                    "proxy": proxied.front.proxy.__class__(8000, None, "v2")})
+    two = SimpleNamespace(name="stage", front=v2)
+    assert bc.backends(two) == [("stage_http", 8000, "send-proxy-v2"), ("stage_https", 443, None)]
+    plain = SimpleNamespace(name="stage", front=proxied.component("web"))
+    assert bc.backends(plain) == [("stage_http", 8081, None)]
+
+
+def test_main_config_binds_the_clusters_own_address_and_ports(proxied):
+    assert bc.main_config(proxied) == """\
+# Written by air-deploy; do not edit by hand.
+global
+    maxconn 4096
+    stats socket /run/air-balancer-stage/admin.sock mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 600s
+    timeout check 2s
+frontend stage_http
+    bind 10.0.0.101:8080
+    default_backend stage_http
+frontend stage_https
+    bind 10.0.0.101:8443
+    default_backend stage_https
+"""
+
+
+def test_main_config_without_bind_listens_everywhere_with_an_hour_of_tunnel(cluster):
+    text = bc.main_config(cluster)
+    assert "    bind :80\n" in text and "    timeout tunnel 3600s\n" in text and "https" not in text
+
+
+def test_two_clusters_share_no_file_socket_unit_or_backend(cluster, proxied):
+    def names(c):
+        return {c.balancer.config, c.balancer.routers_file, bc.unit_name(c), bc.unit_path(c), bc.admin_socket(c),
+                *(b for b, _, _ in bc.backends(c))}
+    assert not names(cluster) & names(proxied)
+    assert cluster.balancer.config == "/etc/haproxy/air/prod/haproxy.cfg"
+    assert cluster.balancer.routers_file == "/etc/haproxy/air/prod/routers.cfg"
+
+
+def test_unit_file_runs_the_clusters_files_only(proxied):
+    text = bc.unit_file(proxied)
+    files = "-f /etc/haproxy/air/stage/haproxy.cfg -f /etc/haproxy/air/stage/routers.cfg"
+    assert f"ExecStart=/usr/sbin/haproxy -Ws {files} -p /run/air-balancer-stage/haproxy.pid\n" in text
+    assert f"ExecReload=/usr/sbin/haproxy -c -q {files}\nExecReload=/bin/kill -USR2 $MAINPID\n" in text
+    assert "RuntimeDirectory=air-balancer-stage\n" in text and "Type=notify\n" in text
+
+
+@pytest.mark.parametrize("enabled, disabled", [
+    ([], []), (["10.0.0.1"], []), (["10.0.0.3", "10.0.0.1"], ["10.0.0.2"]), ([], ["fd00::1"]),
+    (["fd00::1", "10.0.0.9"], ["2001:db8::a"]),
 ])
-def test_machines_in_reads_back_routers_file(machines):
-    assert machines_in(routers_file(80, machines)) == machines
+def test_servers_in_reads_back_routers_file(proxied, enabled, disabled):
+    assert bc.servers_in(bc.routers_file(proxied, enabled, disabled)) == (enabled, disabled)
 
 
-def test_machines_in_ignores_default_server_comments_and_nothing():
-    text = ("# server 10.9.9.9 10.9.9.9:80\n" + ROUTERS + "    # server 10.8.8.8 10.8.8.8:80\n")
-    assert machines_in(text) == ["10.0.0.1", "10.0.0.2"]
-    assert machines_in("") == machines_in(None) == []
+def test_ipv6_machines_are_bracketed_in_the_address_only(cluster):
+    assert "    server fd00::1 [fd00::1]:8080\n" in bc.routers_file(cluster, ["fd00::1"])
 
 
-def test_main_config_sends_its_port_to_the_backend():
-    text = main_config(80, "/etc/haproxy/air-routers.cfg")
-    assert "    bind :80\n" in text and f"    default_backend {BACKEND}\n" in text
+def test_servers_in_ignores_comments_and_nothing():
+    text = "# server 10.9.9.9 10.9.9.9:80\n" + ROUTERS + "    # server 10.8.8.8 10.8.8.8:80\n"
+    assert bc.servers_in(text) == (["10.0.0.1", "10.0.0.2"], [])
+    assert bc.machines_in("") == bc.machines_in(None) == []
 
 
-def test_check_command():
-    assert balancer.check_command("/etc/haproxy/haproxy.cfg", "/etc/haproxy/air-routers.cfg.air-candidate") == (
-        "haproxy -c -q -f /etc/haproxy/haproxy.cfg -f /etc/haproxy/air-routers.cfg.air-candidate")
+# ---------------------------------------------------------------- a change of the list
+
+def test_plan_drains_the_leaving_and_readies_the_returning():
+    change = bc.plan(["a", "b"], ["c"], ["b", "c"])
+    assert change == bc.Change(machines=["b", "c"], drained=["a"], ready=["c"], drain=["a"], reload=False)
 
 
-def test_check_command_quotes_paths():
-    assert balancer.check_command("/etc/my haproxy.cfg", "/tmp/x") == "haproxy -c -q -f '/etc/my haproxy.cfg' -f /tmp/x"
+def test_plan_reloads_only_for_a_server_haproxy_does_not_know():
+    assert bc.plan(["a"], ["b"], ["a", "b"]).reload is False
+    assert bc.plan(["a"], ["b"], ["a", "b", "n"]) == bc.Change(["a", "b", "n"], [], ["b"], [], True)
+
+
+def test_plan_with_reload_forgets_the_drained():
+    assert bc.plan(["a", "b"], ["c"], ["a"], reload=True) == bc.Change(["a"], [], [], ["b"], True)
+
+
+def test_change_command_drains_waits_and_puts_in_maintenance_without_reload(proxied):
+    change = bc.plan(["10.0.0.1", "10.0.0.2"], ["10.0.0.3"], ["10.0.0.1", "10.0.0.3"])
+    command = bc.change_command(proxied, change, 30)
+    sock = "UNIX-CONNECT:/run/air-balancer-stage/admin.sock"
+    path = "/etc/haproxy/air/stage/routers.cfg"
+    text = bc.routers_file(proxied, ["10.0.0.1", "10.0.0.3"], ["10.0.0.2"])
+    assert command.startswith(
+        f"umask 022 && printf %s '{text}' > {path}.air-candidate && "
+        f"/usr/sbin/haproxy -c -q -f /etc/haproxy/air/stage/haproxy.cfg -f {path}.air-candidate && "
+        f"mv -f {path}.air-candidate {path} && ")
+    assert ("printf '%s\\n' 'set server stage_http/10.0.0.3 state ready;set server stage_https/10.0.0.3 state "
+            f"ready' | socat -t 5 stdio {sock}") in command
+    ready, drain, maint = (command.index(f"state {s}") for s in ("ready", "drain", "maint"))
+    assert ready < drain < command.index("air-drain:") < maint
+    assert "reload" not in command
+
+
+def test_change_command_for_a_new_machine_drains_then_reloads_its_own_unit_only(proxied):
+    command = bc.change_command(proxied, bc.plan(["10.0.0.1"], [], ["10.0.0.2"]), 30)
+    assert command.endswith(" && systemctl reload-or-restart air-balancer-stage.service")
+    assert "state drain" in command and "state maint" not in command and "state ready" not in command
+
+
+def test_api_command_fails_on_any_answer_from_haproxy(tmp_path):
+    import subprocess
+    fake = tmp_path / "socat"
+    fake.write_text("#!/bin/sh\ncat >/dev/null; printf '%s\\n' \"$ANSWER\"\n")
+    fake.chmod(0o755)
+    command = bc.api_command(SimpleNamespace(name="x"), ["set server x_http/a state drain"])
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    assert subprocess.run(["sh", "-c", command], env={**env, "ANSWER": ""}).returncode == 0
+    failed = subprocess.run(["sh", "-c", command], env={**env, "ANSWER": "No such server."},
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and "No such server." in failed.stderr
+
+
+def test_wait_command_counts_the_drained_servers_connections_only(tmp_path):
+    import subprocess
+    stat = ("# pxname,svname,qcur,qmax,scur,smax\n"
+            "x_http,10.0.0.1,0,0,2,3\nx_https,10.0.0.1,0,0,1,1\nx_http,10.0.0.11,0,0,5,5\nx_http,BACKEND,0,0,8,8\n")
+    fake = tmp_path / "socat"
+    fake.write_text(f"#!/bin/sh\ncat >/dev/null; cat {tmp_path}/stat\n")
+    fake.chmod(0o755)
+    (tmp_path / "stat").write_text(stat)
+    command = bc.wait_command(SimpleNamespace(name="x"), ["10.0.0.1"], 0)
+    out = subprocess.run(["sh", "-c", command], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                         capture_output=True, text=True).stdout
+    assert bc.drain_left(out) == 3
+    (tmp_path / "stat").write_text(stat.replace(",2,3\n", ",0,3\n").replace(",1,1\n", ",0,1\n"))
+    out = subprocess.run(["sh", "-c", bc.wait_command(SimpleNamespace(name="x"), ["10.0.0.1"], 5)],
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True).stdout
+    assert out == "air-drain: 0\n" and bc.drain_left(out) == 0
+
+
+def test_drain_left_without_a_wait_is_zero():
+    assert bc.drain_left("") == 0 and bc.drain_left("noise\nair-drain: 4\n") == 4
+
+
+def test_parse_stat_reads_servers_status_and_sessions():
+    text = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
+            "status,weight\n"
+            "local_http,FRONTEND,,,0,1,4096,3,0,0,0,0,0,,,,,OPEN,\n"
+            "local_http,10.0.0.1,0,0,1,2,,5,0,0,,0,,0,0,0,0,UP,1\n"
+            "local_http,10.0.0.2,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,1\n"
+            "local_http,BACKEND,0,0,1,2,410,5,0,0,0,0,,0,0,0,0,UP,1\n")
+    assert bc.parse_stat(text) == [bc.Server("local_http", "10.0.0.1", "UP", 1),
+                                   bc.Server("local_http", "10.0.0.2", "MAINT", 0)]
 
 
 # ---------------------------------------------------------------- Routers, on the recording executor
 
-CLUSTER = SimpleNamespace(balancer=SimpleNamespace(
-    host="10.0.0.100", port=80, routers_file="/etc/haproxy/air-routers.cfg", config="/etc/haproxy/haproxy.cfg"))
-CANDIDATE = "/etc/haproxy/air-routers.cfg.air-candidate-run1"
+BALANCER = "10.0.0.100"
 
 
 @pytest.fixture
-def ex():
+def ex(cluster):
     """An executor whose balancer's routers file lists 10.0.0.1 and 10.0.0.2."""
-    fake = FakeExecutor(CLUSTER)
-    fake.files[("10.0.0.100", "/etc/haproxy/air-routers.cfg")] = (ROUTERS, 0o644)
+    fake = FakeExecutor(cluster)
+    fake.files[(BALANCER, cluster.balancer.routers_file)] = (ROUTERS, 0o644)
+    fake.answer("air-candidate", stdout="air-drain: 0\n")
     return fake
 
 
-def test_set_with_nothing_to_change_neither_writes_nor_reloads(ex):
+def test_set_with_nothing_to_change_runs_nothing(ex):
     assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2"]) == ["10.0.0.1", "10.0.0.2"]
     assert ex.commands(changes_only=True) == []
-    assert ("10.0.0.100", CANDIDATE + ".staged") not in ex.files
 
 
 def test_set_ignores_repeated_machines(ex):
@@ -96,15 +265,25 @@ def test_set_ignores_repeated_machines(ex):
     assert ex.commands(changes_only=True) == []
 
 
-def test_set_writes_a_candidate_checks_it_then_swaps_and_reloads(ex):
-    assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
-    assert ex.files[("10.0.0.100", CANDIDATE + ".staged")] == \
-        (routers_file(80, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]), 0o644)
-    assert ex.commands(changes_only=True) == [
-        f"mkdir -p /etc/haproxy && mv -f {CANDIDATE}.staged {CANDIDATE} && "
-        f"haproxy -c -q -f /etc/haproxy/haproxy.cfg -f {CANDIDATE} && "
-        f"mv -f {CANDIDATE} /etc/haproxy/air-routers.cfg && systemctl reload haproxy",
-    ]
+def test_remove_is_one_command_carrying_the_new_file(ex, cluster):
+    assert balancer.Routers(ex).remove("10.0.0.1") == ["10.0.0.2"]
+    change = bc.plan(["10.0.0.1", "10.0.0.2"], [], ["10.0.0.2"], forget=["10.0.0.1"])
+    assert change == bc.Change(["10.0.0.2"], [], [], ["10.0.0.1"], False)
+    assert ex.commands(changes_only=True) == [bc.change_command(cluster, change, cluster.timeouts.drain, "run1")]
+    assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.2'])}' > " in ex.commands()[-1]
+    assert "routers.cfg.air-candidate-run1" in ex.commands()[-1]  # a run's own candidate file
+
+
+def test_remove_of_a_drained_machine_only_forgets_it(ex, cluster):
+    ex.files[(BALANCER, cluster.balancer.routers_file)] = (bc.routers_file(cluster, ["10.0.0.1"], ["10.0.0.2"]), 0o644)
+    assert balancer.Routers(ex).remove("10.0.0.2") == ["10.0.0.1"]
+    command = ex.commands()[-1]
+    assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.1'])}' > " in command and "state" not in command
+
+
+def test_set_keeps_a_leaving_machine_listed_but_disabled(ex, cluster):
+    balancer.Routers(ex).set(["10.0.0.2"])
+    assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.2'], ['10.0.0.1'])}' > " in ex.commands()[-1]
 
 
 def test_add_of_a_listed_machine_changes_nothing(ex):
@@ -117,16 +296,29 @@ def test_remove_of_an_unlisted_machine_changes_nothing(ex):
     assert ex.commands(changes_only=True) == []
 
 
-def test_remove_writes_the_others(ex):
-    assert balancer.Routers(ex).remove("10.0.0.1") == ["10.0.0.2"]
-    assert ex.files[("10.0.0.100", CANDIDATE + ".staged")][0] == routers_file(80, ["10.0.0.2"])
+def test_a_rolling_upgrade_drains_and_readies_reading_once_without_reload(ex, cluster):
+    routers = balancer.Routers(ex)
+    routers.set(["10.0.0.2"])
+    routers.set(["10.0.0.1"])
+    routers.set(["10.0.0.1", "10.0.0.2"])
+    commands = ex.commands(changes_only=True)
+    assert len(ex.commands()) == 3  # the file was read from the executor's files, once, without a command
+    assert len(commands) == 3 and not any("systemctl reload" in c for c in commands)
+    assert "prod_http/10.0.0.1 state ready" in commands[1] and "prod_http/10.0.0.2 state drain" in commands[1]
+    assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.1', '10.0.0.2'])}' > " in commands[2]
 
 
 def test_set_with_reload_reloads_even_when_the_file_is_right(ex):
     # After setup-cluster the file may already be right while haproxy still counts the freshly
     # installed machines as down: the reload starts its checks afresh.
     assert balancer.Routers(ex).set(["10.0.0.1", "10.0.0.2"], reload=True) == ["10.0.0.1", "10.0.0.2"]
-    assert ex.commands(changes_only=True)[-1].endswith("&& systemctl reload haproxy")
+    assert ex.commands()[-1].endswith("&& systemctl reload-or-restart air-balancer-prod.service")
+
+
+def test_connections_left_after_the_drain_timeout_are_said(ex, capsys):
+    ex.rules.insert(0, (None, "air-candidate", Result(0, "air-drain: 2\n", ""), False))
+    balancer.Routers(ex).remove("10.0.0.1")
+    assert "2 connection(s) to 10.0.0.1 still open after 30 s" in capsys.readouterr().err
 
 
 def test_a_lost_lock_stops_the_change_before_the_balancer_is_touched(ex):
@@ -134,4 +326,43 @@ def test_a_lost_lock_stops_the_change_before_the_balancer_is_touched(ex):
     ex.fence.lose()
     with pytest.raises(LostLock):
         balancer.Routers(ex).remove("10.0.0.1")
-    assert ex.commands(changes_only=True) == [] and ("10.0.0.100", CANDIDATE + ".staged") not in ex.files
+    assert ex.commands(changes_only=True) == []
+
+
+# ---------------------------------------------------------------- setup
+
+def test_activate_command_restarts_for_a_new_unit_reloads_for_new_files_else_only_starts(cluster):
+    check = ("/usr/sbin/haproxy -c -q -f /etc/haproxy/air/prod/haproxy.cfg -f /etc/haproxy/air/prod/routers.cfg"
+             " && ")
+    unit = "air-balancer-prod.service"
+    assert balancer.activate_command(cluster, [bc.unit_path(cluster)]) == \
+        check + f"systemctl daemon-reload && systemctl enable -q {unit} && systemctl restart {unit}"
+    assert balancer.activate_command(cluster, [cluster.balancer.config]) == \
+        check + f"systemctl enable -q {unit} && systemctl reload-or-restart {unit}"
+    assert balancer.activate_command(cluster, []) == \
+        check + f"systemctl enable -q {unit} && {{ systemctl is-active -q {unit} || systemctl start {unit}; }}"
+
+
+def test_setup_keeps_the_machines_the_routers_file_lists(cluster):
+    files = balancer.wanted_files(cluster, bc.routers_file(cluster, ["10.0.0.2"], ["10.0.0.3"]))
+    assert files[cluster.balancer.routers_file] == bc.routers_file(cluster, ["10.0.0.2"], ["10.0.0.3"])
+    assert files[bc.unit_path(cluster)] == bc.unit_file(cluster)
+    assert files[cluster.balancer.config] == bc.main_config(cluster)
+
+
+def test_setup_twice_writes_nothing_the_second_time(cluster):
+    ex = FakeExecutor(cluster)
+    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/socat\n/usr/bin/systemctl\n")
+    assert sorted(balancer.setup(ex)) == sorted([bc.unit_path(cluster), cluster.balancer.config,
+                                                 cluster.balancer.routers_file])
+    writes = len(ex.commands(changes_only=True))
+    assert balancer.setup(ex) == []
+    assert len(ex.commands(changes_only=True)) == writes + 1  # only the start check, no file written
+
+
+def test_setup_refuses_a_host_without_socat(cluster):
+    ex = FakeExecutor(cluster)
+    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/systemctl\n")
+    with pytest.raises(balancer.RemoteError, match="needs socat"):
+        balancer.setup(ex)
+    assert ex.commands(changes_only=True) == []

@@ -70,8 +70,9 @@ def test_a_valid_file_loads_with_defaults_applied(tmp_path):
     assert c.build.checkout == "/aircloak/stage/air"
     assert c.build.branch == "master"
     assert (c.ssh.user, c.ssh.port) == ("core", 22)
-    assert c.timeouts == cluster.Timeouts(connect=10, stop=30, healthy=60, lock=30, command=60, pull=300, alive=10)
-    assert c.balancer == cluster.Balancer("192.0.2.10", 80, "/etc/haproxy/air-routers.cfg", "/etc/haproxy/haproxy.cfg")
+    assert c.timeouts == cluster.Timeouts(connect=10, stop=30, healthy=60, lock=30, command=60, pull=300,
+                                          alive=10, drain=30)
+    assert c.balancer == cluster.Balancer("192.0.2.10", None, 80, 443, "router", 3600, "/etc/haproxy/air/stage")
     assert c.cloud_config is None  # found per machine
     assert c.admin is None
     assert c.registry.ca is None
@@ -93,7 +94,8 @@ def test_checkout_names_its_own_cluster(tmp_path):
 
 def test_timeouts_given_in_part_keep_the_other_defaults(tmp_path):
     write(tmp_path, "prod", variant(timeouts={"healthy": 180}))
-    assert cluster.load("prod", tmp_path).timeouts == cluster.Timeouts(connect=10, stop=30, healthy=180, lock=30, command=60, pull=300, alive=10)
+    assert cluster.load("prod", tmp_path).timeouts == cluster.Timeouts(
+        connect=10, stop=30, healthy=180, lock=30, command=60, pull=300, alive=10, drain=30)
 
 
 def test_image_names(tmp_path):
@@ -199,7 +201,8 @@ def test_empty_machines(tmp_path):
      "components[0].health: expected an HTTP path starting with / (letters, digits, . _ ~ / ? = & % + -), "
      "got '/health;reboot'"),
     ("ssh__port", 70000, "ssh.port: expected a TCP port (1 to 65535), got 70000"),
-    ("balancer", {"host": "192.0.2.9", "port": 65536}, "balancer.port: expected a TCP port (1 to 65535), got 65536"),
+    ("balancer", {"host": "192.0.2.9", "http_port": 65536},
+     "balancer.http_port: expected a TCP port (1 to 65535), got 65536"),
     ("ssh__user", 17, "ssh.user: expected a non-empty string, got 17"),
     ("ssh", "root", "ssh: expected a mapping of fields, got 'root'"),
     ("namespace", "AirCloak", "namespace: expected a Docker repository namespace"),
@@ -213,6 +216,13 @@ def test_empty_machines(tmp_path):
     ("components", [{"name": "Router", "port": 80}], "components[0].name: expected a lower-case name"),
     ("components", {"name": "router", "port": 80}, "components: expected a non-empty list"),
     ("timeouts", {"healthy": -5}, "timeouts.healthy: expected a positive whole number, got -5"),
+    ("components", [{"name": "router", "port": 80, "proxy": {"http": 8080, "protocol": "v3"}}],
+     "components[0].proxy.protocol: expected v1 or v2 (the PROXY protocol's text or binary version), got 'v3'"),
+    ("components", [{"name": "router", "port": 80, "proxy": {"https": 8443}}],
+     "components[0].proxy.http: missing (a TCP port (1 to 65535): PROXY protocol, then HTTP.)"),
+    ("balancer", {"host": "192.0.2.9", "bind": "all"}, "balancer.bind: expected an IPv4 or IPv6 address, got 'all'"),
+    ("balancer", {"host": "192.0.2.9", "component": "nginx"},
+     "balancer.component: expected one of the components (router, air_backend), got 'nginx'"),
 ])
 def test_wrong_type_or_shape(tmp_path, field, value, expected):
     message = error_of(tmp_path, "stage", variant(**{field: value}))
@@ -220,7 +230,8 @@ def test_wrong_type_or_shape(tmp_path, field, value, expected):
 
 
 @pytest.mark.parametrize("field, expected", [
-    ("balancer__hots", "balancer.hots: unknown field (expected one of: host, port, routers_file, config)"),
+    ("balancer__hots", "balancer.hots: unknown field (expected one of: host, bind, http_port, https_port, component, "
+                        "tunnel, folder)"),
     ("registery", "registery: unknown field (expected one of: include, namespace, ssh, "),
 ])
 def test_unknown_field(tmp_path, field, expected):
@@ -231,7 +242,18 @@ def test_unknown_field(tmp_path, field, expected):
 def test_unknown_field_of_a_component(tmp_path):
     message = error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80, "helth": "/h"}]))
     assert (": components[0].helth: unknown field (expected one of: name, port, health, source, dockerfile, ignore, "
-            "args, target, prepare, prepare_timeout, repository, branch)") in message
+            "args, target, prepare, prepare_timeout, repository, branch, https_port, proxy)") in message
+
+
+def test_proxy_ports_and_the_balanced_component(tmp_path):
+    write(tmp_path, "stage", variant(balancer={"host": "192.0.2.10", "component": "air_backend", "bind": "192.0.2.20"},
+                                     components=[{"name": "router", "port": 80},
+                                                 {"name": "air_backend", "port": 8082, "https_port": 8443,
+                                                  "proxy": {"http": 8080}}]))
+    c = cluster.load("stage", tmp_path)
+    assert c.front.name == "air_backend" and c.balancer.bind == "192.0.2.20"
+    assert c.front.proxy == cluster.Proxy(http=8080, https=None, protocol="v2") and c.front.https_port == 8443
+    assert c.component("router").proxy is None and c.component("router").https_port is None
 
 
 def test_duplicate_component_names(tmp_path):
@@ -326,7 +348,8 @@ def test_readme_documents_every_field():
                 assert f"| `{prefix}{sub}` |" in text
 
 
-CLUSTER_FILES = sorted(p.stem for p in (ROOT / "clusters").glob("*.yaml") if p.stem != "local")
+# The sandbox's clusters (local, local2) include files that only `fab sandbox.up` writes.
+CLUSTER_FILES = sorted(p.stem for p in (ROOT / "clusters").glob("*.yaml") if ".sandbox/" not in p.read_text())
 
 
 def test_there_are_example_clusters():
@@ -335,7 +358,6 @@ def test_there_are_example_clusters():
 
 @pytest.mark.parametrize("name", CLUSTER_FILES)
 def test_every_cluster_file_but_the_sandbox_loads(name):
-    # local.yaml includes .sandbox/cluster.yaml, which only `fab sandbox.up` writes.
     c = cluster.load(name, ROOT / "clusters")
     assert c.name == name
     assert len(c.machines) >= 1
@@ -348,6 +370,9 @@ def test_example_clusters_are_separate():
     assert not set(stage.machines) & set(prod.machines)
     assert prod.build.branch == "release"
     assert prod.timeouts.healthy > stage.timeouts.healthy
+    # One balancer host for both, as in the seed: each cluster on its own address there.
+    assert stage.balancer.host == prod.balancer.host and stage.balancer.bind != prod.balancer.bind
+    assert stage.balancer.folder != prod.balancer.folder
 
 
 # ---------------------------------------------------------------- how a component is built

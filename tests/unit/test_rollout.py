@@ -11,6 +11,7 @@ import pytest
 
 import cloudconfig
 from tasks import state
+from tasks.balancer_config import routers_file
 from tasks.errors import Interrupted, LostLock
 from tasks.release import Image, Release
 from tasks.upgrade import Rollout, UpgradeFailed
@@ -21,7 +22,6 @@ OLD = Release((Image("web", "1.0.0", "sha256:" + "a" * 64), Image("worker", "1.0
 NEW = Release((Image("web", "1.0.1", "sha256:" + "c" * 64), Image("worker", "1.0.0", "sha256:" + "b" * 64)))
 MACHINES = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
 BALANCER = "10.0.0.100"
-ROUTERS = "/etc/haproxy/air-routers.cfg"
 USER_DATA = "/var/lib/coreos-install/user_data"
 
 
@@ -36,8 +36,8 @@ def s(cluster, monkeypatch):
     admin_base = cloudconfig.render(cloudconfig.base(cluster, ["ssh-ed25519 AAAA test"], None, ("u", "p")))
     for m in MACHINES:
         ex.files[(m, USER_DATA + ".air-base")] = (admin_base, 0o600)
-    from tasks.balancer_config import routers_file
-    ex.files[(BALANCER, ROUTERS)] = (routers_file(8080, MACHINES), 0o644)
+    ex.files[(BALANCER, cluster.balancer.routers_file)] = (routers_file(cluster, MACHINES), 0o644)
+    ex.answer("air-candidate", stdout="air-drain: 0\n")
     facts = ("--release\n" + OLD.id + "\n--components\nweb 1.0.0\nworker 1.0.0\n"
              "--units\nactive\nactive\n--user_data\n" + USER_DATA + "\n")
     ex.answer("echo '--release'", stdout=facts)
@@ -52,9 +52,9 @@ def record_routes(monkeypatch):
     from tasks import balancer
     original = balancer.Routers._set
 
-    def recording(self, machines, reload=False):
+    def recording(self, machines, reload=False, forget=()):
         self.ex.__dict__.setdefault("routed", []).append(list(machines))
-        return original(self, machines, reload)
+        return original(self, machines, reload, forget)
     monkeypatch.setattr(balancer.Routers, "_set", recording)
 
 
@@ -141,8 +141,7 @@ def test_drift_is_one_warning_line_with_its_fix(s):
                 stdout="--release\nolder\n--components\nweb 0.9.0\nworker 1.0.0\n--units\nactive\nactive\n"
                        "--user_data\n" + USER_DATA + "\n")
     s.ex.rules.insert(0, s.ex.rules.pop())  # the machine's own answer first
-    from tasks.balancer_config import routers_file
-    s.ex.files[(BALANCER, ROUTERS)] = (routers_file(8080, ["10.0.0.1", "10.0.0.2"]), 0o644)
+    s.ex.files[(BALANCER, s.cluster.balancer.routers_file)] = (routers_file(s.cluster, ["10.0.0.1", "10.0.0.2"]), 0o644)
     rollout = Rollout(s, OLD, OLD)
     assert rollout.warning == (
         f"warning: prod drifted: 10.0.0.3 is out of the balancer; 10.0.0.2 runs release older, not the recorded "
