@@ -445,6 +445,8 @@ def _reason(error: Exception) -> str:
         return f"nothing answers on port {sorted(error.errors)[0][1]}"
     if isinstance(error, (TimeoutError, socket.timeout)):
         return "no answer (timed out)"
+    if isinstance(error, paramiko.SSHException) and "Timeout opening channel" in str(error):
+        return "no answer over SSH (hung or gone)"
     text = str(error) or type(error).__name__
     return text.splitlines()[0]
 

@@ -123,7 +123,7 @@ def test_https_through_the_balancer_verified_by_the_sandbox_ca_reports_the_clien
 
 @pytest.mark.parametrize("deployed, probed", [("local", "local2"), ("local2", "local")])
 def test_a_deploy_of_one_cluster_leaves_the_other_untouched(clusters, deployed, probed, clock):
-    target, other = clusters[deployed], clusters[probed]
+    other = clusters[probed]
     before = balancer_files(other)
     sb.commit_change("static_website")
     with clock(f"deploy {deployed} while {probed} is probed"):
