@@ -6,7 +6,8 @@ cloudconfig, lock).
 """
 from invoke import Collection
 
-from tasks import balancer, build, cloud_config, deploy, install, membership, push, sandbox, upgrade
+from sandbox import testbed
+from tasks import balancer, build, cloud_config, deploy, install, membership, push, upgrade
 
 namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,
@@ -14,7 +15,7 @@ namespace = Collection(
     upgrade.upgrade_machine_task, upgrade.rolling_upgrade,
     deploy.deploy, deploy.releases, deploy.rollback,
 )
-namespace.add_collection(Collection.from_module(sandbox))
+namespace.add_collection(Collection.from_module(testbed, name="sandbox"))
 namespace.add_collection(Collection.from_module(balancer))
 namespace.add_collection(Collection.from_module(cloud_config, name="cloudconfig"))
 namespace.add_collection(Collection("lock", deploy.lock_status, deploy.lock_release))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from tasks import sandbox as sb  # noqa: E402
+from sandbox import testbed as sb  # noqa: E402
 
 BUILD = f"{sb.PREFIX}-build"
 NOOP_TARGET = 5.0  # seconds, for a no-op build+push of every component (issue 14)

@@ -3,7 +3,7 @@
 Against the sandbox's `local` cluster (brought up, or reused, with 3
 machines and 2 spares; installed when it is not). Each run commits a change
 to one component of the sample application, builds and pushes it (timed
-apart), then times ``tasks.upgrade.rolling_with_record`` to that release
+apart), then times the rollout (``tasks.upgrade.Rollout``) to that release
 under the cluster's deploy lock, as ``fab deploy`` does: pull, drain, polite
 stop, install, start, health check and re-add, one machine after another.
 
@@ -40,8 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks import balancer, build, cluster as cluster_config, install, machine, push, remote  # noqa: E402
-from tasks import sandbox as sb, state, upgrade  # noqa: E402
+from tasks import balancer, build, cluster as cluster_config, install, machine, push  # noqa: E402
+from sandbox import testbed as sb, state, upgrade  # noqa: E402
+from tasks.remote import Executor  # noqa: E402
+from tasks.session import session  # noqa: E402
 
 UPGRADED = re.compile(r"^upgrade: (\S+) runs \S+, restarted .* \(([\d.]+) s\)$", re.M)
 
@@ -59,15 +61,17 @@ def fab(*args) -> tuple:
 def ensure_installed(cluster) -> str:
     """The cluster serving from its machines; installs it (as the tests' fixture does) when it has no release."""
     try:
-        with state.cluster_etcd(cluster) as client:
-            if state.read_release(client, cluster)[0] is not None:
+        with session(cluster) as s:
+            if state.read_release(s.etcd, cluster)[0] is not None:
                 return "reused"
     except Exception:  # no etcd answering: not installed
         pass
     sb.reset_machines(list(cluster.machines))
-    built = build.build_all(cluster, cluster.build.host, cluster.build.branch)
-    push.push_all(cluster, cluster.build.host, built["images"])
-    install.setup(cluster, list(cluster.machines))
+    with session(cluster, etcd=False) as s:
+        built = build.build_all(s.ex, cluster.build.host, cluster.build.branch)
+        push.push_all(s.ex, cluster.build.host, built["images"])
+    with session(cluster, etcd=False) as s:
+        install.setup(s, list(cluster.machines))
     return "installed"
 
 
@@ -80,13 +84,14 @@ def physical(cluster, address, components) -> dict:
         "t2=$(date +%s.%N)", f"( {machine.health_command(cluster, cluster.timeouts.healthy)} )",
         "t3=$(date +%s.%N)", 'echo "$t0 $t1 $t2 $t3"'])
     everyone = list(cluster.machines)
-    balancer.set_machines(cluster, [m for m in everyone if m != address])  # drained, as an upgrade does
-    try:
-        with remote.connect(cluster, address) as conn:
-            out = remote.run(conn, script, what="stop, start and health check",
-                             timeout=cluster.timeouts.stop + cluster.timeouts.healthy + 120).stdout
-    finally:
-        balancer.set_machines(cluster, everyone)
+    with Executor(cluster) as ex:
+        routers = balancer.Routers(ex)
+        routers.set([m for m in everyone if m != address])  # drained, as an upgrade does
+        try:
+            out = ex.run(address, script, what="stop, start and health check",
+                         deadline=cluster.timeouts.stop + cluster.timeouts.healthy + 120).stdout
+        finally:
+            routers.set(everyone)
     t0, t1, t2, t3 = (float(x) for x in out.split()[-4:])
     return {"stop": t1 - t0, "start": t2 - t1, "health": t3 - t2, "total": t3 - t0}
 
@@ -95,7 +100,8 @@ def leave_and_rejoin(cluster, address) -> dict:
     """Seconds for ``address`` to leave the balancer (drained: the call returns) and to rejoin it
     (readied: until haproxy says UP and a request through the balancer is answered by it)."""
     everyone = list(cluster.machines)
-    with balancer.Routers(cluster) as routers:
+    with Executor(cluster) as ex:
+        routers = balancer.Routers(ex)
         started = time.monotonic()
         routers.set([m for m in everyone if m != address])
         leave = time.monotonic() - started
@@ -124,19 +130,17 @@ def rolling_run(cluster, component: str) -> dict:
     """Commit, build and push a change to ``component``, then time the rolling upgrade to it."""
     sb.commit_change(component)
     started = time.monotonic()
-    built = build.build_all(cluster, cluster.build.host, cluster.build.branch)
-    release, steps = push.push_all(cluster, cluster.build.host, built["images"])
-    build_push = time.monotonic() - started
-    pushed = [s.component for s in steps if s.decision.changed]
-    holder = {"who": state.operator(), "since": state.now(), "why": "bench/rolling.py"}
-    with state.cluster_etcd(cluster) as client, client.acquire(state.lock_key(cluster), holder,
-                                                               cluster.timeouts.lock):
-        current, _ = state.read_release(client, cluster)
+    with session(cluster, "bench/rolling.py") as s:
+        built = build.build_all(s.ex, cluster.build.host, cluster.build.branch)
+        release, steps = push.push_all(s.ex, cluster.build.host, built["images"])
+        build_push = time.monotonic() - started
+        pushed = [step.component for step in steps if step.decision.changed]
+        current, _ = state.read_release(s.etcd, cluster)
         said = io.StringIO()
         started = time.monotonic()
         with contextlib.redirect_stderr(said):
-            changed = upgrade.rolling_with_record(cluster, client, release, current, branch=cluster.build.branch,
-                                                  commit=built["commit"])
+            changed = upgrade.Rollout(s, release, current).apply_recorded(branch=cluster.build.branch,
+                                                                          commit=built["commit"])
         rolling = time.monotonic() - started
     per_machine = {m: float(s) for m, s in UPGRADED.findall(said.getvalue())}
     return {"build_push": build_push, "pushed": pushed, "rolling": rolling, "changed": changed,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tasks import sandbox  # noqa: E402
+from sandbox import testbed as sandbox  # noqa: E402
 
 
 def timed(what, function, *args):

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tasks import build, cluster, install, push, sandbox  # noqa: E402
+from sandbox import testbed as sandbox  # noqa: E402
+from tasks import build, cluster, install, push  # noqa: E402
 from tasks.session import session  # noqa: E402
 
 

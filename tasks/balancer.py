@@ -120,7 +120,8 @@ def setup(ex) -> list:
     it changed (none when all was right: then it only makes sure the instance runs)."""
     cluster = ex.cluster
     host = cluster.balancer.host
-    tools = ex.read(host, "command -v haproxy socat systemctl", check=False).stdout.split()
+    # One name per `command -v`: dash, a plain sh, answers only for the first of several.
+    tools = ex.read(host, "for t in haproxy socat systemctl; do command -v $t; done", check=False).stdout.split()
     missing = [t for t in ("haproxy", "socat", "systemctl") if not any(p.endswith("/" + t) for p in tools)]
     if missing:
         raise RemoteError(f"{host}: the balancer host needs {', '.join(missing)} (apt-get install haproxy socat)")

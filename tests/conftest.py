@@ -26,7 +26,7 @@ MACHINES, SPARES = 3, 2
 def _layout():
     """The sandbox's addresses, as `sandbox.status` reports them (from its layout, which follows
     AIR_SANDBOX_SUBNET): no test writes an address of its own."""
-    from tasks import sandbox as sb
+    from sandbox import testbed as sb
     nodes = sb.layout(MACHINES, SPARES)
     role = lambda r: [n.address for n in nodes if n.role == r]
     user_data = {n.address: n.user_data for n in nodes if n.is_machine}
@@ -138,7 +138,7 @@ def figures(request):
 @pytest.fixture(scope="session")
 def sandbox():
     """The sandbox's status (fab sandbox.status --json), up for the whole session."""
-    from tasks import sandbox as sb
+    from sandbox import testbed as sb
     info = sb.bring_up(MACHINES, SPARES)
     yield info
     if os.environ.get("AIR_SANDBOX_KEEP") != "1":
@@ -178,7 +178,7 @@ def serving(cluster) -> bool:
 def install_fresh(sandbox, cluster):
     """Reset every sandbox machine to freshly prepared, build and push master, and set the cluster up."""
     from tasks import build, install, push
-    from tasks import sandbox as sb
+    from sandbox import testbed as sb
     from tasks.session import session
     sb.reset_machines([m["address"] for m in sandbox["machines"]])
     with session(cluster, etcd=False) as s:

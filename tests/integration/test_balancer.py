@@ -18,7 +18,7 @@ import pytest
 
 from tasks import balancer, balancer_config, remote
 from tasks import cluster as cluster_config
-from tasks import sandbox as sb
+from sandbox import testbed as sb
 
 from conftest import fab, on, serving
 from integration.test_deploy import Probe

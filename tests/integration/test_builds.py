@@ -17,7 +17,7 @@ import time
 import pytest
 import yaml
 
-from tasks import sandbox as sb
+from sandbox import testbed as sb
 from tasks.remote import Executor
 from tasks.registry import RegistryClient
 

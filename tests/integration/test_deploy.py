@@ -20,7 +20,7 @@ import pytest
 
 from cloudconfig.units import container_name
 from tasks import machine, state
-from tasks import sandbox as sb
+from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, serving

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tasks import machine, state
-from tasks import sandbox as sb
+from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, error_line, etcd_of, fab, listed, on,

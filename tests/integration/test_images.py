@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import cluster as cluster_config, sandbox as sb
+from sandbox import testbed as sb
+from tasks import cluster as cluster_config
 from tasks.remote import Executor, q
 from tasks.registry import RegistryClient
 

@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from tasks import build, machine, push, state
-from tasks import sandbox as sb
+from sandbox import testbed as sb
 from tasks.registry import RegistryClient, load_credentials
 from tasks.remote import Executor
 from tasks.session import session

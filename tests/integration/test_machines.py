@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import cloudconfig
-from tasks import sandbox as sb
+from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, Probe, Running, USER_DATA, error_line, fab,

@@ -19,7 +19,7 @@ import requests
 import cloudconfig
 
 from tasks import machine, state
-from tasks import sandbox as sb
+from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, SUBNET, USER_DATA, error_line, etcd_of,

@@ -17,7 +17,8 @@ import time
 import pytest
 import requests
 
-from tasks import cluster, docker_api, sandbox as sb
+from sandbox import testbed as sb
+from tasks import cluster, docker_api
 from tasks.remote import Executor, q
 from tasks.errors import RemoteError
 from tasks.registry import RegistryClient, load_credentials

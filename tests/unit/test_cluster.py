@@ -431,7 +431,7 @@ def test_bad_build_fields_are_named(tmp_path, entry, expected):
 
 
 def test_the_sandboxs_static_website_is_its_second_repository():
-    from tasks import sandbox
+    from sandbox import testbed as sandbox
     local = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
     website = next(c for c in local["components"] if c["name"] == sandbox.WEBSITE)
     assert (website["repository"], website["branch"]) == (sandbox.WEBSITE_REPOSITORY, sandbox.WEBSITE_BRANCH)

@@ -232,3 +232,17 @@ def test_malformed_credentials_are_refused_without_showing_the_password(tmp_path
 def test_missing_credentials_file(tmp_path):
     with pytest.raises(ConfigError, match="creds.yaml: cannot read registry credentials"):
         load_credentials(tmp_path / "creds.yaml")
+
+
+def test_every_connection_goes_through_the_given_connect(fake):
+    """A registry behind a jump host: the client's connections are made by ``connect`` (an SSH
+    channel in use), to the registry's own address, which resolves nowhere here."""
+    opened = []
+
+    def connect(host, port):
+        opened.append((host, port))
+        return socket.create_connection(("127.0.0.1", fake.server.server_port))
+    through = RegistryClient("registry.invalid:5000", (USER, PASSWORD), scheme="http", connect=connect)
+    through.check()
+    assert through.tags("air/prod_air") == ["1.0.0", "1.0.1", "1.0.2", "1.1.0", "latest"]
+    assert opened and set(opened) == {("registry.invalid", 5000)}

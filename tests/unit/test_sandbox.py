@@ -1,5 +1,5 @@
 """The sandbox's layout and the cluster files it writes: two clusters sharing build server, registry and balancer."""
-from tasks import sandbox as sb
+from sandbox import testbed as sb
 
 
 def test_layout_gives_local2_machines_of_its_own_beside_the_shared_hosts():

@@ -36,11 +36,11 @@ import yaml
 
 import cloudconfig
 
-from . import cluster as cluster_config
-from .machine import USER_DATA_PATHS
-from .errors import AirError, ConfigError
-from .cli import air_task
-from .remote import parallel, say
+from tasks import cluster as cluster_config
+from tasks.cli import air_task
+from tasks.errors import AirError, ConfigError
+from tasks.machine import USER_DATA_PATHS
+from tasks.remote import parallel, say
 
 ROOT = cluster_config.PROJECT_ROOT
 RECIPE = ROOT / "sandbox" / "machine-image.sh"
@@ -558,8 +558,8 @@ def _bring_up(machines: int, spares: int) -> dict:
     keys = parallel(lambda n: prepare(n, base_doc, config_id), nodes, describe=lambda n: n.name)
     _write_atomically(STATE / "known_hosts", "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys))
     (STATE / "state.json").write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=1))
-    from . import balancer  # each cluster's own haproxy instance, as `fab balancer.setup` makes it
-    from .remote import Executor
+    from tasks import balancer  # each cluster's own haproxy instance, as `fab balancer.setup` makes it
+    from tasks.remote import Executor
     for name in CLUSTERS:
         with Executor(cluster_config.load(name)) as ex:
             balancer.setup(ex)
@@ -571,7 +571,7 @@ def _bring_up(machines: int, spares: int) -> dict:
 def base_document() -> dict:
     """What the sandbox's machines are prepared with: the `local` cluster's base cloud config
     as its administrator extended it (``administrators_base``)."""
-    from .machine import base_document as render
+    from tasks.machine import base_document as render
     admin_key = (STATE / "admin_ed25519.pub").read_text().strip()
     return administrators_base(render(cluster_config.load("local")), admin_key)
 
@@ -743,8 +743,8 @@ def deploy_sample(c, branch="master"):
 
 
 def deploy_one(target, branch: str = "master") -> None:
-    from . import build, deploy as deploying, install, push, state  # the sandbox's own runbook
-    from .session import optional_lock, session
+    from tasks import build, deploy as deploying, install, push, state  # the sandbox's own runbook
+    from tasks.session import optional_lock, session
     branch = build.check_branch(branch)
     with session(target, etcd=False, changes=True) as s:
         optional_lock(s, f"sandbox.deploy {branch}")
