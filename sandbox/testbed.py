@@ -31,6 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -229,7 +230,7 @@ def registry_credentials() -> tuple:
 
 # ---------------------------------------------------------------- containers
 
-def container_state(name: str) -> dict:
+def container_state(name: str) -> Optional[dict]:
     proc = docker("container", "inspect", name, check=False)
     if proc.returncode != 0:
         return None
@@ -359,9 +360,9 @@ def configure_build(node: Node) -> None:
         inside(node.name, NGINX_RECIPE + f"docker build -q --label air.sandbox.recipe={nginx_recipe} "
                                          f"-t {NGINX_IMAGE} /tmp/air-nginx >/dev/null && rm -rf /tmp/air-nginx")
     repositories = [(REPOSITORY, APP_DIR, "master"), (WEBSITE_REPOSITORY, WEBSITE_DIR, WEBSITE_BRANCH)]
-    have = inside(node.name, "; ".join(f"cat {path}/{RECIPE_FILE} 2>/dev/null || echo none"
+    made = inside(node.name, "; ".join(f"cat {path}/{RECIPE_FILE} 2>/dev/null || echo none"
                                        for path, _, _ in repositories)).split()
-    for (path, directory, branch), made_from in zip(repositories, have):
+    for (path, directory, branch), made_from in zip(repositories, made):
         recipe = _content_hash(directory)
         if made_from == recipe:
             continue
@@ -410,7 +411,7 @@ def _tar_of(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def host_key(node: Node) -> str:
+def host_key(node: Node) -> list:
     return inside(node.name, f"cat {HOST_KEY}").split()[:2]
 
 
@@ -534,7 +535,7 @@ def _bring_up(machines: int, spares: int) -> dict:
             docker("rm", "-f", "-v", name)
             docker("volume", "rm", "-f", f"{name}-docker", check=False)
 
-    fresh = []
+    fresh: list = []
     for node in nodes:
         info = container_state(node.name)
         same = info and info["Config"]["Image"] == image and \

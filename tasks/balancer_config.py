@@ -113,7 +113,8 @@ def routers_file(cluster, machines, drained=()) -> str:
 
 def servers_in(text: str) -> tuple:
     """(machines in rotation, machines listed but disabled) of a routers file, in its order."""
-    enabled, disabled = {}, {}
+    enabled: dict = {}
+    disabled: dict = {}
     for match in _SERVER.finditer(text or ""):
         (disabled if " disabled" in match.group(0).split("#")[0] else enabled)[match.group(1)] = True
     return list(enabled), [m for m in disabled if m not in enabled]

@@ -31,7 +31,7 @@ from docker.utils.build import PatternMatcher
 
 from . import docker_api, version
 from .cli import air_task, build_host, cluster_of
-from .cluster import relative_to, valid_branch
+from .cluster import Component, relative_to, valid_branch
 from .errors import ConfigError, DeadlineError, RemoteError
 from .remote import q, say, tail
 from .session import optional_lock, session
@@ -115,7 +115,7 @@ def checkouts(cluster, branches: Branches, components=None) -> list:
 @dataclass(frozen=True)
 class Job:
     """One component's build: the checkout it is built from, and the values its build arguments may name."""
-    component: object
+    component: Component
     checkout: str   # its path on the build server
     values: dict    # version, commit, branch, cluster, component
     cache: bool = True
@@ -256,8 +256,9 @@ def build_context(context: bytes, component) -> bytes:
         ignore = ignore_file_of(component, members)
         if ignore is None:
             return context
-        text = tar.extractfile(members[ignore]).read().decode("utf-8", "replace")
-    return filter_context(context, ignore_patterns(text), relative_to(component.source, component.dockerfile))
+        text = tar.extractfile(members[ignore]).read().decode("utf-8", "replace")  # type: ignore[union-attr]
+    return filter_context(context, ignore_patterns(text),
+                          relative_to(component.source, component.dockerfile) or component.dockerfile)
 
 
 def step_of(line: str) -> str:
@@ -332,7 +333,8 @@ def build_component(api, ex, host, job: Job) -> str:
     context = build_context(ex.read_bytes(host, context_command(job.checkout, component.source),
                                           what=f"read the build context of {component.name}"), component)
     options = build_options(cluster, job)
-    log, step, image_id = [], None, None
+    log: list = []
+    step, image_id = None, None
 
     def failed(error: str) -> RemoteError:
         for line in log[-BUILD_LOG_LINES:]:

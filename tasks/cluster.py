@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import yaml
 
@@ -26,7 +26,8 @@ CLUSTERS_DIR = Path(os.environ.get("AIR_CLUSTERS_DIR", PROJECT_ROOT / "clusters"
 CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COMPONENT_NAME = CLUSTER_NAME
 DOCKER_NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
-HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+-]*$")
 UNIT_NAME = re.compile(r"^[A-Za-z0-9@._:-]+\.(service|timer|socket|path|mount)$")
@@ -257,7 +258,7 @@ class Component:
     port: int
     health: str
     source: str                        # build context, relative to the checkout ("." is its root)
-    dockerfile: str = None             # relative to the checkout, inside source
+    dockerfile: str = ""               # relative to the checkout, inside source; "": <source>/Dockerfile
     ignore: Optional[str] = None       # relative to the checkout, inside source; None: the default lookup
     args: tuple = ()                   # ((NAME, value template), ...), in file order
     target: Optional[str] = None
@@ -270,7 +271,7 @@ class Component:
     proxy: Optional[Proxy] = None
 
     def __post_init__(self):
-        if self.dockerfile is None:
+        if not self.dockerfile:
             object.__setattr__(self, "dockerfile", in_folder(self.source, "Dockerfile"))
 
 
@@ -382,7 +383,7 @@ def valid_branch(branch) -> bool:
         and not branch.endswith(("/", ".", ".lock")) and "/." not in branch
 
 
-def _fail(file, where, expected, got):
+def _fail(file, where, expected, got) -> NoReturn:
     raise ConfigError(f"{file}: {where}: expected {expected}, got {got!r}")
 
 
@@ -504,7 +505,7 @@ def _validate(section: Section, data, where, file, base_dir, cluster) -> dict:
         prefix = f"{where}." if where else ""
         raise ConfigError(f"{file}: {prefix}{unknown[0]}: unknown field "
                           f"(expected one of: {', '.join(section.fields)})")
-    result = {}
+    result: dict = {}
     for key, spec in section.fields.items():
         path = f"{where}.{key}" if where else key
         present = key in data and data[key] is not None

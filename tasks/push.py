@@ -59,7 +59,10 @@ def published_release(ex) -> Release:
         if newest is None:
             raise PreflightError(f"no pushed version of {repository} in {cluster.registry.address}: "
                                  f"build and push first")
-        images.append(Image(component, str(newest), registry.config_digest(repository, str(newest))))
+        digest = registry.config_digest(repository, str(newest))
+        if digest is None:  # the tag went between the two reads
+            raise PreflightError(f"{repository}:{newest} vanished from {cluster.registry.address} while being read")
+        images.append(Image(component, str(newest), digest))
     return Release(tuple(images))
 
 

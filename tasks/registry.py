@@ -96,7 +96,8 @@ class RegistryClient:
 
     def tags(self, repository: str) -> list:
         """All tags of ``repository`` (e.g. ``aircloak/prod_air``); [] if the registry does not know it."""
-        tags, url, seen = [], f"/v2/{repository}/tags/list?n={PAGE_SIZE}", set()
+        tags: list = []
+        url, seen = f"/v2/{repository}/tags/list?n={PAGE_SIZE}", set()
         while url and url not in seen:
             seen.add(url)
             response = self._get(url, scope=_pull(repository), missing_ok=True)

@@ -205,11 +205,7 @@ class Executor:
         limit = self.cluster.timeouts.alive
         while not self._closed.wait(KEEPALIVE_EVERY) and transport.is_active():
             answered = threading.Event()
-
-            def ask():
-                transport.global_request("keepalive@openssh.com", wait=True)
-                answered.set()
-            threading.Thread(target=ask, daemon=True).start()
+            threading.Thread(target=_ask_keepalive, args=(transport, answered), daemon=True).start()
             if not answered.wait(limit) and transport.is_active() and not self._closed.is_set():
                 self._gone[host] = f"no answer over SSH for {limit} s (hung or gone)"
                 transport.close()
@@ -401,6 +397,11 @@ class Executor:
 
     def parallel(self, work: Callable, items: Iterable, *, describe: Callable = str) -> list:
         return parallel(work, items, describe=describe)
+
+
+def _ask_keepalive(transport, answered: threading.Event) -> None:
+    transport.global_request("keepalive@openssh.com", wait=True)
+    answered.set()
 
 
 def _pipe(source, sink) -> None:

@@ -280,7 +280,8 @@ class Running:
             try:
                 line = self._queue.get(timeout=max(0.05, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no line {prefix!r} within {within} s; so far:\n" + "\n".join(self.lines))
+                raise AssertionError(f"no line {prefix!r} within {within} s; so far:\n"
+                                     + "\n".join(self.lines)) from None
             if line.startswith(prefix):
                 return line
 
