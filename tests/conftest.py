@@ -28,7 +28,7 @@ def _layout():
     AIR_SANDBOX_SUBNET): no test writes an address of its own."""
     from sandbox import testbed as sb
     nodes = sb.layout(MACHINES, SPARES)
-    role = lambda r: [n.address for n in nodes if n.role == r]
+    role = lambda r: [n.address for n in nodes if n.role == r and n.cluster == "local"]
     user_data = {n.address: n.user_data for n in nodes if n.is_machine}
     return role("machine"), role("spare"), role("balancer")[0], role("build")[0], user_data
 
