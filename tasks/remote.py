@@ -100,7 +100,9 @@ def staged_commands(files, staging: Optional[str], suffix: str) -> Staged:
     moves = " && ".join(f"install -m {mode:o} {q(f'{staging}/{i}')} {q(path + suffix)} && "
                         f"mv -f {q(path + suffix)} {q(path)}" for i, (path, _, mode) in enumerate(files))
     cleanup = f"rm -rf {q(staging)}"
-    return Staged(f"if mkdir -p {folders} && {moves}; then {cleanup}; else {cleanup}; false; fi", cleanup)
+    # umask 077 while installing: a file being written is never readable by others, whatever its final mode.
+    return Staged(f"if mkdir -p {folders} && umask 077 && {moves}; then {cleanup}; else {cleanup}; false; fi",
+                  cleanup)
 
 
 class Executor:

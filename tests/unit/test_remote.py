@@ -95,3 +95,15 @@ def test_parallel_raises_a_halt_as_itself_with_the_others_failures():
         parallel(work, ["10.0.0.0", "10.0.0.1", "10.0.0.2"])
     assert str(halted.value) == "/air/c/lock: the key is gone; 10.0.0.2: pull failed"
     assert parallel(lambda n: n * 2, [1, 2, 3]) == [2, 4, 6]
+
+
+def test_a_file_being_installed_from_staging_is_never_readable_by_others(tmp_path):
+    """The install runs under umask 077, so `install` creates the file 0600 before giving it its mode."""
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "0").write_bytes(b"x" * (1 << 20))
+    swap = staged_commands([(str(tmp_path / "etc/config"), "", 0o644)], str(folder), ".new-1").swap
+    assert "umask 077 && install -m 644" in swap
+    assert sh(f"{swap} && umask", tmp_path).stdout.strip() == "0077"
+    assert oct((tmp_path / "etc/config").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "etc").stat().st_mode & 0o777) == oct(0o755)  # folders keep the usual mode
