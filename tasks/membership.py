@@ -52,10 +52,11 @@ def _member(client, address):
 
 
 def _probe(ex, address) -> tuple:
-    """(answers SSH, runs etcd) for one machine."""
+    """(answers SSH, runs etcd, has Air units installed) for one machine."""
     if ex.reachable(address):
-        return False, False
-    return True, machine.facts(ex, address).get("etcd_active") == "active"
+        return False, False, False
+    facts = machine.facts(ex, address)
+    return True, facts.get("etcd_active") == "active", facts.get("air_units", "0") not in ("", "0")
 
 
 def _check_via(client, cluster, via):
@@ -151,18 +152,18 @@ def remove(s, via: str, old: str, force: bool = False) -> None:
     addresses = [state.member_address(m) for m in client.members()]
     voters = [state.member_address(m) for m in client.members() if not m.learner]
     probes = dict(zip(addresses, ex.parallel(lambda a: _probe(ex, a), addresses)))
-    alive = {a for a, (_, etcd_up) in probes.items() if etcd_up}
+    alive = {a for a, (_, etcd_up, _) in probes.items() if etcd_up}
     # Learners do not vote: removing one never costs quorum, and they count for none.
     problem = None if member.learner else removal_problem(voters, alive, old)
     if problem and not force:
         raise PreflightError(f"refusing to remove {old}: {problem}. Nothing was changed "
                              f"(--force removes it anyway)")
     balancer.Routers(ex).remove(old)
-    answers = probes[old][0]
-    if answers:
+    answers, runs_etcd, installed = probes[old]
+    if installed:  # a learner left by a failed add may have none
         say(f"remove-machine: stopping the Air units on {old}")
         machine.stop(ex, old)
-    if probes[old][1] and not member.learner:
+    if runs_etcd and not member.learner:
         hand_over_leadership(s, old, via)
     ex.check(f"removing {old} from etcd")
     client.remove_member(member.id)

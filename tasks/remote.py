@@ -133,8 +133,12 @@ class Executor:
         self._closed.set()
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
-        for conn in conns:
-            conn.close()
+        # Newest first: a connection through the jump host closes before the jump host's own.
+        for conn in reversed(conns):
+            try:
+                conn.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # gone already: nothing is left to close
 
     def _settings(self) -> dict:
         known_hosts, key = self.cluster.ssh.known_hosts, self.cluster.ssh.key

@@ -54,6 +54,11 @@ def fab(*args, env=None, input=None, check=True, timeout=600):
     return proc
 
 
+def routed_in(line: str) -> list:
+    """The machines a `balancer: routes to A, B (drained C)` progress line names as routed to."""
+    return line.split("routes to", 1)[1].split("(")[0].replace(",", " ").split()
+
+
 def error_line(proc) -> str:
     """A `fab` run that failed the way the command line promises: non-zero, no traceback, and
     exactly one `error:` line, its last (progress lines may precede it). Returns that line."""

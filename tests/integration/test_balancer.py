@@ -16,12 +16,12 @@ from dataclasses import replace
 
 import pytest
 
-from tasks import balancer, balancer_config, remote
+from tasks import balancer, balancer_config
 from tasks import cluster as cluster_config
 from sandbox import testbed as sb
 
-from conftest import fab, on, serving
-from integration.test_deploy import Probe
+from conftest import Probe, fab, on, serving
+from tasks.remote import Executor
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,45 @@ def clusters(sandbox, installed):
 def balancer_files(cluster) -> dict:
     """path -> bytes of the cluster's own files on the balancer host, and its haproxy processes."""
     paths = [balancer_config.unit_path(cluster), cluster.balancer.config, cluster.balancer.routers_file]
-    with remote.connect(cluster, cluster.balancer.host) as conn:
-        files = {p: remote.read_file(conn, p) for p in paths}
+    host = cluster.balancer.host
+    with Executor(cluster) as ex:
+        files = {p: ex.read_file(host, p) for p in paths}
         unit = balancer_config.unit_name(cluster)
-        main = remote.run(conn, f"systemctl show -p MainPID --value {unit}").stdout.strip()
-        files["processes"] = main + " " + remote.run(conn, f"pgrep -P {main} | sort", check=False).stdout.strip()
+        main = ex.run(host, f"systemctl show -p MainPID --value {unit}").stdout.strip()
+        files["processes"] = main + " " + ex.run(host, f"pgrep -P {main} | sort", check=False).stdout.strip()
     return files
+
+
+# The balancer's operations, each on an executor of its own (as a task has one).
+
+def set_machines(cluster, machines) -> list:
+    with Executor(cluster) as ex:
+        return balancer.Routers(ex).set(machines)
+
+
+def add(cluster, machine) -> list:
+    with Executor(cluster) as ex:
+        return balancer.Routers(ex).add(machine)
+
+
+def remove(cluster, machine) -> list:
+    with Executor(cluster) as ex:
+        return balancer.Routers(ex).remove(machine)
+
+
+def listed(cluster) -> list:
+    with Executor(cluster) as ex:
+        return balancer.Routers(ex).listed()
+
+
+def servers(cluster) -> list:
+    with Executor(cluster) as ex:
+        return balancer.Routers(ex).servers()
+
+
+def setup(cluster) -> list:
+    with Executor(cluster) as ex:
+        return setup(ex)
 
 
 def request(cluster, path, https=False, timeout=10):
@@ -65,7 +98,7 @@ def request(cluster, path, https=False, timeout=10):
 def status_of(cluster, machine) -> set:
     """haproxy's status of the machine's servers, without the check counter ("UP 1/2" is UP, going
     down or just readied)."""
-    return {s.status.split()[0] for s in balancer.servers(cluster) if s.machine == machine}
+    return {s.status.split()[0] for s in servers(cluster) if s.machine == machine}
 
 
 # ---------------------------------------------------------------- setup
@@ -89,13 +122,13 @@ def test_a_changed_configuration_of_one_cluster_reloads_it_alone(clusters):
     changed = replace(local2, balancer=replace(local2.balancer, tunnel=1800))
     try:
         with Probe(local.balancer.host, local.balancer.http_port) as probe:
-            assert balancer.setup(changed) == [local2.balancer.config]
+            assert setup(changed) == [local2.balancer.config]
             time.sleep(1)
         assert "    timeout tunnel 1800s\n" in balancer_files(local2)[local2.balancer.config]
         main, workers = balancer_files(local2)["processes"].split(" ", 1)
         assert main == before["processes"].split(" ", 1)[0] and workers != before["processes"].split(" ", 1)[1]
     finally:
-        balancer.setup(local2)
+        setup(local2)
     assert probe.failed == 0 and probe.sent > 5, probe.report("local")
     assert balancer_files(local) == other
     assert balancer_files(local2)[local2.balancer.config] == before[local2.balancer.config]
@@ -183,7 +216,8 @@ def test_a_long_request_to_a_drained_machine_finishes_before_it_leaves(clusters)
     assert slow.started_on.wait(10) and slow.machine in local.machines, (slow.lines, slow.error)
     others = [m for m in local.machines if m != slow.machine]
     try:
-        with balancer.Routers(local) as routers:
+        with Executor(local) as ex:
+            routers = balancer.Routers(ex)
             routers.set(others)  # drain: returns once the slow request ended
             drained = time.monotonic()
             assert status_of(local, slow.machine) == {"MAINT"}
@@ -191,9 +225,9 @@ def test_a_long_request_to_a_drained_machine_finishes_before_it_leaves(clusters)
             assert slow.ended <= drained
             routers.set(list(local.machines))
     finally:
-        balancer.set_machines(local, list(local.machines))
+        set_machines(local, list(local.machines))
     assert status_of(local, slow.machine) == {"UP"}
-    assert sorted(balancer.listed(local)) == sorted(local.machines)
+    assert sorted(listed(local)) == sorted(local.machines)
 
 
 def test_the_drain_timeout_bounds_the_wait_and_cuts_nothing(clusters, capfd):
@@ -203,7 +237,7 @@ def test_the_drain_timeout_bounds_the_wait_and_cuts_nothing(clusters, capfd):
     slow.start()
     assert slow.started_on.wait(10) and slow.machine in local.machines, (slow.lines, slow.error)
     try:
-        balancer.remove(hasty, slow.machine)
+        remove(hasty, slow.machine)
         gone = time.monotonic()
         assert slow.ended is None, "the drain waited for the request beyond its timeout"
         assert status_of(local, slow.machine) == {"MAINT"}
@@ -211,22 +245,22 @@ def test_the_drain_timeout_bounds_the_wait_and_cuts_nothing(clusters, capfd):
         assert slow.complete, (slow.lines, slow.error)  # maintenance cuts no established connection
         assert slow.ended > gone
     finally:
-        balancer.add(local, slow.machine)
+        add(local, slow.machine)
     assert "still open after 2 s" in capfd.readouterr().err
-    assert sorted(balancer.listed(local)) == sorted(local.machines)
+    assert sorted(listed(local)) == sorted(local.machines)
 
 
 def test_a_restart_of_haproxy_keeps_a_drained_machine_out(clusters):
     local = clusters["local"]
     machine = local.machines[0]
     try:
-        balancer.set_machines(local, list(local.machines[1:]))
+        set_machines(local, list(local.machines[1:]))
         on(local, local.balancer.host, f"systemctl restart {balancer_config.unit_name(local)}")
         assert status_of(local, machine) == {"MAINT"}
         answered = {json.loads(request(local, "/version")[1])["machine"] for _ in range(12)}
         assert machine not in answered and answered
     finally:
-        balancer.set_machines(local, list(local.machines))
+        set_machines(local, list(local.machines))
     assert status_of(local, machine) == {"UP"}
 
 

@@ -23,7 +23,7 @@ from tasks import machine, state
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, serving
+from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, routed_in, serving
 
 CHANGED = "static_website"   # the component a normal change touches
 BROKEN = "air_frontend"      # the component a broken release breaks
@@ -227,7 +227,7 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             if line.startswith("balancer: routes to"):
                 break
-        routed_to = line.split("to", 1)[1].replace(",", " ").split()
+        routed_to = routed_in(line)
         upgrading = next(m for m in machines if m not in routed_to)
         with Executor(local_serving) as ex:
             while machine.release_facts(ex, upgrading)["release"] == before["id"]:

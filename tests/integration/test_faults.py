@@ -20,7 +20,7 @@ from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, error_line, etcd_of, fab, listed, on,
-                      serving)
+                      routed_in, serving)
 
 PORT = 80
 
@@ -155,7 +155,7 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         running = Running("deploy", "--cluster", "local")
         line = running.wait_for("balancer: routes to")
-        in_hand = next(m for m in cluster.machines if m not in line)
+        in_hand = next(m for m in cluster.machines if m not in routed_in(line))
         running.proc.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
         finished = running.finish()

@@ -19,7 +19,7 @@ from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, Probe, Running, USER_DATA, error_line, fab,
-                      get_version, on, serving)
+                      get_version, on, routed_in, serving)
 
 OS_UPDATES = "update-engine.service locksmithd.service"
 
@@ -91,7 +91,7 @@ def test_os_updates_are_paused_during_an_upgrade_and_put_back_after(local_servin
     sb.commit_change("router")
     running = Running("deploy", "--cluster", "local")
     line = running.wait_for("balancer: routes to")
-    in_hand = next(m for m in cluster.machines if m not in line)
+    in_hand = next(m for m in cluster.machines if m not in routed_in(line))
     during = on(cluster, in_hand, f"systemctl is-active {OS_UPDATES}", check=False).stdout.split()
     finished = running.finish()
     assert finished.returncode == 0, finished.stderr
