@@ -28,7 +28,8 @@ from tasks.remote import Executor
 def clusters(sandbox, installed):
     """Both sandbox clusters installed and serving: `local` (the `installed` fixture) and `local2`."""
     local2 = cluster_config.load("local2")
-    if not serving(local2):
+    if not serving(local2):  # installed afresh when an earlier run left it otherwise
+        sb.reset_machines(list(local2.machines))
         sb.deploy_one(local2)
     assert serving(local2)
     return {"local": installed, "local2": local2}

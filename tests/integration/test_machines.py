@@ -18,8 +18,8 @@ import cloudconfig
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, Probe, Running, USER_DATA, error_line, fab,
-                      get_version, on, routed_in, serving)
+from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, Running, USER_DATA,
+                      error_line, fab, get_version, on, routed_in, serving)
 
 OS_UPDATES = "update-engine.service locksmithd.service"
 
@@ -116,7 +116,7 @@ def test_os_updates_are_put_back_after_a_failed_upgrade_too(local_serving):
 def test_an_addition_that_would_replace_the_administrators_unit_is_refused_before_anything(
         local_serving, tmp_path):
     cluster = local_serving
-    spare = sb.layout(3, 2)[-2].address
+    spare = SPARE_ADDRESSES[1]
     sb.reset_machines([spare])
     text = (sb.ROOT / "clusters" / "local.yaml").read_text().replace(
         "include: ../.sandbox/cluster.yaml", f"include: {sb.STATE / 'cluster.yaml'}")
