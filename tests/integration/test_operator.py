@@ -1,0 +1,304 @@
+"""The operator's everyday tools on the sandbox: status, logs, exec, a canary deploy, health rules.
+
+Each test starts from the installed cluster serving and leaves it serving
+(the drift test repairs what it broke with the fixes status printed; the
+canary test ends with every machine on one release and no candidate).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from cloudconfig.units import container_name, unit_name
+from tasks import balancer, machine, state
+from tasks import sandbox as sb
+from tasks.cluster import Component
+from tasks.errors import HealthError
+from tasks.remote import Executor, q
+
+from conftest import ROOT, Probe, etcd_of, fab, get_version, on, on_each, serving
+
+CHANGED = "static_website"  # the component a change touches
+
+
+def wait_serving(cluster, within=90) -> bool:
+    deadline = time.monotonic() + within
+    while not serving(cluster):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(2)
+    return True
+
+
+@pytest.fixture
+def local_serving(installed):
+    assert wait_serving(installed, 60), "the cluster is not serving at the start of the test"
+    return installed
+
+
+def recorded(cluster):
+    with etcd_of(cluster) as client:
+        return state.read_release(client, cluster)[1], state.read_candidate(client, cluster)[1], \
+            state.history(client, cluster)
+
+
+def machine_releases(cluster) -> dict:
+    with Executor(cluster) as ex:
+        return dict(zip(cluster.machines, ex.parallel(lambda a: machine.release_facts(ex, a)["release"],
+                                                      cluster.machines)))
+
+
+def status(*args):
+    return fab("status", "--cluster", "local", *args, check=False)
+
+
+# ---------------------------------------------------------------- status
+
+def test_status_of_a_serving_cluster_says_every_field_and_exits_0(local_serving, figures):
+    cluster = local_serving
+    current, _, _ = recorded(cluster)
+    started = time.monotonic()
+    proc = status()
+    figures(f"fab status (whole command, healthy cluster): {time.monotonic() - started:.2f} s")
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    for address in cluster.machines:
+        row = next(line for line in lines if line.startswith(address) and "(recorded)" in line)
+        assert row.split()[1:2] == ["ok"] and " in " in row and current["id"] in row
+        units = next(line for line in lines if line.startswith(address) and "active" in line)
+        assert units.count("active") == len(cluster.components)
+    assert f"release:   {current['id']}" in proc.stdout
+    assert "candidate: none" in proc.stdout and "lock:      free" in proc.stdout
+    assert "warning" not in proc.stdout and "all as recorded" in lines[-1]
+
+    proc = status("--json")
+    assert proc.returncode == 0
+    view = json.loads(proc.stdout)
+    figures(f"status read (machines, etcd, balancer side by side): {view['seconds']:.2f} s")
+    assert view["ok"] is True and view["warnings"] == []
+    assert view["release"]["id"] == current["id"] and view["candidate"] is None and view["lock"] is None
+    assert sorted(m["address"] for m in view["machines"]) == sorted(cluster.machines)
+    roles = [m["etcd"]["role"] for m in view["machines"]]
+    assert sorted(roles) == ["follower", "follower", "leader"]
+    assert view["etcd"]["leader"] in cluster.machines
+    versions = {c: v["version"] for c, v in current["components"].items()}
+    for m in view["machines"]:
+        assert m["reachable"] and m["balancer"] and m["etcd"]["healthy"]
+        assert m["release"] == current["id"]
+        assert {c: u["version"] for c, u in m["units"].items()} == versions
+        assert {u["state"] for u in m["units"].values()} == {"active"}
+        assert all(isinstance(u["uptime"], int) and u["uptime"] >= 0 for u in m["units"].values())
+        assert m["images"]["size"].endswith("B")
+
+
+def test_status_names_each_drift_with_its_fix_and_exits_1(local_serving):
+    cluster = local_serving
+    out_of_balancer, stopped = cluster.machines[0], cluster.machines[1]
+    fab("balancer.remove", "--cluster", "local", "--machine", out_of_balancer)
+    on(cluster, stopped, f"systemctl stop {unit_name(CHANGED)}")
+    try:
+        proc = status()
+        print(proc.stdout)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
+        fix_a = f"`fab upgrade-machine --cluster local --machine {out_of_balancer}`"
+        fix_b = f"`fab upgrade-machine --cluster local --machine {stopped}`"
+        assert any(f"{out_of_balancer} is out of the balancer" in w and fix_a in w for w in warnings), warnings
+        assert any(f"on {stopped}: {CHANGED} is inactive" in w and fix_b in w for w in warnings), warnings
+        assert len(warnings) == 2, warnings
+
+        proc = status("--json")
+        assert proc.returncode == 1
+        view = json.loads(proc.stdout)
+        assert view["ok"] is False
+        assert sorted((w["machine"], w["fix"]) for w in view["warnings"]) == sorted(
+            [(out_of_balancer, fix_a + " (health check, then back in)"), (stopped, fix_b)])
+        by_address = {m["address"]: m for m in view["machines"]}
+        assert by_address[out_of_balancer]["balancer"] is False
+        assert by_address[stopped]["units"][CHANGED]["state"] == "inactive"
+    finally:
+        # The fixes status printed, run as an operator would.
+        fab("upgrade-machine", "--cluster", "local", "--machine", out_of_balancer)
+        fab("upgrade-machine", "--cluster", "local", "--machine", stopped)
+    assert status().returncode == 0
+    assert serving(cluster)
+
+
+# ---------------------------------------------------------------- logs and exec
+
+def test_logs_merge_every_machine_in_time_order(local_serving):
+    cluster = local_serving
+    proc = fab("logs", "--cluster", "local", "--component", "router", "--lines", "5")
+    lines = proc.stdout.splitlines()
+    assert {line.split()[0] for line in lines} == set(cluster.machines), proc.stdout
+    stamps = [line.split()[1] for line in lines]
+    assert stamps == sorted(stamps)
+    assert all(sum(line.startswith(m) for line in lines) <= 5 for m in cluster.machines)
+
+    entries = [json.loads(line) for line in
+               fab("logs", "--cluster", "local", "--component", "router", "--json").stdout.splitlines()]
+    assert {e["machine"] for e in entries} == set(cluster.machines)
+    assert any(f"Started {unit_name('router')}" in e["message"] for e in entries)
+
+    one = cluster.machines[1]
+    only = fab("logs", "--cluster", "local", "--component", "router", "--machine", one).stdout.splitlines()
+    assert only and {line.split()[0] for line in only} == {one}
+
+
+def test_logs_follow_streams_new_entries_and_stops_cleanly_on_ctrl_c(local_serving):
+    cluster = local_serving
+    target = cluster.machines[2]
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", "logs", "--cluster", "local", "--component", CHANGED,
+                             "--lines", "1", "--follow"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ))
+    try:
+        time.sleep(3)  # the backlog is printed and the streams are open
+        on(cluster, target, f"systemctl restart {unit_name(CHANGED)}")
+        time.sleep(3)
+        following = on_each(cluster, "pgrep -f '[j]ournalctl -u' | wc -l")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(out)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert all(int(n) >= 1 for n in following.values()), following
+    new = [line for line in out.splitlines() if line.startswith(target) and f"Started {unit_name(CHANGED)}" in line]
+    assert new, f"the restart on {target} was not streamed:\n{out}"
+    time.sleep(1)
+    left = on_each(cluster, "pgrep -f '[j]ournalctl -u' | wc -l")
+    assert all(int(n) == 0 for n in left.values()), f"journalctl left running: {left}"
+
+
+def test_exec_gives_the_commands_output_and_exit_status(local_serving):
+    cluster = local_serving
+    address = cluster.machines[0]
+    proc = fab("exec", "--cluster", "local", "--component", "air_backend", "--machine", address,
+               "--command", "echo $AIR_COMPONENT $AIR_MACHINE; cat /air/state/release; echo oops >&2; exit 7",
+               check=False)
+    current, _, _ = recorded(cluster)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout.split() == ["air_backend", address, current["id"]]
+    assert "oops" in proc.stderr
+    ok = fab("exec", "--cluster", "local", "--component", "router", "--machine", address, "--command", "true",
+             check=False)
+    assert ok.returncode == 0 and ok.stdout == ""
+
+
+# ---------------------------------------------------------------- canary
+
+def answers_from_both(sandbox, releases, tries=60) -> dict:
+    seen: dict = {}
+    for _ in range(tries):
+        answer = get_version(sandbox["balancer"]["address"], sandbox["balancer"]["port"])
+        seen[answer["release"]] = seen.get(answer["release"], 0) + 1
+        if set(seen) >= set(releases):
+            break
+    return seen
+
+
+def test_canary_then_continue_then_a_rolled_back_canary(sandbox, local_serving):
+    cluster = local_serving
+    canary = cluster.machines[2]
+    others = [m for m in cluster.machines if m != canary]
+    before, _, _ = recorded(cluster)
+    sb.commit_change(CHANGED)
+    with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
+        proc = fab("deploy", "--cluster", "local", "--canary", canary)
+        candidate = proc.stdout.split()[-1]
+        seen = answers_from_both(sandbox, {before["id"], candidate})
+    print("\n" + probe.report("deploy --canary"))
+    assert probe.failed == 0, probe.errors
+    assert candidate != before["id"]
+    assert machine_releases(cluster) == {**{m: before["id"] for m in others}, canary: candidate}
+    assert set(seen) == {before["id"], candidate}, seen
+    current, recorded_candidate, _ = recorded(cluster)
+    assert current["id"] == before["id"]
+    assert recorded_candidate["id"] == candidate and recorded_candidate["machines"] == [canary]
+
+    shown = status()
+    assert shown.returncode == 0, shown.stdout
+    assert f"candidate: {candidate} on {canary}" in shown.stdout
+    assert any(line.startswith(canary) and f"{candidate} (candidate)" in line for line in shown.stdout.splitlines())
+    listing = fab("releases", "--cluster", "local").stdout.splitlines()
+    assert listing[-1].startswith("c ") and candidate in listing[-1] and f"candidate on {canary}" in listing[-1]
+
+    # A plain deploy continues the canary to the other machines.
+    with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
+        proc = fab("deploy", "--cluster", "local")
+    print(probe.report("deploy (continue)"))
+    assert probe.failed == 0, probe.errors
+    assert "continuing the canary" in proc.stderr and f"{canary} already runs {candidate}" in proc.stderr
+    assert machine_releases(cluster) == {m: candidate for m in cluster.machines}
+    current, recorded_candidate, history = recorded(cluster)
+    assert current["id"] == candidate and recorded_candidate is None
+    assert (history[-1]["id"], history[-1]["outcome"], history[-1]["canary"]) == (candidate, "succeeded", [canary])
+
+    # Another canary, rolled back: the machine is back on the cluster's release.
+    sb.commit_change(CHANGED)
+    with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
+        second = fab("deploy", "--cluster", "local", "--canary", canary).stdout.split()[-1]
+        assert machine_releases(cluster)[canary] == second
+        fab("rollback", "--cluster", "local")
+    print(probe.report("deploy --canary, then rollback"))
+    assert probe.failed == 0, probe.errors
+    assert machine_releases(cluster) == {m: candidate for m in cluster.machines}
+    current, recorded_candidate, history = recorded(cluster)
+    assert current["id"] == candidate and recorded_candidate is None
+    assert (history[-1]["id"], history[-1]["outcome"]) == (second, f"rolled back: canary on {canary}")
+    assert status().returncode == 0
+
+
+# ---------------------------------------------------------------- health rules
+
+@pytest.fixture
+def forbidding(local_serving):
+    """(machine, port): a listener answering 403 to everything, inside the router's container on the
+    first machine (the real router's answer on `/`), for as long as the test runs."""
+    cluster = local_serving
+    address, port = cluster.machines[0], 18403
+    reply = "printf 'HTTP/1.0 403 Forbidden\\r\\nContent-Length: 9\\r\\n\\r\\nForbidden'"
+    inner = f"nc -ll -p {port} -e sh -c {q(reply)} >/dev/null 2>&1 & echo $!"
+    pid = on(cluster, address, f"docker exec {container_name('router')} sh -c {q(inner)}").stdout.strip()
+    assert pid.isdigit()
+    time.sleep(0.5)
+    yield address, port
+    on(cluster, address, f"docker exec {container_name('router')} kill {pid}", check=False)
+
+
+def health_of(cluster, address, *components):
+    """None when the machine passes the health rules of ``components``, else the HealthError's message."""
+    with Executor(replace(cluster, components=components)) as ex:
+        try:
+            machine.wait_healthy(ex, address, timeout=3)
+            return None
+        except HealthError as e:
+            return str(e)
+
+
+def test_a_health_rule_expecting_403_passes_on_403_and_fails_on_200(local_serving, forbidding):
+    cluster = local_serving
+    address, port = forbidding
+    guard = Component("guard", port, "/", "components/guard", health_status=403)
+    assert health_of(cluster, address, guard) is None
+    assert health_of(cluster, address, replace(guard, health_body="Forbidden")) is None
+    router = cluster.component("router")
+    # The sample router answers 200 on `/`: a rule expecting 403 fails, naming what it got.
+    failed = health_of(cluster, address, replace(router, health="/", health_status=403))
+    assert failed and "router(expected HTTP 403, got HTTP 200)" in failed
+    failed = health_of(cluster, address, replace(guard, health_status=200))
+    assert failed and "guard(expected HTTP 200, got HTTP 403)" in failed
+    failed = health_of(cluster, address, replace(guard, health_body="Welcome"))
+    assert failed and "guard(expected HTTP 403 with 'Welcome', got HTTP 403)" in failed
+    # TCP only: the port accepts a connection, whatever it says.
+    assert health_of(cluster, address, replace(guard, check="tcp")) is None
+    failed = health_of(cluster, address, replace(guard, port=port + 1, check="tcp"))
+    assert failed and f"guard(no TCP connection on {port + 1})" in failed
