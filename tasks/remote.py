@@ -65,6 +65,15 @@ def deadline_wrapped(command: str, deadline: int, sudo: bool) -> str:
     return f"sudo -n {wrapped}" if sudo else wrapped
 
 
+def stream_wrapped(command: str, sudo: bool) -> str:
+    """``command`` as ``Executor.stream`` sends it: it has no deadline, so it is ended on the host
+    when its standard input ends (our side closed, or the connection gone). A background list
+    gets /dev/null as its input in sh, so the channel's input is kept on descriptor 3. Pure."""
+    guarded = (f"exec 3<&0; {command} </dev/null 3<&- & pid=$!; "
+               "{ cat <&3 >/dev/null; kill $pid; } >/dev/null 2>&1 & wait $pid")
+    return f"{'sudo -n ' if sudo else ''}sh -c {q(guarded)}"
+
+
 class Unreachable(RemoteError):
     """A host that cannot be logged in to; ``reason`` says why in a few words."""
 
@@ -336,9 +345,7 @@ class Executor:
         if tty:
             sent = f"sudo -n sh -c {q(command)}" if conn.air_sudo else command
             return conn.run(sent, pty=True, warn=True).exited
-        guarded = (f"exec 3<&0; {command} </dev/null 3<&- & pid=$!; "
-                   "{ cat <&3 >/dev/null; kill $pid; } >/dev/null 2>&1 & wait $pid")
-        sent = f"{'sudo -n ' if conn.air_sudo else ''}sh -c {q(guarded)}"
+        sent = stream_wrapped(command, conn.air_sudo)
         on_line = on_line or (lambda line: print(line, flush=True))
         try:
             channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from tasks.errors import Interrupted, LostLock, RemoteError
-from tasks.remote import KILL_AFTER, deadline_wrapped, parallel, staged_commands
+from tasks.remote import KILL_AFTER, deadline_wrapped, parallel, staged_commands, stream_wrapped
 
 from .fakes import FakeExecutor, FakeFence
 
@@ -95,3 +95,10 @@ def test_parallel_raises_a_halt_as_itself_with_the_others_failures():
         parallel(work, ["10.0.0.0", "10.0.0.1", "10.0.0.2"])
     assert str(halted.value) == "/air/c/lock: the key is gone; 10.0.0.2: pull failed"
     assert parallel(lambda n: n * 2, [1, 2, 3]) == [2, 4, 6]
+
+
+def test_a_stream_ends_on_the_host_when_its_input_ends():
+    assert stream_wrapped("journalctl -f -u 'a b'", sudo=False) == (
+        "sh -c 'exec 3<&0; journalctl -f -u '\"'\"'a b'\"'\"' </dev/null 3<&- & pid=$!; "
+        "{ cat <&3 >/dev/null; kill $pid; } >/dev/null 2>&1 & wait $pid'")
+    assert stream_wrapped("true", sudo=True).startswith("sudo -n sh -c 'exec 3<&0; true </dev/null")
