@@ -227,12 +227,16 @@ def rollback_canary(s, current: Release, candidate: Release, record: dict, plan_
     print(f"release {current.id} (candidate {candidate.id} rolled back on {', '.join(record['machines'])})")
 
 
-@air_task(name="status", help={"cluster": "target cluster", "via": "member to reach etcd through"})
-def lock_status(c, cluster=None, via=None):
+@air_task(name="status", help={"cluster": "target cluster", "via": "member to reach etcd through",
+                               "json": "print JSON (null when free)"})
+def lock_status(c, cluster=None, via=None, json_=False):
     """Show who holds the cluster's lock."""
     target = cluster_of(cluster)
     with session(target, via=via and check_address(via, "--via")) as s:
         holder = s.etcd.holder(state.lock_key(target))
+    if json_:
+        print(json.dumps(holder))
+        return
     print("free" if holder is None else " ".join(f"{k}={v}" for k, v in holder.items()))
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from cloudconfig.units import container_name, unit_name
+from cloudconfig.units import component_unit, container_name, unit_name
 from tasks import balancer, machine, state
 from tasks import sandbox as sb
 from tasks.cluster import Component
@@ -76,6 +76,7 @@ def test_status_of_a_serving_cluster_says_every_field_and_exits_0(local_serving,
     assert f"release:   {current['id']}" in proc.stdout
     assert "candidate: none" in proc.stdout and "lock:      free" in proc.stdout
     assert "warning" not in proc.stdout and "all as recorded" in lines[-1]
+    assert json.loads(fab("lock.status", "--cluster", "local", "--json").stdout) is None
 
     proc = status("--json")
     assert proc.returncode == 0
@@ -302,3 +303,35 @@ def test_a_health_rule_expecting_403_passes_on_403_and_fails_on_200(local_servin
     assert health_of(cluster, address, replace(guard, check="tcp")) is None
     failed = health_of(cluster, address, replace(guard, port=port + 1, check="tcp"))
     assert failed and f"guard(no TCP connection on {port + 1})" in failed
+
+
+def test_a_components_stop_command_and_signal_reach_its_container(local_serving):
+    """A unit rendered with a stop command and a stop signal, run beside the real ones on one
+    machine (the router's image, another port): stopping it runs the command in the container,
+    then `docker stop` sends the signal, and the unit ends cleanly."""
+    cluster = local_serving
+    address = cluster.machines[0]
+    current, _, _ = recorded(cluster)
+    probe = Component("stoptest", 18500, "/health", "components/router", stop_signal="SIGINT",
+                      stop_command="echo stopped-by-command > /air/data/stop.txt")
+    image_of = replace(cluster, components=(probe,))
+    unit = component_unit(image_of, probe, current["components"]["router"]["version"], address)
+    # The router's image under the probe's name: the unit pulls nothing new.
+    unit = unit.replace(cluster.image_ref("stoptest", current["components"]["router"]["version"]),
+                        cluster.image_ref("router", current["components"]["router"]["version"]))
+    path = f"/etc/systemd/system/{unit_name('stoptest')}"
+    with Executor(cluster) as ex:
+        ex.write_file(address, path, unit)
+    try:
+        on(cluster, address, f"systemctl daemon-reload && systemctl start {unit_name('stoptest')} && "
+                             f"for i in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:18500/health && exit 0; "
+                             f"sleep 0.2; done; exit 1")
+        signal_ = on(cluster, address, f"docker inspect -f '{{{{.Config.StopSignal}}}}' {container_name('stoptest')}")
+        assert signal_.stdout.strip() == "SIGINT"
+        on(cluster, address, f"systemctl stop {unit_name('stoptest')}")
+        after = on(cluster, address, f"cat /var/lib/air/stoptest/stop.txt; "
+                                     f"systemctl show -p Result --value {unit_name('stoptest')}").stdout.split()
+        assert after == ["stopped-by-command", "success"]
+    finally:
+        on(cluster, address, f"systemctl stop {unit_name('stoptest')}; rm -f {path} && systemctl daemon-reload; "
+                             f"rm -rf /var/lib/air/stoptest", check=False)
