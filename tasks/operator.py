@@ -32,7 +32,7 @@ from invoke.exceptions import Exit
 from . import balancer, machine, state
 from .cli import air_task, cluster_of
 from .cluster import check_address
-from .errors import AirError, ConfigError
+from .errors import AirError, ConfigError, RemoteError
 from .remote import q, say
 from .session import session
 
@@ -488,14 +488,24 @@ def logs(c, cluster=None, component=None, machine_=None, lines=50, follow=False,
 
     with session(target, etcd=False) as s:
         def read(address):
-            return parse_journal(s.ex.read(address, journal_command(component, count, since),
-                                           what=f"read the journal of {unit_name(component)}").stdout)
-        found = dict(zip(machines, s.ex.parallel(read, machines)))
+            try:
+                return parse_journal(s.ex.read(address, journal_command(component, count, since),
+                                               what=f"read the journal of {unit_name(component)}").stdout), None
+            except AirError as e:
+                return None, str(e) if str(e).startswith(address) else f"{address}: {e}"
+        results = dict(zip(machines, s.ex.parallel(read, machines)))
+        found = {a: entries for a, (entries, _) in results.items() if entries is not None}
+        missing = [why for _, why in results.values() if why]
         for entry in merged(found):
             emit(*entry)
-        if follow:
+        if follow and found:
+            for why in missing:
+                say(f"logs: not following {why}")
             cursors = {a: entries[-1][2] for a, entries in found.items() if entries}
-            follow_journals(s.ex, machines, component, cursors, emit)
+            follow_journals(s.ex, list(found), component, cursors, emit)
+    if missing:
+        # The machines that answered were shown; the error names the others.
+        raise RemoteError("no journal from " + "; ".join(missing))
 
 
 # ---------------------------------------------------------------- a command in a container

@@ -335,3 +335,71 @@ def test_a_components_stop_command_and_signal_reach_its_container(local_serving)
     finally:
         on(cluster, address, f"systemctl stop {unit_name('stoptest')}; rm -f {path} && systemctl daemon-reload; "
                              f"rm -rf /var/lib/air/stoptest", check=False)
+
+
+def test_exec_on_a_terminal_is_a_console(local_serving):
+    """With a terminal as standard input, exec gives the container's shell that terminal: what is
+    typed runs there, and the shell's exit status becomes ours."""
+    import fcntl
+    import pty
+    import select
+    import termios
+    cluster = local_serving
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", "exec", "--cluster", "local", "--component", "router",
+                             "--machine", cluster.machines[0], "--command",
+                             'echo ready; read line; echo "got $line in $AIR_COMPONENT"; tty; exit 5'],
+                            cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, env=dict(os.environ),
+                            # The terminal is the controlling one of a session of its own, as a login's is.
+                            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    seen = b""
+
+    def read_until(text, within=30):
+        nonlocal seen
+        deadline = time.monotonic() + within
+        while text not in seen:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"no {text!r} within {within} s; so far: {seen!r}")
+            try:
+                seen += os.read(master, 4096)
+            except OSError:  # the other side closed
+                raise AssertionError(f"ended before {text!r}; so far: {seen!r}")
+    try:
+        read_until(b"ready")
+        os.write(master, b"typed on our terminal\n")
+        read_until(b"got typed on our terminal in router")
+        read_until(b"/dev/pts/")
+        assert proc.wait(timeout=30) == 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_a_machine_that_does_not_answer_is_named_by_status_and_logs(sandbox, local_serving):
+    """A hung machine (its container paused: TCP is up, nothing answers): status still shows the
+    others and names it with its fix, exit 1; logs shows the others' journals, then one error line."""
+    cluster = local_serving
+    hung = cluster.machines[2]
+    container = next(m["name"] for m in sandbox["machines"] if m["address"] == hung)
+    sb.docker("pause", container)
+    try:
+        proc = status("--json")
+        assert proc.returncode == 1, proc.stderr
+        view = json.loads(proc.stdout)
+        by_address = {m["address"]: m for m in view["machines"]}
+        assert by_address[hung]["reachable"] is False
+        assert all(by_address[m]["reachable"] for m in cluster.machines[:2])
+        [warning] = [w for w in view["warnings"] if w["machine"] == hung]
+        assert warning["problem"].startswith(f"{hung} cannot be reached")
+        assert f"`fab upgrade-machine --cluster local --machine {hung}`" in warning["fix"]
+        logs = fab("logs", "--cluster", "local", "--component", "router", check=False)
+        assert logs.returncode == 1
+        assert {line.split()[0] for line in logs.stdout.splitlines()} == set(cluster.machines[:2])
+        errors = [line for line in logs.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [line for line in logs.stderr.splitlines()[-1:]] and f"no journal from {hung}" in errors[0]
+    finally:
+        sb.docker("unpause", container)
+    assert wait_serving(cluster, 60)
