@@ -16,6 +16,7 @@ drift rules, the table); the bottom half is the runbooks and the tasks.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import sys
@@ -336,7 +337,6 @@ def read_status(s, via: str = None) -> dict:
 
 
 def _address_key(address: str):
-    import ipaddress
     ip = ipaddress.ip_address(address)
     return (ip.version, int(ip))
 
@@ -433,7 +433,6 @@ def follow_journals(ex, machines, component, cursors: dict, emit) -> None:
     """Stream the unit's new entries from every machine until Ctrl-C (or SIGTERM); each entry is
     ``emit``-ted as it arrives. Closing our channels stops journalctl on the hosts."""
     stop = threading.Event()
-    failures = []
 
     def one(address):
         def line(text):
@@ -444,8 +443,7 @@ def follow_journals(ex, machines, component, cursors: dict, emit) -> None:
             ex.stream(address, journal_command(component, 0, follow=True, after=cursors.get(address)),
                       on_line=line, stop=stop, what=f"follow the journal of {unit_name(component)}")
         except AirError as e:
-            failures.append(str(e))
-            say(f"logs: {address}: stopped following: {e}")
+            say(f"logs: stopped following {address}: {e}")
 
     def handle(signum, frame):
         stop.set()
@@ -529,7 +527,7 @@ def exec_(c, cluster=None, component=None, machine_=None, command=None):
     address = machines_of(target, machine_)[0]
     if not command or not str(command).strip():
         raise ConfigError("--command is required (what to run in the container)")
-    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    tty = sys.stdin.isatty()
     with session(target, etcd=False) as s:
         exited = s.ex.stream(address, exec_command(component, command, tty), tty=tty,
                              what=f"exec in {container_name(component)}")

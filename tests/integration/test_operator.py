@@ -184,13 +184,13 @@ def test_exec_gives_the_commands_output_and_exit_status(local_serving):
     address = cluster.machines[0]
     proc = fab("exec", "--cluster", "local", "--component", "air_backend", "--machine", address,
                "--command", "echo $AIR_COMPONENT $AIR_MACHINE; cat /air/state/release; echo oops >&2; exit 7",
-               check=False)
+               check=False, input="")  # standard input not a terminal: no console
     current, _, _ = recorded(cluster)
     assert proc.returncode == 7, proc.stderr
     assert proc.stdout.split() == ["air_backend", address, current["id"]]
     assert "oops" in proc.stderr
     ok = fab("exec", "--cluster", "local", "--component", "router", "--machine", address, "--command", "true",
-             check=False)
+             check=False, input="")
     assert ok.returncode == 0 and ok.stdout == ""
 
 
