@@ -241,3 +241,38 @@ def test_a_machine_must_be_the_clusters(cluster):
     assert operator.machines_of(cluster, "10.0.0.2") == ["10.0.0.2"]
     with pytest.raises(ConfigError, match=r"^--machine: 10\.0\.0\.9 is not a machine of prod"):
         operator.machines_of(cluster, "10.0.0.9")
+
+
+@pytest.fixture
+def tasks_on(cluster, monkeypatch):
+    """The tasks see the unit-test cluster `prod`; opening a session fails the test (bad input must
+    be refused before anything is contacted)."""
+    from invoke import Context
+    from tasks import cluster as cluster_config
+    monkeypatch.setattr(cluster_config, "CLUSTERS_DIR", cluster.file.parent)
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("a session was opened")
+    monkeypatch.setattr(operator, "session", no_session)
+    return Context()
+
+
+@pytest.mark.parametrize("task, kwargs, message", [
+    ("logs", {}, "error: --component is required (one of: web, worker)"),
+    ("logs", {"component": "db"}, "no component 'db' (known: web, worker)"),
+    ("logs", {"component": "web", "lines": 0}, "error: --lines: expected a positive whole number, got 0"),
+    ("logs", {"component": "web", "machine_": "10.0.0.7"}, "error: --machine: 10.0.0.7 is not a machine of prod"),
+    ("logs", {"component": "web", "since": " "}, "error: --since: expected a time journalctl understands"),
+    ("exec_", {"machine_": "10.0.0.1", "command": "ls"}, "error: --component is required (one of: web, worker)"),
+    ("exec_", {"component": "web", "command": "ls"}, "error: --machine is required"),
+    ("exec_", {"component": "web", "machine_": "10.0.0.1"}, "error: --command is required"),
+    ("exec_", {"component": "web", "machine_": "10.0.0.1; reboot", "command": "ls"}, "error: command line: --machine"),
+    ("status", {"via": "nowhere"}, "error: command line: --via: expected an IPv4 or IPv6 address"),
+])
+def test_bad_input_is_one_error_line_before_anything_is_contacted(tasks_on, task, kwargs, message):
+    from invoke.exceptions import Exit
+    with pytest.raises(Exit) as stopped:
+        getattr(operator, task)(tasks_on, cluster="prod", **kwargs)
+    assert stopped.value.code == 1
+    text = str(stopped.value.message)
+    assert "\n" not in text and (text.startswith(message) or message in text), text
