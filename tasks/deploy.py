@@ -2,13 +2,16 @@
 
 ``deploy`` is the whole runbook under the cluster's lock: build on the build
 server, push what changed, record the release in etcd, roll the cluster to
-it, record the outcome. ``deploy --canary M`` stops after machine M: the new
-release is recorded as the cluster's *candidate*; a plain ``deploy`` then
-continues it to the other machines and ``rollback`` puts M back. The rollout's plan tells whether anything is to be
+it, record the outcome. The rollout's plan tells whether anything is to be
 done: a deploy whose release is already serving everywhere (release file,
 units active, in the balancer) ends early and restarts nothing. The lock is a
 key in the cluster's etcd held by a lease (``tasks.session``), so a killed
 deploy's lock expires by itself.
+
+``deploy --canary M`` stops after machine M: the new release runs there only
+and is recorded as the cluster's *candidate* (``state.candidate_key``); a
+plain ``deploy`` of the same release continues it to the other machines, and
+``rollback`` puts M back on the cluster's release.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from . import state, upgrade
 from .build import build_all, check_branch
 from .cli import air_task, build_host, cluster_of
 from .cluster import check_address
-from .errors import AirError, ConfigError, LostLock
+from .errors import AirError, ConfigError, Interrupted, LostLock
 from .push import print_report, push_all
 from .release import Release
 from .remote import say
@@ -104,13 +107,14 @@ def deploy_canary(s, release: Release, current: Release, address: str, dry: bool
     except AirError as failure:
         if isinstance(failure, LostLock):
             raise  # its records are not ours to write any more
+        kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
         others = [m for m in machines if m != address]
         if others:
             state.write_candidate(s.etcd, cluster, release, others, outcome="running", **meta)
         else:
             state.clear_candidate(s.etcd, cluster)
         state.add_history(s.etcd, cluster, {**release.to_dict(), **meta, "who": state.operator(), "when": state.now(),
-                                            "outcome": f"failed: canary on {address}: {str(failure).splitlines()[0]}"})
+                                            "outcome": f"{kind}: canary on {address}: {str(failure).splitlines()[0]}"})
         raise
     state.write_candidate(s.etcd, cluster, release, machines, outcome="running", **meta)
     say(f"deploy: candidate {release.id} runs on {', '.join(machines)}; the others run {current and current.id}. "
@@ -130,8 +134,9 @@ def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=N
     canary = check_address(canary, "--canary") if canary else None
     with session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
         release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary)
+        candidate = state.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
     if not plan_:
-        print(f"{'candidate' if canary else 'release'} {release.id}")
+        print(f"{'candidate' if candidate == release else 'release'} {release.id}")
 
 
 @air_task(help={"cluster": "target cluster", "via": "member to reach etcd through", "json": "print JSON"})

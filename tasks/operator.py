@@ -282,7 +282,7 @@ def read_status(s, via: str = None) -> dict:
         members = [{"id": m.id, "address": state.member_address(m), "learner": m.learner, "started": m.started}
                    for m in client.members()]
         leader_id = client.status()["leader"]
-        release, record = state.read_release(client, cluster)
+        _, record = state.read_release(client, cluster)
         _, candidate = state.read_candidate(client, cluster)
         return {"members": members, "via": s.via,
                 "leader": next((m["address"] for m in members if m["id"] == leader_id), None),
