@@ -102,6 +102,9 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                               "/etc/haproxy/air-routers.cfg"),
         "config": Field("remote_path", "haproxy's main configuration, used to validate the routers file.",
                         "/etc/haproxy/haproxy.cfg"),
+        "stats_socket": Field("remote_path", "haproxy's admin socket (`stats socket` in its configuration; "
+                              "Debian's default), read by `fab status` for each machine's state there "
+                              "(UP, DOWN, DRAIN, MAINT).", "/run/haproxy/admin.sock"),
     }),
     "machines": Field("addresses", "The machines of the cluster (etcd members), by address."),
     "components": Section("The Air components, each a Docker container under systemd on every machine.", {
@@ -174,6 +177,7 @@ class Balancer:
     port: int
     routers_file: str
     config: str
+    stats_socket: str = "/run/haproxy/admin.sock"
 
 
 @dataclass(frozen=True)

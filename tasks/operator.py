@@ -4,8 +4,8 @@
 balancer's routers file), side by side, and shows one table: per machine
 whether it answers, its etcd membership and health, the release it runs
 against the recorded one (or the canary's candidate), each Air unit's state,
-version and uptime, whether the balancer routes to it, and its images' disk
-use; then the cluster: recorded release, candidate, lock holder, and every
+version and uptime, whether the balancer routes to it (and haproxy's own
+state of it: UP, DOWN, DRAIN, MAINT), and its images' disk use; then the cluster: recorded release, candidate, lock holder, and every
 drift with the command that fixes it. It exits 1 when anything drifted, so
 scripts and monitoring can use it. ``logs`` merges a unit's journal from
 every machine in time order (``--follow`` streams until Ctrl-C); ``exec``
@@ -31,6 +31,7 @@ from cloudconfig.units import ETCD_CLIENT_PORT, ETCD_UNIT, STATE_DIR, container_
 from invoke.exceptions import Exit
 
 from . import balancer, machine, state
+from .balancer_config import BACKEND
 from .cli import air_task, cluster_of
 from .cluster import check_address
 from .errors import AirError, ConfigError, RemoteError
@@ -54,6 +55,32 @@ def status_command(cluster) -> str:
         "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null",
         "true",
     ])
+
+
+def haproxy_state_command(cluster) -> str:
+    """haproxy's own view of its servers (`show stat` on its admin socket), as CSV. Perl is
+    there on any Debian host (perl-base is essential); exit 3 when the socket cannot be read. Pure."""
+    script = ('use IO::Socket::UNIX; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 3; '
+              'print $s "show stat\\n"; print while <$s>;')
+    return f"command -v perl >/dev/null || exit 3; perl -e {q(script)} {q(cluster.balancer.stats_socket)}"
+
+
+def parse_haproxy_state(text: str) -> dict:
+    """server -> status (UP, DOWN, DRAIN, MAINT, ...) of the routers backend, from `show stat`. Pure."""
+    lines = (text or "").splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return {}
+    header = lines[0][2:].split(",")
+    try:
+        name, server, status = header.index("pxname"), header.index("svname"), header.index("status")
+    except ValueError:
+        return {}
+    states = {}
+    for line in lines[1:]:
+        cells = line.split(",")
+        if len(cells) > status and cells[name] == BACKEND and cells[server] not in ("FRONTEND", "BACKEND"):
+            states[cells[server]] = cells[status].split(" ")[0]
+    return states
 
 
 def _sections(text: str, names) -> dict:
@@ -206,6 +233,13 @@ def drift_warnings(view: dict) -> list:
             warn(address, f"on {address}: {', '.join(stopped)}", upgrade)
         if not view["balancer"].get("error") and address not in listed:
             warn(address, f"{address} is out of the balancer", upgrade + " (health check, then back in)")
+        elif m.get("balancer_state") not in (None, "UP"):
+            state_ = m["balancer_state"]
+            warn(address, f"haproxy marks {address} {state_}",
+                 f"`fab logs --cluster {name} --component {view['components'][0]} --machine {address}` says why "
+                 f"its router fails haproxy's check" if state_ == "DOWN" else
+                 f"`set server {BACKEND}/{address} state ready` on haproxy's admin socket "
+                 f"({view['balancer']['host']}:{view['balancer'].get('stats_socket', '?')})")
     if not view["balancer"].get("error") and etcd.get("error") is None:
         for address in listed:
             if address not in members:
@@ -221,13 +255,20 @@ def _table(rows: list) -> list:
     return ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
+def _balancer_cell(m: dict) -> str:
+    """in / OUT, with haproxy's own state when it was read (in (UP), in (DOWN), in (DRAIN))."""
+    if not m["balancer"]:
+        return "OUT"
+    return f"in ({m['balancer_state']})" if m.get("balancer_state") else "in"
+
+
 def render_status(view: dict) -> list:
     """The status as the lines `fab status` prints. Pure."""
     recorded, candidate = view["release"], view["candidate"]
     rows = [("MACHINE", "SSH", "ETCD", "BALANCER", "RELEASE", "IMAGES")]
     for m in view["machines"]:
         if not m["reachable"]:
-            rows.append((m["address"], "DOWN", m["etcd"]["role"], "in" if m["balancer"] else "OUT", "?", "?"))
+            rows.append((m["address"], "DOWN", m["etcd"]["role"], _balancer_cell(m), "?", "?"))
             continue
         role = m["etcd"]["role"]
         etcd = role if role == "not a member" else f"{role}, {'healthy' if m['etcd']['healthy'] else 'UNHEALTHY'}"
@@ -239,7 +280,7 @@ def render_status(view: dict) -> list:
         else:
             release += " (NOT RECORDED)"
         images = m["images"].get("size", "?")
-        rows.append((m["address"], "ok", etcd, "in" if m["balancer"] else "OUT", release, images))
+        rows.append((m["address"], "ok", etcd, _balancer_cell(m), release, images))
     lines = [f"cluster {view['cluster']}", ""] + _table(rows) + [""]
     components = view["components"]
     rows = [("MACHINE", *components)]
@@ -307,9 +348,12 @@ def read_status(s, via: str = None) -> dict:
     with ThreadPoolExecutor(max_workers=2 + len(cluster.machines)) as pool:
         etcd_f = pool.submit(guarded, read_etcd)
         routers_f = pool.submit(guarded, lambda: balancer.Routers(ex).listed())
+        haproxy_f = pool.submit(guarded, lambda: parse_haproxy_state(ex.read(
+            cluster.balancer.host, haproxy_state_command(cluster), what="read haproxy's state").stdout))
         machine_fs = {a: pool.submit(read_machine, a) for a in cluster.machines}
         (etcd, etcd_error), (listed, balancer_error) = etcd_f.result(), routers_f.result()
         found = {a: f.result() for a, f in machine_fs.items()}
+        haproxy, haproxy_error = haproxy_f.result()
     etcd = etcd or {"members": [], "via": None, "leader": None, "record": None, "candidate": None, "lock": None}
     extra = [m["address"] for m in etcd["members"] if m["address"] not in found]
     found.update(zip(extra, ex.parallel(read_machine, extra)) if extra else ())
@@ -319,7 +363,7 @@ def read_status(s, via: str = None) -> dict:
         entry = {"address": address, **fact,
                  "etcd": {"role": machine_role(address, etcd["members"], etcd["leader"]),
                           **fact.get("etcd", {"active": "unknown", "healthy": False})},
-                 "balancer": address in (listed or [])}
+                 "balancer": address in (listed or []), "balancer_state": (haproxy or {}).get(address)}
         entry.setdefault("release", None)
         entry.setdefault("units", {})
         entry.setdefault("images", {})
@@ -328,7 +372,8 @@ def read_status(s, via: str = None) -> dict:
             "components": list(cluster.component_names),
             "release": etcd["record"], "candidate": etcd["candidate"], "lock": etcd["lock"],
             "etcd": {"members": etcd["members"], "leader": etcd["leader"], "via": etcd["via"], "error": etcd_error},
-            "balancer": {"host": cluster.balancer.host, "listed": listed or [], "error": balancer_error},
+            "balancer": {"host": cluster.balancer.host, "listed": listed or [], "error": balancer_error,
+                         "stats_socket": cluster.balancer.stats_socket, "states_error": haproxy_error},
             "machines": machines}
     view["warnings"] = drift_warnings(view)
     view["ok"] = not view["warnings"]

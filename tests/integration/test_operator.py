@@ -90,7 +90,7 @@ def test_status_of_a_serving_cluster_says_every_field_and_exits_0(local_serving,
     assert view["etcd"]["leader"] in cluster.machines
     versions = {c: v["version"] for c, v in current["components"].items()}
     for m in view["machines"]:
-        assert m["reachable"] and m["balancer"] and m["etcd"]["healthy"]
+        assert m["reachable"] and m["balancer"] and m["balancer_state"] == "UP" and m["etcd"]["healthy"]
         assert m["release"] == current["id"]
         assert {c: u["version"] for c, u in m["units"].items()} == versions
         assert {u["state"] for u in m["units"].values()} == {"active"}
@@ -129,6 +129,32 @@ def test_status_names_each_drift_with_its_fix_and_exits_1(local_serving):
         fab("upgrade-machine", "--cluster", "local", "--machine", stopped)
     assert status().returncode == 0
     assert serving(cluster)
+
+
+def haproxy(cluster, command):
+    """Send one command to haproxy's admin socket on the balancer host (as an operator would by hand)."""
+    script = ("use IO::Socket::UNIX; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 3; "
+              "print $s \"$ARGV[1]\\n\"; print while <$s>;")
+    return on(cluster, cluster.balancer.host,
+              f"perl -e {q(script)} {q(cluster.balancer.stats_socket)} {q(command)}").stdout
+
+
+def test_status_shows_a_machine_drained_in_haproxy_by_hand(local_serving):
+    cluster = local_serving
+    drained = cluster.machines[1]
+    haproxy(cluster, f"set server air_routers/{drained} state drain")
+    try:
+        proc = status("--json")
+        view = json.loads(proc.stdout)
+        assert proc.returncode == 1
+        assert {m["address"]: m["balancer_state"] for m in view["machines"]} == \
+            {m: "DRAIN" if m == drained else "UP" for m in cluster.machines}
+        [warning] = view["warnings"]
+        assert warning["problem"] == f"haproxy marks {drained} DRAIN"
+        assert f"set server air_routers/{drained} state ready" in warning["fix"]
+    finally:
+        haproxy(cluster, f"set server air_routers/{drained} state ready")
+    assert status().returncode == 0
 
 
 # ---------------------------------------------------------------- logs and exec

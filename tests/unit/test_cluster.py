@@ -230,7 +230,7 @@ def test_wrong_type_or_shape(tmp_path, field, value, expected):
 
 
 @pytest.mark.parametrize("field, expected", [
-    ("balancer__hots", "balancer.hots: unknown field (expected one of: host, port, routers_file, config)"),
+    ("balancer__hots", "balancer.hots: unknown field (expected one of: host, port, routers_file, config, stats_socket)"),
     ("registery", "registery: unknown field (expected one of: include, namespace, ssh, "),
 ])
 def test_unknown_field(tmp_path, field, expected):

@@ -276,3 +276,43 @@ def test_bad_input_is_one_error_line_before_anything_is_contacted(tasks_on, task
     assert stopped.value.code == 1
     text = str(stopped.value.message)
     assert "\n" not in text and (text.startswith(message) or message in text), text
+
+
+# Recorded from the sandbox's balancer (columns after the status cut).
+HAPROXY_STAT = """\
+# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight
+air,FRONTEND,,,0,3,4096,165,9,9,0,0,0,,,,,OPEN,
+air_routers,10.0.0.1,0,0,0,1,,55,3,3,,0,,0,0,0,0,UP,1
+air_routers,10.0.0.2,0,0,0,1,,55,3,3,,0,,0,0,0,0,DRAIN,1
+air_routers,10.0.0.3,0,0,0,1,,55,3,3,,0,,0,0,0,0,DOWN 1/2,1
+air_routers,BACKEND,0,0,0,1,410,165,9,9,0,0,,0,0,0,0,UP,3
+"""
+
+
+def test_haproxy_state_command(cluster):
+    assert operator.haproxy_state_command(cluster) == (
+        "command -v perl >/dev/null || exit 3; perl -e 'use IO::Socket::UNIX; "
+        "my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 3; print $s \"show stat\\n\"; "
+        "print while <$s>;' /run/haproxy/admin.sock")
+
+
+def test_parse_haproxy_state():
+    assert operator.parse_haproxy_state(HAPROXY_STAT) == {"10.0.0.1": "UP", "10.0.0.2": "DRAIN", "10.0.0.3": "DOWN"}
+    assert operator.parse_haproxy_state("") == {} and operator.parse_haproxy_state("Unknown command\n") == {}
+
+
+def test_haproxy_marking_a_listed_machine_down_or_drained_is_drift():
+    v = view()
+    v["balancer"]["stats_socket"] = "/run/haproxy/admin.sock"
+    for m, state_ in zip(v["machines"], ("UP", "DRAIN", "DOWN")):
+        m["balancer_state"] = state_
+    assert operator.drift_warnings(v) == [
+        {"machine": "10.0.0.2", "problem": "haproxy marks 10.0.0.2 DRAIN",
+         "fix": "`set server air_routers/10.0.0.2 state ready` on haproxy's admin socket "
+                "(10.0.0.100:/run/haproxy/admin.sock)"},
+        {"machine": "10.0.0.3", "problem": "haproxy marks 10.0.0.3 DOWN",
+         "fix": "`fab logs --cluster prod --component web --machine 10.0.0.3` says why its router fails "
+                "haproxy's check"},
+    ]
+    rows = operator.render_status({**v, "warnings": []})[3:6]
+    assert [f"  in ({state_})  " in row for row, state_ in zip(rows, ("UP", "DRAIN", "DOWN"))] == [True] * 3
