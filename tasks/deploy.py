@@ -125,8 +125,9 @@ def deploy_canary(s, release: Release, current: Release, address: str, dry: bool
                 "via": "member to reach etcd through", "wait": "wait for another task's lock instead of failing",
                 "batch": "machines upgraded at once",
                 "canary": "put the new release on this machine only, as the cluster's candidate",
-                "plan": "build, then print what push and the rollout would do; push and change nothing"})
-def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False):
+                "plan": "build, then print what push and the rollout would do; push and change nothing",
+                "json": "print the outcome as JSON"})
+def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, json_=False):
     """Build, push what changed and roll the cluster to it, under the cluster's lock (--canary: one machine)."""
     target = cluster_of(cluster)
     branch = check_branch(branch or target.build.branch)
@@ -135,7 +136,12 @@ def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=N
     with session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
         release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary)
         candidate = state.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
-    if not plan_:
+    if plan_:
+        return
+    if json_:
+        print(json.dumps({"release": release.id, "candidate": candidate == release,
+                          "machines": [canary] if candidate == release else list(target.machines)}))
+    else:
         print(f"{'candidate' if candidate == release else 'release'} {release.id}")
 
 
@@ -187,8 +193,9 @@ def rollback_target(records: list, current_id: str = None, to: str = None, clust
 
 
 @air_task(help={"cluster": "target cluster", "to": "release id (default: the previous successful one)",
-                "via": "member to reach etcd through", "plan": "print what each machine needs and change nothing"})
-def rollback(c, cluster=None, to=None, via=None, plan_=False):
+                "via": "member to reach etcd through", "plan": "print what each machine needs and change nothing",
+                "json": "print the outcome as JSON"})
+def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
     """Roll the cluster back to an earlier release, through the same gated rolling upgrade
     (a canary's candidate: its machines back on the cluster's release)."""
     target = cluster_of(cluster)
@@ -199,17 +206,23 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False):
         candidate, candidate_record = state.read_candidate(s.etcd, target)
         if candidate is not None and to is None:
             rollback_canary(s, current, candidate, candidate_record, plan_)
-            return
-        chosen = rollback_target(state.history(s.etcd, target), current and current.id, to, target.name)
-        wanted = Release.from_dict(chosen)
-        rollout = upgrade.Rollout(s, wanted, current)
-        if plan_:
-            upgrade.print_plan(rollout)
-            return
-        rollout.apply_recorded(rollback_from=current and current.id)
-        if candidate is not None:
-            state.clear_candidate(s.etcd, target)
-    print(f"release {wanted.id}")
+            wanted, undone, machines = current, candidate.id, candidate_record["machines"]
+        else:
+            chosen = rollback_target(state.history(s.etcd, target), current and current.id, to, target.name)
+            wanted, undone, machines = Release.from_dict(chosen), None, list(target.machines)
+            rollout = upgrade.Rollout(s, wanted, current)
+            if plan_:
+                upgrade.print_plan(rollout)
+                return
+            rollout.apply_recorded(rollback_from=current and current.id)
+            if candidate is not None:
+                state.clear_candidate(s.etcd, target)
+    if plan_:
+        return
+    if json_:
+        print(json.dumps({"release": wanted.id, "candidate_rolled_back": undone, "machines": machines}))
+    else:
+        print(f"release {wanted.id}" + (f" (candidate {undone} rolled back on {', '.join(machines)})" if undone else ""))
 
 
 def rollback_canary(s, current: Release, candidate: Release, record: dict, plan_: bool = False) -> None:
@@ -229,7 +242,6 @@ def rollback_canary(s, current: Release, candidate: Release, record: dict, plan_
     state.add_history(s.etcd, cluster, {**candidate.to_dict(), "who": state.operator(), "when": state.now(),
                                         **{k: record[k] for k in ("branch", "commit") if k in record},
                                         "outcome": f"rolled back: canary on {', '.join(record['machines'])}"})
-    print(f"release {current.id} (candidate {candidate.id} rolled back on {', '.join(record['machines'])})")
 
 
 @air_task(name="status", help={"cluster": "target cluster", "via": "member to reach etcd through",

@@ -272,9 +272,12 @@ def test_canary_then_continue_then_a_rolled_back_canary(sandbox, local_serving):
     # Another canary, rolled back: the machine is back on the cluster's release.
     sb.commit_change(CHANGED)
     with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
-        second = fab("deploy", "--cluster", "local", "--canary", canary).stdout.split()[-1]
+        outcome = json.loads(fab("deploy", "--cluster", "local", "--canary", canary, "--json").stdout)
+        second = outcome["release"]
+        assert outcome == {"release": second, "candidate": True, "machines": [canary]}
         assert machine_releases(cluster)[canary] == second
-        fab("rollback", "--cluster", "local")
+        undone = json.loads(fab("rollback", "--cluster", "local", "--json").stdout)
+        assert undone == {"release": candidate, "candidate_rolled_back": second, "machines": [canary]}
     print(probe.report("deploy --canary, then rollback"))
     assert probe.failed == 0, probe.errors
     assert machine_releases(cluster) == {m: candidate for m in cluster.machines}
