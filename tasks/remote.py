@@ -451,9 +451,16 @@ def _drain_stderr(channel, sink: list) -> None:
 
 
 def _copy_stderr(channel) -> None:
+    """A stream's error output to ours as it comes, until the channel ends (its short timeout,
+    there for the stop check of ``stream``, is not an end)."""
     try:
         while True:
-            data = channel.recv_stderr(1 << 16)
+            try:
+                data = channel.recv_stderr(1 << 16)
+            except socket.timeout:
+                if channel.closed or channel.exit_status_ready():
+                    return
+                continue
             if not data:
                 return
             with _print_lock:

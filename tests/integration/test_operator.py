@@ -209,7 +209,7 @@ def test_exec_gives_the_commands_output_and_exit_status(local_serving):
     cluster = local_serving
     address = cluster.machines[0]
     proc = fab("exec", "--cluster", "local", "--component", "air_backend", "--machine", address,
-               "--command", "echo $AIR_COMPONENT $AIR_MACHINE; cat /air/state/release; echo oops >&2; exit 7",
+               "--command", "echo $AIR_COMPONENT $AIR_MACHINE; cat /air/state/release; sleep 1; echo oops >&2; exit 7",
                check=False, input="")  # standard input not a terminal: no console
     current, _, _ = recorded(cluster)
     assert proc.returncode == 7, proc.stderr
