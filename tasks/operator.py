@@ -236,7 +236,7 @@ def drift_warnings(view: dict) -> list:
         elif m.get("balancer_state") not in (None, "UP"):
             state_ = m["balancer_state"]
             warn(address, f"haproxy marks {address} {state_}",
-                 f"`fab logs --cluster {name} --component {view['components'][0]} --machine {address}` says why "
+                 f"`fab logs --cluster {name} --component {view['balancer']['component']} --machine {address}` says why "
                  f"its router fails haproxy's check" if state_ == "DOWN" else
                  f"`set server {BACKEND}/{address} state ready` on haproxy's admin socket "
                  f"({view['balancer']['host']}:{view['balancer'].get('stats_socket', '?')})")
@@ -373,6 +373,9 @@ def read_status(s, via: str = None) -> dict:
             "release": etcd["record"], "candidate": etcd["candidate"], "lock": etcd["lock"],
             "etcd": {"members": etcd["members"], "leader": etcd["leader"], "via": etcd["via"], "error": etcd_error},
             "balancer": {"host": cluster.balancer.host, "listed": listed or [], "error": balancer_error,
+                         # the component the balancer sends traffic to (on its port)
+                         "component": next((c.name for c in cluster.components if c.port == cluster.balancer.port),
+                                           cluster.components[0].name),
                          "stats_socket": cluster.balancer.stats_socket, "states_error": haproxy_error},
             "machines": machines}
     view["warnings"] = drift_warnings(view)

@@ -95,7 +95,7 @@ HEALTHY = {
                 "components": {"web": {"version": "1.0.0"}, "worker": {"version": "1.0.0"}}},
     "candidate": None, "lock": None,
     "etcd": {"members": [member(m) for m in MACHINES], "leader": "10.0.0.1", "via": "10.0.0.1", "error": None},
-    "balancer": {"host": "10.0.0.100", "listed": MACHINES, "error": None},
+    "balancer": {"host": "10.0.0.100", "listed": MACHINES, "error": None, "component": "web"},
     "machines": [machine_view(m, role="leader" if m == "10.0.0.1" else "follower") for m in MACHINES],
     "seconds": 0.25,
 }
