@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from cloudconfig.units import component_unit, container_name, unit_name
-from tasks import balancer, machine, state
+from tasks import machine, state
 from tasks import sandbox as sb
 from tasks.cluster import Component
 from tasks.errors import HealthError
