@@ -1,19 +1,20 @@
 """air-deploy's tasks, as `fab` sees them (`fab --list`).
 
 Top-level tasks are the runbook verbs (build, push, setup-cluster, deploy,
-...); namespaces group the tools around them (sandbox, balancer,
+...) and the operator's everyday tools (status, logs, exec); namespaces group the tools around them (sandbox, balancer,
 cloudconfig, lock).
 """
 from invoke import Collection
 
 from sandbox import testbed
-from tasks import balancer, build, cloud_config, deploy, install, membership, push, upgrade
+from tasks import balancer, build, cloud_config, deploy, install, membership, operator, push, upgrade
 
 namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,
     membership.add_machine, membership.remove_machine,
     upgrade.upgrade_machine_task, upgrade.rolling_upgrade,
     deploy.deploy, deploy.releases, deploy.rollback,
+    operator.status, operator.logs, operator.exec_,
 )
 namespace.add_collection(Collection.from_module(testbed, name="sandbox"))
 namespace.add_collection(Collection.from_module(balancer))

@@ -12,6 +12,8 @@ import re
 
 UNIT_DIR = "/etc/systemd/system"
 DOCKER = "/usr/bin/docker"
+TIMEOUT = "/usr/bin/timeout"
+DEFAULT_STOP_SIGNAL = "SIGTERM"  # docker's own default: the run line then says nothing
 
 ETCD_UNIT = "etcd-member.service"
 ETCD_CLIENT_PORT = 2379
@@ -66,12 +68,29 @@ def command(*words) -> str:
     return " ".join(quote(w) for w in words)
 
 
+def stop_lines(component, stop: int) -> tuple:
+    """The unit's ExecStop= lines and its TimeoutStopSec for ``component``'s stop rule. Pure.
+
+    With a ``stop_command``, it runs first in the container (given ``stop`` seconds; its
+    failure, or the container already gone, does not fail the stop), then ``docker stop``
+    sends the stop signal to whatever still runs: systemd then waits for both."""
+    container = container_name(component.name)
+    lines = []
+    if component.stop_command:
+        lines.append("ExecStop=-" + command(TIMEOUT, stop, DOCKER, "exec", container, "sh", "-c",
+                                            component.stop_command))
+    lines.append(f"ExecStop={'-' if component.stop_command else ''}{command(DOCKER, 'stop', '--time', stop, container)}")
+    return tuple(lines), stop * len(lines) + STOP_MARGIN
+
+
 def component_unit(cluster, component, version: str, machine: str) -> str:
     """The unit running ``component`` at ``version`` in its container on ``machine``."""
     container = container_name(component.name)
     stop = cluster.timeouts.stop
+    signal = component.stop_signal
     run = command(
         DOCKER, "run", "--rm", "--name", container, "--network", "host",
+        *(("--stop-signal", signal) if signal != DEFAULT_STOP_SIGNAL else ()),
         "-e", f"AIR_COMPONENT={component.name}",
         "-e", f"AIR_VERSION={version}",
         "-e", f"AIR_MACHINE={machine}",
@@ -81,6 +100,8 @@ def component_unit(cluster, component, version: str, machine: str) -> str:
         "-v", f"{DATA_DIR}/{component.name}:{DATA_MOUNT}",
         cluster.image_ref(component.name, version),
     )
+    stops, stop_timeout = stop_lines(component, stop)
+    stop_block = "\n".join(stops)
     return f"""\
 [Unit]
 Description=Air {component.name}
@@ -90,8 +111,8 @@ Requires=docker.service
 [Service]
 ExecStartPre=-{command(DOCKER, "rm", "-f", container)}
 ExecStart={run}
-ExecStop={command(DOCKER, "stop", "--time", stop, container)}
-TimeoutStopSec={stop + STOP_MARGIN}
+{stop_block}
+TimeoutStopSec={stop_timeout}
 Restart=on-failure
 RestartSec=2
 

@@ -78,7 +78,13 @@ KINDS = {
     "build_args": "a mapping of build-argument names (letters, digits, _) to strings; "
                   + ", ".join(f"`{{{v}}}`" for v in BUILD_ARG_VALUES) + " in a value are replaced",
     "proxy_protocol": "v1 or v2 (the PROXY protocol's text or binary version)",
+    "http_status": "an HTTP status code (100 to 599)",
+    "check": "`http` (the health path must answer) or `tcp` (the port must accept a connection)",
+    "signal": "a signal name such as SIGTERM, SIGQUIT, SIGINT",
 }
+
+HEALTH_CHECKS = ("http", "tcp")
+SIGNAL = re.compile(r"^SIG[A-Z0-9]{2,8}$")
 
 SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
     "include": Field("local_path", "Another YAML file whose fields this file's own fields complete "
@@ -127,7 +133,16 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     "components": Section("The Air components, each a Docker container under systemd on every machine.", {
         "name": Field("name", "Component name; the image is <namespace>/<cluster>_<name>."),
         "port": Field("port", "Port the component listens on (host network)."),
-        "health": Field("url_path", "HTTP path answering 200 when the component is healthy.", "/health"),
+        "health": Field("url_path", "HTTP path the health check asks (with `check: http`).", "/health"),
+        "health_status": Field("http_status", "HTTP status the health path answers when the component is healthy.",
+                               200),
+        "health_body": Field("text", "Text the health path's answer must contain (none: any body).", required=False),
+        "check": Field("check", "How the health check asks: over HTTP, or only whether the port accepts a "
+                       "TCP connection (a component without HTTP).", "http"),
+        "stop_signal": Field("signal", "Signal `docker stop` sends the container to stop it politely "
+                             "(nginx: SIGQUIT); after `timeouts.stop` seconds it is killed.", "SIGTERM"),
+        "stop_command": Field("text", "Command run in the container (through `sh -c`) to stop it politely, "
+                              "before the stop signal is sent.", required=False),
         "source": Field("repo_path", "Build context: the folder of the component's checkout sent to the build "
                         "(`.` for the checkout's root); default components/<name>.", required=False),
         "dockerfile": Field("repo_path", "Dockerfile, as a path in the checkout inside the build context; "
@@ -269,6 +284,11 @@ class Component:
 
     https_port: Optional[int] = None
     proxy: Optional[Proxy] = None
+    health_status: int = 200
+    health_body: Optional[str] = None
+    check: str = "http"
+    stop_signal: str = "SIGTERM"
+    stop_command: Optional[str] = None
 
     def __post_init__(self):
         if not self.dockerfile:
@@ -409,6 +429,10 @@ def check_addresses(values, where="machines", file="command line") -> list:
 
 
 def _check(kind, value, where, file, base_dir, cluster):
+    if kind == "http_status":
+        if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+            _fail(file, where, KINDS[kind], value)
+        return value
     if kind in ("int", "port"):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or (kind == "port" and value > 65535):
             _fail(file, where, KINDS[kind], value)
@@ -488,6 +512,15 @@ def _check(kind, value, where, file, base_dir, cluster):
         return value
     if kind == "stage":
         if not STAGE.match(value):
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "check":
+        if value not in HEALTH_CHECKS:
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "signal":
+        value = value if value.startswith("SIG") else f"SIG{value}"
+        if not SIGNAL.match(value):
             _fail(file, where, KINDS[kind], value)
         return value
     if kind == "url_path":

@@ -7,6 +7,11 @@ done: a deploy whose release is already serving everywhere (release file,
 units active, in the balancer) ends early and restarts nothing. The lock is a
 key in the cluster's etcd held by a lease (``tasks.session``), so a killed
 deploy's lock expires by itself.
+
+``deploy --canary M`` stops after machine M: the new release runs there only
+and is recorded as the cluster's *candidate* (``state.candidate_key``); a
+plain ``deploy`` of the same release continues it to the other machines, and
+``rollback`` puts M back on the cluster's release.
 """
 from __future__ import annotations
 
@@ -17,21 +22,28 @@ from . import state, upgrade
 from .build import build_all, parse_branches
 from .cli import air_task, build_host, cluster_of
 from .cluster import check_address
-from .errors import ConfigError
+from .errors import AirError, ConfigError, Interrupted, LostLock
 from .push import print_report, push_all
 from .release import Release
 from .remote import say
 from .session import session
 
 
-def deploy_release(s, host, branch, batch=1, dry=False) -> Release:
+def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
     """The deploy runbook in a session holding the cluster's lock: build, push what changed,
     record the release, roll the cluster to it. ``branch``: the main repository's branch, or
     Branches (components' own branches too). ``dry``: build, then print what push and the
-    rollout would do, pushing and changing nothing."""
+    rollout would do, pushing and changing nothing. ``canary``: a member machine that alone gets
+    the new release, recorded as the cluster's candidate (``deploy_canary``); a deploy after it
+    continues to the others."""
     started = time.monotonic()
     cluster = s.cluster
     branch = parse_branches(cluster, branch)
+    if canary is not None:
+        members = sorted(upgrade.member_machines(s.etcd))
+        if canary not in members:
+            raise ConfigError(f"--canary: {canary} is not an etcd member of {cluster.name} "
+                              f"(members: {', '.join(members)})")
     built = build_all(s.ex, host, branch)
     release, steps = push_all(s.ex, host, built["images"], dry=dry)
     current, record = state.read_release(s.etcd, cluster)
@@ -39,54 +51,126 @@ def deploy_release(s, host, branch, batch=1, dry=False) -> Release:
         # A deploy was killed midway: its release never proved itself, so a failure
         # now goes back to the last release that did.
         current = last_good(state.history(s.etcd, cluster)) or current
-    rollout = upgrade.Rollout(s, release, current, batch=batch)
+    candidate, candidate_record = state.read_candidate(s.etcd, cluster)
+    meta = {"branch": built["branch"], "commit": built["commit"], "sources": built["sources"]}
+    if canary is not None:
+        if dry:
+            print_report(release, steps, False)
+        deploy_canary(s, release, current, canary, dry, **meta)
+        return release
+    continuing = candidate is not None and candidate.id == release.id
+    rollout = upgrade.Rollout(s, release, current, batch=batch,
+                              canary={m: candidate.id for m in candidate_record["machines"]} if candidate else None)
     if dry:
         print_report(release, steps, False)
         upgrade.print_plan(rollout)
         return release
     if current is not None and current.id == release.id and rollout.nothing_to_do:
+        if candidate is not None:
+            state.clear_candidate(s.etcd, cluster)
         say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
             f"({time.monotonic() - started:.1f} s)")
         return release
-    rollout.apply_recorded(branch=built["branch"], commit=built["commit"], sources=built["sources"])
+    if continuing:
+        say(f"deploy: continuing the canary of {release.id} (on {', '.join(candidate_record['machines'])}) "
+            f"to the other machines")
+        meta["canary"] = candidate_record["machines"]
+    elif candidate is not None:
+        say(f"deploy: release {release.id} replaces the candidate {candidate.id} "
+            f"(on {', '.join(candidate_record['machines'])})")
+    rollout.apply_recorded(**meta)
+    if candidate is not None:
+        state.clear_candidate(s.etcd, cluster)
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
     return release
+
+
+def deploy_canary(s, release: Release, current: Release, address: str, dry: bool = False, **meta) -> None:
+    """Put ``release`` on machine ``address`` only, through the same gated rollout (drained,
+    upgraded, health-checked, back in the balancer), and record it as the cluster's candidate.
+    The cluster's recorded release stays; a failure puts the machine back on it."""
+    cluster = s.cluster
+    candidate, record = state.read_candidate(s.etcd, cluster)
+    if candidate is not None and candidate.id != release.id:
+        raise ConfigError(f"candidate {candidate.id} already runs on {', '.join(record['machines'])}: "
+                          f"`fab deploy --cluster {cluster.name}` continues it to every machine, "
+                          f"`fab rollback --cluster {cluster.name}` puts it back; then try the new one")
+    if current is not None and current.id == release.id:
+        say(f"deploy: release {release.id} is already the cluster's release: no candidate to try")
+        return
+    machines = sorted(set(record["machines"] if record else []) | {address})
+    rollout = upgrade.Rollout(s, release, current, only=[address])
+    if dry:
+        upgrade.print_plan(rollout)
+        return
+    state.write_candidate(s.etcd, cluster, release, machines, outcome="upgrading", **meta)
+    try:
+        rollout.apply()
+    except AirError as failure:
+        if isinstance(failure, LostLock):
+            raise  # its records are not ours to write any more
+        kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+        others = [m for m in machines if m != address]
+        if others:
+            state.write_candidate(s.etcd, cluster, release, others, outcome="running", **meta)
+        else:
+            state.clear_candidate(s.etcd, cluster)
+        state.add_history(s.etcd, cluster, {**release.to_dict(), **meta, "who": state.operator(), "when": state.now(),
+                                            "outcome": f"{kind}: canary on {address}: {str(failure).splitlines()[0]}"})
+        raise
+    state.write_candidate(s.etcd, cluster, release, machines, outcome="running", **meta)
+    say(f"deploy: candidate {release.id} runs on {', '.join(machines)}; the others run {current and current.id}. "
+        f"`fab deploy --cluster {cluster.name}` continues, `fab rollback --cluster {cluster.name}` puts it back")
 
 
 @air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch); "
                 "COMPONENT=B for a component with its own repository (repeatable)",
                 "via": "member to reach etcd through", "wait": "wait for another task's lock instead of failing",
                 "batch": "machines upgraded at once",
-                "plan": "build, then print what push and the rollout would do; push and change nothing"},
-          iterable=["branch"])
-def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, plan_=False):
-    """Build, push what changed and roll the cluster to it, under the cluster's lock."""
+                "canary": "put the new release on this machine only, as the cluster's candidate",
+                "plan": "build, then print what push and the rollout would do; push and change nothing",
+                "json": "print the outcome as JSON"}, iterable=["branch"])
+def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, json_=False):
+    """Build, push what changed and roll the cluster to it, under the cluster's lock (--canary: one machine)."""
     target = cluster_of(cluster)
     branch = parse_branches(target, branch)
     via = check_address(via, "--via") if via else None
-    with session(target, f"deploy {branch}", via, wait) as s:
-        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_)
-    if not plan_:
-        print(f"release {release.id}")
+    canary = check_address(canary, "--canary") if canary else None
+    with session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
+        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary)
+        candidate = state.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
+    if plan_:
+        return
+    if json_:
+        print(json.dumps({"release": release.id, "candidate": candidate == release,
+                          "machines": [canary] if candidate == release else list(target.machines)}))
+    else:
+        print(f"{'candidate' if candidate == release else 'release'} {release.id}")
 
 
 @air_task(help={"cluster": "target cluster", "via": "member to reach etcd through", "json": "print JSON"})
 def releases(c, cluster=None, via=None, json_=False):
-    """List the cluster's releases, oldest first, with their outcome."""
+    """List the cluster's releases, oldest first, with their outcome, then the candidate, if any."""
     target = cluster_of(cluster)
     with session(target, via=via and check_address(via, "--via")) as s:
         records = state.history(s.etcd, target)
         current, _ = state.read_release(s.etcd, target)
+        _, candidate = state.read_candidate(s.etcd, target)
     if json_:
-        print(json.dumps(records, indent=1))
+        print(json.dumps(records + ([{**candidate, "candidate": True}] if candidate else []), indent=1))
         return
     for r in records:
         mark = "*" if current and r["id"] == current.id else " "
-        versions = " ".join(f"{k}={v['version']}" for k, v in sorted(r["components"].items()))
-        # every repository that went into it: URL, branch and commit
-        sources = "".join(f"  {s['repository']} {s['branch']}@{s['commit'][:10]}" for s in r.get("sources", []))
-        print(f"{mark} {r['when']}  {r['id']}  {r.get('outcome', '?'):10.40}  {r.get('branch', '-')}  {versions}"
-              f"{sources}")
+        print(release_line(mark, r, r.get("outcome", "?")))
+    if candidate:
+        print(release_line("c", candidate, f"candidate on {', '.join(candidate['machines'])}"))
+
+
+def release_line(mark: str, record: dict, outcome: str) -> str:
+    versions = " ".join(f"{k}={v['version']}" for k, v in sorted(record["components"].items()))
+    # every repository that went into it: URL, branch and commit
+    sources = "".join(f"  {s['repository']} {s['branch']}@{s['commit'][:10]}" for s in record.get("sources", []))
+    return f"{mark} {record['when']}  {record['id']}  {outcome:10.40}  {record.get('branch', '-')}  {versions}{sources}"
 
 
 GOOD_OUTCOMES = ("succeeded", "installed")
@@ -114,30 +198,67 @@ def rollback_target(records: list, current_id: str = None, to: str = None, clust
 
 
 @air_task(help={"cluster": "target cluster", "to": "release id (default: the previous successful one)",
-                "via": "member to reach etcd through", "plan": "print what each machine needs and change nothing"})
-def rollback(c, cluster=None, to=None, via=None, plan_=False):
-    """Roll the cluster back to an earlier release, through the same gated rolling upgrade."""
+                "via": "member to reach etcd through", "plan": "print what each machine needs and change nothing",
+                "json": "print the outcome as JSON"})
+def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
+    """Roll the cluster back to an earlier release, through the same gated rolling upgrade
+    (a canary's candidate: its machines back on the cluster's release)."""
     target = cluster_of(cluster)
     via = via and check_address(via, "--via")
     with session(target, None if plan_ else "rollback", via) as s:
         # Read under the lock: a deploy that just ended may have changed both.
         current, _ = state.read_release(s.etcd, target)
-        chosen = rollback_target(state.history(s.etcd, target), current and current.id, to, target.name)
-        wanted = Release.from_dict(chosen)
-        rollout = upgrade.Rollout(s, wanted, current)
-        if plan_:
-            upgrade.print_plan(rollout)
-            return
-        rollout.apply_recorded(rollback_from=current and current.id)
-    print(f"release {wanted.id}")
+        candidate, candidate_record = state.read_candidate(s.etcd, target)
+        if candidate is not None and to is None:
+            rollback_canary(s, current, candidate, candidate_record, plan_)
+            wanted, undone, machines = current, candidate.id, candidate_record["machines"]
+        else:
+            chosen = rollback_target(state.history(s.etcd, target), current and current.id, to, target.name)
+            wanted, undone, machines = Release.from_dict(chosen), None, list(target.machines)
+            rollout = upgrade.Rollout(s, wanted, current)
+            if plan_:
+                upgrade.print_plan(rollout)
+                return
+            rollout.apply_recorded(rollback_from=current and current.id)
+            if candidate is not None:
+                state.clear_candidate(s.etcd, target)
+    if plan_:
+        return
+    if json_:
+        print(json.dumps({"release": wanted.id, "candidate_rolled_back": undone, "machines": machines}))
+    else:
+        print(f"release {wanted.id}" + (f" (candidate {undone} rolled back on {', '.join(machines)})" if undone else ""))
 
 
-@air_task(name="status", help={"cluster": "target cluster", "via": "member to reach etcd through"})
-def lock_status(c, cluster=None, via=None):
+def rollback_canary(s, current: Release, candidate: Release, record: dict, plan_: bool = False) -> None:
+    """The candidate's machines back on the cluster's release, one at a time through the gated
+    rollout; then the candidate is forgotten and the history says so."""
+    cluster = s.cluster
+    if current is None:
+        raise ConfigError(f"cluster {cluster.name} has no release recorded to put {', '.join(record['machines'])} back on")
+    members = upgrade.member_machines(s.etcd)
+    machines = [m for m in record["machines"] if m in members]
+    rollout = upgrade.Rollout(s, current, candidate, only=machines)
+    if plan_:
+        upgrade.print_plan(rollout)
+        return
+    rollout.apply()
+    state.clear_candidate(s.etcd, cluster)
+    state.add_history(s.etcd, cluster, {**candidate.to_dict(), "who": state.operator(), "when": state.now(),
+                                        **{k: record[k] for k in ("branch", "commit") if k in record},
+                                        "outcome": f"rolled back: canary on {', '.join(record['machines'])}"})
+
+
+@air_task(name="status", help={"cluster": "target cluster", "via": "member to reach etcd through",
+                               "json": "print JSON (null when free)"})
+def lock_status(c, cluster=None, via=None, json_=False):
     """Show who holds the cluster's lock."""
     target = cluster_of(cluster)
     with session(target, via=via and check_address(via, "--via")) as s:
         holder = s.etcd.holder(state.lock_key(target))
+    if json_:
+        print(json.dumps(holder))
+        return
     print("free" if holder is None else " ".join(f"{k}={v}" for k, v in holder.items()))
 
 

@@ -3,7 +3,7 @@
 docker-py (the ``docker`` package) speaks the Engine API; over ``ssh://`` it
 would open its own paramiko connection with its own idea of keys and host
 keys (~/.ssh/config, system known_hosts). Here its SSH adapter rides on the
-Fabric connection that ``tasks.remote.connect`` opened, so the cluster's key
+Fabric connection the executor (``tasks.remote.Executor``) opened, so the cluster's key
 and known_hosts checking apply to the Docker API too, and nothing else in
 air-deploy needs to know how the API is reached.
 """

@@ -123,13 +123,37 @@ def to_restart(running: dict, units: dict, release, cluster) -> list:
             if running.get(c.name) != wanted.get(c.name) or units.get(unit_name(c.name)) != "active"]
 
 
+def health_check(component, body_file: str = '"$body"') -> str:
+    """One component's health rule as a shell statement adding ``name(what was wrong)`` to
+    ``$failed`` when it fails. Pure. ``check: tcp``: the port accepts a connection (bash's
+    /dev/tcp: Flatcar has no nc); ``http``: the health path answers the expected status and,
+    when the rule has one, a body containing the expected text (read from ``body_file``)."""
+    name, port = component.name, component.port
+    if component.check == "tcp":
+        probe = f": </dev/tcp/127.0.0.1/{port}"
+        return f"timeout 2 bash -c {q(probe)} 2>/dev/null || failed=\"$failed {name}(no TCP connection on {port})\""
+    output = body_file if component.health_body else "/dev/null"
+    expected = f"HTTP {component.health_status}" + (f" with {component.health_body!r}" if component.health_body else "")
+    status = (f"code=$(curl -s -o {output} -w '%{{http_code}}' -m 2 {q(f'http://127.0.0.1:{port}{component.health}')}); "
+              f"[ \"$code\" = {component.health_status} ]")
+    if component.health_body:
+        status += f" && grep -qF -- {q(component.health_body)} {body_file}"
+    return f"{status} || failed=\"$failed {name}(expected {_dq(expected)}, got HTTP $code)\""
+
+
+def _dq(text: str) -> str:
+    """``text`` made safe inside a double-quoted shell string."""
+    return "".join("\\" + ch if ch in '"$`\\' else ch for ch in text)
+
+
 def health_command(cluster, timeout: int) -> str:
-    """Waits until every component answers its health check on the machine, or fails naming those that don't."""
-    checks = " ".join(q(f"{c.name}={c.port}{c.health}") for c in cluster.components)
-    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); "
-            f"while :; do failed=''; for check in {checks}; do "
-            f"curl -fsS -o /dev/null -m 2 \"http://127.0.0.1:${{check#*=}}\" 2>/dev/null || failed=\"$failed ${{check%%=*}}\"; "
-            f"done; [ -z \"$failed\" ] && exit 0; "
+    """Waits until every component passes its health rule on the machine (``health_check``), or
+    fails naming those that don't and what each answered."""
+    checks = "; ".join(health_check(c) for c in cluster.components)
+    body = any(c.check == "http" and c.health_body for c in cluster.components)
+    scratch = "body=$(mktemp) || exit 1; trap 'rm -f \"$body\"' EXIT; " if body else ""
+    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); {scratch}"
+            f"while :; do failed=''; {checks}; [ -z \"$failed\" ] && exit 0; "
             f"if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within {int(timeout)} s:$failed\" >&2; exit 1; fi; "
             f"sleep 0.2; done")
 

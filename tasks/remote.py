@@ -65,6 +65,15 @@ def deadline_wrapped(command: str, deadline: int, sudo: bool) -> str:
     return f"sudo -n {wrapped}" if sudo else wrapped
 
 
+def stream_wrapped(command: str, sudo: bool) -> str:
+    """``command`` as ``Executor.stream`` sends it: it has no deadline, so it is ended on the host
+    when its standard input ends (our side closed, or the connection gone). A background list
+    gets /dev/null as its input in sh, so the channel's input is kept on descriptor 3. Pure."""
+    guarded = (f"exec 3<&0; {command} </dev/null 3<&- & pid=$!; "
+               "{ cat <&3 >/dev/null; kill $pid; } >/dev/null 2>&1 & wait $pid")
+    return f"{'sudo -n ' if sudo else ''}sh -c {q(guarded)}"
+
+
 class Unreachable(RemoteError):
     """A host that cannot be logged in to; ``reason`` says why in a few words."""
 
@@ -343,6 +352,56 @@ class Executor:
             why = self._gone.get(host) or _reason(e)
             raise RemoteError(f"{host}: {what}: connection lost ({why})") from None
 
+    # ------------------------------------------------------------ streams
+
+    def stream(self, host: str, command: str, *, on_line: Callable = None, stop: threading.Event = None,
+               tty: bool = False, what: str = None) -> Optional[int]:
+        """Run a read whose output is wanted as it comes, with no deadline (`fab logs --follow`,
+        `fab exec`); returns its exit status, or None when ``stop`` ended it.
+
+        Each line of its standard output goes to ``on_line`` (default: our standard output), its
+        error output to our standard error. Once ``stop`` is set we close our side: the command
+        is wrapped so that the end of its standard input (our side closed, or the connection
+        gone) ends it on the host too. ``tty``: it gets a terminal fed from ours (a console,
+        through Fabric's own pty handling) and returns at its end.
+        """
+        what = what or command.split("\n")[0][:80]
+        conn = self.conn(host)
+        if tty:
+            sent = f"sudo -n sh -c {q(command)}" if conn.air_sudo else command
+            return conn.run(sent, pty=True, warn=True).exited
+        sent = stream_wrapped(command, conn.air_sudo)
+        on_line = on_line or (lambda line: print(line, flush=True))
+        try:
+            channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)
+            channel.exec_command(sent)
+            errors = threading.Thread(target=_copy_stderr, args=(channel,), daemon=True)
+            errors.start()
+            channel.settimeout(0.2)
+            pending = b""
+            while stop is None or not stop.is_set():
+                try:
+                    data = channel.recv(1 << 16)
+                except socket.timeout:
+                    continue
+                if not data:
+                    break
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace"))
+            if pending:
+                on_line(pending.decode(errors="replace"))
+            if stop is not None and stop.is_set():
+                channel.close()
+                return None
+            status = channel.recv_exit_status()
+            errors.join(5)
+            channel.close()
+            return status
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            why = self._gone.get(host) or _reason(e)
+            raise RemoteError(f"{host}: {what}: connection lost ({why})") from None
+
     # ------------------------------------------------------------ files
 
     def sftp(self, host: str):
@@ -439,6 +498,26 @@ def _drain_stderr(channel, sink: list, show: bool) -> None:
                 with _print_lock:
                     sys.stderr.write(data.decode(errors="replace"))
                     sys.stderr.flush()
+    except (OSError, paramiko.SSHException, EOFError):
+        return
+
+
+def _copy_stderr(channel) -> None:
+    """A stream's error output to ours as it comes, until the channel ends (its short timeout,
+    there for the stop check of ``stream``, is not an end)."""
+    try:
+        while True:
+            try:
+                data = channel.recv_stderr(1 << 16)
+            except socket.timeout:
+                if channel.closed or channel.exit_status_ready():
+                    return
+                continue
+            if not data:
+                return
+            with _print_lock:
+                sys.stderr.write(data.decode(errors="replace"))
+                sys.stderr.flush()
     except (OSError, paramiko.SSHException, EOFError):
         return
 

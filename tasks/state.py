@@ -2,7 +2,8 @@
 
 The cluster is its own record: the current release (component -> version
 and digest, with branch, commit, who and when), the history of releases with
-their outcome and the deploy lock all live under
+their outcome, the candidate release of a canary deploy (with the machines
+it runs on) and the deploy lock all live under
 ``/air/<cluster>/``. This module is the one home of those keys and of the
 shape of their values; ``tasks.etcd`` carries them.
 """
@@ -32,6 +33,10 @@ def history_prefix(cluster) -> str:
 
 def history_key(cluster, stamp: str) -> str:
     return history_prefix(cluster) + stamp
+
+
+def candidate_key(cluster) -> str:
+    return prefix(cluster) + "release/candidate"
 
 
 def lock_key(cluster) -> str:
@@ -83,3 +88,26 @@ def history(etcd, cluster) -> list:
 def member_address(member) -> str:
     """A member's machine address, from its peer URL (an unstarted member has no name yet)."""
     return urlsplit(member.peer_urls[0]).hostname if member.peer_urls else member.name
+
+
+def read_candidate(etcd, cluster):
+    """(Release, record dict) of the candidate a canary deploy put on some machines, or (None, None).
+    The record's ``machines`` lists where it runs."""
+    text = etcd.get(candidate_key(cluster))
+    if not text:
+        return None, None
+    record = json.loads(text)
+    return Release.from_dict(record), record
+
+
+def write_candidate(etcd, cluster, release: Release, machines, **meta) -> dict:
+    """Record ``release`` as the candidate running on ``machines`` (besides the current release elsewhere)."""
+    meta.setdefault("who", operator())
+    meta.setdefault("when", now())
+    record = release_record(release, machines=sorted(machines), **meta)
+    etcd.put(candidate_key(cluster), record)
+    return json.loads(record)
+
+
+def clear_candidate(etcd, cluster) -> None:
+    etcd.delete(candidate_key(cluster))

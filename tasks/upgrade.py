@@ -91,13 +91,15 @@ def routed(members, serving, done, out) -> list:
     return [m for m in members if (m in serving or m in done) and m not in out]
 
 
-def drift(cluster, members, facts: dict, listed, recorded: Release) -> Optional[str]:
+def drift(cluster, members, facts: dict, listed, recorded: Release, canary: dict = None) -> Optional[str]:
     """One warning line when the cluster is not as recorded (a member out of the balancer, a
-    machine on another release), with the command that fixes it; None when all is as recorded. Pure."""
+    machine on another release), with the command that fixes it; None when all is as recorded.
+    ``canary``: machine -> the candidate release id it may run instead (a canary deploy). Pure."""
+    canary = canary or {}
     problems = [f"{m} is out of the balancer" for m in members if m not in listed]
     if recorded is not None:
         problems += [f"{m} runs release {facts[m]['release'] or '(none)'}, not the recorded {recorded.id}"
-                     for m in members if m in facts and facts[m]["release"] != recorded.id]
+                     for m in members if m in facts and facts[m]["release"] not in (recorded.id, canary.get(m))]
     if not problems:
         return None
     return f"warning: {cluster.name} drifted: {'; '.join(problems)} (`fab rolling-upgrade --cluster {cluster.name}` fixes it)"
@@ -132,10 +134,11 @@ class Rollout:
     """Bringing the member machines (or ``only`` those) of a session's cluster to ``release``.
 
     Built from one read of the facts; ``steps`` is the plan, ``apply()`` carries it out.
-    ``previous``: the release a failed or interrupted machine is put back on.
+    ``previous``: the release a failed or interrupted machine is put back on. ``canary``:
+    machine -> candidate release id, machines a canary deploy put on it (not drift).
     """
 
-    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1):
+    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1, canary: dict = None):
         self.s, self.ex, self.cluster = s, s.ex, s.cluster
         self.release, self.previous = release, previous
         self.members = sorted(member_machines(s.etcd))
@@ -144,7 +147,7 @@ class Rollout:
         self.routers = balancer.Routers(self.ex)
         self.down, self.facts = self._read()
         self.steps = plan(self.cluster, release, self.facts, self.routers.listed()) if not self.down else []
-        self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous) \
+        self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous, canary) \
             if not self.down and only is None else None
         self._bases: dict = {}
 

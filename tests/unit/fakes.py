@@ -141,6 +141,9 @@ class FakeEtcd:
     def get_prefix(self, prefix):
         return {k: v for k, v in self.data.items() if k.startswith(prefix)}
 
+    def delete(self, key):
+        self.data.pop(key, None)
+
     def members(self):
         return list(self._members)
 

@@ -223,6 +223,16 @@ def test_empty_machines(tmp_path):
     ("balancer", {"host": "192.0.2.9", "bind": "all"}, "balancer.bind: expected an IPv4 or IPv6 address, got 'all'"),
     ("balancer", {"host": "192.0.2.9", "component": "nginx"},
      "balancer.component: expected one of the components (router, air_backend), got 'nginx'"),
+    ("components", [{"name": "router", "port": 80, "health_status": 99}],
+     "components[0].health_status: expected an HTTP status code (100 to 599), got 99"),
+    ("components", [{"name": "router", "port": 80, "health_status": "403"}],
+     "components[0].health_status: expected an HTTP status code (100 to 599), got '403'"),
+    ("components", [{"name": "router", "port": 80, "check": "udp"}],
+     "components[0].check: expected `http` (the health path must answer) or `tcp`"),
+    ("components", [{"name": "router", "port": 80, "stop_signal": "SIGQUIT; reboot"}],
+     "components[0].stop_signal: expected a signal name such as SIGTERM, SIGQUIT, SIGINT, got 'SIGQUIT; reboot'"),
+    ("components", [{"name": "router", "port": 80, "stop_command": " "}],
+     "components[0].stop_command: expected a non-empty string, got ' '"),
 ])
 def test_wrong_type_or_shape(tmp_path, field, value, expected):
     message = error_of(tmp_path, "stage", variant(**{field: value}))
@@ -241,8 +251,9 @@ def test_unknown_field(tmp_path, field, expected):
 
 def test_unknown_field_of_a_component(tmp_path):
     message = error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80, "helth": "/h"}]))
-    assert (": components[0].helth: unknown field (expected one of: name, port, health, source, dockerfile, ignore, "
-            "args, target, prepare, prepare_timeout, repository, branch, https_port, proxy)") in message
+    assert (": components[0].helth: unknown field (expected one of: name, port, health, health_status, "
+            "health_body, check, stop_signal, stop_command, source, dockerfile, ignore, args, target, prepare, "
+            "prepare_timeout, repository, branch, https_port, proxy)") in message
 
 
 def test_proxy_ports_and_the_balanced_component(tmp_path):
@@ -254,6 +265,24 @@ def test_proxy_ports_and_the_balanced_component(tmp_path):
     assert c.front.name == "air_backend" and c.balancer.bind == "192.0.2.20"
     assert c.front.proxy == cluster.Proxy(http=8080, https=None, protocol="v2") and c.front.https_port == 8443
     assert c.component("router").proxy is None and c.component("router").https_port is None
+
+
+def test_health_and_stop_rules_default_to_http_200_and_sigterm(tmp_path):
+    write(tmp_path, "stage", VALID)
+    router = cluster.load("stage", tmp_path).components[0]
+    assert (router.health, router.health_status, router.health_body, router.check) == ("/health", 200, None, "http")
+    assert (router.stop_signal, router.stop_command) == ("SIGTERM", None)
+
+
+def test_health_and_stop_rules_of_a_component(tmp_path):
+    write(tmp_path, "stage", variant(components=[
+        {"name": "router", "port": 80, "health": "/", "health_status": 403, "health_body": "Forbidden",
+         "stop_signal": "QUIT"},
+        {"name": "queue", "port": 5672, "check": "tcp", "stop_command": "bin/queue stop"}]))
+    router, queue = cluster.load("stage", tmp_path).components
+    assert (router.health, router.health_status, router.health_body, router.stop_signal) == \
+        ("/", 403, "Forbidden", "SIGQUIT")
+    assert (queue.check, queue.stop_command, queue.stop_signal) == ("tcp", "bin/queue stop", "SIGTERM")
 
 
 def test_duplicate_component_names(tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
+from dataclasses import replace
 
 from tasks import machine
 from tasks.release import Image, Release
@@ -143,11 +144,37 @@ def test_stop_command(cluster):
 def test_health_command(cluster):
     assert machine.health_command(cluster, 60) == (
         "deadline=$(( $(date +%s) + 60 )); while :; do failed=''; "
-        "for check in web=8080/health worker=9090/ready; do "
-        "curl -fsS -o /dev/null -m 2 \"http://127.0.0.1:${check#*=}\" 2>/dev/null || failed=\"$failed ${check%%=*}\"; "
-        "done; [ -z \"$failed\" ] && exit 0; "
+        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:8080/health); "
+        "[ \"$code\" = 200 ] || failed=\"$failed web(expected HTTP 200, got HTTP $code)\"; "
+        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
+        "[ \"$code\" = 200 ] || failed=\"$failed worker(expected HTTP 200, got HTTP $code)\"; "
+        "[ -z \"$failed\" ] && exit 0; "
         "if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within 60 s:$failed\" >&2; exit 1; fi; "
         "sleep 0.2; done")
+
+
+def test_health_check_of_an_expected_status_and_body(cluster):
+    web = replace(cluster.component("web"), health="/", health_status=403, health_body='say "$hi"')
+    assert machine.health_check(web) == (
+        "code=$(curl -s -o \"$body\" -w '%{http_code}' -m 2 http://127.0.0.1:8080/); "
+        "[ \"$code\" = 403 ] && grep -qF -- 'say \"$hi\"' \"$body\" || "
+        "failed=\"$failed web(expected HTTP 403 with 'say \\\"\\$hi\\\"', got HTTP $code)\"")
+
+
+def test_health_check_over_tcp_only(cluster):
+    worker = replace(cluster.component("worker"), check="tcp")
+    assert machine.health_check(worker) == (
+        "timeout 2 bash -c ': </dev/tcp/127.0.0.1/9090' 2>/dev/null || "
+        "failed=\"$failed worker(no TCP connection on 9090)\"")
+
+
+def test_health_command_keeps_a_scratch_file_only_for_body_rules(cluster):
+    plain = machine.health_command(cluster, 5)
+    with_body = machine.health_command(replace(cluster, components=(
+        replace(cluster.component("web"), health_body="ok"), cluster.component("worker"))), 5)
+    assert "mktemp" not in plain
+    assert with_body.startswith("deadline=$(( $(date +%s) + 5 )); body=$(mktemp) || exit 1; "
+                                "trap 'rm -f \"$body\"' EXIT; while :; do")
 
 
 def test_health_command_takes_whole_seconds(cluster):

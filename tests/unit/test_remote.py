@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from tasks.errors import Interrupted, LostLock, RemoteError
-from tasks.remote import KILL_AFTER, deadline_wrapped, parallel, staged_commands
+from tasks.remote import KILL_AFTER, deadline_wrapped, parallel, staged_commands, stream_wrapped
 
 from .fakes import FakeExecutor, FakeFence
 
@@ -107,3 +107,10 @@ def test_a_file_being_installed_from_staging_is_never_readable_by_others(tmp_pat
     assert sh(f"{swap} && umask", tmp_path).stdout.strip() == "0077"
     assert oct((tmp_path / "etc/config").stat().st_mode & 0o777) == oct(0o644)
     assert oct((tmp_path / "etc").stat().st_mode & 0o777) == oct(0o755)  # folders keep the usual mode
+
+
+def test_a_stream_ends_on_the_host_when_its_input_ends():
+    assert stream_wrapped("journalctl -f -u 'a b'", sudo=False) == (
+        "sh -c 'exec 3<&0; journalctl -f -u '\"'\"'a b'\"'\"' </dev/null 3<&- & pid=$!; "
+        "{ cat <&3 >/dev/null; kill $pid; } >/dev/null 2>&1 & wait $pid'")
+    assert stream_wrapped("true", sudo=True).startswith("sudo -n sh -c 'exec 3<&0; true </dev/null")

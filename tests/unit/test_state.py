@@ -29,6 +29,9 @@ class FakeEtcd:
     def get_prefix(self, prefix):
         return {k: v for k, v in self.data.items() if k.startswith(prefix)}
 
+    def delete(self, key):
+        self.data.pop(key, None)
+
 
 def test_keys():
     assert state.prefix(CLUSTER) == "/air/prod/"
@@ -36,6 +39,7 @@ def test_keys():
     assert state.history_prefix(CLUSTER) == "/air/prod/releases/"
     assert state.history_key(CLUSTER, "2024-01-02T03:04:05.000000Z") == "/air/prod/releases/2024-01-02T03:04:05.000000Z"
     assert state.lock_key(CLUSTER) == "/air/prod/lock"
+    assert state.candidate_key(CLUSTER) == "/air/prod/release/candidate"
 
 
 def test_keys_of_two_clusters_do_not_overlap():
@@ -97,3 +101,16 @@ def test_now_is_sortable_utc():
 ])
 def test_member_address(member, address):
     assert state.member_address(member) == address
+
+
+def test_a_candidate_is_kept_beside_the_current_release_with_its_machines():
+    etcd = FakeEtcd()
+    assert state.read_candidate(etcd, CLUSTER) == (None, None)
+    record = state.write_candidate(etcd, CLUSTER, RELEASE, ["10.0.0.3", "10.0.0.1"], who="ann@desk",
+                                   when="2024-01-02T03:04:05.000000Z", branch="master")
+    assert record["machines"] == ["10.0.0.1", "10.0.0.3"]
+    assert record["id"] == RELEASE.id and record["who"] == "ann@desk"
+    assert state.read_candidate(etcd, CLUSTER) == (RELEASE, record)
+    assert state.read_release(etcd, CLUSTER) == (None, None)  # the current release is another key
+    state.clear_candidate(etcd, CLUSTER)
+    assert state.read_candidate(etcd, CLUSTER) == (None, None)

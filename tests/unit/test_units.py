@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from cloudconfig.units import (component_unit, container_name, etcd_dropin, quote, unit_name,
@@ -30,6 +32,21 @@ RestartSec=2
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def test_a_stop_signal_goes_to_docker_run(cluster):
+    web = replace(cluster.component("web"), stop_signal="SIGQUIT")
+    unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
+    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --stop-signal SIGQUIT -e " in unit
+    assert "\nExecStop=/usr/bin/docker stop --time 20 air-web\nTimeoutStopSec=35\n" in unit
+
+
+def test_a_stop_command_runs_in_the_container_before_docker_stop(cluster):
+    web = replace(cluster.component("web"), stop_command="bin/web stop --graceful")
+    unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
+    assert "--stop-signal" not in unit
+    assert ("\nExecStop=-/usr/bin/timeout 20 /usr/bin/docker exec air-web sh -c \"bin/web stop --graceful\"\n"
+            "ExecStop=-/usr/bin/docker stop --time 20 air-web\nTimeoutStopSec=55\n") in unit
 
 
 def test_component_unit_on_ipv6(cluster):

@@ -1,0 +1,302 @@
+"""tasks/operator.py's pure half: the commands sent, the parsers of recorded outputs, the drift
+rules with their fixes and the table, all without a connection."""
+import copy
+import json
+
+import pytest
+
+from tasks import operator
+from tasks.balancer_config import Server
+from tasks.errors import ConfigError
+
+# Recorded from a sandbox machine (units renamed to the unit-test cluster's web and worker).
+STATUS_OUTPUT = """\
+--release
+529b776f1627
+--components
+web 1.0.0 8080
+worker 1.0.1 9090
+--units
+Id=air-web.service
+ActiveState=active
+SubState=running
+ActiveEnterTimestampMonotonic=1461438353
+
+Id=air-worker.service
+ActiveState=inactive
+SubState=dead
+ActiveEnterTimestampMonotonic=0
+--uptime
+1909.65
+--etcd
+active
+{"health":"true"}
+--images
+Images\t1.988MB\t1.987MB (99%)
+Containers\t0B\t0B
+Local Volumes\t0B\t0B
+Build Cache\t0B\t0B
+"""
+
+
+def test_status_command(cluster):
+    assert operator.status_command(cluster) == (
+        "echo '--release'; cat /etc/air/state/release 2>/dev/null; "
+        "echo '--components'; cat /etc/air/state/components 2>/dev/null; "
+        "echo '--units'; systemctl show -p Id,ActiveState,SubState,ActiveEnterTimestampMonotonic "
+        "air-web.service air-worker.service 2>/dev/null; "
+        "echo '--uptime'; cut -d' ' -f1 /proc/uptime; "
+        "echo '--etcd'; systemctl is-active etcd-member.service 2>/dev/null; "
+        "curl -s -m 2 http://127.0.0.1:2379/health 2>/dev/null; echo; "
+        "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null; true")
+
+
+def test_parse_status(cluster):
+    assert operator.parse_status(STATUS_OUTPUT, cluster) == {
+        "release": "529b776f1627",
+        "components": {"web": "1.0.0", "worker": "1.0.1"},
+        "units": {"web": {"unit": "air-web.service", "state": "active", "sub": "running", "version": "1.0.0",
+                          "uptime": 448},
+                  "worker": {"unit": "air-worker.service", "state": "inactive", "sub": "dead", "version": "1.0.1",
+                             "uptime": None}},
+        "etcd": {"active": "active", "healthy": True},
+        "images": {"size": "1.988MB", "reclaimable": "1.987MB (99%)"},
+    }
+
+
+def test_parse_status_of_a_machine_without_units_or_etcd(cluster):
+    parsed = operator.parse_status("--release\n--components\n--units\n--uptime\n12.5\n--etcd\ninactive\n\n"
+                                   "--images\n", cluster)
+    assert parsed["release"] == "" and parsed["etcd"] == {"active": "inactive", "healthy": False}
+    assert {u["state"] for u in parsed["units"].values()} == {"unknown"}
+
+
+@pytest.mark.parametrize("seconds, shown", [(None, "-"), (5, "5s"), (192, "3m12s"), (7500, "2h05m"),
+                                            (356400, "4d03h")])
+def test_duration(seconds, shown):
+    assert operator.duration(seconds) == shown
+
+
+def member(address, learner=False, started=True):
+    return {"id": address[-1], "address": address, "learner": learner, "started": started}
+
+
+def machine_view(address, release="r1", listed=True, role="follower", units=None):
+    return {"address": address, "reachable": True, "error": None, "release": release,
+            "etcd": {"role": role, "active": "active", "healthy": True}, "balancer": listed,
+            "units": units or {"web": {"state": "active", "version": "1.0.0", "uptime": 60},
+                               "worker": {"state": "active", "version": "1.0.0", "uptime": 60}},
+            "images": {"size": "2MB"}}
+
+
+MACHINES = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+HEALTHY = {
+    "cluster": "prod", "file_machines": MACHINES, "components": ["web", "worker"],
+    "release": {"id": "r1", "outcome": "succeeded", "when": "2024-01-02T03:04:05Z", "who": "ann@desk",
+                "components": {"web": {"version": "1.0.0"}, "worker": {"version": "1.0.0"}}},
+    "candidate": None, "lock": None,
+    "etcd": {"members": [member(m) for m in MACHINES], "leader": "10.0.0.1", "via": "10.0.0.1", "error": None},
+    "balancer": {"host": "10.0.0.100", "listed": MACHINES, "error": None, "component": "web"},
+    "machines": [machine_view(m, role="leader" if m == "10.0.0.1" else "follower") for m in MACHINES],
+    "seconds": 0.25,
+}
+
+
+def view(**changes):
+    v = copy.deepcopy(HEALTHY)
+    v.update(changes)
+    return v
+
+
+def test_a_cluster_as_recorded_has_no_warning():
+    assert operator.drift_warnings(HEALTHY) == []
+
+
+def test_out_of_the_balancer_and_a_stopped_unit_are_two_warnings_with_their_fixes():
+    v = view()
+    v["balancer"]["listed"] = MACHINES[1:]
+    v["machines"][0]["balancer"] = False
+    v["machines"][1]["units"]["worker"]["state"] = "inactive"
+    assert operator.drift_warnings(v) == [
+        {"machine": "10.0.0.1", "problem": "10.0.0.1 is out of the balancer",
+         "fix": "`fab upgrade-machine --cluster prod --machine 10.0.0.1` (health check, then back in)"},
+        {"machine": "10.0.0.2", "problem": "on 10.0.0.2: worker is inactive",
+         "fix": "`fab upgrade-machine --cluster prod --machine 10.0.0.2`"},
+    ]
+
+
+def test_the_candidate_on_its_machine_is_not_drift_but_elsewhere_it_is():
+    v = view(candidate={"id": "r2", "machines": ["10.0.0.3"], "when": "t"})
+    v["machines"][2]["release"] = "r2"
+    assert operator.drift_warnings(v) == []
+    v["machines"][1]["release"] = "r2"
+    assert operator.drift_warnings(v) == [{"machine": "10.0.0.2", "problem": "10.0.0.2 runs release r2, not r1",
+                                           "fix": "`fab upgrade-machine --cluster prod --machine 10.0.0.2`"}]
+
+
+def test_unreachable_machine_learner_and_stray_balancer_entry():
+    v = view()
+    v["machines"][0] = {"address": "10.0.0.1", "reachable": False, "error": "no answer (timed out)",
+                        "etcd": {"role": "leader"}, "balancer": True, "release": None, "units": {}, "images": {}}
+    v["etcd"]["members"][2]["learner"] = True
+    v["machines"][2]["etcd"]["role"] = "learner"
+    v["balancer"]["listed"] = MACHINES + ["10.0.0.9"]
+    fixes = {w["problem"]: w["fix"] for w in operator.drift_warnings(v)}
+    assert fixes == {
+        "10.0.0.1 cannot be reached (no answer (timed out))":
+            "once it answers: `fab upgrade-machine --cluster prod --machine 10.0.0.1`; if it is gone for good: "
+            "`fab remove-machine --cluster prod --via 10.0.0.1 --machine 10.0.0.1 --force`",
+        "10.0.0.3 is an etcd learner left behind by an unfinished add-machine":
+            "`fab remove-machine --cluster prod --via 10.0.0.1 --machine 10.0.0.3`, then add-machine again",
+        "the balancer routes to 10.0.0.9, which is not an etcd member":
+            "`fab balancer.remove --cluster prod --machine 10.0.0.9`",
+    }
+
+
+def test_an_unfinished_rollout_with_no_lock_holder_is_drift():
+    v = view()
+    v["release"]["outcome"] = "upgrading"
+    assert [w["fix"] for w in operator.drift_warnings(v)] == ["`fab rolling-upgrade --cluster prod`"]
+    v["lock"] = {"who": "ann@desk", "why": "deploy master"}
+    assert operator.drift_warnings(v) == []
+
+
+def test_etcd_that_does_not_answer_is_drift():
+    v = view()
+    v["etcd"] = {"members": [], "leader": None, "via": None, "error": "no healthy etcd member reachable"}
+    problems = [w["problem"] for w in operator.drift_warnings(v)]
+    assert problems == ["etcd does not answer: no healthy etcd member reachable"]
+
+
+def test_machine_role():
+    members = [member("10.0.0.1"), member("10.0.0.2", learner=True), member("10.0.0.3", started=False)]
+    assert [operator.machine_role(m, members, "10.0.0.1") for m in MACHINES + ["10.0.0.4"]] == \
+        ["leader", "learner", "joining", "not a member"]
+
+
+def test_the_table():
+    v = view(warnings=[], candidate={"id": "r2", "machines": ["10.0.0.3"], "when": "t"})
+    v["machines"][2]["release"] = "r2"
+    v["machines"][1]["units"]["worker"] = {"state": "failed", "version": "1.0.0", "uptime": None}
+    assert operator.render_status(v) == [
+        "cluster prod",
+        "",
+        "MACHINE   SSH  ETCD               BALANCER  RELEASE         IMAGES",
+        "10.0.0.1  ok   leader, healthy    in        r1 (recorded)   2MB",
+        "10.0.0.2  ok   follower, healthy  in        r1 (recorded)   2MB",
+        "10.0.0.3  ok   follower, healthy  in        r2 (candidate)  2MB",
+        "",
+        "units (state, version, up for):",
+        "MACHINE   web                 worker",
+        "10.0.0.1  active 1.0.0 1m00s  active 1.0.0 1m00s",
+        "10.0.0.2  active 1.0.0 1m00s  FAILED 1.0.0",
+        "10.0.0.3  active 1.0.0 1m00s  active 1.0.0 1m00s",
+        "",
+        "release:   r1 (succeeded, 2024-01-02T03:04:05Z, ann@desk) web=1.0.0 worker=1.0.0",
+        "candidate: r2 on 10.0.0.3 (since t; `fab deploy` continues, `fab rollback` puts it back)",
+        "lock:      free",
+        "etcd:      leader 10.0.0.1",
+        "all as recorded (read in 0.25 s)",
+    ]
+
+
+def test_journal_commands():
+    assert operator.journal_command("web", 50) == "journalctl -u air-web.service -o json --no-pager -n 50"
+    assert operator.journal_command("web", 5, since="2024-01-02 03:04") == \
+        "journalctl -u air-web.service -o json --no-pager -n 5 --since '2024-01-02 03:04'"
+    assert operator.journal_command("web", 5, follow=True) == \
+        "journalctl -u air-web.service -o json --no-pager -f -n 0"
+    assert operator.journal_command("web", 5, follow=True, after="s=1;i=2") == \
+        "journalctl -u air-web.service -o json --no-pager -f --after-cursor 's=1;i=2' -n all"
+
+
+def test_journals_merge_in_time_order():
+    a = "\n".join(json.dumps(e) for e in [
+        {"__REALTIME_TIMESTAMP": "1000", "MESSAGE": "a1", "__CURSOR": "c1"},
+        {"__REALTIME_TIMESTAMP": "3000", "MESSAGE": [104, 105, 255], "__CURSOR": "c2"}]) + "\nnot json\n"
+    b = json.dumps({"__REALTIME_TIMESTAMP": "2000", "MESSAGE": "b1", "__CURSOR": "d1"})
+    parsed = {"10.0.0.1": operator.parse_journal(a), "10.0.0.2": operator.parse_journal(b)}
+    assert parsed["10.0.0.1"][1] == (3000, "hi\ufffd", "c2")
+    assert operator.merged(parsed) == [(1000, "10.0.0.1", "a1"), (2000, "10.0.0.2", "b1"),
+                                       (3000, "10.0.0.1", "hi\ufffd")]
+    assert operator.log_line(1_700_000_000_123_456, "10.0.0.1", "hello") == \
+        "10.0.0.1  2023-11-14T22:13:20.123456Z  hello"
+    assert json.loads(operator.log_json(1_700_000_000_123_456, "10.0.0.1", "hello")) == \
+        {"machine": "10.0.0.1", "time": "2023-11-14T22:13:20.123456Z", "message": "hello"}
+
+
+def test_exec_command():
+    assert operator.exec_command("web", "bin/console; echo $HOME", tty=False) == \
+        "docker exec air-web sh -c 'bin/console; echo $HOME'"
+    assert operator.exec_command("web", "sh", tty=True) == "docker exec -it air-web sh -c sh"
+
+
+@pytest.mark.parametrize("lines", [0, -3, "many", None])
+def test_lines_must_be_positive(lines):
+    with pytest.raises(ConfigError, match=r"^--lines: expected a positive whole number"):
+        operator.check_lines(lines)
+
+
+def test_a_machine_must_be_the_clusters(cluster):
+    assert operator.machines_of(cluster) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert operator.machines_of(cluster, "10.0.0.2") == ["10.0.0.2"]
+    with pytest.raises(ConfigError, match=r"^--machine: 10\.0\.0\.9 is not a machine of prod"):
+        operator.machines_of(cluster, "10.0.0.9")
+
+
+@pytest.fixture
+def tasks_on(cluster, monkeypatch):
+    """The tasks see the unit-test cluster `prod`; opening a session fails the test (bad input must
+    be refused before anything is contacted)."""
+    from invoke import Context
+    from tasks import cluster as cluster_config
+    monkeypatch.setattr(cluster_config, "CLUSTERS_DIR", cluster.file.parent)
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("a session was opened")
+    monkeypatch.setattr(operator, "session", no_session)
+    return Context()
+
+
+@pytest.mark.parametrize("task, kwargs, message", [
+    ("logs", {}, "error: --component is required (one of: web, worker)"),
+    ("logs", {"component": "db"}, "no component 'db' (known: web, worker)"),
+    ("logs", {"component": "web", "lines": 0}, "error: --lines: expected a positive whole number, got 0"),
+    ("logs", {"component": "web", "machine_": "10.0.0.7"}, "error: --machine: 10.0.0.7 is not a machine of prod"),
+    ("logs", {"component": "web", "since": " "}, "error: --since: expected a time journalctl understands"),
+    ("exec_", {"machine_": "10.0.0.1", "command": "ls"}, "error: --component is required (one of: web, worker)"),
+    ("exec_", {"component": "web", "command": "ls"}, "error: --machine is required"),
+    ("exec_", {"component": "web", "machine_": "10.0.0.1"}, "error: --command is required"),
+    ("exec_", {"component": "web", "machine_": "10.0.0.1; reboot", "command": "ls"}, "error: command line: --machine"),
+    ("status", {"via": "nowhere"}, "error: command line: --via: expected an IPv4 or IPv6 address"),
+])
+def test_bad_input_is_one_error_line_before_anything_is_contacted(tasks_on, task, kwargs, message):
+    from invoke.exceptions import Exit
+    with pytest.raises(Exit) as stopped:
+        getattr(operator, task)(tasks_on, cluster="prod", **kwargs)
+    assert stopped.value.code == 1
+    text = str(stopped.value.message)
+    assert "\n" not in text and (text.startswith(message) or message in text), text
+
+
+def test_haproxy_states_of_the_machines_from_its_servers():
+    servers = [Server("prod_http", "10.0.0.1", "UP", 0), Server("prod_http", "10.0.0.2", "DRAIN", 2),
+               Server("prod_http", "10.0.0.3", "DOWN 1/2", 0), Server("prod_https", "10.0.0.1", "UP", 1)]
+    assert operator.haproxy_states(servers) == {"10.0.0.1": "UP", "10.0.0.2": "DRAIN", "10.0.0.3": "DOWN"}
+    assert operator.haproxy_states([]) == {}
+
+
+def test_haproxy_marking_a_listed_machine_down_or_drained_is_drift():
+    v = view()
+    for m, state_ in zip(v["machines"], ("UP", "DRAIN", "DOWN")):
+        m["balancer_state"] = state_
+    assert operator.drift_warnings(v) == [
+        {"machine": "10.0.0.2", "problem": "haproxy marks 10.0.0.2 DRAIN",
+         "fix": "`fab balancer.remove --cluster prod --machine 10.0.0.2`, then `fab balancer.add` of it "
+                "(haproxy readies it)"},
+        {"machine": "10.0.0.3", "problem": "haproxy marks 10.0.0.3 DOWN",
+         "fix": "`fab logs --cluster prod --component web --machine 10.0.0.3` says why its router fails "
+                "haproxy's check"},
+    ]
+    rows = operator.render_status({**v, "warnings": []})[3:6]
+    assert [f"  in ({state_})  " in row for row, state_ in zip(rows, ("UP", "DRAIN", "DOWN"))] == [True] * 3
