@@ -295,3 +295,40 @@ class Running:
         self.proc.wait(timeout=within)
         self._reader.join(5)
         return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, "\n".join(self.lines) + "\n")
+
+
+class Slow(threading.Thread):
+    """GET /slow?seconds=N through the balancer, read line by line; keeps what it read and when it ended."""
+
+    def __init__(self, cluster, seconds):
+        super().__init__(daemon=True)
+        self.cluster, self.seconds = cluster, seconds
+        self.lines, self.error, self.ended = [], None, None
+        self.started_on = threading.Event()
+
+    def run(self):
+        try:
+            conn = http.client.HTTPConnection(self.cluster.balancer.host, self.cluster.balancer.http_port,
+                                              timeout=self.seconds + 30)
+            conn.request("GET", f"/slow?seconds={self.seconds}")
+            response = conn.getresponse()
+            while True:
+                line = response.readline()
+                if not line:
+                    break
+                self.lines.append(line.decode().strip())
+                self.started_on.set()
+            conn.close()
+        except Exception as e:  # what went wrong is what the test reports
+            self.error = repr(e)
+        finally:
+            self.ended = time.monotonic()
+            self.started_on.set()
+
+    @property
+    def machine(self) -> str:
+        return self.lines[0].split()[1].rstrip(",") if self.lines else None
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and self.lines[-1:] == ["done"] and len(self.lines) == self.seconds + 2

@@ -10,7 +10,6 @@ import http.client
 import json
 import socket
 import ssl
-import threading
 import time
 from dataclasses import replace
 
@@ -20,7 +19,7 @@ from tasks import balancer, balancer_config
 from tasks import cluster as cluster_config
 from sandbox import testbed as sb
 
-from conftest import Probe, fab, on, serving
+from conftest import Probe, Slow, fab, on, serving
 from tasks.remote import Executor
 
 
@@ -172,43 +171,6 @@ def test_a_deploy_of_one_cluster_leaves_the_other_untouched(clusters, deployed, 
 
 
 # ---------------------------------------------------------------- drains
-
-class Slow(threading.Thread):
-    """GET /slow?seconds=N through the balancer, read line by line; keeps what it read and when it ended."""
-
-    def __init__(self, cluster, seconds):
-        super().__init__(daemon=True)
-        self.cluster, self.seconds = cluster, seconds
-        self.lines, self.error, self.ended = [], None, None
-        self.started_on = threading.Event()
-
-    def run(self):
-        try:
-            conn = http.client.HTTPConnection(self.cluster.balancer.host, self.cluster.balancer.http_port,
-                                              timeout=self.seconds + 30)
-            conn.request("GET", f"/slow?seconds={self.seconds}")
-            response = conn.getresponse()
-            while True:
-                line = response.readline()
-                if not line:
-                    break
-                self.lines.append(line.decode().strip())
-                self.started_on.set()
-            conn.close()
-        except Exception as e:  # what went wrong is what the test reports
-            self.error = repr(e)
-        finally:
-            self.ended = time.monotonic()
-            self.started_on.set()
-
-    @property
-    def machine(self) -> str:
-        return self.lines[0].split()[1].rstrip(",") if self.lines else None
-
-    @property
-    def complete(self) -> bool:
-        return self.error is None and self.lines[-1:] == ["done"] and len(self.lines) == self.seconds + 2
-
 
 def test_a_long_request_to_a_drained_machine_finishes_before_it_leaves(clusters):
     local = clusters["local"]

@@ -20,7 +20,7 @@ from tasks.balancer_config import servers_in
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, error_line, etcd_of, fab, listed, on,
+from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_of, fab, listed, on,
                       routed_in, serving)
 
 PORT = 80
@@ -82,7 +82,9 @@ def local_serving(installed):
 def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(local_serving, clock, figures):
     cluster = local_serving
     sb.commit_change("static_website")
+    slow = Slow(cluster, 8)
     with Probe(BALANCER_ADDRESS, PORT) as probe, Watch(cluster) as watch:
+        slow.start()
         first = Running("deploy", "--cluster", "local")
         first.wait_for("balancer: routes to")
         first.proc.send_signal(signal.SIGSTOP)   # a laptop lid closed mid-upgrade
@@ -97,7 +99,9 @@ def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(lo
           f"{watch.fewest} of {len(cluster.machines)}")
     assert error_line(stopped).startswith("error: lost the deploy lock of local (")
     assert done.returncode == 0, done.stderr
+    slow.join(20)
     assert probe.failed == 0 and watch.fewest >= len(cluster.machines) - 1
+    assert slow.complete, (slow.lines, slow.error)
     assert serving(cluster)
 
 
@@ -153,7 +157,10 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     cluster = local_serving
     before, _, _ = recorded(cluster)
     sb.commit_change("static_website")
+    slow = Slow(cluster, 6)  # a long request in flight too: short ones alone hide a restart without a drain
     with Probe(BALANCER_ADDRESS, PORT) as probe:
+        slow.start()
+        assert slow.started_on.wait(10), slow.error
         running = Running("deploy", "--cluster", "local")
         line = running.wait_for("balancer: routes to")
         in_hand = next(m for m in cluster.machines if m not in routed_in(line))
@@ -166,7 +173,8 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     last = finished.stderr.strip().splitlines()[-1]
     assert finished.returncode == 130 and last.startswith("interrupted: ") and "Traceback" not in finished.stderr
     assert f"{in_hand} is back on release {before['id']}" in last
-    assert probe.failed == 0
+    slow.join(20)
+    assert probe.failed == 0 and slow.complete, (slow.lines, slow.error)
     current, history, holder = recorded(cluster)
     assert holder is None and current["id"] == before["id"]
     assert history[-1]["outcome"].startswith("interrupted")
