@@ -75,7 +75,7 @@ def servers(cluster) -> list:
 
 def setup(cluster) -> list:
     with Executor(cluster) as ex:
-        return setup(ex)
+        return balancer.setup(ex)
 
 
 def request(cluster, path, https=False, timeout=10):

@@ -333,18 +333,18 @@ def test_a_health_rule_expecting_403_passes_on_403_and_fails_on_200(local_servin
 
 def test_a_components_stop_command_and_signal_reach_its_container(local_serving):
     """A unit rendered with a stop command and a stop signal, run beside the real ones on one
-    machine (the router's image, another port): stopping it runs the command in the container,
+    machine (the static website's image, another port): stopping it runs the command in the container,
     then `docker stop` sends the signal, and the unit ends cleanly."""
     cluster = local_serving
     address = cluster.machines[0]
     current, _, _ = recorded(cluster)
-    probe = Component("stoptest", 18500, "/health", "components/router", stop_signal="SIGINT",
+    probe = Component("stoptest", 18500, "/health", "components/static_website", stop_signal="SIGINT",
                       stop_command="echo stopped-by-command > /air/data/stop.txt")
     image_of = replace(cluster, components=(probe,))
-    unit = component_unit(image_of, probe, current["components"]["router"]["version"], address)
-    # The router's image under the probe's name: the unit pulls nothing new.
-    unit = unit.replace(cluster.image_ref("stoptest", current["components"]["router"]["version"]),
-                        cluster.image_ref("router", current["components"]["router"]["version"]))
+    version = current["components"]["static_website"]["version"]
+    unit = component_unit(image_of, probe, version, address)
+    # The static website's image (its server takes the port it is given) under the probe's name: nothing new is pulled.
+    unit = unit.replace(cluster.image_ref("stoptest", version), cluster.image_ref("static_website", version))
     path = f"/etc/systemd/system/{unit_name('stoptest')}"
     with Executor(cluster) as ex:
         ex.write_file(address, path, unit)
