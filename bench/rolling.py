@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks import balancer, build, cluster as cluster_config, install, machine, push  # noqa: E402
-from sandbox import testbed as sb, state, upgrade  # noqa: E402
+from sandbox import testbed as sb  # noqa: E402
+from tasks import state, upgrade  # noqa: E402
 from tasks.remote import Executor  # noqa: E402
 from tasks.session import session  # noqa: E402
 
