@@ -325,16 +325,22 @@ def release_facts_command(cluster) -> str:
             f"echo '--user_data'; ({user_data_command(cluster)}); true")
 
 
-def parse_release_facts(text: str, cluster) -> dict:
-    """{"release": id or "", "components": component -> version, "units": unit -> state,
-    "user_data": path of its cloud config}."""
-    sections: dict = {"release": [], "components": [], "units": [], "user_data": []}
+def in_sections(text: str, names) -> dict:
+    """name -> its lines, from output where `--name` lines head sections (what the facts commands print). Pure."""
+    sections: dict = {name: [] for name in names}
     current = None
     for line in text.splitlines():
         if line.startswith("--") and line[2:] in sections:
             current = line[2:]
         elif current:
             sections[current].append(line)
+    return sections
+
+
+def parse_release_facts(text: str, cluster) -> dict:
+    """{"release": id or "", "components": component -> version, "units": unit -> state,
+    "user_data": path of its cloud config}."""
+    sections = in_sections(text, ("release", "components", "units", "user_data"))
     return {"release": "".join(sections["release"]).strip(),
             "components": parse_components("\n".join(sections["components"])),
             "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"]))),

@@ -66,23 +66,12 @@ def haproxy_states(servers) -> dict:
     return states
 
 
-def _sections(text: str, names) -> dict:
-    sections: dict = {name: [] for name in names}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("--") and line[2:] in sections:
-            current = line[2:]
-        elif current:
-            sections[current].append(line)
-    return sections
-
-
 def parse_status(text: str, cluster) -> dict:
     """What ``status_command`` printed, as {release, components, units, etcd, images}. Pure.
 
     ``units``: component -> {unit, state, sub, uptime (seconds, None when not active)};
     ``etcd``: {active, healthy}; ``images``: {size, reclaimable} as Docker says them."""
-    s = _sections(text, ("release", "components", "units", "uptime", "etcd", "images"))
+    s = machine.in_sections(text, ("release", "components", "units", "uptime", "etcd", "images"))
     try:
         uptime = float("".join(s["uptime"]).strip())
     except ValueError:

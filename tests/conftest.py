@@ -193,6 +193,37 @@ def install_fresh(sandbox, cluster):
         install.setup(s, list(cluster.machines))
 
 
+def wait_serving(cluster, within=120) -> bool:
+    """True once the cluster serves (``serving``), False when it did not within ``within`` s."""
+    deadline = time.monotonic() + within
+    while not serving(cluster):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
+
+
+@pytest.fixture
+def local_serving(installed):
+    """The installed cluster, serving at the start of the test (a previous test may have just restarted a machine)."""
+    assert wait_serving(installed, 60), "the cluster is not serving at the start of the test"
+    return installed
+
+
+@pytest.fixture(scope="module")
+def build_server(local):
+    """(executor, build server address)."""
+    from tasks.remote import Executor
+    with Executor(local) as ex:
+        yield ex, local.build.host
+
+
+@pytest.fixture(scope="module")
+def registry(local):
+    from tasks.registry import RegistryClient
+    return RegistryClient.for_registry(local.registry)
+
+
 @pytest.fixture(scope="module")
 def installed(sandbox, local):
     """The local cluster installed on its 3 machines and serving. Checked at the start of every

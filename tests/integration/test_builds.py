@@ -19,11 +19,10 @@ import yaml
 
 from sandbox import testbed as sb
 from tasks.remote import Executor
-from tasks.registry import RegistryClient
 
 from conftest import ROOT, error_line, fab
 from conftest import Probe, get_version
-from integration.test_deploy import recorded, start_times, wait_serving
+from integration.test_deploy import recorded, start_times
 from integration.test_images import Session, build_push, changed, head_of, snapshot, versions
 
 
@@ -32,18 +31,6 @@ def session(sandbox, tmp_path_factory):
     s = Session(tmp_path_factory.mktemp("clusters"))
     yield s
     s.cleanup()
-
-
-@pytest.fixture(scope="module")
-def build_server(local):
-    """(executor, build server address)."""
-    with Executor(local) as ex:
-        yield ex, local.build.host
-
-
-@pytest.fixture(scope="module")
-def registry(local):
-    return RegistryClient.for_registry(local.registry)
 
 
 def images(report) -> dict:
@@ -146,12 +133,6 @@ def test_component_branches_are_checked(session, built, build_server):
 
 
 # ---------------------------------------------------------------- the local cluster
-
-@pytest.fixture
-def local_serving(installed):
-    assert wait_serving(installed, 60), "the cluster is not serving at the start of the test"
-    return installed
-
 
 def test_a_build_argument_reaches_the_image(local_serving):
     """air_frontend's AIR_BUILD_VERSION ({version}: MAJOR.MINOR of VERSION) is what its /version shows."""

@@ -23,7 +23,7 @@ from tasks import machine, state
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, routed_in, serving
+from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, routed_in, serving, wait_serving
 
 CHANGED = "static_website"   # the component a normal change touches
 BROKEN = "air_frontend"      # the component a broken release breaks
@@ -92,23 +92,7 @@ def assert_on_release(sandbox, cluster, release_id, components=None):
             assert versions[name] == version
 
 
-def wait_serving(cluster, within=120) -> bool:
-    deadline = time.monotonic() + within
-    while not serving(cluster):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(2)
-    return True
-
-
 # ---------------------------------------------------------------- fixtures
-
-@pytest.fixture
-def local_serving(installed):
-    """The installed cluster, serving at the start of the test (a previous test may have just restarted a machine)."""
-    assert wait_serving(installed, 60), "the cluster is not serving at the start of the test"
-    return installed
-
 
 @pytest.fixture
 def machines(local_serving):

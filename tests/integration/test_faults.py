@@ -21,16 +21,9 @@ from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_of, fab, listed, on,
-                      routed_in, serving)
+                      routed_in, serving, wait_serving)
 
 PORT = 80
-
-
-def wait_serving(cluster, within=120):
-    deadline = time.monotonic() + within
-    while not serving(cluster):
-        assert time.monotonic() < deadline, "the cluster did not come back to serving"
-        time.sleep(1)
 
 
 def recorded(cluster):
@@ -74,7 +67,7 @@ class Watch:
 
 @pytest.fixture
 def local_serving(installed):
-    wait_serving(installed, 60)
+    assert wait_serving(installed, 60), "the cluster is not serving at the start of the test"
     assert recorded(installed)[2] is None, "the lock is held at the start of the test"
     return installed
 
@@ -148,7 +141,7 @@ def test_a_machine_paused_during_a_deploy_fails_it_at_once_and_frees_the_lock(sa
     assert f"unreachable: {cluster.machines[-1]}" in error_line(finished)
     assert "No machine was changed" in error_line(finished)
     assert recorded(cluster)[2] is None
-    wait_serving(cluster)
+    assert wait_serving(cluster)
     fab("deploy", "--cluster", "local")  # the change goes out once the machine answers again
     assert serving(cluster)
 

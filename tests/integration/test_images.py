@@ -21,8 +21,7 @@ import yaml
 
 from sandbox import testbed as sb
 from tasks import cluster as cluster_config
-from tasks.remote import Executor, q
-from tasks.registry import RegistryClient
+from tasks.remote import q
 
 from conftest import ROOT, fab
 
@@ -85,18 +84,6 @@ def session(sandbox, tmp_path_factory):
     s = Session(tmp_path_factory.mktemp("clusters"))
     yield s
     s.cleanup()
-
-
-@pytest.fixture(scope="module")
-def build_server(local):
-    """(executor, build server address)."""
-    with Executor(local) as ex:
-        yield ex, local.build.host
-
-
-@pytest.fixture(scope="module")
-def registry(local):
-    return RegistryClient.for_registry(local.registry)
 
 
 # ---------------------------------------------------------------- running and reading

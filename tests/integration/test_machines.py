@@ -19,22 +19,9 @@ from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, Running, USER_DATA,
-                      error_line, fab, get_version, on, routed_in, serving)
+                      error_line, fab, get_version, on, routed_in, serving, wait_serving)
 
 OS_UPDATES = "update-engine.service locksmithd.service"
-
-
-def wait_serving(cluster, within=120):
-    deadline = time.monotonic() + within
-    while not serving(cluster):
-        assert time.monotonic() < deadline, "the cluster did not come back to serving"
-        time.sleep(1)
-
-
-@pytest.fixture
-def local_serving(installed):
-    wait_serving(installed, 60)
-    return installed
 
 
 @pytest.mark.parametrize("host", [MACHINE_ADDRESSES[0], BALANCER_ADDRESS, BUILD_ADDRESS],
@@ -83,7 +70,7 @@ def test_a_rebooted_machine_keeps_the_administrators_unit_and_serves_again(sandb
         back = time.monotonic() - rebooted
     figures(f"reboot of {address}: serving again {back:.1f} s after `docker restart`; {probe.report('meanwhile')}")
     assert on(cluster, address, f"systemctl is-active {sb.ADMIN_UNIT}").stdout.strip() == "active"
-    wait_serving(cluster)
+    assert wait_serving(cluster)
 
 
 def test_os_updates_are_paused_during_an_upgrade_and_put_back_after(local_serving, figures):

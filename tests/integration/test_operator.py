@@ -21,24 +21,9 @@ from tasks.cluster import Component
 from tasks.errors import HealthError
 from tasks.remote import Executor, q
 
-from conftest import ROOT, Probe, etcd_of, fab, get_version, on, on_each, serving
+from conftest import ROOT, Probe, etcd_of, fab, get_version, on, on_each, serving, wait_serving
 
 CHANGED = "static_website"  # the component a change touches
-
-
-def wait_serving(cluster, within=90) -> bool:
-    deadline = time.monotonic() + within
-    while not serving(cluster):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(2)
-    return True
-
-
-@pytest.fixture
-def local_serving(installed):
-    assert wait_serving(installed, 60), "the cluster is not serving at the start of the test"
-    return installed
 
 
 def recorded(cluster):
