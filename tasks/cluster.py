@@ -428,6 +428,25 @@ def check_addresses(values, where="machines", file="command line") -> list:
     return result
 
 
+def _same(value: str) -> str:
+    return value
+
+
+# kind -> (is it valid, how it is written when it is): the kinds that are one checked string.
+WORDS = {
+    "name": (COMPONENT_NAME.match, _same),
+    "namespace": (DOCKER_NAMESPACE.match, _same),
+    "url_path": (URL_PATH.match, _same),
+    "unit": (UNIT_NAME.match, _same),
+    "stage": (STAGE.match, _same),
+    "branch": (valid_branch, _same),
+    "proxy_protocol": (lambda v: v in ("v1", "v2"), _same),
+    "check": (lambda v: v in HEALTH_CHECKS, _same),
+    "mode": (FILE_MODE.match, lambda v: v.rjust(4, "0")),
+    "signal": (SIGNAL.match, lambda v: v if v.startswith("SIG") else f"SIG{v}"),
+}
+
+
 def _check(kind, value, where, file, base_dir, cluster):
     if kind == "http_status":
         if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
@@ -457,12 +476,10 @@ def _check(kind, value, where, file, base_dir, cluster):
         if not value.strip():
             _fail(file, where, KINDS[kind], value)
         return value
-    if kind == "name":
-        if not COMPONENT_NAME.match(value):
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "namespace":
-        if not DOCKER_NAMESPACE.match(value):
+    if kind in WORDS:  # a string of one form: checked by a rule, then maybe normalized
+        valid, normal = WORDS[kind]
+        value = normal(value)
+        if not valid(value):
             _fail(file, where, KINDS[kind], value)
         return value
     if kind == "address":
@@ -494,39 +511,6 @@ def _check(kind, value, where, file, base_dir, cluster):
         if value.startswith("/") or ".." in parts or not REMOTE_PATH.match("/" + value):
             _fail(file, where, KINDS[kind], value)
         return value.strip("/")
-    if kind == "proxy_protocol":
-        if value not in ("v1", "v2"):
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "unit":
-        if not UNIT_NAME.match(value):
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "mode":
-        if not FILE_MODE.match(value):
-            _fail(file, where, KINDS[kind], value)
-        return value.rjust(4, "0")
-    if kind == "branch":
-        if not valid_branch(value):
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "stage":
-        if not STAGE.match(value):
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "check":
-        if value not in HEALTH_CHECKS:
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "signal":
-        value = value if value.startswith("SIG") else f"SIG{value}"
-        if not SIGNAL.match(value):
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "url_path":
-        if not URL_PATH.match(value):
-            _fail(file, where, KINDS[kind], value)
-        return value
     raise AssertionError(kind)
 
 
