@@ -20,7 +20,7 @@ import threading
 from .balancer_config import (admin_socket, change_command, check_command, drain_left, main_config,
                               parse_stat, plan, routers_file, servers_in, stat_command, unit_file, unit_name,
                               unit_path)
-from .cli import air_task, cluster_of
+from .cli import air_task, cluster_of, report
 from .cluster import check_address
 from .errors import RemoteError
 from .remote import say
@@ -149,22 +149,21 @@ def setup_task(c, cluster=None):
         setup(s.ex)
 
 
-@air_task(name="list", help={"cluster": "target cluster"})
-def list_(c, cluster=None):
+@air_task(name="list", help={"cluster": "target cluster", "json": "print JSON"})
+def list_(c, cluster=None, json_=False):
     """List the machines the balancer sends traffic to."""
     with session(cluster_of(cluster), etcd=False) as s:
         machines = Routers(s.ex).listed()
-    for machine in machines:
-        print(machine)
+    report(machines, json_, "\n".join(machines))
 
 
-@air_task(name="status", help={"cluster": "target cluster"})
-def status_task(c, cluster=None):
+@air_task(name="status", help={"cluster": "target cluster", "json": "print JSON"})
+def status_task(c, cluster=None, json_=False):
     """Show haproxy's view of the cluster's servers: status and current connections."""
     with session(cluster_of(cluster), etcd=False) as s:
         found = Routers(s.ex).servers()
-    for server in found:
-        print(f"{server.backend:20} {server.machine:20} {server.status:10} {server.sessions}")
+    report([server._asdict() for server in found], json_,
+           "\n".join(f"{s.backend:20} {s.machine:20} {s.status:10} {s.sessions}" for s in found))
 
 
 @air_task(name="add", help={"cluster": "target cluster", "machine": "machine address"})

@@ -30,7 +30,7 @@ from docker.errors import APIError
 from docker.utils.build import PatternMatcher
 
 from . import docker_api, version
-from .cli import air_task, build_host, cluster_of
+from .cli import air_task, build_host, cluster_of, report
 from .cluster import Component, relative_to, valid_branch
 from .errors import ConfigError, DeadlineError, RemoteError
 from .remote import q, say, tail
@@ -398,9 +398,10 @@ def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) 
                 "branch": "branch of the main repository (default: the cluster's build.branch); "
                           "COMPONENT=B for a component with its own repository (repeatable)",
                 "component": "build only this component",
-                "no-cache": "rebuild every step instead of using the build server's build cache"},
+                "no-cache": "rebuild every step instead of using the build server's build cache",
+                "json": "print the images and sources as JSON"},
           iterable=["branch"])
-def build(c, cluster=None, branch=None, component=None, no_cache=False):
+def build(c, cluster=None, branch=None, component=None, no_cache=False, json_=False):
     """Update the cluster's checkouts on the build server and build its images."""
     target = cluster_of(cluster)
     branches = parse_branches(target, branch)
@@ -409,5 +410,5 @@ def build(c, cluster=None, branch=None, component=None, no_cache=False):
     with session(target, etcd=False, changes=True) as s:
         optional_lock(s, f"build {branches}")
         result = build_all(s.ex, build_host(c, target), branches, component, cache=not no_cache)
-    for name, image_id in result["images"].items():
-        print(f"{name:20} {image_id}")
+    report({"images": result["images"], "sources": result["sources"]}, json_,
+           "\n".join(f"{name:20} {image_id}" for name, image_id in result["images"].items()))

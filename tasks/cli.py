@@ -10,6 +10,7 @@ any host is contacted.
 from __future__ import annotations
 
 import functools
+import json
 
 from fabric import task
 from invoke.exceptions import Exit
@@ -35,6 +36,11 @@ def air_task(*args, **kwargs):
     if args and callable(args[0]):
         return decorate(args[0])
     return decorate
+
+
+def report(data, as_json: bool, text: str) -> None:
+    """A task's result on standard output: ``data`` as JSON for scripts (``--json``), else ``text``."""
+    print(json.dumps(data, indent=1, sort_keys=True) if as_json else text)
 
 
 def cluster_of(name) -> cluster_config.Cluster:

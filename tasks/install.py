@@ -17,7 +17,7 @@ import time
 from typing import NamedTuple
 
 from . import balancer, machine, push, state
-from .cli import air_task, cluster_of
+from .cli import air_task, cluster_of, report
 from .cluster import check_address, check_addresses
 from .errors import AirError, ConfigError, Halt, PreflightError, RemoteError
 from .remote import q, say
@@ -165,17 +165,18 @@ def resume(s, via) -> object:
 @air_task(name="setup-cluster", help={"cluster": "target cluster",
                                       "machines": "comma-separated addresses (default: the cluster file's)",
                                       "resume": "finish a setup that stopped after etcd formed",
-                                      "via": "with --resume: the member to reach etcd through"})
-def setup_cluster(c, cluster=None, machines=None, resume_=False, via=None):
+                                      "via": "with --resume: the member to reach etcd through",
+                                      "json": "print the outcome as JSON"})
+def setup_cluster(c, cluster=None, machines=None, resume_=False, via=None, json_=False):
     """Install the cluster on freshly prepared machines and start it."""
     target = cluster_of(cluster)
     chosen = check_addresses(machines, "--machines") if machines else list(target.machines)
     via = check_address(via, "--via") if via else None
     with session(target, etcd=False, changes=True) as s:
-        if resume_:
-            resume(s, via)
-        else:
-            setup(s, chosen)
+        release = resume(s, via) if resume_ else setup(s, chosen)
+        serving = sorted(state.member_address(m) for m in s.etcd.members()) if s.etcd else chosen
+    report({"cluster": target.name, "release": release.id, "machines": serving}, json_,
+           f"release {release.id} on {', '.join(serving)}")
 
 
 @air_task(name="create-admin", help={"cluster": "target cluster", "email": "admin's email",

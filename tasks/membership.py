@@ -22,7 +22,7 @@ from typing import Optional
 
 from . import balancer, machine, state
 from . import etcd as etcd_api
-from .cli import air_task, cluster_of
+from .cli import air_task, cluster_of, report
 from .cluster import check_address
 from .errors import AirError, ConfigError, Interrupted, LostLock, PreflightError, RemoteError
 from .install import install_machine, plan_machine
@@ -143,7 +143,8 @@ def hand_over_leadership(s, leaving: str, via: str) -> None:
         time.sleep(0.2)
 
 
-def remove(s, via: str, old: str, force: bool = False) -> None:
+def remove(s, via: str, old: str, force: bool = False) -> bool:
+    """Remove ``old``; returns whether it answered (and so was also stopped and wiped)."""
     cluster, ex, client = s.cluster, s.ex, s.etcd
     _check_via(client, cluster, via)
     member = _member(client, old)
@@ -173,26 +174,34 @@ def remove(s, via: str, old: str, force: bool = False) -> None:
     else:
         say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
             f"wipe it before using it again")
+    return answers
 
 
 @air_task(name="add-machine", help={"cluster": "target cluster", "via": "an existing member",
-                                    "machine": "address of the freshly prepared machine"})
-def add_machine(c, cluster=None, via=None, machine_=None):
+                                    "machine": "address of the freshly prepared machine",
+                                    "json": "print the outcome as JSON"})
+def add_machine(c, cluster=None, via=None, machine_=None, json_=False):
     """Add a freshly prepared machine to the cluster (etcd learner, promoted, current release, balancer)."""
     target = cluster_of(cluster)
     via, new = check_address(via, "--via"), check_address(machine_, "--machine")
     with session(target, f"add-machine {new}", via) as s:
         add(s, via, new)
+        release, _ = state.read_release(s.etcd, target)
+    report({"machine": new, "member": True, "release": release.id if release else None}, json_,
+           f"{new} is a member of {target.name}")
 
 
 @air_task(name="remove-machine", help={"cluster": "target cluster", "via": "another member",
                                        "machine": "address of the machine to remove (may be powered off)",
-                                       "force": "remove even when quorum or redundancy is at risk"})
-def remove_machine(c, cluster=None, via=None, machine_=None, force=False):
+                                       "force": "remove even when quorum or redundancy is at risk",
+                                       "json": "print the outcome as JSON"})
+def remove_machine(c, cluster=None, via=None, machine_=None, force=False, json_=False):
     """Remove a machine from the cluster: balancer, polite stop, etcd, wipe."""
     target = cluster_of(cluster)
     via, old = check_address(via, "--via"), check_address(machine_, "--machine")
     if via == old:
         raise ConfigError("--via must be another member than --machine")
     with session(target, f"remove-machine {old}", via) as s:
-        remove(s, via, old, force)
+        wiped = remove(s, via, old, force)
+    report({"machine": old, "removed": True, "wiped": wiped}, json_,
+           f"{old} removed from {target.name}" + ("" if wiped else " (it did not answer: wipe it before reuse)"))

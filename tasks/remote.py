@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shlex
+import shutil
 import socket
 import sys
 import threading
@@ -42,10 +43,28 @@ LOCAL_GRACE = 10     # seconds we wait beyond a deadline for the remote `timeout
 KEEPALIVE_EVERY = 2  # seconds between SSH keepalive requests
 
 
+PROGRESS_EVERY = 0.5  # seconds between redraws of the progress line on a terminal
+PROGRESS_AFTER = 1.0  # a step shows in it once it has run this long
+_progress_shown = threading.Event()  # a progress line stands on the terminal, to be cleared first
+
+
 def say(message: str) -> None:
     """Progress for the operator, on standard error (standard output is for results)."""
     with _print_lock:
+        if _progress_shown.is_set():
+            sys.stderr.write("\r\x1b[K")
+            _progress_shown.clear()
         print(message, file=sys.stderr, flush=True)
+
+
+def progress_line(steps, now: float, width: int = 100) -> str:
+    """One line of the remote steps running longer than ``PROGRESS_AFTER``, per machine with its
+    time so far: what a terminal shows while pulls, health checks and the like run. Pure.
+    ``steps``: (host, what, started) triples."""
+    shown = [f"{host}: {what} {now - started:.0f}s" for host, what, started in sorted(steps, key=lambda s: s[0])
+             if now - started >= PROGRESS_AFTER]
+    line = "… " + " · ".join(shown) if shown else ""
+    return line if len(line) <= width else line[:width - 1] + "…"
 
 
 def q(value) -> str:
@@ -117,7 +136,7 @@ def staged_commands(files, staging: Optional[str], suffix: str) -> Staged:
 class Executor:
     """Every remote action of one task, on connections opened once per host."""
 
-    def __init__(self, cluster):
+    def __init__(self, cluster, progress=None):
         self.cluster = cluster
         self.fence = None                      # the cluster lock this task holds, once it holds one
         self.interrupted = threading.Event()   # set by the first Ctrl-C or SIGTERM
@@ -127,8 +146,13 @@ class Executor:
         self._host_locks: dict = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._active: dict = {}                # step id -> (host, what, deadline as monotonic time)
+        self._active: dict = {}                # step id -> (host, what, deadline, started), monotonic times
         self._closed = threading.Event()
+        # On a terminal, a line of the steps in flight per machine, redrawn in place; elsewhere plain lines only.
+        self._progress = progress if progress is not None else sys.stderr
+        self._ticker = threading.Thread(target=self._show_progress, name="progress", daemon=True)
+        if self._progress.isatty():
+            self._ticker.start()
 
     # ------------------------------------------------------------ connections
 
@@ -140,6 +164,8 @@ class Executor:
 
     def close(self) -> None:
         self._closed.set()
+        if self._ticker.is_alive():
+            self._ticker.join(2)  # the progress line is cleared before anything else is printed
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
         # Newest first: a connection through the jump host closes before the jump host's own.
@@ -250,22 +276,43 @@ class Executor:
     def in_flight(self) -> list:
         """'host: what' of every remote step running now (what a second Ctrl-C may leave half-done)."""
         with self._lock:
-            return [f"{host}: {what}" for host, what, _ in self._active.values()]
+            return [f"{host}: {what}" for host, what, _, _ in self._active.values()]
 
     def stuck(self) -> Optional[str]:
         """A step past its deadline and grace (its host does not answer), or None."""
         now = time.monotonic()
         with self._lock:
-            for host, what, deadline in self._active.values():
+            for host, what, deadline, _ in self._active.values():
                 if now > deadline + LOCAL_GRACE:
                     return f"{host}: {what}"
         return None
+
+    def _show_progress(self) -> None:
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        while not self._closed.wait(PROGRESS_EVERY):
+            with self._lock:
+                steps = [(host, what, started) for host, what, _, started in self._active.values()]
+            line = progress_line(steps, time.monotonic(), width)
+            with _print_lock:
+                if line or _progress_shown.is_set():
+                    self._progress.write("\r\x1b[K" + line)
+                    self._progress.flush()
+                    if line:
+                        _progress_shown.set()
+                    else:
+                        _progress_shown.clear()
+        with _print_lock:
+            if _progress_shown.is_set():
+                self._progress.write("\r\x1b[K")
+                self._progress.flush()
+                _progress_shown.clear()
 
     @contextmanager
     def _step(self, host: str, what: str, deadline: float):
         token = object()
         with self._lock:
-            self._active[token] = (host, what, time.monotonic() + deadline)
+            now = time.monotonic()
+            self._active[token] = (host, what, now + deadline, now)
         try:
             yield
         finally:

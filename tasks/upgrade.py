@@ -23,6 +23,7 @@ machine it left out of the balancer.
 """
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Optional
 import cloudconfig
 
 from . import balancer, machine, state
-from .cli import air_task, cluster_of
+from .cli import air_task, cluster_of, report
 from .cluster import check_address
 from .errors import AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, RemoteError
 from .release import Release
@@ -349,7 +350,19 @@ class Rollout:
         return changed
 
 
-def print_plan(rollout: Rollout) -> None:
+def plan_data(rollout: Rollout) -> dict:
+    """The plan as data (``--plan --json``): what each machine needs, what stops the rollout."""
+    planned = {s.machine: s for s in rollout.steps}
+    return {"release": rollout.release.id, "unreachable": rollout.down, "warning": rollout.warning,
+            "machines": {m: {"action": planned[m].action if m in planned else NOTHING,
+                             "restart": list(planned[m].restart) if m in planned else []}
+                         for m in rollout.machines}}
+
+
+def print_plan(rollout: Rollout, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(plan_data(rollout), indent=1, sort_keys=True))
+        return
     if rollout.down:
         print(f"unreachable: {'; '.join(rollout.down)}: the rollout would refuse to start")
     if rollout.warning:
@@ -374,8 +387,9 @@ def target_release(s, release_id=None) -> tuple:
 @air_task(name="upgrade-machine", help={"cluster": "target cluster", "machine": "machine address",
                                         "release": "release id (default: the cluster's current release)",
                                         "via": "member to reach etcd through",
-                                        "plan": "print what the machine needs and change nothing"})
-def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None, plan_=False):
+                                        "plan": "print what the machine needs and change nothing",
+                                        "json": "print the plan or the outcome as JSON"})
+def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None, plan_=False, json_=False):
     """Upgrade one machine to the cluster's release (drain, stop politely, install, start, check, re-add)."""
     target = cluster_of(cluster)
     address = check_address(machine_, "--machine")
@@ -387,17 +401,19 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None,
             raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
         rollout = Rollout(s, wanted, current, only=[address])
         if plan_:
-            print_plan(rollout)
+            print_plan(rollout, json_)
             return
         changed = rollout.apply()
-    print(f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
+    report({"machine": address, "release": wanted.id, "upgraded": bool(changed)}, json_,
+           f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
 
 
 @air_task(name="rolling-upgrade", help={"cluster": "target cluster", "via": "member to reach etcd through",
                                         "batch": "machines upgraded at once (capped to keep a majority serving)",
                                         "release": "release id (default: the cluster's current release)",
-                                        "plan": "print what each machine needs and change nothing"})
-def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=False):
+                                        "plan": "print what each machine needs and change nothing",
+                                        "json": "print the plan or the outcome as JSON"})
+def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=False, json_=False):
     """Upgrade every member machine to the cluster's release, one at a time."""
     target = cluster_of(cluster)
     via = check_address(via, "--via") if via else None
@@ -405,7 +421,8 @@ def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=Fals
         wanted, current = target_release(s, release)
         rollout = Rollout(s, wanted, current, batch=int(batch))
         if plan_:
-            print_plan(rollout)
+            print_plan(rollout, json_)
             return
         changed = rollout.apply()
-    print(f"release {wanted.id}: {len(changed)} machine(s) upgraded")
+    report({"release": wanted.id, "upgraded": changed}, json_,
+           f"release {wanted.id}: {len(changed)} machine(s) upgraded")

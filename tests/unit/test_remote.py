@@ -1,11 +1,14 @@
 """What the executor sends (pure builders, run in a real ``sh``) and its checks before a change."""
+import io
 import os
 import subprocess
+import time
 
 import pytest
 
 from tasks.errors import Interrupted, LostLock, RemoteError
-from tasks.remote import KILL_AFTER, deadline_wrapped, parallel, staged_commands, stream_wrapped
+from tasks.remote import (KILL_AFTER, PROGRESS_AFTER, PROGRESS_EVERY, Executor, deadline_wrapped, parallel,
+                          progress_line, staged_commands, stream_wrapped)
 
 from .fakes import FakeExecutor, FakeFence
 
@@ -114,3 +117,31 @@ def test_a_stream_ends_on_the_host_when_its_input_ends():
         "sh -c 'exec 3<&0; journalctl -f -u '\"'\"'a b'\"'\"' </dev/null 3<&- & pid=$!; "
         "{ cat <&3 >/dev/null; kill $pid; } >/dev/null 2>&1 & wait $pid'")
     assert stream_wrapped("true", sudo=True).startswith("sudo -n sh -c 'exec 3<&0; true </dev/null")
+
+
+# ---------------------------------------------------------------- progress on a terminal
+
+def test_the_progress_line_names_each_machines_long_steps_with_their_time():
+    steps = [("10.0.0.2", "health check", 95.0), ("10.0.0.1", "pull release r1", 97.2), ("10.0.0.3", "read", 99.9)]
+    assert progress_line(steps, 100.0) == "… 10.0.0.1: pull release r1 3s · 10.0.0.2: health check 5s"
+    assert progress_line([("10.0.0.3", "read", 99.9)], 100.0) == ""  # a short step shows nothing
+    assert progress_line(steps, 100.0, width=20) == "… 10.0.0.1: pull re…"
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream, redrawn", [(Terminal(), True), (io.StringIO(), False)], ids=["tty", "pipe"])
+def test_a_terminal_gets_the_progress_line_redrawn_and_a_pipe_plain_lines_only(cluster, stream, redrawn):
+    ex = Executor(cluster, progress=stream)
+    try:
+        with ex._step("10.0.0.1", "pull release r1", 60):
+            time.sleep(PROGRESS_AFTER + 2 * PROGRESS_EVERY)
+    finally:
+        ex.close()
+    text = stream.getvalue()
+    assert ("\r\x1b[K… 10.0.0.1: pull release r1 1s" in text) is redrawn
+    assert text.endswith("\r\x1b[K") is redrawn  # cleared at the end
+    assert text == "" or redrawn
