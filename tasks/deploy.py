@@ -20,7 +20,7 @@ import time
 
 from . import state, upgrade
 from .build import build_all, parse_branches
-from .cli import air_task, build_host, cluster_of
+from .cli import air_task, build_host, cluster_of, report
 from .cluster import check_address
 from .errors import AirError, ConfigError, Interrupted, LostLock
 from .push import print_report, push_all
@@ -262,10 +262,12 @@ def lock_status(c, cluster=None, via=None, json_=False):
     print("free" if holder is None else " ".join(f"{k}={v}" for k, v in holder.items()))
 
 
-@air_task(name="release", help={"cluster": "target cluster", "via": "member to reach etcd through"})
-def lock_release(c, cluster=None, via=None):
+@air_task(name="release", help={"cluster": "target cluster", "via": "member to reach etcd through",
+                                "json": "print the holder it had as JSON"})
+def lock_release(c, cluster=None, via=None, json_=False):
     """Release the cluster's lock by force (when its holder is known to be gone)."""
     target = cluster_of(cluster)
     with session(target, via=via and check_address(via, "--via")) as s:
         holder = s.etcd.force_release(state.lock_key(target))
-    print("was free" if holder is None else "released the lock of " + " ".join(f"{k}={v}" for k, v in holder.items()))
+    report({"released": holder}, json_,
+           "was free" if holder is None else "released the lock of " + " ".join(f"{k}={v}" for k, v in holder.items()))
