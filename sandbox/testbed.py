@@ -186,16 +186,10 @@ def ensure_local_files() -> None:
     if not (STATE / "ca.crt").exists():
         sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
            "/CN=air-sandbox CA", "-keyout", str(STATE / "ca.key"), "-out", str(STATE / "ca.crt"))
+        os.chmod(STATE / "ca.key", 0o600)
         registry_ip = next(n.address for n in layout(1, 0) if n.role == "registry")
-        ext = STATE / "registry.ext"
-        ext.write_text(f"subjectAltName=IP:{registry_ip},DNS:{PREFIX}-registry\n")
-        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={PREFIX}-registry",
-           "-keyout", str(STATE / "registry.key"), "-out", str(STATE / "registry.csr"))
-        sh("openssl", "x509", "-req", "-in", str(STATE / "registry.csr"), "-CA", str(STATE / "ca.crt"),
-           "-CAkey", str(STATE / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(ext),
-           "-out", str(STATE / "registry.crt"))
-        for f in ("ca.key", "registry.key"):
-            os.chmod(STATE / f, 0o600)
+        sign_certificate(STATE, f"{PREFIX}-registry", f"IP:{registry_ip},DNS:{PREFIX}-registry",
+                         STATE / "registry.key", STATE / "registry.crt")
     credentials = STATE / "registry-credentials.yaml"
     if not credentials.exists():
         fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -212,15 +206,22 @@ def ensure_local_files() -> None:
         # The sample router's own TLS certificate, for the name and address clients reach it by: the
         # balancer's (HTTPS passes through it as TCP). A secret of the cluster, like the others.
         balancer_ip = _node("balancer").address
-        ext = STATE / "router.ext"
-        ext.write_text(f"subjectAltName=IP:{balancer_ip},DNS:{PREFIX}-balancer,DNS:localhost,IP:127.0.0.1\n")
-        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={PREFIX}-balancer",
-           "-keyout", str(secrets_dir / "router.key"), "-out", str(STATE / "router.csr"))
-        sh("openssl", "x509", "-req", "-in", str(STATE / "router.csr"), "-CA", str(STATE / "ca.crt"),
-           "-CAkey", str(STATE / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(ext),
-           "-out", str(secrets_dir / "router.crt"))
-        for f in ("router.key", "router.crt"):
-            os.chmod(secrets_dir / f, 0o600)
+        sign_certificate(STATE, f"{PREFIX}-balancer", f"IP:{balancer_ip},DNS:{PREFIX}-balancer,DNS:localhost,IP:127.0.0.1",
+                         secrets_dir / "router.key", secrets_dir / "router.crt")
+        os.chmod(secrets_dir / "router.crt", 0o600)
+
+
+def sign_certificate(ca_dir: Path, name: str, alt_names: str, key: Path, certificate: Path) -> None:
+    """A new key (0600) and a certificate for ``name`` and ``alt_names``, signed by the CA in ``ca_dir``."""
+    ext = ca_dir / f"{key.stem}.ext"
+    ext.write_text(f"subjectAltName={alt_names}\n")
+    request = ca_dir / f"{key.stem}.csr"
+    sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+       "-keyout", str(key), "-out", str(request))
+    os.chmod(key, 0o600)
+    sh("openssl", "x509", "-req", "-in", str(request), "-CA", str(ca_dir / "ca.crt"),
+       "-CAkey", str(ca_dir / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(ext),
+       "-out", str(certificate))
 
 
 def registry_credentials() -> tuple:

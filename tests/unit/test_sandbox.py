@@ -27,3 +27,16 @@ def test_each_clusters_fragment_lists_its_own_machines_and_the_shared_hosts():
     for key in ("build", "registry", "balancer", "ssh", "secrets"):
         assert local[key] == local2[key]
     assert sb.fragment_file("local").name == "cluster.yaml" and sb.fragment_file("local2").name == "local2.yaml"
+
+
+def test_a_signed_certificate_verifies_against_the_sandbox_ca(tmp_path):
+    from sandbox import testbed as sb
+    sb.sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+          "-keyout", str(tmp_path / "ca.key"), "-out", str(tmp_path / "ca.crt"))
+    sb.sign_certificate(tmp_path, "registry", "IP:10.0.0.11,DNS:registry", tmp_path / "registry.key",
+                        tmp_path / "registry.crt")
+    verified = sb.sh("openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "registry.crt"))
+    assert verified.stdout.strip().endswith(": OK")
+    text = sb.sh("openssl", "x509", "-noout", "-text", "-in", str(tmp_path / "registry.crt")).stdout
+    assert "IP Address:10.0.0.11" in text and "DNS:registry" in text
+    assert oct((tmp_path / "registry.key").stat().st_mode & 0o777) == oct(0o600)
