@@ -112,6 +112,11 @@ class Staged(NamedTuple):
     discard: str  # the command removing them instead
 
 
+def folders_of(files) -> str:
+    """The folders ``(path, content, mode)`` files go into, quoted for the shell, once each. Pure."""
+    return " ".join(q(f) for f in sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files}))
+
+
 def staged_commands(files, staging: Optional[str], suffix: str) -> Staged:
     """The commands that put uploaded ``(path, content, mode)`` files in place, or discard them. Pure.
 
@@ -120,7 +125,7 @@ def staged_commands(files, staging: Optional[str], suffix: str) -> Staged:
     commands end with the status of what they did, so they chain with ``&&``.
     """
     files = list(files)
-    folders = " ".join(q(f) for f in sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files}))
+    folders = folders_of(files)
     if staging is None:
         return Staged(" && ".join([f"mkdir -p {folders}"] +
                                   [f"mv -f {q(path + suffix)} {q(path)}" for path, _, _ in files]),
@@ -474,8 +479,7 @@ class Executor:
         suffix = f".air-new-{self.run_id}"
         if not self.conn(host).air_sudo:
             staged = staged_commands(files, None, suffix)
-            folders = " ".join(q(f) for f in sorted({p.rsplit("/", 1)[0] or "/" for p, _, _ in files}))
-            self.run(host, f"mkdir -p {folders}", what="make folders")
+            self.run(host, f"mkdir -p {folders_of(files)}", what="make folders")
             for path, content, mode in files:
                 self.upload(host, path + suffix, content, mode)
             return staged

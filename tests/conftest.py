@@ -115,29 +115,27 @@ def clock(request):
             steps.append((what, time.monotonic() - started))
 
     yield timed
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None and steps:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            reporter.write_sep("-", f"timings of {request.module.__name__}")
-            for what, seconds in steps:
-                reporter.write_line(f"{seconds:7.1f} s  {what}")
+    _print_at_end(request, "timings", [f"{seconds:7.1f} s  {what}" for what, seconds in steps])
 
 
-@pytest.fixture(scope="module")
-def figures(request):
-    """``figures(line)`` keeps a measured figure; a module's figures are printed at its end, even under -q."""
-    lines = []
-    yield lines.append
+def _print_at_end(request, title: str, lines: list) -> None:
+    """A module's ``lines`` under a heading, shown even under -q (capture set aside)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None and lines:
         with capture.global_and_fixture_disabled():
             reporter.write_line("")
-            reporter.write_sep("-", f"figures of {request.module.__name__}")
+            reporter.write_sep("-", f"{title} of {request.module.__name__}")
             for line in lines:
                 reporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def figures(request):
+    """``figures(line)`` keeps a measured figure; a module's figures are printed at its end, even under -q."""
+    lines: list = []
+    yield lines.append
+    _print_at_end(request, "figures", lines)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tasks import machine, state
-from tasks.balancer_config import servers_in
+from tasks.balancer_config import machines_in
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
@@ -62,7 +62,7 @@ class Watch:
                     text = ex.read_file(self.cluster.balancer.host, path, missing="")
                 except Exception:  # the balancer paused: nothing to read now
                     continue
-                self.fewest = min(self.fewest, len(servers_in(text)[0]))  # in rotation: drained ones are not
+                self.fewest = min(self.fewest, len(machines_in(text)))  # in rotation: drained ones are not
 
 
 @pytest.fixture
