@@ -238,11 +238,10 @@ def secret_files(cluster) -> list:
             for path in (sorted(folder.iterdir()) if folder.is_dir() else []) if path.is_file()]
 
 
-def wipe(ex, address, user_data: str = None) -> None:
+def wipe(ex, address, user_data: str) -> None:
     """Back to a freshly prepared machine (``wipe_command``): a reboot does not bring the
     cluster's units back, and the administrator's base cloud config is in place again."""
     cluster = ex.cluster
-    user_data = user_data or facts(ex, address)["user_data"]
     ex.run(address, wipe_command(cluster, user_data), what="wipe etcd and the Air units",
            deadline=cluster.timeouts.stop + cluster.timeouts.command)
 

@@ -52,11 +52,12 @@ def _member(client, address):
 
 
 def _probe(ex, address) -> tuple:
-    """(answers SSH, runs etcd, has Air units installed) for one machine."""
+    """(answers SSH, runs etcd, has Air units installed, where its cloud config is) for one machine."""
     if ex.reachable(address):
-        return False, False, False
+        return False, False, False, None
     facts = machine.facts(ex, address)
-    return True, facts.get("etcd_active") == "active", facts.get("air_units", "0") not in ("", "0")
+    return (True, facts.get("etcd_active") == "active", facts.get("air_units", "0") not in ("", "0"),
+            facts["user_data"])
 
 
 def _check_via(client, cluster, via):
@@ -153,14 +154,14 @@ def remove(s, via: str, old: str, force: bool = False) -> bool:
     addresses = [state.member_address(m) for m in client.members()]
     voters = [state.member_address(m) for m in client.members() if not m.learner]
     probes = dict(zip(addresses, ex.parallel(lambda a: _probe(ex, a), addresses)))
-    alive = {a for a, (_, etcd_up, _) in probes.items() if etcd_up}
+    alive = {a for a, (_, etcd_up, _, _) in probes.items() if etcd_up}
     # Learners do not vote: removing one never costs quorum, and they count for none.
     problem = None if member.learner else removal_problem(voters, alive, old)
     if problem and not force:
         raise PreflightError(f"refusing to remove {old}: {problem}. Nothing was changed "
                              f"(--force removes it anyway)")
     balancer.Routers(ex).remove(old)
-    answers, runs_etcd, installed = probes[old]
+    answers, runs_etcd, installed, user_data = probes[old]
     if installed:  # a learner left by a failed add may have none
         say(f"remove-machine: stopping the Air units on {old}")
         machine.stop(ex, old)
@@ -169,7 +170,7 @@ def remove(s, via: str, old: str, force: bool = False) -> bool:
     ex.check(f"removing {old} from etcd")
     client.remove_member(member.id)
     if answers:
-        machine.wipe(ex, old)
+        machine.wipe(ex, old, user_data)
         say(f"remove-machine: {old} removed and wiped")
     else:
         say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
