@@ -373,8 +373,16 @@ class Cluster:
         return f"{self.namespace}/{self.name}_{component}"
 
     def image_ref(self, component: str, version: str) -> str:
-        """Full reference a machine pulls: registry/namespace/cluster_component:version."""
+        """Full reference of a version tag: registry/namespace/cluster_component:version."""
         return f"{self.registry.address}/{self.image(component)}:{version}"
+
+    def pinned_ref(self, image) -> str:
+        """What a machine pulls and runs for a release's ``image``: by its manifest digest
+        (registry/namespace/cluster_component@sha256:...); by its version tag only for an image
+        recorded before manifest digests were kept."""
+        if image.manifest:
+            return f"{self.registry.address}/{self.image(image.component)}@{image.manifest}"
+        return self.image_ref(image.component, image.version)
 
     def component(self, name: str) -> Component:
         for component in self.components:

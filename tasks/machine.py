@@ -79,14 +79,32 @@ def fresh_problems(facts: dict) -> list:
     return problems
 
 
+PULL_PAUSE_MAX = 8   # seconds between two tries of a pull, at most (the pauses double from 1 s)
+PULL_MARGIN = 5      # seconds of the pull deadline kept for the check after the last try
+
+
 def pull_command(cluster, release, components=None) -> str:
-    """Pulls the release's images (of ``components`` only, when given) side by side; fails if any fails."""
-    refs = [cluster.image_ref(i.component, i.version) for i in release.images
-            if components is None or i.component in components]
-    if not refs:
+    """Pulls the release's images (of ``components`` only, when given; never of one the cluster file
+    lacks) side by side and checks each is the recorded one (its ID is the recorded config digest);
+    fails if any fails. An image pinned by digest that the machine has is not pulled again. Each pull
+    is retried with doubling pauses until ``timeouts.pull`` is near; its error names the last failure."""
+    wanted = [c.name for c in cluster.components if components is None or c.name in components]
+    images = [i for i in release.images if i.component in wanted]
+    if not images:
         return "true"
-    pulls = " ".join(f"docker pull -q {q(ref)} >/dev/null & pids=\"$pids $!\";" for ref in refs)
-    return f"pids=''; {pulls} for pid in $pids; do wait $pid || exit 1; done"
+    budget = max(1, cluster.timeouts.pull - PULL_MARGIN)
+    pull = ("pull() { tries=0; pause=1; "
+            "while :; do [ -n \"$4\" ] && docker image inspect \"$1\" >/dev/null 2>&1 && break; "
+            "tries=$((tries + 1)); out=$(docker pull -q \"$1\" 2>&1) && break; "
+            "if [ $(( $(date +%s) + pause )) -ge $end ]; then "
+            "echo \"pull of $3 failed after $tries tries: $(printf '%s\\n' \"$out\" | tail -n 1)\" >&2; return 1; fi; "
+            f"sleep $pause; pause=$((pause * 2)); [ $pause -le {PULL_PAUSE_MAX} ] || pause={PULL_PAUSE_MAX}; done; "
+            "got=$(docker image inspect -f '{{.Id}}' \"$1\") || return 1; "
+            "[ \"$got\" = \"$2\" ] || { echo \"$3: the registry gave $got, release $5 records $2\" >&2; return 1; }; }")
+    calls = " ".join(f"pull {q(cluster.pinned_ref(i))} {q(i.digest)} {q(f'{i.component} {i.version}')} "
+                     f"{'pinned' if i.manifest else q('')} {q(release.id)} & pids=\"$pids $!\";" for i in images)
+    return (f"end=$(( $(date +%s) + {budget} )); {pull}; pids=''; {calls} "
+            f"failed=0; for pid in $pids; do wait $pid || failed=1; done; exit $failed")
 
 
 def units_of(cluster, components=None) -> list:

@@ -115,20 +115,87 @@ def test_units_of(cluster):
     assert machine.units_of(cluster) == ["air-web.service", "air-worker.service"]
 
 
-def test_pull_command_pulls_side_by_side_and_fails_when_one_fails(cluster):
-    assert machine.pull_command(cluster, RELEASE) == (
+PINNED = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64, "sha256:" + "d" * 64),
+                  Image("web", "1.2.3", "sha256:" + "a" * 64)))  # web recorded before manifest digests were kept
+
+
+def test_pull_command_pulls_side_by_side_by_digest_and_checks_each_image(cluster):
+    command = machine.pull_command(cluster, PINNED)
+    assert command.startswith("end=$(( $(date +%s) + 295 )); pull() { ")
+    assert command.endswith(
         "pids=''; "
-        "docker pull -q registry.example.org:5000/aircloak/prod_web:1.2.3 >/dev/null & pids=\"$pids $!\"; "
-        "docker pull -q registry.example.org:5000/aircloak/prod_worker:1.3.0 >/dev/null & pids=\"$pids $!\"; "
-        "for pid in $pids; do wait $pid || exit 1; done")
+        "pull registry.example.org:5000/aircloak/prod_web:1.2.3 sha256:" + "a" * 64 + " 'web 1.2.3' '' "
+        f"{PINNED.id} & pids=\"$pids $!\"; "
+        "pull registry.example.org:5000/aircloak/prod_worker@sha256:" + "d" * 64 + " sha256:" + "b" * 64 +
+        f" 'worker 1.3.0' pinned {PINNED.id} & pids=\"$pids $!\"; "
+        "failed=0; for pid in $pids; do wait $pid || failed=1; done; exit $failed")
 
 
 def test_pull_command_of_some_components(cluster):
-    assert machine.pull_command(cluster, RELEASE, ["worker"]) == (
-        "pids=''; "
-        "docker pull -q registry.example.org:5000/aircloak/prod_worker:1.3.0 >/dev/null & pids=\"$pids $!\"; "
-        "for pid in $pids; do wait $pid || exit 1; done")
-    assert machine.pull_command(cluster, RELEASE, []) == "true"
+    assert "prod_web" not in machine.pull_command(cluster, PINNED, ["worker"])
+    assert machine.pull_command(cluster, PINNED, []) == "true"
+
+
+def test_pull_command_skips_a_component_the_cluster_file_lacks(cluster):
+    more = Release(PINNED.images + (Image("gone", "1.0.0", "sha256:" + "c" * 64),))
+    command = machine.pull_command(cluster, more)
+    assert "prod_gone" not in command and command.count(" & pids=") == 2
+
+
+FAKE_DOCKER = """#!/bin/sh
+# docker as the pull command uses it: `pull` fails while $FAILS (a counter file) is above 0;
+# `image inspect` knows an image once pulled (or when $HAVE is set) and prints $ID.
+state=$(dirname "$0")
+case "$1" in
+  pull) n=$(cat "$state/fails"); if [ "$n" -gt 0 ]; then echo $((n - 1)) > "$state/fails";
+        echo "Error response from daemon: Get https://registry/v2/: connection refused (try $n)" >&2; exit 1; fi;
+        echo pulled >> "$state/pulls"; touch "$state/have"; exit 0 ;;
+  image) [ -e "$state/have" ] || exit 1; [ "$3" = -f ] && echo "$ID"; exit 0 ;;
+esac
+exit 2
+"""
+
+
+def run_pull(tmp_path, cluster, release, fails=0, image_id=None, have=False):
+    """The pull command run by sh against FAKE_DOCKER: (exit status, stderr, pulls made)."""
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    (tmp_path / "fails").write_text(str(fails))
+    if have:
+        (tmp_path / "have").touch()
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "ID": image_id or release.images[0].digest}
+    done = subprocess.run(["sh", "-c", machine.pull_command(cluster, release)], env=env, capture_output=True,
+                          text=True, timeout=30)
+    pulls = (tmp_path / "pulls").read_text().count("pulled") if (tmp_path / "pulls").exists() else 0
+    return done.returncode, done.stderr, pulls
+
+
+ONE = Release((Image("web", "1.2.3", "sha256:" + "a" * 64, "sha256:" + "e" * 64),))
+
+
+def test_a_pull_is_retried_after_a_failure(tmp_path, cluster):
+    assert run_pull(tmp_path, cluster, ONE, fails=1) == (0, "", 1)
+
+
+def test_a_pull_that_keeps_failing_names_the_last_failure(tmp_path, cluster):
+    short = replace(cluster, timeouts=replace(cluster.timeouts, pull=machine.PULL_MARGIN + 2))
+    status, stderr, pulls = run_pull(tmp_path, short, ONE, fails=99)
+    assert (status, pulls) == (1, 0)
+    tries = 99 - int((tmp_path / "fails").read_text())
+    assert stderr == ("pull of web 1.2.3 failed after 2 tries: Error response from daemon: "
+                      f"Get https://registry/v2/: connection refused (try {100 - tries})\n")
+
+
+def test_another_image_than_the_recorded_one_fails_naming_both_digests(tmp_path, cluster):
+    status, stderr, _ = run_pull(tmp_path, cluster, ONE, image_id="sha256:" + "f" * 64)
+    assert (status, stderr) == (1, f"web 1.2.3: the registry gave sha256:{'f' * 64}, release {ONE.id} records "
+                                   f"sha256:{'a' * 64}\n")
+
+
+def test_an_image_pinned_by_digest_that_the_machine_has_is_not_pulled_again(tmp_path, cluster):
+    assert run_pull(tmp_path, cluster, ONE, have=True) == (0, "", 0)
+    by_tag = Release((Image("web", "1.2.3", "sha256:" + "a" * 64),))
+    assert run_pull(tmp_path / "..", cluster, by_tag, have=True)[2] == 1  # a tag can move: pulled again
 
 
 def test_start_command(cluster):
