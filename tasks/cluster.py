@@ -249,10 +249,6 @@ class Registry:
     keep: int = 3
 
     @property
-    def host(self) -> str:
-        return self.address.rpartition(":")[0].strip("[]")
-
-    @property
     def machine_credentials(self) -> Path:
         """The account machines pull with: the pull-only one when there is one."""
         return self.pull_credentials or self.credentials

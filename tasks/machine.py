@@ -227,11 +227,12 @@ def diagnostics_command(cluster) -> str:
 # ---------------------------------------------------------------- inputs of the cloud config
 
 def base_document(cluster) -> dict:
-    """The base cloud config of this cluster, from its key, CA and credentials files."""
+    """The base cloud config of this cluster, from its key, CA and credentials files: the machines'
+    Docker login is the pull-only account when the cluster file gives one (the push account stays here)."""
     public_key = cluster.ssh.key.with_name(cluster.ssh.key.name + ".pub")
     keys = [public_key.read_text().strip()] if public_key.exists() else []
     ca = cluster.registry.ca.read_text() if cluster.registry.ca else None
-    return cloudconfig.base(cluster, keys, ca, load_credentials(cluster.registry.credentials))
+    return cloudconfig.base(cluster, keys, ca, load_credentials(cluster.registry.machine_credentials))
 
 
 def final_document(cluster, machine, members, state, release, base_doc: dict) -> dict:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from dataclasses import replace
 
+import cloudconfig
 from tasks import machine
 from tasks.release import Image, Release
 
@@ -321,3 +322,22 @@ def test_wipe_undoes_what_preflight_looks_at(cluster):
     for path in (machine.ETCD_DROPIN_PATH, "/var/lib/etcd/member", "/etc/air/state",
                  "/etc/systemd/system/air-web.service", "/etc/systemd/system/air-worker.service"):
         assert path in wipe
+
+
+def docker_login(doc) -> str:
+    import base64
+    import json
+    config = next(f for f in cloudconfig.files(doc) if f.path == cloudconfig.DOCKER_CONFIG)
+    return base64.b64decode(json.loads(config.content)["auths"]["registry.example.org:5000"]["auth"]).decode()
+
+
+def test_machines_log_in_with_the_pull_only_account_when_there_is_one(cluster, tmp_path):
+    (tmp_path / "registry.yaml").write_text("username: pusher\npassword: push-secret\n")
+    (tmp_path / "registry.yaml").chmod(0o600)
+    assert docker_login(machine.base_document(cluster)) == "pusher:push-secret"
+    (tmp_path / "pull.yaml").write_text("username: puller\npassword: pull-secret\n")
+    (tmp_path / "pull.yaml").chmod(0o600)
+    with_puller = replace(cluster, registry=replace(cluster.registry, pull_credentials=tmp_path / "pull.yaml"))
+    doc = machine.base_document(with_puller)
+    assert docker_login(doc) == "puller:pull-secret"
+    assert "push-secret" not in cloudconfig.render(doc)
