@@ -107,6 +107,19 @@ def pull_command(cluster, release, components=None) -> str:
             f"failed=0; for pid in $pids; do wait $pid || failed=1; done; exit $failed")
 
 
+def cleanup_command(cluster, components, keep) -> str:
+    """Removes the machine's images of ``components``' repositories but those of the ``keep``
+    releases and any a container (running or not) uses; prints ``removed <image ID>`` for each."""
+    repositories = " ".join(f"--filter reference={q(f'{cluster.registry.address}/{cluster.image(c)}')}"
+                            for c in sorted(components))
+    kept = " ".join(sorted({i.digest for release in keep for i in release.images}))
+    return (f"keep=' {kept} '; "
+            "used=\" $(docker ps -aq --no-trunc | xargs -r docker inspect -f '{{.Image}}' | tr '\\n' ' ') \"; "
+            f"for id in $(docker images -q --no-trunc {repositories} | sort -u); do "
+            "case \"$keep$used\" in *\" $id \"*) continue ;; esac; "
+            "docker rmi -f \"$id\" >/dev/null && echo \"removed $id\"; done; true")
+
+
 def units_of(cluster, components=None) -> list:
     """The Air units of ``components`` (names; default: all), in the cluster's order."""
     return [unit_name(c.name) for c in cluster.components if components is None or c.name in components]
@@ -322,6 +335,12 @@ def resume_os_updates(ex, address) -> None:
 def pull(ex, address, release, components=None) -> None:
     ex.run(address, pull_command(ex.cluster, release, components), what=f"pull release {release.id}",
            deadline=ex.cluster.timeouts.pull)
+
+
+def clean_images(ex, address, components, keep) -> int:
+    """``cleanup_command`` on one machine; how many images it removed."""
+    result = ex.run(address, cleanup_command(ex.cluster, components, keep), what="remove old images")
+    return result.stdout.count("removed ")
 
 
 def start(ex, address, components=None) -> None:

@@ -160,7 +160,20 @@ def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
     steps = plan(cluster, base, images, registry)
     if not dry:
         steps = [pushed(ex, api, registry, step, commits[step.component], auth) for step in steps]
+        prune_dangling(api, host)
     return Release(tuple(s.image for s in steps)), steps
+
+
+def prune_dangling(api, host: str) -> None:
+    """Remove the build server's dangling images (layers no tag names any more); its engine keeps
+    those a container uses. A failure is a warning: the push is done."""
+    try:
+        reclaimed = api.prune_images(filters={"dangling": True}).get("SpaceReclaimed") or 0
+    except APIError as e:
+        say(f"warning: {host}: pruning dangling images failed: {e.explanation or e}")
+        return
+    if reclaimed:
+        say(f"push: {host}: dangling images pruned ({reclaimed / 1e6:.1f} MB)")
 
 
 def report(release: Release, steps: list) -> dict:

@@ -341,3 +341,33 @@ def test_machines_log_in_with_the_pull_only_account_when_there_is_one(cluster, t
     doc = machine.base_document(with_puller)
     assert docker_login(doc) == "puller:pull-secret"
     assert "push-secret" not in cloudconfig.render(doc)
+
+
+CLEANUP_DOCKER = """#!/bin/sh
+# docker as the cleanup command uses it: $IMAGES lists the images of the filtered repositories,
+# $USED those containers use; rmi appends to the file `removed`.
+state=$(dirname "$0")
+case "$1" in
+  ps) [ -n "$USED" ] && echo container1; exit 0 ;;
+  inspect) echo "$USED"; exit 0 ;;
+  images) echo "$*" > "$state/images-args"; printf '%s\\n' $IMAGES; exit 0 ;;
+  rmi) echo "$3" >> "$state/removed"; exit 0 ;;
+esac
+exit 2
+"""
+
+
+def test_cleanup_removes_the_images_of_no_kept_release_that_no_container_uses(tmp_path, cluster):
+    (tmp_path / "docker").write_text(CLEANUP_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    old, used = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    kept = [RELEASE]  # web a..., worker b...
+    images = " ".join(["sha256:" + "a" * 64, old, used, "sha256:" + "b" * 64, old])
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "IMAGES": images, "USED": used}
+    done = subprocess.run(["sh", "-c", machine.cleanup_command(cluster, ["worker", "web"], kept)], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, f"removed {old}\n")
+    assert (tmp_path / "removed").read_text() == f"{old}\n"
+    assert (tmp_path / "images-args").read_text() == (
+        "images -q --no-trunc --filter reference=registry.example.org:5000/aircloak/prod_web "
+        "--filter reference=registry.example.org:5000/aircloak/prod_worker\n")
