@@ -132,16 +132,43 @@ def unit_words(cluster, components=None) -> str:
     return " ".join(q(u) for u in units_of(cluster, components))
 
 
+def running_components(cluster, release) -> list:
+    """Names of the components a machine on ``release`` runs: those of the cluster file that the
+    release has an image of, in the cluster's order (``cloudconfig.installed_components``)."""
+    return [c.name for c in cloudconfig.installed_components(cluster, release)]
+
+
 def start_command(cluster, components=None) -> str:
     units = unit_words(cluster, components)
     reload = "systemctl daemon-reload"
     return f"{reload} && systemctl enable -q {units} && systemctl restart {units}" if units else reload
 
 
+def existing_units(components) -> str:
+    """Shell: sets ``$units`` to the units of ``components`` (names, in or out of the cluster file)
+    whose unit file exists on the machine: what may be stopped or disabled."""
+    words = " ".join(q(unit_name(c)) for c in components)
+    return f"units=$(systemctl list-unit-files --no-legend {words} 2>/dev/null | awk '{{print $1}}')"
+
+
 def stop_command(cluster, components=None) -> str:
-    """Stops the Air units at once; each unit's ExecStop gives its container the cluster's stop timeout."""
-    units = unit_words(cluster, components)
-    return f"systemctl stop {units}" if units else "true"
+    """Stops the Air units (of ``components``, when given) that exist, at once; each unit's ExecStop
+    gives its container the cluster's stop timeout. A unit not installed (a component new to the
+    cluster file, or one its release lacks) is not there to stop."""
+    names = cluster.component_names if components is None else list(components)
+    if not names:
+        return "true"
+    return f"{existing_units(names)}; [ -z \"$units\" ] || systemctl stop $units"
+
+
+def remove_command(components) -> str:
+    """Stops, disables and forgets the units of ``components`` (gone from the cluster file or from
+    the release): their unit files are removed; a daemon-reload follows in ``start_command``."""
+    if not components:
+        return "true"
+    files = " ".join(q(f"{UNIT_DIR}/{unit_name(c)}") for c in components)
+    return (f"{existing_units(components)}; {{ [ -z \"$units\" ] || systemctl disable -q --now $units; }} && "
+            f"rm -f {files}")
 
 
 def parse_components(text: str) -> dict:
@@ -150,10 +177,18 @@ def parse_components(text: str) -> dict:
 
 
 def to_restart(running: dict, units: dict, release, cluster) -> list:
-    """Components whose unit must be restarted to run ``release``: another version, or not active."""
+    """Components whose unit must be (re)started to run ``release``: another version, not active,
+    or not installed yet (new in the cluster file)."""
     wanted = release.versions()
-    return [c.name for c in cluster.components
-            if running.get(c.name) != wanted.get(c.name) or units.get(unit_name(c.name)) != "active"]
+    return [name for name in running_components(cluster, release)
+            if running.get(name) != wanted[name] or units.get(unit_name(name)) != "active"]
+
+
+def to_remove(running: dict, release, cluster) -> list:
+    """Components installed on the machine (its components file) that it does not run on
+    ``release``: gone from the cluster file, or absent from the release."""
+    wanted = running_components(cluster, release)
+    return sorted(name for name in running if name not in wanted)
 
 
 def health_check(component, body_file: str = '"$body"') -> str:
@@ -179,11 +214,14 @@ def _dq(text: str) -> str:
     return "".join("\\" + ch if ch in '"$`\\' else ch for ch in text)
 
 
-def health_command(cluster, timeout: int) -> str:
-    """Waits until every component passes its health rule on the machine (``health_check``), or
-    fails naming those that don't and what each answered."""
-    checks = "; ".join(health_check(c) for c in cluster.components)
-    body = any(c.check == "http" and c.health_body for c in cluster.components)
+def health_command(cluster, timeout: int, components=None) -> str:
+    """Waits until every component (of ``components``, when given) passes its health rule on the
+    machine (``health_check``), or fails naming those that don't and what each answered."""
+    checked = [c for c in cluster.components if components is None or c.name in components]
+    if not checked:
+        return "true"
+    checks = "; ".join(health_check(c) for c in checked)
+    body = any(c.check == "http" and c.health_body for c in checked)
     scratch = "body=$(mktemp) || exit 1; trap 'rm -f \"$body\"' EXIT; " if body else ""
     return (f"deadline=$(( $(date +%s) + {int(timeout)} )); {scratch}"
             f"while :; do failed=''; {checks}; [ -z \"$failed\" ] && exit 0; "
@@ -406,9 +444,9 @@ def release_facts(ex, address) -> dict:
                                        what="read the release facts").stdout, ex.cluster)
 
 
-def wait_healthy(ex, address, timeout: int = None) -> None:
+def wait_healthy(ex, address, timeout: int = None, components=None) -> None:
     timeout = timeout or ex.cluster.timeouts.healthy
-    result = ex.read(address, health_command(ex.cluster, timeout), check=False,
+    result = ex.read(address, health_command(ex.cluster, timeout, components), check=False,
                      deadline=timeout + ex.cluster.timeouts.command, what="health check")
     if result.exited != 0:
         raise unhealthy(ex, address, result)
@@ -420,19 +458,22 @@ def unhealthy(ex, address, result) -> HealthError:
     return HealthError(f"{address}: {remote.tail(result.stderr, 1)}\n{journal.rstrip()}")
 
 
-def upgrade_command(cluster, components, swap: str) -> str:
-    """One machine's upgrade in one command: stop the units of ``components``, ``swap`` the staged
-    files in, start them, wait until every component is healthy, resume OS updates. Exits
-    ``UNHEALTHY`` when the health check fails. Pure."""
-    return (f"{stop_command(cluster, components)} && {swap} && {start_command(cluster, components)} || exit $?; "
-            f"( {health_command(cluster, cluster.timeouts.healthy)} ) || exit {UNHEALTHY}; "
+def upgrade_command(cluster, components, swap: str, remove=(), running=None) -> str:
+    """One machine's upgrade in one command: stop the units of ``components`` and ``remove`` that
+    exist, ``swap`` the staged files in, remove the units of ``remove``, start those of
+    ``components``, wait until every component it runs (``running``, default all) is healthy,
+    resume OS updates. Exits ``UNHEALTHY`` when the health check fails. Pure."""
+    return (f"{stop_command(cluster, [*components, *remove])} && {swap} && {remove_command(remove)} && "
+            f"{start_command(cluster, components)} || exit $?; "
+            f"( {health_command(cluster, cluster.timeouts.healthy, running)} ) || exit {UNHEALTHY}; "
             f"{resume_os_updates_command()}")
 
 
-def upgrade(ex, address, components, staged: remote.Staged, what: str) -> None:
+def upgrade(ex, address, components, staged: remote.Staged, what: str, remove=(), running=None) -> None:
     """``upgrade_command`` on ``address``; HealthError when it ran but is not healthy."""
     timeouts = ex.cluster.timeouts
-    result = ex.run(address, upgrade_command(ex.cluster, components, staged.swap), what=what, check=False,
+    result = ex.run(address, upgrade_command(ex.cluster, components, staged.swap, remove, running), what=what,
+                    check=False,
                     deadline=timeouts.stop + timeouts.healthy + timeouts.command)
     if result.exited == UNHEALTHY:
         raise unhealthy(ex, address, result)

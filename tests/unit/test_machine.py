@@ -206,7 +206,33 @@ def test_start_command(cluster):
 
 
 def test_stop_command(cluster):
-    assert machine.stop_command(cluster) == "systemctl stop air-web.service air-worker.service"
+    assert machine.stop_command(cluster) == (
+        "units=$(systemctl list-unit-files --no-legend air-web.service air-worker.service 2>/dev/null "
+        "| awk '{print $1}'); [ -z \"$units\" ] || systemctl stop $units")
+    assert machine.stop_command(cluster, []) == "true"
+
+
+def test_remove_command_disables_the_units_that_exist_and_removes_their_files():
+    assert machine.remove_command(["gone"]) == (
+        "units=$(systemctl list-unit-files --no-legend air-gone.service 2>/dev/null | awk '{print $1}'); "
+        "{ [ -z \"$units\" ] || systemctl disable -q --now $units; } && rm -f /etc/systemd/system/air-gone.service")
+    assert machine.remove_command([]) == "true"
+
+
+def test_components_to_restart_and_to_remove(cluster):
+    web_only = Release((RELEASE.image("web"),))
+    running = {"web": "1.2.3", "old": "0.9.0"}  # `old`: gone from the cluster file, still installed
+    units = {"air-web.service": "active", "air-worker.service": "inactive"}
+    assert machine.running_components(cluster, RELEASE) == ["web", "worker"]
+    assert machine.to_restart(running, units, RELEASE, cluster) == ["worker"]  # new in the cluster: installed
+    assert machine.to_remove(running, RELEASE, cluster) == ["old"]
+    assert machine.to_restart(running, units, web_only, cluster) == []  # a release without worker: not started
+    assert machine.to_remove({**running, "worker": "1.3.0"}, web_only, cluster) == ["old", "worker"]
+
+
+def test_health_of_some_components(cluster):
+    assert "9090" not in machine.health_command(cluster, 5, ["web"]) and "8080" in machine.health_command(cluster, 5)
+    assert machine.health_command(cluster, 5, []) == "true"
 
 
 def test_health_command(cluster):
@@ -381,7 +407,8 @@ def run_upgrade(tmp_path, cluster, stop_exit=0, health_code="200"):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "log"
-    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "systemctl $*" >> {log}\n'
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\n[ "$1" = list-unit-files ] && {{ echo "$3 enabled enabled"; '
+                                       f'exit 0; }}\necho "systemctl $*" >> {log}\n'
                                        f'[ "$1" = stop ] && exit {stop_exit}\n'
                                        f'[ "$1" = is-active ] && exit 1\nexit 0\n')
     (bin_dir / "curl").write_text(f'#!/bin/sh\necho curl >> {log}\nprintf {health_code}\n')
