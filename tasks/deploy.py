@@ -59,6 +59,8 @@ def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
         deploy_canary(s, release, current, canary, dry, **meta)
         return release
     continuing = candidate is not None and candidate.id == release.id
+    if not dry:
+        say(f"deploy: release {release.id} is in the registry; reading the machines")
     rollout = upgrade.Rollout(s, release, current, batch=batch,
                               canary={m: candidate.id for m in candidate_record["machines"]} if candidate else None)
     if dry:
