@@ -106,7 +106,7 @@ def pull_command(cluster, release, components=None) -> str:
     calls = " ".join(f"pull {q(cluster.pinned_ref(i))} {q(i.digest)} {q(f'{i.component} {i.version}')} "
                      f"{'pinned' if i.manifest else q('')} {q(release.id)} & pids=\"$pids $!\";" for i in images)
     return (f"end=$(( $(date +%s) + {budget} )); {pull}; pids=''; {calls} "
-            f"failed=0; for pid in $pids; do wait $pid || failed=1; done; exit $failed")
+            f"failed=0; for pid in $pids; do wait $pid || failed=1; done; [ $failed = 0 ]")
 
 
 def cleanup_command(cluster, components, keep) -> str:

@@ -129,7 +129,7 @@ def test_pull_command_pulls_side_by_side_by_digest_and_checks_each_image(cluster
         f"{PINNED.id} & pids=\"$pids $!\"; "
         "pull registry.example.org:5000/aircloak/prod_worker@sha256:" + "d" * 64 + " sha256:" + "b" * 64 +
         f" 'worker 1.3.0' pinned {PINNED.id} & pids=\"$pids $!\"; "
-        "failed=0; for pid in $pids; do wait $pid || failed=1; done; exit $failed")
+        "failed=0; for pid in $pids; do wait $pid || failed=1; done; [ $failed = 0 ]")
 
 
 def test_pull_command_of_some_components(cluster):
@@ -455,3 +455,17 @@ def test_release_facts_carry_the_base_verbatim_whatever_its_lines():
 def test_a_machine_without_a_cloud_config_is_refused_with_how_to_prepare_it():
     with pytest.raises(machine.PreflightError, match=r"^10\.0\.0\.1: no cloud config at /u: prepare the machine"):
         machine.parse_base("10.0.0.1", "/u", None)
+
+
+def test_the_pull_command_lets_the_staging_after_it_run(tmp_path, cluster):
+    """Rollout runs it as ``before`` of ``remote.staging_command``: it must end with a status, not exit."""
+    from tasks.remote import staging_command
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    (tmp_path / "fails").write_text("0")
+    pull = machine.pull_command(cluster, ONE)
+    assert staging_command(pull).startswith(f"{{ {pull}; }} && staging=$(mktemp -d)")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "ID": ONE.images[0].digest}
+    done = subprocess.run(["sh", "-c", f"{{ {pull}; }} && echo staged"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "staged\n")
