@@ -14,11 +14,11 @@ import time
 import yaml
 
 from sandbox import testbed as sb
-from tasks import docker_api, state
+from tasks import docker_api, machine, state
 from tasks.registry import load_credentials
 from tasks.remote import Executor
 
-from conftest import ROOT, Probe, Running, error_line, etcd_of, fab, get_version, on, on_each
+from conftest import ROOT, SPARE_ADDRESSES, Probe, Running, error_line, etcd_of, fab, get_version, on, on_each
 
 REGISTRY = f"{sb.PREFIX}-registry"
 LOCAL = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
@@ -132,6 +132,17 @@ def test_an_overwritten_version_tag_changes_nothing_that_runs(sandbox, local_ser
     assert frontend["manifest"].startswith("sha256:") and record["id"] == released(deployed)
     other = overwrite_tag(cluster, "air_frontend", frontend["version"], "air_backend")
     assert registry_digest(registry, cluster, "air_frontend", frontend["version"]) == other != frontend["digest"]
+
+    spare = SPARE_ADDRESSES[0]  # joins after the tag moved: it pulls the recorded image all the same
+    with Executor(cluster) as ex:
+        if machine.fresh_problems(machine.facts(ex, spare)):
+            sb.reset_machines([spare])
+    fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
+    try:
+        joined = on(cluster, spare, "docker inspect -f '{{.Image}}' air-air_frontend").stdout.strip()
+    finally:
+        fab("remove-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
+    assert joined == frontend["digest"]
 
     again, _, _ = probed(sandbox, "deploy", "--cluster", "local")
     major, minor, patch = frontend["version"].split(".")
