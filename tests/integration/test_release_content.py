@@ -7,6 +7,7 @@ component or another ``registry.keep`` is a copy of clusters/local.yaml in a tem
 clusters folder (AIR_CLUSTERS_DIR), so it is still the cluster `local`. The tests run in
 file order; each leaves the cluster serving on the plain local.yaml.
 """
+import base64
 import json
 import subprocess
 import time
@@ -184,6 +185,17 @@ def test_a_release_recorded_by_tag_whose_tag_moved_is_refused_before_any_restart
     assert "restart" not in line
     assert running_images(cluster) == started  # nothing restarted
     assert current(cluster)["id"] == before["id"]
+
+
+def test_machines_log_in_with_the_pull_account_and_the_push_account_stays_here(local_serving):
+    cluster = local_serving
+    push_user, push_password = load_credentials(cluster.registry.credentials)
+    pull_user, _ = load_credentials(cluster.registry.pull_credentials)
+    assert pull_user != push_user
+    for address, text in on_each(cluster, "cat /root/.docker/config.json").items():
+        login = base64.b64decode(json.loads(text)["auths"][cluster.registry.address]["auth"]).decode()
+        assert login.split(":")[0] == pull_user, address
+        assert push_password not in text and push_password not in login, address
 
 
 # ---------------------------------------------------------------- components come and go
