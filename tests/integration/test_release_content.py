@@ -236,11 +236,17 @@ def test_machines_keep_the_images_of_the_current_and_three_releases(sandbox, loc
     for _ in range(5):
         sb.commit_change("static_website")
         fab("deploy", "--cluster", "local", env=keep_all)
+    disk = "du -sk /var/lib/docker/overlay2 /var/lib/docker/image | awk '{s += $1} END {print s}'"
     before, size_before = image_census(cluster, address)
+    disk_before = int(on(cluster, address, disk).stdout)
     sb.commit_change("static_website")
     fab("deploy", "--cluster", "local")  # registry.keep: 3 (its default)
     after, size_after = image_census(cluster, address)
-    figures(f"images of {address} after 6 deploys: before cleanup {sum(map(len, before.values()))} "
+    disk_after = int(on(cluster, address, disk).stdout)
+    figures(f"disk use of {address}'s Docker images and layers (du of overlay2 and image): "
+            f"{disk_before / 1024:.1f} MiB before cleanup, {disk_after / 1024:.1f} MiB after")
+    figures(f"images of {address} after 6 deploys (sizes as docker reports them, shared layers counted per "
+            f"image): before cleanup {sum(map(len, before.values()))} "
             f"({size_before / 1e6:.1f} MB), after {sum(map(len, after.values()))} ({size_after / 1e6:.1f} MB); "
             f"per component before {({c: len(i) for c, i in sorted(before.items())})}, "
             f"after {({c: len(i) for c, i in sorted(after.items())})}")
