@@ -31,10 +31,11 @@ from etcd3gw import exceptions as gw_errors
 from etcd3gw.client import Etcd3Client
 from etcd3gw.lease import Lease
 
+from cloudconfig.units import ETCD_CLIENT_PORT as CLIENT_PORT
+
 from .errors import HealthError, LockedError, LostLock, RemoteError
 from .remote import ConnectingAdapter, bridged
 
-CLIENT_PORT = 2379
 API_PATH = "/v3/"  # etcd 3.4 and later; fixed, so no version request precedes every client
 HOLDER_FIELDS = ("who", "since", "why")  # shown first when a lock is refused
 _NOT_IN_SYNC = "in sync with leader"

@@ -11,8 +11,8 @@ the same document.
 from __future__ import annotations
 
 import cloudconfig
-from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_UNIT, SECRETS_DIR, STATE_DIR,
-                               UNIT_DIR, unit_name)
+from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_PEER_DIR, ETCD_UNIT, SECRETS_DIR,
+                               STATE_DIR, UNIT_DIR, unit_name)
 
 from . import remote
 from .errors import HealthError, PreflightError
@@ -177,7 +177,7 @@ def wipe_command(cluster, user_data: str) -> str:
     base = q(user_data + BASE_SUFFIX)
     return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
             f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files} {added_files}; "
-            f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)}; "
+            f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)} {q(ETCD_PEER_DIR)}; "
             f"if [ -e {base} ]; then mv -f {base} {q(user_data)}; fi; "
             f"systemctl daemon-reload; {resume_os_updates_command()}")
 

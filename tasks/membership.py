@@ -15,7 +15,7 @@ not keep quorum, or when one member would remain, unless forced.
 """
 from __future__ import annotations
 
-from cloudconfig.units import ETCD_PEER_PORT, url
+from cloudconfig.units import peer_url
 
 import time
 from typing import Optional
@@ -91,7 +91,7 @@ def add(s, via: str, new: str) -> None:
     try:
         install_machine(ex, new, plan, release)
         ex.check(f"adding {new} to etcd")
-        added = client.add_member(url(new, ETCD_PEER_PORT), learner=True)
+        added = client.add_member(peer_url(new), learner=True)
         ex.run(new, machine.start_etcd_command(), what="start etcd")
         client.promote(added.id, timeout=cluster.timeouts.healthy)
         machine.start(ex, new)
