@@ -20,7 +20,7 @@ from cloudconfig.units import peer_url
 import time
 from typing import Optional
 
-from . import balancer, machine, state
+from . import balancer, etcd_peers, machine, state
 from . import etcd as etcd_api
 from .cli import air_task, cluster_of, report
 from .cluster import check_address
@@ -86,6 +86,7 @@ def add(s, via: str, new: str) -> None:
     if problems:
         raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
     plan = plan_machine(ex, new, facts["user_data"], addresses, release, "existing")
+    etcd_peers.ensure(cluster, [new])  # its peer certificate: local files only, before any change
     say(f"add-machine: installing release {release.id} on {new}")
     added = None
     try:
