@@ -93,6 +93,22 @@ def listed(cluster) -> list:
         return balancer.Routers(ex).listed()
 
 
+def healthy_members(cluster, machines) -> list:
+    """The machines whose etcd member answers healthy, asked with etcdctl on each machine (etcd's
+    clients listen on its loopback only)."""
+    said = on_each(cluster, "ETCDCTL_API=3 etcdctl endpoint health 2>&1 || true", machines)
+    return sorted(m for m, text in said.items() if " is healthy" in text)
+
+
+def etcd_leader(cluster) -> str:
+    """The address of the machine whose member leads etcd, from each member's own status."""
+    said = on_each(cluster, "ETCDCTL_API=3 etcdctl endpoint status -w json")
+    status = {m: json.loads(text)[0]["Status"] for m, text in said.items()}
+    leaders = {s["leader"] for s in status.values()}
+    assert len(leaders) == 1, status
+    return next(m for m, s in status.items() if s["header"]["member_id"] in leaders)
+
+
 @contextmanager
 def etcd_of(cluster, via=None):
     """An etcd client of the cluster (no lock taken)."""
