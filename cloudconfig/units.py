@@ -138,6 +138,17 @@ WantedBy=multi-user.target
 """
 
 
+# A second drop-in, only while a cluster installed with plaintext peers moves to TLS
+# (``tasks.etcd_peers.migrate``): the member shows its certificate when it dials an https peer.
+ETCD_MIGRATION_DROPIN = "21-air-peer-files.conf"
+
+
+def etcd_peer_files_dropin() -> str:
+    """The drop-in giving a plaintext member its peer certificate, key and CA, nothing else."""
+    return ("[Service]\n" + f"Environment=ETCD_PEER_CERT_FILE={ETCD_PEER_CERT}\n"
+            f"Environment=ETCD_PEER_KEY_FILE={ETCD_PEER_KEY}\n" + f"Environment=ETCD_PEER_TRUSTED_CA_FILE={ETCD_PEER_CA}\n")
+
+
 def etcd_dropin(cluster, machine: str, members, state: str) -> str:
     """The drop-in making ``machine`` the etcd member named after its address.
 

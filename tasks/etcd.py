@@ -206,6 +206,11 @@ class Etcd:
             except requests.RequestException as e:
                 raise self._error(f"promote {member_id}", e) from None
 
+    def update_member(self, member_id: str, peer_url: str) -> None:
+        """Set member ``member_id``'s peer URL (its peers dial it there from now on)."""
+        self._post(f"update member {member_id} to {peer_url}", "/cluster/member/update",
+                   {"ID": member_id, "peerURLs": [peer_url]})
+
     def remove_member(self, member_id: str) -> None:
         """Remove ``member_id``; a member already gone (an earlier try that got no answer) is fine."""
         try:

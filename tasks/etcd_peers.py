@@ -8,13 +8,15 @@ owns where they are kept (``<secrets folder>/etcd-peer/``: ``ca.crt``, ``ca.key`
 it (the ``cryptography`` package: no key ever reaches argv or a log), and the files and the
 command that put a member's certificate, key and the CA certificate on its machine, owned by the
 user etcd runs as. ``fab etcd.certificates --cluster C`` makes what is missing; setup-cluster
-and add-machine do it too before anything on the cluster changes.
+and add-machine do it too before anything on the cluster changes. ``fab etcd.migrate-peers``
+moves a cluster installed with plaintext peers to TLS, one member at a time (``migrate``).
 """
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import os
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,12 +26,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cloudconfig.units import ETCD_PEER_CA, ETCD_PEER_CERT, ETCD_PEER_DIR, ETCD_PEER_KEY, ETCD_USER
+import cloudconfig
+from cloudconfig.units import (ETCD_PEER_CA, ETCD_PEER_CERT, ETCD_PEER_DIR, ETCD_PEER_KEY, ETCD_USER,
+                               etcd_peer_files_dropin, peer_url)
 
+from . import etcd as etcd_api
+from . import machine, state
 from .cli import air_task, cluster_of, report
-from .cluster import check_addresses
-from .errors import ConfigError
+from .cluster import check_address, check_addresses
+from .errors import ConfigError, HealthError, PreflightError, RemoteError
 from .remote import q, say
+from .session import session
 
 FOLDER = "etcd-peer"  # inside the cluster's secrets folder
 CA = "ca"
@@ -202,3 +209,99 @@ def certificates(c, cluster=None, machines=None, json_=False):
     made = ensure(target, chosen)
     report({"cluster": target.name, "folder": str(folder_of(target)), "ca_made": made.new_ca,
             "certificates_made": list(made.members)}, json_, describe(made, target.name).replace("making", "made"))
+
+
+# ---------------------------------------------------------------- plaintext peers to TLS, in place
+
+def plaintext(members) -> list:
+    """The addresses of ``members`` whose peer URL is not TLS yet. Pure."""
+    return sorted(state.member_address(m) for m in members if not all(u.startswith("https://") for u in m.peer_urls))
+
+
+def _wait_member(s, address: str) -> None:
+    """Until the member on ``address`` answers healthy on its own loopback (after a restart)."""
+    deadline = time.monotonic() + s.cluster.timeouts.healthy
+    why = "no answer"
+    while True:
+        try:
+            with etcd_api.tunnel(s.ex, address) as member:
+                if member.healthy():
+                    return
+                why = "no quorum"
+        except RemoteError as e:
+            why = str(e)
+        if time.monotonic() > deadline:
+            raise HealthError(f"{address}: etcd not healthy within {s.cluster.timeouts.healthy} s after its "
+                              f"restart ({why})")
+        time.sleep(0.5)
+
+
+def _final_document(ex, address, members, release, user_data) -> dict:
+    installed = cloudconfig.install_part(ex.cluster, address, members, "existing", release)
+    base = machine.base_of(ex, address, user_data, installed)
+    return machine.final_document(ex.cluster, address, members, "existing", release, base)
+
+
+def migrate(s) -> list:
+    """Plaintext peers to TLS, in place, without losing quorum: every machine gets its certificate;
+    then, one member at a time, etcd restarts showing it to TLS peers (its own URL unchanged);
+    then, one at a time, its peer URL becomes https and it restarts on the final drop-in (TLS
+    peers with client certificates, clients on loopback), written with its whole final cloud
+    config so a reboot replays it. Returns the members moved (none when all are TLS already)."""
+    cluster, ex, client = s.cluster, s.ex, s.etcd
+    listed = client.members()
+    if any(not m.started or m.learner for m in listed):
+        raise PreflightError("etcd has a member that has not started or is still a learner; "
+                             "finish or remove it first (fab remove-machine); nothing was changed")
+    addresses = sorted(state.member_address(m) for m in listed)
+    todo = plaintext(listed)
+    if not todo:
+        return []
+    release, _ = state.read_release(client, cluster)
+    if release is None:
+        raise PreflightError(f"{cluster.name} has no release recorded in etcd; nothing was changed")
+    facts = dict(zip(addresses, ex.parallel(lambda a: machine.release_facts(ex, a), addresses)))
+    behind = [a for a in addresses if facts[a]["release"] != release.id]
+    if behind:
+        raise PreflightError(f"{', '.join(behind)} not on the recorded release {release.id}: run "
+                             f"`fab rolling-upgrade --cluster {cluster.name}` first; nothing was changed")
+    ensure(cluster, addresses)
+    say(f"etcd peers: installing the certificates on {', '.join(addresses)}")
+    ex.parallel(lambda a: deliver(ex, a), addresses)
+    ids = {state.member_address(m): m.id for m in listed}
+    done: list = []
+    try:
+        for address in todo:
+            say(f"etcd peers: {address}: restarting etcd with its certificate for TLS peers")
+            ex.write_file(address, machine.ETCD_MIGRATION_DROPIN_PATH, etcd_peer_files_dropin(), 0o644)
+            ex.run(address, machine.restart_etcd_command(), what="restart etcd")
+            _wait_member(s, address)
+        for address in todo:
+            say(f"etcd peers: {address}: peer URL {peer_url(address)}, clients on loopback; restarting etcd")
+            document = _final_document(ex, address, addresses, release, facts[address]["user_data"])
+            ex.check(f"moving {address}'s etcd peer URL to TLS")
+            client.update_member(ids[address], peer_url(address))
+            machine.apply_document(ex, address, document, facts[address]["user_data"])
+            ex.run(address, f"rm -f {q(machine.ETCD_MIGRATION_DROPIN_PATH)} && {machine.restart_etcd_command()}",
+                   what="restart etcd on TLS peers")
+            _wait_member(s, address)
+            done.append(address)
+    except RemoteError as failure:
+        left = [a for a in todo if a not in done]
+        raise RemoteError(f"{failure}\nmoved to TLS peers: {', '.join(done) or 'none'}; still plaintext: "
+                          f"{', '.join(left)}; etcd keeps quorum while one member is down: fix the cause and "
+                          f"run `fab etcd.migrate-peers --cluster {cluster.name}` again") from None
+    return todo
+
+
+@air_task(name="migrate-peers", help={"cluster": "target cluster", "via": "the member to reach etcd through",
+                                      "json": "print the members moved as JSON"})
+def migrate_peers(c, cluster=None, via=None, json_=False):
+    """Move a cluster installed with plaintext etcd peers to TLS peers and loopback-only clients, one member at a time."""
+    target = cluster_of(cluster)
+    via = check_address(via, "--via") if via else None
+    with session(target, "etcd.migrate-peers", via) as s:
+        moved = migrate(s)
+    report({"cluster": target.name, "moved": moved}, json_,
+           f"etcd peers of {target.name}: moved to TLS: {', '.join(moved)}" if moved else
+           f"etcd peers of {target.name}: already TLS, nothing to do")

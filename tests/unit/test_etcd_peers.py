@@ -118,3 +118,21 @@ def test_keys_are_not_in_the_plan_or_its_report(cluster, capsys):
     body = key.splitlines()[1]
     shown = capsys.readouterr()
     assert body not in shown.out + shown.err
+
+
+def test_plaintext_members_are_those_without_a_tls_peer_url():
+    from tasks.etcd import Member
+    members = [Member("1", "10.0.0.1", ("http://10.0.0.1:2380",), (), False),
+               Member("2", "10.0.0.2", ("https://10.0.0.2:2380",), (), False),
+               Member("3", "10.0.0.3", ("http://10.0.0.3:2380",), (), False)]
+    assert etcd_peers.plaintext(members) == ["10.0.0.1", "10.0.0.3"]
+    assert etcd_peers.plaintext(members[1:2]) == []
+
+
+def test_the_migration_drop_in_names_the_files_a_machine_gets_and_nothing_else():
+    from cloudconfig.units import etcd_peer_files_dropin
+    ca, cert, key = (path for path, _, _ in etcd_peers.machine_files(b"", b"", b""))
+    assert etcd_peer_files_dropin() == ("[Service]\n"
+                                        f"Environment=ETCD_PEER_CERT_FILE={cert}\n"
+                                        f"Environment=ETCD_PEER_KEY_FILE={key}\n"
+                                        f"Environment=ETCD_PEER_TRUSTED_CA_FILE={ca}\n")
