@@ -250,9 +250,9 @@ def migrate(s) -> list:
     config so a reboot replays it. Returns the members moved (none when all are TLS already)."""
     cluster, ex, client = s.cluster, s.ex, s.etcd
     listed = client.members()
-    if any(not m.started or m.learner for m in listed):
-        raise PreflightError("etcd has a member that has not started or is still a learner; "
-                             "finish or remove it first (fab remove-machine); nothing was changed")
+    if any(not m.started or m.learner for m in listed) or len(listed) < 2:
+        raise PreflightError("etcd has a member that has not started or is still a learner, or only one "
+                             "member; finish or remove it first (fab remove-machine); nothing was changed")
     addresses = sorted(state.member_address(m) for m in listed)
     todo = plaintext(listed)
     if not todo:
@@ -280,7 +280,9 @@ def migrate(s) -> list:
             say(f"etcd peers: {address}: peer URL {peer_url(address)}, clients on loopback; restarting etcd")
             document = _final_document(ex, address, addresses, release, facts[address]["user_data"])
             ex.check(f"moving {address}'s etcd peer URL to TLS")
-            client.update_member(ids[address], peer_url(address))
+            # Through a fresh tunnel to another member: the restarts broke the connections kept open.
+            with etcd_api.tunnel(ex, next(a for a in addresses if a != address)) as other:
+                other.update_member(ids[address], peer_url(address))
             machine.apply_document(ex, address, document, facts[address]["user_data"])
             ex.run(address, f"rm -f {q(machine.ETCD_MIGRATION_DROPIN_PATH)} && {machine.restart_etcd_command()}",
                    what="restart etcd on TLS peers")
