@@ -157,7 +157,12 @@ class Rollout:
         balancer read at the same time: neither waits for the other."""
         def one(address):
             why = self.ex.reachable(address)
-            return (why, None) if why else (None, machine.release_facts(self.ex, address))
+            if why:
+                return why, None
+            try:
+                return None, machine.release_facts(self.ex, address)
+            except RemoteError as e:  # its open connection died (a hung host): as unreachable
+                return str(e).removeprefix(f"{address}: "), None
         with ThreadPoolExecutor(max_workers=1) as pool:
             reading = pool.submit(self.routers.listed)
             found = dict(zip(self.machines, self.ex.parallel(one, self.machines)))
@@ -263,14 +268,15 @@ class Rollout:
                         what="discard the staged files, resume OS updates")
 
     def _prepare(self) -> dict:
-        """Pull the release and stage its files on every machine to upgrade, all at once (serving is
-        not disturbed); returns address -> ``remote.Staged``."""
+        """Pull the release, stage its files and pause OS updates on every machine to upgrade, all at
+        once and one command each (serving is not disturbed); returns address -> ``remote.Staged``."""
         def one(step):
-            machine.pull(self.ex, step.machine, self.release, step.restart)
-            staged = machine.stage_document(self.ex, step.machine, self._document(step.machine, self.release),
-                                            self._user_data(step.machine))
-            machine.pause_os_updates(self.ex, step.machine)
-            return staged
+            return self.ex.stage_files(
+                step.machine, machine.document_files(self._document(step.machine, self.release),
+                                                     self._user_data(step.machine)),
+                before=machine.pull_command(self.cluster, self.release, step.restart),
+                after=machine.pause_os_updates_command(), deadline=self.cluster.timeouts.pull,
+                what=f"pull release {self.release.id}, stage its files, pause OS updates")
         upgrades = [s for s in self.steps if s.action == UPGRADE]
         return dict(zip((s.machine for s in upgrades), self.ex.parallel(one, upgrades, describe=_machine)))
 
@@ -278,10 +284,12 @@ class Rollout:
         return self.facts[address]["user_data"]
 
     def _document(self, address, release) -> dict:
-        """The machine's final cloud config at ``release``: its administrator's base, extended."""
+        """The machine's final cloud config at ``release``: its administrator's base (read with
+        its facts), extended."""
         if address not in self._bases:
             installed = cloudconfig.install_part(self.cluster, address, self.members, "existing", release)
-            self._bases[address] = machine.base_of(self.ex, address, self._user_data(address), installed)
+            self._bases[address] = machine.parse_base(address, self._user_data(address),
+                                                      self.facts[address]["base"], installed)
         return machine.final_document(self.cluster, address, self.members, "existing", release,
                                       self._bases[address])
 
@@ -291,16 +299,12 @@ class Rollout:
         started = time.monotonic()
         try:
             if step.action == UPGRADE:
-                self.ex.run(step.machine, " && ".join([
-                    machine.stop_command(self.cluster, step.restart), staged.swap,
-                    machine.start_command(self.cluster, step.restart)]),
-                    what=f"restart {', '.join(step.restart) or 'nothing'} on release {self.release.id}",
-                    deadline=self.cluster.timeouts.stop + self.cluster.timeouts.command)
-            machine.wait_healthy(self.ex, step.machine)
-            if self.ex.interrupted.is_set() and step.action == UPGRADE:
-                raise Interrupted(f"interrupted during the upgrade of {step.machine}")
-            if step.action == UPGRADE:
-                machine.resume_os_updates(self.ex, step.machine)
+                machine.upgrade(self.ex, step.machine, step.restart, staged,
+                                f"restart {', '.join(step.restart) or 'nothing'} on release {self.release.id}")
+                if self.ex.interrupted.is_set():
+                    raise Interrupted(f"interrupted during the upgrade of {step.machine}")
+            else:
+                machine.wait_healthy(self.ex, step.machine)
         except LostLock as lost:
             return lost, "left as it was"
         except (HealthError, RemoteError, Interrupted) as failure:
