@@ -37,6 +37,8 @@ SECRETS_MOUNT = "/air/secrets"
 DATA_DIR = "/var/lib/air"         # per component, kept across releases; read-write at /air/data
 DATA_MOUNT = "/air/data"
 
+VERSION_LABEL = "air.version"     # a container's label naming the version its image was pushed as
+
 # Grace given to `docker stop` beyond its own timeout before systemd kills it.
 STOP_MARGIN = 15
 
@@ -100,14 +102,17 @@ def stop_lines(component, stop: int) -> tuple:
     return tuple(lines), stop * len(lines) + STOP_MARGIN
 
 
-def component_unit(cluster, component, version: str, machine: str) -> str:
-    """The unit running ``component`` at ``version`` in its container on ``machine``."""
+def component_unit(cluster, component, version: str, machine: str, reference: str = None) -> str:
+    """The unit running ``component`` at ``version`` in its container on ``machine``: the image
+    ``reference`` (a release pins it by digest; default the version's tag), the version kept as
+    the container's label and environment."""
     container = container_name(component.name)
     stop = cluster.timeouts.stop
     signal = component.stop_signal
     run = command(
         DOCKER, "run", "--rm", "--name", container, "--network", "host",
         *(("--stop-signal", signal) if signal != DEFAULT_STOP_SIGNAL else ()),
+        "--label", f"{VERSION_LABEL}={version}",
         "-e", f"AIR_COMPONENT={component.name}",
         "-e", f"AIR_VERSION={version}",
         "-e", f"AIR_MACHINE={machine}",
@@ -115,7 +120,7 @@ def component_unit(cluster, component, version: str, machine: str) -> str:
         "-v", f"{STATE_DIR}:{STATE_MOUNT}:ro",
         "-v", f"{SECRETS_DIR}:{SECRETS_MOUNT}:ro",
         "-v", f"{DATA_DIR}/{component.name}:{DATA_MOUNT}",
-        cluster.image_ref(component.name, version),
+        reference or cluster.image_ref(component.name, version),
     )
     stops, stop_timeout = stop_lines(component, stop)
     stop_block = "\n".join(stops)

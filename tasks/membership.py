@@ -95,8 +95,10 @@ def add(s, via: str, new: str) -> None:
         added = client.add_member(peer_url(new), learner=True)
         ex.run(new, machine.start_etcd_command(), what="start etcd")
         client.promote(added.id, timeout=cluster.timeouts.healthy)
-        machine.start(ex, new)
-        machine.wait_healthy(ex, new)
+        # The release's components: one new in the cluster file joins with the next deploy.
+        running = machine.running_components(cluster, release)
+        machine.start(ex, new, running)
+        machine.wait_healthy(ex, new, components=running)
         machine.resume_os_updates(ex, new)
     except AirError as failure:
         if isinstance(failure, LostLock):

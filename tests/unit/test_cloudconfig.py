@@ -11,8 +11,9 @@ from tasks.release import Image, Release
 KEYS = ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"]
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 AUTH = ("deploy", "s3cret")  # base64("deploy:s3cret") == "ZGVwbG95OnMzY3JldA=="
+REGISTRY_WEB = "registry.example.org:5000/aircloak/prod_web@sha256:" + "e" * 64  # pinned by its manifest digest
 RELEASE = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64),
-                   Image("web", "1.2.3", "sha256:" + "a" * 64)))
+                   Image("web", "1.2.3", "sha256:" + "a" * 64, "sha256:" + "e" * 64)))
 
 EXPECTED_BASE = {
     "ssh_authorized_keys": ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"],
@@ -103,9 +104,10 @@ coreos:
 
       [Service]
       ExecStartPre=-/usr/bin/docker rm -f air-web
-      ExecStart=/usr/bin/docker run --rm --name air-web --network host -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 \
--e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 -v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro \
--v /var/lib/air/web:/air/data registry.example.org:5000/aircloak/prod_web:1.2.3
+      ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=1.2.3 \
+-e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
+-v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/web:/air/data \
+registry.example.org:5000/aircloak/prod_web@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee
       ExecStop=/usr/bin/docker stop --time 20 air-web
       TimeoutStopSec=35
       Restart=on-failure
@@ -124,9 +126,10 @@ coreos:
 
       [Service]
       ExecStartPre=-/usr/bin/docker rm -f air-worker
-      ExecStart=/usr/bin/docker run --rm --name air-worker --network host -e AIR_COMPONENT=worker -e AIR_VERSION=1.3.0 \
--e AIR_MACHINE=10.0.0.2 -e AIR_PORT=9090 -v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro \
--v /var/lib/air/worker:/air/data registry.example.org:5000/aircloak/prod_worker:1.3.0
+      ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=1.3.0 \
+-e AIR_COMPONENT=worker -e AIR_VERSION=1.3.0 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=9090 \
+-v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/worker:/air/data \
+registry.example.org:5000/aircloak/prod_worker:1.3.0
       ExecStop=/usr/bin/docker stop --time 20 air-worker
       TimeoutStopSec=35
       Restart=on-failure
@@ -212,7 +215,8 @@ def test_files_of_final(cluster, final_doc):
         File("/etc/air/state/components", "web 1.2.3 8080\nworker 1.3.0 9090\n", 0o644),
         File("/etc/systemd/system/etcd-member.service.d/20-air.conf",
              etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new"), 0o644),
-        File("/etc/systemd/system/air-web.service", component_unit(cluster, web, "1.2.3", "10.0.0.2"), 0o644),
+        File("/etc/systemd/system/air-web.service", component_unit(cluster, web, "1.2.3", "10.0.0.2",
+                                                                      REGISTRY_WEB), 0o644),
         File("/etc/systemd/system/air-worker.service",
              component_unit(cluster, worker, "1.3.0", "10.0.0.2"), 0o644),
     ]

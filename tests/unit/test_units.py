@@ -20,7 +20,7 @@ Requires=docker.service
 
 [Service]
 ExecStartPre=-/usr/bin/docker rm -f air-web
-ExecStart=/usr/bin/docker run --rm --name air-web --network host \
+ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=1.2.3 \
 -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
 -v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/web:/air/data \
 registry.example.org:5000/aircloak/prod_web:1.2.3
@@ -37,7 +37,7 @@ WantedBy=multi-user.target
 def test_a_stop_signal_goes_to_docker_run(cluster):
     web = replace(cluster.component("web"), stop_signal="SIGQUIT")
     unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
-    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --stop-signal SIGQUIT -e " in unit
+    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --stop-signal SIGQUIT --label " in unit
     assert "\nExecStop=/usr/bin/docker stop --time 20 air-web\nTimeoutStopSec=35\n" in unit
 
 
@@ -49,10 +49,17 @@ def test_a_stop_command_runs_in_the_container_before_docker_stop(cluster):
             "ExecStop=-/usr/bin/docker stop --time 20 air-web\nTimeoutStopSec=55\n") in unit
 
 
+def test_a_pinned_reference_is_what_runs_and_the_version_stays_its_label(cluster):
+    pinned = "registry.example.org:5000/aircloak/prod_web@sha256:" + "e" * 64
+    unit = component_unit(cluster, cluster.component("web"), "1.2.3", "10.0.0.2", pinned)
+    assert unit.splitlines()[7].endswith(f" -v /var/lib/air/web:/air/data {pinned}")
+    assert " --label air.version=1.2.3 -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 " in unit
+
+
 def test_component_unit_on_ipv6(cluster):
     unit = component_unit(cluster, cluster.component("worker"), "2.0.0-rc.1+b7", "fd00::2")
     assert unit.splitlines()[7] == (
-        "ExecStart=/usr/bin/docker run --rm --name air-worker --network host "
+        "ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=2.0.0-rc.1+b7 "
         "-e AIR_COMPONENT=worker -e AIR_VERSION=2.0.0-rc.1+b7 -e AIR_MACHINE=fd00::2 -e AIR_PORT=9090 "
         "-v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/worker:/air/data "
         "registry.example.org:5000/aircloak/prod_worker:2.0.0-rc.1+b7")
