@@ -20,12 +20,12 @@ from urllib.parse import quote
 
 import yaml
 
-from .units import (ETCD_DROPIN, ETCD_UNIT, STATE_DIR, UNIT_DIR, component_unit,
+from .units import (ETCD_DROPIN, ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, UNIT_DIR, component_unit,
                     etcd_dropin, unit_name)
 
 HEADER = "#cloud-config\n"
 REBOOT_STRATEGY = "etcd-lock"  # OS updates reboot one machine at a time, under a lock in the cluster's etcd
-LOCKSMITH_ETCD = "http://127.0.0.1:2379"
+LOCKSMITH_ETCD = ETCD_LOCAL_CLIENT_URL
 IGNITION_VERSION = "3.3.0"
 DOCKER_CERTS_DIR = "/etc/docker/certs.d"
 DOCKER_CONFIG = "/root/.docker/config.json"

@@ -21,6 +21,14 @@ ETCD_PEER_PORT = 2380
 ETCD_DROPIN = "20-air.conf"
 ETCD_DATA_DIR = "/var/lib/etcd/member"
 ETCD_STATES = ("new", "existing")
+ETCD_USER = "etcd"  # whom etcd-member.service runs etcd as, on Flatcar as on Debian
+# The member's peer certificate and key and the cluster's CA certificate: the folder 0700, the files
+# 0600, owned by ETCD_USER (etcd reads them after dropping root). Not under SECRETS_DIR: no
+# container mounts them.
+ETCD_PEER_DIR = "/etc/air/etcd-peer"
+ETCD_PEER_CA = f"{ETCD_PEER_DIR}/ca.crt"
+ETCD_PEER_CERT = f"{ETCD_PEER_DIR}/peer.crt"
+ETCD_PEER_KEY = f"{ETCD_PEER_DIR}/peer.key"
 
 STATE_DIR = "/etc/air/state"      # the machine's release, read-only in containers at /air/state
 SECRETS_DIR = "/etc/air/secrets"  # read-only in containers at /air/secrets
@@ -45,10 +53,19 @@ def container_name(component_name: str) -> str:
     return f"air-{component_name}"
 
 
-def url(address: str, port: int) -> str:
-    """http://address:port, with an IPv6 address in brackets."""
+def url(address: str, port: int, scheme: str = "http") -> str:
+    """http://address:port (or another ``scheme``), with an IPv6 address in brackets."""
     host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def peer_url(address: str) -> str:
+    """The etcd member's peer URL: TLS on its address."""
+    return url(address, ETCD_PEER_PORT, "https")
+
+
+# Where etcd's clients reach it: on the machine itself only (the tool comes over SSH).
+ETCD_LOCAL_CLIENT_URL = url("127.0.0.1", ETCD_CLIENT_PORT)
 
 
 def quote(word) -> str:
@@ -126,6 +143,17 @@ WantedBy=multi-user.target
 """
 
 
+# A second drop-in, only while a cluster installed with plaintext peers moves to TLS
+# (``tasks.etcd_peers.migrate``): the member shows its certificate when it dials an https peer.
+ETCD_MIGRATION_DROPIN = "21-air-peer-files.conf"
+
+
+def etcd_peer_files_dropin() -> str:
+    """The drop-in giving a plaintext member its peer certificate, key and CA, nothing else."""
+    return ("[Service]\n" + f"Environment=ETCD_PEER_CERT_FILE={ETCD_PEER_CERT}\n"
+            f"Environment=ETCD_PEER_KEY_FILE={ETCD_PEER_KEY}\n" + f"Environment=ETCD_PEER_TRUSTED_CA_FILE={ETCD_PEER_CA}\n")
+
+
 def etcd_dropin(cluster, machine: str, members, state: str) -> str:
     """The drop-in making ``machine`` the etcd member named after its address.
 
@@ -137,16 +165,21 @@ def etcd_dropin(cluster, machine: str, members, state: str) -> str:
         raise ValueError(f"etcd cluster state must be one of {ETCD_STATES}, got {state!r}")
     if machine not in members:
         raise ValueError(f"machine {machine} is not one of the etcd members {list(members)}")
-    # Every value is a validated address or cluster name: nothing to quote.
+    # Every value is a validated address or cluster name: nothing to quote. Clients only on
+    # loopback; peers over TLS, each side proving itself with a certificate of the cluster's CA.
     environment = {
         "ETCD_NAME": machine,
-        "ETCD_INITIAL_CLUSTER": ",".join(f"{m}={url(m, ETCD_PEER_PORT)}" for m in members),
+        "ETCD_INITIAL_CLUSTER": ",".join(f"{m}={peer_url(m)}" for m in members),
         "ETCD_INITIAL_CLUSTER_STATE": state,
         "ETCD_INITIAL_CLUSTER_TOKEN": f"air-{cluster.name}",
-        "ETCD_INITIAL_ADVERTISE_PEER_URLS": url(machine, ETCD_PEER_PORT),
-        "ETCD_LISTEN_PEER_URLS": url(machine, ETCD_PEER_PORT),
-        "ETCD_LISTEN_CLIENT_URLS": f"{url('127.0.0.1', ETCD_CLIENT_PORT)},{url(machine, ETCD_CLIENT_PORT)}",
-        "ETCD_ADVERTISE_CLIENT_URLS": url(machine, ETCD_CLIENT_PORT),
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer_url(machine),
+        "ETCD_LISTEN_PEER_URLS": peer_url(machine),
+        "ETCD_LISTEN_CLIENT_URLS": ETCD_LOCAL_CLIENT_URL,
+        "ETCD_ADVERTISE_CLIENT_URLS": ETCD_LOCAL_CLIENT_URL,
+        "ETCD_PEER_CERT_FILE": ETCD_PEER_CERT,
+        "ETCD_PEER_KEY_FILE": ETCD_PEER_KEY,
+        "ETCD_PEER_TRUSTED_CA_FILE": ETCD_PEER_CA,
+        "ETCD_PEER_CLIENT_CERT_AUTH": "true",
         "ETCD_DATA_DIR": ETCD_DATA_DIR,
     }
     return "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in environment.items())

@@ -11,8 +11,8 @@ the same document.
 from __future__ import annotations
 
 import cloudconfig
-from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_UNIT, SECRETS_DIR, STATE_DIR,
-                               UNIT_DIR, unit_name)
+from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_MIGRATION_DROPIN, ETCD_PEER_DIR, ETCD_UNIT,
+                               SECRETS_DIR, STATE_DIR, UNIT_DIR, unit_name)
 
 from . import remote
 from .errors import HealthError, PreflightError, RemoteError
@@ -20,6 +20,7 @@ from .registry import load_credentials
 from .remote import q
 
 ETCD_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_DROPIN}"
+ETCD_MIGRATION_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_MIGRATION_DROPIN}"
 # Where a machine reads its cloud config, looked for in this order: Flatcar's, then CoreOS's.
 USER_DATA_PATHS = ("/var/lib/flatcar-install/user_data", "/var/lib/coreos-install/user_data")
 BASE_SUFFIX = ".air-base"  # the administrator's base, kept beside the final cloud config
@@ -233,6 +234,11 @@ def start_etcd_command() -> str:
     return f"systemctl daemon-reload && systemctl enable -q {ETCD_UNIT} && systemctl start --no-block {ETCD_UNIT}"
 
 
+def restart_etcd_command() -> str:
+    """etcd restarted on its (re)written drop-ins."""
+    return f"systemctl daemon-reload && systemctl restart {ETCD_UNIT}"
+
+
 def installed_units(cluster) -> list:
     """The units install adds beside etcd: the Air units and the cluster's additions."""
     return units_of(cluster) + [u.name for u in (cluster.additions.units if cluster.additions else ())]
@@ -247,8 +253,8 @@ def wipe_command(cluster, user_data: str) -> str:
     added_files = " ".join(q(f.path) for f in (cluster.additions.files if cluster.additions else ()))
     base = q(user_data + BASE_SUFFIX)
     return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
-            f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files} {added_files}; "
-            f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)}; "
+            f"rm -f {q(ETCD_DROPIN_PATH)} {q(ETCD_MIGRATION_DROPIN_PATH)} {unit_files} {added_files}; "
+            f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)} {q(ETCD_PEER_DIR)}; "
             f"if [ -e {base} ]; then mv -f {base} {q(user_data)}; fi; "
             f"systemctl daemon-reload; {resume_os_updates_command()}")
 

@@ -23,11 +23,10 @@ from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
 import requests
-import requests.adapters
-import urllib3
 import yaml
 
 from .errors import ConfigError, RemoteError
+from .remote import ConnectingAdapter
 
 # Without this Accept header a registry answers with a schema1 manifest, whose digests are not the image's.
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
@@ -81,7 +80,7 @@ class RegistryClient:
         if connect is not None:
             # Every connection made by ``connect(host, port)`` (through a jump host); TLS and its
             # checks are as they would be directly.
-            adapter = _ConnectingAdapter(connect)
+            adapter = ConnectingAdapter(connect)
             self._session.mount("https://", adapter)
             self._session.mount("http://", adapter)
 
@@ -252,31 +251,3 @@ def _origin(url: str) -> str:
 
 def _path(response) -> str:
     return response.url.split("?")[0]
-
-
-class _ConnectingAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter whose connections are opened by ``connect(host, port)``."""
-
-    def __init__(self, connect):
-        self._connect = connect
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        connect = self._connect
-
-        class Secure(urllib3.connection.HTTPSConnection):
-            def _new_conn(self):
-                return connect(self.host, self.port)
-
-        class Plain(urllib3.connection.HTTPConnection):
-            def _new_conn(self):
-                return connect(self.host, self.port)
-
-        class SecurePool(urllib3.HTTPSConnectionPool):
-            ConnectionCls = Secure
-
-        class PlainPool(urllib3.HTTPConnectionPool):
-            ConnectionCls = Plain
-
-        self.poolmanager.pool_classes_by_scheme = {"https": SecurePool, "http": PlainPool}

@@ -81,13 +81,17 @@ coreos:
       content: |
         [Service]
         Environment=ETCD_NAME=10.0.0.2
-        Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=http://10.0.0.1:2380,10.0.0.2=http://10.0.0.2:2380,10.0.0.3=http://10.0.0.3:2380
+        Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=https://10.0.0.1:2380,10.0.0.2=https://10.0.0.2:2380,10.0.0.3=https://10.0.0.3:2380
         Environment=ETCD_INITIAL_CLUSTER_STATE=new
         Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
-        Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.2:2380
-        Environment=ETCD_LISTEN_PEER_URLS=http://10.0.0.2:2380
-        Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://10.0.0.2:2379
-        Environment=ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.2:2379
+        Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.2:2380
+        Environment=ETCD_LISTEN_PEER_URLS=https://10.0.0.2:2380
+        Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+        Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+        Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
+        Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
+        Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+        Environment=ETCD_PEER_CLIENT_CERT_AUTH=true
         Environment=ETCD_DATA_DIR=/var/lib/etcd/member
   - name: air-web.service
     enable: true
@@ -240,7 +244,7 @@ def test_final_on_ipv6_machines(cluster):
     cluster = cluster.with_machines(["fd00::1", "fd00::2", "fd00::3"])
     doc = final(cluster, "fd00::1", cluster.machines, "existing", RELEASE, base(cluster, KEYS, None, AUTH))
     dropin = doc["coreos"]["units"][0]["drop_ins"][0]["content"]
-    assert "Environment=ETCD_LISTEN_PEER_URLS=http://[fd00::1]:2380\n" in dropin
+    assert "Environment=ETCD_LISTEN_PEER_URLS=https://[fd00::1]:2380\n" in dropin
     assert yaml.safe_load(render(doc)) == doc
     assert cloudconfig.started_units(doc)[0] == "etcd-member.service"
 

@@ -288,8 +288,9 @@ def test_wipe_command(cluster):
     assert machine.wipe_command(cluster, USER_DATA) == (
         "systemctl disable -q --now air-web.service air-worker.service etcd-member.service 2>/dev/null; "
         "rm -f /etc/systemd/system/etcd-member.service.d/20-air.conf "
+        "/etc/systemd/system/etcd-member.service.d/21-air-peer-files.conf "
         "/etc/systemd/system/air-web.service /etc/systemd/system/air-worker.service ; "
-        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/secrets; "
+        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/secrets /etc/air/etcd-peer; "
         f"if [ -e {USER_DATA}.air-base ]; then mv -f {USER_DATA}.air-base {USER_DATA}; fi; "
         f"systemctl daemon-reload; {machine.resume_os_updates_command()}")
 

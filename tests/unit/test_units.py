@@ -2,8 +2,8 @@ from dataclasses import replace
 
 import pytest
 
-from cloudconfig.units import (component_unit, container_name, etcd_dropin, quote, unit_name,
-                               url)
+from cloudconfig.units import (component_unit, container_name, etcd_dropin, peer_url, quote,
+                               unit_name, url)
 
 
 def test_names():
@@ -87,19 +87,25 @@ def test_quote_refuses_control_characters():
 def test_url():
     assert url("10.0.0.1", 2379) == "http://10.0.0.1:2379"
     assert url("fd00::1", 2380) == "http://[fd00::1]:2380"
+    assert peer_url("10.0.0.1") == "https://10.0.0.1:2380"
+    assert peer_url("fd00::1") == "https://[fd00::1]:2380"
 
 
 def test_etcd_dropin(cluster):
     assert etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new") == """\
 [Service]
 Environment=ETCD_NAME=10.0.0.2
-Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=http://10.0.0.1:2380,10.0.0.2=http://10.0.0.2:2380,10.0.0.3=http://10.0.0.3:2380
+Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=https://10.0.0.1:2380,10.0.0.2=https://10.0.0.2:2380,10.0.0.3=https://10.0.0.3:2380
 Environment=ETCD_INITIAL_CLUSTER_STATE=new
 Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
-Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.2:2380
-Environment=ETCD_LISTEN_PEER_URLS=http://10.0.0.2:2380
-Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://10.0.0.2:2379
-Environment=ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.2:2379
+Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.2:2380
+Environment=ETCD_LISTEN_PEER_URLS=https://10.0.0.2:2380
+Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
+Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
+Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+Environment=ETCD_PEER_CLIENT_CERT_AUTH=true
 Environment=ETCD_DATA_DIR=/var/lib/etcd/member
 """
 
@@ -108,13 +114,17 @@ def test_etcd_dropin_ipv6_existing(cluster):
     assert etcd_dropin(cluster, "fd00::3", ["fd00::1", "fd00::3"], "existing") == """\
 [Service]
 Environment=ETCD_NAME=fd00::3
-Environment=ETCD_INITIAL_CLUSTER=fd00::1=http://[fd00::1]:2380,fd00::3=http://[fd00::3]:2380
+Environment=ETCD_INITIAL_CLUSTER=fd00::1=https://[fd00::1]:2380,fd00::3=https://[fd00::3]:2380
 Environment=ETCD_INITIAL_CLUSTER_STATE=existing
 Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
-Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://[fd00::3]:2380
-Environment=ETCD_LISTEN_PEER_URLS=http://[fd00::3]:2380
-Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://[fd00::3]:2379
-Environment=ETCD_ADVERTISE_CLIENT_URLS=http://[fd00::3]:2379
+Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://[fd00::3]:2380
+Environment=ETCD_LISTEN_PEER_URLS=https://[fd00::3]:2380
+Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
+Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
+Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+Environment=ETCD_PEER_CLIENT_CERT_AUTH=true
 Environment=ETCD_DATA_DIR=/var/lib/etcd/member
 """
 
