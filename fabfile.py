@@ -2,13 +2,13 @@
 
 Top-level tasks are the runbook verbs (build, push, setup-cluster, deploy,
 ...) and the operator's everyday tools (status, logs, exec); namespaces group the tools around them (sandbox, balancer,
-cloudconfig, lock, settings, maintenance).
+cloudconfig, lock, settings, maintenance, secrets).
 """
 from invoke import Collection
 
 from sandbox import testbed
 from tasks import (balancer, build, cloud_config, deploy, install, maintenance, membership, operator, push,
-                   settings, upgrade)
+                   secrets, settings, upgrade)
 
 namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,
@@ -23,3 +23,4 @@ namespace.add_collection(Collection.from_module(cloud_config, name="cloudconfig"
 namespace.add_collection(Collection("lock", deploy.lock_status, deploy.lock_release))
 namespace.add_collection(settings.namespace)
 namespace.add_collection(maintenance.namespace)
+namespace.add_collection(secrets.namespace)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import cloudconfig
@@ -67,16 +67,33 @@ class Step:
     restart: tuple = ()   # components whose units restart (UPGRADE)
 
 
-def plan(cluster, release: Release, facts: dict, listed) -> list:
+@dataclass(frozen=True)
+class Extra:
+    """What a rollout does on one machine besides bringing it to its release (secrets.apply):
+    ``restart`` these components too, stage ``files`` with the release's, run ``before`` ahead of
+    swapping them in and ``after`` right after (both while its components are stopped), and
+    ``undo`` when the machine is put back after a failure."""
+    restart: tuple = ()
+    files: tuple = field(default=(), repr=False)  # (path, content, mode): may be secrets
+    before: str = ""
+    after: str = ""
+    undo: str = ""
+
+
+def plan(cluster, release: Release, facts: dict, listed, extras: dict = None) -> list:
     """The steps bringing the machines of ``facts`` (address -> ``machine.release_facts``) to
-    ``release``, in address order; a machine already serving it has none. Pure."""
+    ``release``, in address order; a machine already serving it has none. ``extras``: address ->
+    Extra, whose components restart as well (a step of their own when the release needs none). Pure."""
     steps = []
+    extras = extras or {}
     for address in sorted(facts):
         fact = facts[address]
         action = machine_action(fact["release"], fact["units"], address in listed, release.id)
-        if action == UPGRADE:
-            steps.append(Step(address, UPGRADE,
-                              tuple(machine.to_restart(fact["components"], fact["units"], release, cluster))))
+        more = set(extras[address].restart) if address in extras else set()
+        if action == UPGRADE or more:
+            restart = set(machine.to_restart(fact["components"], fact["units"], release, cluster)) \
+                if action == UPGRADE else set()
+            steps.append(Step(address, UPGRADE, tuple(c.name for c in cluster.components if c.name in restart | more)))
         elif action == READD:
             steps.append(Step(address, READD))
     return steps
@@ -139,15 +156,18 @@ class Rollout:
     machine -> candidate release id, machines a canary deploy put on it (not drift).
     """
 
-    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1, canary: dict = None):
+    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1, canary: dict = None,
+                 extras: dict = None):
         self.s, self.ex, self.cluster = s, s.ex, s.cluster
         self.release, self.previous = release, previous
+        self.extras: dict = extras or {}  # address -> Extra
         self.members = sorted(member_machines(s.etcd))
         self.machines = sorted(only or self.members)
         self.batch = batch_limit(len(self.members), batch)
         self.routers = balancer.Routers(self.ex)
         self.down, self.facts = self._read()
-        self.steps = plan(self.cluster, release, self.facts, self.routers.listed()) if not self.down else []
+        self.steps = plan(self.cluster, release, self.facts, self.routers.listed(), self.extras) \
+            if not self.down else []
         self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous, canary) \
             if not self.down and only is None else None
         self._bases: dict = {}
@@ -268,7 +288,7 @@ class Rollout:
         def one(step):
             machine.pull(self.ex, step.machine, self.release, step.restart)
             staged = machine.stage_document(self.ex, step.machine, self._document(step.machine, self.release),
-                                            self._user_data(step.machine))
+                                            self._user_data(step.machine), self._extra(step.machine).files)
             machine.pause_os_updates(self.ex, step.machine)
             return staged
         upgrades = [s for s in self.steps if s.action == UPGRADE]
@@ -276,6 +296,9 @@ class Rollout:
 
     def _user_data(self, address) -> str:
         return self.facts[address]["user_data"]
+
+    def _extra(self, address) -> Extra:
+        return self.extras.get(address) or Extra()
 
     def _document(self, address, release) -> dict:
         """The machine's final cloud config at ``release``: its administrator's base, extended."""
@@ -291,9 +314,10 @@ class Rollout:
         started = time.monotonic()
         try:
             if step.action == UPGRADE:
-                self.ex.run(step.machine, " && ".join([
-                    machine.stop_command(self.cluster, step.restart), staged.swap,
-                    machine.start_command(self.cluster, step.restart)]),
+                extra = self._extra(step.machine)
+                self.ex.run(step.machine, " && ".join(filter(None, [
+                    machine.stop_command(self.cluster, step.restart), extra.before, staged.swap, extra.after,
+                    machine.start_command(self.cluster, step.restart)])),
                     what=f"restart {', '.join(step.restart) or 'nothing'} on release {self.release.id}",
                     deadline=self.cluster.timeouts.stop + self.cluster.timeouts.command)
             machine.wait_healthy(self.ex, step.machine)
@@ -318,6 +342,8 @@ class Rollout:
             return f"{address} is out of the balancer; no earlier release to restore."
         try:
             machine.stop(self.ex, address)
+            if self._extra(address).undo:
+                self.ex.run(address, self._extra(address).undo, what="put the previous files back")
             machine.apply_document(self.ex, address, self._document(address, self.previous), self._user_data(address))
             machine.start(self.ex, address)
             machine.wait_healthy(self.ex, address)
