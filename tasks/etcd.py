@@ -29,6 +29,7 @@ from urllib.parse import quote as urlquote
 
 import paramiko
 import requests
+import urllib3
 from etcd3gw import exceptions as gw_errors
 from etcd3gw.client import Etcd3Client
 from etcd3gw.lease import Lease
@@ -71,6 +72,47 @@ def _member(data: dict) -> Member:
                   learner=bool(data.get("isLearner", False)))
 
 
+class _OneWriteConnection(urllib3.connection.HTTPConnection):
+    """An HTTP connection that writes each request, head and body, in one piece.
+
+    urllib3 writes the head, then the body. Through the SSH tunnel each write becomes a
+    write of sshd to etcd's socket on the machine, and there the body waits for the ACK
+    of the head, which Linux delays by 40 ms: half of all etcd calls took 45 ms instead
+    of 3 (seen on the sandbox)."""
+
+    _held: Optional[bytearray] = None
+
+    def request(self, method, url, body=None, headers=None, **options):
+        self._held = bytearray()
+        try:
+            super().request(method, url, body=body, headers=headers, **options)
+            held = bytes(self._held)
+        finally:
+            self._held = None
+        if held:
+            super().send(held)
+
+    def send(self, data):
+        if self._held is None:
+            return super().send(data)
+        if isinstance(data, (bytes, bytearray)):
+            self._held += data
+            return None
+        held, self._held = bytes(self._held), bytearray()  # a streamed body: what is held goes first
+        super().send(held)
+        return super().send(data)
+
+
+class _OneWritePool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _OneWriteConnection
+
+
+class _OneWriteAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme, "http": _OneWritePool}
+
+
 class Etcd:
     """A client of one etcd member at ``host:port`` (over a tunnel, see ``tunnel``)."""
 
@@ -85,8 +127,9 @@ class Etcd:
         return f"Etcd({self.label})"
 
     def _new_client(self, timeout: float) -> Etcd3Client:
-        client = Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH,
-                             session=requests.Session())
+        session = requests.Session()
+        session.mount("http://", _OneWriteAdapter())
+        client = Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH, session=session)
         self._clients.append(client)
         return client
 

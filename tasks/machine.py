@@ -17,7 +17,7 @@ from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_UNIT, SECRETS_DI
                                UNIT_DIR, secrets_dir, unit_name)
 
 from . import remote
-from .errors import HealthError, PreflightError
+from .errors import HealthError, PreflightError, RemoteError
 from .registry import load_credentials
 from .remote import q
 
@@ -25,9 +25,11 @@ ETCD_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_DROPIN}"
 # Where a machine reads its cloud config, looked for in this order: Flatcar's, then CoreOS's.
 USER_DATA_PATHS = ("/var/lib/flatcar-install/user_data", "/var/lib/coreos-install/user_data")
 BASE_SUFFIX = ".air-base"  # the administrator's base, kept beside the final cloud config
+BASE_MARK = "--base-from:"  # heads the base cloud config in the release facts
 # OS updates that could reboot a machine mid-install; paused meanwhile, then put back as they were.
 OS_UPDATE_UNITS = ("update-engine.service", "locksmithd.service")
 OS_UPDATES_PAUSED = "/run/air-os-updates-paused"  # the units that were active when paused
+UNHEALTHY = 97  # exit status of an upgrade command whose health check failed
 
 
 def user_data_command(cluster) -> str:
@@ -298,26 +300,35 @@ def wipe(ex, address, user_data: str) -> None:
 
 
 def base_of(ex, address, user_data: str, installed_part: dict = None) -> dict:
-    """The administrator's base cloud config of the machine: the copy kept at install, else the
-    cloud config it was prepared with. PreflightError when there is none or it is not one.
-
-    ``installed_part``: the machine is installed; when it has no kept copy (installed before
-    copies were kept), its cloud config less what install added is taken for its base."""
+    """The administrator's base cloud config of the machine (``parse_base``), read from it."""
     for path in (user_data + BASE_SUFFIX, user_data):
         text = ex.read_file(address, path)
         if text is not None:
-            try:
-                doc = cloudconfig.parse(text, f"{address}:{path}")
-            except ValueError as e:
-                raise PreflightError(f"{e}; nothing was changed") from None
-            return cloudconfig.without(doc, installed_part) if installed_part and path == user_data else doc
-    raise PreflightError(f"{address}: no cloud config at {user_data}: prepare the machine with the cluster's "
-                         f"base cloud config first (fab cloudconfig.base); nothing was changed")
+            return parse_base(address, user_data, (path, text), installed_part)
+    return parse_base(address, user_data, None)
+
+
+def parse_base(address, user_data: str, read, installed_part: dict = None) -> dict:
+    """The base from ``read`` ((path, text) of the copy kept at install, else of the cloud config
+    the machine was prepared with; None: neither exists). PreflightError when there is none or it
+    is not a cloud config. Pure.
+
+    ``installed_part``: the machine is installed; when it has no kept copy (installed before
+    copies were kept), its cloud config less what install added is taken for its base."""
+    if read is None:
+        raise PreflightError(f"{address}: no cloud config at {user_data}: prepare the machine with the cluster's "
+                             f"base cloud config first (fab cloudconfig.base); nothing was changed")
+    path, text = read
+    try:
+        doc = cloudconfig.parse(text, f"{address}:{path}")
+    except ValueError as e:
+        raise PreflightError(f"{e}; nothing was changed") from None
+    return cloudconfig.without(doc, installed_part) if installed_part and path == user_data else doc
 
 
 def install(ex, address, doc: dict, release, user_data: str) -> None:
-    """A machine's secrets, the document's files and the release's images, in one command after
-    one SFTP session: what setup-cluster and add-machine do on each machine before starting it.
+    """A machine's secrets, the document's files and the release's images, staged in one command
+    and put in place in a second: what setup-cluster and add-machine do on each machine before starting it.
     OS updates are paused until the machine is started."""
     cluster = ex.cluster
     staged = ex.stage_files(address, secret_files(cluster) + document_files(doc, user_data))
@@ -339,10 +350,9 @@ def apply_document(ex, address, doc: dict, user_data: str) -> None:
     ex.write_files(address, document_files(doc, user_data))
 
 
-def stage_document(ex, address, doc: dict, user_data: str, more=()) -> remote.Staged:
-    """Upload the document's files (and ``more`` files) without putting them in place (see
-    ``Executor.stage_files``)."""
-    return ex.stage_files(address, list(more) + document_files(doc, user_data))
+def stage_document(ex, address, doc: dict, user_data: str) -> remote.Staged:
+    """Upload the document's files without putting them in place (see ``Executor.stage_files``)."""
+    return ex.stage_files(address, document_files(doc, user_data))
 
 
 def pause_os_updates(ex, address) -> None:
@@ -368,13 +378,16 @@ def stop(ex, address, components=None) -> None:
 
 
 def release_facts_command(cluster) -> str:
-    """Prints the machine's release file, its components file, its units' states and where its
-    cloud config is, in sections."""
+    """Prints the machine's release file, its components file, its units' states, where its
+    cloud config is and, last, the administrator's base (``BASE_SUFFIX``'s copy, else the cloud
+    config itself, after a line naming which), in sections."""
     units = unit_words(cluster)
     return (f"echo '--release'; cat {q(STATE_DIR)}/release 2>/dev/null; "
             f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null; "
             f"echo '--units'; systemctl is-active {units} 2>/dev/null; "
-            f"echo '--user_data'; ({user_data_command(cluster)}); true")
+            f"u=$({user_data_command(cluster)}); echo '--user_data'; echo \"$u\"; "
+            f"for p in \"$u{BASE_SUFFIX}\" \"$u\"; do if [ -e \"$p\" ]; then echo \"{BASE_MARK}$p\"; cat \"$p\"; break; fi; "
+            f"done; true")
 
 
 def in_sections(text: str, names) -> dict:
@@ -391,12 +404,15 @@ def in_sections(text: str, names) -> dict:
 
 def parse_release_facts(text: str, cluster) -> dict:
     """{"release": id or "", "components": component -> version, "units": unit -> state,
-    "user_data": path of its cloud config}."""
+    "user_data": path of its cloud config, "base": (path read, its text) or None}."""
+    text, marked, base = text.partition("\n" + BASE_MARK)
     sections = in_sections(text, ("release", "components", "units", "user_data"))
+    path, _, content = base.partition("\n")
     return {"release": "".join(sections["release"]).strip(),
             "components": parse_components("\n".join(sections["components"])),
             "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"]))),
-            "user_data": "".join(sections["user_data"]).strip()}
+            "user_data": "".join(sections["user_data"]).strip(),
+            "base": (path, content) if marked else None}
 
 
 def release_facts(ex, address) -> dict:
@@ -409,5 +425,30 @@ def wait_healthy(ex, address, timeout: int = None) -> None:
     result = ex.read(address, health_command(ex.cluster, timeout), check=False,
                      deadline=timeout + ex.cluster.timeouts.command, what="health check")
     if result.exited != 0:
-        journal = ex.read(address, diagnostics_command(ex.cluster), check=False, what="read the journal").stdout
-        raise HealthError(f"{address}: {remote.tail(result.stderr, 1)}\n{journal.rstrip()}")
+        raise unhealthy(ex, address, result)
+
+
+def unhealthy(ex, address, result) -> HealthError:
+    """The error of a failed health check: what it said, and the units' last journal lines."""
+    journal = ex.read(address, diagnostics_command(ex.cluster), check=False, what="read the journal").stdout
+    return HealthError(f"{address}: {remote.tail(result.stderr, 1)}\n{journal.rstrip()}")
+
+
+def upgrade_command(cluster, components, swap: str) -> str:
+    """One machine's upgrade in one command: stop the units of ``components``, ``swap`` the staged
+    files in, start them, wait until every component is healthy, resume OS updates. Exits
+    ``UNHEALTHY`` when the health check fails. Pure."""
+    return (f"{stop_command(cluster, components)} && {swap} && {start_command(cluster, components)} || exit $?; "
+            f"( {health_command(cluster, cluster.timeouts.healthy)} ) || exit {UNHEALTHY}; "
+            f"{resume_os_updates_command()}")
+
+
+def upgrade(ex, address, components, staged: remote.Staged, what: str) -> None:
+    """``upgrade_command`` on ``address``; HealthError when it ran but is not healthy."""
+    timeouts = ex.cluster.timeouts
+    result = ex.run(address, upgrade_command(ex.cluster, components, staged.swap), what=what, check=False,
+                    deadline=timeouts.stop + timeouts.healthy + timeouts.command)
+    if result.exited == UNHEALTHY:
+        raise unhealthy(ex, address, result)
+    if result.exited != 0:
+        raise RemoteError(f"{address}: {what} failed (exit {result.exited}): {remote.tail(result.stderr or result.stdout)}")

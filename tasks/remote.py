@@ -16,12 +16,15 @@ machine's outcome is kept.
 """
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import secrets
 import shlex
 import shutil
 import socket
 import sys
+import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -117,25 +120,51 @@ def folders_of(files) -> str:
     return " ".join(q(f) for f in sorted({path.rsplit("/", 1)[0] or "/" for path, _, _ in files}))
 
 
-def staged_commands(files, staging: Optional[str], suffix: str) -> Staged:
-    """The commands that put uploaded ``(path, content, mode)`` files in place, or discard them. Pure.
-
-    Without ``staging`` each file was uploaded beside its target as ``<path><suffix>``; with it
-    (the login user may not write there) as ``<staging>/<index>``, installed with its mode. Both
-    commands end with the status of what they did, so they chain with ``&&``.
-    """
+def staged_commands(files, staging: str, suffix: str) -> Staged:
+    """The commands that put ``(path, content, mode)`` files staged in ``staging`` (as
+    ``<staging>/<index>``) in place, each installed with its mode, or discard them. Pure.
+    Both commands end with the status of what they did, so they chain with ``&&``."""
     files = list(files)
-    folders = folders_of(files)
-    if staging is None:
-        return Staged(" && ".join([f"mkdir -p {folders}"] +
-                                  [f"mv -f {q(path + suffix)} {q(path)}" for path, _, _ in files]),
-                      "rm -f " + " ".join(q(path + suffix) for path, _, _ in files))
     moves = " && ".join(f"install -m {mode:o} {q(f'{staging}/{i}')} {q(path + suffix)} && "
                         f"mv -f {q(path + suffix)} {q(path)}" for i, (path, _, mode) in enumerate(files))
     cleanup = f"rm -rf {q(staging)}"
     # umask 077 while installing: a file being written is never readable by others, whatever its final mode.
-    return Staged(f"if mkdir -p {folders} && umask 077 && {moves}; then {cleanup}; else {cleanup}; false; fi",
+    return Staged(f"if mkdir -p {folders_of(files)} && umask 077 && {moves}; then {cleanup}; else {cleanup}; false; fi",
                   cleanup)
+
+
+STAGED_MARK = "air-staged:"  # heads the line where the staging command prints its folder
+
+
+def staging_command(before: str = None, after: str = None) -> str:
+    """Makes a private folder (mktemp: 0700), unpacks there the archive ``archive_of`` sent on
+    standard input and prints the folder after ``STAGED_MARK``. ``before`` runs first; ``after``
+    last, the folder removed when it fails: one round trip for a step and its files. Pure."""
+    stage = (f'staging=$(mktemp -d) && {{ base64 -d | tar -x --no-same-owner -C "$staging" '
+             f'|| {{ rm -rf "$staging"; false; }}; }} && echo "{STAGED_MARK}$staging"')
+    after_it = f'{{ {after}; }} || {{ rm -rf "$staging"; false; }}' if after else None
+    return " && ".join(part for part in (f"{{ {before}; }}" if before else None, stage, after_it) if part)
+
+
+def archive_of(files) -> str:
+    """The contents of ``(path, content, mode)`` files as a tar archive of ``0``, ``1``, ...
+    (each 0600: its mode is given when installed), in base64 for a command's standard input. Pure."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for i, (_, content, _) in enumerate(files):
+            data = content.encode() if isinstance(content, str) else content
+            member = tarfile.TarInfo(str(i))
+            member.size, member.mode = len(data), 0o600
+            tar.addfile(member, io.BytesIO(data))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def staged_folder(output: str) -> str:
+    """The folder a ``staging_command`` printed. Pure."""
+    for line in output.splitlines():
+        if line.startswith(STAGED_MARK):
+            return line[len(STAGED_MARK):].strip()
+    raise RemoteError(f"the staging command printed no folder: {tail(output)}")
 
 
 class Executor:
@@ -456,39 +485,17 @@ class Executor:
 
     # ------------------------------------------------------------ files
 
-    def sftp(self, host: str):
-        client = self.conn(host).sftp()
-        client.get_channel().settimeout(self.cluster.timeouts.command)
-        return client
-
-    def upload(self, host: str, path: str, content, mode: int) -> None:
-        """Write ``path`` over SFTP as the login user, its mode set before any content is written."""
-        self.check(f"write {path}")
-        try:
-            with self.sftp(host).open(path, "wb") as remote:
-                remote.chmod(mode)
-                remote.write(content.encode() if isinstance(content, str) else content)
-        except (OSError, paramiko.SSHException) as e:
-            raise RemoteError(f"{host}: cannot write {path}: {self._gone.get(host) or _reason(e)}") from None
-
-    def stage_files(self, host: str, files) -> Staged:
-        """Upload ``(path, content, mode)`` files without putting them in place yet; each upload has
-        its mode before its content. Names are unique to this run, so two runs never take each
+    def stage_files(self, host: str, files, *, before: str = None, after: str = None, what: str = None,
+                    deadline: int = None) -> Staged:
+        """Upload ``(path, content, mode)`` files into a private staging folder without putting them
+        in place yet, in one command (``staging_command``; ``before`` and ``after`` run in it too, with
+        ``what`` and ``deadline`` saying so). Staging folders are unique, so two runs never take each
         other's files. Returns the commands that swap them in or discard them."""
         files = list(files)
-        suffix = f".air-new-{self.run_id}"
-        if not self.conn(host).air_sudo:
-            staged = staged_commands(files, None, suffix)
-            self.run(host, f"mkdir -p {folders_of(files)}", what="make folders")
-            for path, content, mode in files:
-                self.upload(host, path + suffix, content, mode)
-            return staged
-        staging = self.run(host, "mktemp -d", what="make a private staging folder").stdout.strip()
-        # mktemp ran under sudo; the login user must be able to write into it.
-        self.run(host, f"chown {q(self.cluster.ssh.user)} {q(staging)}", what="own the staging folder")
-        for i, (_, content, mode) in enumerate(files):
-            self.upload(host, f"{staging}/{i}", content, mode)
-        return staged_commands(files, staging, suffix)
+        what = what or f"stage {len(files)} file(s)"
+        printed = self.run(host, staging_command(before, after), stdin=archive_of(files), what=what,
+                           deadline=deadline).stdout
+        return staged_commands(files, staged_folder(printed), f".air-new-{self.run_id}")
 
     def write_files(self, host: str, files) -> None:
         """Replace each ``(path, content, mode)`` atomically; no file is ever readable with another mode."""

@@ -283,14 +283,15 @@ class Rollout:
                         what="discard the staged files, resume OS updates")
 
     def _prepare(self) -> dict:
-        """Pull the release and stage its files on every machine to upgrade, all at once (serving is
-        not disturbed); returns address -> ``remote.Staged``."""
+        """Pull the release, stage its files and pause OS updates on every machine to upgrade, all at
+        once and one command each (serving is not disturbed); returns address -> ``remote.Staged``."""
         def one(step):
-            machine.pull(self.ex, step.machine, self.release, step.restart)
-            staged = machine.stage_document(self.ex, step.machine, self._document(step.machine, self.release),
-                                            self._user_data(step.machine), self._extra(step.machine).files)
-            machine.pause_os_updates(self.ex, step.machine)
-            return staged
+            return self.ex.stage_files(
+                step.machine, list(self._extra(step.machine).files) +
+                machine.document_files(self._document(step.machine, self.release), self._user_data(step.machine)),
+                before=machine.pull_command(self.cluster, self.release, step.restart),
+                after=machine.pause_os_updates_command(), deadline=self.cluster.timeouts.pull,
+                what=f"pull release {self.release.id}, stage its files, pause OS updates")
         upgrades = [s for s in self.steps if s.action == UPGRADE]
         return dict(zip((s.machine for s in upgrades), self.ex.parallel(one, upgrades, describe=_machine)))
 
@@ -301,10 +302,12 @@ class Rollout:
         return self.extras.get(address) or Extra()
 
     def _document(self, address, release) -> dict:
-        """The machine's final cloud config at ``release``: its administrator's base, extended."""
+        """The machine's final cloud config at ``release``: its administrator's base (read with
+        its facts), extended."""
         if address not in self._bases:
             installed = cloudconfig.install_part(self.cluster, address, self.members, "existing", release)
-            self._bases[address] = machine.base_of(self.ex, address, self._user_data(address), installed)
+            self._bases[address] = machine.parse_base(address, self._user_data(address),
+                                                      self.facts[address]["base"], installed)
         return machine.final_document(self.cluster, address, self.members, "existing", release,
                                       self._bases[address])
 
@@ -315,16 +318,13 @@ class Rollout:
         try:
             if step.action == UPGRADE:
                 extra = self._extra(step.machine)
-                self.ex.run(step.machine, " && ".join(filter(None, [
-                    machine.stop_command(self.cluster, step.restart), extra.before, staged.swap, extra.after,
-                    machine.start_command(self.cluster, step.restart)])),
-                    what=f"restart {', '.join(step.restart) or 'nothing'} on release {self.release.id}",
-                    deadline=self.cluster.timeouts.stop + self.cluster.timeouts.command)
-            machine.wait_healthy(self.ex, step.machine)
-            if self.ex.interrupted.is_set() and step.action == UPGRADE:
-                raise Interrupted(f"interrupted during the upgrade of {step.machine}")
-            if step.action == UPGRADE:
-                machine.resume_os_updates(self.ex, step.machine)
+                swap = staged._replace(swap=" && ".join(filter(None, [extra.before, staged.swap, extra.after])))
+                machine.upgrade(self.ex, step.machine, step.restart, swap,
+                                f"restart {', '.join(step.restart) or 'nothing'} on release {self.release.id}")
+                if self.ex.interrupted.is_set():
+                    raise Interrupted(f"interrupted during the upgrade of {step.machine}")
+            else:
+                machine.wait_healthy(self.ex, step.machine)
         except LostLock as lost:
             return lost, "left as it was"
         except (HealthError, RemoteError, Interrupted) as failure:

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 from tasks.errors import DeadlineError, RemoteError
-from tasks.remote import Executor, Result, Staged, parallel, staged_commands
+from tasks.machine import BASE_MARK, BASE_SUFFIX
+from tasks.remote import Executor, Result, Staged, parallel, staged_commands, staging_command
 
 
 class FakeExecutor:
@@ -71,15 +72,13 @@ class FakeExecutor:
     def read(self, host, command, *, what=None, deadline=None, check=True):
         return self.run(host, command, what=what, deadline=deadline, check=check, change=False)
 
-    def upload(self, host, path, content, mode):
-        self.check(f"write {path}")
-        self.files[(host, path)] = (content, mode)
-
-    def stage_files(self, host, files) -> Staged:
+    def stage_files(self, host, files, *, before=None, after=None, what=None, deadline=None) -> Staged:
+        """Records each file as ``<path>.staged``; the staging command (with ``before`` and ``after``) is run as sent."""
         files = list(files)
+        self.run(host, staging_command(before, after), what=what or "stage files", deadline=deadline)
         for path, content, mode in files:
-            self.upload(host, path + ".staged", content, mode)
-        return staged_commands(files, None, ".staged")
+            self.files[(host, path + ".staged")] = (content, mode)
+        return staged_commands(files, "/tmp/staging", ".staged")
 
     def write_files(self, host, files):
         files = list(files)
@@ -179,3 +178,10 @@ def interrupted_at(ex, text):
     finally:
         ex.on_run = before
 
+
+def release_facts_text(release_id: str, components: dict, units, user_data: str, base: str = None) -> str:
+    """What ``machine.release_facts_command`` prints on a machine in that state; ``base``: the
+    text of its kept base cloud config."""
+    text = (f"--release\n{release_id}\n--components\n" + "".join(f"{c} {v}\n" for c, v in components.items())
+            + "--units\n" + "".join(f"{u}\n" for u in units) + f"--user_data\n{user_data}\n")
+    return text + (f"{BASE_MARK}{user_data}{BASE_SUFFIX}\n{base}" if base is not None else "")

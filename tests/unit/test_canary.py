@@ -9,7 +9,7 @@ from tasks.deploy import deploy_canary, deploy_release, rollback_canary
 from tasks.errors import ConfigError
 from tasks.upgrade import UpgradeFailed, drift
 
-from .test_rollout import MACHINES, NEW, OLD, USER_DATA, record_routes, s  # noqa: F401 (fixtures)
+from .test_rollout import MACHINES, NEW, OLD, facts_text, record_routes, s  # noqa: F401 (fixtures)
 
 CANARY = "10.0.0.3"
 
@@ -58,9 +58,7 @@ def test_a_canary_must_be_a_member_before_anything_is_built(s):
 
 
 def test_rolling_back_a_canary_puts_its_machines_on_the_clusters_release(s):
-    facts = (f"--release\n{NEW.id}\n--components\nweb 1.0.1\nworker 1.0.0\n--units\nactive\nactive\n"
-             f"--user_data\n{USER_DATA}\n")
-    s.ex.answer("echo '--release'", host=CANARY, stdout=facts)
+    s.ex.answer("echo '--release'", host=CANARY, stdout=facts_text(NEW.id, {"web": "1.0.1", "worker": "1.0.0"}))
     s.ex.rules.insert(0, s.ex.rules.pop())
     record = state.write_candidate(s.etcd, s.cluster, NEW, [CANARY], branch="master")
     rollback_canary(s, OLD, NEW, record)

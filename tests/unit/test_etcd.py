@@ -385,3 +385,28 @@ def test_tunnel_to_a_port_where_nothing_listens_fails_at_once(etcd):
 @pytest.mark.skip(reason="needs an SSH server: covered by the integration tests")
 def test_tunnel_over_real_ssh():
     pass
+
+
+def test_a_request_to_etcd_goes_out_in_one_write_head_and_body():
+    """Through the tunnel a body written after its head waits 40 ms for a delayed ACK on the machine."""
+    from tasks.etcd import _OneWriteConnection
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        connection = _OneWriteConnection("127.0.0.1", server.getsockname()[1])
+        connection.connect()
+        writes: list = []
+        real = connection.sock
+
+        class Recording:
+            def sendall(self, data):
+                writes.append(bytes(data))
+                return real.sendall(data)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+        connection.sock = Recording()
+        connection.request("POST", "/v3/kv/range", body=b'{"key": "eA=="}', headers={"Content-Type": "application/json"})
+        connection.close()
+    assert len(writes) == 1
+    assert writes[0].startswith(b"POST /v3/kv/range HTTP/1.1\r\n") and writes[0].endswith(b'\r\n\r\n{"key": "eA=="}')

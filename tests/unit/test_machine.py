@@ -302,3 +302,60 @@ def test_secrets_facts_are_digests_and_the_changes_name_whom_to_restart(cluster,
     assert machine.components_using(c, write + remove) == ["worker"]
     assert machine.components_using(c, ["/etc/air/secrets/web/tls.key"]) == ["web"]
     assert "SECRET" not in text
+
+
+# ---------------------------------------------------------------- one machine's upgrade, one command
+
+def run_upgrade(tmp_path, cluster, stop_exit=0, health_code="200"):
+    """``upgrade_command`` in a real sh, with systemctl and curl stood in for on its PATH: each call
+    is logged; curl answers ``health_code``. Returns (exit status, log lines)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "log"
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "systemctl $*" >> {log}\n'
+                                       f'[ "$1" = stop ] && exit {stop_exit}\n'
+                                       f'[ "$1" = is-active ] && exit 1\nexit 0\n')
+    (bin_dir / "curl").write_text(f'#!/bin/sh\necho curl >> {log}\nprintf {health_code}\n')
+    for tool in ("systemctl", "curl"):
+        (bin_dir / tool).chmod(0o755)
+    healthy_within_1 = replace(cluster, timeouts=replace(cluster.timeouts, healthy=1))
+    command = machine.upgrade_command(healthy_within_1, ["web"], f"echo swap >> {log}")
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    return done.returncode, log.read_text().splitlines() if log.exists() else []
+
+
+def test_an_upgrade_stops_swaps_starts_checks_and_resumes_os_updates_in_order(tmp_path, cluster):
+    status, log = run_upgrade(tmp_path, cluster)
+    assert status == 0
+    assert log[:5] == ["systemctl stop air-web.service", "swap", "systemctl daemon-reload",
+                       "systemctl enable -q air-web.service", "systemctl restart air-web.service"]
+    assert log[5:7] == ["curl", "curl"]  # both components healthy at the first try
+
+
+def test_an_upgrade_that_is_not_healthy_says_so_by_its_exit_status(tmp_path, cluster):
+    status, log = run_upgrade(tmp_path, cluster, health_code="503")
+    assert status == machine.UNHEALTHY
+    assert "swap" in log and log.count("curl") >= 2
+
+
+def test_an_upgrade_whose_stop_fails_goes_no_further(tmp_path, cluster):
+    status, log = run_upgrade(tmp_path, cluster, stop_exit=5)
+    assert status == 5 and log == ["systemctl stop air-web.service"]
+
+
+def test_release_facts_carry_the_base_verbatim_whatever_its_lines():
+    base = "#cloud-config\n---\n--units\nwrite_files: []\n"
+    text = (f"--release\nabc\n--components\nweb 1.0.0\n--units\nactive\nfailed\n--user_data\n/u\n"
+            f"{machine.BASE_MARK}/u{machine.BASE_SUFFIX}\n{base}")
+    cluster = SimpleNamespace(components=[SimpleNamespace(name="web"), SimpleNamespace(name="worker")])
+    facts = machine.parse_release_facts(text, cluster)
+    assert facts == {"release": "abc", "components": {"web": "1.0.0"},
+                     "units": {"air-web.service": "active", "air-worker.service": "failed"},
+                     "user_data": "/u", "base": ("/u.air-base", base)}
+    assert machine.parse_release_facts(text.split(machine.BASE_MARK)[0], cluster)["base"] is None
+
+
+def test_a_machine_without_a_cloud_config_is_refused_with_how_to_prepare_it():
+    with pytest.raises(machine.PreflightError, match=r"^10\.0\.0\.1: no cloud config at /u: prepare the machine"):
+        machine.parse_base("10.0.0.1", "/u", None)

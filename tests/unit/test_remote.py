@@ -3,12 +3,14 @@ import io
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from tasks.errors import Interrupted, LostLock, RemoteError
-from tasks.remote import (KILL_AFTER, PROGRESS_AFTER, PROGRESS_EVERY, Executor, deadline_wrapped, parallel,
-                          progress_line, staged_commands, stream_wrapped)
+from tasks.remote import (KILL_AFTER, PROGRESS_AFTER, PROGRESS_EVERY, STAGED_MARK, Executor, archive_of,
+                          deadline_wrapped, parallel, progress_line, staged_commands, staged_folder, staging_command,
+                          stream_wrapped)
 
 from .fakes import FakeExecutor, FakeFence
 
@@ -28,25 +30,18 @@ def test_the_remote_timeout_stops_the_command_there_and_says_so(tmp_path):
     assert started.returncode == 124 and not (tmp_path / "late").exists()
 
 
-@pytest.mark.parametrize("staging", [False, True], ids=["beside-targets", "through-a-staging-folder"])
-def test_swap_puts_every_file_in_place_and_lets_the_chain_go_on(tmp_path, staging):
+def test_swap_puts_every_file_in_place_and_lets_the_chain_go_on(tmp_path):
     files = [(str(tmp_path / "etc/a.conf"), "A", 0o644), (str(tmp_path / "secrets/key"), "K", 0o600)]
     folder = tmp_path / "stage"
-    if staging:
-        folder.mkdir()
-        for i, (_, content, _) in enumerate(files):
-            (folder / str(i)).write_text(content)
-    else:
-        for path, content, _ in files:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            (tmp_path / (path + ".new-1")).write_text(content)
-    swap = staged_commands(files, str(folder) if staging else None, ".new-1").swap
+    folder.mkdir()
+    for i, (_, content, _) in enumerate(files):
+        (folder / str(i)).write_text(content)
+    swap = staged_commands(files, str(folder), ".new-1").swap
     done = sh(f"{swap} && echo after", tmp_path)
     assert done.returncode == 0 and done.stdout == "after\n", done.stderr
     assert (tmp_path / "etc/a.conf").read_text() == "A" and (tmp_path / "secrets/key").read_text() == "K"
-    if staging:
-        assert oct((tmp_path / "secrets/key").stat().st_mode & 0o777) == oct(0o600)
-        assert not folder.exists()  # the staging folder is cleaned up
+    assert oct((tmp_path / "secrets/key").stat().st_mode & 0o777) == oct(0o600)
+    assert not folder.exists()  # the staging folder is cleaned up
 
 
 def test_a_failed_swap_fails_the_chain_and_cleans_up(tmp_path):
@@ -59,9 +54,41 @@ def test_a_failed_swap_fails_the_chain_and_cleans_up(tmp_path):
 
 
 def test_discard_removes_what_was_staged(tmp_path):
-    (tmp_path / "a.new-1").write_text("A")
-    assert sh(staged_commands([(str(tmp_path / "a"), "A", 0o644)], None, ".new-1").discard, tmp_path).returncode == 0
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "0").write_text("A")
+    assert sh(staged_commands([(str(tmp_path / "a"), "A", 0o644)], str(folder), ".new-1").discard, tmp_path).returncode == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def staged_by_command(tmp_path, files, before=None, after=None):
+    """Runs ``staging_command`` here, with TMPDIR in ``tmp_path``, fed ``archive_of(files)``."""
+    return subprocess.run(["sh", "-c", staging_command(before, after)], input=archive_of(files), text=True,
+                          capture_output=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+
+
+def test_one_command_stages_every_file_privately_between_its_before_and_after_steps(tmp_path):
+    files = [("/etc/a.conf", "A\n", 0o644), ("/etc/air/secrets/key", b"\x00K", 0o600)]
+    done = staged_by_command(tmp_path, files, before="echo before", after="echo after")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    folder = Path(staged_folder(done.stdout))
+    assert lines == ["before", f"{STAGED_MARK}{folder}", "after"] and folder.parent == tmp_path
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
+    assert (folder / "0").read_text() == "A\n" and (folder / "1").read_bytes() == b"\x00K"
+    assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {oct(0o600)}
+    swap = staged_commands(files, str(folder), ".new").swap.replace("/etc/", f"{tmp_path}/etc/")
+    assert sh(swap, tmp_path).returncode == 0 and (tmp_path / "etc/a.conf").read_text() == "A\n"
+
+
+def test_a_failed_step_around_the_staging_leaves_no_folder_behind(tmp_path):
+    files = [("/etc/a.conf", "A", 0o644)]
+    assert staged_by_command(tmp_path, files, before="false").returncode != 0
+    failed_after = staged_by_command(tmp_path, files, after="echo paused; false")
+    assert failed_after.returncode != 0 and STAGED_MARK in failed_after.stdout
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RemoteError, match="printed no folder"):
+        staged_folder("before\n")
 
 
 # ---------------------------------------------------------------- the checks before a change

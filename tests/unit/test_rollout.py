@@ -9,20 +9,27 @@ import json
 
 import pytest
 
-import cloudconfig
 from tasks import state
 from tasks.balancer_config import routers_file
 from tasks.errors import Interrupted, LostLock
 from tasks.release import Image, Release
 from tasks.upgrade import Rollout, UpgradeFailed
 
-from .fakes import FakeEtcd, FakeExecutor, FakeFence
+from .fakes import FakeEtcd, FakeExecutor, FakeFence, release_facts_text
 
 OLD = Release((Image("web", "1.0.0", "sha256:" + "a" * 64), Image("worker", "1.0.0", "sha256:" + "b" * 64)))
 NEW = Release((Image("web", "1.0.1", "sha256:" + "c" * 64), Image("worker", "1.0.0", "sha256:" + "b" * 64)))
 MACHINES = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
 BALANCER = "10.0.0.100"
 USER_DATA = "/var/lib/coreos-install/user_data"
+
+
+ADMIN_BASE = "#cloud-config\nssh_authorized_keys:\n- ssh-ed25519 AAAA admin\n"  # an administrator's own base
+
+
+def facts_text(release_id: str, components: dict, units=("active", "active")) -> str:
+    """A machine's release facts, its administrator's base kept beside its cloud config."""
+    return release_facts_text(release_id, components, units, USER_DATA, ADMIN_BASE)
 
 
 class FakeSession:
@@ -33,14 +40,9 @@ class FakeSession:
 @pytest.fixture
 def s(cluster, monkeypatch):
     ex = FakeExecutor(cluster)
-    admin_base = cloudconfig.render(cloudconfig.base(cluster, ["ssh-ed25519 AAAA test"], None, ("u", "p")))
-    for m in MACHINES:
-        ex.files[(m, USER_DATA + ".air-base")] = (admin_base, 0o600)
     ex.files[(BALANCER, cluster.balancer.routers_file)] = (routers_file(cluster, MACHINES), 0o644)
     ex.answer("air-candidate", stdout="air-drain: 0\n")
-    facts = ("--release\n" + OLD.id + "\n--components\nweb 1.0.0\nworker 1.0.0\n"
-             "--units\nactive\nactive\n--user_data\n" + USER_DATA + "\n")
-    ex.answer("echo '--release'", stdout=facts)
+    ex.answer("echo '--release'", stdout=facts_text(OLD.id, {"web": "1.0.0", "worker": "1.0.0"}))
     etcd = FakeEtcd(MACHINES)
     etcd.put(state.release_key(cluster), state.release_record(OLD, outcome="succeeded"))
     return FakeSession(cluster, ex, etcd)
@@ -113,15 +115,15 @@ def test_a_lost_lock_changes_nothing_more(s):
     s.ex.fence = FakeFence()
 
     def lose_after_first(host, command):
-        if host == "10.0.0.1" and "curl" in command:  # the first machine's health check
+        if host == "10.0.0.1" and "curl" in command:  # the first machine's upgrade, health check included
             s.ex.fence.lose()
     s.ex.on_run = lose_after_first
     with pytest.raises(LostLock) as lost:
         Rollout(s, NEW, OLD).apply()
     calls = len(s.ex.calls)
-    # Lost once 10.0.0.1 was healthy, before it was put back: it stays out, and says so.
-    assert str(lost.value) == ("/air/test/lock: the key is gone (deleted or expired); left out of the balancer "
-                               "mid-upgrade: 10.0.0.1; nothing else was changed")
+    # Lost while 10.0.0.1 was upgraded, found before it was put back: it stays out, and says so.
+    assert str(lost.value) == (f"/air/test/lock: the key is gone (deleted or expired); upgraded to {NEW.id}: "
+                               "10.0.0.1; nothing else was changed; out of the balancer: 10.0.0.1")
     assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1"]
     # After the loss: no change ran (the fence refused every one), the balancer was left as it was.
     assert s.ex.routed == [["10.0.0.2", "10.0.0.3"]]
@@ -138,8 +140,7 @@ def test_a_machine_that_does_not_answer_refuses_the_rollout_before_any_change(cl
 
 def test_drift_is_one_warning_line_with_its_fix(s):
     s.ex.answer("echo '--release'", host="10.0.0.2",
-                stdout="--release\nolder\n--components\nweb 0.9.0\nworker 1.0.0\n--units\nactive\nactive\n"
-                       "--user_data\n" + USER_DATA + "\n")
+                stdout=facts_text("older", {"web": "0.9.0", "worker": "1.0.0"}))
     s.ex.rules.insert(0, s.ex.rules.pop())  # the machine's own answer first
     s.ex.files[(BALANCER, s.cluster.balancer.routers_file)] = (routers_file(s.cluster, ["10.0.0.1", "10.0.0.2"]), 0o644)
     rollout = Rollout(s, OLD, OLD)
