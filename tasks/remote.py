@@ -177,6 +177,7 @@ class Executor:
         self.run_id = secrets.token_hex(4)     # staged files of concurrent runs never collide
         self._conns: dict = {}
         self._gone: dict = {}                  # host -> why its connection was given up
+        self._ahead_failed: dict = {}          # host -> (when, Unreachable) of a connection tried ahead
         self._host_locks: dict = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -230,6 +231,9 @@ class Executor:
                 return conn
             if host in self._gone:
                 raise Unreachable(host, self._gone[host])
+            failed_at, failure = self._ahead_failed.pop(host, (None, None))
+            if failure is not None and time.monotonic() - failed_at < self.cluster.timeouts.connect:
+                raise failure  # just found, ahead: not waited for twice
             gateway = self.cluster.ssh.gateway
             # Through the jump host when the cluster has one (Fabric opens a channel there to this host).
             via = self.conn(gateway) if gateway and host != gateway else None
@@ -240,11 +244,31 @@ class Executor:
                 conn.open()
             except Exception as e:  # anything that stops a login is an answer here
                 conn.close()
-                raise Unreachable(host, _reason(e)) from None
+                failure = Unreachable(host, _reason(e))
+                if getattr(self._local, "ahead", False):
+                    self._ahead_failed[host] = (time.monotonic(), failure)
+                raise failure from None
+            if self._closed.is_set():  # opened ahead, after the task ended
+                conn.close()
+                raise Unreachable(host, "the task has ended")
             conn.air_sudo = self.cluster.ssh.user != "root"
             self._conns[host] = conn
             threading.Thread(target=self._watch, args=(host, conn), name=f"keepalive {host}", daemon=True).start()
             return conn
+
+    def connect_ahead(self, hosts) -> None:
+        """Open the connections to ``hosts`` in the background while the task does other things
+        (takes its lock, builds): its first step on each then finds it open. A host that does not
+        answer is left for that first step to report."""
+        for host in dict.fromkeys(hosts):
+            threading.Thread(target=self._connect_ahead, args=(host,), name=f"connect {host}", daemon=True).start()
+
+    def _connect_ahead(self, host: str) -> None:
+        self._local.ahead = True
+        try:
+            self.conn(host)
+        except AirError:
+            pass  # the first step on it reports it (an Unreachable ahead is kept for it in _ahead_failed)
 
     def socket_to(self, host: str, port: int, timeout: float = None) -> socket.socket:
         """A TCP connection to ``host:port`` (the registry's API, say): through the cluster's jump

@@ -101,6 +101,7 @@ def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd:
     taken. A task that ``changes`` things (default: one that takes the lock here; a task that
     takes it later says so) has its interrupts handled. A lost lock ends in LostLock naming the cluster."""
     s = Session(cluster)
+    s.ex.connect_ahead([*cluster.machines, cluster.balancer.host])
     try:
         with _interrupts(s) if (bool(why) if changes is None else changes) else _nothing():
             if etcd:

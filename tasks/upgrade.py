@@ -177,7 +177,12 @@ class Rollout:
         balancer read at the same time: neither waits for the other."""
         def one(address):
             why = self.ex.reachable(address)
-            return (why, None) if why else (None, machine.release_facts(self.ex, address))
+            if why:
+                return why, None
+            try:
+                return None, machine.release_facts(self.ex, address)
+            except RemoteError as e:  # its open connection died (a hung host): as unreachable
+                return str(e).removeprefix(f"{address}: "), None
         with ThreadPoolExecutor(max_workers=1) as pool:
             reading = pool.submit(self.routers.listed)
             found = dict(zip(self.machines, self.ex.parallel(one, self.machines)))

@@ -172,3 +172,30 @@ def test_a_terminal_gets_the_progress_line_redrawn_and_a_pipe_plain_lines_only(c
     assert ("\r\x1b[K… 10.0.0.1: pull release r1 1s" in text) is redrawn
     assert text.endswith("\r\x1b[K") is redrawn  # cleared at the end
     assert text == "" or redrawn
+
+
+def test_a_host_that_failed_ahead_is_reported_at_once_and_tried_again_later(cluster, monkeypatch, tmp_path):
+    """Connections opened ahead: a host found dead then is not waited for a second time by the
+    task's first step on it, and a later step tries again."""
+    (tmp_path / "id_ed25519").write_text("key")
+    (tmp_path / "known_hosts").write_text("")
+    opened = []
+
+    def refuse(conn):
+        opened.append(conn.host)
+        raise ConnectionRefusedError(111, "Connection refused")
+    monkeypatch.setattr("fabric.Connection.open", refuse)
+    ex = Executor(cluster, progress=io.StringIO())
+    try:
+        ex.connect_ahead(["10.0.0.1", "10.0.0.1"])
+        deadline = time.monotonic() + 5
+        while "10.0.0.1" not in ex._ahead_failed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(RemoteError, match=r"^10\.0\.0\.1: cannot reach over SSH \(.*refused"):
+            ex.conn("10.0.0.1")
+        assert opened == ["10.0.0.1"]  # once, ahead: the step was told what it found
+        with pytest.raises(RemoteError):
+            ex.conn("10.0.0.1")
+        assert opened == ["10.0.0.1", "10.0.0.1"]
+    finally:
+        ex.close()

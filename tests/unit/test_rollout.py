@@ -138,6 +138,15 @@ def test_a_machine_that_does_not_answer_refuses_the_rollout_before_any_change(cl
     assert s.ex.commands(changes_only=True) == []
 
 
+def test_a_machine_whose_open_connection_dies_at_the_facts_read_refuses_the_rollout_too(s):
+    s.ex.answer("echo '--release'", host="10.0.0.3", exited=255, stderr="connection lost (no answer over SSH)")
+    s.ex.rules.insert(0, s.ex.rules.pop())
+    with pytest.raises(UpgradeFailed, match=r"unreachable: 10\.0\.0\.3 \(read the release facts failed .*no answer "
+                                            r"over SSH\)\)\. No machine was changed"):
+        Rollout(s, NEW, OLD).apply()
+    assert s.ex.commands(changes_only=True) == []
+
+
 def test_drift_is_one_warning_line_with_its_fix(s):
     s.ex.answer("echo '--release'", host="10.0.0.2",
                 stdout=facts_text("older", {"web": "0.9.0", "worker": "1.0.0"}))
