@@ -140,12 +140,13 @@ def rolling_run(cluster, component: str) -> dict:
         said = io.StringIO()
         started = time.monotonic()
         with contextlib.redirect_stderr(said):
-            changed = upgrade.Rollout(s, release, current).apply_recorded(branch=cluster.build.branch,
-                                                                          commit=built["commit"])
+            rollout = upgrade.Rollout(s, release, current)
+            planned = time.monotonic() - started
+            changed = rollout.apply_recorded(branch=cluster.build.branch, commit=built["commit"])
         rolling = time.monotonic() - started
     per_machine = {m: float(s) for m, s in UPGRADED.findall(said.getvalue())}
     return {"build_push": build_push, "pushed": pushed, "rolling": rolling, "changed": changed,
-            "per_machine": per_machine, "release": release.id}
+            "per_machine": per_machine, "release": release.id, "planned": planned}
 
 
 def main() -> None:
@@ -178,6 +179,9 @@ def main() -> None:
         print(f"run {i}: build+push {run['build_push']:5.1f} s (pushed {', '.join(run['pushed']) or 'nothing'}); "
               f"rolling upgrade {run['rolling']:5.1f} s; physical minimum {floor:5.1f} s; "
               f"ratio {run['rolling'] / floor:4.2f}")
+        upgrading = sum(run["per_machine"].values())
+        print(f"  of which: facts read and plan {run['planned']:4.1f} s; machines' upgrades {upgrading:4.1f} s; "
+              f"the rest (pull and stage, drains, records) {run['rolling'] - run['planned'] - upgrading:4.1f} s")
         for m in machines:
             p = minimum[m]
             upgraded = run["per_machine"].get(m)

@@ -20,12 +20,12 @@ from urllib.parse import quote
 
 import yaml
 
-from .units import (ETCD_DROPIN, ETCD_UNIT, STATE_DIR, UNIT_DIR, component_unit,
+from .units import (ETCD_DROPIN, ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, UNIT_DIR, component_unit,
                     etcd_dropin, unit_name)
 
 HEADER = "#cloud-config\n"
 REBOOT_STRATEGY = "etcd-lock"  # OS updates reboot one machine at a time, under a lock in the cluster's etcd
-LOCKSMITH_ETCD = "http://127.0.0.1:2379"
+LOCKSMITH_ETCD = ETCD_LOCAL_CLIENT_URL
 IGNITION_VERSION = "3.3.0"
 DOCKER_CERTS_DIR = "/etc/docker/certs.d"
 DOCKER_CONFIG = "/root/.docker/config.json"
@@ -72,15 +72,22 @@ class Conflict(ValueError):
     """The install part would replace an entry of the administrator's base cloud config."""
 
 
+def installed_components(cluster, release) -> list:
+    """The cluster's components that ``release`` has an image of, in the cluster's order."""
+    return [c for c in cluster.components if c.name in release.components()]
+
+
 def install_part(cluster, machine: str, members, state: str, release) -> dict:
     """What install adds to a machine's base cloud config: etcd membership, the Air units at
     ``release``, the release state, the cluster's own additions, and OS reboots one machine at a
-    time (locksmith's lock in the cluster's etcd)."""
-    versions = {c.name: release.image(c.name).version for c in cluster.components}
+    time (locksmith's lock in the cluster's etcd). A machine runs the components both the cluster
+    file and the release have: one the release lacks is not installed."""
+    images = {c.name: release.image(c.name) for c in installed_components(cluster, release)}
     units = [_unit(ETCD_UNIT, drop_ins=[{"name": ETCD_DROPIN, "content": etcd_dropin(cluster, machine, members, state)}])]
-    units += [_unit(unit_name(c.name), content=component_unit(cluster, c, versions[c.name], machine))
-              for c in cluster.components]
-    components = "".join(f"{c.name} {versions[c.name]} {c.port}\n" for c in cluster.components)
+    units += [_unit(unit_name(c.name), content=component_unit(cluster, c, images[c.name].version, machine,
+                                                                cluster.pinned_ref(images[c.name])))
+              for c in installed_components(cluster, release)]
+    components = "".join(f"{c.name} {images[c.name].version} {c.port}\n" for c in installed_components(cluster, release))
     write_files = [_write_file(RELEASE_FILE, release.id + "\n", 0o644),
                    _write_file(COMPONENTS_FILE, components, 0o644)]
     additions = getattr(cluster, "additions", None)

@@ -23,6 +23,14 @@ ETCD_PEER_PORT = 2380
 ETCD_DROPIN = "20-air.conf"
 ETCD_DATA_DIR = "/var/lib/etcd/member"
 ETCD_STATES = ("new", "existing")
+ETCD_USER = "etcd"  # whom etcd-member.service runs etcd as, on Flatcar as on Debian
+# The member's peer certificate and key and the cluster's CA certificate: the folder 0700, the files
+# 0600, owned by ETCD_USER (etcd reads them after dropping root). Not under SECRETS_DIR: no
+# container mounts them.
+ETCD_PEER_DIR = "/etc/air/etcd-peer"
+ETCD_PEER_CA = f"{ETCD_PEER_DIR}/ca.crt"
+ETCD_PEER_CERT = f"{ETCD_PEER_DIR}/peer.crt"
+ETCD_PEER_KEY = f"{ETCD_PEER_DIR}/peer.key"
 
 STATE_DIR = "/etc/air/state"      # the machine's release, read-only in containers at /air/state
 SECRETS_DIR = "/etc/air/secrets"  # one folder per component, read-only in its container at /air/secrets
@@ -30,6 +38,8 @@ STATE_MOUNT = "/air/state"
 SECRETS_MOUNT = "/air/secrets"
 DATA_DIR = "/var/lib/air"         # per component, kept across releases; read-write at /air/data
 DATA_MOUNT = "/air/data"
+
+VERSION_LABEL = "air.version"     # a container's label naming the version its image was pushed as
 
 # Grace given to `docker stop` beyond its own timeout before systemd kills it.
 STOP_MARGIN = 15
@@ -50,10 +60,19 @@ def secrets_dir(component_name: str) -> str:
     return f"{SECRETS_DIR}/{component_name}"
 
 
-def url(address: str, port: int) -> str:
-    """http://address:port, with an IPv6 address in brackets."""
+def url(address: str, port: int, scheme: str = "http") -> str:
+    """http://address:port (or another ``scheme``), with an IPv6 address in brackets."""
     host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def peer_url(address: str) -> str:
+    """The etcd member's peer URL: TLS on its address."""
+    return url(address, ETCD_PEER_PORT, "https")
+
+
+# Where etcd's clients reach it: on the machine itself only (the tool comes over SSH).
+ETCD_LOCAL_CLIENT_URL = url("127.0.0.1", ETCD_CLIENT_PORT)
 
 
 def quote(word) -> str:
@@ -90,8 +109,10 @@ def stop_lines(component, stop: int) -> tuple:
     return tuple(lines), stop * len(lines) + STOP_MARGIN
 
 
-def component_unit(cluster, component, version: str, machine: str) -> str:
-    """The unit running ``component`` at ``version`` in its container on ``machine``."""
+def component_unit(cluster, component, version: str, machine: str, reference: str = None) -> str:
+    """The unit running ``component`` at ``version`` in its container on ``machine``: the image
+    ``reference`` (a release pins it by digest; default the version's tag), the version kept as
+    the container's label and environment."""
     container = container_name(component.name)
     stop = cluster.timeouts.stop
     signal = component.stop_signal
@@ -100,16 +121,17 @@ def component_unit(cluster, component, version: str, machine: str) -> str:
         DOCKER, "run", "--rm", "--name", container, "--network", "host",
         *(("--stop-signal", signal) if signal != DEFAULT_STOP_SIGNAL else ()),
         *(("--user", component.user) if component.user else ()),
+        "--label", f"{VERSION_LABEL}={version}",
         "-e", f"AIR_COMPONENT={component.name}",
         "-e", f"AIR_VERSION={version}",
         "-e", f"AIR_MACHINE={machine}",
         "-e", f"AIR_PORT={component.port}",
-        "-e", f"AIR_ETCD={url('127.0.0.1', ETCD_CLIENT_PORT)}",
+        "-e", f"AIR_ETCD={ETCD_LOCAL_CLIENT_URL}",
         "-e", f"AIR_ETCD_PREFIX={app_prefix(cluster)}",
         "-v", f"{STATE_DIR}:{STATE_MOUNT}:ro",
         *(("-v", f"{secrets_dir(component.name)}:{SECRETS_MOUNT}:ro") if component.secrets else ()),
         "-v", f"{data}:{DATA_MOUNT}",
-        cluster.image_ref(component.name, version),
+        reference or cluster.image_ref(component.name, version),
     )
     # A component running as another user owns its data folder (docker would make it root's).
     owner = f"ExecStartPre={command('/usr/bin/install', '-d', '-o', component.user, '-m', '0700', data)}\n" \
@@ -135,6 +157,17 @@ WantedBy=multi-user.target
 """
 
 
+# A second drop-in, only while a cluster installed with plaintext peers moves to TLS
+# (``tasks.etcd_peers.migrate``): the member shows its certificate when it dials an https peer.
+ETCD_MIGRATION_DROPIN = "21-air-peer-files.conf"
+
+
+def etcd_peer_files_dropin() -> str:
+    """The drop-in giving a plaintext member its peer certificate, key and CA, nothing else."""
+    return ("[Service]\n" + f"Environment=ETCD_PEER_CERT_FILE={ETCD_PEER_CERT}\n"
+            f"Environment=ETCD_PEER_KEY_FILE={ETCD_PEER_KEY}\n" + f"Environment=ETCD_PEER_TRUSTED_CA_FILE={ETCD_PEER_CA}\n")
+
+
 def etcd_dropin(cluster, machine: str, members, state: str) -> str:
     """The drop-in making ``machine`` the etcd member named after its address.
 
@@ -146,16 +179,21 @@ def etcd_dropin(cluster, machine: str, members, state: str) -> str:
         raise ValueError(f"etcd cluster state must be one of {ETCD_STATES}, got {state!r}")
     if machine not in members:
         raise ValueError(f"machine {machine} is not one of the etcd members {list(members)}")
-    # Every value is a validated address or cluster name: nothing to quote.
+    # Every value is a validated address or cluster name: nothing to quote. Clients only on
+    # loopback; peers over TLS, each side proving itself with a certificate of the cluster's CA.
     environment = {
         "ETCD_NAME": machine,
-        "ETCD_INITIAL_CLUSTER": ",".join(f"{m}={url(m, ETCD_PEER_PORT)}" for m in members),
+        "ETCD_INITIAL_CLUSTER": ",".join(f"{m}={peer_url(m)}" for m in members),
         "ETCD_INITIAL_CLUSTER_STATE": state,
         "ETCD_INITIAL_CLUSTER_TOKEN": f"air-{cluster.name}",
-        "ETCD_INITIAL_ADVERTISE_PEER_URLS": url(machine, ETCD_PEER_PORT),
-        "ETCD_LISTEN_PEER_URLS": url(machine, ETCD_PEER_PORT),
-        "ETCD_LISTEN_CLIENT_URLS": f"{url('127.0.0.1', ETCD_CLIENT_PORT)},{url(machine, ETCD_CLIENT_PORT)}",
-        "ETCD_ADVERTISE_CLIENT_URLS": url(machine, ETCD_CLIENT_PORT),
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer_url(machine),
+        "ETCD_LISTEN_PEER_URLS": peer_url(machine),
+        "ETCD_LISTEN_CLIENT_URLS": ETCD_LOCAL_CLIENT_URL,
+        "ETCD_ADVERTISE_CLIENT_URLS": ETCD_LOCAL_CLIENT_URL,
+        "ETCD_PEER_CERT_FILE": ETCD_PEER_CERT,
+        "ETCD_PEER_KEY_FILE": ETCD_PEER_KEY,
+        "ETCD_PEER_TRUSTED_CA_FILE": ETCD_PEER_CA,
+        "ETCD_PEER_CLIENT_CERT_AUTH": "true",
         "ETCD_DATA_DIR": ETCD_DATA_DIR,
         **({"ETCD_ENABLE_V2": "true"} if getattr(cluster, "etcd_v2", False) else {}),
     }

@@ -67,6 +67,10 @@ WEBSITE = "static_website"
 RECIPE_FILE = "air-sandbox-recipe"  # in a bare repository: the content hash it was made from
 NAMESPACE = "aircloak"
 REGISTRY_USER = "air"
+# The machines' account. Distribution's htpasswd auth lets every account push: this one stands in
+# for a real registry's pull-only account, so the sandbox shows which account machines get.
+REGISTRY_PULL_USER = "air-pull"
+CREDENTIALS_FILES = {REGISTRY_USER: "registry-credentials.yaml", REGISTRY_PULL_USER: "registry-pull-credentials.yaml"}
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 LABEL = "air.sandbox.role"
 OWNER = "air.sandbox.name"  # which sandbox a container belongs to
@@ -190,11 +194,12 @@ def ensure_local_files() -> None:
         registry_ip = next(n.address for n in layout(1, 0) if n.role == "registry")
         sign_certificate(STATE, f"{PREFIX}-registry", f"IP:{registry_ip},DNS:{PREFIX}-registry",
                          STATE / "registry.key", STATE / "registry.crt")
-    credentials = STATE / "registry-credentials.yaml"
-    if not credentials.exists():
-        fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            yaml.safe_dump({"username": REGISTRY_USER, "password": secrets.token_urlsafe(18)}, out)
+    for user, name in CREDENTIALS_FILES.items():
+        credentials = STATE / name
+        if not credentials.exists():
+            fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                yaml.safe_dump({"username": user, "password": secrets.token_urlsafe(18)}, out)
     secrets_dir = STATE / "secrets"
     if not secrets_dir.exists():
         secrets_dir.mkdir(mode=0o700)
@@ -224,8 +229,8 @@ def sign_certificate(ca_dir: Path, name: str, alt_names: str, key: Path, certifi
        "-out", str(certificate))
 
 
-def registry_credentials() -> tuple:
-    data = yaml.safe_load((STATE / "registry-credentials.yaml").read_text())
+def registry_credentials(user: str = REGISTRY_USER) -> tuple:
+    data = yaml.safe_load((STATE / CREDENTIALS_FILES[user]).read_text())
     return data["username"], data["password"]
 
 
@@ -317,9 +322,11 @@ def configure_common(node: Node, base_doc: dict) -> None:
 
 
 def configure_registry(node: Node) -> None:
-    user, password = registry_credentials()
-    line = inside(node.name, f"htpasswd -niB {shlex.quote(user)}", input=password.encode()).strip()
-    put(node.name, "/etc/docker/registry/htpasswd", line + "\n", "0640", "root:docker-registry")
+    lines = []
+    for account in CREDENTIALS_FILES:
+        user, password = registry_credentials(account)
+        lines.append(inside(node.name, f"htpasswd -niB {shlex.quote(user)}", input=password.encode()).strip())
+    put(node.name, "/etc/docker/registry/htpasswd", "\n".join(lines) + "\n", "0640", "root:docker-registry")
     put(node.name, "/etc/docker/registry/registry.crt", (STATE / "registry.crt").read_text())
     put(node.name, "/etc/docker/registry/registry.key", (STATE / "registry.key").read_text(), "0640",
         "root:docker-registry")
@@ -438,7 +445,8 @@ def cluster_fragment(nodes: list, cluster: str = CLUSTERS[0]) -> dict:
         "ssh": {"key": str(STATE / "id_ed25519"), "known_hosts": str(STATE / "known_hosts")},
         "build": {"host": build.address, "repository": REPOSITORY},
         "registry": {"address": registry_address(), "ca": str(STATE / "ca.crt"),
-                     "credentials": str(STATE / "registry-credentials.yaml")},
+                     "credentials": str(STATE / CREDENTIALS_FILES[REGISTRY_USER]),
+                     "pull_credentials": str(STATE / CREDENTIALS_FILES[REGISTRY_PULL_USER])},
         "balancer": {"host": balancer.address},
         "machines": [n.address for n in nodes if n.role == "machine" and n.cluster == cluster],
         "secrets": str(STATE / "secrets"),
@@ -586,7 +594,8 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _config_id(image: str, public_key: str) -> str:
-    return hashlib.sha256((image + public_key + (STATE / "ca.crt").read_text()).encode()).hexdigest()[:12]
+    accounts = " ".join(CREDENTIALS_FILES)  # the registry's accounts and the machines' login follow them
+    return hashlib.sha256((image + public_key + (STATE / "ca.crt").read_text() + accounts).encode()).hexdigest()[:12]
 
 
 def reset_machines(addresses) -> None:

@@ -68,6 +68,7 @@ KINDS = {
     "port": "a TCP port (1 to 65535)",
     "address": "an IPv4 or IPv6 address",
     "addresses": "a non-empty list of distinct IPv4 or IPv6 addresses",
+    "hosts": "a list of IP addresses or DNS names",
     "host": "an IP address or a DNS name",
     "hostport": "HOST:PORT",
     "local_path": "a path on this machine (relative to the cluster file; ~ allowed)",
@@ -120,7 +121,13 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "ca": Field("local_path", "CA certificate the registry's TLS certificate is signed by "
                     "(omit for a publicly trusted one).", required=False),
         "credentials": Field("local_path", "YAML file with `username` and `password` "
-                             "(must not be readable by group or others)."),
+                             "(must not be readable by group or others): the account that pushes."),
+        "pull_credentials": Field("local_path", "The same for a pull-only account: machines get this one, and the "
+                                  "push account stays on this side. Default: `credentials`.", required=False),
+        "token_hosts": Field("hosts", "Hosts besides the registry's own to which credentials may go when the "
+                             "registry names a token service there (always over https).", required=False),
+        "keep": Field("int", "Releases of the history whose images stay on every machine beside the current "
+                      "one (so rollbacks need no pull); older images of the cluster are removed.", 3),
     }),
     "balancer": Section("The TCP load balancer (haproxy) in front of the machines. One host may serve several "
                         "clusters: each has its own frontends, files and haproxy instance there.", {
@@ -258,6 +265,14 @@ class Registry:
     address: str
     ca: Optional[Path]
     credentials: Path
+    pull_credentials: Optional[Path] = None
+    token_hosts: tuple = ()
+    keep: int = 3
+
+    @property
+    def machine_credentials(self) -> Path:
+        """The account machines pull with: the pull-only one when there is one."""
+        return self.pull_credentials or self.credentials
 
 
 @dataclass(frozen=True)
@@ -387,8 +402,16 @@ class Cluster:
         return f"{self.namespace}/{self.name}_{component}"
 
     def image_ref(self, component: str, version: str) -> str:
-        """Full reference a machine pulls: registry/namespace/cluster_component:version."""
+        """Full reference of a version tag: registry/namespace/cluster_component:version."""
         return f"{self.registry.address}/{self.image(component)}:{version}"
+
+    def pinned_ref(self, image) -> str:
+        """What a machine pulls and runs for a release's ``image``: by its manifest digest
+        (registry/namespace/cluster_component@sha256:...); by its version tag only for an image
+        recorded before manifest digests were kept."""
+        if image.manifest:
+            return f"{self.registry.address}/{self.image(image.component)}@{image.manifest}"
+        return self.image_ref(image.component, image.version)
 
     def component(self, name: str) -> Component:
         for component in self.components:
@@ -518,6 +541,10 @@ def _check(kind, value, where, file, base_dir, cluster):
                 _fail(file, f"{where}.{name}", KINDS[kind], text)
             args.append((name, str(text)))
         return tuple(args)
+    if kind == "hosts":
+        if not isinstance(value, list):
+            _fail(file, where, KINDS[kind], value)
+        return tuple(_check("host", v, f"{where}[{i}]", file, base_dir, cluster) for i, v in enumerate(value))
     if not isinstance(value, str) and kind != "addresses":
         _fail(file, where, KINDS[kind], value)
     if kind == "text":
@@ -684,7 +711,8 @@ def load(name: str, directory: Path = None) -> Cluster:
     return Cluster(
         name=name, file=file, namespace=values["namespace"],
         ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),
-        registry=Registry(**values["registry"]), balancer=Balancer(**values["balancer"]),
+        registry=Registry(**{**values["registry"], "token_hosts": values["registry"]["token_hosts"] or ()}),
+        balancer=Balancer(**values["balancer"]),
         machines=values["machines"],
         components=tuple(_component(c, f"{shown}: components[{i}]", values["build"])
                          for i, c in enumerate(values["components"])),

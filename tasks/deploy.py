@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import time
 
-from . import settings, state, upgrade
+from . import machine, settings, state, upgrade
 from .build import build_all, parse_branches
 from .cli import air_task, build_host, cluster_of, report
 from .cluster import check_address
-from .errors import AirError, ConfigError, Interrupted, LostLock
+from .errors import AirError, ConfigError, Halt, Interrupted, LostLock
 from .push import print_report, push_all
 from .release import Release
 from .remote import say
@@ -63,6 +63,8 @@ def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
         deploy_canary(s, release, current, canary, dry, **meta)
         return release
     continuing = candidate is not None and candidate.id == release.id
+    if not dry:
+        say(f"deploy: release {release.id} is in the registry; reading the machines")
     rollout = upgrade.Rollout(s, release, current, batch=batch,
                               canary={m: candidate.id for m in candidate_record["machines"]} if candidate else None)
     if dry:
@@ -88,6 +90,7 @@ def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
     if candidate is not None:
         state.clear_candidate(s.etcd, cluster)
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
+    clean_up(s, release)
     return release
 
 
@@ -190,6 +193,39 @@ def release_line(mark: str, record: dict, outcome: str) -> str:
 GOOD_OUTCOMES = ("succeeded", "installed")
 
 
+def releases_kept(records: list, current: Release, keep: int) -> list:
+    """The releases whose images stay on the machines: ``current`` and the ``keep`` newest other
+    successful ones of ``records`` (oldest first), the rollbacks' targets. Pure."""
+    kept, seen = [current], {current.id}
+    for record in reversed(records):
+        if len(kept) > keep:
+            break
+        if record.get("outcome") in GOOD_OUTCOMES and record["id"] not in seen:
+            kept.append(Release.from_dict(record))
+            seen.add(record["id"])
+    return kept
+
+
+def clean_up(s, current: Release) -> None:
+    """After a successful roll: every member keeps the images of the releases kept
+    (``releases_kept``, ``registry.keep``) and loses the cluster's other images. A machine where
+    that fails is named in a warning: the roll stands and the next one tries again."""
+    cluster = s.cluster
+    records = state.history(s.etcd, cluster)
+    kept = releases_kept(records, current, cluster.registry.keep)
+    components = set(cluster.component_names).union(*(r["components"] for r in records), current.components())
+    members = sorted(upgrade.member_machines(s.etcd))
+    try:
+        removed = s.ex.parallel(lambda a: machine.clean_images(s.ex, a, components, kept), members)
+    except Halt:
+        raise
+    except AirError as failure:
+        say(f"warning: old images stay on some machines: {failure}")
+        return
+    say(f"cleanup: {sum(removed)} old images removed on {len(members)} machines; kept releases "
+        f"{', '.join(r.id for r in kept)}")
+
+
 def last_good(records: list):
     """The newest release in ``records`` (oldest first) whose rollout succeeded, or None."""
     good = [r for r in records if r.get("outcome") in GOOD_OUTCOMES]
@@ -236,6 +272,7 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
             rollout.apply_recorded(rollback_from=current and current.id)
             if candidate is not None:
                 state.clear_candidate(s.etcd, target)
+            clean_up(s, wanted)
     if plan_:
         return
     if json_:

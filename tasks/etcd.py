@@ -3,9 +3,9 @@
 It owns keys and values, the deploy lock (a key held by a lease that expires
 by itself when its holder dies), cluster membership (learners added, promoted
 and removed) and a quorum health check, and it turns every failure into one
-``RemoteError`` line. etcd is reached through an SSH tunnel to a member's
-127.0.0.1:2379 (``tunnel``), so its client port need not be open to the
-network. The library is ``etcd3gw``, which speaks etcd's JSON gateway over
+``RemoteError`` line. etcd is reached through SSH channels to a member's
+127.0.0.1:2379 (``tunnel``): its client port listens on loopback only, and
+nothing listens for it on this machine either. The library is ``etcd3gw``, which speaks etcd's JSON gateway over
 plain HTTP: python-etcd3 is unmaintained, needs protobuf<4 (clashing with
 anything else installed) and cannot add learners. etcd3gw has no membership
 methods, so those are gateway calls through its ``post()``.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -33,11 +32,12 @@ import urllib3
 from etcd3gw import exceptions as gw_errors
 from etcd3gw.client import Etcd3Client
 from etcd3gw.lease import Lease
-from invoke.exceptions import ThreadException
+
+from cloudconfig.units import ETCD_CLIENT_PORT as CLIENT_PORT
 
 from .errors import HealthError, LockedError, LostLock, RemoteError
+from .remote import ConnectingAdapter, bridged
 
-CLIENT_PORT = 2379
 API_PATH = "/v3/"  # etcd 3.4 and later; fixed, so no version request precedes every client
 HOLDER_FIELDS = ("who", "since", "why")  # shown first when a lock is refused
 _NOT_IN_SYNC = "in sync with leader"
@@ -78,7 +78,8 @@ class _OneWriteConnection(urllib3.connection.HTTPConnection):
     urllib3 writes the head, then the body. Through the SSH tunnel each write becomes a
     write of sshd to etcd's socket on the machine, and there the body waits for the ACK
     of the head, which Linux delays by 40 ms: half of all etcd calls took 45 ms instead
-    of 3 (seen on the sandbox)."""
+    of 3 (seen on the sandbox). The tunnel's socket pair passes writes on as they come, so
+    this holds there too."""
 
     _held: Optional[bytearray] = None
 
@@ -116,9 +117,10 @@ class _OneWriteAdapter(requests.adapters.HTTPAdapter):
 class Etcd:
     """A client of one etcd member at ``host:port`` (over a tunnel, see ``tunnel``)."""
 
-    def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None):
+    def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None, connect=None):
         self.host, self.port, self.timeout = host, int(port), timeout
         self.label = label or f"{host}:{port}"
+        self._connect = connect  # opens each HTTP connection (see ``tunnel``); None: a plain TCP connection
         self._clients: list = []
         self._client = self._new_client(timeout)
         self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
@@ -128,13 +130,15 @@ class Etcd:
 
     def _new_client(self, timeout: float) -> Etcd3Client:
         session = requests.Session()
-        session.mount("http://", _OneWriteAdapter())
+        # Each connection through the tunnel when there is one; each request in one write either way.
+        session.mount("http://", ConnectingAdapter(self._connect, plain=_OneWriteConnection)
+                      if self._connect is not None else _OneWriteAdapter())
         client = Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH, session=session)
         self._clients.append(client)
         return client
 
     def close(self) -> None:
-        """Close this client's HTTP connections (a tunnel then ends at once instead of after its 1 s poll)."""
+        """Close this client's HTTP connections (and so their SSH channels)."""
         for client in self._clients:
             client.session.close()
 
@@ -300,6 +304,11 @@ class Etcd:
                 raise self._error(f"promote {member_id}", e) from None
             except requests.RequestException as e:
                 raise self._error(f"promote {member_id}", e) from None
+
+    def update_member(self, member_id: str, peer_url: str) -> None:
+        """Set member ``member_id``'s peer URL (its peers dial it there from now on)."""
+        self._post(f"update member {member_id} to {peer_url}", "/cluster/member/update",
+                   {"ID": member_id, "peerURLs": [peer_url]})
 
     def remove_member(self, member_id: str) -> None:
         """Remove ``member_id``; a member already gone (an earlier try that got no answer) is fine."""
@@ -523,60 +532,43 @@ def _transient(error: Exception, unanswered_too: bool) -> bool:
 
 @contextmanager
 def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) -> Iterator[Etcd]:
-    """An ``Etcd`` client of the member on ``host``, through an SSH tunnel (over the executor's
-    connection) to its 127.0.0.1:``remote_port``."""
+    """An ``Etcd`` client of the member on ``host``, through SSH (over the executor's connection)
+    to its 127.0.0.1:``remote_port``.
+
+    Nothing listens on this machine: each HTTP connection of the client is its own SSH channel,
+    handed to the client as one end of an unnamed socket pair, so no other local user (nor any
+    other process) can reach etcd through us, and there is no port or socket file to guard."""
     label = f"{host} (SSH tunnel to its 127.0.0.1:{remote_port})"
     why_not = ex.reachable(host)
     if why_not:
         raise RemoteError(f"etcd at {label}: cannot reach over SSH ({why_not})")
-    conn = ex.conn(host)
+    transport = ex.conn(host).transport
+
+    def channel():
+        return transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0), timeout=timeout)
+
     try:
         # One channel first: "nothing listens there" is then said at once, not after a timeout.
-        conn.transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0),
-                                    timeout=timeout).close()
+        channel().close()
     except paramiko.ChannelException as e:
         raise RemoteError(f"etcd at {label}: cannot connect there ({e.text}): is etcd running?") from None
     except (paramiko.SSHException, OSError, EOFError) as e:
         raise RemoteError(f"etcd at {label}: cannot open the tunnel ({_first_line(e) or type(e).__name__})") from None
-    local_port = _free_port()
-    try:
-        with conn.forward_local(local_port=local_port, remote_port=remote_port,
-                                remote_host="127.0.0.1", local_host="127.0.0.1"):
-            _wait_listening(local_port, label)
-            client = Etcd("127.0.0.1", local_port, timeout=timeout, label=label)
-            try:
-                yield client
-            finally:
-                client.close()
-    except ThreadException as e:
-        # Raised on leaving the tunnel when it broke (typically: nothing listens on the
-        # remote port); it explains whatever failed inside better than a timeout does.
-        raise RemoteError(f"etcd at {label}: the tunnel failed ({_tunnel_reason(e)})") from None
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, label: str, within: float = 5) -> None:
-    # Fabric's tunnel binds its local port in a thread, after forward_local has returned.
-    deadline = time.monotonic() + within
-    while True:
+    def connect(_host, _port):
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RemoteError(f"etcd at {label}: the tunnel's local port {port} did not open "
-                                  f"within {within:g} s") from None
-            time.sleep(0.02)
+            return bridged(channel(), timeout)
+        except paramiko.ChannelException as e:
+            # requests reports an OSError as a failed connection, with this text.
+            raise OSError(f"the SSH channel to {label} failed ({e.text})") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise OSError(f"the SSH channel to {label} failed ({_first_line(e) or type(e).__name__})") from None
 
-
-def _tunnel_reason(error: ThreadException) -> str:
-    reasons = {_first_line(w.value) or type(w.value).__name__ for w in error.exceptions}
-    return "; ".join(sorted(reasons)) or "unknown"
+    client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _reason(error: gw_errors.Etcd3Exception, timeout: float) -> str:

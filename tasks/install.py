@@ -1,9 +1,11 @@
 """Installing a cluster on freshly prepared machines, and its first admin.
 
-``setup-cluster`` is the old half-manual install as one runbook: preflight
-every machine (nothing changes unless all pass), then on all machines at
-once: secrets, images of the current release, the final cloud config and
-the files it stands for (etcd drop-in, Air units, release state); then etcd
+``setup-cluster`` is the old half-manual install as one runbook: the etcd
+peer certificates made where missing (local files), preflight every machine
+(nothing changes unless all pass), then on all machines at once: etcd's
+peer certificate, secrets, images of the current release, the final cloud
+config and the files it stands for (etcd drop-in, Air units, release
+state); then etcd
 forms, the release is recorded in it, the Air units start, every machine
 passes its health check and the balancer routes to all of them. It refuses
 a cluster that is already installed: etcd is never bootstrapped twice.
@@ -16,7 +18,7 @@ import sys
 import time
 from typing import NamedTuple
 
-from . import balancer, machine, push, state
+from . import balancer, etcd_peers, machine, push, state
 from .cli import air_task, cluster_of, report
 from .cluster import check_address, check_addresses
 from .errors import AirError, ConfigError, Halt, PreflightError, RemoteError
@@ -64,7 +66,9 @@ def plan_machine(ex, address, user_data, machines, release, state) -> Plan:
 
 
 def install_machine(ex, address, plan: Plan, release) -> None:
-    """Everything but starting: secrets, the final cloud config and its files, the images."""
+    """Everything but starting: etcd's peer certificate, secrets, the final cloud config and its
+    files, the images."""
+    etcd_peers.deliver(ex, address)
     machine.install(ex, address, plan.doc, release, plan.user_data)
 
 
@@ -105,6 +109,7 @@ def setup(s, machines) -> object:
     release = push.published_release(ex)
     say(f"setup-cluster: {cluster.name} on {', '.join(machines)}, release {release.id} "
         f"({', '.join(f'{i.component} {i.version}' for i in release.images)})")
+    etcd_peers.ensure(cluster, machines)
     plans = preflight(ex, machines, release)
     say("setup-cluster: installing secrets, images, units and cloud config on every machine")
     try:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import cloudconfig
 import hashlib
 
-from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_UNIT, SECRETS_DIR, STATE_DIR,
-                               UNIT_DIR, secrets_dir, unit_name)
+from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_MIGRATION_DROPIN, ETCD_PEER_DIR, ETCD_UNIT,
+                               SECRETS_DIR, STATE_DIR, UNIT_DIR, secrets_dir, unit_name)
 
 from . import remote
 from .errors import HealthError, PreflightError, RemoteError
@@ -22,6 +22,7 @@ from .registry import load_credentials
 from .remote import q
 
 ETCD_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_DROPIN}"
+ETCD_MIGRATION_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_MIGRATION_DROPIN}"
 # Where a machine reads its cloud config, looked for in this order: Flatcar's, then CoreOS's.
 USER_DATA_PATHS = ("/var/lib/flatcar-install/user_data", "/var/lib/coreos-install/user_data")
 BASE_SUFFIX = ".air-base"  # the administrator's base, kept beside the final cloud config
@@ -83,14 +84,45 @@ def fresh_problems(facts: dict) -> list:
     return problems
 
 
+PULL_PAUSE_MAX = 8   # seconds between two tries of a pull, at most (the pauses double from 1 s)
+PULL_MARGIN = 5      # seconds of the pull deadline kept for the check after the last try
+
+
 def pull_command(cluster, release, components=None) -> str:
-    """Pulls the release's images (of ``components`` only, when given) side by side; fails if any fails."""
-    refs = [cluster.image_ref(i.component, i.version) for i in release.images
-            if components is None or i.component in components]
-    if not refs:
+    """Pulls the release's images (of ``components`` only, when given; never of one the cluster file
+    lacks) side by side and checks each is the recorded one (its ID is the recorded config digest);
+    fails if any fails. An image pinned by digest that the machine has is not pulled again. Each pull
+    is retried with doubling pauses until ``timeouts.pull`` is near; its error names the last failure."""
+    wanted = [c.name for c in cluster.components if components is None or c.name in components]
+    images = [i for i in release.images if i.component in wanted]
+    if not images:
         return "true"
-    pulls = " ".join(f"docker pull -q {q(ref)} >/dev/null & pids=\"$pids $!\";" for ref in refs)
-    return f"pids=''; {pulls} for pid in $pids; do wait $pid || exit 1; done"
+    budget = max(1, cluster.timeouts.pull - PULL_MARGIN)
+    pull = ("pull() { tries=0; pause=1; "
+            "while :; do [ -n \"$4\" ] && docker image inspect \"$1\" >/dev/null 2>&1 && break; "
+            "tries=$((tries + 1)); out=$(docker pull -q \"$1\" 2>&1) && break; "
+            "if [ $(( $(date +%s) + pause )) -ge $end ]; then "
+            "echo \"pull of $3 failed after $tries tries: $(printf '%s\\n' \"$out\" | tail -n 1)\" >&2; return 1; fi; "
+            f"sleep $pause; pause=$((pause * 2)); [ $pause -le {PULL_PAUSE_MAX} ] || pause={PULL_PAUSE_MAX}; done; "
+            "got=$(docker image inspect -f '{{.Id}}' \"$1\") || return 1; "
+            "[ \"$got\" = \"$2\" ] || { echo \"$3: the registry gave $got, release $5 records $2\" >&2; return 1; }; }")
+    calls = " ".join(f"pull {q(cluster.pinned_ref(i))} {q(i.digest)} {q(f'{i.component} {i.version}')} "
+                     f"{'pinned' if i.manifest else q('')} {q(release.id)} & pids=\"$pids $!\";" for i in images)
+    return (f"end=$(( $(date +%s) + {budget} )); {pull}; pids=''; {calls} "
+            f"failed=0; for pid in $pids; do wait $pid || failed=1; done; [ $failed = 0 ]")
+
+
+def cleanup_command(cluster, components, keep) -> str:
+    """Removes the machine's images of ``components``' repositories but those of the ``keep``
+    releases and any a container (running or not) uses; prints ``removed <image ID>`` for each."""
+    repositories = " ".join(f"--filter reference={q(f'{cluster.registry.address}/{cluster.image(c)}')}"
+                            for c in sorted(components))
+    kept = " ".join(sorted({i.digest for release in keep for i in release.images}))
+    return (f"keep=' {kept} '; "
+            "used=\" $(docker ps -aq --no-trunc | xargs -r docker inspect -f '{{.Image}}' | tr '\\n' ' ') \"; "
+            f"for id in $(docker images -q --no-trunc {repositories} | sort -u); do "
+            "case \"$keep$used\" in *\" $id \"*) continue ;; esac; "
+            "docker rmi -f \"$id\" >/dev/null && echo \"removed $id\"; done; true")
 
 
 def units_of(cluster, components=None) -> list:
@@ -103,16 +135,43 @@ def unit_words(cluster, components=None) -> str:
     return " ".join(q(u) for u in units_of(cluster, components))
 
 
+def running_components(cluster, release) -> list:
+    """Names of the components a machine on ``release`` runs: those of the cluster file that the
+    release has an image of, in the cluster's order (``cloudconfig.installed_components``)."""
+    return [c.name for c in cloudconfig.installed_components(cluster, release)]
+
+
 def start_command(cluster, components=None) -> str:
     units = unit_words(cluster, components)
     reload = "systemctl daemon-reload"
     return f"{reload} && systemctl enable -q {units} && systemctl restart {units}" if units else reload
 
 
+def existing_units(components) -> str:
+    """Shell: sets ``$units`` to the units of ``components`` (names, in or out of the cluster file)
+    whose unit file exists on the machine: what may be stopped or disabled."""
+    words = " ".join(q(unit_name(c)) for c in components)
+    return f"units=$(systemctl list-unit-files --no-legend {words} 2>/dev/null | awk '{{print $1}}')"
+
+
 def stop_command(cluster, components=None) -> str:
-    """Stops the Air units at once; each unit's ExecStop gives its container the cluster's stop timeout."""
-    units = unit_words(cluster, components)
-    return f"systemctl stop {units}" if units else "true"
+    """Stops the Air units (of ``components``, when given) that exist, at once; each unit's ExecStop
+    gives its container the cluster's stop timeout. A unit not installed (a component new to the
+    cluster file, or one its release lacks) is not there to stop."""
+    names = cluster.component_names if components is None else list(components)
+    if not names:
+        return "true"
+    return f"{existing_units(names)}; [ -z \"$units\" ] || systemctl stop $units"
+
+
+def remove_command(components) -> str:
+    """Stops, disables and forgets the units of ``components`` (gone from the cluster file or from
+    the release): their unit files are removed; a daemon-reload follows in ``start_command``."""
+    if not components:
+        return "true"
+    files = " ".join(q(f"{UNIT_DIR}/{unit_name(c)}") for c in components)
+    return (f"{existing_units(components)}; {{ [ -z \"$units\" ] || systemctl disable -q --now $units; }} && "
+            f"rm -f {files}")
 
 
 def parse_components(text: str) -> dict:
@@ -121,10 +180,18 @@ def parse_components(text: str) -> dict:
 
 
 def to_restart(running: dict, units: dict, release, cluster) -> list:
-    """Components whose unit must be restarted to run ``release``: another version, or not active."""
+    """Components whose unit must be (re)started to run ``release``: another version, not active,
+    or not installed yet (new in the cluster file)."""
     wanted = release.versions()
-    return [c.name for c in cluster.components
-            if running.get(c.name) != wanted.get(c.name) or units.get(unit_name(c.name)) != "active"]
+    return [name for name in running_components(cluster, release)
+            if running.get(name) != wanted[name] or units.get(unit_name(name)) != "active"]
+
+
+def to_remove(running: dict, release, cluster) -> list:
+    """Components installed on the machine (its components file) that it does not run on
+    ``release``: gone from the cluster file, or absent from the release."""
+    wanted = running_components(cluster, release)
+    return sorted(name for name in running if name not in wanted)
 
 
 def health_check(component, body_file: str = '"$body"') -> str:
@@ -150,11 +217,14 @@ def _dq(text: str) -> str:
     return "".join("\\" + ch if ch in '"$`\\' else ch for ch in text)
 
 
-def health_command(cluster, timeout: int) -> str:
-    """Waits until every component passes its health rule on the machine (``health_check``), or
-    fails naming those that don't and what each answered."""
-    checks = "; ".join(health_check(c) for c in cluster.components)
-    body = any(c.check == "http" and c.health_body for c in cluster.components)
+def health_command(cluster, timeout: int, components=None) -> str:
+    """Waits until every component (of ``components``, when given) passes its health rule on the
+    machine (``health_check``), or fails naming those that don't and what each answered."""
+    checked = [c for c in cluster.components if components is None or c.name in components]
+    if not checked:
+        return "true"
+    checks = "; ".join(health_check(c) for c in checked)
+    body = any(c.check == "http" and c.health_body for c in checked)
     scratch = "body=$(mktemp) || exit 1; trap 'rm -f \"$body\"' EXIT; " if body else ""
     return (f"deadline=$(( $(date +%s) + {int(timeout)} )); {scratch}"
             f"while :; do failed=''; {checks}; [ -z \"$failed\" ] && exit 0; "
@@ -164,6 +234,11 @@ def health_command(cluster, timeout: int) -> str:
 
 def start_etcd_command() -> str:
     return f"systemctl daemon-reload && systemctl enable -q {ETCD_UNIT} && systemctl start --no-block {ETCD_UNIT}"
+
+
+def restart_etcd_command() -> str:
+    """etcd restarted on its (re)written drop-ins."""
+    return f"systemctl daemon-reload && systemctl restart {ETCD_UNIT}"
 
 
 def installed_units(cluster) -> list:
@@ -180,8 +255,8 @@ def wipe_command(cluster, user_data: str) -> str:
     added_files = " ".join(q(f.path) for f in (cluster.additions.files if cluster.additions else ()))
     base = q(user_data + BASE_SUFFIX)
     return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
-            f"rm -f {q(ETCD_DROPIN_PATH)} {unit_files} {added_files}; "
-            f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)}; "
+            f"rm -f {q(ETCD_DROPIN_PATH)} {q(ETCD_MIGRATION_DROPIN_PATH)} {unit_files} {added_files}; "
+            f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(SECRETS_DIR)} {q(ETCD_PEER_DIR)}; "
             f"if [ -e {base} ]; then mv -f {base} {q(user_data)}; fi; "
             f"systemctl daemon-reload; {resume_os_updates_command()}")
 
@@ -213,11 +288,12 @@ def diagnostics_command(cluster) -> str:
 # ---------------------------------------------------------------- inputs of the cloud config
 
 def base_document(cluster) -> dict:
-    """The base cloud config of this cluster, from its key, CA and credentials files."""
+    """The base cloud config of this cluster, from its key, CA and credentials files: the machines'
+    Docker login is the pull-only account when the cluster file gives one (the push account stays here)."""
     public_key = cluster.ssh.key.with_name(cluster.ssh.key.name + ".pub")
     keys = [public_key.read_text().strip()] if public_key.exists() else []
     ca = cluster.registry.ca.read_text() if cluster.registry.ca else None
-    return cloudconfig.base(cluster, keys, ca, load_credentials(cluster.registry.credentials))
+    return cloudconfig.base(cluster, keys, ca, load_credentials(cluster.registry.machine_credentials))
 
 
 def final_document(cluster, machine, members, state, release, base_doc: dict) -> dict:
@@ -368,6 +444,12 @@ def pull(ex, address, release, components=None) -> None:
            deadline=ex.cluster.timeouts.pull)
 
 
+def clean_images(ex, address, components, keep) -> int:
+    """``cleanup_command`` on one machine; how many images it removed."""
+    result = ex.run(address, cleanup_command(ex.cluster, components, keep), what="remove old images")
+    return result.stdout.count("removed ")
+
+
 def start(ex, address, components=None) -> None:
     ex.run(address, start_command(ex.cluster, components), what="start the Air units")
 
@@ -420,9 +502,9 @@ def release_facts(ex, address) -> dict:
                                        what="read the release facts").stdout, ex.cluster)
 
 
-def wait_healthy(ex, address, timeout: int = None) -> None:
+def wait_healthy(ex, address, timeout: int = None, components=None) -> None:
     timeout = timeout or ex.cluster.timeouts.healthy
-    result = ex.read(address, health_command(ex.cluster, timeout), check=False,
+    result = ex.read(address, health_command(ex.cluster, timeout, components), check=False,
                      deadline=timeout + ex.cluster.timeouts.command, what="health check")
     if result.exited != 0:
         raise unhealthy(ex, address, result)
@@ -434,19 +516,22 @@ def unhealthy(ex, address, result) -> HealthError:
     return HealthError(f"{address}: {remote.tail(result.stderr, 1)}\n{journal.rstrip()}")
 
 
-def upgrade_command(cluster, components, swap: str) -> str:
-    """One machine's upgrade in one command: stop the units of ``components``, ``swap`` the staged
-    files in, start them, wait until every component is healthy, resume OS updates. Exits
-    ``UNHEALTHY`` when the health check fails. Pure."""
-    return (f"{stop_command(cluster, components)} && {swap} && {start_command(cluster, components)} || exit $?; "
-            f"( {health_command(cluster, cluster.timeouts.healthy)} ) || exit {UNHEALTHY}; "
+def upgrade_command(cluster, components, swap: str, remove=(), running=None) -> str:
+    """One machine's upgrade in one command: stop the units of ``components`` and ``remove`` that
+    exist, ``swap`` the staged files in, remove the units of ``remove``, start those of
+    ``components``, wait until every component it runs (``running``, default all) is healthy,
+    resume OS updates. Exits ``UNHEALTHY`` when the health check fails. Pure."""
+    return (f"{stop_command(cluster, [*components, *remove])} && {swap} && {remove_command(remove)} && "
+            f"{start_command(cluster, components)} || exit $?; "
+            f"( {health_command(cluster, cluster.timeouts.healthy, running)} ) || exit {UNHEALTHY}; "
             f"{resume_os_updates_command()}")
 
 
-def upgrade(ex, address, components, staged: remote.Staged, what: str) -> None:
+def upgrade(ex, address, components, staged: remote.Staged, what: str, remove=(), running=None) -> None:
     """``upgrade_command`` on ``address``; HealthError when it ran but is not healthy."""
     timeouts = ex.cluster.timeouts
-    result = ex.run(address, upgrade_command(ex.cluster, components, staged.swap), what=what, check=False,
+    result = ex.run(address, upgrade_command(ex.cluster, components, staged.swap, remove, running), what=what,
+                    check=False,
                     deadline=timeouts.stop + timeouts.healthy + timeouts.command)
     if result.exited == UNHEALTHY:
         raise unhealthy(ex, address, result)

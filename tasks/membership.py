@@ -15,12 +15,12 @@ not keep quorum, or when one member would remain, unless forced.
 """
 from __future__ import annotations
 
-from cloudconfig.units import ETCD_PEER_PORT, url
+from cloudconfig.units import peer_url
 
 import time
 from typing import Optional
 
-from . import balancer, machine, state
+from . import balancer, etcd_peers, machine, state
 from . import etcd as etcd_api
 from .cli import air_task, cluster_of, report
 from .cluster import check_address
@@ -87,17 +87,20 @@ def add(s, via: str, new: str) -> None:
     if problems:
         raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
     plan = plan_machine(ex, new, facts["user_data"], addresses, release, "existing")
+    etcd_peers.ensure(cluster, [new])  # its peer certificate: local files only, before any change
     apply_settings(s, "add-machine")
     say(f"add-machine: installing release {release.id} on {new}")
     added = None
     try:
         install_machine(ex, new, plan, release)
         ex.check(f"adding {new} to etcd")
-        added = client.add_member(url(new, ETCD_PEER_PORT), learner=True)
+        added = client.add_member(peer_url(new), learner=True)
         ex.run(new, machine.start_etcd_command(), what="start etcd")
         client.promote(added.id, timeout=cluster.timeouts.healthy)
-        machine.start(ex, new)
-        machine.wait_healthy(ex, new)
+        # The release's components: one new in the cluster file joins with the next deploy.
+        running = machine.running_components(cluster, release)
+        machine.start(ex, new, running)
+        machine.wait_healthy(ex, new, components=running)
         machine.resume_os_updates(ex, new)
     except AirError as failure:
         if isinstance(failure, LostLock):

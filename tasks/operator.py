@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 import cloudconfig
-from cloudconfig.units import ETCD_CLIENT_PORT, ETCD_UNIT, STATE_DIR, container_name, unit_name
+from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, container_name, unit_name
 from invoke.exceptions import Exit
 
 from . import balancer, machine, maintenance, state
@@ -51,7 +51,7 @@ def status_command(cluster) -> str:
         f"echo '--units'; systemctl show -p {UNIT_PROPERTIES} {machine.unit_words(cluster)} 2>/dev/null",
         "echo '--uptime'; cut -d' ' -f1 /proc/uptime",
         f"echo '--etcd'; systemctl is-active {ETCD_UNIT} 2>/dev/null; "
-        f"curl -s -m 2 http://127.0.0.1:{ETCD_CLIENT_PORT}/health 2>/dev/null; echo",
+        f"curl -s -m 2 {ETCD_LOCAL_CLIENT_URL}/health 2>/dev/null; echo",
         "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null",
         "true",
     ])

@@ -4,13 +4,21 @@ For every component, the facts are read first (the image's tags in the
 registry and the config digest of the newest one), ``version.decide`` turns
 them into a plan, and only then are the changed images tagged and pushed, as
 their version and as ``latest``. An image equal to the newest pushed one is
-reported unchanged and not pushed. Registry credentials reach the build
-server's engine in the API's auth header, never in argv, a file or a log.
+reported unchanged and not pushed. A version tag is never pushed over other
+content: right before each push (under the cluster's lock) the planned tag is
+read again, and when it holds another image (pushed by hand, or by a second
+push that computed the same version) the image takes the next free patch.
+The manifest digest the registry gives each push is what the release records
+and what machines pull. Registry credentials reach the build server's engine
+in the API's auth header, never in argv, a file or a log.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import semver
 
 from docker.errors import APIError, ImageNotFound
 
@@ -29,10 +37,11 @@ class Step:
     component: str
     image_id: str
     decision: version.Decision
+    manifest: str = ""  # the registry's manifest digest of the image, once known
 
     @property
     def image(self) -> Image:
-        return Image(self.component, self.decision.version, self.image_id)
+        return Image(self.component, self.decision.version, self.image_id, self.manifest)
 
 
 def plan(cluster, base: tuple, images: dict, registry: RegistryClient) -> list:
@@ -42,14 +51,27 @@ def plan(cluster, base: tuple, images: dict, registry: RegistryClient) -> list:
         repository = cluster.image(component)
         tags = registry.tags(repository)
         newest = version.newest(tags)
-        newest_digest = registry.config_digest(repository, str(newest)) if newest else None
-        steps.append(Step(component, image_id,
-                          version.decide(base, tags, newest_digest, image_id, f"{cluster.build.checkout}/VERSION")))
+        config, manifest = (registry.digests(repository, str(newest)) if newest else None) or (None, "")
+        decision = version.decide(base, tags, config, image_id, f"{cluster.build.checkout}/VERSION")
+        steps.append(Step(component, image_id, decision, "" if decision.changed else manifest))
     return steps
 
 
+def free_version(registry: RegistryClient, repository: str, step: Step) -> tuple:
+    """(version, manifest digest or None): the step's planned version when that tag is free or holds
+    this very image (then with its manifest digest), else the next patch that is."""
+    planned = semver.Version.parse(step.decision.version)
+    while True:
+        found = registry.digests(repository, str(planned))
+        if found is None:
+            return str(planned), None
+        if found[0] == step.image_id:
+            return str(planned), found[1]
+        planned = planned.bump_patch()
+
+
 def published_release(ex) -> Release:
-    """The newest pushed version of every component, as the registry has it."""
+    """The newest pushed version of every component, as the registry has it (with its manifest digest)."""
     cluster = ex.cluster
     registry = RegistryClient.for_cluster(ex)
     images = []
@@ -59,29 +81,53 @@ def published_release(ex) -> Release:
         if newest is None:
             raise PreflightError(f"no pushed version of {repository} in {cluster.registry.address}: "
                                  f"build and push first")
-        digest = registry.config_digest(repository, str(newest))
-        if digest is None:  # the tag went between the two reads
+        found = registry.digests(repository, str(newest))
+        if found is None:  # the tag went between the two reads
             raise PreflightError(f"{repository}:{newest} vanished from {cluster.registry.address} while being read")
-        images.append(Image(component, str(newest), digest))
+        images.append(Image(component, str(newest), *found))
     return Release(tuple(images))
 
 
-def tags_to_push(cluster, registry, step: Step) -> list:
-    if step.decision.changed:
-        return [step.decision.version, "latest"]
-    # An earlier push may have stopped between the version and `latest`: repair `latest`.
-    if registry.config_digest(cluster.image(step.component), "latest") != step.image_id:
-        return ["latest"]
-    return []
-
-
-def push_image(api, cluster, step: Step, commit: str, auth: dict, tags: list) -> None:
+def push_image(api, cluster, step: Step, commit: str, auth: dict, tags: list) -> Optional[str]:
+    """Push the candidate as each of ``tags``; the manifest digest the registry gave (None if it said none)."""
     repository = f"{cluster.registry.address}/{cluster.image(step.component)}"
+    manifest = None
     for tag in tags:
         api.tag(candidate(cluster, step.component, commit), repository, tag)
         for chunk in api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True):
             if "error" in chunk:
                 raise RemoteError(f"push of {step.component} {tag} failed: {chunk['error'].strip()}")
+            manifest = (chunk.get("aux") or {}).get("Digest") or manifest
+    return manifest
+
+
+def pushed(ex, api, registry, step: Step, commit: str, auth: dict) -> Step:
+    """The step carried out: its image under a free version tag (read again right before the push,
+    never one holding other content) and as ``latest``; returned with the version taken and the
+    manifest digest recorded."""
+    cluster = ex.cluster
+    repository = cluster.image(step.component)
+    tags = []
+    taken, manifest = step.decision.version, step.manifest
+    if step.decision.changed:
+        taken, manifest = free_version(registry, repository, step)
+        if taken != step.decision.version:
+            say(f"push: {repository}:{step.decision.version} holds another image already: "
+                f"{step.component} takes {taken}")
+        tags += [] if manifest else [taken]
+    # An earlier push may have stopped between the version and `latest`: repair `latest`.
+    if registry.config_digest(repository, "latest") != step.image_id:
+        tags.append("latest")
+    if tags:
+        ex.check(f"the push of {step.component}")
+        say(f"push: {step.component} {' and '.join(tags)}")
+        try:
+            manifest = push_image(api, cluster, step, commit, auth, tags) or manifest
+        except APIError as e:
+            raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
+    if not manifest:  # an engine that did not say: ask the registry
+        manifest = (registry.digests(repository, taken) or (None, ""))[1]
+    return replace(step, decision=replace(step.decision, version=taken), manifest=manifest)
 
 
 def candidates(api, cluster, components, commits: dict) -> dict:
@@ -112,22 +158,28 @@ def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
     api = docker_api.engine(ex.conn(host))
     images = images or candidates(api, cluster, cluster.component_names, commits)
     steps = plan(cluster, base, images, registry)
-    for step in [] if dry else steps:
-        tags = tags_to_push(cluster, registry, step)
-        if not tags:
-            continue
-        ex.check(f"the push of {step.component}")
-        say(f"push: {step.component} {' and '.join(tags)}")
-        try:
-            push_image(api, cluster, step, commits[step.component], auth, tags)
-        except APIError as e:
-            raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
+    if not dry:
+        steps = [pushed(ex, api, registry, step, commits[step.component], auth) for step in steps]
+        prune_dangling(api, host)
     return Release(tuple(s.image for s in steps)), steps
+
+
+def prune_dangling(api, host: str) -> None:
+    """Remove the build server's dangling images (layers no tag names any more); its engine keeps
+    those a container uses. A failure is a warning: the push is done."""
+    try:
+        reclaimed = api.prune_images(filters={"dangling": True}).get("SpaceReclaimed") or 0
+    except APIError as e:
+        say(f"warning: {host}: pruning dangling images failed: {e.explanation or e}")
+        return
+    if reclaimed:
+        say(f"push: {host}: dangling images pruned ({reclaimed / 1e6:.1f} MB)")
 
 
 def report(release: Release, steps: list) -> dict:
     return {"release": release.id,
             "components": {s.component: {"version": s.decision.version, "digest": s.image_id,
+                                         "manifest": s.manifest,
                                          "changed": s.decision.changed, "previous": s.decision.previous}
                            for s in steps}}
 

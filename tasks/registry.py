@@ -7,6 +7,12 @@ token from the token service the registry's 401 challenge names) and the
 credentials file. It only reads; pushing is the build server's Docker engine's
 job. Every failure is one RemoteError line (ConfigError for the credentials
 file), and no message ever shows the password.
+
+Credentials go only to the registry: a pagination link to another origin is
+refused, and a token service gets them only over https and only on the
+registry's host or one the cluster file lists (``registry.token_hosts``).
+python-dxf 12.1 and oras 0.2.43 were tried for this job and send the login to
+a cross-origin link or an http:// realm, so this client stays.
 """
 from __future__ import annotations
 
@@ -14,14 +20,13 @@ import base64
 import re
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
-import requests.adapters
-import urllib3
 import yaml
 
 from .errors import ConfigError, RemoteError
+from .remote import ConnectingAdapter
 
 # Without this Accept header a registry answers with a schema1 manifest, whose digests are not the image's.
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
@@ -59,12 +64,13 @@ class RegistryClient:
     """A read-only client of one registry (``host:port``)."""
 
     def __init__(self, address: str, credentials: Optional[tuple] = None, ca=None, timeout: float = 10,
-                 *, scheme: str = "https", credentials_file=None, connect=None):
+                 *, scheme: str = "https", credentials_file=None, connect=None, token_hosts=()):
         if ca is not None and not Path(ca).is_file():
             raise ConfigError(f"registry {address}: CA certificate {ca} does not exist")
         self.address = address
         self.timeout = timeout
         self._base = f"{scheme}://{address}/"
+        self._token_hosts = {address.rpartition(":")[0].strip("[]"), *token_hosts}
         self._verify = str(ca) if ca is not None else True
         self._credentials = credentials
         self._credentials_file = credentials_file  # named in messages
@@ -74,7 +80,7 @@ class RegistryClient:
         if connect is not None:
             # Every connection made by ``connect(host, port)`` (through a jump host); TLS and its
             # checks are as they would be directly.
-            adapter = _ConnectingAdapter(connect)
+            adapter = ConnectingAdapter(connect)
             self._session.mount("https://", adapter)
             self._session.mount("http://", adapter)
 
@@ -88,7 +94,7 @@ class RegistryClient:
     def for_registry(cls, registry, **options) -> "RegistryClient":
         """A client for a cluster's ``registry`` section; the credentials file is checked and read."""
         return cls(registry.address, load_credentials(registry.credentials), registry.ca,
-                   credentials_file=registry.credentials, **options)
+                   credentials_file=registry.credentials, token_hosts=registry.token_hosts, **options)
 
     def check(self) -> None:
         """Raise RemoteError unless the registry answers and accepts the credentials."""
@@ -105,10 +111,18 @@ class RegistryClient:
                 return []
             tags += self._json(response).get("tags") or []
             url = response.links.get("next", {}).get("url")
+            if url and _origin(urljoin(self._base, url)) != _origin(self._base):
+                raise RemoteError(f"registry {self.address}: the tags of {repository} continue at another origin "
+                                  f"({_origin(urljoin(self._base, url))}); not followed, credentials stay here")
         return tags
 
     def config_digest(self, repository: str, tag: str) -> Optional[str]:
         """The config digest (= image ID) ``repository:tag`` holds; None if there is no such tag."""
+        found = self.digests(repository, tag)
+        return found[0] if found else None
+
+    def digests(self, repository: str, tag: str) -> Optional[tuple]:
+        """(config digest, manifest digest) of ``repository:tag``; None if there is no such tag."""
         response = self._get(f"/v2/{repository}/manifests/{tag}", scope=_pull(repository), missing_ok=True,
                              headers={"Accept": ", ".join(MANIFEST_TYPES)})
         if response is None:
@@ -120,7 +134,7 @@ class RegistryClient:
             kind = manifest.get("mediaType") or response.headers.get("Content-Type")
             raise RemoteError(f"registry {self.address}: {repository}:{tag} is not a single-image manifest "
                               f"(got {kind}); push single-platform images")
-        return digest
+        return digest, response.headers.get("Docker-Content-Digest") or ""
 
     # ------------------------------------------------------------ HTTP and authentication
 
@@ -153,6 +167,11 @@ class RegistryClient:
         raise RemoteError(f"registry {self.address} asks for unsupported authentication: {challenge or 'none'}")
 
     def _token(self, challenge: dict) -> str:
+        realm = urlsplit(challenge["realm"])
+        if realm.scheme != "https" or realm.hostname not in self._token_hosts:
+            raise RemoteError(f"registry {self.address} names the token service {_origin(challenge['realm'])}: "
+                              f"credentials go only over https to {', '.join(sorted(self._token_hosts))} "
+                              f"(list other hosts in registry.token_hosts)")
         query = {key: challenge[key] for key in ("service", "scope") if challenge.get(key)}
         response = self._send(challenge["realm"], None, None, auth=self._credentials, params=query)
         if response.status_code == 401:
@@ -225,33 +244,10 @@ def _pull(repository: str) -> str:
     return f"repository:{repository}:pull"
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _path(response) -> str:
     return response.url.split("?")[0]
-
-
-class _ConnectingAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter whose connections are opened by ``connect(host, port)``."""
-
-    def __init__(self, connect):
-        self._connect = connect
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        connect = self._connect
-
-        class Secure(urllib3.connection.HTTPSConnection):
-            def _new_conn(self):
-                return connect(self.host, self.port)
-
-        class Plain(urllib3.connection.HTTPConnection):
-            def _new_conn(self):
-                return connect(self.host, self.port)
-
-        class SecurePool(urllib3.HTTPSConnectionPool):
-            ConnectionCls = Secure
-
-        class PlainPool(urllib3.HTTPConnectionPool):
-            ConnectionCls = Plain
-
-        self.poolmanager.pool_classes_by_scheme = {"https": SecurePool, "http": PlainPool}

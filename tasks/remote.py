@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, NamedTuple, Optional
 
 import paramiko
+import requests.adapters
+import urllib3
 from fabric import Connection
 
 from .errors import AirError, ConfigError, DeadlineError, Halt, Interrupted, RemoteError
@@ -282,11 +284,7 @@ class Executor:
                                                                timeout=timeout)
         except (paramiko.SSHException, OSError) as e:
             raise OSError(f"through {gateway}: {_reason(e)}") from None
-        near, far = socket.socketpair()
-        for source, sink in ((channel, far), (far, channel)):
-            threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
-        near.settimeout(timeout)
-        return near
+        return bridged(channel, timeout)
 
     def reachable(self, host: str) -> Optional[str]:
         """None when ``host`` can be logged in to, otherwise why not (one line)."""
@@ -544,6 +542,45 @@ class Executor:
 
     def parallel(self, work: Callable, items: Iterable, *, describe: Callable = str) -> list:
         return parallel(work, items, describe=describe)
+
+
+def bridged(channel, timeout: float = None) -> socket.socket:
+    """A local socket whose other end is ``channel`` (an SSH channel): one end of an unnamed socket
+    pair, so nothing listens on this machine and no other process can connect to it."""
+    near, far = socket.socketpair()
+    for source, sink in ((channel, far), (far, channel)):
+        threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+    near.settimeout(timeout)
+    return near
+
+
+class ConnectingAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections are opened by ``connect(host, port)`` (a socket through a
+    jump host, or over an SSH channel); TLS and its checks are as they would be directly."""
+
+    def __init__(self, connect, plain=urllib3.connection.HTTPConnection):
+        self._connect, self._plain = connect, plain  # plain: the class of plain HTTP connections
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        connect = self._connect
+
+        class Secure(urllib3.connection.HTTPSConnection):
+            def _new_conn(self):
+                return connect(self.host, self.port)
+
+        class Plain(self._plain):  # type: ignore[name-defined,misc]
+            def _new_conn(self):
+                return connect(self.host, self.port)
+
+        class SecurePool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = Secure
+
+        class PlainPool(urllib3.HTTPConnectionPool):
+            ConnectionCls = Plain
+
+        self.poolmanager.pool_classes_by_scheme = {"https": SecurePool, "http": PlainPool}
 
 
 def _ask_keepalive(transport, answered: threading.Event) -> None:

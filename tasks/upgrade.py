@@ -65,6 +65,7 @@ class Step:
     machine: str
     action: str           # UPGRADE or READD
     restart: tuple = ()   # components whose units restart (UPGRADE)
+    remove: tuple = ()    # components whose units are stopped, disabled and removed (UPGRADE)
 
 
 @dataclass(frozen=True)
@@ -82,18 +83,25 @@ class Extra:
 
 def plan(cluster, release: Release, facts: dict, listed, extras: dict = None) -> list:
     """The steps bringing the machines of ``facts`` (address -> ``machine.release_facts``) to
-    ``release``, in address order; a machine already serving it has none. ``extras``: address ->
-    Extra, whose components restart as well (a step of their own when the release needs none). Pure."""
+    ``release``, in address order; a machine already serving it has none. A machine runs the
+    components both the cluster file and the release have: one new there is installed, one
+    installed but no longer there is removed. ``extras``: address -> Extra, whose components
+    restart as well (a step of their own when the release needs none). Pure."""
     steps = []
     extras = extras or {}
     for address in sorted(facts):
         fact = facts[address]
-        action = machine_action(fact["release"], fact["units"], address in listed, release.id)
-        more = set(extras[address].restart) if address in extras else set()
+        wanted = machine.units_of(cluster, machine.running_components(cluster, release))
+        units = {u: state for u, state in fact["units"].items() if u in wanted}
+        remove = tuple(machine.to_remove(fact["components"], release, cluster))
+        action = UPGRADE if remove else machine_action(fact["release"], units, address in listed, release.id)
+        running = set(machine.running_components(cluster, release))
+        more = {c for c in (extras[address].restart if address in extras else ()) if c in running}
         if action == UPGRADE or more:
             restart = set(machine.to_restart(fact["components"], fact["units"], release, cluster)) \
                 if action == UPGRADE else set()
-            steps.append(Step(address, UPGRADE, tuple(c.name for c in cluster.components if c.name in restart | more)))
+            steps.append(Step(address, UPGRADE, tuple(c.name for c in cluster.components if c.name in restart | more),
+                              remove))
         elif action == READD:
             steps.append(Step(address, READD))
     return steps
@@ -134,7 +142,8 @@ def describe(steps, machines, release: Release) -> list:
         elif step.action == READD:
             lines.append(f"{address}: runs {release.id}; health check, then back into the balancer")
         else:
-            lines.append(f"{address}: out of the balancer, restart {', '.join(step.restart) or 'nothing'} "
+            removed = f", remove {', '.join(step.remove)}" if step.remove else ""
+            lines.append(f"{address}: out of the balancer, restart {', '.join(step.restart) or 'nothing'}{removed} "
                          f"on {release.id}, health check, back in")
     return lines
 
@@ -324,8 +333,10 @@ class Rollout:
             if step.action == UPGRADE:
                 extra = self._extra(step.machine)
                 swap = staged._replace(swap=" && ".join(filter(None, [extra.before, staged.swap, extra.after])))
+                removed = f", remove {', '.join(step.remove)}" if step.remove else ""
                 machine.upgrade(self.ex, step.machine, step.restart, swap,
-                                f"restart {', '.join(step.restart) or 'nothing'} on release {self.release.id}")
+                                f"restart {', '.join(step.restart) or 'nothing'}{removed} on release {self.release.id}",
+                                step.remove, machine.running_components(self.cluster, self.release))
                 if self.ex.interrupted.is_set():
                     raise Interrupted(f"interrupted during the upgrade of {step.machine}")
             else:
@@ -345,13 +356,18 @@ class Rollout:
         """Put ``address`` back on the previous release; says how that went ("restored ..." when it did)."""
         if self.previous is None:
             return f"{address} is out of the balancer; no earlier release to restore."
+        back = machine.running_components(self.cluster, self.previous)
+        # Whatever may be installed now: what ran before, and what the new release brought.
+        gone = sorted({*self.facts[address]["components"], *machine.running_components(self.cluster, self.release)}
+                      - set(back))
         try:
-            machine.stop(self.ex, address)
+            machine.stop(self.ex, address, [*back, *gone])
             if self._extra(address).undo:
                 self.ex.run(address, self._extra(address).undo, what="put the previous files back")
             machine.apply_document(self.ex, address, self._document(address, self.previous), self._user_data(address))
-            machine.start(self.ex, address)
-            machine.wait_healthy(self.ex, address)
+            self.ex.run(address, f"{machine.remove_command(gone)} && {machine.start_command(self.cluster, back)}",
+                        what=f"start the units of release {self.previous.id}")
+            machine.wait_healthy(self.ex, address, components=back)
             machine.resume_os_updates(self.ex, address)
             return f"restored: {address} is back on release {self.previous.id} and in the balancer."
         except LostLock:
@@ -386,7 +402,8 @@ def plan_data(rollout: Rollout) -> dict:
     planned = {s.machine: s for s in rollout.steps}
     return {"release": rollout.release.id, "unreachable": rollout.down, "warning": rollout.warning,
             "machines": {m: {"action": planned[m].action if m in planned else NOTHING,
-                             "restart": list(planned[m].restart) if m in planned else []}
+                             "restart": list(planned[m].restart) if m in planned else [],
+                             "remove": list(planned[m].remove) if m in planned else []}
                          for m in rollout.machines}}
 
 

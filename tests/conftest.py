@@ -93,6 +93,21 @@ def listed(cluster) -> list:
         return balancer.Routers(ex).listed()
 
 
+def healthy_members(cluster, machines) -> list:
+    """The machines whose etcd member answers healthy, asked with etcdctl on each machine (etcd's
+    clients listen on its loopback only)."""
+    said = on_each(cluster, "ETCDCTL_API=3 etcdctl endpoint health 2>&1 || true", machines)
+    return sorted(m for m, text in said.items() if " is healthy" in text)
+
+
+def etcd_leader(cluster) -> str:
+    """The address of the member leading etcd, as the first machine's member sees it (on its loopback)."""
+    first = cluster.machines[0]
+    status = json.loads(on(cluster, first, "ETCDCTL_API=3 etcdctl endpoint status -w json").stdout)[0]["Status"]
+    listed = json.loads(on(cluster, first, "ETCDCTL_API=3 etcdctl member list -w json").stdout)["members"]
+    return next(m["name"] for m in listed if m["ID"] == status["leader"])
+
+
 @contextmanager
 def etcd_of(cluster, via=None):
     """An etcd client of the cluster (no lock taken)."""

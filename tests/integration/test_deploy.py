@@ -122,8 +122,9 @@ def test_deploy_rolls_every_machine_without_a_failed_request(sandbox, local_serv
     assert current["outcome"] == "succeeded" and history[-1]["id"] == new and history[-1]["outcome"] == "succeeded"
     assert holder is None
     assert current["components"][CHANGED]["version"] != before["components"][CHANGED]["version"]
-    assert {k: v for k, v in current["components"].items() if k != CHANGED} == \
-        {k: v for k, v in before["components"].items() if k != CHANGED}
+    same = lambda record: {k: (v["version"], v["digest"]) for k, v in record["components"].items() if k != CHANGED}
+    assert same(current) == same(before)
+    assert all(v["manifest"].startswith("sha256:") for v in current["components"].values())  # pinned by digest
 
 
 def test_deploy_of_nothing_new_restarts_nothing(sandbox, local_serving, clock):

@@ -15,13 +15,14 @@ import time
 
 import pytest
 
+from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, peer_url
 from tasks import machine, state
 from tasks.balancer_config import machines_in
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_of, fab, listed, on,
-                      routed_in, serving, wait_serving)
+from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader, etcd_of, fab,
+                      listed, on, routed_in, serving, wait_serving)
 
 PORT = 80
 
@@ -209,11 +210,8 @@ def test_rolling_upgrade_while_a_deploy_runs_is_refused_naming_the_holder(local_
 
 
 def leader(cluster) -> str:
-    """The address of the member leading etcd, as etcdctl on the first machine sees it."""
-    status = json.loads(on(cluster, cluster.machines[0],
-                           "ETCDCTL_API=3 etcdctl endpoint status --cluster -w json").stdout)
-    lead = next(s["Status"]["leader"] for s in status)
-    return next(s["Endpoint"] for s in status if s["Status"]["header"]["member_id"] == lead).split("//")[1].split(":")[0]
+    """The address of the member leading etcd."""
+    return etcd_leader(cluster)
 
 
 def make_leader(cluster, address):
@@ -222,7 +220,7 @@ def make_leader(cluster, address):
     target = next(m["ID"] for m in members["members"] if m.get("name") == address)
     current = leader(cluster)
     if current != address:
-        on(cluster, current, f"ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 move-leader {target:x}")
+        on(cluster, current, f"ETCDCTL_API=3 etcdctl --endpoints={ETCD_LOCAL_CLIENT_URL} move-leader {target:x}")
     assert leader(cluster) == address
 
 
@@ -254,7 +252,7 @@ def test_a_learner_left_behind_by_a_failed_add_is_removed_by_remove_machine(loca
     sb.reset_machines([spare])
     # What an add-machine stopped right after `member add` leaves: a learner that never started.
     on(cluster, cluster.machines[0], f"ETCDCTL_API=3 etcdctl member add {spare} --learner "
-                                     f"--peer-urls=http://{spare}:2380 >/dev/null")
+                                     f"--peer-urls={peer_url(spare)} >/dev/null")
     before = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
     assert any(m.get("isLearner") for m in before["members"])
     refused = fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine",

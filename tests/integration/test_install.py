@@ -19,6 +19,7 @@ import pytest
 import requests
 import yaml
 
+from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, peer_url
 from tasks import build, machine, push, state
 from sandbox import testbed as sb
 from tasks.registry import RegistryClient, load_credentials
@@ -26,7 +27,8 @@ from tasks.remote import Executor
 from tasks.session import session
 from tasks.version import newest
 
-from conftest import MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab, on, serving
+from conftest import (MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab,
+                      healthy_members, on, serving)
 
 SPARE = SPARE_ADDRESSES[0]
 ADMINS = "/var/lib/air/air_backend/admins"
@@ -97,10 +99,10 @@ def test_etcd_has_the_three_machines_as_started_healthy_members(setup_run, local
     for address in local.machines:  # every member sees the same three
         listed = members(local, address)
         assert sorted(m["name"] for m in listed) == sorted(local.machines)
-        assert all(m["peerURLs"] == [f"http://{m['name']}:2380"] and not m.get("isLearner") for m in listed)
-    health = on(local, local.machines[0], "ETCDCTL_API=3 etcdctl endpoint health --cluster 2>&1")
-    assert sorted(line.split()[0] for line in health.stdout.splitlines() if " is healthy" in line) == \
-        sorted(f"http://{a}:2379" for a in local.machines)
+        assert all(m["peerURLs"] == [peer_url(m["name"])] and not m.get("isLearner") for m in listed)
+        # Clients are served on each machine's loopback only, and that is what members tell clients.
+        assert all(m["clientURLs"] == [ETCD_LOCAL_CLIENT_URL] for m in listed)
+    assert healthy_members(local, local.machines) == sorted(local.machines)
 
 
 def test_every_air_unit_is_active_on_every_machine(setup_run, local):

@@ -23,6 +23,7 @@ from sandbox import testbed as sb
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, SUBNET, USER_DATA, error_line, etcd_of,
+                      healthy_members,
                       fab, listed, on, serving)
 
 M1, M2, M3 = MACHINE_ADDRESSES
@@ -46,10 +47,8 @@ def started_members(cluster, via=M1) -> list:
 
 
 def healthy_endpoints(cluster, via=M1) -> list:
-    result = on(cluster, via, "ETCDCTL_API=3 etcdctl endpoint health --cluster 2>&1", check=False)
-    assert result.exited == 0, result.stdout
-    return sorted(line.split()[0].split("//")[1].rsplit(":", 1)[0]
-                  for line in result.stdout.splitlines() if " is healthy" in line)
+    """The members (as ``via`` lists them) whose etcd answers healthy on their machine."""
+    return healthy_members(cluster, [m["name"] for m in members(cluster, via) if m.get("name")])
 
 
 def recorded_release(cluster, via=M1) -> str:

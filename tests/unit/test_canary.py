@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tasks import state
+from tasks import machine, state
 from tasks.deploy import deploy_canary, deploy_release, rollback_canary
 from tasks.errors import ConfigError
 from tasks.upgrade import UpgradeFailed, drift
@@ -63,7 +63,7 @@ def test_rolling_back_a_canary_puts_its_machines_on_the_clusters_release(s):
     record = state.write_candidate(s.etcd, s.cluster, NEW, [CANARY], branch="master")
     rollback_canary(s, OLD, NEW, record)
     assert changed_hosts(s.ex) == {CANARY, "10.0.0.100"}
-    assert any("systemctl stop air-web.service" in c for c in s.ex.commands(CANARY, changes_only=True))
+    assert any(machine.stop_command(s.cluster, ["web"]) in c for c in s.ex.commands(CANARY, changes_only=True))
     assert state.read_candidate(s.etcd, s.cluster) == (None, None)
     assert history(s)[-1]["outcome"] == f"rolled back: canary on {CANARY}" and history(s)[-1]["id"] == NEW.id
 

@@ -11,8 +11,9 @@ from tasks.release import Image, Release
 KEYS = ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"]
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 AUTH = ("deploy", "s3cret")  # base64("deploy:s3cret") == "ZGVwbG95OnMzY3JldA=="
+REGISTRY_WEB = "registry.example.org:5000/aircloak/prod_web@sha256:" + "e" * 64  # pinned by its manifest digest
 RELEASE = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64),
-                   Image("web", "1.2.3", "sha256:" + "a" * 64)))
+                   Image("web", "1.2.3", "sha256:" + "a" * 64, "sha256:" + "e" * 64)))
 
 EXPECTED_BASE = {
     "ssh_authorized_keys": ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"],
@@ -80,13 +81,17 @@ coreos:
       content: |
         [Service]
         Environment=ETCD_NAME=10.0.0.2
-        Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=http://10.0.0.1:2380,10.0.0.2=http://10.0.0.2:2380,10.0.0.3=http://10.0.0.3:2380
+        Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=https://10.0.0.1:2380,10.0.0.2=https://10.0.0.2:2380,10.0.0.3=https://10.0.0.3:2380
         Environment=ETCD_INITIAL_CLUSTER_STATE=new
         Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
-        Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.2:2380
-        Environment=ETCD_LISTEN_PEER_URLS=http://10.0.0.2:2380
-        Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://10.0.0.2:2379
-        Environment=ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.2:2379
+        Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.2:2380
+        Environment=ETCD_LISTEN_PEER_URLS=https://10.0.0.2:2380
+        Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+        Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+        Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
+        Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
+        Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+        Environment=ETCD_PEER_CLIENT_CERT_AUTH=true
         Environment=ETCD_DATA_DIR=/var/lib/etcd/member
   - name: air-web.service
     enable: true
@@ -99,10 +104,11 @@ coreos:
 
       [Service]
       ExecStartPre=-/usr/bin/docker rm -f air-web
-      ExecStart=/usr/bin/docker run --rm --name air-web --network host -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 \
--e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 -e AIR_ETCD=http://127.0.0.1:2379 \
--e AIR_ETCD_PREFIX=/air/prod/app/ -v /etc/air/state:/air/state:ro \
--v /var/lib/air/web:/air/data registry.example.org:5000/aircloak/prod_web:1.2.3
+      ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=1.2.3 \
+-e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
+-e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
+-v /etc/air/state:/air/state:ro -v /var/lib/air/web:/air/data \
+registry.example.org:5000/aircloak/prod_web@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee
       ExecStop=/usr/bin/docker stop --time 20 air-web
       TimeoutStopSec=35
       Restart=on-failure
@@ -121,10 +127,11 @@ coreos:
 
       [Service]
       ExecStartPre=-/usr/bin/docker rm -f air-worker
-      ExecStart=/usr/bin/docker run --rm --name air-worker --network host -e AIR_COMPONENT=worker -e AIR_VERSION=1.3.0 \
--e AIR_MACHINE=10.0.0.2 -e AIR_PORT=9090 -e AIR_ETCD=http://127.0.0.1:2379 \
--e AIR_ETCD_PREFIX=/air/prod/app/ -v /etc/air/state:/air/state:ro \
--v /var/lib/air/worker:/air/data registry.example.org:5000/aircloak/prod_worker:1.3.0
+      ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=1.3.0 \
+-e AIR_COMPONENT=worker -e AIR_VERSION=1.3.0 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=9090 \
+-e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
+-v /etc/air/state:/air/state:ro -v /var/lib/air/worker:/air/data \
+registry.example.org:5000/aircloak/prod_worker:1.3.0
       ExecStop=/usr/bin/docker stop --time 20 air-worker
       TimeoutStopSec=35
       Restart=on-failure
@@ -210,7 +217,8 @@ def test_files_of_final(cluster, final_doc):
         File("/etc/air/state/components", "web 1.2.3 8080\nworker 1.3.0 9090\n", 0o644),
         File("/etc/systemd/system/etcd-member.service.d/20-air.conf",
              etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new"), 0o644),
-        File("/etc/systemd/system/air-web.service", component_unit(cluster, web, "1.2.3", "10.0.0.2"), 0o644),
+        File("/etc/systemd/system/air-web.service", component_unit(cluster, web, "1.2.3", "10.0.0.2",
+                                                                      REGISTRY_WEB), 0o644),
         File("/etc/systemd/system/air-worker.service",
              component_unit(cluster, worker, "1.3.0", "10.0.0.2"), 0o644),
     ]
@@ -238,7 +246,7 @@ def test_final_on_ipv6_machines(cluster):
     cluster = cluster.with_machines(["fd00::1", "fd00::2", "fd00::3"])
     doc = final(cluster, "fd00::1", cluster.machines, "existing", RELEASE, base(cluster, KEYS, None, AUTH))
     dropin = doc["coreos"]["units"][0]["drop_ins"][0]["content"]
-    assert "Environment=ETCD_LISTEN_PEER_URLS=http://[fd00::1]:2380\n" in dropin
+    assert "Environment=ETCD_LISTEN_PEER_URLS=https://[fd00::1]:2380\n" in dropin
     assert yaml.safe_load(render(doc)) == doc
     assert cloudconfig.started_units(doc)[0] == "etcd-member.service"
 

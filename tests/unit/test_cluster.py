@@ -12,6 +12,7 @@ import yaml
 
 from tasks import cluster
 from tasks.errors import ConfigError
+from tasks.release import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,6 +104,22 @@ def test_image_names(tmp_path):
     c = cluster.load("stage", tmp_path)
     assert c.image("router") == "aircloak/stage_router"
     assert c.image_ref("router", "1.0.2") == "registry.example.com:5000/aircloak/stage_router:1.0.2"
+    manifest = "sha256:" + "e" * 64
+    assert c.pinned_ref(Image("router", "1.0.2", "sha256:c", manifest)) == \
+        f"registry.example.com:5000/aircloak/stage_router@{manifest}"
+    assert c.pinned_ref(Image("router", "1.0.2", "sha256:c")) == c.image_ref("router", "1.0.2")  # recorded before
+
+
+def test_registry_accounts_token_hosts_and_images_kept(tmp_path):
+    write(tmp_path, "stage", VALID)
+    c = cluster.load("stage", tmp_path)
+    assert (c.registry.pull_credentials, c.registry.token_hosts, c.registry.keep) == (None, (), 3)
+    assert c.registry.machine_credentials == c.registry.credentials
+    write(tmp_path, "stage", variant(registry__pull_credentials="pull.yaml", registry__token_hosts=["auth.example.com"],
+                                     registry__keep=5))
+    c = cluster.load("stage", tmp_path)
+    assert (c.registry.machine_credentials, c.registry.token_hosts, c.registry.keep) == \
+        (tmp_path / "pull.yaml", ("auth.example.com",), 5)
 
 
 def test_include_completes_the_file_and_its_own_fields_win(tmp_path):
@@ -233,6 +250,10 @@ def test_empty_machines(tmp_path):
      "components[0].stop_signal: expected a signal name such as SIGTERM, SIGQUIT, SIGINT, got 'SIGQUIT; reboot'"),
     ("components", [{"name": "router", "port": 80, "stop_command": " "}],
      "components[0].stop_command: expected a non-empty string, got ' '"),
+    ("registry__token_hosts", "auth.example.com", "registry.token_hosts: expected a list of IP addresses or DNS "
+     "names, got 'auth.example.com'"),
+    ("registry__token_hosts", ["auth example"], "registry.token_hosts[0]: expected an IP address or a DNS name"),
+    ("registry__keep", 0, "registry.keep: expected a positive whole number, got 0"),
 ])
 def test_wrong_type_or_shape(tmp_path, field, value, expected):
     message = error_of(tmp_path, "stage", variant(**{field: value}))

@@ -1,8 +1,10 @@
 """Which release a rollback goes to, from the cluster's history (oldest first)."""
 import pytest
 
+from tasks import deploy
 from tasks.deploy import rollback_target
 from tasks.errors import ConfigError
+from tasks.release import Image, Release
 
 
 def record(release_id, outcome, when):
@@ -62,7 +64,6 @@ def test_the_newest_of_several_records_of_one_release_is_returned():
 
 def test_last_good_is_the_newest_successful_release():
     from tasks.deploy import last_good
-    from tasks.release import Image, Release
     first = Release((Image("router", "1.0.0", "sha256:a"),))
     second = Release((Image("router", "1.0.1", "sha256:b"),))
     records = [{**first.to_dict(), "outcome": "installed"}, {**second.to_dict(), "outcome": "succeeded"},
@@ -70,3 +71,18 @@ def test_last_good_is_the_newest_successful_release():
     assert last_good(records) == second
     assert last_good(records[:1]) == first
     assert last_good(records[2:]) is None
+
+
+def release_of(n: int) -> Release:
+    return Release((Image("router", f"1.0.{n}", f"sha256:{n}"),))
+
+
+def test_machines_keep_the_current_and_the_newest_successful_releases():
+    records = [{**release_of(n).to_dict(), "outcome": "succeeded"} for n in range(6)]
+    records.insert(4, {**release_of(9).to_dict(), "outcome": "failed: health"})  # never a rollback target
+    records.append({**release_of(2).to_dict(), "outcome": "succeeded"})  # a rollback to 2: counted once
+    current = release_of(5)
+    assert [r.id for r in deploy.releases_kept(records, current, 3)] == \
+        [release_of(n).id for n in (5, 2, 4, 3)]
+    assert deploy.releases_kept(records, current, 1) == [current, release_of(2)]
+    assert deploy.releases_kept([], current, 3) == [current]

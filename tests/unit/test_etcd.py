@@ -5,9 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import paramiko
@@ -340,10 +338,11 @@ class FakeTunnelExecutor:
 
 
 class FakeConnection:
-    """Stands in for a Fabric connection: its "SSH tunnel" is a local TCP relay."""
+    """Stands in for a Fabric connection: each "SSH channel" is a TCP connection to the fake etcd."""
 
     def __init__(self, target_port: int):
-        self.host, self.target_port, self.forwarded = "node1", target_port, []
+        self.host, self.target_port, self.channels = "node1", target_port, []
+        self.refuse = False  # the member stopped listening
 
     def open(self):
         pass
@@ -353,54 +352,48 @@ class FakeConnection:
         return self
 
     def open_channel(self, kind, destination, origin, timeout=None):
-        if destination != ("127.0.0.1", 2379):
+        if destination != ("127.0.0.1", 2379) or self.refuse:
             raise paramiko.ChannelException(2, "Connect failed")
+        self.channels.append((kind, destination))
         return socket.create_connection(("127.0.0.1", self.target_port), timeout=timeout)
 
-    @contextmanager
-    def forward_local(self, local_port, remote_port, remote_host, local_host="localhost"):
-        self.forwarded.append((local_port, remote_port, remote_host))
-        stop = threading.Event()
-
-        def pipe(source, sink):
-            try:
-                while data := source.recv(65536):
-                    sink.sendall(data)
-            except OSError:
-                pass
-            finally:
-                sink.close()
-
-        def serve():
-            time.sleep(0.1)  # like Fabric's, this port opens a little after forward_local returns
-            with socket.create_server((local_host, local_port)) as listener:
-                listener.settimeout(0.05)
-                while not stop.is_set():
-                    try:
-                        near, _ = listener.accept()
-                    except socket.timeout:
-                        continue
-                    far = socket.create_connection(("127.0.0.1", self.target_port))
-                    for a, b in ((near, far), (far, near)):
-                        threading.Thread(target=pipe, args=(a, b), daemon=True).start()
-
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            server.join()
+    def forward_local(self, *args, **kwargs):
+        raise AssertionError("the tunnel must not listen on a local port")
 
 
-def test_tunnel_reaches_the_members_loopback_client_port(etcd):
+def _listening_ports() -> set:
+    """The local TCP ports in LISTEN state, from /proc (Linux)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_tunnel_reaches_the_members_loopback_client_port_over_channels_only(etcd):
     conn = FakeConnection(etcd.port)
+    before = _listening_ports()
     with tunnel(FakeTunnelExecutor(conn), "node1") as remote:
         remote.put(etcd.prefix + "k", "through the tunnel")
         assert remote.get(etcd.prefix + "k") == "through the tunnel"
         assert "node1" in repr(remote)
-    [(local_port, remote_port, remote_host)] = conn.forwarded
-    assert (remote_port, remote_host) == (2379, "127.0.0.1") and local_port != 2379
+        assert _listening_ports() == before  # nothing of ours listens, so no local user can use it
+    # The first channel checks that etcd listens there; the client's connections are channels too.
+    assert len(conn.channels) >= 2 and set(conn.channels) == {("direct-tcpip", ("127.0.0.1", 2379))}
+
+
+def test_a_channel_that_cannot_open_later_is_one_error_line(etcd):
+    conn = FakeConnection(etcd.port)
+    with tunnel(FakeTunnelExecutor(conn), "node1") as remote:
+        conn.refuse = True
+        with pytest.raises(RemoteError) as failed:
+            remote.get(etcd.prefix + "k")
+    message = str(failed.value)
+    assert message.startswith("etcd at node1 (SSH tunnel to its 127.0.0.1:2379): get ") and "\n" not in message
+    assert "the SSH channel to node1 (SSH tunnel to its 127.0.0.1:2379) failed (Connect failed)" in message
 
 
 def test_tunnel_to_a_port_where_nothing_listens_fails_at_once(etcd):
@@ -439,3 +432,12 @@ def test_a_request_to_etcd_goes_out_in_one_write_head_and_body():
         connection.close()
     assert len(writes) == 1
     assert writes[0].startswith(b"POST /v3/kv/range HTTP/1.1\r\n") and writes[0].endswith(b'\r\n\r\n{"key": "eA=="}')
+
+
+def test_connections_through_the_tunnel_also_write_each_request_in_one_piece(etcd):
+    from tasks.etcd import _OneWriteConnection
+    with tunnel(FakeTunnelExecutor(FakeConnection(etcd.port)), "node1") as remote:
+        url = remote._client.get_url("/kv/range")
+        pool = remote._client.session.get_adapter(url).poolmanager.connection_from_url(url)
+        assert issubclass(pool.ConnectionCls, _OneWriteConnection)
+        assert remote.get(etcd.prefix + "absent") is None

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from dataclasses import replace
 
+import cloudconfig
 from tasks import machine
 from tasks.release import Image, Release
 
@@ -115,20 +116,87 @@ def test_units_of(cluster):
     assert machine.units_of(cluster) == ["air-web.service", "air-worker.service"]
 
 
-def test_pull_command_pulls_side_by_side_and_fails_when_one_fails(cluster):
-    assert machine.pull_command(cluster, RELEASE) == (
+PINNED = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64, "sha256:" + "d" * 64),
+                  Image("web", "1.2.3", "sha256:" + "a" * 64)))  # web recorded before manifest digests were kept
+
+
+def test_pull_command_pulls_side_by_side_by_digest_and_checks_each_image(cluster):
+    command = machine.pull_command(cluster, PINNED)
+    assert command.startswith("end=$(( $(date +%s) + 295 )); pull() { ")
+    assert command.endswith(
         "pids=''; "
-        "docker pull -q registry.example.org:5000/aircloak/prod_web:1.2.3 >/dev/null & pids=\"$pids $!\"; "
-        "docker pull -q registry.example.org:5000/aircloak/prod_worker:1.3.0 >/dev/null & pids=\"$pids $!\"; "
-        "for pid in $pids; do wait $pid || exit 1; done")
+        "pull registry.example.org:5000/aircloak/prod_web:1.2.3 sha256:" + "a" * 64 + " 'web 1.2.3' '' "
+        f"{PINNED.id} & pids=\"$pids $!\"; "
+        "pull registry.example.org:5000/aircloak/prod_worker@sha256:" + "d" * 64 + " sha256:" + "b" * 64 +
+        f" 'worker 1.3.0' pinned {PINNED.id} & pids=\"$pids $!\"; "
+        "failed=0; for pid in $pids; do wait $pid || failed=1; done; [ $failed = 0 ]")
 
 
 def test_pull_command_of_some_components(cluster):
-    assert machine.pull_command(cluster, RELEASE, ["worker"]) == (
-        "pids=''; "
-        "docker pull -q registry.example.org:5000/aircloak/prod_worker:1.3.0 >/dev/null & pids=\"$pids $!\"; "
-        "for pid in $pids; do wait $pid || exit 1; done")
-    assert machine.pull_command(cluster, RELEASE, []) == "true"
+    assert "prod_web" not in machine.pull_command(cluster, PINNED, ["worker"])
+    assert machine.pull_command(cluster, PINNED, []) == "true"
+
+
+def test_pull_command_skips_a_component_the_cluster_file_lacks(cluster):
+    more = Release(PINNED.images + (Image("gone", "1.0.0", "sha256:" + "c" * 64),))
+    command = machine.pull_command(cluster, more)
+    assert "prod_gone" not in command and command.count(" & pids=") == 2
+
+
+FAKE_DOCKER = """#!/bin/sh
+# docker as the pull command uses it: `pull` fails while $FAILS (a counter file) is above 0;
+# `image inspect` knows an image once pulled (or when $HAVE is set) and prints $ID.
+state=$(dirname "$0")
+case "$1" in
+  pull) n=$(cat "$state/fails"); if [ "$n" -gt 0 ]; then echo $((n - 1)) > "$state/fails";
+        echo "Error response from daemon: Get https://registry/v2/: connection refused (try $n)" >&2; exit 1; fi;
+        echo pulled >> "$state/pulls"; touch "$state/have"; exit 0 ;;
+  image) [ -e "$state/have" ] || exit 1; [ "$3" = -f ] && echo "$ID"; exit 0 ;;
+esac
+exit 2
+"""
+
+
+def run_pull(tmp_path, cluster, release, fails=0, image_id=None, have=False):
+    """The pull command run by sh against FAKE_DOCKER: (exit status, stderr, pulls made)."""
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    (tmp_path / "fails").write_text(str(fails))
+    if have:
+        (tmp_path / "have").touch()
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "ID": image_id or release.images[0].digest}
+    done = subprocess.run(["sh", "-c", machine.pull_command(cluster, release)], env=env, capture_output=True,
+                          text=True, timeout=30)
+    pulls = (tmp_path / "pulls").read_text().count("pulled") if (tmp_path / "pulls").exists() else 0
+    return done.returncode, done.stderr, pulls
+
+
+ONE = Release((Image("web", "1.2.3", "sha256:" + "a" * 64, "sha256:" + "e" * 64),))
+
+
+def test_a_pull_is_retried_after_a_failure(tmp_path, cluster):
+    assert run_pull(tmp_path, cluster, ONE, fails=1) == (0, "", 1)
+
+
+def test_a_pull_that_keeps_failing_names_the_last_failure(tmp_path, cluster):
+    short = replace(cluster, timeouts=replace(cluster.timeouts, pull=machine.PULL_MARGIN + 2))
+    status, stderr, pulls = run_pull(tmp_path, short, ONE, fails=99)
+    assert (status, pulls) == (1, 0)
+    tries = 99 - int((tmp_path / "fails").read_text())
+    assert stderr == ("pull of web 1.2.3 failed after 2 tries: Error response from daemon: "
+                      f"Get https://registry/v2/: connection refused (try {100 - tries})\n")
+
+
+def test_another_image_than_the_recorded_one_fails_naming_both_digests(tmp_path, cluster):
+    status, stderr, _ = run_pull(tmp_path, cluster, ONE, image_id="sha256:" + "f" * 64)
+    assert (status, stderr) == (1, f"web 1.2.3: the registry gave sha256:{'f' * 64}, release {ONE.id} records "
+                                   f"sha256:{'a' * 64}\n")
+
+
+def test_an_image_pinned_by_digest_that_the_machine_has_is_not_pulled_again(tmp_path, cluster):
+    assert run_pull(tmp_path, cluster, ONE, have=True) == (0, "", 0)
+    by_tag = Release((Image("web", "1.2.3", "sha256:" + "a" * 64),))
+    assert run_pull(tmp_path / "..", cluster, by_tag, have=True)[2] == 1  # a tag can move: pulled again
 
 
 def test_start_command(cluster):
@@ -138,7 +206,33 @@ def test_start_command(cluster):
 
 
 def test_stop_command(cluster):
-    assert machine.stop_command(cluster) == "systemctl stop air-web.service air-worker.service"
+    assert machine.stop_command(cluster) == (
+        "units=$(systemctl list-unit-files --no-legend air-web.service air-worker.service 2>/dev/null "
+        "| awk '{print $1}'); [ -z \"$units\" ] || systemctl stop $units")
+    assert machine.stop_command(cluster, []) == "true"
+
+
+def test_remove_command_disables_the_units_that_exist_and_removes_their_files():
+    assert machine.remove_command(["gone"]) == (
+        "units=$(systemctl list-unit-files --no-legend air-gone.service 2>/dev/null | awk '{print $1}'); "
+        "{ [ -z \"$units\" ] || systemctl disable -q --now $units; } && rm -f /etc/systemd/system/air-gone.service")
+    assert machine.remove_command([]) == "true"
+
+
+def test_components_to_restart_and_to_remove(cluster):
+    web_only = Release((RELEASE.image("web"),))
+    running = {"web": "1.2.3", "old": "0.9.0"}  # `old`: gone from the cluster file, still installed
+    units = {"air-web.service": "active", "air-worker.service": "inactive"}
+    assert machine.running_components(cluster, RELEASE) == ["web", "worker"]
+    assert machine.to_restart(running, units, RELEASE, cluster) == ["worker"]  # new in the cluster: installed
+    assert machine.to_remove(running, RELEASE, cluster) == ["old"]
+    assert machine.to_restart(running, units, web_only, cluster) == []  # a release without worker: not started
+    assert machine.to_remove({**running, "worker": "1.3.0"}, web_only, cluster) == ["old", "worker"]
+
+
+def test_health_of_some_components(cluster):
+    assert "9090" not in machine.health_command(cluster, 5, ["web"]) and "8080" in machine.health_command(cluster, 5)
+    assert machine.health_command(cluster, 5, []) == "true"
 
 
 def test_health_command(cluster):
@@ -194,8 +288,9 @@ def test_wipe_command(cluster):
     assert machine.wipe_command(cluster, USER_DATA) == (
         "systemctl disable -q --now air-web.service air-worker.service etcd-member.service 2>/dev/null; "
         "rm -f /etc/systemd/system/etcd-member.service.d/20-air.conf "
+        "/etc/systemd/system/etcd-member.service.d/21-air-peer-files.conf "
         "/etc/systemd/system/air-web.service /etc/systemd/system/air-worker.service ; "
-        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/secrets; "
+        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/secrets /etc/air/etcd-peer; "
         f"if [ -e {USER_DATA}.air-base ]; then mv -f {USER_DATA}.air-base {USER_DATA}; fi; "
         f"systemctl daemon-reload; {machine.resume_os_updates_command()}")
 
@@ -304,6 +399,55 @@ def test_secrets_facts_are_digests_and_the_changes_name_whom_to_restart(cluster,
     assert "SECRET" not in text
 
 
+def docker_login(doc) -> str:
+    import base64
+    import json
+    config = next(f for f in cloudconfig.files(doc) if f.path == cloudconfig.DOCKER_CONFIG)
+    return base64.b64decode(json.loads(config.content)["auths"]["registry.example.org:5000"]["auth"]).decode()
+
+
+def test_machines_log_in_with_the_pull_only_account_when_there_is_one(cluster, tmp_path):
+    (tmp_path / "registry.yaml").write_text("username: pusher\npassword: push-secret\n")
+    (tmp_path / "registry.yaml").chmod(0o600)
+    assert docker_login(machine.base_document(cluster)) == "pusher:push-secret"
+    (tmp_path / "pull.yaml").write_text("username: puller\npassword: pull-secret\n")
+    (tmp_path / "pull.yaml").chmod(0o600)
+    with_puller = replace(cluster, registry=replace(cluster.registry, pull_credentials=tmp_path / "pull.yaml"))
+    doc = machine.base_document(with_puller)
+    assert docker_login(doc) == "puller:pull-secret"
+    assert "push-secret" not in cloudconfig.render(doc)
+
+
+CLEANUP_DOCKER = """#!/bin/sh
+# docker as the cleanup command uses it: $IMAGES lists the images of the filtered repositories,
+# $USED those containers use; rmi appends to the file `removed`.
+state=$(dirname "$0")
+case "$1" in
+  ps) [ -n "$USED" ] && echo container1; exit 0 ;;
+  inspect) echo "$USED"; exit 0 ;;
+  images) echo "$*" > "$state/images-args"; printf '%s\\n' $IMAGES; exit 0 ;;
+  rmi) echo "$3" >> "$state/removed"; exit 0 ;;
+esac
+exit 2
+"""
+
+
+def test_cleanup_removes_the_images_of_no_kept_release_that_no_container_uses(tmp_path, cluster):
+    (tmp_path / "docker").write_text(CLEANUP_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    old, used = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    kept = [RELEASE]  # web a..., worker b...
+    images = " ".join(["sha256:" + "a" * 64, old, used, "sha256:" + "b" * 64, old])
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "IMAGES": images, "USED": used}
+    done = subprocess.run(["sh", "-c", machine.cleanup_command(cluster, ["worker", "web"], kept)], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, f"removed {old}\n")
+    assert (tmp_path / "removed").read_text() == f"{old}\n"
+    assert (tmp_path / "images-args").read_text() == (
+        "images -q --no-trunc --filter reference=registry.example.org:5000/aircloak/prod_web "
+        "--filter reference=registry.example.org:5000/aircloak/prod_worker\n")
+
+
 # ---------------------------------------------------------------- one machine's upgrade, one command
 
 def run_upgrade(tmp_path, cluster, stop_exit=0, health_code="200"):
@@ -312,7 +456,8 @@ def run_upgrade(tmp_path, cluster, stop_exit=0, health_code="200"):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "log"
-    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "systemctl $*" >> {log}\n'
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\n[ "$1" = list-unit-files ] && {{ echo "$3 enabled enabled"; '
+                                       f'exit 0; }}\necho "systemctl $*" >> {log}\n'
                                        f'[ "$1" = stop ] && exit {stop_exit}\n'
                                        f'[ "$1" = is-active ] && exit 1\nexit 0\n')
     (bin_dir / "curl").write_text(f'#!/bin/sh\necho curl >> {log}\nprintf {health_code}\n')
@@ -359,3 +504,17 @@ def test_release_facts_carry_the_base_verbatim_whatever_its_lines():
 def test_a_machine_without_a_cloud_config_is_refused_with_how_to_prepare_it():
     with pytest.raises(machine.PreflightError, match=r"^10\.0\.0\.1: no cloud config at /u: prepare the machine"):
         machine.parse_base("10.0.0.1", "/u", None)
+
+
+def test_the_pull_command_lets_the_staging_after_it_run(tmp_path, cluster):
+    """Rollout runs it as ``before`` of ``remote.staging_command``: it must end with a status, not exit."""
+    from tasks.remote import staging_command
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    (tmp_path / "fails").write_text("0")
+    pull = machine.pull_command(cluster, ONE)
+    assert staging_command(pull).startswith(f"{{ {pull}; }} && staging=$(mktemp -d)")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "ID": ONE.images[0].digest}
+    done = subprocess.run(["sh", "-c", f"{{ {pull}; }} && echo staged"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "staged\n")

@@ -3,6 +3,8 @@ import json
 import os
 import re
 import socket
+import ssl
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -19,11 +21,27 @@ REPOS = {"air/prod_air": {t: DIGEST for t in ("1.0.0", "1.0.1", "1.0.2", "1.1.0"
 PATH = re.compile(r"^/v2/(?P<repo>.+)/(?:tags/list|manifests/(?P<tag>[^/]+))$")
 
 
-class FakeRegistry:
-    """A tiny registry: ``auth`` is None, "basic" or "bearer"; pages hold at most ``page`` tags."""
+MANIFEST_DIGEST = "sha256:" + "d" * 64
 
-    def __init__(self, auth=None, page=2):
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """A self-signed certificate (and its key) for 127.0.0.1 and localhost: it is its own CA."""
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=fake",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    return folder / "cert.pem", folder / "key.pem"
+
+
+class FakeRegistry:
+    """A tiny registry: ``auth`` is None, "basic" or "bearer"; pages hold at most ``page`` tags.
+    With ``tls`` (a certificate and its key) it serves https; ``realm`` replaces its token service's
+    URL in challenges, ``next_origin`` the origin of its pagination links."""
+
+    def __init__(self, auth=None, page=2, tls=None, realm=None, next_origin=""):
         self.auth, self.page, self.tokens_issued = auth, page, []
+        self.realm, self.next_origin, self.ca = realm, next_origin, tls[0] if tls else None
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,7 +52,12 @@ class FakeRegistry:
                 fake.handle(self)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.address = f"127.0.0.1:{self.server.server_port}"
+        self.scheme = "https" if tls else "http"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def handle(self, request):
@@ -52,7 +75,7 @@ class FakeRegistry:
         if self.auth == "basic" and authorization != basic:
             return self.reply(request, 401, {}, {"WWW-Authenticate": 'Basic realm="fake"'})
         if self.auth == "bearer" and authorization != f"Bearer token-for-{scope}":
-            realm = f"http://{self.address}/token"
+            realm = self.realm or f"{self.scheme}://{self.address}/token"
             scope_param = f',scope="{scope}"' if scope else ""
             challenge = f'Bearer realm="{realm}",service="fake"{scope_param}'
             return self.reply(request, 401, {}, {"WWW-Authenticate": challenge})
@@ -70,7 +93,8 @@ class FakeRegistry:
         accepted = [t.strip() for t in request.headers.get("Accept", "").split(",")]
         if MANIFEST_TYPES[0] in accepted:
             return self.reply(request, 200, {"schemaVersion": 2, "mediaType": MANIFEST_TYPES[0],
-                                             "config": {"digest": tags[match["tag"]]}})
+                                             "config": {"digest": tags[match["tag"]]}},
+                              {"Docker-Content-Digest": MANIFEST_DIGEST})
         return self.reply(request, 200, {"schemaVersion": 1, "name": match["repo"], "fsLayers": []})
 
     def tags_page(self, request, repo, tags, query):
@@ -78,7 +102,8 @@ class FakeRegistry:
         size = min(int(query.get("n", 100)), self.page)
         headers = {}
         if len(after) > size:
-            headers["Link"] = f'</v2/{repo}/tags/list?last={after[size - 1]}&n={query.get("n", 100)}>; rel="next"'
+            link = f'{self.next_origin}/v2/{repo}/tags/list?last={after[size - 1]}&n={query.get("n", 100)}'
+            headers["Link"] = f'<{link}>; rel="next"'
         self.reply(request, 200, {"name": repo, "tags": after[:size]}, headers)
 
     @staticmethod
@@ -93,16 +118,22 @@ class FakeRegistry:
         request.wfile.write(data)
 
 
-@pytest.fixture
-def fake(request):
-    registry = FakeRegistry(auth=getattr(request, "param", None))
-    yield registry
+def stop(registry):
     registry.server.shutdown()
     registry.server.server_close()
 
 
+@pytest.fixture
+def fake(request, certificate):
+    auth = getattr(request, "param", None)
+    registry = FakeRegistry(auth=auth, tls=certificate if auth == "bearer" else None)  # tokens only over https
+    yield registry
+    stop(registry)
+
+
 def client(fake, credentials=(USER, PASSWORD), **options):
-    return RegistryClient(fake.address, credentials, scheme="http", credentials_file="clusters/creds.yaml", **options)
+    return RegistryClient(fake.address, credentials, scheme=fake.scheme, ca=fake.ca,
+                          credentials_file="clusters/creds.yaml", **options)
 
 
 # ---------------------------------------------------------------- tags and digests
@@ -118,6 +149,11 @@ def test_unknown_repository_has_no_tags(fake):
 
 def test_config_digest_needs_the_manifest_accept_header(fake):
     assert client(fake).config_digest("air/prod_air", "1.0.2") == DIGEST
+
+
+def test_digests_are_the_config_and_the_manifest_digest(fake):
+    assert client(fake).digests("air/prod_air", "1.0.2") == (DIGEST, MANIFEST_DIGEST)
+    assert client(fake).digests("air/prod_air", "9.9.9") is None
 
 
 def test_config_digest_of_unknown_tag_or_repository_is_none(fake):
@@ -149,6 +185,68 @@ def test_bearer_token_is_fetched_once_per_scope(fake):
     registry.config_digest("air/prod_air", "1.1.0")
     registry.tags("air/prod_empty")
     assert fake.tokens_issued == ["", "repository:air/prod_air:pull", "repository:air/prod_empty:pull"]
+
+
+# ---------------------------------------------------------------- credentials go only to the registry
+
+@pytest.fixture
+def elsewhere():
+    """Another origin, which records every request it gets (and the Authorization it came with)."""
+    other = FakeRegistry()
+    seen = []
+    other.handle = lambda request: (seen.append((request.path, request.headers.get("Authorization"))),
+                                    FakeRegistry.reply(request, 200, {"tags": ["9.9.9"], "token": "stolen"}))
+    other.seen = seen
+    yield other
+    stop(other)
+
+
+def test_a_pagination_link_to_another_origin_is_not_followed(elsewhere):
+    registry = FakeRegistry(auth="basic", next_origin=f"http://{elsewhere.address}")
+    try:
+        with pytest.raises(RemoteError) as error:
+            client(registry).tags("air/prod_air")
+    finally:
+        stop(registry)
+    assert str(error.value) == (f"registry {registry.address}: the tags of air/prod_air continue at another origin "
+                                f"(http://{elsewhere.address}); not followed, credentials stay here")
+    assert elsewhere.seen == []
+
+
+def test_a_pagination_link_to_the_same_origin_is_followed():
+    registry = FakeRegistry(auth="basic")
+    registry.next_origin = f"http://{registry.address}"  # absolute, but ours
+    try:
+        assert client(registry).tags("air/prod_air")[-1] == "latest"
+    finally:
+        stop(registry)
+
+
+def test_no_credentials_to_a_plain_http_token_service(elsewhere, certificate):
+    registry = FakeRegistry(auth="bearer", tls=certificate, realm=f"http://{elsewhere.address}/token")
+    try:
+        with pytest.raises(RemoteError) as error:
+            client(registry, token_hosts=("127.0.0.1",)).check()
+    finally:
+        stop(registry)
+    assert str(error.value) == (f"registry {registry.address} names the token service http://{elsewhere.address}: "
+                                f"credentials go only over https to 127.0.0.1 (list other hosts in registry.token_hosts)")
+    assert elsewhere.seen == []
+
+
+def test_a_token_service_on_another_host_only_when_listed(certificate):
+    token_service = FakeRegistry(tls=certificate)  # its /token route hands out tokens
+    realm = f"https://localhost:{token_service.server.server_port}/token"
+    registry = FakeRegistry(auth="bearer", tls=certificate, realm=realm)
+    try:
+        with pytest.raises(RemoteError, match="names the token service https://localhost:"):
+            client(registry).check()
+        assert token_service.tokens_issued == []
+        client(registry, token_hosts=("localhost",)).check()
+        assert token_service.tokens_issued == [""]
+    finally:
+        stop(registry)
+        stop(token_service)
 
 
 @pytest.mark.parametrize("fake", ["basic", "bearer"], indirect=True)

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tasks import state
+from tasks import machine, state
 from tasks.balancer_config import routers_file
 from tasks.errors import Interrupted, LostLock
 from tasks.release import Image, Release
@@ -61,7 +61,7 @@ def record_routes(monkeypatch):
 
 
 def restarts(ex) -> list:
-    return [(h, c) for h, c, change in ex.calls if change and "systemctl stop air-" in c]
+    return [(h, c) for h, c, change in ex.calls if change and "list-unit-files --no-legend air-" in c]
 
 
 def test_the_plan_restarts_only_what_changes_and_nothing_runs_while_planning(s):
@@ -78,13 +78,13 @@ def test_one_machine_at_a_time_each_leaving_the_balancer_in_the_reload_that_puts
     assert s.ex.routed == [["10.0.0.2", "10.0.0.3"], ["10.0.0.1", "10.0.0.3"], ["10.0.0.1", "10.0.0.2"], MACHINES]
     assert [h for h, _ in restarts(s.ex)] == MACHINES
     # Every machine pulled and staged before the first left the balancer.
-    first_restart = next(i for i, (_, c, _) in enumerate(s.ex.calls) if "systemctl stop air-" in c)
+    first_restart = next(i for i, (_, c, _) in enumerate(s.ex.calls) if "list-unit-files --no-legend air-" in c)
     pulls = [i for i, (_, c, _) in enumerate(s.ex.calls) if "docker pull" in c]
     assert len(pulls) == 3 and max(pulls) < first_restart
 
 
 def test_a_step_past_its_deadline_restores_that_machine_and_touches_no_other(s):
-    s.ex.answer("systemctl stop air-web.service && ", host="10.0.0.2", deadline=True)
+    s.ex.answer("list-unit-files --no-legend air-web.service 2>", host="10.0.0.2", deadline=True)
     with pytest.raises(UpgradeFailed) as failed:
         Rollout(s, NEW, OLD).apply()
     message = str(failed.value)
@@ -97,7 +97,7 @@ def test_a_step_past_its_deadline_restores_that_machine_and_touches_no_other(s):
 
 def test_an_interrupt_mid_step_puts_the_machine_in_hand_back_and_stops(s):
     def interrupt(host, command):
-        if host == "10.0.0.1" and "systemctl stop air-" in command:
+        if host == "10.0.0.1" and "list-unit-files --no-legend air-" in command:
             s.ex.interrupted.set()   # Ctrl-C while the machine restarts
     s.ex.on_run = interrupt
     with pytest.raises(Interrupted) as stopped:
@@ -180,13 +180,14 @@ def test_extras_restart_their_components_on_the_current_release_and_nothing_else
     assert [(st.machine, st.action, st.restart) for st in rollout.steps] == \
         [(m, "upgrade", ("worker",)) for m in MACHINES[:2]]
     assert rollout.apply() == MACHINES[:2]
-    steps = [(h, c) for h, c, change in s.ex.calls if change and "systemctl stop air-" in c]
+    steps = restarts(s.ex)
     assert [h for h, _ in steps] == MACHINES[:2]
     command = steps[0][1]
-    assert command.startswith("systemctl stop air-worker.service && keep-old-secrets && ")
-    assert " && own-secrets && systemctl daemon-reload && systemctl enable -q air-worker.service && " \
-           "systemctl restart air-worker.service" in command
-    assert "stop air-web" not in command and "restart air-web" not in command
+    assert "systemctl stop $units && keep-old-secrets && if mkdir -p /etc/air/secrets/worker " in command
+    assert "; fi && own-secrets && " in command
+    assert "systemctl enable -q air-worker.service && systemctl restart air-worker.service || exit $?" in command
+    assert "list-unit-files --no-legend air-worker.service " in command
+    assert "restart air-web" not in command
     staged = [content for (host, path), (content, mode) in s.ex.files.items() if content == b"new-SECRET"]
     assert len(staged) == 2  # staged on the two machines only, never in a command line
     assert not any("new-SECRET" in c for _, c, _ in s.ex.calls)
@@ -204,6 +205,49 @@ def test_a_failed_health_check_after_extras_runs_their_undo_and_puts_the_machine
         Rollout(s, OLD, OLD, extras={"10.0.0.1": _extra()}).apply()
     assert f"restored: 10.0.0.1 is back on release {OLD.id} and in the balancer." in str(failed.value)
     undo = [i for i, (h, c, _) in enumerate(s.ex.calls) if h == "10.0.0.1" and c == "put-old-secrets-back"]
-    stops = [i for i, (h, c, _) in enumerate(s.ex.calls) if h == "10.0.0.1" and c.startswith("systemctl stop")]
-    assert len(undo) == 1 and stops[-1] < undo[0]
+    stops = [i for i, (h, c, _) in enumerate(s.ex.calls) if h == "10.0.0.1" and "systemctl stop $units" in c]
+    assert len(undo) == 1 and len(stops) == 2 and stops[0] < stops[1] < undo[0]  # the step's stop, the restore's
     assert s.ex.routed[-1] == MACHINES
+
+
+WEB_ONLY = Release((Image("web", "1.0.0", "sha256:" + "a" * 64),))  # older than the component worker
+
+
+def test_a_component_new_to_the_release_is_installed_and_one_it_lacks_is_removed(s):
+    s.ex.answer("echo '--release'", stdout=facts_text(WEB_ONLY.id, {"web": "1.0.0"}, ("active", "inactive")))
+    s.ex.rules.insert(0, s.ex.rules.pop())
+    rollout = Rollout(s, NEW, WEB_ONLY)
+    assert [(st.action, st.restart, st.remove) for st in rollout.steps] == [("upgrade", ("web", "worker"), ())] * 3
+    rollout.apply()
+    # worker is pulled with web before anything stops; only web's unit existed to be stopped, but the
+    # command stops only the units that exist whatever it is given.
+    first = s.ex.commands("10.0.0.1", changes_only=True)
+    assert any("prod_worker" in c and "docker pull" in c for c in first)
+
+    back = Rollout(s, WEB_ONLY, NEW)  # the rollback: worker goes
+    s.ex.answer("echo '--release'", stdout=facts_text(NEW.id, {"web": "1.0.1", "worker": "1.0.0"}))
+    s.ex.rules.insert(0, s.ex.rules.pop())
+    back = Rollout(s, WEB_ONLY, NEW)
+    assert [(st.action, st.restart, st.remove) for st in back.steps] == [("upgrade", ("web",), ("worker",))] * 3
+    assert back.describe()[0] == (f"10.0.0.1: out of the balancer, restart web, remove worker on {WEB_ONLY.id}, "
+                                  f"health check, back in")
+    back.apply()
+    upgrade = next(c for c in s.ex.commands("10.0.0.1", changes_only=True) if "disable -q --now" in c)
+    assert "air-worker.service" in upgrade.split("disable -q --now")[0]  # stopped if it exists, then removed
+    assert "rm -f /etc/systemd/system/air-worker.service" in upgrade
+    assert "127.0.0.1:9090" not in upgrade  # nor health-checked
+
+
+def test_a_failed_machine_is_restored_to_a_release_without_the_new_component(s):
+    s.ex.answer("echo '--release'", stdout=facts_text(WEB_ONLY.id, {"web": "1.0.0"}, ("active", "inactive")))
+    s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.answer("systemctl restart air-web.service air-worker.service", host="10.0.0.1", exited=machine.UNHEALTHY)
+    s.ex.rules.insert(0, s.ex.rules.pop())
+    with pytest.raises(UpgradeFailed) as failed:
+        Rollout(s, NEW, WEB_ONLY).apply()
+    assert f"restored: 10.0.0.1 is back on release {WEB_ONLY.id} and in the balancer." in str(failed.value)
+    restore = [c for c in s.ex.commands("10.0.0.1", changes_only=True) if f"units of release {WEB_ONLY.id}" in c
+               or "rm -f /etc/systemd/system/air-worker.service" in c]
+    assert restore and "systemctl enable -q air-web.service && systemctl restart air-web.service" in restore[-1]
+    assert "rm -f /etc/systemd/system/air-worker.service" in restore[-1]  # the unit the upgrade brought goes
+    assert "air-worker.service" not in restore[-1].split("daemon-reload")[1]  # and is not started

@@ -27,6 +27,8 @@ def test_each_clusters_fragment_lists_its_own_machines_and_the_shared_hosts():
     for key in ("build", "registry", "balancer", "ssh", "secrets"):
         assert local[key] == local2[key]
     assert sb.fragment_file("local").name == "cluster.yaml" and sb.fragment_file("local2").name == "local2.yaml"
+    assert local["registry"]["pull_credentials"].endswith("/registry-pull-credentials.yaml")  # the machines' login
+    assert local["registry"]["credentials"].endswith("/registry-credentials.yaml")
 
 
 def test_a_signed_certificate_verifies_against_the_sandbox_ca(tmp_path):

@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import pytest
 
-from cloudconfig.units import (component_unit, container_name, etcd_dropin, quote, secrets_dir,
+from cloudconfig.units import (component_unit, container_name, etcd_dropin, peer_url, quote, secrets_dir,
                                unit_name, url)
 
 
@@ -20,7 +20,7 @@ Requires=docker.service
 
 [Service]
 ExecStartPre=-/usr/bin/docker rm -f air-web
-ExecStart=/usr/bin/docker run --rm --name air-web --network host \
+ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=1.2.3 \
 -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
 -e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
 -v /etc/air/state:/air/state:ro -v /var/lib/air/web:/air/data \
@@ -38,7 +38,7 @@ WantedBy=multi-user.target
 def test_a_stop_signal_goes_to_docker_run(cluster):
     web = replace(cluster.component("web"), stop_signal="SIGQUIT")
     unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
-    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --stop-signal SIGQUIT -e " in unit
+    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --stop-signal SIGQUIT --label " in unit
     assert "\nExecStop=/usr/bin/docker stop --time 20 air-web\nTimeoutStopSec=35\n" in unit
 
 
@@ -61,7 +61,7 @@ def test_a_component_with_secrets_mounts_its_own_folder_only(cluster):
 def test_a_component_with_a_user_runs_as_it_and_owns_its_data_folder(cluster):
     web = replace(cluster.component("web"), user=1000)
     unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
-    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --user 1000 -e " in unit
+    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --user 1000 --label air.version=1.2.3 -e " in unit
     assert "\nExecStartPre=/usr/bin/install -d -o 1000 -m 0700 /var/lib/air/web\nExecStart=" in unit
 
 
@@ -70,10 +70,17 @@ def test_a_root_component_has_no_user_flag_nor_ownership_step(cluster):
     assert "--user" not in unit and "install -d" not in unit
 
 
+def test_a_pinned_reference_is_what_runs_and_the_version_stays_its_label(cluster):
+    pinned = "registry.example.org:5000/aircloak/prod_web@sha256:" + "e" * 64
+    unit = component_unit(cluster, cluster.component("web"), "1.2.3", "10.0.0.2", pinned)
+    assert unit.splitlines()[7].endswith(f" -v /var/lib/air/web:/air/data {pinned}")
+    assert " --label air.version=1.2.3 -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 " in unit
+
+
 def test_component_unit_on_ipv6(cluster):
     unit = component_unit(cluster, cluster.component("worker"), "2.0.0-rc.1+b7", "fd00::2")
     assert unit.splitlines()[7] == (
-        "ExecStart=/usr/bin/docker run --rm --name air-worker --network host "
+        "ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=2.0.0-rc.1+b7 "
         "-e AIR_COMPONENT=worker -e AIR_VERSION=2.0.0-rc.1+b7 -e AIR_MACHINE=fd00::2 -e AIR_PORT=9090 "
         "-e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ "
         "-v /etc/air/state:/air/state:ro -v /var/lib/air/worker:/air/data "
@@ -102,19 +109,25 @@ def test_quote_refuses_control_characters():
 def test_url():
     assert url("10.0.0.1", 2379) == "http://10.0.0.1:2379"
     assert url("fd00::1", 2380) == "http://[fd00::1]:2380"
+    assert peer_url("10.0.0.1") == "https://10.0.0.1:2380"
+    assert peer_url("fd00::1") == "https://[fd00::1]:2380"
 
 
 def test_etcd_dropin(cluster):
     assert etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new") == """\
 [Service]
 Environment=ETCD_NAME=10.0.0.2
-Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=http://10.0.0.1:2380,10.0.0.2=http://10.0.0.2:2380,10.0.0.3=http://10.0.0.3:2380
+Environment=ETCD_INITIAL_CLUSTER=10.0.0.1=https://10.0.0.1:2380,10.0.0.2=https://10.0.0.2:2380,10.0.0.3=https://10.0.0.3:2380
 Environment=ETCD_INITIAL_CLUSTER_STATE=new
 Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
-Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.2:2380
-Environment=ETCD_LISTEN_PEER_URLS=http://10.0.0.2:2380
-Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://10.0.0.2:2379
-Environment=ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.2:2379
+Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.2:2380
+Environment=ETCD_LISTEN_PEER_URLS=https://10.0.0.2:2380
+Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
+Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
+Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+Environment=ETCD_PEER_CLIENT_CERT_AUTH=true
 Environment=ETCD_DATA_DIR=/var/lib/etcd/member
 """
 
@@ -123,13 +136,17 @@ def test_etcd_dropin_ipv6_existing(cluster):
     assert etcd_dropin(cluster, "fd00::3", ["fd00::1", "fd00::3"], "existing") == """\
 [Service]
 Environment=ETCD_NAME=fd00::3
-Environment=ETCD_INITIAL_CLUSTER=fd00::1=http://[fd00::1]:2380,fd00::3=http://[fd00::3]:2380
+Environment=ETCD_INITIAL_CLUSTER=fd00::1=https://[fd00::1]:2380,fd00::3=https://[fd00::3]:2380
 Environment=ETCD_INITIAL_CLUSTER_STATE=existing
 Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
-Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=http://[fd00::3]:2380
-Environment=ETCD_LISTEN_PEER_URLS=http://[fd00::3]:2380
-Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,http://[fd00::3]:2379
-Environment=ETCD_ADVERTISE_CLIENT_URLS=http://[fd00::3]:2379
+Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://[fd00::3]:2380
+Environment=ETCD_LISTEN_PEER_URLS=https://[fd00::3]:2380
+Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
+Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
+Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+Environment=ETCD_PEER_CLIENT_CERT_AUTH=true
 Environment=ETCD_DATA_DIR=/var/lib/etcd/member
 """
 

@@ -1,0 +1,54 @@
+"""setup-cluster on 3 machines, then add-machine of a spare (and its removal), timed.
+
+Run from the project root: python bench/membership.py
+It brings the sandbox up (3 machines, 2 spares), builds and pushes the sample app, resets the
+machines to freshly prepared, then times `install.setup`, `membership.add` of the first spare
+and `membership.remove` of it, each in its own session as the tasks open them. The cluster is
+left serving on its 3 machines. Set AIR_SANDBOX_PREFIX/AIR_SANDBOX_SUBNET to measure beside
+another sandbox. Prints figures; asserts nothing.
+"""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sandbox import testbed as sandbox  # noqa: E402
+from tasks import build, cluster, install, membership, push  # noqa: E402
+from tasks.session import session  # noqa: E402
+
+
+def timed(what, step) -> None:
+    started = time.monotonic()
+    step()
+    print(f"{what}: {time.monotonic() - started:6.1f} s", flush=True)
+
+
+def main():
+    info = sandbox.bring_up(3, 2)
+    local = cluster.load("local")
+    with session(local, etcd=False) as s:
+        built = build.build_all(s.ex, local.build.host, local.build.branch)
+        push.push_all(s.ex, local.build.host, built["images"])
+    machines = [m["address"] for m in info["machines"] if not m["spare"]]
+    spare = next(m["address"] for m in info["machines"] if m["spare"])
+    sandbox.reset_machines(machines + [spare])
+
+    def setup():
+        with session(local, etcd=False, changes=True) as s:
+            install.setup(s, machines)
+
+    def add():
+        with session(local, f"bench add-machine {spare}", machines[0]) as s:
+            membership.add(s, machines[0], spare)
+
+    def remove():
+        with session(local, f"bench remove-machine {spare}", machines[0]) as s:
+            membership.remove(s, machines[0], spare)
+
+    timed("setup-cluster, 3 machines", setup)
+    timed("add-machine (a spare)", add)
+    timed("remove-machine (that spare)", remove)
+
+
+if __name__ == "__main__":
+    main()

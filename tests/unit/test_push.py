@@ -1,0 +1,95 @@
+"""tasks/push.py: the version a push takes and the manifest digest it records, against an in-memory registry."""
+from types import SimpleNamespace
+
+from tasks import push, version
+from tasks.release import Release
+
+BUILT = "sha256:" + "b" * 64    # the built image's ID
+OTHER = "sha256:" + "0" * 64    # another image pushed under a version by hand
+
+
+def manifest_of(config: str) -> str:
+    return "sha256:" + config[-1] * 63 + "m"
+
+
+class Registry:
+    """tag -> config digest of one repository; manifests derived from the config digest."""
+
+    def __init__(self, tags: dict):
+        self.held = dict(tags)
+
+    def tags(self, repository):
+        return list(self.held)
+
+    def digests(self, repository, tag):
+        config = self.held.get(tag)
+        return (config, manifest_of(config)) if config else None
+
+    def config_digest(self, repository, tag):
+        return self.held.get(tag)
+
+
+class Engine:
+    """The build server's engine: every push lands in ``registry`` and says its digest in an aux chunk."""
+
+    def __init__(self, registry):
+        self.registry, self.pushes = registry, []
+
+    def tag(self, image, repository, tag):
+        pass
+
+    def prune_images(self, filters):
+        self.pruned = filters
+        return {"SpaceReclaimed": 0}
+
+    def push(self, repository, tag, **options):
+        self.pushes.append(tag)
+        self.registry.held[tag] = BUILT
+        return iter([{"status": "Pushed"}, {"aux": {"Tag": tag, "Digest": manifest_of(BUILT), "Size": 1}}])
+
+
+def executor(cluster):
+    return SimpleNamespace(cluster=cluster, check=lambda what: None)
+
+
+def step_of(cluster, registry):
+    return push.plan(cluster, (1, 0), {"web": BUILT}, registry)[0]
+
+
+def test_the_planned_version_when_its_tag_is_free(cluster):
+    registry = Registry({"1.0.0": OTHER})
+    step = step_of(cluster, registry)
+    assert step.decision == version.Decision("1.0.1", True, "1.0.0")
+    assert push.free_version(registry, "aircloak/prod_web", step) == ("1.0.1", None)
+
+
+def test_a_tag_pushed_meanwhile_with_another_image_is_never_overwritten(cluster):
+    registry = Registry({"1.0.0": OTHER})
+    step = step_of(cluster, registry)
+    registry.held.update({"1.0.1": OTHER, "1.0.2": OTHER})  # a second push, and one by hand, after the plan
+    engine = Engine(registry)
+    done = push.pushed(executor(cluster), engine, registry, step, "abc", {})
+    assert engine.pushes == ["1.0.3", "latest"]
+    assert registry.held["1.0.1"] == registry.held["1.0.2"] == OTHER
+    assert (done.decision.version, done.manifest) == ("1.0.3", manifest_of(BUILT))
+    assert Release((done.image,)).to_dict()["components"]["web"] == {
+        "version": "1.0.3", "digest": BUILT, "manifest": manifest_of(BUILT)}
+
+
+def test_a_tag_that_already_holds_this_image_is_taken_without_a_push(cluster):
+    registry = Registry({"1.0.0": OTHER})
+    step = step_of(cluster, registry)
+    registry.held.update({"1.0.1": BUILT, "latest": BUILT})  # another push of the same build got there first
+    engine = Engine(registry)
+    done = push.pushed(executor(cluster), engine, registry, step, "abc", {})
+    assert engine.pushes == []
+    assert (done.decision.version, done.manifest) == ("1.0.1", manifest_of(BUILT))
+
+
+def test_an_unchanged_image_keeps_its_version_and_records_its_manifest(cluster):
+    registry = Registry({"1.0.0": OTHER, "1.0.1": BUILT, "latest": BUILT})
+    step = step_of(cluster, registry)
+    assert (step.decision.changed, step.manifest) == (False, manifest_of(BUILT))
+    engine = Engine(registry)
+    assert push.pushed(executor(cluster), engine, registry, step, "abc", {}) == step
+    assert engine.pushes == []
