@@ -5,10 +5,10 @@ peer certificates made where missing (local files), preflight every machine
 (nothing changes unless all pass), then on all machines at once: etcd's
 peer certificate, secrets, images of the current release, the final cloud
 config and the files it stands for (etcd drop-in, Air units, release
-state); then etcd
-forms, the release is recorded in it, the Air units start, every machine
-passes its health check and the balancer routes to all of them. It refuses
-a cluster that is already installed: etcd is never bootstrapped twice.
+state); then etcd forms, the release is recorded in it, the Air units
+start, every machine passes its health check and the balancer routes to all
+of them. It refuses a cluster that is already installed: etcd is never
+bootstrapped twice.
 """
 from __future__ import annotations
 
