@@ -2,12 +2,13 @@
 
 Top-level tasks are the runbook verbs (build, push, setup-cluster, deploy,
 ...) and the operator's everyday tools (status, logs, exec); namespaces group the tools around them (sandbox, balancer,
-cloudconfig, lock, etcd).
+cloudconfig, lock, etcd, settings, maintenance, secrets).
 """
 from invoke import Collection
 
 from sandbox import testbed
-from tasks import balancer, build, cloud_config, deploy, etcd_peers, install, membership, operator, push, upgrade
+from tasks import (balancer, build, cloud_config, deploy, etcd_peers, install, maintenance, membership, operator,
+                   push, secrets, settings, upgrade)
 
 namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,
@@ -21,3 +22,6 @@ namespace.add_collection(Collection.from_module(balancer))
 namespace.add_collection(Collection.from_module(cloud_config, name="cloudconfig"))
 namespace.add_collection(Collection("lock", deploy.lock_status, deploy.lock_release))
 namespace.add_collection(Collection("etcd", etcd_peers.certificates, etcd_peers.migrate_peers))
+namespace.add_collection(settings.namespace)
+namespace.add_collection(maintenance.namespace)
+namespace.add_collection(secrets.namespace)

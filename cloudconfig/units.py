@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from tasks.state import app_prefix
+
 UNIT_DIR = "/etc/systemd/system"
 DOCKER = "/usr/bin/docker"
 TIMEOUT = "/usr/bin/timeout"
@@ -31,7 +33,7 @@ ETCD_PEER_CERT = f"{ETCD_PEER_DIR}/peer.crt"
 ETCD_PEER_KEY = f"{ETCD_PEER_DIR}/peer.key"
 
 STATE_DIR = "/etc/air/state"      # the machine's release, read-only in containers at /air/state
-SECRETS_DIR = "/etc/air/secrets"  # read-only in containers at /air/secrets
+SECRETS_DIR = "/etc/air/secrets"  # one folder per component, read-only in its container at /air/secrets
 STATE_MOUNT = "/air/state"
 SECRETS_MOUNT = "/air/secrets"
 DATA_DIR = "/var/lib/air"         # per component, kept across releases; read-write at /air/data
@@ -51,6 +53,11 @@ def unit_name(component_name: str) -> str:
 
 def container_name(component_name: str) -> str:
     return f"air-{component_name}"
+
+
+def secrets_dir(component_name: str) -> str:
+    """A component's own secrets on the machine: its container mounts this folder alone."""
+    return f"{SECRETS_DIR}/{component_name}"
 
 
 def url(address: str, port: int, scheme: str = "http") -> str:
@@ -109,19 +116,26 @@ def component_unit(cluster, component, version: str, machine: str, reference: st
     container = container_name(component.name)
     stop = cluster.timeouts.stop
     signal = component.stop_signal
+    data = f"{DATA_DIR}/{component.name}"
     run = command(
         DOCKER, "run", "--rm", "--name", container, "--network", "host",
         *(("--stop-signal", signal) if signal != DEFAULT_STOP_SIGNAL else ()),
+        *(("--user", component.user) if component.user else ()),
         "--label", f"{VERSION_LABEL}={version}",
         "-e", f"AIR_COMPONENT={component.name}",
         "-e", f"AIR_VERSION={version}",
         "-e", f"AIR_MACHINE={machine}",
         "-e", f"AIR_PORT={component.port}",
+        "-e", f"AIR_ETCD={ETCD_LOCAL_CLIENT_URL}",
+        "-e", f"AIR_ETCD_PREFIX={app_prefix(cluster)}",
         "-v", f"{STATE_DIR}:{STATE_MOUNT}:ro",
-        "-v", f"{SECRETS_DIR}:{SECRETS_MOUNT}:ro",
-        "-v", f"{DATA_DIR}/{component.name}:{DATA_MOUNT}",
+        *(("-v", f"{secrets_dir(component.name)}:{SECRETS_MOUNT}:ro") if component.secrets else ()),
+        "-v", f"{data}:{DATA_MOUNT}",
         reference or cluster.image_ref(component.name, version),
     )
+    # A component running as another user owns its data folder (docker would make it root's).
+    owner = f"ExecStartPre={command('/usr/bin/install', '-d', '-o', component.user, '-m', '0700', data)}\n" \
+        if component.user else ""
     stops, stop_timeout = stop_lines(component, stop)
     stop_block = "\n".join(stops)
     return f"""\
@@ -132,7 +146,7 @@ Requires=docker.service
 
 [Service]
 ExecStartPre=-{command(DOCKER, "rm", "-f", container)}
-ExecStart={run}
+{owner}ExecStart={run}
 {stop_block}
 TimeoutStopSec={stop_timeout}
 Restart=on-failure
@@ -181,5 +195,6 @@ def etcd_dropin(cluster, machine: str, members, state: str) -> str:
         "ETCD_PEER_TRUSTED_CA_FILE": ETCD_PEER_CA,
         "ETCD_PEER_CLIENT_CERT_AUTH": "true",
         "ETCD_DATA_DIR": ETCD_DATA_DIR,
+        **({"ETCD_ENABLE_V2": "true"} if getattr(cluster, "etcd_v2", False) else {}),
     }
     return "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in environment.items())

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -37,6 +37,9 @@ BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 STAGE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,62}$")
 # What a build argument's value may name in braces; build.py gives the values.
 BUILD_ARG_VALUES = ("version", "commit", "branch", "cluster", "component")
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+SETTING_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+MAX_UID = 2 ** 31 - 1
 
 
 # ---------------------------------------------------------------- the schema
@@ -82,6 +85,11 @@ KINDS = {
     "http_status": "an HTTP status code (100 to 599)",
     "check": "`http` (the health path must answer) or `tcp` (the port must accept a connection)",
     "signal": "a signal name such as SIGTERM, SIGQUIT, SIGINT",
+    "secret_names": "a list of distinct file names of the secrets folder (letters, digits, . _ -)",
+    "uid": "a numeric user id (0 to 2147483647)",
+    "flag": "true or false",
+    "settings": "a mapping of keys (words of letters, digits, . _ - joined by /) to a text or number, "
+                "or to `{secret: NAME}`: the content of file NAME of the secrets folder",
 }
 
 HEALTH_CHECKS = ("http", "tcp")
@@ -150,6 +158,12 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                              "(nginx: SIGQUIT); after `timeouts.stop` seconds it is killed.", "SIGTERM"),
         "stop_command": Field("text", "Command run in the container (through `sh -c`) to stop it politely, "
                               "before the stop signal is sent.", required=False),
+        "secrets": Field("secret_names", "Files of the secrets folder this component gets: on every machine "
+                         "they are kept in a folder of its own, readable by its `user` only, and that folder "
+                         "alone is mounted read-only at /air/secrets in its container (none: no secrets).",
+                         required=False),
+        "user": Field("uid", "User id the component's container runs as (`docker run --user` unless 0); "
+                      "its secrets and its data folder belong to it.", 0),
         "source": Field("repo_path", "Build context: the folder of the component's checkout sent to the build "
                         "(`.` for the checkout's root); default components/<name>.", required=False),
         "dockerfile": Field("repo_path", "Dockerfile, as a path in the checkout inside the build context; "
@@ -181,8 +195,15 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
             "protocol": Field("proxy_protocol", "Version the balancer sends.", "v2"),
         }, required=False),
     }, many=True),
-    "secrets": Field("local_path", "Folder of secret files, installed on every machine with mode 0600 "
-                     "and mounted read-only into the containers."),
+    "secrets": Field("local_path", "Folder of secret files; each component gets those its `secrets` "
+                     "names (`fab secrets.apply` pushes changed ones and restarts the components using them)."),
+    "settings": Field("settings", "The application's settings, written to the cluster's etcd under "
+                      "/air/<cluster>/app/settings/<key> by setup-cluster, add-machine, every deploy and "
+                      "`fab settings.apply`: only changed keys are written, keys no longer listed are removed. "
+                      "A secret's value is never printed.", required=False),
+    "etcd_v2": Field("flag", "Serve etcd's v2 API on the members too (for applications that read "
+                     "/v2/keys/...) and write the settings and the maintenance key there as well. Takes effect "
+                     "on a member when etcd starts (setup-cluster, add-machine).", False),
     "cloud_config": Field("remote_path", "Where every machine reads its cloud config. Default: found per "
                           "machine, Flatcar's /var/lib/flatcar-install/user_data where it exists, else CoreOS's "
                           "/var/lib/coreos-install/user_data. The administrator's base is kept beside it "
@@ -304,10 +325,20 @@ class Component:
     check: str = "http"
     stop_signal: str = "SIGTERM"
     stop_command: Optional[str] = None
+    secrets: tuple = ()                # file names of the secrets folder it gets
+    user: int = 0                      # uid it runs as; owns its secrets
 
     def __post_init__(self):
         if not self.dockerfile:
             object.__setattr__(self, "dockerfile", in_folder(self.source, "Dockerfile"))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of the application's settings: its text, or the secret file whose content it is."""
+    key: str                       # relative to the application's settings prefix (tasks.state)
+    value: Optional[str] = field(default=None, repr=False)
+    secret: Optional[str] = None   # a file name of the secrets folder
 
 
 @dataclass(frozen=True)
@@ -363,6 +394,8 @@ class Cluster:
     admin: Optional[Admin]
     timeouts: Timeouts
     additions: Optional[Additions] = None
+    settings: tuple = ()               # Setting, in file order
+    etcd_v2: bool = False
 
     def image(self, component: str) -> str:
         """Repository of a component's image, without registry or tag."""
@@ -471,6 +504,21 @@ WORDS = {
 
 
 def _check(kind, value, where, file, base_dir, cluster):
+    if kind == "flag":
+        if not isinstance(value, bool):
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "uid":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UID:
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "secret_names":
+        if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) \
+                or not all(isinstance(v, str) and SECRET_NAME.match(v) for v in value):
+            _fail(file, where, KINDS[kind], value)
+        return tuple(value)
+    if kind == "settings":
+        return _settings(value, where, file)
     if kind == "http_status":
         if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
             _fail(file, where, KINDS[kind], value)
@@ -539,6 +587,28 @@ def _check(kind, value, where, file, base_dir, cluster):
             _fail(file, where, KINDS[kind], value)
         return value.strip("/")
     raise AssertionError(kind)
+
+
+def _settings(value, where, file) -> tuple:
+    """``settings``: key -> text, number or {secret: NAME}, as Setting entries in file order."""
+    if not isinstance(value, dict) or not value:
+        _fail(file, where, KINDS["settings"], value)
+    entries = []
+    for key, text in value.items():
+        at = f"{where}.{key}"
+        if not isinstance(key, str) or not SETTING_KEY.match(key):
+            _fail(file, at, "a key: words of letters, digits, . _ - joined by /", key)
+        if isinstance(text, dict):
+            if set(text) != {"secret"} or not isinstance(text["secret"], str) or not SECRET_NAME.match(text["secret"]):
+                _fail(file, at, "{secret: NAME}, NAME a file of the secrets folder", text)
+            entries.append(Setting(key, secret=text["secret"]))
+        elif isinstance(text, bool):
+            entries.append(Setting(key, "true" if text else "false"))
+        elif isinstance(text, (str, int, float)):
+            entries.append(Setting(key, str(text)))
+        else:
+            _fail(file, at, "a text, a number or {secret: NAME}", text)
+    return tuple(entries)
 
 
 def _validate(section: Section, data, where, file, base_dir, cluster) -> dict:
@@ -637,6 +707,7 @@ def load(name: str, directory: Path = None) -> Cluster:
     if values["balancer"]["component"] not in names:
         _fail(shown, "balancer.component", f"one of the components ({', '.join(names)})",
               values["balancer"]["component"])
+    _check_secret_names(values, shown)
     return Cluster(
         name=name, file=file, namespace=values["namespace"],
         ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),
@@ -649,7 +720,18 @@ def load(name: str, directory: Path = None) -> Cluster:
         admin=Admin(**values["admin"]) if values["admin"] else None,
         timeouts=Timeouts(**values["timeouts"]),
         additions=_additions(values["additions"]),
+        settings=values["settings"] or (), etcd_v2=values["etcd_v2"],
     )
+
+
+def _check_secret_names(values: dict, shown: str) -> None:
+    """Every secret a component or a setting names is a file of the secrets folder."""
+    folder = values["secrets"]
+    named = [(f"components[{i}].secrets", n) for i, c in enumerate(values["components"]) for n in c["secrets"] or ()]
+    named += [(f"settings.{s.key}", s.secret) for s in values["settings"] or () if s.secret]
+    for where, name in named:
+        if not (folder / name).is_file():
+            raise ConfigError(f"{shown}: {where}: {name!r} is not a file of the secrets folder {folder}")
 
 
 def _additions(values) -> Optional[Additions]:
@@ -662,6 +744,7 @@ def _additions(values) -> Optional[Additions]:
 def _component(values: dict, where: str, build: dict) -> Component:
     """A component's entry, its defaults filled in and its build paths checked against each other."""
     values = {**values, "source": values["source"] or f"components/{values['name']}", "args": values["args"] or (),
+              "secrets": values["secrets"] or (),
               "proxy": Proxy(**values["proxy"]) if values["proxy"] else None}
     if values["branch"] and not values["repository"]:
         raise ConfigError(f"{where}.branch: only a component with its own repository has its own branch")

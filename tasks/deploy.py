@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import machine, state, upgrade
+from . import machine, settings, state, upgrade
 from .build import build_all, parse_branches
 from .cli import air_task, build_host, cluster_of, report
 from .cluster import check_address
@@ -27,6 +27,7 @@ from .push import print_report, push_all
 from .release import Release
 from .remote import say
 from .session import session
+from .settings import apply as apply_settings
 
 
 def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
@@ -56,6 +57,9 @@ def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
     if canary is not None:
         if dry:
             print_report(release, steps, False)
+            print_settings_plan(s)
+        else:
+            apply_settings(s, "deploy")
         deploy_canary(s, release, current, canary, dry, **meta)
         return release
     continuing = candidate is not None and candidate.id == release.id
@@ -65,8 +69,10 @@ def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
                               canary={m: candidate.id for m in candidate_record["machines"]} if candidate else None)
     if dry:
         print_report(release, steps, False)
+        print_settings_plan(s)
         upgrade.print_plan(rollout)
         return release
+    apply_settings(s, "deploy")
     if current is not None and current.id == release.id and rollout.nothing_to_do:
         if candidate is not None:
             state.clear_candidate(s.etcd, cluster)
@@ -86,6 +92,14 @@ def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
     clean_up(s, release)
     return release
+
+
+def print_settings_plan(s) -> None:
+    """What the deploy would change in the settings (``--plan``); secrets masked."""
+    changes, have = settings.plan(s)
+    prefix = state.settings_prefix(s.cluster)
+    for line in settings.describe(changes, have, settings.secret_keys(s.cluster), prefix) or ["unchanged"]:
+        print(f"settings: {line}")
 
 
 def deploy_canary(s, release: Release, current: Release, address: str, dry: bool = False, **meta) -> None:

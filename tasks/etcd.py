@@ -24,6 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
+from urllib.parse import quote as urlquote
 
 import paramiko
 import requests
@@ -187,6 +188,60 @@ class Etcd:
         self._write(f"delete {prefix}*",
                     {"request_delete_range": {"key": _b64(_bytes(prefix)), "range_end": _b64(_prefix_end(prefix))}},
                     lambda: self._client.delete(_bytes(prefix), range_end=_prefix_end(prefix)))  # type: ignore[arg-type]
+
+    def write_many(self, puts: dict, deletes=()) -> None:
+        """``puts`` (key -> value) and ``deletes`` (keys) in one transaction: all apply or none
+        (fenced, like every write, on a fenced client)."""
+        requests_ = [{"request_put": {"key": _b64(_bytes(k)), "value": _b64(_bytes(v))}} for k, v in puts.items()]
+        requests_ += [{"request_delete_range": {"key": _b64(_bytes(k))}} for k in deletes]
+        if not requests_:
+            return
+        what = f"write {len(puts)} and delete {len(deletes)} key(s)"
+        txn = {"compare": [], "success": requests_, "failure": []}
+        if self.fence is not None:
+            key, revision = self.fence
+            txn = {**fenced_txn(key, revision, requests_[0]), "success": requests_}
+        result = self._call(what, self._client.transaction, txn)
+        if self.fence is not None and not result.get("succeeded"):
+            raise LostLock(f"{self.fence[0]} is no longer ours: {what} was not written")
+
+    # etcd's v2 API, for applications that read /v2/keys/... (members started with ETCD_ENABLE_V2).
+    # Its keys are a store of their own: nothing written through v3 shows there. Not fenced (v2
+    # has no transactions across stores): callers confirm their lock before writing.
+
+    def _v2(self, what: str, method: str, key: str, **kwargs) -> dict:
+        url = f"{self._client.base_url}/v2/keys{urlquote(key)}"
+
+        def call():
+            answer = self._client.session.request(method, url, timeout=self.timeout, **kwargs)
+            if answer.status_code == 404 and '"errorCode":100' in answer.text.replace(" ", ""):
+                return {}  # key not found
+            if answer.status_code == 404:
+                raise gw_errors.Etcd3Exception("etcd's v2 API is not served (is etcd_v2 set and etcd restarted?)",
+                                               "Not Found")
+            if answer.status_code >= 400:
+                raise gw_errors.Etcd3Exception(answer.text, answer.reason)
+            return answer.json()
+        return self._call(what, call)
+
+    def v2_put(self, key: str, value: str) -> None:
+        self._v2(f"put {key} (v2)", "PUT", key, data={"value": value})
+
+    def v2_delete(self, key: str) -> None:
+        self._v2(f"delete {key} (v2)", "DELETE", key)
+
+    def v2_get_prefix(self, prefix: str) -> dict:
+        """key -> value of every key under the v2 directory ``prefix``."""
+        found = self._v2(f"get {prefix}* (v2)", "GET", prefix.rstrip("/"), params={"recursive": "true"})
+        items: dict = {}
+        stack = [found.get("node", {})]
+        while stack:
+            node = stack.pop()
+            if node.get("dir"):
+                stack += node.get("nodes", [])
+            elif "key" in node and node["key"].startswith(prefix):
+                items[node["key"]] = node.get("value", "")
+        return items
 
     def _write(self, what: str, request: dict, unfenced) -> None:
         """One write: as it is, or, on a fenced client, a transaction that applies it only while

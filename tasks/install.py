@@ -24,6 +24,7 @@ from .cluster import check_address, check_addresses
 from .errors import AirError, ConfigError, Halt, PreflightError, RemoteError
 from .remote import q, say
 from .session import session
+from .settings import apply as apply_settings
 
 
 def preflight(ex, machines, release) -> dict:
@@ -128,6 +129,7 @@ def setup(s, machines) -> object:
                           if not undone else f"not every machine could be wiped back{undone}")) from None
     record = state.write_release(s.etcd, cluster, release, outcome="installed")
     state.add_history(s.etcd, cluster, record)
+    apply_settings(s, "setup-cluster")
     finish(s, machines, release)
     say(f"setup-cluster: {cluster.name} is up on {len(machines)} machines in {time.monotonic() - started:.1f} s")
     return release
@@ -162,6 +164,7 @@ def resume(s, via) -> object:
         record = state.write_release(s.etcd, s.cluster, release, outcome="installed")
         state.add_history(s.etcd, s.cluster, record)
         say(f"setup-cluster: recorded release {release.id}")
+    apply_settings(s, "setup-cluster")
     finish(s, machines, release)
     say(f"setup-cluster: {s.cluster.name} is up on {', '.join(machines)} with release {release.id}")
     return release

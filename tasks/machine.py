@@ -11,8 +11,10 @@ the same document.
 from __future__ import annotations
 
 import cloudconfig
+import hashlib
+
 from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_MIGRATION_DROPIN, ETCD_PEER_DIR, ETCD_UNIT,
-                               SECRETS_DIR, STATE_DIR, UNIT_DIR, unit_name)
+                               SECRETS_DIR, STATE_DIR, UNIT_DIR, secrets_dir, unit_name)
 
 from . import remote
 from .errors import HealthError, PreflightError, RemoteError
@@ -309,11 +311,60 @@ def facts(ex, address) -> dict:
     return parse_facts(ex.read(address, facts_command(ex.cluster), what="read machine facts").stdout)
 
 
+SECRET_MODE = 0o400  # read by its owner only: the component's user
+
+
+def component_secret_files(cluster) -> list:
+    """``(path, content, 0400)`` for each secret file each component gets, in its own folder."""
+    return [(f"{secrets_dir(c.name)}/{name}", (cluster.secrets / name).read_bytes(), SECRET_MODE)
+            for c in cluster.components for name in c.secrets]
+
+
 def secret_files(cluster) -> list:
-    """``(path, content, 0600)`` for every file of the cluster's secrets folder."""
-    folder = cluster.secrets
-    return [(f"{SECRETS_DIR}/{path.name}", path.read_bytes(), 0o600)
-            for path in (sorted(folder.iterdir()) if folder.is_dir() else []) if path.is_file()]
+    """Every secret file a machine gets, set after set: the components' own (another set, such as
+    etcd's certificates, joins here and is then installed, compared and pushed with them)."""
+    return component_secret_files(cluster)
+
+
+def own_secrets_command(cluster) -> str:
+    """Each component's secrets folder and files belong to its user (0700, files 0400), so no other
+    uid reads them, even in a container that mounted them by mistake."""
+    owned = [f"chown -R {int(c.user)} {q(secrets_dir(c.name))} && chmod 0700 {q(secrets_dir(c.name))}"
+             for c in cluster.components if c.secrets]
+    return " && ".join([f"mkdir -p {q(SECRETS_DIR)}", f"chmod 0700 {q(SECRETS_DIR)}"] + owned)
+
+
+def secrets_facts_command() -> str:
+    """Prints ``<sha256>  <path>`` for every file under the secrets folder (digests, never contents)."""
+    return f"if [ -d {q(SECRETS_DIR)} ]; then find {q(SECRETS_DIR)} -type f -exec sha256sum {{}} +; fi"
+
+
+def parse_secrets_facts(text: str) -> dict:
+    """path -> sha256 digest, from ``secrets_facts_command``'s output. Pure."""
+    found = {}
+    for line in text.splitlines():
+        digest, _, path = line.strip().partition("  ")
+        if digest and path:
+            found[path] = digest
+    return found
+
+
+def digests(files) -> dict:
+    """path -> sha256 digest of ``(path, content, mode)`` files. Pure."""
+    return {path: hashlib.sha256(content if isinstance(content, bytes) else content.encode()).hexdigest()
+            for path, content, _ in files}
+
+
+def secret_changes(wanted: dict, found: dict) -> tuple:
+    """(paths to write, paths to remove) making a machine's secrets folder hold ``wanted`` (path ->
+    digest) given ``found`` there. Pure."""
+    return (sorted(p for p, d in wanted.items() if found.get(p) != d),
+            sorted(p for p in found if p not in wanted))
+
+
+def components_using(cluster, paths) -> list:
+    """The components whose secrets folder holds one of ``paths``, in the cluster's order. Pure."""
+    return [c.name for c in cluster.components if any(p.startswith(secrets_dir(c.name) + "/") for p in paths)]
 
 
 def wipe(ex, address, user_data: str) -> None:
@@ -359,6 +410,7 @@ def install(ex, address, doc: dict, release, user_data: str) -> None:
     staged = ex.stage_files(address, secret_files(cluster) + document_files(doc, user_data))
     ex.run(address, f"{pause_os_updates_command()} && {keep_base_command(user_data)} && "
                     f"mkdir -p {q(SECRETS_DIR)} && chmod 0700 {q(SECRETS_DIR)} && {staged.swap} && "
+                    f"{own_secrets_command(cluster)} && "
                     f"{pull_command(cluster, release)}", what=f"install release {release.id}",
            deadline=cluster.timeouts.pull)
 

@@ -26,6 +26,7 @@ from .cli import air_task, cluster_of, report
 from .cluster import check_address
 from .errors import AirError, ConfigError, Interrupted, LostLock, PreflightError, RemoteError
 from .install import install_machine, plan_machine
+from .settings import apply as apply_settings
 from .remote import say
 from .session import session
 
@@ -87,6 +88,7 @@ def add(s, via: str, new: str) -> None:
         raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
     plan = plan_machine(ex, new, facts["user_data"], addresses, release, "existing")
     etcd_peers.ensure(cluster, [new])  # its peer certificate: local files only, before any change
+    apply_settings(s, "add-machine")
     say(f"add-machine: installing release {release.id} on {new}")
     added = None
     try:

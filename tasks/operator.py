@@ -31,7 +31,7 @@ import cloudconfig
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, container_name, unit_name
 from invoke.exceptions import Exit
 
-from . import balancer, machine, state
+from . import balancer, machine, maintenance, state
 from .cli import air_task, cluster_of
 from .cluster import check_address
 from .errors import AirError, ConfigError, RemoteError
@@ -273,6 +273,7 @@ def render_status(view: dict) -> list:
                  f"`fab deploy` continues, `fab rollback` puts it back)" if candidate else "candidate: none")
     lock = view["lock"]
     lines.append("lock:      " + ("free" if not lock else " ".join(f"{k}={v}" for k, v in lock.items())))
+    lines.append(maintenance.status_line(view.get("maintenance")))
     etcd = view["etcd"]
     etcd_line = "DOES NOT ANSWER: " + etcd["error"] if etcd.get("error") else "leader " + (etcd["leader"] or "?")
     lines.append(f"etcd:      {etcd_line}")
@@ -300,7 +301,8 @@ def read_status(s, via: str = None) -> dict:
         _, candidate = state.read_candidate(client, cluster)
         return {"members": members, "via": s.via,
                 "leader": next((m["address"] for m in members if m["id"] == leader_id), None),
-                "record": record, "candidate": candidate, "lock": client.holder(state.lock_key(cluster))}
+                "record": record, "candidate": candidate, "lock": client.holder(state.lock_key(cluster)),
+                "maintenance": maintenance.read(client, cluster)}
 
     def read_machine(address):
         why = ex.reachable(address)
@@ -326,7 +328,8 @@ def read_status(s, via: str = None) -> dict:
         (etcd, etcd_error), (listed, balancer_error) = etcd_f.result(), routers_f.result()
         found = {a: f.result() for a, f in machine_fs.items()}
         haproxy, haproxy_error = haproxy_f.result()
-    etcd = etcd or {"members": [], "via": None, "leader": None, "record": None, "candidate": None, "lock": None}
+    etcd = etcd or {"members": [], "via": None, "leader": None, "record": None, "candidate": None, "lock": None,
+                    "maintenance": None}
     extra = [m["address"] for m in etcd["members"] if m["address"] not in found]
     found.update(zip(extra, ex.parallel(read_machine, extra)) if extra else ())
     machines = []
@@ -343,6 +346,7 @@ def read_status(s, via: str = None) -> dict:
     view = {"cluster": cluster.name, "file_machines": list(cluster.machines),
             "components": list(cluster.component_names),
             "release": etcd["record"], "candidate": etcd["candidate"], "lock": etcd["lock"],
+            "maintenance": etcd["maintenance"],
             "etcd": {"members": etcd["members"], "leader": etcd["leader"], "via": etcd["via"], "error": etcd_error},
             "balancer": {"host": cluster.balancer.host, "listed": listed or [], "error": balancer_error,
                          "component": cluster.front.name, "states_error": haproxy_error},

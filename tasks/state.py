@@ -4,8 +4,13 @@ The cluster is its own record: the current release (component -> version
 and digest, with branch, commit, who and when), the history of releases with
 their outcome, the candidate release of a canary deploy (with the machines
 it runs on) and the deploy lock all live under
-``/air/<cluster>/``. This module is the one home of those keys and of the
-shape of their values; ``tasks.etcd`` carries them.
+``/air/<cluster>/``. The application's own keys live under
+``/air/<cluster>/app/`` (``app_prefix``): its settings
+(``settings/<key>``, written from the cluster file) and the maintenance
+switch (``maintenance``: present, holding the message, while the cluster is
+in maintenance). Containers are told that prefix (``AIR_ETCD_PREFIX``). This
+module is the one home of those keys and of the shape of their values;
+``tasks.etcd`` carries them.
 """
 from __future__ import annotations
 
@@ -41,6 +46,25 @@ def candidate_key(cluster) -> str:
 
 def lock_key(cluster) -> str:
     return prefix(cluster) + "lock"
+
+
+def app_prefix(cluster) -> str:
+    """The application's own keys: what it reads (settings, maintenance); told to every container."""
+    return prefix(cluster) + "app/"
+
+
+def settings_prefix(cluster) -> str:
+    """Where the cluster file's ``settings`` go; settings.apply removes keys below it only."""
+    return app_prefix(cluster) + "settings/"
+
+
+def setting_key(cluster, key: str) -> str:
+    return settings_prefix(cluster) + key
+
+
+def maintenance_key(cluster) -> str:
+    """Present while the cluster is in maintenance; its value is the message the routers show."""
+    return app_prefix(cluster) + "maintenance"
 
 
 def now() -> str:

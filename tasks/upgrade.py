@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import cloudconfig
@@ -68,21 +68,40 @@ class Step:
     remove: tuple = ()    # components whose units are stopped, disabled and removed (UPGRADE)
 
 
-def plan(cluster, release: Release, facts: dict, listed) -> list:
+@dataclass(frozen=True)
+class Extra:
+    """What a rollout does on one machine besides bringing it to its release (secrets.apply):
+    ``restart`` these components too, stage ``files`` with the release's, run ``before`` ahead of
+    swapping them in and ``after`` right after (both while its components are stopped), and
+    ``undo`` when the machine is put back after a failure."""
+    restart: tuple = ()
+    files: tuple = field(default=(), repr=False)  # (path, content, mode): may be secrets
+    before: str = ""
+    after: str = ""
+    undo: str = ""
+
+
+def plan(cluster, release: Release, facts: dict, listed, extras: dict = None) -> list:
     """The steps bringing the machines of ``facts`` (address -> ``machine.release_facts``) to
     ``release``, in address order; a machine already serving it has none. A machine runs the
     components both the cluster file and the release have: one new there is installed, one
-    installed but no longer there is removed. Pure."""
+    installed but no longer there is removed. ``extras``: address -> Extra, whose components
+    restart as well (a step of their own when the release needs none). Pure."""
     steps = []
+    extras = extras or {}
     for address in sorted(facts):
         fact = facts[address]
         wanted = machine.units_of(cluster, machine.running_components(cluster, release))
         units = {u: state for u, state in fact["units"].items() if u in wanted}
         remove = tuple(machine.to_remove(fact["components"], release, cluster))
         action = UPGRADE if remove else machine_action(fact["release"], units, address in listed, release.id)
-        if action == UPGRADE:
-            steps.append(Step(address, UPGRADE,
-                              tuple(machine.to_restart(fact["components"], fact["units"], release, cluster)), remove))
+        running = set(machine.running_components(cluster, release))
+        more = {c for c in (extras[address].restart if address in extras else ()) if c in running}
+        if action == UPGRADE or more:
+            restart = set(machine.to_restart(fact["components"], fact["units"], release, cluster)) \
+                if action == UPGRADE else set()
+            steps.append(Step(address, UPGRADE, tuple(c.name for c in cluster.components if c.name in restart | more),
+                              remove))
         elif action == READD:
             steps.append(Step(address, READD))
     return steps
@@ -146,15 +165,18 @@ class Rollout:
     machine -> candidate release id, machines a canary deploy put on it (not drift).
     """
 
-    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1, canary: dict = None):
+    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1, canary: dict = None,
+                 extras: dict = None):
         self.s, self.ex, self.cluster = s, s.ex, s.cluster
         self.release, self.previous = release, previous
+        self.extras: dict = extras or {}  # address -> Extra
         self.members = sorted(member_machines(s.etcd))
         self.machines = sorted(only or self.members)
         self.batch = batch_limit(len(self.members), batch)
         self.routers = balancer.Routers(self.ex)
         self.down, self.facts = self._read()
-        self.steps = plan(self.cluster, release, self.facts, self.routers.listed()) if not self.down else []
+        self.steps = plan(self.cluster, release, self.facts, self.routers.listed(), self.extras) \
+            if not self.down else []
         self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous, canary) \
             if not self.down and only is None else None
         self._bases: dict = {}
@@ -279,8 +301,8 @@ class Rollout:
         once and one command each (serving is not disturbed); returns address -> ``remote.Staged``."""
         def one(step):
             return self.ex.stage_files(
-                step.machine, machine.document_files(self._document(step.machine, self.release),
-                                                     self._user_data(step.machine)),
+                step.machine, list(self._extra(step.machine).files) +
+                machine.document_files(self._document(step.machine, self.release), self._user_data(step.machine)),
                 before=machine.pull_command(self.cluster, self.release, step.restart),
                 after=machine.pause_os_updates_command(), deadline=self.cluster.timeouts.pull,
                 what=f"pull release {self.release.id}, stage its files, pause OS updates")
@@ -289,6 +311,9 @@ class Rollout:
 
     def _user_data(self, address) -> str:
         return self.facts[address]["user_data"]
+
+    def _extra(self, address) -> Extra:
+        return self.extras.get(address) or Extra()
 
     def _document(self, address, release) -> dict:
         """The machine's final cloud config at ``release``: its administrator's base (read with
@@ -306,8 +331,10 @@ class Rollout:
         started = time.monotonic()
         try:
             if step.action == UPGRADE:
+                extra = self._extra(step.machine)
+                swap = staged._replace(swap=" && ".join(filter(None, [extra.before, staged.swap, extra.after])))
                 removed = f", remove {', '.join(step.remove)}" if step.remove else ""
-                machine.upgrade(self.ex, step.machine, step.restart, staged,
+                machine.upgrade(self.ex, step.machine, step.restart, swap,
                                 f"restart {', '.join(step.restart) or 'nothing'}{removed} on release {self.release.id}",
                                 step.remove, machine.running_components(self.cluster, self.release))
                 if self.ex.interrupted.is_set():
@@ -335,6 +362,8 @@ class Rollout:
                       - set(back))
         try:
             machine.stop(self.ex, address, [*back, *gone])
+            if self._extra(address).undo:
+                self.ex.run(address, self._extra(address).undo, what="put the previous files back")
             machine.apply_document(self.ex, address, self._document(address, self.previous), self._user_data(address))
             self.ex.run(address, f"{machine.remove_command(gone)} && {machine.start_command(self.cluster, back)}",
                         what=f"start the units of release {self.previous.id}")

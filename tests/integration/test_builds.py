@@ -54,7 +54,7 @@ def test_an_unchanged_build_keeps_every_image_and_pushes_nothing(session, built,
     report, log, _ = build_push(session, name)
     # The prepare command ran again and air_backend's two stages were built again, from the cache.
     assert "  air_backend: generated/manifest: " in log
-    assert "air_backend: Step 5/5 : COPY --from=builder /release/ /app/" in log
+    assert "air_backend: Step 5/6 : COPY --from=builder /release/ /app/" in log
     assert images(report) == images(first)
     assert changed(report) == set()
     assert snapshot(session, registry) == before

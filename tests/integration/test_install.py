@@ -142,15 +142,18 @@ def test_the_cloud_config_is_private_and_names_every_unit(setup_run, local):
         assert all(u["enable"] and u["command"] == "start" for u in doc["coreos"]["units"])
 
 
-def test_secrets_are_installed_private_and_never_printed(setup_run, local):
+def test_secrets_are_installed_per_component_private_and_never_printed(setup_run, local):
     local_secrets = {p.name: p.read_text() for p in sorted(local.secrets.iterdir()) if p.is_file()}
     assert local_secrets
+    wanted = sorted(f"{c.user} 400 {c.name}/{name}" for c in local.components for name in c.secrets)
+    assert len(wanted) == 4  # router: its certificate and key; air_backend: two of its own
     for address in local.machines:
         assert on(local, address, "stat -c %a /etc/air/secrets").stdout.strip() == "700"
-        listing = on(local, address, "cd /etc/air/secrets && stat -c '%a %n' *").stdout.split("\n")
-        assert sorted(filter(None, listing)) == sorted(f"600 {name}" for name in local_secrets)
-        for name, content in local_secrets.items():
-            assert on(local, address, f"cat /etc/air/secrets/{name}").stdout == content
+        listing = on(local, address, "cd /etc/air/secrets && stat -c '%u %a %n' */*").stdout.split("\n")
+        assert sorted(filter(None, listing)) == wanted
+        for c in local.components:
+            for name in c.secrets:
+                assert on(local, address, f"cat /etc/air/secrets/{c.name}/{name}").stdout == local_secrets[name]
     for content in local_secrets.values():
         assert content.strip() not in setup_run.proc.stdout + setup_run.proc.stderr
 

@@ -127,6 +127,7 @@ class FakeEtcd:
 
     def __init__(self, members=()):
         self.data: dict = {}
+        self.v2: dict = {}
         self._members = [SimpleNamespace(id=str(i + 1), name=f"m{i + 1}", peer_urls=(f"http://{m}:2380",),
                                          client_urls=(), learner=False, started=True)
                          for i, m in enumerate(members)]
@@ -145,6 +146,22 @@ class FakeEtcd:
 
     def members(self):
         return list(self._members)
+
+    def write_many(self, puts, deletes=()):
+        self.writes = getattr(self, "writes", 0) + 1
+        self.data.update(puts)
+        for key in deletes:
+            self.data.pop(key, None)
+
+    # etcd's v2 store: a store of its own
+    def v2_put(self, key, value):
+        self.v2[key] = value
+
+    def v2_delete(self, key):
+        self.v2.pop(key, None)
+
+    def v2_get_prefix(self, prefix):
+        return {k: v for k, v in self.v2.items() if k.startswith(prefix)}
 
 
 @contextmanager

@@ -106,7 +106,8 @@ coreos:
       ExecStartPre=-/usr/bin/docker rm -f air-web
       ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=1.2.3 \
 -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
--v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/web:/air/data \
+-e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
+-v /etc/air/state:/air/state:ro -v /var/lib/air/web:/air/data \
 registry.example.org:5000/aircloak/prod_web@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee
       ExecStop=/usr/bin/docker stop --time 20 air-web
       TimeoutStopSec=35
@@ -128,7 +129,8 @@ registry.example.org:5000/aircloak/prod_web@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeee
       ExecStartPre=-/usr/bin/docker rm -f air-worker
       ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=1.3.0 \
 -e AIR_COMPONENT=worker -e AIR_VERSION=1.3.0 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=9090 \
--v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/worker:/air/data \
+-e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
+-v /etc/air/state:/air/state:ro -v /var/lib/air/worker:/air/data \
 registry.example.org:5000/aircloak/prod_worker:1.3.0
       ExecStop=/usr/bin/docker stop --time 20 air-worker
       TimeoutStopSec=35

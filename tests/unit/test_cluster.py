@@ -273,7 +273,7 @@ def test_unknown_field(tmp_path, field, expected):
 def test_unknown_field_of_a_component(tmp_path):
     message = error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80, "helth": "/h"}]))
     assert (": components[0].helth: unknown field (expected one of: name, port, health, health_status, "
-            "health_body, check, stop_signal, stop_command, source, dockerfile, ignore, args, target, prepare, "
+            "health_body, check, stop_signal, stop_command, secrets, user, source, dockerfile, ignore, args, target, prepare, "
             "prepare_timeout, repository, branch, https_port, proxy)") in message
 
 
@@ -485,3 +485,61 @@ def test_the_sandboxs_static_website_is_its_second_repository():
     local = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
     website = next(c for c in local["components"] if c["name"] == sandbox.WEBSITE)
     assert (website["repository"], website["branch"]) == (sandbox.WEBSITE_REPOSITORY, sandbox.WEBSITE_BRANCH)
+
+
+# ---------------------------------------------------------------- settings and secrets per component
+
+def _with_secrets(tmp_path, *names):
+    folder = tmp_path / "secrets"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_text("s3cret\n")
+
+
+def test_settings_secrets_per_component_and_v2_load(tmp_path):
+    _with_secrets(tmp_path, "db_password", "tls.key")
+    write(tmp_path, "stage", variant(
+        components=[{"name": "router", "port": 80, "secrets": ["tls.key"]},
+                    {"name": "air_backend", "port": 8082, "user": 1000, "secrets": ["db_password"]}],
+        settings={"site/name": "Air", "db/port": 5432, "db/ssl": False, "db/password": {"secret": "db_password"}},
+        etcd_v2=True))
+    loaded = cluster.load("stage", tmp_path)
+    assert [(c.name, c.secrets, c.user) for c in loaded.components] == [
+        ("router", ("tls.key",), 0), ("air_backend", ("db_password",), 1000)]
+    assert loaded.settings == (cluster.Setting("site/name", "Air"), cluster.Setting("db/port", "5432"),
+                               cluster.Setting("db/ssl", "false"), cluster.Setting("db/password", secret="db_password"))
+    assert loaded.etcd_v2 is True
+    assert "s3cret" not in repr(loaded)
+
+
+def test_no_settings_no_secrets_and_no_v2_by_default(tmp_path):
+    write(tmp_path, "stage", VALID)
+    loaded = cluster.load("stage", tmp_path)
+    assert loaded.settings == () and loaded.etcd_v2 is False
+    assert all(c.secrets == () and c.user == 0 for c in loaded.components)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("settings", {"a//b": "x"}, "settings.a//b: expected a key: words of letters, digits, . _ - joined by /"),
+    ("settings", {"/abs": "x"}, "settings./abs: expected a key"),
+    ("settings", {"a": ["x"]}, "settings.a: expected a text, a number or {secret: NAME}, got ['x']"),
+    ("settings", {"a": {"file": "x"}}, "settings.a: expected {secret: NAME}"),
+    ("settings", {"a": {"secret": "../etc/passwd"}}, "settings.a: expected {secret: NAME}"),
+    ("settings", {"a": {"secret": "nope"}}, "settings.a: 'nope' is not a file of the secrets folder"),
+    ("settings", "x", "settings: expected a mapping of keys"),
+    ("etcd_v2", "yes", "etcd_v2: expected true or false, got 'yes'"),
+    ("components", [{"name": "router", "port": 80, "secrets": ["nope"]}],
+     "components[0].secrets: 'nope' is not a file of the secrets folder"),
+    ("components", [{"name": "router", "port": 80, "secrets": ["a/b"]}],
+     "components[0].secrets: expected a list of distinct file names of the secrets folder"),
+    ("components", [{"name": "router", "port": 80, "secrets": ["db", "db"]}],
+     "components[0].secrets: expected a list of distinct file names"),
+    ("components", [{"name": "router", "port": 80, "user": -1}],
+     "components[0].user: expected a numeric user id (0 to 2147483647), got -1"),
+    ("components", [{"name": "router", "port": 80, "user": "www-data"}],
+     "components[0].user: expected a numeric user id"),
+])
+def test_bad_settings_secrets_and_users(tmp_path, field, value, expected):
+    _with_secrets(tmp_path, "db")
+    message = error_of(tmp_path, "stage", variant(**{field: value}))
+    assert f": {expected}" in message

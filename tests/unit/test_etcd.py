@@ -43,7 +43,7 @@ def etcd_server(tmp_path_factory):
          "--listen-client-urls", client, "--advertise-client-urls", client,
          "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
          "--initial-cluster", f"solo={peer}", "--initial-cluster-state", "new",
-         "--logger", "zap", "--log-level", "warn"],
+         "--logger", "zap", "--log-level", "warn", "--enable-v2"],
         stdout=log, stderr=subprocess.STDOUT)
     try:
         probe = Etcd("127.0.0.1", client_port, timeout=1)
@@ -186,6 +186,35 @@ def test_a_fenced_write_after_the_key_was_deleted_is_refused_and_writes_nothing(
         assert etcd.get(etcd.prefix + "release") is None
         with pytest.raises(LostLock, match="the key is gone"):
             lock.confirm()
+
+
+def test_write_many_puts_and_deletes_in_one_transaction_fenced_or_not(etcd):
+    p = etcd.prefix
+    etcd.put(p + "old", "x")
+    etcd.write_many({p + "a": "1", p + "b": "2"}, [p + "old"])
+    assert etcd.get_prefix(p) == {p + "a": "1", p + "b": "2"}
+    key = p + "lock"
+    with etcd.acquire(key, {"who": "alice"}, ttl=5) as lock:
+        client = fenced_client(etcd, lock)
+        client.write_many({p + "a": "3"}, [p + "b"])
+        assert etcd.get_prefix(p + "a") == {p + "a": "3"} and etcd.get(p + "b") is None
+        etcd.delete(key)
+        with pytest.raises(LostLock, match="is no longer ours: write 1 and delete 1 key"):
+            client.write_many({p + "a": "4"}, [p + "c"])
+    assert etcd.get(p + "a") == "3"
+
+
+def test_the_v2_store_is_a_store_of_its_own(etcd):
+    p = etcd.prefix
+    assert etcd.v2_get_prefix(p) == {}
+    etcd.v2_put(p + "site/name", "Air & more")
+    etcd.v2_put(p + "db/port", "5432")
+    assert etcd.v2_get_prefix(p) == {p + "site/name": "Air & more", p + "db/port": "5432"}
+    assert etcd.get(p + "site/name") is None  # nothing of v2 shows in v3
+    etcd.v2_delete(p + "site/name")
+    etcd.v2_delete(p + "never/there")  # already gone: fine
+    assert etcd.v2_get_prefix(p) == {p + "db/port": "5432"}
+    etcd.v2_delete(p + "db/port")
 
 
 def test_a_lock_taken_over_by_another_holder_fences_the_first(etcd):

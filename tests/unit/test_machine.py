@@ -351,6 +351,54 @@ def test_wipe_undoes_what_preflight_looks_at(cluster):
         assert path in wipe
 
 
+# ---------------------------------------------------------------- secrets per component
+
+def _secret_cluster(cluster):
+    from dataclasses import replace
+    cluster.secrets.mkdir(exist_ok=True)
+    (cluster.secrets / "db_password").write_text("pw-SECRET\n")
+    (cluster.secrets / "tls.key").write_text("key-SECRET\n")
+    (cluster.secrets / "unused").write_text("nobody gets it\n")
+    web = replace(cluster.component("web"), secrets=("tls.key",))
+    worker = replace(cluster.component("worker"), secrets=("db_password", "tls.key"), user=1000)
+    return replace(cluster, components=(web, worker))
+
+
+def test_each_component_gets_its_own_secrets_only_owner_readable(cluster):
+    c = _secret_cluster(cluster)
+    assert machine.secret_files(c) == [("/etc/air/secrets/web/tls.key", b"key-SECRET\n", 0o400),
+                                       ("/etc/air/secrets/worker/db_password", b"pw-SECRET\n", 0o400),
+                                       ("/etc/air/secrets/worker/tls.key", b"key-SECRET\n", 0o400)]
+
+
+def test_the_secrets_folders_belong_to_their_components_users(cluster):
+    assert machine.own_secrets_command(_secret_cluster(cluster)) == (
+        "mkdir -p /etc/air/secrets && chmod 0700 /etc/air/secrets && "
+        "chown -R 0 /etc/air/secrets/web && chmod 0700 /etc/air/secrets/web && "
+        "chown -R 1000 /etc/air/secrets/worker && chmod 0700 /etc/air/secrets/worker")
+
+
+def test_secrets_facts_are_digests_and_the_changes_name_whom_to_restart(cluster, tmp_path):
+    import hashlib
+    import subprocess
+    c = _secret_cluster(cluster)
+    folder = tmp_path / "etc/air/secrets"
+    (folder / "web").mkdir(parents=True)
+    (folder / "web/tls.key").write_text("key-SECRET\n")
+    (folder / "old-layout-file").write_text("x")
+    text = subprocess.run(["sh", "-c", machine.secrets_facts_command().replace("/etc/air/secrets", str(folder))],
+                          capture_output=True, text=True, check=True).stdout
+    found = {p.replace(str(folder), "/etc/air/secrets"): d for p, d in machine.parse_secrets_facts(text).items()}
+    assert found == {"/etc/air/secrets/web/tls.key": hashlib.sha256(b"key-SECRET\n").hexdigest(),
+                     "/etc/air/secrets/old-layout-file": hashlib.sha256(b"x").hexdigest()}
+    write, remove = machine.secret_changes(machine.digests(machine.secret_files(c)), found)
+    assert write == ["/etc/air/secrets/worker/db_password", "/etc/air/secrets/worker/tls.key"]
+    assert remove == ["/etc/air/secrets/old-layout-file"]
+    assert machine.components_using(c, write + remove) == ["worker"]
+    assert machine.components_using(c, ["/etc/air/secrets/web/tls.key"]) == ["web"]
+    assert "SECRET" not in text
+
+
 def docker_login(doc) -> str:
     import base64
     import json

@@ -195,6 +195,7 @@ def test_the_table():
         "release:   r1 (succeeded, 2024-01-02T03:04:05Z, ann@desk) web=1.0.0 worker=1.0.0",
         "candidate: r2 on 10.0.0.3 (since t; `fab deploy` continues, `fab rollback` puts it back)",
         "lock:      free",
+        "maintenance: off",
         "etcd:      leader 10.0.0.1",
         "all as recorded (read in 0.25 s)",
     ]

@@ -167,6 +167,49 @@ def test_records_of_a_successful_rollout(s):
         ["succeeded"]
 
 
+# ---------------------------------------------------------------- extras (secrets.apply)
+
+def _extra():
+    from tasks.upgrade import Extra
+    return Extra(restart=("worker",), files=(("/etc/air/secrets/worker/pw", b"new-SECRET", 0o400),),
+                 before="keep-old-secrets", after="own-secrets", undo="put-old-secrets-back")
+
+
+def test_extras_restart_their_components_on_the_current_release_and_nothing_else(s):
+    rollout = Rollout(s, OLD, OLD, extras={m: _extra() for m in MACHINES[:2]})
+    assert [(st.machine, st.action, st.restart) for st in rollout.steps] == \
+        [(m, "upgrade", ("worker",)) for m in MACHINES[:2]]
+    assert rollout.apply() == MACHINES[:2]
+    steps = restarts(s.ex)
+    assert [h for h, _ in steps] == MACHINES[:2]
+    command = steps[0][1]
+    assert "systemctl stop $units && keep-old-secrets && if mkdir -p /etc/air/secrets/worker " in command
+    assert "; fi && own-secrets && " in command
+    assert "systemctl enable -q air-worker.service && systemctl restart air-worker.service || exit $?" in command
+    assert "list-unit-files --no-legend air-worker.service " in command
+    assert "restart air-web" not in command
+    staged = [content for (host, path), (content, mode) in s.ex.files.items() if content == b"new-SECRET"]
+    assert len(staged) == 2  # staged on the two machines only, never in a command line
+    assert not any("new-SECRET" in c for _, c, _ in s.ex.calls)
+    assert s.ex.routed == [["10.0.0.2", "10.0.0.3"], ["10.0.0.1", "10.0.0.3"], MACHINES]
+
+
+def test_a_failed_health_check_after_extras_runs_their_undo_and_puts_the_machine_back(s):
+    s.ex.answer("curl", host="10.0.0.1", exited=1, stderr="not healthy within 20 s: worker(...)")
+
+    def healthy_once_undone(host, command):
+        if command == "put-old-secrets-back":
+            s.ex.rules.clear()  # the previous secrets back: the machine is healthy again
+    s.ex.on_run = healthy_once_undone
+    with pytest.raises(UpgradeFailed) as failed:
+        Rollout(s, OLD, OLD, extras={"10.0.0.1": _extra()}).apply()
+    assert f"restored: 10.0.0.1 is back on release {OLD.id} and in the balancer." in str(failed.value)
+    undo = [i for i, (h, c, _) in enumerate(s.ex.calls) if h == "10.0.0.1" and c == "put-old-secrets-back"]
+    stops = [i for i, (h, c, _) in enumerate(s.ex.calls) if h == "10.0.0.1" and "systemctl stop $units" in c]
+    assert len(undo) == 1 and len(stops) == 2 and stops[0] < stops[1] < undo[0]  # the step's stop, the restore's
+    assert s.ex.routed[-1] == MACHINES
+
+
 WEB_ONLY = Release((Image("web", "1.0.0", "sha256:" + "a" * 64),))  # older than the component worker
 
 

@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import pytest
 
-from cloudconfig.units import (component_unit, container_name, etcd_dropin, peer_url, quote,
+from cloudconfig.units import (component_unit, container_name, etcd_dropin, peer_url, quote, secrets_dir,
                                unit_name, url)
 
 
@@ -22,7 +22,8 @@ Requires=docker.service
 ExecStartPre=-/usr/bin/docker rm -f air-web
 ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=1.2.3 \
 -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
--v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/web:/air/data \
+-e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
+-v /etc/air/state:/air/state:ro -v /var/lib/air/web:/air/data \
 registry.example.org:5000/aircloak/prod_web:1.2.3
 ExecStop=/usr/bin/docker stop --time 20 air-web
 TimeoutStopSec=35
@@ -49,6 +50,26 @@ def test_a_stop_command_runs_in_the_container_before_docker_stop(cluster):
             "ExecStop=-/usr/bin/docker stop --time 20 air-web\nTimeoutStopSec=55\n") in unit
 
 
+def test_a_component_with_secrets_mounts_its_own_folder_only(cluster):
+    web = replace(cluster.component("web"), secrets=("db_password",))
+    unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
+    assert " -v /etc/air/secrets/web:/air/secrets:ro " in unit
+    assert unit.count("/etc/air/secrets") == 1
+    assert secrets_dir("web") == "/etc/air/secrets/web"
+
+
+def test_a_component_with_a_user_runs_as_it_and_owns_its_data_folder(cluster):
+    web = replace(cluster.component("web"), user=1000)
+    unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
+    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --user 1000 --label air.version=1.2.3 -e " in unit
+    assert "\nExecStartPre=/usr/bin/install -d -o 1000 -m 0700 /var/lib/air/web\nExecStart=" in unit
+
+
+def test_a_root_component_has_no_user_flag_nor_ownership_step(cluster):
+    unit = component_unit(cluster, cluster.component("web"), "1.2.3", "10.0.0.2")
+    assert "--user" not in unit and "install -d" not in unit
+
+
 def test_a_pinned_reference_is_what_runs_and_the_version_stays_its_label(cluster):
     pinned = "registry.example.org:5000/aircloak/prod_web@sha256:" + "e" * 64
     unit = component_unit(cluster, cluster.component("web"), "1.2.3", "10.0.0.2", pinned)
@@ -61,7 +82,8 @@ def test_component_unit_on_ipv6(cluster):
     assert unit.splitlines()[7] == (
         "ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=2.0.0-rc.1+b7 "
         "-e AIR_COMPONENT=worker -e AIR_VERSION=2.0.0-rc.1+b7 -e AIR_MACHINE=fd00::2 -e AIR_PORT=9090 "
-        "-v /etc/air/state:/air/state:ro -v /etc/air/secrets:/air/secrets:ro -v /var/lib/air/worker:/air/data "
+        "-e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ "
+        "-v /etc/air/state:/air/state:ro -v /var/lib/air/worker:/air/data "
         "registry.example.org:5000/aircloak/prod_worker:2.0.0-rc.1+b7")
 
 
@@ -138,3 +160,10 @@ def test_etcd_dropin_refuses_unknown_state(cluster, state):
 def test_etcd_dropin_refuses_machine_outside_members(cluster):
     with pytest.raises(ValueError, match="10.0.0.9"):
         etcd_dropin(cluster, "10.0.0.9", cluster.machines, "existing")
+
+
+def test_etcd_dropin_serves_the_v2_api_when_the_cluster_asks(cluster):
+    assert "Environment=ETCD_ENABLE_V2" not in etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new")
+    v2 = replace(cluster, etcd_v2=True)
+    assert etcd_dropin(v2, "10.0.0.2", cluster.machines, "new").endswith(
+        "Environment=ETCD_DATA_DIR=/var/lib/etcd/member\nEnvironment=ETCD_ENABLE_V2=true\n")

@@ -1,0 +1,90 @@
+"""settings.apply and secrets.apply timings on the sandbox's installed `local` cluster, as an
+operator runs them (whole `fab` commands): with nothing to change, with every setting changed, and
+rotating one secret of air_backend (restarted on every machine, one at a time, gated). Works on a
+copy of clusters/local.yaml and of its secrets folder; puts the real file's settings and secrets
+back at the end. Also prints the keys written per cluster.
+
+Run from the project root, with the sandbox up and the cluster installed:
+    python bench/config.py [--runs N]
+Prints figures; asserts nothing.
+"""
+import argparse
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from sandbox import testbed as sb  # noqa: E402
+from tasks import cluster as cluster_config  # noqa: E402
+from tasks import state  # noqa: E402
+from tasks.session import session  # noqa: E402
+
+
+def fab(*args, env=None) -> float:
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "fabric", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        sys.exit(f"fab {' '.join(args)} failed:\n{proc.stderr}")
+    return time.monotonic() - started
+
+
+def line(what, figures):
+    print(f"{what:58} min {min(figures):5.1f} s  median {statistics.median(figures):5.1f} s  "
+          f"max {max(figures):5.1f} s  ({len(figures)} runs)", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="air-bench-config-"))
+    try:
+        shutil.copytree(sb.STATE / "secrets", folder / "secrets")
+        data = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
+        data.update(include=str(sb.STATE / "cluster.yaml"), secrets=str(folder / "secrets"))
+        env = {"AIR_CLUSTERS_DIR": str(folder)}
+
+        def save():
+            (folder / "local.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        save()
+        unchanged, changed, noop, rotate = [], [], [], []
+        for run in range(args.runs):
+            unchanged.append(fab("settings.apply", "--cluster", "local", env=env))
+            data["settings"] = {k: f"{v}-{run}" if isinstance(v, str) else v for k, v in data["settings"].items()}
+            save()
+            changed.append(fab("settings.apply", "--cluster", "local", env=env))
+            noop.append(fab("secrets.apply", "--cluster", "local", env=env))
+            (folder / "secrets" / "session_key").write_text(secrets.token_urlsafe(24) + "\n")
+            rotate.append(fab("secrets.apply", "--cluster", "local", env=env))
+        line("settings.apply, nothing to change", unchanged)
+        texts = sum(1 for v in data["settings"].values() if isinstance(v, str))
+        line(f"settings.apply, {texts} of {len(data['settings'])} keys changed (v3 and v2)", changed)
+        line("secrets.apply, nothing to change", noop)
+        line("secrets.apply, one air_backend secret on 3 machines", rotate)
+        cluster = cluster_config.load("local")
+        with session(cluster) as s:
+            keys = sorted(s.etcd.get_prefix(state.prefix(cluster)))
+        history = [k for k in keys if k.startswith(state.history_prefix(cluster))]
+        print(f"keys under {state.prefix(cluster)} in etcd ({len(keys)}; {len(history)} of them history "
+              f"records under {state.history_prefix(cluster)}):")
+        for key in keys:
+            if key not in history:
+                print(f"  {key}")
+    finally:
+        fab("settings.apply", "--cluster", "local")
+        fab("secrets.apply", "--cluster", "local")
+        shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""tasks/settings.py: the settings wanted, the change from what etcd holds (pure, by equality), and
+``apply`` against a fake etcd: changed keys only, unlisted ones removed within the prefix, secrets
+never printed."""
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from tasks import settings, state
+from tasks.cluster import Setting
+from tasks.errors import LostLock
+
+from .fakes import FakeEtcd, FakeExecutor, FakeFence
+
+P = "/air/prod/app/settings/"
+
+
+@pytest.fixture
+def configured(cluster):
+    cluster.secrets.mkdir(exist_ok=True)
+    (cluster.secrets / "db_password").write_text("hunter2-XYZ\n")
+    return replace(cluster, settings=(Setting("site/name", "Air"), Setting("db/port", "5432"),
+                                      Setting("db/password", secret="db_password")))
+
+
+def test_keys_live_under_the_applications_own_prefix(cluster):
+    assert state.app_prefix(cluster) == "/air/prod/app/"
+    assert state.settings_prefix(cluster) == P
+    assert state.setting_key(cluster, "db/port") == P + "db/port"
+    assert state.maintenance_key(cluster) == "/air/prod/app/maintenance"
+    assert not state.maintenance_key(cluster).startswith(state.settings_prefix(cluster))
+    assert not state.lock_key(cluster).startswith(state.app_prefix(cluster))
+
+
+def test_wanted_reads_a_secret_from_its_file_without_the_trailing_newline(configured):
+    assert settings.wanted(configured) == {P + "site/name": "Air", P + "db/port": "5432",
+                                           P + "db/password": "hunter2-XYZ"}
+    assert settings.secret_keys(configured) == {P + "db/password"}
+
+
+def test_diff_writes_changed_keys_only_and_removes_below_the_prefix_only():
+    want = {P + "a": "1", P + "b": "2", P + "c": "3"}
+    found = {P + "a": "1", P + "b": "old", P + "gone": "x", "/air/prod/app/maintenance": "m"}
+    changes = settings.diff(want, found, P)
+    assert changes.added == {P + "c": "3"}
+    assert changes.changed == {P + "b": "2"}
+    assert changes.removed == (P + "gone",)
+    assert changes.puts == {P + "b": "2", P + "c": "3"}
+    assert not settings.diff(want, dict(want), P)
+
+
+def test_describe_masks_secrets_old_and_new():
+    changes = settings.Changes(added={P + "pw": "new-secret", P + "x": "1"}, changed={P + "pw2": "s2"},
+                               removed=(P + "old",))
+    lines = settings.describe(changes, {P + "pw2": "s1"}, {P + "pw", P + "pw2"}, P)
+    assert lines == ["+ pw = (secret)", "+ x = '1'", "~ pw2: (secret) -> (secret)", "- old"]
+    data = settings.as_data(changes, {P + "pw2": "s1"}, {P + "pw", P + "pw2"}, P)
+    assert data == {"added": {"pw": None, "x": "1"}, "changed": {"pw2": None}, "removed": ["old"],
+                    "secret": ["pw", "pw2"]}
+
+
+def _session(cluster, etcd):
+    return SimpleNamespace(cluster=cluster, etcd=etcd, ex=FakeExecutor(cluster))
+
+
+def test_apply_writes_once_then_finds_nothing_to_do(configured, capsys):
+    etcd = FakeEtcd()
+    etcd.data = {P + "site/name": "Old", P + "stale": "x", "/air/prod/release/current": "{}"}
+    s = _session(configured, etcd)
+    changes = settings.apply(s, "deploy")
+    assert etcd.data == {P + "site/name": "Air", P + "db/port": "5432", P + "db/password": "hunter2-XYZ",
+                         "/air/prod/release/current": "{}"}
+    assert etcd.writes == 1 and changes.removed == (P + "stale",)
+    said = capsys.readouterr().err
+    assert "deploy: settings: ~ site/name: 'Old' -> 'Air'" in said
+    assert "deploy: settings: + db/password = (secret)" in said and "- stale" in said
+    assert "hunter2" not in said
+    assert not settings.apply(s, "deploy")
+    assert "deploy: settings: unchanged (3 key(s))" in capsys.readouterr().err
+    assert etcd.v2 == {}
+
+
+def test_apply_writes_the_v2_store_too_when_the_cluster_asks(configured):
+    etcd = FakeEtcd()
+    etcd.v2 = {P + "stale": "x", "/elsewhere": "y"}
+    settings.apply(_session(replace(configured, etcd_v2=True), etcd), "deploy")
+    assert etcd.v2 == {P + "site/name": "Air", P + "db/port": "5432", P + "db/password": "hunter2-XYZ",
+                       "/elsewhere": "y"}
+
+
+def test_apply_writes_nothing_once_the_lock_is_lost(configured):
+    etcd = FakeEtcd()
+    s = _session(configured, etcd)
+    s.ex.fence = FakeFence()
+    s.ex.fence.lose()
+    with pytest.raises(LostLock):
+        settings.apply(s, "deploy")
+    assert etcd.data == {}
