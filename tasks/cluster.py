@@ -196,7 +196,9 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         }, required=False),
     }, many=True),
     "secrets": Field("local_path", "Folder of secret files; each component gets those its `secrets` "
-                     "names (`fab secrets.apply` pushes changed ones and restarts the components using them)."),
+                     "names (`fab secrets.apply` pushes changed ones and restarts the components using them). "
+                     "Its subfolder etcd-peer/ holds the cluster's etcd peer CA and member certificates "
+                     "(`fab etcd.certificates`); they go to etcd only, never to a container."),
     "settings": Field("settings", "The application's settings, written to the cluster's etcd under "
                       "/air/<cluster>/app/settings/<key> by setup-cluster, add-machine, every deploy and "
                       "`fab settings.apply`: only changed keys are written, keys no longer listed are removed. "
