@@ -426,11 +426,6 @@ def apply_document(ex, address, doc: dict, user_data: str) -> None:
     ex.write_files(address, document_files(doc, user_data))
 
 
-def stage_document(ex, address, doc: dict, user_data: str) -> remote.Staged:
-    """Upload the document's files without putting them in place (see ``Executor.stage_files``)."""
-    return ex.stage_files(address, document_files(doc, user_data))
-
-
 def pause_os_updates(ex, address) -> None:
     ex.run(address, pause_os_updates_command(), what="pause OS updates")
 

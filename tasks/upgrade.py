@@ -81,6 +81,11 @@ class Extra:
     undo: str = ""
 
 
+def changes(step: Step) -> str:
+    """What an upgrade step restarts and removes, in words. Pure."""
+    return f"restart {', '.join(step.restart) or 'nothing'}" + (f", remove {', '.join(step.remove)}" if step.remove else "")
+
+
 def plan(cluster, release: Release, facts: dict, listed, extras: dict = None) -> list:
     """The steps bringing the machines of ``facts`` (address -> ``machine.release_facts``) to
     ``release``, in address order; a machine already serving it has none. A machine runs the
@@ -89,13 +94,13 @@ def plan(cluster, release: Release, facts: dict, listed, extras: dict = None) ->
     restart as well (a step of their own when the release needs none). Pure."""
     steps = []
     extras = extras or {}
+    running = set(machine.running_components(cluster, release))
+    wanted = machine.units_of(cluster, running)
     for address in sorted(facts):
         fact = facts[address]
-        wanted = machine.units_of(cluster, machine.running_components(cluster, release))
         units = {u: state for u, state in fact["units"].items() if u in wanted}
         remove = tuple(machine.to_remove(fact["components"], release, cluster))
         action = UPGRADE if remove else machine_action(fact["release"], units, address in listed, release.id)
-        running = set(machine.running_components(cluster, release))
         more = {c for c in (extras[address].restart if address in extras else ()) if c in running}
         if action == UPGRADE or more:
             restart = set(machine.to_restart(fact["components"], fact["units"], release, cluster)) \
@@ -142,9 +147,7 @@ def describe(steps, machines, release: Release) -> list:
         elif step.action == READD:
             lines.append(f"{address}: runs {release.id}; health check, then back into the balancer")
         else:
-            removed = f", remove {', '.join(step.remove)}" if step.remove else ""
-            lines.append(f"{address}: out of the balancer, restart {', '.join(step.restart) or 'nothing'}{removed} "
-                         f"on {release.id}, health check, back in")
+            lines.append(f"{address}: out of the balancer, {changes(step)} on {release.id}, health check, back in")
     return lines
 
 
@@ -333,9 +336,8 @@ class Rollout:
             if step.action == UPGRADE:
                 extra = self._extra(step.machine)
                 swap = staged._replace(swap=" && ".join(filter(None, [extra.before, staged.swap, extra.after])))
-                removed = f", remove {', '.join(step.remove)}" if step.remove else ""
                 machine.upgrade(self.ex, step.machine, step.restart, swap,
-                                f"restart {', '.join(step.restart) or 'nothing'}{removed} on release {self.release.id}",
+                                f"{changes(step)} on release {self.release.id}",
                                 step.remove, machine.running_components(self.cluster, self.release))
                 if self.ex.interrupted.is_set():
                     raise Interrupted(f"interrupted during the upgrade of {step.machine}")
@@ -361,14 +363,11 @@ class Rollout:
         gone = sorted({*self.facts[address]["components"], *machine.running_components(self.cluster, self.release)}
                       - set(back))
         try:
-            machine.stop(self.ex, address, [*back, *gone])
-            if self._extra(address).undo:
-                self.ex.run(address, self._extra(address).undo, what="put the previous files back")
-            machine.apply_document(self.ex, address, self._document(address, self.previous), self._user_data(address))
-            self.ex.run(address, f"{machine.remove_command(gone)} && {machine.start_command(self.cluster, back)}",
-                        what=f"start the units of release {self.previous.id}")
-            machine.wait_healthy(self.ex, address, components=back)
-            machine.resume_os_updates(self.ex, address)
+            # The upgrade's own two commands, towards the previous release; the undo goes before the swap.
+            staged = self.ex.stage_files(address, machine.document_files(self._document(address, self.previous),
+                                                                         self._user_data(address)))
+            swap = staged._replace(swap=" && ".join(filter(None, [self._extra(address).undo, staged.swap])))
+            machine.upgrade(self.ex, address, back, swap, f"put release {self.previous.id} back", gone, back)
             return f"restored: {address} is back on release {self.previous.id} and in the balancer."
         except LostLock:
             raise

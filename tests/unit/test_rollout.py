@@ -198,15 +198,18 @@ def test_a_failed_health_check_after_extras_runs_their_undo_and_puts_the_machine
     s.ex.answer("curl", host="10.0.0.1", exited=1, stderr="not healthy within 20 s: worker(...)")
 
     def healthy_once_undone(host, command):
-        if command == "put-old-secrets-back":
+        if "put-old-secrets-back" in command:
             s.ex.rules.clear()  # the previous secrets back: the machine is healthy again
     s.ex.on_run = healthy_once_undone
     with pytest.raises(UpgradeFailed) as failed:
         Rollout(s, OLD, OLD, extras={"10.0.0.1": _extra()}).apply()
     assert f"restored: 10.0.0.1 is back on release {OLD.id} and in the balancer." in str(failed.value)
-    undo = [i for i, (h, c, _) in enumerate(s.ex.calls) if h == "10.0.0.1" and c == "put-old-secrets-back"]
+    undo = [i for i, (h, c, _) in enumerate(s.ex.calls) if h == "10.0.0.1" and "put-old-secrets-back" in c]
     stops = [i for i, (h, c, _) in enumerate(s.ex.calls) if h == "10.0.0.1" and "systemctl stop $units" in c]
-    assert len(undo) == 1 and len(stops) == 2 and stops[0] < stops[1] < undo[0]  # the step's stop, the restore's
+    # The step's stop, then the restore's, which runs the undo after its stop and before the swap.
+    assert len(undo) == 1 and len(stops) == 2 and stops[0] < stops[1] == undo[0]
+    restore = s.ex.calls[undo[0]][1]
+    assert restore.index("systemctl stop $units") < restore.index("put-old-secrets-back") < restore.index("install -m")
     assert s.ex.routed[-1] == MACHINES
 
 
