@@ -6,10 +6,11 @@ balancer host (unit, ``haproxy.cfg``, ``routers.cfg``; see
 ``Routers`` keeps the machine list: setup, membership and upgrade call it.
 A change is one command on the balancer host (through the task's executor,
 so under the cluster's lock): the new routers file travels in it, is checked
-by haproxy with the cluster's configuration and moved into place, then the running instance is told through its admin
-socket: a machine leaving is drained (no new connections), waited for until
-its connections end or ``timeouts.drain`` passes, and put in maintenance; a
-machine coming back is readied. No reload, except when haproxy has never
+by haproxy with the cluster's configuration (when it names other servers
+than before) and moved into place, then the running instance is told through
+its admin socket: a machine leaving is drained (no new connections), waited
+for until its connections end or ``timeouts.drain`` passes, and put in
+maintenance; a machine coming back is readied. No reload, except when haproxy has never
 heard of a machine (a new one), and then only this cluster's instance
 reloads, gracefully.
 """

@@ -25,6 +25,7 @@ from typing import NamedTuple
 HEADER = "# Written by air-deploy; do not edit by hand.\n"
 HAPROXY = "/usr/sbin/haproxy"
 SOCAT = "socat"
+DRAIN_POLL = 0.1  # seconds between two counts of a drained server's connections
 DRAINED = "air-drain:"  # the line the drain wait prints: connections still open when it stopped waiting
 _SERVER = re.compile(r"^\s*server\s+(\S+)\s.*$", re.M)
 
@@ -159,6 +160,7 @@ class Change(NamedTuple):
     ready: list      # disabled now, back into rotation through the runtime API
     drain: list      # in rotation now, drained (then maint) through the runtime API
     reload: bool     # haproxy must read the file again (a server it does not know yet)
+    check: bool      # the file names other servers than before: haproxy checks it before it is used
 
 
 def plan(enabled, disabled, wanted, reload: bool = False, forget=()) -> Change:
@@ -168,9 +170,11 @@ def plan(enabled, disabled, wanted, reload: bool = False, forget=()) -> Change:
     known = list(enabled) + [m for m in disabled if m not in enabled]
     drain = [m for m in enabled if m not in wanted]
     if reload:  # haproxy's view starts afresh: only the wanted machines are listed at all
-        return Change(list(wanted), [], [], drain, True)
+        return Change(list(wanted), [], [], drain, True, True)
+    new = any(m not in known for m in wanted)
+    # Only servers put in or out of rotation: the file differs from a checked one by `disabled` words.
     return Change(list(wanted), [m for m in known if m not in wanted and m not in forget],
-                  [m for m in disabled if m in wanted], drain, any(m not in known for m in wanted))
+                  [m for m in disabled if m in wanted], drain, new, new or any(m in known for m in forget))
 
 
 def api_command(cluster, commands) -> str:
@@ -195,7 +199,7 @@ def wait_command(cluster, machines, seconds: int) -> str:
              f"awk -F, -v m={q(names)} 'index(m, \" \" $2 \" \") {{ s += $5 }} END {{ print s + 0 }}'")
     return (f"end=$(( $(date +%s) + {int(seconds)} )); while :; do n=$({count}); "
             f"if [ \"$n\" = 0 ] || [ \"$(date +%s)\" -ge \"$end\" ]; then echo \"{DRAINED} $n\"; break; fi; "
-            f"sleep 0.2; done")
+            f"sleep {DRAIN_POLL}; done")
 
 
 def check_command(cluster, config: str, routers: str) -> str:
@@ -203,26 +207,28 @@ def check_command(cluster, config: str, routers: str) -> str:
 
 
 def change_command(cluster, change: Change, drain_seconds: int, run_id: str = "") -> str:
-    """One command: the new routers file written, checked with haproxy's configuration, moved into
-    place, then the running haproxy told: ready, drain, wait for connections to end, maint; or, when
-    it must learn a new server, drain and wait, then one graceful reload. (The file travels inside
-    the command: Fabric feeds standard input a byte per 10 ms, seconds for a routers file.)"""
+    """One command: the new routers file written, checked with haproxy's configuration when it names
+    other servers than before (else it differs from a checked one only in ``disabled`` words), moved
+    into place, then the running haproxy told in one message: ready the returning, drain the leaving;
+    then wait for their connections to end, maint; or, when it must learn a new server, drain and
+    wait, then one graceful reload. (The file travels inside the command: Fabric feeds standard
+    input a byte per 10 ms, seconds for a routers file.)"""
     path = cluster.balancer.routers_file
     candidate = f"{path}.air-candidate{'-' + run_id if run_id else ''}"  # a run's own: runs never share one
     text = routers_file(cluster, change.machines, change.drained)
     steps = [f"umask 022 && printf %s {q(text)} > {q(candidate)}",
-             check_command(cluster, cluster.balancer.config, candidate),
+             check_command(cluster, cluster.balancer.config, candidate) if change.check else None,
              f"mv -f {q(candidate)} {q(path)}"]
-    if change.ready and not change.reload:
-        steps.append(api_command(cluster, set_state(cluster, change.ready, "ready")))
+    ready = change.ready if not change.reload else []
+    if ready or change.drain:  # one message to haproxy: the returning readied, the leaving drained
+        steps.append(api_command(cluster, set_state(cluster, ready, "ready") + set_state(cluster, change.drain, "drain")))
     if change.drain:
-        steps += [api_command(cluster, set_state(cluster, change.drain, "drain")),
-                  wait_command(cluster, change.drain, drain_seconds)]
+        steps.append(wait_command(cluster, change.drain, drain_seconds))
         if not change.reload:
             steps.append(api_command(cluster, set_state(cluster, change.drain, "maint")))
     if change.reload:
         steps.append(f"systemctl reload-or-restart {unit_name(cluster)}")  # started, if it was not running
-    return " && ".join(steps)
+    return " && ".join(step for step in steps if step)
 
 
 def drain_left(output: str) -> int:

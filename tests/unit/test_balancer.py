@@ -160,16 +160,24 @@ def test_servers_in_ignores_comments_and_nothing():
 
 def test_plan_drains_the_leaving_and_readies_the_returning():
     change = bc.plan(["a", "b"], ["c"], ["b", "c"])
-    assert change == bc.Change(machines=["b", "c"], drained=["a"], ready=["c"], drain=["a"], reload=False)
+    assert change == bc.Change(machines=["b", "c"], drained=["a"], ready=["c"], drain=["a"], reload=False,
+                               check=False)
 
 
 def test_plan_reloads_only_for_a_server_haproxy_does_not_know():
     assert bc.plan(["a"], ["b"], ["a", "b"]).reload is False
-    assert bc.plan(["a"], ["b"], ["a", "b", "n"]) == bc.Change(["a", "b", "n"], [], ["b"], [], True)
+    assert bc.plan(["a"], ["b"], ["a", "b", "n"]) == bc.Change(["a", "b", "n"], [], ["b"], [], True, True)
 
 
 def test_plan_with_reload_forgets_the_drained():
-    assert bc.plan(["a", "b"], ["c"], ["a"], reload=True) == bc.Change(["a"], [], [], ["b"], True)
+    assert bc.plan(["a", "b"], ["c"], ["a"], reload=True) == bc.Change(["a"], [], [], ["b"], True, True)
+
+
+def test_plan_checks_the_file_only_when_it_names_other_servers():
+    assert bc.plan(["a", "b"], [], ["b"]).check is False             # a out of rotation, still listed
+    assert bc.plan(["b"], ["a"], ["a", "b"]).check is False          # a back
+    assert bc.plan(["a", "b"], [], ["b"], forget=["a"]).check is True  # a no longer listed
+    assert bc.plan(["a"], [], ["a", "n"]).check is True              # n new
 
 
 def test_change_command_drains_waits_and_puts_in_maintenance_without_reload(proxied):
@@ -178,20 +186,28 @@ def test_change_command_drains_waits_and_puts_in_maintenance_without_reload(prox
     sock = "UNIX-CONNECT:/run/air-balancer-stage/admin.sock"
     path = "/etc/haproxy/air/stage/routers.cfg"
     text = bc.routers_file(proxied, ["10.0.0.1", "10.0.0.3"], ["10.0.0.2"])
+    # Only `disabled` words differ from the file haproxy runs with: no check of it.
     assert command.startswith(
-        f"umask 022 && printf %s '{text}' > {path}.air-candidate && "
-        f"/usr/sbin/haproxy -c -q -f /etc/haproxy/air/stage/haproxy.cfg -f {path}.air-candidate && "
-        f"mv -f {path}.air-candidate {path} && ")
+        f"umask 022 && printf %s '{text}' > {path}.air-candidate && mv -f {path}.air-candidate {path} && ")
     assert ("printf '%s\\n' 'set server stage_http/10.0.0.3 state ready;set server stage_https/10.0.0.3 state "
-            f"ready' | socat -t 5 stdio {sock}") in command
+            "ready;set server stage_http/10.0.0.2 state drain;set server stage_https/10.0.0.2 state drain' | "
+            f"socat -t 5 stdio {sock}") in command
     ready, drain, maint = (command.index(f"state {s}") for s in ("ready", "drain", "maint"))
     assert ready < drain < command.index("air-drain:") < maint
-    assert "reload" not in command
+    assert "reload" not in command and "haproxy -c" not in command
+
+
+def test_change_command_checks_a_file_that_forgets_a_server(proxied):
+    path = "/etc/haproxy/air/stage/routers.cfg"
+    command = bc.change_command(proxied, bc.plan(["10.0.0.1", "10.0.0.2"], [], ["10.0.0.1"], forget=["10.0.0.2"]), 30)
+    assert (f"/usr/sbin/haproxy -c -q -f /etc/haproxy/air/stage/haproxy.cfg -f {path}.air-candidate && "
+            f"mv -f {path}.air-candidate {path} && ") in command
 
 
 def test_change_command_for_a_new_machine_drains_then_reloads_its_own_unit_only(proxied):
     command = bc.change_command(proxied, bc.plan(["10.0.0.1"], [], ["10.0.0.2"]), 30)
     assert command.endswith(" && systemctl reload-or-restart air-balancer-stage.service")
+    assert "/usr/sbin/haproxy -c -q" in command
     assert "state drain" in command and "state maint" not in command and "state ready" not in command
 
 
@@ -268,7 +284,7 @@ def test_set_ignores_repeated_machines(ex):
 def test_remove_is_one_command_carrying_the_new_file(ex, cluster):
     assert balancer.Routers(ex).remove("10.0.0.1") == ["10.0.0.2"]
     change = bc.plan(["10.0.0.1", "10.0.0.2"], [], ["10.0.0.2"], forget=["10.0.0.1"])
-    assert change == bc.Change(["10.0.0.2"], [], [], ["10.0.0.1"], False)
+    assert change == bc.Change(["10.0.0.2"], [], [], ["10.0.0.1"], False, True)
     assert ex.commands(changes_only=True) == [bc.change_command(cluster, change, cluster.timeouts.drain, "run1")]
     assert f"printf %s '{bc.routers_file(cluster, ['10.0.0.2'])}' > " in ex.commands()[-1]
     assert "routers.cfg.air-candidate-run1" in ex.commands()[-1]  # a run's own candidate file
