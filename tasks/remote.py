@@ -125,10 +125,12 @@ def folders_of(files) -> str:
 def staged_commands(files, staging: str, suffix: str) -> Staged:
     """The commands that put ``(path, content, mode)`` files staged in ``staging`` (as
     ``<staging>/<index>``) in place, each installed with its mode, or discard them. Pure.
+    A file no longer staged (its target was already so: ``staging_command``) is left alone.
     Both commands end with the status of what they did, so they chain with ``&&``."""
     files = list(files)
-    moves = " && ".join(f"install -m {mode:o} {q(f'{staging}/{i}')} {q(path + suffix)} && "
-                        f"mv -f {q(path + suffix)} {q(path)}" for i, (path, _, mode) in enumerate(files))
+    moves = " && ".join(f"{{ [ ! -e {q(f'{staging}/{i}')} ] || {{ install -m {mode:o} {q(f'{staging}/{i}')} "
+                        f"{q(path + suffix)} && mv -f {q(path + suffix)} {q(path)}; }}; }}"
+                        for i, (path, _, mode) in enumerate(files))
     cleanup = f"rm -rf {q(staging)}"
     # umask 077 while installing: a file being written is never readable by others, whatever its final mode.
     return Staged(f"if mkdir -p {folders_of(files)} && umask 077 && {moves}; then {cleanup}; else {cleanup}; false; fi",
@@ -138,14 +140,34 @@ def staged_commands(files, staging: str, suffix: str) -> Staged:
 STAGED_MARK = "air-staged:"  # heads the line where the staging command prints its folder
 
 
-def staging_command(before: str = None, after: str = None) -> str:
-    """Makes a private folder (mktemp: 0700), unpacks there the archive ``archive_of`` sent on
-    standard input and prints the folder after ``STAGED_MARK``. ``before`` runs first; ``after``
-    last, the folder removed when it fails: one round trip for a step and its files. Pure."""
-    stage = (f'staging=$(mktemp -d) && {{ base64 -d | tar -x --no-same-owner -C "$staging" '
-             f'|| {{ rm -rf "$staging"; false; }}; }} && echo "{STAGED_MARK}$staging"')
+def unchanged_filter(files) -> str:
+    """Shell: removes from ``$staging`` each staged ``(path, content, mode)`` file whose target
+    already has its content, mode and owner (whoever runs it), so the swap installs only what
+    changes. One ``stat`` for every mode, a ``cmp`` only where the mode is right. Pure."""
+    if not files:
+        return "true"
+    paths = " ".join(q(path) for path, _, _ in files)
+    same = "; ".join(f'case "$modes" in *{q(f"|{mode:o}:")}"$owner "{q(path + "|")}*) '
+                     f'cmp -s "$staging/{i}" {q(path)} && rm -f "$staging/{i}";; esac'
+                     for i, (path, _, mode) in enumerate(files))
+    return (f"owner=$(id -u):$(id -g); modes=$(stat -c '|%a:%u:%g %n|' -- {paths} 2>/dev/null); "
+            f"{same}; true")
+
+
+def staging_command(files, before: str = None, after: str = None) -> str:
+    """Makes a private folder (mktemp: 0700), unpacks there the archive ``archive_of(files)`` sent
+    on standard input, drops the files already in place (``unchanged_filter``) and prints the folder
+    after ``STAGED_MARK``. ``before`` runs meanwhile (a pull: the unpacking is hidden behind it);
+    ``after`` last, the folder removed when it fails: one round trip for a step and its files. Pure."""
+    unpack = f'base64 -d <&3 | tar -x --no-same-owner -C "$staging" && {unchanged_filter(list(files))}'
+    if before:
+        # Standard input is the archive: a job in the background reads it only through a copy (fd 3).
+        stage = (f'exec 3<&0 && staging=$(mktemp -d) && {{ {{ {unpack}; }} & unpacking=$!; }} && '
+                 f'{{ {{ {before}; }} && wait $unpacking || {{ wait $unpacking; rm -rf "$staging"; false; }}; }}')
+    else:
+        stage = f'exec 3<&0 && staging=$(mktemp -d) && {{ {unpack} || {{ rm -rf "$staging"; false; }}; }}'
     after_it = f'{{ {after}; }} || {{ rm -rf "$staging"; false; }}' if after else None
-    return " && ".join(part for part in (f"{{ {before}; }}" if before else None, stage, after_it) if part)
+    return " && ".join(part for part in (stage, f'echo "{STAGED_MARK}$staging"', after_it) if part)
 
 
 def archive_of(files) -> str:
@@ -515,7 +537,7 @@ class Executor:
         other's files. Returns the commands that swap them in or discard them."""
         files = list(files)
         what = what or f"stage {len(files)} file(s)"
-        printed = self.run(host, staging_command(before, after), stdin=archive_of(files), what=what,
+        printed = self.run(host, staging_command(files, before, after), stdin=archive_of(files), what=what,
                            deadline=deadline).stdout
         return staged_commands(files, staged_folder(printed), f".air-new-{self.run_id}")
 

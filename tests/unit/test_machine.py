@@ -513,7 +513,7 @@ def test_the_pull_command_lets_the_staging_after_it_run(tmp_path, cluster):
     (tmp_path / "docker").chmod(0o755)
     (tmp_path / "fails").write_text("0")
     pull = machine.pull_command(cluster, ONE)
-    assert staging_command(pull).startswith(f"{{ {pull}; }} && staging=$(mktemp -d)")
+    assert f"{{ {pull}; }} && wait $unpacking" in staging_command([], pull)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "ID": ONE.images[0].digest}
     done = subprocess.run(["sh", "-c", f"{{ {pull}; }} && echo staged"], env=env, capture_output=True,
                           text=True, timeout=30)

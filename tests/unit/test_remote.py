@@ -46,11 +46,13 @@ def test_swap_puts_every_file_in_place_and_lets_the_chain_go_on(tmp_path):
 
 def test_a_failed_swap_fails_the_chain_and_cleans_up(tmp_path):
     folder = tmp_path / "stage"
-    folder.mkdir()  # its file 0 is missing: the install fails
-    swap = staged_commands([(str(tmp_path / "a"), "A", 0o644)], str(folder), ".new-1").swap
+    folder.mkdir()
+    (folder / "0").write_text("A")
+    (tmp_path / "file").write_text("")  # the target's folder cannot be made: the install fails
+    swap = staged_commands([(str(tmp_path / "file/a"), "A", 0o644)], str(folder), ".new-1").swap
     done = sh(f"{swap} && echo after", tmp_path)
     assert done.returncode != 0 and "after" not in done.stdout
-    assert not folder.exists() and not (tmp_path / "a").exists()
+    assert not folder.exists() and (tmp_path / "file").read_text() == ""
 
 
 def test_discard_removes_what_was_staged(tmp_path):
@@ -63,7 +65,7 @@ def test_discard_removes_what_was_staged(tmp_path):
 
 def staged_by_command(tmp_path, files, before=None, after=None):
     """Runs ``staging_command`` here, with TMPDIR in ``tmp_path``, fed ``archive_of(files)``."""
-    return subprocess.run(["sh", "-c", staging_command(before, after)], input=archive_of(files), text=True,
+    return subprocess.run(["sh", "-c", staging_command(files, before, after)], input=archive_of(files), text=True,
                           capture_output=True, env={**os.environ, "TMPDIR": str(tmp_path)})
 
 
@@ -79,6 +81,29 @@ def test_one_command_stages_every_file_privately_between_its_before_and_after_st
     assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {oct(0o600)}
     swap = staged_commands(files, str(folder), ".new").swap.replace("/etc/", f"{tmp_path}/etc/")
     assert sh(swap, tmp_path).returncode == 0 and (tmp_path / "etc/a.conf").read_text() == "A\n"
+
+
+def test_only_files_that_change_are_staged_and_swapped_in(tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name, text, mode in (("same", "S", 0o644), ("content", "old", 0o644), ("mode", "M", 0o600)):
+        (etc / name).write_text(text)
+        (etc / name).chmod(mode)
+    files = [(str(etc / "same"), "S", 0o644), (str(etc / "content"), "new", 0o644), (str(etc / "mode"), "M", 0o644),
+             (str(etc / "missing"), "N", 0o600)]
+    kept = (etc / "same").stat().st_ino
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    done = subprocess.run(["sh", "-c", staging_command(files, before="sleep 0.2; echo pulled")], input=archive_of(files),
+                          text=True, capture_output=True, env={**os.environ, "TMPDIR": str(staging)})
+    assert done.returncode == 0, done.stderr
+    folder = Path(staged_folder(done.stdout))
+    assert done.stdout.splitlines()[0] == "pulled"
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "2", "3"]  # the same file is not staged
+    assert sh(staged_commands(files, str(folder), ".new").swap, tmp_path).returncode == 0
+    assert [(etc / n).read_text() for n in ("same", "content", "mode", "missing")] == ["S", "new", "M", "N"]
+    assert oct((etc / "mode").stat().st_mode & 0o777) == oct(0o644)
+    assert (etc / "same").stat().st_ino == kept and not folder.exists()
 
 
 def test_a_failed_step_around_the_staging_leaves_no_folder_behind(tmp_path):
@@ -133,7 +158,7 @@ def test_a_file_being_installed_from_staging_is_never_readable_by_others(tmp_pat
     folder.mkdir()
     (folder / "0").write_bytes(b"x" * (1 << 20))
     swap = staged_commands([(str(tmp_path / "etc/config"), "", 0o644)], str(folder), ".new-1").swap
-    assert "umask 077 && install -m 644" in swap
+    assert swap.index("umask 077 && ") < swap.index("install -m 644")
     assert sh(f"{swap} && umask", tmp_path).stdout.strip() == "0077"
     assert oct((tmp_path / "etc/config").stat().st_mode & 0o777) == oct(0o644)
     assert oct((tmp_path / "etc").stat().st_mode & 0o777) == oct(0o755)  # folders keep the usual mode
