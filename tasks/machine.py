@@ -275,9 +275,10 @@ def pause_os_updates_command() -> str:
 
 
 def resume_os_updates_command() -> str:
-    """Starts again the OS update units that were active when paused; nothing when none was paused."""
-    return (f"{{ if [ -e {OS_UPDATES_PAUSED} ]; then for u in $(cat {OS_UPDATES_PAUSED}); do systemctl start $u; "
-            f"done; rm -f {OS_UPDATES_PAUSED}; fi; }}")
+    """Starts again the OS update units that were active when paused (queued: the machine serves
+    meanwhile, nothing waits for them); nothing when none was paused."""
+    return (f"{{ if [ -e {OS_UPDATES_PAUSED} ]; then units=$(cat {OS_UPDATES_PAUSED}); "
+            f"[ -z \"$units\" ] || systemctl start --no-block $units; rm -f {OS_UPDATES_PAUSED}; fi; }}")
 
 
 def diagnostics_command(cluster) -> str:
@@ -514,12 +515,12 @@ def unhealthy(ex, address, result) -> HealthError:
 def upgrade_command(cluster, components, swap: str, remove=(), running=None) -> str:
     """One machine's upgrade in one command: stop the units of ``components`` and ``remove`` that
     exist, ``swap`` the staged files in, remove the units of ``remove``, start those of
-    ``components``, wait until every component it runs (``running``, default all) is healthy,
-    resume OS updates. Exits ``UNHEALTHY`` when the health check fails. Pure."""
+    ``components``, wait until every component it runs (``running``, default all) is healthy.
+    Exits ``UNHEALTHY`` when the health check fails. (Its OS updates resume when the whole rollout
+    ends.) Pure."""
     return (f"{stop_command(cluster, [*components, *remove])} && {swap} && {remove_command(remove)} && "
             f"{start_command(cluster, components)} || exit $?; "
-            f"( {health_command(cluster, cluster.timeouts.healthy, running)} ) || exit {UNHEALTHY}; "
-            f"{resume_os_updates_command()}")
+            f"( {health_command(cluster, cluster.timeouts.healthy, running)} ) || exit {UNHEALTHY}")
 
 
 def upgrade(ex, address, components, staged: remote.Staged, what: str, remove=(), running=None) -> None:

@@ -221,31 +221,46 @@ class Rollout:
             say(self.warning)
         for address in sorted(set(self.machines) - {s.machine for s in self.steps}):
             say(f"upgrade: {address} already runs {self.release.id}; left alone")
-        staged = self._prepare()
+        try:
+            staged = self._prepare()
+        except UpgradeFailed as failure:
+            raise UpgradeFailed(f"not upgrading {self.cluster.name} to {self.release.id}: {failure}. "
+                                f"No machine was changed.") from None
+        paused = list(staged)  # their OS updates stay paused until the rollout ends, whatever its end
         serving = self.routers.listed()
         done: list = []
-        for i in range(0, len(self.steps), self.batch):
-            group = self.steps[i:i + self.batch]
-            names = [s.machine for s in group]
-            try:
-                self.ex.check(f"the upgrade of {', '.join(names)}")
-                self.routers.set(routed(self.members, serving, done, names))
-            except Halt as halt:
-                self._halt_between(halt, serving, done, staged)
-            except AirError as failure:
-                raise UpgradeFailed(self._balancer_failed(failure, done)) from None
-            outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group,
-                                        describe=_machine)
-            done += [s.machine for s, (failure, _) in zip(group, outcomes) if failure is None]
-            failed = [(s, failure, how) for s, (failure, how) in zip(group, outcomes) if failure is not None]
-            if failed:
-                self._stop_after(failed, serving, done, staged)
         try:
-            self.routers.set(routed(self.members, serving, done, []))
-        except Halt as halt:
-            self._halt_between(halt, serving, done, staged)
-        except AirError as failure:
-            raise UpgradeFailed(self._balancer_failed(failure, done)) from None
+            for i in range(0, len(self.steps), self.batch):
+                group = self.steps[i:i + self.batch]
+                names = [s.machine for s in group]
+                try:
+                    self.ex.check(f"the upgrade of {', '.join(names)}")
+                    self.routers.set(routed(self.members, serving, done, names))
+                except Halt as halt:
+                    self._halt_between(halt, serving, done)
+                except AirError as failure:
+                    raise UpgradeFailed(self._balancer_failed(failure, done)) from None
+                outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group,
+                                            describe=_machine)
+                done += [s.machine for s, (failure, _) in zip(group, outcomes) if failure is None]
+                failed = [(s, failure, how) for s, (failure, how) in zip(group, outcomes) if failure is not None]
+                if failed:
+                    self._stop_after(failed, serving, done)
+            with ThreadPoolExecutor(max_workers=1) as pool:  # OS updates resume while the last one goes back in
+                resuming = pool.submit(self._end_pause, paused, staged)
+                try:
+                    self.routers.set(routed(self.members, serving, done, []))
+                except Halt as halt:
+                    self._halt_between(halt, serving, done)
+                except AirError as failure:
+                    raise UpgradeFailed(self._balancer_failed(failure, done)) from None
+            for line in resuming.result():
+                say(f"warning: {line}")
+        except LostLock:
+            raise  # nothing is ours to change any more
+        except AirError:
+            self._end_pause(paused, staged)
+            raise
         return done
 
     def _balancer_failed(self, failure, done) -> str:
@@ -254,7 +269,7 @@ class Rollout:
                 + (f"; out of the balancer: {', '.join(out)} (`fab rolling-upgrade --cluster {self.cluster.name}` "
                    f"puts it back once the balancer answers)" if out else ""))
 
-    def _halt_between(self, halt, serving, done, staged) -> None:
+    def _halt_between(self, halt, serving, done) -> None:
         """Stopped between machines, none in hand: when interrupted the machines done go back in;
         when the lock is lost nothing more changes, and the error says who is out of the balancer."""
         if isinstance(halt, LostLock):
@@ -263,10 +278,9 @@ class Rollout:
                            (f"; out of the balancer: {', '.join(out)}" if out else "")) from None
         with self.ex.finishing():
             self.routers.set(routed(self.members, serving, done, []))
-            self._discard(staged)
         raise Interrupted(self._left(done, "every machine is in the balancer")) from None
 
-    def _stop_after(self, failed, serving, done, staged) -> None:
+    def _stop_after(self, failed, serving, done) -> None:
         """The end of a rollout at a group with failures: those restored go back in, then raise."""
         lost = [f for f in failed if isinstance(f[1], LostLock)]
         if lost:
@@ -278,7 +292,6 @@ class Rollout:
         still_out = [s.machine for s, _, how in failed if not how.startswith("restored")]
         with self.ex.finishing():
             self.routers.set(routed(self.members, serving, done + back, still_out))
-            self._discard(staged)
         interrupted = [f for f in failed if isinstance(f[1], Interrupted)]
         if interrupted:
             raise Interrupted(f"{'; '.join(how for _, _, how in failed)}; " +
@@ -294,23 +307,46 @@ class Rollout:
         upgraded = f"upgraded to {self.release.id}: {', '.join(done)}; " if done else ""
         return f"{upgraded}{rest}"
 
-    def _discard(self, staged) -> None:
-        for address, files in staged.items():  # machines never reached keep nothing staged, and update again
-            self.ex.run(address, f"{files.discard}; {machine.resume_os_updates_command()}", check=False,
-                        what="discard the staged files, resume OS updates")
+    def _end_pause(self, paused, staged) -> list:
+        """The end of a rollout on the machines it prepared (``paused``), all at once: files still
+        ``staged`` (machines never reached) are discarded, OS updates resume. Returns what could not
+        be done (a machine gone meanwhile), one line each."""
+        def one(address):
+            files = staged.get(address)
+            command = f"{files.discard}; " if files else ""
+            try:
+                with self.ex.finishing():  # putting back, also after an interrupt (on a thread of its own)
+                    self.ex.run(address, command + machine.resume_os_updates_command(), check=False,
+                                what="resume OS updates" + (", discard the staged files" if files else ""))
+            except RemoteError as e:
+                return f"{e} (its OS updates stay paused: `fab rolling-upgrade` resumes them)"
+            return None
+        return [line for line in self.ex.parallel(one, paused) if line]
 
     def _prepare(self) -> dict:
         """Pull the release, stage its files and pause OS updates on every machine to upgrade, all at
-        once and one command each (serving is not disturbed); returns address -> ``remote.Staged``."""
+        once and one command each (serving is not disturbed): nothing stops before every one has its
+        images. Returns address -> ``remote.Staged``. When one fails (a flaky registry), the others'
+        staged files are discarded and their OS updates resumed, and UpgradeFailed says why."""
+        staged: dict = {}
+
         def one(step):
-            return self.ex.stage_files(
+            staged[step.machine] = self.ex.stage_files(
                 step.machine, list(self._extra(step.machine).files) +
                 machine.document_files(self._document(step.machine, self.release), self._user_data(step.machine)),
                 before=machine.pull_command(self.cluster, self.release, step.restart),
                 after=machine.pause_os_updates_command(), deadline=self.cluster.timeouts.pull,
                 what=f"pull release {self.release.id}, stage its files, pause OS updates")
-        upgrades = [s for s in self.steps if s.action == UPGRADE]
-        return dict(zip((s.machine for s in upgrades), self.ex.parallel(one, upgrades, describe=_machine)))
+        try:
+            self.ex.parallel(one, [s for s in self.steps if s.action == UPGRADE], describe=_machine)
+        except LostLock:
+            raise  # nothing is ours to change any more
+        except AirError as failure:
+            left = self._end_pause(list(staged), staged)
+            if isinstance(failure, Halt):
+                raise
+            raise UpgradeFailed(f"{failure}" + "".join(f"\n{line}" for line in left)) from None
+        return staged
 
     def _user_data(self, address) -> str:
         return self.facts[address]["user_data"]

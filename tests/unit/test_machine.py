@@ -333,7 +333,7 @@ def test_os_updates_are_paused_and_put_back_as_they_were(tmp_path, monkeypatch):
     assert run_sh(env + machine.resume_os_updates_command() + " && echo on", tmp_path).stdout == "on\n"
     log = (tmp_path / "log").read_text().splitlines()
     assert "stop update-engine.service locksmithd.service" in log
-    assert log[-1] == "start update-engine.service" and not paused.exists()
+    assert log[-1] == "start --no-block update-engine.service" and not paused.exists()  # queued, not waited for
     assert run_sh(env + machine.resume_os_updates_command(), tmp_path).returncode == 0  # nothing paused: nothing
 
 

@@ -81,6 +81,15 @@ def test_one_machine_at_a_time_each_leaving_the_balancer_in_the_reload_that_puts
     first_restart = next(i for i, (_, c, _) in enumerate(s.ex.calls) if "list-unit-files --no-legend air-" in c)
     pulls = [i for i, (_, c, _) in enumerate(s.ex.calls) if "docker pull" in c]
     assert len(pulls) == 3 and max(pulls) < first_restart
+    # OS updates, paused on every machine while pulling, resume on every one at the end.
+    resumed = [(i, h) for i, (h, c, _) in enumerate(s.ex.calls) if c == machine.resume_os_updates_command()]
+    assert sorted(h for _, h in resumed) == MACHINES
+    assert min(i for i, _ in resumed) > max(i for i, (_, c, _) in enumerate(s.ex.calls) if "list-unit-files" in c)
+
+
+def resumed(ex) -> dict:
+    """machine -> the command that resumed its OS updates (with the discard of its staged files, if any)."""
+    return {h: c for h, c, _ in ex.calls if c.endswith(machine.resume_os_updates_command())}
 
 
 def test_a_step_past_its_deadline_restores_that_machine_and_touches_no_other(s):
@@ -105,6 +114,9 @@ def test_an_interrupt_mid_step_puts_the_machine_in_hand_back_and_stops(s):
     assert f"restored: 10.0.0.1 is back on release {OLD.id} and in the balancer." in str(stopped.value)
     assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1", "10.0.0.1"]  # the upgrade, then its restore
     assert s.ex.routed[-1] == MACHINES
+    ends = resumed(s.ex)  # the machines never reached lose their staged files; every one updates again
+    assert sorted(ends) == MACHINES and ends["10.0.0.1"] == machine.resume_os_updates_command()
+    assert ends["10.0.0.2"].startswith("rm -rf ") and ends["10.0.0.3"].startswith("rm -rf ")
     history = state.history(s.etcd, s.cluster)
     assert history[-1]["id"] == NEW.id and history[-1]["outcome"].startswith("interrupted")
     current, record = state.read_release(s.etcd, s.cluster)
@@ -145,6 +157,34 @@ def test_a_machine_whose_open_connection_dies_at_the_facts_read_refuses_the_roll
                                             r"over SSH\)\)\. No machine was changed"):
         Rollout(s, NEW, OLD).apply()
     assert s.ex.commands(changes_only=True) == []
+
+
+def test_a_failed_pull_leaves_every_machine_as_it_was(s):
+    s.ex.answer("docker pull", host="10.0.0.2", exited=1, stderr="pull of web 1.0.1 failed after 4 tries: EOF")
+    s.ex.rules.insert(0, s.ex.rules.pop())
+    with pytest.raises(UpgradeFailed) as failed:
+        Rollout(s, NEW, OLD).apply()
+    assert str(failed.value) == (f"not upgrading {s.cluster.name} to {NEW.id}: 10.0.0.2: pull release {NEW.id}, stage its "
+                                        "files, pause OS updates failed (exit 1): pull of web 1.0.1 failed after 4 "
+                                        "tries: EOF. No machine was changed.")
+    # The two whose pull worked: their staged files discarded, their OS updates resumed; nothing drained.
+    assert sorted(resumed(s.ex)) == ["10.0.0.1", "10.0.0.3"]
+    assert all(c.startswith("rm -rf ") for c in resumed(s.ex).values())
+    assert getattr(s.ex, "routed", []) == [] and restarts(s.ex) == []
+
+
+def test_a_balancer_failing_between_machines_leaves_nothing_staged_or_paused(s):
+    def fail_second_change(host, command):
+        if host == BALANCER and "air-candidate" in command and len(s.ex.routed) == 2:
+            s.ex.answer("air-candidate", host=BALANCER, exited=1, stderr="haproxy: connection refused")
+            s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.on_run = fail_second_change
+    with pytest.raises(UpgradeFailed, match="the balancer could not be changed"):
+        Rollout(s, NEW, OLD).apply()
+    assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1"]
+    ends = resumed(s.ex)
+    assert sorted(ends) == MACHINES and ends["10.0.0.1"] == machine.resume_os_updates_command()
+    assert ends["10.0.0.2"].startswith("rm -rf ") and ends["10.0.0.3"].startswith("rm -rf ")
 
 
 def test_drift_is_one_warning_line_with_its_fix(s):
