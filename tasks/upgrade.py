@@ -9,11 +9,13 @@ already serving the release is left alone, one that runs it but is out of
 the balancer (a deploy killed after its start) is only checked and put back,
 the others restart just the components whose version changes. ``--plan``
 prints that and changes nothing. Applying it, every machine to upgrade pulls
-the images and has its files staged, all at once, while still serving; then
-group by group (one machine by default; ``--batch`` never takes out so many
-that most of the cluster is out of the balancer) the group leaves the
-balancer in the same reload that puts the previous group back, one command
-restarts what changes on the staged files, and the health check must pass.
+the images, has its files staged and its OS updates paused, all at once, while
+still serving; then group by group (one machine by default; ``--batch`` never
+takes out so many that most of the cluster is out of the balancer) the group
+leaves the balancer in the same change that puts the previous group back, one
+command restarts what changes on the staged files, and the health check must
+pass. OS updates resume on every machine prepared when the rollout ends,
+whatever its end (but a lost lock: then nothing more is ours to change).
 
 At the first failure, or an interrupt, the machine in hand is put back on the
 release it ran before and into the balancer, nothing further is touched, and
