@@ -8,6 +8,7 @@ release files, etcd's records and members) and leaves the cluster serving,
 which the next test checks first. The figures of each (requests sent and
 failed, how long the failure took to surface) are printed.
 """
+import dataclasses
 import json
 import signal
 import threading
@@ -16,13 +17,14 @@ import time
 import pytest
 
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, peer_url
-from tasks import machine, state
+from tasks import build, machine, push, state, upgrade
 from tasks.balancer_config import machines_in
 from sandbox import testbed as sb
 from tasks.remote import Executor
+from tasks.session import session
 
 from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader, etcd_of, fab,
-                      listed, on, routed_in, serving, wait_serving)
+                      listed, on, on_each, routed_in, serving, wait_serving)
 
 PORT = 80
 
@@ -145,6 +147,38 @@ def test_a_machine_paused_during_a_deploy_fails_it_at_once_and_frees_the_lock(sa
     assert wait_serving(cluster)
     fab("deploy", "--cluster", "local")  # the change goes out once the machine answers again
     assert serving(cluster)
+
+
+def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_staged(sandbox, local_serving, figures):
+    """The registry unreachable from one machine (its packets rejected there): the rollout stops before
+    any machine leaves the balancer, and the machines whose pull worked lose their staged files and
+    update their OS again. (The pull's tries are cut to a few seconds for the test.)"""
+    cluster = local_serving
+    blocked = cluster.machines[-1]
+    name = next(m["name"] for m in sandbox["machines"] if m["address"] == blocked)
+    rule = ["OUTPUT", "-d", cluster.registry.address.rsplit(":", 1)[0], "-j", "REJECT"]
+    hurried = dataclasses.replace(cluster, timeouts=dataclasses.replace(cluster.timeouts, pull=8))
+    # Per machine: its OS update unit, a pause left behind, the staging folders in its /tmp.
+    check = (f"systemctl is-active update-engine.service; [ ! -e {machine.OS_UPDATES_PAUSED} ] || echo paused; "
+             "ls -d /tmp/tmp.* 2>/dev/null | wc -l")
+    before, releases = on_each(cluster, check), release_files(cluster)
+    sb.commit_change("static_website")
+    with session(hurried, "test: a pull failing on one machine") as s:
+        built = build.build_all(s.ex, hurried.build.host, hurried.build.branch)
+        release, _ = push.push_all(s.ex, hurried.build.host, built["images"])
+        current, _ = state.read_release(s.etcd, hurried)
+        sb.docker("exec", name, "iptables", "-I", *rule)
+        try:
+            with Probe(BALANCER_ADDRESS, PORT) as probe, pytest.raises(upgrade.UpgradeFailed) as failed:
+                upgrade.Rollout(s, release, current).apply()
+        finally:
+            sb.docker("exec", name, "iptables", "-D", *rule)
+    figures(f"registry unreachable from one machine: {str(failed.value).splitlines()[0][:160]}; {probe.report('meanwhile')}")
+    assert f"{blocked}: pull release {release.id}" in str(failed.value)
+    assert "No machine was changed." in str(failed.value)
+    assert probe.failed == 0, probe.errors
+    assert sorted(listed(cluster)) == sorted(cluster.machines) and release_files(cluster) == releases
+    assert on_each(cluster, check) == before  # OS updates run, nothing paused, no staging folder left
 
 
 def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_130(local_serving, clock, figures):
