@@ -36,9 +36,10 @@ class FakeExecutor:
     finishing = Executor.finishing
 
     def answer(self, text: str, exited: int = 0, stdout: str = "", stderr: str = "", host: str = None,
-               deadline: bool = False):
-        """Commands containing ``text`` (on ``host``, if given) answer so; ``deadline``: they time out."""
-        self.rules.append((host, text, Result(exited, stdout, stderr), deadline))
+               deadline: bool = False, first: bool = False):
+        """Commands containing ``text`` (on ``host``, if given) answer so; ``deadline``: they time out.
+        ``first``: this rule goes before those already given (a test's own over its fixture's)."""
+        self.rules.insert(0 if first else len(self.rules), (host, text, Result(exited, stdout, stderr), deadline))
 
     def commands(self, host: str = None, changes_only: bool = False) -> list:
         return [c for h, c, change in self.calls if (host is None or h == host) and (change or not changes_only)]

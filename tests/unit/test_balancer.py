@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 
 from tasks.errors import LostLock
-from tasks.remote import Result
 
 from .fakes import FakeExecutor, FakeFence
 
@@ -332,7 +331,7 @@ def test_set_with_reload_reloads_even_when_the_file_is_right(ex):
 
 
 def test_connections_left_after_the_drain_timeout_are_said(ex, capsys):
-    ex.rules.insert(0, (None, "air-candidate", Result(0, "air-drain: 2\n", ""), False))
+    ex.answer("air-candidate", stdout="air-drain: 2\n", first=True)
     balancer.Routers(ex).remove("10.0.0.1")
     assert "2 connection(s) to 10.0.0.1 still open after 30 s" in capsys.readouterr().err
 

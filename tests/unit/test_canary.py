@@ -42,8 +42,7 @@ def test_a_second_candidate_is_refused_before_any_change(s):
 
 
 def test_a_failed_canary_puts_the_machine_back_and_forgets_the_candidate(s):
-    s.ex.answer("http://127.0.0.1:8080/health", host=CANARY, exited=1, stderr="not healthy within 60 s: web")
-    s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.answer("http://127.0.0.1:8080/health", host=CANARY, exited=1, stderr="not healthy within 60 s: web", first=True)
     with pytest.raises(UpgradeFailed, match=f"upgrade of {CANARY} to {NEW.id} failed"):
         deploy_canary(s, NEW, OLD, CANARY)
     assert state.read_candidate(s.etcd, s.cluster) == (None, None)
@@ -58,8 +57,7 @@ def test_a_canary_must_be_a_member_before_anything_is_built(s):
 
 
 def test_rolling_back_a_canary_puts_its_machines_on_the_clusters_release(s):
-    s.ex.answer("echo '--release'", host=CANARY, stdout=facts_text(NEW.id, {"web": "1.0.1", "worker": "1.0.0"}))
-    s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.answer("echo '--release'", host=CANARY, stdout=facts_text(NEW.id, {"web": "1.0.1", "worker": "1.0.0"}), first=True)
     record = state.write_candidate(s.etcd, s.cluster, NEW, [CANARY], branch="master")
     rollback_canary(s, OLD, NEW, record)
     assert changed_hosts(s.ex) == {CANARY, "10.0.0.100"}

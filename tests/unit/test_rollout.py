@@ -151,8 +151,7 @@ def test_a_machine_that_does_not_answer_refuses_the_rollout_before_any_change(cl
 
 
 def test_a_machine_whose_open_connection_dies_at_the_facts_read_refuses_the_rollout_too(s):
-    s.ex.answer("echo '--release'", host="10.0.0.3", exited=255, stderr="connection lost (no answer over SSH)")
-    s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.answer("echo '--release'", host="10.0.0.3", exited=255, stderr="connection lost (no answer over SSH)", first=True)
     with pytest.raises(UpgradeFailed, match=r"unreachable: 10\.0\.0\.3 \(read the release facts failed .*no answer "
                                             r"over SSH\)\)\. No machine was changed"):
         Rollout(s, NEW, OLD).apply()
@@ -160,8 +159,7 @@ def test_a_machine_whose_open_connection_dies_at_the_facts_read_refuses_the_roll
 
 
 def test_a_failed_pull_leaves_every_machine_as_it_was(s):
-    s.ex.answer("docker pull", host="10.0.0.2", exited=1, stderr="pull of web 1.0.1 failed after 4 tries: EOF")
-    s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.answer("docker pull", host="10.0.0.2", exited=1, stderr="pull of web 1.0.1 failed after 4 tries: EOF", first=True)
     with pytest.raises(UpgradeFailed) as failed:
         Rollout(s, NEW, OLD).apply()
     assert str(failed.value) == (f"not upgrading {s.cluster.name} to {NEW.id}: 10.0.0.2: pull release {NEW.id}, stage its "
@@ -176,8 +174,7 @@ def test_a_failed_pull_leaves_every_machine_as_it_was(s):
 def test_a_balancer_failing_between_machines_leaves_nothing_staged_or_paused(s):
     def fail_second_change(host, command):
         if host == BALANCER and "air-candidate" in command and len(s.ex.routed) == 2:
-            s.ex.answer("air-candidate", host=BALANCER, exited=1, stderr="haproxy: connection refused")
-            s.ex.rules.insert(0, s.ex.rules.pop())
+            s.ex.answer("air-candidate", host=BALANCER, exited=1, stderr="haproxy: connection refused", first=True)
     s.ex.on_run = fail_second_change
     with pytest.raises(UpgradeFailed, match="the balancer could not be changed"):
         Rollout(s, NEW, OLD).apply()
@@ -189,8 +186,7 @@ def test_a_balancer_failing_between_machines_leaves_nothing_staged_or_paused(s):
 
 def test_drift_is_one_warning_line_with_its_fix(s):
     s.ex.answer("echo '--release'", host="10.0.0.2",
-                stdout=facts_text("older", {"web": "0.9.0", "worker": "1.0.0"}))
-    s.ex.rules.insert(0, s.ex.rules.pop())  # the machine's own answer first
+                stdout=facts_text("older", {"web": "0.9.0", "worker": "1.0.0"}), first=True)  # the machine's own answer first
     s.ex.files[(BALANCER, s.cluster.balancer.routers_file)] = (routers_file(s.cluster, ["10.0.0.1", "10.0.0.2"]), 0o644)
     rollout = Rollout(s, OLD, OLD)
     assert rollout.warning == (
@@ -257,8 +253,7 @@ WEB_ONLY = Release((Image("web", "1.0.0", "sha256:" + "a" * 64),))  # older than
 
 
 def test_a_component_new_to_the_release_is_installed_and_one_it_lacks_is_removed(s):
-    s.ex.answer("echo '--release'", stdout=facts_text(WEB_ONLY.id, {"web": "1.0.0"}, ("active", "inactive")))
-    s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.answer("echo '--release'", stdout=facts_text(WEB_ONLY.id, {"web": "1.0.0"}, ("active", "inactive")), first=True)
     rollout = Rollout(s, NEW, WEB_ONLY)
     assert [(st.action, st.restart, st.remove) for st in rollout.steps] == [("upgrade", ("web", "worker"), ())] * 3
     rollout.apply()
@@ -268,8 +263,7 @@ def test_a_component_new_to_the_release_is_installed_and_one_it_lacks_is_removed
     assert any("prod_worker" in c and "docker pull" in c for c in first)
 
     back = Rollout(s, WEB_ONLY, NEW)  # the rollback: worker goes
-    s.ex.answer("echo '--release'", stdout=facts_text(NEW.id, {"web": "1.0.1", "worker": "1.0.0"}))
-    s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.answer("echo '--release'", stdout=facts_text(NEW.id, {"web": "1.0.1", "worker": "1.0.0"}), first=True)
     back = Rollout(s, WEB_ONLY, NEW)
     assert [(st.action, st.restart, st.remove) for st in back.steps] == [("upgrade", ("web",), ("worker",))] * 3
     assert back.describe()[0] == (f"10.0.0.1: out of the balancer, restart web, remove worker on {WEB_ONLY.id}, "
@@ -282,10 +276,8 @@ def test_a_component_new_to_the_release_is_installed_and_one_it_lacks_is_removed
 
 
 def test_a_failed_machine_is_restored_to_a_release_without_the_new_component(s):
-    s.ex.answer("echo '--release'", stdout=facts_text(WEB_ONLY.id, {"web": "1.0.0"}, ("active", "inactive")))
-    s.ex.rules.insert(0, s.ex.rules.pop())
-    s.ex.answer("systemctl restart air-web.service air-worker.service", host="10.0.0.1", exited=machine.UNHEALTHY)
-    s.ex.rules.insert(0, s.ex.rules.pop())
+    s.ex.answer("echo '--release'", stdout=facts_text(WEB_ONLY.id, {"web": "1.0.0"}, ("active", "inactive")), first=True)
+    s.ex.answer("systemctl restart air-web.service air-worker.service", host="10.0.0.1", exited=machine.UNHEALTHY, first=True)
     with pytest.raises(UpgradeFailed) as failed:
         Rollout(s, NEW, WEB_ONLY).apply()
     assert f"restored: 10.0.0.1 is back on release {WEB_ONLY.id} and in the balancer." in str(failed.value)
