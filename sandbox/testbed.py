@@ -74,6 +74,7 @@ CREDENTIALS_FILES = {REGISTRY_USER: "registry-credentials.yaml", REGISTRY_PULL_U
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 LABEL = "air.sandbox.role"
 OWNER = "air.sandbox.name"  # which sandbox a container belongs to
+CONFIG = "air.sandbox.config"  # a machine's: the configuration it was prepared with (``_config_id``)
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,19 @@ def registry_credentials(user: str = REGISTRY_USER) -> tuple:
 
 # ---------------------------------------------------------------- containers
 
+def reusable(info: dict, node: Node, image: str, config_id: str) -> bool:
+    """Whether the container ``info`` (docker inspect) can stand for ``node``: same image, role,
+    sandbox and address, and for a machine the same configuration. A machine prepared with another
+    (another key, CA or accounts: a sandbox state made elsewhere, left in this engine) is not set
+    right in place: installed, it keeps its administrator's base cloud config beside the final one,
+    and the next deploy would put the other CA back. It is made afresh, as a real machine would be. Pure."""
+    labels = info["Config"]["Labels"] or {}
+    return info["Config"]["Image"] == image and labels.get(LABEL) == node.role and \
+        labels.get(OWNER) == PREFIX and \
+        info["NetworkSettings"]["Networks"].get(NETWORK, {}).get("IPAddress") == node.address and \
+        (not node.is_machine or labels.get(CONFIG) == config_id)
+
+
 def container_state(name: str) -> Optional[dict]:
     proc = docker("container", "inspect", name, check=False)
     if proc.returncode != 0:
@@ -243,9 +257,10 @@ def container_state(name: str) -> Optional[dict]:
     return json.loads(proc.stdout)[0]
 
 
-def run_container(node: Node, image: str) -> None:
+def run_container(node: Node, image: str, config_id: str) -> None:
     args = ["run", "-d", "--name", node.name, "--hostname", node.name, "--network", NETWORK,
             "--ip", node.address, "--label", f"{LABEL}={node.role}", "--label", f"{OWNER}={PREFIX}",
+            "--label", f"{CONFIG}={config_id}",
             "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
             "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
             "--device-cgroup-rule=a *:* rwm", "--tmpfs", "/run", "--tmpfs", "/run/lock",
@@ -547,15 +562,12 @@ def _bring_up(machines: int, spares: int) -> dict:
     fresh: list = []
     for node in nodes:
         info = container_state(node.name)
-        same = info and info["Config"]["Image"] == image and \
-            info["Config"]["Labels"].get(LABEL) == node.role and info["Config"]["Labels"].get(OWNER) == PREFIX and \
-            info["NetworkSettings"]["Networks"].get(NETWORK, {}).get("IPAddress") == node.address
-        if info and not same:
+        if info and not reusable(info, node, image, config_id):
             docker("rm", "-f", node.name)
             docker("volume", "rm", "-f", f"{node.name}-docker", f"{node.name}-data", check=False)
             info = None
         if info is None:
-            run_container(node, image)
+            run_container(node, image, config_id)
             fresh.append(node)
         elif not info["State"]["Running"]:
             docker("start", node.name)
@@ -608,14 +620,14 @@ def _reset_machines(addresses) -> None:
     state = json.loads((STATE / "state.json").read_text())
     nodes = [Node(**n) for n in state["nodes"] if n["address"] in set(addresses) and n["role"] in ("machine", "spare")]
     image = ensure_image()
-    public_key = (STATE / "id_ed25519.pub").read_text()
+    config_id = _config_id(image, (STATE / "id_ed25519.pub").read_text())
     base_doc = base_document()
 
     def renew(node):
         docker("rm", "-f", node.name)
         docker("volume", "rm", "-f", f"{node.name}-docker", check=False)
-        run_container(node, image)
-        return node, prepare(node, base_doc, _config_id(image, public_key))[1]
+        run_container(node, image, config_id)
+        return node, prepare(node, base_doc, config_id)[1]
 
     renewed = dict(parallel(renew, nodes, describe=lambda n: n.name))
     known = [line for line in (STATE / "known_hosts").read_text().splitlines()

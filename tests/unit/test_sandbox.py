@@ -42,3 +42,27 @@ def test_a_signed_certificate_verifies_against_the_sandbox_ca(tmp_path):
     text = sb.sh("openssl", "x509", "-noout", "-text", "-in", str(tmp_path / "registry.crt")).stdout
     assert "IP Address:10.0.0.11" in text and "DNS:registry" in text
     assert oct((tmp_path / "registry.key").stat().st_mode & 0o777) == oct(0o600)
+
+
+def _inspected(node, image="air-sandbox/machine:1", config="c1", address=None) -> dict:
+    """What `docker container inspect` says of a sandbox container made for ``node``."""
+    return {"Config": {"Image": image, "Labels": {sb.LABEL: node.role, sb.OWNER: sb.PREFIX, sb.CONFIG: config}},
+            "NetworkSettings": {"Networks": {sb.NETWORK: {"IPAddress": address or node.address}}}}
+
+
+def test_a_machine_prepared_with_another_configuration_is_made_afresh_a_shared_host_is_set_right_in_place():
+    nodes = sb.layout(3, 2)
+    machine, spare = nodes[3], nodes[6]
+    registry = next(n for n in nodes if n.role == "registry")
+    assert (machine.role, spare.role) == ("machine", "spare")
+    for node in (machine, spare, registry):
+        assert sb.reusable(_inspected(node), node, "air-sandbox/machine:1", "c1")
+        assert not sb.reusable(_inspected(node, image="air-sandbox/machine:0"), node, "air-sandbox/machine:1", "c1")
+        assert not sb.reusable(_inspected(node, address="10.9.9.9"), node, "air-sandbox/machine:1", "c1")
+    # Another sandbox state (its own CA and key) left these containers in the engine:
+    assert not sb.reusable(_inspected(machine, config="c0"), machine, "air-sandbox/machine:1", "c1")
+    assert not sb.reusable(_inspected(spare, config="c0"), spare, "air-sandbox/machine:1", "c1")
+    assert sb.reusable(_inspected(registry, config="c0"), registry, "air-sandbox/machine:1", "c1")
+    unlabelled = _inspected(machine)
+    del unlabelled["Config"]["Labels"][sb.CONFIG]  # made before machines carried their configuration
+    assert not sb.reusable(unlabelled, machine, "air-sandbox/machine:1", "c1")
