@@ -21,7 +21,7 @@ from urllib.parse import quote
 import yaml
 
 from .units import (ETCD_DROPIN, ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, UNIT_DIR, component_unit,
-                    etcd_dropin, unit_name)
+                    etcd_dropin, image_environment, image_file, unit_name)
 
 HEADER = "#cloud-config\n"
 REBOOT_STRATEGY = "etcd-lock"  # OS updates reboot one machine at a time, under a lock in the cluster's etcd
@@ -84,12 +84,14 @@ def install_part(cluster, machine: str, members, state: str, release) -> dict:
     file and the release have: one the release lacks is not installed."""
     images = {c.name: release.image(c.name) for c in installed_components(cluster, release)}
     units = [_unit(ETCD_UNIT, drop_ins=[{"name": ETCD_DROPIN, "content": etcd_dropin(cluster, machine, members, state)}])]
-    units += [_unit(unit_name(c.name), content=component_unit(cluster, c, images[c.name].version, machine,
-                                                                cluster.pinned_ref(images[c.name])))
+    units += [_unit(unit_name(c.name), content=component_unit(cluster, c, machine))
               for c in installed_components(cluster, release)]
     components = "".join(f"{c.name} {images[c.name].version} {c.port}\n" for c in installed_components(cluster, release))
     write_files = [_write_file(RELEASE_FILE, release.id + "\n", 0o644),
                    _write_file(COMPONENTS_FILE, components, 0o644)]
+    write_files += [_write_file(image_file(c.name), image_environment(images[c.name].version,
+                                                                      cluster.pinned_ref(images[c.name])), 0o644)
+                    for c in installed_components(cluster, release)]
     additions = getattr(cluster, "additions", None)
     if additions is not None:
         units += [_unit(u.name, content=u.content) for u in additions.units]

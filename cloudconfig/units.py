@@ -40,11 +40,20 @@ DATA_DIR = "/var/lib/air"         # per component, kept across releases; read-wr
 DATA_MOUNT = "/air/data"
 
 VERSION_LABEL = "air.version"     # a container's label naming the version its image was pushed as
+# Per component, the release's part of its unit: the version and image reference its unit runs,
+# read by systemd at each start (EnvironmentFile=). A new release changes this file only, not the
+# unit, so an upgrade needs no daemon-reload.
+IMAGE_DIR = "/etc/air/images"
 
 # Grace given to `docker stop` beyond its own timeout before systemd kills it.
 STOP_MARGIN = 15
 
 _PLAIN = re.compile(r"[A-Za-z0-9_@+=:,./\[\]-]+")
+
+
+class Expanded(str):
+    """A word of an Exec*= line that systemd fills in from the unit's environment (``${NAME}``
+    inside it): written as it is, never quoted."""
 
 
 def unit_name(component_name: str) -> str:
@@ -81,6 +90,8 @@ def quote(word) -> str:
     systemd splits on whitespace, honours quotes and backslashes, and expands
     % specifiers and $variables even inside quotes; that is not shell quoting.
     """
+    if isinstance(word, Expanded):
+        return str(word)
     word = str(word)
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in word):
         raise ValueError(f"control character in unit command word {word!r}")
@@ -109,10 +120,23 @@ def stop_lines(component, stop: int) -> tuple:
     return tuple(lines), stop * len(lines) + STOP_MARGIN
 
 
-def component_unit(cluster, component, version: str, machine: str, reference: str = None) -> str:
-    """The unit running ``component`` at ``version`` in its container on ``machine``: the image
-    ``reference`` (a release pins it by digest; default the version's tag), the version kept as
-    the container's label and environment."""
+def image_file(component_name: str) -> str:
+    return f"{IMAGE_DIR}/{component_name}.env"
+
+
+def image_environment(version: str, reference: str) -> str:
+    """The text of a component's ``image_file``: the ``version`` it runs and its image ``reference``
+    (a release pins it by digest). Pure; ValueError on a value systemd would not read back as is."""
+    for value in (version, reference):
+        if not _PLAIN.fullmatch(value):
+            raise ValueError(f"not a plain version or image reference: {value!r}")
+    return f"AIR_VERSION={version}\nAIR_IMAGE={reference}\n"
+
+
+def component_unit(cluster, component, machine: str) -> str:
+    """The unit running ``component`` in its container on ``machine``, at whatever version and
+    image its ``image_file`` names (the version kept as the container's label and environment).
+    The same for every release."""
     container = container_name(component.name)
     stop = cluster.timeouts.stop
     signal = component.stop_signal
@@ -121,9 +145,9 @@ def component_unit(cluster, component, version: str, machine: str, reference: st
         DOCKER, "run", "--rm", "--name", container, "--network", "host",
         *(("--stop-signal", signal) if signal != DEFAULT_STOP_SIGNAL else ()),
         *(("--user", component.user) if component.user else ()),
-        "--label", f"{VERSION_LABEL}={version}",
+        "--label", Expanded(f"{VERSION_LABEL}=${{AIR_VERSION}}"),
         "-e", f"AIR_COMPONENT={component.name}",
-        "-e", f"AIR_VERSION={version}",
+        "-e", Expanded("AIR_VERSION=${AIR_VERSION}"),
         "-e", f"AIR_MACHINE={machine}",
         "-e", f"AIR_PORT={component.port}",
         "-e", f"AIR_ETCD={ETCD_LOCAL_CLIENT_URL}",
@@ -131,7 +155,7 @@ def component_unit(cluster, component, version: str, machine: str, reference: st
         "-v", f"{STATE_DIR}:{STATE_MOUNT}:ro",
         *(("-v", f"{secrets_dir(component.name)}:{SECRETS_MOUNT}:ro") if component.secrets else ()),
         "-v", f"{data}:{DATA_MOUNT}",
-        reference or cluster.image_ref(component.name, version),
+        Expanded("${AIR_IMAGE}"),
     )
     # A component running as another user owns its data folder (docker would make it root's).
     owner = f"ExecStartPre={command('/usr/bin/install', '-d', '-o', component.user, '-m', '0700', data)}\n" \
@@ -145,6 +169,7 @@ After=docker.service {ETCD_UNIT}
 Requires=docker.service
 
 [Service]
+EnvironmentFile={image_file(component.name)}
 ExecStartPre=-{command(DOCKER, "rm", "-f", container)}
 {owner}ExecStart={run}
 {stop_block}

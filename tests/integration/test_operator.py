@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from cloudconfig.units import component_unit, container_name, unit_name
+from cloudconfig.units import component_unit, container_name, image_environment, image_file, unit_name
 from sandbox import testbed as sb
 from tasks import balancer_config, machine, state
 from tasks.cluster import Component
@@ -327,11 +327,12 @@ def test_a_components_stop_command_and_signal_reach_its_container(local_serving)
                       stop_command="echo stopped-by-command > /air/data/stop.txt")
     image_of = replace(cluster, components=(probe,))
     version = current["components"]["static_website"]["version"]
-    unit = component_unit(image_of, probe, version, address)
+    unit = component_unit(image_of, probe, address)
     # The static website's image (its server takes the port it is given) under the probe's name: nothing new is pulled.
-    unit = unit.replace(cluster.image_ref("stoptest", version), cluster.image_ref("static_website", version))
+    images = image_environment(version, cluster.image_ref("static_website", version))
     path = f"/etc/systemd/system/{unit_name('stoptest')}"
     with Executor(cluster) as ex:
+        ex.write_file(address, image_file("stoptest"), images)
         ex.write_file(address, path, unit)
     try:
         on(cluster, address, f"systemctl daemon-reload && systemctl start {unit_name('stoptest')} && "
@@ -344,7 +345,8 @@ def test_a_components_stop_command_and_signal_reach_its_container(local_serving)
                                      f"systemctl show -p Result --value {unit_name('stoptest')}").stdout.split()
         assert after == ["stopped-by-command", "success"]
     finally:
-        on(cluster, address, f"systemctl stop {unit_name('stoptest')}; rm -f {path} && systemctl daemon-reload; "
+        on(cluster, address, f"systemctl stop {unit_name('stoptest')}; rm -f {path} {image_file('stoptest')} && "
+                             f"systemctl daemon-reload; "
                              f"rm -rf /var/lib/air/stoptest", check=False)
 
 

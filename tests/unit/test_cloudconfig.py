@@ -71,6 +71,16 @@ write_files:
   content: |
     web 1.2.3 8080
     worker 1.3.0 9090
+- path: /etc/air/images/web.env
+  permissions: '0644'
+  content: |
+    AIR_VERSION=1.2.3
+    AIR_IMAGE=registry.example.org:5000/aircloak/prod_web@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee
+- path: /etc/air/images/worker.env
+  permissions: '0644'
+  content: |
+    AIR_VERSION=1.3.0
+    AIR_IMAGE=registry.example.org:5000/aircloak/prod_worker:1.3.0
 coreos:
   units:
   - name: etcd-member.service
@@ -103,12 +113,13 @@ coreos:
       Requires=docker.service
 
       [Service]
+      EnvironmentFile=/etc/air/images/web.env
       ExecStartPre=-/usr/bin/docker rm -f air-web
-      ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=1.2.3 \
--e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
+      ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=${AIR_VERSION} \
+-e AIR_COMPONENT=web -e AIR_VERSION=${AIR_VERSION} -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
 -e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
 -v /etc/air/state:/air/state:ro -v /var/lib/air/web:/air/data \
-registry.example.org:5000/aircloak/prod_web@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee
+${AIR_IMAGE}
       ExecStop=/usr/bin/docker stop --time 20 air-web
       TimeoutStopSec=35
       Restart=on-failure
@@ -126,12 +137,13 @@ registry.example.org:5000/aircloak/prod_web@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeee
       Requires=docker.service
 
       [Service]
+      EnvironmentFile=/etc/air/images/worker.env
       ExecStartPre=-/usr/bin/docker rm -f air-worker
-      ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=1.3.0 \
--e AIR_COMPONENT=worker -e AIR_VERSION=1.3.0 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=9090 \
+      ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=${AIR_VERSION} \
+-e AIR_COMPONENT=worker -e AIR_VERSION=${AIR_VERSION} -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=9090 \
 -e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
 -v /etc/air/state:/air/state:ro -v /var/lib/air/worker:/air/data \
-registry.example.org:5000/aircloak/prod_worker:1.3.0
+${AIR_IMAGE}
       ExecStop=/usr/bin/docker stop --time 20 air-worker
       TimeoutStopSec=35
       Restart=on-failure
@@ -215,12 +227,13 @@ def test_files_of_final(cluster, final_doc):
     assert files(final_doc) == files(EXPECTED_BASE) + [
         File("/etc/air/state/release", "0570bb33ff35\n", 0o644),
         File("/etc/air/state/components", "web 1.2.3 8080\nworker 1.3.0 9090\n", 0o644),
+        File("/etc/air/images/web.env", f"AIR_VERSION=1.2.3\nAIR_IMAGE={REGISTRY_WEB}\n", 0o644),
+        File("/etc/air/images/worker.env",
+             "AIR_VERSION=1.3.0\nAIR_IMAGE=registry.example.org:5000/aircloak/prod_worker:1.3.0\n", 0o644),
         File("/etc/systemd/system/etcd-member.service.d/20-air.conf",
              etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new"), 0o644),
-        File("/etc/systemd/system/air-web.service", component_unit(cluster, web, "1.2.3", "10.0.0.2",
-                                                                      REGISTRY_WEB), 0o644),
-        File("/etc/systemd/system/air-worker.service",
-             component_unit(cluster, worker, "1.3.0", "10.0.0.2"), 0o644),
+        File("/etc/systemd/system/air-web.service", component_unit(cluster, web, "10.0.0.2"), 0o644),
+        File("/etc/systemd/system/air-worker.service", component_unit(cluster, worker, "10.0.0.2"), 0o644),
     ]
 
 
@@ -279,7 +292,8 @@ def test_the_administrators_base_is_extended_and_nothing_of_it_replaced(cluster)
     doc = final(cluster, "10.0.0.2", cluster.machines, "new", RELEASE, admin)
     assert doc["users"] == [{"name": "ops"}] and doc["ssh_authorized_keys"] == ["ssh-ed25519 CCCC admin"]
     assert [f["path"] for f in doc["write_files"]] == [
-        "/etc/monitoring/agent.conf", "/etc/air/state/release", "/etc/air/state/components"]
+        "/etc/monitoring/agent.conf", "/etc/air/state/release", "/etc/air/state/components",
+        "/etc/air/images/web.env", "/etc/air/images/worker.env"]
     assert [u["name"] for u in doc["coreos"]["units"]] == [
         "admin-monitor.service", "etcd-member.service", "air-web.service", "air-worker.service"]
     assert doc["coreos"]["update"] == {"reboot_strategy": "etcd-lock"}

@@ -201,8 +201,11 @@ def test_an_image_pinned_by_digest_that_the_machine_has_is_not_pulled_again(tmp_
 
 def test_start_command(cluster):
     assert machine.start_command(cluster) == (
-        "systemctl daemon-reload && systemctl enable -q air-web.service air-worker.service && "
+        "if systemctl show -p NeedDaemonReload -p LoadState air-web.service air-worker.service | "
+        "grep -qxE 'NeedDaemonReload=yes|LoadState=not-found'; then systemctl daemon-reload; fi && "
+        "systemctl enable -q --no-reload air-web.service air-worker.service && "
         "systemctl restart air-web.service air-worker.service")
+    assert machine.start_command(cluster, []) == "true"
 
 
 def test_stop_command(cluster):
@@ -215,7 +218,9 @@ def test_stop_command(cluster):
 def test_remove_command_disables_the_units_that_exist_and_removes_their_files():
     assert machine.remove_command(["gone"]) == (
         "units=$(systemctl list-unit-files --no-legend air-gone.service 2>/dev/null | awk '{print $1}'); "
-        "{ [ -z \"$units\" ] || systemctl disable -q --now $units; } && rm -f /etc/systemd/system/air-gone.service")
+        "{ [ -z \"$units\" ] || systemctl disable -q --now $units; } && rm -f /etc/systemd/system/air-gone.service "
+        "/etc/air/images/gone.env && "
+        "systemctl daemon-reload")
     assert machine.remove_command([]) == "true"
 
 
@@ -290,7 +295,7 @@ def test_wipe_command(cluster):
         "rm -f /etc/systemd/system/etcd-member.service.d/20-air.conf "
         "/etc/systemd/system/etcd-member.service.d/21-air-peer-files.conf "
         "/etc/systemd/system/air-web.service /etc/systemd/system/air-worker.service ; "
-        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/secrets /etc/air/etcd-peer; "
+        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/images /etc/air/secrets /etc/air/etcd-peer; "
         f"if [ -e {USER_DATA}.air-base ]; then mv -f {USER_DATA}.air-base {USER_DATA}; fi; "
         f"systemctl daemon-reload; {machine.resume_os_updates_command()}")
 
@@ -450,14 +455,16 @@ def test_cleanup_removes_the_images_of_no_kept_release_that_no_container_uses(tm
 
 # ---------------------------------------------------------------- one machine's upgrade, one command
 
-def run_upgrade(tmp_path, cluster, stop_exit=0, health_code="200"):
+def run_upgrade(tmp_path, cluster, stop_exit=0, health_code="200", unit_state="NeedDaemonReload=yes"):
     """``upgrade_command`` in a real sh, with systemctl and curl stood in for on its PATH: each call
-    is logged; curl answers ``health_code``. Returns (exit status, log lines)."""
+    is logged; curl answers ``health_code``, `systemctl show` ``unit_state`` (the unit file changed
+    on disk, by default). Returns (exit status, log lines)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "log"
     (bin_dir / "systemctl").write_text(f'#!/bin/sh\n[ "$1" = list-unit-files ] && {{ echo "$3 enabled enabled"; '
-                                       f'exit 0; }}\necho "systemctl $*" >> {log}\n'
+                                       f'exit 0; }}\n[ "$1" = show ] && {{ echo {unit_state}; exit 0; }}\n'
+                                       f'echo "systemctl $*" >> {log}\n'
                                        f'[ "$1" = stop ] && exit {stop_exit}\n'
                                        f'[ "$1" = is-active ] && exit 1\nexit 0\n')
     (bin_dir / "curl").write_text(f'#!/bin/sh\necho curl >> {log}\nprintf {health_code}\n')
@@ -474,8 +481,17 @@ def test_an_upgrade_stops_swaps_starts_checks_and_resumes_os_updates_in_order(tm
     status, log = run_upgrade(tmp_path, cluster)
     assert status == 0
     assert log[:5] == ["systemctl stop air-web.service", "swap", "systemctl daemon-reload",
-                       "systemctl enable -q air-web.service", "systemctl restart air-web.service"]
+                       "systemctl enable -q --no-reload air-web.service", "systemctl restart air-web.service"]
     assert log[5:7] == ["curl", "curl"]  # both components healthy at the first try
+
+
+@pytest.mark.parametrize("unit_state, reloaded", [
+    ("NeedDaemonReload=no", False), ("LoadState=not-found", True), ("NeedDaemonReload=yes", True)])
+def test_systemd_reads_the_units_again_only_when_one_is_new_or_changed(tmp_path, cluster, unit_state, reloaded):
+    status, log = run_upgrade(tmp_path, cluster, unit_state=unit_state)
+    assert status == 0 and ("systemctl daemon-reload" in log) == reloaded
+    assert log[log.index("swap") + 1 + reloaded:][:2] == [
+        "systemctl enable -q --no-reload air-web.service", "systemctl restart air-web.service"]
 
 
 def test_an_upgrade_that_is_not_healthy_says_so_by_its_exit_status(tmp_path, cluster):

@@ -2,8 +2,8 @@ from dataclasses import replace
 
 import pytest
 
-from cloudconfig.units import (component_unit, container_name, etcd_dropin, peer_url, quote, secrets_dir,
-                               unit_name, url)
+from cloudconfig.units import (component_unit, container_name, etcd_dropin, image_environment, image_file, peer_url,
+                               quote, secrets_dir, unit_name, url)
 
 
 def test_names():
@@ -12,19 +12,20 @@ def test_names():
 
 
 def test_component_unit(cluster):
-    assert component_unit(cluster, cluster.component("web"), "1.2.3", "10.0.0.2") == """\
+    assert component_unit(cluster, cluster.component("web"), "10.0.0.2") == """\
 [Unit]
 Description=Air web
 After=docker.service etcd-member.service
 Requires=docker.service
 
 [Service]
+EnvironmentFile=/etc/air/images/web.env
 ExecStartPre=-/usr/bin/docker rm -f air-web
-ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=1.2.3 \
--e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
+ExecStart=/usr/bin/docker run --rm --name air-web --network host --label air.version=${AIR_VERSION} \
+-e AIR_COMPONENT=web -e AIR_VERSION=${AIR_VERSION} -e AIR_MACHINE=10.0.0.2 -e AIR_PORT=8080 \
 -e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ \
 -v /etc/air/state:/air/state:ro -v /var/lib/air/web:/air/data \
-registry.example.org:5000/aircloak/prod_web:1.2.3
+${AIR_IMAGE}
 ExecStop=/usr/bin/docker stop --time 20 air-web
 TimeoutStopSec=35
 Restart=on-failure
@@ -37,14 +38,14 @@ WantedBy=multi-user.target
 
 def test_a_stop_signal_goes_to_docker_run(cluster):
     web = replace(cluster.component("web"), stop_signal="SIGQUIT")
-    unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
+    unit = component_unit(cluster, web, "10.0.0.2")
     assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --stop-signal SIGQUIT --label " in unit
     assert "\nExecStop=/usr/bin/docker stop --time 20 air-web\nTimeoutStopSec=35\n" in unit
 
 
 def test_a_stop_command_runs_in_the_container_before_docker_stop(cluster):
     web = replace(cluster.component("web"), stop_command="bin/web stop --graceful")
-    unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
+    unit = component_unit(cluster, web, "10.0.0.2")
     assert "--stop-signal" not in unit
     assert ("\nExecStop=-/usr/bin/timeout 20 /usr/bin/docker exec air-web sh -c \"bin/web stop --graceful\"\n"
             "ExecStop=-/usr/bin/docker stop --time 20 air-web\nTimeoutStopSec=55\n") in unit
@@ -52,7 +53,7 @@ def test_a_stop_command_runs_in_the_container_before_docker_stop(cluster):
 
 def test_a_component_with_secrets_mounts_its_own_folder_only(cluster):
     web = replace(cluster.component("web"), secrets=("db_password",))
-    unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
+    unit = component_unit(cluster, web, "10.0.0.2")
     assert " -v /etc/air/secrets/web:/air/secrets:ro " in unit
     assert unit.count("/etc/air/secrets") == 1
     assert secrets_dir("web") == "/etc/air/secrets/web"
@@ -60,31 +61,38 @@ def test_a_component_with_secrets_mounts_its_own_folder_only(cluster):
 
 def test_a_component_with_a_user_runs_as_it_and_owns_its_data_folder(cluster):
     web = replace(cluster.component("web"), user=1000)
-    unit = component_unit(cluster, web, "1.2.3", "10.0.0.2")
-    assert "ExecStart=/usr/bin/docker run --rm --name air-web --network host --user 1000 --label air.version=1.2.3 -e " in unit
+    unit = component_unit(cluster, web, "10.0.0.2")
+    assert ("ExecStart=/usr/bin/docker run --rm --name air-web --network host --user 1000 "
+            "--label air.version=${AIR_VERSION} -e ") in unit
     assert "\nExecStartPre=/usr/bin/install -d -o 1000 -m 0700 /var/lib/air/web\nExecStart=" in unit
 
 
 def test_a_root_component_has_no_user_flag_nor_ownership_step(cluster):
-    unit = component_unit(cluster, cluster.component("web"), "1.2.3", "10.0.0.2")
+    unit = component_unit(cluster, cluster.component("web"), "10.0.0.2")
     assert "--user" not in unit and "install -d" not in unit
 
 
-def test_a_pinned_reference_is_what_runs_and_the_version_stays_its_label(cluster):
+def test_the_release_is_the_image_file_the_unit_reads_and_the_same_unit_runs_every_release(cluster):
     pinned = "registry.example.org:5000/aircloak/prod_web@sha256:" + "e" * 64
-    unit = component_unit(cluster, cluster.component("web"), "1.2.3", "10.0.0.2", pinned)
-    assert unit.splitlines()[7].endswith(f" -v /var/lib/air/web:/air/data {pinned}")
-    assert " --label air.version=1.2.3 -e AIR_COMPONENT=web -e AIR_VERSION=1.2.3 " in unit
+    assert image_file("web") == "/etc/air/images/web.env"
+    assert image_environment("1.2.3", pinned) == f"AIR_VERSION=1.2.3\nAIR_IMAGE={pinned}\n"
+    assert image_environment("2.0.0-rc.1+b7", "[fd00::1]:5000/ns/prod_worker:2.0.0-rc.1+b7") == \
+        "AIR_VERSION=2.0.0-rc.1+b7\nAIR_IMAGE=[fd00::1]:5000/ns/prod_worker:2.0.0-rc.1+b7\n"
+    with pytest.raises(ValueError, match="not a plain version or image reference"):
+        image_environment("1.2.3\nAIR_IMAGE=evil", pinned)
+    unit = component_unit(cluster, cluster.component("web"), "10.0.0.2")
+    assert unit.splitlines()[8].endswith(" -v /var/lib/air/web:/air/data ${AIR_IMAGE}")
+    assert "1.2.3" not in unit and "sha256" not in unit
 
 
 def test_component_unit_on_ipv6(cluster):
-    unit = component_unit(cluster, cluster.component("worker"), "2.0.0-rc.1+b7", "fd00::2")
-    assert unit.splitlines()[7] == (
-        "ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=2.0.0-rc.1+b7 "
-        "-e AIR_COMPONENT=worker -e AIR_VERSION=2.0.0-rc.1+b7 -e AIR_MACHINE=fd00::2 -e AIR_PORT=9090 "
+    unit = component_unit(cluster, cluster.component("worker"), "fd00::2")
+    assert unit.splitlines()[8] == (
+        "ExecStart=/usr/bin/docker run --rm --name air-worker --network host --label air.version=${AIR_VERSION} "
+        "-e AIR_COMPONENT=worker -e AIR_VERSION=${AIR_VERSION} -e AIR_MACHINE=fd00::2 -e AIR_PORT=9090 "
         "-e AIR_ETCD=http://127.0.0.1:2379 -e AIR_ETCD_PREFIX=/air/prod/app/ "
         "-v /etc/air/state:/air/state:ro -v /var/lib/air/worker:/air/data "
-        "registry.example.org:5000/aircloak/prod_worker:2.0.0-rc.1+b7")
+        "${AIR_IMAGE}")
 
 
 @pytest.mark.parametrize("word, quoted", [
