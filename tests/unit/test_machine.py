@@ -182,8 +182,10 @@ def test_a_pull_that_keeps_failing_names_the_last_failure(tmp_path, cluster):
     short = replace(cluster, timeouts=replace(cluster.timeouts, pull=machine.PULL_MARGIN + 2))
     status, stderr, pulls = run_pull(tmp_path, short, ONE, fails=99)
     assert (status, pulls) == (1, 0)
+    # 2 tries, or 1 when the first ends past a whole second (the deadline is counted in seconds).
     tries = 99 - int((tmp_path / "fails").read_text())
-    assert stderr == ("pull of web 1.2.3 failed after 2 tries: Error response from daemon: "
+    assert tries in (1, 2)
+    assert stderr == (f"pull of web 1.2.3 failed after {tries} tries: Error response from daemon: "
                       f"Get https://registry/v2/: connection refused (try {100 - tries})\n")
 
 
