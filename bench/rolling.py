@@ -9,7 +9,8 @@ stop, install, start, health check and re-add, one machine after another.
 
 The physical minimum is what the machines themselves need: on each machine
 in turn, timed there (so SSH round trips are not counted), `systemctl stop`
-of Air units, their start, and the health loop of
+of Air units, their start (``machine.start_command``: with the unit files
+unchanged, no daemon-reload), and the health loop of
 ``machine.health_command``; the sum over the machines. It is printed twice:
 for the changed component's unit only (the only one an upgrade restarts;
 the stricter figure) and for every Air unit of the machine. Each machine is taken
