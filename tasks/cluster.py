@@ -209,7 +209,9 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     "cloud_config": Field("remote_path", "Where every machine reads its cloud config. Default: found per "
                           "machine, Flatcar's /var/lib/flatcar-install/user_data where it exists, else CoreOS's "
                           "/var/lib/coreos-install/user_data. The administrator's base is kept beside it "
-                          "(<path>.air-base) and restored when the machine is wiped.", required=False),
+                          "(<path>.air-base) and restored when the machine is wiped; so is the SHA-256 of the "
+                          "cloud config air-deploy wrote last (<path>.air-written): a cloud config changed by "
+                          "hand since is not written over (change the base instead).", required=False),
     "additions": Section("Units and files every machine of the cluster gets in its final cloud config, "
                          "merged with the administrator's base like the install's own (an entry the base "
                          "already has is refused before anything changes).", {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import cloudconfig
 import hashlib
+from typing import Optional
 
 from cloudconfig.units import (ETCD_DATA_DIR, ETCD_DROPIN, ETCD_MIGRATION_DROPIN, ETCD_PEER_DIR, ETCD_UNIT, IMAGE_DIR,
                                SECRETS_DIR, STATE_DIR, UNIT_DIR, image_file, secrets_dir, unit_name)
@@ -27,6 +28,9 @@ ETCD_MIGRATION_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_MIGRATION_DROPIN}"
 USER_DATA_PATHS = ("/var/lib/flatcar-install/user_data", "/var/lib/coreos-install/user_data")
 BASE_SUFFIX = ".air-base"  # the administrator's base, kept beside the final cloud config
 BASE_MARK = "--base-from:"  # heads the base cloud config in the release facts
+# Beside the final cloud config: the SHA-256 of the one air-deploy wrote last. A cloud config that
+# no longer has it was changed by hand since, and the next write would lose that change.
+WRITTEN_SUFFIX = ".air-written"
 # OS updates that could reboot a machine mid-install; paused meanwhile, then put back as they were.
 OS_UPDATE_UNITS = ("update-engine.service", "locksmithd.service")
 OS_UPDATES_PAUSED = "/run/air-os-updates-paused"  # the units that were active when paused
@@ -266,7 +270,7 @@ def wipe_command(cluster, user_data: str) -> str:
     return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
             f"rm -f {q(ETCD_DROPIN_PATH)} {q(ETCD_MIGRATION_DROPIN_PATH)} {unit_files} {added_files}; "
             f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(IMAGE_DIR)} {q(SECRETS_DIR)} {q(ETCD_PEER_DIR)}; "
-            f"if [ -e {base} ]; then mv -f {base} {q(user_data)}; fi; "
+            f"if [ -e {base} ]; then mv -f {base} {q(user_data)}; fi; rm -f {q(user_data + WRITTEN_SUFFIX)}; "
             f"systemctl daemon-reload; {resume_os_updates_command()}")
 
 
@@ -428,8 +432,25 @@ def install(ex, address, doc: dict, release, user_data: str) -> None:
 def document_files(doc: dict, user_data: str) -> list:
     """Every file the cloud config stands for, then the cloud config itself at ``user_data`` (0600:
     it holds the login). The components' data folders need no step: `docker run -v` makes them."""
+    text = cloudconfig.render(doc)
     return [(f.path, f.content, f.mode) for f in cloudconfig.files(doc)] + \
-        [(user_data, cloudconfig.render(doc), 0o600)]
+        [(user_data, text, 0o600), (user_data + WRITTEN_SUFFIX, written_digest(text) + "\n", 0o600)]
+
+
+def written_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def changed_by_hand(address, facts) -> Optional[str]:
+    """Why the machine's cloud config may not be written over (changed since air-deploy wrote it),
+    or None. Pure."""
+    if not facts.get("edited"):
+        return None
+    user_data = facts["user_data"]
+    return (f"{address}: {user_data} was changed since air-deploy wrote it, and writing the new release "
+            f"would lose that change: make it in {user_data}{BASE_SUFFIX} (the administrator's base, which "
+            f"installs extend) and put {user_data} back as it was, or remove {user_data}{WRITTEN_SUFFIX} "
+            f"to let the change go")
 
 
 def apply_document(ex, address, doc: dict, user_data: str) -> None:
@@ -473,6 +494,7 @@ def release_facts_command(cluster) -> str:
             f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null; "
             f"echo '--units'; systemctl is-active {units} 2>/dev/null; "
             f"u=$({user_data_command(cluster)}); echo '--user_data'; echo \"$u\"; "
+            f"echo '--written'; cat \"$u{WRITTEN_SUFFIX}\" 2>/dev/null; [ ! -e \"$u\" ] || sha256sum < \"$u\" | cut -d' ' -f1; "
             f"for p in \"$u{BASE_SUFFIX}\" \"$u\"; do if [ -e \"$p\" ]; then echo \"{BASE_MARK}$p\"; cat \"$p\"; break; fi; "
             f"done; true")
 
@@ -493,13 +515,15 @@ def parse_release_facts(text: str, cluster) -> dict:
     """{"release": id or "", "components": component -> version, "units": unit -> state,
     "user_data": path of its cloud config, "base": (path read, its text) or None}."""
     text, marked, base = text.partition("\n" + BASE_MARK)
-    sections = in_sections(text, ("release", "components", "units", "user_data"))
+    sections = in_sections(text, ("release", "components", "units", "user_data", "written"))
     path, _, content = base.partition("\n")
+    digests = [line.strip() for line in sections["written"] if line.strip()]
     return {"release": "".join(sections["release"]).strip(),
             "components": parse_components("\n".join(sections["components"])),
             "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"]))),
             "user_data": "".join(sections["user_data"]).strip(),
-            "base": (path, content) if marked else None}
+            "base": (path, content) if marked else None,
+            "edited": len(digests) == 2 and digests[0] != digests[1]}
 
 
 def release_facts(ex, address) -> dict:

@@ -36,7 +36,7 @@ import cloudconfig
 from . import balancer, machine, state
 from .cli import air_task, cluster_of, report
 from .cluster import check_address
-from .errors import AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, RemoteError
+from .errors import AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError, RemoteError
 from .release import Release
 from .remote import say
 from .session import session
@@ -182,6 +182,9 @@ class Rollout:
         self.down, self.facts = self._read()
         self.steps = plan(self.cluster, release, self.facts, self.routers.listed(), self.extras) \
             if not self.down else []
+        edited = [machine.changed_by_hand(st.machine, self.facts[st.machine]) for st in self.steps if st.action == UPGRADE]
+        if any(edited):
+            raise PreflightError("; ".join(filter(None, edited)) + "; nothing was changed")
         self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous, canary) \
             if not self.down and only is None else None
         self._bases: dict = {}

@@ -16,12 +16,20 @@ import yaml
 
 import cloudconfig
 from sandbox import testbed as sb
+from tasks import state
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, Running, USER_DATA,
-                      error_line, fab, get_version, on, routed_in, serving, wait_serving)
+                      error_line, etcd_of, fab, get_version, on, routed_in, serving, wait_serving)
 
 OS_UPDATES = "update-engine.service locksmithd.service"
+
+
+def release_of(cluster) -> str:
+    """The release the cluster's etcd records."""
+    with etcd_of(cluster) as client:
+        release, _ = state.read_release(client, cluster)
+    return release.id
 
 
 @pytest.mark.parametrize("host", [MACHINE_ADDRESSES[0], BALANCER_ADDRESS, BUILD_ADDRESS],
@@ -97,6 +105,48 @@ def test_os_updates_are_put_back_after_a_failed_upgrade_too(local_serving):
         assert on(cluster, address, f"systemctl is-active {OS_UPDATES}").stdout.split() == ["active", "active"]
     sb.commit_change("air_frontend", fix=True)
     fab("deploy", "--cluster", "local")
+    assert serving(cluster)
+
+
+def test_a_cloud_config_changed_by_hand_is_not_written_over_and_the_base_is_where_changes_go(local_serving):
+    """An administrator edits a machine's cloud config by hand: the next deploy refuses before
+    anything changes and says where such a change belongs; made in the kept base instead, the
+    change is in the machine's next cloud config and its file on the machine."""
+    cluster = local_serving
+    address = cluster.machines[0]
+    path = USER_DATA[address]
+    with Executor(cluster) as ex:
+        written, base = ex.read_file(address, path), ex.read_file(address, path + ".air-base")
+    assert on(cluster, address, f"sha256sum < {path} | cut -d' ' -f1").stdout == \
+        on(cluster, address, f"cat {path}.air-written").stdout  # as the install or last deploy wrote it
+    note = "/etc/monitoring/by-hand.conf"
+    try:
+        on(cluster, address, f"printf '# the administrator was here\\n' >> {path}")
+        recorded = release_of(cluster)
+        sb.commit_change("static_website")
+        refused = fab("deploy", "--cluster", "local", check=False)
+        assert error_line(refused).startswith(f"error: {address}: {path} was changed since air-deploy wrote it, "
+                                              f"and writing the new release would lose that change: make it in "
+                                              f"{path}.air-base")
+        assert error_line(refused).endswith("; nothing was changed")
+        assert release_of(cluster) == recorded and serving(cluster)
+        assert on(cluster, address, f"tail -n 1 {path}").stdout == "# the administrator was here\n"
+
+        # The same kind of change made where it belongs: the base, with the cloud config put back.
+        doc = yaml.safe_load(base)
+        doc["write_files"].append({"path": note, "permissions": "0644", "content": "server=extra.invalid\n"})
+        with Executor(cluster) as ex:
+            ex.write_files(address, [(path + ".air-base", cloudconfig.render(doc), 0o600), (path, written, 0o600)])
+        fab("deploy", "--cluster", "local")
+        assert release_of(cluster) != recorded
+        final = yaml.safe_load(on(cluster, address, f"cat {path}").stdout)
+        assert note in [f["path"] for f in final["write_files"]]
+        assert on(cluster, address, f"cat {note}").stdout == "server=extra.invalid\n"
+    finally:
+        with Executor(cluster) as ex:
+            ex.write_file(address, path + ".air-base", base, 0o600)
+        on(cluster, address, f"rm -f {note}; if tail -n 1 {path} | grep -q 'administrator was here'; then "
+                             f"sed -i '$d' {path}; fi")
     assert serving(cluster)
 
 

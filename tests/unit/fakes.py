@@ -180,9 +180,12 @@ def interrupted_at(ex, text):
         ex.on_run = before
 
 
-def release_facts_text(release_id: str, components: dict, units, user_data: str, base: str = None) -> str:
+def release_facts_text(release_id: str, components: dict, units, user_data: str, base: str = None,
+                       digests=()) -> str:
     """What ``machine.release_facts_command`` prints on a machine in that state; ``base``: the
-    text of its kept base cloud config."""
+    text of its kept base cloud config; ``digests``: of the cloud config air-deploy wrote last, and
+    of the one there now."""
     text = (f"--release\n{release_id}\n--components\n" + "".join(f"{c} {v}\n" for c, v in components.items())
-            + "--units\n" + "".join(f"{u}\n" for u in units) + f"--user_data\n{user_data}\n")
+            + "--units\n" + "".join(f"{u}\n" for u in units) + f"--user_data\n{user_data}\n"
+            + "--written\n" + "".join(f"{d}\n" for d in digests))
     return text + (f"{BASE_MARK}{user_data}{BASE_SUFFIX}\n{base}" if base is not None else "")

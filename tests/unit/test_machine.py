@@ -6,6 +6,7 @@ notice. Nothing here connects anywhere.
 """
 import os
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,8 @@ from dataclasses import replace
 import cloudconfig
 from tasks import machine
 from tasks.release import Image, Release
+
+from .fakes import release_facts_text
 
 RELEASE = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64),
                    Image("web", "1.2.3", "sha256:" + "a" * 64)))
@@ -298,7 +301,7 @@ def test_wipe_command(cluster):
         "/etc/systemd/system/etcd-member.service.d/21-air-peer-files.conf "
         "/etc/systemd/system/air-web.service /etc/systemd/system/air-worker.service ; "
         "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/images /etc/air/secrets /etc/air/etcd-peer; "
-        f"if [ -e {USER_DATA}.air-base ]; then mv -f {USER_DATA}.air-base {USER_DATA}; fi; "
+        f"if [ -e {USER_DATA}.air-base ]; then mv -f {USER_DATA}.air-base {USER_DATA}; fi; rm -f {USER_DATA}.air-written; "
         f"systemctl daemon-reload; {machine.resume_os_updates_command()}")
 
 
@@ -515,8 +518,46 @@ def test_release_facts_carry_the_base_verbatim_whatever_its_lines():
     facts = machine.parse_release_facts(text, cluster)
     assert facts == {"release": "abc", "components": {"web": "1.0.0"},
                      "units": {"air-web.service": "active", "air-worker.service": "failed"},
-                     "user_data": "/u", "base": ("/u.air-base", base)}
+                     "user_data": "/u", "base": ("/u.air-base", base), "edited": False}
     assert machine.parse_release_facts(text.split(machine.BASE_MARK)[0], cluster)["base"] is None
+
+
+@pytest.mark.parametrize("digests, edited", [
+    ((), False),                  # no cloud config, nor one written by air-deploy
+    (("a" * 64,), False),         # written before air-deploy kept its digest (or not written by it)
+    (("a" * 64, "a" * 64), False),
+    (("a" * 64, "b" * 64), True),  # changed since air-deploy wrote it
+])
+def test_the_facts_tell_a_cloud_config_changed_by_hand(digests, edited):
+    cluster = SimpleNamespace(components=[SimpleNamespace(name="web")])
+    text = release_facts_text("abc", {"web": "1.0.0"}, ["active"], "/u", "#cloud-config\n", digests)
+    facts = machine.parse_release_facts(text, cluster)
+    assert facts["edited"] is edited and facts["base"] == ("/u.air-base", "#cloud-config\n")
+    assert (machine.changed_by_hand("10.0.0.1", facts) is None) is not edited
+
+
+def test_the_facts_command_prints_the_written_digest_then_the_present_one(tmp_path, cluster):
+    """The facts command in a real sh, against a cloud config on disk (the user_data path of the cluster)."""
+    user_data = tmp_path / "user_data"
+    written = replace(cluster, cloud_config=str(user_data))
+    doc_text = "#cloud-config\nwrite_files: []\n"
+    files = machine.document_files({"write_files": []}, str(user_data))
+    assert files[-1] == (f"{user_data}.air-written", machine.written_digest(files[-2][1]) + "\n", 0o600)
+    for path, content, _ in files[-2:]:
+        Path(path).write_text(content)
+
+    def facts():
+        out = subprocess.run(["sh", "-c", machine.release_facts_command(written)], capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}).stdout
+        return machine.parse_release_facts(out, written)
+    (tmp_path / "systemctl").write_text("#!/bin/sh\nexit 3\n")
+    (tmp_path / "systemctl").chmod(0o755)
+    assert facts()["edited"] is False
+    user_data.write_text(files[-2][1] + "# an administrator's note\n")
+    assert facts()["edited"] is True
+    user_data.write_text(doc_text)
+    Path(f"{user_data}.air-written").unlink()
+    assert facts()["edited"] is False
 
 
 def test_a_machine_without_a_cloud_config_is_refused_with_how_to_prepare_it():

@@ -11,7 +11,7 @@ import pytest
 
 from tasks import machine, state
 from tasks.balancer_config import routers_file
-from tasks.errors import Interrupted, LostLock
+from tasks.errors import Interrupted, LostLock, PreflightError
 from tasks.release import Image, Release
 from tasks.upgrade import Rollout, UpgradeFailed
 
@@ -70,6 +70,23 @@ def test_the_plan_restarts_only_what_changes_and_nothing_runs_while_planning(s):
         [(m, "upgrade", ("web",)) for m in MACHINES]
     assert rollout.describe()[0] == f"10.0.0.1: out of the balancer, restart web on {NEW.id}, health check, back in"
     assert s.ex.commands(changes_only=True) == [] and rollout.warning is None
+
+
+def test_a_cloud_config_changed_by_hand_stops_the_rollout_before_anything_changes(s):
+    edited = release_facts_text(OLD.id, {"web": "1.0.0", "worker": "1.0.0"}, ("active", "active"), USER_DATA,
+                                ADMIN_BASE, ("a" * 64, "b" * 64))
+    s.ex.answer("echo '--release'", host="10.0.0.2", stdout=edited, first=True)
+    with pytest.raises(PreflightError) as refused:
+        Rollout(s, NEW, OLD)
+    assert str(refused.value) == (
+        f"10.0.0.2: {USER_DATA} was changed since air-deploy wrote it, and writing the new release would lose "
+        f"that change: make it in {USER_DATA}.air-base (the administrator's base, which installs extend) and put "
+        f"{USER_DATA} back as it was, or remove {USER_DATA}.air-written to let the change go; nothing was changed")
+    assert s.ex.commands(changes_only=True) == []
+    # The same digests: written by air-deploy and not changed since; the rollout goes on.
+    s.ex.answer("echo '--release'", host="10.0.0.2", first=True, stdout=release_facts_text(
+        OLD.id, {"web": "1.0.0", "worker": "1.0.0"}, ("active", "active"), USER_DATA, ADMIN_BASE, ("a" * 64,) * 2))
+    assert Rollout(s, NEW, OLD).apply() == MACHINES
 
 
 def test_one_machine_at_a_time_each_leaving_the_balancer_in_the_reload_that_puts_the_last_back(s):
