@@ -447,10 +447,14 @@ def changed_by_hand(address, facts) -> Optional[str]:
     if not facts.get("edited"):
         return None
     user_data = facts["user_data"]
-    return (f"{address}: {user_data} was changed since air-deploy wrote it, and writing the new release "
-            f"would lose that change: make it in {user_data}{BASE_SUFFIX} (the administrator's base, which "
-            f"installs extend) and put {user_data} back as it was, or remove {user_data}{WRITTEN_SUFFIX} "
-            f"to let the change go")
+    return f"{address}: {user_data} was changed since air-deploy wrote it, and writing the new release " \
+        f"would lose that change: {keep_hand_change(user_data)}"
+
+
+def keep_hand_change(user_data: str) -> str:
+    """What to do with a change made by hand to the cloud config at ``user_data``."""
+    return (f"make it in {user_data}{BASE_SUFFIX} (the administrator's base, which installs extend) and put "
+            f"{user_data} back as it was, or remove {user_data}{WRITTEN_SUFFIX} to let the change go")
 
 
 def apply_document(ex, address, doc: dict, user_data: str) -> None:
@@ -493,10 +497,25 @@ def release_facts_command(cluster) -> str:
     return (f"echo '--release'; cat {q(STATE_DIR)}/release 2>/dev/null; "
             f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null; "
             f"echo '--units'; systemctl is-active {units} 2>/dev/null; "
-            f"u=$({user_data_command(cluster)}); echo '--user_data'; echo \"$u\"; "
-            f"echo '--written'; cat \"$u{WRITTEN_SUFFIX}\" 2>/dev/null; [ ! -e \"$u\" ] || sha256sum < \"$u\" | cut -d' ' -f1; "
+            f"{cloud_config_facts_command(cluster)}; "
             f"for p in \"$u{BASE_SUFFIX}\" \"$u\"; do if [ -e \"$p\" ]; then echo \"{BASE_MARK}$p\"; cat \"$p\"; break; fi; "
             f"done; true")
+
+
+def cloud_config_facts_command(cluster) -> str:
+    """Sets ``$u`` to where the machine keeps its cloud config and prints it (section ``user_data``),
+    then the SHA-256 of the cloud config air-deploy wrote last, when kept, and of the one there now,
+    when there is one (section ``written``)."""
+    return (f"u=$({user_data_command(cluster)}); echo '--user_data'; echo \"$u\"; "
+            f"echo '--written'; cat \"$u{WRITTEN_SUFFIX}\" 2>/dev/null; [ ! -e \"$u\" ] || sha256sum < \"$u\" | cut -d' ' -f1")
+
+
+def parse_cloud_config_facts(sections: dict) -> dict:
+    """{"user_data": its path, "edited": whether it changed since air-deploy wrote it} from the
+    sections ``cloud_config_facts_command`` printed. Pure."""
+    digests = [line.strip() for line in sections["written"] if line.strip()]
+    return {"user_data": "".join(sections["user_data"]).strip(),
+            "edited": len(digests) == 2 and digests[0] != digests[1]}
 
 
 def in_sections(text: str, names) -> dict:
@@ -517,13 +536,10 @@ def parse_release_facts(text: str, cluster) -> dict:
     text, marked, base = text.partition("\n" + BASE_MARK)
     sections = in_sections(text, ("release", "components", "units", "user_data", "written"))
     path, _, content = base.partition("\n")
-    digests = [line.strip() for line in sections["written"] if line.strip()]
     return {"release": "".join(sections["release"]).strip(),
             "components": parse_components("\n".join(sections["components"])),
             "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"]))),
-            "user_data": "".join(sections["user_data"]).strip(),
-            "base": (path, content) if marked else None,
-            "edited": len(digests) == 2 and digests[0] != digests[1]}
+            "base": (path, content) if marked else None, **parse_cloud_config_facts(sections)}
 
 
 def release_facts(ex, address) -> dict:

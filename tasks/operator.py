@@ -53,6 +53,7 @@ def status_command(cluster) -> str:
         f"echo '--etcd'; systemctl is-active {ETCD_UNIT} 2>/dev/null; "
         f"curl -s -m 2 {ETCD_LOCAL_CLIENT_URL}/health 2>/dev/null; echo",
         "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null",
+        machine.cloud_config_facts_command(cluster),
         "true",
     ])
 
@@ -71,7 +72,8 @@ def parse_status(text: str, cluster) -> dict:
 
     ``units``: component -> {unit, state, sub, uptime (seconds, None when not active)};
     ``etcd``: {active, healthy}; ``images``: {size, reclaimable} as Docker says them."""
-    s = machine.in_sections(text, ("release", "components", "units", "uptime", "etcd", "images"))
+    s = machine.in_sections(text, ("release", "components", "units", "uptime", "etcd", "images", "user_data",
+                                   "written"))
     try:
         uptime = float("".join(s["uptime"]).strip())
     except ValueError:
@@ -110,7 +112,7 @@ def parse_status(text: str, cluster) -> dict:
             images = {"size": parts[1], "reclaimable": parts[2]}
     return {"release": "".join(s["release"]).strip(), "components": versions, "units": units,
             "etcd": {"active": etcd_lines[0] if etcd_lines else "unknown", "healthy": healthy},
-            "images": images}
+            "images": images, "cloud_config": machine.parse_cloud_config_facts(s)}
 
 
 def duration(seconds) -> str:
@@ -200,6 +202,10 @@ def drift_warnings(view: dict) -> list:
         if allowed and m["release"] not in allowed:
             wanted = " or ".join(sorted(allowed))
             warn(address, f"{address} runs release {m['release'] or '(none)'}, not {wanted}", upgrade)
+        if m.get("cloud_config", {}).get("edited"):
+            path = m["cloud_config"]["user_data"]
+            warn(address, f"{path} on {address} was changed by hand since air-deploy wrote it (a deploy stops there)",
+                 machine.keep_hand_change(path))
         stopped = [f"{c} is {u['state']}" for c, u in m["units"].items() if u["state"] != "active"]
         if stopped:
             warn(address, f"on {address}: {', '.join(stopped)}", upgrade)

@@ -122,6 +122,9 @@ def test_a_cloud_config_changed_by_hand_is_not_written_over_and_the_base_is_wher
     note = "/etc/monitoring/by-hand.conf"
     try:
         on(cluster, address, f"printf '# the administrator was here\\n' >> {path}")
+        status = fab("status", "--cluster", "local", check=False)
+        assert status.returncode == 1 and \
+            f"warning: {path} on {address} was changed by hand since air-deploy wrote it" in status.stdout
         recorded = release_of(cluster)
         sb.commit_change("static_website")
         refused = fab("deploy", "--cluster", "local", check=False)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tasks import operator
+from tasks import machine, operator
 from tasks.balancer_config import Server
 from tasks.errors import ConfigError
 
@@ -36,6 +36,11 @@ Images\t1.988MB\t1.987MB (99%)
 Containers\t0B\t0B
 Local Volumes\t0B\t0B
 Build Cache\t0B\t0B
+--user_data
+/var/lib/coreos-install/user_data
+--written
+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 """
 
 
@@ -48,7 +53,8 @@ def test_status_command(cluster):
         "echo '--uptime'; cut -d' ' -f1 /proc/uptime; "
         "echo '--etcd'; systemctl is-active etcd-member.service 2>/dev/null; "
         "curl -s -m 2 http://127.0.0.1:2379/health 2>/dev/null; echo; "
-        "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null; true")
+        "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null; "
+        f"{machine.cloud_config_facts_command(cluster)}; true")
 
 
 def test_parse_status(cluster):
@@ -61,6 +67,7 @@ def test_parse_status(cluster):
                              "uptime": None}},
         "etcd": {"active": "active", "healthy": True},
         "images": {"size": "1.988MB", "reclaimable": "1.987MB (99%)"},
+        "cloud_config": {"user_data": "/var/lib/coreos-install/user_data", "edited": True},
     }
 
 
@@ -110,6 +117,17 @@ def view(**changes):
 
 def test_a_cluster_as_recorded_has_no_warning():
     assert operator.drift_warnings(HEALTHY) == []
+
+
+def test_a_cloud_config_changed_by_hand_is_drift_with_where_the_change_belongs():
+    v = view()
+    v["machines"][2]["cloud_config"] = {"user_data": "/u", "edited": True}
+    v["machines"][1]["cloud_config"] = {"user_data": "/u", "edited": False}
+    assert operator.drift_warnings(v) == [
+        {"machine": "10.0.0.3", "problem": "/u on 10.0.0.3 was changed by hand since air-deploy wrote it "
+                                           "(a deploy stops there)",
+         "fix": "make it in /u.air-base (the administrator's base, which installs extend) and put /u back as it was, "
+                "or remove /u.air-written to let the change go"}]
 
 
 def test_out_of_the_balancer_and_a_stopped_unit_are_two_warnings_with_their_fixes():
