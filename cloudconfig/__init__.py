@@ -82,16 +82,16 @@ def install_part(cluster, machine: str, members, state: str, release) -> dict:
     ``release``, the release state, the cluster's own additions, and OS reboots one machine at a
     time (locksmith's lock in the cluster's etcd). A machine runs the components both the cluster
     file and the release have: one the release lacks is not installed."""
-    images = {c.name: release.image(c.name) for c in installed_components(cluster, release)}
+    installed = installed_components(cluster, release)
+    images = {c.name: release.image(c.name) for c in installed}
     units = [_unit(ETCD_UNIT, drop_ins=[{"name": ETCD_DROPIN, "content": etcd_dropin(cluster, machine, members, state)}])]
-    units += [_unit(unit_name(c.name), content=component_unit(cluster, c, machine))
-              for c in installed_components(cluster, release)]
-    components = "".join(f"{c.name} {images[c.name].version} {c.port}\n" for c in installed_components(cluster, release))
+    units += [_unit(unit_name(c.name), content=component_unit(cluster, c, machine)) for c in installed]
+    components = "".join(f"{c.name} {images[c.name].version} {c.port}\n" for c in installed)
     write_files = [_write_file(RELEASE_FILE, release.id + "\n", 0o644),
                    _write_file(COMPONENTS_FILE, components, 0o644)]
     write_files += [_write_file(image_file(c.name), image_environment(images[c.name].version,
                                                                       cluster.pinned_ref(images[c.name])), 0o644)
-                    for c in installed_components(cluster, release)]
+                    for c in installed]
     additions = getattr(cluster, "additions", None)
     if additions is not None:
         units += [_unit(u.name, content=u.content) for u in additions.units]

@@ -438,14 +438,11 @@ def install(ex, address, doc: dict, release, user_data: str) -> None:
 
 def document_files(doc: dict, user_data: str) -> list:
     """Every file the cloud config stands for, then the cloud config itself at ``user_data`` (0600:
-    it holds the login). The components' data folders need no step: `docker run -v` makes them."""
-    text = cloudconfig.render(doc)
+    it holds the login) and its digest beside it (``WRITTEN_SUFFIX``). The components' data folders
+    need no step: `docker run -v` makes them."""
+    itself = (user_data, cloudconfig.render(doc), 0o600)
     return [(f.path, f.content, f.mode) for f in cloudconfig.files(doc)] + \
-        [(user_data, text, 0o600), (user_data + WRITTEN_SUFFIX, written_digest(text) + "\n", 0o600)]
-
-
-def written_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+        [itself, (user_data + WRITTEN_SUFFIX, digests([itself])[user_data] + "\n", 0o600)]
 
 
 def changed_by_hand(address, facts) -> Optional[str]:
@@ -498,8 +495,9 @@ def stop(ex, address, components=None) -> None:
 
 def release_facts_command(cluster) -> str:
     """Prints the machine's release file, its components file, its units' states, where its
-    cloud config is and, last, the administrator's base (``BASE_SUFFIX``'s copy, else the cloud
-    config itself, after a line naming which), in sections."""
+    cloud config is and its digests (``cloud_config_facts_command``) and, last, the
+    administrator's base (``BASE_SUFFIX``'s copy, else the cloud config itself, after a line
+    naming which), in sections."""
     units = unit_words(cluster)
     return (f"echo '--release'; cat {q(STATE_DIR)}/release 2>/dev/null; "
             f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null; "
@@ -539,7 +537,8 @@ def in_sections(text: str, names) -> dict:
 
 def parse_release_facts(text: str, cluster) -> dict:
     """{"release": id or "", "components": component -> version, "units": unit -> state,
-    "user_data": path of its cloud config, "base": (path read, its text) or None}."""
+    "user_data": path of its cloud config, "edited": whether it changed since air-deploy wrote it,
+    "base": (path read, its text) or None}."""
     text, marked, base = text.partition("\n" + BASE_MARK)
     sections = in_sections(text, ("release", "components", "units", "user_data", "written"))
     path, _, content = base.partition("\n")
