@@ -662,13 +662,14 @@ FAILURES = ("prepare", "build")
 
 
 def commit_change(component: str, broken: bool = False, branch: str = None, version: str = None,
-                  fix: bool = False, *, file: str = None, fails: str = None) -> str:
+                  fix: bool = False, *, file: str = None, fails: str = None, slow_start: int = None) -> str:
     """Commit a change to the sample application on the build server; return the new commit.
 
     The change goes to the repository the component is built from (``static_website``: the second
     repository, on ``develop`` unless ``branch`` is given; the others: the main one, on ``master``).
     ``broken``: the component ships a file ``broken`` (its health check fails);
-    ``fix``: a normal change that also removes that file; ``file``: the file of the component's
+    ``slow_start``: the component ships a file ``slow-start`` (its health check fails for that many
+    seconds after each start); ``fix``: a normal change that also removes both files; ``file``: the file of the component's
     folder that is changed (default index.html); ``fails``: a change whose ``prepare`` command
     (air_backend's) or ``build`` (a failing Dockerfile step) fails.
     """
@@ -680,8 +681,10 @@ def commit_change(component: str, broken: bool = False, branch: str = None, vers
     branch = branch or (WEBSITE_BRANCH if website else "master")
     if not cluster_config.CLUSTER_NAME.match(branch.replace("-", "_").replace("/", "_")):
         raise ConfigError(f"sandbox.change: branch {branch!r} is not a simple branch name")
-    if broken and fix:
-        raise ConfigError("sandbox.change: --broken and --fix exclude each other")
+    if (broken or slow_start) and fix:
+        raise ConfigError("sandbox.change: --broken and --slow-start exclude --fix")
+    if slow_start is not None and (not str(slow_start).isdigit() or broken):
+        raise ConfigError("sandbox.change: --slow-start takes whole seconds, and not with --broken")
     if fails not in (None,) + FAILURES:
         raise ConfigError(f"sandbox.change: --fails must be one of {', '.join(FAILURES)}")
     if fails == "prepare" and component != "air_backend":
@@ -693,15 +696,17 @@ def commit_change(component: str, broken: bool = False, branch: str = None, vers
     folder = "." if website else f"components/{component}"
     path = f"{folder}/" + ("broken" if broken else file or "index.html")
     edit = f"date +%s%N >> {shlex.quote(path)}"
-    if version:
+    if slow_start is not None:
+        edit = f"printf '%s\\n' {int(slow_start)} > {shlex.quote(folder + '/slow-start')}"
+    elif version:
         edit = f"printf '%s\\n' {shlex.quote(version)} > VERSION"
     elif fails == "prepare":  # a script its prepare command refuses (sh -n)
         edit = f"printf 'if then\\n' > {shlex.quote(folder + '/bin/unfinished')}"
     elif fails == "build":
         edit = f"printf 'RUN echo compiling {component} && exit 3\\n' >> {shlex.quote(folder + '/Dockerfile')}"
     if fix:
-        edit = f"rm -f {shlex.quote(folder + '/broken')}; {edit}"
-    what = f"VERSION {version}" if version else \
+        edit = f"rm -f {shlex.quote(folder + '/broken')} {shlex.quote(folder + '/slow-start')}; {edit}"
+    what = f"VERSION {version}" if version else f"{component} starts in {slow_start} s" if slow_start is not None else \
         f"{'break' if broken else 'fix' if fix else f'{fails} fails for' if fails else 'change'} {component}"
     repository = WEBSITE_REPOSITORY if website else REPOSITORY
     return inside(build, f"""
@@ -749,12 +754,14 @@ def show_status(c, json_=False):
                 "broken": "a change that builds but never becomes healthy",
                 "branch": "branch to commit to, made if missing (default: master; develop for static_website)",
                 "version": "instead, set the application's VERSION (MAJOR.MINOR)",
-                "fix": "a normal change that also removes the component's `broken` file",
+                "fix": "a normal change that also removes the component's `broken` and `slow-start` files",
                 "file": "file of the component's folder to change (default index.html)",
-                "fails": "a change whose `prepare` (air_backend) or `build` fails"})
-def change(c, component="router", broken=False, branch=None, version=None, fix=False, file=None, fails=None):
+                "fails": "a change whose `prepare` (air_backend) or `build` fails",
+                "slow-start": "the component's health check fails for this many seconds after each start"})
+def change(c, component="router", broken=False, branch=None, version=None, fix=False, file=None, fails=None,
+           slow_start=None):
     """Commit a change to the sample application's repositories on the build server."""
-    print(commit_change(component, broken, branch, version, fix, file=file, fails=fails))
+    print(commit_change(component, broken, branch, version, fix, file=file, fails=fails, slow_start=slow_start))
 
 
 @air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})

@@ -184,7 +184,8 @@ def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_st
 def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_130(local_serving, clock, figures):
     cluster = local_serving
     before, _, _ = recorded(cluster)
-    sb.commit_change("static_website")
+    # Healthy 3 s after its start: the Ctrl-C lands while the machine in hand waits for it, however fast the rest.
+    sb.commit_change("static_website", slow_start=3)
     slow = Slow(cluster, 6)  # a long request in flight too: short ones alone hide a restart without a drain
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         slow.start()
@@ -207,6 +208,7 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     assert holder is None and current["id"] == before["id"]
     assert history[-1]["outcome"].startswith("interrupted")
     assert release_files(cluster)[in_hand] == before["id"] and in_hand in listed(cluster)
+    sb.commit_change("static_website", fix=True)
     fab("deploy", "--cluster", "local")
     assert serving(cluster)
 
