@@ -7,8 +7,21 @@ cloudconfig, lock, etcd, settings, maintenance, secrets).
 from invoke import Collection
 
 from sandbox import testbed
-from tasks import (balancer, build, cloud_config, deploy, etcd_peers, install, maintenance, membership, operator,
-                   push, secrets, settings, upgrade)
+from tasks.runbooks import (
+    balancer,
+    build,
+    cloud_config,
+    deploy,
+    etcd_peers,
+    install,
+    maintenance,
+    membership,
+    operator,
+    push,
+    secrets,
+    settings,
+    upgrade,
+)
 
 namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,

@@ -20,8 +20,18 @@ from urllib.parse import quote
 
 import yaml
 
-from .units import (ETCD_DROPIN, ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, UNIT_DIR, component_unit,
-                    etcd_dropin, image_environment, image_file, unit_name)
+from .units import (
+    ETCD_DROPIN,
+    ETCD_LOCAL_CLIENT_URL,
+    ETCD_UNIT,
+    STATE_DIR,
+    UNIT_DIR,
+    component_unit,
+    etcd_dropin,
+    image_environment,
+    image_file,
+    unit_name,
+)
 
 HEADER = "#cloud-config\n"
 REBOOT_STRATEGY = "etcd-lock"  # OS updates reboot one machine at a time, under a lock in the cluster's etcd
@@ -234,3 +244,21 @@ def redacted(doc: dict) -> dict:
         if int(entry["permissions"], 8) & 0o077 == 0:
             entry["content"] = REDACTED
     return doc
+
+
+# Where a machine reads its cloud config, looked for in this order: Flatcar's, then CoreOS's.
+USER_DATA_PATHS = ("/var/lib/flatcar-install/user_data", "/var/lib/coreos-install/user_data")
+
+
+BASE_SUFFIX = ".air-base"  # the administrator's base, kept beside the final cloud config
+
+
+# Beside the final cloud config: the SHA-256 of the one air-deploy wrote last. A cloud config that
+# no longer has it was changed by hand since, and the next write would lose that change.
+WRITTEN_SUFFIX = ".air-written"
+
+
+def keep_hand_change(user_data: str) -> str:
+    """What to do with a change made by hand to the cloud config at ``user_data``."""
+    return (f"make it in {user_data}{BASE_SUFFIX} (the administrator's base, which installs extend) and put "
+            f"{user_data} back as it was, or remove {user_data}{WRITTEN_SUFFIX} to let the change go")

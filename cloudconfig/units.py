@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from tasks.state import app_prefix
+from tasks.model.state import app_prefix
 
 UNIT_DIR = "/etc/systemd/system"
 DOCKER = "/usr/bin/docker"
@@ -183,7 +183,7 @@ WantedBy=multi-user.target
 
 
 # A second drop-in, only while a cluster installed with plaintext peers moves to TLS
-# (``tasks.etcd_peers.migrate``): the member shows its certificate when it dials an https peer.
+# (``tasks.runbooks.etcd_peers.migrate``): the member shows its certificate when it dials an https peer.
 ETCD_MIGRATION_DROPIN = "21-air-peer-files.conf"
 
 

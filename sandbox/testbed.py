@@ -36,12 +36,14 @@ from typing import Optional
 import yaml
 
 import cloudconfig
-
-from tasks import cluster as cluster_config
-from tasks.cli import air_task
-from tasks.errors import AirError, ConfigError
-from tasks.machine import USER_DATA_PATHS
-from tasks.remote import parallel, say
+from cloudconfig import USER_DATA_PATHS
+from tasks.commands import build_scripts
+from tasks.model import cluster as cluster_config
+from tasks.model.errors import AirError, ConfigError
+from tasks.net.executor import parallel
+from tasks.net.progress import say
+from tasks.runbooks import records
+from tasks.runbooks.cli import air_task
 
 ROOT = cluster_config.PROJECT_ROOT
 RECIPE = ROOT / "sandbox" / "machine-image.sh"
@@ -580,8 +582,8 @@ def _bring_up(machines: int, spares: int) -> dict:
     keys = parallel(lambda n: prepare(n, base_doc, config_id), nodes, describe=lambda n: n.name)
     _write_atomically(STATE / "known_hosts", "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys))
     (STATE / "state.json").write_text(json.dumps({"nodes": [n.__dict__ for n in nodes]}, indent=1))
-    from tasks import balancer  # each cluster's own haproxy instance, as `fab balancer.setup` makes it
-    from tasks.remote import Executor
+    from tasks.net.executor import Executor
+    from tasks.runbooks import balancer  # each cluster's own haproxy instance, as `fab balancer.setup` makes it
     for name in CLUSTERS:
         with Executor(cluster_config.load(name)) as ex:
             balancer.setup(ex)
@@ -593,7 +595,7 @@ def _bring_up(machines: int, spares: int) -> dict:
 def base_document() -> dict:
     """What the sandbox's machines are prepared with: the `local` cluster's base cloud config
     as its administrator extended it (``administrators_base``)."""
-    from tasks.machine import base_document as render
+    from tasks.commands.machine import base_document as render
     admin_key = (STATE / "admin_ed25519.pub").read_text().strip()
     return administrators_base(render(cluster_config.load("local")), admin_key)
 
@@ -773,15 +775,16 @@ def deploy_sample(c, branch="master"):
 
 
 def deploy_one(target, branch: str = "master") -> None:
-    from tasks import build, deploy as deploying, install, push, state  # the sandbox's own runbook
-    from tasks.session import optional_lock, session
-    branch = build.check_branch(branch)
+    from tasks.net.session import optional_lock, session
+    from tasks.runbooks import deploy as deploying
+    from tasks.runbooks import install
+    from tasks.runbooks.publish import publish
+    branch = build_scripts.check_branch(branch)
     with session(target, etcd=False, changes=True) as s:
         optional_lock(s, f"sandbox.deploy {branch}")
-        if s.etcd is not None and state.read_release(s.etcd, target)[0] is not None:
+        if s.etcd is not None and records.read_release(s.etcd, target)[0] is not None:
             deploying.deploy_release(s, target.build.host, branch)
             return
-        built = build.build_all(s.ex, target.build.host, branch)
-        push.push_all(s.ex, target.build.host, built["images"])
+        publish(s.ex, target.build.host, branch)
     with session(target, etcd=False, changes=True) as s:
         install.setup(s, list(target.machines))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.runbooks import records, steps
+
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES, SPARES = 3, 2
 
@@ -72,14 +74,14 @@ def error_line(proc) -> str:
 
 def on(cluster, address, command, check=True):
     """Run ``command`` on one host of the cluster over SSH; returns the Result."""
-    from tasks.remote import Executor
+    from tasks.net.executor import Executor
     with Executor(cluster) as ex:
         return ex.run(address, command, check=check)
 
 
 def on_each(cluster, command, machines=None) -> dict:
     """machine -> standard output of ``command`` there, over SSH, side by side."""
-    from tasks.remote import Executor
+    from tasks.net.executor import Executor
     machines = list(machines or cluster.machines)
     with Executor(cluster) as ex:
         return dict(zip(machines, ex.parallel(lambda a: ex.run(a, command, what=command[:40]).stdout, machines)))
@@ -87,8 +89,8 @@ def on_each(cluster, command, machines=None) -> dict:
 
 def listed(cluster) -> list:
     """The machines the balancer's routers file lists."""
-    from tasks import balancer
-    from tasks.remote import Executor
+    from tasks.net.executor import Executor
+    from tasks.runbooks import balancer
     with Executor(cluster) as ex:
         return balancer.Routers(ex).listed()
 
@@ -111,7 +113,7 @@ def etcd_leader(cluster) -> str:
 @contextmanager
 def etcd_of(cluster, via=None):
     """An etcd client of the cluster (no lock taken)."""
-    from tasks.session import session
+    from tasks.net.session import session
     with session(cluster, via=via) as s:
         yield s.etcd
 
@@ -165,27 +167,28 @@ def sandbox():
 
 @pytest.fixture(scope="session")
 def local(sandbox):
-    from tasks import cluster
+    from tasks.model import cluster
     return cluster.load("local")
 
 
 def serving(cluster) -> bool:
     """True when the cluster's etcd has exactly its machines as started members, a release is
     recorded, every machine runs that release and the balancer lists exactly those machines."""
-    from tasks import balancer, machine, state
-    from tasks.errors import AirError
-    from tasks.session import session
+    from tasks.model import state
+    from tasks.model.errors import AirError
+    from tasks.net.session import session
+    from tasks.runbooks import balancer
     try:
         with session(cluster) as s:
             members = s.etcd.members()
-            release, _ = state.read_release(s.etcd, cluster)
+            release, _ = records.read_release(s.etcd, cluster)
             addresses = sorted(state.member_address(m) for m in members)
             if release is None or addresses != sorted(cluster.machines) or \
                     any(m.learner or not m.started for m in members):
                 return False
 
             def runs(address):
-                facts = machine.release_facts(s.ex, address)
+                facts = steps.release_facts(s.ex, address)
                 return facts["release"] == release.id and set(facts["units"].values()) == {"active"}
             return all(s.ex.parallel(runs, cluster.machines)) and \
                 sorted(balancer.Routers(s.ex).listed()) == addresses
@@ -195,9 +198,9 @@ def serving(cluster) -> bool:
 
 def install_fresh(sandbox, cluster):
     """Reset every sandbox machine to freshly prepared, build and push master, and set the cluster up."""
-    from tasks import build, install, push
     from sandbox import testbed as sb
-    from tasks.session import session
+    from tasks.net.session import session
+    from tasks.runbooks import build, install, push
     sb.reset_machines([m["address"] for m in sandbox["machines"]])
     with session(cluster, etcd=False) as s:
         built = build.build_all(s.ex, cluster.build.host, cluster.build.branch)
@@ -226,14 +229,14 @@ def local_serving(installed):
 @pytest.fixture(scope="module")
 def build_server(local):
     """(executor, build server address)."""
-    from tasks.remote import Executor
+    from tasks.net.executor import Executor
     with Executor(local) as ex:
         yield ex, local.build.host
 
 
 @pytest.fixture(scope="module")
 def registry(local):
-    from tasks.registry import RegistryClient
+    from tasks.net.registry import RegistryClient
     return RegistryClient.for_registry(local.registry)
 
 

@@ -14,13 +14,13 @@ import time
 from dataclasses import replace
 
 import pytest
-
-from tasks import balancer, balancer_config
-from tasks import cluster as cluster_config
-from sandbox import testbed as sb
-
 from conftest import Probe, Slow, fab, on, serving
-from tasks.remote import Executor
+
+from sandbox import testbed as sb
+from tasks.commands import haproxy
+from tasks.model import cluster as cluster_config
+from tasks.net.executor import Executor
+from tasks.runbooks import balancer
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,11 @@ def clusters(sandbox, installed):
 
 def balancer_files(cluster) -> dict:
     """path -> bytes of the cluster's own files on the balancer host, and its haproxy processes."""
-    paths = [balancer_config.unit_path(cluster), cluster.balancer.config, cluster.balancer.routers_file]
+    paths = [haproxy.unit_path(cluster), cluster.balancer.config, cluster.balancer.routers_file]
     host = cluster.balancer.host
     with Executor(cluster) as ex:
         files = {p: ex.read_file(host, p) for p in paths}
-        unit = balancer_config.unit_name(cluster)
+        unit = haproxy.unit_name(cluster)
         main = ex.run(host, f"systemctl show -p MainPID --value {unit}").stdout.strip()
         files["processes"] = main + " " + ex.run(host, f"pgrep -P {main} | sort", check=False).stdout.strip()
     return files
@@ -110,7 +110,7 @@ def test_setup_is_idempotent_and_each_cluster_has_its_own_instance(clusters):
     second = fab("balancer.setup", "--cluster", "local")
     assert "already up to date" in first.stderr and "already up to date" in second.stderr
     assert balancer_files(local2) == before
-    units = [balancer_config.unit_name(c) for c in (local, local2)]
+    units = [haproxy.unit_name(c) for c in (local, local2)]
     active = on(local, local.balancer.host, f"systemctl is-active {' '.join(units)}").stdout.split()
     assert active == ["active", "active"]
     assert balancer_files(local)["processes"].split()[0] != before["processes"].split()[0]  # two processes
@@ -218,7 +218,7 @@ def test_a_restart_of_haproxy_keeps_a_drained_machine_out(clusters):
     machine = local.machines[0]
     try:
         set_machines(local, list(local.machines[1:]))
-        on(local, local.balancer.host, f"systemctl restart {balancer_config.unit_name(local)}")
+        on(local, local.balancer.host, f"systemctl restart {haproxy.unit_name(local)}")
         assert status_of(local, machine) == {"MAINT"}
         answered = {json.loads(request(local, "/version")[1])["machine"] for _ in range(12)}
         assert machine not in answered and answered

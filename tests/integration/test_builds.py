@@ -16,14 +16,12 @@ import time
 
 import pytest
 import yaml
+from conftest import ROOT, Probe, error_line, fab, get_version
 
-from sandbox import testbed as sb
-from tasks.remote import Executor
-
-from conftest import ROOT, error_line, fab
-from conftest import Probe, get_version
 from integration.test_deploy import recorded, start_times
 from integration.test_images import Session, build_push, changed, head_of, snapshot, versions
+from sandbox import testbed as sb
+from tasks.net.executor import Executor
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,11 @@ import time
 
 import pytest
 import yaml
-
 from conftest import MACHINE_ADDRESSES, ROOT, error_line, fab, on, on_each
 
 from sandbox import testbed as sb
-from tasks import cluster as cluster_config
-from tasks import state
+from tasks.model import cluster as cluster_config
+from tasks.model import state
 
 COMPONENTS = ("router", "air_frontend", "air_backend", "static_website")
 

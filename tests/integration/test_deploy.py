@@ -17,13 +17,13 @@ import threading
 import time
 
 import pytest
+from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, routed_in, serving, wait_serving
 
 from cloudconfig.units import container_name
-from tasks import machine, state
 from sandbox import testbed as sb
-from tasks.remote import Executor
-
-from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, routed_in, serving, wait_serving
+from tasks.model import state
+from tasks.net.executor import Executor
+from tasks.runbooks import records, steps
 
 CHANGED = "static_website"   # the component a normal change touches
 BROKEN = "air_frontend"      # the component a broken release breaks
@@ -53,14 +53,14 @@ def start_times(cluster, machines=None) -> dict:
 def machine_releases(cluster) -> dict:
     """machine -> its /etc/air/state/release."""
     with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: machine.release_facts(ex, a)["release"],
+        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
                                                       cluster.machines)))
 
 
 def recorded(cluster):
     """(current release record, history, lock holder) from the cluster's etcd."""
     with etcd_of(cluster) as client:
-        return state.read_release(client, cluster)[1], state.history(client, cluster), \
+        return records.read_release(client, cluster)[1], records.history(client, cluster), \
             client.holder(state.lock_key(cluster))
 
 
@@ -215,7 +215,7 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
         routed_to = routed_in(line)
         upgrading = next(m for m in machines if m not in routed_to)
         with Executor(local_serving) as ex:
-            while machine.release_facts(ex, upgrading)["release"] == before["id"]:
+            while steps.release_facts(ex, upgrading)["release"] == before["id"]:
                 assert time.monotonic() < deadline, f"{upgrading} never got the new release"
                 time.sleep(0.05)
     finally:

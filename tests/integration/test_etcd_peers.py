@@ -12,14 +12,23 @@ import subprocess
 import time
 
 import pytest
-
-from cloudconfig.units import (ETCD_CLIENT_PORT, ETCD_PEER_CA, ETCD_PEER_CERT, ETCD_PEER_DIR, ETCD_PEER_KEY,
-                               ETCD_PEER_PORT, etcd_dropin, peer_url)
-from sandbox import testbed as sb
-from tasks import etcd_peers, machine, state
-from tasks.remote import Executor
-
 from conftest import SPARE_ADDRESSES, etcd_of, fab, healthy_members, on, serving
+
+from cloudconfig.units import (
+    ETCD_CLIENT_PORT,
+    ETCD_PEER_CA,
+    ETCD_PEER_CERT,
+    ETCD_PEER_DIR,
+    ETCD_PEER_KEY,
+    ETCD_PEER_PORT,
+    etcd_dropin,
+    peer_url,
+)
+from sandbox import testbed as sb
+from tasks.commands import machine
+from tasks.model import state
+from tasks.net.executor import Executor
+from tasks.runbooks import etcd_peers, steps
 
 SPARE, INTRUDER = SPARE_ADDRESSES
 
@@ -28,7 +37,7 @@ SPARE, INTRUDER = SPARE_ADDRESSES
 def cluster(installed):
     yield installed
     with Executor(installed) as ex:
-        stale = [a for a in (SPARE, INTRUDER) if machine.fresh_problems(machine.facts(ex, a))]
+        stale = [a for a in (SPARE, INTRUDER) if machine.fresh_problems(steps.facts(ex, a))]
     if stale:
         sb.reset_machines(stale)
 

@@ -15,16 +15,32 @@ import threading
 import time
 
 import pytest
+from conftest import (
+    BALANCER_ADDRESS,
+    SPARE_ADDRESSES,
+    Probe,
+    Running,
+    Slow,
+    error_line,
+    etcd_leader,
+    etcd_of,
+    fab,
+    listed,
+    on,
+    on_each,
+    routed_in,
+    serving,
+    wait_serving,
+)
 
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, peer_url
-from tasks import build, machine, push, state, upgrade
-from tasks.balancer_config import machines_in
 from sandbox import testbed as sb
-from tasks.remote import Executor
-from tasks.session import session
-
-from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader, etcd_of, fab,
-                      listed, on, on_each, routed_in, serving, wait_serving)
+from tasks.commands import machine
+from tasks.commands.haproxy import machines_in
+from tasks.model import rollout_plan, state
+from tasks.net.executor import Executor
+from tasks.net.session import session
+from tasks.runbooks import build, push, records, steps, upgrade
 
 PORT = 80
 
@@ -32,13 +48,13 @@ PORT = 80
 def recorded(cluster):
     """(current release record, history, lock holder)."""
     with etcd_of(cluster) as client:
-        return state.read_release(client, cluster)[1], state.history(client, cluster), \
+        return records.read_release(client, cluster)[1], records.history(client, cluster), \
             client.holder(state.lock_key(cluster))
 
 
 def release_files(cluster) -> dict:
     with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: machine.release_facts(ex, a)["release"],
+        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
                                                       cluster.machines)))
 
 
@@ -166,7 +182,7 @@ def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_st
     with session(hurried, "test: a pull failing on one machine") as s:
         built = build.build_all(s.ex, hurried.build.host, hurried.build.branch)
         release, _ = push.push_all(s.ex, hurried.build.host, built["images"])
-        current, _ = state.read_release(s.etcd, hurried)
+        current, _ = records.read_release(s.etcd, hurried)
         sb.docker("exec", name, "iptables", "-I", *rule)
         try:
             with Probe(BALANCER_ADDRESS, PORT) as probe, pytest.raises(upgrade.UpgradeFailed) as failed:
@@ -306,7 +322,7 @@ def test_setup_cluster_resume_finishes_a_setup_that_stopped_after_etcd_formed(lo
     last = cluster.machines[-1]
     with etcd_of(cluster) as client:
         client.delete(state.release_key(cluster))
-    units = " ".join(machine.units_of(cluster))
+    units = " ".join(rollout_plan.units_of(cluster))
     on(cluster, last, f"systemctl stop {units}")
     fab("balancer.remove", "--cluster", "local", "--machine", last)
     broken = fab("rolling-upgrade", "--cluster", "local", check=False)

@@ -11,12 +11,11 @@ import dataclasses
 import time
 
 import pytest
-
-from tasks import cluster as cluster_config
-from sandbox import testbed as sb
-from tasks.remote import Executor
-
 from conftest import BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, fab, serving
+
+from sandbox import testbed as sb
+from tasks.model import cluster as cluster_config
+from tasks.net.executor import Executor
 
 RESTRICTION = "/etc/ssh/sshd_config.d/air-gateway-test.conf"
 

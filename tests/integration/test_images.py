@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, fab
 
 from sandbox import testbed as sb
-from tasks import cluster as cluster_config
-from tasks.remote import q
-
-from conftest import ROOT, fab
+from tasks.commands.shell import q
+from tasks.model import cluster as cluster_config
 
 FRAGMENT = (sb.STATE / "cluster.yaml").resolve()  # what `fab sandbox.up` wrote
 LOCAL = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())

@@ -18,17 +18,16 @@ from types import SimpleNamespace
 import pytest
 import requests
 import yaml
+from conftest import MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab, healthy_members, on, serving
 
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, peer_url
-from tasks import build, machine, push, state
 from sandbox import testbed as sb
-from tasks.registry import RegistryClient, load_credentials
-from tasks.remote import Executor
-from tasks.session import session
-from tasks.version import newest
-
-from conftest import (MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab,
-                      healthy_members, on, serving)
+from tasks.model.credentials import load_credentials
+from tasks.model.version import newest
+from tasks.net.executor import Executor
+from tasks.net.registry import RegistryClient
+from tasks.net.session import session
+from tasks.runbooks import build, push, records, steps
 
 SPARE = SPARE_ADDRESSES[0]
 ADMINS = "/var/lib/air/air_backend/admins"
@@ -53,7 +52,7 @@ def member_ids(cluster, address):
 
 def facts(cluster, address):
     with Executor(cluster) as ex:
-        return machine.facts(ex, address)
+        return steps.facts(ex, address)
 
 
 def registry_release(cluster):
@@ -85,7 +84,7 @@ def setup_run(sandbox, local, clock):
 def recorded(setup_run, local):
     """The release record etcd holds after the install."""
     with etcd_of(local) as client:
-        _, record = state.read_release(client, local)
+        _, record = records.read_release(client, local)
     return record
 
 

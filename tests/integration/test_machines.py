@@ -13,14 +13,28 @@ import time
 
 import pytest
 import yaml
+from conftest import (
+    BALANCER_ADDRESS,
+    BUILD_ADDRESS,
+    MACHINE_ADDRESSES,
+    SPARE_ADDRESSES,
+    USER_DATA,
+    Probe,
+    Running,
+    error_line,
+    etcd_of,
+    fab,
+    get_version,
+    on,
+    routed_in,
+    serving,
+    wait_serving,
+)
 
 import cloudconfig
 from sandbox import testbed as sb
-from tasks import state
-from tasks.remote import Executor
-
-from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, Running, USER_DATA,
-                      error_line, etcd_of, fab, get_version, on, routed_in, serving, wait_serving)
+from tasks.net.executor import Executor
+from tasks.runbooks import records
 
 OS_UPDATES = "update-engine.service locksmithd.service"
 
@@ -28,7 +42,7 @@ OS_UPDATES = "update-engine.service locksmithd.service"
 def release_of(cluster) -> str:
     """The release the cluster's etcd records."""
     with etcd_of(cluster) as client:
-        release, _ = state.read_release(client, cluster)
+        release, _ = records.read_release(client, cluster)
     return release.id
 
 

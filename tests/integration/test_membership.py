@@ -15,16 +15,27 @@ import time
 
 import pytest
 import requests
+from conftest import (
+    BALANCER_ADDRESS,
+    MACHINE_ADDRESSES,
+    SPARE_ADDRESSES,
+    SUBNET,
+    USER_DATA,
+    error_line,
+    etcd_of,
+    fab,
+    healthy_members,
+    listed,
+    on,
+    serving,
+)
 
 import cloudconfig
-
-from tasks import machine, state
 from sandbox import testbed as sb
-from tasks.remote import Executor
-
-from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, SUBNET, USER_DATA, error_line, etcd_of,
-                      healthy_members,
-                      fab, listed, on, serving)
+from tasks.commands import machine
+from tasks.model import rollout_plan
+from tasks.net.executor import Executor
+from tasks.runbooks import records, steps
 
 M1, M2, M3 = MACHINE_ADDRESSES
 SPARE, SPARE2 = SPARE_ADDRESSES
@@ -53,7 +64,7 @@ def healthy_endpoints(cluster, via=M1) -> list:
 
 def recorded_release(cluster, via=M1) -> str:
     with etcd_of(cluster, via) as client:
-        release, _ = state.read_release(client, cluster)
+        release, _ = records.read_release(client, cluster)
         return release.id
 
 
@@ -62,13 +73,13 @@ def release_file(cluster, address) -> str:
 
 
 def unit_states(cluster, address) -> list:
-    units = " ".join(machine.units_of(cluster))
+    units = " ".join(rollout_plan.units_of(cluster))
     return on(cluster, address, f"systemctl is-active {units}", check=False).stdout.split()
 
 
 def is_fresh(cluster, address) -> bool:
     with Executor(cluster) as ex:
-        return ex.reachable(address) is None and machine.fresh_problems(machine.facts(ex, address)) == []
+        return ex.reachable(address) is None and machine.fresh_problems(steps.facts(ex, address)) == []
 
 
 def answering_machines(count=40) -> set:

@@ -13,28 +13,29 @@ import time
 from dataclasses import replace
 
 import pytest
+from conftest import ROOT, Probe, etcd_of, fab, get_version, on, on_each, serving, wait_serving
 
 from cloudconfig.units import component_unit, container_name, image_environment, image_file, unit_name
 from sandbox import testbed as sb
-from tasks import balancer_config, machine, state
-from tasks.cluster import Component
-from tasks.errors import HealthError
-from tasks.remote import Executor, q
-
-from conftest import ROOT, Probe, etcd_of, fab, get_version, on, on_each, serving, wait_serving
+from tasks.commands import haproxy as haproxy_commands
+from tasks.commands.shell import q
+from tasks.model.cluster import Component
+from tasks.model.errors import HealthError
+from tasks.net.executor import Executor
+from tasks.runbooks import records, steps
 
 CHANGED = "static_website"  # the component a change touches
 
 
 def recorded(cluster):
     with etcd_of(cluster) as client:
-        return state.read_release(client, cluster)[1], state.read_candidate(client, cluster)[1], \
-            state.history(client, cluster)
+        return records.read_release(client, cluster)[1], records.read_candidate(client, cluster)[1], \
+            records.history(client, cluster)
 
 
 def machine_releases(cluster) -> dict:
     with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: machine.release_facts(ex, a)["release"],
+        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
                                                       cluster.machines)))
 
 
@@ -118,7 +119,7 @@ def test_status_names_each_drift_with_its_fix_and_exits_1(local_serving):
 
 def haproxy(cluster, command):
     """Send one command to the cluster's haproxy admin socket on the balancer host (as an operator would by hand)."""
-    return on(cluster, cluster.balancer.host, balancer_config.api_command(cluster, [command])).stdout
+    return on(cluster, cluster.balancer.host, haproxy_commands.api_command(cluster, [command])).stdout
 
 
 def test_status_shows_a_machine_drained_in_haproxy_by_hand(local_serving):
@@ -290,7 +291,7 @@ def health_of(cluster, address, *components):
     """None when the machine passes the health rules of ``components``, else the HealthError's message."""
     with Executor(replace(cluster, components=components)) as ex:
         try:
-            machine.wait_healthy(ex, address, timeout=3)
+            steps.wait_healthy(ex, address, timeout=3)
             return None
         except HealthError as e:
             return str(e)

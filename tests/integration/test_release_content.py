@@ -13,13 +13,15 @@ import subprocess
 import time
 
 import yaml
+from conftest import ROOT, SPARE_ADDRESSES, Probe, Running, error_line, etcd_of, fab, get_version, on, on_each
 
 from sandbox import testbed as sb
-from tasks import docker_api, machine, state
-from tasks.registry import load_credentials
-from tasks.remote import Executor
-
-from conftest import ROOT, SPARE_ADDRESSES, Probe, Running, error_line, etcd_of, fab, get_version, on, on_each
+from tasks.commands import machine
+from tasks.model import state
+from tasks.model.credentials import load_credentials
+from tasks.net import docker_api
+from tasks.net.executor import Executor
+from tasks.runbooks import records, steps
 
 REGISTRY = f"{sb.PREFIX}-registry"
 LOCAL = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
@@ -40,12 +42,12 @@ def local_copy(folder, **changes) -> dict:
 
 def current(cluster) -> dict:
     with etcd_of(cluster) as client:
-        return state.read_release(client, cluster)[1]
+        return records.read_release(client, cluster)[1]
 
 
 def history(cluster) -> list:
     with etcd_of(cluster) as client:
-        return state.history(client, cluster)
+        return records.history(client, cluster)
 
 
 def released(proc) -> str:
@@ -136,7 +138,7 @@ def test_an_overwritten_version_tag_changes_nothing_that_runs(sandbox, local_ser
 
     spare = SPARE_ADDRESSES[0]  # joins after the tag moved: it pulls the recorded image all the same
     with Executor(cluster) as ex:
-        if machine.fresh_problems(machine.facts(ex, spare)):
+        if machine.fresh_problems(steps.facts(ex, spare)):
             sb.reset_machines([spare])
     fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
     try:

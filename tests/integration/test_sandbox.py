@@ -16,14 +16,16 @@ import time
 
 import pytest
 import requests
+from conftest import MACHINES, SPARES, fab
 
 from sandbox import testbed as sb
-from tasks import cluster, docker_api
-from tasks.remote import Executor, q
-from tasks.errors import RemoteError
-from tasks.registry import RegistryClient, load_credentials
-
-from conftest import MACHINES, SPARES, fab
+from tasks.commands.shell import q
+from tasks.model import cluster
+from tasks.model.credentials import load_credentials
+from tasks.model.errors import RemoteError
+from tasks.net import docker_api
+from tasks.net.executor import Executor
+from tasks.net.registry import RegistryClient
 
 NODES = sb.layout(MACHINES, SPARES)
 MACHINE_NODES = [n for n in NODES if n.is_machine]

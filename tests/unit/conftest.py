@@ -1,7 +1,7 @@
 """The small cluster the unit tests render for: three machines, two components."""
 import pytest
 
-from tasks.cluster import load
+from tasks.model.cluster import load
 
 CLUSTER_YAML = """\
 namespace: aircloak

@@ -1,4 +1,4 @@
-"""A recording fake of the executor (``tasks.remote.Executor``): the seam orchestration tests use.
+"""A recording fake of the executor (``tasks.net.executor.Executor``): the seam orchestration tests use.
 
 It runs nothing. Each command is recorded as ``(host, command, change)``; its
 answer comes from the first scripted rule whose host and text match, else
@@ -12,9 +12,11 @@ import threading
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from tasks.errors import DeadlineError, RemoteError
-from tasks.machine import BASE_MARK, BASE_SUFFIX
-from tasks.remote import Executor, Result, Staged, parallel, staged_commands, staging_command
+from cloudconfig import BASE_SUFFIX
+from tasks.commands.machine import BASE_MARK
+from tasks.commands.shell import Staged, staged_commands, staging_command
+from tasks.model.errors import DeadlineError, RemoteError
+from tasks.net.executor import Executor, Result, parallel
 
 
 class FakeExecutor:
@@ -118,7 +120,7 @@ class FakeFence:
         self.lost = why
 
     def confirm(self):
-        from tasks.errors import LostLock
+        from tasks.model.errors import LostLock
         if self.lost:
             raise LostLock(f"/air/test/lock: {self.lost}")
 

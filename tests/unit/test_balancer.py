@@ -10,13 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.errors import LostLock
+from tasks.commands import haproxy as bc
+from tasks.model.cluster import load
+from tasks.model.errors import LostLock
+from tasks.runbooks import balancer
 
 from .fakes import FakeExecutor, FakeFence
-
-from tasks import balancer
-from tasks import balancer_config as bc
-from tasks.cluster import load
 
 PROXIED = """\
 namespace: aircloak

@@ -7,11 +7,27 @@ from dataclasses import replace
 
 import pytest
 
-from tasks.build import (Branches, Checkout, Job, build_context, build_options, check_branch, checkout_script,
-                         checkouts, commits_command, context_command, filter_context, ignore_patterns, jobs, parse_branches,
-                         prepare_script, step_of, update_script)
-from tasks.cluster import load
-from tasks.errors import ConfigError
+from tasks.commands.build_scripts import (
+    Branches,
+    Checkout,
+    Job,
+    build_context,
+    build_options,
+    check_branch,
+    checkout_script,
+    checkouts,
+    commits_command,
+    context_command,
+    filter_context,
+    ignore_patterns,
+    jobs,
+    parse_branches,
+    prepare_script,
+    step_of,
+    update_script,
+)
+from tasks.model.cluster import load
+from tasks.model.errors import ConfigError
 
 
 def test_checkout_script_clones_or_fetches_and_detaches_at_the_branch_tip():

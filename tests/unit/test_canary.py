@@ -4,10 +4,13 @@ import json
 
 import pytest
 
-from tasks import machine, state
-from tasks.deploy import deploy_canary, deploy_release, rollback_canary
-from tasks.errors import ConfigError
-from tasks.upgrade import UpgradeFailed, drift
+from tasks.commands import machine
+from tasks.model import state
+from tasks.model.errors import ConfigError
+from tasks.model.rollout_plan import drift
+from tasks.runbooks import records
+from tasks.runbooks.deploy import deploy_canary, deploy_release, rollback_canary
+from tasks.runbooks.upgrade import UpgradeFailed
 
 from .test_rollout import MACHINES, NEW, OLD, facts_text, record_routes, s  # noqa: F401 (fixtures)
 
@@ -26,15 +29,15 @@ def test_a_canary_upgrades_only_its_machine_and_records_the_candidate(s):
     deploy_canary(s, NEW, OLD, CANARY, branch="master", commit="abc")
     assert changed_hosts(s.ex) == {CANARY, "10.0.0.100"}  # the machine and the balancer
     assert s.ex.routed == [["10.0.0.1", "10.0.0.2"], MACHINES]
-    candidate, record = state.read_candidate(s.etcd, s.cluster)
+    candidate, record = records.read_candidate(s.etcd, s.cluster)
     assert candidate == NEW and record["machines"] == [CANARY] and record["outcome"] == "running"
     assert record["commit"] == "abc"
-    assert state.read_release(s.etcd, s.cluster)[0] == OLD  # the cluster's release is unchanged
+    assert records.read_release(s.etcd, s.cluster)[0] == OLD  # the cluster's release is unchanged
 
 
 def test_a_second_candidate_is_refused_before_any_change(s):
     other = OLD.__class__(tuple(i.__class__(i.component, "9.9.9", "sha256:" + "f" * 64) for i in OLD.images))
-    state.write_candidate(s.etcd, s.cluster, other, ["10.0.0.1"])
+    records.write_candidate(s.etcd, s.cluster, other, ["10.0.0.1"])
     with pytest.raises(ConfigError, match=r"^candidate .* already runs on 10\.0\.0\.1: `fab deploy --cluster prod` "
                                           r"continues it"):
         deploy_canary(s, NEW, OLD, CANARY)
@@ -45,7 +48,7 @@ def test_a_failed_canary_puts_the_machine_back_and_forgets_the_candidate(s):
     s.ex.answer("http://127.0.0.1:8080/health", host=CANARY, exited=1, stderr="not healthy within 60 s: web", first=True)
     with pytest.raises(UpgradeFailed, match=f"upgrade of {CANARY} to {NEW.id} failed"):
         deploy_canary(s, NEW, OLD, CANARY)
-    assert state.read_candidate(s.etcd, s.cluster) == (None, None)
+    assert records.read_candidate(s.etcd, s.cluster) == (None, None)
     assert history(s)[-1]["outcome"].startswith(f"failed: canary on {CANARY}: upgrade of {CANARY}")
     assert changed_hosts(s.ex) == {CANARY, "10.0.0.100"}
 
@@ -58,11 +61,11 @@ def test_a_canary_must_be_a_member_before_anything_is_built(s):
 
 def test_rolling_back_a_canary_puts_its_machines_on_the_clusters_release(s):
     s.ex.answer("echo '--release'", host=CANARY, stdout=facts_text(NEW.id, {"web": "1.0.1", "worker": "1.0.0"}), first=True)
-    record = state.write_candidate(s.etcd, s.cluster, NEW, [CANARY], branch="master")
+    record = records.write_candidate(s.etcd, s.cluster, NEW, [CANARY], branch="master")
     rollback_canary(s, OLD, NEW, record)
     assert changed_hosts(s.ex) == {CANARY, "10.0.0.100"}
     assert any(machine.stop_command(s.cluster, ["web"]) in c for c in s.ex.commands(CANARY, changes_only=True))
-    assert state.read_candidate(s.etcd, s.cluster) == (None, None)
+    assert records.read_candidate(s.etcd, s.cluster) == (None, None)
     assert history(s)[-1]["outcome"] == f"rolled back: canary on {CANARY}" and history(s)[-1]["id"] == NEW.id
 
 

@@ -6,7 +6,7 @@ import yaml
 import cloudconfig
 from cloudconfig import File, base, files, final, render, secret_paths, started_units
 from cloudconfig.units import component_unit, etcd_dropin
-from tasks.release import Image, Release
+from tasks.model.release import Image, Release
 
 KEYS = ["ssh-ed25519 AAAA one", "ssh-ed25519 BBBB two"]
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import cluster
-from tasks.errors import ConfigError
-from tasks.release import Image
+from tasks.model import cluster
+from tasks.model.errors import ConfigError
+from tasks.model.release import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -384,7 +384,7 @@ def test_with_machines_validates(stage, machines, expected):
 # ---------------------------------------------------------------- the files in clusters/ and their documentation
 
 def test_readme_is_written_from_the_schema():
-    """clusters/README.md is regenerated with: python -m tasks.cluster --readme > clusters/README.md"""
+    """clusters/README.md is regenerated with: python -m tasks.model.cluster --readme > clusters/README.md"""
     assert (ROOT / "clusters" / "README.md").read_text() == cluster.readme()
 
 

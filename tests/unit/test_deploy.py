@@ -1,10 +1,10 @@
 """Which release a rollback goes to, from the cluster's history (oldest first)."""
 import pytest
 
-from tasks import deploy
-from tasks.deploy import rollback_target
-from tasks.errors import ConfigError
-from tasks.release import Image, Release
+from tasks.model.errors import ConfigError
+from tasks.model.release import Image, Release
+from tasks.runbooks import deploy
+from tasks.runbooks.deploy import rollback_target
 
 
 def record(release_id, outcome, when):
@@ -63,7 +63,7 @@ def test_the_newest_of_several_records_of_one_release_is_returned():
 
 
 def test_last_good_is_the_newest_successful_release():
-    from tasks.deploy import last_good
+    from tasks.runbooks.deploy import last_good
     first = Release((Image("router", "1.0.0", "sha256:a"),))
     second = Release((Image("router", "1.0.1", "sha256:b"),))
     records = [{**first.to_dict(), "outcome": "installed"}, {**second.to_dict(), "outcome": "succeeded"},
@@ -86,3 +86,10 @@ def test_machines_keep_the_current_and_the_newest_successful_releases():
         [release_of(n).id for n in (5, 2, 4, 3)]
     assert deploy.releases_kept(records, current, 1) == [current, release_of(2)]
     assert deploy.releases_kept([], current, 3) == [current]
+
+
+def test_a_published_release_records_its_branch_commit_and_sources():
+    from tasks.runbooks.publish import Published
+    built = {"images": {"web": "sha256:1"}, "commit": "abc", "branch": "master", "base": (1, 2),
+             "sources": [{"repository": "/srv/git/air.git", "branch": "master", "commit": "abc", "components": ["web"]}]}
+    assert Published(None, [], built).meta == {"branch": "master", "commit": "abc", "sources": built["sources"]}

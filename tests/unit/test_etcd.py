@@ -1,4 +1,4 @@
-"""tasks.etcd against a real etcd started here (the Debian etcd-server package), no SSH."""
+"""tasks.net.etcd against a real etcd started here (the Debian etcd-server package), no SSH."""
 from __future__ import annotations
 
 import shutil
@@ -11,8 +11,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tasks.errors import HealthError, LockedError, LostLock, RemoteError
-from tasks.etcd import Etcd, Member, fenced_txn, tunnel
+from tasks.model.errors import HealthError, LockedError, LostLock, RemoteError
+from tasks.net.etcd import Etcd, Member, fenced_txn, tunnel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ETCD = shutil.which("etcd")
@@ -126,7 +126,7 @@ def test_lock_of_a_killed_process_expires_after_its_ttl(etcd):
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
-         "from tasks.etcd import Etcd\n"
+         "from tasks.net.etcd import Etcd\n"
          "Etcd('127.0.0.1', int(sys.argv[1])).acquire(sys.argv[2], {'who': 'doomed'}, ttl=2)\n"
          "print('held', flush=True)\n"
          "time.sleep(60)\n",
@@ -235,7 +235,7 @@ def test_a_lock_taken_over_by_another_holder_fences_the_first(etcd):
 def test_a_lease_not_renewed_for_most_of_its_ttl_is_taken_for_lost(etcd, monkeypatch):
     # A process stopped (SIGSTOP, a sleeping laptop) cannot know whether its lease outlived the
     # pause; the clock it reads keeps counting through both.
-    from tasks import etcd as etcd_module
+    from tasks.net import etcd as etcd_module
     with etcd.acquire(etcd.prefix + "lock", {"who": "alice"}, ttl=6) as lock:
         later = etcd_module.boottime() + 5
         monkeypatch.setattr(etcd_module, "boottime", lambda: later)
@@ -411,7 +411,7 @@ def test_tunnel_over_real_ssh():
 
 def test_a_request_to_etcd_goes_out_in_one_write_head_and_body():
     """Through the tunnel a body written after its head waits 40 ms for a delayed ACK on the machine."""
-    from tasks.etcd import _OneWriteConnection
+    from tasks.net.etcd import _OneWriteConnection
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
@@ -435,7 +435,7 @@ def test_a_request_to_etcd_goes_out_in_one_write_head_and_body():
 
 
 def test_connections_through_the_tunnel_also_write_each_request_in_one_piece(etcd):
-    from tasks.etcd import _OneWriteConnection
+    from tasks.net.etcd import _OneWriteConnection
     with tunnel(FakeTunnelExecutor(FakeConnection(etcd.port)), "node1") as remote:
         url = remote._client.get_url("/kv/range")
         pool = remote._client.session.get_adapter(url).poolmanager.connection_from_url(url)

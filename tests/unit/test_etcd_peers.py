@@ -9,9 +9,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cloudconfig.units import etcd_dropin
-from tasks import etcd_peers
-from tasks.errors import ConfigError
-from tasks.etcd_peers import Plan, plan
+from tasks.model.errors import ConfigError
+from tasks.runbooks import etcd_peers
+from tasks.runbooks.etcd_peers import Plan, plan
 
 MEMBERS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -121,7 +121,7 @@ def test_keys_are_not_in_the_plan_or_its_report(cluster, capsys):
 
 
 def test_plaintext_members_are_those_without_a_tls_peer_url():
-    from tasks.etcd import Member
+    from tasks.net.etcd import Member
     members = [Member("1", "10.0.0.1", ("http://10.0.0.1:2380",), (), False),
                Member("2", "10.0.0.2", ("https://10.0.0.2:2380",), (), False),
                Member("3", "10.0.0.3", ("http://10.0.0.3:2380",), (), False)]

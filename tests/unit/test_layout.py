@@ -1,22 +1,65 @@
-"""What `pip install` ships: the deploy library (tasks, cloudconfig), never the sandbox."""
+"""What `pip install` ships (the deploy library: tasks and its layers, cloudconfig; never the sandbox),
+and the layers' import rule: model and commands are pure, and only `tasks.net` connects."""
 import configparser
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+LAYERS = ("model", "commands", "net", "runbooks")
+# What opens sockets or channels, or carries a task runner: none of it may load with the pure layers.
+CONNECTING = ("paramiko", "fabric", "invoke", "requests", "urllib3", "etcd3gw", "docker", "tasks.net", "tasks.runbooks")
+
+
+def modules(package: str) -> list:
+    folder = ROOT.joinpath(*package.split("."))
+    return sorted(f"{package}.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__")
+
+
+def loaded_by(names) -> list:
+    """The modules (sys.modules) a fresh interpreter holds after importing ``names``."""
+    script = ("import importlib, json, sys\n"
+              f"for name in {list(names)!r}: importlib.import_module(name)\n"
+              "print(json.dumps(sorted(sys.modules)))")
+    found = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(found.stdout)
+
+
+def under(loaded, roots) -> list:
+    return sorted(m for m in loaded if any(m == r or m.startswith(r + ".") for r in roots))
 
 
 def test_the_package_ships_the_library_only():
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
-    assert [p.strip() for p in config["options"]["packages"].split(",")] == ["tasks", "cloudconfig"]
+    shipped = [p.strip() for p in config["options"]["packages"].split(",")]
+    assert shipped == ["tasks"] + [f"tasks.{layer}" for layer in LAYERS] + ["cloudconfig"]
+    on_disk = sorted(p.parent.name for p in (ROOT / "tasks").glob("*/__init__.py"))
+    assert on_disk == sorted(LAYERS)
+
+
+def test_tasks_holds_nothing_but_its_layers():
+    assert sorted(p.name for p in (ROOT / "tasks").glob("*.py")) == ["__init__.py"]
 
 
 def test_no_module_of_the_library_imports_the_sandbox():
-    modules = sorted(p.stem for p in (ROOT / "tasks").glob("*.py") if p.stem != "__init__")
-    script = ("import importlib, sys\n"
-              f"for name in {modules!r}: importlib.import_module('tasks.' + name)\n"
-              "print(sorted(m for m in sys.modules if m == 'sandbox' or m.startswith('sandbox.')))")
-    found = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == "[]"
+    library = [m for layer in LAYERS for m in modules(f"tasks.{layer}")] + modules("cloudconfig")
+    assert under(loaded_by(library), ["sandbox"]) == []
+
+
+@pytest.mark.parametrize("package", ["tasks.model", "tasks.commands", "cloudconfig"])
+def test_the_pure_layers_load_nothing_that_connects(package):
+    names = modules(package) + ([package] if package == "cloudconfig" else [])
+    assert under(loaded_by(names), CONNECTING) == []
+
+
+def test_the_model_imports_no_other_layer():
+    loaded = loaded_by(modules("tasks.model"))
+    assert under(loaded, ["tasks.commands", "tasks.net", "tasks.runbooks"]) == []
+
+
+def test_the_network_layer_runs_no_runbook():
+    assert under(loaded_by(modules("tasks.net")), ["tasks.runbooks"]) == []

@@ -7,15 +7,16 @@ notice. Nothing here connects anywhere.
 import hashlib
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from dataclasses import replace
 
 import cloudconfig
-from tasks import machine
-from tasks.release import Image, Release
+from tasks.commands import machine
+from tasks.model import rollout_plan
+from tasks.model.release import Image, Release
 
 from .fakes import release_facts_text
 
@@ -56,7 +57,7 @@ def test_the_cloud_config_is_found_per_machine_flatcar_first(tmp_path, monkeypat
     for kind in present:
         paths[kind].parent.mkdir()
         paths[kind].write_text("#cloud-config\n")
-    monkeypatch.setattr(machine, "USER_DATA_PATHS", (str(paths["flatcar"]), str(paths["coreos"])))
+    monkeypatch.setattr(cloudconfig, "USER_DATA_PATHS", (str(paths["flatcar"]), str(paths["coreos"])))
     auto = SimpleNamespace(cloud_config=None)
     assert run_sh(machine.user_data_command(auto), tmp_path).stdout == f"{paths[found]}\n"
     forced = SimpleNamespace(cloud_config="/srv/my user_data")
@@ -117,7 +118,7 @@ def test_no_output_at_all_is_not_fresh():
 # ---------------------------------------------------------------- commands
 
 def test_units_of(cluster):
-    assert machine.units_of(cluster) == ["air-web.service", "air-worker.service"]
+    assert rollout_plan.units_of(cluster) == ["air-web.service", "air-worker.service"]
 
 
 PINNED = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64, "sha256:" + "d" * 64),
@@ -234,11 +235,11 @@ def test_components_to_restart_and_to_remove(cluster):
     web_only = Release((RELEASE.image("web"),))
     running = {"web": "1.2.3", "old": "0.9.0"}  # `old`: gone from the cluster file, still installed
     units = {"air-web.service": "active", "air-worker.service": "inactive"}
-    assert machine.running_components(cluster, RELEASE) == ["web", "worker"]
-    assert machine.to_restart(running, units, RELEASE, cluster) == ["worker"]  # new in the cluster: installed
-    assert machine.to_remove(running, RELEASE, cluster) == ["old"]
-    assert machine.to_restart(running, units, web_only, cluster) == []  # a release without worker: not started
-    assert machine.to_remove({**running, "worker": "1.3.0"}, web_only, cluster) == ["old", "worker"]
+    assert rollout_plan.running_components(cluster, RELEASE) == ["web", "worker"]
+    assert rollout_plan.to_restart(running, units, RELEASE, cluster) == ["worker"]  # new in the cluster: installed
+    assert rollout_plan.to_remove(running, RELEASE, cluster) == ["old"]
+    assert rollout_plan.to_restart(running, units, web_only, cluster) == []  # a release without worker: not started
+    assert rollout_plan.to_remove({**running, "worker": "1.3.0"}, web_only, cluster) == ["old", "worker"]
 
 
 def test_health_of_some_components(cluster):
@@ -528,7 +529,7 @@ def test_an_upgrade_whose_stop_fails_goes_no_further(tmp_path, cluster):
 def test_release_facts_carry_the_base_verbatim_whatever_its_lines():
     base = "#cloud-config\n---\n--units\nwrite_files: []\n"
     text = (f"--release\nabc\n--components\nweb 1.0.0\n--units\nactive\nfailed\n--user_data\n/u\n"
-            f"{machine.BASE_MARK}/u{machine.BASE_SUFFIX}\n{base}")
+            f"{machine.BASE_MARK}/u{cloudconfig.BASE_SUFFIX}\n{base}")
     cluster = SimpleNamespace(components=[SimpleNamespace(name="web"), SimpleNamespace(name="worker")])
     facts = machine.parse_release_facts(text, cluster)
     assert facts == {"release": "abc", "components": {"web": "1.0.0"},
@@ -582,7 +583,7 @@ def test_a_machine_without_a_cloud_config_is_refused_with_how_to_prepare_it():
 
 def test_the_pull_command_lets_the_staging_after_it_run(tmp_path, cluster):
     """Rollout runs it as ``before`` of ``remote.staging_command``: it must end with a status, not exit."""
-    from tasks.remote import staging_command
+    from tasks.commands.shell import staging_command
     (tmp_path / "docker").write_text(FAKE_DOCKER)
     (tmp_path / "docker").chmod(0o755)
     (tmp_path / "fails").write_text("0")

@@ -5,8 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import maintenance
-from tasks.errors import ConfigError
+from tasks.model import status_view
+from tasks.model.errors import ConfigError
+from tasks.runbooks import maintenance
 
 from .fakes import FakeEtcd, FakeExecutor
 
@@ -42,5 +43,5 @@ def test_switch_writes_the_v2_twin_when_the_cluster_asks(cluster):
 
 
 def test_status_line():
-    assert maintenance.status_line(None) == "maintenance: off"
-    assert maintenance.status_line("Back soon") == "maintenance: ON (Back soon)"
+    assert status_view.status_line(None) == "maintenance: off"
+    assert status_view.status_line("Back soon") == "maintenance: ON (Back soon)"

@@ -1,8 +1,8 @@
 """When removing an etcd member is safe (membership.removal_problem), and upgrade's batch size: pure rules."""
 import pytest
 
-from tasks.membership import quorum, removal_problem
-from tasks.upgrade import batch_limit
+from tasks.model.rollout_plan import batch_limit
+from tasks.runbooks.membership import quorum, removal_problem
 
 A, B, C, D, E = "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"
 

@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from tasks import machine, operator
-from tasks.balancer_config import Server
-from tasks.errors import ConfigError
+from tasks.commands import machine, status
+from tasks.commands.haproxy import Server
+from tasks.model import status_view
+from tasks.model.errors import ConfigError
+from tasks.runbooks import operator
 
 # Recorded from a sandbox machine (units renamed to the unit-test cluster's web and worker).
 STATUS_OUTPUT = """\
@@ -45,7 +47,7 @@ bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 
 
 def test_status_command(cluster):
-    assert operator.status_command(cluster) == (
+    assert status.status_command(cluster) == (
         "echo '--release'; cat /etc/air/state/release 2>/dev/null; "
         "echo '--components'; cat /etc/air/state/components 2>/dev/null; "
         "echo '--units'; systemctl show -p Id,ActiveState,SubState,ActiveEnterTimestampMonotonic "
@@ -58,7 +60,7 @@ def test_status_command(cluster):
 
 
 def test_parse_status(cluster):
-    assert operator.parse_status(STATUS_OUTPUT, cluster) == {
+    assert status.parse_status(STATUS_OUTPUT, cluster) == {
         "release": "529b776f1627",
         "components": {"web": "1.0.0", "worker": "1.0.1"},
         "units": {"web": {"unit": "air-web.service", "state": "active", "sub": "running", "version": "1.0.0",
@@ -72,7 +74,7 @@ def test_parse_status(cluster):
 
 
 def test_parse_status_of_a_machine_without_units_or_etcd(cluster):
-    parsed = operator.parse_status("--release\n--components\n--units\n--uptime\n12.5\n--etcd\ninactive\n\n"
+    parsed = status.parse_status("--release\n--components\n--units\n--uptime\n12.5\n--etcd\ninactive\n\n"
                                    "--images\n", cluster)
     assert parsed["release"] == "" and parsed["etcd"] == {"active": "inactive", "healthy": False}
     assert {u["state"] for u in parsed["units"].values()} == {"unknown"}
@@ -81,7 +83,7 @@ def test_parse_status_of_a_machine_without_units_or_etcd(cluster):
 @pytest.mark.parametrize("seconds, shown", [(None, "-"), (5, "5s"), (192, "3m12s"), (7500, "2h05m"),
                                             (356400, "4d03h")])
 def test_duration(seconds, shown):
-    assert operator.duration(seconds) == shown
+    assert status_view.duration(seconds) == shown
 
 
 def member(address, learner=False, started=True):
@@ -116,14 +118,14 @@ def view(**changes):
 
 
 def test_a_cluster_as_recorded_has_no_warning():
-    assert operator.drift_warnings(HEALTHY) == []
+    assert status_view.drift_warnings(HEALTHY) == []
 
 
 def test_a_cloud_config_changed_by_hand_is_drift_with_where_the_change_belongs():
     v = view()
     v["machines"][2]["cloud_config"] = {"user_data": "/u", "edited": True}
     v["machines"][1]["cloud_config"] = {"user_data": "/u", "edited": False}
-    assert operator.drift_warnings(v) == [
+    assert status_view.drift_warnings(v) == [
         {"machine": "10.0.0.3", "problem": "/u on 10.0.0.3 was changed by hand since air-deploy wrote it "
                                            "(a deploy stops there)",
          "fix": "make it in /u.air-base (the administrator's base, which installs extend) and put /u back as it was, "
@@ -135,7 +137,7 @@ def test_out_of_the_balancer_and_a_stopped_unit_are_two_warnings_with_their_fixe
     v["balancer"]["listed"] = MACHINES[1:]
     v["machines"][0]["balancer"] = False
     v["machines"][1]["units"]["worker"]["state"] = "inactive"
-    assert operator.drift_warnings(v) == [
+    assert status_view.drift_warnings(v) == [
         {"machine": "10.0.0.1", "problem": "10.0.0.1 is out of the balancer",
          "fix": "`fab upgrade-machine --cluster prod --machine 10.0.0.1` (health check, then back in)"},
         {"machine": "10.0.0.2", "problem": "on 10.0.0.2: worker is inactive",
@@ -146,9 +148,9 @@ def test_out_of_the_balancer_and_a_stopped_unit_are_two_warnings_with_their_fixe
 def test_the_candidate_on_its_machine_is_not_drift_but_elsewhere_it_is():
     v = view(candidate={"id": "r2", "machines": ["10.0.0.3"], "when": "t"})
     v["machines"][2]["release"] = "r2"
-    assert operator.drift_warnings(v) == []
+    assert status_view.drift_warnings(v) == []
     v["machines"][1]["release"] = "r2"
-    assert operator.drift_warnings(v) == [{"machine": "10.0.0.2", "problem": "10.0.0.2 runs release r2, not r1",
+    assert status_view.drift_warnings(v) == [{"machine": "10.0.0.2", "problem": "10.0.0.2 runs release r2, not r1",
                                            "fix": "`fab upgrade-machine --cluster prod --machine 10.0.0.2`"}]
 
 
@@ -159,7 +161,7 @@ def test_unreachable_machine_learner_and_stray_balancer_entry():
     v["etcd"]["members"][2]["learner"] = True
     v["machines"][2]["etcd"]["role"] = "learner"
     v["balancer"]["listed"] = MACHINES + ["10.0.0.9"]
-    fixes = {w["problem"]: w["fix"] for w in operator.drift_warnings(v)}
+    fixes = {w["problem"]: w["fix"] for w in status_view.drift_warnings(v)}
     assert fixes == {
         "10.0.0.1 cannot be reached (no answer (timed out))":
             "once it answers: `fab upgrade-machine --cluster prod --machine 10.0.0.1`; if it is gone for good: "
@@ -174,21 +176,21 @@ def test_unreachable_machine_learner_and_stray_balancer_entry():
 def test_an_unfinished_rollout_with_no_lock_holder_is_drift():
     v = view()
     v["release"]["outcome"] = "upgrading"
-    assert [w["fix"] for w in operator.drift_warnings(v)] == ["`fab rolling-upgrade --cluster prod`"]
+    assert [w["fix"] for w in status_view.drift_warnings(v)] == ["`fab rolling-upgrade --cluster prod`"]
     v["lock"] = {"who": "ann@desk", "why": "deploy master"}
-    assert operator.drift_warnings(v) == []
+    assert status_view.drift_warnings(v) == []
 
 
 def test_etcd_that_does_not_answer_is_drift():
     v = view()
     v["etcd"] = {"members": [], "leader": None, "via": None, "error": "no healthy etcd member reachable"}
-    problems = [w["problem"] for w in operator.drift_warnings(v)]
+    problems = [w["problem"] for w in status_view.drift_warnings(v)]
     assert problems == ["etcd does not answer: no healthy etcd member reachable"]
 
 
 def test_machine_role():
     members = [member("10.0.0.1"), member("10.0.0.2", learner=True), member("10.0.0.3", started=False)]
-    assert [operator.machine_role(m, members, "10.0.0.1") for m in MACHINES + ["10.0.0.4"]] == \
+    assert [status_view.machine_role(m, members, "10.0.0.1") for m in MACHINES + ["10.0.0.4"]] == \
         ["leader", "learner", "joining", "not a member"]
 
 
@@ -196,7 +198,7 @@ def test_the_table():
     v = view(warnings=[], candidate={"id": "r2", "machines": ["10.0.0.3"], "when": "t"})
     v["machines"][2]["release"] = "r2"
     v["machines"][1]["units"]["worker"] = {"state": "failed", "version": "1.0.0", "uptime": None}
-    assert operator.render_status(v) == [
+    assert status_view.render_status(v) == [
         "cluster prod",
         "",
         "MACHINE   SSH  ETCD               BALANCER  RELEASE         IMAGES",
@@ -220,12 +222,12 @@ def test_the_table():
 
 
 def test_journal_commands():
-    assert operator.journal_command("web", 50) == "journalctl -u air-web.service -o json --no-pager -n 50"
-    assert operator.journal_command("web", 5, since="2024-01-02 03:04") == \
+    assert status.journal_command("web", 50) == "journalctl -u air-web.service -o json --no-pager -n 50"
+    assert status.journal_command("web", 5, since="2024-01-02 03:04") == \
         "journalctl -u air-web.service -o json --no-pager -n 5 --since '2024-01-02 03:04'"
-    assert operator.journal_command("web", 5, follow=True) == \
+    assert status.journal_command("web", 5, follow=True) == \
         "journalctl -u air-web.service -o json --no-pager -f -n 0"
-    assert operator.journal_command("web", 5, follow=True, after="s=1;i=2") == \
+    assert status.journal_command("web", 5, follow=True, after="s=1;i=2") == \
         "journalctl -u air-web.service -o json --no-pager -f --after-cursor 's=1;i=2' -n all"
 
 
@@ -234,20 +236,20 @@ def test_journals_merge_in_time_order():
         {"__REALTIME_TIMESTAMP": "1000", "MESSAGE": "a1", "__CURSOR": "c1"},
         {"__REALTIME_TIMESTAMP": "3000", "MESSAGE": [104, 105, 255], "__CURSOR": "c2"}]) + "\nnot json\n"
     b = json.dumps({"__REALTIME_TIMESTAMP": "2000", "MESSAGE": "b1", "__CURSOR": "d1"})
-    parsed = {"10.0.0.1": operator.parse_journal(a), "10.0.0.2": operator.parse_journal(b)}
+    parsed = {"10.0.0.1": status.parse_journal(a), "10.0.0.2": status.parse_journal(b)}
     assert parsed["10.0.0.1"][1] == (3000, "hi\ufffd", "c2")
-    assert operator.merged(parsed) == [(1000, "10.0.0.1", "a1"), (2000, "10.0.0.2", "b1"),
+    assert status_view.merged(parsed) == [(1000, "10.0.0.1", "a1"), (2000, "10.0.0.2", "b1"),
                                        (3000, "10.0.0.1", "hi\ufffd")]
-    assert operator.log_line(1_700_000_000_123_456, "10.0.0.1", "hello") == \
+    assert status_view.log_line(1_700_000_000_123_456, "10.0.0.1", "hello") == \
         "10.0.0.1  2023-11-14T22:13:20.123456Z  hello"
-    assert json.loads(operator.log_json(1_700_000_000_123_456, "10.0.0.1", "hello")) == \
+    assert json.loads(status_view.log_json(1_700_000_000_123_456, "10.0.0.1", "hello")) == \
         {"machine": "10.0.0.1", "time": "2023-11-14T22:13:20.123456Z", "message": "hello"}
 
 
 def test_exec_command():
-    assert operator.exec_command("web", "bin/console; echo $HOME", tty=False) == \
+    assert status.exec_command("web", "bin/console; echo $HOME", tty=False) == \
         "docker exec air-web sh -c 'bin/console; echo $HOME'"
-    assert operator.exec_command("web", "sh", tty=True) == "docker exec -it air-web sh -c sh"
+    assert status.exec_command("web", "sh", tty=True) == "docker exec -it air-web sh -c sh"
 
 
 @pytest.mark.parametrize("lines", [0, -3, "many", None])
@@ -268,7 +270,8 @@ def tasks_on(cluster, monkeypatch):
     """The tasks see the unit-test cluster `prod`; opening a session fails the test (bad input must
     be refused before anything is contacted)."""
     from invoke import Context
-    from tasks import cluster as cluster_config
+
+    from tasks.model import cluster as cluster_config
     monkeypatch.setattr(cluster_config, "CLUSTERS_DIR", cluster.file.parent)
 
     def no_session(*args, **kwargs):
@@ -301,15 +304,15 @@ def test_bad_input_is_one_error_line_before_anything_is_contacted(tasks_on, task
 def test_haproxy_states_of_the_machines_from_its_servers():
     servers = [Server("prod_http", "10.0.0.1", "UP", 0), Server("prod_http", "10.0.0.2", "DRAIN", 2),
                Server("prod_http", "10.0.0.3", "DOWN 1/2", 0), Server("prod_https", "10.0.0.1", "UP", 1)]
-    assert operator.haproxy_states(servers) == {"10.0.0.1": "UP", "10.0.0.2": "DRAIN", "10.0.0.3": "DOWN"}
-    assert operator.haproxy_states([]) == {}
+    assert status.haproxy_states(servers) == {"10.0.0.1": "UP", "10.0.0.2": "DRAIN", "10.0.0.3": "DOWN"}
+    assert status.haproxy_states([]) == {}
 
 
 def test_haproxy_marking_a_listed_machine_down_or_drained_is_drift():
     v = view()
     for m, state_ in zip(v["machines"], ("UP", "DRAIN", "DOWN")):
         m["balancer_state"] = state_
-    assert operator.drift_warnings(v) == [
+    assert status_view.drift_warnings(v) == [
         {"machine": "10.0.0.2", "problem": "haproxy marks 10.0.0.2 DRAIN",
          "fix": "`fab balancer.remove --cluster prod --machine 10.0.0.2`, then `fab balancer.add` of it "
                 "(haproxy readies it)"},
@@ -317,5 +320,5 @@ def test_haproxy_marking_a_listed_machine_down_or_drained_is_drift():
          "fix": "`fab logs --cluster prod --component web --machine 10.0.0.3` says why its router fails "
                 "haproxy's check"},
     ]
-    rows = operator.render_status({**v, "warnings": []})[3:6]
+    rows = status_view.render_status({**v, "warnings": []})[3:6]
     assert [f"  in ({state_})  " in row for row, state_ in zip(rows, ("UP", "DRAIN", "DOWN"))] == [True] * 3

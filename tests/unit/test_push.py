@@ -1,8 +1,9 @@
 """tasks/push.py: the version a push takes and the manifest digest it records, against an in-memory registry."""
 from types import SimpleNamespace
 
-from tasks import push, version
-from tasks.release import Release
+from tasks.model import version
+from tasks.model.release import Release
+from tasks.runbooks import push
 
 BUILT = "sha256:" + "b" * 64    # the built image's ID
 OTHER = "sha256:" + "0" * 64    # another image pushed under a version by hand

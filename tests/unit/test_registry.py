@@ -11,8 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tasks.errors import ConfigError, RemoteError
-from tasks.registry import MANIFEST_TYPES, RegistryClient, load_credentials
+from tasks.model.credentials import load_credentials
+from tasks.model.errors import ConfigError, RemoteError
+from tasks.net.registry import MANIFEST_TYPES, RegistryClient
 
 USER, PASSWORD = "deploy", "s3cret-Pa55"
 DIGEST = "sha256:" + "c" * 64
@@ -162,7 +163,7 @@ def test_config_digest_of_unknown_tag_or_repository_is_none(fake):
 
 
 def test_schema1_answer_is_an_error_not_a_digest(fake, mocker):
-    mocker.patch("tasks.registry.MANIFEST_TYPES", ("application/x-nothing",))
+    mocker.patch("tasks.net.registry.MANIFEST_TYPES", ("application/x-nothing",))
     with pytest.raises(RemoteError, match="is not a single-image manifest"):
         client(fake).config_digest("air/prod_air", "1.0.2")
 

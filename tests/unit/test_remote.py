@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import Interrupted, LostLock, RemoteError
-from tasks.remote import (KILL_AFTER, PROGRESS_AFTER, PROGRESS_EVERY, STAGED_MARK, Executor, archive_of,
-                          deadline_wrapped, parallel, progress_line, staged_commands, staged_folder, staging_command,
-                          stream_wrapped)
+from tasks.commands.shell import (
+    KILL_AFTER,
+    STAGED_MARK,
+    archive_of,
+    deadline_wrapped,
+    staged_commands,
+    staged_folder,
+    staging_command,
+    stream_wrapped,
+)
+from tasks.model.errors import Interrupted, LostLock, RemoteError
+from tasks.net.executor import Executor, parallel
+from tasks.net.progress import PROGRESS_AFTER, PROGRESS_EVERY, progress_line
 
 from .fakes import FakeExecutor, FakeFence
 

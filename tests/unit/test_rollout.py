@@ -9,11 +9,13 @@ import json
 
 import pytest
 
-from tasks import machine, state
-from tasks.balancer_config import routers_file
-from tasks.errors import Interrupted, LostLock, PreflightError
-from tasks.release import Image, Release
-from tasks.upgrade import Rollout, UpgradeFailed
+from tasks.commands import machine
+from tasks.commands.haproxy import routers_file
+from tasks.model import state
+from tasks.model.errors import Interrupted, LostLock, PreflightError
+from tasks.model.release import Image, Release
+from tasks.runbooks import records
+from tasks.runbooks.upgrade import Rollout, UpgradeFailed
 
 from .fakes import FakeEtcd, FakeExecutor, FakeFence, release_facts_text
 
@@ -51,7 +53,7 @@ def s(cluster, monkeypatch):
 @pytest.fixture(autouse=True)
 def record_routes(monkeypatch):
     """Every machine list the balancer is set to, in order, on ``ex.routed``."""
-    from tasks import balancer
+    from tasks.runbooks import balancer
     original = balancer.Routers._set
 
     def recording(self, machines, reload=False, forget=()):
@@ -134,9 +136,9 @@ def test_an_interrupt_mid_step_puts_the_machine_in_hand_back_and_stops(s):
     ends = resumed(s.ex)  # the machines never reached lose their staged files; every one updates again
     assert sorted(ends) == MACHINES and ends["10.0.0.1"] == machine.resume_os_updates_command()
     assert ends["10.0.0.2"].startswith("rm -rf ") and ends["10.0.0.3"].startswith("rm -rf ")
-    history = state.history(s.etcd, s.cluster)
+    history = records.history(s.etcd, s.cluster)
     assert history[-1]["id"] == NEW.id and history[-1]["outcome"].startswith("interrupted")
-    current, record = state.read_release(s.etcd, s.cluster)
+    current, record = records.read_release(s.etcd, s.cluster)
     assert current == OLD and record["outcome"] == "restored after an interrupted upgrade"
 
 
@@ -214,7 +216,7 @@ def test_drift_is_one_warning_line_with_its_fix(s):
 
 def test_records_of_a_successful_rollout(s):
     Rollout(s, NEW, OLD).apply_recorded(branch="master", commit="abc")
-    current, record = state.read_release(s.etcd, s.cluster)
+    current, record = records.read_release(s.etcd, s.cluster)
     assert current == NEW and record["outcome"] == "succeeded" and record["commit"] == "abc"
     assert [json.loads(v)["outcome"] for v in s.etcd.get_prefix(state.history_prefix(s.cluster)).values()] == \
         ["succeeded"]
@@ -223,7 +225,7 @@ def test_records_of_a_successful_rollout(s):
 # ---------------------------------------------------------------- extras (secrets.apply)
 
 def _extra():
-    from tasks.upgrade import Extra
+    from tasks.model.rollout_plan import Extra
     return Extra(restart=("worker",), files=(("/etc/air/secrets/worker/pw", b"new-SECRET", 0o400),),
                  before="keep-old-secrets", after="own-secrets", undo="put-old-secrets-back")
 

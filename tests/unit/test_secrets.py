@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from tasks import secrets
-from tasks.machine import secret_files
+from tasks.commands.machine import secret_files
+from tasks.runbooks import secrets
 
 D = "/etc/air/secrets"
 

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import settings, state
-from tasks.cluster import Setting
-from tasks.errors import LostLock
+from tasks.model import state
+from tasks.model.cluster import Setting
+from tasks.model.errors import LostLock
+from tasks.runbooks import settings
 
 from .fakes import FakeEtcd, FakeExecutor, FakeFence
 

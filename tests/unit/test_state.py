@@ -4,9 +4,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import state
-from tasks.etcd import Member
-from tasks.release import Image, Release
+from tasks.model import state
+from tasks.model.release import Image, Release
+from tasks.net.etcd import Member
+from tasks.runbooks import records
 
 CLUSTER = SimpleNamespace(name="prod")
 RELEASE = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64),
@@ -14,7 +15,7 @@ RELEASE = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64),
 
 
 class FakeEtcd:
-    """The part of tasks.etcd.Etcd that state uses, over a dict."""
+    """The part of tasks.net.etcd.Etcd that the records use, over a dict."""
 
     def __init__(self):
         self.data = {}
@@ -62,10 +63,10 @@ def test_release_record_of_a_bare_release():
 
 def test_write_then_read_release():
     etcd = FakeEtcd()
-    record = state.write_release(etcd, CLUSTER, RELEASE, outcome="installed", who="ada@build", when="T")
+    record = records.write_release(etcd, CLUSTER, RELEASE, outcome="installed", who="ada@build", when="T")
     assert record == {**RELEASE.to_dict(), "outcome": "installed", "who": "ada@build", "when": "T"}
     assert list(etcd.data) == ["/air/prod/release/current"]
-    release, stored = state.read_release(etcd, CLUSTER)
+    release, stored = records.read_release(etcd, CLUSTER)
     assert release == RELEASE and release.id == "0570bb33ff35"
     assert stored == record
 
@@ -73,19 +74,19 @@ def test_write_then_read_release():
 def test_write_release_says_who_and_when(monkeypatch):
     monkeypatch.setattr(state, "operator", lambda: "ada@build")
     monkeypatch.setattr(state, "now", lambda: "2024-01-02T03:04:05.000000Z")
-    record = state.write_release(FakeEtcd(), CLUSTER, RELEASE)
+    record = records.write_release(FakeEtcd(), CLUSTER, RELEASE)
     assert (record["who"], record["when"]) == ("ada@build", "2024-01-02T03:04:05.000000Z")
 
 
 def test_no_release_recorded():
-    assert state.read_release(FakeEtcd(), CLUSTER) == (None, None)
+    assert records.read_release(FakeEtcd(), CLUSTER) == (None, None)
 
 
 def test_history_is_oldest_first():
     etcd = FakeEtcd()
     for when, outcome in [("2024-02-01T00:00:00.000000Z", "succeeded"), ("2024-01-01T00:00:00.000000Z", "installed")]:
-        assert state.add_history(etcd, CLUSTER, {**RELEASE.to_dict(), "when": when, "outcome": outcome}) == when
-    assert [r["outcome"] for r in state.history(etcd, CLUSTER)] == ["installed", "succeeded"]
+        assert records.add_history(etcd, CLUSTER, {**RELEASE.to_dict(), "when": when, "outcome": outcome}) == when
+    assert [r["outcome"] for r in records.history(etcd, CLUSTER)] == ["installed", "succeeded"]
 
 
 def test_now_is_sortable_utc():
@@ -105,12 +106,12 @@ def test_member_address(member, address):
 
 def test_a_candidate_is_kept_beside_the_current_release_with_its_machines():
     etcd = FakeEtcd()
-    assert state.read_candidate(etcd, CLUSTER) == (None, None)
-    record = state.write_candidate(etcd, CLUSTER, RELEASE, ["10.0.0.3", "10.0.0.1"], who="ann@desk",
+    assert records.read_candidate(etcd, CLUSTER) == (None, None)
+    record = records.write_candidate(etcd, CLUSTER, RELEASE, ["10.0.0.3", "10.0.0.1"], who="ann@desk",
                                    when="2024-01-02T03:04:05.000000Z", branch="master")
     assert record["machines"] == ["10.0.0.1", "10.0.0.3"]
     assert record["id"] == RELEASE.id and record["who"] == "ann@desk"
-    assert state.read_candidate(etcd, CLUSTER) == (RELEASE, record)
-    assert state.read_release(etcd, CLUSTER) == (None, None)  # the current release is another key
-    state.clear_candidate(etcd, CLUSTER)
-    assert state.read_candidate(etcd, CLUSTER) == (None, None)
+    assert records.read_candidate(etcd, CLUSTER) == (RELEASE, record)
+    assert records.read_release(etcd, CLUSTER) == (None, None)  # the current release is another key
+    records.clear_candidate(etcd, CLUSTER)
+    assert records.read_candidate(etcd, CLUSTER) == (None, None)

@@ -2,8 +2,18 @@ from dataclasses import replace
 
 import pytest
 
-from cloudconfig.units import (component_unit, container_name, etcd_dropin, image_environment, image_file, peer_url,
-                               quote, secrets_dir, unit_name, url)
+from cloudconfig.units import (
+    component_unit,
+    container_name,
+    etcd_dropin,
+    image_environment,
+    image_file,
+    peer_url,
+    quote,
+    secrets_dir,
+    unit_name,
+    url,
+)
 
 
 def test_names():

@@ -1,7 +1,7 @@
 """The pure decisions of a rolling upgrade: how many machines at once, and what each machine needs."""
 import pytest
 
-from tasks.upgrade import NOTHING, READD, UPGRADE, batch_limit, machine_action
+from tasks.model.rollout_plan import NOTHING, READD, UPGRADE, batch_limit, machine_action
 
 ACTIVE = {"air-router.service": "active", "air-web.service": "active"}
 
@@ -62,8 +62,8 @@ def _facts(release, router, web, units=("active", "active")):
 
 
 def test_plan_restarts_only_what_changes_and_skips_what_serves():
-    from tasks.release import Image, Release
-    from tasks.upgrade import Step, plan
+    from tasks.model.release import Image, Release
+    from tasks.model.rollout_plan import Step, plan
     release = Release((Image("router", "1.0.0", "sha256:r"), Image("web", "1.0.1", "sha256:w")))
     facts = {
         "10.0.0.3": _facts("old", "1.0.0", "1.0.0"),                            # web changes
@@ -79,7 +79,7 @@ def test_plan_restarts_only_what_changes_and_skips_what_serves():
 
 
 def test_routed_takes_the_group_out_and_puts_finished_machines_back():
-    from tasks.upgrade import routed
+    from tasks.model.rollout_plan import routed
     members = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     serving = ["10.0.0.1", "10.0.0.3"]  # .2 was out of the balancer when the upgrade began
     assert routed(members, serving, done=[], out=["10.0.0.1"]) == ["10.0.0.3"]
@@ -89,8 +89,8 @@ def test_routed_takes_the_group_out_and_puts_finished_machines_back():
 
 
 def test_describe_says_what_each_machine_needs():
-    from tasks.release import Image, Release
-    from tasks.upgrade import Step, describe
+    from tasks.model.release import Image, Release
+    from tasks.model.rollout_plan import Step, describe
     release = Release((Image("web", "1.0.1", "sha256:w"),))
     steps = [Step("10.0.0.2", READD), Step("10.0.0.3", UPGRADE, ("web",))]
     assert describe(steps, ["10.0.0.3", "10.0.0.1", "10.0.0.2"], release) == [

@@ -1,8 +1,8 @@
 import pytest
 import semver
 
-from tasks.errors import ConfigError
-from tasks.version import Decision, decide, newest, parse_version
+from tasks.model.errors import ConfigError
+from tasks.model.version import Decision, decide, newest, parse_version
 
 OLD, NEW = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 

@@ -1,0 +1,131 @@
+"""What the operator's tools send to a machine, and the parsers of what comes back.
+
+``status_command`` gathers a machine's whole status fact in one command (units with their state,
+version and uptime, etcd's health, its release and cloud config facts, images' disk use) and
+``parse_status`` reads it; ``journal_command``/``parse_journal`` do the same for `fab logs`, and
+``exec_command`` is what `fab exec` runs in a component's container. Pure text, tested by
+equality.
+"""
+from __future__ import annotations
+
+import json
+
+import cloudconfig
+from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, container_name, unit_name
+from tasks.commands import machine
+from tasks.commands.shell import q
+
+UNIT_PROPERTIES = "Id,ActiveState,SubState,ActiveEnterTimestampMonotonic"
+
+
+def status_command(cluster) -> str:
+    """One read of everything `status` wants from a machine, in sections for ``parse_status``. Pure."""
+    return "; ".join([
+        f"echo '--release'; cat {q(STATE_DIR)}/release 2>/dev/null",
+        f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null",
+        f"echo '--units'; systemctl show -p {UNIT_PROPERTIES} {machine.unit_words(cluster)} 2>/dev/null",
+        "echo '--uptime'; cut -d' ' -f1 /proc/uptime",
+        f"echo '--etcd'; systemctl is-active {ETCD_UNIT} 2>/dev/null; "
+        f"curl -s -m 2 {ETCD_LOCAL_CLIENT_URL}/health 2>/dev/null; echo",
+        "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null",
+        machine.cloud_config_facts_command(cluster),
+        "true",
+    ])
+
+
+def haproxy_states(servers) -> dict:
+    """machine -> haproxy's status of it (UP, DOWN, DRAIN, MAINT), from its servers (the first backend
+    naming it: every backend of the cluster sends to the same routers). Pure."""
+    states: dict = {}
+    for server in servers:
+        states.setdefault(server.machine, server.status.split(" ")[0])
+    return states
+
+
+def parse_status(text: str, cluster) -> dict:
+    """What ``status_command`` printed, as {release, components, units, etcd, images}. Pure.
+
+    ``units``: component -> {unit, state, sub, uptime (seconds, None when not active)};
+    ``etcd``: {active, healthy}; ``images``: {size, reclaimable} as Docker says them."""
+    s = machine.in_sections(text, ("release", "components", "units", "uptime", "etcd", "images", "user_data",
+                                   "written"))
+    try:
+        uptime = float("".join(s["uptime"]).strip())
+    except ValueError:
+        uptime = None
+    shown: dict = {}
+    block: dict = {}
+    for line in s["units"] + [""]:
+        if not line.strip():
+            if block.get("Id"):
+                shown[block["Id"]] = block
+            block = {}
+            continue
+        key, _, value = line.partition("=")
+        block[key] = value
+    versions = machine.parse_components("\n".join(s["components"]))
+    units = {}
+    for c in cluster.components:
+        props = shown.get(unit_name(c.name), {})
+        active = props.get("ActiveState", "unknown")
+        since = props.get("ActiveEnterTimestampMonotonic", "0")
+        up = None
+        if active == "active" and since.isdigit() and int(since) and uptime is not None:
+            up = max(0, int(uptime - int(since) / 1e6))
+        units[c.name] = {"unit": unit_name(c.name), "state": active, "sub": props.get("SubState", ""),
+                         "version": versions.get(c.name), "uptime": up}
+    etcd_lines = [line.strip() for line in s["etcd"] if line.strip()]
+    health = next((line for line in etcd_lines if line.startswith("{")), "")
+    try:
+        healthy = str(json.loads(health).get("health")) == "true"
+    except ValueError:
+        healthy = False
+    images = {}
+    for line in s["images"]:
+        parts = line.split("\t")
+        if parts[0] == "Images" and len(parts) >= 3:
+            images = {"size": parts[1], "reclaimable": parts[2]}
+    return {"release": "".join(s["release"]).strip(), "components": versions, "units": units,
+            "etcd": {"active": etcd_lines[0] if etcd_lines else "unknown", "healthy": healthy},
+            "images": images, "cloud_config": machine.parse_cloud_config_facts(s)}
+
+
+def journal_command(component: str, lines: int, since: str = None, follow: bool = False,
+                    after: str = None) -> str:
+    """The unit's journal as JSON lines: its last ``lines`` entries (``since`` a time journalctl
+    understands); ``follow``: from after the cursor ``after`` on (or from now), until stopped. Pure."""
+    words = ["journalctl", "-u", unit_name(component), "-o", "json", "--no-pager"]
+    if follow:
+        words += ["-f"] + (["--after-cursor", after, "-n", "all"] if after else ["-n", "0"])
+    else:
+        words += ["-n", str(int(lines))] + (["--since", since] if since else [])
+    return " ".join(q(w) for w in words)
+
+
+def parse_journal(text: str) -> list:
+    """(microseconds since the epoch, message, cursor) of every entry journalctl printed as JSON. Pure."""
+    entries = []
+    for line in text.splitlines():
+        entry = journal_entry(line)
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+def journal_entry(line: str):
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    message = data.get("MESSAGE", "")
+    if isinstance(message, list):  # journald gives bytes that are not UTF-8 as a list of numbers
+        message = bytes(message).decode(errors="replace")
+    return int(data.get("__REALTIME_TIMESTAMP", 0) or 0), str(message or ""), data.get("__CURSOR")
+
+
+def exec_command(component: str, command: str, tty: bool) -> str:
+    """``command`` run by ``sh -c`` in the component's container; with a terminal when ``tty``. Pure."""
+    flags = "-it " if tty else ""
+    return f"docker exec {flags}{q(container_name(component))} sh -c {q(command)}"

@@ -1,0 +1,821 @@
+"""Target clusters: the YAML files in ``clusters/`` and their validation.
+
+This module owns what a cluster file may say. ``SCHEMA`` is the single
+description of every field: it validates the files (``load``) and it writes
+``clusters/README.md`` (``python -m tasks.model.cluster --readme``), so the two
+cannot drift apart. Loading is pure file reading: nothing is contacted, and
+any problem is one ``ConfigError`` line naming the file, the field and what
+was expected.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import yaml
+
+from tasks.model.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CLUSTERS_DIR = Path(os.environ.get("AIR_CLUSTERS_DIR", PROJECT_ROOT / "clusters"))
+CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+COMPONENT_NAME = CLUSTER_NAME
+DOCKER_NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+-]*$")
+UNIT_NAME = re.compile(r"^[A-Za-z0-9@._:-]+\.(service|timer|socket|path|mount)$")
+FILE_MODE = re.compile(r"^0?[0-7]{3}$")
+BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+STAGE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,62}$")
+# What a build argument's value may name in braces; build.py gives the values.
+BUILD_ARG_VALUES = ("version", "commit", "branch", "cluster", "component")
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+SETTING_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+MAX_UID = 2 ** 31 - 1
+
+
+# ---------------------------------------------------------------- the schema
+
+@dataclass(frozen=True)
+class Field:
+    kind: str
+    doc: str
+    default: Any = None
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Section:
+    doc: str
+    fields: dict
+    many: bool = False  # a list of such sections
+    required: bool = True
+
+
+KINDS = {
+    "text": "a non-empty string",
+    "name": "a lower-case name: a letter, then letters, digits or _",
+    "namespace": "a Docker repository namespace (lower-case letters, digits, . _ -)",
+    "int": "a positive whole number",
+    "port": "a TCP port (1 to 65535)",
+    "address": "an IPv4 or IPv6 address",
+    "addresses": "a non-empty list of distinct IPv4 or IPv6 addresses",
+    "hosts": "a list of IP addresses or DNS names",
+    "host": "an IP address or a DNS name",
+    "hostport": "HOST:PORT",
+    "local_path": "a path on this machine (relative to the cluster file; ~ allowed)",
+    "remote_path": "an absolute path on the remote host (letters, digits, . _ / @ + -)",
+    "url_path": "an HTTP path starting with / (letters, digits, . _ ~ / ? = & % + -)",
+    "unit": "a systemd unit name (letters, digits, @ . _ : -, ending in .service, .timer, .socket, .path, .mount)",
+    "mode": "an octal file mode, e.g. '0644'",
+    "repo_path": "a relative path inside the source checkout (no .., no leading /; `.` is its root)",
+    "branch": "a git branch name (letters, digits, . _ - /; no `..`)",
+    "stage": "a Dockerfile stage name (a letter, then letters, digits, . _ -)",
+    "build_args": "a mapping of build-argument names (letters, digits, _) to strings; "
+                  + ", ".join(f"`{{{v}}}`" for v in BUILD_ARG_VALUES) + " in a value are replaced",
+    "proxy_protocol": "v1 or v2 (the PROXY protocol's text or binary version)",
+    "http_status": "an HTTP status code (100 to 599)",
+    "check": "`http` (the health path must answer) or `tcp` (the port must accept a connection)",
+    "signal": "a signal name such as SIGTERM, SIGQUIT, SIGINT",
+    "secret_names": "a list of distinct file names of the secrets folder (letters, digits, . _ -)",
+    "uid": "a numeric user id (0 to 2147483647)",
+    "flag": "true or false",
+    "settings": "a mapping of keys (words of letters, digits, . _ - joined by /) to a text or number, "
+                "or to `{secret: NAME}`: the content of file NAME of the secrets folder",
+}
+
+HEALTH_CHECKS = ("http", "tcp")
+SIGNAL = re.compile(r"^SIG[A-Z0-9]{2,8}$")
+
+SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
+    "include": Field("local_path", "Another YAML file whose fields this file's own fields complete "
+                     "(the sandbox writes one for the `local` cluster).", required=False),
+    "namespace": Field("namespace", "Docker namespace of the images: <namespace>/<cluster>_<component>."),
+    "ssh": Section("How air-deploy logs in to every host of the cluster.", {
+        "user": Field("text", "Login user; commands are run through `sudo -n` unless it is root.", "core"),
+        "port": Field("port", "SSH port.", 22),
+        "key": Field("local_path", "Private key file."),
+        "known_hosts": Field("local_path", "known_hosts file; a host whose key is not in it is refused."),
+        "gateway": Field("host", "A host every other connection goes through (a jump host, e.g. the build "
+                         "server, when the machines sit on a private network): SSH, the etcd tunnel, the Docker "
+                         "API and the registry's API. Its host key is checked like every other; ~/.ssh/config "
+                         "is never read.", required=False),
+    }),
+    "build": Section("The build server, where images are built and pushed.", {
+        "host": Field("host", "Address of the build server (`fab -H` overrides it)."),
+        "repository": Field("text", "Git URL of the Air source, as the build server reaches it."),
+        "checkout": Field("remote_path", "This cluster's own source checkout on the build server.",
+                          "/aircloak/{cluster}/air"),
+        "branch": Field("text", "Branch deployed when none is given.", "master"),
+    }),
+    "registry": Section("The Docker registry holding the cluster's images.", {
+        "address": Field("hostport", "Registry address, as machines and the build server reach it."),
+        "ca": Field("local_path", "CA certificate the registry's TLS certificate is signed by "
+                    "(omit for a publicly trusted one).", required=False),
+        "credentials": Field("local_path", "YAML file with `username` and `password` "
+                             "(must not be readable by group or others): the account that pushes."),
+        "pull_credentials": Field("local_path", "The same for a pull-only account: machines get this one, and the "
+                                  "push account stays on this side. Default: `credentials`.", required=False),
+        "token_hosts": Field("hosts", "Hosts besides the registry's own to which credentials may go when the "
+                             "registry names a token service there (always over https).", required=False),
+        "keep": Field("int", "Releases of the history whose images stay on every machine beside the current "
+                      "one (so rollbacks need no pull); older images of the cluster are removed.", 3),
+    }),
+    "balancer": Section("The TCP load balancer (haproxy) in front of the machines. One host may serve several "
+                        "clusters: each has its own frontends, files and haproxy instance there.", {
+        "host": Field("host", "Address of the balancer host (reached over SSH)."),
+        "bind": Field("address", "Address this cluster's frontends listen on (default: every address of the host).",
+                      required=False),
+        "http_port": Field("port", "Port of this cluster's HTTP frontend (passed through as TCP).", 80),
+        "https_port": Field("port", "Port of this cluster's HTTPS frontend (passed through as TCP; used when the "
+                            "component below serves HTTPS).", 443),
+        "component": Field("name", "Component the balancer sends traffic to (default: the first one).",
+                           required=False),
+        "tunnel": Field("int", "haproxy's `timeout tunnel`: how long an established connection (a websocket, "
+                        "a long download) may stay idle, in seconds.", 3600),
+        "folder": Field("remote_path", "This cluster's own files on the balancer host (haproxy.cfg, routers.cfg); "
+                        "written by air-deploy only.", "/etc/haproxy/air/{cluster}"),
+    }),
+    "machines": Field("addresses", "The machines of the cluster (etcd members), by address."),
+    "components": Section("The Air components, each a Docker container under systemd on every machine.", {
+        "name": Field("name", "Component name; the image is <namespace>/<cluster>_<name>."),
+        "port": Field("port", "Port the component listens on (host network)."),
+        "health": Field("url_path", "HTTP path the health check asks (with `check: http`).", "/health"),
+        "health_status": Field("http_status", "HTTP status the health path answers when the component is healthy.",
+                               200),
+        "health_body": Field("text", "Text the health path's answer must contain (none: any body).", required=False),
+        "check": Field("check", "How the health check asks: over HTTP, or only whether the port accepts a "
+                       "TCP connection (a component without HTTP).", "http"),
+        "stop_signal": Field("signal", "Signal `docker stop` sends the container to stop it politely "
+                             "(nginx: SIGQUIT); after `timeouts.stop` seconds it is killed.", "SIGTERM"),
+        "stop_command": Field("text", "Command run in the container (through `sh -c`) to stop it politely, "
+                              "before the stop signal is sent.", required=False),
+        "secrets": Field("secret_names", "Files of the secrets folder this component gets: on every machine "
+                         "they are kept in a folder of its own, readable by its `user` only, and that folder "
+                         "alone is mounted read-only at /air/secrets in its container (none: no secrets).",
+                         required=False),
+        "user": Field("uid", "User id the component's container runs as (`docker run --user` unless 0); "
+                      "its secrets and its data folder belong to it.", 0),
+        "source": Field("repo_path", "Build context: the folder of the component's checkout sent to the build "
+                        "(`.` for the checkout's root); default components/<name>.", required=False),
+        "dockerfile": Field("repo_path", "Dockerfile, as a path in the checkout inside the build context; "
+                            "default <source>/Dockerfile.", required=False),
+        "ignore": Field("repo_path", "Ignore file (`.dockerignore` rules), as a path in the checkout inside the "
+                        "build context; what it excludes is not sent to the build (the Dockerfile always is). "
+                        "Default: <dockerfile>.dockerignore, "
+                        "else .dockerignore at the root of the context, when there is one.", required=False),
+        "args": Field("build_args", "Build arguments (`ARG` in the Dockerfile). `{version}` is MAJOR.MINOR of the "
+                      "main checkout's VERSION, `{commit}` and `{branch}` those of the component's checkout, "
+                      "`{cluster}` and `{component}` the names (quote such a value in YAML); a value that changes "
+                      "with every commit makes every commit a new image.", required=False),
+        "target": Field("stage", "Stage of a multi-stage Dockerfile to build; default its last stage.", required=False),
+        "prepare": Field("text", "Shell command run in the root of the component's checkout before its build "
+                         "(generated files); its output is shown prefixed by the component's name; "
+                         "a non-zero exit fails the build.", required=False),
+        "prepare_timeout": Field("int", "Seconds the prepare command may take before it is stopped (a failure).",
+                                 300),
+        "repository": Field("text", "Git URL of the component's own repository (as the build server reaches it); "
+                            "default: build.repository, the main checkout. Its checkout on the build server is "
+                            "<build.checkout>-<name>, one per cluster.", required=False),
+        "branch": Field("branch", "Branch of the component's own repository (only with repository); "
+                        "`--branch <name>=B` overrides it; default build.branch.", required=False),
+        "https_port": Field("port", "Port where the component serves HTTPS itself (TLS), if it does.", required=False),
+        "proxy": Section("Ports where the component reads the PROXY protocol first, so it sees each client's "
+                         "address; the balancer sends to them instead of `port` and `https_port`.", {
+            "http": Field("port", "PROXY protocol, then HTTP."),
+            "https": Field("port", "PROXY protocol, then HTTPS.", required=False),
+            "protocol": Field("proxy_protocol", "Version the balancer sends.", "v2"),
+        }, required=False),
+    }, many=True),
+    "secrets": Field("local_path", "Folder of secret files; each component gets those its `secrets` "
+                     "names (`fab secrets.apply` pushes changed ones and restarts the components using them). "
+                     "Its subfolder etcd-peer/ holds the cluster's etcd peer CA and member certificates "
+                     "(`fab etcd.certificates`); they go to etcd only, never to a container."),
+    "settings": Field("settings", "The application's settings, written to the cluster's etcd under "
+                      "/air/<cluster>/app/settings/<key> by setup-cluster, add-machine, every deploy and "
+                      "`fab settings.apply`: only changed keys are written, keys no longer listed are removed. "
+                      "A secret's value is never printed.", required=False),
+    "etcd_v2": Field("flag", "Serve etcd's v2 API on the members too (for applications that read "
+                     "/v2/keys/...) and write the settings and the maintenance key there as well. Takes effect "
+                     "on a member when etcd starts (setup-cluster, add-machine).", False),
+    "cloud_config": Field("remote_path", "Where every machine reads its cloud config. Default: found per "
+                          "machine, Flatcar's /var/lib/flatcar-install/user_data where it exists, else CoreOS's "
+                          "/var/lib/coreos-install/user_data. The administrator's base is kept beside it "
+                          "(<path>.air-base) and restored when the machine is wiped; so is the SHA-256 of the "
+                          "cloud config air-deploy wrote last (<path>.air-written): a cloud config changed by "
+                          "hand since is not written over (change the base instead).", required=False),
+    "additions": Section("Units and files every machine of the cluster gets in its final cloud config, "
+                         "merged with the administrator's base like the install's own (an entry the base "
+                         "already has is refused before anything changes).", {
+        "units": Section("A systemd unit, enabled and started at boot.", {
+            "name": Field("unit", "Unit name."),
+            "content": Field("text", "The unit file."),
+        }, many=True, required=False),
+        "files": Section("A file.", {
+            "path": Field("remote_path", "Where it is written."),
+            "content": Field("text", "What it holds."),
+            "permissions": Field("mode", "Its mode.", "0644"),
+        }, many=True, required=False),
+    }, required=False),
+    "admin": Section("How the application creates its first admin user.", {
+        "component": Field("name", "Component whose container runs the command."),
+        "command": Field("text", "Command run in that container; it reads email, name and password "
+                         "as three lines on standard input."),
+    }, required=False),
+    "timeouts": Section("Timeouts, in seconds.", {
+        "connect": Field("int", "SSH connection.", 10),
+        "stop": Field("int", "Polite stop of a component before it is killed.", 30),
+        "healthy": Field("int", "A started machine must pass its health checks within this.", 60),
+        "lock": Field("int", "Lease of the cluster's lock; a killed or hung task's lock expires after it.", 30),
+        "command": Field("int", "Deadline of one remote command (one without its own below); "
+                         "past it the command is stopped on the host too.", 60),
+        "pull": Field("int", "Deadline of pulling a release's images on a machine.", 300),
+        "alive": Field("int", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
+        "drain": Field("int", "A machine leaving the balancer: its established connections may finish within "
+                       "this, then it is taken out all the same.", 30),
+    }, required=False),
+})
+
+
+# ---------------------------------------------------------------- the typed result
+
+@dataclass(frozen=True)
+class Ssh:
+    user: str
+    port: int
+    key: Path
+    known_hosts: Path
+    gateway: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Build:
+    host: str
+    repository: str
+    checkout: str
+    branch: str
+
+
+@dataclass(frozen=True)
+class Registry:
+    address: str
+    ca: Optional[Path]
+    credentials: Path
+    pull_credentials: Optional[Path] = None
+    token_hosts: tuple = ()
+    keep: int = 3
+
+    @property
+    def machine_credentials(self) -> Path:
+        """The account machines pull with: the pull-only one when there is one."""
+        return self.pull_credentials or self.credentials
+
+
+@dataclass(frozen=True)
+class Balancer:
+    host: str
+    bind: Optional[str]
+    http_port: int
+    https_port: int
+    component: str
+    tunnel: int
+    folder: str
+
+    @property
+    def config(self) -> str:
+        """haproxy's main configuration of this cluster (global, defaults, frontends)."""
+        return f"{self.folder}/haproxy.cfg"
+
+    @property
+    def routers_file(self) -> str:
+        """The backends listing the machines (kept by tasks.runbooks.balancer)."""
+        return f"{self.folder}/routers.cfg"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    http: int
+    https: Optional[int]
+    protocol: str
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    port: int
+    health: str
+    source: str                        # build context, relative to the checkout ("." is its root)
+    dockerfile: str = ""               # relative to the checkout, inside source; "": <source>/Dockerfile
+    ignore: Optional[str] = None       # relative to the checkout, inside source; None: the default lookup
+    args: tuple = ()                   # ((NAME, value template), ...), in file order
+    target: Optional[str] = None
+    prepare: Optional[str] = None
+    prepare_timeout: int = 300
+    repository: Optional[str] = None   # None: the main repository (build.repository)
+    branch: Optional[str] = None       # with repository: its branch
+
+    https_port: Optional[int] = None
+    proxy: Optional[Proxy] = None
+    health_status: int = 200
+    health_body: Optional[str] = None
+    check: str = "http"
+    stop_signal: str = "SIGTERM"
+    stop_command: Optional[str] = None
+    secrets: tuple = ()                # file names of the secrets folder it gets
+    user: int = 0                      # uid it runs as; owns its secrets
+
+    def __post_init__(self):
+        if not self.dockerfile:
+            object.__setattr__(self, "dockerfile", in_folder(self.source, "Dockerfile"))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of the application's settings: its text, or the secret file whose content it is."""
+    key: str                       # relative to the application's settings prefix (tasks.model.state)
+    value: Optional[str] = field(default=None, repr=False)
+    secret: Optional[str] = None   # a file name of the secrets folder
+
+
+@dataclass(frozen=True)
+class Admin:
+    component: str
+    command: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    content: str
+
+
+@dataclass(frozen=True)
+class File:
+    path: str
+    content: str
+    permissions: str
+
+
+@dataclass(frozen=True)
+class Additions:
+    units: tuple
+    files: tuple
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: int
+    stop: int
+    healthy: int
+    lock: int
+    command: int
+    pull: int
+    alive: int
+    drain: int
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    file: Path
+    namespace: str
+    ssh: Ssh
+    build: Build
+    registry: Registry
+    balancer: Balancer
+    machines: tuple
+    components: tuple
+    secrets: Path
+    cloud_config: Optional[str]
+    admin: Optional[Admin]
+    timeouts: Timeouts
+    additions: Optional[Additions] = None
+    settings: tuple = ()               # Setting, in file order
+    etcd_v2: bool = False
+
+    def image(self, component: str) -> str:
+        """Repository of a component's image, without registry or tag."""
+        return f"{self.namespace}/{self.name}_{component}"
+
+    def image_ref(self, component: str, version: str) -> str:
+        """Full reference of a version tag: registry/namespace/cluster_component:version."""
+        return f"{self.registry.address}/{self.image(component)}:{version}"
+
+    def pinned_ref(self, image) -> str:
+        """What a machine pulls and runs for a release's ``image``: by its manifest digest
+        (registry/namespace/cluster_component@sha256:...); by its version tag only for an image
+        recorded before manifest digests were kept."""
+        if image.manifest:
+            return f"{self.registry.address}/{self.image(image.component)}@{image.manifest}"
+        return self.image_ref(image.component, image.version)
+
+    def component(self, name: str) -> Component:
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise ConfigError(f"{self.file}: no component {name!r} (known: {', '.join(self.component_names)})")
+
+    def checkout_of(self, component: Component) -> str:
+        """The checkout on the build server a component is built from."""
+        return f"{self.build.checkout}-{component.name}" if component.repository else self.build.checkout
+
+    @property
+    def front(self) -> Component:
+        """The component the balancer sends traffic to (the router)."""
+        return self.component(self.balancer.component)
+
+    @property
+    def component_names(self) -> tuple:
+        return tuple(c.name for c in self.components)
+
+    def with_machines(self, machines) -> "Cluster":
+        """The same cluster with another machine list (validated)."""
+        values = dict(self.__dict__)
+        values["machines"] = tuple(check_addresses(machines, "--machines"))
+        return Cluster(**values)
+
+
+# ---------------------------------------------------------------- validation
+
+def in_folder(folder: str, path: str) -> str:
+    """``path`` inside ``folder`` of the checkout ("." is its root)."""
+    return path if folder == "." else f"{folder}/{path}"
+
+
+def relative_to(folder: str, path: str) -> Optional[str]:
+    """``path`` (in the checkout) as seen from ``folder``, or None when it is not inside it."""
+    if folder == ".":
+        return path
+    return path[len(folder) + 1:] if path.startswith(folder + "/") else None
+
+
+def valid_branch(branch) -> bool:
+    """A branch name safe for git and the shell."""
+    return isinstance(branch, str) and bool(BRANCH.match(branch)) and ".." not in branch and "//" not in branch \
+        and not branch.endswith(("/", ".", ".lock")) and "/." not in branch
+
+
+def _fail(file, where, expected, got) -> NoReturn:
+    raise ConfigError(f"{file}: {where}: expected {expected}, got {got!r}")
+
+
+def check_address(value, where="address", file="command line") -> str:
+    """An IP address in canonical form, or a ConfigError naming ``where``."""
+    if value is None and where.startswith("--"):
+        raise ConfigError(f"{where} is required ({KINDS['address']})")
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        _fail(file, where, KINDS["address"], value)
+
+
+def check_addresses(values, where="machines", file="command line") -> list:
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    if not isinstance(values, (list, tuple)) or not values:
+        _fail(file, where, KINDS["addresses"], values)
+    result = [check_address(v, f"{where}[{i}]", file) for i, v in enumerate(values)]
+    if len(set(result)) != len(result):
+        _fail(file, where, KINDS["addresses"], values)
+    return result
+
+
+def _same(value: str) -> str:
+    return value
+
+
+# kind -> (is it valid, how it is written when it is): the kinds that are one checked string.
+WORDS = {
+    "name": (COMPONENT_NAME.match, _same),
+    "namespace": (DOCKER_NAMESPACE.match, _same),
+    "url_path": (URL_PATH.match, _same),
+    "unit": (UNIT_NAME.match, _same),
+    "stage": (STAGE.match, _same),
+    "branch": (valid_branch, _same),
+    "proxy_protocol": (lambda v: v in ("v1", "v2"), _same),
+    "check": (lambda v: v in HEALTH_CHECKS, _same),
+    "mode": (FILE_MODE.match, lambda v: v.rjust(4, "0")),
+    "signal": (SIGNAL.match, lambda v: v if v.startswith("SIG") else f"SIG{v}"),
+}
+
+
+def _check(kind, value, where, file, base_dir, cluster):
+    if kind == "flag":
+        if not isinstance(value, bool):
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "uid":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UID:
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "secret_names":
+        if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) \
+                or not all(isinstance(v, str) and SECRET_NAME.match(v) for v in value):
+            _fail(file, where, KINDS[kind], value)
+        return tuple(value)
+    if kind == "settings":
+        return _settings(value, where, file)
+    if kind == "http_status":
+        if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind in ("int", "port"):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or (kind == "port" and value > 65535):
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "build_args":
+        if not isinstance(value, dict) or not value:
+            _fail(file, where, KINDS[kind], value)
+        args = []
+        for name, text in value.items():
+            if not isinstance(name, str) or not BUILD_ARG.match(name) or not isinstance(text, (str, int, float)) \
+                    or isinstance(text, bool):
+                _fail(file, f"{where}.{name}", KINDS[kind], text)
+            try:
+                str(text).format(**{v: "" for v in BUILD_ARG_VALUES})
+            except (KeyError, IndexError, ValueError):
+                _fail(file, f"{where}.{name}", KINDS[kind], text)
+            args.append((name, str(text)))
+        return tuple(args)
+    if kind == "hosts":
+        if not isinstance(value, list):
+            _fail(file, where, KINDS[kind], value)
+        return tuple(_check("host", v, f"{where}[{i}]", file, base_dir, cluster) for i, v in enumerate(value))
+    if not isinstance(value, str) and kind != "addresses":
+        _fail(file, where, KINDS[kind], value)
+    if kind == "text":
+        if not value.strip():
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind in WORDS:  # a string of one form: checked by a rule, then maybe normalized
+        valid, normal = WORDS[kind]
+        value = normal(value)
+        if not valid(value):
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "address":
+        return check_address(value, where, file)
+    if kind == "addresses":
+        return tuple(check_addresses(value, where, file))
+    if kind == "host":
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            if not HOSTNAME.match(value):
+                _fail(file, where, KINDS[kind], value)
+            return value
+    if kind == "hostport":
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            _fail(file, where, KINDS[kind], value)
+        _check("host", host.strip("[]"), where, file, base_dir, cluster)
+        return value
+    if kind == "local_path":
+        return (base_dir / Path(value).expanduser()).resolve()
+    if kind == "remote_path":
+        value = value.replace("{cluster}", cluster)
+        if not REMOTE_PATH.match(value) or "/../" in value + "/":
+            _fail(file, where, KINDS[kind], value)
+        return value
+    if kind == "repo_path":
+        parts = value.split("/")
+        if value.startswith("/") or ".." in parts or not REMOTE_PATH.match("/" + value):
+            _fail(file, where, KINDS[kind], value)
+        return value.strip("/")
+    raise AssertionError(kind)
+
+
+def _settings(value, where, file) -> tuple:
+    """``settings``: key -> text, number or {secret: NAME}, as Setting entries in file order."""
+    if not isinstance(value, dict) or not value:
+        _fail(file, where, KINDS["settings"], value)
+    entries = []
+    for key, text in value.items():
+        at = f"{where}.{key}"
+        if not isinstance(key, str) or not SETTING_KEY.match(key):
+            _fail(file, at, "a key: words of letters, digits, . _ - joined by /", key)
+        if isinstance(text, dict):
+            if set(text) != {"secret"} or not isinstance(text["secret"], str) or not SECRET_NAME.match(text["secret"]):
+                _fail(file, at, "{secret: NAME}, NAME a file of the secrets folder", text)
+            entries.append(Setting(key, secret=text["secret"]))
+        elif isinstance(text, bool):
+            entries.append(Setting(key, "true" if text else "false"))
+        elif isinstance(text, (str, int, float)):
+            entries.append(Setting(key, str(text)))
+        else:
+            _fail(file, at, "a text, a number or {secret: NAME}", text)
+    return tuple(entries)
+
+
+def _validate(section: Section, data, where, file, base_dir, cluster) -> dict:
+    if not isinstance(data, dict):
+        _fail(file, where or "top level", "a mapping of fields", data)
+    unknown = sorted(set(data) - set(section.fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{file}: {prefix}{unknown[0]}: unknown field "
+                          f"(expected one of: {', '.join(section.fields)})")
+    result: dict = {}
+    for key, spec in section.fields.items():
+        path = f"{where}.{key}" if where else key
+        present = key in data and data[key] is not None
+        if isinstance(spec, Section):
+            if not present:
+                if spec.required:
+                    raise ConfigError(f"{file}: {path}: missing ({spec.doc})")
+                result[key] = _validate(spec, {}, path, file, base_dir, cluster) if _all_defaulted(spec) else None
+                continue
+            if spec.many:
+                items = data[key]
+                if not isinstance(items, list) or not items:
+                    _fail(file, path, "a non-empty list", items)
+                result[key] = [_validate(spec, item, f"{path}[{i}]", file, base_dir, cluster)
+                               for i, item in enumerate(items)]
+            else:
+                result[key] = _validate(spec, data[key], path, file, base_dir, cluster)
+            continue
+        if not present:
+            if spec.default is not None:
+                result[key] = _check(spec.kind, spec.default, path, file, base_dir, cluster)
+            elif spec.required:
+                raise ConfigError(f"{file}: {path}: missing ({KINDS[spec.kind]}: {spec.doc})")
+            else:
+                result[key] = None
+            continue
+        result[key] = _check(spec.kind, data[key], path, file, base_dir, cluster)
+    return result
+
+
+def _all_defaulted(section: Section) -> bool:
+    return all(isinstance(f, Field) and f.default is not None for f in section.fields.values())
+
+
+def _read_yaml(path: Path, shown: str) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{shown}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{shown}: malformed YAML{at}: {problem}") from None
+    if not isinstance(data, dict):
+        _fail(shown, "top level", "a mapping of fields", data)
+    return data
+
+
+def known_clusters(directory: Path = None) -> list:
+    directory = Path(directory or CLUSTERS_DIR)
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load(name: str, directory: Path = None) -> Cluster:
+    """Read and validate ``clusters/<name>.yaml``; raise ConfigError on any problem."""
+    directory = Path(directory or CLUSTERS_DIR)
+    if not isinstance(name, str) or not CLUSTER_NAME.match(name):
+        raise ConfigError(f"cluster name {name!r} is not valid ({KINDS['name']})")
+    file = directory / f"{name}.yaml"
+    if not file.exists():
+        known = ", ".join(known_clusters(directory)) or "none"
+        raise ConfigError(f"unknown cluster {name!r}: no {file} (known: {known})")
+    shown = _shown(file)
+    data = _read_yaml(file, shown)
+    if data.get("include"):
+        if not isinstance(data["include"], str):
+            _fail(shown, "include", KINDS["local_path"], data["include"])
+        included = (file.parent / Path(data["include"]).expanduser()).resolve()
+        if not included.exists():
+            hint = " (run `fab sandbox.up` first)" if ".sandbox" in included.parts else ""
+            raise ConfigError(f"{shown}: include: {_shown(included)} does not exist{hint}")
+        base = _read_yaml(included, _shown(included))
+        base.pop("include", None)
+        data = _merge(base, data)
+    values = _validate(SCHEMA, data, "", shown, file.parent, name)
+    names = [c["name"] for c in values["components"]]
+    if len(set(names)) != len(names):
+        _fail(shown, "components", "distinct component names", names)
+    if values["admin"] and values["admin"]["component"] not in names:
+        _fail(shown, "admin.component", f"one of the components ({', '.join(names)})", values["admin"]["component"])
+    values["balancer"]["component"] = values["balancer"]["component"] or names[0]
+    if values["balancer"]["component"] not in names:
+        _fail(shown, "balancer.component", f"one of the components ({', '.join(names)})",
+              values["balancer"]["component"])
+    _check_secret_names(values, shown)
+    return Cluster(
+        name=name, file=file, namespace=values["namespace"],
+        ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),
+        registry=Registry(**{**values["registry"], "token_hosts": values["registry"]["token_hosts"] or ()}),
+        balancer=Balancer(**values["balancer"]),
+        machines=values["machines"],
+        components=tuple(_component(c, f"{shown}: components[{i}]", values["build"])
+                         for i, c in enumerate(values["components"])),
+        secrets=values["secrets"], cloud_config=values["cloud_config"],
+        admin=Admin(**values["admin"]) if values["admin"] else None,
+        timeouts=Timeouts(**values["timeouts"]),
+        additions=_additions(values["additions"]),
+        settings=values["settings"] or (), etcd_v2=values["etcd_v2"],
+    )
+
+
+def _check_secret_names(values: dict, shown: str) -> None:
+    """Every secret a component or a setting names is a file of the secrets folder."""
+    folder = values["secrets"]
+    named = [(f"components[{i}].secrets", n) for i, c in enumerate(values["components"]) for n in c["secrets"] or ()]
+    named += [(f"settings.{s.key}", s.secret) for s in values["settings"] or () if s.secret]
+    for where, name in named:
+        if not (folder / name).is_file():
+            raise ConfigError(f"{shown}: {where}: {name!r} is not a file of the secrets folder {folder}")
+
+
+def _additions(values) -> Optional[Additions]:
+    if not values:
+        return None
+    return Additions(units=tuple(Unit(**u) for u in values["units"] or ()),
+                     files=tuple(File(**f) for f in values["files"] or ()))
+
+
+def _component(values: dict, where: str, build: dict) -> Component:
+    """A component's entry, its defaults filled in and its build paths checked against each other."""
+    values = {**values, "source": values["source"] or f"components/{values['name']}", "args": values["args"] or (),
+              "secrets": values["secrets"] or (),
+              "proxy": Proxy(**values["proxy"]) if values["proxy"] else None}
+    if values["branch"] and not values["repository"]:
+        raise ConfigError(f"{where}.branch: only a component with its own repository has its own branch")
+    if values["repository"] and not values["branch"]:
+        values["branch"] = build["branch"]
+    component = Component(**values)
+    for key in ("dockerfile", "ignore"):
+        path = getattr(component, key)
+        if path is not None and relative_to(component.source, path) is None:
+            raise ConfigError(f"{where}.{key}: {path} is not inside the build context {component.source}")
+    return component
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------- documentation
+
+def readme() -> str:
+    """clusters/README.md, written from SCHEMA."""
+    lines = ["# Target clusters", "",
+             "<!-- Written by `python -m tasks.model.cluster --readme`; edit tasks/model/cluster.py instead. -->", "",
+             SCHEMA.doc, "",
+             "Every field is checked before anything is contacted; a problem is reported as one line "
+             "naming the file, the field and what was expected.", "",
+             "| field | kind | default | meaning |", "| --- | --- | --- | --- |"]
+
+    def walk(section: Section, prefix: str):
+        for key, spec in section.fields.items():
+            path = f"{prefix}{key}"
+            if isinstance(spec, Section):
+                shape = "list of mappings" if spec.many else "mapping"
+                optional = "" if spec.required else " (optional)"
+                lines.append(f"| `{path}` | {shape}{optional} | | {spec.doc} |")
+                walk(spec, f"{path}[]." if spec.many else f"{path}.")
+            else:
+                default = f"`{spec.default}`" if spec.default is not None else ("" if spec.required else "(optional)")
+                lines.append(f"| `{path}` | {KINDS[spec.kind]} | {default} | {spec.doc} |")
+
+    walk(SCHEMA, "")
+    return "\n".join(_markdown(line) for line in lines) + "\n"
+
+
+def _markdown(line: str) -> str:
+    """Angle brackets outside `code` spans, escaped so Markdown does not take them for HTML."""
+    if line.startswith("<!--"):
+        return line
+    parts = line.split("`")
+    return "`".join(p.replace("<", "&lt;").replace(">", "&gt;") if i % 2 == 0 else p for i, p in enumerate(parts))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--readme"]:
+        sys.stdout.write(readme())
+    else:
+        sys.exit("usage: python -m tasks.model.cluster --readme")

@@ -1,0 +1,159 @@
+"""A task's hold on one cluster: its executor, its etcd client, its lock, its interrupts.
+
+Every task opens one ``session``. A task that only reads gets the executor
+and, when it needs one, an etcd client through the first member that has
+quorum. A task that changes machines, the balancer, etcd membership, the
+release records, the build checkout or the registry takes the cluster's lock
+(``why`` says what for): an etcd key held by a lease. From then on the
+executor confirms the lock before every change and every etcd write is fenced
+by it, so a task that lost its lock (stopped for longer than the lease, cut
+off, its key deleted) changes nothing more. A hung step stops the lease's
+renewal, so the lock then expires by itself.
+
+The first Ctrl-C or SIGTERM lets the step in hand finish (the rollout then
+puts its machine back) and ends the task with exit status 130 once the lock
+is released; a second one aborts at once, naming what may be half-done.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from typing import Iterator, Optional
+
+from tasks.model import state
+from tasks.model.errors import INTERRUPTED, LockedError, LostLock, RemoteError
+from tasks.net import etcd as etcd_api
+from tasks.net.executor import Executor
+from tasks.net.progress import say
+
+
+class Session:
+    """The executor, etcd client and lock of one task on ``cluster``."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.ex = Executor(cluster)
+        self.etcd: Optional[etcd_api.Etcd] = None
+        self.lock: Optional[etcd_api.Lock] = None
+        self.via: Optional[str] = None
+        self._stack = ExitStack()
+
+    def connect_etcd(self, via: str = None) -> etcd_api.Etcd:
+        """An etcd client through ``via``, else the first machine of the cluster file whose member has quorum."""
+        if self.etcd is not None:
+            return self.etcd
+        reasons = []
+        for address in [via] if via else list(self.cluster.machines):
+            stack = ExitStack()
+            try:
+                client = stack.enter_context(etcd_api.tunnel(self.ex, address))
+                if client.healthy():
+                    self._stack.enter_context(stack)
+                    self.etcd, self.via = client, address
+                    return client
+                reasons.append(f"{address}: etcd there has no quorum")
+            except RemoteError as e:
+                reasons.append(str(e))
+            stack.close()
+        raise RemoteError("no healthy etcd member reachable: " + "; ".join(reasons))
+
+    def take_lock(self, why: str, wait: bool = False) -> etcd_api.Lock:
+        """The cluster's lock, for ``why``; LockedError naming its holder, or, with ``wait``, wait for it."""
+        client = self.connect_etcd()
+        holder = {"who": state.operator(), "since": state.now(), "why": why}
+        while True:
+            try:
+                lock = client.acquire(state.lock_key(self.cluster), holder, self.cluster.timeouts.lock)
+                break
+            except LockedError:
+                if not wait or self.ex.interrupted.is_set():
+                    raise
+                time.sleep(1)
+        lock.stuck = self.ex.stuck
+        self.lock = lock
+        self.ex.fence = lock
+        client.fence = (lock.key, lock.revision)
+        self._stack.callback(self._release)
+        return lock
+
+    def _release(self) -> None:
+        self.ex.fence = None
+        if self.etcd is not None:
+            self.etcd.fence = None
+        if self.lock is not None:
+            self.lock.release()
+
+    def close(self) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self.ex.close()
+
+
+@contextmanager
+def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd: bool = True,
+            changes: bool = None) -> Iterator[Session]:
+    """A Session on ``cluster``: with etcd reached (``etcd``) and, when ``why`` is given, its lock
+    taken. A task that ``changes`` things (default: one that takes the lock here; a task that
+    takes it later says so) has its interrupts handled. A lost lock ends in LostLock naming the cluster."""
+    s = Session(cluster)
+    s.ex.connect_ahead([*cluster.machines, cluster.balancer.host])
+    try:
+        with _interrupts(s) if (bool(why) if changes is None else changes) else _nothing():
+            if etcd:
+                s.connect_etcd(via)
+            if why:
+                s.take_lock(why, wait)
+            try:
+                yield s
+            except LostLock as lost:
+                raise LostLock(f"lost the deploy lock of {cluster.name} ({lost})") from None
+    finally:
+        s.close()
+
+
+def optional_lock(s: Session, why: str, wait: bool = False) -> None:
+    """Take the lock when the cluster has an etcd to hold it in; a cluster not yet set up has none
+    (its first build and push run before it exists)."""
+    try:
+        s.connect_etcd()
+    except RemoteError:
+        say(f"{s.cluster.name}: no etcd answers (not set up yet?): going on without the cluster's lock")
+        return
+    s.take_lock(why, wait)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+@contextmanager
+def _interrupts(s: Session):
+    """SIGINT and SIGTERM: the first asks for an orderly stop, the second aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        if not s.ex.interrupted.is_set():
+            s.ex.interrupted.set()
+            say("interrupt: finishing the step in hand and putting its machine back "
+                "(interrupt again to abort at once)")
+            return
+        half = s.ex.in_flight()
+        lock = f"; the lock expires by itself within {s.cluster.timeouts.lock} s" if s.lock else ""
+        say("aborted at once" + (f"; may be half-done: {'; '.join(half)}" if half else "; nothing was running")
+            + lock + f"; `fab rolling-upgrade --cluster {s.cluster.name}` brings every machine back to the "
+            f"recorded release")
+        os._exit(INTERRUPTED)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,191 @@
+"""Building the cluster's images on the build server.
+
+Each target cluster has its own checkouts there, so stage and production can
+be on different branches at once: the main one (``build.checkout``, holding
+VERSION) and one per component that names its own repository
+(``<build.checkout>-<component>``). A build puts every checkout at its branch,
+runs a component's prepare command in its checkout (output prefixed by the
+component's name, under a deadline), streams its build context (a folder of
+the checkout, the root included) as a tar from the build server, drops what
+the component's ignore file excludes, and builds through the build server's
+Docker engine with the component's Dockerfile, build arguments and target
+stage, tagged ``candidate-<commit>`` (the commit of the component's own
+checkout); ``push`` decides what of it is new. The engine's build cache is
+kept (intermediate images of every stage stay), so an unchanged component is
+rebuilt from cache into the same image ID. A failure names the component and
+the step, shows the last lines of its output, and stops the build before
+anything is pushed. The shell lines sent to the build server and the build's
+options are built by ``tasks.commands.build_scripts`` and tested by equality.
+"""
+from __future__ import annotations
+
+import io
+import time
+
+from docker.errors import APIError
+
+from tasks.commands.build_scripts import (
+    BUILD_LOG_LINES,
+    CANDIDATE,
+    NO_COMMIT,
+    Job,
+    build_context,
+    build_options,
+    candidate,
+    checkouts,
+    commits_command,
+    context_command,
+    failure_line,
+    jobs,
+    parse_branches,
+    prepare_script,
+    step_of,
+    update_script,
+)
+from tasks.commands.shell import TIMED_OUT, tail
+from tasks.model import version
+from tasks.model.errors import ConfigError, DeadlineError, RemoteError
+from tasks.net import docker_api
+from tasks.net.progress import say
+from tasks.net.session import optional_lock, session
+from tasks.runbooks.cli import air_task, build_host, cluster_of, report
+
+# ---------------------------------------------------------------- what to run
+
+
+# ---------------------------------------------------------------- running it
+
+def update_checkouts(ex, host, plan: list) -> list:
+    """Put every checkout at its branch; returns their commits, in ``plan``'s order."""
+    result = ex.run(host, update_script(plan), check=False, deadline=ex.cluster.timeouts.pull,
+                    what=f"update checkouts {', '.join(c.path for c in plan)}")
+    if result.exited == 3:
+        for c in plan:
+            if f"no branch {c.branch} in {c.repository}" in result.stderr:
+                raise ConfigError(f"no branch {c.branch!r} in {c.repository}")
+    if result.exited != 0:
+        raise RemoteError(f"{host}: updating the checkouts failed (exit {result.exited}): "
+                          f"{tail(result.stderr or result.stdout)}")
+    return result.stdout.split()[-len(plan):]
+
+
+def component_commits(ex, host) -> dict:
+    """component -> the commit its checkout is at (what push publishes), ``none`` if it has no checkout."""
+    cluster = ex.cluster
+    paths = list(dict.fromkeys(cluster.checkout_of(c) for c in cluster.components))
+    found = dict(zip(paths, ex.read(host, commits_command(paths), what="read the commits of the checkouts")
+                     .stdout.split()))
+    return {c.name: found.get(cluster.checkout_of(c), NO_COMMIT) for c in cluster.components}
+
+
+def read_version(ex, host) -> tuple:
+    path = f"{ex.cluster.build.checkout}/VERSION"
+    text = ex.read_file(host, path)
+    if text is None:
+        raise ConfigError(f"{host}:{path}: missing (it must hold MAJOR.MINOR)")
+    return version.parse_version(text, f"{host}:{path}")
+
+
+def prepare(ex, host, checkout: str, component) -> None:
+    say(f"  {component.name}: prepare: {component.prepare}")
+    try:
+        result = ex.run(host, prepare_script(checkout, component), check=False, stream=True,
+                        deadline=component.prepare_timeout + 30, what=f"prepare {component.name}")
+    except DeadlineError:
+        result = None
+    if result is None or result.exited == TIMED_OUT:
+        raise RemoteError(f"build of {component.name} failed at its prepare command: not done within "
+                          f"{component.prepare_timeout} s (prepare_timeout)")
+    if result.exited != 0:
+        last = failure_line(result.stderr).removeprefix(f"{component.name}: ")
+        raise RemoteError(f"build of {component.name} failed at its prepare command (exit {result.exited}): {last}")
+
+
+def build_component(api, ex, host, job: Job) -> str:
+    """Prepare and build one image from its checkout; return its image ID. Steps stream as progress."""
+    started, component, cluster = time.monotonic(), job.component, ex.cluster
+    ex.check(f"the build of {component.name}")
+    if component.prepare:
+        prepare(ex, host, job.checkout, component)
+    context = build_context(ex.read_bytes(host, context_command(job.checkout, component.source),
+                                          what=f"read the build context of {component.name}"), component)
+    options = build_options(cluster, job)
+    log: list = []
+    step, image_id = None, None
+
+    def failed(error: str) -> RemoteError:
+        for line in log[-BUILD_LOG_LINES:]:
+            say(f"  {component.name}| {line}")
+        return RemoteError(f"build of {component.name} failed at {step or 'its start'}: {failure_line(error)}")
+
+    try:
+        for chunk in api.build(fileobj=io.BytesIO(context), **options):
+            for line in chunk.get("stream", "").splitlines():
+                if line.strip():
+                    log.append(line)
+                    if line.startswith("Step "):
+                        step = step_of(line)
+                        say(f"  {component.name}: {line}")
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+            if "error" in chunk:
+                raise failed(chunk["error"])
+    except APIError as e:
+        raise failed(e.explanation or str(e)) from None
+    if image_id is None:
+        image_id = api.inspect_image(options["tag"])["Id"]
+    forget_older_candidates(api, cluster, component.name, job.commit)
+    say(f"  {component.name}: built {image_id[:19]} in {time.monotonic() - started:.1f} s")
+    return image_id
+
+
+def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
+    """Untag candidates of other commits (the images stay while a version tag holds them)."""
+    keep = candidate(cluster, component, commit)
+    repository = keep.rsplit(":", 1)[0]
+    for image in api.images(name=repository):
+        for tag in image.get("RepoTags") or []:
+            if tag != keep and tag.startswith(f"{repository}:{CANDIDATE}"):
+                api.remove_image(tag, noprune=True)
+
+
+def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) -> dict:
+    """Checkouts and builds. ``branch``: a branch of the main repository, ``--branch`` values or
+    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}), the
+    main commit and branch, VERSION's (major, minor) and ``sources``: every checkout's repository,
+    branch, commit and components."""
+    cluster = ex.cluster
+    branches = parse_branches(cluster, branch)
+    components = [cluster.component(only)] if only else list(cluster.components)
+    plan = checkouts(cluster, branches, components)
+    commits = update_checkouts(ex, host, plan)
+    base = read_version(ex, host)
+    say(f"build: {cluster.name} at {branches.main} ({commits[0][:10]}), VERSION {base[0]}.{base[1]}, on {host}")
+    for c, commit in zip(plan[1:], commits[1:]):
+        say(f"build: {', '.join(c.components)} from {c.repository} at {c.branch} ({commit[:10]})")
+    api = docker_api.engine(ex.conn(host))
+    images = {job.component.name: build_component(api, ex, host, job)
+              for job in jobs(cluster, plan, commits, base, components, cache)}
+    sources = [{"repository": c.repository, "branch": c.branch, "commit": commit, "components": list(c.components)}
+               for c, commit in zip(plan, commits)]
+    return {"commit": commits[0], "branch": branches.main, "base": base, "images": images, "sources": sources}
+
+
+@air_task(help={"cluster": "target cluster (clusters/<name>.yaml)",
+                "branch": "branch of the main repository (default: the cluster's build.branch); "
+                          "COMPONENT=B for a component with its own repository (repeatable)",
+                "component": "build only this component",
+                "no-cache": "rebuild every step instead of using the build server's build cache",
+                "json": "print the images and sources as JSON"},
+          iterable=["branch"])
+def build(c, cluster=None, branch=None, component=None, no_cache=False, json_=False):
+    """Update the cluster's checkouts on the build server and build its images."""
+    target = cluster_of(cluster)
+    branches = parse_branches(target, branch)
+    if component is not None:
+        target.component(component)
+    with session(target, etcd=False, changes=True) as s:
+        optional_lock(s, f"build {branches}")
+        result = build_all(s.ex, build_host(c, target), branches, component, cache=not no_cache)
+    report({"images": result["images"], "sources": result["sources"]}, json_,
+           "\n".join(f"{name:20} {image_id}" for name, image_id in result["images"].items()))

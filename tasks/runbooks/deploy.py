@@ -1,0 +1,351 @@
+"""Deploy, history and rollback: the replacement of `cap <stage> deploy`.
+
+``deploy`` is the whole runbook under the cluster's lock: build on the build
+server, push what changed, record the release in etcd, roll the cluster to
+it, record the outcome. The rollout's plan tells whether anything is to be
+done: a deploy whose release is already serving everywhere (release file,
+units active, in the balancer) ends early and restarts nothing. The lock is a
+key in the cluster's etcd held by a lease (``tasks.net.session``), so a killed
+deploy's lock expires by itself.
+
+``deploy --canary M`` stops after machine M: the new release runs there only
+and is recorded as the cluster's *candidate* (``state.candidate_key``); a
+plain ``deploy`` of the same release continues it to the other machines, and
+``rollback`` puts M back on the cluster's release.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+from tasks.commands.build_scripts import parse_branches
+from tasks.model import state
+from tasks.model.cluster import check_address
+from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLock
+from tasks.model.release import Release
+from tasks.net.progress import say
+from tasks.net.session import session
+from tasks.runbooks import records, settings, steps, upgrade
+from tasks.runbooks.cli import air_task, build_host, cluster_of, report
+from tasks.runbooks.publish import publish
+from tasks.runbooks.push import print_report
+from tasks.runbooks.settings import apply as apply_settings
+
+
+def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
+    """The deploy runbook in a session holding the cluster's lock: build, push what changed,
+    record the release, roll the cluster to it. ``branch``: the main repository's branch, or
+    Branches (components' own branches too). ``dry``: build, then print what push and the
+    rollout would do, pushing and changing nothing. ``canary``: a member machine that alone gets
+    the new release, recorded as the cluster's candidate (``deploy_canary``); a deploy after it
+    continues to the others."""
+    started = time.monotonic()
+    branch = parse_branches(s.cluster, branch)
+    if canary is not None:
+        check_canary(s, canary)
+    published = publish(s.ex, host, branch, dry=dry)
+    current = rollback_base(s)
+    if canary is not None:
+        if dry:
+            print_push_plan(s, published)
+        else:
+            apply_settings(s, "deploy")
+        deploy_canary(s, published.release, current, canary, dry, **published.meta)
+    elif dry:
+        print_push_plan(s, published)
+        upgrade.print_plan(cluster_rollout(s, published.release, current, batch)[0])
+    else:
+        roll_cluster(s, published, current, batch, started)
+    return published.release
+
+
+def check_canary(s, canary: str) -> None:
+    members = sorted(upgrade.member_machines(s.etcd))
+    if canary not in members:
+        raise ConfigError(f"--canary: {canary} is not an etcd member of {s.cluster.name} "
+                          f"(members: {', '.join(members)})")
+
+
+def rollback_base(s) -> Optional[Release]:
+    """The release a failure goes back to: the recorded one, or, when a deploy was killed midway
+    (outcome ``upgrading``: its release never proved itself), the last release that did."""
+    current, record = records.read_release(s.etcd, s.cluster)
+    if record and record.get("outcome") == "upgrading":
+        current = last_good(records.history(s.etcd, s.cluster)) or current
+    return current
+
+
+def print_push_plan(s, published) -> None:
+    print_report(published.release, published.steps, False)
+    print_settings_plan(s)
+
+
+def cluster_rollout(s, release: Release, current: Optional[Release], batch: int) -> tuple:
+    """(the Rollout of every machine to ``release``, the candidate Release or None, its record)."""
+    candidate, record = records.read_candidate(s.etcd, s.cluster)
+    canary = {m: candidate.id for m in record["machines"]} if candidate else None
+    return upgrade.Rollout(s, release, current, batch=batch, canary=canary), candidate, record
+
+
+def roll_cluster(s, published, current: Optional[Release], batch: int, started: float) -> None:
+    """Settings, then every machine to the published release (a candidate's machines included),
+    recorded; a release already serving everywhere restarts nothing."""
+    cluster, release, meta = s.cluster, published.release, published.meta
+    say(f"deploy: release {release.id} is in the registry; reading the machines")
+    rollout, candidate, record = cluster_rollout(s, release, current, batch)
+    apply_settings(s, "deploy")
+    if current is not None and current.id == release.id and rollout.nothing_to_do:
+        if candidate is not None:
+            records.clear_candidate(s.etcd, cluster)
+        say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
+            f"({time.monotonic() - started:.1f} s)")
+        return
+    if candidate is not None:
+        meta.update(continued_canary(candidate, record, release))
+    rollout.apply_recorded(**meta)
+    if candidate is not None:
+        records.clear_candidate(s.etcd, cluster)
+    say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
+    clean_up(s, release)
+
+
+def continued_canary(candidate: Release, record: dict, release: Release) -> dict:
+    """What the release record keeps of a candidate this deploy takes over: its machines, when the
+    deploy continues it (same release); nothing when it replaces it."""
+    on = ", ".join(record["machines"])
+    if candidate.id == release.id:
+        say(f"deploy: continuing the canary of {release.id} (on {on}) to the other machines")
+        return {"canary": record["machines"]}
+    say(f"deploy: release {release.id} replaces the candidate {candidate.id} (on {on})")
+    return {}
+
+
+def print_settings_plan(s) -> None:
+    """What the deploy would change in the settings (``--plan``); secrets masked."""
+    changes, have = settings.plan(s)
+    prefix = state.settings_prefix(s.cluster)
+    for line in settings.describe(changes, have, settings.secret_keys(s.cluster), prefix) or ["unchanged"]:
+        print(f"settings: {line}")
+
+
+def deploy_canary(s, release: Release, current: Release, address: str, dry: bool = False, **meta) -> None:
+    """Put ``release`` on machine ``address`` only, through the same gated rollout (drained,
+    upgraded, health-checked, back in the balancer), and record it as the cluster's candidate.
+    The cluster's recorded release stays; a failure puts the machine back on it."""
+    cluster = s.cluster
+    candidate, record = records.read_candidate(s.etcd, cluster)
+    if candidate is not None and candidate.id != release.id:
+        raise ConfigError(f"candidate {candidate.id} already runs on {', '.join(record['machines'])}: "
+                          f"`fab deploy --cluster {cluster.name}` continues it to every machine, "
+                          f"`fab rollback --cluster {cluster.name}` puts it back; then try the new one")
+    if current is not None and current.id == release.id:
+        say(f"deploy: release {release.id} is already the cluster's release: no candidate to try")
+        return
+    machines = sorted(set(record["machines"] if record else []) | {address})
+    rollout = upgrade.Rollout(s, release, current, only=[address])
+    if dry:
+        upgrade.print_plan(rollout)
+        return
+    records.write_candidate(s.etcd, cluster, release, machines, outcome="upgrading", **meta)
+    try:
+        rollout.apply()
+    except AirError as failure:
+        if isinstance(failure, LostLock):
+            raise  # its records are not ours to write any more
+        kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+        others = [m for m in machines if m != address]
+        if others:
+            records.write_candidate(s.etcd, cluster, release, others, outcome="running", **meta)
+        else:
+            records.clear_candidate(s.etcd, cluster)
+        records.add_history(s.etcd, cluster, {**release.to_dict(), **meta, "who": state.operator(), "when": state.now(),
+                                            "outcome": f"{kind}: canary on {address}: {str(failure).splitlines()[0]}"})
+        raise
+    records.write_candidate(s.etcd, cluster, release, machines, outcome="running", **meta)
+    say(f"deploy: candidate {release.id} runs on {', '.join(machines)}; the others run {current and current.id}. "
+        f"`fab deploy --cluster {cluster.name}` continues, `fab rollback --cluster {cluster.name}` puts it back")
+
+
+@air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch); "
+                "COMPONENT=B for a component with its own repository (repeatable)",
+                "via": "member to reach etcd through", "wait": "wait for another task's lock instead of failing",
+                "batch": "machines upgraded at once",
+                "canary": "put the new release on this machine only, as the cluster's candidate",
+                "plan": "build, then print what push and the rollout would do; push and change nothing",
+                "json": "print the outcome as JSON"}, iterable=["branch"])
+def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, json_=False):
+    """Build, push what changed and roll the cluster to it, under the cluster's lock (--canary: one machine)."""
+    target = cluster_of(cluster)
+    branch = parse_branches(target, branch)
+    via = check_address(via, "--via") if via else None
+    canary = check_address(canary, "--canary") if canary else None
+    with session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
+        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary)
+        candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
+    if plan_:
+        return
+    if json_:
+        print(json.dumps({"release": release.id, "candidate": candidate == release,
+                          "machines": [canary] if candidate == release else list(target.machines)}))
+    else:
+        print(f"{'candidate' if candidate == release else 'release'} {release.id}")
+
+
+@air_task(help={"cluster": "target cluster", "via": "member to reach etcd through", "json": "print JSON"})
+def releases(c, cluster=None, via=None, json_=False):
+    """List the cluster's releases, oldest first, with their outcome, then the candidate, if any."""
+    target = cluster_of(cluster)
+    with session(target, via=via and check_address(via, "--via")) as s:
+        past = records.history(s.etcd, target)
+        current, _ = records.read_release(s.etcd, target)
+        _, candidate = records.read_candidate(s.etcd, target)
+    if json_:
+        print(json.dumps(past + ([{**candidate, "candidate": True}] if candidate else []), indent=1))
+        return
+    for r in past:
+        mark = "*" if current and r["id"] == current.id else " "
+        print(release_line(mark, r, r.get("outcome", "?")))
+    if candidate:
+        print(release_line("c", candidate, f"candidate on {', '.join(candidate['machines'])}"))
+
+
+def release_line(mark: str, record: dict, outcome: str) -> str:
+    versions = " ".join(f"{k}={v['version']}" for k, v in sorted(record["components"].items()))
+    # every repository that went into it: URL, branch and commit
+    sources = "".join(f"  {s['repository']} {s['branch']}@{s['commit'][:10]}" for s in record.get("sources", []))
+    return f"{mark} {record['when']}  {record['id']}  {outcome:10.40}  {record.get('branch', '-')}  {versions}{sources}"
+
+
+GOOD_OUTCOMES = ("succeeded", "installed")
+
+
+def releases_kept(records: list, current: Release, keep: int) -> list:
+    """The releases whose images stay on the machines: ``current`` and the ``keep`` newest other
+    successful ones of ``records`` (oldest first), the rollbacks' targets. Pure."""
+    kept, seen = [current], {current.id}
+    for record in reversed(records):
+        if len(kept) > keep:
+            break
+        if record.get("outcome") in GOOD_OUTCOMES and record["id"] not in seen:
+            kept.append(Release.from_dict(record))
+            seen.add(record["id"])
+    return kept
+
+
+def clean_up(s, current: Release) -> None:
+    """After a successful roll: every member keeps the images of the releases kept
+    (``releases_kept``, ``registry.keep``) and loses the cluster's other images. A machine where
+    that fails is named in a warning: the roll stands and the next one tries again."""
+    cluster = s.cluster
+    past = records.history(s.etcd, cluster)
+    kept = releases_kept(past, current, cluster.registry.keep)
+    components = set(cluster.component_names).union(*(r["components"] for r in past), current.components())
+    members = sorted(upgrade.member_machines(s.etcd))
+    try:
+        removed = s.ex.parallel(lambda a: steps.clean_images(s.ex, a, components, kept), members)
+    except Halt:
+        raise
+    except AirError as failure:
+        say(f"warning: old images stay on some machines: {failure}")
+        return
+    say(f"cleanup: {sum(removed)} old images removed on {len(members)} machines; kept releases "
+        f"{', '.join(r.id for r in kept)}")
+
+
+def last_good(records: list):
+    """The newest release in ``records`` (oldest first) whose rollout succeeded, or None."""
+    good = [r for r in records if r.get("outcome") in GOOD_OUTCOMES]
+    return Release.from_dict(good[-1]) if good else None
+
+
+def rollback_target(records: list, current_id: str = None, to: str = None, cluster_name: str = "the cluster") -> dict:
+    """The history record a rollback goes to: release ``to``, else the newest successful one that is
+    not ``current_id``. ``records`` oldest first, as ``records.history`` gives them."""
+    good = [r for r in records if r.get("outcome") in GOOD_OUTCOMES]
+    if to:
+        chosen = next((r for r in reversed(good) if r["id"] == to), None)
+        if chosen is None:
+            raise ConfigError(f"no successful release {to!r} in the history of {cluster_name}")
+        return chosen
+    chosen = next((r for r in reversed(good) if r["id"] != current_id), None)
+    if chosen is None:
+        raise ConfigError(f"no earlier successful release of {cluster_name} to roll back to")
+    return chosen
+
+
+@air_task(help={"cluster": "target cluster", "to": "release id (default: the previous successful one)",
+                "via": "member to reach etcd through", "plan": "print what each machine needs and change nothing",
+                "json": "print the outcome as JSON"})
+def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
+    """Roll the cluster back to an earlier release, through the same gated rolling upgrade
+    (a canary's candidate: its machines back on the cluster's release)."""
+    target = cluster_of(cluster)
+    via = via and check_address(via, "--via")
+    with session(target, None if plan_ else "rollback", via) as s:
+        # Read under the lock: a deploy that just ended may have changed both.
+        current, _ = records.read_release(s.etcd, target)
+        candidate, candidate_record = records.read_candidate(s.etcd, target)
+        if candidate is not None and to is None:
+            rollback_canary(s, current, candidate, candidate_record, plan_)
+            wanted, undone, machines = current, candidate.id, candidate_record["machines"]
+        else:
+            chosen = rollback_target(records.history(s.etcd, target), current and current.id, to, target.name)
+            wanted, undone, machines = Release.from_dict(chosen), None, list(target.machines)
+            rollout = upgrade.Rollout(s, wanted, current)
+            if plan_:
+                upgrade.print_plan(rollout)
+                return
+            rollout.apply_recorded(rollback_from=current and current.id)
+            if candidate is not None:
+                records.clear_candidate(s.etcd, target)
+            clean_up(s, wanted)
+    if plan_:
+        return
+    if json_:
+        print(json.dumps({"release": wanted.id, "candidate_rolled_back": undone, "machines": machines}))
+    else:
+        print(f"release {wanted.id}" + (f" (candidate {undone} rolled back on {', '.join(machines)})" if undone else ""))
+
+
+def rollback_canary(s, current: Release, candidate: Release, record: dict, plan_: bool = False) -> None:
+    """The candidate's machines back on the cluster's release, one at a time through the gated
+    rollout; then the candidate is forgotten and the history says so."""
+    cluster = s.cluster
+    if current is None:
+        raise ConfigError(f"cluster {cluster.name} has no release recorded to put {', '.join(record['machines'])} back on")
+    members = upgrade.member_machines(s.etcd)
+    machines = [m for m in record["machines"] if m in members]
+    rollout = upgrade.Rollout(s, current, candidate, only=machines)
+    if plan_:
+        upgrade.print_plan(rollout)
+        return
+    rollout.apply()
+    records.clear_candidate(s.etcd, cluster)
+    records.add_history(s.etcd, cluster, {**candidate.to_dict(), "who": state.operator(), "when": state.now(),
+                                        **{k: record[k] for k in ("branch", "commit") if k in record},
+                                        "outcome": f"rolled back: canary on {', '.join(record['machines'])}"})
+
+
+@air_task(name="status", help={"cluster": "target cluster", "via": "member to reach etcd through",
+                               "json": "print JSON (null when free)"})
+def lock_status(c, cluster=None, via=None, json_=False):
+    """Show who holds the cluster's lock."""
+    target = cluster_of(cluster)
+    with session(target, via=via and check_address(via, "--via")) as s:
+        holder = s.etcd.holder(state.lock_key(target))
+    if json_:
+        print(json.dumps(holder))
+        return
+    print("free" if holder is None else " ".join(f"{k}={v}" for k, v in holder.items()))
+
+
+@air_task(name="release", help={"cluster": "target cluster", "via": "member to reach etcd through",
+                                "json": "print the holder it had as JSON"})
+def lock_release(c, cluster=None, via=None, json_=False):
+    """Release the cluster's lock by force (when its holder is known to be gone)."""
+    target = cluster_of(cluster)
+    with session(target, via=via and check_address(via, "--via")) as s:
+        holder = s.etcd.force_release(state.lock_key(target))
+    report({"released": holder}, json_,
+           "was free" if holder is None else "released the lock of " + " ".join(f"{k}={v}" for k, v in holder.items()))

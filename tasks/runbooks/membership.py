@@ -1,0 +1,214 @@
+"""Adding and removing machines, with etcd reconfigured safely.
+
+A new machine joins etcd as a *learner* before its etcd starts, and is
+promoted once it has caught up: a learner does not vote, so a new member
+that fails to start never costs the cluster its quorum (a plain member
+added to a one-member cluster loses quorum at once). It then runs exactly
+the release recorded in etcd, not whatever is newest in the registry. A
+failure midway removes the membership it added and says so.
+
+A removal takes the machine out of the balancer first, stops it politely
+when it answers, hands etcd's leadership to another member when it leads,
+removes it from etcd, and wipes its etcd and Air units so it can be added
+back later (a learner left behind by a failed add is removed the same way). It is refused when the members left alive could
+not keep quorum, or when one member would remain, unless forced.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from cloudconfig.units import peer_url
+from tasks.commands import machine
+from tasks.model import rollout_plan, state
+from tasks.model.cluster import check_address
+from tasks.model.errors import AirError, ConfigError, Interrupted, LostLock, PreflightError, RemoteError
+from tasks.net import etcd as etcd_api
+from tasks.net.progress import say
+from tasks.net.session import session
+from tasks.runbooks import balancer, etcd_peers, records, steps
+from tasks.runbooks.cli import air_task, cluster_of, report
+from tasks.runbooks.install import install_machine, plan_machine
+from tasks.runbooks.settings import apply as apply_settings
+
+
+def quorum(voters: int) -> int:
+    return voters // 2 + 1
+
+
+def removal_problem(members: list, alive: set, leaving: str) -> Optional[str]:
+    """Why removing ``leaving`` is unsafe (None when it is safe). Pure: members are addresses."""
+    remaining = [m for m in members if m != leaving]
+    if len(remaining) < 2:
+        return f"it would leave {len(remaining)} etcd member (no redundancy at all)"
+    up = [m for m in remaining if m in alive]
+    if len(up) < quorum(len(remaining)):
+        down = sorted(set(remaining) - alive)
+        return (f"the {len(remaining)} members left need {quorum(len(remaining))} running for quorum, "
+                f"but only {len(up)} answer ({', '.join(down)} down)")
+    return None
+
+
+def _member(client, address):
+    return next((m for m in client.members() if state.member_address(m) == address), None)
+
+
+def _probe(ex, address) -> tuple:
+    """(answers SSH, runs etcd, has Air units installed, where its cloud config is) for one machine."""
+    if ex.reachable(address):
+        return False, False, False, None
+    facts = steps.facts(ex, address)
+    return (True, facts.get("etcd_active") == "active", facts.get("air_units", "0") not in ("", "0"),
+            facts["user_data"])
+
+
+def _check_via(client, cluster, via):
+    if _member(client, via) is None:
+        raise ConfigError(f"--via {via} is not an etcd member of {cluster.name}")
+
+
+def add(s, via: str, new: str) -> None:
+    cluster, ex, client = s.cluster, s.ex, s.etcd
+    _check_via(client, cluster, via)
+    members = client.members()
+    if any(not m.started or m.learner for m in members):
+        raise PreflightError("etcd has a member that has not started or is still a learner; "
+                             "finish or remove it first (fab remove-machine)")
+    if _member(client, new) is not None:
+        raise PreflightError(f"{new} is already an etcd member of {cluster.name}")
+    release, _ = records.read_release(client, cluster)
+    if release is None:
+        raise PreflightError(f"{cluster.name} has no release recorded in etcd: run setup-cluster first")
+    addresses = [state.member_address(m) for m in members] + [new]
+    why = ex.reachable(new)
+    if why:
+        raise PreflightError(f"{new}: unreachable ({why}); nothing was changed")
+    facts = steps.facts(ex, new)
+    problems = machine.fresh_problems(facts)
+    if problems:
+        raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
+    plan = plan_machine(ex, new, facts["user_data"], addresses, release, "existing")
+    etcd_peers.ensure(cluster, [new])  # its peer certificate: local files only, before any change
+    apply_settings(s, "add-machine")
+    say(f"add-machine: installing release {release.id} on {new}")
+    added = None
+    try:
+        install_machine(ex, new, plan, release)
+        ex.check(f"adding {new} to etcd")
+        added = client.add_member(peer_url(new), learner=True)
+        ex.run(new, machine.start_etcd_command(), what="start etcd")
+        client.promote(added.id, timeout=cluster.timeouts.healthy)
+        # The release's components: one new in the cluster file joins with the next deploy.
+        running = rollout_plan.running_components(cluster, release)
+        steps.start(ex, new, running)
+        steps.wait_healthy(ex, new, components=running)
+        steps.resume_os_updates(ex, new)
+    except AirError as failure:
+        if isinstance(failure, LostLock):
+            raise LostLock(f"{failure}; {new} was left half-added" +
+                           (f" (etcd member {added.id}): remove it with fab remove-machine" if added else
+                            ": wipe it before adding it again")) from None
+        with ex.finishing():
+            undone = _undo_add(s, new, added, plan.user_data)
+        raise (Interrupted if isinstance(failure, Interrupted) else AirError)(
+            f"add-machine {new} failed: {failure}\n{undone}") from None
+    balancer.Routers(ex).add(new)
+    say(f"add-machine: {new} is a member and serves release {release.id}")
+
+
+def _undo_add(s, new, added, user_data) -> str:
+    """Remove the membership an add made and wipe the machine; says what became of it. A cleanup
+    that fails is reported after the failure it cleans up after, never instead of it."""
+    said = []
+    try:
+        if added is not None:
+            s.etcd.remove_member(added.id)
+            said.append("its etcd membership was removed again")
+        steps.wipe(s.ex, new, user_data)
+        said.append("it was wiped; the cluster is as before")
+    except AirError as e:
+        said.append(f"cleaning up failed too ({e}): `fab remove-machine --cluster {s.cluster.name} "
+                    f"--machine {new}` finishes it")
+    return " and ".join(said)
+
+
+def hand_over_leadership(s, leaving: str, via: str) -> None:
+    """When ``leaving`` leads etcd, move leadership to ``via`` first: a leader removed while leading
+    leaves the cluster without one until an election, and writes in flight get no answer."""
+    members = {state.member_address(m): m for m in s.etcd.members()}
+    leader_id = s.etcd.status()["leader"]
+    if members.get(leaving) is None or members[leaving].id != leader_id:
+        return
+    say(f"remove-machine: {leaving} leads etcd; handing leadership to {via}")
+    s.ex.check(f"moving etcd leadership off {leaving}")
+    with etcd_api.tunnel(s.ex, leaving) as at_leader:
+        at_leader.move_leader(members[via].id)
+    deadline = time.monotonic() + s.cluster.timeouts.healthy
+    while s.etcd.status()["leader"] != members[via].id:
+        if time.monotonic() > deadline:
+            raise RemoteError(f"etcd leadership did not move to {via} within {s.cluster.timeouts.healthy} s")
+        time.sleep(0.2)
+
+
+def remove(s, via: str, old: str, force: bool = False) -> bool:
+    """Remove ``old``; returns whether it answered (and so was also stopped and wiped)."""
+    cluster, ex, client = s.cluster, s.ex, s.etcd
+    _check_via(client, cluster, via)
+    member = _member(client, old)
+    if member is None:
+        raise ConfigError(f"{old} is not an etcd member of {cluster.name}")
+    addresses = [state.member_address(m) for m in client.members()]
+    voters = [state.member_address(m) for m in client.members() if not m.learner]
+    probes = dict(zip(addresses, ex.parallel(lambda a: _probe(ex, a), addresses)))
+    alive = {a for a, (_, etcd_up, _, _) in probes.items() if etcd_up}
+    # Learners do not vote: removing one never costs quorum, and they count for none.
+    problem = None if member.learner else removal_problem(voters, alive, old)
+    if problem and not force:
+        raise PreflightError(f"refusing to remove {old}: {problem}. Nothing was changed "
+                             f"(--force removes it anyway)")
+    balancer.Routers(ex).remove(old)
+    answers, runs_etcd, installed, user_data = probes[old]
+    if installed:  # a learner left by a failed add may have none
+        say(f"remove-machine: stopping the Air units on {old}")
+        steps.stop(ex, old)
+    if runs_etcd and not member.learner:
+        hand_over_leadership(s, old, via)
+    ex.check(f"removing {old} from etcd")
+    client.remove_member(member.id)
+    if answers:
+        steps.wipe(ex, old, user_data)
+        say(f"remove-machine: {old} removed and wiped")
+    else:
+        say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
+            f"wipe it before using it again")
+    return answers
+
+
+@air_task(name="add-machine", help={"cluster": "target cluster", "via": "an existing member",
+                                    "machine": "address of the freshly prepared machine",
+                                    "json": "print the outcome as JSON"})
+def add_machine(c, cluster=None, via=None, machine_=None, json_=False):
+    """Add a freshly prepared machine to the cluster (etcd learner, promoted, current release, balancer)."""
+    target = cluster_of(cluster)
+    via, new = check_address(via, "--via"), check_address(machine_, "--machine")
+    with session(target, f"add-machine {new}", via) as s:
+        add(s, via, new)
+        release, _ = records.read_release(s.etcd, target)
+    report({"machine": new, "member": True, "release": release.id if release else None}, json_,
+           f"{new} is a member of {target.name}")
+
+
+@air_task(name="remove-machine", help={"cluster": "target cluster", "via": "another member",
+                                       "machine": "address of the machine to remove (may be powered off)",
+                                       "force": "remove even when quorum or redundancy is at risk",
+                                       "json": "print the outcome as JSON"})
+def remove_machine(c, cluster=None, via=None, machine_=None, force=False, json_=False):
+    """Remove a machine from the cluster: balancer, polite stop, etcd, wipe."""
+    target = cluster_of(cluster)
+    via, old = check_address(via, "--via"), check_address(machine_, "--machine")
+    if via == old:
+        raise ConfigError("--via must be another member than --machine")
+    with session(target, f"remove-machine {old}", via) as s:
+        wiped = remove(s, via, old, force)
+    report({"machine": old, "removed": True, "wiped": wiped}, json_,
+           f"{old} removed from {target.name}" + ("" if wiped else " (it did not answer: wipe it before reuse)"))

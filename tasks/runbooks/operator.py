@@ -1,0 +1,272 @@
+"""The operator's everyday tools: `fab status`, `fab logs`, `fab exec`.
+
+``status`` reads everything at once (every machine over SSH, etcd, the
+balancer's routers file), side by side, and shows one table: per machine
+whether it answers, its etcd membership and health, the release it runs
+against the recorded one (or the canary's candidate), each Air unit's state,
+version and uptime, whether the balancer routes to it (and haproxy's own
+state of it: UP, DOWN, DRAIN, MAINT), and its images' disk use; then the cluster: recorded release,
+candidate, lock holder, and every
+drift with the command that fixes it. It exits 1 when anything drifted, so
+scripts and monitoring can use it. ``logs`` merges a unit's journal from
+every machine in time order (``--follow`` streams until Ctrl-C); ``exec``
+runs a command in a component's container, its exit status ours.
+
+The commands sent and their parsers are ``tasks.commands.status``; the drift
+rules and the table are ``tasks.model.status_view``; here they are run.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from invoke.exceptions import Exit
+
+from cloudconfig.units import container_name, unit_name
+from tasks.commands.status import (
+    exec_command,
+    haproxy_states,
+    journal_command,
+    journal_entry,
+    parse_journal,
+    parse_status,
+    status_command,
+)
+from tasks.model import state
+from tasks.model.cluster import check_address
+from tasks.model.errors import AirError, ConfigError, RemoteError
+from tasks.model.status_view import drift_warnings, log_json, log_line, machine_role, merged, render_status
+from tasks.net.progress import say
+from tasks.net.session import session
+from tasks.runbooks import balancer, maintenance, records
+from tasks.runbooks.cli import air_task, cluster_of
+
+# ---------------------------------------------------------------- what to run, and reading it back
+
+
+# ---------------------------------------------------------------- the drift rules
+
+
+# ---------------------------------------------------------------- the table
+
+
+# ---------------------------------------------------------------- reading the cluster
+
+def read_status(s, via: str = None) -> dict:
+    """Everything `status` shows, read side by side: every machine over SSH, etcd through one
+    member, the balancer's routers file. A part that does not answer is said in the view."""
+    cluster, ex = s.cluster, s.ex
+    started = time.monotonic()
+
+    def read_etcd():
+        client = s.connect_etcd(via)
+        members = [{"id": m.id, "address": state.member_address(m), "learner": m.learner, "started": m.started}
+                   for m in client.members()]
+        leader_id = client.status()["leader"]
+        _, record = records.read_release(client, cluster)
+        _, candidate = records.read_candidate(client, cluster)
+        return {"members": members, "via": s.via,
+                "leader": next((m["address"] for m in members if m["id"] == leader_id), None),
+                "record": record, "candidate": candidate, "lock": client.holder(state.lock_key(cluster)),
+                "maintenance": maintenance.read(client, cluster)}
+
+    def read_machine(address):
+        why = ex.reachable(address)
+        if why:
+            return {"reachable": False, "error": why}
+        try:
+            text = ex.read(address, status_command(cluster), what="read the status").stdout
+        except AirError as e:
+            return {"reachable": False, "error": str(e)}
+        return {"reachable": True, "error": None, **parse_status(text, cluster)}
+
+    def guarded(work, *args):
+        try:
+            return work(*args), None
+        except AirError as e:
+            return None, str(e)
+
+    with ThreadPoolExecutor(max_workers=2 + len(cluster.machines)) as pool:
+        etcd_f = pool.submit(guarded, read_etcd)
+        routers_f = pool.submit(guarded, lambda: balancer.Routers(ex).listed())
+        haproxy_f = pool.submit(guarded, lambda: haproxy_states(balancer.Routers(ex).servers()))
+        machine_fs = {a: pool.submit(read_machine, a) for a in cluster.machines}
+        (etcd, etcd_error), (listed, balancer_error) = etcd_f.result(), routers_f.result()
+        found = {a: f.result() for a, f in machine_fs.items()}
+        haproxy, haproxy_error = haproxy_f.result()
+    etcd = etcd or {"members": [], "via": None, "leader": None, "record": None, "candidate": None, "lock": None,
+                    "maintenance": None}
+    extra = [m["address"] for m in etcd["members"] if m["address"] not in found]
+    found.update(zip(extra, ex.parallel(read_machine, extra)) if extra else ())
+    machines = []
+    for address in sorted(found, key=_address_key):
+        fact = found[address]
+        entry = {"address": address, **fact,
+                 "etcd": {"role": machine_role(address, etcd["members"], etcd["leader"]),
+                          **fact.get("etcd", {"active": "unknown", "healthy": False})},
+                 "balancer": address in (listed or []), "balancer_state": (haproxy or {}).get(address)}
+        entry.setdefault("release", None)
+        entry.setdefault("units", {})
+        entry.setdefault("images", {})
+        machines.append(entry)
+    view = {"cluster": cluster.name, "file_machines": list(cluster.machines),
+            "components": list(cluster.component_names),
+            "release": etcd["record"], "candidate": etcd["candidate"], "lock": etcd["lock"],
+            "maintenance": etcd["maintenance"],
+            "etcd": {"members": etcd["members"], "leader": etcd["leader"], "via": etcd["via"], "error": etcd_error},
+            "balancer": {"host": cluster.balancer.host, "listed": listed or [], "error": balancer_error,
+                         "component": cluster.front.name, "states_error": haproxy_error},
+            "machines": machines}
+    view["warnings"] = drift_warnings(view)
+    view["ok"] = not view["warnings"]
+    view["seconds"] = round(time.monotonic() - started, 3)
+    return view
+
+
+def _address_key(address: str):
+    ip = ipaddress.ip_address(address)
+    return (ip.version, int(ip))
+
+
+@air_task(help={"cluster": "target cluster", "via": "member to reach etcd through", "json": "print JSON"})
+def status(c, cluster=None, via=None, json_=False):
+    """Show every machine and the cluster at a glance; exit 1 when anything is not as recorded."""
+    target = cluster_of(cluster)
+    via = check_address(via, "--via") if via else None
+    with session(target, via=via, etcd=False) as s:
+        view = read_status(s, via)
+    if json_:
+        print(json.dumps(view, indent=1, sort_keys=True))
+    else:
+        print("\n".join(render_status(view)))
+    if not view["ok"]:
+        raise Exit(code=1)
+
+
+# ---------------------------------------------------------------- logs
+
+
+def check_lines(lines) -> int:
+    try:
+        value = int(lines)
+    except (TypeError, ValueError):
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"--lines: expected a positive whole number, got {lines!r}")
+    return value
+
+
+def machines_of(cluster, machine_=None) -> list:
+    if machine_ is None:
+        return list(cluster.machines)
+    address = check_address(machine_, "--machine")
+    if address not in cluster.machines:
+        raise ConfigError(f"--machine: {address} is not a machine of {cluster.name} "
+                          f"({', '.join(cluster.machines)})")
+    return [address]
+
+
+def follow_journals(ex, machines, component, cursors: dict, emit) -> None:
+    """Stream the unit's new entries from every machine until Ctrl-C (or SIGTERM); each entry is
+    ``emit``-ted as it arrives. Closing our channels stops journalctl on the hosts."""
+    stop = threading.Event()
+
+    def one(address):
+        def line(text):
+            entry = journal_entry(text)
+            if entry is not None:
+                emit(entry[0], address, entry[1])
+        try:
+            ex.stream(address, journal_command(component, 0, follow=True, after=cursors.get(address)),
+                      on_line=line, stop=stop, what=f"follow the journal of {unit_name(component)}")
+        except AirError as e:
+            say(f"logs: stopped following {address}: {e}")
+
+    def handle(signum, frame):
+        stop.set()
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    threads = [threading.Thread(target=one, args=(a,), name=f"follow {a}", daemon=True) for a in machines]
+    try:
+        for t in threads:
+            t.start()
+        while not stop.is_set() and any(t.is_alive() for t in threads):
+            stop.wait(0.2)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@air_task(help={"cluster": "target cluster", "component": "component whose unit's journal is shown",
+                "machine": "only this machine (default: every machine)", "lines": "entries per machine (default 50)",
+                "follow": "keep showing new entries until Ctrl-C", "since": "from this time on (journalctl --since)",
+                "json": "print one JSON object per entry"})
+def logs(c, cluster=None, component=None, machine_=None, lines=50, follow=False, since=None, json_=False):
+    """Show a component's journal from every machine (or one), merged in time order."""
+    target = cluster_of(cluster)
+    if not component:
+        raise ConfigError(f"--component is required (one of: {', '.join(target.component_names)})")
+    target.component(component)
+    count = check_lines(lines)
+    machines = machines_of(target, machine_)
+    if since is not None and not str(since).strip():
+        raise ConfigError("--since: expected a time journalctl understands, got ''")
+    form = log_json if json_ else log_line
+    printing = threading.Lock()
+
+    def emit(when, address, message):
+        with printing:
+            print(form(when, address, message), flush=True)
+
+    with session(target, etcd=False) as s:
+        def read(address):
+            try:
+                return parse_journal(s.ex.read(address, journal_command(component, count, since),
+                                               what=f"read the journal of {unit_name(component)}").stdout), None
+            except AirError as e:
+                return None, str(e) if str(e).startswith(address) else f"{address}: {e}"
+        results = dict(zip(machines, s.ex.parallel(read, machines)))
+        found = {a: entries for a, (entries, _) in results.items() if entries is not None}
+        missing = [why for _, why in results.values() if why]
+        for entry in merged(found):
+            emit(*entry)
+        if follow and found:
+            for why in missing:
+                say(f"logs: not following {why}")
+            cursors = {a: entries[-1][2] for a, entries in found.items() if entries}
+            follow_journals(s.ex, list(found), component, cursors, emit)
+    if missing:
+        # The machines that answered were shown; the error names the others.
+        raise RemoteError("no journal from " + "; ".join(missing))
+
+
+# ---------------------------------------------------------------- a command in a container
+
+
+@air_task(name="exec", help={"cluster": "target cluster", "component": "component whose container runs it",
+                             "machine": "machine address", "command": "the command (run by sh -c in the container)"})
+def exec_(c, cluster=None, component=None, machine_=None, command=None):
+    """Run a command in a component's container on one machine (a console when stdin is a terminal)."""
+    target = cluster_of(cluster)
+    if not component:
+        raise ConfigError(f"--component is required (one of: {', '.join(target.component_names)})")
+    target.component(component)
+    if machine_ is None:
+        raise ConfigError("--machine is required (an IPv4 or IPv6 address)")
+    address = machines_of(target, machine_)[0]
+    if not command or not str(command).strip():
+        raise ConfigError("--command is required (what to run in the container)")
+    tty = sys.stdin.isatty()
+    with session(target, etcd=False) as s:
+        exited = s.ex.stream(address, exec_command(component, command, tty), tty=tty,
+                             what=f"exec in {container_name(component)}")
+    if exited:
+        raise Exit(code=exited)

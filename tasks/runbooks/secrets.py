@@ -1,0 +1,162 @@
+"""Secrets per component, rotated in place: ``fab secrets.apply``.
+
+Each component gets the files of the secrets folder its ``secrets`` names, in
+a folder of its own on every machine (``cloudconfig.units.secrets_dir``),
+owned by its ``user`` and mounted read-only at /air/secrets in its container
+alone (``machine.secret_files``). ``secrets.apply`` reads each machine's
+digests of them (sha256, never the content), compares them with the folder's
+files and, through the one gated rollout (``upgrade.Rollout``: drain, stop,
+swap, start, health check, back into the balancer, one machine at a time),
+writes the changed files and restarts only the components using them. Files
+no component gets any more are removed; when none of their components runs
+on, nothing restarts for them. While a machine is in hand its previous secrets
+are kept beside (``PREVIOUS``, root only): a failed health check puts them
+back with the machine, and they are removed once the rollout is done.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from invoke import Collection
+
+from cloudconfig.units import SECRETS_DIR
+from tasks.commands import machine
+from tasks.commands.shell import q
+from tasks.model.cluster import check_address
+from tasks.model.rollout_plan import Extra
+from tasks.net.progress import say
+from tasks.net.session import session
+from tasks.runbooks import upgrade
+from tasks.runbooks.cli import air_task, cluster_of, report
+
+PREVIOUS = SECRETS_DIR + ".previous"  # a machine's secrets as they were, while it is in hand
+
+
+# ---------------------------------------------------------------- what to run (pure)
+
+def backup_command() -> str:
+    """Keeps the machine's secrets folder as it is, beside it (root only, like the folder)."""
+    return f"rm -rf {q(PREVIOUS)} && {{ [ ! -d {q(SECRETS_DIR)} ] || cp -a {q(SECRETS_DIR)} {q(PREVIOUS)}; }}"
+
+
+def restore_command() -> str:
+    """Puts the kept secrets folder back (a failed machine goes back to what it ran with)."""
+    return f"if [ -d {q(PREVIOUS)} ]; then rm -rf {q(SECRETS_DIR)} && mv {q(PREVIOUS)} {q(SECRETS_DIR)}; fi"
+
+
+def forget_command() -> str:
+    return f"rm -rf {q(PREVIOUS)}"
+
+
+def remove_command(paths) -> str:
+    return ("rm -f " + " ".join(q(p) for p in paths)) if paths else "true"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One machine's secrets change: ``extra`` for the rollout (None: nothing restarts), the files
+    of restarted components it removes, and files no component uses (removed at once)."""
+    extra: Optional[Extra]
+    removed: tuple = ()
+    unused: tuple = ()
+
+    @property
+    def written(self) -> list:
+        return [path for path, _, _ in self.extra.files] if self.extra else []
+
+
+def machine_change(cluster, wanted_files, found: dict) -> Change:
+    """What one machine whose secrets folder holds ``found`` (path -> digest) needs. Pure."""
+    write, remove = machine.secret_changes(machine.digests(wanted_files), found)
+    restart = tuple(machine.components_using(cluster, write + remove))
+    owned = tuple(p for p in remove if machine.components_using(cluster, [p]))
+    unused = tuple(p for p in remove if p not in owned)
+    if not restart:
+        return Change(None, (), unused)
+    return Change(Extra(restart=restart, files=tuple(f for f in wanted_files if f[0] in write),
+                        before=backup_command(), undo=restore_command(),
+                        after=f"{remove_command(owned)} && {machine.own_secrets_command(cluster)}"), owned, unused)
+
+
+def describe(changes: dict) -> list:
+    """One line per machine (address -> Change): the secret files written and removed, the components
+    restarted; names and paths only. Pure."""
+    lines = []
+    for address, change in sorted(changes.items()):
+        parts = []
+        if change.written:
+            parts.append(f"write {', '.join(map(_short, change.written))}")
+        if change.removed or change.unused:
+            parts.append(f"remove {', '.join(map(_short, change.removed + change.unused))}")
+        if change.extra is not None:
+            parts.append(f"restart {', '.join(change.extra.restart)} (drained, health-checked, back in)")
+        lines.append(f"{address}: " + ("; ".join(parts) or "secrets as wanted; nothing to do"))
+    return lines
+
+
+def _short(path: str) -> str:
+    return path[len(SECRETS_DIR) + 1:] if path.startswith(SECRETS_DIR + "/") else path
+
+
+# ---------------------------------------------------------------- running it
+
+def read_changes(s, machines) -> dict:
+    """address -> Change, from each machine's digests, read side by side."""
+    wanted = machine.secret_files(s.cluster)
+
+    def one(address):
+        text = s.ex.read(address, machine.secrets_facts_command(), what="read the secrets' digests").stdout
+        return machine_change(s.cluster, wanted, machine.parse_secrets_facts(text))
+    return dict(zip(machines, s.ex.parallel(one, machines)))
+
+
+def apply(s, plan_only: bool = False) -> Optional[dict]:
+    """The runbook: read, plan, remove unused files, roll the restarts through the gated rollout,
+    forget the kept copies. Returns the changes (address -> Change)."""
+    started = time.monotonic()
+    current, _ = upgrade.target_release(s)
+    members = sorted(upgrade.member_machines(s.etcd))
+    changes = read_changes(s, members)
+    extras = {a: change.extra for a, change in changes.items() if change.extra is not None}
+    rollout = upgrade.Rollout(s, current, current, extras=extras)
+    if plan_only:
+        for line in describe(changes):
+            print(line)
+        upgrade.print_plan(rollout)
+        return changes
+    for address, change in changes.items():
+        if change.unused:
+            s.ex.run(address, remove_command(change.unused), what="remove secrets no component uses")
+    if rollout.steps:
+        done = rollout.apply()
+        s.ex.parallel(lambda a: s.ex.run(a, forget_command(), what="forget the previous secrets"), done)
+    for line in describe(changes):
+        say(f"secrets.apply: {line}")
+    say(f"secrets.apply: {s.cluster.name}: done in {time.monotonic() - started:.1f} s")
+    return changes
+
+
+@air_task(name="apply", help={"cluster": "target cluster", "via": "member to reach etcd through",
+                              "wait": "wait for another task's lock instead of failing",
+                              "plan": "print what each machine needs and change nothing",
+                              "json": "print the outcome as JSON"})
+def apply_task(c, cluster=None, via=None, wait=False, plan_=False, json_=False):
+    """Push changed secrets to every machine and restart the components using them, one machine at a time."""
+    target = cluster_of(cluster)
+    machine.secret_files(target)  # a secret file that cannot be read fails here, before anything is contacted
+    via = check_address(via, "--via") if via else None
+    with session(target, None if plan_ else "secrets.apply", via, wait) as s:
+        changes = apply(s, plan_only=plan_)
+    if plan_ or changes is None:
+        return
+    data = {a: {"written": [_short(p) for p in change.written], "removed": [_short(p) for p in change.removed + change.unused],
+                "restarted": list(change.extra.restart) if change.extra else []}
+            for a, change in changes.items()}
+    restarted = sum(1 for change in changes.values() if change.extra is not None)
+    report(data, json_, f"secrets of {target.name}: {restarted} machine(s) had components restarted")
+
+
+namespace = Collection("secrets")
+namespace.add_task(apply_task, name="apply")

@@ -1,0 +1,404 @@
+"""Bringing machines to a release without downtime: the one rollout behind every upgrade.
+
+deploy, rolling-upgrade, upgrade-machine and rollback all use ``Rollout``:
+it reads the facts of every machine once (its release file, components, unit
+states, whether the balancer routes to it) together with the balancer's
+routers file, warns about drift (a member out of the balancer, a machine on
+another release than the recorded one), and makes a pure ``plan`` (``tasks.model.rollout_plan``): a machine
+already serving the release is left alone, one that runs it but is out of
+the balancer (a deploy killed after its start) is only checked and put back,
+the others restart just the components whose version changes. ``--plan``
+prints that and changes nothing. Applying it, every machine to upgrade pulls
+the images, has its files staged and its OS updates paused, all at once, while
+still serving; then group by group (one machine by default; ``--batch`` never
+takes out so many that most of the cluster is out of the balancer) the group
+leaves the balancer in the same change that puts the previous group back, one
+command restarts what changes on the staged files, and the health check must
+pass. OS updates resume on every machine prepared when the rollout ends,
+whatever its end (but a lost lock: then nothing more is ours to change).
+
+At the first failure, or an interrupt, the machine in hand is put back on the
+release it ran before and into the balancer, nothing further is touched, and
+the error names the machine, the failed check and the journal's last lines.
+A task that lost the cluster's lock changes nothing at all: it says which
+machine it left out of the balancer.
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cloudconfig
+from tasks.commands import machine
+from tasks.model import rollout_plan, state
+from tasks.model.cluster import check_address
+from tasks.model.errors import AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError, RemoteError
+from tasks.model.release import Release
+from tasks.model.rollout_plan import NOTHING, UPGRADE, Extra, Step, _machine, batch_limit, changes, describe, drift, plan, routed
+from tasks.net.progress import say
+from tasks.net.session import session
+from tasks.runbooks import balancer, records, steps
+from tasks.runbooks.cli import air_task, cluster_of, report
+
+
+class UpgradeFailed(AirError):
+    """An upgrade stopped; the message names the machines and the state each was left in."""
+
+
+def member_machines(client) -> list:
+    return [state.member_address(m) for m in client.members() if not m.learner]
+
+
+class Rollout:
+    """Bringing the member machines (or ``only`` those) of a session's cluster to ``release``.
+
+    Built from one read of the facts; ``steps`` is the plan, ``apply()`` carries it out.
+    ``previous``: the release a failed or interrupted machine is put back on. ``canary``:
+    machine -> candidate release id, machines a canary deploy put on it (not drift).
+    """
+
+    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1, canary: dict = None,
+                 extras: dict = None):
+        self.s, self.ex, self.cluster = s, s.ex, s.cluster
+        self.release, self.previous = release, previous
+        self.extras: dict = extras or {}  # address -> Extra
+        self.members = sorted(member_machines(s.etcd))
+        self.machines = sorted(only or self.members)
+        self.batch = batch_limit(len(self.members), batch)
+        self.routers = balancer.Routers(self.ex)
+        self.down, self.facts = self._read()
+        self.steps = plan(self.cluster, release, self.facts, self.routers.listed(), self.extras) \
+            if not self.down else []
+        edited = [machine.changed_by_hand(st.machine, self.facts[st.machine]) for st in self.steps if st.action == UPGRADE]
+        if any(edited):
+            raise PreflightError("; ".join(filter(None, edited)) + "; nothing was changed")
+        self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous, canary) \
+            if not self.down and only is None else None
+        self._bases: dict = {}
+
+    def _read(self) -> tuple:
+        """(machines that cannot be logged in to, with why; facts of the others), with the
+        balancer read at the same time: neither waits for the other."""
+        def one(address):
+            why = self.ex.reachable(address)
+            if why:
+                return why, None
+            try:
+                return None, steps.release_facts(self.ex, address)
+            except RemoteError as e:  # its open connection died (a hung host): as unreachable
+                return str(e).removeprefix(f"{address}: "), None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            reading = pool.submit(self.routers.listed)
+            found = dict(zip(self.machines, self.ex.parallel(one, self.machines)))
+            reading.result()
+        down = [f"{a} ({why})" for a, (why, _) in found.items() if why]
+        return down, {a: facts for a, (why, facts) in found.items() if not why}
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.down and not self.steps
+
+    def describe(self) -> list:
+        return describe(self.steps, self.machines, self.release)
+
+    # ------------------------------------------------------------ applying
+
+    def apply(self) -> list:
+        """Carry out the plan; returns the machines done. Refuses at once, changing nothing, when a
+        machine did not answer: one found down halfway would leave the cluster on two releases."""
+        if self.down:
+            raise UpgradeFailed(f"not upgrading {self.cluster.name} to {self.release.id}: unreachable: "
+                                f"{'; '.join(self.down)}. No machine was changed.")
+        if self.warning:
+            say(self.warning)
+        for address in sorted(set(self.machines) - {s.machine for s in self.steps}):
+            say(f"upgrade: {address} already runs {self.release.id}; left alone")
+        try:
+            staged = self._prepare()
+        except UpgradeFailed as failure:
+            raise UpgradeFailed(f"not upgrading {self.cluster.name} to {self.release.id}: {failure}. "
+                                f"No machine was changed.") from None
+        paused = list(staged)  # their OS updates stay paused until the rollout ends, whatever its end
+        serving = self.routers.listed()
+        done: list = []
+        try:
+            for i in range(0, len(self.steps), self.batch):
+                group = self.steps[i:i + self.batch]
+                names = [s.machine for s in group]
+                try:
+                    self.ex.check(f"the upgrade of {', '.join(names)}")
+                    self.routers.set(routed(self.members, serving, done, names))
+                except Halt as halt:
+                    self._halt_between(halt, serving, done)
+                except AirError as failure:
+                    raise UpgradeFailed(self._balancer_failed(failure, done)) from None
+                outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group,
+                                            describe=_machine)
+                done += [s.machine for s, (failure, _) in zip(group, outcomes) if failure is None]
+                failed = [(s, failure, how) for s, (failure, how) in zip(group, outcomes) if failure is not None]
+                if failed:
+                    self._stop_after(failed, serving, done)
+            with ThreadPoolExecutor(max_workers=1) as pool:  # OS updates resume while the last one goes back in
+                resuming = pool.submit(self._end_pause, paused, staged)
+                try:
+                    self.routers.set(routed(self.members, serving, done, []))
+                except Halt as halt:
+                    self._halt_between(halt, serving, done)
+                except AirError as failure:
+                    raise UpgradeFailed(self._balancer_failed(failure, done)) from None
+            for line in resuming.result():
+                say(f"warning: {line}")
+        except LostLock:
+            raise  # nothing is ours to change any more
+        except AirError:
+            self._end_pause(paused, staged)
+            raise
+        return done
+
+    def _balancer_failed(self, failure, done) -> str:
+        out = [m for m in self.members if m not in self.routers.listed()]
+        return (f"the balancer could not be changed: {failure}; " + self._left(done, "no other machine was touched")
+                + (f"; out of the balancer: {', '.join(out)} (`fab rolling-upgrade --cluster {self.cluster.name}` "
+                   f"puts it back once the balancer answers)" if out else ""))
+
+    def _halt_between(self, halt, serving, done) -> None:
+        """Stopped between machines, none in hand: when interrupted the machines done go back in;
+        when the lock is lost nothing more changes, and the error says who is out of the balancer."""
+        if isinstance(halt, LostLock):
+            out = [m for m in self.members if m not in self.routers.listed()]
+            raise LostLock(f"{halt}; " + self._left(done, "nothing else was changed") +
+                           (f"; out of the balancer: {', '.join(out)}" if out else "")) from None
+        with self.ex.finishing():
+            self.routers.set(routed(self.members, serving, done, []))
+        raise Interrupted(self._left(done, "every machine is in the balancer")) from None
+
+    def _stop_after(self, failed, serving, done) -> None:
+        """The end of a rollout at a group with failures: those restored go back in, then raise."""
+        lost = [f for f in failed if isinstance(f[1], LostLock)]
+        if lost:
+            # Not ours to change any more: say what is where and stop.
+            out = ", ".join(s.machine for s, _, _ in failed)
+            raise LostLock(f"{lost[0][1]}; left out of the balancer mid-upgrade: {out}; "
+                           + self._left(done, "nothing else was changed"))
+        back = [s.machine for s, _, how in failed if how.startswith("restored")]
+        still_out = [s.machine for s, _, how in failed if not how.startswith("restored")]
+        with self.ex.finishing():
+            self.routers.set(routed(self.members, serving, done + back, still_out))
+        interrupted = [f for f in failed if isinstance(f[1], Interrupted)]
+        if interrupted:
+            raise Interrupted(f"{'; '.join(how for _, _, how in failed)}; " +
+                              self._left(done, "no other machine was touched"))
+        message = "\n".join(f"upgrade of {s.machine} to {self.release.id} failed: {failure}\n{how}"
+                            for s, failure, how in failed)
+        if done:
+            message += (f"\nalready upgraded to {self.release.id}: {', '.join(done)} "
+                        f"(fab rolling-upgrade puts them back on the cluster's release)")
+        raise UpgradeFailed(message)
+
+    def _left(self, done, rest: str) -> str:
+        upgraded = f"upgraded to {self.release.id}: {', '.join(done)}; " if done else ""
+        return f"{upgraded}{rest}"
+
+    def _end_pause(self, paused, staged) -> list:
+        """The end of a rollout on the machines it prepared (``paused``), all at once: files still
+        ``staged`` (machines never reached) are discarded, OS updates resume. Returns what could not
+        be done (a machine gone meanwhile), one line each."""
+        def one(address):
+            files = staged.get(address)
+            command = f"{files.discard}; " if files else ""
+            try:
+                with self.ex.finishing():  # putting back, also after an interrupt (on a thread of its own)
+                    self.ex.run(address, command + machine.resume_os_updates_command(), check=False,
+                                what="resume OS updates" + (", discard the staged files" if files else ""))
+            except RemoteError as e:
+                return f"{e} (its OS updates stay paused: `fab rolling-upgrade` resumes them)"
+            return None
+        return [line for line in self.ex.parallel(one, paused) if line]
+
+    def _prepare(self) -> dict:
+        """Pull the release, stage its files and pause OS updates on every machine to upgrade, all at
+        once and one command each (serving is not disturbed): nothing stops before every one has its
+        images. Returns address -> ``remote.Staged``. When one fails (a flaky registry), the others'
+        staged files are discarded and their OS updates resumed, and UpgradeFailed says why."""
+        staged: dict = {}
+
+        def one(step):
+            staged[step.machine] = self.ex.stage_files(
+                step.machine, list(self._extra(step.machine).files) +
+                machine.document_files(self._document(step.machine, self.release), self._user_data(step.machine)),
+                before=machine.pull_command(self.cluster, self.release, step.restart),
+                after=machine.pause_os_updates_command(), deadline=self.cluster.timeouts.pull,
+                what=f"pull release {self.release.id}, stage its files, pause OS updates")
+        try:
+            self.ex.parallel(one, [s for s in self.steps if s.action == UPGRADE], describe=_machine)
+        except LostLock:
+            raise  # nothing is ours to change any more
+        except AirError as failure:
+            left = self._end_pause(list(staged), staged)
+            if isinstance(failure, Halt):
+                raise
+            raise UpgradeFailed(f"{failure}" + "".join(f"\n{line}" for line in left)) from None
+        return staged
+
+    def _user_data(self, address) -> str:
+        return self.facts[address]["user_data"]
+
+    def _extra(self, address) -> Extra:
+        return self.extras.get(address) or Extra()
+
+    def _document(self, address, release) -> dict:
+        """The machine's final cloud config at ``release``: its administrator's base (read with
+        its facts), extended."""
+        if address not in self._bases:
+            installed = cloudconfig.install_part(self.cluster, address, self.members, "existing", release)
+            self._bases[address] = machine.parse_base(address, self._user_data(address),
+                                                      self.facts[address]["base"], installed)
+        return machine.final_document(self.cluster, address, self.members, "existing", release,
+                                      self._bases[address])
+
+    def _carry_out(self, step: Step, staged) -> tuple:
+        """One machine, out of the balancer: restart what changes on the staged files, then its health
+        check. Returns (None, None) on success, else (the failure, what became of the machine)."""
+        started = time.monotonic()
+        try:
+            if step.action == UPGRADE:
+                extra = self._extra(step.machine)
+                swap = staged._replace(swap=" && ".join(filter(None, [extra.before, staged.swap, extra.after])))
+                steps.upgrade(self.ex, step.machine, step.restart, swap,
+                                f"{changes(step)} on release {self.release.id}",
+                                step.remove, rollout_plan.running_components(self.cluster, self.release))
+                if self.ex.interrupted.is_set():
+                    raise Interrupted(f"interrupted during the upgrade of {step.machine}")
+            else:
+                steps.wait_healthy(self.ex, step.machine)
+        except LostLock as lost:
+            return lost, "left as it was"
+        except (HealthError, RemoteError, Interrupted) as failure:
+            with self.ex.finishing():
+                return failure, self._restore(step.machine)
+        took = f"{time.monotonic() - started:.1f} s"
+        say(f"upgrade: {step.machine} runs {self.release.id}, restarted {', '.join(step.restart) or 'nothing'} ({took})"
+            if step.action == UPGRADE else
+            f"upgrade: {step.machine} already ran {self.release.id}; healthy, back in the balancer ({took})")
+        return None, None
+
+    def _restore(self, address) -> str:
+        """Put ``address`` back on the previous release; says how that went ("restored ..." when it did)."""
+        if self.previous is None:
+            return f"{address} is out of the balancer; no earlier release to restore."
+        back = rollout_plan.running_components(self.cluster, self.previous)
+        # Whatever may be installed now: what ran before, and what the new release brought.
+        gone = sorted({*self.facts[address]["components"], *rollout_plan.running_components(self.cluster, self.release)}
+                      - set(back))
+        try:
+            # The upgrade's own two commands, towards the previous release; the undo goes before the swap.
+            staged = self.ex.stage_files(address, machine.document_files(self._document(address, self.previous),
+                                                                         self._user_data(address)))
+            swap = staged._replace(swap=" && ".join(filter(None, [self._extra(address).undo, staged.swap])))
+            steps.upgrade(self.ex, address, back, swap, f"put release {self.previous.id} back", gone, back)
+            return f"restored: {address} is back on release {self.previous.id} and in the balancer."
+        except LostLock:
+            raise
+        except AirError as e:
+            return f"restoring {address} to {self.previous.id} failed too ({e}); it is out of the balancer."
+
+    def apply_recorded(self, **meta) -> list:
+        """``apply`` with the cluster's current release and history kept right in etcd."""
+        record = records.write_release(self.s.etcd, self.cluster, self.release, outcome="upgrading", **meta)
+        try:
+            changed = self.apply()
+        except LostLock:
+            raise  # its records are not ours to write any more
+        except AirError as failure:
+            kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+            record["outcome"] = f"{kind}: {str(failure).splitlines()[0]}"
+            records.add_history(self.s.etcd, self.cluster, record)
+            if self.previous is not None:
+                records.write_release(self.s.etcd, self.cluster, self.previous,
+                                    outcome=f"restored after {'an interrupted' if kind == 'interrupted' else 'a failed'} upgrade")
+            raise
+        record["outcome"] = "succeeded"
+        records.write_release(self.s.etcd, self.cluster, self.release,
+                            **{k: v for k, v in record.items() if k not in ("id", "components")})
+        records.add_history(self.s.etcd, self.cluster, record)
+        return changed
+
+
+def plan_data(rollout: Rollout) -> dict:
+    """The plan as data (``--plan --json``): what each machine needs, what stops the rollout."""
+    planned = {s.machine: s for s in rollout.steps}
+    return {"release": rollout.release.id, "unreachable": rollout.down, "warning": rollout.warning,
+            "machines": {m: {"action": planned[m].action if m in planned else NOTHING,
+                             "restart": list(planned[m].restart) if m in planned else [],
+                             "remove": list(planned[m].remove) if m in planned else []}
+                         for m in rollout.machines}}
+
+
+def print_plan(rollout: Rollout, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(plan_data(rollout), indent=1, sort_keys=True))
+        return
+    if rollout.down:
+        print(f"unreachable: {'; '.join(rollout.down)}: the rollout would refuse to start")
+    if rollout.warning:
+        print(rollout.warning)
+    for line in rollout.describe():
+        print(line)
+
+
+def target_release(s, release_id=None) -> tuple:
+    """(release wanted, release the cluster is recorded at) from etcd; ``release_id`` picks one from history."""
+    current, _ = records.read_release(s.etcd, s.cluster)
+    if release_id is None:
+        if current is None:
+            raise ConfigError(f"cluster {s.cluster.name} has no release recorded in etcd: run setup-cluster")
+        return current, current
+    for record in reversed(records.history(s.etcd, s.cluster)):
+        if record["id"] == release_id:
+            return Release.from_dict(record), current
+    raise ConfigError(f"no release {release_id!r} in the history of {s.cluster.name} (see fab releases)")
+
+
+@air_task(name="upgrade-machine", help={"cluster": "target cluster", "machine": "machine address",
+                                        "release": "release id (default: the cluster's current release)",
+                                        "via": "member to reach etcd through",
+                                        "plan": "print what the machine needs and change nothing",
+                                        "json": "print the plan or the outcome as JSON"})
+def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None, plan_=False, json_=False):
+    """Upgrade one machine to the cluster's release (drain, stop politely, install, start, check, re-add)."""
+    target = cluster_of(cluster)
+    address = check_address(machine_, "--machine")
+    via = check_address(via, "--via") if via else None
+    with session(target, None if plan_ else f"upgrade-machine {address}", via) as s:
+        wanted, current = target_release(s, release)
+        members = sorted(member_machines(s.etcd))
+        if address not in members:
+            raise ConfigError(f"{address} is not an etcd member of {target.name} (members: {', '.join(members)})")
+        rollout = Rollout(s, wanted, current, only=[address])
+        if plan_:
+            print_plan(rollout, json_)
+            return
+        changed = rollout.apply()
+    report({"machine": address, "release": wanted.id, "upgraded": bool(changed)}, json_,
+           f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
+
+
+@air_task(name="rolling-upgrade", help={"cluster": "target cluster", "via": "member to reach etcd through",
+                                        "batch": "machines upgraded at once (capped to keep a majority serving)",
+                                        "release": "release id (default: the cluster's current release)",
+                                        "plan": "print what each machine needs and change nothing",
+                                        "json": "print the plan or the outcome as JSON"})
+def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=False, json_=False):
+    """Upgrade every member machine to the cluster's release, one at a time."""
+    target = cluster_of(cluster)
+    via = check_address(via, "--via") if via else None
+    with session(target, None if plan_ else "rolling-upgrade", via) as s:
+        wanted, current = target_release(s, release)
+        rollout = Rollout(s, wanted, current, batch=int(batch))
+        if plan_:
+            print_plan(rollout, json_)
+            return
+        changed = rollout.apply()
+    report({"release": wanted.id, "upgraded": changed}, json_,
+           f"release {wanted.id}: {len(changed)} machine(s) upgraded")
