@@ -129,7 +129,7 @@ def print_settings_plan(s) -> None:
         print(f"settings: {line}")
 
 
-def deploy_canary(s, release: Release, current: Release, address: str, dry: bool = False, **meta) -> None:
+def deploy_canary(s, release: Release, current: Optional[Release], address: str, dry: bool = False, **meta) -> None:
     """Put ``release`` on machine ``address`` only, through the same gated rollout (drained,
     upgraded, health-checked, back in the balancer), and record it as the cluster's candidate.
     The cluster's recorded release stays; a failure puts the machine back on it."""

@@ -58,7 +58,7 @@ class Rollout:
     machine -> candidate release id, machines a canary deploy put on it (not drift).
     """
 
-    def __init__(self, s, release: Release, previous: Release, only=None, batch: int = 1, canary: dict = None,
+    def __init__(self, s, release: Release, previous: Optional[Release], only=None, batch: int = 1, canary: dict = None,
                  extras: dict = None):
         self.s, self.ex, self.cluster = s, s.ex, s.cluster
         self.release, self.previous = release, previous
