@@ -95,7 +95,7 @@ def routed(members, serving, done, out) -> list:
     return [m for m in members if (m in serving or m in done) and m not in out]
 
 
-def drift(cluster, members, facts: dict, listed, recorded: Release, canary: dict = None) -> Optional[str]:
+def drift(cluster, members, facts: dict, listed, recorded: Optional[Release], canary: dict = None) -> Optional[str]:
     """One warning line when the cluster is not as recorded (a member out of the balancer, a
     machine on another release), with the command that fixes it; None when all is as recorded.
     ``canary``: machine -> the candidate release id it may run instead (a canary deploy). Pure."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Optional
 from concurrent.futures import ThreadPoolExecutor
 
 import cloudconfig
