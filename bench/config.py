@@ -9,38 +9,22 @@ Run from the project root, with the sandbox up and the cluster installed:
 Prints figures; asserts nothing.
 """
 import argparse
-import os
 import secrets
 import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from sandbox import testbed as sb  # noqa: E402
+from common import ROOT, fab, summary  # first: it puts the project root on sys.path
+from sandbox import testbed as sb
 from tasks import cluster as cluster_config  # noqa: E402
 from tasks import state  # noqa: E402
 from tasks.session import session  # noqa: E402
 
 
-def fab(*args, env=None) -> float:
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "fabric", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        sys.exit(f"fab {' '.join(args)} failed:\n{proc.stderr}")
-    return time.monotonic() - started
-
-
 def line(what, figures):
-    print(f"{what:58} min {min(figures):5.1f} s  median {statistics.median(figures):5.1f} s  "
-          f"max {max(figures):5.1f} s  ({len(figures)} runs)", flush=True)
+    print(summary(what, figures, width=58, note=f"{len(figures)} runs"), flush=True)
 
 
 def main():
@@ -59,13 +43,13 @@ def main():
         save()
         unchanged, changed, noop, rotate = [], [], [], []
         for run in range(args.runs):
-            unchanged.append(fab("settings.apply", "--cluster", "local", env=env))
+            unchanged.append(fab("settings.apply", "--cluster", "local", env=env).seconds)
             data["settings"] = {k: f"{v}-{run}" if isinstance(v, str) else v for k, v in data["settings"].items()}
             save()
-            changed.append(fab("settings.apply", "--cluster", "local", env=env))
-            noop.append(fab("secrets.apply", "--cluster", "local", env=env))
+            changed.append(fab("settings.apply", "--cluster", "local", env=env).seconds)
+            noop.append(fab("secrets.apply", "--cluster", "local", env=env).seconds)
             (folder / "secrets" / "session_key").write_text(secrets.token_urlsafe(24) + "\n")
-            rotate.append(fab("secrets.apply", "--cluster", "local", env=env))
+            rotate.append(fab("secrets.apply", "--cluster", "local", env=env).seconds)
         line("settings.apply, nothing to change", unchanged)
         texts = sum(1 for v in data["settings"].values() if isinstance(v, str))
         line(f"settings.apply, {texts} of {len(data['settings'])} keys changed (v3 and v2)", changed)

@@ -16,42 +16,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import yaml
 
-import yaml  # noqa: E402
-
-from sandbox import testbed as sb  # noqa: E402
+from common import ROOT, fab, seconds  # first: it puts the project root on sys.path
+from sandbox import testbed as sb
 
 BUILD = f"{sb.PREFIX}-build"
 NOOP_TARGET = 5.0  # seconds, for a no-op build+push of every component (issue 14)
 BUILT = re.compile(r"^  (\w+): built sha256:\w+ in ([0-9.]+) s$", re.M)
 
 
-def fab(env: dict, *args) -> tuple:
-    """`fab ARGS` from the project root; (seconds, stdout, stderr)."""
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "fabric", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **env})
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        sys.exit(f"fab {' '.join(args)} failed:\n{proc.stderr.strip()}")
-    return seconds, proc.stdout, proc.stderr
-
-
 def build_push(env: dict, name: str, *build_flags) -> dict:
-    build, _, log = fab(env, "build", "--cluster", name, *build_flags)
-    push, out, _ = fab(env, "push", "--cluster", name, "--json")
+    build, _, log = fab("build", "--cluster", name, *build_flags, env=env)
+    push, out, _ = fab("push", "--cluster", name, "--json", env=env)
     report = json.loads(out)
     return {"build": build, "push": push, "total": build + push,
             "pushed": sorted(c for c, v in report["components"].items() if v["changed"]),
@@ -64,14 +47,12 @@ def main() -> None:
     parser.add_argument("--noop-runs", type=int, default=3, help="no-op build+push runs (default 3)")
     args = parser.parse_args()
 
-    started = time.monotonic()
-    sb.bring_up(3, 2)
-    up = time.monotonic() - started
+    up = seconds(sb.bring_up, 3, 2)
 
     prefix = "b" + secrets.token_hex(4)
     name = f"{prefix}_bench"
     local = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
-    overhead, _, _ = fab({}, "--list")
+    overhead = fab("--list").seconds
     with tempfile.TemporaryDirectory(prefix="air-bench-") as clusters:
         (Path(clusters) / f"{name}.yaml").write_text(yaml.safe_dump({
             "include": str((sb.STATE / "cluster.yaml").resolve()),

@@ -7,23 +7,16 @@ and `membership.remove` of it, each in its own session as the tasks open them. T
 left serving on its 3 machines. Set AIR_SANDBOX_PREFIX/AIR_SANDBOX_SUBNET to measure beside
 another sandbox. Prints figures; asserts nothing.
 """
-import sys
-import time
-from pathlib import Path
+import argparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sandbox import testbed as sandbox  # noqa: E402
+from common import timed  # first: it puts the project root on sys.path
+from sandbox import testbed as sandbox
 from tasks import build, cluster, install, membership, push  # noqa: E402
 from tasks.session import session  # noqa: E402
 
 
-def timed(what, step) -> None:
-    started = time.monotonic()
-    step()
-    print(f"{what}: {time.monotonic() - started:6.1f} s", flush=True)
-
-
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help; no options
     info = sandbox.bring_up(3, 2)
     local = cluster.load("local")
     with session(local, etcd=False) as s:

@@ -33,14 +33,9 @@ import io
 import json
 import re
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from common import fab  # first: it puts the project root on sys.path
 from tasks import balancer, build, cluster as cluster_config, install, machine, push  # noqa: E402
 from sandbox import testbed as sb  # noqa: E402
 from tasks import state, upgrade  # noqa: E402
@@ -48,16 +43,6 @@ from tasks.remote import Executor  # noqa: E402
 from tasks.session import session  # noqa: E402
 
 UPGRADED = re.compile(r"^upgrade: (\S+) runs \S+, restarted .* \(([\d.]+) s\)$", re.M)
-
-
-def fab(*args) -> tuple:
-    """`fab ARGS` from the project root; (seconds, stderr)."""
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "fabric", *args], cwd=ROOT, capture_output=True, text=True)
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        sys.exit(f"fab {' '.join(args)} failed:\n{proc.stderr.strip()}")
-    return seconds, proc.stderr
 
 
 def ensure_installed(cluster) -> str:
@@ -161,7 +146,7 @@ def main() -> None:
     cluster = cluster_config.load("local")
     how = ensure_installed(cluster)
     machines = list(cluster.machines)
-    overhead, _ = fab("--list")
+    overhead = fab("--list").seconds
 
     runs, minimums, wholes = [], [], []
     for _ in range(args.runs):
@@ -170,7 +155,7 @@ def main() -> None:
         # then every Air unit of the machine (the machine's own stop, start and health check).
         minimums.append({m: physical(cluster, m, [args.component]) for m in machines})
         wholes.append({m: physical(cluster, m, None) for m in machines})
-    noops = [fab("deploy", "--cluster", "local")[0] for _ in range(args.noop_runs)]
+    noops = [fab("deploy", "--cluster", "local").seconds for _ in range(args.noop_runs)]
     moves = [leave_and_rejoin(cluster, m) for _ in range(args.runs) for m in machines]
 
     print(f"sandbox `local`, {len(machines)} machines ({how}); {args.runs} run(s), each a change to "

@@ -6,20 +6,9 @@ It replaces whatever sandbox of the same name is up (set AIR_SANDBOX_PREFIX/AIR_
 to measure beside another one). Prints figures; asserts nothing.
 """
 import argparse
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sandbox import testbed as sandbox  # noqa: E402
-
-
-def timed(what, function, *args):
-    started = time.monotonic()
-    function(*args)
-    seconds = time.monotonic() - started
-    print(f"{what:40} {seconds:7.1f} s", flush=True)
-    return seconds
+from common import COLUMN, timed  # first: it puts the project root on sys.path
+from sandbox import testbed as sandbox
 
 
 def main():
@@ -32,10 +21,10 @@ def main():
     if args.no_image_cache:
         sandbox.docker("image", "rm", "-f", sandbox.image_tag(), check=False)
     label = "cold up (image built)" if args.no_image_cache else "cold up (image cached)"
-    timed(f"{label}, {args.machines} machines", sandbox.bring_up, args.machines, args.spares)
-    timed(f"warm up, {args.machines} machines", sandbox.bring_up, args.machines, args.spares)
-    timed("down", sandbox.tear_down)
-    timed(f"up after down, {args.machines} machines", sandbox.bring_up, args.machines, args.spares)
+    timed(f"{label}, {args.machines} machines", sandbox.bring_up, args.machines, args.spares, form=COLUMN)
+    timed(f"warm up, {args.machines} machines", sandbox.bring_up, args.machines, args.spares, form=COLUMN)
+    timed("down", sandbox.tear_down, form=COLUMN)
+    timed(f"up after down, {args.machines} machines", sandbox.bring_up, args.machines, args.spares, form=COLUMN)
 
 
 if __name__ == "__main__":

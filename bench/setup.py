@@ -6,32 +6,31 @@ then for each size resets the machines to freshly prepared and times `install.se
 Set AIR_SANDBOX_PREFIX/AIR_SANDBOX_SUBNET (and run from a copy of the project) to measure
 beside another sandbox. Prints figures; asserts nothing.
 """
-import sys
-import time
-from pathlib import Path
+import argparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sandbox import testbed as sandbox  # noqa: E402
+from common import timed  # first: it puts the project root on sys.path
+from sandbox import testbed as sandbox
 from tasks import build, cluster, install, push  # noqa: E402
 from tasks.session import session  # noqa: E402
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help; no options
     info = sandbox.bring_up(6, 0)
     local = cluster.load("local")
     with session(local, etcd=False) as s:
         built = build.build_all(s.ex, local.build.host, local.build.branch)
         push.push_all(s.ex, local.build.host, built["images"])
     machines = [m["address"] for m in info["machines"]]
+
+    def setup(chosen):
+        with session(local.with_machines(chosen), etcd=False) as s:
+            install.setup(s, chosen)
+
     times = {}
     for size in (3, 6):
         sandbox.reset_machines(machines)
-        chosen = machines[:size]
-        started = time.monotonic()
-        with session(local.with_machines(chosen), etcd=False) as s:
-            install.setup(s, chosen)
-        times[size] = time.monotonic() - started
-        print(f"setup-cluster, {size} machines: {times[size]:6.1f} s", flush=True)
+        times[size] = timed(f"setup-cluster, {size} machines", setup, machines[:size])
     print(f"ratio 6/3: {times[6] / times[3]:.2f} (target <= 1.3)")
     sandbox.reset_machines(machines)
 

@@ -7,14 +7,9 @@ Run from the project root, with the sandbox up and the cluster installed:
 Prints figures; asserts nothing.
 """
 import argparse
-import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import fab, summary  # first: it puts the project root on sys.path
 from tasks import cluster as cluster_config  # noqa: E402
 from tasks.operator import read_status  # noqa: E402
 from tasks.session import session  # noqa: E402
@@ -23,8 +18,7 @@ TARGET = 2.0
 
 
 def line(what, figures):
-    print(f"{what:48} min {min(figures):5.2f} s  median {statistics.median(figures):5.2f} s  "
-          f"max {max(figures):5.2f} s  (target {TARGET:.0f} s)", flush=True)
+    print(summary(what, figures, width=48, digits=2, note=f"target {TARGET:.0f} s"), flush=True)
 
 
 def main():
@@ -34,12 +28,7 @@ def main():
     cluster = cluster_config.load("local")
     whole, reads, sessions = [], [], []
     for _ in range(args.runs):
-        started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "fabric", "status", "--cluster", "local"], cwd=ROOT,
-                              capture_output=True, text=True)
-        whole.append(time.monotonic() - started)
-        if proc.returncode not in (0, 1):
-            sys.exit(f"fab status failed:\n{proc.stderr}")
+        whole.append(fab("status", "--cluster", "local", ok=(0, 1)).seconds)  # 1: something drifted
         started = time.monotonic()
         with session(cluster, etcd=False) as s:
             view = read_status(s)
