@@ -18,9 +18,9 @@ import yaml
 
 from common import ROOT, fab, summary  # first: it puts the project root on sys.path
 from sandbox import testbed as sb
-from tasks import cluster as cluster_config  # noqa: E402
-from tasks import state  # noqa: E402
-from tasks.session import session  # noqa: E402
+from tasks.model import cluster as cluster_config
+from tasks.model import state
+from tasks.net.session import session
 
 
 def line(what, figures):

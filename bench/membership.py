@@ -11,8 +11,11 @@ import argparse
 
 from common import timed  # first: it puts the project root on sys.path
 from sandbox import testbed as sandbox
-from tasks import build, cluster, install, membership, push  # noqa: E402
-from tasks.session import session  # noqa: E402
+from tasks.model import cluster
+from tasks.runbooks import install
+from tasks.runbooks import membership
+from tasks.runbooks.publish import publish
+from tasks.net.session import session
 
 
 def main():
@@ -20,8 +23,7 @@ def main():
     info = sandbox.bring_up(3, 2)
     local = cluster.load("local")
     with session(local, etcd=False) as s:
-        built = build.build_all(s.ex, local.build.host, local.build.branch)
-        push.push_all(s.ex, local.build.host, built["images"])
+        publish(s.ex, local.build.host, local.build.branch)
     machines = [m["address"] for m in info["machines"] if not m["spare"]]
     spare = next(m["address"] for m in info["machines"] if m["spare"])
     sandbox.reset_machines(machines + [spare])

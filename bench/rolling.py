@@ -36,11 +36,16 @@ import statistics
 import time
 
 from common import fab  # first: it puts the project root on sys.path
-from tasks import balancer, build, cluster as cluster_config, install, machine, push  # noqa: E402
-from sandbox import testbed as sb  # noqa: E402
-from tasks import state, upgrade  # noqa: E402
-from tasks.remote import Executor  # noqa: E402
-from tasks.session import session  # noqa: E402
+from tasks.runbooks import balancer
+from tasks.model import cluster as cluster_config
+from tasks.runbooks import install
+from tasks.commands import machine
+from tasks.runbooks.publish import publish
+from sandbox import testbed as sb
+from tasks.runbooks import upgrade
+from tasks.net.executor import Executor
+from tasks.net.session import session
+from tasks.runbooks import records
 
 UPGRADED = re.compile(r"^upgrade: (\S+) runs \S+, restarted .* \(([\d.]+) s\)$", re.M)
 
@@ -49,14 +54,13 @@ def ensure_installed(cluster) -> str:
     """The cluster serving from its machines; installs it (as the tests' fixture does) when it has no release."""
     try:
         with session(cluster) as s:
-            if state.read_release(s.etcd, cluster)[0] is not None:
+            if records.read_release(s.etcd, cluster)[0] is not None:
                 return "reused"
     except Exception:  # no etcd answering: not installed
         pass
     sb.reset_machines(list(cluster.machines))
     with session(cluster, etcd=False) as s:
-        built = build.build_all(s.ex, cluster.build.host, cluster.build.branch)
-        push.push_all(s.ex, cluster.build.host, built["images"])
+        publish(s.ex, cluster.build.host, cluster.build.branch)
     with session(cluster, etcd=False) as s:
         install.setup(s, list(cluster.machines))
     return "installed"
@@ -118,11 +122,11 @@ def rolling_run(cluster, component: str) -> dict:
     sb.commit_change(component)
     started = time.monotonic()
     with session(cluster, "bench/rolling.py") as s:
-        built = build.build_all(s.ex, cluster.build.host, cluster.build.branch)
-        release, steps = push.push_all(s.ex, cluster.build.host, built["images"])
+        published = publish(s.ex, cluster.build.host, cluster.build.branch)
+        release, built = published.release, published.built
         build_push = time.monotonic() - started
-        pushed = [step.component for step in steps if step.decision.changed]
-        current, _ = state.read_release(s.etcd, cluster)
+        pushed = [step.component for step in published.steps if step.decision.changed]
+        current, _ = records.read_release(s.etcd, cluster)
         said = io.StringIO()
         started = time.monotonic()
         with contextlib.redirect_stderr(said):

@@ -10,8 +10,10 @@ import argparse
 
 from common import timed  # first: it puts the project root on sys.path
 from sandbox import testbed as sandbox
-from tasks import build, cluster, install, push  # noqa: E402
-from tasks.session import session  # noqa: E402
+from tasks.model import cluster
+from tasks.runbooks import install
+from tasks.runbooks.publish import publish
+from tasks.net.session import session
 
 
 def main():
@@ -19,8 +21,7 @@ def main():
     info = sandbox.bring_up(6, 0)
     local = cluster.load("local")
     with session(local, etcd=False) as s:
-        built = build.build_all(s.ex, local.build.host, local.build.branch)
-        push.push_all(s.ex, local.build.host, built["images"])
+        publish(s.ex, local.build.host, local.build.branch)
     machines = [m["address"] for m in info["machines"]]
 
     def setup(chosen):

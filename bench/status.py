@@ -10,9 +10,9 @@ import argparse
 import time
 
 from common import fab, summary  # first: it puts the project root on sys.path
-from tasks import cluster as cluster_config  # noqa: E402
-from tasks.operator import read_status  # noqa: E402
-from tasks.session import session  # noqa: E402
+from tasks.model import cluster as cluster_config
+from tasks.runbooks.operator import read_status
+from tasks.net.session import session
 
 TARGET = 2.0
 
