@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Optional
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,6 +42,15 @@ from tasks.net.progress import say
 from tasks.net.session import session
 from tasks.runbooks import balancer, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one machine of a rollout: no failure, or the failure and what was done about
+    it (``said``), ``restored`` when it is back on the previous release."""
+    failure: Optional[AirError] = None
+    said: str = ""
+    restored: bool = False
 
 
 class UpgradeFailed(AirError):
@@ -108,46 +118,17 @@ class Rollout:
     def apply(self) -> list:
         """Carry out the plan; returns the machines done. Refuses at once, changing nothing, when a
         machine did not answer: one found down halfway would leave the cluster on two releases."""
-        if self.down:
-            raise UpgradeFailed(f"not upgrading {self.cluster.name} to {self.release.id}: unreachable: "
-                                f"{'; '.join(self.down)}. No machine was changed.")
-        if self.warning:
-            say(self.warning)
-        for address in sorted(set(self.machines) - {s.machine for s in self.steps}):
-            say(f"upgrade: {address} already runs {self.release.id}; left alone")
-        try:
-            staged = self._prepare()
-        except UpgradeFailed as failure:
-            raise UpgradeFailed(f"not upgrading {self.cluster.name} to {self.release.id}: {failure}. "
-                                f"No machine was changed.") from None
+        self._announce()
+        staged = self._prepare_all()
         paused = list(staged)  # their OS updates stay paused until the rollout ends, whatever its end
         serving = self.routers.listed()
         done: list = []
         try:
             for i in range(0, len(self.steps), self.batch):
-                group = self.steps[i:i + self.batch]
-                names = [s.machine for s in group]
-                try:
-                    self.ex.check(f"the upgrade of {', '.join(names)}")
-                    self.routers.set(routed(self.members, serving, done, names))
-                except Halt as halt:
-                    self._halt_between(halt, serving, done)
-                except AirError as failure:
-                    raise UpgradeFailed(self._balancer_failed(failure, done)) from None
-                outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group,
-                                            describe=_machine)
-                done += [s.machine for s, (failure, _) in zip(group, outcomes) if failure is None]
-                failed = [(s, failure, how) for s, (failure, how) in zip(group, outcomes) if failure is not None]
-                if failed:
-                    self._stop_after(failed, serving, done)
+                self._upgrade_group(self.steps[i:i + self.batch], staged, serving, done)
             with ThreadPoolExecutor(max_workers=1) as pool:  # OS updates resume while the last one goes back in
                 resuming = pool.submit(self._end_pause, paused, staged)
-                try:
-                    self.routers.set(routed(self.members, serving, done, []))
-                except Halt as halt:
-                    self._halt_between(halt, serving, done)
-                except AirError as failure:
-                    raise UpgradeFailed(self._balancer_failed(failure, done)) from None
+                self._route(serving, done, [])
             for line in resuming.result():
                 say(f"warning: {line}")
         except LostLock:
@@ -156,6 +137,46 @@ class Rollout:
             self._end_pause(paused, staged)
             raise
         return done
+
+    def _announce(self) -> None:
+        if self.down:
+            raise UpgradeFailed(f"not upgrading {self.cluster.name} to {self.release.id}: unreachable: "
+                                f"{'; '.join(self.down)}. No machine was changed.")
+        if self.warning:
+            say(self.warning)
+        for address in sorted(set(self.machines) - {s.machine for s in self.steps}):
+            say(f"upgrade: {address} already runs {self.release.id}; left alone")
+
+    def _prepare_all(self) -> dict:
+        try:
+            return self._prepare()
+        except UpgradeFailed as failure:
+            raise UpgradeFailed(f"not upgrading {self.cluster.name} to {self.release.id}: {failure}. "
+                                f"No machine was changed.") from None
+
+    def _upgrade_group(self, group: list, staged: dict, serving: list, done: list) -> None:
+        """One group: out of the balancer (the group before back in), upgraded side by side; the
+        machines that made it join ``done``; a failure ends the rollout (``_stop_after``)."""
+        names = [s.machine for s in group]
+        self._route(serving, done, names, check=f"the upgrade of {', '.join(names)}")
+        outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group,
+                                    describe=_machine)
+        done += [s.machine for s, outcome in zip(group, outcomes) if outcome.failure is None]
+        failed = [(s, outcome) for s, outcome in zip(group, outcomes) if outcome.failure is not None]
+        if failed:
+            self._stop_after(failed, serving, done)
+
+    def _route(self, serving: list, done: list, out: list, check: str = None) -> None:
+        """The balancer routes to the members serving before, and those ``done``, but not ``out``.
+        A halt (interrupt, lost lock) between machines, or a balancer that fails, ends the rollout."""
+        try:
+            if check:
+                self.ex.check(check)
+            self.routers.set(routed(self.members, serving, done, out))
+        except Halt as halt:
+            self._halt_between(halt, serving, done)
+        except AirError as failure:
+            raise UpgradeFailed(self._balancer_failed(failure, done)) from None
 
     def _balancer_failed(self, failure, done) -> str:
         out = [m for m in self.members if m not in self.routers.listed()]
@@ -174,24 +195,24 @@ class Rollout:
             self.routers.set(routed(self.members, serving, done, []))
         raise Interrupted(self._left(done, "every machine is in the balancer")) from None
 
-    def _stop_after(self, failed, serving, done) -> None:
-        """The end of a rollout at a group with failures: those restored go back in, then raise."""
-        lost = [f for f in failed if isinstance(f[1], LostLock)]
+    def _stop_after(self, failed: list, serving: list, done: list) -> None:
+        """The end of a rollout at a group with failures ((step, Outcome) pairs): those restored go
+        back in, then raise."""
+        lost = [outcome.failure for _, outcome in failed if isinstance(outcome.failure, LostLock)]
         if lost:
             # Not ours to change any more: say what is where and stop.
-            out = ", ".join(s.machine for s, _, _ in failed)
-            raise LostLock(f"{lost[0][1]}; left out of the balancer mid-upgrade: {out}; "
+            out = ", ".join(s.machine for s, _ in failed)
+            raise LostLock(f"{lost[0]}; left out of the balancer mid-upgrade: {out}; "
                            + self._left(done, "nothing else was changed"))
-        back = [s.machine for s, _, how in failed if how.startswith("restored")]
-        still_out = [s.machine for s, _, how in failed if not how.startswith("restored")]
+        back = [s.machine for s, outcome in failed if outcome.restored]
+        still_out = [s.machine for s, outcome in failed if not outcome.restored]
         with self.ex.finishing():
             self.routers.set(routed(self.members, serving, done + back, still_out))
-        interrupted = [f for f in failed if isinstance(f[1], Interrupted)]
-        if interrupted:
-            raise Interrupted(f"{'; '.join(how for _, _, how in failed)}; " +
+        if any(isinstance(outcome.failure, Interrupted) for _, outcome in failed):
+            raise Interrupted(f"{'; '.join(outcome.said for _, outcome in failed)}; " +
                               self._left(done, "no other machine was touched"))
-        message = "\n".join(f"upgrade of {s.machine} to {self.release.id} failed: {failure}\n{how}"
-                            for s, failure, how in failed)
+        message = "\n".join(f"upgrade of {s.machine} to {self.release.id} failed: {outcome.failure}\n{outcome.said}"
+                            for s, outcome in failed)
         if done:
             message += (f"\nalready upgraded to {self.release.id}: {', '.join(done)} "
                         f"(fab rolling-upgrade puts them back on the cluster's release)")
@@ -258,9 +279,9 @@ class Rollout:
         return machine.final_document(self.cluster, address, self.members, "existing", release,
                                       self._bases[address])
 
-    def _carry_out(self, step: Step, staged) -> tuple:
+    def _carry_out(self, step: Step, staged) -> Outcome:
         """One machine, out of the balancer: restart what changes on the staged files, then its health
-        check. Returns (None, None) on success, else (the failure, what became of the machine)."""
+        check; on a failure, the machine put back on the previous release where it can be."""
         started = time.monotonic()
         try:
             if step.action == UPGRADE:
@@ -274,20 +295,20 @@ class Rollout:
             else:
                 steps.wait_healthy(self.ex, step.machine)
         except LostLock as lost:
-            return lost, "left as it was"
+            return Outcome(lost, "left as it was")
         except (HealthError, RemoteError, Interrupted) as failure:
             with self.ex.finishing():
-                return failure, self._restore(step.machine)
+                return self._restore(step.machine, failure)
         took = f"{time.monotonic() - started:.1f} s"
         say(f"upgrade: {step.machine} runs {self.release.id}, restarted {', '.join(step.restart) or 'nothing'} ({took})"
             if step.action == UPGRADE else
             f"upgrade: {step.machine} already ran {self.release.id}; healthy, back in the balancer ({took})")
-        return None, None
+        return Outcome()
 
-    def _restore(self, address) -> str:
-        """Put ``address`` back on the previous release; says how that went ("restored ..." when it did)."""
+    def _restore(self, address, failure: AirError) -> Outcome:
+        """Put ``address`` back on the previous release after ``failure``; says how that went."""
         if self.previous is None:
-            return f"{address} is out of the balancer; no earlier release to restore."
+            return Outcome(failure, f"{address} is out of the balancer; no earlier release to restore.")
         back = rollout_plan.running_components(self.cluster, self.previous)
         # Whatever may be installed now: what ran before, and what the new release brought.
         gone = sorted({*self.facts[address]["components"], *rollout_plan.running_components(self.cluster, self.release)}
@@ -298,11 +319,13 @@ class Rollout:
                                                                          self._user_data(address)))
             swap = staged._replace(swap=" && ".join(filter(None, [self._extra(address).undo, staged.swap])))
             steps.upgrade(self.ex, address, back, swap, f"put release {self.previous.id} back", gone, back)
-            return f"restored: {address} is back on release {self.previous.id} and in the balancer."
+            return Outcome(failure, f"restored: {address} is back on release {self.previous.id} and in the balancer.",
+                           restored=True)
         except LostLock:
             raise
         except AirError as e:
-            return f"restoring {address} to {self.previous.id} failed too ({e}); it is out of the balancer."
+            return Outcome(failure, f"restoring {address} to {self.previous.id} failed too ({e}); "
+                                    f"it is out of the balancer.")
 
     def apply_recorded(self, **meta) -> list:
         """``apply`` with the cluster's current release and history kept right in etcd."""
