@@ -257,23 +257,13 @@ def migrate(s) -> list:
     then, one at a time, its peer URL becomes https and it restarts on the final drop-in (TLS
     peers with client certificates, clients on loopback), written with its whole final cloud
     config so a reboot replays it. Returns the members moved (none when all are TLS already)."""
-    cluster, ex, client = s.cluster, s.ex, s.etcd
-    listed = client.members()
-    if any(not m.started or m.learner for m in listed) or len(listed) < 2:
-        raise PreflightError("etcd has a member that has not started or is still a learner, or only one "
-                             "member; finish or remove it first (fab remove-machine); nothing was changed")
-    addresses = sorted(state.member_address(m) for m in listed)
-    todo = plaintext(listed)
+    cluster, ex = s.cluster, s.ex
+    listed = s.etcd.members()
+    todo = plaintext(_checked_members(listed))
     if not todo:
         return []
-    release, _ = records.read_release(client, cluster)
-    if release is None:
-        raise PreflightError(f"{cluster.name} has no release recorded in etcd; nothing was changed")
-    facts = dict(zip(addresses, ex.parallel(lambda a: steps.release_facts(ex, a), addresses)))
-    behind = [a for a in addresses if facts[a]["release"] != release.id]
-    if behind:
-        raise PreflightError(f"{', '.join(behind)} not on the recorded release {release.id}: run "
-                             f"`fab rolling-upgrade --cluster {cluster.name}` first; nothing was changed")
+    addresses = sorted(state.member_address(m) for m in listed)
+    release, facts = _on_the_recorded_release(s, addresses)
     ensure(cluster, addresses)
     say(f"etcd peers: installing the certificates on {', '.join(addresses)}")
     ex.parallel(lambda a: deliver(ex, a), addresses)
@@ -281,21 +271,9 @@ def migrate(s) -> list:
     done: list = []
     try:
         for address in todo:
-            say(f"etcd peers: {address}: restarting etcd with its certificate for TLS peers")
-            ex.write_file(address, machine.ETCD_MIGRATION_DROPIN_PATH, etcd_peer_files_dropin(), 0o644)
-            ex.run(address, machine.restart_etcd_command(), what="restart etcd")
-            _wait_member(s, address)
+            _show_certificate(s, address)
         for address in todo:
-            say(f"etcd peers: {address}: peer URL {peer_url(address)}, clients on loopback; restarting etcd")
-            document = _final_document(ex, address, addresses, release, facts[address]["user_data"])
-            ex.check(f"moving {address}'s etcd peer URL to TLS")
-            # Through a fresh tunnel to another member: the restarts broke the connections kept open.
-            with etcd_api.tunnel(ex, next(a for a in addresses if a != address)) as other:
-                other.update_member(ids[address], peer_url(address))
-            steps.apply_document(ex, address, document, facts[address]["user_data"])
-            ex.run(address, f"rm -f {q(machine.ETCD_MIGRATION_DROPIN_PATH)} && {machine.restart_etcd_command()}",
-                   what="restart etcd on TLS peers")
-            _wait_member(s, address)
+            _move_to_tls(s, address, ids[address], addresses, release, facts[address]["user_data"])
             done.append(address)
     except RemoteError as failure:
         left = [a for a in todo if a not in done]
@@ -303,6 +281,49 @@ def migrate(s) -> list:
                           f"{', '.join(left)}; etcd keeps quorum while one member is down: fix the cause and "
                           f"run `fab etcd.migrate-peers --cluster {cluster.name}` again") from None
     return todo
+
+
+def _checked_members(listed: list) -> list:
+    if any(not m.started or m.learner for m in listed) or len(listed) < 2:
+        raise PreflightError("etcd has a member that has not started or is still a learner, or only one "
+                             "member; finish or remove it first (fab remove-machine); nothing was changed")
+    return listed
+
+
+def _on_the_recorded_release(s, addresses: list) -> tuple:
+    """(the recorded release, address -> release facts), every member running that release."""
+    release, _ = records.read_release(s.etcd, s.cluster)
+    if release is None:
+        raise PreflightError(f"{s.cluster.name} has no release recorded in etcd; nothing was changed")
+    facts = dict(zip(addresses, s.ex.parallel(lambda a: steps.release_facts(s.ex, a), addresses)))
+    behind = [a for a in addresses if facts[a]["release"] != release.id]
+    if behind:
+        raise PreflightError(f"{', '.join(behind)} not on the recorded release {release.id}: run "
+                             f"`fab rolling-upgrade --cluster {s.cluster.name}` first; nothing was changed")
+    return release, facts
+
+
+def _show_certificate(s, address: str) -> None:
+    """The first phase on one member: etcd restarts showing its certificate to TLS peers."""
+    say(f"etcd peers: {address}: restarting etcd with its certificate for TLS peers")
+    s.ex.write_file(address, machine.ETCD_MIGRATION_DROPIN_PATH, etcd_peer_files_dropin(), 0o644)
+    s.ex.run(address, machine.restart_etcd_command(), what="restart etcd")
+    _wait_member(s, address)
+
+
+def _move_to_tls(s, address: str, member_id, addresses: list, release, user_data: str) -> None:
+    """The second phase on one member: its peer URL https, etcd restarted on the final drop-in."""
+    ex = s.ex
+    say(f"etcd peers: {address}: peer URL {peer_url(address)}, clients on loopback; restarting etcd")
+    document = _final_document(ex, address, addresses, release, user_data)
+    ex.check(f"moving {address}'s etcd peer URL to TLS")
+    # Through a fresh tunnel to another member: the restarts broke the connections kept open.
+    with etcd_api.tunnel(ex, next(a for a in addresses if a != address)) as other:
+        other.update_member(member_id, peer_url(address))
+    steps.apply_document(ex, address, document, user_data)
+    ex.run(address, f"rm -f {q(machine.ETCD_MIGRATION_DROPIN_PATH)} && {machine.restart_etcd_command()}",
+           what="restart etcd on TLS peers")
+    _wait_member(s, address)
 
 
 @air_task(name="migrate-peers", help={"cluster": "target cluster", "via": "the member to reach etcd through",
