@@ -23,7 +23,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 from urllib.parse import quote as urlquote
 
 import paramiko
@@ -424,7 +424,7 @@ class Lock:
     def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int, revision: int = 0):
         self.etcd, self.key, self.holder, self.ttl, self.lease_id = etcd, key, holder, ttl, lease_id
         self.revision = revision
-        self.stuck = lambda: None
+        self.stuck: Callable[[], Optional[str]] = lambda: None
         self._stop = threading.Event()
         self._lost: Optional[str] = None
         self._released = False

@@ -333,7 +333,7 @@ def lock_status(c, cluster=None, via=None, json_=False):
     """Show who holds the cluster's lock."""
     target = cluster_of(cluster)
     with session(target, via=via and check_address(via, "--via")) as s:
-        holder = s.etcd.holder(state.lock_key(target))
+        holder = s.connect_etcd().holder(state.lock_key(target))
     if json_:
         print(json.dumps(holder))
         return
@@ -346,6 +346,6 @@ def lock_release(c, cluster=None, via=None, json_=False):
     """Release the cluster's lock by force (when its holder is known to be gone)."""
     target = cluster_of(cluster)
     with session(target, via=via and check_address(via, "--via")) as s:
-        holder = s.etcd.force_release(state.lock_key(target))
+        holder = s.connect_etcd().force_release(state.lock_key(target))
     report({"released": holder}, json_,
            "was free" if holder is None else "released the lock of " + " ".join(f"{k}={v}" for k, v in holder.items()))

@@ -23,6 +23,7 @@ from tasks.commands.shell import q
 from tasks.model import state
 from tasks.model.cluster import check_address, check_addresses
 from tasks.model.errors import AirError, ConfigError, Halt, PreflightError, RemoteError
+from tasks.model.release import Release
 from tasks.net.progress import say
 from tasks.net.session import session
 from tasks.runbooks import balancer, etcd_peers, push, records, steps
@@ -105,7 +106,7 @@ def wipe_all(ex, plans: dict) -> str:
         return f"; wiping failed too: {e}"
 
 
-def setup(s, machines) -> object:
+def setup(s, machines) -> Release:
     """The install runbook: preflight, install everywhere, etcd, lock, record, start, balancer."""
     started = time.monotonic()
     cluster, ex = s.cluster, s.ex
@@ -152,7 +153,7 @@ def finish(s, machines, release) -> None:
     balancer.Routers(s.ex).set(machines, reload=True)
 
 
-def resume(s, via) -> object:
+def resume(s, via) -> Release:
     """Finish a setup that stopped after etcd formed: record the release if none is, start, balancer."""
     s.connect_etcd(via)
     s.take_lock("setup-cluster --resume")
