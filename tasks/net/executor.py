@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import Callable, Iterable, Optional
 
 import paramiko
 from fabric import Connection
@@ -43,6 +43,7 @@ from tasks.commands.shell import (
     tail,
 )
 from tasks.model.errors import AirError, ConfigError, DeadlineError, Halt, Interrupted, RemoteError
+from tasks.net.connector import Connector, Result
 from tasks.net.progress import PROGRESS_EVERY, _print_lock, _progress_shown, progress_line
 from tasks.net.tunnel import bridged
 
@@ -61,12 +62,6 @@ class Unreachable(RemoteError):
     def __init__(self, host: str, reason: str):
         super().__init__(f"{host}: cannot reach over SSH ({reason})")
         self.reason = reason
-
-
-class Result(NamedTuple):
-    exited: int
-    stdout: str
-    stderr: str
 
 
 class Executor:
@@ -529,3 +524,8 @@ def parallel(work: Callable, items: Iterable, *, describe: Callable = str) -> li
     if failures:
         raise RemoteError("; ".join(failures) if len(failures) > 1 else failures[0])
     return results
+
+
+def _fulfils(ex: Executor) -> Connector:
+    """An Executor is a Connector (mypy checks this assignment against the contract)."""
+    return ex

@@ -35,13 +35,14 @@ from tasks.commands.machine import (
 )
 from tasks.commands.shell import Staged, q, tail
 from tasks.model.errors import HealthError, RemoteError
+from tasks.net.connector import Connector
 
 
-def facts(ex, address) -> dict:
+def facts(ex: Connector, address: str) -> dict:
     return parse_facts(ex.read(address, facts_command(ex.cluster), what="read machine facts").stdout)
 
 
-def wipe(ex, address, user_data: str) -> None:
+def wipe(ex: Connector, address: str, user_data: str) -> None:
     """Back to a freshly prepared machine (``wipe_command``): a reboot does not bring the
     cluster's units back, and the administrator's base cloud config is in place again."""
     cluster = ex.cluster
@@ -49,7 +50,7 @@ def wipe(ex, address, user_data: str) -> None:
            deadline=cluster.timeouts.stop + cluster.timeouts.command)
 
 
-def base_of(ex, address, user_data: str, installed_part: dict = None) -> dict:
+def base_of(ex: Connector, address: str, user_data: str, installed_part: dict = None) -> dict:
     """The administrator's base cloud config of the machine (``parse_base``), read from it."""
     for path in (user_data + cloudconfig.BASE_SUFFIX, user_data):
         text = ex.read_file(address, path)
@@ -58,7 +59,7 @@ def base_of(ex, address, user_data: str, installed_part: dict = None) -> dict:
     return parse_base(address, user_data, None)
 
 
-def install(ex, address, doc: dict, release, user_data: str) -> None:
+def install(ex: Connector, address: str, doc: dict, release, user_data: str) -> None:
     """A machine's secrets, the document's files and the release's images, staged in one command
     and put in place in a second: what setup-cluster and add-machine do on each machine before starting it.
     OS updates are paused until the machine is started."""
@@ -71,44 +72,44 @@ def install(ex, address, doc: dict, release, user_data: str) -> None:
            deadline=cluster.timeouts.pull)
 
 
-def apply_document(ex, address, doc: dict, user_data: str) -> None:
+def apply_document(ex: Connector, address: str, doc: dict, user_data: str) -> None:
     ex.write_files(address, document_files(doc, user_data))
 
 
-def pause_os_updates(ex, address) -> None:
+def pause_os_updates(ex: Connector, address: str) -> None:
     ex.run(address, pause_os_updates_command(), what="pause OS updates")
 
 
-def resume_os_updates(ex, address) -> None:
+def resume_os_updates(ex: Connector, address: str) -> None:
     ex.run(address, resume_os_updates_command(), what="resume OS updates")
 
 
-def pull(ex, address, release, components=None) -> None:
+def pull(ex: Connector, address: str, release, components=None) -> None:
     ex.run(address, pull_command(ex.cluster, release, components), what=f"pull release {release.id}",
            deadline=ex.cluster.timeouts.pull)
 
 
-def clean_images(ex, address, components, keep) -> int:
+def clean_images(ex: Connector, address: str, components, keep) -> int:
     """``cleanup_command`` on one machine; how many images it removed."""
     result = ex.run(address, cleanup_command(ex.cluster, components, keep), what="remove old images")
     return result.stdout.count("removed ")
 
 
-def start(ex, address, components=None) -> None:
+def start(ex: Connector, address: str, components=None) -> None:
     ex.run(address, start_command(ex.cluster, components), what="start the Air units")
 
 
-def stop(ex, address, components=None) -> None:
+def stop(ex: Connector, address: str, components=None) -> None:
     ex.run(address, stop_command(ex.cluster, components), what="stop the Air units",
            deadline=ex.cluster.timeouts.stop + ex.cluster.timeouts.command)
 
 
-def release_facts(ex, address) -> dict:
+def release_facts(ex: Connector, address: str) -> dict:
     return parse_release_facts(ex.read(address, release_facts_command(ex.cluster),
                                        what="read the release facts").stdout, ex.cluster)
 
 
-def wait_healthy(ex, address, timeout: int = None, components=None) -> None:
+def wait_healthy(ex: Connector, address: str, timeout: int = None, components=None) -> None:
     timeout = timeout or ex.cluster.timeouts.healthy
     result = ex.read(address, health_command(ex.cluster, timeout, components), check=False,
                      deadline=timeout + ex.cluster.timeouts.command, what="health check")
@@ -116,13 +117,13 @@ def wait_healthy(ex, address, timeout: int = None, components=None) -> None:
         raise unhealthy(ex, address, result)
 
 
-def unhealthy(ex, address, result) -> HealthError:
+def unhealthy(ex: Connector, address: str, result) -> HealthError:
     """The error of a failed health check: what it said, and the units' last journal lines."""
     journal = ex.read(address, diagnostics_command(ex.cluster), check=False, what="read the journal").stdout
     return HealthError(f"{address}: {tail(result.stderr, 1)}\n{journal.rstrip()}")
 
 
-def upgrade(ex, address, components, staged: Staged, what: str, remove=(), running=None) -> None:
+def upgrade(ex: Connector, address: str, components, staged: Staged, what: str, remove=(), running=None) -> None:
     """``upgrade_command`` on ``address``; HealthError when it ran but is not healthy."""
     timeouts = ex.cluster.timeouts
     result = ex.run(address, upgrade_command(ex.cluster, components, staged.swap, remove, running), what=what,

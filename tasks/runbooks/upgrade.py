@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
-from concurrent.futures import ThreadPoolExecutor
 
 import cloudconfig
 from tasks.commands import machine

@@ -16,7 +16,8 @@ from cloudconfig import BASE_SUFFIX
 from tasks.commands.machine import BASE_MARK
 from tasks.commands.shell import Staged, staged_commands, staging_command
 from tasks.model.errors import DeadlineError, RemoteError
-from tasks.net.executor import Executor, Result, parallel
+from tasks.net.connector import Result
+from tasks.net.executor import Executor, parallel
 
 
 class FakeExecutor:
@@ -54,7 +55,7 @@ class FakeExecutor:
             raise RemoteError(f"{host}: cannot reach over SSH ({self.down[host]})")
         return SimpleNamespace(host=host, air_sudo=False)
 
-    def run(self, host, command, *, what=None, deadline=None, stdin=None, check=True, change=True):
+    def run(self, host, command, *, what=None, deadline=None, stdin=None, check=True, change=True, stream=False):
         what = what or command.split("\n")[0][:80]
         if change:
             self.check(what)
