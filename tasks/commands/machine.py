@@ -126,7 +126,7 @@ def cleanup_command(cluster, components, keep) -> str:
     repositories = " ".join(f"--filter reference={q(f'{cluster.registry.address}/{cluster.image(c)}')}"
                             for c in sorted(components))
     kept = " ".join(sorted({i.digest for release in keep for i in release.images}))
-    return (f"keep=' {kept} '; "
+    return (f"keep={q(f' {kept} ')}; "
             "used=\" $(docker ps -aq --no-trunc | xargs -r docker inspect -f '{{.Image}}' | tr '\\n' ' ') \"; "
             f"for id in $(docker images -q --no-trunc {repositories} | sort -u); do "
             "case \"$keep$used\" in *\" $id \"*) continue ;; esac; "

@@ -47,3 +47,8 @@ class LostLock(Halt):
 
 
 INTERRUPTED = 130  # as shells report a command ended by Ctrl-C
+
+
+class RecordError(AirError):
+    """A record read from the cluster's etcd is not what air-deploy writes (planted or damaged):
+    the task stops with the key named, and none of its values reaches a command."""

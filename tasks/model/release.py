@@ -9,7 +9,15 @@ pull and run that (``REPO@sha256:...``), never a tag that can be pushed again.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+
+from tasks.model.errors import RecordError
+
+# What a release record may hold: what push writes, nothing a shell could read as more.
+COMPONENT = re.compile(r"[a-z][a-z0-9_]{0,39}")
+VERSION = re.compile(r"(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -52,5 +60,24 @@ class Release:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Release":
-        return cls(tuple(Image(name, c["version"], c["digest"], c.get("manifest", ""))
-                         for name, c in data["components"].items()))
+        """The release a record describes; RecordError when the record is not one air-deploy
+        writes (its values reach commands run as root: digests, versions, component names)."""
+        components = data.get("components") if isinstance(data, dict) else None
+        if not isinstance(components, dict) or not components:
+            raise RecordError("no components")
+        return cls(tuple(_image(name, c) for name, c in components.items()))
+
+
+def _image(name, fields) -> Image:
+    if not isinstance(name, str) or not COMPONENT.fullmatch(name):
+        raise RecordError(f"component name {name!r} is not one")
+    if not isinstance(fields, dict):
+        raise RecordError(f"{name}: not a mapping")
+    version, digest, manifest = fields.get("version"), fields.get("digest"), fields.get("manifest", "")
+    if not isinstance(version, str) or not VERSION.fullmatch(version):
+        raise RecordError(f"{name}: version {version!r} is not MAJOR.MINOR.PATCH")
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+        raise RecordError(f"{name}: digest {digest!r} is not sha256: and 64 hex digits")
+    if manifest != "" and (not isinstance(manifest, str) or not DIGEST.fullmatch(manifest)):
+        raise RecordError(f"{name}: manifest {manifest!r} is not sha256: and 64 hex digits")
+    return Image(name, version, digest, manifest)

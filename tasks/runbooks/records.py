@@ -8,16 +8,33 @@ from __future__ import annotations
 import json
 
 from tasks.model import state
+from tasks.model.cluster import check_address
+from tasks.model.errors import ConfigError, RecordError
 from tasks.model.release import Release
+
+
+def parsed(key: str, text: str) -> tuple:
+    """(Release, record dict) of a release record read at ``key``, checked: what air-deploy writes
+    (its id the hash of its digests, every value of the shape push gives it), else RecordError
+    naming the key. Nothing read from etcd reaches a command unchecked."""
+    try:
+        record = json.loads(text)
+        release = Release.from_dict(record)
+        if record.get("id") != release.id:
+            raise RecordError(f"its id {record.get('id')!r} is not its content's ({release.id})")
+        for address in record.get("machines", []):
+            check_address(address, "machines")
+    except (ValueError, RecordError, ConfigError) as e:
+        raise RecordError(f"etcd key {key} is not a release record air-deploy wrote ({e}); nothing was run: "
+                          f"delete or repair that key (etcdctl on a member) and run the task again") from None
+    return release, record
 
 
 def read_release(etcd, cluster):
     """(Release, record dict) of the cluster's current release, or (None, None)."""
-    text = etcd.get(state.release_key(cluster))
-    if not text:
-        return None, None
-    record = json.loads(text)
-    return Release.from_dict(record), record
+    key = state.release_key(cluster)
+    text = etcd.get(key)
+    return parsed(key, text) if text else (None, None)
 
 
 def write_release(etcd, cluster, release: Release, **meta) -> dict:
@@ -35,19 +52,17 @@ def add_history(etcd, cluster, record: dict) -> str:
 
 
 def history(etcd, cluster) -> list:
-    """Release records, oldest first."""
+    """Release records, oldest first, each checked (``parsed``)."""
     items = etcd.get_prefix(state.history_prefix(cluster))
-    return [json.loads(v) for _, v in sorted(items.items())]
+    return [parsed(key, value)[1] for key, value in sorted(items.items())]
 
 
 def read_candidate(etcd, cluster):
     """(Release, record dict) of the candidate a canary deploy put on some machines, or (None, None).
     The record's ``machines`` lists where it runs."""
-    text = etcd.get(state.candidate_key(cluster))
-    if not text:
-        return None, None
-    record = json.loads(text)
-    return Release.from_dict(record), record
+    key = state.candidate_key(cluster)
+    text = etcd.get(key)
+    return parsed(key, text) if text else (None, None)
 
 
 def write_candidate(etcd, cluster, release: Release, machines, **meta) -> dict:

@@ -64,17 +64,17 @@ def test_the_newest_of_several_records_of_one_release_is_returned():
 
 def test_last_good_is_the_newest_successful_release():
     from tasks.runbooks.deploy import last_good
-    first = Release((Image("router", "1.0.0", "sha256:a"),))
-    second = Release((Image("router", "1.0.1", "sha256:b"),))
+    first = Release((Image("router", "1.0.0", "sha256:" + "a" * 64),))
+    second = Release((Image("router", "1.0.1", "sha256:" + "b" * 64),))
     records = [{**first.to_dict(), "outcome": "installed"}, {**second.to_dict(), "outcome": "succeeded"},
-               {**Release((Image("router", "1.0.2", "sha256:c"),)).to_dict(), "outcome": "failed: health"}]
+               {**Release((Image("router", "1.0.2", "sha256:" + "c" * 64),)).to_dict(), "outcome": "failed: health"}]
     assert last_good(records) == second
     assert last_good(records[:1]) == first
     assert last_good(records[2:]) is None
 
 
 def release_of(n: int) -> Release:
-    return Release((Image("router", f"1.0.{n}", f"sha256:{n}"),))
+    return Release((Image("router", f"1.0.{n}", f"sha256:{n:064x}"),))
 
 
 def test_machines_keep_the_current_and_the_newest_successful_releases():

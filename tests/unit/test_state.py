@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from tasks.model import state
+from tasks.model.errors import RecordError
 from tasks.model.release import Image, Release
 from tasks.net.etcd import Member
 from tasks.runbooks import records
@@ -115,3 +116,41 @@ def test_a_candidate_is_kept_beside_the_current_release_with_its_machines():
     assert records.read_release(etcd, CLUSTER) == (None, None)  # the current release is another key
     records.clear_candidate(etcd, CLUSTER)
     assert records.read_candidate(etcd, CLUSTER) == (None, None)
+
+
+DIGEST = "sha256:" + "d" * 64
+
+
+def _planted(**component):
+    fields = {"version": "1.0.0", "digest": DIGEST, **component}
+    release = Release.from_dict({"components": {"web": {"version": "1.0.0", "digest": DIGEST}}})
+    return json.dumps({"id": release.id, "components": {"web": fields}})
+
+
+@pytest.mark.parametrize("planted, named", [
+    (_planted(digest="sha256:x' ; touch /tmp/owned ; echo '"), "digest"),
+    (_planted(version="1.0.0; reboot"), "version"),
+    (_planted(manifest="sha256:" + "0" * 63 + "'"), "manifest"),
+    (json.dumps({"id": "abc", "components": {"web": {"version": "1.0.0", "digest": DIGEST}}}), "id"),
+    (json.dumps({"components": {"web$(id)": {"version": "1.0.0", "digest": DIGEST}}}), "component name"),
+    ("{not json", "Expecting"),
+])
+def test_a_planted_or_damaged_release_record_is_refused_naming_its_key(planted, named):
+    etcd = FakeEtcd()
+    etcd.put(state.release_key(CLUSTER), planted)
+    with pytest.raises(RecordError, match=f"etcd key {state.release_key(CLUSTER)} is not a release record") as refused:
+        records.read_release(etcd, CLUSTER)
+    assert named in str(refused.value)
+
+
+def test_a_planted_history_record_stops_the_history_and_a_candidate_names_addresses_only():
+    etcd = FakeEtcd()
+    good = Release.from_dict({"components": {"web": {"version": "1.0.0", "digest": DIGEST}}})
+    records.add_history(etcd, CLUSTER, {**good.to_dict(), "when": "2024-01-01T00:00:00.000000Z"})
+    assert [r["id"] for r in records.history(etcd, CLUSTER)] == [good.id]
+    etcd.put(state.history_key(CLUSTER, "2024-01-02T00:00:00.000000Z"), _planted(digest="sha256:1"))
+    with pytest.raises(RecordError, match="/air/prod/releases/2024-01-02T00:00:00.000000Z is not a release record"):
+        records.history(etcd, CLUSTER)
+    etcd.put(state.candidate_key(CLUSTER), json.dumps({**good.to_dict(), "machines": ["10.0.0.1; rm -rf /"]}))
+    with pytest.raises(RecordError, match="machines"):
+        records.read_candidate(etcd, CLUSTER)
