@@ -158,7 +158,7 @@ def test_https_through_the_balancer_verified_by_the_sandbox_ca_reports_the_clien
 def test_a_deploy_of_one_cluster_leaves_the_other_untouched(clusters, deployed, probed, clock):
     other = clusters[probed]
     before = balancer_files(other)
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     with clock(f"deploy {deployed} while {probed} is probed"):
         with Probe(other.balancer.host, other.balancer.http_port) as probe:
             out = fab("deploy", "--cluster", deployed)

@@ -107,7 +107,7 @@ def deploy(*args, check=True, timeout=600):
 
 def test_deploy_rolls_every_machine_without_a_failed_request(sandbox, local_serving, clock):
     before, _, _ = recorded(local_serving)
-    sb.commit_change(CHANGED)
+    sb.commit_change(sb.Change(CHANGED))
     with clock("deploy of a one-component change, under the probe"):
         with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
             proc = deploy()
@@ -146,7 +146,7 @@ def test_deploy_of_nothing_new_restarts_nothing(sandbox, local_serving, clock):
 def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, local_serving, machines, clock):
     old, history, _ = recorded(local_serving)
     started = start_times(local_serving)
-    sb.commit_change(BROKEN, broken=True)
+    sb.commit_change(sb.Change(BROKEN, "broken"))
     with clock("deploy of a broken release (waits for the health timeout)"):
         proc = deploy(check=False)
     assert proc.returncode != 0, proc.stderr
@@ -168,7 +168,7 @@ def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, lo
     assert history_after[-1]["id"] != old["id"]
 
     # Repair master, and deploy the repair.
-    sb.commit_change(BROKEN, fix=True)
+    sb.commit_change(sb.Change(BROKEN, "fix"))
     with clock("deploy of the repair"):
         repaired = released(deploy())
     assert repaired not in (old["id"], history_after[-1]["id"])
@@ -199,7 +199,7 @@ def test_a_second_deploy_is_refused_while_the_lock_is_held(sandbox, local_servin
 def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sandbox, local_serving, machines,
                                                                               clock):
     before, _, _ = recorded(local_serving)
-    sb.commit_change(CHANGED)
+    sb.commit_change(sb.Change(CHANGED))
     proc = subprocess.Popen([sys.executable, "-m", "fabric", "deploy", "--cluster", "local"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = queue.Queue()
@@ -251,7 +251,7 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
 
 def test_rollback_returns_every_machine_to_the_previous_release(sandbox, local_serving, clock):
     previous, _, _ = recorded(local_serving)
-    sb.commit_change(CHANGED)
+    sb.commit_change(sb.Change(CHANGED))
     with clock("deploy before the rollback"):
         deployed = released(deploy())
     assert deployed != previous["id"]
@@ -285,7 +285,7 @@ def test_a_machine_powered_off_stops_the_deploy_and_the_rest_keeps_serving(sandb
     started = start_times(local_serving)
     subprocess.run(["docker", "stop", container], check=True, capture_output=True, timeout=120)
     try:
-        sb.commit_change(CHANGED)
+        sb.commit_change(sb.Change(CHANGED))
         with clock("deploy with a machine powered off"):
             proc = deploy(check=False)
         assert proc.returncode != 0

@@ -77,7 +77,7 @@ def local_serving(installed):
 
 def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(local_serving, clock, figures):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     slow = Slow(cluster, 8)
     with Probe(BALANCER_ADDRESS, PORT) as probe, Watch(cluster) as watch:
         slow.start()
@@ -103,7 +103,7 @@ def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(lo
 
 def test_a_paused_balancer_fails_the_deploy_within_its_deadline_and_frees_the_lock(sandbox, local_serving, clock, figures):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     running = Running("deploy", "--cluster", "local")
     running.wait_for("balancer: routes to")
     sb.docker("pause", sandbox["balancer"]["name"])
@@ -127,7 +127,7 @@ def test_a_paused_balancer_fails_the_deploy_within_its_deadline_and_frees_the_lo
 
 def test_a_machine_paused_during_a_deploy_fails_it_at_once_and_frees_the_lock(sandbox, local_serving, figures):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     name = next(m["name"] for m in sandbox["machines"] if m["address"] == cluster.machines[-1])
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         running = Running("deploy", "--cluster", "local")
@@ -162,7 +162,7 @@ def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_st
     check = (f"systemctl is-active update-engine.service; [ ! -e {machine.OS_UPDATES_PAUSED} ] || echo paused; "
              "ls -d /tmp/tmp.* 2>/dev/null | wc -l")
     before, releases = on_each(cluster, check), release_files(cluster)
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     with session(hurried, "test: a pull failing on one machine") as s:
         built = build.build_all(s.ex, hurried.build.host, hurried.build.branch)
         release, _ = push.push_all(s.ex, hurried.build.host, built["images"])
@@ -185,7 +185,7 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     cluster = local_serving
     before, _, _ = recorded(cluster)
     # Healthy 3 s after its start: the Ctrl-C lands while the machine in hand waits for it, however fast the rest.
-    sb.commit_change("static_website", slow_start=3)
+    sb.commit_change(sb.Change("static_website", "slow-start", "3"))
     slow = Slow(cluster, 6)  # a long request in flight too: short ones alone hide a restart without a drain
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         slow.start()
@@ -208,14 +208,14 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     assert holder is None and current["id"] == before["id"]
     assert history[-1]["outcome"].startswith("interrupted")
     assert release_files(cluster)[in_hand] == before["id"] and in_hand in listed(cluster)
-    sb.commit_change("static_website", fix=True)
+    sb.commit_change(sb.Change("static_website", "fix"))
     fab("deploy", "--cluster", "local")
     assert serving(cluster)
 
 
 def test_the_lock_deleted_behind_a_deploy_stops_it_before_its_next_change(local_serving, figures):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         running = Running("deploy", "--cluster", "local")
         running.wait_for("balancer: routes to")
@@ -233,7 +233,7 @@ def test_the_lock_deleted_behind_a_deploy_stops_it_before_its_next_change(local_
 
 
 def test_rolling_upgrade_while_a_deploy_runs_is_refused_naming_the_holder(local_serving):
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     running = Running("deploy", "--cluster", "local")
     try:
         running.wait_for("build:")

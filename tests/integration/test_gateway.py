@@ -76,7 +76,7 @@ def test_add_deploy_and_remove_through_the_gateway(gated, figures):
     started = time.monotonic()
     fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare, env=env)
     added = time.monotonic() - started
-    sb.commit_change("router")
+    sb.commit_change(sb.Change("router"))
     with Probe(BALANCER_ADDRESS, 80) as probe:
         started = time.monotonic()
         fab("deploy", "--cluster", "local", env=env)

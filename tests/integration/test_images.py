@@ -65,7 +65,7 @@ class Session:
         """A new branch <prefix>_<short> of the sample app's main repository (from master, plus one change
         to ``component``); (branch, commit)."""
         branch = self.name(short)
-        return branch, sb.commit_change(component, branch=branch)
+        return branch, sb.commit_change(sb.Change(component, branch=branch))
 
     def cleanup(self) -> None:
         p = self.prefix
@@ -165,7 +165,7 @@ def test_a_changed_component_alone_gets_the_next_patch(session, registry):
     branch, _ = session.branch("patch")
     name = session.write("patch", branch)
     build_push(session, name)
-    sb.commit_change("air_frontend", branch=branch)
+    sb.commit_change(sb.Change("air_frontend", branch=branch))
     report, _, _ = build_push(session, name)
     assert changed(report) == {"air_frontend"}
     assert versions(report) == {**{c: "1.0.0" for c in COMPONENTS}, "air_frontend": "1.0.1"}
@@ -178,10 +178,10 @@ def test_a_new_minor_version_goes_to_changed_components_only(session, registry):
     branch, _ = session.branch("minor")
     name = session.write("minor", branch)
     build_push(session, name)
-    sb.commit_change("router", branch=branch)
+    sb.commit_change(sb.Change("router", branch=branch))
     build_push(session, name)  # router 1.0.1
-    sb.commit_change("air_backend", branch=branch, version="1.1")
-    sb.commit_change("air_backend", branch=branch)
+    sb.commit_change(sb.Change("air_backend", "version", "1.1", branch=branch))
+    sb.commit_change(sb.Change("air_backend", branch=branch))
     report, built, _ = build_push(session, name)
     assert "VERSION 1.1" in built
     # air_frontend's image carries MAJOR.MINOR (its AIR_BUILD_VERSION build argument): it changes with VERSION.
@@ -244,7 +244,7 @@ def unused_port(host: str) -> int:
 
 def test_registry_unreachable(session, target, registry, tmp_path, local):
     name, branch = target
-    sb.commit_change("air_backend", branch=branch)  # so that a push would have something to push
+    sb.commit_change(sb.Change("air_backend", branch=branch))  # so that a push would have something to push
     host = local.registry.address.rsplit(":", 1)[0]
     port = unused_port(host)
     session.write("errors", branch, directory=tmp_path, registry={"address": f"{host}:{port}"})
@@ -261,7 +261,7 @@ def test_registry_unreachable(session, target, registry, tmp_path, local):
 
 def test_wrong_registry_credentials(session, target, registry, tmp_path, local):
     name, branch = target
-    sb.commit_change("air_frontend", branch=branch)
+    sb.commit_change(sb.Change("air_frontend", branch=branch))
     credentials = tmp_path / "registry.yaml"
     wrong = "wrong-" + secrets.token_hex(8)
     credentials.write_text(yaml.safe_dump({"username": sb.REGISTRY_USER, "password": wrong}))

@@ -83,7 +83,7 @@ def test_a_rebooted_machine_keeps_the_administrators_unit_and_serves_again(sandb
 
 def test_os_updates_are_paused_during_an_upgrade_and_put_back_after(local_serving, figures):
     cluster = local_serving
-    sb.commit_change("router")
+    sb.commit_change(sb.Change("router"))
     running = Running("deploy", "--cluster", "local")
     line = running.wait_for("balancer: routes to")
     in_hand = next(m for m in cluster.machines if m not in routed_in(line))
@@ -98,12 +98,12 @@ def test_os_updates_are_paused_during_an_upgrade_and_put_back_after(local_servin
 
 def test_os_updates_are_put_back_after_a_failed_upgrade_too(local_serving):
     cluster = local_serving
-    sb.commit_change("air_frontend", broken=True)
+    sb.commit_change(sb.Change("air_frontend", "broken"))
     failed = fab("deploy", "--cluster", "local", check=False)
     assert failed.returncode == 1 and "not healthy" in failed.stderr
     for address in cluster.machines:
         assert on(cluster, address, f"systemctl is-active {OS_UPDATES}").stdout.split() == ["active", "active"]
-    sb.commit_change("air_frontend", fix=True)
+    sb.commit_change(sb.Change("air_frontend", "fix"))
     fab("deploy", "--cluster", "local")
     assert serving(cluster)
 
@@ -126,7 +126,7 @@ def test_a_cloud_config_changed_by_hand_is_not_written_over_and_the_base_is_wher
         assert status.returncode == 1 and \
             f"warning: {path} on {address} was changed by hand since air-deploy wrote it" in status.stdout
         recorded = release_of(cluster)
-        sb.commit_change("static_website")
+        sb.commit_change(sb.Change("static_website"))
         refused = fab("deploy", "--cluster", "local", check=False)
         assert error_line(refused).startswith(f"error: {address}: {path} was changed since air-deploy wrote it, "
                                               f"and writing the new release would lose that change: make it in "

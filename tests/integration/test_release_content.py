@@ -126,7 +126,7 @@ def test_an_overwritten_version_tag_changes_nothing_that_runs(sandbox, local_ser
     """Machines run the recorded digests: a tag pushed again by hand moves nothing; the next push
     takes the next free patch instead of writing over it."""
     cluster = local_serving
-    sb.commit_change("air_frontend")
+    sb.commit_change(sb.Change("air_frontend"))
     deployed, _, _ = probed(sandbox, "deploy", "--cluster", "local")
     record = current(cluster)
     frontend = record["components"]["air_frontend"]
@@ -234,12 +234,12 @@ def test_machines_keep_the_images_of_the_current_and_three_releases(sandbox, loc
     keep_all = local_copy(tmp_path / "all", registry={"keep": 50})
     address = cluster.machines[0]
     for _ in range(5):
-        sb.commit_change("static_website")
+        sb.commit_change(sb.Change("static_website"))
         fab("deploy", "--cluster", "local", env=keep_all)
     disk = "du -sk /var/lib/docker/overlay2 /var/lib/docker/image | awk '{s += $1} END {print s}'"
     before, size_before = image_census(cluster, address)
     disk_before = int(on(cluster, address, disk).stdout)
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     fab("deploy", "--cluster", "local")  # registry.keep: 3 (its default)
     after, size_after = image_census(cluster, address)
     disk_after = int(on(cluster, address, disk).stdout)
@@ -272,7 +272,7 @@ def test_machines_keep_the_images_of_the_current_and_three_releases(sandbox, loc
 
 def test_a_registry_down_for_3_s_during_the_pulls_is_retried_through(sandbox, local_serving):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
         deploy = Running("deploy", "--cluster", "local")
         deploy.wait_for("deploy: release ")
