@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -159,10 +160,26 @@ def image_tag() -> str:
     return f"{IMAGE_REPO}:{digest}"
 
 
+# One machine image build at a time on this machine, whichever sandbox asks (a test run's workers
+# start together; another checkout's sandbox shares the engine and the image).
+IMAGE_LOCK = Path(tempfile.gettempdir()) / "air-sandbox-image.lock"
+
+
 def ensure_image() -> str:
     tag = image_tag()
-    if docker("image", "inspect", tag, check=False).returncode == 0:
+    if _have_image(tag):
         return tag
+    with _locked(IMAGE_LOCK):
+        if not _have_image(tag):  # built meanwhile by whoever held the lock
+            _build_image(tag)
+    return tag
+
+
+def _have_image(tag: str) -> bool:
+    return docker("image", "inspect", tag, check=False).returncode == 0
+
+
+def _build_image(tag: str) -> None:
     if not shutil.which("debootstrap"):
         raise AirError("sandbox: debootstrap is needed to build the machine image (apt-get install debootstrap)")
     say(f"sandbox: building machine image {tag} from Debian packages (about a minute)")
@@ -177,7 +194,6 @@ def ensure_image() -> str:
         if imported.returncode != 0 or tar.returncode != 0:
             raise AirError(f"sandbox: importing the machine image failed: {imported.stderr.strip()}")
     say(f"sandbox: machine image ready in {time.monotonic() - started:.0f} s")
-    return tag
 
 
 # ---------------------------------------------------------------- secrets and keys (on this machine)
@@ -533,11 +549,18 @@ def prepare(node: Node, base_doc: dict, config_id: str):
 
 
 @contextmanager
+def _locked(path: Path):
+    """Held while ``path`` is locked (fcntl): other processes asking for it wait."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
 def _exclusive():
     """One change to the sandbox at a time (two test runs, or a test run and a developer)."""
     STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(STATE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(STATE / ".lock"):
         yield
 
 
@@ -642,6 +665,13 @@ def _reset_machines(addresses) -> None:
     _write_atomically(STATE / "known_hosts", "\n".join(known) + "\n")
 
 
+def owned_volume(name: str) -> bool:
+    """Whether volume ``name`` is one of this sandbox's containers' (not another sandbox's whose
+    prefix merely starts with ours: ``air-sandbox-w1``, a test run's worker, beside ``air-sandbox``). Pure."""
+    node = rf"(build|registry|balancer|m\d+|{CLUSTERS[1]}-m\d+)"
+    return re.fullmatch(rf"{re.escape(PREFIX)}-{node}-(docker|data)", name) is not None
+
+
 def tear_down() -> None:
     """Remove every sandbox container, volume and the network; the machine image stays cached."""
     with _exclusive():
@@ -652,8 +682,7 @@ def _tear_down() -> None:
     listed = docker("ps", "-a", "--filter", f"label={OWNER}={PREFIX}", "--format", "{{.Names}}").stdout.split()
     if listed:
         docker("rm", "-f", "-v", *listed)
-    volumes = [v for v in docker("volume", "ls", "-q", "--filter", f"name={PREFIX}-").stdout.split()
-               if v.startswith(f"{PREFIX}-")]
+    volumes = [v for v in docker("volume", "ls", "-q", "--filter", f"name={PREFIX}-").stdout.split() if owned_volume(v)]
     if volumes:
         docker("volume", "rm", "-f", *volumes)
     if docker("network", "inspect", NETWORK, check=False).returncode == 0:

@@ -1,12 +1,17 @@
 """Shared test fixtures.
 
-Integration tests (tests/integration) share one sandbox for the whole run:
+Integration tests (tests/integration) share one sandbox per process:
 ``sandbox`` brings it up once (3 machines and 2 spares) and removes it at
 the end, unless AIR_SANDBOX_KEEP=1, which keeps it for fast reruns while
-developing. A test that changes the cluster restores what it changed, or
-says in its fixture what state it leaves.
+developing. Run on several pytest-xdist workers (``-n N --dist loadfile``),
+each worker has a sandbox of its own (``sandbox.workers``: its prefix,
+subnet, state and clusters folder, set in the environment here, before
+anything reads it) and runs whole modules, the longest first. A test that
+changes the cluster restores what it changed, or says in its fixture what
+state it leaves.
 """
 import http.client
+import io
 import json
 import os
 import queue
@@ -14,13 +19,29 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from sandbox import workers  # reads nothing of the environment: the worker's own sandbox is put there first
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+os.environ.update(workers.environment(WORKER, os.environ))
+if WORKER:
+    workers.write_clusters(Path(os.environ["AIR_SANDBOX_STATE"]), Path(os.environ["AIR_CLUSTERS_DIR"]))
+
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES, SPARES = 3, 2
+
+# The integration modules, the longest first (as `--durations` measured them): on several workers
+# (``--dist loadfile --no-loadscope-reorder``) each worker takes the next module when it is done
+# with one, so the long ones start first and the short ones fill in. test_install leads: it sets up
+# fresh machines, which the first module on a new sandbox has without a reset.
+LONGEST_FIRST = ("test_install", "test_release_content", "test_faults", "test_deploy", "test_machines",
+                 "test_membership", "test_operator", "test_builds", "test_balancer", "test_etcd_peers",
+                 "test_images", "test_config", "test_gateway", "test_sandbox")
 
 
 def _layout():
@@ -44,6 +65,13 @@ def pytest_collection_modifyitems(items):
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
 
+    def rank(item):  # unit tests first; within a module, file order (the sort is stable)
+        if "tests/integration" not in str(item.fspath):
+            return -1
+        name = Path(str(item.fspath)).stem
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)
+
 
 def fab(*args, env=None, input=None, check=True, timeout=600):
     """Run `fab ARGS` from the project root as a user would; returns the CompletedProcess."""
@@ -51,6 +79,28 @@ def fab(*args, env=None, input=None, check=True, timeout=600):
                           env={**os.environ, **(env or {})}, input=input, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def fab_here(*args, env=None, input="", check=True):
+    """``fab`` run in this process, as `python -m fabric` runs it (invoke's Program), for input it
+    refuses before contacting any host: the same CompletedProcess (exit status and outputs) with no
+    interpreter to start. A traceback would be an exception raised here."""
+    from fabric.main import program
+    from tasks import cluster as cluster_config
+    env = env or {}
+    out, err = io.StringIO(), io.StringIO()
+    clusters = Path(env.get("AIR_CLUSTERS_DIR", cluster_config.CLUSTERS_DIR))
+    code = 0
+    with mock.patch.dict(os.environ, env), mock.patch.object(cluster_config, "CLUSTERS_DIR", clusters), \
+            mock.patch.object(sys, "stdin", io.StringIO(input)), redirect_stdout(out), redirect_stderr(err):
+        try:
+            program.run(["fab", "--search-root", str(ROOT), *args])
+        except SystemExit as stopped:
+            code = stopped.code if isinstance(stopped.code, int) else 1
+    proc = subprocess.CompletedProcess(["fab", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"fab {' '.join(args)} exited {code}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -106,6 +156,24 @@ def etcd_leader(cluster) -> str:
     status = json.loads(on(cluster, first, "ETCDCTL_API=3 etcdctl endpoint status -w json").stdout)[0]["Status"]
     listed = json.loads(on(cluster, first, "ETCDCTL_API=3 etcdctl member list -w json").stdout)["members"]
     return next(m["name"] for m in listed if m["ID"] == status["leader"])
+
+
+SHORT_LEASE = 5  # s: the deploy lock's lease in a test that waits for it to run out (the file says 15)
+
+
+def local_copy(folder, **changes) -> dict:
+    """clusters/local.yaml copied into ``folder`` with ``changes`` (top-level sections merged), its
+    include naming this sandbox's own state; the environment that makes `fab` use it (still the
+    cluster `local`)."""
+    import yaml
+    from sandbox import testbed as sb
+    data = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
+    data["include"] = str(sb.fragment_file("local"))
+    for key, value in changes.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "local.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return {"AIR_CLUSTERS_DIR": str(folder)}
 
 
 @contextmanager
@@ -193,12 +261,35 @@ def serving(cluster) -> bool:
         return False
 
 
-def install_fresh(sandbox, cluster):
-    """Reset every sandbox machine to freshly prepared, build and push master, and set the cluster up."""
-    from tasks import build, install, push
+def stale(cluster, addresses) -> list:
+    """Those of ``addresses`` that are not freshly prepared machines, as add-machine's preflight
+    judges it (a machine wiped by remove-machine is fresh again; one that runs etcd or units is not)."""
+    from tasks import machine
+    from tasks.errors import AirError
+    from tasks.remote import Executor
+
+    def problems(ex, address) -> list:
+        try:
+            return machine.fresh_problems(machine.facts(ex, address))
+        except AirError as e:  # not answering (stopped by a test that failed): made afresh too
+            return [str(e)]
+    with Executor(cluster) as ex:
+        return [a for a, found in zip(addresses, ex.parallel(lambda a: problems(ex, a), list(addresses))) if found]
+
+
+def make_fresh(cluster, addresses) -> None:
+    """``addresses`` freshly prepared: the ones that are not are made afresh (sandbox.reset_machines)."""
     from sandbox import testbed as sb
+    renew = stale(cluster, addresses)
+    if renew:
+        sb.reset_machines(renew)
+
+
+def install_fresh(sandbox, cluster):
+    """Every sandbox machine freshly prepared, master built and pushed, and the cluster set up."""
+    from tasks import build, install, push
     from tasks.session import session
-    sb.reset_machines([m["address"] for m in sandbox["machines"]])
+    make_fresh(cluster, [m["address"] for m in sandbox["machines"]])
     with session(cluster, etcd=False) as s:
         built = build.build_all(s.ex, cluster.build.host, cluster.build.branch)
         push.push_all(s.ex, cluster.build.host, built["images"])
@@ -310,9 +401,9 @@ def get_version(address, port, timeout=10) -> dict:
 class Running:
     """A `fab` run in the background whose progress lines (standard error) can be waited for."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.proc = subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         self.lines, self._queue = [], queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

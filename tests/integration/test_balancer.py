@@ -19,7 +19,7 @@ from tasks import balancer, balancer_config
 from tasks import cluster as cluster_config
 from sandbox import testbed as sb
 
-from conftest import Probe, Slow, fab, on, serving
+from conftest import Probe, Slow, fab, make_fresh, on, serving
 from tasks.remote import Executor
 
 
@@ -28,7 +28,7 @@ def clusters(sandbox, installed):
     """Both sandbox clusters installed and serving: `local` (the `installed` fixture) and `local2`."""
     local2 = cluster_config.load("local2")
     if not serving(local2):  # installed afresh when an earlier run left it otherwise
-        sb.reset_machines(list(local2.machines))
+        make_fresh(local2, list(local2.machines))
         sb.deploy_one(local2)
     assert serving(local2)
     return {"local": installed, "local2": local2}

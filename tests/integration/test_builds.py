@@ -20,7 +20,7 @@ import yaml
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import ROOT, error_line, fab
+from conftest import ROOT, error_line, fab, fab_here
 from conftest import Probe, get_version
 from integration.test_deploy import recorded, start_times
 from integration.test_images import Session, build_push, changed, head_of, snapshot, versions
@@ -126,7 +126,7 @@ def test_component_branches_are_checked(session, built, build_server):
     missing = session.name("no_such_site_branch")
     proc = fab("build", "--cluster", name, "--branch", f"{sb.WEBSITE}={missing}", env=session.env, check=False)
     assert error_line(proc) == f"error: no branch {missing!r} in {sb.WEBSITE_REPOSITORY}"
-    proc = fab("build", "--cluster", name, "--branch", "air_frontend=develop", env=session.env, check=False)
+    proc = fab_here("build", "--cluster", name, "--branch", "air_frontend=develop", env=session.env, check=False)
     assert error_line(proc) == "error: --branch air_frontend=develop: air_frontend is built from the main " \
                                "repository, whose branch is given as --branch develop"
     assert proc.stderr.count("\n") == 1  # refused before anything ran

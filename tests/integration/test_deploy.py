@@ -10,6 +10,7 @@ at the start of the next); the last release deployed is whatever the last
 test left, recorded in etcd as usual.
 """
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from tasks import machine, state
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, routed_in, serving, wait_serving
+from conftest import (ROOT, SHORT_LEASE, Probe, etcd_of, fab, get_version, listed, local_copy, on_each, routed_in, serving,
+                      wait_serving)
 
 CHANGED = "static_website"   # the component a normal change touches
 BROKEN = "air_frontend"      # the component a broken release breaks
@@ -197,11 +199,12 @@ def test_a_second_deploy_is_refused_while_the_lock_is_held(sandbox, local_servin
 
 
 def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sandbox, local_serving, machines,
-                                                                              clock):
+                                                                              clock, tmp_path):
     before, _, _ = recorded(local_serving)
     sb.commit_change(sb.Change(CHANGED))
+    short = local_copy(tmp_path, timeouts={"lock": SHORT_LEASE})  # its lease is waited out: 5 s show it as 15 s do
     proc = subprocess.Popen([sys.executable, "-m", "fabric", "deploy", "--cluster", "local"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **short})
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     try:
@@ -228,7 +231,7 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
           f"(balancer: {', '.join(listed(local_serving))})")
 
     # The cluster keeps serving from the machines in the balancer while the lock runs out.
-    lease = local_serving.timeouts.lock
+    lease = SHORT_LEASE
     answered = 0
     with clock("lock of the killed deploy expiring"):
         while recorded(local_serving)[2] is not None:

@@ -19,7 +19,7 @@ from sandbox import testbed as sb
 from tasks import etcd_peers, machine, state
 from tasks.remote import Executor
 
-from conftest import SPARE_ADDRESSES, etcd_of, fab, healthy_members, on, serving
+from conftest import SPARE_ADDRESSES, etcd_of, fab, healthy_members, make_fresh, on, serving
 
 SPARE, INTRUDER = SPARE_ADDRESSES
 
@@ -134,7 +134,7 @@ def test_add_machine_issues_the_new_members_certificate(cluster, clock):
 
 
 def test_a_member_with_a_certificate_of_another_ca_cannot_join(cluster, clock):
-    sb.reset_machines([INTRUDER])
+    make_fresh(cluster, [INTRUDER])
     now = datetime.datetime.now(datetime.timezone.utc)
     intruder_ca, intruder_ca_key = etcd_peers.new_ca("intruder", now)
     cert, key = etcd_peers.new_member(INTRUDER, intruder_ca, intruder_ca_key, now)

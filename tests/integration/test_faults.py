@@ -23,8 +23,8 @@ from sandbox import testbed as sb
 from tasks.remote import Executor
 from tasks.session import session
 
-from conftest import (BALANCER_ADDRESS, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader, etcd_of, fab,
-                      listed, on, on_each, routed_in, serving, wait_serving)
+from conftest import (BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader,
+                      etcd_of, fab, listed, local_copy, make_fresh, on, on_each, routed_in, serving, wait_serving)
 
 PORT = 80
 
@@ -75,16 +75,18 @@ def local_serving(installed):
     return installed
 
 
-def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(local_serving, clock, figures):
+def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(local_serving, clock, figures,
+                                                                            tmp_path):
     cluster = local_serving
     sb.commit_change(sb.Change("static_website"))
+    short = local_copy(tmp_path, timeouts={"lock": SHORT_LEASE})  # its lease is waited out: 5 s show it as 15 s do
     slow = Slow(cluster, 8)
     with Probe(BALANCER_ADDRESS, PORT) as probe, Watch(cluster) as watch:
         slow.start()
-        first = Running("deploy", "--cluster", "local")
+        first = Running("deploy", "--cluster", "local", env=short)
         first.wait_for("balancer: routes to")
         first.proc.send_signal(signal.SIGSTOP)   # a laptop lid closed mid-upgrade
-        time.sleep(cluster.timeouts.lock + 2)
+        time.sleep(SHORT_LEASE + 2)
         with clock("second deploy while the first is stopped"):
             second = Running("deploy", "--cluster", "local")
             second.wait_for("build:")
@@ -264,7 +266,7 @@ def make_leader(cluster, address):
 def test_remove_machine_of_the_etcd_leader_or_a_follower_completes_under_traffic(sandbox, local_serving, role, clock, figures):
     cluster = local_serving
     spare = SPARE_ADDRESSES[0]
-    sb.reset_machines([spare])
+    make_fresh(cluster, [spare])
     fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
     if role == "leader":
         make_leader(cluster, spare)
@@ -285,7 +287,7 @@ def test_remove_machine_of_the_etcd_leader_or_a_follower_completes_under_traffic
 def test_a_learner_left_behind_by_a_failed_add_is_removed_by_remove_machine(local_serving):
     cluster = local_serving
     spare = SPARE_ADDRESSES[1]
-    sb.reset_machines([spare])
+    make_fresh(cluster, [spare])
     # What an add-machine stopped right after `member add` leaves: a learner that never started.
     on(cluster, cluster.machines[0], f"ETCDCTL_API=3 etcdctl member add {spare} --learner "
                                      f"--peer-urls={peer_url(spare)} >/dev/null")

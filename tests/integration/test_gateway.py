@@ -16,7 +16,7 @@ from tasks import cluster as cluster_config
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, fab, serving
+from conftest import BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, fab, make_fresh, serving
 
 RESTRICTION = "/etc/ssh/sshd_config.d/air-gateway-test.conf"
 
@@ -70,7 +70,7 @@ def test_machines_refuse_direct_ssh_and_answer_through_the_gateway(local, gated,
 def test_add_deploy_and_remove_through_the_gateway(gated, figures):
     cluster, env = gated
     spare = SPARE_ADDRESSES[0]
-    sb.reset_machines([spare])
+    make_fresh(cluster, [spare])
     sb.inside(next(n.name for n in sb.layout(3, 2) if n.address == spare),
               f"printf 'AllowUsers core@{BUILD_ADDRESS}\\n' > {RESTRICTION} && systemctl reload ssh")
     started = time.monotonic()

@@ -23,7 +23,7 @@ from sandbox import testbed as sb
 from tasks import cluster as cluster_config
 from tasks.remote import q
 
-from conftest import ROOT, fab
+from conftest import ROOT, fab, fab_here
 
 FRAGMENT = (sb.STATE / "cluster.yaml").resolve()  # what `fab sandbox.up` wrote
 LOCAL = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
@@ -120,9 +120,10 @@ def snapshot(session, registry) -> dict:
     return state
 
 
-def refused(*args, env) -> str:
-    """Run `fab ARGS` expecting failure: non-zero exit and exactly one `error: ...` line on stderr."""
-    proc = fab(*args, env=env, check=False)
+def refused(*args, env, runner=fab) -> str:
+    """Run `fab ARGS` expecting failure: non-zero exit and exactly one `error: ...` line on stderr.
+    ``runner=fab_here``: in this process, for input refused before any host is contacted."""
+    proc = runner(*args, env=env, check=False)
     assert proc.returncode != 0, proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -294,7 +295,7 @@ def test_branch_with_shell_characters_is_refused_before_anything_runs(session, t
     name, _ = target
     assert build_server[0].run(build_server[1], "test -e /tmp/pwned", check=False).exited == 1
     before = snapshot(session, registry)
-    message = refused("build", "--cluster", name, "--branch", "x;touch /tmp/pwned", env=session.env)
+    message = refused("build", "--cluster", name, "--branch", "x;touch /tmp/pwned", env=session.env, runner=fab_here)
     assert message.startswith("error: branch 'x;touch /tmp/pwned' is not a valid branch name")
     assert build_server[0].run(build_server[1], "test -e /tmp/pwned", check=False).exited == 1
     assert snapshot(session, registry) == before
@@ -303,7 +304,7 @@ def test_branch_with_shell_characters_is_refused_before_anything_runs(session, t
 def test_unknown_cluster(session, target, registry):
     before = snapshot(session, registry)
     for task in ("build", "push"):
-        message = refused(task, "--cluster", "no_such_cluster", env=session.env)
+        message = refused(task, "--cluster", "no_such_cluster", env=session.env, runner=fab_here)
         assert message.startswith(f"error: unknown cluster 'no_such_cluster': no {session.directory}/no_such_cluster.yaml"
                                   f" (known: ")
         assert target[0] in message
@@ -315,6 +316,6 @@ def test_malformed_cluster_file(session, target, registry, tmp_path):
     (tmp_path / f"{name}.yaml").write_text(f"include: {FRAGMENT}\nnamespace: [{session.prefix}\n")
     before = snapshot(session, registry)
     for task in ("build", "push"):
-        message = refused(task, "--cluster", name, env={"AIR_CLUSTERS_DIR": str(tmp_path)})
+        message = refused(task, "--cluster", name, env={"AIR_CLUSTERS_DIR": str(tmp_path)}, runner=fab_here)
         assert message.startswith(f"error: {tmp_path / name}.yaml: malformed YAML at line ")
     assert snapshot(session, registry) == before

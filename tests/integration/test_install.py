@@ -28,15 +28,15 @@ from tasks.session import session
 from tasks.version import newest
 
 from conftest import (MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab,
-                      healthy_members, on, serving)
+                      fab_here, healthy_members, make_fresh, on, serving)
 
 SPARE = SPARE_ADDRESSES[0]
 ADMINS = "/var/lib/air/air_backend/admins"
 OUTPUTS = []             # every `fab` run of the module: no secret may appear in any
 
 
-def run_fab(*args, **kwargs):
-    proc = fab(*args, check=False, **kwargs)
+def run_fab(*args, runner=fab, **kwargs):
+    proc = runner(*args, check=False, **kwargs)
     OUTPUTS.append(proc)
     return proc
 
@@ -69,8 +69,8 @@ def registry_release(cluster):
 @pytest.fixture(scope="module")
 def setup_run(sandbox, local, clock):
     """Fresh machines, master built and pushed, then `fab setup-cluster --cluster local` once."""
-    with clock("reset the 3 machines"):
-        sb.reset_machines(list(local.machines))
+    with clock("the 3 machines freshly prepared (made afresh when an earlier module installed them)"):
+        make_fresh(local, list(local.machines))
     with clock("build + push master (what is already pushed is not pushed again)"):
         with session(local, etcd=False) as s:
             built = build.build_all(s.ex, local.build.host, local.build.branch)
@@ -215,7 +215,7 @@ def test_create_admin_stores_the_admin_but_not_the_password(setup_run, local):
      "error: unknown cluster 'nosuch'"),
 ], ids=["unknown-cluster", "bad-ip", "repeated-ip", "no-cluster", "bad-email", "admin-unknown-cluster"])
 def test_bad_input_is_one_line_and_changes_nothing(setup_run, local, args, expected):
-    proc = run_fab(*args, input="secret-never-read\n")
+    proc = run_fab(*args, runner=fab_here, input="secret-never-read\n")  # refused before any host is contacted
     assert error_line(proc).startswith(expected)
     assert proc.stdout == ""
 

@@ -20,7 +20,7 @@ from tasks import state
 from tasks.remote import Executor
 
 from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, Running, USER_DATA,
-                      error_line, etcd_of, fab, get_version, on, routed_in, serving, wait_serving)
+                      error_line, etcd_of, fab, get_version, make_fresh, on, routed_in, serving, wait_serving)
 
 OS_UPDATES = "update-engine.service locksmithd.service"
 
@@ -157,7 +157,7 @@ def test_an_addition_that_would_replace_the_administrators_unit_is_refused_befor
         local_serving, tmp_path):
     cluster = local_serving
     spare = SPARE_ADDRESSES[1]
-    sb.reset_machines([spare])
+    make_fresh(cluster, [spare])
     text = (sb.ROOT / "clusters" / "local.yaml").read_text().replace(
         "include: ../.sandbox/cluster.yaml", f"include: {sb.STATE / 'cluster.yaml'}")
     text += ("additions:\n  units:\n    - name: admin-monitor.service\n"
