@@ -38,7 +38,8 @@ from fabric import Connection
 
 from .errors import AirError, ConfigError, DeadlineError, Halt, Interrupted, RemoteError
 
-_print_lock = threading.Lock()
+# Reentrant: the SIGINT handler says what it does, and may run while the main thread is inside say().
+_print_lock = threading.RLock()
 # paramiko logs a refused tunnel channel at ERROR; our own error line already says what failed.
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 

@@ -426,8 +426,15 @@ class Running:
                 return line
 
     def finish(self, within: float = 300) -> subprocess.CompletedProcess:
+        try:
+            self.proc.wait(timeout=within)  # its standard output is a line or two: the pipe does not fill
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(5)
+            raise AssertionError(f"{' '.join(self.proc.args[3:])} did not end within {within} s (killed); "
+                                 "so far:\n" + "\n".join(self.lines)) from None
         out = self.proc.stdout.read()
-        self.proc.wait(timeout=within)
         self._reader.join(5)
         return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, "\n".join(self.lines) + "\n")
 

@@ -224,3 +224,29 @@ def test_a_host_that_failed_ahead_is_reported_at_once_and_tried_again_later(clus
         assert opened == ["10.0.0.1", "10.0.0.1"]
     finally:
         ex.close()
+
+
+def test_what_a_signal_handler_says_inside_say_is_printed_not_a_deadlock(capsys):
+    """The SIGINT handler says what it does; it runs in the main thread, which may be inside say()
+    (seen: `fab deploy` hung for good when Ctrl-C came while it printed `balancer: routes to`)."""
+    import signal
+    import threading
+    from tasks import remote
+    said = threading.Event()
+
+    def handler(signum, frame):
+        remote.say("interrupt: nested")
+        said.set()
+
+    def stuck(signum, frame):  # a blocked lock acquire lets signal handlers run: fail, do not hang
+        raise AssertionError("say() inside say() waited for itself")
+    previous = signal.signal(signal.SIGUSR1, handler), signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        with remote._print_lock:  # as inside say(), when the signal arrives
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGUSR1, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
+    assert said.is_set() and "interrupt: nested" in capsys.readouterr().err
