@@ -159,6 +159,7 @@ def etcd_leader(cluster) -> str:
 
 
 SHORT_LEASE = 5  # s: the deploy lock's lease in a test that waits for it to run out (the file says 15)
+SHORT_HEALTH = 5  # s: timeouts.healthy where a release that never gets healthy is waited out (the file says 20)
 
 
 def local_copy(folder, **changes) -> dict:

@@ -24,8 +24,8 @@ from tasks import machine, state
 from sandbox import testbed as sb
 from tasks.remote import Executor
 
-from conftest import (ROOT, SHORT_LEASE, Probe, etcd_of, fab, get_version, listed, local_copy, on_each, routed_in, serving,
-                      wait_serving)
+from conftest import (ROOT, SHORT_HEALTH, SHORT_LEASE, Probe, etcd_of, fab, get_version, listed, local_copy, on_each,
+                      routed_in, serving, wait_serving)
 
 CHANGED = "static_website"   # the component a normal change touches
 BROKEN = "air_frontend"      # the component a broken release breaks
@@ -101,8 +101,8 @@ def machines(local_serving):
     return list(local_serving.machines)
 
 
-def deploy(*args, check=True, timeout=600):
-    return fab("deploy", "--cluster", "local", *args, check=check, timeout=timeout)
+def deploy(*args, check=True, timeout=600, env=None):
+    return fab("deploy", "--cluster", "local", *args, check=check, timeout=timeout, env=env)
 
 
 # ---------------------------------------------------------------- the tests
@@ -145,12 +145,14 @@ def test_deploy_of_nothing_new_restarts_nothing(sandbox, local_serving, clock):
     assert recorded(local_serving)[1] == history  # no release recorded for it
 
 
-def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, local_serving, machines, clock):
+def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, local_serving, machines, clock,
+                                                                      tmp_path):
     old, history, _ = recorded(local_serving)
     started = start_times(local_serving)
     sb.commit_change(sb.Change(BROKEN, "broken"))
+    hasty = local_copy(tmp_path, timeouts={"healthy": SHORT_HEALTH})  # the health timeout is waited out
     with clock("deploy of a broken release (waits for the health timeout)"):
-        proc = deploy(check=False)
+        proc = deploy(check=False, env=hasty)
     assert proc.returncode != 0, proc.stderr
     error = error_line(proc)
     print(f"\nbroken deploy: {error}")

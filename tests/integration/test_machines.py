@@ -19,8 +19,9 @@ from sandbox import testbed as sb
 from tasks import state
 from tasks.remote import Executor
 
-from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, Running, USER_DATA,
-                      error_line, etcd_of, fab, get_version, make_fresh, on, routed_in, serving, wait_serving)
+from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SHORT_HEALTH, SPARE_ADDRESSES, Probe, Running,
+                      USER_DATA, error_line, etcd_of, fab, get_version, local_copy, make_fresh, on, routed_in, serving,
+                      wait_serving)
 
 OS_UPDATES = "update-engine.service locksmithd.service"
 
@@ -96,10 +97,11 @@ def test_os_updates_are_paused_during_an_upgrade_and_put_back_after(local_servin
         assert on(cluster, address, f"systemctl is-active {OS_UPDATES}").stdout.split() == ["active", "active"]
 
 
-def test_os_updates_are_put_back_after_a_failed_upgrade_too(local_serving):
+def test_os_updates_are_put_back_after_a_failed_upgrade_too(local_serving, tmp_path):
     cluster = local_serving
     sb.commit_change(sb.Change("air_frontend", "broken"))
-    failed = fab("deploy", "--cluster", "local", check=False)
+    hasty = local_copy(tmp_path, timeouts={"healthy": SHORT_HEALTH})  # the health timeout is waited out
+    failed = fab("deploy", "--cluster", "local", check=False, env=hasty)
     assert failed.returncode == 1 and "not healthy" in failed.stderr
     for address in cluster.machines:
         assert on(cluster, address, f"systemctl is-active {OS_UPDATES}").stdout.split() == ["active", "active"]
