@@ -119,7 +119,7 @@ def answered_by(cluster) -> str:
 
 def rolling_run(cluster, component: str) -> dict:
     """Commit, build and push a change to ``component``, then time the rolling upgrade to it."""
-    sb.commit_change(component)
+    sb.commit_change(sb.Change(component))
     started = time.monotonic()
     with session(cluster, "bench/rolling.py") as s:
         published = publish(s.ex, cluster.build.host, cluster.build.branch)

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -161,10 +162,26 @@ def image_tag() -> str:
     return f"{IMAGE_REPO}:{digest}"
 
 
+# One machine image build at a time on this machine, whichever sandbox asks (a test run's workers
+# start together; another checkout's sandbox shares the engine and the image).
+IMAGE_LOCK = Path(tempfile.gettempdir()) / "air-sandbox-image.lock"
+
+
 def ensure_image() -> str:
     tag = image_tag()
-    if docker("image", "inspect", tag, check=False).returncode == 0:
+    if _have_image(tag):
         return tag
+    with _locked(IMAGE_LOCK):
+        if not _have_image(tag):  # built meanwhile by whoever held the lock
+            _build_image(tag)
+    return tag
+
+
+def _have_image(tag: str) -> bool:
+    return docker("image", "inspect", tag, check=False).returncode == 0
+
+
+def _build_image(tag: str) -> None:
     if not shutil.which("debootstrap"):
         raise AirError("sandbox: debootstrap is needed to build the machine image (apt-get install debootstrap)")
     say(f"sandbox: building machine image {tag} from Debian packages (about a minute)")
@@ -179,7 +196,6 @@ def ensure_image() -> str:
         if imported.returncode != 0 or tar.returncode != 0:
             raise AirError(f"sandbox: importing the machine image failed: {imported.stderr.strip()}")
     say(f"sandbox: machine image ready in {time.monotonic() - started:.0f} s")
-    return tag
 
 
 # ---------------------------------------------------------------- secrets and keys (on this machine)
@@ -286,7 +302,13 @@ HARMLESS_FAILURES = {"systemd-ask-password-wall.path", "systemd-ask-password-con
 def wait_booted(node: Node, timeout: int = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        proc = docker("exec", node.name, "systemctl", "is-system-running", check=False, timeout=30)
+        # --wait: one call blocks until the boot is over (polling cost ~16 `docker exec`s per machine);
+        # it answers at once, unfinished, while systemd itself is still starting.
+        try:
+            proc = docker("exec", node.name, "systemctl", "is-system-running", "--wait", check=False,
+                          timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            break
         state = proc.stdout.strip()
         if state == "running":
             return
@@ -470,6 +492,15 @@ def cluster_fragment(nodes: list, cluster: str = CLUSTERS[0]) -> dict:
     }
 
 
+def _running(nodes: list) -> dict:
+    """container name -> whether it runs."""
+    running = {}
+    for n in nodes:
+        info = container_state(n.name)
+        running[n.name] = bool(info and info["State"]["Running"])
+    return running
+
+
 def status(nodes: list = None) -> dict:
     """What the sandbox is, for scripts (``fab sandbox.status --json``)."""
     state_file = STATE / "state.json"
@@ -477,10 +508,7 @@ def status(nodes: list = None) -> dict:
         if not state_file.exists():
             return {"cluster": "local", "up": False}
         nodes = [Node(**n) for n in json.loads(state_file.read_text())["nodes"]]
-    running = {}
-    for n in nodes:
-        info = container_state(n.name)
-        running[n.name] = bool(info and info["State"]["Running"])
+    running = _running(nodes)
     pick = lambda role: next(n for n in nodes if n.role == role)
     ports = {name: _ports(name) for name in CLUSTERS}
     return {
@@ -529,11 +557,18 @@ def prepare(node: Node, base_doc: dict, config_id: str):
 
 
 @contextmanager
+def _locked(path: Path):
+    """Held while ``path`` is locked (fcntl): other processes asking for it wait."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
 def _exclusive():
     """One change to the sandbox at a time (two test runs, or a test run and a developer)."""
     STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(STATE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(STATE / ".lock"):
         yield
 
 
@@ -638,6 +673,13 @@ def _reset_machines(addresses) -> None:
     _write_atomically(STATE / "known_hosts", "\n".join(known) + "\n")
 
 
+def owned_volume(name: str) -> bool:
+    """Whether volume ``name`` is one of this sandbox's containers' (not another sandbox's whose
+    prefix merely starts with ours: ``air-sandbox-w1``, a test run's worker, beside ``air-sandbox``). Pure."""
+    node = rf"(build|registry|balancer|m\d+|{CLUSTERS[1]}-m\d+)"
+    return re.fullmatch(rf"{re.escape(PREFIX)}-{node}-(docker|data)", name) is not None
+
+
 def tear_down() -> None:
     """Remove every sandbox container, volume and the network; the machine image stays cached."""
     with _exclusive():
@@ -648,8 +690,7 @@ def _tear_down() -> None:
     listed = docker("ps", "-a", "--filter", f"label={OWNER}={PREFIX}", "--format", "{{.Names}}").stdout.split()
     if listed:
         docker("rm", "-f", "-v", *listed)
-    volumes = [v for v in docker("volume", "ls", "-q", "--filter", f"name={PREFIX}-").stdout.split()
-               if v.startswith(f"{PREFIX}-")]
+    volumes = [v for v in docker("volume", "ls", "-q", "--filter", f"name={PREFIX}-").stdout.split() if owned_volume(v)]
     if volumes:
         docker("volume", "rm", "-f", *volumes)
     if docker("network", "inspect", NETWORK, check=False).returncode == 0:
@@ -660,64 +701,123 @@ def _tear_down() -> None:
         fragment_file(name).unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------- changes to the sample application
+
 FAILURES = ("prepare", "build")
+# The kinds of change, each with what its value is (None: it takes none). They exclude each other.
+CHANGE_KINDS = {"change": None, "broken": None, "fix": None, "slow-start": "whole seconds",
+                "version": "MAJOR.MINOR", "fails": "|".join(FAILURES), "file": "a file of the component's folder"}
 
 
-def commit_change(component: str, broken: bool = False, branch: str = None, version: str = None,
-                  fix: bool = False, *, file: str = None, fails: str = None, slow_start: int = None) -> str:
-    """Commit a change to the sample application on the build server; return the new commit.
+@dataclass(frozen=True)
+class Change:
+    """One change to the sample application, checked when it is made.
 
-    The change goes to the repository the component is built from (``static_website``: the second
-    repository, on ``develop`` unless ``branch`` is given; the others: the main one, on ``master``).
-    ``broken``: the component ships a file ``broken`` (its health check fails);
-    ``slow_start``: the component ships a file ``slow-start`` (its health check fails for that many
-    seconds after each start); ``fix``: a normal change that also removes both files; ``file``: the file of the component's
-    folder that is changed (default index.html); ``fails``: a change whose ``prepare`` command
-    (air_backend's) or ``build`` (a failing Dockerfile step) fails.
+    ``kind``: ``change`` adds a line to the component's index.html; ``broken`` ships a file
+    ``broken`` (its health check fails); ``fix`` is a change that also removes ``broken`` and
+    ``slow-start``; ``slow-start`` ships a file ``slow-start`` (its health check fails ``value`` s
+    after each start); ``version`` sets the application's VERSION to ``value``; ``fails`` makes the
+    component's ``value`` step fail (``prepare``: air_backend's prepare command, ``build``: a
+    Dockerfile step); ``file`` adds a line to ``value``, a file of the component's folder. The
+    change goes to the repository the component is built from (``static_website``: the second
+    one, on ``develop`` unless ``branch`` is given; the others: the main one, on ``master``).
     """
-    build = _node("build").name
+    component: str
+    kind: str = "change"
+    value: Optional[str] = None
+    branch: str = ""  # empty: the component's repository's own branch
+
+    def __post_init__(self):
+        if not self.branch:
+            object.__setattr__(self, "branch", WEBSITE_BRANCH if self.website else "master")
+        problem = _change_problem(self)
+        if problem:
+            raise ConfigError(f"sandbox.change: {problem}")
+
+    @property
+    def website(self) -> bool:
+        return self.component == WEBSITE
+
+    @property
+    def folder(self) -> str:
+        """The component's folder in its repository."""
+        return "." if self.website else f"components/{self.component}"
+
+
+def _change_problem(change: Change) -> Optional[str]:
+    """What is wrong with ``change``, or None."""
     components = {p.name for p in (APP_DIR / "components").iterdir()} | {WEBSITE}
-    if component not in components:
-        raise ConfigError(f"sandbox.change: no component {component!r} in the sample application")
-    website = component == WEBSITE
-    branch = branch or (WEBSITE_BRANCH if website else "master")
-    if not cluster_config.CLUSTER_NAME.match(branch.replace("-", "_").replace("/", "_")):
-        raise ConfigError(f"sandbox.change: branch {branch!r} is not a simple branch name")
-    if (broken or slow_start) and fix:
-        raise ConfigError("sandbox.change: --broken and --slow-start exclude --fix")
-    if slow_start is not None and (not str(slow_start).isdigit() or broken):
-        raise ConfigError("sandbox.change: --slow-start takes whole seconds, and not with --broken")
-    if fails not in (None,) + FAILURES:
-        raise ConfigError(f"sandbox.change: --fails must be one of {', '.join(FAILURES)}")
-    if fails == "prepare" and component != "air_backend":
-        raise ConfigError("sandbox.change: only air_backend has a prepare command")
-    if version and website:
-        raise ConfigError(f"sandbox.change: VERSION is in the main repository, not in {component}'s")
-    if file is not None and (not cluster_config.REMOTE_PATH.match("/" + file) or ".." in file.split("/")):
-        raise ConfigError(f"sandbox.change: --file {file!r} is not a path inside the component's folder")
-    folder = "." if website else f"components/{component}"
-    path = f"{folder}/" + ("broken" if broken else file or "index.html")
-    edit = f"date +%s%N >> {shlex.quote(path)}"
-    if slow_start is not None:
-        edit = f"printf '%s\\n' {int(slow_start)} > {shlex.quote(folder + '/slow-start')}"
-    elif version:
-        edit = f"printf '%s\\n' {shlex.quote(version)} > VERSION"
-    elif fails == "prepare":  # a script its prepare command refuses (sh -n)
-        edit = f"printf 'if then\\n' > {shlex.quote(folder + '/bin/unfinished')}"
-    elif fails == "build":
-        edit = f"printf 'RUN echo compiling {component} && exit 3\\n' >> {shlex.quote(folder + '/Dockerfile')}"
-    if fix:
-        edit = f"rm -f {shlex.quote(folder + '/broken')} {shlex.quote(folder + '/slow-start')}; {edit}"
-    what = f"VERSION {version}" if version else f"{component} starts in {slow_start} s" if slow_start is not None else \
-        f"{'break' if broken else 'fix' if fix else f'{fails} fails for' if fails else 'change'} {component}"
-    repository = WEBSITE_REPOSITORY if website else REPOSITORY
-    return inside(build, f"""
+    if change.component not in components:
+        return f"no component {change.component!r} in the sample application"
+    if not cluster_config.CLUSTER_NAME.match(change.branch.replace("-", "_").replace("/", "_")):
+        return f"branch {change.branch!r} is not a simple branch name"
+    if change.kind not in CHANGE_KINDS:
+        return f"no kind of change {change.kind!r} (one of {', '.join(CHANGE_KINDS)})"
+    if (change.value is None) != (CHANGE_KINDS[change.kind] is None):
+        wanted = CHANGE_KINDS[change.kind]
+        return f"--{change.kind} takes {wanted}" if wanted else f"--{change.kind} takes no value"
+    check = _VALUE_CHECKS.get(change.kind)
+    return check(change) if check else None
+
+
+_VALUE_CHECKS = {
+    "slow-start": lambda c: None if c.value.isdigit() else "--slow-start takes whole seconds",
+    "version": lambda c: f"VERSION is in the main repository, not in {c.component}'s" if c.website else None,
+    "fails": lambda c: f"--fails must be one of {', '.join(FAILURES)}" if c.value not in FAILURES else
+    "only air_backend has a prepare command" if c.value == "prepare" and c.component != "air_backend" else None,
+    "file": lambda c: None if cluster_config.REMOTE_PATH.match("/" + c.value) and ".." not in c.value.split("/")
+    else f"--file {c.value!r} is not a path inside the component's folder",
+}
+
+
+def _appended(path: str) -> str:
+    return f"date +%s%N >> {shlex.quote(path)}"
+
+
+# kind -> (the shell edit in the checkout, the commit message), from the change.
+_EDITS = {
+    "change": lambda c: (_appended(f"{c.folder}/index.html"), f"change {c.component}"),
+    "file": lambda c: (_appended(f"{c.folder}/{c.value}"), f"change {c.component}"),
+    "broken": lambda c: (_appended(f"{c.folder}/broken"), f"break {c.component}"),
+    "fix": lambda c: (f"rm -f {shlex.quote(c.folder + '/broken')} {shlex.quote(c.folder + '/slow-start')}; "
+                      + _appended(f"{c.folder}/index.html"), f"fix {c.component}"),
+    "slow-start": lambda c: (f"printf '%s\\n' {int(c.value)} > {shlex.quote(c.folder + '/slow-start')}",
+                             f"{c.component} starts in {c.value} s"),
+    "version": lambda c: (f"printf '%s\\n' {shlex.quote(c.value)} > VERSION", f"VERSION {c.value}"),
+    # prepare: a script its prepare command refuses (sh -n); build: a failing Dockerfile step
+    "fails": lambda c: ((f"printf 'if then\\n' > {shlex.quote(c.folder + '/bin/unfinished')}" if c.value == "prepare"
+                         else f"printf 'RUN echo compiling {c.component} && exit 3\\n' >> "
+                              f"{shlex.quote(c.folder + '/Dockerfile')}"), f"{c.value} fails for {c.component}"),
+}
+
+
+def change_script(change: Change) -> str:
+    """The script, run on the build server, that commits ``change`` and prints the new commit. Pure."""
+    edit, what = _EDITS[change.kind](change)
+    repository = WEBSITE_REPOSITORY if change.website else REPOSITORY
+    branch = shlex.quote(change.branch)
+    return f"""
         rm -rf /tmp/air-change && git clone -q {repository} /tmp/air-change && cd /tmp/air-change
-        git checkout -q {shlex.quote(branch)} 2>/dev/null || git checkout -q -b {shlex.quote(branch)}
+        git checkout -q {branch} 2>/dev/null || git checkout -q -b {branch}
         {edit}
         git add -A && git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q -m {shlex.quote(what)}
-        git push -q origin {shlex.quote(branch)} && git rev-parse HEAD && rm -rf /tmp/air-change
-    """).strip()
+        git push -q origin {branch} && git rev-parse HEAD && rm -rf /tmp/air-change
+    """
+
+
+def commit_change(change: Change) -> str:
+    """Commit ``change`` to the sample application on the build server; return the new commit."""
+    return inside(_node("build").name, change_script(change)).strip()
+
+
+def change_of(component: str, branch: Optional[str] = None, **flags) -> Change:
+    """The Change `fab sandbox.change` asks for: at most one of its kind flags (``broken``, ``fix``,
+    ``slow_start``, ``version``, ``fails``, ``file``) set; none is a plain change."""
+    given = [(name.replace("_", "-"), value) for name, value in flags.items() if value is not None and value is not False]
+    if len(given) > 1:
+        raise ConfigError(f"sandbox.change: {' and '.join('--' + kind for kind, _ in given)} exclude each other")
+    kind, value = given[0] if given else ("change", True)
+    return Change(component, kind, None if value is True else str(value), branch or "")
 
 
 # ---------------------------------------------------------------- the tasks
@@ -763,7 +863,8 @@ def show_status(c, json_=False):
 def change(c, component="router", broken=False, branch=None, version=None, fix=False, file=None, fails=None,
            slow_start=None):
     """Commit a change to the sample application's repositories on the build server."""
-    print(commit_change(component, broken, branch, version, fix, file=file, fails=fails, slow_start=slow_start))
+    print(commit_change(change_of(component, branch, broken=broken, fix=fix, slow_start=slow_start, version=version,
+                                  fails=fails, file=file)))
 
 
 @air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})

@@ -1,12 +1,17 @@
 """Shared test fixtures.
 
-Integration tests (tests/integration) share one sandbox for the whole run:
+Integration tests (tests/integration) share one sandbox per process:
 ``sandbox`` brings it up once (3 machines and 2 spares) and removes it at
 the end, unless AIR_SANDBOX_KEEP=1, which keeps it for fast reruns while
-developing. A test that changes the cluster restores what it changed, or
-says in its fixture what state it leaves.
+developing. Run on several pytest-xdist workers (``-n N --dist loadfile``),
+each worker has a sandbox of its own (``sandbox.workers``: its prefix,
+subnet, state and clusters folder, set in the environment here, before
+anything reads it) and runs whole modules, the longest first. A test that
+changes the cluster restores what it changed, or says in its fixture what
+state it leaves.
 """
 import http.client
+import io
 import json
 import os
 import queue
@@ -14,15 +19,31 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
-from tasks.runbooks import records, steps
+from sandbox import workers  # reads nothing of the environment: the worker's own sandbox is put there first
+from tasks.runbooks import records
+from tasks.runbooks import steps
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+os.environ.update(workers.environment(WORKER, os.environ))
+if WORKER:
+    workers.write_clusters(Path(os.environ["AIR_SANDBOX_STATE"]), Path(os.environ["AIR_CLUSTERS_DIR"]))
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES, SPARES = 3, 2
+
+# The integration modules, the longest first (as `--durations` measured them): on several workers
+# (``--dist loadfile --no-loadscope-reorder``) each worker takes the next module when it is done
+# with one, so the long ones start first and the short ones fill in. test_install leads: it sets up
+# fresh machines, which the first module on a new sandbox has without a reset.
+LONGEST_FIRST = ("test_install", "test_release_content", "test_faults", "test_deploy", "test_machines",
+                 "test_membership", "test_operator", "test_builds", "test_balancer", "test_etcd_peers",
+                 "test_images", "test_config", "test_gateway", "test_sandbox")
 
 
 def _layout():
@@ -46,6 +67,13 @@ def pytest_collection_modifyitems(items):
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
 
+    def rank(item):  # unit tests first; within a module, file order (the sort is stable)
+        if "tests/integration" not in str(item.fspath):
+            return -1
+        name = Path(str(item.fspath)).stem
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)
+
 
 def fab(*args, env=None, input=None, check=True, timeout=600):
     """Run `fab ARGS` from the project root as a user would; returns the CompletedProcess."""
@@ -53,6 +81,28 @@ def fab(*args, env=None, input=None, check=True, timeout=600):
                           env={**os.environ, **(env or {})}, input=input, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def fab_here(*args, env=None, input="", check=True):
+    """``fab`` run in this process, as `python -m fabric` runs it (invoke's Program), for input it
+    refuses before contacting any host: the same CompletedProcess (exit status and outputs) with no
+    interpreter to start. A traceback would be an exception raised here."""
+    from fabric.main import program
+    from tasks.model import cluster as cluster_config
+    env = env or {}
+    out, err = io.StringIO(), io.StringIO()
+    clusters = Path(env.get("AIR_CLUSTERS_DIR", cluster_config.CLUSTERS_DIR))
+    code = 0
+    with mock.patch.dict(os.environ, env), mock.patch.object(cluster_config, "CLUSTERS_DIR", clusters), \
+            mock.patch.object(sys, "stdin", io.StringIO(input)), redirect_stdout(out), redirect_stderr(err):
+        try:
+            program.run(["fab", "--search-root", str(ROOT), *args])
+        except SystemExit as stopped:
+            code = stopped.code if isinstance(stopped.code, int) else 1
+    proc = subprocess.CompletedProcess(["fab", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"fab {' '.join(args)} exited {code}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -89,8 +139,8 @@ def on_each(cluster, command, machines=None) -> dict:
 
 def listed(cluster) -> list:
     """The machines the balancer's routers file lists."""
-    from tasks.net.executor import Executor
     from tasks.runbooks import balancer
+    from tasks.net.executor import Executor
     with Executor(cluster) as ex:
         return balancer.Routers(ex).listed()
 
@@ -108,6 +158,25 @@ def etcd_leader(cluster) -> str:
     status = json.loads(on(cluster, first, "ETCDCTL_API=3 etcdctl endpoint status -w json").stdout)[0]["Status"]
     listed = json.loads(on(cluster, first, "ETCDCTL_API=3 etcdctl member list -w json").stdout)["members"]
     return next(m["name"] for m in listed if m["ID"] == status["leader"])
+
+
+SHORT_LEASE = 5  # s: the deploy lock's lease in a test that waits for it to run out (the file says 15)
+SHORT_HEALTH = 5  # s: timeouts.healthy where a release that never gets healthy is waited out (the file says 20)
+
+
+def local_copy(folder, **changes) -> dict:
+    """clusters/local.yaml copied into ``folder`` with ``changes`` (top-level sections merged), its
+    include naming this sandbox's own state; the environment that makes `fab` use it (still the
+    cluster `local`)."""
+    import yaml
+    from sandbox import testbed as sb
+    data = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
+    data["include"] = str(sb.fragment_file("local"))
+    for key, value in changes.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "local.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return {"AIR_CLUSTERS_DIR": str(folder)}
 
 
 @contextmanager
@@ -174,10 +243,10 @@ def local(sandbox):
 def serving(cluster) -> bool:
     """True when the cluster's etcd has exactly its machines as started members, a release is
     recorded, every machine runs that release and the balancer lists exactly those machines."""
+    from tasks.runbooks import balancer
     from tasks.model import state
     from tasks.model.errors import AirError
     from tasks.net.session import session
-    from tasks.runbooks import balancer
     try:
         with session(cluster) as s:
             members = s.etcd.members()
@@ -196,15 +265,38 @@ def serving(cluster) -> bool:
         return False
 
 
-def install_fresh(sandbox, cluster):
-    """Reset every sandbox machine to freshly prepared, build and push master, and set the cluster up."""
+def stale(cluster, addresses) -> list:
+    """Those of ``addresses`` that are not freshly prepared machines, as add-machine's preflight
+    judges it (a machine wiped by remove-machine is fresh again; one that runs etcd or units is not)."""
+    from tasks.commands import machine
+    from tasks.model.errors import AirError
+    from tasks.net.executor import Executor
+
+    def problems(ex, address) -> list:
+        try:
+            return machine.fresh_problems(steps.facts(ex, address))
+        except AirError as e:  # not answering (stopped by a test that failed): made afresh too
+            return [str(e)]
+    with Executor(cluster) as ex:
+        return [a for a, found in zip(addresses, ex.parallel(lambda a: problems(ex, a), list(addresses))) if found]
+
+
+def make_fresh(cluster, addresses) -> None:
+    """``addresses`` freshly prepared: the ones that are not are made afresh (sandbox.reset_machines)."""
     from sandbox import testbed as sb
+    renew = stale(cluster, addresses)
+    if renew:
+        sb.reset_machines(renew)
+
+
+def install_fresh(sandbox, cluster):
+    """Every sandbox machine freshly prepared, master built and pushed, and the cluster set up."""
+    from tasks.runbooks import install
+    from tasks.runbooks.publish import publish
     from tasks.net.session import session
-    from tasks.runbooks import build, install, push
-    sb.reset_machines([m["address"] for m in sandbox["machines"]])
+    make_fresh(cluster, [m["address"] for m in sandbox["machines"]])
     with session(cluster, etcd=False) as s:
-        built = build.build_all(s.ex, cluster.build.host, cluster.build.branch)
-        push.push_all(s.ex, cluster.build.host, built["images"])
+        publish(s.ex, cluster.build.host, cluster.build.branch)
     with session(cluster, etcd=False) as s:
         install.setup(s, list(cluster.machines))
 
@@ -313,9 +405,9 @@ def get_version(address, port, timeout=10) -> dict:
 class Running:
     """A `fab` run in the background whose progress lines (standard error) can be waited for."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.proc = subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         self.lines, self._queue = [], queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -338,8 +430,15 @@ class Running:
                 return line
 
     def finish(self, within: float = 300) -> subprocess.CompletedProcess:
+        try:
+            self.proc.wait(timeout=within)  # its standard output is a line or two: the pipe does not fill
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(5)
+            raise AssertionError(f"{' '.join(self.proc.args[3:])} did not end within {within} s (killed); "
+                                 "so far:\n" + "\n".join(self.lines)) from None
         out = self.proc.stdout.read()
-        self.proc.wait(timeout=within)
         self._reader.join(5)
         return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, "\n".join(self.lines) + "\n")
 

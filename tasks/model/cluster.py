@@ -21,7 +21,7 @@ import yaml
 
 from tasks.model.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # tasks/model/cluster.py -> the checkout
 CLUSTERS_DIR = Path(os.environ.get("AIR_CLUSTERS_DIR", PROJECT_ROOT / "clusters"))
 CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COMPONENT_NAME = CLUSTER_NAME

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 import threading
 
-_print_lock = threading.Lock()
+# Reentrant: the SIGINT handler says what it does, and may run while the main thread is inside say().
+_print_lock = threading.RLock()
 _progress_shown = threading.Event()  # a progress line stands on the terminal, to be cleared first
 
 

@@ -14,13 +14,14 @@ import time
 from dataclasses import replace
 
 import pytest
-from conftest import Probe, Slow, fab, on, serving
 
-from sandbox import testbed as sb
+from tasks.runbooks import balancer
 from tasks.commands import haproxy
 from tasks.model import cluster as cluster_config
+from sandbox import testbed as sb
+
+from conftest import Probe, Slow, fab, make_fresh, on, serving
 from tasks.net.executor import Executor
-from tasks.runbooks import balancer
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def clusters(sandbox, installed):
     """Both sandbox clusters installed and serving: `local` (the `installed` fixture) and `local2`."""
     local2 = cluster_config.load("local2")
     if not serving(local2):  # installed afresh when an earlier run left it otherwise
-        sb.reset_machines(list(local2.machines))
+        make_fresh(local2, list(local2.machines))
         sb.deploy_one(local2)
     assert serving(local2)
     return {"local": installed, "local2": local2}
@@ -158,7 +159,7 @@ def test_https_through_the_balancer_verified_by_the_sandbox_ca_reports_the_clien
 def test_a_deploy_of_one_cluster_leaves_the_other_untouched(clusters, deployed, probed, clock):
     other = clusters[probed]
     before = balancer_files(other)
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     with clock(f"deploy {deployed} while {probed} is probed"):
         with Probe(other.balancer.host, other.balancer.http_port) as probe:
             out = fab("deploy", "--cluster", deployed)

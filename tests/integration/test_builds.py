@@ -16,12 +16,14 @@ import time
 
 import pytest
 import yaml
-from conftest import ROOT, Probe, error_line, fab, get_version
 
-from integration.test_deploy import recorded, start_times
-from integration.test_images import Session, build_push, changed, head_of, snapshot, versions
 from sandbox import testbed as sb
 from tasks.net.executor import Executor
+
+from conftest import ROOT, error_line, fab, fab_here
+from conftest import Probe, get_version
+from integration.test_deploy import recorded, start_times
+from integration.test_images import Session, build_push, changed, head_of, snapshot, versions
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +62,13 @@ def test_an_unchanged_build_keeps_every_image_and_pushes_nothing(session, built,
 
 def test_what_the_ignore_file_excludes_does_not_make_a_new_image(session, built, registry):
     name, branch, _ = built
-    sb.commit_change("air_frontend", branch=branch, file="NOTES.md")
+    sb.commit_change(sb.Change("air_frontend", "file", "NOTES.md", branch=branch))
     before = snapshot(session, registry)
     report, _, _ = build_push(session, name)
     assert changed(report) == set()
     assert snapshot(session, registry) == before
     # The same component's served files do (the folder is in the context).
-    sb.commit_change("air_frontend", branch=branch)
+    sb.commit_change(sb.Change("air_frontend", branch=branch))
     report, _, _ = build_push(session, name)
     assert changed(report) == {"air_frontend"}
 
@@ -74,7 +76,7 @@ def test_what_the_ignore_file_excludes_does_not_make_a_new_image(session, built,
 def test_a_component_branch_builds_the_second_repository_at_that_branch(session, built, registry, build_server):
     name, branch, _ = built
     site_branch = session.name("site")
-    site_commit = sb.commit_change(sb.WEBSITE, branch=site_branch)
+    site_commit = sb.commit_change(sb.Change(sb.WEBSITE, branch=site_branch))
     main_commit = head_of(build_server, f"/aircloak/{name}/air")
     before = versions(build_push(session, name)[0])
     report, log, _ = build_push(session, name, "--branch", f"{sb.WEBSITE}={site_branch}")
@@ -94,7 +96,7 @@ def test_a_prepare_command_past_its_deadline_is_stopped_and_fails_the_build(sess
     slow = [{**c, "prepare": f"echo started; sleep 60; echo {marker}-never", "prepare_timeout": 2}
             if c["name"] == "air_backend" else c for c in local["components"]]
     session.write("builds", branch, components=slow)
-    sb.commit_change("air_backend", branch=branch)  # a new commit: no image of air_backend built from it yet
+    sb.commit_change(sb.Change("air_backend", branch=branch))  # a new commit: no image of air_backend built from it yet
     try:
         before = snapshot(session, registry)
         began = time.monotonic()
@@ -124,7 +126,7 @@ def test_component_branches_are_checked(session, built, build_server):
     missing = session.name("no_such_site_branch")
     proc = fab("build", "--cluster", name, "--branch", f"{sb.WEBSITE}={missing}", env=session.env, check=False)
     assert error_line(proc) == f"error: no branch {missing!r} in {sb.WEBSITE_REPOSITORY}"
-    proc = fab("build", "--cluster", name, "--branch", "air_frontend=develop", env=session.env, check=False)
+    proc = fab_here("build", "--cluster", name, "--branch", "air_frontend=develop", env=session.env, check=False)
     assert error_line(proc) == "error: --branch air_frontend=develop: air_frontend is built from the main " \
                                "repository, whose branch is given as --branch develop"
     assert proc.stderr.count("\n") == 1  # refused before anything ran
@@ -147,7 +149,7 @@ def test_a_build_argument_reaches_the_image(local_serving):
 def test_a_change_in_the_second_repository_deploys_only_the_static_website(sandbox, local_serving, clock):
     before, history, _ = recorded(local_serving)
     started = start_times(local_serving)
-    site_commit = sb.commit_change(sb.WEBSITE)  # on develop, in the second repository
+    site_commit = sb.commit_change(sb.Change(sb.WEBSITE))  # on develop, in the second repository
     with clock("deploy of a change in the second repository, under the probe"):
         with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
             proc = fab("deploy", "--cluster", "local")
@@ -189,9 +191,9 @@ def registry_tags(registry, cluster) -> dict:
 def test_a_failing_build_names_the_component_pushes_nothing_and_leaves_the_cluster(
         session, local_serving, registry, fails, component, expected):
     branch = session.name(f"fails_{fails}")
-    sb.commit_change(component, branch=branch, fails=fails)
+    sb.commit_change(sb.Change(component, "fails", fails, branch=branch))
     # A change to another component on the same branch: a push, were there one, would have something new.
-    sb.commit_change("router", branch=branch)
+    sb.commit_change(sb.Change("router", branch=branch))
     record, history, _ = recorded(local_serving)
     started = start_times(local_serving)
     tags = registry_tags(registry, local_serving)

@@ -15,7 +15,8 @@ import time
 
 import pytest
 import yaml
-from conftest import MACHINE_ADDRESSES, ROOT, error_line, fab, on, on_each
+
+from conftest import MACHINE_ADDRESSES, ROOT, error_line, fab, fab_here, on, on_each
 
 from sandbox import testbed as sb
 from tasks.model import cluster as cluster_config
@@ -228,12 +229,13 @@ def _direct(machine):
         conn.close()
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["maintenance.on", "--cluster", "local", "--message", "two\nlines"], "error: --message: expected one line"),
-    (["settings.get", "--cluster", "local", "--key", "no/such/key"], "error: no setting 'no/such/key'"),
-])
-def test_bad_input_is_one_error_line(installed, args, expected):
-    assert error_line(fab(*args, check=False)).startswith(expected)
+@pytest.mark.parametrize("args, expected, runner", [
+    # refused before any host is contacted: run in this process
+    (["maintenance.on", "--cluster", "local", "--message", "two\nlines"], "error: --message: expected one line", fab_here),
+    (["settings.get", "--cluster", "local", "--key", "no/such/key"], "error: no setting 'no/such/key'", fab),
+], ids=["two-line-message", "unknown-setting"])
+def test_bad_input_is_one_error_line(installed, args, expected, runner):
+    assert error_line(runner(*args, check=False)).startswith(expected)
 
 
 def test_a_setting_naming_a_missing_secret_file_is_refused_before_anything(installed, tmp_path):
@@ -242,5 +244,5 @@ def test_a_setting_naming_a_missing_secret_file_is_refused_before_anything(insta
     data["settings"]["database/password"] = {"secret": "no_such_file"}
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(data))
     for task in ("settings.apply", "deploy", "secrets.apply"):
-        line = error_line(fab(task, "--cluster", "local", env={"AIR_CLUSTERS_DIR": str(tmp_path)}, check=False))
+        line = error_line(fab_here(task, "--cluster", "local", env={"AIR_CLUSTERS_DIR": str(tmp_path)}, check=False))
         assert "settings.database/password: 'no_such_file' is not a file of the secrets folder" in line, task

@@ -10,6 +10,7 @@ at the start of the next); the last release deployed is whatever the last
 test left, recorded in etcd as usual.
 """
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -17,13 +18,16 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, Probe, etcd_of, fab, get_version, listed, on_each, routed_in, serving, wait_serving
 
 from cloudconfig.units import container_name
-from sandbox import testbed as sb
 from tasks.model import state
+from sandbox import testbed as sb
 from tasks.net.executor import Executor
-from tasks.runbooks import records, steps
+
+from conftest import (ROOT, SHORT_HEALTH, SHORT_LEASE, Probe, etcd_of, fab, get_version, listed, local_copy, on_each,
+                      routed_in, serving, wait_serving)
+from tasks.runbooks import records
+from tasks.runbooks import steps
 
 CHANGED = "static_website"   # the component a normal change touches
 BROKEN = "air_frontend"      # the component a broken release breaks
@@ -99,15 +103,15 @@ def machines(local_serving):
     return list(local_serving.machines)
 
 
-def deploy(*args, check=True, timeout=600):
-    return fab("deploy", "--cluster", "local", *args, check=check, timeout=timeout)
+def deploy(*args, check=True, timeout=600, env=None):
+    return fab("deploy", "--cluster", "local", *args, check=check, timeout=timeout, env=env)
 
 
 # ---------------------------------------------------------------- the tests
 
 def test_deploy_rolls_every_machine_without_a_failed_request(sandbox, local_serving, clock):
     before, _, _ = recorded(local_serving)
-    sb.commit_change(CHANGED)
+    sb.commit_change(sb.Change(CHANGED))
     with clock("deploy of a one-component change, under the probe"):
         with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
             proc = deploy()
@@ -143,12 +147,14 @@ def test_deploy_of_nothing_new_restarts_nothing(sandbox, local_serving, clock):
     assert recorded(local_serving)[1] == history  # no release recorded for it
 
 
-def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, local_serving, machines, clock):
+def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, local_serving, machines, clock,
+                                                                      tmp_path):
     old, history, _ = recorded(local_serving)
     started = start_times(local_serving)
-    sb.commit_change(BROKEN, broken=True)
+    sb.commit_change(sb.Change(BROKEN, "broken"))
+    hasty = local_copy(tmp_path, timeouts={"healthy": SHORT_HEALTH})  # the health timeout is waited out
     with clock("deploy of a broken release (waits for the health timeout)"):
-        proc = deploy(check=False)
+        proc = deploy(check=False, env=hasty)
     assert proc.returncode != 0, proc.stderr
     error = error_line(proc)
     print(f"\nbroken deploy: {error}")
@@ -168,7 +174,7 @@ def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, lo
     assert history_after[-1]["id"] != old["id"]
 
     # Repair master, and deploy the repair.
-    sb.commit_change(BROKEN, fix=True)
+    sb.commit_change(sb.Change(BROKEN, "fix"))
     with clock("deploy of the repair"):
         repaired = released(deploy())
     assert repaired not in (old["id"], history_after[-1]["id"])
@@ -197,11 +203,12 @@ def test_a_second_deploy_is_refused_while_the_lock_is_held(sandbox, local_servin
 
 
 def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sandbox, local_serving, machines,
-                                                                              clock):
+                                                                              clock, tmp_path):
     before, _, _ = recorded(local_serving)
-    sb.commit_change(CHANGED)
+    sb.commit_change(sb.Change(CHANGED))
+    short = local_copy(tmp_path, timeouts={"lock": SHORT_LEASE})  # its lease is waited out: 5 s show it as 15 s do
     proc = subprocess.Popen([sys.executable, "-m", "fabric", "deploy", "--cluster", "local"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **short})
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     try:
@@ -228,7 +235,7 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
           f"(balancer: {', '.join(listed(local_serving))})")
 
     # The cluster keeps serving from the machines in the balancer while the lock runs out.
-    lease = local_serving.timeouts.lock
+    lease = SHORT_LEASE
     answered = 0
     with clock("lock of the killed deploy expiring"):
         while recorded(local_serving)[2] is not None:
@@ -251,7 +258,7 @@ def test_a_killed_deploy_leaves_a_lock_that_expires_and_a_cluster_that_serves(sa
 
 def test_rollback_returns_every_machine_to_the_previous_release(sandbox, local_serving, clock):
     previous, _, _ = recorded(local_serving)
-    sb.commit_change(CHANGED)
+    sb.commit_change(sb.Change(CHANGED))
     with clock("deploy before the rollback"):
         deployed = released(deploy())
     assert deployed != previous["id"]
@@ -285,7 +292,7 @@ def test_a_machine_powered_off_stops_the_deploy_and_the_rest_keeps_serving(sandb
     started = start_times(local_serving)
     subprocess.run(["docker", "stop", container], check=True, capture_output=True, timeout=120)
     try:
-        sb.commit_change(CHANGED)
+        sb.commit_change(sb.Change(CHANGED))
         with clock("deploy with a machine powered off"):
             proc = deploy(check=False)
         assert proc.returncode != 0

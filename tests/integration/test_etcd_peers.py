@@ -12,23 +12,17 @@ import subprocess
 import time
 
 import pytest
-from conftest import SPARE_ADDRESSES, etcd_of, fab, healthy_members, on, serving
 
-from cloudconfig.units import (
-    ETCD_CLIENT_PORT,
-    ETCD_PEER_CA,
-    ETCD_PEER_CERT,
-    ETCD_PEER_DIR,
-    ETCD_PEER_KEY,
-    ETCD_PEER_PORT,
-    etcd_dropin,
-    peer_url,
-)
+from cloudconfig.units import (ETCD_CLIENT_PORT, ETCD_PEER_CA, ETCD_PEER_CERT, ETCD_PEER_DIR, ETCD_PEER_KEY,
+                               ETCD_PEER_PORT, etcd_dropin, peer_url)
 from sandbox import testbed as sb
+from tasks.runbooks import etcd_peers
 from tasks.commands import machine
 from tasks.model import state
 from tasks.net.executor import Executor
-from tasks.runbooks import etcd_peers, steps
+
+from conftest import SPARE_ADDRESSES, etcd_of, fab, healthy_members, make_fresh, on, serving
+from tasks.runbooks import steps
 
 SPARE, INTRUDER = SPARE_ADDRESSES
 
@@ -143,7 +137,7 @@ def test_add_machine_issues_the_new_members_certificate(cluster, clock):
 
 
 def test_a_member_with_a_certificate_of_another_ca_cannot_join(cluster, clock):
-    sb.reset_machines([INTRUDER])
+    make_fresh(cluster, [INTRUDER])
     now = datetime.datetime.now(datetime.timezone.utc)
     intruder_ca, intruder_ca_key = etcd_peers.new_ca("intruder", now)
     cert, key = etcd_peers.new_member(INTRUDER, intruder_ca, intruder_ca_key, now)

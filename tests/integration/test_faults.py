@@ -15,32 +15,22 @@ import threading
 import time
 
 import pytest
-from conftest import (
-    BALANCER_ADDRESS,
-    SPARE_ADDRESSES,
-    Probe,
-    Running,
-    Slow,
-    error_line,
-    etcd_leader,
-    etcd_of,
-    fab,
-    listed,
-    on,
-    on_each,
-    routed_in,
-    serving,
-    wait_serving,
-)
 
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, peer_url
-from sandbox import testbed as sb
 from tasks.commands import machine
+from tasks.runbooks.publish import publish
+from tasks.model import state
+from tasks.runbooks import upgrade
 from tasks.commands.haproxy import machines_in
-from tasks.model import rollout_plan, state
+from sandbox import testbed as sb
 from tasks.net.executor import Executor
 from tasks.net.session import session
-from tasks.runbooks import build, push, records, steps, upgrade
+
+from conftest import (BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader,
+                      etcd_of, fab, listed, local_copy, make_fresh, on, on_each, routed_in, serving, wait_serving)
+from tasks.model import rollout_plan
+from tasks.runbooks import records
+from tasks.runbooks import steps
 
 PORT = 80
 
@@ -91,16 +81,18 @@ def local_serving(installed):
     return installed
 
 
-def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(local_serving, clock, figures):
+def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(local_serving, clock, figures,
+                                                                            tmp_path):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
+    short = local_copy(tmp_path, timeouts={"lock": SHORT_LEASE})  # its lease is waited out: 5 s show it as 15 s do
     slow = Slow(cluster, 8)
     with Probe(BALANCER_ADDRESS, PORT) as probe, Watch(cluster) as watch:
         slow.start()
-        first = Running("deploy", "--cluster", "local")
+        first = Running("deploy", "--cluster", "local", env=short)
         first.wait_for("balancer: routes to")
         first.proc.send_signal(signal.SIGSTOP)   # a laptop lid closed mid-upgrade
-        time.sleep(cluster.timeouts.lock + 2)
+        time.sleep(SHORT_LEASE + 2)
         with clock("second deploy while the first is stopped"):
             second = Running("deploy", "--cluster", "local")
             second.wait_for("build:")
@@ -119,7 +111,7 @@ def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(lo
 
 def test_a_paused_balancer_fails_the_deploy_within_its_deadline_and_frees_the_lock(sandbox, local_serving, clock, figures):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     running = Running("deploy", "--cluster", "local")
     running.wait_for("balancer: routes to")
     sb.docker("pause", sandbox["balancer"]["name"])
@@ -143,7 +135,7 @@ def test_a_paused_balancer_fails_the_deploy_within_its_deadline_and_frees_the_lo
 
 def test_a_machine_paused_during_a_deploy_fails_it_at_once_and_frees_the_lock(sandbox, local_serving, figures):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     name = next(m["name"] for m in sandbox["machines"] if m["address"] == cluster.machines[-1])
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         running = Running("deploy", "--cluster", "local")
@@ -178,10 +170,9 @@ def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_st
     check = (f"systemctl is-active update-engine.service; [ ! -e {machine.OS_UPDATES_PAUSED} ] || echo paused; "
              "ls -d /tmp/tmp.* 2>/dev/null | wc -l")
     before, releases = on_each(cluster, check), release_files(cluster)
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     with session(hurried, "test: a pull failing on one machine") as s:
-        built = build.build_all(s.ex, hurried.build.host, hurried.build.branch)
-        release, _ = push.push_all(s.ex, hurried.build.host, built["images"])
+        release = publish(s.ex, hurried.build.host, hurried.build.branch).release
         current, _ = records.read_release(s.etcd, hurried)
         sb.docker("exec", name, "iptables", "-I", *rule)
         try:
@@ -201,7 +192,7 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     cluster = local_serving
     before, _, _ = recorded(cluster)
     # Healthy 3 s after its start: the Ctrl-C lands while the machine in hand waits for it, however fast the rest.
-    sb.commit_change("static_website", slow_start=3)
+    sb.commit_change(sb.Change("static_website", "slow-start", "3"))
     slow = Slow(cluster, 6)  # a long request in flight too: short ones alone hide a restart without a drain
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         slow.start()
@@ -224,14 +215,14 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     assert holder is None and current["id"] == before["id"]
     assert history[-1]["outcome"].startswith("interrupted")
     assert release_files(cluster)[in_hand] == before["id"] and in_hand in listed(cluster)
-    sb.commit_change("static_website", fix=True)
+    sb.commit_change(sb.Change("static_website", "fix"))
     fab("deploy", "--cluster", "local")
     assert serving(cluster)
 
 
 def test_the_lock_deleted_behind_a_deploy_stops_it_before_its_next_change(local_serving, figures):
     cluster = local_serving
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         running = Running("deploy", "--cluster", "local")
         running.wait_for("balancer: routes to")
@@ -249,7 +240,7 @@ def test_the_lock_deleted_behind_a_deploy_stops_it_before_its_next_change(local_
 
 
 def test_rolling_upgrade_while_a_deploy_runs_is_refused_naming_the_holder(local_serving):
-    sb.commit_change("static_website")
+    sb.commit_change(sb.Change("static_website"))
     running = Running("deploy", "--cluster", "local")
     try:
         running.wait_for("build:")
@@ -280,7 +271,7 @@ def make_leader(cluster, address):
 def test_remove_machine_of_the_etcd_leader_or_a_follower_completes_under_traffic(sandbox, local_serving, role, clock, figures):
     cluster = local_serving
     spare = SPARE_ADDRESSES[0]
-    sb.reset_machines([spare])
+    make_fresh(cluster, [spare])
     fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
     if role == "leader":
         make_leader(cluster, spare)
@@ -301,7 +292,7 @@ def test_remove_machine_of_the_etcd_leader_or_a_follower_completes_under_traffic
 def test_a_learner_left_behind_by_a_failed_add_is_removed_by_remove_machine(local_serving):
     cluster = local_serving
     spare = SPARE_ADDRESSES[1]
-    sb.reset_machines([spare])
+    make_fresh(cluster, [spare])
     # What an add-machine stopped right after `member add` leaves: a learner that never started.
     on(cluster, cluster.machines[0], f"ETCDCTL_API=3 etcdctl member add {spare} --learner "
                                      f"--peer-urls={peer_url(spare)} >/dev/null")

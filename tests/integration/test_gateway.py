@@ -11,11 +11,12 @@ import dataclasses
 import time
 
 import pytest
-from conftest import BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, fab, serving
 
-from sandbox import testbed as sb
 from tasks.model import cluster as cluster_config
+from sandbox import testbed as sb
 from tasks.net.executor import Executor
+
+from conftest import BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, Probe, fab, make_fresh, serving
 
 RESTRICTION = "/etc/ssh/sshd_config.d/air-gateway-test.conf"
 
@@ -69,13 +70,13 @@ def test_machines_refuse_direct_ssh_and_answer_through_the_gateway(local, gated,
 def test_add_deploy_and_remove_through_the_gateway(gated, figures):
     cluster, env = gated
     spare = SPARE_ADDRESSES[0]
-    sb.reset_machines([spare])
+    make_fresh(cluster, [spare])
     sb.inside(next(n.name for n in sb.layout(3, 2) if n.address == spare),
               f"printf 'AllowUsers core@{BUILD_ADDRESS}\\n' > {RESTRICTION} && systemctl reload ssh")
     started = time.monotonic()
     fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare, env=env)
     added = time.monotonic() - started
-    sb.commit_change("router")
+    sb.commit_change(sb.Change("router"))
     with Probe(BALANCER_ADDRESS, 80) as probe:
         started = time.monotonic()
         fab("deploy", "--cluster", "local", env=env)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, fab
 
 from sandbox import testbed as sb
-from tasks.commands.shell import q
 from tasks.model import cluster as cluster_config
+from tasks.commands.shell import q
+
+from conftest import ROOT, fab, fab_here
 
 FRAGMENT = (sb.STATE / "cluster.yaml").resolve()  # what `fab sandbox.up` wrote
 LOCAL = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
@@ -64,7 +65,7 @@ class Session:
         """A new branch <prefix>_<short> of the sample app's main repository (from master, plus one change
         to ``component``); (branch, commit)."""
         branch = self.name(short)
-        return branch, sb.commit_change(component, branch=branch)
+        return branch, sb.commit_change(sb.Change(component, branch=branch))
 
     def cleanup(self) -> None:
         p = self.prefix
@@ -119,9 +120,10 @@ def snapshot(session, registry) -> dict:
     return state
 
 
-def refused(*args, env) -> str:
-    """Run `fab ARGS` expecting failure: non-zero exit and exactly one `error: ...` line on stderr."""
-    proc = fab(*args, env=env, check=False)
+def refused(*args, env, runner=fab) -> str:
+    """Run `fab ARGS` expecting failure: non-zero exit and exactly one `error: ...` line on stderr.
+    ``runner=fab_here``: in this process, for input refused before any host is contacted."""
+    proc = runner(*args, env=env, check=False)
     assert proc.returncode != 0, proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -164,7 +166,7 @@ def test_a_changed_component_alone_gets_the_next_patch(session, registry):
     branch, _ = session.branch("patch")
     name = session.write("patch", branch)
     build_push(session, name)
-    sb.commit_change("air_frontend", branch=branch)
+    sb.commit_change(sb.Change("air_frontend", branch=branch))
     report, _, _ = build_push(session, name)
     assert changed(report) == {"air_frontend"}
     assert versions(report) == {**{c: "1.0.0" for c in COMPONENTS}, "air_frontend": "1.0.1"}
@@ -177,10 +179,10 @@ def test_a_new_minor_version_goes_to_changed_components_only(session, registry):
     branch, _ = session.branch("minor")
     name = session.write("minor", branch)
     build_push(session, name)
-    sb.commit_change("router", branch=branch)
+    sb.commit_change(sb.Change("router", branch=branch))
     build_push(session, name)  # router 1.0.1
-    sb.commit_change("air_backend", branch=branch, version="1.1")
-    sb.commit_change("air_backend", branch=branch)
+    sb.commit_change(sb.Change("air_backend", "version", "1.1", branch=branch))
+    sb.commit_change(sb.Change("air_backend", branch=branch))
     report, built, _ = build_push(session, name)
     assert "VERSION 1.1" in built
     # air_frontend's image carries MAJOR.MINOR (its AIR_BUILD_VERSION build argument): it changes with VERSION.
@@ -243,7 +245,7 @@ def unused_port(host: str) -> int:
 
 def test_registry_unreachable(session, target, registry, tmp_path, local):
     name, branch = target
-    sb.commit_change("air_backend", branch=branch)  # so that a push would have something to push
+    sb.commit_change(sb.Change("air_backend", branch=branch))  # so that a push would have something to push
     host = local.registry.address.rsplit(":", 1)[0]
     port = unused_port(host)
     session.write("errors", branch, directory=tmp_path, registry={"address": f"{host}:{port}"})
@@ -260,7 +262,7 @@ def test_registry_unreachable(session, target, registry, tmp_path, local):
 
 def test_wrong_registry_credentials(session, target, registry, tmp_path, local):
     name, branch = target
-    sb.commit_change("air_frontend", branch=branch)
+    sb.commit_change(sb.Change("air_frontend", branch=branch))
     credentials = tmp_path / "registry.yaml"
     wrong = "wrong-" + secrets.token_hex(8)
     credentials.write_text(yaml.safe_dump({"username": sb.REGISTRY_USER, "password": wrong}))
@@ -293,7 +295,7 @@ def test_branch_with_shell_characters_is_refused_before_anything_runs(session, t
     name, _ = target
     assert build_server[0].run(build_server[1], "test -e /tmp/pwned", check=False).exited == 1
     before = snapshot(session, registry)
-    message = refused("build", "--cluster", name, "--branch", "x;touch /tmp/pwned", env=session.env)
+    message = refused("build", "--cluster", name, "--branch", "x;touch /tmp/pwned", env=session.env, runner=fab_here)
     assert message.startswith("error: branch 'x;touch /tmp/pwned' is not a valid branch name")
     assert build_server[0].run(build_server[1], "test -e /tmp/pwned", check=False).exited == 1
     assert snapshot(session, registry) == before
@@ -302,7 +304,7 @@ def test_branch_with_shell_characters_is_refused_before_anything_runs(session, t
 def test_unknown_cluster(session, target, registry):
     before = snapshot(session, registry)
     for task in ("build", "push"):
-        message = refused(task, "--cluster", "no_such_cluster", env=session.env)
+        message = refused(task, "--cluster", "no_such_cluster", env=session.env, runner=fab_here)
         assert message.startswith(f"error: unknown cluster 'no_such_cluster': no {session.directory}/no_such_cluster.yaml"
                                   f" (known: ")
         assert target[0] in message
@@ -314,6 +316,6 @@ def test_malformed_cluster_file(session, target, registry, tmp_path):
     (tmp_path / f"{name}.yaml").write_text(f"include: {FRAGMENT}\nnamespace: [{session.prefix}\n")
     before = snapshot(session, registry)
     for task in ("build", "push"):
-        message = refused(task, "--cluster", name, env={"AIR_CLUSTERS_DIR": str(tmp_path)})
+        message = refused(task, "--cluster", name, env={"AIR_CLUSTERS_DIR": str(tmp_path)}, runner=fab_here)
         assert message.startswith(f"error: {tmp_path / name}.yaml: malformed YAML at line ")
     assert snapshot(session, registry) == before

@@ -18,24 +18,28 @@ from types import SimpleNamespace
 import pytest
 import requests
 import yaml
-from conftest import MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab, healthy_members, on, serving
 
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, peer_url
+from tasks.runbooks.publish import publish
 from sandbox import testbed as sb
-from tasks.model.credentials import load_credentials
-from tasks.model.version import newest
-from tasks.net.executor import Executor
 from tasks.net.registry import RegistryClient
+from tasks.model.credentials import load_credentials
+from tasks.net.executor import Executor
 from tasks.net.session import session
-from tasks.runbooks import build, push, records, steps
+from tasks.model.version import newest
+
+from conftest import (MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab,
+                      fab_here, healthy_members, make_fresh, on, serving)
+from tasks.runbooks import records
+from tasks.runbooks import steps
 
 SPARE = SPARE_ADDRESSES[0]
 ADMINS = "/var/lib/air/air_backend/admins"
 OUTPUTS = []             # every `fab` run of the module: no secret may appear in any
 
 
-def run_fab(*args, **kwargs):
-    proc = fab(*args, check=False, **kwargs)
+def run_fab(*args, runner=fab, **kwargs):
+    proc = runner(*args, check=False, **kwargs)
     OUTPUTS.append(proc)
     return proc
 
@@ -68,12 +72,11 @@ def registry_release(cluster):
 @pytest.fixture(scope="module")
 def setup_run(sandbox, local, clock):
     """Fresh machines, master built and pushed, then `fab setup-cluster --cluster local` once."""
-    with clock("reset the 3 machines"):
-        sb.reset_machines(list(local.machines))
+    with clock("the 3 machines freshly prepared (made afresh when an earlier module installed them)"):
+        make_fresh(local, list(local.machines))
     with clock("build + push master (what is already pushed is not pushed again)"):
         with session(local, etcd=False) as s:
-            built = build.build_all(s.ex, local.build.host, local.build.branch)
-            pushed, _ = push.push_all(s.ex, local.build.host, built["images"])
+            pushed = publish(s.ex, local.build.host, local.build.branch).release
     with clock("fab setup-cluster --cluster local"):
         proc = run_fab("setup-cluster", "--cluster", "local")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -214,7 +217,7 @@ def test_create_admin_stores_the_admin_but_not_the_password(setup_run, local):
      "error: unknown cluster 'nosuch'"),
 ], ids=["unknown-cluster", "bad-ip", "repeated-ip", "no-cluster", "bad-email", "admin-unknown-cluster"])
 def test_bad_input_is_one_line_and_changes_nothing(setup_run, local, args, expected):
-    proc = run_fab(*args, input="secret-never-read\n")
+    proc = run_fab(*args, runner=fab_here, input="secret-never-read\n")  # refused before any host is contacted
     assert error_line(proc).startswith(expected)
     assert proc.stdout == ""
 

@@ -13,27 +13,14 @@ import time
 
 import pytest
 import yaml
-from conftest import (
-    BALANCER_ADDRESS,
-    BUILD_ADDRESS,
-    MACHINE_ADDRESSES,
-    SPARE_ADDRESSES,
-    USER_DATA,
-    Probe,
-    Running,
-    error_line,
-    etcd_of,
-    fab,
-    get_version,
-    on,
-    routed_in,
-    serving,
-    wait_serving,
-)
 
 import cloudconfig
 from sandbox import testbed as sb
 from tasks.net.executor import Executor
+
+from conftest import (BALANCER_ADDRESS, BUILD_ADDRESS, MACHINE_ADDRESSES, SHORT_HEALTH, SPARE_ADDRESSES, Probe, Running,
+                      USER_DATA, error_line, etcd_of, fab, get_version, local_copy, make_fresh, on, routed_in, serving,
+                      wait_serving)
 from tasks.runbooks import records
 
 OS_UPDATES = "update-engine.service locksmithd.service"
@@ -97,7 +84,7 @@ def test_a_rebooted_machine_keeps_the_administrators_unit_and_serves_again(sandb
 
 def test_os_updates_are_paused_during_an_upgrade_and_put_back_after(local_serving, figures):
     cluster = local_serving
-    sb.commit_change("router")
+    sb.commit_change(sb.Change("router"))
     running = Running("deploy", "--cluster", "local")
     line = running.wait_for("balancer: routes to")
     in_hand = next(m for m in cluster.machines if m not in routed_in(line))
@@ -110,14 +97,15 @@ def test_os_updates_are_paused_during_an_upgrade_and_put_back_after(local_servin
         assert on(cluster, address, f"systemctl is-active {OS_UPDATES}").stdout.split() == ["active", "active"]
 
 
-def test_os_updates_are_put_back_after_a_failed_upgrade_too(local_serving):
+def test_os_updates_are_put_back_after_a_failed_upgrade_too(local_serving, tmp_path):
     cluster = local_serving
-    sb.commit_change("air_frontend", broken=True)
-    failed = fab("deploy", "--cluster", "local", check=False)
+    sb.commit_change(sb.Change("air_frontend", "broken"))
+    hasty = local_copy(tmp_path, timeouts={"healthy": SHORT_HEALTH})  # the health timeout is waited out
+    failed = fab("deploy", "--cluster", "local", check=False, env=hasty)
     assert failed.returncode == 1 and "not healthy" in failed.stderr
     for address in cluster.machines:
         assert on(cluster, address, f"systemctl is-active {OS_UPDATES}").stdout.split() == ["active", "active"]
-    sb.commit_change("air_frontend", fix=True)
+    sb.commit_change(sb.Change("air_frontend", "fix"))
     fab("deploy", "--cluster", "local")
     assert serving(cluster)
 
@@ -140,7 +128,7 @@ def test_a_cloud_config_changed_by_hand_is_not_written_over_and_the_base_is_wher
         assert status.returncode == 1 and \
             f"warning: {path} on {address} was changed by hand since air-deploy wrote it" in status.stdout
         recorded = release_of(cluster)
-        sb.commit_change("static_website")
+        sb.commit_change(sb.Change("static_website"))
         refused = fab("deploy", "--cluster", "local", check=False)
         assert error_line(refused).startswith(f"error: {address}: {path} was changed since air-deploy wrote it, "
                                               f"and writing the new release would lose that change: make it in "
@@ -171,7 +159,7 @@ def test_an_addition_that_would_replace_the_administrators_unit_is_refused_befor
         local_serving, tmp_path):
     cluster = local_serving
     spare = SPARE_ADDRESSES[1]
-    sb.reset_machines([spare])
+    make_fresh(cluster, [spare])
     text = (sb.ROOT / "clusters" / "local.yaml").read_text().replace(
         "include: ../.sandbox/cluster.yaml", f"include: {sb.STATE / 'cluster.yaml'}")
     text += ("additions:\n  units:\n    - name: admin-monitor.service\n"

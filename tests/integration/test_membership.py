@@ -15,27 +15,19 @@ import time
 
 import pytest
 import requests
-from conftest import (
-    BALANCER_ADDRESS,
-    MACHINE_ADDRESSES,
-    SPARE_ADDRESSES,
-    SUBNET,
-    USER_DATA,
-    error_line,
-    etcd_of,
-    fab,
-    healthy_members,
-    listed,
-    on,
-    serving,
-)
 
 import cloudconfig
-from sandbox import testbed as sb
+
 from tasks.commands import machine
-from tasks.model import rollout_plan
+from sandbox import testbed as sb
 from tasks.net.executor import Executor
-from tasks.runbooks import records, steps
+
+from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, SUBNET, USER_DATA, error_line, etcd_of,
+                      healthy_members,
+                      fab, fab_here, listed, on, serving)
+from tasks.model import rollout_plan
+from tasks.runbooks import records
+from tasks.runbooks import steps
 
 M1, M2, M3 = MACHINE_ADDRESSES
 SPARE, SPARE2 = SPARE_ADDRESSES
@@ -151,26 +143,27 @@ def ids_before(cluster):
 
 # ---------------------------------------------------------------- refusals before anything changes
 
-@pytest.mark.parametrize("args, expected", [
+@pytest.mark.parametrize("args, expected, runner", [
     (("add-machine", "--via", SPARE2, "--machine", SPARE),
      f"error: no healthy etcd member reachable: etcd at {SPARE2} (SSH tunnel to its 127.0.0.1:2379): "
-     f"cannot connect there"),
+     f"cannot connect there", fab),
     (("remove-machine", "--via", SPARE2, "--machine", M3),
      f"error: no healthy etcd member reachable: etcd at {SPARE2} (SSH tunnel to its 127.0.0.1:2379): "
-     f"cannot connect there"),
-    (("remove-machine", "--via", M1, "--machine", SPARE2), f"error: {SPARE2} is not an etcd member of local"),
-    (("remove-machine", "--via", M1, "--machine", M1), "error: --via must be another member than --machine"),
+     f"cannot connect there", fab),
+    (("remove-machine", "--via", M1, "--machine", SPARE2), f"error: {SPARE2} is not an etcd member of local", fab),
+    # Refused before any host is contacted: run in this process.
+    (("remove-machine", "--via", M1, "--machine", M1), "error: --via must be another member than --machine", fab_here),
     (("add-machine", "--via", M1, "--machine", f"{SPARE}44"),
-     f"error: command line: --machine: expected an IPv4 or IPv6 address, got '{SPARE}44'"),
+     f"error: command line: --machine: expected an IPv4 or IPv6 address, got '{SPARE}44'", fab_here),
     (("add-machine", "--via", "m1.local;reboot", "--machine", SPARE),
-     "error: command line: --via: expected an IPv4 or IPv6 address, got 'm1.local;reboot'"),
+     "error: command line: --via: expected an IPv4 or IPv6 address, got 'm1.local;reboot'", fab_here),
     (("remove-machine", "--via", M1, "--machine", SUBNET),
-     f"error: command line: --machine: expected an IPv4 or IPv6 address, got '{SUBNET}'"),
-    (("add-machine", "--via", M1), "error: --machine is required (an IPv4 or IPv6 address)"),
+     f"error: command line: --machine: expected an IPv4 or IPv6 address, got '{SUBNET}'", fab_here),
+    (("add-machine", "--via", M1), "error: --machine is required (an IPv4 or IPv6 address)", fab_here),
 ], ids=["add-via-non-member", "remove-via-non-member", "remove-non-member", "remove-via-itself",
         "add-bad-machine", "add-bad-via", "remove-bad-machine", "add-no-machine"])
-def test_refused_before_anything_changes(cluster, ids_before, args, expected):
-    proc = fab(args[0], "--cluster", "local", *args[1:], check=False)
+def test_refused_before_anything_changes(cluster, ids_before, args, expected, runner):
+    proc = runner(args[0], "--cluster", "local", *args[1:], check=False)
     assert error_line(proc).startswith(expected)
     assert sorted(m["ID"] for m in members(cluster)) == ids_before
     assert listed(cluster) == list(cluster.machines)

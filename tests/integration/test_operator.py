@@ -220,7 +220,7 @@ def test_canary_then_continue_then_a_rolled_back_canary(sandbox, local_serving):
     canary = cluster.machines[2]
     others = [m for m in cluster.machines if m != canary]
     before, _, _ = recorded(cluster)
-    sb.commit_change(CHANGED)
+    sb.commit_change(sb.Change(CHANGED))
     with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
         proc = fab("deploy", "--cluster", "local", "--canary", canary)
         candidate = proc.stdout.split()[-1]
@@ -253,7 +253,7 @@ def test_canary_then_continue_then_a_rolled_back_canary(sandbox, local_serving):
     assert (history[-1]["id"], history[-1]["outcome"], history[-1]["canary"]) == (candidate, "succeeded", [canary])
 
     # Another canary, rolled back: the machine is back on the cluster's release.
-    sb.commit_change(CHANGED)
+    sb.commit_change(sb.Change(CHANGED))
     with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
         outcome = json.loads(fab("deploy", "--cluster", "local", "--canary", canary, "--json").stdout)
         second = outcome["release"]

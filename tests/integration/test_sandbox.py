@@ -29,7 +29,8 @@ from tasks.net.registry import RegistryClient
 
 NODES = sb.layout(MACHINES, SPARES)
 MACHINE_NODES = [n for n in NODES if n.is_machine]
-by_name = pytest.mark.parametrize("node", MACHINE_NODES, ids=lambda n: n.name)
+# Named without the sandbox's prefix: the same on every worker.
+by_name = pytest.mark.parametrize("node", MACHINE_NODES, ids=lambda n: n.name.removeprefix(f"{sb.PREFIX}-"))
 
 
 @pytest.fixture(scope="module")

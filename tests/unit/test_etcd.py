@@ -307,7 +307,9 @@ def test_unreachable_etcd_is_one_line_remote_error():
     assert not etcd.healthy()
 
 
-def test_silent_etcd_times_out_as_remote_error():
+def test_silent_etcd_times_out_as_remote_error(monkeypatch):
+    # Unanswered calls are retried for RETRY_FOR s (15) before they fail: 2 s of retries end the same way.
+    monkeypatch.setattr("tasks.net.etcd.RETRY_FOR", 2)
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)

@@ -22,6 +22,7 @@ from tasks.net.executor import Executor, parallel
 from tasks.net.progress import PROGRESS_AFTER, PROGRESS_EVERY, progress_line
 
 from .fakes import FakeExecutor, FakeFence
+from tasks.net import progress
 
 
 def sh(command: str, cwd) -> subprocess.CompletedProcess:
@@ -233,3 +234,28 @@ def test_a_host_that_failed_ahead_is_reported_at_once_and_tried_again_later(clus
         assert opened == ["10.0.0.1", "10.0.0.1"]
     finally:
         ex.close()
+
+
+def test_what_a_signal_handler_says_inside_say_is_printed_not_a_deadlock(capsys):
+    """The SIGINT handler says what it does; it runs in the main thread, which may be inside say()
+    (seen: `fab deploy` hung for good when Ctrl-C came while it printed `balancer: routes to`)."""
+    import signal
+    import threading
+    said = threading.Event()
+
+    def handler(signum, frame):
+        progress.say("interrupt: nested")
+        said.set()
+
+    def stuck(signum, frame):  # a blocked lock acquire lets signal handlers run: fail, do not hang
+        raise AssertionError("say() inside say() waited for itself")
+    previous = signal.signal(signal.SIGUSR1, handler), signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        with progress._print_lock:  # as inside say(), when the signal arrives
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGUSR1, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
+    assert said.is_set() and "interrupt: nested" in capsys.readouterr().err

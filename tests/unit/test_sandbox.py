@@ -1,5 +1,8 @@
 """The sandbox's layout and the cluster files it writes: two clusters sharing build server, registry and balancer."""
+import pytest
+
 from sandbox import testbed as sb
+from tasks.model.errors import ConfigError
 
 
 def test_layout_gives_local2_machines_of_its_own_beside_the_shared_hosts():
@@ -66,3 +69,72 @@ def test_a_machine_prepared_with_another_configuration_is_made_afresh_a_shared_h
     unlabelled = _inspected(machine)
     del unlabelled["Config"]["Labels"][sb.CONFIG]  # made before machines carried their configuration
     assert not sb.reusable(unlabelled, machine, "air-sandbox/machine:1", "c1")
+
+
+# ---------------------------------------------------------------- changes to the sample application
+
+def _script(edit: str, what: str, repository: str = sb.REPOSITORY, branch: str = "master") -> str:
+    return f"""
+        rm -rf /tmp/air-change && git clone -q {repository} /tmp/air-change && cd /tmp/air-change
+        git checkout -q {branch} 2>/dev/null || git checkout -q -b {branch}
+        {edit}
+        git add -A && git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q -m {what}
+        git push -q origin {branch} && git rev-parse HEAD && rm -rf /tmp/air-change
+    """
+
+
+@pytest.mark.parametrize("change, edit, what", [
+    (sb.Change("router"), "date +%s%N >> components/router/index.html", "'change router'"),
+    (sb.Change("air_frontend", "broken"), "date +%s%N >> components/air_frontend/broken", "'break air_frontend'"),
+    (sb.Change("air_frontend", "fix"), "rm -f components/air_frontend/broken components/air_frontend/slow-start; "
+                                       "date +%s%N >> components/air_frontend/index.html", "'fix air_frontend'"),
+    (sb.Change("router", "slow-start", "3"), "printf '%s\\n' 3 > components/router/slow-start",
+     "'router starts in 3 s'"),
+    (sb.Change("air_backend", "version", "1.1"), "printf '%s\\n' 1.1 > VERSION", "'VERSION 1.1'"),
+    (sb.Change("air_backend", "fails", "prepare"), "printf 'if then\\n' > components/air_backend/bin/unfinished",
+     "'prepare fails for air_backend'"),
+    (sb.Change("air_frontend", "fails", "build"),
+     "printf 'RUN echo compiling air_frontend && exit 3\\n' >> components/air_frontend/Dockerfile",
+     "'build fails for air_frontend'"),
+    (sb.Change("air_frontend", "file", "NOTES.md"), "date +%s%N >> components/air_frontend/NOTES.md",
+     "'change air_frontend'"),
+], ids=lambda v: v.kind if isinstance(v, sb.Change) else None)
+def test_the_script_of_each_kind_of_change_on_master(change, edit, what):
+    assert sb.change_script(change) == _script(edit, what)
+
+
+def test_a_change_to_the_website_goes_to_its_own_repository_on_develop_or_the_branch_given():
+    assert sb.change_script(sb.Change(sb.WEBSITE)) == \
+        _script("date +%s%N >> ./index.html", "'change static_website'", sb.WEBSITE_REPOSITORY, "develop")
+    assert sb.change_script(sb.Change(sb.WEBSITE, "slow-start", "2", branch="t1_site")) == \
+        _script("printf '%s\\n' 2 > ./slow-start", "'static_website starts in 2 s'", sb.WEBSITE_REPOSITORY, "t1_site")
+
+
+@pytest.mark.parametrize("fields, message", [
+    (("nosuch",), "no component 'nosuch' in the sample application"),
+    (("router", "change", None, "x;reboot"), "branch 'x;reboot' is not a simple branch name"),
+    (("router", "explode"), "no kind of change 'explode' (one of change, broken, fix, slow-start, version, fails, file)"),
+    (("router", "broken", "1"), "--broken takes no value"),
+    (("router", "slow-start"), "--slow-start takes whole seconds"),
+    (("router", "slow-start", "3.5"), "--slow-start takes whole seconds"),
+    (("router", "fails", "push"), "--fails must be one of prepare, build"),
+    (("router", "fails", "prepare"), "only air_backend has a prepare command"),
+    ((sb.WEBSITE, "version", "1.2"), "VERSION is in the main repository, not in static_website's"),
+    (("router", "file", "../VERSION"), "--file '../VERSION' is not a path inside the component's folder"),
+    (("router", "file", "a b"), "--file 'a b' is not a path inside the component's folder"),
+])
+def test_a_change_is_checked_when_made(fields, message):
+    with pytest.raises(ConfigError) as refused:
+        sb.Change(*fields)
+    assert str(refused.value) == f"sandbox.change: {message}"
+
+
+def test_the_flags_of_sandbox_change_make_one_kind_of_change():
+    flags = dict(broken=False, fix=False, slow_start=None, version=None, fails=None, file=None)
+    assert sb.change_of("router", None, **flags) == sb.Change("router", "change", None, "master")
+    assert sb.change_of("router", "b", **{**flags, "broken": True}) == sb.Change("router", "broken", branch="b")
+    assert sb.change_of("router", None, **{**flags, "slow_start": "0"}) == sb.Change("router", "slow-start", "0")
+    assert sb.change_of("air_backend", None, **{**flags, "version": "2.0"}) == sb.Change("air_backend", "version", "2.0")
+    with pytest.raises(ConfigError) as refused:
+        sb.change_of("router", None, **{**flags, "broken": True, "fix": True})
+    assert str(refused.value) == "sandbox.change: --broken and --fix exclude each other"

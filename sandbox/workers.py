@@ -1,0 +1,80 @@
+"""Sandboxes side by side for one test run: each pytest-xdist worker gets its own.
+
+A worker's sandbox is derived from the run's base sandbox (``AIR_SANDBOX_PREFIX``,
+``AIR_SANDBOX_SUBNET``, ``AIR_SANDBOX_STATE``, defaults ``air-sandbox``, ``10.213.7``,
+``.sandbox``) and the worker's number k (1 for xdist's ``gw0``, up to ``MAX_WORKERS``):
+
+- prefix ``P-wk`` (containers ``P-wk-m1``, network ``P-wk``, ...);
+- subnet ``A.B.(C + 32 k)``: the base's third octet plus k times 32. Base subnets whose third
+  octets are below 32 and differ (``10.213.7`` for CI, ``10.213.9`` for another checkout) give
+  workers' /24s that differ from each other and from every base's, so two runs never collide;
+- state folder ``STATE/wk`` and, in it, a copy of the clusters folder (``AIR_CLUSTERS_DIR``)
+  whose includes name that state folder instead of ``../.sandbox``.
+
+Pure but for ``write_clusters``; it imports nothing of the sandbox (whose module reads the
+environment when it is imported: the worker's environment has to be in place first).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS = {"AIR_SANDBOX_PREFIX": "air-sandbox", "AIR_SANDBOX_SUBNET": "10.213.7",
+            "AIR_SANDBOX_STATE": str(ROOT / ".sandbox")}
+STRIDE = 32  # third octets of a worker's subnet: the base's plus k * STRIDE
+MAX_WORKERS = 7  # 31 + 7 * 32 = 255: the largest that stays an octet
+INCLUDE = re.compile(r"^include: \.\./\.sandbox/(?P<file>[\w.-]+)$", re.MULTILINE)
+
+
+def number(worker: Optional[str]) -> int:
+    """k of xdist's worker id ``gwN`` (N + 1); 0 outside xdist (the base sandbox itself)."""
+    if not worker:
+        return 0
+    found = re.fullmatch(r"gw(\d+)", worker)
+    if not found:
+        raise ValueError(f"unexpected pytest-xdist worker id {worker!r}")
+    return int(found.group(1)) + 1
+
+
+def prefix(base: str, k: int) -> str:
+    return f"{base}-w{k}" if k else base
+
+
+def subnet(base: str, k: int) -> str:
+    """Worker k's /24 (three octets), from the base's."""
+    octets = base.split(".")
+    if len(octets) != 3 or not all(o.isdigit() and int(o) < 256 for o in octets):
+        raise ValueError(f"AIR_SANDBOX_SUBNET {base!r} is not the first three octets of a /24")
+    if not k:
+        return base
+    if int(octets[2]) >= STRIDE or not 1 <= k <= MAX_WORKERS:
+        raise ValueError(f"a run on several sandboxes needs AIR_SANDBOX_SUBNET's third octet below {STRIDE} "
+                         f"and at most {MAX_WORKERS} workers (got {base}, worker {k})")
+    return f"{octets[0]}.{octets[1]}.{int(octets[2]) + STRIDE * k}"
+
+
+def environment(worker: Optional[str], env: Mapping[str, str]) -> dict:
+    """The variables that make ``worker``'s sandbox the one a process uses (empty outside xdist)."""
+    k = number(worker)
+    if not k:
+        return {}
+    base = {name: env.get(name) or default for name, default in DEFAULTS.items()}
+    state = Path(base["AIR_SANDBOX_STATE"]) / f"w{k}"
+    return {"AIR_SANDBOX_PREFIX": prefix(base["AIR_SANDBOX_PREFIX"], k),
+            "AIR_SANDBOX_SUBNET": subnet(base["AIR_SANDBOX_SUBNET"], k),
+            "AIR_SANDBOX_STATE": str(state),
+            "AIR_CLUSTERS_DIR": str(state / "clusters")}
+
+
+def cluster_file(text: str, state: Path) -> str:
+    """A cluster file of clusters/ as a worker's copy has it: ``include: ../.sandbox/F`` names ``STATE/F``."""
+    return INCLUDE.sub(lambda m: f"include: {state / m.group('file')}", text)
+
+
+def write_clusters(state: Path, clusters: Path, source: Path = ROOT / "clusters") -> None:
+    """Copy the project's cluster files into ``clusters``, their includes pointing to ``state``."""
+    clusters.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.yaml")):
+        (clusters / path.name).write_text(cluster_file(path.read_text(), state))
