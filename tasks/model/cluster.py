@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional, Union
 
 import yaml
 
@@ -693,43 +693,52 @@ CHECKERS: dict[str, Checker] = {
 }
 
 
-def _validate(section: Section, data, where, file, base_dir, cluster) -> dict:
+def _validate(section: Section, data: Any, at: _At) -> dict:
+    """A section's fields, checked against its schema, as a dict; defaults filled in, None for absent ones."""
     if not isinstance(data, dict):
-        _fail(file, where or "top level", "a mapping of fields", data)
+        _fail(at.file, at.where or "top level", "a mapping of fields", data)
+    _refuse_unknown_fields(section, data, at)
+    return {key: _field(spec, data.get(key), _inside(at, key)) for key, spec in section.fields.items()}
+
+
+def _inside(at: _At, key: str) -> _At:
+    """Where field ``key`` of the section at ``at`` is read."""
+    return replace(at, where=f"{at.where}.{key}" if at.where else key)
+
+
+def _refuse_unknown_fields(section: Section, data: dict, at: _At) -> None:
     unknown = sorted(set(data) - set(section.fields))
     if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"{file}: {prefix}{unknown[0]}: unknown field "
+        prefix = f"{at.where}." if at.where else ""
+        raise ConfigError(f"{at.file}: {prefix}{unknown[0]}: unknown field "
                           f"(expected one of: {', '.join(section.fields)})")
-    result: dict = {}
-    for key, spec in section.fields.items():
-        path = f"{where}.{key}" if where else key
-        present = key in data and data[key] is not None
-        if isinstance(spec, Section):
-            if not present:
-                if spec.required:
-                    raise ConfigError(f"{file}: {path}: missing ({spec.doc})")
-                result[key] = _validate(spec, {}, path, file, base_dir, cluster) if _all_defaulted(spec) else None
-                continue
-            if spec.many:
-                items = data[key]
-                if not isinstance(items, list) or not items:
-                    _fail(file, path, "a non-empty list", items)
-                result[key] = [_validate(spec, item, f"{path}[{i}]", file, base_dir, cluster)
-                               for i, item in enumerate(items)]
-            else:
-                result[key] = _validate(spec, data[key], path, file, base_dir, cluster)
-            continue
-        if not present:
-            if spec.default is not None:
-                result[key] = _check(spec.kind, spec.default, _At(file, path, base_dir, cluster))
-            elif spec.required:
-                raise ConfigError(f"{file}: {path}: missing ({KINDS[spec.kind]}: {spec.doc})")
-            else:
-                result[key] = None
-            continue
-        result[key] = _check(spec.kind, data[key], _At(file, path, base_dir, cluster))
-    return result
+
+
+def _field(spec: Union[Field, Section], value: Any, at: _At) -> Any:
+    """One field of a section (None: not given), a value or a section."""
+    if isinstance(spec, Section):
+        return _subsection(spec, value, at)
+    if value is not None:
+        return _check(spec.kind, value, at)
+    if spec.default is not None:
+        return _check(spec.kind, spec.default, at)
+    if spec.required:
+        raise ConfigError(f"{at.file}: {at.where}: missing ({KINDS[spec.kind]}: {spec.doc})")
+    return None
+
+
+def _subsection(spec: Section, value: Any, at: _At) -> Any:
+    """A section inside a section: a dict, a list of them (``many``), or None when it is optional and absent
+    (unless all its fields have defaults)."""
+    if value is None:
+        if spec.required:
+            raise ConfigError(f"{at.file}: {at.where}: missing ({spec.doc})")
+        return _validate(spec, {}, at) if _all_defaulted(spec) else None
+    if not spec.many:
+        return _validate(spec, value, at)
+    if not isinstance(value, list) or not value:
+        _fail(at.file, at.where, "a non-empty list", value)
+    return [_validate(spec, item, replace(at, where=f"{at.where}[{i}]")) for i, item in enumerate(value)]
 
 
 def _all_defaulted(section: Section) -> bool:
@@ -760,36 +769,59 @@ def known_clusters(directory: Path = None) -> list:
 
 def load(name: str, directory: Path = None) -> Cluster:
     """Read and validate ``clusters/<name>.yaml``; raise ConfigError on any problem."""
-    directory = Path(directory or CLUSTERS_DIR)
+    file = _cluster_file(name, Path(directory or CLUSTERS_DIR))
+    shown = _shown(file)
+    data = _with_include(_read_yaml(file, shown), file, shown)
+    values = _validate(SCHEMA, data, _At(shown, "", file.parent, name))
+    _settle_components(values, shown)
+    _check_secret_names(values, shown)
+    return _cluster(name, file, values, shown)
+
+
+def _cluster_file(name: Any, directory: Path) -> Path:
+    """The file of cluster ``name``: a valid name, and a file that exists."""
     if not isinstance(name, str) or not CLUSTER_NAME.match(name):
         raise ConfigError(f"cluster name {name!r} is not valid ({KINDS['name']})")
     file = directory / f"{name}.yaml"
     if not file.exists():
         known = ", ".join(known_clusters(directory)) or "none"
         raise ConfigError(f"unknown cluster {name!r}: no {file} (known: {known})")
-    shown = _shown(file)
-    data = _read_yaml(file, shown)
-    if data.get("include"):
-        if not isinstance(data["include"], str):
-            _fail(shown, "include", KINDS["local_path"], data["include"])
-        included = (file.parent / Path(data["include"]).expanduser()).resolve()
-        if not included.exists():
-            hint = " (run `fab sandbox.up` first)" if ".sandbox" in included.parts else ""
-            raise ConfigError(f"{shown}: include: {_shown(included)} does not exist{hint}")
-        base = _read_yaml(included, _shown(included))
-        base.pop("include", None)
-        data = _merge(base, data)
-    values = _validate(SCHEMA, data, "", shown, file.parent, name)
+    return file
+
+
+def _with_include(data: dict, file: Path, shown: str) -> dict:
+    """The file's fields, over those of the file it includes when it names one."""
+    include = data.get("include")
+    if not include:
+        return data
+    if not isinstance(include, str):
+        _fail(shown, "include", KINDS["local_path"], include)
+    included = (file.parent / Path(include).expanduser()).resolve()
+    if not included.exists():
+        hint = " (run `fab sandbox.up` first)" if ".sandbox" in included.parts else ""
+        raise ConfigError(f"{shown}: include: {_shown(included)} does not exist{hint}")
+    base = _read_yaml(included, _shown(included))
+    base.pop("include", None)
+    return _merge(base, data)
+
+
+def _settle_components(values: dict, shown: str) -> None:
+    """Component names are distinct, and the admin's and the balancer's component are among them;
+    the balancer's, when not given, becomes the first component."""
     names = [c["name"] for c in values["components"]]
     if len(set(names)) != len(names):
         _fail(shown, "components", "distinct component names", names)
-    if values["admin"] and values["admin"]["component"] not in names:
-        _fail(shown, "admin.component", f"one of the components ({', '.join(names)})", values["admin"]["component"])
-    values["balancer"]["component"] = values["balancer"]["component"] or names[0]
-    if values["balancer"]["component"] not in names:
-        _fail(shown, "balancer.component", f"one of the components ({', '.join(names)})",
-              values["balancer"]["component"])
-    _check_secret_names(values, shown)
+    one_of = f"one of the components ({', '.join(names)})"
+    admin, balancer = values["admin"], values["balancer"]
+    if admin and admin["component"] not in names:
+        _fail(shown, "admin.component", one_of, admin["component"])
+    balancer["component"] = balancer["component"] or names[0]
+    if balancer["component"] not in names:
+        _fail(shown, "balancer.component", one_of, balancer["component"])
+
+
+def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
+    """The typed Cluster of the checked values; the components' defaults filled in and their paths checked."""
     return Cluster(
         name=name, file=file, namespace=values["namespace"],
         ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),
