@@ -10,12 +10,13 @@ was expected.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional, Union
 
 import yaml
 
@@ -488,170 +489,256 @@ def check_addresses(values, where="machines", file="command line") -> list:
     return result
 
 
+# ---------------------------------------------------------------- one value of a kind
+#
+# CHECKERS gives each kind of KINDS its checker: it takes the value as the file says it, and returns it
+# as the Cluster holds it (normalized), or raises _Invalid; _check turns that into the one-line error.
+
+@dataclass(frozen=True)
+class _At:
+    """Where a value is read: the file as shown, the field's path, the file's folder, the cluster's name."""
+    file: str
+    where: str
+    base_dir: Path
+    cluster: str
+
+
+class _Invalid(Exception):
+    """A value its kind refuses: what to show, and the field when it is an entry of the value."""
+
+    def __init__(self, got: Any, where: Optional[str] = None) -> None:
+        super().__init__(got)
+        self.got = got
+        self.where = where
+
+
+Checker = Callable[[Any, _At], Any]
+
+
+def _check(kind: str, value: Any, at: _At) -> Any:
+    """``value`` of a field of ``kind``, as the Cluster holds it; or a ConfigError naming the field."""
+    try:
+        return CHECKERS[kind](value, at)
+    except _Invalid as refused:
+        _fail(at.file, refused.where or at.where, KINDS[kind], refused.got)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(value)
+    return value
+
+
+def _whole(low: int, high: float = math.inf) -> Checker:
+    """A kind that is a whole number (not a bool) from ``low`` to ``high``."""
+    def check(value: Any, at: _At) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Invalid(value)
+        return value
+    return check
+
+
 def _same(value: str) -> str:
     return value
 
 
-# kind -> (is it valid, how it is written when it is): the kinds that are one checked string.
-WORDS = {
-    "name": (COMPONENT_NAME.match, _same),
-    "namespace": (DOCKER_NAMESPACE.match, _same),
-    "url_path": (URL_PATH.match, _same),
-    "unit": (UNIT_NAME.match, _same),
-    "stage": (STAGE.match, _same),
-    "branch": (valid_branch, _same),
-    "proxy_protocol": (lambda v: v in ("v1", "v2"), _same),
-    "check": (lambda v: v in HEALTH_CHECKS, _same),
-    "mode": (FILE_MODE.match, lambda v: v.rjust(4, "0")),
-    "signal": (SIGNAL.match, lambda v: v if v.startswith("SIG") else f"SIG{v}"),
-}
-
-
-def _check(kind, value, where, file, base_dir, cluster):
-    if kind == "flag":
-        if not isinstance(value, bool):
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "uid":
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UID:
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "secret_names":
-        if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) \
-                or not all(isinstance(v, str) and SECRET_NAME.match(v) for v in value):
-            _fail(file, where, KINDS[kind], value)
-        return tuple(value)
-    if kind == "settings":
-        return _settings(value, where, file)
-    if kind == "http_status":
-        if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind in ("int", "port"):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or (kind == "port" and value > 65535):
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "build_args":
-        if not isinstance(value, dict) or not value:
-            _fail(file, where, KINDS[kind], value)
-        args = []
-        for name, text in value.items():
-            if not isinstance(name, str) or not BUILD_ARG.match(name) or not isinstance(text, (str, int, float)) \
-                    or isinstance(text, bool):
-                _fail(file, f"{where}.{name}", KINDS[kind], text)
-            try:
-                str(text).format(**{v: "" for v in BUILD_ARG_VALUES})
-            except (KeyError, IndexError, ValueError):
-                _fail(file, f"{where}.{name}", KINDS[kind], text)
-            args.append((name, str(text)))
-        return tuple(args)
-    if kind == "hosts":
-        if not isinstance(value, list):
-            _fail(file, where, KINDS[kind], value)
-        return tuple(_check("host", v, f"{where}[{i}]", file, base_dir, cluster) for i, v in enumerate(value))
-    if not isinstance(value, str) and kind != "addresses":
-        _fail(file, where, KINDS[kind], value)
-    if kind == "text":
-        if not value.strip():
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind in WORDS:  # a string of one form: checked by a rule, then maybe normalized
-        valid, normal = WORDS[kind]
-        value = normal(value)
+def _word(valid: Callable[[str], Any], normal: Callable[[str], str] = _same) -> Checker:
+    """A kind that is one string of a form: written the usual way (``normal``), then checked by a rule."""
+    def check(value: Any, at: _At) -> str:
+        value = normal(_string(value))
         if not valid(value):
-            _fail(file, where, KINDS[kind], value)
+            raise _Invalid(value)
         return value
-    if kind == "address":
-        return check_address(value, where, file)
-    if kind == "addresses":
-        return tuple(check_addresses(value, where, file))
-    if kind == "host":
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            if not HOSTNAME.match(value):
-                _fail(file, where, KINDS[kind], value)
-            return value
-    if kind == "hostport":
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            _fail(file, where, KINDS[kind], value)
-        _check("host", host.strip("[]"), where, file, base_dir, cluster)
-        return value
-    if kind == "local_path":
-        return (base_dir / Path(value).expanduser()).resolve()
-    if kind == "remote_path":
-        value = value.replace("{cluster}", cluster)
-        if not REMOTE_PATH.match(value) or "/../" in value + "/":
-            _fail(file, where, KINDS[kind], value)
-        return value
-    if kind == "repo_path":
-        parts = value.split("/")
-        if value.startswith("/") or ".." in parts or not REMOTE_PATH.match("/" + value):
-            _fail(file, where, KINDS[kind], value)
-        return value.strip("/")
-    raise AssertionError(kind)
+    return check
 
 
-def _settings(value, where, file) -> tuple:
+def _flag(value: Any, at: _At) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(value)
+    return value
+
+
+def _text(value: Any, at: _At) -> str:
+    if not _string(value).strip():
+        raise _Invalid(value)
+    return value
+
+
+def _secret_names(value: Any, at: _At) -> tuple:
+    if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) \
+            or not all(isinstance(v, str) and SECRET_NAME.match(v) for v in value):
+        raise _Invalid(value)
+    return tuple(value)
+
+
+def _build_args(value: Any, at: _At) -> tuple:
+    """((NAME, value template), ...), in file order."""
+    if not isinstance(value, dict) or not value:
+        raise _Invalid(value)
+    return tuple(_build_arg(name, text, f"{at.where}.{name}") for name, text in value.items())
+
+
+def _build_arg(name: Any, text: Any, where: str) -> tuple:
+    if not isinstance(name, str) or not BUILD_ARG.match(name) or not isinstance(text, (str, int, float)) \
+            or isinstance(text, bool):
+        raise _Invalid(text, where)
+    try:
+        str(text).format(**{v: "" for v in BUILD_ARG_VALUES})
+    except (KeyError, IndexError, ValueError):
+        raise _Invalid(text, where) from None
+    return (name, str(text))
+
+
+def _address(value: Any, at: _At) -> str:
+    return check_address(_string(value), at.where, at.file)
+
+
+def _addresses(value: Any, at: _At) -> tuple:
+    return tuple(check_addresses(value, at.where, at.file))
+
+
+def _host(value: Any, at: _At) -> str:
+    """An IP address in canonical form, or a DNS name as written."""
+    value = _string(value)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        if not HOSTNAME.match(value):
+            raise _Invalid(value) from None
+        return value
+
+
+def _hosts(value: Any, at: _At) -> tuple:
+    if not isinstance(value, list):
+        raise _Invalid(value)
+    return tuple(_check("host", v, replace(at, where=f"{at.where}[{i}]")) for i, v in enumerate(value))
+
+
+def _hostport(value: Any, at: _At) -> str:
+    host, sep, port = _string(value).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _Invalid(value)
+    _check("host", host.strip("[]"), at)  # a bad host is reported as a host
+    return value
+
+
+def _local_path(value: Any, at: _At) -> Path:
+    return (at.base_dir / Path(_string(value)).expanduser()).resolve()
+
+
+def _remote_path(value: Any, at: _At) -> str:
+    value = _string(value).replace("{cluster}", at.cluster)
+    if not REMOTE_PATH.match(value) or "/../" in value + "/":
+        raise _Invalid(value)
+    return value
+
+
+def _repo_path(value: Any, at: _At) -> str:
+    value = _string(value)
+    if value.startswith("/") or ".." in value.split("/") or not REMOTE_PATH.match("/" + value):
+        raise _Invalid(value)
+    return value.strip("/")
+
+
+def _settings(value: Any, at: _At) -> tuple:
     """``settings``: key -> text, number or {secret: NAME}, as Setting entries in file order."""
     if not isinstance(value, dict) or not value:
-        _fail(file, where, KINDS["settings"], value)
+        raise _Invalid(value)
     entries = []
     for key, text in value.items():
-        at = f"{where}.{key}"
+        where = f"{at.where}.{key}"
         if not isinstance(key, str) or not SETTING_KEY.match(key):
-            _fail(file, at, "a key: words of letters, digits, . _ - joined by /", key)
+            _fail(at.file, where, "a key: words of letters, digits, . _ - joined by /", key)
         if isinstance(text, dict):
             if set(text) != {"secret"} or not isinstance(text["secret"], str) or not SECRET_NAME.match(text["secret"]):
-                _fail(file, at, "{secret: NAME}, NAME a file of the secrets folder", text)
+                _fail(at.file, where, "{secret: NAME}, NAME a file of the secrets folder", text)
             entries.append(Setting(key, secret=text["secret"]))
         elif isinstance(text, bool):
             entries.append(Setting(key, "true" if text else "false"))
         elif isinstance(text, (str, int, float)):
             entries.append(Setting(key, str(text)))
         else:
-            _fail(file, at, "a text, a number or {secret: NAME}", text)
+            _fail(at.file, where, "a text, a number or {secret: NAME}", text)
     return tuple(entries)
 
 
-def _validate(section: Section, data, where, file, base_dir, cluster) -> dict:
+CHECKERS: dict[str, Checker] = {
+    "text": _text,
+    "name": _word(COMPONENT_NAME.match),
+    "namespace": _word(DOCKER_NAMESPACE.match),
+    "int": _whole(1),
+    "port": _whole(1, 65535),
+    "address": _address,
+    "addresses": _addresses,
+    "hosts": _hosts,
+    "host": _host,
+    "hostport": _hostport,
+    "local_path": _local_path,
+    "remote_path": _remote_path,
+    "url_path": _word(URL_PATH.match),
+    "unit": _word(UNIT_NAME.match),
+    "mode": _word(FILE_MODE.match, lambda v: v.rjust(4, "0")),
+    "repo_path": _repo_path,
+    "branch": _word(valid_branch),
+    "stage": _word(STAGE.match),
+    "build_args": _build_args,
+    "proxy_protocol": _word(lambda v: v in ("v1", "v2")),
+    "http_status": _whole(100, 599),
+    "check": _word(lambda v: v in HEALTH_CHECKS),
+    "signal": _word(SIGNAL.match, lambda v: v if v.startswith("SIG") else f"SIG{v}"),
+    "secret_names": _secret_names,
+    "uid": _whole(0, MAX_UID),
+    "flag": _flag,
+    "settings": _settings,
+}
+
+
+def _validate(section: Section, data: Any, at: _At) -> dict:
+    """A section's fields, checked against its schema, as a dict; defaults filled in, None for absent ones."""
     if not isinstance(data, dict):
-        _fail(file, where or "top level", "a mapping of fields", data)
+        _fail(at.file, at.where or "top level", "a mapping of fields", data)
+    _refuse_unknown_fields(section, data, at)
+    return {key: _field(spec, data.get(key), _inside(at, key)) for key, spec in section.fields.items()}
+
+
+def _inside(at: _At, key: str) -> _At:
+    """Where field ``key`` of the section at ``at`` is read."""
+    return replace(at, where=f"{at.where}.{key}" if at.where else key)
+
+
+def _refuse_unknown_fields(section: Section, data: dict, at: _At) -> None:
     unknown = sorted(set(data) - set(section.fields))
     if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"{file}: {prefix}{unknown[0]}: unknown field "
+        prefix = f"{at.where}." if at.where else ""
+        raise ConfigError(f"{at.file}: {prefix}{unknown[0]}: unknown field "
                           f"(expected one of: {', '.join(section.fields)})")
-    result: dict = {}
-    for key, spec in section.fields.items():
-        path = f"{where}.{key}" if where else key
-        present = key in data and data[key] is not None
-        if isinstance(spec, Section):
-            if not present:
-                if spec.required:
-                    raise ConfigError(f"{file}: {path}: missing ({spec.doc})")
-                result[key] = _validate(spec, {}, path, file, base_dir, cluster) if _all_defaulted(spec) else None
-                continue
-            if spec.many:
-                items = data[key]
-                if not isinstance(items, list) or not items:
-                    _fail(file, path, "a non-empty list", items)
-                result[key] = [_validate(spec, item, f"{path}[{i}]", file, base_dir, cluster)
-                               for i, item in enumerate(items)]
-            else:
-                result[key] = _validate(spec, data[key], path, file, base_dir, cluster)
-            continue
-        if not present:
-            if spec.default is not None:
-                result[key] = _check(spec.kind, spec.default, path, file, base_dir, cluster)
-            elif spec.required:
-                raise ConfigError(f"{file}: {path}: missing ({KINDS[spec.kind]}: {spec.doc})")
-            else:
-                result[key] = None
-            continue
-        result[key] = _check(spec.kind, data[key], path, file, base_dir, cluster)
-    return result
+
+
+def _field(spec: Union[Field, Section], value: Any, at: _At) -> Any:
+    """One field of a section (None: not given), a value or a section."""
+    if isinstance(spec, Section):
+        return _subsection(spec, value, at)
+    if value is not None:
+        return _check(spec.kind, value, at)
+    if spec.default is not None:
+        return _check(spec.kind, spec.default, at)
+    if spec.required:
+        raise ConfigError(f"{at.file}: {at.where}: missing ({KINDS[spec.kind]}: {spec.doc})")
+    return None
+
+
+def _subsection(spec: Section, value: Any, at: _At) -> Any:
+    """A section inside a section: a dict, a list of them (``many``), or None when it is optional and absent
+    (unless all its fields have defaults)."""
+    if value is None:
+        if spec.required:
+            raise ConfigError(f"{at.file}: {at.where}: missing ({spec.doc})")
+        return _validate(spec, {}, at) if _all_defaulted(spec) else None
+    if not spec.many:
+        return _validate(spec, value, at)
+    if not isinstance(value, list) or not value:
+        _fail(at.file, at.where, "a non-empty list", value)
+    return [_validate(spec, item, replace(at, where=f"{at.where}[{i}]")) for i, item in enumerate(value)]
 
 
 def _all_defaulted(section: Section) -> bool:
@@ -682,36 +769,59 @@ def known_clusters(directory: Path = None) -> list:
 
 def load(name: str, directory: Path = None) -> Cluster:
     """Read and validate ``clusters/<name>.yaml``; raise ConfigError on any problem."""
-    directory = Path(directory or CLUSTERS_DIR)
+    file = _cluster_file(name, Path(directory or CLUSTERS_DIR))
+    shown = _shown(file)
+    data = _with_include(_read_yaml(file, shown), file, shown)
+    values = _validate(SCHEMA, data, _At(shown, "", file.parent, name))
+    _settle_components(values, shown)
+    _check_secret_names(values, shown)
+    return _cluster(name, file, values, shown)
+
+
+def _cluster_file(name: Any, directory: Path) -> Path:
+    """The file of cluster ``name``: a valid name, and a file that exists."""
     if not isinstance(name, str) or not CLUSTER_NAME.match(name):
         raise ConfigError(f"cluster name {name!r} is not valid ({KINDS['name']})")
     file = directory / f"{name}.yaml"
     if not file.exists():
         known = ", ".join(known_clusters(directory)) or "none"
         raise ConfigError(f"unknown cluster {name!r}: no {file} (known: {known})")
-    shown = _shown(file)
-    data = _read_yaml(file, shown)
-    if data.get("include"):
-        if not isinstance(data["include"], str):
-            _fail(shown, "include", KINDS["local_path"], data["include"])
-        included = (file.parent / Path(data["include"]).expanduser()).resolve()
-        if not included.exists():
-            hint = " (run `fab sandbox.up` first)" if ".sandbox" in included.parts else ""
-            raise ConfigError(f"{shown}: include: {_shown(included)} does not exist{hint}")
-        base = _read_yaml(included, _shown(included))
-        base.pop("include", None)
-        data = _merge(base, data)
-    values = _validate(SCHEMA, data, "", shown, file.parent, name)
+    return file
+
+
+def _with_include(data: dict, file: Path, shown: str) -> dict:
+    """The file's fields, over those of the file it includes when it names one."""
+    include = data.get("include")
+    if not include:
+        return data
+    if not isinstance(include, str):
+        _fail(shown, "include", KINDS["local_path"], include)
+    included = (file.parent / Path(include).expanduser()).resolve()
+    if not included.exists():
+        hint = " (run `fab sandbox.up` first)" if ".sandbox" in included.parts else ""
+        raise ConfigError(f"{shown}: include: {_shown(included)} does not exist{hint}")
+    base = _read_yaml(included, _shown(included))
+    base.pop("include", None)
+    return _merge(base, data)
+
+
+def _settle_components(values: dict, shown: str) -> None:
+    """Component names are distinct, and the admin's and the balancer's component are among them;
+    the balancer's, when not given, becomes the first component."""
     names = [c["name"] for c in values["components"]]
     if len(set(names)) != len(names):
         _fail(shown, "components", "distinct component names", names)
-    if values["admin"] and values["admin"]["component"] not in names:
-        _fail(shown, "admin.component", f"one of the components ({', '.join(names)})", values["admin"]["component"])
-    values["balancer"]["component"] = values["balancer"]["component"] or names[0]
-    if values["balancer"]["component"] not in names:
-        _fail(shown, "balancer.component", f"one of the components ({', '.join(names)})",
-              values["balancer"]["component"])
-    _check_secret_names(values, shown)
+    one_of = f"one of the components ({', '.join(names)})"
+    admin, balancer = values["admin"], values["balancer"]
+    if admin and admin["component"] not in names:
+        _fail(shown, "admin.component", one_of, admin["component"])
+    balancer["component"] = balancer["component"] or names[0]
+    if balancer["component"] not in names:
+        _fail(shown, "balancer.component", one_of, balancer["component"])
+
+
+def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
+    """The typed Cluster of the checked values; the components' defaults filled in and their paths checked."""
     return Cluster(
         name=name, file=file, namespace=values["namespace"],
         ssh=Ssh(**values["ssh"]), build=Build(**values["build"]),

@@ -383,6 +383,11 @@ def test_with_machines_validates(stage, machines, expected):
 
 # ---------------------------------------------------------------- the files in clusters/ and their documentation
 
+def test_every_kind_has_its_checker():
+    """KINDS says what each kind is (the README); CHECKERS checks it (load): the same kinds."""
+    assert set(cluster.CHECKERS) == set(cluster.KINDS)
+
+
 def test_readme_is_written_from_the_schema():
     """clusters/README.md is regenerated with: python -m tasks.model.cluster --readme > clusters/README.md"""
     assert (ROOT / "clusters" / "README.md").read_text() == cluster.readme()
