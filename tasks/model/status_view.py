@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import cloudconfig
 from cloudconfig.units import ETCD_UNIT
@@ -41,87 +42,275 @@ def machine_role(address: str, members: list, leader: Optional[str]) -> str:
     return "leader" if address == leader else "follower"
 
 
+NOT_MEMBER = "not a member"
+LEFT_BEHIND = ("learner", "joining")  # added to etcd by an add-machine that did not finish
+
+
+@dataclass(frozen=True)
+class MachineView:
+    """One machine's entry of the view, typed: what the drift rules read of it."""
+    raw: dict
+
+    @property
+    def address(self) -> str:
+        return self.raw["address"]
+
+    @property
+    def reachable(self) -> bool:
+        return bool(self.raw["reachable"])
+
+    @property
+    def error(self) -> Optional[str]:
+        return self.raw["error"]
+
+    @property
+    def role(self) -> str:
+        return self.raw["etcd"]["role"]
+
+    @property
+    def etcd_healthy(self) -> bool:
+        return bool(self.raw["etcd"]["healthy"])
+
+    @property
+    def etcd_active(self) -> str:
+        return self.raw["etcd"]["active"]
+
+    @property
+    def release(self) -> Optional[str]:
+        return self.raw["release"]
+
+    @property
+    def edited_user_data(self) -> Optional[str]:
+        """The cloud config's path when it was changed by hand since air-deploy wrote it."""
+        facts = self.raw.get("cloud_config", {})
+        return facts["user_data"] if facts.get("edited") else None
+
+    @property
+    def stopped(self) -> list[str]:
+        """"<component> is <state>" of every unit that is not active."""
+        return [f"{c} is {u['state']}" for c, u in self.raw["units"].items() if u["state"] != "active"]
+
+    @property
+    def balancer_state(self) -> Optional[str]:
+        return self.raw.get("balancer_state")
+
+
+@dataclass(frozen=True)
+class DriftView:
+    """The view ``read_status`` assembles, typed: what the drift rules read of the cluster."""
+    raw: dict
+
+    @property
+    def name(self) -> str:
+        return self.raw["cluster"]
+
+    @property
+    def etcd_error(self) -> Optional[str]:
+        return self.raw["etcd"].get("error")
+
+    @property
+    def etcd_answers(self) -> bool:
+        return self.etcd_error is None
+
+    @property
+    def balancer_error(self) -> Optional[str]:
+        return self.raw["balancer"].get("error")
+
+    @property
+    def listed(self) -> list[str]:
+        """The machines the balancer's routers file routes to."""
+        return self.raw["balancer"]["listed"]
+
+    @property
+    def members(self) -> list[str]:
+        return [m["address"] for m in self.raw["etcd"]["members"]]
+
+    @property
+    def file_machines(self) -> list[str]:
+        return self.raw["file_machines"]
+
+    @property
+    def recorded(self) -> Optional[dict]:
+        return self.raw["release"]
+
+    @property
+    def candidate(self) -> Optional[dict]:
+        return self.raw["candidate"]
+
+    @property
+    def machines(self) -> list[MachineView]:
+        return [MachineView(m) for m in self.raw["machines"]]
+
+    @property
+    def via(self) -> str:
+        """`` --via <member>`` for the fixes that reach etcd: a member from the cluster file first."""
+        members = self.members
+        any_member = next((m for m in self.file_machines if m in members), None) or (members[0] if members else None)
+        return f" --via {any_member}" if any_member else ""
+
+    def upgrade(self, address: str) -> str:
+        return f"`fab upgrade-machine --cluster {self.name} --machine {address}`"
+
+    def in_service(self, m: MachineView) -> bool:
+        """Whether the machine's release, units and routing are judged: when etcd answers, only a
+        started member's are (a non-member is not ours, or says so; a learner is left behind)."""
+        return not self.etcd_answers or m.role not in (NOT_MEMBER, *LEFT_BEHIND)
+
+    def out_of_balancer(self, m: MachineView) -> bool:
+        return not self.balancer_error and m.address not in self.listed
+
+
+def _warning(machine: Optional[str], problem: str, fix: str) -> dict:
+    return {"machine": machine, "problem": problem, "fix": fix}
+
+
+# ---------------------------------------------------------------- the cluster's rules
+
+def etcd_silent(d: DriftView) -> list[dict]:
+    if not d.etcd_error:
+        return []
+    return [_warning(None, f"etcd does not answer: {d.etcd_error}",
+                     f"start {ETCD_UNIT} on the machines (`systemctl start {ETCD_UNIT}`), "
+                     f"then `fab status --cluster {d.name}`")]
+
+
+def balancer_unreadable(d: DriftView) -> list[dict]:
+    if not d.balancer_error:
+        return []
+    return [_warning(None, f"the balancer's routers file cannot be read: {d.balancer_error}",
+                     f"check the balancer host {d.raw['balancer']['host']}")]
+
+
+def rollout_unfinished(d: DriftView) -> list[dict]:
+    recorded = d.recorded
+    if not (recorded and recorded.get("outcome") == "upgrading" and not d.raw["lock"]):
+        return []
+    return [_warning(None, f"the rollout to {recorded['id']} did not finish (its task was killed) and no task holds the lock",
+                     f"`fab rolling-upgrade --cluster {d.name}`")]
+
+
+def balancer_routes_to_strangers(d: DriftView) -> list[dict]:
+    if d.balancer_error or not d.etcd_answers:
+        return []
+    members = d.members
+    return [_warning(address, f"the balancer routes to {address}, which is not an etcd member",
+                     f"`fab balancer.remove --cluster {d.name} --machine {address}`")
+            for address in d.listed if address not in members]
+
+
+# ---------------------------------------------------------------- a machine's rules
+
+def unreachable(d: DriftView, m: MachineView) -> list[dict]:
+    return [_warning(m.address, f"{m.address} cannot be reached ({m.error})",
+                     f"once it answers: {d.upgrade(m.address)}; if it is gone for good: "
+                     f"`fab remove-machine --cluster {d.name}{d.via} --machine {m.address} --force`")]
+
+
+def not_a_member(d: DriftView, m: MachineView) -> list[dict]:
+    if m.role != NOT_MEMBER or m.address not in d.file_machines:
+        return []  # a non-member that is not in the file either is not ours
+    return [_warning(m.address, f"{m.address} is in the cluster file but not an etcd member",
+                     f"`fab add-machine --cluster {d.name}{d.via} --machine {m.address}`")]
+
+
+def not_in_file(d: DriftView, m: MachineView) -> list[dict]:
+    if m.role == NOT_MEMBER or m.address in d.file_machines:
+        return []
+    return [_warning(m.address, f"{m.address} is an etcd member but not in the cluster file",
+                     f"add {m.address} to `machines:` in {d.name}.yaml")]
+
+
+def left_behind(d: DriftView, m: MachineView) -> list[dict]:
+    if m.role not in LEFT_BEHIND:
+        return []
+    return [_warning(m.address, f"{m.address} is an etcd {m.role} left behind by an unfinished add-machine",
+                     f"`fab remove-machine --cluster {d.name}{d.via} --machine {m.address}`, then add-machine again")]
+
+
+def etcd_unhealthy(d: DriftView, m: MachineView) -> list[dict]:
+    if m.role == NOT_MEMBER or m.etcd_healthy:
+        return []
+    return [_warning(m.address, f"etcd on {m.address} is not healthy ({ETCD_UNIT} {m.etcd_active})",
+                     f"`systemctl restart {ETCD_UNIT}` on {m.address}; `journalctl -u {ETCD_UNIT}` there says why")]
+
+
+def wrong_release(d: DriftView, m: MachineView) -> list[dict]:
+    """Not the recorded release, nor the canary's candidate on a machine it runs on."""
+    recorded, candidate = d.recorded, d.candidate
+    allowed = {recorded["id"]} if recorded else set()
+    if candidate and m.address in candidate["machines"]:
+        allowed.add(candidate["id"])
+    if not allowed or m.release in allowed:
+        return []
+    wanted = " or ".join(sorted(allowed))
+    return [_warning(m.address, f"{m.address} runs release {m.release or '(none)'}, not {wanted}", d.upgrade(m.address))]
+
+
+def hand_edited(d: DriftView, m: MachineView) -> list[dict]:
+    path = m.edited_user_data
+    if not path:
+        return []
+    return [_warning(m.address, f"{path} on {m.address} was changed by hand since air-deploy wrote it (a deploy stops there)",
+                     cloudconfig.keep_hand_change(path))]
+
+
+def units_stopped(d: DriftView, m: MachineView) -> list[dict]:
+    stopped = m.stopped
+    if not stopped:
+        return []
+    return [_warning(m.address, f"on {m.address}: {', '.join(stopped)}", d.upgrade(m.address))]
+
+
+def out_of_balancer(d: DriftView, m: MachineView) -> list[dict]:
+    if not d.out_of_balancer(m):
+        return []
+    return [_warning(m.address, f"{m.address} is out of the balancer", d.upgrade(m.address) + " (health check, then back in)")]
+
+
+def marked_by_haproxy(d: DriftView, m: MachineView) -> list[dict]:
+    """Listed, but haproxy does not send to it (DOWN: its router fails the check; DRAIN, MAINT: set so)."""
+    state_ = m.balancer_state
+    if d.out_of_balancer(m) or state_ in (None, "UP"):
+        return []
+    if state_ == "DOWN":
+        fix = (f"`fab logs --cluster {d.name} --component {d.raw['balancer']['component']} --machine {m.address}` "
+               f"says why its router fails haproxy's check")
+    else:
+        fix = (f"`fab balancer.remove --cluster {d.name} --machine {m.address}`, then `fab balancer.add` of it "
+               f"(haproxy readies it)")
+    return [_warning(m.address, f"haproxy marks {m.address} {state_}", fix)]
+
+
+MachineRule = Callable[[DriftView, MachineView], list]
+# Judged only when etcd answers.
+MEMBERSHIP_RULES: tuple[MachineRule, ...] = (not_a_member, not_in_file, left_behind)
+# Judged only when the machine is in service (``DriftView.in_service``).
+SERVICE_RULES: tuple[MachineRule, ...] = (etcd_unhealthy, wrong_release, hand_edited, units_stopped, out_of_balancer,
+                                          marked_by_haproxy)
+
+
+def machine_rules(d: DriftView, m: MachineView) -> tuple[MachineRule, ...]:
+    """The rules that judge a machine: an unreachable one is only said to be."""
+    if not m.reachable:
+        return (unreachable,)
+    return (MEMBERSHIP_RULES if d.etcd_answers else ()) + (SERVICE_RULES if d.in_service(m) else ())
+
+
+def machines_drift(d: DriftView) -> list[dict]:
+    return [w for m in d.machines for rule in machine_rules(d, m) for w in rule(d, m)]
+
+
+# In the order the warnings are shown: the cluster's parts, each machine, then the balancer's strays.
+RULES: tuple[Callable[[DriftView], list], ...] = (etcd_silent, balancer_unreadable, rollout_unfinished, machines_drift,
+                                                  balancer_routes_to_strangers)
+
+
 def drift_warnings(view: dict) -> list:
     """Every way the cluster is not as recorded, each {machine, problem, fix} with the command that
     fixes it; empty when all is as recorded. A machine running the canary's candidate is not
     drift. Pure: from the view ``read_status`` assembles."""
-    name = view["cluster"]
-    warnings = []
-
-    def warn(machine_, problem, fix):
-        warnings.append({"machine": machine_, "problem": problem, "fix": fix})
-
-    etcd, recorded = view["etcd"], view["release"]
-    candidate = view["candidate"]
-    members = [m["address"] for m in etcd["members"]]
-    listed = view["balancer"]["listed"]
-    file_machines = view["file_machines"]
-    any_member = next((m for m in file_machines if m in members), None) or (members[0] if members else None)
-    via = f" --via {any_member}" if any_member else ""
-    if etcd.get("error"):
-        warn(None, f"etcd does not answer: {etcd['error']}",
-             f"start {ETCD_UNIT} on the machines (`systemctl start {ETCD_UNIT}`), then `fab status --cluster {name}`")
-    if view["balancer"].get("error"):
-        warn(None, f"the balancer's routers file cannot be read: {view['balancer']['error']}",
-             f"check the balancer host {view['balancer']['host']}")
-    if recorded and recorded.get("outcome") == "upgrading" and not view["lock"]:
-        warn(None, f"the rollout to {recorded['id']} did not finish (its task was killed) and no task holds the lock",
-             f"`fab rolling-upgrade --cluster {name}`")
-    for m in view["machines"]:
-        address = m["address"]
-        upgrade = f"`fab upgrade-machine --cluster {name} --machine {address}`"
-        if not m["reachable"]:
-            warn(address, f"{address} cannot be reached ({m['error']})",
-                 f"once it answers: {upgrade}; if it is gone for good: "
-                 f"`fab remove-machine --cluster {name}{via} --machine {address} --force`")
-            continue
-        role = m["etcd"]["role"]
-        if etcd.get("error") is None:
-            if role == "not a member" and address in file_machines:
-                warn(address, f"{address} is in the cluster file but not an etcd member",
-                     f"`fab add-machine --cluster {name}{via} --machine {address}`")
-            elif role == "not a member":
-                continue  # neither a member nor in the file: not ours
-            elif address not in file_machines:
-                warn(address, f"{address} is an etcd member but not in the cluster file",
-                     f"add {address} to `machines:` in {name}.yaml")
-            if role in ("learner", "joining"):
-                warn(address, f"{address} is an etcd {role} left behind by an unfinished add-machine",
-                     f"`fab remove-machine --cluster {name}{via} --machine {address}`, then add-machine again")
-                continue
-        if role != "not a member" and not m["etcd"]["healthy"]:
-            warn(address, f"etcd on {address} is not healthy ({ETCD_UNIT} {m['etcd']['active']})",
-                 f"`systemctl restart {ETCD_UNIT}` on {address}; `journalctl -u {ETCD_UNIT}` there says why")
-        if role == "not a member" and etcd.get("error") is None:
-            continue
-        allowed = {recorded["id"]} if recorded else set()
-        if candidate and address in candidate["machines"]:
-            allowed.add(candidate["id"])
-        if allowed and m["release"] not in allowed:
-            wanted = " or ".join(sorted(allowed))
-            warn(address, f"{address} runs release {m['release'] or '(none)'}, not {wanted}", upgrade)
-        if m.get("cloud_config", {}).get("edited"):
-            path = m["cloud_config"]["user_data"]
-            warn(address, f"{path} on {address} was changed by hand since air-deploy wrote it (a deploy stops there)",
-                 cloudconfig.keep_hand_change(path))
-        stopped = [f"{c} is {u['state']}" for c, u in m["units"].items() if u["state"] != "active"]
-        if stopped:
-            warn(address, f"on {address}: {', '.join(stopped)}", upgrade)
-        if not view["balancer"].get("error") and address not in listed:
-            warn(address, f"{address} is out of the balancer", upgrade + " (health check, then back in)")
-        elif m.get("balancer_state") not in (None, "UP"):
-            state_ = m["balancer_state"]
-            warn(address, f"haproxy marks {address} {state_}",
-                 f"`fab logs --cluster {name} --component {view['balancer']['component']} --machine {address}` says why "
-                 f"its router fails haproxy's check" if state_ == "DOWN" else
-                 f"`fab balancer.remove --cluster {name} --machine {address}`, then `fab balancer.add` of it "
-                 f"(haproxy readies it)")
-    if not view["balancer"].get("error") and etcd.get("error") is None:
-        for address in listed:
-            if address not in members:
-                warn(address, f"the balancer routes to {address}, which is not an etcd member",
-                     f"`fab balancer.remove --cluster {name} --machine {address}`")
-    return warnings
+    d = DriftView(view)
+    return [w for rule in RULES for w in rule(d)]
 
 
 def _table(rows: list) -> list:
