@@ -325,54 +325,90 @@ def _balancer_cell(m: dict) -> str:
     return f"in ({m['balancer_state']})" if m.get("balancer_state") else "in"
 
 
-def render_status(view: dict) -> list:
-    """The status as the lines `fab status` prints. Pure."""
-    recorded, candidate = view["release"], view["candidate"]
+def _etcd_cell(m: dict) -> str:
+    role = m["etcd"]["role"]
+    return role if role == NOT_MEMBER else f"{role}, {'healthy' if m['etcd']['healthy'] else 'UNHEALTHY'}"
+
+
+def _release_cell(m: dict, recorded: Optional[dict], candidate: Optional[dict]) -> str:
+    """The machine's release and what it is to the cluster: (recorded), (candidate) or (NOT RECORDED)."""
+    release = m["release"] or "(none)"
+    if recorded and m["release"] == recorded["id"]:
+        return release + " (recorded)"
+    if candidate and m["release"] == candidate["id"]:
+        return release + " (candidate)"
+    return release + " (NOT RECORDED)"
+
+
+def _machine_row(m: dict, recorded: Optional[dict], candidate: Optional[dict]) -> tuple:
+    if not m["reachable"]:
+        return (m["address"], "DOWN", m["etcd"]["role"], _balancer_cell(m), "?", "?")
+    return (m["address"], "ok", _etcd_cell(m), _balancer_cell(m), _release_cell(m, recorded, candidate),
+            m["images"].get("size", "?"))
+
+
+def _machines_table(view: dict) -> list:
     rows = [("MACHINE", "SSH", "ETCD", "BALANCER", "RELEASE", "IMAGES")]
-    for m in view["machines"]:
-        if not m["reachable"]:
-            rows.append((m["address"], "DOWN", m["etcd"]["role"], _balancer_cell(m), "?", "?"))
-            continue
-        role = m["etcd"]["role"]
-        etcd = role if role == "not a member" else f"{role}, {'healthy' if m['etcd']['healthy'] else 'UNHEALTHY'}"
-        release = m["release"] or "(none)"
-        if recorded and m["release"] == recorded["id"]:
-            release += " (recorded)"
-        elif candidate and m["release"] == candidate["id"]:
-            release += " (candidate)"
-        else:
-            release += " (NOT RECORDED)"
-        images = m["images"].get("size", "?")
-        rows.append((m["address"], "ok", etcd, _balancer_cell(m), release, images))
-    lines = [f"cluster {view['cluster']}", ""] + _table(rows) + [""]
+    rows += [_machine_row(m, view["release"], view["candidate"]) for m in view["machines"]]
+    return _table(rows) + [""]
+
+
+def _unit_cell(u: dict) -> str:
+    if u["state"] == "active":
+        return f"{u['state']} {u['version'] or '?'} {duration(u['uptime'])}"
+    return f"{u['state'].upper()} {u['version'] or '?'}"
+
+
+def _units_table(view: dict) -> list:
+    """Each reachable machine's units (state, version, up for); nothing when none answered."""
     components = view["components"]
     rows = [("MACHINE", *components)]
-    for m in view["machines"]:
-        if m["reachable"]:
-            rows.append((m["address"], *(
-                f"{u['state']} {u['version'] or '?'} {duration(u['uptime'])}" if u["state"] == "active"
-                else f"{u['state'].upper()} {u['version'] or '?'}" for u in (m["units"][c] for c in components))))
-    if len(rows) > 1:
-        lines += ["units (state, version, up for):"] + _table(rows) + [""]
-    if recorded:
-        lines.append(f"release:   {recorded['id']} ({recorded.get('outcome', '?')}, {recorded.get('when', '?')}, "
-                     f"{recorded.get('who', '?')}) "
-                     + " ".join(f"{c}={v['version']}" for c, v in sorted(recorded["components"].items())))
-    else:
-        lines.append("release:   none recorded")
-    lines.append(f"candidate: {candidate['id']} on {', '.join(candidate['machines'])} (since {candidate.get('when', '?')}; "
-                 f"`fab deploy` continues, `fab rollback` puts it back)" if candidate else "candidate: none")
-    lock = view["lock"]
-    lines.append("lock:      " + ("free" if not lock else " ".join(f"{k}={v}" for k, v in lock.items())))
-    lines.append(status_line(view.get("maintenance")))
-    etcd = view["etcd"]
+    rows += [(m["address"], *(_unit_cell(m["units"][c]) for c in components)) for m in view["machines"] if m["reachable"]]
+    return ["units (state, version, up for):"] + _table(rows) + [""] if len(rows) > 1 else []
+
+
+def _release_line(recorded: Optional[dict]) -> str:
+    if not recorded:
+        return "release:   none recorded"
+    return (f"release:   {recorded['id']} ({recorded.get('outcome', '?')}, {recorded.get('when', '?')}, "
+            f"{recorded.get('who', '?')}) "
+            + " ".join(f"{c}={v['version']}" for c, v in sorted(recorded["components"].items())))
+
+
+def _candidate_line(candidate: Optional[dict]) -> str:
+    if not candidate:
+        return "candidate: none"
+    return (f"candidate: {candidate['id']} on {', '.join(candidate['machines'])} (since {candidate.get('when', '?')}; "
+            f"`fab deploy` continues, `fab rollback` puts it back)")
+
+
+def _lock_line(lock: Optional[dict]) -> str:
+    return "lock:      " + ("free" if not lock else " ".join(f"{k}={v}" for k, v in lock.items()))
+
+
+def _etcd_line(etcd: dict) -> str:
     etcd_line = "DOES NOT ANSWER: " + etcd["error"] if etcd.get("error") else "leader " + (etcd["leader"] or "?")
-    lines.append(f"etcd:      {etcd_line}")
-    for w in view["warnings"]:
-        lines.append(f"warning: {w['problem']}; fix: {w['fix']}")
-    lines.append(f"{'all as recorded' if not view['warnings'] else str(len(view['warnings'])) + ' warning(s)'} "
-                 f"(read in {view['seconds']:.2f} s)")
-    return lines
+    return f"etcd:      {etcd_line}"
+
+
+def _cluster_lines(view: dict) -> list:
+    """The recorded release, the candidate, the lock holder, maintenance and etcd's leader."""
+    return [_release_line(view["release"]), _candidate_line(view["candidate"]), _lock_line(view["lock"]),
+            status_line(view.get("maintenance")), _etcd_line(view["etcd"])]
+
+
+def _warning_lines(view: dict) -> list:
+    warnings = view["warnings"]
+    summary = "all as recorded" if not warnings else f"{len(warnings)} warning(s)"
+    return ([f"warning: {w['problem']}; fix: {w['fix']}" for w in warnings]
+            + [f"{summary} (read in {view['seconds']:.2f} s)"])
+
+
+def render_status(view: dict) -> list:
+    """The status as the lines `fab status` prints: the machines, their units, the cluster, the
+    warnings. Pure."""
+    return ([f"cluster {view['cluster']}", ""] + _machines_table(view) + _units_table(view)
+            + _cluster_lines(view) + _warning_lines(view))
 
 
 def merged(per_machine: dict) -> list:
