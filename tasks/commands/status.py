@@ -9,6 +9,7 @@ equality.
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import cloudconfig
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, container_name, unit_name
@@ -42,20 +43,19 @@ def haproxy_states(servers) -> dict:
     return states
 
 
-def parse_status(text: str, cluster) -> dict:
-    """What ``status_command`` printed, as {release, components, units, etcd, images}. Pure.
-
-    ``units``: component -> {unit, state, sub, uptime (seconds, None when not active)};
-    ``etcd``: {active, healthy}; ``images``: {size, reclaimable} as Docker says them."""
-    s = machine.in_sections(text, ("release", "components", "units", "uptime", "etcd", "images", "user_data",
-                                   "written"))
+def _uptime(lines: list) -> Optional[float]:
+    """The machine's uptime in seconds, None when it could not be read."""
     try:
-        uptime = float("".join(s["uptime"]).strip())
+        return float("".join(lines).strip())
     except ValueError:
-        uptime = None
+        return None
+
+
+def _unit_blocks(lines: list) -> dict:
+    """unit -> its properties, from ``systemctl show``'s blocks (separated by blank lines)."""
     shown: dict = {}
     block: dict = {}
-    for line in s["units"] + [""]:
+    for line in lines + [""]:
         if not line.strip():
             if block.get("Id"):
                 shown[block["Id"]] = block
@@ -63,31 +63,60 @@ def parse_status(text: str, cluster) -> dict:
             continue
         key, _, value = line.partition("=")
         block[key] = value
-    versions = machine.parse_components("\n".join(s["components"]))
+    return shown
+
+
+def _unit_uptime(props: dict, uptime: Optional[float]) -> Optional[int]:
+    """Seconds the unit has been active, None when it is not (or when it is not known)."""
+    since = props.get("ActiveEnterTimestampMonotonic", "0")
+    if props.get("ActiveState", "unknown") != "active" or not (since.isdigit() and int(since)) or uptime is None:
+        return None
+    return max(0, int(uptime - int(since) / 1e6))
+
+
+def _units(shown: dict, versions: dict, uptime: Optional[float], cluster) -> dict:
     units = {}
     for c in cluster.components:
         props = shown.get(unit_name(c.name), {})
-        active = props.get("ActiveState", "unknown")
-        since = props.get("ActiveEnterTimestampMonotonic", "0")
-        up = None
-        if active == "active" and since.isdigit() and int(since) and uptime is not None:
-            up = max(0, int(uptime - int(since) / 1e6))
-        units[c.name] = {"unit": unit_name(c.name), "state": active, "sub": props.get("SubState", ""),
-                         "version": versions.get(c.name), "uptime": up}
-    etcd_lines = [line.strip() for line in s["etcd"] if line.strip()]
+        units[c.name] = {"unit": unit_name(c.name), "state": props.get("ActiveState", "unknown"),
+                         "sub": props.get("SubState", ""), "version": versions.get(c.name),
+                         "uptime": _unit_uptime(props, uptime)}
+    return units
+
+
+def _etcd(lines: list) -> dict:
+    """{active: what systemd says of the etcd unit, healthy: what etcd's /health says}."""
+    etcd_lines = [line.strip() for line in lines if line.strip()]
     health = next((line for line in etcd_lines if line.startswith("{")), "")
     try:
         healthy = str(json.loads(health).get("health")) == "true"
     except ValueError:
         healthy = False
+    return {"active": etcd_lines[0] if etcd_lines else "unknown", "healthy": healthy}
+
+
+def _images(lines: list) -> dict:
+    """{size, reclaimable} of the images, from ``docker system df`` (the last Images line)."""
     images = {}
-    for line in s["images"]:
+    for line in lines:
         parts = line.split("\t")
         if parts[0] == "Images" and len(parts) >= 3:
             images = {"size": parts[1], "reclaimable": parts[2]}
-    return {"release": "".join(s["release"]).strip(), "components": versions, "units": units,
-            "etcd": {"active": etcd_lines[0] if etcd_lines else "unknown", "healthy": healthy},
-            "images": images, "cloud_config": machine.parse_cloud_config_facts(s)}
+    return images
+
+
+def parse_status(text: str, cluster) -> dict:
+    """What ``status_command`` printed, as {release, components, units, etcd, images}. Pure.
+
+    ``units``: component -> {unit, state, sub, uptime (seconds, None when not active)};
+    ``etcd``: {active, healthy}; ``images``: {size, reclaimable} as Docker says them."""
+    s = machine.in_sections(text, ("release", "components", "units", "uptime", "etcd", "images", "user_data",
+                                   "written"))
+    versions = machine.parse_components("\n".join(s["components"]))
+    return {"release": "".join(s["release"]).strip(), "components": versions,
+            "units": _units(_unit_blocks(s["units"]), versions, _uptime(s["uptime"]), cluster),
+            "etcd": _etcd(s["etcd"]), "images": _images(s["images"]),
+            "cloud_config": machine.parse_cloud_config_facts(s)}
 
 
 def journal_command(component: str, lines: int, since: str = None, follow: bool = False,

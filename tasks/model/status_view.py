@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import cloudconfig
 from cloudconfig.units import ETCD_UNIT
@@ -41,87 +42,275 @@ def machine_role(address: str, members: list, leader: Optional[str]) -> str:
     return "leader" if address == leader else "follower"
 
 
+NOT_MEMBER = "not a member"
+LEFT_BEHIND = ("learner", "joining")  # added to etcd by an add-machine that did not finish
+
+
+@dataclass(frozen=True)
+class MachineView:
+    """One machine's entry of the view, typed: what the drift rules read of it."""
+    raw: dict
+
+    @property
+    def address(self) -> str:
+        return self.raw["address"]
+
+    @property
+    def reachable(self) -> bool:
+        return bool(self.raw["reachable"])
+
+    @property
+    def error(self) -> Optional[str]:
+        return self.raw["error"]
+
+    @property
+    def role(self) -> str:
+        return self.raw["etcd"]["role"]
+
+    @property
+    def etcd_healthy(self) -> bool:
+        return bool(self.raw["etcd"]["healthy"])
+
+    @property
+    def etcd_active(self) -> str:
+        return self.raw["etcd"]["active"]
+
+    @property
+    def release(self) -> Optional[str]:
+        return self.raw["release"]
+
+    @property
+    def edited_user_data(self) -> Optional[str]:
+        """The cloud config's path when it was changed by hand since air-deploy wrote it."""
+        facts = self.raw.get("cloud_config", {})
+        return facts["user_data"] if facts.get("edited") else None
+
+    @property
+    def stopped(self) -> list[str]:
+        """"<component> is <state>" of every unit that is not active."""
+        return [f"{c} is {u['state']}" for c, u in self.raw["units"].items() if u["state"] != "active"]
+
+    @property
+    def balancer_state(self) -> Optional[str]:
+        return self.raw.get("balancer_state")
+
+
+@dataclass(frozen=True)
+class DriftView:
+    """The view ``read_status`` assembles, typed: what the drift rules read of the cluster."""
+    raw: dict
+
+    @property
+    def name(self) -> str:
+        return self.raw["cluster"]
+
+    @property
+    def etcd_error(self) -> Optional[str]:
+        return self.raw["etcd"].get("error")
+
+    @property
+    def etcd_answers(self) -> bool:
+        return self.etcd_error is None
+
+    @property
+    def balancer_error(self) -> Optional[str]:
+        return self.raw["balancer"].get("error")
+
+    @property
+    def listed(self) -> list[str]:
+        """The machines the balancer's routers file routes to."""
+        return self.raw["balancer"]["listed"]
+
+    @property
+    def members(self) -> list[str]:
+        return [m["address"] for m in self.raw["etcd"]["members"]]
+
+    @property
+    def file_machines(self) -> list[str]:
+        return self.raw["file_machines"]
+
+    @property
+    def recorded(self) -> Optional[dict]:
+        return self.raw["release"]
+
+    @property
+    def candidate(self) -> Optional[dict]:
+        return self.raw["candidate"]
+
+    @property
+    def machines(self) -> list[MachineView]:
+        return [MachineView(m) for m in self.raw["machines"]]
+
+    @property
+    def via(self) -> str:
+        """`` --via <member>`` for the fixes that reach etcd: a member from the cluster file first."""
+        members = self.members
+        any_member = next((m for m in self.file_machines if m in members), None) or (members[0] if members else None)
+        return f" --via {any_member}" if any_member else ""
+
+    def upgrade(self, address: str) -> str:
+        return f"`fab upgrade-machine --cluster {self.name} --machine {address}`"
+
+    def in_service(self, m: MachineView) -> bool:
+        """Whether the machine's release, units and routing are judged: when etcd answers, only a
+        started member's are (a non-member is not ours, or says so; a learner is left behind)."""
+        return not self.etcd_answers or m.role not in (NOT_MEMBER, *LEFT_BEHIND)
+
+    def out_of_balancer(self, m: MachineView) -> bool:
+        return not self.balancer_error and m.address not in self.listed
+
+
+def _warning(machine: Optional[str], problem: str, fix: str) -> dict:
+    return {"machine": machine, "problem": problem, "fix": fix}
+
+
+# ---------------------------------------------------------------- the cluster's rules
+
+def etcd_silent(d: DriftView) -> list[dict]:
+    if not d.etcd_error:
+        return []
+    return [_warning(None, f"etcd does not answer: {d.etcd_error}",
+                     f"start {ETCD_UNIT} on the machines (`systemctl start {ETCD_UNIT}`), "
+                     f"then `fab status --cluster {d.name}`")]
+
+
+def balancer_unreadable(d: DriftView) -> list[dict]:
+    if not d.balancer_error:
+        return []
+    return [_warning(None, f"the balancer's routers file cannot be read: {d.balancer_error}",
+                     f"check the balancer host {d.raw['balancer']['host']}")]
+
+
+def rollout_unfinished(d: DriftView) -> list[dict]:
+    recorded = d.recorded
+    if not (recorded and recorded.get("outcome") == "upgrading" and not d.raw["lock"]):
+        return []
+    return [_warning(None, f"the rollout to {recorded['id']} did not finish (its task was killed) and no task holds the lock",
+                     f"`fab rolling-upgrade --cluster {d.name}`")]
+
+
+def balancer_routes_to_strangers(d: DriftView) -> list[dict]:
+    if d.balancer_error or not d.etcd_answers:
+        return []
+    members = d.members
+    return [_warning(address, f"the balancer routes to {address}, which is not an etcd member",
+                     f"`fab balancer.remove --cluster {d.name} --machine {address}`")
+            for address in d.listed if address not in members]
+
+
+# ---------------------------------------------------------------- a machine's rules
+
+def unreachable(d: DriftView, m: MachineView) -> list[dict]:
+    return [_warning(m.address, f"{m.address} cannot be reached ({m.error})",
+                     f"once it answers: {d.upgrade(m.address)}; if it is gone for good: "
+                     f"`fab remove-machine --cluster {d.name}{d.via} --machine {m.address} --force`")]
+
+
+def not_a_member(d: DriftView, m: MachineView) -> list[dict]:
+    if m.role != NOT_MEMBER or m.address not in d.file_machines:
+        return []  # a non-member that is not in the file either is not ours
+    return [_warning(m.address, f"{m.address} is in the cluster file but not an etcd member",
+                     f"`fab add-machine --cluster {d.name}{d.via} --machine {m.address}`")]
+
+
+def not_in_file(d: DriftView, m: MachineView) -> list[dict]:
+    if m.role == NOT_MEMBER or m.address in d.file_machines:
+        return []
+    return [_warning(m.address, f"{m.address} is an etcd member but not in the cluster file",
+                     f"add {m.address} to `machines:` in {d.name}.yaml")]
+
+
+def left_behind(d: DriftView, m: MachineView) -> list[dict]:
+    if m.role not in LEFT_BEHIND:
+        return []
+    return [_warning(m.address, f"{m.address} is an etcd {m.role} left behind by an unfinished add-machine",
+                     f"`fab remove-machine --cluster {d.name}{d.via} --machine {m.address}`, then add-machine again")]
+
+
+def etcd_unhealthy(d: DriftView, m: MachineView) -> list[dict]:
+    if m.role == NOT_MEMBER or m.etcd_healthy:
+        return []
+    return [_warning(m.address, f"etcd on {m.address} is not healthy ({ETCD_UNIT} {m.etcd_active})",
+                     f"`systemctl restart {ETCD_UNIT}` on {m.address}; `journalctl -u {ETCD_UNIT}` there says why")]
+
+
+def wrong_release(d: DriftView, m: MachineView) -> list[dict]:
+    """Not the recorded release, nor the canary's candidate on a machine it runs on."""
+    recorded, candidate = d.recorded, d.candidate
+    allowed = {recorded["id"]} if recorded else set()
+    if candidate and m.address in candidate["machines"]:
+        allowed.add(candidate["id"])
+    if not allowed or m.release in allowed:
+        return []
+    wanted = " or ".join(sorted(allowed))
+    return [_warning(m.address, f"{m.address} runs release {m.release or '(none)'}, not {wanted}", d.upgrade(m.address))]
+
+
+def hand_edited(d: DriftView, m: MachineView) -> list[dict]:
+    path = m.edited_user_data
+    if not path:
+        return []
+    return [_warning(m.address, f"{path} on {m.address} was changed by hand since air-deploy wrote it (a deploy stops there)",
+                     cloudconfig.keep_hand_change(path))]
+
+
+def units_stopped(d: DriftView, m: MachineView) -> list[dict]:
+    stopped = m.stopped
+    if not stopped:
+        return []
+    return [_warning(m.address, f"on {m.address}: {', '.join(stopped)}", d.upgrade(m.address))]
+
+
+def out_of_balancer(d: DriftView, m: MachineView) -> list[dict]:
+    if not d.out_of_balancer(m):
+        return []
+    return [_warning(m.address, f"{m.address} is out of the balancer", d.upgrade(m.address) + " (health check, then back in)")]
+
+
+def marked_by_haproxy(d: DriftView, m: MachineView) -> list[dict]:
+    """Listed, but haproxy does not send to it (DOWN: its router fails the check; DRAIN, MAINT: set so)."""
+    state_ = m.balancer_state
+    if d.out_of_balancer(m) or state_ in (None, "UP"):
+        return []
+    if state_ == "DOWN":
+        fix = (f"`fab logs --cluster {d.name} --component {d.raw['balancer']['component']} --machine {m.address}` "
+               f"says why its router fails haproxy's check")
+    else:
+        fix = (f"`fab balancer.remove --cluster {d.name} --machine {m.address}`, then `fab balancer.add` of it "
+               f"(haproxy readies it)")
+    return [_warning(m.address, f"haproxy marks {m.address} {state_}", fix)]
+
+
+MachineRule = Callable[[DriftView, MachineView], list]
+# Judged only when etcd answers.
+MEMBERSHIP_RULES: tuple[MachineRule, ...] = (not_a_member, not_in_file, left_behind)
+# Judged only when the machine is in service (``DriftView.in_service``).
+SERVICE_RULES: tuple[MachineRule, ...] = (etcd_unhealthy, wrong_release, hand_edited, units_stopped, out_of_balancer,
+                                          marked_by_haproxy)
+
+
+def machine_rules(d: DriftView, m: MachineView) -> tuple[MachineRule, ...]:
+    """The rules that judge a machine: an unreachable one is only said to be."""
+    if not m.reachable:
+        return (unreachable,)
+    return (MEMBERSHIP_RULES if d.etcd_answers else ()) + (SERVICE_RULES if d.in_service(m) else ())
+
+
+def machines_drift(d: DriftView) -> list[dict]:
+    return [w for m in d.machines for rule in machine_rules(d, m) for w in rule(d, m)]
+
+
+# In the order the warnings are shown: the cluster's parts, each machine, then the balancer's strays.
+RULES: tuple[Callable[[DriftView], list], ...] = (etcd_silent, balancer_unreadable, rollout_unfinished, machines_drift,
+                                                  balancer_routes_to_strangers)
+
+
 def drift_warnings(view: dict) -> list:
     """Every way the cluster is not as recorded, each {machine, problem, fix} with the command that
     fixes it; empty when all is as recorded. A machine running the canary's candidate is not
     drift. Pure: from the view ``read_status`` assembles."""
-    name = view["cluster"]
-    warnings = []
-
-    def warn(machine_, problem, fix):
-        warnings.append({"machine": machine_, "problem": problem, "fix": fix})
-
-    etcd, recorded = view["etcd"], view["release"]
-    candidate = view["candidate"]
-    members = [m["address"] for m in etcd["members"]]
-    listed = view["balancer"]["listed"]
-    file_machines = view["file_machines"]
-    any_member = next((m for m in file_machines if m in members), None) or (members[0] if members else None)
-    via = f" --via {any_member}" if any_member else ""
-    if etcd.get("error"):
-        warn(None, f"etcd does not answer: {etcd['error']}",
-             f"start {ETCD_UNIT} on the machines (`systemctl start {ETCD_UNIT}`), then `fab status --cluster {name}`")
-    if view["balancer"].get("error"):
-        warn(None, f"the balancer's routers file cannot be read: {view['balancer']['error']}",
-             f"check the balancer host {view['balancer']['host']}")
-    if recorded and recorded.get("outcome") == "upgrading" and not view["lock"]:
-        warn(None, f"the rollout to {recorded['id']} did not finish (its task was killed) and no task holds the lock",
-             f"`fab rolling-upgrade --cluster {name}`")
-    for m in view["machines"]:
-        address = m["address"]
-        upgrade = f"`fab upgrade-machine --cluster {name} --machine {address}`"
-        if not m["reachable"]:
-            warn(address, f"{address} cannot be reached ({m['error']})",
-                 f"once it answers: {upgrade}; if it is gone for good: "
-                 f"`fab remove-machine --cluster {name}{via} --machine {address} --force`")
-            continue
-        role = m["etcd"]["role"]
-        if etcd.get("error") is None:
-            if role == "not a member" and address in file_machines:
-                warn(address, f"{address} is in the cluster file but not an etcd member",
-                     f"`fab add-machine --cluster {name}{via} --machine {address}`")
-            elif role == "not a member":
-                continue  # neither a member nor in the file: not ours
-            elif address not in file_machines:
-                warn(address, f"{address} is an etcd member but not in the cluster file",
-                     f"add {address} to `machines:` in {name}.yaml")
-            if role in ("learner", "joining"):
-                warn(address, f"{address} is an etcd {role} left behind by an unfinished add-machine",
-                     f"`fab remove-machine --cluster {name}{via} --machine {address}`, then add-machine again")
-                continue
-        if role != "not a member" and not m["etcd"]["healthy"]:
-            warn(address, f"etcd on {address} is not healthy ({ETCD_UNIT} {m['etcd']['active']})",
-                 f"`systemctl restart {ETCD_UNIT}` on {address}; `journalctl -u {ETCD_UNIT}` there says why")
-        if role == "not a member" and etcd.get("error") is None:
-            continue
-        allowed = {recorded["id"]} if recorded else set()
-        if candidate and address in candidate["machines"]:
-            allowed.add(candidate["id"])
-        if allowed and m["release"] not in allowed:
-            wanted = " or ".join(sorted(allowed))
-            warn(address, f"{address} runs release {m['release'] or '(none)'}, not {wanted}", upgrade)
-        if m.get("cloud_config", {}).get("edited"):
-            path = m["cloud_config"]["user_data"]
-            warn(address, f"{path} on {address} was changed by hand since air-deploy wrote it (a deploy stops there)",
-                 cloudconfig.keep_hand_change(path))
-        stopped = [f"{c} is {u['state']}" for c, u in m["units"].items() if u["state"] != "active"]
-        if stopped:
-            warn(address, f"on {address}: {', '.join(stopped)}", upgrade)
-        if not view["balancer"].get("error") and address not in listed:
-            warn(address, f"{address} is out of the balancer", upgrade + " (health check, then back in)")
-        elif m.get("balancer_state") not in (None, "UP"):
-            state_ = m["balancer_state"]
-            warn(address, f"haproxy marks {address} {state_}",
-                 f"`fab logs --cluster {name} --component {view['balancer']['component']} --machine {address}` says why "
-                 f"its router fails haproxy's check" if state_ == "DOWN" else
-                 f"`fab balancer.remove --cluster {name} --machine {address}`, then `fab balancer.add` of it "
-                 f"(haproxy readies it)")
-    if not view["balancer"].get("error") and etcd.get("error") is None:
-        for address in listed:
-            if address not in members:
-                warn(address, f"the balancer routes to {address}, which is not an etcd member",
-                     f"`fab balancer.remove --cluster {name} --machine {address}`")
-    return warnings
+    d = DriftView(view)
+    return [w for rule in RULES for w in rule(d)]
 
 
 def _table(rows: list) -> list:
@@ -136,54 +325,90 @@ def _balancer_cell(m: dict) -> str:
     return f"in ({m['balancer_state']})" if m.get("balancer_state") else "in"
 
 
-def render_status(view: dict) -> list:
-    """The status as the lines `fab status` prints. Pure."""
-    recorded, candidate = view["release"], view["candidate"]
+def _etcd_cell(m: dict) -> str:
+    role = m["etcd"]["role"]
+    return role if role == NOT_MEMBER else f"{role}, {'healthy' if m['etcd']['healthy'] else 'UNHEALTHY'}"
+
+
+def _release_cell(m: dict, recorded: Optional[dict], candidate: Optional[dict]) -> str:
+    """The machine's release and what it is to the cluster: (recorded), (candidate) or (NOT RECORDED)."""
+    release = m["release"] or "(none)"
+    if recorded and m["release"] == recorded["id"]:
+        return release + " (recorded)"
+    if candidate and m["release"] == candidate["id"]:
+        return release + " (candidate)"
+    return release + " (NOT RECORDED)"
+
+
+def _machine_row(m: dict, recorded: Optional[dict], candidate: Optional[dict]) -> tuple:
+    if not m["reachable"]:
+        return (m["address"], "DOWN", m["etcd"]["role"], _balancer_cell(m), "?", "?")
+    return (m["address"], "ok", _etcd_cell(m), _balancer_cell(m), _release_cell(m, recorded, candidate),
+            m["images"].get("size", "?"))
+
+
+def _machines_table(view: dict) -> list:
     rows = [("MACHINE", "SSH", "ETCD", "BALANCER", "RELEASE", "IMAGES")]
-    for m in view["machines"]:
-        if not m["reachable"]:
-            rows.append((m["address"], "DOWN", m["etcd"]["role"], _balancer_cell(m), "?", "?"))
-            continue
-        role = m["etcd"]["role"]
-        etcd = role if role == "not a member" else f"{role}, {'healthy' if m['etcd']['healthy'] else 'UNHEALTHY'}"
-        release = m["release"] or "(none)"
-        if recorded and m["release"] == recorded["id"]:
-            release += " (recorded)"
-        elif candidate and m["release"] == candidate["id"]:
-            release += " (candidate)"
-        else:
-            release += " (NOT RECORDED)"
-        images = m["images"].get("size", "?")
-        rows.append((m["address"], "ok", etcd, _balancer_cell(m), release, images))
-    lines = [f"cluster {view['cluster']}", ""] + _table(rows) + [""]
+    rows += [_machine_row(m, view["release"], view["candidate"]) for m in view["machines"]]
+    return _table(rows) + [""]
+
+
+def _unit_cell(u: dict) -> str:
+    if u["state"] == "active":
+        return f"{u['state']} {u['version'] or '?'} {duration(u['uptime'])}"
+    return f"{u['state'].upper()} {u['version'] or '?'}"
+
+
+def _units_table(view: dict) -> list:
+    """Each reachable machine's units (state, version, up for); nothing when none answered."""
     components = view["components"]
     rows = [("MACHINE", *components)]
-    for m in view["machines"]:
-        if m["reachable"]:
-            rows.append((m["address"], *(
-                f"{u['state']} {u['version'] or '?'} {duration(u['uptime'])}" if u["state"] == "active"
-                else f"{u['state'].upper()} {u['version'] or '?'}" for u in (m["units"][c] for c in components))))
-    if len(rows) > 1:
-        lines += ["units (state, version, up for):"] + _table(rows) + [""]
-    if recorded:
-        lines.append(f"release:   {recorded['id']} ({recorded.get('outcome', '?')}, {recorded.get('when', '?')}, "
-                     f"{recorded.get('who', '?')}) "
-                     + " ".join(f"{c}={v['version']}" for c, v in sorted(recorded["components"].items())))
-    else:
-        lines.append("release:   none recorded")
-    lines.append(f"candidate: {candidate['id']} on {', '.join(candidate['machines'])} (since {candidate.get('when', '?')}; "
-                 f"`fab deploy` continues, `fab rollback` puts it back)" if candidate else "candidate: none")
-    lock = view["lock"]
-    lines.append("lock:      " + ("free" if not lock else " ".join(f"{k}={v}" for k, v in lock.items())))
-    lines.append(status_line(view.get("maintenance")))
-    etcd = view["etcd"]
+    rows += [(m["address"], *(_unit_cell(m["units"][c]) for c in components)) for m in view["machines"] if m["reachable"]]
+    return ["units (state, version, up for):"] + _table(rows) + [""] if len(rows) > 1 else []
+
+
+def _release_line(recorded: Optional[dict]) -> str:
+    if not recorded:
+        return "release:   none recorded"
+    return (f"release:   {recorded['id']} ({recorded.get('outcome', '?')}, {recorded.get('when', '?')}, "
+            f"{recorded.get('who', '?')}) "
+            + " ".join(f"{c}={v['version']}" for c, v in sorted(recorded["components"].items())))
+
+
+def _candidate_line(candidate: Optional[dict]) -> str:
+    if not candidate:
+        return "candidate: none"
+    return (f"candidate: {candidate['id']} on {', '.join(candidate['machines'])} (since {candidate.get('when', '?')}; "
+            f"`fab deploy` continues, `fab rollback` puts it back)")
+
+
+def _lock_line(lock: Optional[dict]) -> str:
+    return "lock:      " + ("free" if not lock else " ".join(f"{k}={v}" for k, v in lock.items()))
+
+
+def _etcd_line(etcd: dict) -> str:
     etcd_line = "DOES NOT ANSWER: " + etcd["error"] if etcd.get("error") else "leader " + (etcd["leader"] or "?")
-    lines.append(f"etcd:      {etcd_line}")
-    for w in view["warnings"]:
-        lines.append(f"warning: {w['problem']}; fix: {w['fix']}")
-    lines.append(f"{'all as recorded' if not view['warnings'] else str(len(view['warnings'])) + ' warning(s)'} "
-                 f"(read in {view['seconds']:.2f} s)")
-    return lines
+    return f"etcd:      {etcd_line}"
+
+
+def _cluster_lines(view: dict) -> list:
+    """The recorded release, the candidate, the lock holder, maintenance and etcd's leader."""
+    return [_release_line(view["release"]), _candidate_line(view["candidate"]), _lock_line(view["lock"]),
+            status_line(view.get("maintenance")), _etcd_line(view["etcd"])]
+
+
+def _warning_lines(view: dict) -> list:
+    warnings = view["warnings"]
+    summary = "all as recorded" if not warnings else f"{len(warnings)} warning(s)"
+    return ([f"warning: {w['problem']}; fix: {w['fix']}" for w in warnings]
+            + [f"{summary} (read in {view['seconds']:.2f} s)"])
+
+
+def render_status(view: dict) -> list:
+    """The status as the lines `fab status` prints: the machines, their units, the cluster, the
+    warnings. Pure."""
+    return ([f"cluster {view['cluster']}", ""] + _machines_table(view) + _units_table(view)
+            + _cluster_lines(view) + _warning_lines(view))
 
 
 def merged(per_machine: dict) -> list:

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from invoke.exceptions import Exit
 
@@ -205,6 +206,51 @@ def follow_journals(ex, machines, component, cursors: dict, emit) -> None:
             signal.signal(sig, handler)
 
 
+def check_logs_request(cluster, component, lines, machine_, since) -> tuple[int, list]:
+    """(entries per machine, machines) of a valid `fab logs` request; a ConfigError names the first
+    flag that is not."""
+    if not component:
+        raise ConfigError(f"--component is required (one of: {', '.join(cluster.component_names)})")
+    cluster.component(component)
+    count = check_lines(lines)
+    machines = machines_of(cluster, machine_)
+    if since is not None and not str(since).strip():
+        raise ConfigError("--since: expected a time journalctl understands, got ''")
+    return count, machines
+
+
+def printer(form: Callable[[int, str, str], str]) -> Callable[[int, str, str], None]:
+    """Print an entry as ``form`` says, one whole line at a time (the followers print from threads)."""
+    printing = threading.Lock()
+
+    def emit(when, address, message):
+        with printing:
+            print(form(when, address, message), flush=True)
+    return emit
+
+
+def read_journals(ex, machines: list, component: str, count: int, since) -> tuple[dict, list]:
+    """({machine: its entries} of the machines that answered, why each other one did not)."""
+    def read(address):
+        try:
+            return parse_journal(ex.read(address, journal_command(component, count, since),
+                                         what=f"read the journal of {unit_name(component)}").stdout), None
+        except AirError as e:
+            return None, str(e) if str(e).startswith(address) else f"{address}: {e}"
+    results = dict(zip(machines, ex.parallel(read, machines)))
+    found = {a: entries for a, (entries, _) in results.items() if entries is not None}
+    missing = [why for _, why in results.values() if why]
+    return found, missing
+
+
+def follow_found(ex, found: dict, missing: list, component: str, emit) -> None:
+    """Follow the journals that were read, each from after its last entry shown."""
+    for why in missing:
+        say(f"logs: not following {why}")
+    cursors = {a: entries[-1][2] for a, entries in found.items() if entries}
+    follow_journals(ex, list(found), component, cursors, emit)
+
+
 @air_task(help={"cluster": "target cluster", "component": "component whose unit's journal is shown",
                 "machine": "only this machine (default: every machine)", "lines": "entries per machine (default 50)",
                 "follow": "keep showing new entries until Ctrl-C", "since": "from this time on (journalctl --since)",
@@ -212,37 +258,14 @@ def follow_journals(ex, machines, component, cursors: dict, emit) -> None:
 def logs(c, cluster=None, component=None, machine_=None, lines=50, follow=False, since=None, json_=False):
     """Show a component's journal from every machine (or one), merged in time order."""
     target = cluster_of(cluster)
-    if not component:
-        raise ConfigError(f"--component is required (one of: {', '.join(target.component_names)})")
-    target.component(component)
-    count = check_lines(lines)
-    machines = machines_of(target, machine_)
-    if since is not None and not str(since).strip():
-        raise ConfigError("--since: expected a time journalctl understands, got ''")
-    form = log_json if json_ else log_line
-    printing = threading.Lock()
-
-    def emit(when, address, message):
-        with printing:
-            print(form(when, address, message), flush=True)
-
+    count, machines = check_logs_request(target, component, lines, machine_, since)
+    emit = printer(log_json if json_ else log_line)
     with session(target, etcd=False) as s:
-        def read(address):
-            try:
-                return parse_journal(s.ex.read(address, journal_command(component, count, since),
-                                               what=f"read the journal of {unit_name(component)}").stdout), None
-            except AirError as e:
-                return None, str(e) if str(e).startswith(address) else f"{address}: {e}"
-        results = dict(zip(machines, s.ex.parallel(read, machines)))
-        found = {a: entries for a, (entries, _) in results.items() if entries is not None}
-        missing = [why for _, why in results.values() if why]
+        found, missing = read_journals(s.ex, machines, component, count, since)
         for entry in merged(found):
             emit(*entry)
         if follow and found:
-            for why in missing:
-                say(f"logs: not following {why}")
-            cursors = {a: entries[-1][2] for a, entries in found.items() if entries}
-            follow_journals(s.ex, list(found), component, cursors, emit)
+            follow_found(s.ex, found, missing, component, emit)
     if missing:
         # The machines that answered were shown; the error names the others.
         raise RemoteError("no journal from " + "; ".join(missing))
