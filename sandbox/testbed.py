@@ -883,7 +883,7 @@ def deploy_one(target, branch: str = "master") -> None:
     branch = build_scripts.check_branch(branch)
     with session(target, etcd=False, changes=True) as s:
         optional_lock(s, f"sandbox.deploy {branch}")
-        if s.etcd is not None and records.read_release(s.etcd, target)[0] is not None:
+        if s.has_etcd and records.read_release(s.etcd, target)[0] is not None:
             deploying.deploy_release(s, target.build.host, branch)
             return
         publish(s.ex, target.build.host, branch)

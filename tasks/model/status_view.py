@@ -8,8 +8,8 @@ it; ``render_status`` is the table. Also the journal lines' merged order and for
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable, Optional
 
 import cloudconfig

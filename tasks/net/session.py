@@ -36,15 +36,25 @@ class Session:
     def __init__(self, cluster):
         self.cluster = cluster
         self.ex = Executor(cluster)
-        self.etcd: Optional[etcd_api.Etcd] = None
+        self._etcd: Optional[etcd_api.Etcd] = None
         self.lock: Optional[etcd_api.Lock] = None
         self.via: Optional[str] = None
         self._stack = ExitStack()
 
+    @property
+    def etcd(self) -> etcd_api.Etcd:
+        """The session's etcd client; a session opened without one (``etcd=False``) connects on demand."""
+        return self.connect_etcd()
+
+    @property
+    def has_etcd(self) -> bool:
+        """True when the session holds an etcd client already (without trying to reach one)."""
+        return self._etcd is not None
+
     def connect_etcd(self, via: str = None) -> etcd_api.Etcd:
         """An etcd client through ``via``, else the first machine of the cluster file whose member has quorum."""
-        if self.etcd is not None:
-            return self.etcd
+        if self._etcd is not None:
+            return self._etcd
         reasons = []
         for address in [via] if via else list(self.cluster.machines):
             stack = ExitStack()
@@ -52,7 +62,7 @@ class Session:
                 client = stack.enter_context(etcd_api.tunnel(self.ex, address))
                 if client.healthy():
                     self._stack.enter_context(stack)
-                    self.etcd, self.via = client, address
+                    self._etcd, self.via = client, address
                     return client
                 reasons.append(f"{address}: etcd there has no quorum")
             except RemoteError as e:
@@ -81,8 +91,8 @@ class Session:
 
     def _release(self) -> None:
         self.ex.fence = None
-        if self.etcd is not None:
-            self.etcd.fence = None
+        if self._etcd is not None:
+            self._etcd.fence = None
         if self.lock is not None:
             self.lock.release()
 

@@ -25,7 +25,7 @@ from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLock
 from tasks.model.release import Release
 from tasks.net.progress import say
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks import records, settings, steps, upgrade
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
 from tasks.runbooks.publish import publish
@@ -33,7 +33,7 @@ from tasks.runbooks.push import print_report
 from tasks.runbooks.settings import apply as apply_settings
 
 
-def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
+def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None) -> Release:
     """The deploy runbook in a session holding the cluster's lock: build, push what changed,
     record the release, roll the cluster to it. ``branch``: the main repository's branch, or
     Branches (components' own branches too). ``dry``: build, then print what push and the
@@ -60,14 +60,14 @@ def deploy_release(s, host, branch, batch=1, dry=False, canary=None) -> Release:
     return published.release
 
 
-def check_canary(s, canary: str) -> None:
+def check_canary(s: Session, canary: str) -> None:
     members = sorted(upgrade.member_machines(s.etcd))
     if canary not in members:
         raise ConfigError(f"--canary: {canary} is not an etcd member of {s.cluster.name} "
                           f"(members: {', '.join(members)})")
 
 
-def rollback_base(s) -> Optional[Release]:
+def rollback_base(s: Session) -> Optional[Release]:
     """The release a failure goes back to: the recorded one, or, when a deploy was killed midway
     (outcome ``upgrading``: its release never proved itself), the last release that did."""
     current, record = records.read_release(s.etcd, s.cluster)
@@ -76,19 +76,19 @@ def rollback_base(s) -> Optional[Release]:
     return current
 
 
-def print_push_plan(s, published) -> None:
+def print_push_plan(s: Session, published) -> None:
     print_report(published.release, published.steps, False)
     print_settings_plan(s)
 
 
-def cluster_rollout(s, release: Release, current: Optional[Release], batch: int) -> tuple:
+def cluster_rollout(s: Session, release: Release, current: Optional[Release], batch: int) -> tuple:
     """(the Rollout of every machine to ``release``, the candidate Release or None, its record)."""
     candidate, record = records.read_candidate(s.etcd, s.cluster)
     canary = {m: candidate.id for m in record["machines"]} if candidate else None
     return upgrade.Rollout(s, release, current, batch=batch, canary=canary), candidate, record
 
 
-def roll_cluster(s, published, current: Optional[Release], batch: int, started: float) -> None:
+def roll_cluster(s: Session, published, current: Optional[Release], batch: int, started: float) -> None:
     """Settings, then every machine to the published release (a candidate's machines included),
     recorded; a release already serving everywhere restarts nothing."""
     cluster, release, meta = s.cluster, published.release, published.meta
@@ -121,7 +121,7 @@ def continued_canary(candidate: Release, record: dict, release: Release) -> dict
     return {}
 
 
-def print_settings_plan(s) -> None:
+def print_settings_plan(s: Session) -> None:
     """What the deploy would change in the settings (``--plan``); secrets masked."""
     changes, have = settings.plan(s)
     prefix = state.settings_prefix(s.cluster)
@@ -129,7 +129,7 @@ def print_settings_plan(s) -> None:
         print(f"settings: {line}")
 
 
-def deploy_canary(s, release: Release, current: Optional[Release], address: str, dry: bool = False, **meta) -> None:
+def deploy_canary(s: Session, release: Release, current: Optional[Release], address: str, dry: bool = False, **meta) -> None:
     """Put ``release`` on machine ``address`` only, through the same gated rollout (drained,
     upgraded, health-checked, back in the balancer), and record it as the cluster's candidate.
     The cluster's recorded release stays; a failure puts the machine back on it."""
@@ -233,7 +233,7 @@ def releases_kept(records: list, current: Release, keep: int) -> list:
     return kept
 
 
-def clean_up(s, current: Release) -> None:
+def clean_up(s: Session, current: Release) -> None:
     """After a successful roll: every member keeps the images of the releases kept
     (``releases_kept``, ``registry.keep``) and loses the cluster's other images. A machine where
     that fails is named in a warning: the roll stands and the next one tries again."""
@@ -308,7 +308,7 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
         print(f"release {wanted.id}" + (f" (candidate {undone} rolled back on {', '.join(machines)})" if undone else ""))
 
 
-def rollback_canary(s, current: Release, candidate: Release, record: dict, plan_: bool = False) -> None:
+def rollback_canary(s: Session, current: Release, candidate: Release, record: dict, plan_: bool = False) -> None:
     """The candidate's machines back on the cluster's release, one at a time through the gated
     rollout; then the candidate is forgotten and the history says so."""
     cluster = s.cluster

@@ -43,7 +43,7 @@ from tasks.model.cluster import check_address, check_addresses
 from tasks.model.errors import ConfigError, HealthError, PreflightError, RemoteError
 from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks import records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 
@@ -227,7 +227,7 @@ def plaintext(members) -> list:
     return sorted(state.member_address(m) for m in members if not all(u.startswith("https://") for u in m.peer_urls))
 
 
-def _wait_member(s, address: str) -> None:
+def _wait_member(s: Session, address: str) -> None:
     """Until the member on ``address`` answers healthy on its own loopback (after a restart)."""
     deadline = time.monotonic() + s.cluster.timeouts.healthy
     why = "no answer"
@@ -251,7 +251,7 @@ def _final_document(ex, address, members, release, user_data) -> dict:
     return machine.final_document(ex.cluster, address, members, "existing", release, base)
 
 
-def migrate(s) -> list:
+def migrate(s: Session) -> list:
     """Plaintext peers to TLS, in place, without losing quorum: every machine gets its certificate;
     then, one member at a time, etcd restarts showing it to TLS peers (its own URL unchanged);
     then, one at a time, its peer URL becomes https and it restarts on the final drop-in (TLS
@@ -290,7 +290,7 @@ def _checked_members(listed: list) -> list:
     return listed
 
 
-def _on_the_recorded_release(s, addresses: list) -> tuple:
+def _on_the_recorded_release(s: Session, addresses: list) -> tuple:
     """(the recorded release, address -> release facts), every member running that release."""
     release, _ = records.read_release(s.etcd, s.cluster)
     if release is None:
@@ -303,7 +303,7 @@ def _on_the_recorded_release(s, addresses: list) -> tuple:
     return release, facts
 
 
-def _show_certificate(s, address: str) -> None:
+def _show_certificate(s: Session, address: str) -> None:
     """The first phase on one member: etcd restarts showing its certificate to TLS peers."""
     say(f"etcd peers: {address}: restarting etcd with its certificate for TLS peers")
     s.ex.write_file(address, machine.ETCD_MIGRATION_DROPIN_PATH, etcd_peer_files_dropin(), 0o644)
@@ -311,7 +311,7 @@ def _show_certificate(s, address: str) -> None:
     _wait_member(s, address)
 
 
-def _move_to_tls(s, address: str, member_id, addresses: list, release, user_data: str) -> None:
+def _move_to_tls(s: Session, address: str, member_id, addresses: list, release, user_data: str) -> None:
     """The second phase on one member: its peer URL https, etcd restarted on the final drop-in."""
     ex = s.ex
     say(f"etcd peers: {address}: peer URL {peer_url(address)}, clients on loopback; restarting etcd")

@@ -25,7 +25,7 @@ from tasks.model.cluster import check_address, check_addresses
 from tasks.model.errors import AirError, ConfigError, Halt, PreflightError, RemoteError
 from tasks.model.release import Release
 from tasks.net.progress import say
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks import balancer, etcd_peers, push, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 from tasks.runbooks.settings import apply as apply_settings
@@ -76,7 +76,7 @@ def install_machine(ex, address, plan: Plan, release) -> None:
     steps.install(ex, address, plan.doc, release, plan.user_data)
 
 
-def start_etcd(s, machines) -> None:
+def start_etcd(s: Session, machines) -> None:
     """Start etcd everywhere and wait for its quorum; the session then reaches it."""
     cluster = s.cluster
     s.ex.parallel(lambda a: s.ex.run(a, machine.start_etcd_command(), what="start etcd"), machines)
@@ -106,7 +106,7 @@ def wipe_all(ex, plans: dict) -> str:
         return f"; wiping failed too: {e}"
 
 
-def setup(s, machines) -> Release:
+def setup(s: Session, machines) -> Release:
     """The install runbook: preflight, install everywhere, etcd, lock, record, start, balancer."""
     started = time.monotonic()
     cluster, ex = s.cluster, s.ex
@@ -139,7 +139,7 @@ def setup(s, machines) -> Release:
     return release
 
 
-def finish(s, machines, release) -> None:
+def finish(s: Session, machines, release) -> None:
     """The Air units started on every machine, healthy, and the balancer routing to them all."""
     say("setup-cluster: starting the Air units")
     try:
@@ -153,7 +153,7 @@ def finish(s, machines, release) -> None:
     balancer.Routers(s.ex).set(machines, reload=True)
 
 
-def resume(s, via) -> Release:
+def resume(s: Session, via) -> Release:
     """Finish a setup that stopped after etcd formed: record the release if none is, start, balancer."""
     s.connect_etcd(via)
     s.take_lock("setup-cluster --resume")

@@ -18,7 +18,7 @@ from tasks.model import state
 from tasks.model.cluster import check_address
 from tasks.model.errors import ConfigError
 from tasks.model.status_view import status_line
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks.cli import air_task, cluster_of, report
 
 DEFAULT_MESSAGE = "The service is down for maintenance. Please try again later."
@@ -40,7 +40,7 @@ def read(etcd, cluster) -> Optional[str]:
     return etcd.get(state.maintenance_key(cluster))
 
 
-def switch(s, message: Optional[str]) -> None:
+def switch(s: Session, message: Optional[str]) -> None:
     """Maintenance on with ``message``, or off (None): the key, and its v2 twin when the cluster asks."""
     key = state.maintenance_key(s.cluster)
     s.ex.check("switch maintenance")

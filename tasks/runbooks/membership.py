@@ -25,7 +25,7 @@ from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Interrupted, LostLock, PreflightError, RemoteError
 from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks import balancer, etcd_peers, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 from tasks.runbooks.install import install_machine, plan_machine
@@ -67,7 +67,7 @@ def _check_via(client, cluster, via):
         raise ConfigError(f"--via {via} is not an etcd member of {cluster.name}")
 
 
-def add(s, via: str, new: str) -> None:
+def add(s: Session, via: str, new: str) -> None:
     cluster, ex, client = s.cluster, s.ex, s.etcd
     _check_via(client, cluster, via)
     members = client.members()
@@ -116,7 +116,7 @@ def add(s, via: str, new: str) -> None:
     say(f"add-machine: {new} is a member and serves release {release.id}")
 
 
-def _undo_add(s, new, added, user_data) -> str:
+def _undo_add(s: Session, new, added, user_data) -> str:
     """Remove the membership an add made and wipe the machine; says what became of it. A cleanup
     that fails is reported after the failure it cleans up after, never instead of it."""
     said = []
@@ -132,7 +132,7 @@ def _undo_add(s, new, added, user_data) -> str:
     return " and ".join(said)
 
 
-def hand_over_leadership(s, leaving: str, via: str) -> None:
+def hand_over_leadership(s: Session, leaving: str, via: str) -> None:
     """When ``leaving`` leads etcd, move leadership to ``via`` first: a leader removed while leading
     leaves the cluster without one until an election, and writes in flight get no answer."""
     members = {state.member_address(m): m for m in s.etcd.members()}
@@ -150,7 +150,7 @@ def hand_over_leadership(s, leaving: str, via: str) -> None:
         time.sleep(0.2)
 
 
-def remove(s, via: str, old: str, force: bool = False) -> bool:
+def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
     """Remove ``old``; returns whether it answered (and so was also stopped and wiped)."""
     cluster, ex, client = s.cluster, s.ex, s.etcd
     _check_via(client, cluster, via)

@@ -43,7 +43,7 @@ from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, RemoteError
 from tasks.model.status_view import drift_warnings, log_json, log_line, machine_role, merged, render_status
 from tasks.net.progress import say
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks import balancer, maintenance, records
 from tasks.runbooks.cli import air_task, cluster_of
 
@@ -58,7 +58,7 @@ from tasks.runbooks.cli import air_task, cluster_of
 
 # ---------------------------------------------------------------- reading the cluster
 
-def read_status(s, via: str = None) -> dict:
+def read_status(s: Session, via: str = None) -> dict:
     """Everything `status` shows, read side by side: every machine over SSH, etcd through one
     member, the balancer's routers file. A part that does not answer is said in the view."""
     cluster, ex = s.cluster, s.ex

@@ -27,7 +27,7 @@ from tasks.commands.shell import q
 from tasks.model.cluster import check_address
 from tasks.model.rollout_plan import Extra
 from tasks.net.progress import say
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks import upgrade
 from tasks.runbooks.cli import air_task, cluster_of, report
 
@@ -102,7 +102,7 @@ def _short(path: str) -> str:
 
 # ---------------------------------------------------------------- running it
 
-def read_changes(s, machines) -> dict:
+def read_changes(s: Session, machines) -> dict:
     """address -> Change, from each machine's digests, read side by side."""
     wanted = machine.secret_files(s.cluster)
 
@@ -112,7 +112,7 @@ def read_changes(s, machines) -> dict:
     return dict(zip(machines, s.ex.parallel(one, machines)))
 
 
-def apply(s, plan_only: bool = False) -> Optional[dict]:
+def apply(s: Session, plan_only: bool = False) -> Optional[dict]:
     """The runbook: read, plan, remove unused files, roll the restarts through the gated rollout,
     forget the kept copies. Returns the changes (address -> Change)."""
     started = time.monotonic()

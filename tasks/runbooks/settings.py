@@ -20,7 +20,7 @@ from tasks.model import state
 from tasks.model.cluster import check_address
 from tasks.model.errors import ConfigError
 from tasks.net.progress import say
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks.cli import air_task, cluster_of, report
 
 MASK = "(secret)"
@@ -94,18 +94,18 @@ def as_data(changes: Changes, found: dict, secrets, prefix: str) -> dict:
 
 # ---------------------------------------------------------------- reading and applying
 
-def found(s) -> dict:
+def found(s: Session) -> dict:
     """What etcd holds below the settings prefix (v3)."""
     return s.etcd.get_prefix(state.settings_prefix(s.cluster))
 
 
-def plan(s) -> tuple:
+def plan(s: Session) -> tuple:
     """(Changes, what etcd holds): the change the cluster's etcd needs."""
     have = found(s)
     return diff(wanted(s.cluster), have, state.settings_prefix(s.cluster)), have
 
 
-def apply(s, task: str) -> Changes:
+def apply(s: Session, task: str) -> Changes:
     """Write the changed settings and remove those no longer listed (v3 in one transaction, then the
     v2 store when the cluster asks for it); says each change on a ``task:`` line."""
     cluster = s.cluster

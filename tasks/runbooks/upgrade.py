@@ -39,7 +39,7 @@ from tasks.model.errors import AirError, ConfigError, Halt, HealthError, Interru
 from tasks.model.release import Release
 from tasks.model.rollout_plan import NOTHING, UPGRADE, Extra, Step, _machine, batch_limit, changes, describe, drift, plan, routed
 from tasks.net.progress import say
-from tasks.net.session import session
+from tasks.net.session import Session, session
 from tasks.runbooks import balancer, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 
@@ -371,7 +371,7 @@ def print_plan(rollout: Rollout, as_json: bool = False) -> None:
         print(line)
 
 
-def target_release(s, release_id=None) -> tuple:
+def target_release(s: Session, release_id=None) -> tuple:
     """(release wanted, release the cluster is recorded at) from etcd; ``release_id`` picks one from history."""
     current, _ = records.read_release(s.etcd, s.cluster)
     if release_id is None:
