@@ -120,27 +120,54 @@ def error_line(proc) -> str:
     return errors[0]
 
 
+_executors: dict = {}  # cluster -> an Executor kept open for the tests' own looks at it
+
+
+def executor(cluster, fresh=False):
+    """An Executor of ``cluster`` kept open in this process: one SSH connection per host, not one per
+    look. ``fresh``: made anew (a host it used was paused, powered off or made afresh meanwhile)."""
+    from tasks.remote import Executor
+    ex = _executors.pop(cluster, None)
+    if ex is not None and (fresh or ex._gone):
+        ex.close()
+        ex = None
+    _executors[cluster] = ex = ex or Executor(cluster)
+    return ex
+
+
+def close_executors() -> None:
+    while _executors:
+        _executors.popitem()[1].close()
+
+
+def _looking(cluster, look):
+    """``look(executor)``, once more on a fresh executor when a kept connection turned out dead
+    (the host was restarted or made afresh since): the SSH channel never opened, nothing ran."""
+    from tasks.errors import AirError
+    try:
+        return look(executor(cluster))
+    except AirError as e:
+        if "connection lost" not in str(e) and "cannot reach over SSH" not in str(e):
+            raise
+    return look(executor(cluster, fresh=True))
+
+
 def on(cluster, address, command, check=True):
     """Run ``command`` on one host of the cluster over SSH; returns the Result."""
-    from tasks.remote import Executor
-    with Executor(cluster) as ex:
-        return ex.run(address, command, check=check)
+    return _looking(cluster, lambda ex: ex.run(address, command, check=check))
 
 
 def on_each(cluster, command, machines=None) -> dict:
     """machine -> standard output of ``command`` there, over SSH, side by side."""
-    from tasks.remote import Executor
     machines = list(machines or cluster.machines)
-    with Executor(cluster) as ex:
-        return dict(zip(machines, ex.parallel(lambda a: ex.run(a, command, what=command[:40]).stdout, machines)))
+    return _looking(cluster, lambda ex: dict(zip(machines, ex.parallel(
+        lambda a: ex.run(a, command, what=command[:40]).stdout, machines))))
 
 
 def listed(cluster) -> list:
     """The machines the balancer's routers file lists."""
     from tasks import balancer
-    from tasks.remote import Executor
-    with Executor(cluster) as ex:
-        return balancer.Routers(ex).listed()
+    return _looking(cluster, lambda ex: balancer.Routers(ex).listed())
 
 
 def healthy_members(cluster, machines) -> list:
@@ -228,6 +255,7 @@ def sandbox():
     from sandbox import testbed as sb
     info = sb.bring_up(MACHINES, SPARES)
     yield info
+    close_executors()
     if os.environ.get("AIR_SANDBOX_KEEP") != "1":
         sb.tear_down()
 
