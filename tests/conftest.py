@@ -35,13 +35,15 @@ if WORKER:
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES, SPARES = 3, 2
 
-# The integration modules, the longest first (as `--durations` measured them): on several workers
-# (``--dist loadfile --no-loadscope-reorder``) each worker takes the next module when it is done
-# with one, so the long ones start first and the short ones fill in. test_install leads: it sets up
-# fresh machines, which the first module on a new sandbox has without a reset.
-LONGEST_FIRST = ("test_install", "test_release_content", "test_faults", "test_deploy", "test_machines",
-                 "test_membership", "test_operator", "test_builds", "test_balancer", "test_etcd_peers",
-                 "test_images", "test_config", "test_gateway", "test_sandbox")
+# The integration modules, about the longest first (as `--durations` measured them): on several
+# workers (``--dist loadfile --no-loadscope-reorder``) each worker takes the next module when it is
+# done with one, so the long ones start first and the short ones fill in. test_install leads: it
+# sets up fresh machines, which the first module on a new sandbox has without a reset.
+# test_release_content comes after test_faults and test_deploy: its image-retention test needs
+# fewer deploys of its own on a sandbox whose machines already hold a few images.
+LONGEST_FIRST = ("test_install", "test_faults", "test_deploy", "test_release_content", "test_operator", "test_images",
+                 "test_balancer", "test_machines", "test_membership", "test_builds", "test_config", "test_gateway",
+                 "test_etcd_peers", "test_sandbox")
 
 
 def _layout():
