@@ -11,6 +11,9 @@ A worker's sandbox is derived from the run's base sandbox (``AIR_SANDBOX_PREFIX`
 - state folder ``STATE/wk`` and, in it, a copy of the clusters folder (``AIR_CLUSTERS_DIR``)
   whose includes name that state folder instead of ``../.sandbox``.
 
+Each worker removes its sandbox at the end (unless ``AIR_SANDBOX_KEEP=1``); by hand, worker k's
+goes with ``AIR_SANDBOX_PREFIX=P-wk AIR_SANDBOX_STATE=STATE/wk fab sandbox.down``.
+
 Pure but for ``write_clusters``; it imports nothing of the sandbox (whose module reads the
 environment when it is imported: the worker's environment has to be in place first).
 """

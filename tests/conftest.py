@@ -37,13 +37,15 @@ if WORKER:
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES, SPARES = 3, 2
 
-# The integration modules, the longest first (as `--durations` measured them): on several workers
-# (``--dist loadfile --no-loadscope-reorder``) each worker takes the next module when it is done
-# with one, so the long ones start first and the short ones fill in. test_install leads: it sets up
-# fresh machines, which the first module on a new sandbox has without a reset.
-LONGEST_FIRST = ("test_install", "test_release_content", "test_faults", "test_deploy", "test_machines",
-                 "test_membership", "test_operator", "test_builds", "test_balancer", "test_etcd_peers",
-                 "test_images", "test_config", "test_gateway", "test_sandbox")
+# The integration modules, about the longest first (as `--durations` measured them): on several
+# workers (``--dist loadfile --no-loadscope-reorder``) each worker takes the next module when it is
+# done with one, so the long ones start first and the short ones fill in. test_install leads: it
+# sets up fresh machines, which the first module on a new sandbox has without a reset.
+# test_release_content comes after test_faults and test_deploy: its image-retention test needs
+# fewer deploys of its own on a sandbox whose machines already hold a few images.
+LONGEST_FIRST = ("test_install", "test_faults", "test_deploy", "test_release_content", "test_operator", "test_images",
+                 "test_balancer", "test_machines", "test_membership", "test_builds", "test_config", "test_gateway",
+                 "test_etcd_peers", "test_sandbox")
 
 
 def _layout():
@@ -122,27 +124,54 @@ def error_line(proc) -> str:
     return errors[0]
 
 
+_executors: dict = {}  # cluster -> an Executor kept open for the tests' own looks at it
+
+
+def executor(cluster, fresh=False):
+    """An Executor of ``cluster`` kept open in this process: one SSH connection per host, not one per
+    look. ``fresh``: made anew (a host it used was paused, powered off or made afresh meanwhile)."""
+    from tasks.net.executor import Executor
+    ex = _executors.pop(cluster, None)
+    if ex is not None and (fresh or ex._gone):
+        ex.close()
+        ex = None
+    _executors[cluster] = ex = ex or Executor(cluster)
+    return ex
+
+
+def close_executors() -> None:
+    while _executors:
+        _executors.popitem()[1].close()
+
+
+def _looking(cluster, look):
+    """``look(executor)``, once more on a fresh executor when a kept connection turned out dead
+    (the host was restarted or made afresh since): the SSH channel never opened, nothing ran."""
+    from tasks.model.errors import AirError
+    try:
+        return look(executor(cluster))
+    except AirError as e:
+        if "connection lost" not in str(e) and "cannot reach over SSH" not in str(e):
+            raise
+    return look(executor(cluster, fresh=True))
+
+
 def on(cluster, address, command, check=True):
     """Run ``command`` on one host of the cluster over SSH; returns the Result."""
-    from tasks.net.executor import Executor
-    with Executor(cluster) as ex:
-        return ex.run(address, command, check=check)
+    return _looking(cluster, lambda ex: ex.run(address, command, check=check))
 
 
 def on_each(cluster, command, machines=None) -> dict:
     """machine -> standard output of ``command`` there, over SSH, side by side."""
-    from tasks.net.executor import Executor
     machines = list(machines or cluster.machines)
-    with Executor(cluster) as ex:
-        return dict(zip(machines, ex.parallel(lambda a: ex.run(a, command, what=command[:40]).stdout, machines)))
+    return _looking(cluster, lambda ex: dict(zip(machines, ex.parallel(
+        lambda a: ex.run(a, command, what=command[:40]).stdout, machines))))
 
 
 def listed(cluster) -> list:
     """The machines the balancer's routers file lists."""
     from tasks.runbooks import balancer
-    from tasks.net.executor import Executor
-    with Executor(cluster) as ex:
-        return balancer.Routers(ex).listed()
+    return _looking(cluster, lambda ex: balancer.Routers(ex).listed())
 
 
 def healthy_members(cluster, machines) -> list:
@@ -230,6 +259,7 @@ def sandbox():
     from sandbox import testbed as sb
     info = sb.bring_up(MACHINES, SPARES)
     yield info
+    close_executors()
     if os.environ.get("AIR_SANDBOX_KEEP") != "1":
         sb.tear_down()
 

@@ -13,16 +13,18 @@ import time
 from dataclasses import replace
 
 import pytest
-from conftest import ROOT, Probe, etcd_of, fab, get_version, on, on_each, serving, wait_serving
 
 from cloudconfig.units import component_unit, container_name, image_environment, image_file, unit_name
 from sandbox import testbed as sb
 from tasks.commands import haproxy as haproxy_commands
-from tasks.commands.shell import q
 from tasks.model.cluster import Component
 from tasks.model.errors import HealthError
 from tasks.net.executor import Executor
-from tasks.runbooks import records, steps
+from tasks.commands.shell import q
+
+from conftest import ROOT, Probe, etcd_of, fab, get_version, on, on_each, serving, wait_serving
+from tasks.runbooks import records
+from tasks.runbooks import steps
 
 CHANGED = "static_website"  # the component a change touches
 
@@ -287,11 +289,12 @@ def forbidding(local_serving):
     on(cluster, address, f"docker exec {container_name('router')} kill {pid}", check=False)
 
 
-def health_of(cluster, address, *components):
-    """None when the machine passes the health rules of ``components``, else the HealthError's message."""
+def health_of(cluster, address, *components, within=3):
+    """None when the machine passes the health rules of ``components`` within ``within`` s, else the
+    HealthError's message (a rule that fails is waited out: 1 s is enough to see it fail)."""
     with Executor(replace(cluster, components=components)) as ex:
         try:
-            steps.wait_healthy(ex, address, timeout=3)
+            steps.wait_healthy(ex, address, timeout=within)
             return None
         except HealthError as e:
             return str(e)
@@ -305,15 +308,15 @@ def test_a_health_rule_expecting_403_passes_on_403_and_fails_on_200(local_servin
     assert health_of(cluster, address, replace(guard, health_body="Forbidden")) is None
     router = cluster.component("router")
     # The sample router answers 200 on `/`: a rule expecting 403 fails, naming what it got.
-    failed = health_of(cluster, address, replace(router, health="/", health_status=403))
+    failed = health_of(cluster, address, replace(router, health="/", health_status=403), within=1)
     assert failed and "router(expected HTTP 403, got HTTP 200)" in failed
-    failed = health_of(cluster, address, replace(guard, health_status=200))
+    failed = health_of(cluster, address, replace(guard, health_status=200), within=1)
     assert failed and "guard(expected HTTP 200, got HTTP 403)" in failed
-    failed = health_of(cluster, address, replace(guard, health_body="Welcome"))
+    failed = health_of(cluster, address, replace(guard, health_body="Welcome"), within=1)
     assert failed and "guard(expected HTTP 403 with 'Welcome', got HTTP 403)" in failed
     # TCP only: the port accepts a connection, whatever it says.
     assert health_of(cluster, address, replace(guard, check="tcp")) is None
-    failed = health_of(cluster, address, replace(guard, port=port + 1, check="tcp"))
+    failed = health_of(cluster, address, replace(guard, port=port + 1, check="tcp"), within=1)
     assert failed and f"guard(no TCP connection on {port + 1})" in failed
 
 

@@ -1,0 +1,64 @@
+"""A test run's sandboxes side by side: each worker's prefix, subnet, state and cluster files."""
+from pathlib import Path
+
+import pytest
+
+from sandbox import workers
+
+
+def test_outside_xdist_the_base_sandbox_is_used_as_it_is():
+    assert workers.number(None) == 0
+    assert workers.environment(None, {"AIR_SANDBOX_PREFIX": "air-x"}) == {}
+
+
+def test_each_worker_gets_its_own_prefix_subnet_state_and_clusters_folder():
+    env = {"AIR_SANDBOX_PREFIX": "air-sandbox", "AIR_SANDBOX_SUBNET": "10.213.7", "AIR_SANDBOX_STATE": "/ci/.sandbox"}
+    assert workers.environment("gw0", env) == {
+        "AIR_SANDBOX_PREFIX": "air-sandbox-w1", "AIR_SANDBOX_SUBNET": "10.213.39",
+        "AIR_SANDBOX_STATE": "/ci/.sandbox/w1", "AIR_CLUSTERS_DIR": "/ci/.sandbox/w1/clusters"}
+    assert workers.environment("gw2", env)["AIR_SANDBOX_SUBNET"] == "10.213.103"
+
+
+def test_the_defaults_are_the_sandboxes_own():
+    derived = workers.environment("gw1", {})
+    assert derived["AIR_SANDBOX_PREFIX"] == "air-sandbox-w2" and derived["AIR_SANDBOX_SUBNET"] == "10.213.71"
+    assert derived["AIR_SANDBOX_STATE"] == str(workers.ROOT / ".sandbox" / "w2")
+
+
+def test_two_runs_on_different_base_subnets_never_share_a_24():
+    """CI's default run and another checkout's (AIR_SANDBOX_SUBNET 10.213.9), each with the most workers."""
+    ours, theirs = ({workers.subnet(base, k) for k in range(workers.MAX_WORKERS + 1)} for base in ("10.213.7", "10.213.9"))
+    assert len(ours) == len(theirs) == workers.MAX_WORKERS + 1
+    assert not ours & theirs
+
+
+@pytest.mark.parametrize("base, k", [("10.213.40", 1), ("10.213.7", 8), ("10.213", 1), ("10.213.x", 1)])
+def test_a_subnet_that_would_leave_the_scheme_is_refused(base, k):
+    with pytest.raises(ValueError):
+        workers.subnet(base, k)
+
+
+def test_an_unexpected_worker_id_is_refused():
+    with pytest.raises(ValueError):
+        workers.number("popen-1")
+
+
+def test_a_workers_cluster_files_include_its_own_state(tmp_path):
+    state = Path("/ci/.sandbox/w1")
+    source = tmp_path / "clusters"
+    source.mkdir()
+    (source / "local.yaml").write_text("# the sandbox\ninclude: ../.sandbox/cluster.yaml\nnamespace: aircloak\n")
+    (source / "air_prod.yaml").write_text("namespace: aircloak\n")
+    (source / "README.md").write_text("not a cluster file\n")
+    workers.write_clusters(state, tmp_path / "copy", source)
+    assert (tmp_path / "copy" / "local.yaml").read_text() == \
+        "# the sandbox\ninclude: /ci/.sandbox/w1/cluster.yaml\nnamespace: aircloak\n"
+    assert (tmp_path / "copy" / "air_prod.yaml").read_text() == "namespace: aircloak\n"
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["air_prod.yaml", "local.yaml"]
+
+
+def test_the_projects_cluster_files_all_name_the_sandbox_state_the_way_the_copy_rewrites():
+    """Every include of clusters/ that names the sandbox's state is one the copy points elsewhere."""
+    for path in (workers.ROOT / "clusters").glob("*.yaml"):
+        copied = workers.cluster_file(path.read_text(), Path("/elsewhere"))
+        assert "../.sandbox" not in copied, path.name
