@@ -26,8 +26,6 @@ from unittest import mock
 import pytest
 
 from sandbox import workers  # reads nothing of the environment: the worker's own sandbox is put there first
-from tasks.runbooks import records
-from tasks.runbooks import steps
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 os.environ.update(workers.environment(WORKER, os.environ))
@@ -273,10 +271,10 @@ def local(sandbox):
 def serving(cluster) -> bool:
     """True when the cluster's etcd has exactly its machines as started members, a release is
     recorded, every machine runs that release and the balancer lists exactly those machines."""
-    from tasks.runbooks import balancer
-    from tasks.model import state
     from tasks.model.errors import AirError
     from tasks.net.session import session
+    from tasks.model import state
+    from tasks.runbooks import balancer, records, steps
     try:
         with session(cluster) as s:
             members = s.etcd.members()
@@ -301,6 +299,7 @@ def stale(cluster, addresses) -> list:
     from tasks.commands import machine
     from tasks.model.errors import AirError
     from tasks.net.executor import Executor
+    from tasks.runbooks import steps
 
     def problems(ex, address) -> list:
         try:
