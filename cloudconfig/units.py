@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from tasks.model import etcd_access
 from tasks.model.state import app_prefix
 
 UNIT_DIR = "/etc/systemd/system"
@@ -141,6 +142,7 @@ def component_unit(cluster, component, machine: str) -> str:
     stop = cluster.timeouts.stop
     signal = component.stop_signal
     data = f"{DATA_DIR}/{component.name}"
+    login = etcd_access.has_login(cluster, component)
     run = command(
         DOCKER, "run", "--rm", "--name", container, "--network", "host",
         *(("--stop-signal", signal) if signal != DEFAULT_STOP_SIGNAL else ()),
@@ -152,8 +154,10 @@ def component_unit(cluster, component, machine: str) -> str:
         "-e", f"AIR_PORT={component.port}",
         "-e", f"AIR_ETCD={ETCD_LOCAL_CLIENT_URL}",
         "-e", f"AIR_ETCD_PREFIX={app_prefix(cluster)}",
+        *(("-e", f"AIR_ETCD_USER={etcd_access.user_of(component.name)}",
+           "-e", f"AIR_ETCD_PASSWORD_FILE={SECRETS_MOUNT}/{etcd_access.PASSWORD_FILE}") if login else ()),
         "-v", f"{STATE_DIR}:{STATE_MOUNT}:ro",
-        *(("-v", f"{secrets_dir(component.name)}:{SECRETS_MOUNT}:ro") if component.secrets else ()),
+        *(("-v", f"{secrets_dir(component.name)}:{SECRETS_MOUNT}:ro") if component.secrets or login else ()),
         "-v", f"{data}:{DATA_MOUNT}",
         Expanded("${AIR_IMAGE}"),
     )

@@ -154,16 +154,40 @@ def _looking(cluster, look):
     return look(executor(cluster, fresh=True))
 
 
-def on(cluster, address, command, check=True):
+def on(cluster, address, command, check=True, stdin=None):
     """Run ``command`` on one host of the cluster over SSH; returns the Result."""
-    return _looking(cluster, lambda ex: ex.run(address, command, check=check))
+    return _looking(cluster, lambda ex: ex.run(address, command, check=check, stdin=stdin))
 
 
-def on_each(cluster, command, machines=None) -> dict:
+def on_each(cluster, command, machines=None, stdin=None) -> dict:
     """machine -> standard output of ``command`` there, over SSH, side by side."""
     machines = list(machines or cluster.machines)
     return _looking(cluster, lambda ex: dict(zip(machines, ex.parallel(
-        lambda a: ex.run(a, command, what=command[:40]).stdout, machines))))
+        lambda a: ex.run(a, command, what=command[:40], stdin=stdin).stdout, machines))))
+
+
+def _etcdctl(cluster, args: str) -> tuple:
+    """(command, stdin) running etcdctl ``args`` against a machine's own member, logged in as
+    etcd's root when the cluster has a root login: the login goes by standard input, never in a
+    command line."""
+    from tasks.model import etcd_access
+    login = etcd_access.root_login(cluster)
+    command = f"ETCDCTL_API=3 etcdctl {args}"
+    if login is None:
+        return command, None
+    return f"read -r ETCDCTL_USER && export ETCDCTL_USER && {command}", f"{login[0]}:{login[1]}\n"
+
+
+def etcdctl(cluster, address, args: str, check=True):
+    """etcdctl ``args`` on ``address`` (see ``_etcdctl``); returns the Result."""
+    command, stdin = _etcdctl(cluster, args)
+    return _looking(cluster, lambda ex: ex.run(address, command, check=check, stdin=stdin))
+
+
+def etcdctl_each(cluster, args: str, machines=None) -> dict:
+    """machine -> etcdctl ``args``'s standard output there, side by side."""
+    command, stdin = _etcdctl(cluster, args)
+    return on_each(cluster, command, machines, stdin)
 
 
 def listed(cluster) -> list:
@@ -175,15 +199,15 @@ def listed(cluster) -> list:
 def healthy_members(cluster, machines) -> list:
     """The machines whose etcd member answers healthy, asked with etcdctl on each machine (etcd's
     clients listen on its loopback only)."""
-    said = on_each(cluster, "ETCDCTL_API=3 etcdctl endpoint health 2>&1 || true", machines)
+    said = etcdctl_each(cluster, "endpoint health 2>&1 || true", machines)
     return sorted(m for m, text in said.items() if " is healthy" in text)
 
 
 def etcd_leader(cluster) -> str:
     """The address of the member leading etcd, as the first machine's member sees it (on its loopback)."""
     first = cluster.machines[0]
-    status = json.loads(on(cluster, first, "ETCDCTL_API=3 etcdctl endpoint status -w json").stdout)[0]["Status"]
-    listed = json.loads(on(cluster, first, "ETCDCTL_API=3 etcdctl member list -w json").stdout)["members"]
+    status = json.loads(etcdctl(cluster, first, "endpoint status -w json").stdout)[0]["Status"]
+    listed = json.loads(etcdctl(cluster, first, "member list -w json").stdout)["members"]
     return next(m["name"] for m in listed if m["ID"] == status["leader"])
 
 
@@ -195,14 +219,19 @@ def local_copy(folder, **changes) -> dict:
     """clusters/local.yaml copied into ``folder`` with ``changes`` (top-level sections merged), its
     include naming this sandbox's own state; the environment that makes `fab` use it (still the
     cluster `local`)."""
+    return cluster_copy("local", folder, **changes)
+
+
+def cluster_copy(name, folder, **changes) -> dict:
+    """``local_copy`` of the sandbox cluster ``name``."""
     import yaml
     from sandbox import testbed as sb
-    data = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
-    data["include"] = str(sb.fragment_file("local"))
+    data = yaml.safe_load((ROOT / "clusters" / f"{name}.yaml").read_text())
+    data["include"] = str(sb.fragment_file(name))
     for key, value in changes.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "local.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return {"AIR_CLUSTERS_DIR": str(folder)}
 
 
@@ -338,6 +367,19 @@ def wait_serving(cluster, within=120) -> bool:
             return False
         time.sleep(1)
     return True
+
+
+@pytest.fixture(scope="session")
+def local2(sandbox):
+    """The sandbox's second cluster, installed and serving (afresh when an earlier run left it otherwise)."""
+    from sandbox import testbed as sb
+    from tasks.model import cluster
+    local2 = cluster.load("local2")
+    if not serving(local2):
+        make_fresh(local2, list(local2.machines))
+        sb.deploy_one(local2)
+    assert serving(local2)
+    return local2
 
 
 @pytest.fixture

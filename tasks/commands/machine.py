@@ -28,6 +28,7 @@ from cloudconfig.units import (
     unit_name,
 )
 from tasks.commands.shell import q
+from tasks.model import etcd_access
 from tasks.model.credentials import load_credentials
 from tasks.model.errors import PreflightError
 from tasks.model.rollout_plan import units_of
@@ -318,16 +319,24 @@ def component_secret_files(cluster) -> list:
 
 
 def secret_files(cluster) -> list:
-    """Every secret file a machine gets, set after set: the components' own (another set, such as
-    etcd's certificates, joins here and is then installed, compared and pushed with them)."""
-    return component_secret_files(cluster)
+    """Every secret file a machine gets, set after set: the components' own and, with etcd's
+    authentication, each etcd login's password in its component's folder (another set joins here
+    and is then installed, compared and pushed with them)."""
+    logins = etcd_access.password_files(cluster, etcd_access.root_password(cluster), secrets_dir) \
+        if cluster.etcd_auth else []
+    return component_secret_files(cluster) + [(path, text, SECRET_MODE) for path, text, _ in logins]
+
+
+def has_secrets(cluster, component) -> bool:
+    """Whether ``component`` gets a secrets folder: secrets of its own, or an etcd login."""
+    return bool(component.secrets) or etcd_access.has_login(cluster, component)
 
 
 def own_secrets_command(cluster) -> str:
     """Each component's secrets folder and files belong to its user (0700, files 0400), so no other
     uid reads them, even in a container that mounted them by mistake."""
     owned = [f"chown -R {int(c.user)} {q(secrets_dir(c.name))} && chmod 0700 {q(secrets_dir(c.name))}"
-             for c in cluster.components if c.secrets]
+             for c in cluster.components if has_secrets(cluster, c)]
     return " && ".join([f"mkdir -p {q(SECRETS_DIR)}", f"chmod 0700 {q(SECRETS_DIR)}"] + owned)
 
 

@@ -21,6 +21,8 @@ from typing import Any, Callable, NoReturn, Optional, Union
 import yaml
 
 from tasks.model.errors import ConfigError
+from tasks.model.state import MAINTENANCE as MAINTENANCE_READ
+from tasks.model.state import SETTINGS as SETTINGS_READ
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # tasks/model/cluster.py -> the checkout
 CLUSTERS_DIR = Path(os.environ.get("AIR_CLUSTERS_DIR", PROJECT_ROOT / "clusters"))
@@ -41,6 +43,10 @@ BUILD_ARG_VALUES = ("version", "commit", "branch", "cluster", "component")
 SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 SETTING_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 MAX_UID = 2 ** 31 - 1
+# Files of the etcd logins (tasks.model.etcd_access): the root's in the secrets folder, a component's
+# password in its own secrets folder on the machines. No component secret may be called so.
+ETCD_ROOT_FILE, ETCD_PASSWORD_FILE = "etcd-root.yaml", "etcd-password"
+RESERVED_SECRETS = (ETCD_ROOT_FILE, ETCD_PASSWORD_FILE)
 
 
 # ---------------------------------------------------------------- the schema
@@ -89,6 +95,8 @@ KINDS = {
     "secret_names": "a list of distinct file names of the secrets folder (letters, digits, . _ -)",
     "uid": "a numeric user id (0 to 2147483647)",
     "flag": "true or false",
+    "etcd_reads": "a list of the application's keys the component reads: `maintenance`, `settings/<key>` "
+                  "(a key of `settings`), or `settings/<prefix>/` (every setting below it; none of them a secret)",
     "settings": "a mapping of keys (words of letters, digits, . _ - joined by /) to a text or number, "
                 "or to `{secret: NAME}`: the content of file NAME of the secrets folder",
 }
@@ -163,6 +171,12 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                          "they are kept in a folder of its own, readable by its `user` only, and that folder "
                          "alone is mounted read-only at /air/secrets in its container (none: no secrets).",
                          required=False),
+        "reads": Field("etcd_reads", "What the component reads from the cluster's etcd, below "
+                       "/air/<cluster>/app/. With `etcd_auth` it gets a login of its own allowed to read that "
+                       "and nothing else (a setting that is a secret only when named here by its own key): "
+                       "its user name in the container's AIR_ETCD_USER, its password in the file "
+                       "AIR_ETCD_PASSWORD_FILE (in /air/secrets, readable by its `user` only). "
+                       "None: no login, and etcd refuses it everything.", required=False),
         "user": Field("uid", "User id the component's container runs as (`docker run --user` unless 0); "
                       "its secrets and its data folder belong to it.", 0),
         "source": Field("repo_path", "Build context: the folder of the component's checkout sent to the build "
@@ -207,6 +221,12 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     "etcd_v2": Field("flag", "Serve etcd's v2 API on the members too (for applications that read "
                      "/v2/keys/...) and write the settings and the maintenance key there as well. Takes effect "
                      "on a member when etcd starts (setup-cluster, add-machine).", False),
+    "etcd_auth": Field("flag", "Turn on etcd's authentication: air-deploy logs in as etcd's root with the "
+                       "credentials file etcd-root.yaml of the secrets folder (made by setup-cluster or "
+                       "`fab etcd.auth` when missing; mode 0600), each component with `reads` gets its own "
+                       "read-only login, and any other client is refused. On an installed cluster "
+                       "`fab etcd.auth` turns it on (or, set false, off) in place. Cannot be combined with "
+                       "`etcd_v2` (the v2 store has no such roles).", True),
     "cloud_config": Field("remote_path", "Where every machine reads its cloud config. Default: found per "
                           "machine, Flatcar's /var/lib/flatcar-install/user_data where it exists, else CoreOS's "
                           "/var/lib/coreos-install/user_data. The administrator's base is kept beside it "
@@ -331,6 +351,7 @@ class Component:
     stop_signal: str = "SIGTERM"
     stop_command: Optional[str] = None
     secrets: tuple = ()                # file names of the secrets folder it gets
+    reads: tuple = ()                  # keys (or prefixes, ending in /) below the app prefix it reads from etcd
     user: int = 0                      # uid it runs as; owns its secrets
 
     def __post_init__(self):
@@ -401,6 +422,7 @@ class Cluster:
     additions: Optional[Additions] = None
     settings: tuple = ()               # Setting, in file order
     etcd_v2: bool = False
+    etcd_auth: bool = False            # the schema's default is true; False here keeps hand-made test clusters open
 
     def image(self, component: str) -> str:
         """Repository of a component's image, without registry or tag."""
@@ -571,6 +593,25 @@ def _secret_names(value: Any, at: _At) -> tuple:
     return tuple(value)
 
 
+def _etcd_reads(value: Any, at: _At) -> tuple:
+    """Keys below the app prefix: `maintenance`, `settings/<key>` or `settings/<prefix>/`; checked
+    against the settings themselves once the whole file is read (``_check_reads``)."""
+    if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value):
+        raise _Invalid(value)
+    for entry in value:
+        if not isinstance(entry, str) or not (entry == MAINTENANCE_READ or _setting_read(entry) is not None):
+            raise _Invalid(entry)
+    return tuple(value)
+
+
+def _setting_read(entry: str) -> Optional[str]:
+    """The setting key (or prefix, ending in /) a ``reads`` entry names, None when it names none."""
+    if not entry.startswith(SETTINGS_READ):
+        return None
+    rest = entry[len(SETTINGS_READ):]
+    return rest if SETTING_KEY.match(rest.removesuffix("/")) else None
+
+
 def _build_args(value: Any, at: _At) -> tuple:
     """((NAME, value template), ...), in file order."""
     if not isinstance(value, dict) or not value:
@@ -690,6 +731,7 @@ CHECKERS: dict[str, Checker] = {
     "uid": _whole(0, MAX_UID),
     "flag": _flag,
     "settings": _settings,
+    "etcd_reads": _etcd_reads,
 }
 
 
@@ -775,6 +817,7 @@ def load(name: str, directory: Path = None) -> Cluster:
     values = _validate(SCHEMA, data, _At(shown, "", file.parent, name))
     _settle_components(values, shown)
     _check_secret_names(values, shown)
+    _check_reads(values, shown)
     return _cluster(name, file, values, shown)
 
 
@@ -834,7 +877,7 @@ def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
         admin=Admin(**values["admin"]) if values["admin"] else None,
         timeouts=Timeouts(**values["timeouts"]),
         additions=_additions(values["additions"]),
-        settings=values["settings"] or (), etcd_v2=values["etcd_v2"],
+        settings=values["settings"] or (), etcd_v2=values["etcd_v2"], etcd_auth=values["etcd_auth"],
     )
 
 
@@ -848,6 +891,40 @@ def _check_secret_names(values: dict, shown: str) -> None:
             raise ConfigError(f"{shown}: {where}: {name!r} is not a file of the secrets folder {folder}")
 
 
+def _check_reads(values: dict, shown: str) -> None:
+    """What components read names settings there are, a secret one only by its own key; etcd's
+    authentication goes without its v2 store; no component secret takes an etcd login's file name."""
+    if values["etcd_auth"] and values["etcd_v2"]:
+        raise ConfigError(f"{shown}: etcd_v2: etcd's v2 store has no roles, so with etcd_auth every process on "
+                          f"a machine could read and write it; set etcd_auth: false to keep it")
+    settings = {s.key: s for s in values["settings"] or ()}
+    for i, component in enumerate(values["components"]):
+        where = f"{shown}: components[{i}]"
+        reserved = set(component["secrets"] or ()) & set(RESERVED_SECRETS)
+        if reserved:
+            raise ConfigError(f"{where}.secrets: {sorted(reserved)[0]!r} is the name of an etcd login's file: "
+                              f"rename that secret")
+        for entry in component["reads"] or ():
+            _check_read(entry, settings, f"{where}.reads")
+
+
+def _check_read(entry: str, settings: dict, where: str) -> None:
+    key = _setting_read(entry)
+    if key is None:
+        return
+    if not key.endswith("/"):
+        if key not in settings:
+            raise ConfigError(f"{where}: {entry!r}: {key!r} is not one of the settings")
+        return
+    below = [s for k, s in settings.items() if k.startswith(key)]
+    if not below:
+        raise ConfigError(f"{where}: {entry!r}: no setting is below {key!r}")
+    secret = next((s for s in below if s.secret), None)
+    if secret:
+        raise ConfigError(f"{where}: {entry!r} would cover {secret.key!r}, a secret: name the keys it needs one "
+                          f"by one (a secret only by its own key)")
+
+
 def _additions(values) -> Optional[Additions]:
     if not values:
         return None
@@ -858,7 +935,7 @@ def _additions(values) -> Optional[Additions]:
 def _component(values: dict, where: str, build: dict) -> Component:
     """A component's entry, its defaults filled in and its build paths checked against each other."""
     values = {**values, "source": values["source"] or f"components/{values['name']}", "args": values["args"] or (),
-              "secrets": values["secrets"] or (),
+              "secrets": values["secrets"] or (), "reads": values["reads"] or (),
               "proxy": Proxy(**values["proxy"]) if values["proxy"] else None}
     if values["branch"] and not values["repository"]:
         raise ConfigError(f"{where}.branch: only a component with its own repository has its own branch")

@@ -1,4 +1,4 @@
-"""Registry credentials files: a YAML file of ``username`` and ``password``, private to its owner.
+"""Credentials files (the registry's, etcd's root login): a YAML file of ``username`` and ``password``, private to its owner.
 
 Read by the registry client (``tasks.net.registry``) and by the machines' base cloud config
 (``tasks.commands.machine.base_document``); no message ever shows the password.
@@ -12,16 +12,16 @@ import yaml
 from tasks.model.errors import ConfigError
 
 
-def load_credentials(path) -> tuple:
+def load_credentials(path, what: str = "registry credentials") -> tuple:
     """(username, password) from a YAML file that only its owner may read or write."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
         text = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read registry credentials: {e.strerror}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
     if mode & 0o077:
-        raise ConfigError(f"{path}: registry credentials must be private (mode is {mode & 0o777:o}); "
+        raise ConfigError(f"{path}: {what} must be private (mode is {mode & 0o777:o}); "
                           f"run: chmod 600 {path}")
     try:
         data = yaml.safe_load(text)

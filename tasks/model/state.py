@@ -23,6 +23,10 @@ from urllib.parse import urlsplit
 from tasks.model.release import Release
 
 
+# The application's keys, below ``app_prefix``; a component's ``reads`` names them so.
+MAINTENANCE, SETTINGS = "maintenance", "settings/"
+
+
 def prefix(cluster) -> str:
     return f"/air/{cluster.name}/"
 
@@ -43,6 +47,12 @@ def candidate_key(cluster) -> str:
     return prefix(cluster) + "release/candidate"
 
 
+def logins_key(cluster) -> str:
+    """The SHA-256 of each etcd login's password as last set (``tasks.model.etcd_access``): the
+    passwords are set again only when they change. Readable by etcd's root only."""
+    return prefix(cluster) + "etcd-logins"
+
+
 def lock_key(cluster) -> str:
     return prefix(cluster) + "lock"
 
@@ -54,7 +64,7 @@ def app_prefix(cluster) -> str:
 
 def settings_prefix(cluster) -> str:
     """Where the cluster file's ``settings`` go; settings.apply removes keys below it only."""
-    return app_prefix(cluster) + "settings/"
+    return app_prefix(cluster) + SETTINGS
 
 
 def setting_key(cluster, key: str) -> str:
@@ -63,7 +73,7 @@ def setting_key(cluster, key: str) -> str:
 
 def maintenance_key(cluster) -> str:
     """Present while the cluster is in maintenance; its value is the message the routers show."""
-    return app_prefix(cluster) + "maintenance"
+    return app_prefix(cluster) + MAINTENANCE
 
 
 def now() -> str:

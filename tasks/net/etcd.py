@@ -10,6 +10,11 @@ plain HTTP: python-etcd3 is unmaintained, needs protobuf<4 (clashing with
 anything else installed) and cannot add learners. etcd3gw has no membership
 methods, so those are gateway calls through its ``post()``.
 
+With etcd's authentication on, a client made with a ``login`` (user, password) logs in at its
+first request and sends the token with every request of every HTTP session it makes (the
+lock's too); a token left unused long enough to expire, or refused as expired, is renewed.
+Against an etcd with authentication off the same client goes on without one.
+
 Leader changes are routine: idempotent calls retry with backoff through an
 election (``RETRY_FOR``). A client may be *fenced* by a held lock: then its
 every write is a transaction that only applies while the lock key is still
@@ -34,6 +39,7 @@ from etcd3gw.client import Etcd3Client
 from etcd3gw.lease import Lease
 
 from cloudconfig.units import ETCD_CLIENT_PORT as CLIENT_PORT
+from tasks.model import etcd_access
 from tasks.model.errors import HealthError, LockedError, LostLock, RemoteError
 from tasks.net.tunnel import ConnectingAdapter, bridged
 
@@ -47,6 +53,12 @@ _NOT_A_LEARNER = "can only promote a learner member"
 TRANSIENT = ("no leader", "leader changed", "request timed out", "too many requests",
              "not capable", "server stopped", "unhealthy cluster")
 RETRY_FOR = 15  # seconds an idempotent call keeps retrying through a leader change
+# etcd forgets a simple token unused for --auth-token-ttl (300 s by default): one unused for this
+# long is renewed before use rather than refused.
+TOKEN_FRESH = 240
+_TOKEN_REFUSED = "invalid auth token"
+_AUTH_OFF = "authentication is not enabled"
+_NO_LOGIN = "user name is empty"
 
 
 @dataclass(frozen=True)
@@ -116,25 +128,85 @@ class _OneWriteAdapter(requests.adapters.HTTPAdapter):
 class Etcd:
     """A client of one etcd member at ``host:port`` (over a tunnel, see ``tunnel``)."""
 
-    def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None, connect=None):
+    def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None, connect=None,
+                 login: Optional[tuple] = None):
         self.host, self.port, self.timeout = host, int(port), timeout
         self.label = label or f"{host}:{port}"
         self._connect = connect  # opens each HTTP connection (see ``tunnel``); None: a plain TCP connection
         self._clients: list = []
+        self._login = login      # (user, password), or None: requests go without a token
+        self._token: Optional[str] = None  # None: not logged in yet; "": etcd's authentication is off
+        self._token_used = 0.0
+        self._token_lock = threading.Lock()
         self._client = self._new_client(timeout)
         self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
 
     def __repr__(self) -> str:
         return f"Etcd({self.label})"
 
-    def _new_client(self, timeout: float) -> Etcd3Client:
+    def _new_client(self, timeout: float, logged_in: bool = True) -> Etcd3Client:
         session = requests.Session()
         # Each connection through the tunnel when there is one; each request in one write either way.
         session.mount("http://", ConnectingAdapter(self._connect, plain=_OneWriteConnection)
                       if self._connect is not None else _OneWriteAdapter())
+        if self._login is not None and logged_in:
+            session.auth = self._with_token
         client = Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH, session=session)
         self._clients.append(client)
         return client
+
+    # The login.
+
+    def _with_token(self, request):
+        """requests' auth hook: the token on every request of this client's sessions."""
+        token = self.token()
+        if token:
+            request.headers["Authorization"] = token
+        return request
+
+    def token(self) -> str:
+        """The login's token, logging in first when there is none or it may have expired; "" when
+        etcd's authentication is off."""
+        with self._token_lock:
+            if self._token is None or (self._token and boottime() - self._token_used > TOKEN_FRESH):
+                self._token = self._log_in()
+            self._token_used = boottime()
+            return self._token
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether etcd asks for a login (known once this client, made with one, has logged in)."""
+        return bool(self._login is not None and self.token())
+
+    def _log_in(self) -> str:
+        """One try (a cluster without quorum cannot log anyone in: said at once, not retried)."""
+        assert self._login is not None
+        user, password = self._login
+        plain = self._new_client(self.timeout, logged_in=False)
+        try:
+            answer = plain.post(plain.get_url("/auth/authenticate"), json={"name": user, "password": password})
+        except gw_errors.Etcd3Exception as e:
+            if _AUTH_OFF in _etcd_message(e):
+                return ""
+            raise self._error(f"log in as {user}", e) from None
+        except requests.RequestException as e:
+            raise self._error(f"log in as {user}", e) from None
+        finally:
+            plain.session.close()
+            self._clients.remove(plain)
+        return str(answer.get("token", ""))
+
+    def _forget_token(self) -> None:
+        with self._token_lock:
+            self._token = None
+
+    def log_in_again(self) -> None:
+        """Log in at the next request (etcd's authentication was just turned on)."""
+        self._forget_token()
+
+    def auth(self, path: str, payload: dict, what: str) -> dict:
+        """One call of etcd's auth API (``/v3/auth/<path>``); ``what`` says it (never the payload)."""
+        return self._post(what, f"/auth/{path}", payload, retry=False)
 
     def close(self) -> None:
         """Close this client's HTTP connections (and so their SSH channels)."""
@@ -143,17 +215,25 @@ class Etcd:
 
     def _error(self, what: str, error: Exception) -> RemoteError:
         if isinstance(error, gw_errors.Etcd3Exception):
-            return RemoteError(f"etcd at {self.label}: {what}: {_reason(error, self.timeout)}")
+            reason = _reason(error, self.timeout)
+            if _NO_LOGIN in reason and self._login is None:
+                reason += " (its authentication is on: set etcd_auth: true in the cluster file)"
+            return RemoteError(f"etcd at {self.label}: {what}: {reason}")
         return RemoteError(f"etcd at {self.label}: {what}: {_first_line(error) or type(error).__name__}")
 
     def _call(self, what: str, function, *args, retry: bool = True, **kwargs):
         """``function(*args, **kwargs)``; etcd's transient refusals are retried with backoff for
         ``RETRY_FOR`` s, and, when ``retry`` (the call is idempotent), so are unanswered requests."""
         give_up, pause = time.monotonic() + RETRY_FOR, 0.1
+        renewed = False
         while True:
             try:
                 return function(*args, **kwargs)
             except (gw_errors.Etcd3Exception, requests.RequestException) as e:
+                if not renewed and self._login is not None and _token_refused(e):
+                    self._forget_token()  # expired: log in again, once
+                    renewed = True
+                    continue
                 if not _transient(e, retry) or time.monotonic() + pause > give_up:
                     raise self._error(what, e) from None
             time.sleep(pause)
@@ -322,7 +402,7 @@ class Etcd:
         try:
             self._client.get(b"health", serializable=False)
             return True
-        except (gw_errors.Etcd3Exception, requests.RequestException):
+        except (gw_errors.Etcd3Exception, requests.RequestException, RemoteError):  # RemoteError: no login
             return False
 
     # The lock.
@@ -469,6 +549,8 @@ class Lock:
                 items = self._checker.get(_bytes(self.key), metadata=True, serializable=False)
                 break
             except (gw_errors.Etcd3Exception, requests.RequestException) as e:
+                if _token_refused(e):
+                    self.etcd._forget_token()
                 if time.monotonic() + pause > give_up:
                     return f"cannot confirm it ({_first_line(e) or type(e).__name__})"
                 time.sleep(pause)
@@ -521,6 +603,10 @@ def fenced_txn(lock_key: str, revision: int, request: dict) -> dict:
             "success": [request], "failure": []}
 
 
+def _token_refused(error: Exception) -> bool:
+    return isinstance(error, gw_errors.Etcd3Exception) and _TOKEN_REFUSED in _etcd_message(error)
+
+
 def _transient(error: Exception, unanswered_too: bool) -> bool:
     if isinstance(error, (gw_errors.ConnectionTimeoutError, requests.Timeout)) and \
             not (isinstance(error, gw_errors.Etcd3Exception) and _etcd_message(error)):
@@ -532,12 +618,13 @@ def _transient(error: Exception, unanswered_too: bool) -> bool:
 @contextmanager
 def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) -> Iterator[Etcd]:
     """An ``Etcd`` client of the member on ``host``, through SSH (over the executor's connection)
-    to its 127.0.0.1:``remote_port``.
+    to its 127.0.0.1:``remote_port``, logged in as the cluster's root when it has ``etcd_auth``.
 
     Nothing listens on this machine: each HTTP connection of the client is its own SSH channel,
     handed to the client as one end of an unnamed socket pair, so no other local user (nor any
     other process) can reach etcd through us, and there is no port or socket file to guard."""
     label = f"{host} (SSH tunnel to its 127.0.0.1:{remote_port})"
+    login = etcd_access.root_login(ex.cluster)  # a missing credentials file is said before anything is contacted
     why_not = ex.reachable(host)
     if why_not:
         raise RemoteError(f"etcd at {label}: cannot reach over SSH ({why_not})")
@@ -563,7 +650,7 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise OSError(f"the SSH channel to {label} failed ({_first_line(e) or type(e).__name__})") from None
 
-    client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect)
+    client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login)
     try:
         yield client
     finally:

@@ -26,7 +26,7 @@ from tasks.model.errors import AirError, ConfigError, Halt, PreflightError, Remo
 from tasks.model.release import Release
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import balancer, etcd_peers, push, records, steps
+from tasks.runbooks import balancer, etcd_auth, etcd_peers, push, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 from tasks.runbooks.settings import apply as apply_settings
 
@@ -114,6 +114,7 @@ def setup(s: Session, machines) -> Release:
     say(f"setup-cluster: {cluster.name} on {', '.join(machines)}, release {release.id} "
         f"({', '.join(f'{i.component} {i.version}' for i in release.images)})")
     etcd_peers.ensure(cluster, machines)
+    etcd_auth.ensure_root(cluster)
     plans = preflight(ex, machines, release)
     say("setup-cluster: installing secrets, images, units and cloud config on every machine")
     try:
@@ -122,6 +123,7 @@ def setup(s: Session, machines) -> Release:
         start_etcd(s, machines)
         # From here on, the cluster's lock exists: nothing else may change it meanwhile.
         s.take_lock("setup-cluster")
+        etcd_auth.setup(s, "setup-cluster")
     except AirError as failure:
         if isinstance(failure, Halt):
             raise
@@ -157,6 +159,7 @@ def resume(s: Session, via) -> Release:
     """Finish a setup that stopped after etcd formed: record the release if none is, start, balancer."""
     s.connect_etcd(via)
     s.take_lock("setup-cluster --resume")
+    etcd_auth.setup(s, "setup-cluster")
     members = s.etcd.members()
     if any(m.learner or not m.started for m in members):
         raise PreflightError("etcd has a member that has not started or is still a learner; "

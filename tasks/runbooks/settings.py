@@ -21,6 +21,7 @@ from tasks.model.cluster import check_address
 from tasks.model.errors import ConfigError
 from tasks.net.progress import say
 from tasks.net.session import Session, session
+from tasks.runbooks import etcd_auth
 from tasks.runbooks.cli import air_task, cluster_of, report
 
 MASK = "(secret)"
@@ -109,6 +110,7 @@ def apply(s: Session, task: str) -> Changes:
     """Write the changed settings and remove those no longer listed (v3 in one transaction, then the
     v2 store when the cluster asks for it); says each change on a ``task:`` line."""
     cluster = s.cluster
+    etcd_auth.follow(s, task)
     prefix = state.settings_prefix(cluster)
     changes, have = plan(s)
     s.ex.check("write the settings")

@@ -17,21 +17,15 @@ import pytest
 
 from tasks.runbooks import balancer
 from tasks.commands import haproxy
-from tasks.model import cluster as cluster_config
 from sandbox import testbed as sb
 
-from conftest import Probe, Slow, fab, make_fresh, on, serving
+from conftest import Probe, Slow, fab, on, serving
 from tasks.net.executor import Executor
 
 
 @pytest.fixture(scope="module")
-def clusters(sandbox, installed):
+def clusters(installed, local2):
     """Both sandbox clusters installed and serving: `local` (the `installed` fixture) and `local2`."""
-    local2 = cluster_config.load("local2")
-    if not serving(local2):  # installed afresh when an earlier run left it otherwise
-        make_fresh(local2, list(local2.machines))
-        sb.deploy_one(local2)
-    assert serving(local2)
     return {"local": installed, "local2": local2}
 
 

@@ -21,7 +21,7 @@ from tasks.commands import machine
 from tasks.model import state
 from tasks.net.executor import Executor
 
-from conftest import SPARE_ADDRESSES, etcd_of, fab, healthy_members, make_fresh, on, serving
+from conftest import etcdctl, SPARE_ADDRESSES, etcd_of, fab, healthy_members, make_fresh, on, serving
 from tasks.runbooks import steps
 
 SPARE, INTRUDER = SPARE_ADDRESSES
@@ -41,7 +41,7 @@ def folder(cluster):
 
 
 def members(cluster) -> list:
-    return json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)["members"]
+    return json.loads(etcdctl(cluster, cluster.machines[0], "member list -w json").stdout)["members"]
 
 
 def s_client(address: str, ca, *extra) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ from sandbox import testbed as sb
 from tasks.net.executor import Executor
 from tasks.net.session import session
 
-from conftest import (BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader,
+from conftest import (etcdctl, BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader,
                       etcd_of, fab, listed, local_copy, make_fresh, on, on_each, routed_in, serving, wait_serving)
 from tasks.model import rollout_plan
 from tasks.runbooks import records
@@ -226,7 +226,7 @@ def test_the_lock_deleted_behind_a_deploy_stops_it_before_its_next_change(local_
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         running = Running("deploy", "--cluster", "local")
         running.wait_for("balancer: routes to")
-        on(cluster, cluster.machines[0], f"ETCDCTL_API=3 etcdctl del {state.lock_key(cluster)}")
+        etcdctl(cluster, cluster.machines[0], f"del {state.lock_key(cluster)}")
         seen = len(running.lines)
         finished = running.finish()
     after = running.lines[seen:]
@@ -259,11 +259,11 @@ def leader(cluster) -> str:
 
 def make_leader(cluster, address):
     """Move etcd's leadership to ``address`` (etcdctl move-leader, asked of the current leader)."""
-    members = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
+    members = json.loads(etcdctl(cluster, cluster.machines[0], "member list -w json").stdout)
     target = next(m["ID"] for m in members["members"] if m.get("name") == address)
     current = leader(cluster)
     if current != address:
-        on(cluster, current, f"ETCDCTL_API=3 etcdctl --endpoints={ETCD_LOCAL_CLIENT_URL} move-leader {target:x}")
+        etcdctl(cluster, current, f"--endpoints={ETCD_LOCAL_CLIENT_URL} move-leader {target:x}")
     assert leader(cluster) == address
 
 
@@ -283,7 +283,7 @@ def test_remove_machine_of_the_etcd_leader_or_a_follower_completes_under_traffic
     figures(f"remove-machine of the etcd {role}: exit {removed.returncode}; {probe.report('meanwhile')}")
     assert removed.returncode == 0, removed.stderr
     assert probe.failed == 0
-    members = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
+    members = json.loads(etcdctl(cluster, cluster.machines[0], "member list -w json").stdout)
     assert sorted(m["name"] for m in members["members"]) == sorted(cluster.machines)
     assert leader(cluster) in cluster.machines
     assert serving(cluster)
@@ -294,15 +294,15 @@ def test_a_learner_left_behind_by_a_failed_add_is_removed_by_remove_machine(loca
     spare = SPARE_ADDRESSES[1]
     make_fresh(cluster, [spare])
     # What an add-machine stopped right after `member add` leaves: a learner that never started.
-    on(cluster, cluster.machines[0], f"ETCDCTL_API=3 etcdctl member add {spare} --learner "
+    etcdctl(cluster, cluster.machines[0], f"member add {spare} --learner "
                                      f"--peer-urls={peer_url(spare)} >/dev/null")
-    before = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
+    before = json.loads(etcdctl(cluster, cluster.machines[0], "member list -w json").stdout)
     assert any(m.get("isLearner") for m in before["members"])
     refused = fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine",
                   SPARE_ADDRESSES[0], check=False)
     assert "still a learner" in error_line(refused) and "fab remove-machine" in error_line(refused)
     fab("remove-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
-    after = json.loads(on(cluster, cluster.machines[0], "ETCDCTL_API=3 etcdctl member list -w json").stdout)
+    after = json.loads(etcdctl(cluster, cluster.machines[0], "member list -w json").stdout)
     assert sorted(m["name"] for m in after["members"]) == sorted(cluster.machines)
     assert serving(cluster)
 

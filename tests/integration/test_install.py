@@ -28,7 +28,7 @@ from tasks.net.executor import Executor
 from tasks.net.session import session
 from tasks.model.version import newest
 
-from conftest import (MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab,
+from conftest import (etcdctl, MACHINE_ADDRESSES, NOBODY, SPARE_ADDRESSES, USER_DATA, error_line, etcd_of, fab,
                       fab_here, healthy_members, make_fresh, on, serving)
 from tasks.runbooks import records
 from tasks.runbooks import steps
@@ -46,7 +46,7 @@ def run_fab(*args, runner=fab, **kwargs):
 
 def members(cluster, address):
     """etcd's member list, as etcdctl on ``address`` prints it."""
-    out = on(cluster, address, "ETCDCTL_API=3 etcdctl member list -w json").stdout
+    out = etcdctl(cluster, address, "member list -w json").stdout
     return json.loads(out)["members"]
 
 

@@ -22,7 +22,7 @@ from tasks.commands import machine
 from sandbox import testbed as sb
 from tasks.net.executor import Executor
 
-from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, SUBNET, USER_DATA, error_line, etcd_of,
+from conftest import (etcdctl, BALANCER_ADDRESS, MACHINE_ADDRESSES, SPARE_ADDRESSES, SUBNET, USER_DATA, error_line, etcd_of,
                       healthy_members,
                       fab, fab_here, listed, on, serving)
 from tasks.model import rollout_plan
@@ -39,7 +39,7 @@ BALANCED = f"http://{BALANCER_ADDRESS}/version"
 
 def members(cluster, via=M1) -> list:
     """etcd's member list as etcdctl on ``via`` prints it: [{ID, name, peerURLs, ...}]."""
-    return json.loads(on(cluster, via, "ETCDCTL_API=3 etcdctl member list -w json").stdout)["members"]
+    return json.loads(etcdctl(cluster, via, "member list -w json").stdout)["members"]
 
 
 def started_members(cluster, via=M1) -> list:

@@ -22,4 +22,8 @@ timeouts: {stop: 20}
 def cluster(tmp_path):
     """The cluster `prod` of CLUSTER_YAML, loaded as air-deploy loads any cluster file."""
     (tmp_path / "prod.yaml").write_text(CLUSTER_YAML)
+    (tmp_path / "secrets").mkdir()
+    root = tmp_path / "secrets" / "etcd-root.yaml"  # etcd_auth is on by default: its root login
+    root.write_text("username: root\npassword: root-SECRET\n")
+    root.chmod(0o600)
     return load("prod", directory=tmp_path)

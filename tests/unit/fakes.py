@@ -132,6 +132,10 @@ class FakeEtcd:
     def __init__(self, members=()):
         self.data: dict = {}
         self.v2: dict = {}
+        self.users: dict = {}   # name -> {password, roles}
+        self.roles: dict = {}   # name -> [perm as the gateway gives it]
+        self.calls: list = []   # auth API paths called
+        self.auth_enabled = False
         self._members = [SimpleNamespace(id=str(i + 1), name=f"m{i + 1}", peer_urls=(f"http://{m}:2380",),
                                          client_urls=(), learner=False, started=True)
                          for i, m in enumerate(members)]
@@ -141,6 +145,33 @@ class FakeEtcd:
 
     def put(self, key, value):
         self.data[key] = value
+
+    # etcd's auth API, as the gateway answers it: users, roles and their READ grants (keys base64).
+
+    def auth(self, path, payload, what):
+        self.calls.append(path)
+        handlers = {
+            "user/list": lambda p: {"users": sorted(self.users)},
+            "role/list": lambda p: {"roles": sorted(self.roles)},
+            "user/get": lambda p: {"roles": sorted(self.users[p["name"]]["roles"])},
+            "role/get": lambda p: {"perm": list(self.roles[p["role"]])},
+            "user/add": lambda p: self.users.setdefault(p["name"], {"password": p["password"], "roles": set()}),
+            "user/changepw": lambda p: self.users[p["name"]].update(password=p["password"]),
+            "user/grant": lambda p: self.users[p["user"]]["roles"].add(p["role"]),
+            "user/delete": lambda p: self.users.pop(p["name"]),
+            "role/add": lambda p: self.roles.setdefault(p["name"], []),
+            "role/grant": lambda p: self.roles[p["name"]].append(p["perm"]),
+            "role/revoke": lambda p: self.roles[p["role"]].remove(
+                next(g for g in self.roles[p["role"]] if g["key"] == p["key"])),
+            "role/delete": lambda p: self.roles.pop(p["role"]),
+            "enable": lambda p: setattr(self, "auth_enabled", True),
+            "disable": lambda p: setattr(self, "auth_enabled", False),
+        }
+        answer = handlers[path](payload)
+        return answer if isinstance(answer, dict) and path.endswith(("list", "get")) else {}
+
+    def log_in_again(self):
+        pass
 
     def get_prefix(self, prefix):
         return {k: v for k, v in self.data.items() if k.startswith(prefix)}

@@ -273,8 +273,8 @@ def test_unknown_field(tmp_path, field, expected):
 def test_unknown_field_of_a_component(tmp_path):
     message = error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80, "helth": "/h"}]))
     assert (": components[0].helth: unknown field (expected one of: name, port, health, health_status, "
-            "health_body, check, stop_signal, stop_command, secrets, user, source, dockerfile, ignore, args, target, prepare, "
-            "prepare_timeout, repository, branch, https_port, proxy)") in message
+            "health_body, check, stop_signal, stop_command, secrets, reads, user, source, dockerfile, ignore, args, "
+            "target, prepare, prepare_timeout, repository, branch, https_port, proxy)") in message
 
 
 def test_proxy_ports_and_the_balanced_component(tmp_path):
@@ -507,14 +507,51 @@ def test_settings_secrets_per_component_and_v2_load(tmp_path):
         components=[{"name": "router", "port": 80, "secrets": ["tls.key"]},
                     {"name": "air_backend", "port": 8082, "user": 1000, "secrets": ["db_password"]}],
         settings={"site/name": "Air", "db/port": 5432, "db/ssl": False, "db/password": {"secret": "db_password"}},
-        etcd_v2=True))
+        etcd_v2=True, etcd_auth=False))
     loaded = cluster.load("stage", tmp_path)
     assert [(c.name, c.secrets, c.user) for c in loaded.components] == [
         ("router", ("tls.key",), 0), ("air_backend", ("db_password",), 1000)]
     assert loaded.settings == (cluster.Setting("site/name", "Air"), cluster.Setting("db/port", "5432"),
                                cluster.Setting("db/ssl", "false"), cluster.Setting("db/password", secret="db_password"))
-    assert loaded.etcd_v2 is True
+    assert loaded.etcd_v2 is True and loaded.etcd_auth is False
     assert "s3cret" not in repr(loaded)
+
+
+def test_what_components_read_from_etcd_loads_and_auth_is_on_by_default(tmp_path):
+    _with_secrets(tmp_path, "db_password")
+    write(tmp_path, "stage", variant(
+        components=[{"name": "router", "port": 80, "reads": ["maintenance"]},
+                    {"name": "air_backend", "port": 8082, "reads": ["settings/site/", "settings/db/password"]},
+                    {"name": "static", "port": 8083}],
+        settings={"site/name": "Air", "site/theme": "dark", "db/password": {"secret": "db_password"}}))
+    loaded = cluster.load("stage", tmp_path)
+    assert [c.reads for c in loaded.components] == [
+        ("maintenance",), ("settings/site/", "settings/db/password"), ()]
+    assert loaded.etcd_auth is True
+
+
+@pytest.mark.parametrize("reads, expected", [
+    (["settings/nope"], "components[0].reads: 'settings/nope': 'nope' is not one of the settings"),
+    (["settings/x/"], "components[0].reads: 'settings/x/': no setting is below 'x/'"),
+    (["settings/db/"], "components[0].reads: 'settings/db/' would cover 'db/password', a secret: name the keys"),
+    (["lock"], "components[0].reads: expected a list of the application's keys the component reads"),
+    (["maintenance", "maintenance"], "components[0].reads: expected a list of the application's keys"),
+    (["settings//a"], "components[0].reads: expected a list of the application's keys"),
+])
+def test_what_a_component_reads_must_be_settings_there_are_and_no_secret_by_prefix(tmp_path, reads, expected):
+    _with_secrets(tmp_path, "db_password")
+    message = error_of(tmp_path, "stage", variant(
+        components=[{"name": "router", "port": 80, "reads": reads}],
+        settings={"db/host": "h", "db/password": {"secret": "db_password"}}))
+    assert expected in message
+
+
+def test_etcd_auth_goes_without_the_v2_store_and_logins_files_are_not_secret_names(tmp_path):
+    assert "etcd_v2: etcd's v2 store has no roles, so with etcd_auth every process on a machine could read " \
+           "and write it; set etcd_auth: false to keep it" in error_of(tmp_path, "stage", variant(etcd_v2=True))
+    _with_secrets(tmp_path, "etcd-password")
+    assert "components[0].secrets: 'etcd-password' is the name of an etcd login's file: rename that secret" in \
+        error_of(tmp_path, "stage", variant(components=[{"name": "router", "port": 80, "secrets": ["etcd-password"]}]))
 
 
 def test_no_settings_no_secrets_and_no_v2_by_default(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from types import SimpleNamespace
 
 from tasks.model.errors import HealthError, LockedError, LostLock, RemoteError
 from tasks.net.etcd import Etcd, Member, fenced_txn, tunnel
@@ -331,6 +332,7 @@ class FakeTunnelExecutor:
 
     def __init__(self, connection):
         self.connection = connection
+        self.cluster = SimpleNamespace(etcd_auth=False, secrets="/nonexistent")  # etcd open: no login
 
     def reachable(self, host):
         return None

@@ -21,7 +21,8 @@ def configured(cluster):
     cluster.secrets.mkdir(exist_ok=True)
     (cluster.secrets / "db_password").write_text("hunter2-XYZ\n")
     return replace(cluster, settings=(Setting("site/name", "Air"), Setting("db/port", "5432"),
-                                      Setting("db/password", secret="db_password")))
+                                      Setting("db/password", secret="db_password")),
+                   etcd_auth=False)  # etcd's logins: tests/unit/test_etcd_auth.py
 
 
 def test_keys_live_under_the_applications_own_prefix(cluster):
