@@ -17,11 +17,28 @@ from tasks.net.executor import Executor
 # Run in a container (`sh -s KEY...`): logs in when the container has a login, then prints one
 # line per read of each KEY and one for a write, each `<what> <etcd's answer, its last line>`.
 IN_CONTAINER = r"""
-post() {
-  if [ -n "$3" ]; then auth="Authorization: $3\r\n"; else auth=""; fi
-  printf "POST $1 HTTP/1.0\r\nHost: etcd\r\n${auth}Content-Type: application/json\r\nContent-Length: ${#2}\r\n\r\n$2" \
-    | nc -w 2 127.0.0.1 2379 | tail -n 1
-}
+# busybox nc stops at the end of its input: the request goes through `nc -e`, the answer on fd 3.
+cat > /air/data/air-test-post <<'POST'
+#!/bin/sh
+if [ -n "$TOKEN" ]; then
+  printf 'POST %s HTTP/1.0
+Host: etcd
+Authorization: %s
+Content-Length: %s
+
+%s' "$CALL" "$TOKEN" "${#BODY}" "$BODY"
+else
+  printf 'POST %s HTTP/1.0
+Host: etcd
+Content-Length: %s
+
+%s' "$CALL" "${#BODY}" "$BODY"
+fi
+while IFS= read -r -t 2 line || [ -n "$line" ]; do printf '%s
+' "$line"; line=""; done >&3
+POST
+chmod 0700 /air/data/air-test-post
+post() { CALL=$1 BODY=$2 TOKEN=$3 nc -w 2 127.0.0.1 2379 -e /air/data/air-test-post 3>&1 >/dev/null 2>&1 | tail -n 1; }
 b64() { printf %s "$1" | base64 | tr -d '\n'; }
 token=""
 if [ -n "$AIR_ETCD_USER" ]; then
@@ -31,6 +48,7 @@ if [ -n "$AIR_ETCD_USER" ]; then
 fi
 for key in "$@"; do echo "read $key $(post /v3/kv/range "{\"key\":\"$(b64 "$key")\"}" "$token")"; done
 echo "write $(post /v3/kv/put "{\"key\":\"$(b64 "${AIR_ETCD_PREFIX}planted")\",\"value\":\"eA==\"}" "$token")"
+rm -f /air/data/air-test-post
 """
 
 DENIED, NO_LOGIN = "etcdserver: permission denied", "etcdserver: user name is empty"
@@ -99,7 +117,7 @@ def test_the_logins_files_are_the_components_own(installed):
     assert root not in units and (cluster.secrets / "etcd-root.yaml").stat().st_mode & 0o777 == 0o600
 
 
-def test_an_open_cluster_turned_over_in_place_and_back_serving_throughout(local2, tmp_path):
+def test_an_open_cluster_turned_over_in_place_and_back_serving_throughout(local2, tmp_path, figures):
     cluster = local2
     address = cluster.machines[0]
     site = state.setting_key(cluster, "site/name")
@@ -117,6 +135,8 @@ def test_an_open_cluster_turned_over_in_place_and_back_serving_throughout(local2
         turned = fab("etcd.auth", "--cluster", "local2", env=env)
         slow.join(30)
     assert "etcd authentication of local2: on" in turned.stdout
+    figures(f"{turned.stdout.strip()}; {probe.report('meanwhile')}; an 8 s request through it: "
+            f"{'complete' if slow.complete else 'cut'}")
     assert probe.failed == 0 and slow.complete, (probe.report("etcd.auth on"), slow.lines, slow.error)
     root = etcd_access.root_password(cluster)
     passwords = [root] + [etcd_access.password_of(root, etcd_access.user_of(c)) for c in ("router", "air_backend")]
@@ -132,4 +152,5 @@ def test_an_open_cluster_turned_over_in_place_and_back_serving_throughout(local2
     with Probe(BALANCER_ADDRESS, port) as probe:
         back = fab("etcd.auth", "--cluster", "local2")
     assert "etcd authentication of local2: off" in back.stdout and probe.failed == 0, probe.report("etcd.auth off")
+    figures(f"{back.stdout.strip()}; {probe.report('meanwhile')}")
     assert answered(in_container(cluster, address, "air_frontend", [site])[f"read {site}"])
