@@ -23,7 +23,6 @@ import time
 import yaml
 from tasks.model import etcd_access, state
 from tasks.model.cluster import check_address
-from tasks.model.errors import AirError
 from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import secrets
@@ -105,37 +104,29 @@ def follow(s: Session, task: str) -> None:
 
 
 def migrate(target, via=None, wait=False, plan_only=False) -> str:
-    """``fab etcd.auth``: the cluster's etcd turned to what its file says, in place."""
+    """``fab etcd.auth``: the cluster's etcd turned to what its file says, in place (see the module)."""
     started = time.monotonic()
-    if target.etcd_auth:
-        ensure_root(target)
+    wanted = target.etcd_auth
+    ensure_root(target)
     with session(target, None if plan_only else "etcd.auth", via, wait) as s:
-        if target.etcd_auth:
+        enabled = s.etcd.auth_enabled
+        if wanted:
             keep(s, "etcd.auth", plan_only)
-            secrets.apply(s, plan_only)
-            if plan_only:
-                return "etcd.auth: then turn authentication on" if not s.etcd.auth_enabled else ""
-            turned = turn_on(s, "etcd.auth")
-        else:
-            turned = _turn_off(s, plan_only)
-            secrets.apply(s, plan_only)
-    state_now = "on" if target.etcd_auth else "off"
-    return f"etcd authentication of {target.name}: {state_now}" + \
-        ("" if turned else " (it was already)") + f", in {time.monotonic() - started:.1f} s"
-
-
-def _turn_off(s: Session, plan_only: bool) -> bool:
-    if etcd_access.root_login(s.cluster) is None:
-        raise AirError(f"{etcd_access.credentials_file(s.cluster)}: missing: no root login to turn etcd's "
-                       f"authentication off with")
-    if not s.etcd.auth_enabled:
-        return False
+        elif enabled and not plan_only:
+            _turn_off(s)
+        secrets.apply(s, plan_only)
+        if wanted and not enabled and not plan_only:
+            turn_on(s, "etcd.auth")
+    now, was = ("on" if wanted else "off"), ("on" if enabled else "off")
     if plan_only:
-        say("etcd.auth: would turn authentication off, then take the components' logins away")
-        return True
+        return f"etcd.auth --plan: the authentication of {target.name}'s etcd is {was}; it would be {now}"
+    return f"etcd authentication of {target.name}: {now}" + (" (it was already)" if now == was else "") + \
+        f", in {time.monotonic() - started:.1f} s"
+
+
+def _turn_off(s: Session) -> None:
     s.etcd.auth("disable", {}, "turn authentication off")
     say("etcd.auth: etcd: authentication is off; any client on a machine may read and write")
-    return True
 
 
 @air_task(name="auth", help={"cluster": "target cluster", "via": "member to reach etcd through",
@@ -145,5 +136,5 @@ def auth_task(c, cluster=None, via=None, wait=False, plan_=False):
     """Turn etcd's authentication on (or, with etcd_auth: false, off) as the cluster file says, in place."""
     target = cluster_of(cluster)
     via = check_address(via, "--via") if via else None
-    print(migrate(target, via, wait, plan_) or "etcd.auth: nothing to do")
+    print(migrate(target, via, wait, plan_))
 

@@ -50,7 +50,8 @@ class Session:
         """clusters/<prefix>_<short>.yaml on ``branch``; ``sections`` complete or override fields."""
         name = self.name(short)
         data = {"include": str(FRAGMENT), "namespace": self.prefix, "build": {"branch": branch},
-                "components": LOCAL["components"], "admin": LOCAL["admin"], "timeouts": LOCAL["timeouts"]}
+                "components": LOCAL["components"], "settings": LOCAL["settings"], "admin": LOCAL["admin"],
+                "timeouts": LOCAL["timeouts"]}
         for key, value in sections.items():
             data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
         (directory or self.directory).mkdir(parents=True, exist_ok=True)

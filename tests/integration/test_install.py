@@ -20,6 +20,7 @@ import requests
 import yaml
 
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, peer_url
+from tasks.model import etcd_access
 from tasks.runbooks.publish import publish
 from sandbox import testbed as sb
 from tasks.net.registry import RegistryClient
@@ -147,8 +148,10 @@ def test_the_cloud_config_is_private_and_names_every_unit(setup_run, local):
 def test_secrets_are_installed_per_component_private_and_never_printed(setup_run, local):
     local_secrets = {p.name: p.read_text() for p in sorted(local.secrets.iterdir()) if p.is_file()}
     assert local_secrets
-    wanted = sorted(f"{c.user} 400 {c.name}/{name}" for c in local.components for name in c.secrets)
-    assert len(wanted) == 4  # router: its certificate and key; air_backend: two of its own
+    logins = [c for c in local.components if c.reads]  # and each component's etcd login
+    wanted = sorted([f"{c.user} 400 {c.name}/{name}" for c in local.components for name in c.secrets]
+                    + [f"{c.user} 400 {c.name}/etcd-password" for c in logins])
+    assert len(wanted) == 6  # router: its certificate and key; air_backend: two of its own; their logins
     for address in local.machines:
         assert on(local, address, "stat -c %a /etc/air/secrets").stdout.strip() == "700"
         listing = on(local, address, "cd /etc/air/secrets && stat -c '%u %a %n' */*").stdout.split("\n")
@@ -156,7 +159,9 @@ def test_secrets_are_installed_per_component_private_and_never_printed(setup_run
         for c in local.components:
             for name in c.secrets:
                 assert on(local, address, f"cat /etc/air/secrets/{c.name}/{name}").stdout == local_secrets[name]
-    for content in local_secrets.values():
+    root = etcd_access.root_password(local)
+    passwords = [root] + [etcd_access.password_of(root, etcd_access.user_of(c.name)) for c in logins]
+    for content in [*local_secrets.values(), *passwords]:
         assert content.strip() not in setup_run.proc.stdout + setup_run.proc.stderr
 
 
