@@ -106,8 +106,9 @@ def roll_cluster(s: Session, published, current: Optional[Release], batch: int, 
     if current is not None and current.id == release.id and rollout.nothing_to_do:
         if candidate is not None:
             records.clear_candidate(s.etcd, cluster)
-        if changed and base is not None:  # the release runs on with these settings: its record says so
-            records.write_release(s.etcd, cluster, release, **{**kept_meta(base), **kept.of_record(meta)})
+        if changed:  # the release runs on with other settings: recorded again, with them (a rollback's target)
+            records.add_history(s.etcd, cluster, records.write_release(s.etcd, cluster, release, outcome="succeeded",
+                                                                       **meta))
         say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
             f"({time.monotonic() - started:.1f} s)")
         return
@@ -128,11 +129,6 @@ def applied_settings(s: Session, meta: dict) -> tuple:
     changes = apply_settings(s, "deploy")
     meta.update(release_settings.deployed(s.cluster))
     return before, changes
-
-
-def kept_meta(record: dict) -> dict:
-    """What a release record holds besides its release (who, when, outcome, branch...)."""
-    return {k: v for k, v in record.items() if k not in ("id", "components")}
 
 
 def continued_canary(candidate: Release, record: dict, release: Release) -> dict:

@@ -219,15 +219,18 @@ def test_a_successful_deploy_keeps_its_settings_in_its_records(configured):
     assert PASSWORD not in json.dumps(current)
 
 
-def test_a_deploy_of_the_same_release_with_other_settings_updates_its_record(configured):
+def test_a_deploy_of_the_same_release_with_other_settings_records_it_again_with_them(configured):
     s = configured
     at_releases(s, {"site/name": "Old", "db/password": PASSWORD})
     deploy.roll_cluster(s, Published(OLD, [], BUILT), OLD, 1, 0.0)  # the machines run OLD: nothing to restart
     assert s.ex.commands(changes_only=True) == []
     current, history = recorded(s)
     assert current["settings"]["digest"] == kept.settings_digest({"site/name": "Air", "db/password": PASSWORD})
-    assert current["outcome"] == "succeeded" and current["when"] == "2024-01-01T00:00:00.000000Z"
-    assert len(history) == 1
+    assert current["outcome"] == "succeeded" and current["when"] != "2024-01-01T00:00:00.000000Z"
+    assert [r["id"] for r in history] == [OLD.id, OLD.id] and history[-1] == current
+    # The same settings again: nothing is recorded.
+    deploy.roll_cluster(s, Published(OLD, [], BUILT), OLD, 1, 0.0)
+    assert recorded(s) == (current, history)
 
 
 def rolled_to_new(s, new_settings: dict) -> dict:
