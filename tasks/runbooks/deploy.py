@@ -12,6 +12,10 @@ deploy's lock expires by itself.
 and is recorded as the cluster's *candidate* (``state.candidate_key``); a
 plain ``deploy`` of the same release continues it to the other machines, and
 ``rollback`` puts M back on the cluster's release.
+
+Settings belong to a release (``tasks.runbooks.release_settings``): its record keeps those it
+was deployed with; a deploy or rollback that fails puts the settings it found back, and a
+rollback restores those its release kept, before its rollout.
 """
 from __future__ import annotations
 
@@ -20,13 +24,14 @@ import time
 from typing import Optional
 
 from tasks.commands.build_scripts import parse_branches
+from tasks.model import release_settings as kept
 from tasks.model import state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLock
 from tasks.model.release import Release
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import records, settings, steps, upgrade
+from tasks.runbooks import records, release_settings, settings, steps, upgrade
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
 from tasks.runbooks.publish import publish
 from tasks.runbooks.push import print_report
@@ -47,11 +52,13 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None) ->
     published = publish(s.ex, host, branch, dry=dry)
     current = rollback_base(s)
     if canary is not None:
+        meta, before = published.meta, None
         if dry:
             print_push_plan(s, published)
         else:
-            apply_settings(s, "deploy")
-        deploy_canary(s, published.release, current, canary, dry, **published.meta)
+            before, _ = applied_settings(s, meta)
+        with release_settings.put_back_on_failure(s, "deploy", before, release_settings.record_of(s, current)):
+            deploy_canary(s, published.release, current, canary, dry, **meta)
     elif dry:
         print_push_plan(s, published)
         upgrade.print_plan(cluster_rollout(s, published.release, current, batch)[0])
@@ -94,20 +101,34 @@ def roll_cluster(s: Session, published, current: Optional[Release], batch: int, 
     cluster, release, meta = s.cluster, published.release, published.meta
     say(f"deploy: release {release.id} is in the registry; reading the machines")
     rollout, candidate, record = cluster_rollout(s, release, current, batch)
-    apply_settings(s, "deploy")
+    base = release_settings.record_of(s, current)
+    before, changed = applied_settings(s, meta)
     if current is not None and current.id == release.id and rollout.nothing_to_do:
         if candidate is not None:
             records.clear_candidate(s.etcd, cluster)
+        if changed:  # the release runs on with other settings: recorded again, with them (a rollback's target)
+            records.add_history(s.etcd, cluster, records.write_release(s.etcd, cluster, release, outcome="succeeded",
+                                                                       **meta))
         say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
             f"({time.monotonic() - started:.1f} s)")
         return
     if candidate is not None:
         meta.update(continued_canary(candidate, record, release))
-    rollout.apply_recorded(**meta)
+    with release_settings.put_back_on_failure(s, "deploy", before, base):
+        rollout.apply_recorded(previous_meta=kept.of_record(base), **meta)
     if candidate is not None:
         records.clear_candidate(s.etcd, cluster)
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
     clean_up(s, release)
+
+
+def applied_settings(s: Session, meta: dict) -> tuple:
+    """(the settings etcd held, the Changes): the cluster file's settings written, and what the
+    release record keeps of them added to ``meta``."""
+    before = settings.found(s)
+    changes = apply_settings(s, "deploy")
+    meta.update(release_settings.deployed(s.cluster))
+    return before, changes
 
 
 def continued_canary(candidate: Release, record: dict, release: Release) -> dict:
@@ -200,21 +221,27 @@ def releases(c, cluster=None, via=None, json_=False):
         past = records.history(s.etcd, target)
         current, _ = records.read_release(s.etcd, target)
         _, candidate = records.read_candidate(s.etcd, target)
+        settings_now = release_settings.digest_now(s)
     if json_:
         print(json.dumps(past + ([{**candidate, "candidate": True}] if candidate else []), indent=1))
         return
     for r in past:
         mark = "*" if current and r["id"] == current.id else " "
-        print(release_line(mark, r, r.get("outcome", "?")))
+        print(release_line(mark, r, r.get("outcome", "?"), settings_now))
     if candidate:
-        print(release_line("c", candidate, f"candidate on {', '.join(candidate['machines'])}"))
+        print(release_line("c", candidate, f"candidate on {', '.join(candidate['machines'])}", settings_now))
 
 
-def release_line(mark: str, record: dict, outcome: str) -> str:
+def release_line(mark: str, record: dict, outcome: str, settings_now: str = None) -> str:
+    """One release of ``fab releases``; its settings' short digest, and whether they are the ones etcd
+    holds (``settings_now``, their digest) or differ. Pure."""
     versions = " ".join(f"{k}={v['version']}" for k, v in sorted(record["components"].items()))
     # every repository that went into it: URL, branch and commit
     sources = "".join(f"  {s['repository']} {s['branch']}@{s['commit'][:10]}" for s in record.get("sources", []))
-    return f"{mark} {record['when']}  {record['id']}  {outcome:10.40}  {record.get('branch', '-')}  {versions}{sources}"
+    same = "unknown" if kept.SETTINGS not in record else \
+        "same" if record[kept.SETTINGS]["digest"] == settings_now else "differs"
+    return (f"{mark} {record['when']}  {record['id']}  {outcome:10.40}  settings {kept.short(record):8} {same:7}  "
+            f"{record.get('branch', '-')}  {versions}{sources}")
 
 
 GOOD_OUTCOMES = ("succeeded", "installed")
@@ -284,19 +311,16 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
     via = via and check_address(via, "--via")
     with session(target, None if plan_ else "rollback", via) as s:
         # Read under the lock: a deploy that just ended may have changed both.
-        current, _ = records.read_release(s.etcd, target)
+        current, current_record = records.read_release(s.etcd, target)
         candidate, candidate_record = records.read_candidate(s.etcd, target)
         if candidate is not None and to is None:
-            rollback_canary(s, current, candidate, candidate_record, plan_)
+            rollback_canary(s, current, candidate, candidate_record, plan_, current_record)
             wanted, undone, machines = current, candidate.id, candidate_record["machines"]
         else:
             chosen = rollback_target(records.history(s.etcd, target), current and current.id, to, target.name)
             wanted, undone, machines = Release.from_dict(chosen), None, list(target.machines)
-            rollout = upgrade.Rollout(s, wanted, current)
-            if plan_:
-                upgrade.print_plan(rollout)
+            if not roll_back_to(s, chosen, current_record, plan_):
                 return
-            rollout.apply_recorded(rollback_from=current and current.id)
             if candidate is not None:
                 records.clear_candidate(s.etcd, target)
             clean_up(s, wanted)
@@ -308,19 +332,48 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
         print(f"release {wanted.id}" + (f" (candidate {undone} rolled back on {', '.join(machines)})" if undone else ""))
 
 
-def rollback_canary(s: Session, current: Release, candidate: Release, record: dict, plan_: bool = False) -> None:
+def roll_back_to(s: Session, chosen: dict, current_record: Optional[dict], plan_: bool = False) -> bool:
+    """The cluster back on the release of history record ``chosen`` with the settings it kept, through
+    the gated rollout; a failure puts the settings found back. ``plan_``: print both, change nothing
+    (returns False)."""
+    current = Release.from_dict(current_record) if current_record else None
+    rollout = upgrade.Rollout(s, Release.from_dict(chosen), current)
+    restoring = release_settings.restoring(s, chosen, current_record)
+    if plan_:
+        upgrade.print_plan(rollout)
+        print_restoring(restoring)
+        return False
+    with release_settings.put_back_on_failure(s, "rollback", restoring.before, current_record):
+        restoring.apply(s, "rollback")
+        rollout.apply_recorded(previous_meta=kept.of_record(current_record), rollback_from=current and current.id,
+                               **restoring.fields)
+    return True
+
+
+def print_restoring(restoring: release_settings.Restoring) -> None:
+    for line in restoring.lines():
+        print(f"settings: {line}")
+
+
+def rollback_canary(s: Session, current: Release, candidate: Release, record: dict, plan_: bool = False,
+                    current_record: dict = None) -> None:
     """The candidate's machines back on the cluster's release, one at a time through the gated
-    rollout; then the candidate is forgotten and the history says so."""
+    rollout, with the settings that release kept (``current_record``); then the candidate is
+    forgotten and the history says so."""
     cluster = s.cluster
     if current is None:
         raise ConfigError(f"cluster {cluster.name} has no release recorded to put {', '.join(record['machines'])} back on")
     members = upgrade.member_machines(s.etcd)
     machines = [m for m in record["machines"] if m in members]
     rollout = upgrade.Rollout(s, current, candidate, only=machines)
+    restoring = release_settings.restoring(s, current_record, record)
     if plan_:
         upgrade.print_plan(rollout)
+        print_restoring(restoring)
         return
-    rollout.apply()
+    with release_settings.put_back_on_failure(s, "rollback", restoring.before, record):
+        restoring.apply(s, "rollback")
+        rollout.apply()
     records.clear_candidate(s.etcd, cluster)
     records.add_history(s.etcd, cluster, {**candidate.to_dict(), "who": state.operator(), "when": state.now(),
                                         **{k: record[k] for k in ("branch", "commit") if k in record},

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from tasks.model import state
+from tasks.model import release_settings, state
 from tasks.model.cluster import check_address
 from tasks.model.errors import ConfigError, RecordError
 from tasks.model.release import Release
@@ -15,7 +15,8 @@ from tasks.model.release import Release
 
 def parsed(key: str, text: str) -> tuple:
     """(Release, record dict) of a release record read at ``key``, checked: what air-deploy writes
-    (its id the hash of its digests, every value of the shape push gives it), else RecordError
+    (its id the hash of its digests, every value of the shape push gives it, the settings and
+    secrets' digests it keeps of the shape ``release_settings.fields`` gives them), else RecordError
     naming the key. Nothing read from etcd reaches a command unchecked."""
     try:
         record = json.loads(text)
@@ -24,6 +25,7 @@ def parsed(key: str, text: str) -> tuple:
             raise RecordError(f"its id {record.get('id')!r} is not its content's ({release.id})")
         for address in record.get("machines", []):
             check_address(address, "machines")
+        release_settings.check(record)
     except (ValueError, RecordError, ConfigError) as e:
         raise RecordError(f"etcd key {key} is not a release record air-deploy wrote ({e}); nothing was run: "
                           f"delete or repair that key (etcdctl on a member) and run the task again") from None

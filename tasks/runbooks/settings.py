@@ -19,6 +19,7 @@ from invoke import Collection
 from tasks.model import state
 from tasks.model.cluster import check_address
 from tasks.model.errors import ConfigError
+from tasks.model.release_settings import secret_value
 from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import etcd_auth
@@ -36,8 +37,7 @@ def wanted(cluster) -> dict:
     for setting in cluster.settings:
         text = setting.value
         if setting.secret:
-            text = (cluster.secrets / setting.secret).read_text()
-            text = text[:-1] if text.endswith("\n") else text
+            text = secret_value((cluster.secrets / setting.secret).read_text())
         values[state.setting_key(cluster, setting.key)] = text
     return values
 
@@ -109,23 +109,30 @@ def plan(s: Session) -> tuple:
 def apply(s: Session, task: str) -> Changes:
     """Write the changed settings and remove those no longer listed (v3 in one transaction, then the
     v2 store when the cluster asks for it); says each change on a ``task:`` line."""
+    return write(s, task, wanted(s.cluster), secret_keys(s.cluster))
+
+
+def write(s: Session, task: str, want: dict, secrets) -> Changes:
+    """Make the settings prefix hold ``want`` (etcd key -> value): the cluster file's settings, or
+    those a rollback or a failed deploy puts back. ``secrets``: the keys never printed."""
     cluster = s.cluster
     etcd_auth.follow(s, task)
     prefix = state.settings_prefix(cluster)
-    changes, have = plan(s)
+    have = found(s)
+    changes = diff(want, have, prefix)
     s.ex.check("write the settings")
     s.etcd.write_many(changes.puts, changes.removed)
-    for line in describe(changes, have, secret_keys(cluster), prefix):
+    for line in describe(changes, have, secrets, prefix):
         say(f"{task}: settings: {line}")
     if cluster.etcd_v2:
-        v2_changes = diff(wanted(cluster), s.etcd.v2_get_prefix(prefix), prefix)
+        v2_changes = diff(want, s.etcd.v2_get_prefix(prefix), prefix)
         s.ex.check("write the settings (v2)")
         for key, value in v2_changes.puts.items():
             s.etcd.v2_put(key, value)
         for key in v2_changes.removed:
             s.etcd.v2_delete(key)
     if not changes:
-        say(f"{task}: settings: unchanged ({len(cluster.settings)} key(s))")
+        say(f"{task}: settings: unchanged ({len(want)} key(s))")
     return changes
 
 

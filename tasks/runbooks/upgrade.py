@@ -327,8 +327,9 @@ class Rollout:
             return Outcome(failure, f"restoring {address} to {self.previous.id} failed too ({e}); "
                                     f"it is out of the balancer.")
 
-    def apply_recorded(self, **meta) -> list:
-        """``apply`` with the cluster's current release and history kept right in etcd."""
+    def apply_recorded(self, previous_meta: dict = None, **meta) -> list:
+        """``apply`` with the cluster's current release and history kept right in etcd; after a
+        failure the previous release is the current one again, with ``previous_meta``."""
         record = records.write_release(self.s.etcd, self.cluster, self.release, outcome="upgrading", **meta)
         try:
             changed = self.apply()
@@ -339,7 +340,7 @@ class Rollout:
             record["outcome"] = f"{kind}: {str(failure).splitlines()[0]}"
             records.add_history(self.s.etcd, self.cluster, record)
             if self.previous is not None:
-                records.write_release(self.s.etcd, self.cluster, self.previous,
+                records.write_release(self.s.etcd, self.cluster, self.previous, **(previous_meta or {}),
                                     outcome=f"restored after {'an interrupted' if kind == 'interrupted' else 'a failed'} upgrade")
             raise
         record["outcome"] = "succeeded"

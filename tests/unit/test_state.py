@@ -127,8 +127,16 @@ def _planted(**component):
     return json.dumps({"id": release.id, "components": {"web": fields}})
 
 
+def _with(**fields):
+    """A good record with ``fields`` besides (the settings and secrets it keeps)."""
+    return json.dumps({**json.loads(_planted()), **fields})
+
+
 @pytest.mark.parametrize("planted, named", [
     (_planted(digest="sha256:x' ; touch /tmp/owned ; echo '"), "digest"),
+    (_with(settings={"digest": DIGEST, "values": {"a": {"secret": "x; reboot", "digest": DIGEST}}}),
+     "settings: a: neither a value nor a secret's name and digest"),
+    (_with(secrets={"db_password": "hunter2"}), "secrets: db_password 'hunter2' is not sha256:"),
     (_planted(version="1.0.0; reboot"), "version"),
     (_planted(manifest="sha256:" + "0" * 63 + "'"), "manifest"),
     (json.dumps({"id": "abc", "components": {"web": {"version": "1.0.0", "digest": DIGEST}}}), "id"),
