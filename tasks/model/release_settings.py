@@ -62,6 +62,21 @@ def of_record(record: Optional[dict]) -> dict:
     return {k: record[k] for k in (SETTINGS, SECRETS) if record and k in record}
 
 
+def shown(record: dict) -> dict:
+    """``record`` as it may be printed: a secret's digest (a weak secret could be guessed from it
+    offline) left out, the secret files by name only."""
+    if SETTINGS not in record and SECRETS not in record:
+        return record
+    out = dict(record)
+    if SETTINGS in record:
+        values = {key: {"secret": entry["secret"]} if "secret" in entry else entry
+                  for key, entry in record[SETTINGS]["values"].items()}
+        out[SETTINGS] = {**record[SETTINGS], "values": values}
+    if SECRETS in record:
+        out[SECRETS] = sorted(record[SECRETS])
+    return out
+
+
 def secret_names(kept_settings: dict) -> dict:
     """key -> NAME of the kept settings' secret keys."""
     return {key: entry["secret"] for key, entry in kept_settings["values"].items() if "secret" in entry}

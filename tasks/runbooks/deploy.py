@@ -223,7 +223,8 @@ def releases(c, cluster=None, via=None, json_=False):
         _, candidate = records.read_candidate(s.etcd, target)
         settings_now = release_settings.digest_now(s)
     if json_:
-        print(json.dumps(past + ([{**candidate, "candidate": True}] if candidate else []), indent=1))
+        listed = past + ([{**candidate, "candidate": True}] if candidate else [])
+        print(json.dumps([kept.shown(r) for r in listed], indent=1))
         return
     for r in past:
         mark = "*" if current and r["id"] == current.id else " "

@@ -349,3 +349,13 @@ def test_the_releases_listing_says_whether_a_releases_settings_are_the_ones_now(
     assert f"settings {short} differs  -" in deploy.release_line(" ", record, "succeeded", "sha256:" + "0" * 64)
     old = {k: v for k, v in record.items() if k != "settings"}
     assert "  settings -        unknown  -" in deploy.release_line(" ", old, "succeeded", now)
+
+
+def test_a_record_is_printed_without_its_secrets_digests():
+    record = {"id": "r1", **kept.fields({"db/password": "hunter2", "site/name": "Air"}, {"db/password": "db_pw"},
+                                        {"db_pw": "hunter2\n"})}
+    shown = kept.shown(record)
+    assert shown["settings"]["values"] == {"db/password": {"secret": "db_pw"}, "site/name": {"value": "Air"}}
+    assert shown["secrets"] == ["db_pw"] and shown["id"] == "r1"
+    assert kept.digest("hunter2") not in repr(shown) and kept.digest("hunter2\n") not in repr(shown)
+    assert kept.shown({"id": "old"}) == {"id": "old"}
