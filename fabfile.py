@@ -12,6 +12,7 @@ from tasks.runbooks import (
     build,
     cloud_config,
     deploy,
+    etcd_backup,
     etcd_peers,
     install,
     maintenance,
@@ -34,7 +35,8 @@ namespace.add_collection(Collection.from_module(testbed, name="sandbox"))
 namespace.add_collection(Collection.from_module(balancer))
 namespace.add_collection(Collection.from_module(cloud_config, name="cloudconfig"))
 namespace.add_collection(Collection("lock", deploy.lock_status, deploy.lock_release))
-namespace.add_collection(Collection("etcd", etcd_peers.certificates, etcd_peers.migrate_peers))
+namespace.add_collection(Collection("etcd", etcd_peers.certificates, etcd_peers.migrate_peers,
+                                     etcd_backup.backup_task, etcd_backup.defrag_task))
 namespace.add_collection(settings.namespace)
 namespace.add_collection(maintenance.namespace)
 namespace.add_collection(secrets.namespace)
