@@ -26,7 +26,7 @@ from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLoc
 from tasks.model.release import Release
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import records, settings, steps, upgrade
+from tasks.runbooks import etcd_backup, records, settings, steps, upgrade
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
 from tasks.runbooks.publish import publish
 from tasks.runbooks.push import print_report
@@ -44,6 +44,8 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None) ->
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
         check_canary(s, canary)
+    if not dry:
+        etcd_backup.before_change(s, "deploy")
     published = publish(s.ex, host, branch, dry=dry)
     current = rollback_base(s)
     if canary is not None:
@@ -296,6 +298,7 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
             if plan_:
                 upgrade.print_plan(rollout)
                 return
+            etcd_backup.before_change(s, "rollback")
             rollout.apply_recorded(rollback_from=current and current.id)
             if candidate is not None:
                 records.clear_candidate(s.etcd, target)
@@ -320,6 +323,7 @@ def rollback_canary(s: Session, current: Release, candidate: Release, record: di
     if plan_:
         upgrade.print_plan(rollout)
         return
+    etcd_backup.before_change(s, "rollback")
     rollout.apply()
     records.clear_candidate(s.etcd, cluster)
     records.add_history(s.etcd, cluster, {**candidate.to_dict(), "who": state.operator(), "when": state.now(),

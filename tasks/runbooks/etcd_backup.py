@@ -129,7 +129,7 @@ def before_change(s: Session, task: str) -> Optional[Path]:
     cluster = s.cluster
     names = listing(cluster)
     last = backup.newest(cluster.name, names)
-    if not backup.needed(last, datetime.now(timezone.utc), cluster.backups.max_age):
+    if last is not None and not backup.needed(last, datetime.now(timezone.utc), cluster.backups.max_age):
         age = backup.age(last, datetime.now(timezone.utc)) or 0
         say(f"etcd backup: none taken, the newest is {int(age)} s old (backups.max_age "
             f"{cluster.backups.max_age} s) -> {folder_of(cluster) / last}")
@@ -145,7 +145,7 @@ def before_change(s: Session, task: str) -> Optional[Path]:
 def backup_task(c, cluster=None, via=None, output=None, json_=False):
     """Take a snapshot of the cluster's etcd from a healthy member, check it and keep it (the newest `keep`)."""
     target = cluster_of(cluster)
-    if output:
+    if output and target.backups is not None:
         target = replace(target, backups=replace(target.backups, folder=Path(output).expanduser().resolve()))
     via = check_address(via, "--via") if via else None
     with session(target, via=via) as s:

@@ -18,7 +18,7 @@ from tasks.model import state
 from tasks.model.errors import AirError, PreflightError
 from tasks.net import etcd as etcd_api
 
-ASK_TIMEOUT = 1.2   # s: one etcd request of a probe (a quorum read without quorum waits this long)
+ASK_TIMEOUT = 1.0   # s: one etcd request of a probe (a quorum read without quorum waits this long)
 WITHIN = 1.8        # s: the whole probe of every member
 
 

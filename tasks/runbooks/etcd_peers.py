@@ -44,7 +44,7 @@ from tasks.model.errors import ConfigError, HealthError, PreflightError, RemoteE
 from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import records, steps
+from tasks.runbooks import etcd_backup, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 
 FOLDER = "etcd-peer"  # inside the cluster's secrets folder
@@ -265,6 +265,7 @@ def migrate(s: Session) -> list:
     addresses = sorted(state.member_address(m) for m in listed)
     release, facts = _on_the_recorded_release(s, addresses)
     ensure(cluster, addresses)
+    etcd_backup.before_change(s, "etcd.migrate-peers")
     say(f"etcd peers: installing the certificates on {', '.join(addresses)}")
     ex.parallel(lambda a: deliver(ex, a), addresses)
     ids = {state.member_address(m): m.id for m in listed}
