@@ -216,7 +216,8 @@ def test_before_a_change_one_backup_then_none_while_it_is_young(s, capsys):
     second = etcd_backup.before_change(s, "deploy")
     assert first is not None and second is None and s.etcd.snapshots == 1
     said = capsys.readouterr().err.splitlines()
-    assert said[0] == f"etcd backup: 4 keys, rev 10, 21 kB, {json.loads(first.with_suffix('.json').read_text())['seconds']:.1f} s -> {first}"
+    seconds = json.loads(first.with_suffix(".json").read_text())["seconds"]
+    assert said[0] == f"etcd backup: 4 keys, rev 10, 21 kB, {seconds:.1f} s -> {first}"
     assert said[1].startswith("etcd backup: none taken, the newest is 0 s old (backups.max_age 600 s) -> ")
 
 
