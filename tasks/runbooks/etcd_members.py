@@ -20,6 +20,9 @@ from tasks.net import etcd as etcd_api
 
 ASK_TIMEOUT = 1.0   # s: one etcd request of a probe (a quorum read without quorum waits this long)
 WITHIN = 1.8        # s: the whole probe of every member
+# Before restore or recover change anything, "no quorum" must be certain, not a slow answer on a
+# busy machine: their probe waits longer.
+SURE_TIMEOUT, SURE_WITHIN = 5.0, 8.0
 
 
 class Answer(NamedTuple):
@@ -54,18 +57,23 @@ def within(work: Callable, items, seconds: float) -> dict:
     return {i: results.get(i, (None, f"no answer within {seconds:g} s")) for i in items}
 
 
-def ask(ex, address: str, timeout: float = ASK_TIMEOUT) -> Answer:
-    """The member on ``address``: its own figures and member list, then one quorum read."""
+def ask(ex, address: str, timeout: float = ASK_TIMEOUT, partial: dict = None) -> Answer:
+    """The member on ``address``: its own figures and member list, then one quorum read. What it
+    said before the quorum read is put in ``partial`` meanwhile (a member that answers but waits
+    for a quorum it lacks is then known to answer when the deadline comes)."""
     with etcd_api.tunnel(ex, address, timeout=timeout) as client:
         figures = client.member_status()
         members = tuple((state.member_address(m), m.id, m.learner, m.started) for m in client.members())
+        if partial is not None:
+            partial[address] = Answer(address, None, False, figures, members)
         return Answer(address, None, client.healthy(), figures, members)
 
 
-def ask_all(ex, addresses, seconds: float = WITHIN) -> dict:
+def ask_all(ex, addresses, seconds: float = WITHIN, timeout: float = ASK_TIMEOUT) -> dict:
     """address -> Answer of every member on ``addresses``, asked side by side within ``seconds``."""
-    found = within(lambda a: ask(ex, a), list(dict.fromkeys(addresses)), seconds)
-    return {a: result if result is not None else Answer(a, error) for a, (result, error) in found.items()}
+    partial: dict = {}
+    found = within(lambda a: ask(ex, a, timeout, partial), list(dict.fromkeys(addresses)), seconds)
+    return {a: result or partial.get(a) or Answer(a, error) for a, (result, error) in found.items()}
 
 
 class Quorum(NamedTuple):
@@ -102,7 +110,7 @@ def quorum_of(answers: dict) -> Quorum:
 def refuse_with_quorum(ex, cluster, task: str) -> dict:
     """The answers of the cluster file's machines; PreflightError (nothing changed) when etcd still
     has quorum: restore and recover are for a cluster that lost it."""
-    answers = ask_all(ex, cluster.machines)
+    answers = ask_all(ex, cluster.machines, SURE_WITHIN, SURE_TIMEOUT)
     found = quorum_of(answers)
     if found.has_quorum:
         raise PreflightError(f"etcd of {cluster.name} still has quorum ({len(found.healthy)} of "

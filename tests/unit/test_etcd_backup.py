@@ -168,7 +168,7 @@ def test_within_reports_what_did_not_finish_in_time():
 
 
 def test_restore_and_recover_refuse_while_etcd_has_quorum(cluster, monkeypatch):
-    monkeypatch.setattr(etcd_members, "ask_all", lambda ex, addresses, seconds=0: {
+    monkeypatch.setattr(etcd_members, "ask_all", lambda ex, addresses, seconds=0, timeout=0: {
         a: answer(a, a != "10.0.0.3", "1") for a in addresses})
     with pytest.raises(PreflightError) as refused:
         etcd_members.refuse_with_quorum(FakeExecutor(cluster), cluster, "etcd.restore")
