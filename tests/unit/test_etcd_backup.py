@@ -269,3 +269,33 @@ def test_the_plans(cluster):
     assert lines[3].startswith("  10.0.0.3: freshly prepared: install release ?")
     with pytest.raises(PreflightError, match="10.0.0.3 freshly prepared but the snapshot records no release"):
         etcd_recovery.check_restorable(cluster, facts, None)
+
+
+def test_a_member_waiting_for_a_quorum_it_lacks_counts_as_answering_at_the_deadline(cluster, monkeypatch):
+    from contextlib import contextmanager
+
+    class Member:
+        def __init__(self, address):
+            self.address = address
+
+        def member_status(self):
+            return {"leader": "0", "db_size": 24576}
+
+        def members(self):
+            return [SimpleNamespace(id=str(i), name=a, peer_urls=(f"https://{a}:2380",), learner=False, started=True)
+                    for i, a in enumerate(cluster.machines)]
+
+        def healthy(self):
+            time.sleep(3)  # a quorum read without quorum: no answer until its timeout
+            return False
+
+    @contextmanager
+    def tunnel(ex, address, timeout=5):
+        if address == "10.0.0.3":
+            raise RemoteError(f"etcd at {address}: cannot connect there")
+        yield Member(address)
+    monkeypatch.setattr(etcd_members.etcd_api, "tunnel", tunnel)
+    answers = etcd_members.ask_all(FakeExecutor(cluster), cluster.machines, 0.5)
+    assert [(a.address, a.answers, a.healthy) for a in answers.values()] == \
+        [("10.0.0.1", True, False), ("10.0.0.2", True, False), ("10.0.0.3", False, False)]
+    assert etcd_members.quorum_of(answers).describe() == "no quorum: 2 of 3 members answer"
