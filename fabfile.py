@@ -13,7 +13,9 @@ from tasks.runbooks import (
     cloud_config,
     deploy,
     etcd_auth,
+    etcd_backup,
     etcd_peers,
+    etcd_recovery,
     install,
     maintenance,
     membership,
@@ -35,7 +37,9 @@ namespace.add_collection(Collection.from_module(testbed, name="sandbox"))
 namespace.add_collection(Collection.from_module(balancer))
 namespace.add_collection(Collection.from_module(cloud_config, name="cloudconfig"))
 namespace.add_collection(Collection("lock", deploy.lock_status, deploy.lock_release))
-namespace.add_collection(Collection("etcd", etcd_peers.certificates, etcd_peers.migrate_peers, etcd_auth.auth_task))
+namespace.add_collection(Collection("etcd", etcd_peers.certificates, etcd_peers.migrate_peers, etcd_auth.auth_task,
+                                     etcd_backup.backup_task, etcd_backup.defrag_task,
+                                     etcd_recovery.restore_task, etcd_recovery.recover_task))
 namespace.add_collection(settings.namespace)
 namespace.add_collection(maintenance.namespace)
 namespace.add_collection(secrets.namespace)

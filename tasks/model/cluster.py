@@ -218,6 +218,15 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                       "/air/<cluster>/app/settings/<key> by setup-cluster, add-machine, every deploy and "
                       "`fab settings.apply`: only changed keys are written, keys no longer listed are removed. "
                       "A secret's value is never printed.", required=False),
+    "backups": Section("Snapshots of the cluster's etcd (`fab etcd.backup`), kept on this machine. Every task "
+                       "that changes etcd membership, the settings or the release history takes one first, "
+                       "unless the newest is younger than `max_age`.", {
+        "folder": Field("local_path", "Folder of the snapshots (0700; each snapshot and the JSON file beside it "
+                        "0600). Default: etcd-backups/<cluster> beside the secrets folder.", required=False),
+        "keep": Field("int", "Snapshots kept; older ones are removed after each new one.", 10),
+        "max_age": Field("int", "Seconds: a task that changes the cluster takes no snapshot of its own while "
+                         "the newest is younger than this.", 3600),
+    }, required=False),
     "etcd_v2": Field("flag", "Serve etcd's v2 API on the members too (for applications that read "
                      "/v2/keys/...) and write the settings and the maintenance key there as well. Takes effect "
                      "on a member when etcd starts (setup-cluster, add-machine).", False),
@@ -393,6 +402,13 @@ class Additions:
 
 
 @dataclass(frozen=True)
+class Backups:
+    folder: Path
+    keep: int = 10
+    max_age: int = 3600
+
+
+@dataclass(frozen=True)
 class Timeouts:
     connect: int
     stop: int
@@ -423,6 +439,7 @@ class Cluster:
     settings: tuple = ()               # Setting, in file order
     etcd_v2: bool = False
     etcd_auth: bool = False            # the schema's default is true; False here keeps hand-made test clusters open
+    backups: Optional[Backups] = None  # None only for a Cluster made by hand: ``load`` always fills it in
 
     def image(self, component: str) -> str:
         """Repository of a component's image, without registry or tag."""
@@ -784,7 +801,7 @@ def _subsection(spec: Section, value: Any, at: _At) -> Any:
 
 
 def _all_defaulted(section: Section) -> bool:
-    return all(isinstance(f, Field) and f.default is not None for f in section.fields.values())
+    return all(isinstance(f, Field) and (f.default is not None or not f.required) for f in section.fields.values())
 
 
 def _read_yaml(path: Path, shown: str) -> dict:
@@ -878,7 +895,18 @@ def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
         timeouts=Timeouts(**values["timeouts"]),
         additions=_additions(values["additions"]),
         settings=values["settings"] or (), etcd_v2=values["etcd_v2"], etcd_auth=values["etcd_auth"],
+        backups=_backups(values["backups"], values["secrets"], name),
     )
+
+
+def backups_folder(secrets: Path, name: str) -> Path:
+    """Where a cluster's snapshots go when its file names no folder: beside its secrets folder."""
+    return secrets.parent / "etcd-backups" / name
+
+
+def _backups(values: dict, secrets: Path, name: str) -> Backups:
+    return Backups(folder=values["folder"] or backups_folder(secrets, name), keep=values["keep"],
+                   max_age=values["max_age"])
 
 
 def _check_secret_names(values: dict, shown: str) -> None:

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import cloudconfig
 from cloudconfig.units import ETCD_UNIT
+from tasks.model.backup import size_text
 
 
 def duration(seconds) -> str:
@@ -169,6 +170,13 @@ def _warning(machine: Optional[str], problem: str, fix: str) -> dict:
 def etcd_silent(d: DriftView) -> list[dict]:
     if not d.etcd_error:
         return []
+    answering = [m["address"] for m in d.raw["machines"] if m["etcd"]["role"].startswith("no quorum")
+                 and m["etcd"].get("active") == "active"]
+    if answering:
+        return [_warning(None, f"etcd has lost its quorum: {d.etcd_error}",
+                         f"start {ETCD_UNIT} on the members that are down if they can come back; if not: "
+                         f"`fab etcd.recover --cluster {d.name} --machine {answering[0]}` (then add-machine the "
+                         f"replacements), or `fab etcd.restore --cluster {d.name} --snapshot FILE`")]
     return [_warning(None, f"etcd does not answer: {d.etcd_error}",
                      f"start {ETCD_UNIT} on the machines (`systemctl start {ETCD_UNIT}`), "
                      f"then `fab status --cluster {d.name}`")]
@@ -387,14 +395,28 @@ def _lock_line(lock: Optional[dict]) -> str:
 
 
 def _etcd_line(etcd: dict) -> str:
-    etcd_line = "DOES NOT ANSWER: " + etcd["error"] if etcd.get("error") else "leader " + (etcd["leader"] or "?")
-    return f"etcd:      {etcd_line}"
+    """Leader, quorum and the largest member database; or why etcd does not answer."""
+    if etcd.get("error"):
+        return "etcd:      DOES NOT ANSWER: " + etcd["error"]
+    sizes = [s for s in (etcd.get("db_size") or {}).values() if s]
+    extra = (f", {etcd['said']}" if etcd.get("said") else "") + (f", db {size_text(max(sizes))}" if sizes else "")
+    return f"etcd:      leader {etcd['leader'] or '?'}{extra}"
+
+
+def _backup_line(found: Optional[dict]) -> str:
+    """The newest backup's age, revision and keys, or that there is none."""
+    if not found:
+        return "backup:    (not read)"
+    if not found.get("newest"):
+        return f"backup:    none in {found['folder']}"
+    what = f", rev {found['revision']}, {found['keys']} keys" if found.get("revision") is not None else ""
+    return f"backup:    newest {duration(found['age'])} old{what} ({found['newest']})"
 
 
 def _cluster_lines(view: dict) -> list:
-    """The recorded release, the candidate, the lock holder, maintenance and etcd's leader."""
+    """The recorded release, the candidate, the lock holder, maintenance, etcd and the newest backup."""
     return [_release_line(view["release"]), _candidate_line(view["candidate"]), _lock_line(view["lock"]),
-            status_line(view.get("maintenance")), _etcd_line(view["etcd"])]
+            status_line(view.get("maintenance")), _etcd_line(view["etcd"]), _backup_line(view.get("backup"))]
 
 
 def _warning_lines(view: dict) -> list:

@@ -485,6 +485,63 @@ class Etcd:
         except requests.RequestException as e:
             raise self._error(f"revoke lease {lease_id}", e) from None
 
+    # Maintenance: snapshots, the member's own figures, defragmentation (etcd-backup).
+
+    def snapshot(self) -> bytes:
+        """This member's snapshot (its database and, last, the SHA-256 trailer), as the gateway streams
+        it: one JSON object per line, each a base64 piece. Read, never retried (a second snapshot is
+        the caller's choice)."""
+        url = self._client.get_url("/maintenance/snapshot")
+        pieces = []
+        try:
+            with self._client.session.post(url, json={}, stream=True, timeout=self.timeout) as answer:
+                if answer.status_code != 200:
+                    raise gw_errors.Etcd3Exception(answer.text, answer.reason)
+                for line in answer.iter_lines():
+                    pieces.append(_snapshot_piece(line))
+        except (gw_errors.Etcd3Exception, requests.RequestException) as e:
+            raise self._error("take a snapshot", e) from None
+        return b"".join(pieces)
+
+    def member_status(self) -> dict:
+        """This member's own view, answered without quorum: ``member`` and ``leader`` ids (leader "0"
+        or "" when it knows none), ``db_size`` and ``db_size_in_use`` (bytes), ``revision``,
+        ``raft_index``, ``version``. Asked once (no retries): a caller probing members wants a quick answer."""
+        data = self._post("read the member status", "/maintenance/status", {}, retry=False)
+        return member_figures(data)
+
+    def count_keys(self, revision: int = 0) -> int:
+        """How many keys there are (at ``revision``, when given), counted by etcd (a quorum read)."""
+        payload = {"key": _b64(b"\0"), "range_end": _b64(b"\0"), "count_only": True}
+        if revision:
+            payload["revision"] = int(revision)
+        return int(self._post(f"count the keys at revision {revision or 'now'}", "/kv/range", payload).get("count", 0))
+
+    def defragment(self, timeout: float = 60) -> None:
+        """Defragment this member's database (it answers nothing else meanwhile); not retried."""
+        client = self._new_client(timeout)
+        self._call("defragment", client.post, client.get_url("/maintenance/defragment"), json={}, retry=False)
+
+
+def member_figures(data: dict) -> dict:
+    """The fields of a gateway ``/maintenance/status`` answer a caller uses, typed. Pure."""
+    header = data.get("header", {})
+    return {"member": str(header.get("member_id", "")), "leader": str(data.get("leader", "")),
+            "db_size": int(data.get("dbSize", 0) or 0), "db_size_in_use": int(data.get("dbSizeInUse", 0) or 0),
+            "revision": int(header.get("revision", 0) or 0), "raft_index": int(data.get("raftIndex", 0) or 0),
+            "version": str(data.get("version", ""))}
+
+
+def _snapshot_piece(line: bytes) -> bytes:
+    """The bytes of one line of the gateway's snapshot stream; an error line raises."""
+    if not line.strip():
+        return b""
+    message = json.loads(line)
+    if "error" in message:
+        error = message["error"]
+        raise gw_errors.Etcd3Exception(json.dumps(error), str(error.get("message", "snapshot failed")))
+    return _unb64(message.get("result", {}).get("blob", ""))
+
 
 def boottime() -> float:
     """Seconds on a clock that keeps counting while this process is stopped or the laptop sleeps

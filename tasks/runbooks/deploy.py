@@ -31,7 +31,7 @@ from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLoc
 from tasks.model.release import Release
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import records, release_settings, settings, steps, upgrade
+from tasks.runbooks import etcd_backup, records, release_settings, settings, steps, upgrade
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
 from tasks.runbooks.publish import publish
 from tasks.runbooks.push import print_report
@@ -49,6 +49,8 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None) ->
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
         check_canary(s, canary)
+    if not dry:
+        etcd_backup.before_change(s, "deploy")
     published = publish(s.ex, host, branch, dry=dry)
     current = rollback_base(s)
     if canary is not None:
@@ -344,6 +346,7 @@ def roll_back_to(s: Session, chosen: dict, current_record: Optional[dict], plan_
         upgrade.print_plan(rollout)
         print_restoring(restoring)
         return False
+    etcd_backup.before_change(s, "rollback")
     with release_settings.put_back_on_failure(s, "rollback", restoring.before, current_record):
         restoring.apply(s, "rollback")
         rollout.apply_recorded(previous_meta=kept.of_record(current_record), rollback_from=current and current.id,
@@ -372,6 +375,7 @@ def rollback_canary(s: Session, current: Release, candidate: Release, record: di
         upgrade.print_plan(rollout)
         print_restoring(restoring)
         return
+    etcd_backup.before_change(s, "rollback")
     with release_settings.put_back_on_failure(s, "rollback", restoring.before, record):
         restoring.apply(s, "rollback")
         rollout.apply()

@@ -44,7 +44,7 @@ from tasks.model.errors import ConfigError, HealthError, PreflightError, RemoteE
 from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import records, steps
+from tasks.runbooks import etcd_backup, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 
 FOLDER = "etcd-peer"  # inside the cluster's secrets folder
@@ -227,7 +227,7 @@ def plaintext(members) -> list:
     return sorted(state.member_address(m) for m in members if not all(u.startswith("https://") for u in m.peer_urls))
 
 
-def _wait_member(s: Session, address: str) -> None:
+def wait_member(s: Session, address: str) -> None:
     """Until the member on ``address`` answers healthy on its own loopback (after a restart)."""
     deadline = time.monotonic() + s.cluster.timeouts.healthy
     why = "no answer"
@@ -245,7 +245,7 @@ def _wait_member(s: Session, address: str) -> None:
         time.sleep(0.5)
 
 
-def _final_document(ex, address, members, release, user_data) -> dict:
+def final_document(ex, address, members, release, user_data) -> dict:
     installed = cloudconfig.install_part(ex.cluster, address, members, "existing", release)
     base = steps.base_of(ex, address, user_data, installed)
     return machine.final_document(ex.cluster, address, members, "existing", release, base)
@@ -265,6 +265,7 @@ def migrate(s: Session) -> list:
     addresses = sorted(state.member_address(m) for m in listed)
     release, facts = _on_the_recorded_release(s, addresses)
     ensure(cluster, addresses)
+    etcd_backup.before_change(s, "etcd.migrate-peers")
     say(f"etcd peers: installing the certificates on {', '.join(addresses)}")
     ex.parallel(lambda a: deliver(ex, a), addresses)
     ids = {state.member_address(m): m.id for m in listed}
@@ -308,14 +309,14 @@ def _show_certificate(s: Session, address: str) -> None:
     say(f"etcd peers: {address}: restarting etcd with its certificate for TLS peers")
     s.ex.write_file(address, machine.ETCD_MIGRATION_DROPIN_PATH, etcd_peer_files_dropin(), 0o644)
     s.ex.run(address, machine.restart_etcd_command(), what="restart etcd")
-    _wait_member(s, address)
+    wait_member(s, address)
 
 
 def _move_to_tls(s: Session, address: str, member_id, addresses: list, release, user_data: str) -> None:
     """The second phase on one member: its peer URL https, etcd restarted on the final drop-in."""
     ex = s.ex
     say(f"etcd peers: {address}: peer URL {peer_url(address)}, clients on loopback; restarting etcd")
-    document = _final_document(ex, address, addresses, release, user_data)
+    document = final_document(ex, address, addresses, release, user_data)
     ex.check(f"moving {address}'s etcd peer URL to TLS")
     # Through a fresh tunnel to another member: the restarts broke the connections kept open.
     with etcd_api.tunnel(ex, next(a for a in addresses if a != address)) as other:
@@ -323,7 +324,7 @@ def _move_to_tls(s: Session, address: str, member_id, addresses: list, release, 
     steps.apply_document(ex, address, document, user_data)
     ex.run(address, f"rm -f {q(machine.ETCD_MIGRATION_DROPIN_PATH)} && {machine.restart_etcd_command()}",
            what="restart etcd on TLS peers")
-    _wait_member(s, address)
+    wait_member(s, address)
 
 
 @air_task(name="migrate-peers", help={"cluster": "target cluster", "via": "the member to reach etcd through",

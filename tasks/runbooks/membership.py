@@ -26,7 +26,7 @@ from tasks.model.errors import AirError, ConfigError, Interrupted, LostLock, Pre
 from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import balancer, etcd_peers, records, steps
+from tasks.runbooks import balancer, etcd_backup, etcd_peers, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 from tasks.runbooks.install import install_machine, plan_machine
 from tasks.runbooks.settings import apply as apply_settings
@@ -89,6 +89,7 @@ def add(s: Session, via: str, new: str) -> None:
         raise PreflightError(f"{new}: not a fresh machine: {', '.join(problems)}; nothing was changed")
     plan = plan_machine(ex, new, facts["user_data"], addresses, release, "existing")
     etcd_peers.ensure(cluster, [new])  # its peer certificate: local files only, before any change
+    etcd_backup.before_change(s, "add-machine")
     apply_settings(s, "add-machine")
     say(f"add-machine: installing release {release.id} on {new}")
     added = None
@@ -179,6 +180,7 @@ def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
     if problem and not force:
         raise PreflightError(f"refusing to remove {old}: {problem}. Nothing was changed "
                              f"(--force removes it anyway)")
+    etcd_backup.before_change(s, "remove-machine")
     balancer.Routers(ex).remove(old)
     answers, runs_etcd, installed, user_data = probes[old]
     if installed:  # a learner left by a failed add may have none

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Callable
 
 from invoke.exceptions import Exit
@@ -38,13 +38,13 @@ from tasks.commands.status import (
     parse_status,
     status_command,
 )
-from tasks.model import state
+from tasks.model import backup, state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, RemoteError
 from tasks.model.status_view import drift_warnings, log_json, log_line, machine_role, merged, render_status
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import balancer, maintenance, records
+from tasks.runbooks import balancer, etcd_backup, etcd_members, maintenance, records
 from tasks.runbooks.cli import air_task, cluster_of
 
 # ---------------------------------------------------------------- what to run, and reading it back
@@ -58,75 +58,112 @@ from tasks.runbooks.cli import air_task, cluster_of
 
 # ---------------------------------------------------------------- reading the cluster
 
+# s: everything `status` reads has this long; what has not answered by then is shown as not answering.
+STATUS_WITHIN = 2.0
+ETCD_ASK_WITHIN = 1.5  # s: of it, for asking every etcd member (``etcd_members``)
+NO_ETCD: dict = {"members": [], "via": None, "leader": None, "record": None, "candidate": None, "lock": None,
+           "maintenance": None}
+
+
+def read_etcd(s: Session, via: str = None) -> tuple:
+    """(etcd's part of the view, error or None): every member asked at once (quorum, database
+    sizes), then the records through a member with quorum."""
+    cluster = s.cluster
+    answers = etcd_members.ask_all(s.ex, [via] if via else list(cluster.machines), ETCD_ASK_WITHIN)
+    quorum = etcd_members.quorum_of(answers)
+    health = {"quorum": quorum.has_quorum, "answering": len(quorum.answering), "voters": len(quorum.members),
+              "said": quorum.describe(), "answering_members": list(quorum.answering),
+              "db_size": {a: answers[a].figures.get("db_size") for a in quorum.answering}}
+    listed = next((x.members for x in answers.values() if x.members), ())
+    members = [{"id": i, "address": a, "learner": learner, "started": started} for a, i, learner, started in listed]
+    if not quorum.has_quorum:
+        errors = "; ".join(x.error for x in answers.values() if x.error)
+        return {**NO_ETCD, "members": members, **health}, quorum.describe() + (f" ({errors})" if errors else "")
+    client = s.connect_etcd(quorum.healthy[0])
+    _, record = records.read_release(client, cluster)
+    _, candidate = records.read_candidate(client, cluster)
+    return {"members": members, "via": s.via, "leader": quorum.leader, "record": record, "candidate": candidate,
+            "lock": client.holder(state.lock_key(cluster)), "maintenance": maintenance.read(client, cluster),
+            **health}, None
+
+
+def read_machine(ex, address: str) -> dict:
+    why = ex.reachable(address)
+    if why:
+        return {"reachable": False, "error": why}
+    try:
+        text = ex.read(address, status_command(ex.cluster), what="read the status").stdout
+    except AirError as e:
+        return {"reachable": False, "error": str(e)}
+    return {"reachable": True, "error": None, **parse_status(text, ex.cluster)}
+
+
+def read_parts(s: Session, via: str = None) -> dict:
+    """part -> (what was read, error or None) of every part of the status, read side by side; a
+    part not read within ``STATUS_WITHIN`` s says so."""
+    ex = s.ex
+    parts: dict = {"etcd": lambda: read_etcd(s, via), "routers": lambda: (balancer.Routers(ex).listed(), None),
+                   "haproxy": lambda: (haproxy_states(balancer.Routers(ex).servers()), None)}
+    parts.update({address: (lambda a=address: (read_machine(ex, a), None)) for address in s.cluster.machines})
+    found = etcd_members.within(lambda part: parts[part](), list(parts), STATUS_WITHIN)
+    return {part: result if result is not None else (None, error) for part, (result, error) in found.items()}
+
+
 def read_status(s: Session, via: str = None) -> dict:
-    """Everything `status` shows, read side by side: every machine over SSH, etcd through one
-    member, the balancer's routers file. A part that does not answer is said in the view."""
+    """Everything `status` shows, read side by side within ``STATUS_WITHIN`` s: every machine over
+    SSH, every etcd member, the balancer's routers file, the newest backup. A part that does not
+    answer is said in the view."""
     cluster, ex = s.cluster, s.ex
     started = time.monotonic()
-
-    def read_etcd():
-        client = s.connect_etcd(via)
-        members = [{"id": m.id, "address": state.member_address(m), "learner": m.learner, "started": m.started}
-                   for m in client.members()]
-        leader_id = client.status()["leader"]
-        _, record = records.read_release(client, cluster)
-        _, candidate = records.read_candidate(client, cluster)
-        return {"members": members, "via": s.via,
-                "leader": next((m["address"] for m in members if m["id"] == leader_id), None),
-                "record": record, "candidate": candidate, "lock": client.holder(state.lock_key(cluster)),
-                "maintenance": maintenance.read(client, cluster)}
-
-    def read_machine(address):
-        why = ex.reachable(address)
-        if why:
-            return {"reachable": False, "error": why}
-        try:
-            text = ex.read(address, status_command(cluster), what="read the status").stdout
-        except AirError as e:
-            return {"reachable": False, "error": str(e)}
-        return {"reachable": True, "error": None, **parse_status(text, cluster)}
-
-    def guarded(work, *args):
-        try:
-            return work(*args), None
-        except AirError as e:
-            return None, str(e)
-
-    with ThreadPoolExecutor(max_workers=2 + len(cluster.machines)) as pool:
-        etcd_f = pool.submit(guarded, read_etcd)
-        routers_f = pool.submit(guarded, lambda: balancer.Routers(ex).listed())
-        haproxy_f = pool.submit(guarded, lambda: haproxy_states(balancer.Routers(ex).servers()))
-        machine_fs = {a: pool.submit(read_machine, a) for a in cluster.machines}
-        (etcd, etcd_error), (listed, balancer_error) = etcd_f.result(), routers_f.result()
-        found = {a: f.result() for a, f in machine_fs.items()}
-        haproxy, haproxy_error = haproxy_f.result()
-    etcd = etcd or {"members": [], "via": None, "leader": None, "record": None, "candidate": None, "lock": None,
-                    "maintenance": None}
+    parts = read_parts(s, via)
+    etcd, etcd_error = parts["etcd"]
+    listed, balancer_error = parts["routers"]
+    haproxy, haproxy_error = parts["haproxy"]
+    found = {a: parts[a][0] or {"reachable": False, "error": parts[a][1]} for a in cluster.machines}
+    etcd = etcd or dict(NO_ETCD)
     extra = [m["address"] for m in etcd["members"] if m["address"] not in found]
-    found.update(zip(extra, ex.parallel(read_machine, extra)) if extra else ())
-    machines = []
-    for address in sorted(found, key=_address_key):
-        fact = found[address]
-        entry = {"address": address, **fact,
-                 "etcd": {"role": machine_role(address, etcd["members"], etcd["leader"]),
-                          **fact.get("etcd", {"active": "unknown", "healthy": False})},
-                 "balancer": address in (listed or []), "balancer_state": (haproxy or {}).get(address)}
-        entry.setdefault("release", None)
-        entry.setdefault("units", {})
-        entry.setdefault("images", {})
-        machines.append(entry)
+    if extra:
+        late = etcd_members.within(lambda a: read_machine(ex, a), extra, STATUS_WITHIN / 2)
+        found.update({a: r or {"reachable": False, "error": e} for a, (r, e) in late.items()})
+    machines = [_machine_entry(address, found[address], etcd, listed, haproxy)
+                for address in sorted(found, key=_address_key)]
     view = {"cluster": cluster.name, "file_machines": list(cluster.machines),
             "components": list(cluster.component_names),
             "release": etcd["record"], "candidate": etcd["candidate"], "lock": etcd["lock"],
             "maintenance": etcd["maintenance"],
-            "etcd": {"members": etcd["members"], "leader": etcd["leader"], "via": etcd["via"], "error": etcd_error},
+            "etcd": {"members": etcd["members"], "leader": etcd["leader"], "via": etcd["via"], "error": etcd_error,
+                     **{k: etcd[k] for k in ("quorum", "answering", "voters", "said", "answering_members", "db_size")
+                        if k in etcd}},
             "balancer": {"host": cluster.balancer.host, "listed": listed or [], "error": balancer_error,
                          "component": cluster.front.name, "states_error": haproxy_error},
-            "machines": machines}
+            "backup": backup_view(cluster), "machines": machines}
     view["warnings"] = drift_warnings(view)
     view["ok"] = not view["warnings"]
     view["seconds"] = round(time.monotonic() - started, 3)
     return view
+
+
+def _machine_entry(address: str, fact: dict, etcd: dict, listed, haproxy) -> dict:
+    role = machine_role(address, etcd["members"], etcd["leader"])
+    if role != "not a member" and etcd.get("quorum") is False:
+        # "no quorum: N of M members answer" for a member that answers, instead of "not a member"
+        role = etcd["said"] if address in etcd.get("answering_members", ()) else "member, no answer"
+    entry = {"address": address, **fact,
+             "etcd": {"role": role, **fact.get("etcd", {"active": "unknown", "healthy": False})},
+             "balancer": address in (listed or []), "balancer_state": (haproxy or {}).get(address)}
+    entry.setdefault("release", None)
+    entry.setdefault("units", {})
+    entry.setdefault("images", {})
+    return entry
+
+
+def backup_view(cluster) -> dict:
+    """The newest backup of the cluster (read from its folder on this machine)."""
+    newest = etcd_backup.newest(cluster)
+    meta = etcd_backup.newest_meta(cluster) or {}
+    seconds = backup.age(newest.name, datetime.now(timezone.utc)) if newest else None
+    return {"folder": str(etcd_backup.folder_of(cluster)), "newest": str(newest) if newest else None,
+            "age": seconds, "revision": meta.get("revision"), "keys": meta.get("keys")}
 
 
 def _address_key(address: str):

@@ -22,7 +22,7 @@ from tasks.model.errors import ConfigError
 from tasks.model.release_settings import secret_value
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import etcd_auth
+from tasks.runbooks import etcd_auth, etcd_backup
 from tasks.runbooks.cli import air_task, cluster_of, report
 
 MASK = "(secret)"
@@ -162,6 +162,7 @@ def apply_task(c, cluster=None, via=None, wait=False, json_=False):
     wanted(target)
     prefix = state.settings_prefix(target)
     with session(target, "settings.apply", via and check_address(via, "--via"), wait) as s:
+        etcd_backup.before_change(s, "settings.apply")
         have = found(s)
         changes = apply(s, "settings.apply")
     report(as_data(changes, have, secret_keys(target), prefix), json_,

@@ -9,6 +9,7 @@ interrupt paths run as they do for real.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -126,10 +127,14 @@ class FakeFence:
             raise LostLock(f"/air/test/lock: {self.lost}")
 
 
+SNAPSHOT = Path(__file__).parent / "data" / "etcd-snapshot-rev10-4keys.db"  # etcd 3.4's: revision 10, 4 keys
+
+
 class FakeEtcd:
-    """Keys in a dict, and a fixed member list."""
+    """Keys in a dict, and a fixed member list; its snapshot is a recorded one (``SNAPSHOT``)."""
 
     def __init__(self, members=()):
+        self.snapshots = 0
         self.data: dict = {}
         self.v2: dict = {}
         self.users: dict = {}   # name -> {password, roles}
@@ -181,6 +186,13 @@ class FakeEtcd:
 
     def members(self):
         return list(self._members)
+
+    def snapshot(self):
+        self.snapshots += 1
+        return SNAPSHOT.read_bytes()
+
+    def count_keys(self, revision=0):
+        return 4 if revision == 10 else len(self.data)
 
     def write_many(self, puts, deletes=()):
         self.writes = getattr(self, "writes", 0) + 1

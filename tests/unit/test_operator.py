@@ -104,9 +104,13 @@ HEALTHY = {
     "release": {"id": "r1", "outcome": "succeeded", "when": "2024-01-02T03:04:05Z", "who": "ann@desk",
                 "components": {"web": {"version": "1.0.0"}, "worker": {"version": "1.0.0"}}},
     "candidate": None, "lock": None,
-    "etcd": {"members": [member(m) for m in MACHINES], "leader": "10.0.0.1", "via": "10.0.0.1", "error": None},
+    "etcd": {"members": [member(m) for m in MACHINES], "leader": "10.0.0.1", "via": "10.0.0.1", "error": None,
+             "quorum": True, "answering": 3, "voters": 3, "said": "quorum: 3 of 3 members answer",
+             "db_size": {"10.0.0.1": 24576, "10.0.0.2": 2_500_000, "10.0.0.3": None}},
     "balancer": {"host": "10.0.0.100", "listed": MACHINES, "error": None, "component": "web"},
     "machines": [machine_view(m, role="leader" if m == "10.0.0.1" else "follower") for m in MACHINES],
+    "backup": {"folder": "/b", "newest": "/b/prod-20240102T030405000000Z-rev7.db", "age": 312, "revision": 7,
+               "keys": 12},
     "seconds": 0.25,
 }
 
@@ -188,6 +192,52 @@ def test_etcd_that_does_not_answer_is_drift():
     assert problems == ["etcd does not answer: no healthy etcd member reachable"]
 
 
+def no_quorum_view():
+    """m1 answers without quorum, m2 and m3 are gone."""
+    v = view()
+    said = "no quorum: 1 of 3 members answer"
+    v["etcd"] = {"members": [member(m) for m in MACHINES], "leader": None, "via": None, "quorum": False,
+                 "answering": 1, "voters": 3, "said": said, "db_size": {"10.0.0.1": 24576},
+                 "error": said + " (10.0.0.2: no answer within 1.5 s)"}
+    v["machines"][0]["etcd"] = {"role": said, "active": "active", "healthy": False}
+    for m in v["machines"][1:]:
+        m.update(reachable=False, error="no answer within 2.5 s")
+    return v
+
+
+def test_etcd_without_quorum_is_drift_whose_fix_is_recover_from_the_member_that_answers():
+    warnings = status_view.drift_warnings(no_quorum_view())
+    assert warnings[0] == {
+        "machine": None,
+        "problem": "etcd has lost its quorum: no quorum: 1 of 3 members answer (10.0.0.2: no answer within 1.5 s)",
+        "fix": "start etcd-member.service on the members that are down if they can come back; if not: "
+               "`fab etcd.recover --cluster prod --machine 10.0.0.1` (then add-machine the replacements), or "
+               "`fab etcd.restore --cluster prod --snapshot FILE`"}
+    assert [w["machine"] for w in warnings[1:]] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+
+
+def test_a_live_member_without_quorum_says_so_in_the_table_and_no_backup_is_said():
+    v = no_quorum_view()
+    v["backup"] = {"folder": "/b", "newest": None, "age": None, "revision": None, "keys": None}
+    v["warnings"] = []
+    lines = status_view.render_status(v)
+    assert lines[3] == "10.0.0.1  ok    no quorum: 1 of 3 members answer, UNHEALTHY  in        r1 (recorded)  2MB"
+    assert "etcd:      DOES NOT ANSWER: no quorum: 1 of 3 members answer (10.0.0.2: no answer within 1.5 s)" in lines
+    assert "backup:    none in /b" in lines
+
+
+def test_a_machine_entry_takes_the_quorum_line_for_its_role_when_etcd_has_none():
+    etcd = {"members": [member(m) for m in MACHINES], "leader": None, "quorum": False,
+            "said": "no quorum: 1 of 3 members answer", "answering_members": ["10.0.0.1"]}
+    fact = {"reachable": True, "error": None, "etcd": {"active": "active", "healthy": False}}
+    assert operator._machine_entry("10.0.0.1", fact, etcd, ["10.0.0.1"], {"10.0.0.1": "UP"})["etcd"] == \
+        {"role": "no quorum: 1 of 3 members answer", "active": "active", "healthy": False}
+    assert operator._machine_entry("10.0.0.2", fact, etcd, [], {})["etcd"]["role"] == "member, no answer"
+    assert operator._machine_entry("10.0.0.9", fact, etcd, [], {})["etcd"]["role"] == "not a member"
+    with_quorum = {**etcd, "quorum": True, "leader": "10.0.0.1"}
+    assert operator._machine_entry("10.0.0.1", fact, with_quorum, [], {})["etcd"]["role"] == "leader"
+
+
 def test_machine_role():
     members = [member("10.0.0.1"), member("10.0.0.2", learner=True), member("10.0.0.3", started=False)]
     assert [status_view.machine_role(m, members, "10.0.0.1") for m in MACHINES + ["10.0.0.4"]] == \
@@ -216,7 +266,8 @@ def test_the_table():
         "candidate: r2 on 10.0.0.3 (since t; `fab deploy` continues, `fab rollback` puts it back)",
         "lock:      free",
         "maintenance: off",
-        "etcd:      leader 10.0.0.1",
+        "etcd:      leader 10.0.0.1, quorum: 3 of 3 members answer, db 2.5 MB",
+        "backup:    newest 5m12s old, rev 7, 12 keys (/b/prod-20240102T030405000000Z-rev7.db)",
         "all as recorded (read in 0.25 s)",
     ]
 

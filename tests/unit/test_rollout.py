@@ -37,6 +37,7 @@ def facts_text(release_id: str, components: dict, units=("active", "active")) ->
 class FakeSession:
     def __init__(self, cluster, ex, etcd):
         self.cluster, self.ex, self.etcd = cluster, ex, etcd
+        self.via = MACHINES[0]
 
 
 @pytest.fixture
