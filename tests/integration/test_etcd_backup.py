@@ -22,7 +22,7 @@ from sandbox import testbed as sb
 from tasks.model import backup, cluster as cluster_config
 from tasks.runbooks import records
 
-from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, Probe, Slow, error_line, etcd_of, fab, listed,
+from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, Probe, Slow, error_line, etcd_of, etcdctl, fab, listed,
                       local_copy, on, on_each, serving, wait_serving)
 
 M1, M2, M3 = MACHINE_ADDRESSES
@@ -57,11 +57,11 @@ def record_of(path) -> dict:
 
 def etcd_keys(cluster, via=M1) -> int:
     """How many keys etcd holds, as etcdctl on a member counts them."""
-    return len(on(cluster, via, "ETCDCTL_API=3 etcdctl get '' --prefix --keys-only").stdout.split())
+    return len(etcdctl(cluster, via, "get '' --prefix --keys-only").stdout.split())
 
 
 def member_names(cluster, via=M1) -> list:
-    listed_ = json.loads(on(cluster, via, "ETCDCTL_API=3 etcdctl member list -w json").stdout)["members"]
+    listed_ = json.loads(etcdctl(cluster, via, "member list -w json").stdout)["members"]
     assert all(m.get("name") and not m.get("isLearner") for m in listed_), listed_
     return sorted(m["name"] for m in listed_)
 

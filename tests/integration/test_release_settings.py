@@ -21,7 +21,7 @@ from tasks.model import release_settings as kept
 from tasks.model import state
 from tasks.runbooks import records
 
-from conftest import Probe, Slow, etcd_of, fab, local_copy, on_each
+from conftest import Probe, Slow, etcd_of, etcdctl_each, fab, local_copy
 
 SITE = "site/name"
 CHANGED = "static_website"
@@ -64,7 +64,7 @@ def site_through_balancer(cluster) -> set:
 def etcd_values(cluster, key) -> set:
     """The values etcdctl reads for ``key`` (a setting, relative) on each machine ('' when absent)."""
     full = state.setting_key(cluster, key)
-    return set(on_each(cluster, f"ETCDCTL_API=3 etcdctl get --print-value-only {full}").values())
+    return set(etcdctl_each(cluster, f"get --print-value-only {full}").values())
 
 
 def recorded(cluster) -> tuple:
