@@ -56,6 +56,7 @@ RETRY_FOR = 15  # seconds an idempotent call keeps retrying through a leader cha
 # etcd forgets a simple token unused for --auth-token-ttl (300 s by default): one unused for this
 # long is renewed before use rather than refused.
 TOKEN_FRESH = 240
+LOGIN_PAUSE = 3  # s: after a login etcd could not answer (no quorum), requests go without one meanwhile
 _TOKEN_REFUSED = "invalid auth token"
 _AUTH_OFF = "authentication is not enabled"
 _NO_LOGIN = "user name is empty"
@@ -137,6 +138,7 @@ class Etcd:
         self._login = login      # (user, password), or None: requests go without a token
         self._token: Optional[str] = None  # None: not logged in yet; "": etcd's authentication is off
         self._token_used = 0.0
+        self._no_login_until = 0.0  # after a login etcd could not answer, none is tried before then
         self._token_lock = threading.Lock()
         self._client = self._new_client(timeout)
         self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
@@ -166,11 +168,19 @@ class Etcd:
 
     def token(self) -> str:
         """The login's token, logging in first when there is none or it may have expired; "" when
-        etcd's authentication is off."""
+        etcd's authentication is off, or while it cannot log anyone in (no quorum: a login is a
+        write). Then requests go without one: a member's status and member list need none, and
+        what needs one is refused ("user name is empty")."""
         with self._token_lock:
-            if self._token is None or (self._token and boottime() - self._token_used > TOKEN_FRESH):
+            now = boottime()
+            if self._token is None or (self._token and now - self._token_used > TOKEN_FRESH):
+                if now < self._no_login_until:
+                    return ""
                 self._token = self._log_in()
-            self._token_used = boottime()
+                if self._token is None:
+                    self._no_login_until = now + LOGIN_PAUSE
+                    return ""
+            self._token_used = now
             return self._token
 
     @property
@@ -178,8 +188,9 @@ class Etcd:
         """Whether etcd asks for a login (known once this client, made with one, has logged in)."""
         return bool(self._login is not None and self.token())
 
-    def _log_in(self) -> str:
-        """One try (a cluster without quorum cannot log anyone in: said at once, not retried)."""
+    def _log_in(self) -> Optional[str]:
+        """One try: the token, "" when authentication is off, None when etcd cannot answer a login
+        now (without quorum it cannot: said at once, not retried); a refused login raises."""
         assert self._login is not None
         user, password = self._login
         plain = self._new_client(self.timeout, logged_in=False)
@@ -188,7 +199,11 @@ class Etcd:
         except gw_errors.Etcd3Exception as e:
             if _AUTH_OFF in _etcd_message(e):
                 return ""
+            if _transient(e, True):
+                return None
             raise self._error(f"log in as {user}", e) from None
+        except requests.Timeout:
+            return None
         except requests.RequestException as e:
             raise self._error(f"log in as {user}", e) from None
         finally:
@@ -459,7 +474,7 @@ class Etcd:
         return _parse_holder(value.decode())
 
     def _locked_message(self, key: str, kv: dict) -> str:
-        held_by = _describe(_parse_holder(_unb64(kv.get("value", "")).decode()))
+        held_by = describe_holder(_parse_holder(_unb64(kv.get("value", "")).decode()))
         message = f"{key} is held by {held_by}"
         lease_id = int(kv.get("lease", 0))
         if lease_id:
@@ -616,7 +631,7 @@ class Lock:
             return "the key is gone (deleted or expired)"
         value, meta = items[0]
         if int(meta.get("lease", 0)) != int(self.lease_id) or int(meta.get("create_revision", 0)) != self.revision:
-            return f"the key is now held by {_describe(_parse_holder(value.decode()))}"
+            return f"the key is now held by {describe_holder(_parse_holder(value.decode()))}"
         return None
 
     def release(self) -> None:
@@ -783,6 +798,13 @@ def _parse_holder(value: str) -> dict:
     return parsed if isinstance(parsed, dict) else {"value": value}
 
 
-def _describe(holder: dict) -> str:
+def describe_holder(holder: dict) -> str:
+    """The lock's holder in words, on one line: whatever its record holds (it is read from etcd),
+    control characters shown as ``?`` and each field cut at 100 characters."""
     keys = [k for k in HOLDER_FIELDS if k in holder] + sorted(k for k in holder if k not in HOLDER_FIELDS)
-    return ", ".join(f"{k}={holder[k]}" for k in keys) or "(no details)"
+    return ", ".join(f"{_printable(k)}={_printable(holder[k])}" for k in keys) or "(no details)"
+
+
+def _printable(value) -> str:
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(value))
+    return text if len(text) <= 100 else text[:99] + "…"

@@ -29,6 +29,7 @@ from tasks.model import state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLock
 from tasks.model.release import Release
+from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import etcd_backup, records, release_settings, settings, steps, upgrade
@@ -395,7 +396,7 @@ def lock_status(c, cluster=None, via=None, json_=False):
     if json_:
         print(json.dumps(holder))
         return
-    print("free" if holder is None else " ".join(f"{k}={v}" for k, v in holder.items()))
+    print("free" if holder is None else etcd_api.describe_holder(holder))
 
 
 @air_task(name="release", help={"cluster": "target cluster", "via": "member to reach etcd through",
@@ -406,4 +407,4 @@ def lock_release(c, cluster=None, via=None, json_=False):
     with session(target, via=via and check_address(via, "--via")) as s:
         holder = s.connect_etcd().force_release(state.lock_key(target))
     report({"released": holder}, json_,
-           "was free" if holder is None else "released the lock of " + " ".join(f"{k}={v}" for k, v in holder.items()))
+           "was free" if holder is None else "released the lock of " + etcd_api.describe_holder(holder))

@@ -1,5 +1,6 @@
 """etcd's logins kept and authentication turned on, against a real etcd started here (no SSH):
 the runbook (tasks.runbooks.etcd_auth) and the client's login (tasks.net.etcd)."""
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -8,6 +9,7 @@ import pytest
 from tasks.model import etcd_access, state
 from tasks.model.cluster import Setting
 from tasks.model.errors import LostLock, RemoteError
+from tasks.net import etcd as etcd_module
 from tasks.net.etcd import Etcd
 from tasks.runbooks import etcd_auth
 
@@ -94,3 +96,21 @@ def test_turned_on_only_logins_are_answered_each_with_its_own_keys(reading, etcd
     finally:
         root.auth("disable", {}, "turn authentication off")
     assert Etcd("127.0.0.1", port, timeout=2).get(state.setting_key(reading, "db/host")) == "h"
+
+
+def test_while_etcd_cannot_log_anyone_in_requests_go_without_a_token_for_a_while(monkeypatch):
+    """Without quorum a login (a write) cannot be answered: the member's status and member list,
+    which need none, are still asked; a login is tried again once LOGIN_PAUSE has passed."""
+    client = Etcd("127.0.0.1", 1, timeout=1, login=("root", "pw"))
+    tries = []
+    monkeypatch.setattr(client, "_log_in", lambda: tries.append(1) or None)
+    assert client.token() == "" and client.token() == "" and len(tries) == 1
+    monkeypatch.setattr(etcd_module, "boottime", lambda: time.monotonic() + etcd_module.LOGIN_PAUSE + 1)
+    monkeypatch.setattr(client, "_log_in", lambda: tries.append(1) or "tok.1")
+    assert client.token() == "tok.1" and len(tries) == 2
+
+
+def test_a_lock_record_planted_with_control_characters_is_described_on_one_line():
+    said = etcd_module.describe_holder({"who": "x\n\x1b[2Jerror: all fine", "why": "y" * 300})
+    assert "\n" not in said and "\x1b" not in said and said.startswith("who=x??[2Jerror: all fine, why=")
+    assert len(said) < 150
