@@ -223,14 +223,16 @@ def test_components_come_and_go_and_rollbacks_cross_both(sandbox, local_serving,
 
 # ---------------------------------------------------------------- old images
 
-def test_machines_keep_the_images_of_the_current_and_three_releases(sandbox, local_serving, tmp_path, figures):
+def test_machines_keep_the_images_of_the_current_and_kept_releases(sandbox, local_serving, tmp_path, figures):
     cluster = local_serving
+    keep = 1  # registry.keep (3 by default): 1 proves the same rule in fewer deploys
     keep_all = local_copy(tmp_path / "all", registry={"keep": 50})
+    keep_one = local_copy(tmp_path / "one", registry={"keep": keep})
     address = cluster.machines[0]
-    # With every image kept, deploys until the machine holds more static_website images than the 4
-    # (current and 3) the default keeps; what earlier tests left counts, so it takes 1 to 5.
+    # With every image kept, deploys until the machine holds more static_website images than the
+    # current one and `keep` more; what earlier tests left counts, so it takes 1 to 3.
     deploys = 0
-    while deploys < 5 and (deploys == 0 or len(image_census(cluster, address)[0]["static_website"]) <= 4):
+    while deploys < 3 and (deploys == 0 or len(image_census(cluster, address)[0]["static_website"]) <= keep + 1):
         sb.commit_change(sb.Change("static_website"))
         fab("deploy", "--cluster", "local", env=keep_all)
         deploys += 1
@@ -238,19 +240,19 @@ def test_machines_keep_the_images_of_the_current_and_three_releases(sandbox, loc
     before, size_before = image_census(cluster, address)
     disk_before = int(on(cluster, address, disk).stdout)
     sb.commit_change(sb.Change("static_website"))
-    fab("deploy", "--cluster", "local")  # registry.keep: 3 (its default)
+    fab("deploy", "--cluster", "local", env=keep_one)
     after, size_after = image_census(cluster, address)
     disk_after = int(on(cluster, address, disk).stdout)
     figures(f"disk use of {address}'s Docker images and layers (du of overlay2 and image): "
             f"{disk_before / 1024:.1f} MiB before cleanup, {disk_after / 1024:.1f} MiB after")
-    figures(f"images of {address} after {deploys + 1} deploys (sizes as docker reports them, shared layers counted per "
-            f"image): before cleanup {sum(map(len, before.values()))} "
+    figures(f"images of {address} after {deploys + 1} deploys, keep {keep} (sizes as docker reports them, shared "
+            f"layers counted per image): before cleanup {sum(map(len, before.values()))} "
             f"({size_before / 1e6:.1f} MB), after {sum(map(len, after.values()))} ({size_after / 1e6:.1f} MB); "
             f"per component before {({c: len(i) for c, i in sorted(before.items())})}, "
             f"after {({c: len(i) for c, i in sorted(after.items())})}")
-    assert len(before["static_website"]) > 4
-    assert all(len(ids) <= 4 for ids in after.values()) and len(after["static_website"]) == 4
-    kept = {r["components"]["static_website"]["digest"] for r in history(cluster)[-4:]}
+    assert len(before["static_website"]) > keep + 1
+    assert all(len(ids) <= keep + 1 for ids in after.values()) and len(after["static_website"]) == keep + 1
+    kept = {r["components"]["static_website"]["digest"] for r in history(cluster)[-(keep + 1):]}
     assert after["static_website"] == kept
 
     since = time.time() - 1
