@@ -50,6 +50,7 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None) ->
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
         check_canary(s, canary)
+    records.check_all(s.etcd, s.cluster)  # a malformed record stops the deploy here, before the build
     if not dry:
         etcd_backup.before_change(s, "deploy")
     published = publish(s.ex, host, branch, dry=dry)

@@ -59,6 +59,14 @@ def history(etcd, cluster) -> list:
     return [parsed(key, value)[1] for key, value in sorted(items.items())]
 
 
+def check_all(etcd, cluster) -> None:
+    """Every release record (current, candidate, history) read and checked (``parsed``): a task that
+    acts on them stops before it changes anything when one is malformed, naming its key."""
+    read_release(etcd, cluster)
+    read_candidate(etcd, cluster)
+    history(etcd, cluster)
+
+
 def read_candidate(etcd, cluster):
     """(Release, record dict) of the candidate a canary deploy put on some machines, or (None, None).
     The record's ``machines`` lists where it runs."""

@@ -4,13 +4,14 @@
 container (`docker exec`, host network, as the application would), speaking etcd's JSON gateway
 with busybox nc, logged in with the component's own login when it has one. `local2` is installed
 open (`etcd_auth: false`, with etcd's v2 store): `fab etcd.auth` turns it over in place and back,
-with a probe and a long request through the balancer meanwhile.
+with a probe and a long request through the balancer meanwhile. Last, a release record planted
+with air-deploy's own login stops the next deploy before anything runs.
 """
 import json
 
 import yaml
 
-from conftest import BALANCER_ADDRESS, Probe, Slow, cluster_copy, etcdctl, fab, on
+from conftest import BALANCER_ADDRESS, Probe, Slow, cluster_copy, error_line, etcd_of, etcdctl, fab, on, on_each
 from tasks.model import etcd_access, state
 from tasks.net.executor import Executor
 
@@ -154,3 +155,24 @@ def test_an_open_cluster_turned_over_in_place_and_back_serving_throughout(local2
     assert "etcd authentication of local2: off" in back.stdout and probe.failed == 0, probe.report("etcd.auth off")
     figures(f"{back.stdout.strip()}; {probe.report('meanwhile')}")
     assert answered(in_container(cluster, address, "air_frontend", [site])[f"read {site}"])
+
+
+def test_a_planted_history_record_stops_the_next_deploy_naming_its_key(installed):
+    """A record written with air-deploy's own login but not by air-deploy (its digest a shell
+    command): the deploy stops before its build with one line naming the key; nothing ran."""
+    cluster = installed
+    key = state.history_key(cluster, "9999-12-31T00:00:00.000000Z")
+    digest = "sha256:'; touch /tmp/planted; '"
+    planted = {"id": "0123456789ab", "outcome": "succeeded",
+               "components": {"static_website": {"version": "1.0.0", "digest": digest}}}
+    with etcd_of(cluster) as client:
+        client.put(key, json.dumps(planted))
+    try:
+        proc = fab("deploy", "--cluster", "local", check=False)
+    finally:
+        with etcd_of(cluster) as client:
+            client.delete(key)
+    assert proc.returncode == 1
+    assert error_line(proc).startswith(f"error: etcd key {key} is not a release record air-deploy wrote (")
+    assert "nothing was run" in error_line(proc) and "build:" not in proc.stderr
+    assert set(on_each(cluster, "test -e /tmp/planted && echo planted || echo clean").values()) == {"clean\n"}
