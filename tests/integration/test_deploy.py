@@ -199,7 +199,7 @@ def test_a_second_deploy_is_refused_while_the_lock_is_held(sandbox, local_servin
     assert line.startswith("error: ") and "held by" in line
     assert all(f"{k}={v}" in line for k, v in holder.items()), line
     assert seconds < 10
-    assert status == " ".join(f"{k}={v}" for k, v in holder.items())
+    assert status == ", ".join(f"{k}={v}" for k, v in holder.items())  # as the refusal names it
     assert fab("lock.status", "--cluster", "local").stdout.strip() == "free"
 
 
