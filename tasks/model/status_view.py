@@ -182,6 +182,15 @@ def etcd_silent(d: DriftView) -> list[dict]:
                      f"then `fab status --cluster {d.name}`")]
 
 
+def etcd_open(d: DriftView) -> list[dict]:
+    """The cluster file asks for etcd's authentication and etcd answers anyone."""
+    auth = d.raw["etcd"].get("auth")
+    if not auth or not auth["wanted"] or auth["on"]:
+        return []
+    return [_warning(None, "etcd's authentication is off: any process on a machine may read and write it",
+                     f"`fab etcd.auth --cluster {d.name}`")]
+
+
 def balancer_unreadable(d: DriftView) -> list[dict]:
     if not d.balancer_error:
         return []
@@ -309,8 +318,8 @@ def machines_drift(d: DriftView) -> list[dict]:
 
 
 # In the order the warnings are shown: the cluster's parts, each machine, then the balancer's strays.
-RULES: tuple[Callable[[DriftView], list], ...] = (etcd_silent, balancer_unreadable, rollout_unfinished, machines_drift,
-                                                  balancer_routes_to_strangers)
+RULES: tuple[Callable[[DriftView], list], ...] = (etcd_silent, etcd_open, balancer_unreadable, rollout_unfinished,
+                                                  machines_drift, balancer_routes_to_strangers)
 
 
 def drift_warnings(view: dict) -> list:
@@ -400,6 +409,9 @@ def _etcd_line(etcd: dict) -> str:
         return "etcd:      DOES NOT ANSWER: " + etcd["error"]
     sizes = [s for s in (etcd.get("db_size") or {}).values() if s]
     extra = (f", {etcd['said']}" if etcd.get("said") else "") + (f", db {size_text(max(sizes))}" if sizes else "")
+    auth = etcd.get("auth")
+    if auth is not None:
+        extra += ", logins required" if auth["on"] else ", OPEN to any client on a machine"
     return f"etcd:      leader {etcd['leader'] or '?'}{extra}"
 
 

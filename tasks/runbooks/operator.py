@@ -84,7 +84,7 @@ def read_etcd(s: Session, via: str = None) -> tuple:
     _, candidate = records.read_candidate(client, cluster)
     return {"members": members, "via": s.via, "leader": quorum.leader, "record": record, "candidate": candidate,
             "lock": client.holder(state.lock_key(cluster)), "maintenance": maintenance.read(client, cluster),
-            **health}, None
+            "auth": {"wanted": cluster.etcd_auth, "on": client.auth_enabled}, **health}, None
 
 
 def read_machine(ex, address: str) -> dict:
@@ -132,8 +132,8 @@ def read_status(s: Session, via: str = None) -> dict:
             "release": etcd["record"], "candidate": etcd["candidate"], "lock": etcd["lock"],
             "maintenance": etcd["maintenance"],
             "etcd": {"members": etcd["members"], "leader": etcd["leader"], "via": etcd["via"], "error": etcd_error,
-                     **{k: etcd[k] for k in ("quorum", "answering", "voters", "said", "answering_members", "db_size")
-                        if k in etcd}},
+                     **{k: etcd[k] for k in ("quorum", "answering", "voters", "said", "answering_members", "db_size",
+                                             "auth") if k in etcd}},
             "balancer": {"host": cluster.balancer.host, "listed": listed or [], "error": balancer_error,
                          "component": cluster.front.name, "states_error": haproxy_error},
             "backup": backup_view(cluster), "machines": machines}

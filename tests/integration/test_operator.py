@@ -76,6 +76,7 @@ def test_status_of_a_serving_cluster_says_every_field_and_exits_0(local_serving,
     roles = [m["etcd"]["role"] for m in view["machines"]]
     assert sorted(roles) == ["follower", "follower", "leader"]
     assert view["etcd"]["leader"] in cluster.machines
+    assert view["etcd"]["auth"] == {"wanted": True, "on": True}  # local is installed with etcd's logins
     versions = {c: v["version"] for c, v in current["components"].items()}
     for m in view["machines"]:
         assert m["reachable"] and m["balancer"] and m["balancer_state"] == "UP" and m["etcd"]["healthy"]

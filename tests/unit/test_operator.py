@@ -373,3 +373,17 @@ def test_haproxy_marking_a_listed_machine_down_or_drained_is_drift():
     ]
     rows = status_view.render_status({**v, "warnings": []})[3:6]
     assert [f"  in ({state_})  " in row for row, state_ in zip(rows, ("UP", "DRAIN", "DOWN"))] == [True] * 3
+
+
+def test_etcd_open_while_the_cluster_file_asks_for_logins_is_drift_with_its_fix():
+    v = view(warnings=[])
+    v["etcd"]["auth"] = {"wanted": True, "on": False}
+    assert status_view.drift_warnings(v) == [{
+        "machine": None, "problem": "etcd's authentication is off: any process on a machine may read and write it",
+        "fix": "`fab etcd.auth --cluster prod`"}]
+    assert ", OPEN to any client on a machine" in "\n".join(status_view.render_status({**v, "warnings": []}))
+    v["etcd"]["auth"] = {"wanted": True, "on": True}
+    assert status_view.drift_warnings(v) == []
+    assert ", logins required" in "\n".join(status_view.render_status({**v, "warnings": []}))
+    v["etcd"]["auth"] = {"wanted": False, "on": False}  # an open cluster, as its file says: no drift
+    assert status_view.drift_warnings(v) == []
