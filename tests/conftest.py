@@ -67,6 +67,10 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    unranked = sorted({Path(str(i.fspath)).stem for i in items if "tests/integration" in str(i.fspath)}
+                      - set(LONGEST_FIRST))
+    if unranked:  # it would run last, on one worker, while the other has nothing left to do
+        raise pytest.UsageError(f"tests/conftest.py: LONGEST_FIRST does not place {', '.join(unranked)}")
 
     def rank(item):  # unit tests first; within a module, file order (the sort is stable)
         if "tests/integration" not in str(item.fspath):
