@@ -43,6 +43,8 @@ BUILD_ARG_VALUES = ("version", "commit", "branch", "cluster", "component")
 SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 SETTING_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 MAX_UID = 2 ** 31 - 1
+# C0, DEL and C1: what a terminal, a unit file or a shell line may read as something else than text.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Files of the etcd logins (tasks.model.etcd_access): the root's in the secrets folder, a component's
 # password in its own secrets folder on the machines. No component secret may be called so.
 ETCD_ROOT_FILE, ETCD_PASSWORD_FILE = "etcd-root.yaml", "etcd-password"
@@ -69,6 +71,8 @@ class Section:
 
 KINDS = {
     "text": "a non-empty string",
+    "line": "a non-empty string on one line (no control characters)",
+    "unit_text": "a non-empty text (no control characters but newline and tab)",
     "name": "a lower-case name: a letter, then letters, digits or _",
     "namespace": "a Docker repository namespace (lower-case letters, digits, . _ -)",
     "int": "a positive whole number",
@@ -160,12 +164,12 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "health": Field("url_path", "HTTP path the health check asks (with `check: http`).", "/health"),
         "health_status": Field("http_status", "HTTP status the health path answers when the component is healthy.",
                                200),
-        "health_body": Field("text", "Text the health path's answer must contain (none: any body).", required=False),
+        "health_body": Field("line", "Text the health path's answer must contain (none: any body).", required=False),
         "check": Field("check", "How the health check asks: over HTTP, or only whether the port accepts a "
                        "TCP connection (a component without HTTP).", "http"),
         "stop_signal": Field("signal", "Signal `docker stop` sends the container to stop it politely "
                              "(nginx: SIGQUIT); after `timeouts.stop` seconds it is killed.", "SIGTERM"),
-        "stop_command": Field("text", "Command run in the container (through `sh -c`) to stop it politely, "
+        "stop_command": Field("line", "Command run in the container (through `sh -c`) to stop it politely, "
                               "before the stop signal is sent.", required=False),
         "secrets": Field("secret_names", "Files of the secrets folder this component gets: on every machine "
                          "they are kept in a folder of its own, readable by its `user` only, and that folder "
@@ -192,7 +196,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                       "`{cluster}` and `{component}` the names (quote such a value in YAML); a value that changes "
                       "with every commit makes every commit a new image.", required=False),
         "target": Field("stage", "Stage of a multi-stage Dockerfile to build; default its last stage.", required=False),
-        "prepare": Field("text", "Shell command run in the root of the component's checkout before its build "
+        "prepare": Field("line", "Shell command run in the root of the component's checkout before its build "
                          "(generated files); its output is shown prefixed by the component's name; "
                          "a non-zero exit fails the build.", required=False),
         "prepare_timeout": Field("int", "Seconds the prepare command may take before it is stopped (a failure).",
@@ -247,7 +251,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                          "already has is refused before anything changes).", {
         "units": Section("A systemd unit, enabled and started at boot.", {
             "name": Field("unit", "Unit name."),
-            "content": Field("text", "The unit file."),
+            "content": Field("unit_text", "The unit file."),
         }, many=True, required=False),
         "files": Section("A file.", {
             "path": Field("remote_path", "Where it is written."),
@@ -257,7 +261,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     }, required=False),
     "admin": Section("How the application creates its first admin user.", {
         "component": Field("name", "Component whose container runs the command."),
-        "command": Field("text", "Command run in that container; it reads email, name and password "
+        "command": Field("line", "Command run in that container; it reads email, name and password "
                          "as three lines on standard input."),
     }, required=False),
     "timeouts": Section("Timeouts, in seconds.", {
@@ -603,6 +607,20 @@ def _text(value: Any, at: _At) -> str:
     return value
 
 
+def _line(value: Any, at: _At) -> str:
+    """Text that ends up on one line of a unit file or a shell command: a newline there would start another."""
+    if CONTROL.search(_text(value, at)):
+        raise _Invalid(value)
+    return value
+
+
+def _unit_text(value: Any, at: _At) -> str:
+    """A unit file's text: its lines, each free of control characters (a CR would stay in every value)."""
+    if CONTROL.search(_text(value, at).replace("\n", "").replace("\t", "")):
+        raise _Invalid(value)
+    return value
+
+
 def _secret_names(value: Any, at: _At) -> tuple:
     if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) \
             or not all(isinstance(v, str) and SECRET_NAME.match(v) for v in value):
@@ -722,6 +740,8 @@ def _settings(value: Any, at: _At) -> tuple:
 
 CHECKERS: dict[str, Checker] = {
     "text": _text,
+    "line": _line,
+    "unit_text": _unit_text,
     "name": _word(COMPONENT_NAME.match),
     "namespace": _word(DOCKER_NAMESPACE.match),
     "int": _whole(1),

@@ -249,7 +249,7 @@ def test_empty_machines(tmp_path):
     ("components", [{"name": "router", "port": 80, "stop_signal": "SIGQUIT; reboot"}],
      "components[0].stop_signal: expected a signal name such as SIGTERM, SIGQUIT, SIGINT, got 'SIGQUIT; reboot'"),
     ("components", [{"name": "router", "port": 80, "stop_command": " "}],
-     "components[0].stop_command: expected a non-empty string, got ' '"),
+     "components[0].stop_command: expected a non-empty string on one line (no control characters), got ' '"),
     ("registry__token_hosts", "auth.example.com", "registry.token_hosts: expected a list of IP addresses or DNS "
      "names, got 'auth.example.com'"),
     ("registry__token_hosts", ["auth example"], "registry.token_hosts[0]: expected an IP address or a DNS name"),
@@ -585,3 +585,50 @@ def test_bad_settings_secrets_and_users(tmp_path, field, value, expected):
     _with_secrets(tmp_path, "db")
     message = error_of(tmp_path, "stage", variant(**{field: value}))
     assert f": {expected}" in message
+
+
+# ---------------------------------------------------------------- text that reaches a unit file or a shell line
+
+def _component_with(**entry) -> dict:
+    return variant(components=[{"name": "router", "port": 80, **entry}])
+
+
+@pytest.mark.parametrize("field", ["stop_command", "health_body", "prepare"])
+@pytest.mark.parametrize("value", ["bin/stop\n", "bin/stop\nreboot", "bin/stop\r", "bin\tstop", "bin/\x1b[2Jstop",
+                                   "bin/stop\x00", "bin/stop\x85"])
+def test_a_components_one_line_text_refuses_control_characters(tmp_path, field, value):
+    message = error_of(tmp_path, "stage", _component_with(**{field: value}))
+    assert message.endswith(f": components[0].{field}: expected {cluster.KINDS['line']}, got {value!r}")
+
+
+def test_a_stop_command_written_as_a_yaml_block_is_refused(tmp_path):
+    text = yaml.safe_dump(VALID, sort_keys=False).replace(
+        "- name: router\n  port: 80\n", "- name: router\n  port: 80\n  stop_command: |\n    bin/stop\n")
+    message = error_of(tmp_path, "stage", text)
+    assert message.endswith(": components[0].stop_command: expected a non-empty string on one line "
+                            "(no control characters), got 'bin/stop\\n'")
+
+
+def test_the_admin_command_is_one_line(tmp_path):
+    message = error_of(tmp_path, "stage", variant(admin={"component": "router", "command": "/bin/x\nreboot"}))
+    assert ": admin.command: expected a non-empty string on one line" in message
+
+
+@pytest.mark.parametrize("content", ["[Unit]\r\nDescription=x\r\n", "[Unit]\nDescription=\x1b[31mx\n"])
+def test_an_added_unit_has_no_control_character_but_newline_and_tab(tmp_path, content):
+    message = error_of(tmp_path, "stage", variant(additions={"units": [{"name": "x.service", "content": content}]}))
+    assert message.endswith(f": additions.units[0].content: expected {cluster.KINDS['unit_text']}, got {content!r}")
+
+
+def test_one_line_texts_and_an_added_units_lines_load(tmp_path):
+    unit = "[Unit]\nDescription=x\n\n[Service]\nExecStart=/bin/true\tnow\n"
+    write(tmp_path, "stage", variant(
+        components=[{"name": "router", "port": 80, "stop_command": "bin/stop 'now'", "health_body": "OK ✓",
+                     "prepare": "make gen"}],
+        admin={"component": "router", "command": "/bin/x --y"},
+        additions={"units": [{"name": "x.service", "content": unit}]}))
+    loaded = cluster.load("stage", tmp_path)
+    router = loaded.components[0]
+    assert (router.stop_command, router.health_body, router.prepare) == ("bin/stop 'now'", "OK ✓", "make gen")
+    assert loaded.admin.command == "/bin/x --y"
+    assert loaded.additions.units[0].content == unit
