@@ -26,22 +26,23 @@ from tasks.model.state import SETTINGS as SETTINGS_READ
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # tasks/model/cluster.py -> the checkout
 CLUSTERS_DIR = Path(os.environ.get("AIR_CLUSTERS_DIR", PROJECT_ROOT / "clusters"))
-CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# Every pattern below is used with fullmatch: match with $ would take "name\n" for "name".
+CLUSTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 COMPONENT_NAME = CLUSTER_NAME
-DOCKER_NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+DOCKER_NAMESPACE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
-REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
-URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+-]*$")
-UNIT_NAME = re.compile(r"^[A-Za-z0-9@._:-]+\.(service|timer|socket|path|mount)$")
-FILE_MODE = re.compile(r"^0?[0-7]{3}$")
-BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
-STAGE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,62}$")
+HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
+REMOTE_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
+URL_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
+UNIT_NAME = re.compile(r"[A-Za-z0-9@._:-]+\.(service|timer|socket|path|mount)")
+FILE_MODE = re.compile(r"0?[0-7]{3}")
+BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+BUILD_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+STAGE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,62}")
 # What a build argument's value may name in braces; build.py gives the values.
 BUILD_ARG_VALUES = ("version", "commit", "branch", "cluster", "component")
-SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
-SETTING_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+SETTING_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 MAX_UID = 2 ** 31 - 1
 # C0, DEL and C1: what a terminal, a unit file or a shell line may read as something else than text.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -106,7 +107,7 @@ KINDS = {
 }
 
 HEALTH_CHECKS = ("http", "tcp")
-SIGNAL = re.compile(r"^SIG[A-Z0-9]{2,8}$")
+SIGNAL = re.compile(r"SIG[A-Z0-9]{2,8}")
 
 SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
     "include": Field("local_path", "Another YAML file whose fields this file's own fields complete "
@@ -503,12 +504,17 @@ def relative_to(folder: str, path: str) -> Optional[str]:
 
 def valid_branch(branch) -> bool:
     """A branch name safe for git and the shell."""
-    return isinstance(branch, str) and bool(BRANCH.match(branch)) and ".." not in branch and "//" not in branch \
+    return isinstance(branch, str) and bool(BRANCH.fullmatch(branch)) and ".." not in branch and "//" not in branch \
         and not branch.endswith(("/", ".", ".lock")) and "/." not in branch
 
 
 def _fail(file, where, expected, got) -> NoReturn:
-    raise ConfigError(f"{file}: {where}: expected {expected}, got {got!r}")
+    raise ConfigError(f"{file}: {_one_line(where)}: expected {expected}, got {got!r}")
+
+
+def _one_line(where: str) -> str:
+    """A field's path as the file spells it, a control character in a key shown as ?."""
+    return CONTROL.sub("?", str(where))
 
 
 def check_address(value, where="address", file="command line") -> str:
@@ -623,7 +629,7 @@ def _unit_text(value: Any, at: _At) -> str:
 
 def _secret_names(value: Any, at: _At) -> tuple:
     if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) \
-            or not all(isinstance(v, str) and SECRET_NAME.match(v) for v in value):
+            or not all(isinstance(v, str) and SECRET_NAME.fullmatch(v) for v in value):
         raise _Invalid(value)
     return tuple(value)
 
@@ -644,7 +650,7 @@ def _setting_read(entry: str) -> Optional[str]:
     if not entry.startswith(SETTINGS_READ):
         return None
     rest = entry[len(SETTINGS_READ):]
-    return rest if SETTING_KEY.match(rest.removesuffix("/")) else None
+    return rest if SETTING_KEY.fullmatch(rest.removesuffix("/")) else None
 
 
 def _build_args(value: Any, at: _At) -> tuple:
@@ -655,7 +661,7 @@ def _build_args(value: Any, at: _At) -> tuple:
 
 
 def _build_arg(name: Any, text: Any, where: str) -> tuple:
-    if not isinstance(name, str) or not BUILD_ARG.match(name) or not isinstance(text, (str, int, float)) \
+    if not isinstance(name, str) or not BUILD_ARG.fullmatch(name) or not isinstance(text, (str, int, float)) \
             or isinstance(text, bool):
         raise _Invalid(text, where)
     try:
@@ -679,7 +685,7 @@ def _host(value: Any, at: _At) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        if not HOSTNAME.match(value):
+        if not HOSTNAME.fullmatch(value):
             raise _Invalid(value) from None
         return value
 
@@ -704,14 +710,14 @@ def _local_path(value: Any, at: _At) -> Path:
 
 def _remote_path(value: Any, at: _At) -> str:
     value = _string(value).replace("{cluster}", at.cluster)
-    if not REMOTE_PATH.match(value) or "/../" in value + "/":
+    if not REMOTE_PATH.fullmatch(value) or "/../" in value + "/":
         raise _Invalid(value)
     return value
 
 
 def _repo_path(value: Any, at: _At) -> str:
     value = _string(value)
-    if value.startswith("/") or ".." in value.split("/") or not REMOTE_PATH.match("/" + value):
+    if value.startswith("/") or ".." in value.split("/") or not REMOTE_PATH.fullmatch("/" + value):
         raise _Invalid(value)
     return value.strip("/")
 
@@ -723,10 +729,10 @@ def _settings(value: Any, at: _At) -> tuple:
     entries = []
     for key, text in value.items():
         where = f"{at.where}.{key}"
-        if not isinstance(key, str) or not SETTING_KEY.match(key):
+        if not isinstance(key, str) or not SETTING_KEY.fullmatch(key):
             _fail(at.file, where, "a key: words of letters, digits, . _ - joined by /", key)
         if isinstance(text, dict):
-            if set(text) != {"secret"} or not isinstance(text["secret"], str) or not SECRET_NAME.match(text["secret"]):
+            if set(text) != {"secret"} or not isinstance(text["secret"], str) or not SECRET_NAME.fullmatch(text["secret"]):
                 _fail(at.file, where, "{secret: NAME}, NAME a file of the secrets folder", text)
             entries.append(Setting(key, secret=text["secret"]))
         elif isinstance(text, bool):
@@ -742,8 +748,8 @@ CHECKERS: dict[str, Checker] = {
     "text": _text,
     "line": _line,
     "unit_text": _unit_text,
-    "name": _word(COMPONENT_NAME.match),
-    "namespace": _word(DOCKER_NAMESPACE.match),
+    "name": _word(COMPONENT_NAME.fullmatch),
+    "namespace": _word(DOCKER_NAMESPACE.fullmatch),
     "int": _whole(1),
     "port": _whole(1, 65535),
     "address": _address,
@@ -753,17 +759,17 @@ CHECKERS: dict[str, Checker] = {
     "hostport": _hostport,
     "local_path": _local_path,
     "remote_path": _remote_path,
-    "url_path": _word(URL_PATH.match),
-    "unit": _word(UNIT_NAME.match),
-    "mode": _word(FILE_MODE.match, lambda v: v.rjust(4, "0")),
+    "url_path": _word(URL_PATH.fullmatch),
+    "unit": _word(UNIT_NAME.fullmatch),
+    "mode": _word(FILE_MODE.fullmatch, lambda v: v.rjust(4, "0")),
     "repo_path": _repo_path,
     "branch": _word(valid_branch),
-    "stage": _word(STAGE.match),
+    "stage": _word(STAGE.fullmatch),
     "build_args": _build_args,
     "proxy_protocol": _word(lambda v: v in ("v1", "v2")),
     "http_status": _whole(100, 599),
     "check": _word(lambda v: v in HEALTH_CHECKS),
-    "signal": _word(SIGNAL.match, lambda v: v if v.startswith("SIG") else f"SIG{v}"),
+    "signal": _word(SIGNAL.fullmatch, lambda v: v if v.startswith("SIG") else f"SIG{v}"),
     "secret_names": _secret_names,
     "uid": _whole(0, MAX_UID),
     "flag": _flag,
@@ -789,7 +795,7 @@ def _refuse_unknown_fields(section: Section, data: dict, at: _At) -> None:
     unknown = sorted(set(data) - set(section.fields))
     if unknown:
         prefix = f"{at.where}." if at.where else ""
-        raise ConfigError(f"{at.file}: {prefix}{unknown[0]}: unknown field "
+        raise ConfigError(f"{at.file}: {_one_line(prefix + str(unknown[0]))}: unknown field "
                           f"(expected one of: {', '.join(section.fields)})")
 
 
@@ -860,7 +866,7 @@ def load(name: str, directory: Path = None) -> Cluster:
 
 def _cluster_file(name: Any, directory: Path) -> Path:
     """The file of cluster ``name``: a valid name, and a file that exists."""
-    if not isinstance(name, str) or not CLUSTER_NAME.match(name):
+    if not isinstance(name, str) or not CLUSTER_NAME.fullmatch(name):
         raise ConfigError(f"cluster name {name!r} is not valid ({KINDS['name']})")
     file = directory / f"{name}.yaml"
     if not file.exists():

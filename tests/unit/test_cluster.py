@@ -632,3 +632,44 @@ def test_one_line_texts_and_an_added_units_lines_load(tmp_path):
     assert (router.stop_command, router.health_body, router.prepare) == ("bin/stop 'now'", "OK ✓", "make gen")
     assert loaded.admin.command == "/bin/x --y"
     assert loaded.additions.units[0].content == unit
+
+
+# ---------------------------------------------------------------- a trailing newline is not the end of a word
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("namespace", "aircloak\n", "namespace"),
+    ("build__host", "build.example.com\n", "build.host"),
+    ("build__checkout", "/srv/air\n", "build.checkout"),
+    ("registry__address", "registry.example.com\n:5000", "registry.address"),
+    ("components", [{"name": "router\n", "port": 80}], "components[0].name"),
+    ("components", [{"name": "router", "port": 80, "health": "/health\n"}], "components[0].health"),
+    ("components", [{"name": "router", "port": 80, "stop_signal": "SIGQUIT\n"}], "components[0].stop_signal"),
+    ("components", [{"name": "router", "port": 80, "target": "run\n"}], "components[0].target"),
+    ("components", [{"name": "router", "port": 80, "source": "src\n"}], "components[0].source"),
+    ("components", [{"name": "router", "port": 80, "repository": "r", "branch": "main\n"}], "components[0].branch"),
+    ("components", [{"name": "router", "port": 80, "secrets": ["db\n"]}], "components[0].secrets"),
+    ("components", [{"name": "router", "port": 80, "args": {"A\n": "x"}}], "components[0].args.A?"),
+    ("components", [{"name": "router", "port": 80, "reads": ["settings/db\n"]}], "components[0].reads"),
+    ("settings", {"db\n": "x"}, "settings.db?"),
+    ("settings", {"db": {"secret": "db\n"}}, "settings.db"),
+    ("additions", {"units": [{"name": "x.service\n", "content": "[Unit]\n"}]}, "additions.units[0].name"),
+    ("additions", {"files": [{"path": "/etc/x\n", "content": "x"}]}, "additions.files[0].path"),
+    ("additions", {"files": [{"path": "/etc/x", "content": "x", "permissions": "0644\n"}]},
+     "additions.files[0].permissions"),
+])
+def test_a_trailing_newline_is_refused(tmp_path, field, value, shown):
+    _with_secrets(tmp_path, "db")
+    message = error_of(tmp_path, "stage", variant(**{field: value}, settings={"db": "x"}) if field != "settings"
+                       else variant(**{field: value}))
+    assert f": {shown}: expected " in message
+
+
+def test_an_unknown_field_with_a_newline_is_named_on_one_line(tmp_path):
+    message = error_of(tmp_path, "stage", variant(**{"registry\nx": "y"}))
+    assert ": registry?x: unknown field (expected one of: " in message
+
+
+def test_a_cluster_name_with_a_trailing_newline_is_refused(tmp_path):
+    write(tmp_path, "prod", VALID)
+    with pytest.raises(ConfigError, match=r"cluster name 'prod\\n' is not valid"):
+        cluster.load("prod\n", tmp_path)
