@@ -44,6 +44,12 @@ BUILD_ARG_VALUES = ("version", "commit", "branch", "cluster", "component")
 SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 SETTING_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 MAX_UID = 2 ** 31 - 1
+# Ceilings of the whole-number kinds: a value past them is a typo, and a huge one overflows what it reaches
+# (a socket timeout, an etcd lease, a sleep).
+MAX_SECONDS, MAX_COUNT = 86400, 1000
+PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit takes '²' and '٥' too
+SCOPE_ID = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an interface's name or index, as ip(8) and ssh write it
+MACHINE = "an IPv4 or IPv6 address of a machine (not unspecified, loopback or multicast)"
 # C0, DEL and C1: what a terminal, a unit file or a shell line may read as something else than text.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Files of the etcd logins (tasks.model.etcd_access): the root's in the secrets folder, a component's
@@ -76,7 +82,8 @@ KINDS = {
     "unit_text": "a non-empty text (no control characters but newline and tab)",
     "name": "a lower-case name: a letter, then letters, digits or _",
     "namespace": "a Docker repository namespace (lower-case letters, digits, . _ -)",
-    "int": "a positive whole number",
+    "seconds": f"a whole number of seconds, from 1 to {MAX_SECONDS} (a day)",
+    "count": f"a whole number from 1 to {MAX_COUNT}",
     "port": "a TCP port (1 to 65535)",
     "address": "an IPv4 or IPv6 address",
     "addresses": "a non-empty list of distinct IPv4 or IPv6 addresses",
@@ -140,7 +147,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                                   "push account stays on this side. Default: `credentials`.", required=False),
         "token_hosts": Field("hosts", "Hosts besides the registry's own to which credentials may go when the "
                              "registry names a token service there (always over https).", required=False),
-        "keep": Field("int", "Releases of the history whose images stay on every machine beside the current "
+        "keep": Field("count", "Releases of the history whose images stay on every machine beside the current "
                       "one (so rollbacks need no pull); older images of the cluster are removed.", 3),
     }),
     "balancer": Section("The TCP load balancer (haproxy) in front of the machines. One host may serve several "
@@ -153,12 +160,14 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                             "component below serves HTTPS).", 443),
         "component": Field("name", "Component the balancer sends traffic to (default: the first one).",
                            required=False),
-        "tunnel": Field("int", "haproxy's `timeout tunnel`: how long an established connection (a websocket, "
+        "tunnel": Field("seconds", "haproxy's `timeout tunnel`: how long an established connection (a websocket, "
                         "a long download) may stay idle, in seconds.", 3600),
         "folder": Field("remote_path", "This cluster's own files on the balancer host (haproxy.cfg, routers.cfg); "
                         "written by air-deploy only.", "/etc/haproxy/air/{cluster}"),
     }),
-    "machines": Field("addresses", "The machines of the cluster (etcd members), by address."),
+    "machines": Field("addresses", "The machines of the cluster (etcd members), by address: none "
+                      "unspecified, loopback or multicast; ::ffff:A is the machine A. An IPv6 scope id is an "
+                      "interface's name or index."),
     "components": Section("The Air components, each a Docker container under systemd on every machine.", {
         "name": Field("name", "Component name; the image is <namespace>/<cluster>_<name>."),
         "port": Field("port", "Port the component listens on (host network)."),
@@ -200,7 +209,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "prepare": Field("line", "Shell command run in the root of the component's checkout before its build "
                          "(generated files); its output is shown prefixed by the component's name; "
                          "a non-zero exit fails the build.", required=False),
-        "prepare_timeout": Field("int", "Seconds the prepare command may take before it is stopped (a failure).",
+        "prepare_timeout": Field("seconds", "Seconds the prepare command may take before it is stopped (a failure).",
                                  300),
         "repository": Field("text", "Git URL of the component's own repository (as the build server reaches it); "
                             "default: build.repository, the main checkout. Its checkout on the build server is "
@@ -228,8 +237,8 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                        "unless the newest is younger than `max_age`.", {
         "folder": Field("local_path", "Folder of the snapshots (0700; each snapshot and the JSON file beside it "
                         "0600). Default: etcd-backups/<cluster> beside the secrets folder.", required=False),
-        "keep": Field("int", "Snapshots kept; older ones are removed after each new one.", 10),
-        "max_age": Field("int", "Seconds: a task that changes the cluster takes no snapshot of its own while "
+        "keep": Field("count", "Snapshots kept; older ones are removed after each new one.", 10),
+        "max_age": Field("seconds", "Seconds: a task that changes the cluster takes no snapshot of its own while "
                          "the newest is younger than this.", 3600),
     }, required=False),
     "etcd_v2": Field("flag", "Serve etcd's v2 API on the members too (for applications that read "
@@ -266,15 +275,15 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                          "as three lines on standard input."),
     }, required=False),
     "timeouts": Section("Timeouts, in seconds.", {
-        "connect": Field("int", "SSH connection.", 10),
-        "stop": Field("int", "Polite stop of a component before it is killed.", 30),
-        "healthy": Field("int", "A started machine must pass its health checks within this.", 60),
-        "lock": Field("int", "Lease of the cluster's lock; a killed or hung task's lock expires after it.", 30),
-        "command": Field("int", "Deadline of one remote command (one without its own below); "
+        "connect": Field("seconds", "SSH connection.", 10),
+        "stop": Field("seconds", "Polite stop of a component before it is killed.", 30),
+        "healthy": Field("seconds", "A started machine must pass its health checks within this.", 60),
+        "lock": Field("seconds", "Lease of the cluster's lock; a killed or hung task's lock expires after it.", 30),
+        "command": Field("seconds", "Deadline of one remote command (one without its own below); "
                          "past it the command is stopped on the host too.", 60),
-        "pull": Field("int", "Deadline of pulling a release's images on a machine.", 300),
-        "alive": Field("int", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
-        "drain": Field("int", "A machine leaving the balancer: its established connections may finish within "
+        "pull": Field("seconds", "Deadline of pulling a release's images on a machine.", 300),
+        "alive": Field("seconds", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
+        "drain": Field("seconds", "A machine leaving the balancer: its established connections may finish within "
                        "this, then it is taken out all the same.", 30),
     }, required=False),
 })
@@ -517,14 +526,34 @@ def _one_line(where: str) -> str:
     return CONTROL.sub("?", str(where))
 
 
+def ip_address(text: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
+    """An IP address; ValueError when it is none, or when its scope id is not an interface's name
+    (ipaddress takes any text after the %, spaces and quotes included)."""
+    ip = ipaddress.ip_address(text)
+    scope = getattr(ip, "scope_id", None)
+    if scope is not None and not SCOPE_ID.fullmatch(scope):
+        raise ValueError(text)
+    return ip
+
+
+def _as_ipv4(ip):
+    """The IPv4 address an IPv4-mapped IPv6 address stands for (the same host), else ``ip`` itself."""
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
 def check_address(value, where="address", file="command line") -> str:
-    """An IP address in canonical form, or a ConfigError naming ``where``."""
+    """A machine's IP address in canonical form, or a ConfigError naming ``where``; no machine is reached
+    at an unspecified, a loopback or a multicast address."""
     if value is None and where.startswith("--"):
         raise ConfigError(f"{where} is required ({KINDS['address']})")
     try:
-        return str(ipaddress.ip_address(str(value).strip()))
+        ip = ip_address(str(value).strip())
     except ValueError:
         _fail(file, where, KINDS["address"], value)
+    plain = _as_ipv4(ip)
+    if plain.is_unspecified or plain.is_loopback or plain.is_multicast:
+        _fail(file, where, MACHINE, value)
+    return str(ip)
 
 
 def check_addresses(values, where="machines", file="command line") -> list:
@@ -533,7 +562,7 @@ def check_addresses(values, where="machines", file="command line") -> list:
     if not isinstance(values, (list, tuple)) or not values:
         _fail(file, where, KINDS["addresses"], values)
     result = [check_address(v, f"{where}[{i}]", file) for i, v in enumerate(values)]
-    if len(set(result)) != len(result):
+    if len({_as_ipv4(ipaddress.ip_address(a)) for a in result}) != len(result):
         _fail(file, where, KINDS["addresses"], values)
     return result
 
@@ -672,7 +701,11 @@ def _build_arg(name: Any, text: Any, where: str) -> tuple:
 
 
 def _address(value: Any, at: _At) -> str:
-    return check_address(_string(value), at.where, at.file)
+    """An IP address in canonical form (any: the balancer may bind the wildcard or the loopback)."""
+    try:
+        return str(ip_address(_string(value).strip()))
+    except ValueError:
+        raise _Invalid(value) from None
 
 
 def _addresses(value: Any, at: _At) -> tuple:
@@ -683,7 +716,7 @@ def _host(value: Any, at: _At) -> str:
     """An IP address in canonical form, or a DNS name as written."""
     value = _string(value)
     try:
-        return str(ipaddress.ip_address(value))
+        return str(ip_address(value))
     except ValueError:
         if not HOSTNAME.fullmatch(value):
             raise _Invalid(value) from None
@@ -698,7 +731,7 @@ def _hosts(value: Any, at: _At) -> tuple:
 
 def _hostport(value: Any, at: _At) -> str:
     host, sep, port = _string(value).rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not PORT.fullmatch(port) or not 0 < int(port) < 65536:
         raise _Invalid(value)
     _check("host", host.strip("[]"), at)  # a bad host is reported as a host
     return value
@@ -750,7 +783,8 @@ CHECKERS: dict[str, Checker] = {
     "unit_text": _unit_text,
     "name": _word(COMPONENT_NAME.fullmatch),
     "namespace": _word(DOCKER_NAMESPACE.fullmatch),
-    "int": _whole(1),
+    "seconds": _whole(1, MAX_SECONDS),
+    "count": _whole(1, MAX_COUNT),
     "port": _whole(1, 65535),
     "address": _address,
     "addresses": _addresses,

@@ -232,7 +232,7 @@ def test_empty_machines(tmp_path):
     ("components", [{"name": "router", "port": 80, "source": "../other"}], "components[0].source: expected a relative path"),
     ("components", [{"name": "Router", "port": 80}], "components[0].name: expected a lower-case name"),
     ("components", {"name": "router", "port": 80}, "components: expected a non-empty list"),
-    ("timeouts", {"healthy": -5}, "timeouts.healthy: expected a positive whole number, got -5"),
+    ("timeouts", {"healthy": -5}, "timeouts.healthy: expected a whole number of seconds, from 1 to 86400 (a day), got -5"),
     ("components", [{"name": "router", "port": 80, "proxy": {"http": 8080, "protocol": "v3"}}],
      "components[0].proxy.protocol: expected v1 or v2 (the PROXY protocol's text or binary version), got 'v3'"),
     ("components", [{"name": "router", "port": 80, "proxy": {"https": 8443}}],
@@ -253,7 +253,7 @@ def test_empty_machines(tmp_path):
     ("registry__token_hosts", "auth.example.com", "registry.token_hosts: expected a list of IP addresses or DNS "
      "names, got 'auth.example.com'"),
     ("registry__token_hosts", ["auth example"], "registry.token_hosts[0]: expected an IP address or a DNS name"),
-    ("registry__keep", 0, "registry.keep: expected a positive whole number, got 0"),
+    ("registry__keep", 0, "registry.keep: expected a whole number from 1 to 1000, got 0"),
 ])
 def test_wrong_type_or_shape(tmp_path, field, value, expected):
     message = error_of(tmp_path, "stage", variant(**{field: value}))
@@ -477,7 +477,7 @@ def test_a_component_of_its_own_repository_has_its_own_checkout_and_branch(tmp_p
     ({"args": ["VERSION"]}, "components[0].args: expected a mapping of build-argument names"),
     ({"target": "run time"}, "components[0].target: expected a Dockerfile stage name"),
     ({"repository": "x", "branch": "a..b"}, "components[0].branch: expected a git branch name"),
-    ({"prepare_timeout": 0}, "components[0].prepare_timeout: expected a positive whole number, got 0"),
+    ({"prepare_timeout": 0}, "components[0].prepare_timeout: expected a whole number of seconds, from 1 to 86400 (a day), got 0"),
     ({"prepare": ""}, "components[0].prepare: expected a non-empty string"),
 ])
 def test_bad_build_fields_are_named(tmp_path, entry, expected):
@@ -673,3 +673,67 @@ def test_a_cluster_name_with_a_trailing_newline_is_refused(tmp_path):
     write(tmp_path, "prod", VALID)
     with pytest.raises(ConfigError, match=r"cluster name 'prod\\n' is not valid"):
         cluster.load("prod\n", tmp_path)
+
+
+# ---------------------------------------------------------------- addresses, ports and numbers of a sane size
+
+@pytest.mark.parametrize("address", ["registry.example.com:5²", "registry.example.com:٥٠٠٠", "registry.example.com:+80",
+                                     "registry.example.com:005000x"])
+def test_a_registry_port_is_ascii_digits(tmp_path, address):
+    message = error_of(tmp_path, "stage", variant(registry__address=address))
+    assert message.endswith(f": registry.address: expected HOST:PORT, got {address!r}")
+
+
+@pytest.mark.parametrize("machine", ["0.0.0.0", "127.0.0.1", "::", "::1", "224.0.0.1", "ff02::1", "::ffff:127.0.0.1"])
+def test_a_machine_is_not_unspecified_loopback_or_multicast(tmp_path, machine):
+    message = error_of(tmp_path, "stage", variant(machines=["192.0.2.11", machine]))
+    assert message.endswith(f": machines[1]: expected {cluster.MACHINE}, got {machine!r}")
+
+
+def test_a_machine_flag_is_not_loopback():
+    with pytest.raises(ConfigError, match=r"^command line: --via: expected an IPv4 or IPv6 address of a machine"):
+        cluster.check_address("127.0.0.1", "--via")
+
+
+def test_an_ipv4_mapped_address_is_the_same_machine(tmp_path):
+    message = error_of(tmp_path, "stage", variant(machines=["10.0.0.1", "::ffff:10.0.0.1", "10.0.0.2"]))
+    assert f": machines: expected {cluster.KINDS['addresses']}, got " in message
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("machines", "fe80::1%eth 0", "machines[0]"),
+    ("machines", "fe80::1%eth0'", "machines[0]"),
+    ("machines", 'fe80::1%"x', "machines[0]"),
+    ("build__host", "fe80::1%a;b", "build.host"),
+    ("balancer__bind", "fe80::1%a b", "balancer.bind"),
+])
+def test_a_scope_id_is_an_interface_name(tmp_path, field, value, shown):
+    message = error_of(tmp_path, "stage", variant(**{field: [value] if field == "machines" else value}))
+    assert f": {shown}: expected " in message and message.endswith(f"got {value!r}")
+
+
+def test_link_local_machines_with_a_scope_id_and_a_wildcard_bind_load(tmp_path):
+    write(tmp_path, "stage", variant(machines=["fe80::1%eth0", "fe80::2%2", "10.0.0.3"], balancer__bind="0.0.0.0"))
+    loaded = cluster.load("stage", tmp_path)
+    assert (loaded.machines, loaded.balancer.bind) == (("fe80::1%eth0", "fe80::2%2", "10.0.0.3"), "0.0.0.0")
+
+
+@pytest.mark.parametrize("field, value, number, shown, kind", [
+    ("timeouts", {"command": 10 ** 15}, 10 ** 15, "timeouts.command", "seconds"),
+    ("timeouts", {"lock": 86401}, 86401, "timeouts.lock", "seconds"),
+    ("balancer", {"host": "192.0.2.9", "tunnel": 10 ** 15}, 10 ** 15, "balancer.tunnel", "seconds"),
+    ("components", [{"name": "router", "port": 80, "prepare_timeout": 10 ** 15}], 10 ** 15,
+     "components[0].prepare_timeout", "seconds"),
+    ("backups", {"max_age": 10 ** 15}, 10 ** 15, "backups.max_age", "seconds"),
+    ("registry__keep", 10 ** 15, 10 ** 15, "registry.keep", "count"),
+    ("backups", {"keep": 1001}, 1001, "backups.keep", "count"),
+])
+def test_numbers_have_a_sane_maximum(tmp_path, field, value, number, shown, kind):
+    message = error_of(tmp_path, "stage", variant(**{field: value}))
+    assert message.endswith(f": {shown}: expected {cluster.KINDS[kind]}, got {number!r}")
+
+
+def test_a_days_timeout_and_a_thousand_snapshots_load(tmp_path):
+    write(tmp_path, "stage", variant(timeouts={"pull": 86400}, backups={"keep": 1000}))
+    loaded = cluster.load("stage", tmp_path)
+    assert (loaded.timeouts.pull, loaded.backups.keep) == (86400, 1000)
