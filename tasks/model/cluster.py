@@ -224,8 +224,9 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
             "protocol": Field("proxy_protocol", "Version the balancer sends.", "v2"),
         }, required=False),
     }, many=True),
-    "secrets": Field("local_path", "Folder of secret files; each component gets those its `secrets` "
-                     "names (`fab secrets.apply` pushes changed ones and restarts the components using them). "
+    "secrets": Field("local_path", "Folder of secret files (must not be readable or writable by group or "
+                     "others); each component gets those its `secrets` names (`fab secrets.apply` pushes "
+                     "changed ones and restarts the components using them). "
                      "Its subfolder etcd-peer/ holds the cluster's etcd peer CA and member certificates "
                      "(`fab etcd.certificates`); they go to etcd only, never to a container."),
     "settings": Field("settings", "The application's settings, written to the cluster's etcd under "
@@ -893,6 +894,7 @@ def load(name: str, directory: Path = None) -> Cluster:
     data = _with_include(_read_yaml(file, shown), file, shown)
     values = _validate(SCHEMA, data, _At(shown, "", file.parent, name))
     _settle_components(values, shown)
+    _check_private(values["secrets"], shown)
     _check_secret_names(values, shown)
     _check_reads(values, shown)
     return _cluster(name, file, values, shown)
@@ -967,6 +969,17 @@ def backups_folder(secrets: Path, name: str) -> Path:
 def _backups(values: dict, secrets: Path, name: str) -> Backups:
     return Backups(folder=values["folder"] or backups_folder(secrets, name), keep=values["keep"],
                    max_age=values["max_age"])
+
+
+def _check_private(folder: Path, shown: str) -> None:
+    """The secrets folder, when there is one, is its owner's alone (like the registry credentials file)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return  # not made yet: each secret named is checked to be a file of it
+    if mode & 0o077:
+        raise ConfigError(f"{shown}: secrets: {folder} must be private (mode is {mode & 0o777:o}); "
+                          f"run: chmod 700 {folder}")
 
 
 def _check_secret_names(values: dict, shown: str) -> None:

@@ -496,7 +496,7 @@ def test_the_sandboxs_static_website_is_its_second_repository():
 
 def _with_secrets(tmp_path, *names):
     folder = tmp_path / "secrets"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
     for name in names:
         (folder / name).write_text("s3cret\n")
 
@@ -737,3 +737,20 @@ def test_a_days_timeout_and_a_thousand_snapshots_load(tmp_path):
     write(tmp_path, "stage", variant(timeouts={"pull": 86400}, backups={"keep": 1000}))
     loaded = cluster.load("stage", tmp_path)
     assert (loaded.timeouts.pull, loaded.backups.keep) == (86400, 1000)
+
+
+# ---------------------------------------------------------------- the secrets folder is private
+
+@pytest.mark.parametrize("mode", [0o750, 0o705, 0o720, 0o702, 0o755])
+def test_a_secrets_folder_group_or_others_may_read_or_write_is_refused(tmp_path, mode):
+    _with_secrets(tmp_path, "db")
+    (tmp_path / "secrets").chmod(mode)
+    message = error_of(tmp_path, "stage", VALID)
+    folder = (tmp_path / "secrets").resolve()
+    assert message.endswith(f": secrets: {folder} must be private (mode is {mode:o}); run: chmod 700 {folder}")
+
+
+def test_a_private_secrets_folder_loads(tmp_path):
+    _with_secrets(tmp_path, "db")
+    write(tmp_path, "stage", VALID)
+    assert cluster.load("stage", tmp_path).secrets == (tmp_path / "secrets").resolve()
