@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +80,7 @@ class Section:
 KINDS = {
     "text": "a non-empty string",
     "line": "a non-empty string on one line (no control characters)",
+    "command": "a command on one line (no control characters), its quotes balanced",
     "unit_text": "a non-empty text (no control characters but newline and tab)",
     "name": "a lower-case name: a letter, then letters, digits or _",
     "namespace": "a Docker repository namespace (lower-case letters, digits, . _ -)",
@@ -272,7 +274,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     }, required=False),
     "admin": Section("How the application creates its first admin user.", {
         "component": Field("name", "Component whose container runs the command."),
-        "command": Field("line", "Command run in that container; it reads email, name and password "
+        "command": Field("command", "Command run in that container; it reads email, name and password "
                          "as three lines on standard input."),
     }, required=False),
     "timeouts": Section("Timeouts, in seconds.", {
@@ -650,6 +652,15 @@ def _line(value: Any, at: _At) -> str:
     return value
 
 
+def _command(value: Any, at: _At) -> str:
+    """A command create-admin splits into words (shlex) to run them in the container."""
+    try:
+        shlex.split(_line(value, at))
+    except ValueError:  # an unbalanced quote or a trailing backslash
+        raise _Invalid(value) from None
+    return value
+
+
 def _unit_text(value: Any, at: _At) -> str:
     """A unit file's text: its lines, each free of control characters (a CR would stay in every value)."""
     if CONTROL.search(_text(value, at).replace("\n", "").replace("\t", "")):
@@ -781,6 +792,7 @@ def _settings(value: Any, at: _At) -> tuple:
 CHECKERS: dict[str, Checker] = {
     "text": _text,
     "line": _line,
+    "command": _command,
     "unit_text": _unit_text,
     "name": _word(COMPONENT_NAME.fullmatch),
     "namespace": _word(DOCKER_NAMESPACE.fullmatch),

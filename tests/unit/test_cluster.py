@@ -611,7 +611,7 @@ def test_a_stop_command_written_as_a_yaml_block_is_refused(tmp_path):
 
 def test_the_admin_command_is_one_line(tmp_path):
     message = error_of(tmp_path, "stage", variant(admin={"component": "router", "command": "/bin/x\nreboot"}))
-    assert ": admin.command: expected a non-empty string on one line" in message
+    assert f": admin.command: expected {cluster.KINDS['command']}, got '/bin/x\\nreboot'" in message
 
 
 @pytest.mark.parametrize("content", ["[Unit]\r\nDescription=x\r\n", "[Unit]\nDescription=\x1b[31mx\n"])
@@ -754,3 +754,9 @@ def test_a_private_secrets_folder_loads(tmp_path):
     _with_secrets(tmp_path, "db")
     write(tmp_path, "stage", VALID)
     assert cluster.load("stage", tmp_path).secrets == (tmp_path / "secrets").resolve()
+
+
+@pytest.mark.parametrize("command", ["/bin/x 'unbalanced", '/bin/x "a', "/bin/x \\"])
+def test_an_admin_command_with_an_unbalanced_quote_is_refused(tmp_path, command):
+    message = error_of(tmp_path, "stage", variant(admin={"component": "router", "command": command}))
+    assert message.endswith(f": admin.command: expected {cluster.KINDS['command']}, got {command!r}")
