@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from tasks.model import etcd_access
+from tasks.model.errors import ConfigError, RecordError
 from tasks.model.state import app_prefix
 
 UNIT_DIR = "/etc/systemd/system"
@@ -94,8 +95,8 @@ def quote(word) -> str:
     if isinstance(word, Expanded):
         return str(word)
     word = str(word)
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in word):
-        raise ValueError(f"control character in unit command word {word!r}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in word):  # the cluster file refuses them; a hand-made value may not
+        raise ConfigError(f"control character in unit command word {word!r}")
     if _PLAIN.fullmatch(word):
         return word
     escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
@@ -127,10 +128,11 @@ def image_file(component_name: str) -> str:
 
 def image_environment(version: str, reference: str) -> str:
     """The text of a component's ``image_file``: the ``version`` it runs and its image ``reference``
-    (a release pins it by digest). Pure; ValueError on a value systemd would not read back as is."""
+    (a release pins it by digest). Pure; RecordError on a value systemd would not read back as is
+    (both come from the release's record)."""
     for value in (version, reference):
         if not _PLAIN.fullmatch(value):
-            raise ValueError(f"not a plain version or image reference: {value!r}")
+            raise RecordError(f"not a plain version or image reference: {value!r}")
     return f"AIR_VERSION={version}\nAIR_IMAGE={reference}\n"
 
 

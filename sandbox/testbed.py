@@ -749,7 +749,7 @@ def _change_problem(change: Change) -> Optional[str]:
     components = {p.name for p in (APP_DIR / "components").iterdir()} | {WEBSITE}
     if change.component not in components:
         return f"no component {change.component!r} in the sample application"
-    if not cluster_config.CLUSTER_NAME.match(change.branch.replace("-", "_").replace("/", "_")):
+    if not cluster_config.CLUSTER_NAME.fullmatch(change.branch.replace("-", "_").replace("/", "_")):
         return f"branch {change.branch!r} is not a simple branch name"
     if change.kind not in CHANGE_KINDS:
         return f"no kind of change {change.kind!r} (one of {', '.join(CHANGE_KINDS)})"
@@ -765,7 +765,7 @@ _VALUE_CHECKS = {
     "version": lambda c: f"VERSION is in the main repository, not in {c.component}'s" if c.website else None,
     "fails": lambda c: f"--fails must be one of {', '.join(FAILURES)}" if c.value not in FAILURES else
     "only air_backend has a prepare command" if c.value == "prepare" and c.component != "air_backend" else None,
-    "file": lambda c: None if cluster_config.REMOTE_PATH.match("/" + c.value) and ".." not in c.value.split("/")
+    "file": lambda c: None if cluster_config.REMOTE_PATH.fullmatch("/" + c.value) and ".." not in c.value.split("/")
     else f"--file {c.value!r} is not a path inside the component's folder",
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Optional
@@ -122,6 +123,24 @@ def jobs(cluster, plan: list, commits: list, base: tuple, components, cache: boo
     return result
 
 
+# scheme://user:password@host...: the user-info ends at the last @ before the path.
+_USER_INFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def without_credentials(url: str) -> str:
+    """A repository URL as it is shown and recorded: without the user-info of a ``scheme://`` URL (a token
+    there would be printed and kept in every release record). scp-like ``git@host:path`` keeps its
+    login name, which holds no password."""
+    return _USER_INFO.sub(r"\g<scheme>", url, count=1)
+
+
+def sources(plan: list, commits: list) -> list:
+    """What a release records of its checkouts: each repository (without credentials), branch, commit
+    and the components built from it."""
+    return [{"repository": without_credentials(c.repository), "branch": c.branch, "commit": commit,
+             "components": list(c.components)} for c, commit in zip(plan, commits)]
+
+
 def checkout_script(repository: str, checkout: str, branch: str) -> str:
     """Make or update the checkout and put it exactly at the branch's tip; prints the commit."""
     ref = f"refs/remotes/origin/{branch}"
@@ -131,7 +150,7 @@ def checkout_script(repository: str, checkout: str, branch: str) -> str:
         f"else mkdir -p {q(checkout.rsplit('/', 1)[0] or '/')} && "
         f"git clone -q --no-checkout -- {q(repository)} {q(checkout)}; fi",
         f"if ! git -C {q(checkout)} rev-parse -q --verify {q(ref)} >/dev/null; then",
-        f"  echo {q(f'no branch {branch} in {repository}')} >&2; exit 3; fi",
+        f"  echo {q(f'no branch {branch} in {without_credentials(repository)}')} >&2; exit 3; fi",
         f"git -C {q(checkout)} checkout -q -f --detach {q(ref)}",
         f"git -C {q(checkout)} clean -q -f -d -x",
         f"git -C {q(checkout)} rev-parse HEAD",

@@ -19,7 +19,7 @@ from typing import Optional
 SNAPSHOT_SUFFIX = ".db"
 META_SUFFIX = ".json"
 STAMP = "%Y%m%dT%H%M%S%fZ"
-_NAME = re.compile(r"^(?P<cluster>[a-z][a-z0-9_]*)-(?P<stamp>\d{8}T\d{12}Z)-rev(?P<revision>\d+)\.db$")
+_NAME = re.compile(r"(?P<cluster>[a-z][a-z0-9_]*)-(?P<stamp>\d{8}T\d{12}Z)-rev(?P<revision>\d+)\.db")
 FOLDER_MODE, FILE_MODE = 0o700, 0o600
 FIELDS = ("cluster", "file", "revision", "keys", "size", "sha256", "member", "taken", "seconds", "release")
 
@@ -36,13 +36,13 @@ def meta_name(snapshot: str) -> str:
 
 def taken_at(name: str) -> Optional[datetime]:
     """When the snapshot named ``name`` was taken; None for a name that is not a snapshot's."""
-    found = _NAME.match(name)
+    found = _NAME.fullmatch(name)
     return datetime.strptime(found["stamp"], STAMP).replace(tzinfo=timezone.utc) if found else None
 
 
 def snapshots_of(cluster_name: str, names) -> list:
     """The snapshot file names of ``cluster_name`` among ``names``, oldest first."""
-    found = [n for n in names if (m := _NAME.match(n)) and m["cluster"] == cluster_name]
+    found = [n for n in names if (m := _NAME.fullmatch(n)) and m["cluster"] == cluster_name]
     return sorted(found)
 
 

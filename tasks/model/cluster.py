@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,23 +27,32 @@ from tasks.model.state import SETTINGS as SETTINGS_READ
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # tasks/model/cluster.py -> the checkout
 CLUSTERS_DIR = Path(os.environ.get("AIR_CLUSTERS_DIR", PROJECT_ROOT / "clusters"))
-CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# Every pattern below is used with fullmatch: match with $ would take "name\n" for "name".
+CLUSTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 COMPONENT_NAME = CLUSTER_NAME
-DOCKER_NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+DOCKER_NAMESPACE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
-REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
-URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%+-]*$")
-UNIT_NAME = re.compile(r"^[A-Za-z0-9@._:-]+\.(service|timer|socket|path|mount)$")
-FILE_MODE = re.compile(r"^0?[0-7]{3}$")
-BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
-STAGE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,62}$")
+HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
+REMOTE_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
+URL_PATH = re.compile(r"/[A-Za-z0-9._~/?=&%+-]*")
+UNIT_NAME = re.compile(r"[A-Za-z0-9@._:-]+\.(service|timer|socket|path|mount)")
+FILE_MODE = re.compile(r"0?[0-7]{3}")
+BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+BUILD_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+STAGE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,62}")
 # What a build argument's value may name in braces; build.py gives the values.
 BUILD_ARG_VALUES = ("version", "commit", "branch", "cluster", "component")
-SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
-SETTING_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+SETTING_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 MAX_UID = 2 ** 31 - 1
+# Ceilings of the whole-number kinds: a value past them is a typo, and a huge one overflows what it reaches
+# (a socket timeout, an etcd lease, a sleep).
+MAX_SECONDS, MAX_COUNT = 86400, 1000
+PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit takes '²' and '٥' too
+SCOPE_ID = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an interface's name or index, as ip(8) and ssh write it
+MACHINE = "an IPv4 or IPv6 address of a machine (not unspecified, loopback or multicast)"
+# C0, DEL and C1: what a terminal, a unit file or a shell line may read as something else than text.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Files of the etcd logins (tasks.model.etcd_access): the root's in the secrets folder, a component's
 # password in its own secrets folder on the machines. No component secret may be called so.
 ETCD_ROOT_FILE, ETCD_PASSWORD_FILE = "etcd-root.yaml", "etcd-password"
@@ -69,9 +79,13 @@ class Section:
 
 KINDS = {
     "text": "a non-empty string",
+    "line": "a non-empty string on one line (no control characters)",
+    "command": "a command on one line (no control characters), its quotes balanced",
+    "unit_text": "a non-empty text (no control characters but newline and tab)",
     "name": "a lower-case name: a letter, then letters, digits or _",
     "namespace": "a Docker repository namespace (lower-case letters, digits, . _ -)",
-    "int": "a positive whole number",
+    "seconds": f"a whole number of seconds, from 1 to {MAX_SECONDS} (a day)",
+    "count": f"a whole number from 1 to {MAX_COUNT}",
     "port": "a TCP port (1 to 65535)",
     "address": "an IPv4 or IPv6 address",
     "addresses": "a non-empty list of distinct IPv4 or IPv6 addresses",
@@ -102,7 +116,7 @@ KINDS = {
 }
 
 HEALTH_CHECKS = ("http", "tcp")
-SIGNAL = re.compile(r"^SIG[A-Z0-9]{2,8}$")
+SIGNAL = re.compile(r"SIG[A-Z0-9]{2,8}")
 
 SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.yaml.", {
     "include": Field("local_path", "Another YAML file whose fields this file's own fields complete "
@@ -135,7 +149,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                                   "push account stays on this side. Default: `credentials`.", required=False),
         "token_hosts": Field("hosts", "Hosts besides the registry's own to which credentials may go when the "
                              "registry names a token service there (always over https).", required=False),
-        "keep": Field("int", "Releases of the history whose images stay on every machine beside the current "
+        "keep": Field("count", "Releases of the history whose images stay on every machine beside the current "
                       "one (so rollbacks need no pull); older images of the cluster are removed.", 3),
     }),
     "balancer": Section("The TCP load balancer (haproxy) in front of the machines. One host may serve several "
@@ -148,24 +162,26 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                             "component below serves HTTPS).", 443),
         "component": Field("name", "Component the balancer sends traffic to (default: the first one).",
                            required=False),
-        "tunnel": Field("int", "haproxy's `timeout tunnel`: how long an established connection (a websocket, "
+        "tunnel": Field("seconds", "haproxy's `timeout tunnel`: how long an established connection (a websocket, "
                         "a long download) may stay idle, in seconds.", 3600),
         "folder": Field("remote_path", "This cluster's own files on the balancer host (haproxy.cfg, routers.cfg); "
                         "written by air-deploy only.", "/etc/haproxy/air/{cluster}"),
     }),
-    "machines": Field("addresses", "The machines of the cluster (etcd members), by address."),
+    "machines": Field("addresses", "The machines of the cluster (etcd members), by address: none "
+                      "unspecified, loopback or multicast; ::ffff:A is the machine A. An IPv6 scope id is an "
+                      "interface's name or index."),
     "components": Section("The Air components, each a Docker container under systemd on every machine.", {
         "name": Field("name", "Component name; the image is <namespace>/<cluster>_<name>."),
         "port": Field("port", "Port the component listens on (host network)."),
         "health": Field("url_path", "HTTP path the health check asks (with `check: http`).", "/health"),
         "health_status": Field("http_status", "HTTP status the health path answers when the component is healthy.",
                                200),
-        "health_body": Field("text", "Text the health path's answer must contain (none: any body).", required=False),
+        "health_body": Field("line", "Text the health path's answer must contain (none: any body).", required=False),
         "check": Field("check", "How the health check asks: over HTTP, or only whether the port accepts a "
                        "TCP connection (a component without HTTP).", "http"),
         "stop_signal": Field("signal", "Signal `docker stop` sends the container to stop it politely "
                              "(nginx: SIGQUIT); after `timeouts.stop` seconds it is killed.", "SIGTERM"),
-        "stop_command": Field("text", "Command run in the container (through `sh -c`) to stop it politely, "
+        "stop_command": Field("line", "Command run in the container (through `sh -c`) to stop it politely, "
                               "before the stop signal is sent.", required=False),
         "secrets": Field("secret_names", "Files of the secrets folder this component gets: on every machine "
                          "they are kept in a folder of its own, readable by its `user` only, and that folder "
@@ -192,10 +208,10 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                       "`{cluster}` and `{component}` the names (quote such a value in YAML); a value that changes "
                       "with every commit makes every commit a new image.", required=False),
         "target": Field("stage", "Stage of a multi-stage Dockerfile to build; default its last stage.", required=False),
-        "prepare": Field("text", "Shell command run in the root of the component's checkout before its build "
+        "prepare": Field("line", "Shell command run in the root of the component's checkout before its build "
                          "(generated files); its output is shown prefixed by the component's name; "
                          "a non-zero exit fails the build.", required=False),
-        "prepare_timeout": Field("int", "Seconds the prepare command may take before it is stopped (a failure).",
+        "prepare_timeout": Field("seconds", "Seconds the prepare command may take before it is stopped (a failure).",
                                  300),
         "repository": Field("text", "Git URL of the component's own repository (as the build server reaches it); "
                             "default: build.repository, the main checkout. Its checkout on the build server is "
@@ -210,8 +226,9 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
             "protocol": Field("proxy_protocol", "Version the balancer sends.", "v2"),
         }, required=False),
     }, many=True),
-    "secrets": Field("local_path", "Folder of secret files; each component gets those its `secrets` "
-                     "names (`fab secrets.apply` pushes changed ones and restarts the components using them). "
+    "secrets": Field("local_path", "Folder of secret files (must not be readable or writable by group or "
+                     "others); each component gets those its `secrets` names (`fab secrets.apply` pushes "
+                     "changed ones and restarts the components using them). "
                      "Its subfolder etcd-peer/ holds the cluster's etcd peer CA and member certificates "
                      "(`fab etcd.certificates`); they go to etcd only, never to a container."),
     "settings": Field("settings", "The application's settings, written to the cluster's etcd under "
@@ -223,8 +240,8 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                        "unless the newest is younger than `max_age`.", {
         "folder": Field("local_path", "Folder of the snapshots (0700; each snapshot and the JSON file beside it "
                         "0600). Default: etcd-backups/<cluster> beside the secrets folder.", required=False),
-        "keep": Field("int", "Snapshots kept; older ones are removed after each new one.", 10),
-        "max_age": Field("int", "Seconds: a task that changes the cluster takes no snapshot of its own while "
+        "keep": Field("count", "Snapshots kept; older ones are removed after each new one.", 10),
+        "max_age": Field("seconds", "Seconds: a task that changes the cluster takes no snapshot of its own while "
                          "the newest is younger than this.", 3600),
     }, required=False),
     "etcd_v2": Field("flag", "Serve etcd's v2 API on the members too (for applications that read "
@@ -247,7 +264,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                          "already has is refused before anything changes).", {
         "units": Section("A systemd unit, enabled and started at boot.", {
             "name": Field("unit", "Unit name."),
-            "content": Field("text", "The unit file."),
+            "content": Field("unit_text", "The unit file."),
         }, many=True, required=False),
         "files": Section("A file.", {
             "path": Field("remote_path", "Where it is written."),
@@ -257,19 +274,19 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
     }, required=False),
     "admin": Section("How the application creates its first admin user.", {
         "component": Field("name", "Component whose container runs the command."),
-        "command": Field("text", "Command run in that container; it reads email, name and password "
+        "command": Field("command", "Command run in that container; it reads email, name and password "
                          "as three lines on standard input."),
     }, required=False),
     "timeouts": Section("Timeouts, in seconds.", {
-        "connect": Field("int", "SSH connection.", 10),
-        "stop": Field("int", "Polite stop of a component before it is killed.", 30),
-        "healthy": Field("int", "A started machine must pass its health checks within this.", 60),
-        "lock": Field("int", "Lease of the cluster's lock; a killed or hung task's lock expires after it.", 30),
-        "command": Field("int", "Deadline of one remote command (one without its own below); "
+        "connect": Field("seconds", "SSH connection.", 10),
+        "stop": Field("seconds", "Polite stop of a component before it is killed.", 30),
+        "healthy": Field("seconds", "A started machine must pass its health checks within this.", 60),
+        "lock": Field("seconds", "Lease of the cluster's lock; a killed or hung task's lock expires after it.", 30),
+        "command": Field("seconds", "Deadline of one remote command (one without its own below); "
                          "past it the command is stopped on the host too.", 60),
-        "pull": Field("int", "Deadline of pulling a release's images on a machine.", 300),
-        "alive": Field("int", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
-        "drain": Field("int", "A machine leaving the balancer: its established connections may finish within "
+        "pull": Field("seconds", "Deadline of pulling a release's images on a machine.", 300),
+        "alive": Field("seconds", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
+        "drain": Field("seconds", "A machine leaving the balancer: its established connections may finish within "
                        "this, then it is taken out all the same.", 30),
     }, required=False),
 })
@@ -499,22 +516,47 @@ def relative_to(folder: str, path: str) -> Optional[str]:
 
 def valid_branch(branch) -> bool:
     """A branch name safe for git and the shell."""
-    return isinstance(branch, str) and bool(BRANCH.match(branch)) and ".." not in branch and "//" not in branch \
+    return isinstance(branch, str) and bool(BRANCH.fullmatch(branch)) and ".." not in branch and "//" not in branch \
         and not branch.endswith(("/", ".", ".lock")) and "/." not in branch
 
 
 def _fail(file, where, expected, got) -> NoReturn:
-    raise ConfigError(f"{file}: {where}: expected {expected}, got {got!r}")
+    raise ConfigError(f"{file}: {_one_line(where)}: expected {expected}, got {got!r}")
+
+
+def _one_line(where: str) -> str:
+    """A field's path as the file spells it, a control character in a key shown as ?."""
+    return CONTROL.sub("?", str(where))
+
+
+def ip_address(text: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
+    """An IP address; ValueError when it is none, or when its scope id is not an interface's name
+    (ipaddress takes any text after the %, spaces and quotes included)."""
+    ip = ipaddress.ip_address(text)
+    scope = getattr(ip, "scope_id", None)
+    if scope is not None and not SCOPE_ID.fullmatch(scope):
+        raise ValueError(text)
+    return ip
+
+
+def _as_ipv4(ip):
+    """The IPv4 address an IPv4-mapped IPv6 address stands for (the same host), else ``ip`` itself."""
+    return getattr(ip, "ipv4_mapped", None) or ip
 
 
 def check_address(value, where="address", file="command line") -> str:
-    """An IP address in canonical form, or a ConfigError naming ``where``."""
+    """A machine's IP address in canonical form, or a ConfigError naming ``where``; no machine is reached
+    at an unspecified, a loopback or a multicast address."""
     if value is None and where.startswith("--"):
         raise ConfigError(f"{where} is required ({KINDS['address']})")
     try:
-        return str(ipaddress.ip_address(str(value).strip()))
+        ip = ip_address(str(value).strip())
     except ValueError:
         _fail(file, where, KINDS["address"], value)
+    plain = _as_ipv4(ip)
+    if plain.is_unspecified or plain.is_loopback or plain.is_multicast:
+        _fail(file, where, MACHINE, value)
+    return str(ip)
 
 
 def check_addresses(values, where="machines", file="command line") -> list:
@@ -523,7 +565,7 @@ def check_addresses(values, where="machines", file="command line") -> list:
     if not isinstance(values, (list, tuple)) or not values:
         _fail(file, where, KINDS["addresses"], values)
     result = [check_address(v, f"{where}[{i}]", file) for i, v in enumerate(values)]
-    if len(set(result)) != len(result):
+    if len({_as_ipv4(ipaddress.ip_address(a)) for a in result}) != len(result):
         _fail(file, where, KINDS["addresses"], values)
     return result
 
@@ -603,9 +645,32 @@ def _text(value: Any, at: _At) -> str:
     return value
 
 
+def _line(value: Any, at: _At) -> str:
+    """Text that ends up on one line of a unit file or a shell command: a newline there would start another."""
+    if CONTROL.search(_text(value, at)):
+        raise _Invalid(value)
+    return value
+
+
+def _command(value: Any, at: _At) -> str:
+    """A command create-admin splits into words (shlex) to run them in the container."""
+    try:
+        shlex.split(_line(value, at))
+    except ValueError:  # an unbalanced quote or a trailing backslash
+        raise _Invalid(value) from None
+    return value
+
+
+def _unit_text(value: Any, at: _At) -> str:
+    """A unit file's text: its lines, each free of control characters (a CR would stay in every value)."""
+    if CONTROL.search(_text(value, at).replace("\n", "").replace("\t", "")):
+        raise _Invalid(value)
+    return value
+
+
 def _secret_names(value: Any, at: _At) -> tuple:
     if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value) \
-            or not all(isinstance(v, str) and SECRET_NAME.match(v) for v in value):
+            or not all(isinstance(v, str) and SECRET_NAME.fullmatch(v) for v in value):
         raise _Invalid(value)
     return tuple(value)
 
@@ -626,7 +691,7 @@ def _setting_read(entry: str) -> Optional[str]:
     if not entry.startswith(SETTINGS_READ):
         return None
     rest = entry[len(SETTINGS_READ):]
-    return rest if SETTING_KEY.match(rest.removesuffix("/")) else None
+    return rest if SETTING_KEY.fullmatch(rest.removesuffix("/")) else None
 
 
 def _build_args(value: Any, at: _At) -> tuple:
@@ -637,7 +702,7 @@ def _build_args(value: Any, at: _At) -> tuple:
 
 
 def _build_arg(name: Any, text: Any, where: str) -> tuple:
-    if not isinstance(name, str) or not BUILD_ARG.match(name) or not isinstance(text, (str, int, float)) \
+    if not isinstance(name, str) or not BUILD_ARG.fullmatch(name) or not isinstance(text, (str, int, float)) \
             or isinstance(text, bool):
         raise _Invalid(text, where)
     try:
@@ -648,7 +713,11 @@ def _build_arg(name: Any, text: Any, where: str) -> tuple:
 
 
 def _address(value: Any, at: _At) -> str:
-    return check_address(_string(value), at.where, at.file)
+    """An IP address in canonical form (any: the balancer may bind the wildcard or the loopback)."""
+    try:
+        return str(ip_address(_string(value).strip()))
+    except ValueError:
+        raise _Invalid(value) from None
 
 
 def _addresses(value: Any, at: _At) -> tuple:
@@ -659,9 +728,9 @@ def _host(value: Any, at: _At) -> str:
     """An IP address in canonical form, or a DNS name as written."""
     value = _string(value)
     try:
-        return str(ipaddress.ip_address(value))
+        return str(ip_address(value))
     except ValueError:
-        if not HOSTNAME.match(value):
+        if not HOSTNAME.fullmatch(value):
             raise _Invalid(value) from None
         return value
 
@@ -674,7 +743,7 @@ def _hosts(value: Any, at: _At) -> tuple:
 
 def _hostport(value: Any, at: _At) -> str:
     host, sep, port = _string(value).rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not PORT.fullmatch(port) or not 0 < int(port) < 65536:
         raise _Invalid(value)
     _check("host", host.strip("[]"), at)  # a bad host is reported as a host
     return value
@@ -686,14 +755,14 @@ def _local_path(value: Any, at: _At) -> Path:
 
 def _remote_path(value: Any, at: _At) -> str:
     value = _string(value).replace("{cluster}", at.cluster)
-    if not REMOTE_PATH.match(value) or "/../" in value + "/":
+    if not REMOTE_PATH.fullmatch(value) or "/../" in value + "/":
         raise _Invalid(value)
     return value
 
 
 def _repo_path(value: Any, at: _At) -> str:
     value = _string(value)
-    if value.startswith("/") or ".." in value.split("/") or not REMOTE_PATH.match("/" + value):
+    if value.startswith("/") or ".." in value.split("/") or not REMOTE_PATH.fullmatch("/" + value):
         raise _Invalid(value)
     return value.strip("/")
 
@@ -705,10 +774,10 @@ def _settings(value: Any, at: _At) -> tuple:
     entries = []
     for key, text in value.items():
         where = f"{at.where}.{key}"
-        if not isinstance(key, str) or not SETTING_KEY.match(key):
+        if not isinstance(key, str) or not SETTING_KEY.fullmatch(key):
             _fail(at.file, where, "a key: words of letters, digits, . _ - joined by /", key)
         if isinstance(text, dict):
-            if set(text) != {"secret"} or not isinstance(text["secret"], str) or not SECRET_NAME.match(text["secret"]):
+            if set(text) != {"secret"} or not isinstance(text["secret"], str) or not SECRET_NAME.fullmatch(text["secret"]):
                 _fail(at.file, where, "{secret: NAME}, NAME a file of the secrets folder", text)
             entries.append(Setting(key, secret=text["secret"]))
         elif isinstance(text, bool):
@@ -722,9 +791,13 @@ def _settings(value: Any, at: _At) -> tuple:
 
 CHECKERS: dict[str, Checker] = {
     "text": _text,
-    "name": _word(COMPONENT_NAME.match),
-    "namespace": _word(DOCKER_NAMESPACE.match),
-    "int": _whole(1),
+    "line": _line,
+    "command": _command,
+    "unit_text": _unit_text,
+    "name": _word(COMPONENT_NAME.fullmatch),
+    "namespace": _word(DOCKER_NAMESPACE.fullmatch),
+    "seconds": _whole(1, MAX_SECONDS),
+    "count": _whole(1, MAX_COUNT),
     "port": _whole(1, 65535),
     "address": _address,
     "addresses": _addresses,
@@ -733,17 +806,17 @@ CHECKERS: dict[str, Checker] = {
     "hostport": _hostport,
     "local_path": _local_path,
     "remote_path": _remote_path,
-    "url_path": _word(URL_PATH.match),
-    "unit": _word(UNIT_NAME.match),
-    "mode": _word(FILE_MODE.match, lambda v: v.rjust(4, "0")),
+    "url_path": _word(URL_PATH.fullmatch),
+    "unit": _word(UNIT_NAME.fullmatch),
+    "mode": _word(FILE_MODE.fullmatch, lambda v: v.rjust(4, "0")),
     "repo_path": _repo_path,
     "branch": _word(valid_branch),
-    "stage": _word(STAGE.match),
+    "stage": _word(STAGE.fullmatch),
     "build_args": _build_args,
     "proxy_protocol": _word(lambda v: v in ("v1", "v2")),
     "http_status": _whole(100, 599),
     "check": _word(lambda v: v in HEALTH_CHECKS),
-    "signal": _word(SIGNAL.match, lambda v: v if v.startswith("SIG") else f"SIG{v}"),
+    "signal": _word(SIGNAL.fullmatch, lambda v: v if v.startswith("SIG") else f"SIG{v}"),
     "secret_names": _secret_names,
     "uid": _whole(0, MAX_UID),
     "flag": _flag,
@@ -769,7 +842,7 @@ def _refuse_unknown_fields(section: Section, data: dict, at: _At) -> None:
     unknown = sorted(set(data) - set(section.fields))
     if unknown:
         prefix = f"{at.where}." if at.where else ""
-        raise ConfigError(f"{at.file}: {prefix}{unknown[0]}: unknown field "
+        raise ConfigError(f"{at.file}: {_one_line(prefix + str(unknown[0]))}: unknown field "
                           f"(expected one of: {', '.join(section.fields)})")
 
 
@@ -833,6 +906,7 @@ def load(name: str, directory: Path = None) -> Cluster:
     data = _with_include(_read_yaml(file, shown), file, shown)
     values = _validate(SCHEMA, data, _At(shown, "", file.parent, name))
     _settle_components(values, shown)
+    _check_private(values["secrets"], shown)
     _check_secret_names(values, shown)
     _check_reads(values, shown)
     return _cluster(name, file, values, shown)
@@ -840,7 +914,7 @@ def load(name: str, directory: Path = None) -> Cluster:
 
 def _cluster_file(name: Any, directory: Path) -> Path:
     """The file of cluster ``name``: a valid name, and a file that exists."""
-    if not isinstance(name, str) or not CLUSTER_NAME.match(name):
+    if not isinstance(name, str) or not CLUSTER_NAME.fullmatch(name):
         raise ConfigError(f"cluster name {name!r} is not valid ({KINDS['name']})")
     file = directory / f"{name}.yaml"
     if not file.exists():
@@ -907,6 +981,17 @@ def backups_folder(secrets: Path, name: str) -> Path:
 def _backups(values: dict, secrets: Path, name: str) -> Backups:
     return Backups(folder=values["folder"] or backups_folder(secrets, name), keep=values["keep"],
                    max_age=values["max_age"])
+
+
+def _check_private(folder: Path, shown: str) -> None:
+    """The secrets folder, when there is one, is its owner's alone (like the registry credentials file)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return  # not made yet: each secret named is checked to be a file of it
+    if mode & 0o077:
+        raise ConfigError(f"{shown}: secrets: {folder} must be private (mode is {mode & 0o777:o}); "
+                          f"run: chmod 700 {folder}")
 
 
 def _check_secret_names(values: dict, shown: str) -> None:

@@ -29,7 +29,7 @@ ROOT = "root"        # etcd turns authentication on only with a user root holdin
 USER_PREFIX = "air-"  # the logins air-deploy keeps; any other user or role in etcd is left alone
 READ = "READ"
 PASSWORD_FILE = ETCD_PASSWORD_FILE
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, order=True)
@@ -140,7 +140,7 @@ def parse_digests(key: str, text: Optional[str]) -> dict:
         data = json.loads(text)
     except ValueError:
         data = None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) and _DIGEST.match(v)
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) and _DIGEST.fullmatch(v)
                                              for k, v in data.items()):
         raise RecordError(f"etcd key {key} is not the record of etcd logins air-deploy wrote; nothing was run: "
                           f"delete it (the passwords are then set again)")

@@ -40,7 +40,9 @@ from tasks.commands.build_scripts import (
     parse_branches,
     prepare_script,
     step_of,
+    sources,
     update_script,
+    without_credentials,
 )
 from tasks.commands.shell import TIMED_OUT, tail
 from tasks.model import version
@@ -61,8 +63,8 @@ def update_checkouts(ex, host, plan: list) -> list:
                     what=f"update checkouts {', '.join(c.path for c in plan)}")
     if result.exited == 3:
         for c in plan:
-            if f"no branch {c.branch} in {c.repository}" in result.stderr:
-                raise ConfigError(f"no branch {c.branch!r} in {c.repository}")
+            if f"no branch {c.branch} in {without_credentials(c.repository)}" in result.stderr:
+                raise ConfigError(f"no branch {c.branch!r} in {without_credentials(c.repository)}")
     if result.exited != 0:
         raise RemoteError(f"{host}: updating the checkouts failed (exit {result.exited}): "
                           f"{tail(result.stderr or result.stdout)}")
@@ -162,13 +164,13 @@ def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) 
     base = read_version(ex, host)
     say(f"build: {cluster.name} at {branches.main} ({commits[0][:10]}), VERSION {base[0]}.{base[1]}, on {host}")
     for c, commit in zip(plan[1:], commits[1:]):
-        say(f"build: {', '.join(c.components)} from {c.repository} at {c.branch} ({commit[:10]})")
+        say(f"build: {', '.join(c.components)} from {without_credentials(c.repository)} at {c.branch} "
+            f"({commit[:10]})")
     api = docker_api.engine(ex.conn(host))
     images = {job.component.name: build_component(api, ex, host, job)
               for job in jobs(cluster, plan, commits, base, components, cache)}
-    sources = [{"repository": c.repository, "branch": c.branch, "commit": commit, "components": list(c.components)}
-               for c, commit in zip(plan, commits)]
-    return {"commit": commits[0], "branch": branches.main, "base": base, "images": images, "sources": sources}
+    return {"commit": commits[0], "branch": branches.main, "base": base, "images": images,
+            "sources": sources(plan, commits)}
 
 
 @air_task(help={"cluster": "target cluster (clusters/<name>.yaml)",

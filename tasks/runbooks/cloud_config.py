@@ -8,6 +8,7 @@ same content as Ignition JSON, for provisioning Flatcar machines.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -27,6 +28,20 @@ def rendered(doc: dict, form: str) -> str:
     return cloudconfig.render(doc)
 
 
+def write_private(path: str, text: str) -> None:
+    """``text`` into file ``path``, mode 0600; a symbolic link there is refused, not followed (it could
+    send the document, registry login included, wherever it points)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(f"--output: {path} is a symbolic link: refused (not followed)") from None
+        raise ConfigError(f"--output: cannot write {path}: {e.strerror}") from None
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 @air_task(help={"cluster": "target cluster", "output": "write the whole document to this file (mode 0600)",
                 "format": "cloud-config (default) or ignition (spec 3 JSON, for provisioning Flatcar)"})
 def base(c, cluster=None, output=None, format_="cloud-config"):
@@ -35,10 +50,7 @@ def base(c, cluster=None, output=None, format_="cloud-config"):
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {format_!r}")
     doc = machine.base_document(cluster_of(cluster))
     if output:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(rendered(doc, format_))
+        write_private(output, rendered(doc, format_))
         say(f"cloudconfig: wrote {output} (mode 0600)")
     else:
         print(rendered(cloudconfig.redacted(doc), format_), end="")

@@ -23,7 +23,7 @@ import json
 import time
 from typing import Optional
 
-from tasks.commands.build_scripts import parse_branches
+from tasks.commands.build_scripts import parse_branches, without_credentials
 from tasks.model import release_settings as kept
 from tasks.model import state
 from tasks.model.cluster import check_address
@@ -241,8 +241,10 @@ def release_line(mark: str, record: dict, outcome: str, settings_now: str = None
     """One release of ``fab releases``; its settings' short digest, and whether they are the ones etcd
     holds (``settings_now``, their digest) or differ. Pure."""
     versions = " ".join(f"{k}={v['version']}" for k, v in sorted(record["components"].items()))
-    # every repository that went into it: URL, branch and commit
-    sources = "".join(f"  {s['repository']} {s['branch']}@{s['commit'][:10]}" for s in record.get("sources", []))
+    # every repository that went into it: URL (a record written before they were left out may hold
+    # credentials), branch and commit
+    sources = "".join(f"  {without_credentials(s['repository'])} {s['branch']}@{s['commit'][:10]}"
+                      for s in record.get("sources", []))
     same = "unknown" if kept.SETTINGS not in record else \
         "same" if record[kept.SETTINGS]["digest"] == settings_now else "differs"
     return (f"{mark} {record['when']}  {record['id']}  {outcome:10.40}  settings {kept.short(record):8} {same:7}  "

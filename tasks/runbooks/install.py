@@ -21,7 +21,7 @@ from typing import NamedTuple
 from tasks.commands import machine
 from tasks.commands.shell import q
 from tasks.model import state
-from tasks.model.cluster import check_address, check_addresses
+from tasks.model.cluster import CONTROL, check_address, check_addresses
 from tasks.model.errors import AirError, ConfigError, Halt, PreflightError, RemoteError
 from tasks.model.release import Release
 from tasks.net.progress import say
@@ -194,6 +194,14 @@ def setup_cluster(c, cluster=None, machines=None, resume_=False, via=None, json_
            f"release {release.id} on {', '.join(serving)}")
 
 
+def check_admin(email, name) -> None:
+    """create-admin's --email and --name: given, an address, and each one line of the three the
+    admin command reads (a CR or a tab would reach the application inside the value)."""
+    if not email or "@" not in email or not name or CONTROL.search(email) or CONTROL.search(name):
+        raise ConfigError("--email (an address) and --name are required, each on one line without control "
+                          "characters")
+
+
 @air_task(name="create-admin", help={"cluster": "target cluster", "email": "admin's email",
                                      "name": "admin's name", "machine": "machine to run on (default: the first)"})
 def create_admin(c, cluster=None, email=None, name=None, machine_=None):
@@ -201,8 +209,7 @@ def create_admin(c, cluster=None, email=None, name=None, machine_=None):
     target = cluster_of(cluster)
     if target.admin is None:
         raise ConfigError(f"{target.file}: admin: missing (how the application creates an admin)")
-    if not email or "@" not in email or any(ch in email for ch in "\n\r") or not name or "\n" in name:
-        raise ConfigError("--email (an address) and --name are required, each on one line")
+    check_admin(email, name)
     address = check_addresses(machine_, "--machine")[0] if machine_ else target.machines[0]
     password = getpass.getpass("Admin password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if not password:

@@ -22,7 +22,7 @@ timeouts: {stop: 20}
 def cluster(tmp_path):
     """The cluster `prod` of CLUSTER_YAML, loaded as air-deploy loads any cluster file."""
     (tmp_path / "prod.yaml").write_text(CLUSTER_YAML)
-    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets").mkdir(mode=0o700)  # a secrets folder others may read is refused
     root = tmp_path / "secrets" / "etcd-root.yaml"  # etcd_auth is on by default: its root login
     root.write_text("username: root\npassword: root-SECRET\n")
     root.chmod(0o600)

@@ -25,6 +25,8 @@ from tasks.commands.build_scripts import (
     prepare_script,
     step_of,
     update_script,
+    sources,
+    without_credentials,
 )
 from tasks.model.cluster import load
 from tasks.model.errors import ConfigError
@@ -304,3 +306,28 @@ def test_a_named_ignore_file_that_is_missing_is_a_config_error(built):
 def test_build_options_without_cache_rebuild_every_step(built):
     assert build_options(built, job(built, "web", cache=False))["nocache"] is True
     assert "nocache" not in build_options(built, job(built, "web"))
+
+
+# ---------------------------------------------------------------- a repository URL's credentials stay out of sight
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://user:token@git.example.org/air.git", "https://git.example.org/air.git"),
+    ("https://token@git.example.org:8443/air.git", "https://git.example.org:8443/air.git"),
+    ("ssh://git:pw@[fd00::1]:2222/air.git", "ssh://[fd00::1]:2222/air.git"),
+    ("https://u:p@ss@git.example.org/a@b.git", "https://git.example.org/a@b.git"),
+    ("https://git.example.org/air.git", "https://git.example.org/air.git"),
+    ("git@example.org:air.git", "git@example.org:air.git"),  # scp-like: a login name, no password
+    ("/srv/git/air.git", "/srv/git/air.git"),
+])
+def test_without_credentials(url, shown):
+    assert without_credentials(url) == shown
+
+
+def test_the_checkout_script_and_the_recorded_sources_name_the_repository_without_credentials():
+    url = "https://user:token@git.example.org/air.git"
+    script = checkout_script(url, "/aircloak/stage/air", "main")
+    assert "  echo 'no branch main in https://git.example.org/air.git' >&2; exit 3; fi" in script.splitlines()
+    assert f"git clone -q --no-checkout -- {url} /aircloak/stage/air; fi" in script  # git itself needs them
+    plan = [Checkout(url, "/aircloak/stage/air", "main", ("web",))]
+    assert sources(plan, ["c" * 40]) == [{"repository": "https://git.example.org/air.git", "branch": "main",
+                                          "commit": "c" * 40, "components": ["web"]}]

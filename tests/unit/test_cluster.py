@@ -232,7 +232,7 @@ def test_empty_machines(tmp_path):
     ("components", [{"name": "router", "port": 80, "source": "../other"}], "components[0].source: expected a relative path"),
     ("components", [{"name": "Router", "port": 80}], "components[0].name: expected a lower-case name"),
     ("components", {"name": "router", "port": 80}, "components: expected a non-empty list"),
-    ("timeouts", {"healthy": -5}, "timeouts.healthy: expected a positive whole number, got -5"),
+    ("timeouts", {"healthy": -5}, "timeouts.healthy: expected a whole number of seconds, from 1 to 86400 (a day), got -5"),
     ("components", [{"name": "router", "port": 80, "proxy": {"http": 8080, "protocol": "v3"}}],
      "components[0].proxy.protocol: expected v1 or v2 (the PROXY protocol's text or binary version), got 'v3'"),
     ("components", [{"name": "router", "port": 80, "proxy": {"https": 8443}}],
@@ -249,11 +249,11 @@ def test_empty_machines(tmp_path):
     ("components", [{"name": "router", "port": 80, "stop_signal": "SIGQUIT; reboot"}],
      "components[0].stop_signal: expected a signal name such as SIGTERM, SIGQUIT, SIGINT, got 'SIGQUIT; reboot'"),
     ("components", [{"name": "router", "port": 80, "stop_command": " "}],
-     "components[0].stop_command: expected a non-empty string, got ' '"),
+     "components[0].stop_command: expected a non-empty string on one line (no control characters), got ' '"),
     ("registry__token_hosts", "auth.example.com", "registry.token_hosts: expected a list of IP addresses or DNS "
      "names, got 'auth.example.com'"),
     ("registry__token_hosts", ["auth example"], "registry.token_hosts[0]: expected an IP address or a DNS name"),
-    ("registry__keep", 0, "registry.keep: expected a positive whole number, got 0"),
+    ("registry__keep", 0, "registry.keep: expected a whole number from 1 to 1000, got 0"),
 ])
 def test_wrong_type_or_shape(tmp_path, field, value, expected):
     message = error_of(tmp_path, "stage", variant(**{field: value}))
@@ -477,7 +477,7 @@ def test_a_component_of_its_own_repository_has_its_own_checkout_and_branch(tmp_p
     ({"args": ["VERSION"]}, "components[0].args: expected a mapping of build-argument names"),
     ({"target": "run time"}, "components[0].target: expected a Dockerfile stage name"),
     ({"repository": "x", "branch": "a..b"}, "components[0].branch: expected a git branch name"),
-    ({"prepare_timeout": 0}, "components[0].prepare_timeout: expected a positive whole number, got 0"),
+    ({"prepare_timeout": 0}, "components[0].prepare_timeout: expected a whole number of seconds, from 1 to 86400 (a day), got 0"),
     ({"prepare": ""}, "components[0].prepare: expected a non-empty string"),
 ])
 def test_bad_build_fields_are_named(tmp_path, entry, expected):
@@ -496,7 +496,7 @@ def test_the_sandboxs_static_website_is_its_second_repository():
 
 def _with_secrets(tmp_path, *names):
     folder = tmp_path / "secrets"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
     for name in names:
         (folder / name).write_text("s3cret\n")
 
@@ -585,3 +585,178 @@ def test_bad_settings_secrets_and_users(tmp_path, field, value, expected):
     _with_secrets(tmp_path, "db")
     message = error_of(tmp_path, "stage", variant(**{field: value}))
     assert f": {expected}" in message
+
+
+# ---------------------------------------------------------------- text that reaches a unit file or a shell line
+
+def _component_with(**entry) -> dict:
+    return variant(components=[{"name": "router", "port": 80, **entry}])
+
+
+@pytest.mark.parametrize("field", ["stop_command", "health_body", "prepare"])
+@pytest.mark.parametrize("value", ["bin/stop\n", "bin/stop\nreboot", "bin/stop\r", "bin\tstop", "bin/\x1b[2Jstop",
+                                   "bin/stop\x00", "bin/stop\x85"])
+def test_a_components_one_line_text_refuses_control_characters(tmp_path, field, value):
+    message = error_of(tmp_path, "stage", _component_with(**{field: value}))
+    assert message.endswith(f": components[0].{field}: expected {cluster.KINDS['line']}, got {value!r}")
+
+
+def test_a_stop_command_written_as_a_yaml_block_is_refused(tmp_path):
+    text = yaml.safe_dump(VALID, sort_keys=False).replace(
+        "- name: router\n  port: 80\n", "- name: router\n  port: 80\n  stop_command: |\n    bin/stop\n")
+    message = error_of(tmp_path, "stage", text)
+    assert message.endswith(": components[0].stop_command: expected a non-empty string on one line "
+                            "(no control characters), got 'bin/stop\\n'")
+
+
+def test_the_admin_command_is_one_line(tmp_path):
+    message = error_of(tmp_path, "stage", variant(admin={"component": "router", "command": "/bin/x\nreboot"}))
+    assert f": admin.command: expected {cluster.KINDS['command']}, got '/bin/x\\nreboot'" in message
+
+
+@pytest.mark.parametrize("content", ["[Unit]\r\nDescription=x\r\n", "[Unit]\nDescription=\x1b[31mx\n"])
+def test_an_added_unit_has_no_control_character_but_newline_and_tab(tmp_path, content):
+    message = error_of(tmp_path, "stage", variant(additions={"units": [{"name": "x.service", "content": content}]}))
+    assert message.endswith(f": additions.units[0].content: expected {cluster.KINDS['unit_text']}, got {content!r}")
+
+
+def test_one_line_texts_and_an_added_units_lines_load(tmp_path):
+    unit = "[Unit]\nDescription=x\n\n[Service]\nExecStart=/bin/true\tnow\n"
+    write(tmp_path, "stage", variant(
+        components=[{"name": "router", "port": 80, "stop_command": "bin/stop 'now'", "health_body": "OK ✓",
+                     "prepare": "make gen"}],
+        admin={"component": "router", "command": "/bin/x --y"},
+        additions={"units": [{"name": "x.service", "content": unit}]}))
+    loaded = cluster.load("stage", tmp_path)
+    router = loaded.components[0]
+    assert (router.stop_command, router.health_body, router.prepare) == ("bin/stop 'now'", "OK ✓", "make gen")
+    assert loaded.admin.command == "/bin/x --y"
+    assert loaded.additions.units[0].content == unit
+
+
+# ---------------------------------------------------------------- a trailing newline is not the end of a word
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("namespace", "aircloak\n", "namespace"),
+    ("build__host", "build.example.com\n", "build.host"),
+    ("build__checkout", "/srv/air\n", "build.checkout"),
+    ("registry__address", "registry.example.com\n:5000", "registry.address"),
+    ("components", [{"name": "router\n", "port": 80}], "components[0].name"),
+    ("components", [{"name": "router", "port": 80, "health": "/health\n"}], "components[0].health"),
+    ("components", [{"name": "router", "port": 80, "stop_signal": "SIGQUIT\n"}], "components[0].stop_signal"),
+    ("components", [{"name": "router", "port": 80, "target": "run\n"}], "components[0].target"),
+    ("components", [{"name": "router", "port": 80, "source": "src\n"}], "components[0].source"),
+    ("components", [{"name": "router", "port": 80, "repository": "r", "branch": "main\n"}], "components[0].branch"),
+    ("components", [{"name": "router", "port": 80, "secrets": ["db\n"]}], "components[0].secrets"),
+    ("components", [{"name": "router", "port": 80, "args": {"A\n": "x"}}], "components[0].args.A?"),
+    ("components", [{"name": "router", "port": 80, "reads": ["settings/db\n"]}], "components[0].reads"),
+    ("settings", {"db\n": "x"}, "settings.db?"),
+    ("settings", {"db": {"secret": "db\n"}}, "settings.db"),
+    ("additions", {"units": [{"name": "x.service\n", "content": "[Unit]\n"}]}, "additions.units[0].name"),
+    ("additions", {"files": [{"path": "/etc/x\n", "content": "x"}]}, "additions.files[0].path"),
+    ("additions", {"files": [{"path": "/etc/x", "content": "x", "permissions": "0644\n"}]},
+     "additions.files[0].permissions"),
+])
+def test_a_trailing_newline_is_refused(tmp_path, field, value, shown):
+    _with_secrets(tmp_path, "db")
+    message = error_of(tmp_path, "stage", variant(**{field: value}, settings={"db": "x"}) if field != "settings"
+                       else variant(**{field: value}))
+    assert f": {shown}: expected " in message
+
+
+def test_an_unknown_field_with_a_newline_is_named_on_one_line(tmp_path):
+    message = error_of(tmp_path, "stage", variant(**{"registry\nx": "y"}))
+    assert ": registry?x: unknown field (expected one of: " in message
+
+
+def test_a_cluster_name_with_a_trailing_newline_is_refused(tmp_path):
+    write(tmp_path, "prod", VALID)
+    with pytest.raises(ConfigError, match=r"cluster name 'prod\\n' is not valid"):
+        cluster.load("prod\n", tmp_path)
+
+
+# ---------------------------------------------------------------- addresses, ports and numbers of a sane size
+
+@pytest.mark.parametrize("address", ["registry.example.com:5²", "registry.example.com:٥٠٠٠", "registry.example.com:+80",
+                                     "registry.example.com:005000x"])
+def test_a_registry_port_is_ascii_digits(tmp_path, address):
+    message = error_of(tmp_path, "stage", variant(registry__address=address))
+    assert message.endswith(f": registry.address: expected HOST:PORT, got {address!r}")
+
+
+@pytest.mark.parametrize("machine", ["0.0.0.0", "127.0.0.1", "::", "::1", "224.0.0.1", "ff02::1", "::ffff:127.0.0.1"])
+def test_a_machine_is_not_unspecified_loopback_or_multicast(tmp_path, machine):
+    message = error_of(tmp_path, "stage", variant(machines=["192.0.2.11", machine]))
+    assert message.endswith(f": machines[1]: expected {cluster.MACHINE}, got {machine!r}")
+
+
+def test_a_machine_flag_is_not_loopback():
+    with pytest.raises(ConfigError, match=r"^command line: --via: expected an IPv4 or IPv6 address of a machine"):
+        cluster.check_address("127.0.0.1", "--via")
+
+
+def test_an_ipv4_mapped_address_is_the_same_machine(tmp_path):
+    message = error_of(tmp_path, "stage", variant(machines=["10.0.0.1", "::ffff:10.0.0.1", "10.0.0.2"]))
+    assert f": machines: expected {cluster.KINDS['addresses']}, got " in message
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("machines", "fe80::1%eth 0", "machines[0]"),
+    ("machines", "fe80::1%eth0'", "machines[0]"),
+    ("machines", 'fe80::1%"x', "machines[0]"),
+    ("build__host", "fe80::1%a;b", "build.host"),
+    ("balancer__bind", "fe80::1%a b", "balancer.bind"),
+])
+def test_a_scope_id_is_an_interface_name(tmp_path, field, value, shown):
+    message = error_of(tmp_path, "stage", variant(**{field: [value] if field == "machines" else value}))
+    assert f": {shown}: expected " in message and message.endswith(f"got {value!r}")
+
+
+def test_link_local_machines_with_a_scope_id_and_a_wildcard_bind_load(tmp_path):
+    write(tmp_path, "stage", variant(machines=["fe80::1%eth0", "fe80::2%2", "10.0.0.3"], balancer__bind="0.0.0.0"))
+    loaded = cluster.load("stage", tmp_path)
+    assert (loaded.machines, loaded.balancer.bind) == (("fe80::1%eth0", "fe80::2%2", "10.0.0.3"), "0.0.0.0")
+
+
+@pytest.mark.parametrize("field, value, number, shown, kind", [
+    ("timeouts", {"command": 10 ** 15}, 10 ** 15, "timeouts.command", "seconds"),
+    ("timeouts", {"lock": 86401}, 86401, "timeouts.lock", "seconds"),
+    ("balancer", {"host": "192.0.2.9", "tunnel": 10 ** 15}, 10 ** 15, "balancer.tunnel", "seconds"),
+    ("components", [{"name": "router", "port": 80, "prepare_timeout": 10 ** 15}], 10 ** 15,
+     "components[0].prepare_timeout", "seconds"),
+    ("backups", {"max_age": 10 ** 15}, 10 ** 15, "backups.max_age", "seconds"),
+    ("registry__keep", 10 ** 15, 10 ** 15, "registry.keep", "count"),
+    ("backups", {"keep": 1001}, 1001, "backups.keep", "count"),
+])
+def test_numbers_have_a_sane_maximum(tmp_path, field, value, number, shown, kind):
+    message = error_of(tmp_path, "stage", variant(**{field: value}))
+    assert message.endswith(f": {shown}: expected {cluster.KINDS[kind]}, got {number!r}")
+
+
+def test_a_days_timeout_and_a_thousand_snapshots_load(tmp_path):
+    write(tmp_path, "stage", variant(timeouts={"pull": 86400}, backups={"keep": 1000}))
+    loaded = cluster.load("stage", tmp_path)
+    assert (loaded.timeouts.pull, loaded.backups.keep) == (86400, 1000)
+
+
+# ---------------------------------------------------------------- the secrets folder is private
+
+@pytest.mark.parametrize("mode", [0o750, 0o705, 0o720, 0o702, 0o755])
+def test_a_secrets_folder_group_or_others_may_read_or_write_is_refused(tmp_path, mode):
+    _with_secrets(tmp_path, "db")
+    (tmp_path / "secrets").chmod(mode)
+    message = error_of(tmp_path, "stage", VALID)
+    folder = (tmp_path / "secrets").resolve()
+    assert message.endswith(f": secrets: {folder} must be private (mode is {mode:o}); run: chmod 700 {folder}")
+
+
+def test_a_private_secrets_folder_loads(tmp_path):
+    _with_secrets(tmp_path, "db")
+    write(tmp_path, "stage", VALID)
+    assert cluster.load("stage", tmp_path).secrets == (tmp_path / "secrets").resolve()
+
+
+@pytest.mark.parametrize("command", ["/bin/x 'unbalanced", '/bin/x "a', "/bin/x \\"])
+def test_an_admin_command_with_an_unbalanced_quote_is_refused(tmp_path, command):
+    message = error_of(tmp_path, "stage", variant(admin={"component": "router", "command": command}))
+    assert message.endswith(f": admin.command: expected {cluster.KINDS['command']}, got {command!r}")

@@ -104,7 +104,7 @@ def test_the_digests_record_is_checked():
     good = '{"root": "' + "a" * 64 + '"}'
     assert etcd_access.parse_digests("/air/prod/etcd-logins", good) == {"root": "a" * 64}
     assert etcd_access.parse_digests("/air/prod/etcd-logins", None) == {}
-    for bad in ("[]", "{", '{"root": "x"}', '{"root": 1}'):
+    for bad in ("[]", "{", '{"root": "x"}', '{"root": 1}', '{"root": "' + "a" * 64 + '\\n"}'):
         with pytest.raises(RecordError, match="^etcd key /air/prod/etcd-logins is not the record of etcd logins"):
             etcd_access.parse_digests("/air/prod/etcd-logins", bad)
 

@@ -72,6 +72,8 @@ def test_names_sort_by_time_and_say_the_revision():
     assert backup.meta_name(name) == "prod-20260304T050607890123Z-rev456.json"
     assert backup.taken_at(name) == WHEN
     assert backup.taken_at("prod-notes.db") is None
+    assert backup.taken_at(name + "\n") is None
+    assert backup.snapshots_of("prod", [name + "\n", name]) == [name]
 
 
 def test_pruning_keeps_the_newest_of_this_cluster_only():

@@ -351,6 +351,14 @@ def test_the_releases_listing_says_whether_a_releases_settings_are_the_ones_now(
     assert "  settings -        unknown  -" in deploy.release_line(" ", old, "succeeded", now)
 
 
+def test_the_releases_listing_names_a_recorded_repository_without_credentials():
+    record = {"when": "2024-01-01T00:00:00.000000Z", "id": OLD.id, "components": OLD.to_dict()["components"],
+              "sources": [{"repository": "https://user:token@git.example.org/air.git", "branch": "main",
+                           "commit": "c" * 40, "components": ["web"]}]}
+    assert deploy.release_line(" ", record, "succeeded").endswith(
+        "web=1.0.0 worker=1.0.0  https://git.example.org/air.git main@cccccccccc")
+
+
 def test_a_record_is_printed_without_its_secrets_digests():
     record = {"id": "r1", **kept.fields({"db/password": "hunter2", "site/name": "Air"}, {"db/password": "db_pw"},
                                         {"db_pw": "hunter2\n"})}

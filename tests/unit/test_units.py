@@ -14,6 +14,7 @@ from cloudconfig.units import (
     unit_name,
     url,
 )
+from tasks.model.errors import ConfigError, RecordError
 
 
 def test_names():
@@ -88,7 +89,7 @@ def test_the_release_is_the_image_file_the_unit_reads_and_the_same_unit_runs_eve
     assert image_environment("1.2.3", pinned) == f"AIR_VERSION=1.2.3\nAIR_IMAGE={pinned}\n"
     assert image_environment("2.0.0-rc.1+b7", "[fd00::1]:5000/ns/prod_worker:2.0.0-rc.1+b7") == \
         "AIR_VERSION=2.0.0-rc.1+b7\nAIR_IMAGE=[fd00::1]:5000/ns/prod_worker:2.0.0-rc.1+b7\n"
-    with pytest.raises(ValueError, match="not a plain version or image reference"):
+    with pytest.raises(RecordError, match="not a plain version or image reference"):
         image_environment("1.2.3\nAIR_IMAGE=evil", pinned)
     unit = component_unit(cluster, cluster.component("web"), "10.0.0.2")
     assert unit.splitlines()[8].endswith(" -v /var/lib/air/web:/air/data ${AIR_IMAGE}")
@@ -119,9 +120,10 @@ def test_quote(word, quoted):
     assert quote(word) == quoted
 
 
-def test_quote_refuses_control_characters():
-    with pytest.raises(ValueError):
-        quote("two\nlines")
+@pytest.mark.parametrize("word", ["two\nlines", "cr\r", "tab\t", "esc\x1b[2J", "del\x7f"])
+def test_quote_refuses_control_characters_with_a_config_error(word):
+    with pytest.raises(ConfigError, match="control character in unit command word"):
+        quote(word)
 
 
 def test_url():
