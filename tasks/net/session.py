@@ -10,7 +10,7 @@ by it, so a task that lost its lock (stopped for longer than the lease, cut
 off, its key deleted) changes nothing more. A hung step stops the lease's
 renewal, so the lock then expires by itself.
 
-The first Ctrl-C or SIGTERM lets the step in hand finish (the rollout then
+The first Ctrl-C, SIGTERM or SIGHUP lets the step in hand finish (the rollout then
 puts its machine back) and ends the task with exit status 130 once the lock
 is released; a second one aborts at once, naming what may be half-done.
 """
@@ -141,9 +141,12 @@ def _nothing():
     yield
 
 
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def _interrupts(s: Session):
-    """SIGINT and SIGTERM: the first asks for an orderly stop, the second aborts at once."""
+    """SIGINT, SIGTERM or SIGHUP: the first asks for an orderly stop, the second aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -161,7 +164,8 @@ def _interrupts(s: Session):
             f"recorded release")
         os._exit(INTERRUPTED)
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP: the operator's terminal closed (an SSH session to a jump host dropped), the same ask.
+    previous = {sig: signal.signal(sig, handle) for sig in STOPPING}
     try:
         yield
     finally:
