@@ -39,6 +39,9 @@ class Masked:
     def __contains__(self, key) -> bool:
         return key not in self.plain
 
+    def hides(self, key: str, value) -> bool:
+        return key not in self.plain
+
 
 def secret_files(cluster, names=()) -> dict:
     """NAME -> content of the secret files the cluster uses (its components' and its settings'),

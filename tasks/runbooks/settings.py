@@ -13,6 +13,7 @@ setup-cluster, add-machine and every deploy call ``apply``, and the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from invoke import Collection
 
@@ -42,9 +43,24 @@ def wanted(cluster) -> dict:
     return values
 
 
-def secret_keys(cluster) -> frozenset:
-    """The etcd keys whose values are secrets: never printed."""
-    return frozenset(state.setting_key(cluster, s.key) for s in cluster.settings if s.secret)
+@dataclass(frozen=True)
+class Secrets:
+    """What is never printed: the values of the keys that are secrets, and any value that is the
+    content of a file of the secrets folder (a key that was a secret and is now plain text, or one
+    the cluster file no longer lists, may still hold one)."""
+    keys: frozenset
+    values: frozenset = field(default=frozenset(), repr=False)
+
+    def hides(self, key: str, value) -> bool:
+        return key in self.keys or value in self.values
+
+
+def secret_keys(cluster) -> Secrets:
+    """The etcd keys whose values are secrets, and the secrets folder's values: never printed."""
+    folder = Path(cluster.secrets)
+    files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    values = frozenset(secret_value(p.read_text(errors="replace")) for p in files) - {""}
+    return Secrets(frozenset(state.setting_key(cluster, s.key) for s in cluster.settings if s.secret), values)
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,8 @@ def diff(want: dict, found: dict, prefix: str) -> Changes:
 
 
 def shown(key: str, value, secrets) -> str:
-    """A value as printed: quoted text, or the mask for a secret's."""
-    return MASK if key in secrets else repr(value)
+    """A value as printed: quoted text, or the mask for a secret's (``secrets.hides`` it)."""
+    return MASK if secrets.hides(key, value) else repr(value)
 
 
 def describe(changes: Changes, found: dict, secrets, prefix: str) -> list:
@@ -88,9 +104,10 @@ def describe(changes: Changes, found: dict, secrets, prefix: str) -> list:
 def as_data(changes: Changes, found: dict, secrets, prefix: str) -> dict:
     """The change for ``--json``; secrets masked. Pure."""
     short = lambda key: key[len(prefix):]
-    return {"added": {short(k): None if k in secrets else v for k, v in changes.added.items()},
-            "changed": {short(k): None if k in secrets else v for k, v in changes.changed.items()},
-            "removed": [short(k) for k in changes.removed], "secret": sorted(short(k) for k in secrets)}
+    return {"added": {short(k): None if secrets.hides(k, v) else v for k, v in changes.added.items()},
+            "changed": {short(k): None if secrets.hides(k, v) else v for k, v in changes.changed.items()},
+            "removed": [short(k) for k in changes.removed],
+            "secret": sorted(short(k) for k in secrets.keys)}
 
 
 # ---------------------------------------------------------------- reading and applying
@@ -182,7 +199,7 @@ def get(c, cluster=None, key=None, via=None, json_=False):
         if not have:
             raise ConfigError(f"no setting {key!r} in the etcd of {target.name}")
     secrets = secret_keys(target)
-    values = {k[len(prefix):]: (None if k in secrets else v) for k, v in sorted(have.items())}
+    values = {k[len(prefix):]: (None if secrets.hides(k, v) else v) for k, v in sorted(have.items())}
     report(values, json_, "\n".join(f"{k} = {shown(prefix + k, v, secrets)}" for k, v in values.items())
            or f"no settings in the etcd of {target.name}")
 

@@ -37,7 +37,8 @@ def test_keys_live_under_the_applications_own_prefix(cluster):
 def test_wanted_reads_a_secret_from_its_file_without_the_trailing_newline(configured):
     assert settings.wanted(configured) == {P + "site/name": "Air", P + "db/port": "5432",
                                            P + "db/password": "hunter2-XYZ"}
-    assert settings.secret_keys(configured) == {P + "db/password"}
+    secrets = settings.secret_keys(configured)
+    assert secrets.keys == {P + "db/password"} and "hunter2-XYZ" in secrets.values
 
 
 def test_diff_writes_changed_keys_only_and_removes_below_the_prefix_only():
@@ -54,11 +55,23 @@ def test_diff_writes_changed_keys_only_and_removes_below_the_prefix_only():
 def test_describe_masks_secrets_old_and_new():
     changes = settings.Changes(added={P + "pw": "new-secret", P + "x": "1"}, changed={P + "pw2": "s2"},
                                removed=(P + "old",))
-    lines = settings.describe(changes, {P + "pw2": "s1"}, {P + "pw", P + "pw2"}, P)
+    secrets = settings.Secrets(frozenset({P + "pw", P + "pw2"}))
+    lines = settings.describe(changes, {P + "pw2": "s1"}, secrets, P)
     assert lines == ["+ pw = (secret)", "+ x = '1'", "~ pw2: (secret) -> (secret)", "- old"]
-    data = settings.as_data(changes, {P + "pw2": "s1"}, {P + "pw", P + "pw2"}, P)
+    data = settings.as_data(changes, {P + "pw2": "s1"}, secrets, P)
     assert data == {"added": {"pw": None, "x": "1"}, "changed": {"pw2": None}, "removed": ["old"],
                     "secret": ["pw", "pw2"]}
+
+
+def test_a_key_that_was_a_secret_and_is_now_plain_text_does_not_show_the_old_secret(configured):
+    """db/password is plain text in the file now; etcd still holds the secret file's value there."""
+    now_plain = replace(configured, settings=(Setting("site/name", "Air"), Setting("db/password", "changeme")))
+    secrets = settings.secret_keys(now_plain)
+    found = {P + "db/password": "hunter2-XYZ", P + "site/name": "Air", P + "legacy": "hunter2-XYZ"}
+    changes = settings.diff(settings.wanted(now_plain), found, P)
+    lines = settings.describe(changes, found, secrets, P)
+    assert lines == ["~ db/password: (secret) -> 'changeme'", "- legacy"]
+    assert "hunter2" not in repr(settings.as_data(changes, found, secrets, P))
 
 
 def _session(cluster, etcd):
