@@ -36,9 +36,6 @@ class Masked:
     def __init__(self, plain):
         self.plain = frozenset(plain)
 
-    def __contains__(self, key) -> bool:
-        return key not in self.plain
-
     def hides(self, key: str, value) -> bool:
         return key not in self.plain
 
