@@ -453,7 +453,14 @@ def merged(per_machine: dict) -> list:
 
 def log_line(when: int, address: str, message: str) -> str:
     stamp = datetime.fromtimestamp(when / 1e6, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return f"{address}  {stamp}  {message}"
+    return f"{address}  {stamp}  {printable(message)}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: a control character (an escape sequence's ESC, a carriage
+    return that would hide what came before it) shown as ``\\xNN``; tabs kept. A journal line or a
+    value read from etcd is printed through it."""
+    return "".join(ch if ch.isprintable() or ch == "\t" else f"\\x{ord(ch):02x}" for ch in text)
 
 
 def log_json(when: int, address: str, message: str) -> str:

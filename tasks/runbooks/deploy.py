@@ -26,6 +26,7 @@ from typing import Optional
 from tasks.commands.build_scripts import parse_branches, without_credentials
 from tasks.model import release_settings as kept
 from tasks.model import state
+from tasks.model.status_view import printable
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLock
 from tasks.model.release import Release
@@ -232,9 +233,10 @@ def releases(c, cluster=None, via=None, json_=False):
         return
     for r in past:
         mark = "*" if current and r["id"] == current.id else " "
-        print(release_line(mark, r, r.get("outcome", "?"), settings_now))
+        print(printable(release_line(mark, r, r.get("outcome", "?"), settings_now)))
     if candidate:
-        print(release_line("c", candidate, f"candidate on {', '.join(candidate['machines'])}", settings_now))
+        print(printable(release_line("c", candidate, f"candidate on {', '.join(candidate['machines'])}",
+                                     settings_now)))
 
 
 def release_line(mark: str, record: dict, outcome: str, settings_now: str = None) -> str:

@@ -41,7 +41,7 @@ from tasks.commands.status import (
 from tasks.model import backup, state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, RemoteError
-from tasks.model.status_view import drift_warnings, log_json, log_line, machine_role, merged, render_status
+from tasks.model.status_view import drift_warnings, log_json, log_line, machine_role, merged, printable, render_status
 from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import balancer, etcd_backup, etcd_members, maintenance, records
@@ -181,7 +181,7 @@ def status(c, cluster=None, via=None, json_=False):
     if json_:
         print(json.dumps(view, indent=1, sort_keys=True))
     else:
-        print("\n".join(render_status(view)))
+        print("\n".join(printable(line) for line in render_status(view)))
     if not view["ok"]:
         raise Exit(code=1)
 

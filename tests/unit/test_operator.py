@@ -387,3 +387,9 @@ def test_etcd_open_while_the_cluster_file_asks_for_logins_is_drift_with_its_fix(
     assert ", logins required" in "\n".join(status_view.render_status({**v, "warnings": []}))
     v["etcd"]["auth"] = {"wanted": False, "on": False}  # an open cluster, as its file says: no drift
     assert status_view.drift_warnings(v) == []
+
+
+def test_a_journal_line_or_etcd_value_cannot_drive_the_terminal():
+    assert status_view.printable("a\x1b[2Jb\rc\td é") == "a\\x1b[2Jb\\x0dc\td é"
+    assert status_view.log_line(1_700_000_000_000_000, "10.0.0.1", "x\x1b]0;title\x07y") == \
+        "10.0.0.1  2023-11-14T22:13:20.000000Z  x\\x1b]0;title\\x07y"
