@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Optional
 
 import paramiko
-from fabric import Connection
+from fabric import Config, Connection
 
 from tasks.commands.shell import (
     TIMED_OUT,
@@ -114,7 +114,11 @@ class Executor:
         if not key.exists():
             raise ConfigError(f"{self.cluster.file}: ssh.key: {key} does not exist")
         timeout = self.cluster.timeouts.connect
+        # A Config of its own, lazy: no ~/.ssh/config nor /etc/ssh/ssh_config (a Host entry there
+        # could name another address, a jump host nobody checked, another key or agent
+        # forwarding), nor Fabric's own config files: the cluster file alone says how to connect.
         return dict(user=self.cluster.ssh.user, port=self.cluster.ssh.port, connect_timeout=timeout,
+                    config=Config(lazy=True), forward_agent=False,
                     connect_kwargs={"key_filename": [str(key)], "look_for_keys": False, "allow_agent": False,
                                     "banner_timeout": timeout, "auth_timeout": timeout})
 
