@@ -19,14 +19,14 @@ import time
 from typing import NamedTuple
 
 from tasks.commands import machine
-from tasks.commands.shell import q
+from tasks.commands.shell import q, tail
 from tasks.model import state
 from tasks.model.cluster import CONTROL, check_address, check_addresses
 from tasks.model.errors import AirError, ConfigError, Halt, PreflightError, RemoteError
 from tasks.model.release import Release
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import balancer, etcd_auth, etcd_peers, push, records, steps
+from tasks.runbooks import balancer, etcd_auth, etcd_peers, push, records, steps, upgrade
 from tasks.runbooks.cli import air_task, cluster_of, report
 from tasks.runbooks.settings import apply as apply_settings
 
@@ -203,20 +203,44 @@ def check_admin(email, name) -> None:
 
 
 @air_task(name="create-admin", help={"cluster": "target cluster", "email": "admin's email",
-                                     "name": "admin's name", "machine": "machine to run on (default: the first)"})
+                                     "name": "admin's name",
+                                     "machine": "machine to run on (default: the first member that answers)"})
 def create_admin(c, cluster=None, email=None, name=None, machine_=None):
     """Create the application's first admin; the password is read from a prompt or stdin."""
     target = cluster_of(cluster)
     if target.admin is None:
         raise ConfigError(f"{target.file}: admin: missing (how the application creates an admin)")
     check_admin(email, name)
-    address = check_addresses(machine_, "--machine")[0] if machine_ else target.machines[0]
+    chosen = check_addresses(machine_, "--machine")[0] if machine_ else None
     password = getpass.getpass("Admin password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if not password:
         raise ConfigError("an empty password is not accepted")
-    container = f"air-{target.admin.component}"
-    with session(target, etcd=False) as s:
-        command = " ".join(q(word) for word in shlex.split(target.admin.command))
-        result = s.ex.run(address, f"docker exec -i {q(container)} {command}",
-                          stdin=f"{email}\n{name}\n{password}\n", what="create the admin")
-    print(result.stdout.strip())
+    with session(target, "create-admin") as s:
+        address = live_member(s, chosen)
+        result = s.ex.run(address, admin_command(target), stdin=f"{email}\n{name}\n{password}\n",
+                          what="create the admin", check=False)
+    out, err = (masked(text, password) for text in (result.stdout, result.stderr))
+    if result.exited != 0:
+        raise RemoteError(f"{address}: create the admin failed (exit {result.exited}): {tail(err or out)}")
+    print(out.strip())
+
+
+def admin_command(cluster) -> str:
+    """The admin command, run in its component's container (reading email, name, password on stdin). Pure."""
+    command = " ".join(q(word) for word in shlex.split(cluster.admin.command))
+    return f"docker exec -i {q('air-' + cluster.admin.component)} {command}"
+
+
+def masked(text: str, password: str) -> str:
+    """``text`` with the password replaced, wherever the application echoed it. Pure."""
+    return text.replace(password, "(password)")
+
+
+def live_member(s: Session, chosen: str = None) -> str:
+    """``chosen``, else the first machine of the cluster file, that is an etcd member and answers over SSH."""
+    members = set(upgrade.member_machines(s.etcd))
+    for address in [chosen] if chosen else s.cluster.machines:
+        if address in members and not s.ex.reachable(address):
+            return address
+    which = chosen or f"no machine of {s.cluster.name}"
+    raise PreflightError(f"{which} is not an etcd member that answers over SSH: nothing was run")
