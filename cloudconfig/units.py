@@ -24,6 +24,7 @@ ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 ETCD_DROPIN = "20-air.conf"
 ETCD_DATA_DIR = "/var/lib/etcd/member"
+ETCD_DATA_SET_ASIDE = ETCD_DATA_DIR + ".before-"  # + a time: a member's data a restore replaced
 ETCD_STATES = ("new", "existing")
 ETCD_USER = "etcd"  # whom etcd-member.service runs etcd as, on Flatcar as on Debian
 # The member's peer certificate and key and the cluster's CA certificate: the folder 0700, the files
@@ -36,6 +37,7 @@ ETCD_PEER_KEY = f"{ETCD_PEER_DIR}/peer.key"
 
 STATE_DIR = "/etc/air/state"      # the machine's release, read-only in containers at /air/state
 SECRETS_DIR = "/etc/air/secrets"  # one folder per component, read-only in its container at /air/secrets
+SECRETS_PREVIOUS = SECRETS_DIR + ".previous"  # a machine's secrets as they were, while secrets.apply has it in hand
 STATE_MOUNT = "/air/state"
 SECRETS_MOUNT = "/air/secrets"
 DATA_DIR = "/var/lib/air"         # per component, kept across releases; read-write at /air/data

@@ -10,7 +10,7 @@ here. Pure: every value reaching the shell is quoted.
 """
 from __future__ import annotations
 
-from cloudconfig.units import ETCD_DATA_DIR, ETCD_UNIT, ETCD_USER, UNIT_DIR, peer_url
+from cloudconfig.units import ETCD_DATA_DIR, ETCD_DATA_SET_ASIDE, ETCD_UNIT, ETCD_USER, UNIT_DIR, peer_url
 from tasks.commands.shell import q
 
 # The snapshot while it is restored on the machine (0600, removed by the restore).
@@ -28,7 +28,7 @@ def cluster_token(cluster_name: str, stamp: str) -> str:
 
 def aside_dir(stamp: str) -> str:
     """Where a member's earlier data is kept when a restore replaces it."""
-    return f"{ETCD_DATA_DIR}.before-{stamp}"
+    return f"{ETCD_DATA_SET_ASIDE}{stamp}"
 
 
 def initial_cluster(members) -> str:

@@ -15,12 +15,14 @@ from typing import Optional
 import cloudconfig
 from cloudconfig.units import (
     ETCD_DATA_DIR,
+    ETCD_DATA_SET_ASIDE,
     ETCD_DROPIN,
     ETCD_MIGRATION_DROPIN,
     ETCD_PEER_DIR,
     ETCD_UNIT,
     IMAGE_DIR,
     SECRETS_DIR,
+    SECRETS_PREVIOUS,
     STATE_DIR,
     UNIT_DIR,
     image_file,
@@ -255,7 +257,8 @@ def wipe_command(cluster, user_data: str) -> str:
     base = q(user_data + cloudconfig.BASE_SUFFIX)
     return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
             f"rm -f {q(ETCD_DROPIN_PATH)} {q(ETCD_MIGRATION_DROPIN_PATH)} {unit_files} {added_files}; "
-            f"rm -rf {q(ETCD_DATA_DIR)} {q(STATE_DIR)} {q(IMAGE_DIR)} {q(SECRETS_DIR)} {q(ETCD_PEER_DIR)}; "
+            f"rm -rf {q(ETCD_DATA_DIR)} {q(ETCD_DATA_SET_ASIDE)}* {q(STATE_DIR)} {q(IMAGE_DIR)} {q(SECRETS_DIR)} "
+            f"{q(SECRETS_PREVIOUS)} {q(ETCD_PEER_DIR)}; "
             f"if [ -e {base} ]; then mv -f {base} {q(user_data)}; fi; rm -f {q(user_data + cloudconfig.WRITTEN_SUFFIX)}; "
             f"systemctl daemon-reload; {resume_os_updates_command()}")
 

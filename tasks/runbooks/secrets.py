@@ -21,7 +21,7 @@ from typing import Optional
 
 from invoke import Collection
 
-from cloudconfig.units import SECRETS_DIR
+from cloudconfig.units import SECRETS_DIR, SECRETS_PREVIOUS
 from tasks.commands import machine
 from tasks.commands.shell import q
 from tasks.model.cluster import check_address
@@ -31,7 +31,7 @@ from tasks.net.session import Session, session
 from tasks.runbooks import upgrade
 from tasks.runbooks.cli import air_task, cluster_of, report
 
-PREVIOUS = SECRETS_DIR + ".previous"  # a machine's secrets as they were, while it is in hand
+PREVIOUS = SECRETS_PREVIOUS  # a machine's secrets as they were, while it is in hand
 
 
 # ---------------------------------------------------------------- what to run (pure)

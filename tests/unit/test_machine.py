@@ -316,7 +316,8 @@ def test_wipe_command(cluster):
         "rm -f /etc/systemd/system/etcd-member.service.d/20-air.conf "
         "/etc/systemd/system/etcd-member.service.d/21-air-peer-files.conf "
         "/etc/systemd/system/air-web.service /etc/systemd/system/air-worker.service ; "
-        "rm -rf /var/lib/etcd/member /etc/air/state /etc/air/images /etc/air/secrets /etc/air/etcd-peer; "
+        "rm -rf /var/lib/etcd/member /var/lib/etcd/member.before-* /etc/air/state /etc/air/images /etc/air/secrets "
+        "/etc/air/secrets.previous /etc/air/etcd-peer; "
         f"if [ -e {USER_DATA}.air-base ]; then mv -f {USER_DATA}.air-base {USER_DATA}; fi; rm -f {USER_DATA}.air-written; "
         f"systemctl daemon-reload; {machine.resume_os_updates_command()}")
 
