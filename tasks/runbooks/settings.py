@@ -21,6 +21,7 @@ from tasks.model import state
 from tasks.model.cluster import check_address
 from tasks.model.errors import ConfigError
 from tasks.model.release_settings import secret_value
+from tasks.model.status_view import printable
 from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import etcd_auth, etcd_backup
@@ -93,7 +94,8 @@ def shown(key: str, value, secrets) -> str:
 
 def describe(changes: Changes, found: dict, secrets, prefix: str) -> list:
     """The change in words, one line per key, relative to ``prefix``; secrets masked. Pure."""
-    short = lambda key: key[len(prefix):] if key.startswith(prefix) else key
+    # A key read from etcd may hold anything: its control characters are shown as \xNN.
+    short = lambda key: printable(key[len(prefix):] if key.startswith(prefix) else key)
     lines = [f"+ {short(k)} = {shown(k, v, secrets)}" for k, v in changes.added.items()]
     lines += [f"~ {short(k)}: {shown(k, found[k], secrets)} -> {shown(k, v, secrets)}"
               for k, v in changes.changed.items()]
@@ -200,7 +202,7 @@ def get(c, cluster=None, key=None, via=None, json_=False):
             raise ConfigError(f"no setting {key!r} in the etcd of {target.name}")
     secrets = secret_keys(target)
     values = {k[len(prefix):]: (None if secrets.hides(k, v) else v) for k, v in sorted(have.items())}
-    report(values, json_, "\n".join(f"{k} = {shown(prefix + k, v, secrets)}" for k, v in values.items())
+    report(values, json_, "\n".join(f"{printable(k)} = {shown(prefix + k, v, secrets)}" for k, v in values.items())
            or f"no settings in the etcd of {target.name}")
 
 

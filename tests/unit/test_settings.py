@@ -111,3 +111,8 @@ def test_apply_writes_nothing_once_the_lock_is_lost(configured):
     with pytest.raises(LostLock):
         settings.apply(s, "deploy")
     assert etcd.data == {}
+
+
+def test_a_key_planted_in_etcd_with_control_characters_is_shown_escaped():
+    changes = settings.Changes(removed=(P + "x\x1b[2J",))
+    assert settings.describe(changes, {}, settings.Secrets(frozenset()), P) == ["- x\\x1b[2J"]
