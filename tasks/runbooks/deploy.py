@@ -151,7 +151,7 @@ def print_settings_plan(s: Session) -> None:
     """What the deploy would change in the settings (``--plan``); secrets masked."""
     changes, have = settings.plan(s)
     prefix = state.settings_prefix(s.cluster)
-    for line in settings.describe(changes, have, settings.secret_keys(s.cluster), prefix) or ["unchanged"]:
+    for line in settings.describe(changes, have, settings.secrets_of(s.cluster), prefix) or ["unchanged"]:
         print(f"settings: {line}")
 
 

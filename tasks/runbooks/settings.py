@@ -56,7 +56,7 @@ class Secrets:
         return key in self.keys or value in self.values
 
 
-def secret_keys(cluster) -> Secrets:
+def secrets_of(cluster) -> Secrets:
     """The etcd keys whose values are secrets, and the secrets folder's values: never printed."""
     folder = Path(cluster.secrets)
     files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
@@ -128,7 +128,7 @@ def plan(s: Session) -> tuple:
 def apply(s: Session, task: str) -> Changes:
     """Write the changed settings and remove those no longer listed (v3 in one transaction, then the
     v2 store when the cluster asks for it); says each change on a ``task:`` line."""
-    return write(s, task, wanted(s.cluster), secret_keys(s.cluster))
+    return write(s, task, wanted(s.cluster), secrets_of(s.cluster))
 
 
 def write(s: Session, task: str, want: dict, secrets) -> Changes:
@@ -169,7 +169,7 @@ def diff_(c, cluster=None, via=None, json_=False):
     with session(target, via=via and check_address(via, "--via")) as s:
         have = found(s)
     changes = diff(want, have, prefix)
-    secrets = secret_keys(target)
+    secrets = secrets_of(target)
     report(as_data(changes, have, secrets, prefix), json_,
            "\n".join(describe(changes, have, secrets, prefix)) or f"settings of {target.name}: unchanged")
 
@@ -184,7 +184,7 @@ def apply_task(c, cluster=None, via=None, wait=False, json_=False):
         etcd_backup.before_change(s, "settings.apply")
         have = found(s)
         changes = apply(s, "settings.apply")
-    report(as_data(changes, have, secret_keys(target), prefix), json_,
+    report(as_data(changes, have, secrets_of(target), prefix), json_,
            f"settings of {target.name}: {len(changes.added)} added, {len(changes.changed)} changed, "
            f"{len(changes.removed)} removed")
 
@@ -200,7 +200,7 @@ def get(c, cluster=None, key=None, via=None, json_=False):
         have = {k: v for k, v in have.items() if k == prefix + key}
         if not have:
             raise ConfigError(f"no setting {key!r} in the etcd of {target.name}")
-    secrets = secret_keys(target)
+    secrets = secrets_of(target)
     values = {k[len(prefix):]: (None if secrets.hides(k, v) else v) for k, v in sorted(have.items())}
     report(values, json_, "\n".join(f"{printable(k)} = {shown(prefix + k, v, secrets)}" for k, v in values.items())
            or f"no settings in the etcd of {target.name}")

@@ -37,7 +37,7 @@ def test_keys_live_under_the_applications_own_prefix(cluster):
 def test_wanted_reads_a_secret_from_its_file_without_the_trailing_newline(configured):
     assert settings.wanted(configured) == {P + "site/name": "Air", P + "db/port": "5432",
                                            P + "db/password": "hunter2-XYZ"}
-    secrets = settings.secret_keys(configured)
+    secrets = settings.secrets_of(configured)
     assert secrets.keys == {P + "db/password"} and "hunter2-XYZ" in secrets.values
 
 
@@ -66,7 +66,7 @@ def test_describe_masks_secrets_old_and_new():
 def test_a_key_that_was_a_secret_and_is_now_plain_text_does_not_show_the_old_secret(configured):
     """db/password is plain text in the file now; etcd still holds the secret file's value there."""
     now_plain = replace(configured, settings=(Setting("site/name", "Air"), Setting("db/password", "changeme")))
-    secrets = settings.secret_keys(now_plain)
+    secrets = settings.secrets_of(now_plain)
     found = {P + "db/password": "hunter2-XYZ", P + "site/name": "Air", P + "legacy": "hunter2-XYZ"}
     changes = settings.diff(settings.wanted(now_plain), found, P)
     lines = settings.describe(changes, found, secrets, P)
