@@ -19,14 +19,19 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 from urllib.parse import urljoin, urlsplit
-
-import requests
 
 from tasks.model.credentials import load_credentials
 from tasks.model.errors import ConfigError, RemoteError
-from tasks.net.tunnel import ConnectingAdapter
+from tasks.net import deferred
+
+if TYPE_CHECKING:
+    import requests
+
+    from tasks.net import http
+else:
+    requests, http = deferred("requests"), deferred("tasks.net.http")
 
 # Without this Accept header a registry answers with a schema1 manifest, whose digests are not the image's.
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
@@ -55,7 +60,7 @@ class RegistryClient:
         if connect is not None:
             # Every connection made by ``connect(host, port)`` (through a jump host); TLS and its
             # checks are as they would be directly.
-            adapter = ConnectingAdapter(connect)
+            adapter = http.ConnectingAdapter(connect)
             self._session.mount("https://", adapter)
             self._session.mount("http://", adapter)
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import io
 import time
-
-from docker.errors import APIError
+from typing import TYPE_CHECKING
 
 from tasks.commands.build_scripts import (
     BUILD_LOG_LINES,
@@ -47,10 +46,17 @@ from tasks.commands.build_scripts import (
 from tasks.commands.shell import TIMED_OUT, tail
 from tasks.model import version
 from tasks.model.errors import ConfigError, DeadlineError, RemoteError
-from tasks.net import docker_api
+from tasks.net import deferred
 from tasks.net.progress import say
 from tasks.net.session import optional_lock, session
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
+
+if TYPE_CHECKING:
+    from docker import errors as docker_errors
+
+    from tasks.net import docker_api
+else:
+    docker_api, docker_errors = deferred("tasks.net.docker_api"), deferred("docker.errors")
 
 # ---------------------------------------------------------------- what to run
 
@@ -132,7 +138,7 @@ def build_component(api, ex, host, job: Job) -> str:
                 image_id = chunk["aux"]["ID"]
             if "error" in chunk:
                 raise failed(chunk["error"])
-    except APIError as e:
+    except docker_errors.APIError as e:
         raise failed(e.explanation or str(e)) from None
     if image_id is None:
         image_id = api.inspect_image(options["tag"])["Id"]

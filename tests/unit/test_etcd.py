@@ -415,11 +415,11 @@ def test_tunnel_over_real_ssh():
 
 def test_a_request_to_etcd_goes_out_in_one_write_head_and_body():
     """Through the tunnel a body written after its head waits 40 ms for a delayed ACK on the machine."""
-    from tasks.net.etcd import _OneWriteConnection
+    from tasks.net.http import OneWriteConnection
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        connection = _OneWriteConnection("127.0.0.1", server.getsockname()[1])
+        connection = OneWriteConnection("127.0.0.1", server.getsockname()[1])
         connection.connect()
         writes: list = []
         real = connection.sock
@@ -439,9 +439,9 @@ def test_a_request_to_etcd_goes_out_in_one_write_head_and_body():
 
 
 def test_connections_through_the_tunnel_also_write_each_request_in_one_piece(etcd):
-    from tasks.net.etcd import _OneWriteConnection
+    from tasks.net.http import OneWriteConnection
     with tunnel(FakeTunnelExecutor(FakeConnection(etcd.port)), "node1") as remote:
         url = remote._client.get_url("/kv/range")
         pool = remote._client.session.get_adapter(url).poolmanager.connection_from_url(url)
-        assert issubclass(pool.ConnectionCls, _OneWriteConnection)
+        assert issubclass(pool.ConnectionCls, OneWriteConnection)
         assert remote.get(etcd.prefix + "absent") is None
