@@ -64,6 +64,16 @@ class Unreachable(RemoteError):
         self.reason = reason
 
 
+def without_nagle(sock):
+    """``sock`` with Nagle's algorithm off, when it is a TCP socket (through a jump host it is an SSH
+    channel, whose own connection is). paramiko writes each SSH message as it comes: with Nagle on, a
+    message sent while the previous one is unacknowledged waits for the peer's delayed ACK (40 ms on
+    Linux), and a command's round trip took 50 ms instead of 10 on the sandbox."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class Executor:
     """Every remote action of one task, on connections opened once per host."""
 
@@ -152,6 +162,7 @@ class Executor:
             if self._closed.is_set():  # opened ahead, after the task ended
                 conn.close()
                 raise Unreachable(host, "the task has ended")
+            without_nagle(conn.transport.sock)
             conn.air_sudo = self.cluster.ssh.user != "root"
             self._conns[host] = conn
             threading.Thread(target=self._watch, args=(host, conn), name=f"keepalive {host}", daemon=True).start()
@@ -177,7 +188,7 @@ class Executor:
         timeout = timeout or self.cluster.timeouts.connect
         gateway = self.cluster.ssh.gateway
         if not gateway:
-            return socket.create_connection((host, port), timeout=timeout)
+            return without_nagle(socket.create_connection((host, port), timeout=timeout))
         try:
             channel = self.conn(gateway).transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
                                                                timeout=timeout)
