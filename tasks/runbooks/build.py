@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tasks.commands.build_scripts import (
     BUILD_LOG_LINES,
     CANDIDATE,
     NO_COMMIT,
+    Branches,
     Job,
     build_context,
+    build_inputs,
     build_options,
     candidate,
     checkouts,
@@ -157,11 +160,32 @@ def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
                 api.remove_image(tag, noprune=True)
 
 
-def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) -> dict:
-    """Checkouts and builds. ``branch``: a branch of the main repository, ``--branch`` values or
-    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}), the
-    main commit and branch, VERSION's (major, minor) and ``sources``: every checkout's repository,
-    branch, commit and components."""
+@dataclass(frozen=True)
+class CheckedOut:
+    """The cluster's checkouts on the build server, each at its branch: what a build starts from."""
+    branches: Branches
+    plan: list       # the Checkouts (the main one first)
+    commits: list    # their commits, in plan's order
+    base: tuple      # VERSION's (major, minor)
+    components: list
+
+    def jobs(self, cluster, cache: bool = True) -> list:
+        return jobs(cluster, self.plan, self.commits, self.base, self.components, cache)
+
+    def inputs(self, cluster) -> dict:
+        """component -> the digest of everything its image is built from (``build_inputs``)."""
+        return {job.component.name: build_inputs(job) for job in self.jobs(cluster)}
+
+    def meta(self, cluster) -> dict:
+        """What a release record keeps of its build: main commit and branch, VERSION's base, every
+        source checkout, every component's build inputs."""
+        return {"commit": self.commits[0], "branch": self.branches.main, "base": self.base,
+                "sources": sources(self.plan, self.commits), "inputs": self.inputs(cluster)}
+
+
+def check_out(ex, host: str, branch=None, only: str = None) -> CheckedOut:
+    """Every checkout the build of the cluster (or of component ``only``) needs, at its branch on
+    ``host``. ``branch``: a branch of the main repository, ``--branch`` values or Branches."""
     cluster = ex.cluster
     branches = parse_branches(cluster, branch)
     components = [cluster.component(only)] if only else list(cluster.components)
@@ -172,11 +196,22 @@ def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) 
     for c, commit in zip(plan[1:], commits[1:]):
         say(f"build: {', '.join(c.components)} from {without_credentials(c.repository)} at {c.branch} "
             f"({commit[:10]})")
+    return CheckedOut(branches, plan, commits, base, components)
+
+
+def build_images(ex, host: str, checked: CheckedOut, cache: bool = True) -> dict:
+    """Build every component of ``checked``; returns what ``build_all`` returns. ``cache``: False
+    rebuilds every step."""
     api = docker_api.engine(ex.conn(host))
-    images = {job.component.name: build_component(api, ex, host, job)
-              for job in jobs(cluster, plan, commits, base, components, cache)}
-    return {"commit": commits[0], "branch": branches.main, "base": base, "images": images,
-            "sources": sources(plan, commits)}
+    images = {job.component.name: build_component(api, ex, host, job) for job in checked.jobs(ex.cluster, cache)}
+    return {**checked.meta(ex.cluster), "images": images}
+
+
+def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) -> dict:
+    """Checkouts and builds. ``branch``: a branch of the main repository, ``--branch`` values or
+    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}) with
+    what a release record keeps of the build (``CheckedOut.meta``)."""
+    return build_images(ex, host, check_out(ex, host, branch, only), cache)
 
 
 @air_task(help={"cluster": "target cluster (clusters/<name>.yaml)",

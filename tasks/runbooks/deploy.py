@@ -35,18 +35,19 @@ from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import etcd_backup, records, release_settings, settings, steps, upgrade
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
-from tasks.runbooks.publish import publish
+from tasks.runbooks.publish import publish, unchanged
 from tasks.runbooks.push import print_report
 from tasks.runbooks.settings import apply as apply_settings
 
 
-def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None) -> Release:
+def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, rebuild=False) -> Release:
     """The deploy runbook in a session holding the cluster's lock: build, push what changed,
     record the release, roll the cluster to it. ``branch``: the main repository's branch, or
     Branches (components' own branches too). ``dry``: build, then print what push and the
     rollout would do, pushing and changing nothing. ``canary``: a member machine that alone gets
     the new release, recorded as the cluster's candidate (``deploy_canary``); a deploy after it
-    continues to the others."""
+    continues to the others. A plain deploy whose checkouts and build inputs are those of the
+    cluster's release builds nothing (``publish``), unless ``rebuild``."""
     started = time.monotonic()
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
@@ -54,7 +55,8 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None) ->
     records.check_all(s.etcd, s.cluster)  # a malformed record stops the deploy here, before the build
     if not dry:
         etcd_backup.before_change(s, "deploy")
-    published = publish(s.ex, host, branch, dry=dry)
+    recorded = None if dry or canary is not None or rebuild else records.read_release(s.etcd, s.cluster)[1]
+    published = publish(s.ex, host, branch, dry=dry, recorded=recorded)
     current = rollback_base(s)
     if canary is not None:
         meta, before = published.meta, None
@@ -68,7 +70,7 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None) ->
         print_push_plan(s, published)
         upgrade.print_plan(cluster_rollout(s, published.release, current, batch)[0])
     else:
-        roll_cluster(s, published, current, batch, started)
+        roll_cluster(s, published, current, batch, started, recorded)
     return published.release
 
 
@@ -100,9 +102,11 @@ def cluster_rollout(s: Session, release: Release, current: Optional[Release], ba
     return upgrade.Rollout(s, release, current, batch=batch, canary=canary), candidate, record
 
 
-def roll_cluster(s: Session, published, current: Optional[Release], batch: int, started: float) -> None:
+def roll_cluster(s: Session, published, current: Optional[Release], batch: int, started: float,
+                 recorded: Optional[dict] = None) -> None:
     """Settings, then every machine to the published release (a candidate's machines included),
-    recorded; a release already serving everywhere restarts nothing."""
+    recorded; a release already serving everywhere restarts nothing. ``recorded``: the cluster's
+    release record, as read before the build."""
     cluster, release, meta = s.cluster, published.release, published.meta
     say(f"deploy: release {release.id} is in the registry; reading the machines")
     rollout, candidate, record = cluster_rollout(s, release, current, batch)
@@ -114,6 +118,10 @@ def roll_cluster(s: Session, published, current: Optional[Release], batch: int, 
         if changed:  # the release runs on with other settings: recorded again, with them (a rollback's target)
             records.add_history(s.etcd, cluster, records.write_release(s.etcd, cluster, release, outcome="succeeded",
                                                                        **meta))
+        elif recorded is not None and not unchanged(recorded, meta):
+            # Built again from other commits or inputs into the same images: the record keeps what the
+            # checkouts are now, so the next deploy of them builds nothing.
+            records.write_release(s.etcd, cluster, release, **{**recorded, **meta})
         say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
             f"({time.monotonic() - started:.1f} s)")
         return
@@ -199,15 +207,19 @@ def deploy_canary(s: Session, release: Release, current: Optional[Release], addr
                 "batch": "machines upgraded at once",
                 "canary": "put the new release on this machine only, as the cluster's candidate",
                 "plan": "build, then print what push and the rollout would do; push and change nothing",
+                "rebuild": "build even when the sources and build inputs are the cluster's release's "
+                           "(base images changed under the same tag)",
                 "json": "print the outcome as JSON"}, iterable=["branch"])
-def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, json_=False):
+def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, rebuild=False,
+           json_=False):
     """Build, push what changed and roll the cluster to it, under the cluster's lock (--canary: one machine)."""
     target = cluster_of(cluster)
     branch = parse_branches(target, branch)
     via = check_address(via, "--via") if via else None
     canary = check_address(canary, "--canary") if canary else None
     with session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
-        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary)
+        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary,
+                                 rebuild=rebuild)
         candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
     if plan_:
         return
