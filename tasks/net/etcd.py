@@ -95,8 +95,9 @@ class Etcd:
     """A client of one etcd member at ``host:port`` (over a tunnel, see ``tunnel``)."""
 
     def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None, connect=None,
-                 login: Optional[tuple] = None):
+                 login: Optional[tuple] = None, counted=None):
         self.host, self.port, self.timeout = host, int(port), timeout
+        self._counted = counted  # a requests response hook counting round trips (``tasks.net.trips``)
         self.label = label or f"{host}:{port}"
         self._connect = connect  # opens each HTTP connection (see ``tunnel``); None: a plain TCP connection
         self._clients: list = []
@@ -113,6 +114,8 @@ class Etcd:
 
     def _new_client(self, timeout: float, logged_in: bool = True) -> gw_client.Etcd3Client:
         session = requests.Session()
+        if self._counted is not None:
+            session.hooks["response"].append(self._counted)
         # Each connection through the tunnel when there is one; each request in one write either way.
         session.mount("http://", http.ConnectingAdapter(self._connect, plain=http.OneWriteConnection)
                       if self._connect is not None else http.OneWriteAdapter())
@@ -687,7 +690,8 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise OSError(f"the SSH channel to {label} failed ({_first_line(e) or type(e).__name__})") from None
 
-    client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login)
+    client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login,
+                  counted=ex.trips.hook(host, "etcd"))
     try:
         yield client
     finally:

@@ -45,6 +45,7 @@ from tasks.commands.shell import (
 from tasks.model.errors import AirError, ConfigError, DeadlineError, Halt, Interrupted, RemoteError
 from tasks.net.connector import Connector, Result
 from tasks.net.progress import PROGRESS_EVERY, _print_lock, _progress_shown, progress_line
+from tasks.net.trips import RoundTrips
 from tasks.net.tunnel import bridged
 
 # paramiko logs a refused tunnel channel at ERROR; our own error line already says what failed.
@@ -82,6 +83,7 @@ class Executor:
         self.fence = None                      # the cluster lock this task holds, once it holds one
         self.interrupted = threading.Event()   # set by the first Ctrl-C or SIGTERM
         self.run_id = secrets.token_hex(4)     # staged files of concurrent runs never collide
+        self.trips = RoundTrips()              # every host's answers waited for (``tasks.net.trips``)
         self._conns: dict = {}
         self._gone: dict = {}                  # host -> why its connection was given up
         self._ahead_failed: dict = {}          # host -> (when, Unreachable) of a connection tried ahead
@@ -152,6 +154,7 @@ class Executor:
             conn.client.load_host_keys(str(self.cluster.ssh.known_hosts))
             conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
             try:
+                self.trips.count(host, "login")
                 conn.open()
             except Exception as e:  # anything that stops a login is an answer here
                 conn.close()
@@ -335,6 +338,7 @@ class Executor:
         s after ``deadline`` when the host's own ``timeout`` has not answered."""
         give_up = time.monotonic() + deadline + LOCAL_GRACE
         errors: list = []
+        self.trips.count(host, "command")
         try:
             channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)
             channel.exec_command(command)
@@ -385,6 +389,7 @@ class Executor:
             return conn.run(sent, pty=True, warn=True).exited
         sent = stream_wrapped(command, conn.air_sudo)
         on_line = on_line or (lambda line: print(line, flush=True))
+        self.trips.count(host, "command")
         try:
             channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)
             channel.exec_command(sent)

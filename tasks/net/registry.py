@@ -44,7 +44,7 @@ class RegistryClient:
     """A read-only client of one registry (``host:port``)."""
 
     def __init__(self, address: str, credentials: Optional[tuple] = None, ca=None, timeout: float = 10,
-                 *, scheme: str = "https", credentials_file=None, connect=None, token_hosts=()):
+                 *, scheme: str = "https", credentials_file=None, connect=None, token_hosts=(), counted=None):
         if ca is not None and not Path(ca).is_file():
             raise ConfigError(f"registry {address}: CA certificate {ca} does not exist")
         self.address = address
@@ -57,6 +57,8 @@ class RegistryClient:
         self._basic: Optional[str] = None          # Authorization header, once the registry asked for Basic
         self._tokens: dict = {}                    # scope -> Authorization header with a Bearer token
         self._session = requests.Session()
+        if counted is not None:  # a response hook counting round trips (``tasks.net.trips``)
+            self._session.hooks["response"].append(counted)
         if connect is not None:
             # Every connection made by ``connect(host, port)`` (through a jump host); TLS and its
             # checks are as they would be directly.
@@ -68,7 +70,8 @@ class RegistryClient:
     def for_cluster(cls, ex) -> "RegistryClient":
         """A client for the executor's cluster, through the cluster's jump host when it has one."""
         gateway = ex.cluster.ssh.gateway
-        return cls.for_registry(ex.cluster.registry, connect=ex.socket_to if gateway else None)
+        return cls.for_registry(ex.cluster.registry, connect=ex.socket_to if gateway else None,
+                                counted=ex.trips.hook(ex.cluster.registry.address, "registry"))
 
     @classmethod
     def for_registry(cls, registry, **options) -> "RegistryClient":

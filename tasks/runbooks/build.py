@@ -202,7 +202,7 @@ def check_out(ex, host: str, branch=None, only: str = None) -> CheckedOut:
 def build_images(ex, host: str, checked: CheckedOut, cache: bool = True) -> dict:
     """Build every component of ``checked``; returns what ``build_all`` returns. ``cache``: False
     rebuilds every step."""
-    api = docker_api.engine(ex.conn(host))
+    api = docker_api.engine(ex.conn(host), counted=ex.trips.hook(host, "docker"))
     images = {job.component.name: build_component(api, ex, host, job) for job in checked.jobs(ex.cluster, cache)}
     return {**checked.meta(ex.cluster), "images": images}
 

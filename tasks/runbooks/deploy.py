@@ -225,7 +225,8 @@ def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=N
         return
     if json_:
         print(json.dumps({"release": release.id, "candidate": candidate == release,
-                          "machines": [canary] if candidate == release else list(target.machines)}))
+                          "machines": [canary] if candidate == release else list(target.machines),
+                          "round_trips": s.ex.trips.summary()}))
     else:
         print(f"{'candidate' if candidate == release else 'release'} {release.id}")
 
@@ -348,7 +349,8 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
     if plan_:
         return
     if json_:
-        print(json.dumps({"release": wanted.id, "candidate_rolled_back": undone, "machines": machines}))
+        print(json.dumps({"release": wanted.id, "candidate_rolled_back": undone, "machines": machines,
+                          "round_trips": s.ex.trips.summary()}))
     else:
         print(f"release {wanted.id}" + (f" (candidate {undone} rolled back on {', '.join(machines)})" if undone else ""))
 

@@ -163,7 +163,7 @@ def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
     auth = {"username": username, "password": password}
     base = read_version(ex, host)
     commits = component_commits(ex, host)
-    api = docker_api.engine(ex.conn(host))
+    api = docker_api.engine(ex.conn(host), counted=ex.trips.hook(host, "docker"))
     images = images or candidates(api, cluster, cluster.component_names, commits)
     steps = plan(cluster, base, images, registry)
     if not dry:

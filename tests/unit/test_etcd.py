@@ -331,8 +331,10 @@ class FakeTunnelExecutor:
     """Stands in for the executor: its one connection is a FakeConnection."""
 
     def __init__(self, connection):
+        from tasks.net.trips import RoundTrips
         self.connection = connection
         self.cluster = SimpleNamespace(etcd_auth=False, secrets="/nonexistent")  # etcd open: no login
+        self.trips = RoundTrips()
 
     def reachable(self, host):
         return None
@@ -387,6 +389,15 @@ def test_tunnel_reaches_the_members_loopback_client_port_over_channels_only(etcd
         assert _listening_ports() == before  # nothing of ours listens, so no local user can use it
     # The first channel checks that etcd listens there; the client's connections are channels too.
     assert len(conn.channels) >= 2 and set(conn.channels) == {("direct-tcpip", ("127.0.0.1", 2379))}
+
+
+def test_every_request_through_the_tunnel_is_a_round_trip_to_its_host(etcd):
+    ex = FakeTunnelExecutor(FakeConnection(etcd.port))
+    with tunnel(ex, "node1") as remote:
+        remote.put(etcd.prefix + "k", "v")
+        remote.get(etcd.prefix + "k")
+        remote.get(etcd.prefix + "absent")
+    assert ex.trips.summary() == {"hosts": {"node1": {"etcd": 3}}, "total": 3}
 
 
 def test_a_channel_that_cannot_open_later_is_one_error_line(etcd):
