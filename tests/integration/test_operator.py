@@ -261,7 +261,7 @@ def test_canary_then_continue_then_a_rolled_back_canary(sandbox, local_serving):
         outcome = json.loads(fab("deploy", "--cluster", "local", "--canary", canary, "--json").stdout)
         second, trips = outcome["release"], outcome.pop("round_trips")
         assert outcome == {"release": second, "candidate": True, "machines": [canary]}
-        # Commands on the canary, none on the other machines (their facts aside: one read each at most).
+        # Commands ran on the canary; the total is the sum of what each host answered.
         assert trips["hosts"][canary]["command"] > 1 and trips["total"] == sum(
             n for kinds in trips["hosts"].values() for n in kinds.values())
         assert machine_releases(cluster)[canary] == second
