@@ -25,8 +25,10 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -532,6 +534,7 @@ def status(nodes: list = None) -> dict:
                             "machines": [{"name": n.name, "address": n.address, "running": running[n.name]}
                                          for n in nodes if n.is_machine and n.cluster == name]}
                      for name in CLUSTERS},
+        "relay": relay_stats(),  # {"connections", "rtt_ms"} while the sandbox sits behind a WAN
     }
 
 
@@ -627,6 +630,7 @@ def _bring_up(machines: int, spares: int) -> dict:
     for name in CLUSTERS:
         with Executor(cluster_config.load(name)) as ex:
             balancer.setup(ex)
+    set_rtt(wanted_rtt())
     say(f"sandbox: up in {time.monotonic() - started:.1f} s "
         f"({machines} machines, {spares} spares; {len(fresh)} containers created)")
     return status(nodes)
@@ -650,6 +654,73 @@ def _write_atomically(path: Path, text: str) -> None:
 def _config_id(image: str, public_key: str) -> str:
     accounts = " ".join(CREDENTIALS_FILES)  # the registry's accounts and the machines' login follow them
     return hashlib.sha256((image + public_key + (STATE / "ca.crt").read_text() + accounts).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- a WAN (sandbox/relay.py)
+
+RTT_VARIABLE = "AIR_SANDBOX_RTT_MS"
+RELAY_PORTS = 47000  # plus the subnet's third octet: each sandbox its own relay
+
+
+def wanted_rtt() -> float:
+    """The RTT asked for between this machine and the sandbox (``AIR_SANDBOX_RTT_MS``), in ms."""
+    text = os.environ.get(RTT_VARIABLE, "0") or "0"
+    try:
+        rtt = float(text)
+    except ValueError:
+        raise ConfigError(f"{RTT_VARIABLE}={text!r}: not a number of milliseconds") from None
+    if not 0 <= rtt <= 2000:
+        raise ConfigError(f"{RTT_VARIABLE}={text!r}: from 0 to 2000 ms")
+    return rtt
+
+
+def relay_rule(port: int) -> list:
+    """iptables arguments (after -I/-D) of the rule sending this machine's TCP connections to the
+    sandbox's subnet through its relay; the relay's own (marked) are left alone. Pure."""
+    from sandbox.relay import MARK
+    return ["OUTPUT", "-t", "nat", "-d", f"{SUBNET}.0/24", "-p", "tcp", "-m", "mark", "!", "--mark", hex(MARK),
+            "-m", "comment", "--comment", f"{PREFIX} relay", "-j", "REDIRECT", "--to-ports", str(port)]
+
+
+def relay_stats() -> Optional[dict]:
+    """What the relay says of itself (connections relayed, RTT), or None when none runs."""
+    try:
+        return json.loads((STATE / "relay.json").read_text()) if (STATE / "relay.pid").exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def set_rtt(rtt_ms: float) -> None:
+    """Put the sandbox ``rtt_ms`` away from this machine (0: directly reachable again): the relay
+    is (re)started and the redirect rule set, or both removed. Connections already open keep the
+    way they were opened on."""
+    port = RELAY_PORTS + int(SUBNET.split(".")[2])
+    while sh("iptables", "-D", *relay_rule(port), check=False).returncode == 0:
+        pass
+    pid_file = STATE / "relay.pid"
+    if pid_file.exists():
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+        pid_file.unlink()
+    if not rtt_ms:
+        return
+    stats = STATE / "relay.json"
+    stats.unlink(missing_ok=True)
+    with open(STATE / "relay.log", "ab") as log:
+        relay = subprocess.Popen([sys.executable, "-m", "sandbox.relay", "--port", str(port), "--rtt-ms", str(rtt_ms),
+                                  "--stats", str(stats)], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True)
+    pid_file.write_text(str(relay.pid))
+    for _ in range(100):
+        if stats.exists() or relay.poll() is not None:
+            break
+        time.sleep(0.05)
+    if not stats.exists():
+        raise AirError(f"sandbox: the latency relay did not start (see {STATE / 'relay.log'})")
+    sh("iptables", "-I", *relay_rule(port))
+    say(f"sandbox: {rtt_ms:g} ms RTT between this machine and the sandbox (relay on 127.0.0.1:{port})")
 
 
 def reset_machines(addresses) -> None:
@@ -692,6 +763,7 @@ def tear_down() -> None:
 
 
 def _tear_down() -> None:
+    set_rtt(0)
     listed = docker("ps", "-a", "--filter", f"label={OWNER}={PREFIX}", "--format", "{{.Names}}").stdout.split()
     if listed:
         docker("rm", "-f", "-v", *listed)

@@ -187,9 +187,16 @@ def _login_calls(login: Login, found: Found) -> list:
     return calls
 
 
+GRANTS = "(grants)"  # the record's entry for every login's grants: no user has that name
+
+
 def digests_after(root: str, wanted: dict) -> dict:
-    """user -> password digest once ``plan`` is carried out: what ``state.logins_key`` records. Pure."""
-    return {ROOT: digest(root), **{user: digest(login.password) for user, login in wanted.items()}}
+    """user -> password digest once ``plan`` is carried out, and under ``GRANTS`` a digest of every
+    login's grants: what ``state.logins_key`` records. A record equal to it says etcd was left as
+    ``wanted`` by the task that wrote it. Pure."""
+    granted = json.dumps([[user, [[g.key, g.range_end] for g in login.grants]] for user, login in sorted(wanted.items())])
+    return {ROOT: digest(root), **{user: digest(login.password) for user, login in wanted.items()},
+            GRANTS: digest(granted)}
 
 
 def parse_grants(perms) -> tuple:

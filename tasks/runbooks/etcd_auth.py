@@ -94,10 +94,17 @@ def setup(s: Session, task: str) -> None:
 
 def follow(s: Session, task: str) -> None:
     """The settings' step (setup-cluster, add-machine, deploy, settings.apply): the logins follow
-    what components read; a cluster whose etcd is still open is named."""
+    what components read; a cluster whose etcd is still open is named. When the record of the
+    logins last kept is what the cluster file asks for now, etcd is left as that task left it and
+    is not read again (one request instead of one per user and role); ``fab etcd.auth`` reads etcd
+    itself."""
     if not s.cluster.etcd_auth:
         return
-    keep(s, task)
+    root = etcd_access.root_password(s.cluster)
+    key = state.logins_key(s.cluster)
+    recorded = etcd_access.parse_digests(key, s.etcd.get(key))
+    if recorded != etcd_access.digests_after(root, etcd_access.logins(s.cluster, root)):
+        keep(s, task)
     if not s.etcd.auth_enabled:
         say(f"{task}: etcd's authentication is off on {s.cluster.name}: "
             f"`fab etcd.auth --cluster {s.cluster.name}` turns it on")

@@ -89,6 +89,19 @@ def test_a_kept_cluster_needs_nothing_and_changes_need_only_their_calls():
         "remove user air-web (no component reads as it)", "remove role air-web"]
 
 
+def test_the_record_of_the_logins_changes_with_any_password_or_grant():
+    wanted = {"air-web": Login("air-web", (Grant("/k"), Grant("/p/", "/p0")), "pw")}
+    record = etcd_access.digests_after(ROOT, wanted)
+    assert set(record) == {"root", "air-web", etcd_access.GRANTS}
+    assert etcd_access.parse_digests("/k", __import__("json").dumps(record)) == record  # it reads back as written
+    assert etcd_access.digests_after(ROOT, dict(wanted)) == record
+    for other in ({"air-web": Login("air-web", (Grant("/k"),), "pw")},            # a grant fewer
+                  {"air-web": Login("air-web", (Grant("/k"), Grant("/p/", "/p0")), "pw2")},  # another password
+                  {**wanted, "air-api": Login("air-api", (), "pw")}):               # another login
+        assert etcd_access.digests_after(ROOT, other) != record
+    assert etcd_access.digests_after("other root", wanted) != record
+
+
 def test_no_call_is_shown_with_its_password():
     calls = etcd_access.plan(ROOT, {"air-web": Login("air-web", (), "pw-SECRET")}, Found({}, {}, {}))
     assert not any("SECRET" in c.said or "SECRET" in repr(c) for c in calls)
