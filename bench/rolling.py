@@ -1,4 +1,4 @@
-"""Wall time of a rolling upgrade of 3 machines, beside its physical minimum and a no-op deploy.
+"""Wall time of a rolling upgrade of 3 machines, beside its physical minimum, a no-op deploy and `fab`'s start.
 
 Against the sandbox's `local` cluster (brought up, or reused, with 3
 machines and 2 spares; installed when it is not). Each run commits a change
@@ -7,22 +7,25 @@ apart), then times the rollout (``tasks.upgrade.Rollout``) to that release
 under the cluster's deploy lock, as ``fab deploy`` does: pull, drain, polite
 stop, install, start, health check and re-add, one machine after another.
 
-The physical minimum is what the machines themselves need: on each machine
-in turn, timed there (so SSH round trips are not counted), `systemctl stop`
-of Air units, their start (``machine.start_command``: with the unit files
-unchanged, no daemon-reload), and the health loop of
-``machine.health_command``; the sum over the machines. It is printed twice:
-for the changed component's unit only (the only one an upgrade restarts;
-the stricter figure) and for every Air unit of the machine. Each machine is taken
-out of the balancer around its own measurement, untimed, so nothing is
-served by a stopped machine. The no-op deploy is `fab deploy` with nothing
+The floor is what the rollout cannot do without, each part timed where it
+happens (so no SSH round trip is counted): before each run's rollout, the
+new release's changed image pulled on every machine at once (the slowest
+machine's pull; the image is removed again, so the rollout pulls it too);
+then, machine by machine, the runtime-API message that drains it (on the
+balancer), `systemctl stop` and start of the changed unit and its health
+loop (``machine.health_command``; on the machine) and the message that
+readies it until haproxy says UP (on the balancer). The older figure, stop,
+start and health of every Air unit of each machine, is printed beside it. The no-op deploy is `fab deploy` with nothing
 new, as a user runs it. Last, the balancer alone: over one open connection,
 how long a machine takes to leave (drain through haproxy's runtime API, no
 connection open) and to rejoin (ready, until haproxy reports it UP and a
 request through the balancer lands on it). Figures only; nothing is asserted
 about time.
 
-    python bench/rolling.py [--runs N] [--component NAME]
+    python bench/rolling.py [--runs N] [--component NAME] [--json]
+
+``--json`` prints one JSON object instead: rolling_s, floor_s, ratio, noop_deploy_s, fab_list_s,
+import_fabric_s, drain_idle_s, rejoin_s (medians).
 """
 from __future__ import annotations
 
@@ -33,9 +36,13 @@ import io
 import json
 import re
 import statistics
+import subprocess
+import sys
 import time
 
-from common import fab  # first: it puts the project root on sys.path
+from common import ROOT, fab  # first: it puts the project root on sys.path
+from tasks.commands import haproxy
+from tasks.commands.shell import q
 from tasks.runbooks import balancer
 from tasks.model import cluster as cluster_config
 from tasks.runbooks import install
@@ -87,6 +94,60 @@ def physical(cluster, address, components) -> dict:
     return {"stop": t1 - t0, "start": t2 - t1, "health": t3 - t2, "total": t3 - t0}
 
 
+def remote_seconds(ex, host: str, script: str, deadline: int = 300) -> float:
+    """Seconds ``script`` took on ``host``, timed there."""
+    out = ex.run(host, f"t0=$(date +%s.%N) && {script} && t1=$(date +%s.%N) && echo \"$t0 $t1\"",
+                 what="timed on the host", deadline=deadline).stdout.split()
+    return float(out[-1]) - float(out[-2])
+
+
+def pulled(cluster, release, component: str) -> float:
+    """Seconds of the pull of ``release``'s image of ``component`` on every machine at once (the
+    slowest machine's, timed there); the image is removed again, so a rollout pulls it as well."""
+    image = next(i for i in release.images if i.component == component)
+    with Executor(cluster) as ex:
+        took = ex.parallel(lambda m: remote_seconds(ex, m, machine.pull_command(cluster, release, [component]),
+                                                    cluster.timeouts.pull), list(cluster.machines))
+        ex.parallel(lambda m: ex.run(m, f"docker rmi {q(cluster.pinned_ref(image))} >/dev/null", check=False),
+                    list(cluster.machines))
+    return max(took)
+
+
+def balancer_moves(cluster, address) -> dict:
+    """Seconds, on the balancer, of the message draining ``address`` (no connection open), and of
+    the message readying it until haproxy says UP."""
+    up = (f"until {haproxy.stat_command(cluster)} | awk -F, -v m={q(address)} "
+          f"'$2 == m && $18 !~ /^UP/ {{ down = 1 }} END {{ exit down }}'; do sleep 0.01; done")
+    with Executor(cluster) as ex:
+        host = cluster.balancer.host
+        drain = remote_seconds(ex, host, haproxy.api_command(cluster, haproxy.set_state(cluster, [address], "drain")))
+        ready = remote_seconds(ex, host, haproxy.api_command(cluster, haproxy.set_state(cluster, [address], "ready"))
+                               + " && " + up)
+    return {"drain": drain, "ready": ready}
+
+
+def floor_of(cluster, pull: float, component: str) -> dict:
+    """The floor of one rollout whose pull took ``pull`` s: per machine, drain message + stop, start
+    and health of the changed unit + ready message until UP."""
+    per_machine = {}
+    for m in cluster.machines:
+        moves = balancer_moves(cluster, m)
+        unit = physical(cluster, m, [component])
+        per_machine[m] = {**moves, "unit": unit["total"], "total": moves["drain"] + unit["total"] + moves["ready"]}
+    return {"pull": pull, "machines": per_machine, "total": pull + sum(m["total"] for m in per_machine.values())}
+
+
+def start_up(runs: int = 5) -> dict:
+    """Medians of `fab --list` and of `python -c "import fabric"`, measured side by side."""
+    lists, imports = [], []
+    for _ in range(runs):
+        lists.append(fab("--list").seconds)
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import fabric"], cwd=ROOT, check=True)
+        imports.append(time.monotonic() - started)
+    return {"fab_list_s": statistics.median(lists), "import_fabric_s": statistics.median(imports)}
+
+
 def leave_and_rejoin(cluster, address) -> dict:
     """Seconds for ``address`` to leave the balancer (drained: the call returns) and to rejoin it
     (readied: until haproxy says UP and a request through the balancer is answered by it)."""
@@ -117,14 +178,16 @@ def answered_by(cluster) -> str:
         connection.close()
 
 
-def rolling_run(cluster, component: str) -> dict:
-    """Commit, build and push a change to ``component``, then time the rolling upgrade to it."""
+def rolling_run(cluster, component: str, before_rollout=None) -> dict:
+    """Commit, build and push a change to ``component``, then time the rolling upgrade to it;
+    ``before_rollout(release)``, when given, runs between the two (untimed) and its answer is kept."""
     sb.commit_change(sb.Change(component))
     started = time.monotonic()
     with session(cluster, "bench/rolling.py") as s:
         published = publish(s.ex, cluster.build.host, cluster.build.branch)
         release, built = published.release, published.built
         build_push = time.monotonic() - started
+        first = before_rollout(release) if before_rollout else None
         pushed = [step.component for step in published.steps if step.decision.changed]
         current, _ = records.read_release(s.etcd, cluster)
         said = io.StringIO()
@@ -134,67 +197,73 @@ def rolling_run(cluster, component: str) -> dict:
             planned = time.monotonic() - started
             changed = rollout.apply_recorded(branch=cluster.build.branch, commit=built["commit"])
         rolling = time.monotonic() - started
+        trips = s.ex.trips
     per_machine = {m: float(s) for m, s in UPGRADED.findall(said.getvalue())}
     return {"build_push": build_push, "pushed": pushed, "rolling": rolling, "changed": changed,
-            "per_machine": per_machine, "release": release.id, "planned": planned}
+            "per_machine": per_machine, "release": release.id, "planned": planned, "before": first,
+            "trips": trips}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="rolling upgrades and physical measurements (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="rolling upgrades and floors (default 5)")
     parser.add_argument("--component", default="static_website", help="component changed (default static_website)")
-    parser.add_argument("--noop-runs", type=int, default=3, help="no-op deploys (default 3)")
+    parser.add_argument("--noop-runs", type=int, default=5, help="no-op deploys (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object of the medians")
     args = parser.parse_args()
 
     sb.bring_up(3, 2)
     cluster = cluster_config.load("local")
     how = ensure_installed(cluster)
     machines = list(cluster.machines)
-    overhead = fab("--list").seconds
+    starts = start_up()
 
-    runs, minimums, wholes = [], [], []
+    runs, floors, wholes = [], [], []
     for _ in range(args.runs):
-        runs.append(rolling_run(cluster, args.component))
-        # One machine after another: the changed component's unit only (what the upgrade restarts),
-        # then every Air unit of the machine (the machine's own stop, start and health check).
-        minimums.append({m: physical(cluster, m, [args.component]) for m in machines})
+        run = rolling_run(cluster, args.component, lambda release: pulled(cluster, release, args.component))
+        runs.append(run)
+        floors.append(floor_of(cluster, run["before"], args.component))
         wholes.append({m: physical(cluster, m, None) for m in machines})
+    fab("deploy", "--cluster", "local")  # the release record then keeps its build inputs
     noops = [fab("deploy", "--cluster", "local").seconds for _ in range(args.noop_runs)]
     moves = [leave_and_rejoin(cluster, m) for _ in range(args.runs) for m in machines]
 
+    rolling = statistics.median(r["rolling"] for r in runs)
+    floor = statistics.median(f["total"] for f in floors)
+    figures = {"rolling_s": rolling, "floor_s": floor, "ratio": rolling / floor,
+               "noop_deploy_s": statistics.median(noops), **starts,
+               "drain_idle_s": statistics.median(m["leave"] for m in moves),
+               "rejoin_s": statistics.median(m["up"] for m in moves)}
+    if args.json:
+        print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
+        return
     print(f"sandbox `local`, {len(machines)} machines ({how}); {args.runs} run(s), each a change to "
           f"{args.component}, stop timeout {cluster.timeouts.stop} s")
-    for i, (run, minimum) in enumerate(zip(runs, minimums), 1):
-        floor = sum(m["total"] for m in minimum.values())
+    for i, (run, fl) in enumerate(zip(runs, floors), 1):
         print(f"run {i}: build+push {run['build_push']:5.1f} s (pushed {', '.join(run['pushed']) or 'nothing'}); "
-              f"rolling upgrade {run['rolling']:5.1f} s; physical minimum {floor:5.1f} s; "
-              f"ratio {run['rolling'] / floor:4.2f}")
+              f"rolling upgrade {run['rolling']:5.2f} s; floor {fl['total']:5.2f} s; ratio {run['rolling'] / fl['total']:4.2f}; "
+              f"{run['trips'].total()} round trips")
         upgrading = sum(run["per_machine"].values())
-        print(f"  of which: facts read and plan {run['planned']:4.1f} s; machines' upgrades {upgrading:4.1f} s; "
-              f"the rest (pull and stage, drains, records) {run['rolling'] - run['planned'] - upgrading:4.1f} s")
+        print(f"  rollout: facts read and plan {run['planned']:4.2f} s; machines' upgrades {upgrading:4.2f} s; "
+              f"the rest (pull and stage, drains, records) {run['rolling'] - run['planned'] - upgrading:4.2f} s")
+        print(f"  floor: pull on every machine at once {fl['pull']:4.2f} s, then:")
         for m in machines:
-            p = minimum[m]
-            upgraded = run["per_machine"].get(m)
-            print(f"  {m:15} upgrade {upgraded if upgraded is not None else float('nan'):5.1f} s   "
-                  f"on the machine: stop {p['stop']:4.1f} + start {p['start']:4.1f} + health {p['health']:4.1f}"
-                  f" = {p['total']:4.1f} s")
-    rolling = statistics.median(r["rolling"] for r in runs)
-    floor = statistics.median(sum(m["total"] for m in minimum.values()) for minimum in minimums)
-    whole = statistics.median(sum(m["total"] for m in minimum.values()) for minimum in wholes)
-    print(f"median: rolling upgrade {rolling:5.1f} s")
-    print(f"  physical minimum, the changed unit only (what the upgrade restarts): {floor:5.1f} s, "
-          f"ratio {rolling / floor:4.2f}")
-    print(f"  physical minimum, every Air unit of each machine stopped, started and checked: {whole:5.1f} s, "
-          f"ratio {rolling / whole:4.2f}")
-    print(f"no-op `fab deploy` (nothing new), {len(noops)} runs: "
-          + ", ".join(f"{s:4.1f} s" for s in noops) + f"; median {statistics.median(noops):4.1f} s "
-          f"(includes starting `fab`: `fab --list` takes {overhead:.1f} s)")
+            p, upgraded = fl["machines"][m], run["per_machine"].get(m)
+            print(f"  {m:15} upgrade {upgraded if upgraded is not None else float('nan'):5.2f} s   floor: drain "
+                  f"{p['drain']:5.3f} + stop, start, healthy {p['unit']:5.2f} + ready until UP {p['ready']:5.3f} "
+                  f"= {p['total']:5.2f} s   (round trips to it: {run['trips'].of(m)})")
+    whole = statistics.median(sum(m["total"] for m in w.values()) for w in wholes)
+    print(f"median: rolling upgrade {rolling:5.2f} s; floor {floor:5.2f} s, ratio {rolling / floor:4.2f}")
+    print(f"  (every Air unit of each machine stopped, started and checked: {whole:5.2f} s)")
+    print(f"no-op `fab deploy` (nothing new), {len(noops)} runs: " + ", ".join(f"{s:4.2f} s" for s in noops)
+          + f"; median {figures['noop_deploy_s']:4.2f} s")
+    print(f"`fab --list` {starts['fab_list_s']:4.2f} s, `python -c 'import fabric'` {starts['import_fabric_s']:4.2f} s "
+          f"(ratio {starts['fab_list_s'] / starts['import_fabric_s']:4.2f}), medians of 5")
     print(f"balancer, {len(moves)} times a machine out and back in over one connection (runtime API, no reload): "
-          f"leave median {statistics.median(m['leave'] for m in moves):5.2f} s "
-          f"(max {max(m['leave'] for m in moves):4.2f}); rejoin until haproxy says UP median "
-          f"{statistics.median(m['up'] for m in moves):5.2f} s (max {max(m['up'] for m in moves):4.2f}), "
-          f"until it answers a request through the balancer median "
-          f"{statistics.median(m['served'] for m in moves):5.2f} s (max {max(m['served'] for m in moves):4.2f})")
+          f"leave median {figures['drain_idle_s']:5.3f} s (max {max(m['leave'] for m in moves):5.3f}); "
+          f"rejoin until haproxy says UP median {figures['rejoin_s']:5.3f} s "
+          f"(max {max(m['up'] for m in moves):5.3f}), until it answers a request through the balancer median "
+          f"{statistics.median(m['served'] for m in moves):5.3f} s")
 
 
 if __name__ == "__main__":

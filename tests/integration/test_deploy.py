@@ -149,10 +149,24 @@ def test_deploy_of_nothing_new_restarts_nothing(sandbox, local_serving, clock):
     # The record now keeps the checkouts' commits and build inputs (if the install wrote it, it kept
     # none): the next deploy of them builds nothing, and pushes nothing.
     assert recorded(local_serving)[0]["inputs"].keys() == current["components"].keys()
-    again = deploy()
+    # That deploy, from a machine 20 ms away (the sandbox's relay carries every connection to it).
+    sb.set_rtt(20)
+    try:
+        again = deploy("--json")
+        relayed = sb.relay_stats()
+    finally:
+        sb.set_rtt(0)
     assert f"every source and build input is release {current['id']}'s: nothing to build" in again.stderr
     assert "built sha256:" not in again.stderr and "push:" not in again.stderr
-    assert released(again) == current["id"] and start_times(local_serving) == started
+    outcome = json.loads(again.stdout)
+    assert outcome["release"] == current["id"] and start_times(local_serving) == started
+    trips = outcome["round_trips"]
+    # Every machine was asked for its facts, etcd through one of them; each host was logged in to
+    # once, through the relay.
+    assert set(local_serving.machines) <= set(trips["hosts"])
+    assert sum(kinds.get("etcd", 0) for kinds in trips["hosts"].values()) > 0
+    logins = sum(kinds.get("login", 0) for kinds in trips["hosts"].values())
+    assert relayed["rtt_ms"] == 20 and relayed["connections"] >= logins >= len(local_serving.machines)
 
 
 def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, local_serving, machines, clock,

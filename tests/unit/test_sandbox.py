@@ -138,3 +138,73 @@ def test_the_flags_of_sandbox_change_make_one_kind_of_change():
     with pytest.raises(ConfigError) as refused:
         sb.change_of("router", None, **{**flags, "broken": True, "fix": True})
     assert str(refused.value) == "sandbox.change: --broken and --fix exclude each other"
+
+
+def test_the_relay_rule_sends_this_machines_connections_to_the_subnet_through_the_relay_but_its_own():
+    from sandbox.relay import MARK
+    rule = sb.relay_rule(47007)
+    assert rule[:3] == ["OUTPUT", "-t", "nat"]
+    assert rule[rule.index("-d") + 1] == f"{sb.SUBNET}.0/24" and rule[rule.index("-p") + 1] == "tcp"
+    assert rule[rule.index("!") + 1:rule.index("!") + 3] == ["--mark", hex(MARK)]
+    assert rule[-4:] == ["-j", "REDIRECT", "--to-ports", "47007"]
+
+
+@pytest.mark.parametrize("value, rtt", [("", 0.0), ("0", 0.0), ("50", 50.0), ("12.5", 12.5)])
+def test_the_rtt_asked_for(monkeypatch, value, rtt):
+    monkeypatch.setenv(sb.RTT_VARIABLE, value)
+    assert sb.wanted_rtt() == rtt
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "5000"])
+def test_an_rtt_that_is_not_a_number_of_milliseconds_is_refused(monkeypatch, value):
+    monkeypatch.setenv(sb.RTT_VARIABLE, value)
+    with pytest.raises(ConfigError, match=f"^{sb.RTT_VARIABLE}="):
+        sb.wanted_rtt()
+
+
+def test_the_relay_holds_each_exchange_back_by_the_rtt_and_passes_everything_in_order(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    echo = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        peer, _ = echo.accept()
+        while data := peer.recv(1 << 16):
+            peer.sendall(data)
+        peer.close()
+    threading.Thread(target=serve, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stats = tmp_path / "relay.json"
+    relay = subprocess.Popen([sys.executable, "-m", "sandbox.relay", "--port", str(port), "--rtt-ms", "80",
+                              "--stats", str(stats), "--to", f"127.0.0.1:{echo.getsockname()[1]}"], cwd=sb.ROOT)
+    try:
+        while not stats.exists():
+            time.sleep(0.02)
+        client = socket.create_connection(("127.0.0.1", port))
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        started = time.monotonic()
+        client.sendall(b"x")
+        assert client.recv(1) == b"x"
+        assert time.monotonic() - started >= 0.08 + 0.04  # the connect's RTT is paid by the first exchange
+        started = time.monotonic()
+        client.sendall(b"y")
+        assert client.recv(1) == b"y"
+        assert time.monotonic() - started >= 0.08
+        sent = bytes(range(256)) * 4000
+        threading.Thread(target=lambda: (client.sendall(sent), client.shutdown(socket.SHUT_WR)), daemon=True).start()
+        got = b""
+        while data := client.recv(1 << 16):
+            got += data
+        assert got == sent  # in order, whole, and its end passed on
+        client.close()
+        assert json.loads(stats.read_text()) == {"connections": 1, "rtt_ms": 80.0}
+    finally:
+        relay.terminate()
+        relay.wait(5)

@@ -1,0 +1,82 @@
+"""A rolling upgrade, a no-op deploy and `fab status` with the sandbox on the LAN and behind a WAN.
+
+Against the sandbox's `local` cluster (installed when it is not). Each figure is taken first with
+the sandbox reached directly, then with it ``--rtt-ms`` away: the sandbox's latency relay
+(``sandbox/relay.py``, ``AIR_SANDBOX_RTT_MS``) carries every connection from this machine,
+SSH and the registry's alike. The rolling upgrade is ``bench/rolling.py``'s (a change to one
+component, built and pushed untimed, then the rollout timed); the no-op deploy and `fab status`
+are run as an operator runs them. Round trips are the executor's counts
+(``tasks.net.trips``): per machine, the most any machine answered during the rollout (commands
+and Docker requests; logins apart); fixed, everything else the rollout waited for (etcd, the
+balancer, the registry, logins). Figures only; nothing is asserted about time.
+
+    python bench/wan.py [--rtt-ms 50] [--runs N] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+from common import fab  # first: it puts the project root on sys.path
+from rolling import ensure_installed, rolling_run
+from sandbox import testbed as sb
+from tasks.model import cluster as cluster_config
+
+COMPONENT = "static_website"
+
+
+def figures(cluster, runs: int) -> dict:
+    """Medians of the rollout, the no-op deploy and `fab status`, and the rollout's round trips."""
+    rollouts = [rolling_run(cluster, COMPONENT) for _ in range(runs)]
+    fab("deploy", "--cluster", "local")  # the release record then keeps its build inputs
+    noops = [fab("deploy", "--cluster", "local").seconds for _ in range(runs)]
+    statuses = [fab("status", "--cluster", "local", ok=(0, 1)).seconds for _ in range(runs)]
+    machines = list(cluster.machines)
+    trips = rollouts[-1]["trips"]
+    per_machine = max(trips.of(m, kinds=("command", "docker")) for m in machines)
+    fixed = trips.total() - sum(trips.of(m, kinds=("command", "docker")) for m in machines)
+    return {"rolling_s": statistics.median(r["rolling"] for r in rollouts),
+            "noop_deploy_s": statistics.median(noops), "status_s": statistics.median(statuses),
+            "round_trips": {"per_machine": per_machine, "fixed": fixed, "total": trips.total(),
+                            "hosts": trips.summary()["hosts"]}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rtt-ms", type=float, default=50, help="the WAN's round-trip time (default 50)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each figure, at each RTT (default 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    sb.bring_up(3, 2)
+    cluster = cluster_config.load("local")
+    ensure_installed(cluster)
+    try:
+        sb.set_rtt(0)
+        lan = figures(cluster, args.runs)
+        sb.set_rtt(args.rtt_ms)
+        wan = figures(cluster, args.runs)
+    finally:
+        sb.set_rtt(0)
+    result = {"rtt_ms": args.rtt_ms, "rolling_s": wan["rolling_s"], "rolling_lan_s": lan["rolling_s"],
+              "noop_deploy_s": wan["noop_deploy_s"], "noop_deploy_lan_s": lan["noop_deploy_s"],
+              "status_s": wan["status_s"], "status_lan_s": lan["status_s"],
+              "round_trips": {k: wan["round_trips"][k] for k in ("per_machine", "fixed")}}
+    if args.json:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
+        return
+    print(f"sandbox `local`, 3 machines; medians of {args.runs} runs; WAN = {args.rtt_ms:g} ms RTT "
+          f"through the sandbox's relay")
+    print(f"{'':28} {'LAN':>8} {'WAN':>8} {'WAN - LAN':>10}")
+    for name, key in (("rolling upgrade (rollout)", "rolling_s"), ("no-op fab deploy", "noop_deploy_s"),
+                      ("fab status", "status_s")):
+        print(f"{name:28} {lan[key]:7.2f}s {wan[key]:7.2f}s {wan[key] - lan[key]:+9.2f}s")
+    for label, data in (("LAN", lan), ("WAN", wan)):
+        rt = data["round_trips"]
+        print(f"round trips of a rollout ({label}): {rt['per_machine']} per machine at most, {rt['fixed']} fixed, "
+              f"{rt['total']} in all: " + "; ".join(f"{h} {k}" for h, k in rt["hosts"].items()))
+
+
+if __name__ == "__main__":
+    main()
