@@ -136,6 +136,15 @@ def without_credentials(url: str) -> str:
     return _USER_INFO.sub(r"\g<scheme>", url, count=1)
 
 
+_USER_INFO_IN_TEXT = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s'\"]*@")
+
+
+def credentials_masked(text: str) -> str:
+    """``text`` (git's error output, say) with the user-info of every ``scheme://`` URL in it left
+    out, as ``without_credentials`` leaves it out of one URL. Pure."""
+    return _USER_INFO_IN_TEXT.sub(r"\g<scheme>", text)
+
+
 def sources(plan: list, commits: list) -> list:
     """What a release records of its checkouts: each repository (without credentials), branch, commit
     and the components built from it."""

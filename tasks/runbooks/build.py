@@ -37,6 +37,7 @@ from tasks.commands.build_scripts import (
     checkouts,
     commits_command,
     context_command,
+    credentials_masked,
     failure_line,
     jobs,
     parse_branches,
@@ -76,7 +77,7 @@ def update_checkouts(ex, host, plan: list) -> list:
                 raise ConfigError(f"no branch {c.branch!r} in {without_credentials(c.repository)}")
     if result.exited != 0:
         raise RemoteError(f"{host}: updating the checkouts failed (exit {result.exited}): "
-                          f"{tail(result.stderr or result.stdout)}")
+                          f"{credentials_masked(tail(result.stderr or result.stdout))}")
     return result.stdout.split()[-len(plan):]
 
 

@@ -19,6 +19,7 @@ from tasks.commands.build_scripts import (
     checkouts,
     commits_command,
     context_command,
+    credentials_masked,
     filter_context,
     ignore_patterns,
     jobs,
@@ -346,3 +347,12 @@ def test_the_checkout_script_and_the_recorded_sources_name_the_repository_withou
     plan = [Checkout(url, "/aircloak/stage/air", "main", ("web",))]
     assert sources(plan, ["c" * 40]) == [{"repository": "https://git.example.org/air.git", "branch": "main",
                                           "commit": "c" * 40, "components": ["web"]}]
+
+
+def test_git_errors_are_shown_without_the_credentials_of_any_url():
+    said = ("fatal: unable to access 'https://deploy:t0ken@git.example.org/air.git/': Could not resolve host\n"
+            "remote: see https://git.example.org/help and ssh://u:p@h:22/x")
+    assert credentials_masked(said) == (
+        "fatal: unable to access 'https://git.example.org/air.git/': Could not resolve host\n"
+        "remote: see https://git.example.org/help and ssh://h:22/x")
+    assert credentials_masked("git@host:path/repo.git stays") == "git@host:path/repo.git stays"
