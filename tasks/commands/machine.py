@@ -79,6 +79,11 @@ def parse_facts(text: str) -> dict:
     return facts
 
 
+def installed_release_command() -> str:
+    """Prints the release the machine was installed with (nothing on a machine never installed)."""
+    return f"cat {q(cloudconfig.RELEASE_FILE)} 2>/dev/null || true"
+
+
 def fresh_problems(facts: dict) -> list:
     """Why a machine is not a freshly prepared one (empty when it is)."""
     problems = []

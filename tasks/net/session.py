@@ -24,7 +24,8 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator, Optional
 
 from tasks.model import state
-from tasks.model.errors import INTERRUPTED, LockedError, LostLock, RemoteError
+from tasks.commands import machine
+from tasks.model.errors import INTERRUPTED, LockedError, LostLock, PreflightError, RemoteError
 from tasks.net import etcd as etcd_api
 from tasks.net.executor import Executor
 from tasks.net.progress import say
@@ -127,13 +128,32 @@ def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd:
 
 def optional_lock(s: Session, why: str, wait: bool = False) -> None:
     """Take the lock when the cluster has an etcd to hold it in; a cluster not yet set up has none
-    (its first build and push run before it exists)."""
+    (its first build and push run before it exists). When no etcd answers but a machine says it was
+    installed, the cluster is set up and its etcd is in trouble: PreflightError, nothing done
+    without the lock."""
     try:
         s.connect_etcd()
-    except RemoteError:
-        say(f"{s.cluster.name}: no etcd answers (not set up yet?): going on without the cluster's lock")
+    except RemoteError as no_etcd:
+        machines = list(s.cluster.machines)
+        found = s.ex.parallel(lambda address: _installed_release(s.ex, address), machines)
+        installed = [(m, release) for m, release in zip(machines, found) if release]
+        if installed:
+            machine, release = installed[0]
+            raise PreflightError(f"{why}: {s.cluster.name} is installed ({machine} runs release {release}) but its "
+                                 f"etcd does not answer, so the cluster's lock cannot be taken: nothing was done "
+                                 f"({no_etcd}; `fab status --cluster {s.cluster.name}` says more)") from None
+        say(f"{s.cluster.name}: no etcd answers and no machine is installed (not set up yet): "
+            f"going on without the cluster's lock")
         return
     s.take_lock(why, wait)
+
+
+def _installed_release(ex: Executor, address: str) -> str:
+    """The release ``address`` was installed with; "" when it was not, or does not answer."""
+    try:
+        return ex.read(address, machine.installed_release_command(), what="read its release").stdout.strip()
+    except RemoteError:
+        return ""
 
 
 @contextmanager
