@@ -100,7 +100,7 @@ def before_rollout(s: Session, release: Release, current: Optional[Release], met
         outcome = f"failed: release command on {failure}"
         records.add_history(s.etcd, s.cluster, {**release.to_dict(), **meta, "who": meta.get("who") or state.operator(),
                                                 "when": state.now(), "outcome": outcome})
-        raise ReleaseCommandFailed(f"{failure}\nnothing was drained: {s.cluster.name} still runs release "
+        raise ReleaseCommandFailed(f"{failure}; nothing was drained: {s.cluster.name} still runs release "
                                    f"{current and current.id}; release {release.id} is recorded as failed") from None
 
 

@@ -13,8 +13,12 @@ from tasks.runbooks import release_command as runbook
 from tasks.runbooks.publish import Published
 from tasks.runbooks.release_command import ReleaseCommandFailed
 
-from .test_release_settings import BUILT, PASSWORD, configured, recorded  # noqa: F401 (fixtures)
-from .test_rollout import NEW, OLD, record_routes, s  # noqa: F401 (fixtures)
+from . import test_release_settings, test_rollout
+from .test_release_settings import BUILT, PASSWORD, recorded
+from .test_rollout import NEW, OLD
+
+# Their fixtures: the recording session on OLD (``s``) with settings, one a secret (``configured``).
+s, record_routes, configured = test_rollout.s, test_rollout.record_routes, test_release_settings.configured
 
 MIGRATE = ReleaseCommand("web", "/app/bin/migrate --to 'latest schema'")
 
@@ -151,3 +155,11 @@ def test_the_cluster_file_names_a_component_it_has(tmp_path):
     (tmp_path / "prod.yaml").write_text(CLUSTER_YAML + "release_command: {component: db, command: migrate}\n")
     with pytest.raises(Exception, match="release_command.component: expected one of the components"):
         load("prod", directory=tmp_path)
+
+
+def test_a_rollback_says_it_does_not_run_it(cluster, capsys):
+    runbook.not_run_by_rollback(cluster)
+    assert capsys.readouterr().err == ""
+    runbook.not_run_by_rollback(with_command(cluster))
+    assert capsys.readouterr().err == ("rollback: the release command is not run (a rollback keeps what it did); "
+                                       "`fab release-command --cluster prod` runs it at the cluster's release\n")
