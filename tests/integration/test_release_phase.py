@@ -6,11 +6,12 @@ under the probe with a long request in flight.
 One scenario, its steps in order (each needs the one before), with as few deploys as it can:
 air_backend changes to need the database at schema 1 with a migration that fails; a deploy
 refused by the pre_deploy hook (nothing pushed); the same release again, which pushes and
-stops at its failing migration (nothing drained); then the migration repaired, deployed with a
-message and a post_deploy hook that fails (the deploy succeeds). The cluster file is a copy
-(``local_copy``) with the release command and hooks that write their environment to files
-beside it. The module's fixture leaves the application needing no schema again (a commit, no
-deploy): the other modules' releases, and local2's database, need none.
+stops at its failing migration (nothing drained); the migration repaired, deployed with a
+message and a post_deploy hook that fails (the deploy succeeds); then a rollback, which does not
+run the migration. The cluster file is a copy (``local_copy``) with the release command and hooks
+that write their environment to files beside it. The cluster ends on the release it started
+on, and the module's fixture puts air_backend's folder back as it was (one commit, no deploy):
+the other modules find master as deployed, and neither it nor local2's database needs a schema.
 """
 import json
 import re
@@ -42,9 +43,15 @@ def phase(installed, tmp_path_factory):
     the application needs no schema again."""
     folder = tmp_path_factory.mktemp("release_phase")
     env = local_copy(folder, release_command={"component": BACKEND, "command": "/app/bin/migrate"}, hooks=HOOKS)
+    build = sb._node("build").name
+    before = sb.inside(build, f"git -C {sb.REPOSITORY} rev-parse master").strip()
     yield installed, folder, env
-    sb.commit_change(sb.Change(BACKEND, "migration", "passes"))
-    sb.commit_change(sb.Change(BACKEND, "schema", "0"))
+    sb.inside(build, f"""
+        rm -rf /tmp/air-restore && git clone -q {sb.REPOSITORY} /tmp/air-restore && cd /tmp/air-restore
+        git rm -q -r components/{BACKEND} && git checkout {before} -- components/{BACKEND}
+        git -c user.name=sandbox -c user.email=sandbox@air.invalid commit -q --allow-empty -m 'air_backend as before'
+        git push -q origin master && rm -rf /tmp/air-restore
+    """)
 
 
 def recorded(cluster) -> tuple:
@@ -166,6 +173,13 @@ def test_a_release_with_a_new_migration_runs_it_once_before_any_drain(phase, clo
     assert re.findall(r"release command: '/app/bin/migrate' in a one-off container .* on (\S+)", proc.stderr) == \
         [machine]
     assert proc.stderr.index("release command: done on") < proc.stderr.index("balancer: routes")
+    # Its /health tells a skipped migration from a run one: with the database a schema behind, 503.
+    port = cluster.component(BACKEND).port
+    behind = on(cluster, machine, f"cp {DATABASE}/schema /tmp/schema && echo {schema - 1} > {DATABASE}/schema && "
+                                  f"curl -s -m 5 -w ' %{{http_code}}' http://127.0.0.1:{port}/health; "
+                                  f"cat /tmp/schema > {DATABASE}/schema").stdout
+    assert behind == f"database at schema {schema - 1}, release needs {schema} 503", behind
+    assert database(cluster)[0] == schema
     # The post_deploy hook failed: said, and the deploy stands.
     assert "warning: hook post_deploy failed (exit 1): chat is down (the deploy's outcome stands: succeeded)" \
         in proc.stderr
@@ -185,3 +199,19 @@ def test_a_release_with_a_new_migration_runs_it_once_before_any_drain(phase, clo
     alone = fab("release-command", "--cluster", "local", env=env)
     assert re.search(rf"release command done on \S+ \(release {current['id']}\)", alone.stdout)
     assert len(database(cluster)[1]) == len(after) + 1
+
+
+def test_a_rollback_does_not_run_the_release_command_and_says_so(phase, clock):
+    cluster, folder, env = phase
+    _, log = database(cluster)
+    current, history = recorded(cluster)
+    with clock("rollback"):
+        proc = fab("rollback", "--cluster", "local", env=env)
+    assert "rollback: the release command is not run" in proc.stderr
+    assert "release command: '" not in proc.stderr and database(cluster)[1] == log
+    after, _ = recorded(cluster)
+    assert after["rollback_from"] == current["id"] and serving(cluster)
+    post = env_file(folder / "post.env")
+    assert (post["AIR_ACTION"], post["AIR_RELEASE"], post["AIR_PREVIOUS_RELEASE"]) == \
+        ("rollback", after["id"], current["id"])
+    (folder / POST_FAILS).unlink()
