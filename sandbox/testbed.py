@@ -214,9 +214,9 @@ def ensure_local_files() -> None:
         sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
            "/CN=air-sandbox CA", "-keyout", str(STATE / "ca.key"), "-out", str(STATE / "ca.crt"))
         os.chmod(STATE / "ca.key", 0o600)
-        registry_ip = next(n.address for n in layout(1, 0) if n.role == "registry")
-        sign_certificate(STATE, f"{PREFIX}-registry", f"IP:{registry_ip},DNS:{PREFIX}-registry",
-                         STATE / "registry.key", STATE / "registry.crt")
+    registry_ip = _node("registry").address
+    sign_certificate(STATE, f"{PREFIX}-registry", f"IP:{registry_ip},DNS:{PREFIX}-registry",
+                     STATE / "registry.key", STATE / "registry.crt")
     for user, name in CREDENTIALS_FILES.items():
         credentials = STATE / name
         if not credentials.exists():
@@ -230,19 +230,23 @@ def ensure_local_files() -> None:
             fd = os.open(secrets_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(24) + "\n")
-    if not (secrets_dir / "router.crt").exists():
-        # The sample router's own TLS certificate, for the name and address clients reach it by: the
-        # balancer's (HTTPS passes through it as TCP). A secret of the cluster, like the others.
-        balancer_ip = _node("balancer").address
-        sign_certificate(STATE, f"{PREFIX}-balancer", f"IP:{balancer_ip},DNS:{PREFIX}-balancer,DNS:localhost,IP:127.0.0.1",
-                         secrets_dir / "router.key", secrets_dir / "router.crt")
+    # The sample router's own TLS certificate, for the name and address clients reach it by: the
+    # balancer's (HTTPS passes through it as TCP). A secret of the cluster, like the others.
+    balancer_ip = _node("balancer").address
+    if sign_certificate(STATE, f"{PREFIX}-balancer", f"IP:{balancer_ip},DNS:{PREFIX}-balancer,DNS:localhost,IP:127.0.0.1",
+                        secrets_dir / "router.key", secrets_dir / "router.crt"):
         os.chmod(secrets_dir / "router.crt", 0o600)
 
 
-def sign_certificate(ca_dir: Path, name: str, alt_names: str, key: Path, certificate: Path) -> None:
-    """A new key (0600) and a certificate for ``name`` and ``alt_names``, signed by the CA in ``ca_dir``."""
+def sign_certificate(ca_dir: Path, name: str, alt_names: str, key: Path, certificate: Path) -> bool:
+    """A new key (0600) and a certificate for ``name`` and ``alt_names``, signed by the CA in ``ca_dir``,
+    unless the certificate there was made for the same names (a state made for another prefix or
+    subnet gets new ones). Returns whether it made them."""
     ext = ca_dir / f"{key.stem}.ext"
-    ext.write_text(f"subjectAltName={alt_names}\n")
+    wanted = f"subjectAltName={alt_names}\n"
+    if certificate.exists() and ext.exists() and ext.read_text() == wanted:
+        return False
+    ext.write_text(wanted)
     request = ca_dir / f"{key.stem}.csr"
     sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
        "-keyout", str(key), "-out", str(request))
@@ -250,6 +254,7 @@ def sign_certificate(ca_dir: Path, name: str, alt_names: str, key: Path, certifi
     sh("openssl", "x509", "-req", "-in", str(request), "-CA", str(ca_dir / "ca.crt"),
        "-CAkey", str(ca_dir / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(ext),
        "-out", str(certificate))
+    return True
 
 
 def registry_credentials(user: str = REGISTRY_USER) -> tuple:

@@ -8,7 +8,9 @@ build prints. Pure text, tested by equality; ``tasks.runbooks.build`` runs it.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import re
 import tarfile
@@ -207,6 +209,18 @@ def build_options(cluster, job: Job) -> dict:
     if component.target:
         options["target"] = component.target
     return options
+
+
+def build_inputs(job: Job) -> str:
+    """A digest of everything ``job``'s image is built from, as far as this side knows: the
+    component's build settings (context, Dockerfile, ignore file, build arguments, target, prepare
+    command, repository and branch) and its values (commit, VERSION's base, cluster). Equal digests:
+    the same build, save for base images changed under the same tag (``deploy --rebuild``). Pure."""
+    c = job.component
+    settings = [c.source, c.dockerfile, c.ignore, [list(a) for a in c.args], c.target, c.prepare, c.repository,
+                c.branch]
+    text = json.dumps([settings, job.values], sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def ignore_patterns(text: str) -> list:

@@ -187,15 +187,27 @@ def set_state(cluster, machines, state: str) -> list:
             for machine in machines for backend, _, _ in backends(cluster)]
 
 
-def wait_command(cluster, machines, seconds: int) -> str:
-    """Wait until the servers of ``machines`` have no connection left, at most ``seconds``; prints
-    ``air-drain: N`` with the connections still open when it stopped waiting (0: all ended)."""
+SHOW_STAT = "show stat -1 4 -1"  # every server's row (type 4), of every backend
+# Reads `show stat` after the answers to the messages sent with it: a line before the CSV header is
+# haproxy refusing one of them (it answers a right `set server` with nothing); then the connections
+# of the servers named in m (" a b "). Prints their count, or fails with haproxy's words.
+_COUNT = ("/^#/ { table = 1; next } "
+          "!table && /[^[:space:]]/ { print \"haproxy: \" $0 > \"/dev/stderr\"; refused = 1 } "
+          "table && index(m, \" \" $2 \" \") { s += $5 } "
+          "END { if (refused) exit 1; print s + 0 }")
+
+
+def drain_command(cluster, messages, machines, seconds: int) -> str:
+    """Send ``messages`` (the drains, with any readies) and count the connections ``machines`` still
+    have, in one exchange with haproxy; while some remain, count again every ``DRAIN_POLL`` s, at most
+    ``seconds``. Prints ``air-drain: N``, the connections still open when it stopped waiting (0: all
+    ended). An idle machine leaves in that one exchange, with no pause."""
     names = " " + " ".join(machines) + " "
-    count = (f"printf 'show stat -1 4 -1\\n' | {SOCAT} -t 5 stdio UNIX-CONNECT:{q(admin_socket(cluster))} | "
-             f"awk -F, -v m={q(names)} 'index(m, \" \" $2 \" \") {{ s += $5 }} END {{ print s + 0 }}'")
-    return (f"end=$(( $(date +%s) + {int(seconds)} )); while :; do n=$({count}); "
-            f"if [ \"$n\" = 0 ] || [ \"$(date +%s)\" -ge \"$end\" ]; then echo \"{DRAINED} $n\"; break; fi; "
-            f"sleep {DRAIN_POLL}; done")
+    count = f"{SOCAT} -t 5 stdio UNIX-CONNECT:{q(admin_socket(cluster))} | awk -F, -v m={q(names)} {q(_COUNT)}"
+    first = f"n=$(printf '%s\\n' {q(';'.join([*messages, SHOW_STAT]))} | {count})"
+    return (f"{first} && {{ if [ \"$n\" != 0 ]; then end=$(( $(date +%s) + {int(seconds)} )); "
+            f"while [ \"$n\" != 0 ] && [ \"$(date +%s)\" -lt \"$end\" ]; do "
+            f"sleep {DRAIN_POLL}; n=$(printf '%s\\n' {q(SHOW_STAT)} | {count}); done; fi; echo \"{DRAINED} $n\"; }}")
 
 
 def check_command(cluster, config: str, routers: str) -> str:
@@ -215,13 +227,14 @@ def change_command(cluster, change: Change, drain_seconds: int, run_id: str = ""
     steps = [f"umask 022 && printf %s {q(text)} > {q(candidate)}",
              check_command(cluster, cluster.balancer.config, candidate) if change.check else None,
              f"mv -f {q(candidate)} {q(path)}"]
-    ready = change.ready if not change.reload else []
-    if ready or change.drain:  # one message to haproxy: the returning readied, the leaving drained
-        steps.append(api_command(cluster, set_state(cluster, ready, "ready") + set_state(cluster, change.drain, "drain")))
-    if change.drain:
-        steps.append(wait_command(cluster, change.drain, drain_seconds))
+    ready = set_state(cluster, change.ready if not change.reload else [], "ready")
+    if change.drain:  # one message to haproxy: the returning readied, the leaving drained and counted
+        steps.append(drain_command(cluster, ready + set_state(cluster, change.drain, "drain"), change.drain,
+                                   drain_seconds))
         if not change.reload:
             steps.append(api_command(cluster, set_state(cluster, change.drain, "maint")))
+    elif ready:
+        steps.append(api_command(cluster, ready))
     if change.reload:
         steps.append(f"systemctl reload-or-restart {unit_name(cluster)}")  # started, if it was not running
     return " && ".join(step for step in steps if step)
@@ -236,7 +249,7 @@ def drain_left(output: str) -> int:
 # ---------------------------------------------------------------- haproxy's view, read back
 
 def stat_command(cluster) -> str:
-    return f"printf 'show stat -1 4 -1\\n' | {SOCAT} -t 5 stdio UNIX-CONNECT:{q(admin_socket(cluster))}"
+    return f"printf '%s\\n' {q(SHOW_STAT)} | {SOCAT} -t 5 stdio UNIX-CONNECT:{q(admin_socket(cluster))}"
 
 
 class Server(NamedTuple):

@@ -47,12 +47,15 @@ class _FabricSSHAdapter(SSHHTTPAdapter):
         self.pools.clear()
 
 
-def engine(conn, timeout: int = 600) -> docker.APIClient:
-    """An APIClient for the engine on ``conn``'s host (``docker system dial-stdio`` there)."""
+def engine(conn, timeout: int = 600, counted=None) -> docker.APIClient:
+    """An APIClient for the engine on ``conn``'s host (``docker system dial-stdio`` there);
+    ``counted``: a requests response hook counting its round trips (``tasks.net.trips``)."""
     conn.open()
     api = docker.APIClient(base_url=f"ssh://{conn.host}", version=API_VERSION,
                            use_ssh_client=True, timeout=timeout)
     adapter = _FabricSSHAdapter(conn, timeout)
     api._custom_adapter = adapter
     api.mount("http+docker://ssh", adapter)
+    if counted is not None:
+        api.hooks["response"].append(counted)
     return api

@@ -28,20 +28,27 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 from urllib.parse import quote as urlquote
 
 import paramiko
-import requests
-import urllib3
-from etcd3gw import exceptions as gw_errors
-from etcd3gw.client import Etcd3Client
-from etcd3gw.lease import Lease
 
 from cloudconfig.units import ETCD_CLIENT_PORT as CLIENT_PORT
 from tasks.model import etcd_access
 from tasks.model.errors import HealthError, LockedError, LostLock, RemoteError
-from tasks.net.tunnel import ConnectingAdapter, bridged
+from tasks.net import deferred
+from tasks.net.tunnel import bridged
+
+if TYPE_CHECKING:
+    import requests
+    import etcd3gw.client as gw_client
+    from etcd3gw import exceptions as gw_errors
+    import etcd3gw.lease as gw_lease
+
+    from tasks.net import http
+else:
+    requests, http = deferred("requests"), deferred("tasks.net.http")
+    gw_client, gw_errors, gw_lease = (deferred(f"etcd3gw.{name}") for name in ("client", "exceptions", "lease"))
 
 API_PATH = "/v3/"  # etcd 3.4 and later; fixed, so no version request precedes every client
 HOLDER_FIELDS = ("who", "since", "why")  # shown first when a lock is refused
@@ -84,54 +91,13 @@ def _member(data: dict) -> Member:
                   learner=bool(data.get("isLearner", False)))
 
 
-class _OneWriteConnection(urllib3.connection.HTTPConnection):
-    """An HTTP connection that writes each request, head and body, in one piece.
-
-    urllib3 writes the head, then the body. Through the SSH tunnel each write becomes a
-    write of sshd to etcd's socket on the machine, and there the body waits for the ACK
-    of the head, which Linux delays by 40 ms: half of all etcd calls took 45 ms instead
-    of 3 (seen on the sandbox). The tunnel's socket pair passes writes on as they come, so
-    this holds there too."""
-
-    _held: Optional[bytearray] = None
-
-    def request(self, method, url, body=None, headers=None, **options):
-        self._held = bytearray()
-        try:
-            super().request(method, url, body=body, headers=headers, **options)
-            held = bytes(self._held)
-        finally:
-            self._held = None
-        if held:
-            super().send(held)
-
-    def send(self, data):
-        if self._held is None:
-            return super().send(data)
-        if isinstance(data, (bytes, bytearray)):
-            self._held += data
-            return None
-        held, self._held = bytes(self._held), bytearray()  # a streamed body: what is held goes first
-        super().send(held)
-        return super().send(data)
-
-
-class _OneWritePool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _OneWriteConnection
-
-
-class _OneWriteAdapter(requests.adapters.HTTPAdapter):
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme, "http": _OneWritePool}
-
-
 class Etcd:
     """A client of one etcd member at ``host:port`` (over a tunnel, see ``tunnel``)."""
 
     def __init__(self, host: str, port: int, timeout: float = 5, *, label: str = None, connect=None,
-                 login: Optional[tuple] = None):
+                 login: Optional[tuple] = None, counted=None):
         self.host, self.port, self.timeout = host, int(port), timeout
+        self._counted = counted  # a requests response hook counting round trips (``tasks.net.trips``)
         self.label = label or f"{host}:{port}"
         self._connect = connect  # opens each HTTP connection (see ``tunnel``); None: a plain TCP connection
         self._clients: list = []
@@ -146,14 +112,16 @@ class Etcd:
     def __repr__(self) -> str:
         return f"Etcd({self.label})"
 
-    def _new_client(self, timeout: float, logged_in: bool = True) -> Etcd3Client:
+    def _new_client(self, timeout: float, logged_in: bool = True) -> gw_client.Etcd3Client:
         session = requests.Session()
+        if self._counted is not None:
+            session.hooks["response"].append(self._counted)
         # Each connection through the tunnel when there is one; each request in one write either way.
-        session.mount("http://", ConnectingAdapter(self._connect, plain=_OneWriteConnection)
-                      if self._connect is not None else _OneWriteAdapter())
+        session.mount("http://", http.ConnectingAdapter(self._connect, plain=http.OneWriteConnection)
+                      if self._connect is not None else http.OneWriteAdapter())
         if self._login is not None and logged_in:
             session.auth = self._with_token
-        client = Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH, session=session)
+        client = gw_client.Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH, session=session)
         self._clients.append(client)
         return client
 
@@ -583,7 +551,7 @@ class Lock:
         self._renewed = boottime()  # when the last renewal that succeeded was sent
         # Their own HTTP sessions (requests sessions are not meant to be shared between
         # threads) and a timeout short enough that one stuck request cannot outlast the lease.
-        self._lease = Lease(lease_id, client=etcd._new_client(timeout=max(1.0, ttl / 3)))
+        self._lease = gw_lease.Lease(lease_id, client=etcd._new_client(timeout=max(1.0, ttl / 3)))
         self._checker = etcd._new_client(timeout=max(1.0, ttl / 3))
         self._check_lock = threading.Lock()
         self._thread = threading.Thread(target=self._keep_alive, name=f"etcd lock {key}", daemon=True)
@@ -722,7 +690,8 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise OSError(f"the SSH channel to {label} failed ({_first_line(e) or type(e).__name__})") from None
 
-    client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login)
+    client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login,
+                  counted=ex.trips.hook(host, "etcd"))
     try:
         yield client
     finally:

@@ -45,6 +45,7 @@ from tasks.commands.shell import (
 from tasks.model.errors import AirError, ConfigError, DeadlineError, Halt, Interrupted, RemoteError
 from tasks.net.connector import Connector, Result
 from tasks.net.progress import PROGRESS_EVERY, _print_lock, _progress_shown, progress_line
+from tasks.net.trips import RoundTrips
 from tasks.net.tunnel import bridged
 
 # paramiko logs a refused tunnel channel at ERROR; our own error line already says what failed.
@@ -64,6 +65,16 @@ class Unreachable(RemoteError):
         self.reason = reason
 
 
+def without_nagle(sock):
+    """``sock`` with Nagle's algorithm off, when it is a TCP socket (through a jump host it is an SSH
+    channel, whose own connection is). paramiko writes each SSH message as it comes: with Nagle on, a
+    message sent while the previous one is unacknowledged waits for the peer's delayed ACK (40 ms on
+    Linux), and a command's round trip took 50 ms instead of 10 on the sandbox."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class Executor:
     """Every remote action of one task, on connections opened once per host."""
 
@@ -72,6 +83,7 @@ class Executor:
         self.fence = None                      # the cluster lock this task holds, once it holds one
         self.interrupted = threading.Event()   # set by the first Ctrl-C or SIGTERM
         self.run_id = secrets.token_hex(4)     # staged files of concurrent runs never collide
+        self.trips = RoundTrips()              # every host's answers waited for (``tasks.net.trips``)
         self._conns: dict = {}
         self._gone: dict = {}                  # host -> why its connection was given up
         self._ahead_failed: dict = {}          # host -> (when, Unreachable) of a connection tried ahead
@@ -142,6 +154,7 @@ class Executor:
             conn.client.load_host_keys(str(self.cluster.ssh.known_hosts))
             conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
             try:
+                self.trips.count(host, "login")
                 conn.open()
             except Exception as e:  # anything that stops a login is an answer here
                 conn.close()
@@ -152,6 +165,7 @@ class Executor:
             if self._closed.is_set():  # opened ahead, after the task ended
                 conn.close()
                 raise Unreachable(host, "the task has ended")
+            without_nagle(conn.transport.sock)
             conn.air_sudo = self.cluster.ssh.user != "root"
             self._conns[host] = conn
             threading.Thread(target=self._watch, args=(host, conn), name=f"keepalive {host}", daemon=True).start()
@@ -177,7 +191,7 @@ class Executor:
         timeout = timeout or self.cluster.timeouts.connect
         gateway = self.cluster.ssh.gateway
         if not gateway:
-            return socket.create_connection((host, port), timeout=timeout)
+            return without_nagle(socket.create_connection((host, port), timeout=timeout))
         try:
             channel = self.conn(gateway).transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
                                                                timeout=timeout)
@@ -325,6 +339,7 @@ class Executor:
         s after ``deadline`` when the host's own ``timeout`` has not answered."""
         give_up = time.monotonic() + deadline + LOCAL_GRACE
         errors: list = []
+        self.trips.count(host, "command")
         try:
             channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)
             channel.exec_command(command)
@@ -379,6 +394,7 @@ class Executor:
             return conn.run(sent, pty=True, warn=True).exited
         sent = stream_wrapped(command, conn.air_sudo)
         on_line = on_line or (lambda line: print(line, flush=True))
+        self.trips.count(host, "command")
         try:
             channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)
             channel.exec_command(sent)

@@ -19,14 +19,19 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 from urllib.parse import urljoin, urlsplit
-
-import requests
 
 from tasks.model.credentials import load_credentials
 from tasks.model.errors import ConfigError, RemoteError
-from tasks.net.tunnel import ConnectingAdapter
+from tasks.net import deferred
+
+if TYPE_CHECKING:
+    import requests
+
+    from tasks.net import http
+else:
+    requests, http = deferred("requests"), deferred("tasks.net.http")
 
 # Without this Accept header a registry answers with a schema1 manifest, whose digests are not the image's.
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
@@ -39,7 +44,7 @@ class RegistryClient:
     """A read-only client of one registry (``host:port``)."""
 
     def __init__(self, address: str, credentials: Optional[tuple] = None, ca=None, timeout: float = 10,
-                 *, scheme: str = "https", credentials_file=None, connect=None, token_hosts=()):
+                 *, scheme: str = "https", credentials_file=None, connect=None, token_hosts=(), counted=None):
         if ca is not None and not Path(ca).is_file():
             raise ConfigError(f"registry {address}: CA certificate {ca} does not exist")
         self.address = address
@@ -52,10 +57,12 @@ class RegistryClient:
         self._basic: Optional[str] = None          # Authorization header, once the registry asked for Basic
         self._tokens: dict = {}                    # scope -> Authorization header with a Bearer token
         self._session = requests.Session()
+        if counted is not None:  # a response hook counting round trips (``tasks.net.trips``)
+            self._session.hooks["response"].append(counted)
         if connect is not None:
             # Every connection made by ``connect(host, port)`` (through a jump host); TLS and its
             # checks are as they would be directly.
-            adapter = ConnectingAdapter(connect)
+            adapter = http.ConnectingAdapter(connect)
             self._session.mount("https://", adapter)
             self._session.mount("http://", adapter)
 
@@ -63,7 +70,8 @@ class RegistryClient:
     def for_cluster(cls, ex) -> "RegistryClient":
         """A client for the executor's cluster, through the cluster's jump host when it has one."""
         gateway = ex.cluster.ssh.gateway
-        return cls.for_registry(ex.cluster.registry, connect=ex.socket_to if gateway else None)
+        return cls.for_registry(ex.cluster.registry, connect=ex.socket_to if gateway else None,
+                                counted=ex.trips.hook(ex.cluster.registry.address, "registry"))
 
     @classmethod
     def for_registry(cls, registry, **options) -> "RegistryClient":

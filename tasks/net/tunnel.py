@@ -1,8 +1,7 @@
 """Tunnels through the executor's SSH connections to a host's loopback services.
 
-``bridged`` turns an SSH channel into a local socket; ``ConnectingAdapter`` makes requests (etcd's
-JSON gateway, the registry) connect through a function of ours instead of the network, so every
-HTTP client rides on a connection whose host key was checked.
+``bridged`` turns an SSH channel into a local socket (``tasks.net.http`` makes HTTP clients
+connect through such sockets).
 """
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ import socket
 import threading
 
 import paramiko
-import requests.adapters
-import urllib3
 
 
 def bridged(channel, timeout: float = None) -> socket.socket:
@@ -22,35 +19,6 @@ def bridged(channel, timeout: float = None) -> socket.socket:
         threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
     near.settimeout(timeout)
     return near
-
-
-class ConnectingAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter whose connections are opened by ``connect(host, port)`` (a socket through a
-    jump host, or over an SSH channel); TLS and its checks are as they would be directly."""
-
-    def __init__(self, connect, plain=urllib3.connection.HTTPConnection):
-        self._connect, self._plain = connect, plain  # plain: the class of plain HTTP connections
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        connect = self._connect
-
-        class Secure(urllib3.connection.HTTPSConnection):
-            def _new_conn(self):
-                return connect(self.host, self.port)
-
-        class Plain(self._plain):  # type: ignore[name-defined,misc]
-            def _new_conn(self):
-                return connect(self.host, self.port)
-
-        class SecurePool(urllib3.HTTPSConnectionPool):
-            ConnectionCls = Secure
-
-        class PlainPool(urllib3.HTTPConnectionPool):
-            ConnectionCls = Plain
-
-        self.poolmanager.pool_classes_by_scheme = {"https": SecurePool, "http": PlainPool}
 
 
 def _pipe(source, sink) -> None:

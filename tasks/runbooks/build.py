@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import io
 import time
-
-from docker.errors import APIError
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tasks.commands.build_scripts import (
     BUILD_LOG_LINES,
     CANDIDATE,
     NO_COMMIT,
+    Branches,
     Job,
     build_context,
+    build_inputs,
     build_options,
     candidate,
     checkouts,
@@ -47,10 +49,17 @@ from tasks.commands.build_scripts import (
 from tasks.commands.shell import TIMED_OUT, tail
 from tasks.model import version
 from tasks.model.errors import ConfigError, DeadlineError, RemoteError
-from tasks.net import docker_api
+from tasks.net import deferred
 from tasks.net.progress import say
 from tasks.net.session import optional_lock, session
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
+
+if TYPE_CHECKING:
+    from docker import errors as docker_errors
+
+    from tasks.net import docker_api
+else:
+    docker_api, docker_errors = deferred("tasks.net.docker_api"), deferred("docker.errors")
 
 # ---------------------------------------------------------------- what to run
 
@@ -132,7 +141,7 @@ def build_component(api, ex, host, job: Job) -> str:
                 image_id = chunk["aux"]["ID"]
             if "error" in chunk:
                 raise failed(chunk["error"])
-    except APIError as e:
+    except docker_errors.APIError as e:
         raise failed(e.explanation or str(e)) from None
     if image_id is None:
         image_id = api.inspect_image(options["tag"])["Id"]
@@ -151,11 +160,32 @@ def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
                 api.remove_image(tag, noprune=True)
 
 
-def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) -> dict:
-    """Checkouts and builds. ``branch``: a branch of the main repository, ``--branch`` values or
-    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}), the
-    main commit and branch, VERSION's (major, minor) and ``sources``: every checkout's repository,
-    branch, commit and components."""
+@dataclass(frozen=True)
+class CheckedOut:
+    """The cluster's checkouts on the build server, each at its branch: what a build starts from."""
+    branches: Branches
+    plan: list       # the Checkouts (the main one first)
+    commits: list    # their commits, in plan's order
+    base: tuple      # VERSION's (major, minor)
+    components: list
+
+    def jobs(self, cluster, cache: bool = True) -> list:
+        return jobs(cluster, self.plan, self.commits, self.base, self.components, cache)
+
+    def inputs(self, cluster) -> dict:
+        """component -> the digest of everything its image is built from (``build_inputs``)."""
+        return {job.component.name: build_inputs(job) for job in self.jobs(cluster)}
+
+    def meta(self, cluster) -> dict:
+        """What a release record keeps of its build: main commit and branch, VERSION's base, every
+        source checkout, every component's build inputs."""
+        return {"commit": self.commits[0], "branch": self.branches.main, "base": self.base,
+                "sources": sources(self.plan, self.commits), "inputs": self.inputs(cluster)}
+
+
+def check_out(ex, host: str, branch=None, only: str = None) -> CheckedOut:
+    """Every checkout the build of the cluster (or of component ``only``) needs, at its branch on
+    ``host``. ``branch``: a branch of the main repository, ``--branch`` values or Branches."""
     cluster = ex.cluster
     branches = parse_branches(cluster, branch)
     components = [cluster.component(only)] if only else list(cluster.components)
@@ -166,11 +196,22 @@ def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) 
     for c, commit in zip(plan[1:], commits[1:]):
         say(f"build: {', '.join(c.components)} from {without_credentials(c.repository)} at {c.branch} "
             f"({commit[:10]})")
-    api = docker_api.engine(ex.conn(host))
-    images = {job.component.name: build_component(api, ex, host, job)
-              for job in jobs(cluster, plan, commits, base, components, cache)}
-    return {"commit": commits[0], "branch": branches.main, "base": base, "images": images,
-            "sources": sources(plan, commits)}
+    return CheckedOut(branches, plan, commits, base, components)
+
+
+def build_images(ex, host: str, checked: CheckedOut, cache: bool = True) -> dict:
+    """Build every component of ``checked``; returns what ``build_all`` returns. ``cache``: False
+    rebuilds every step."""
+    api = docker_api.engine(ex.conn(host), counted=ex.trips.hook(host, "docker"))
+    images = {job.component.name: build_component(api, ex, host, job) for job in checked.jobs(ex.cluster, cache)}
+    return {**checked.meta(ex.cluster), "images": images}
+
+
+def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) -> dict:
+    """Checkouts and builds. ``branch``: a branch of the main repository, ``--branch`` values or
+    Branches; ``cache``: False rebuilds every step. Returns the images ({component: image ID}) with
+    what a release record keeps of the build (``CheckedOut.meta``)."""
+    return build_images(ex, host, check_out(ex, host, branch, only), cache)
 
 
 @air_task(help={"cluster": "target cluster (clusters/<name>.yaml)",

@@ -37,19 +37,22 @@ from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import etcd_backup, hooks, records, release_command, release_settings, settings, steps, upgrade
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
-from tasks.runbooks.publish import publish
+from tasks.runbooks.publish import publish, unchanged
 from tasks.runbooks.push import print_report
 from tasks.runbooks.settings import apply as apply_settings
 
 
-def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, facts: Facts = None) -> Release:
+def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, rebuild=False,
+                   facts: Facts = None) -> Release:
     """The deploy runbook in a session holding the cluster's lock: build, push what changed,
     record the release, roll the cluster to it. ``branch``: the main repository's branch, or
     Branches (components' own branches too). ``dry``: build, then print what push and the
     rollout would do, pushing and changing nothing. ``canary``: a member machine that alone gets
     the new release, recorded as the cluster's candidate (``deploy_canary``); a deploy after it
-    continues to the others. ``facts``: what the hooks are told, filled in as the deploy goes
-    (its pre_deploy hook runs before the push; None: no hooks, no message)."""
+    continues to the others. A plain deploy whose checkouts and build inputs are those of the
+    cluster's release builds nothing (``publish``), unless ``rebuild``. ``facts``: what the hooks
+    are told, filled in as the deploy goes (its pre_deploy hook runs before the push; None: no
+    hooks, no message)."""
     started = time.monotonic()
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
@@ -57,7 +60,8 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, fa
     records.check_all(s.etcd, s.cluster)  # a malformed record stops the deploy here, before the build
     if not dry:
         etcd_backup.before_change(s, "deploy")
-    published = publish(s.ex, host, branch, dry=dry,
+    recorded = None if dry or canary is not None or rebuild else records.read_release(s.etcd, s.cluster)[1]
+    published = publish(s.ex, host, branch, dry=dry, recorded=recorded,
                         before_push=hooks.before_push(s, host, facts) if facts is not None and not dry else None)
     if facts is not None and facts.message:
         published = replace(published, extra={"message": facts.message})
@@ -76,7 +80,7 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, fa
         print_push_plan(s, published, current)
         upgrade.print_plan(cluster_rollout(s, published.release, current, batch)[0])
     else:
-        roll_cluster(s, published, current, batch, started)
+        roll_cluster(s, published, current, batch, started, recorded)
     return published.release
 
 
@@ -109,9 +113,11 @@ def cluster_rollout(s: Session, release: Release, current: Optional[Release], ba
     return upgrade.Rollout(s, release, current, batch=batch, canary=canary), candidate, record
 
 
-def roll_cluster(s: Session, published, current: Optional[Release], batch: int, started: float) -> None:
+def roll_cluster(s: Session, published, current: Optional[Release], batch: int, started: float,
+                 recorded: Optional[dict] = None) -> None:
     """Settings, then every machine to the published release (a candidate's machines included),
-    recorded; a release already serving everywhere restarts nothing."""
+    recorded; a release already serving everywhere restarts nothing. ``recorded``: the cluster's
+    release record, as read before the build."""
     cluster, release, meta = s.cluster, published.release, published.meta
     say(f"deploy: release {release.id} is in the registry; reading the machines")
     rollout, candidate, record = cluster_rollout(s, release, current, batch)
@@ -123,6 +129,10 @@ def roll_cluster(s: Session, published, current: Optional[Release], batch: int, 
         if changed:  # the release runs on with other settings: recorded again, with them (a rollback's target)
             records.add_history(s.etcd, cluster, records.write_release(s.etcd, cluster, release, outcome="succeeded",
                                                                        **meta))
+        elif recorded is not None and not unchanged(recorded, meta):
+            # Built again from other commits or inputs into the same images: the record keeps what the
+            # checkouts are now, so the next deploy of them builds nothing.
+            records.write_release(s.etcd, cluster, release, **{**recorded, **meta})
         say(f"deploy: {cluster.name} already runs release {release.id}; nothing to do "
             f"({time.monotonic() - started:.1f} s)")
         return
@@ -209,10 +219,12 @@ def deploy_canary(s: Session, release: Release, current: Optional[Release], addr
                 "batch": "machines upgraded at once",
                 "canary": "put the new release on this machine only, as the cluster's candidate",
                 "plan": "build, then print what push and the rollout would do; push and change nothing",
+                "rebuild": "build even when the sources and build inputs are the cluster's release's "
+                           "(base images changed under the same tag)",
                 "message": "what the release history keeps of this deploy (default: the commit's subject)",
                 "json": "print the outcome as JSON"}, iterable=["branch"])
-def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, json_=False,
-           message=None):
+def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, rebuild=False,
+           json_=False, message=None):
     """Build, push what changed and roll the cluster to it, under the cluster's lock (--canary: one machine)."""
     target = cluster_of(cluster)
     branch = parse_branches(target, branch)
@@ -221,13 +233,15 @@ def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=N
     facts = Facts(target.name, performer=state.operator(), message=check_message(message) if message is not None else "")
     with hooks.around(target, facts, enabled=not plan_), \
             session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
-        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary, facts=facts)
+        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary,
+                                 rebuild=rebuild, facts=facts)
         candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
     if plan_:
         return
     if json_:
         print(json.dumps({"release": release.id, "candidate": candidate == release,
-                          "machines": [canary] if candidate == release else list(target.machines)}))
+                          "machines": [canary] if candidate == release else list(target.machines),
+                          "round_trips": s.ex.trips.summary()}))
     else:
         print(f"{'candidate' if candidate == release else 'release'} {release.id}")
 
@@ -357,7 +371,8 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
     if plan_:
         return
     if json_:
-        print(json.dumps({"release": wanted.id, "candidate_rolled_back": undone, "machines": machines}))
+        print(json.dumps({"release": wanted.id, "candidate_rolled_back": undone, "machines": machines,
+                          "round_trips": s.ex.trips.summary()}))
     else:
         print(f"release {wanted.id}" + (f" (candidate {undone} rolled back on {', '.join(machines)})" if undone else ""))
 

@@ -14,17 +14,10 @@ moves a cluster installed with plaintext peers to TLS, one member at a time (``m
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import time
 from pathlib import Path
-from typing import NamedTuple
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, NamedTuple
 
 import cloudconfig
 from cloudconfig.units import (
@@ -41,15 +34,20 @@ from tasks.commands.shell import q
 from tasks.model import state
 from tasks.model.cluster import check_address, check_addresses
 from tasks.model.errors import ConfigError, HealthError, PreflightError, RemoteError
+from tasks.net import deferred
 from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import etcd_backup, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 
+if TYPE_CHECKING:
+    from tasks.model import certificates as issuing
+else:
+    issuing = deferred("tasks.model.certificates")  # cryptography loads when a certificate is made or read
+
 FOLDER = "etcd-peer"  # inside the cluster's secrets folder
 CA = "ca"
-VALID_DAYS = {CA: 3650, "member": 1825}
 
 
 def folder_of(cluster) -> Path:
@@ -104,52 +102,6 @@ def own_command() -> str:
 
 # ---------------------------------------------------------------- making them
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def new_ca(cluster_name: str, now: datetime.datetime) -> tuple:
-    """(certificate PEM, key PEM) of a new CA for ``cluster_name``'s etcd peers."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name(f"air {cluster_name} etcd peer CA")
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS[CA]))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
-
-
-def new_member(address: str, ca_cert_pem: bytes, ca_key_pem: bytes, now: datetime.datetime) -> tuple:
-    """(certificate PEM, key PEM) for the member at ``address``, issued by the CA: the address is
-    its subject alternative name, and it serves both ways (peers are servers and clients)."""
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name(address)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS["member"]))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
-
-
 def _write_private(path: Path, content: bytes) -> None:
     """A new file, 0600 from its creation on (never readable by others, not even for a moment)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -172,14 +124,14 @@ def ensure(cluster, members) -> Plan:
     if todo.new_ca:
         for stale in (folder / f"{CA}.crt", folder / f"{CA}.key"):
             stale.unlink(missing_ok=True)  # half a CA issued nothing (``plan`` refuses otherwise)
-        cert, key = new_ca(cluster.name, now)
+        cert, key = issuing.new_ca(cluster.name, now)
         _write_private(folder / f"{CA}.key", key)
         _write_private(folder / f"{CA}.crt", cert)
     ca_cert, ca_key = (folder / f"{CA}.crt").read_bytes(), (folder / f"{CA}.key").read_bytes()
     for member in todo.members:
         for stale in (folder / f"{member}.crt", folder / f"{member}.key"):
             stale.unlink(missing_ok=True)  # a half-made pair (one of the two files) is made again
-        cert, key = new_member(member, ca_cert, ca_key, now)
+        cert, key = issuing.new_member(member, ca_cert, ca_key, now)
         _write_private(folder / f"{member}.key", key)
         _write_private(folder / f"{member}.crt", cert)
     return todo
@@ -193,9 +145,7 @@ def files_for(cluster, address: str) -> list:
         ca_cert, cert, key = ((folder / name).read_bytes() for name in (f"{CA}.crt", f"{address}.crt", f"{address}.key"))
     except FileNotFoundError as e:
         raise ConfigError(f"{e.filename}: missing; `fab etcd.certificates --cluster {cluster.name}` makes it") from None
-    try:
-        x509.load_pem_x509_certificate(cert).verify_directly_issued_by(x509.load_pem_x509_certificate(ca_cert))
-    except (ValueError, TypeError, InvalidSignature):
+    if not issuing.issued_by(cert, ca_cert):
         raise ConfigError(f"{folder / (address + '.crt')}: not issued by the cluster's etcd peer CA "
                           f"({folder / (CA + '.crt')}); remove it and its key, then "
                           f"`fab etcd.certificates --cluster {cluster.name}`") from None

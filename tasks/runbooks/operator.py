@@ -179,7 +179,7 @@ def status(c, cluster=None, via=None, json_=False):
     with session(target, via=via, etcd=False) as s:
         view = read_status(s, via)
     if json_:
-        print(json.dumps(view, indent=1, sort_keys=True))
+        print(json.dumps({**view, "round_trips": s.ex.trips.summary()}, indent=1, sort_keys=True))
     else:
         print("\n".join(printable(line) for line in render_status(view)))
     if not view["ok"]:

@@ -3,7 +3,9 @@
 The first half of every deploy, and of the sandbox's and the tests' own installs: ``publish``
 builds every component (``tasks.runbooks.build``), lets the registry decide each changed image's
 version and pushes it (``tasks.runbooks.push``), and returns the release with what made it:
-the main commit and branch and every source checkout, as the release records keep them.
+the main commit and branch, every source checkout and every component's build inputs, as the
+release records keep them. Given the cluster's release record, it builds nothing when the
+checkouts and build inputs are those the record keeps: that release is the one published.
 """
 from __future__ import annotations
 
@@ -11,29 +13,50 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from tasks.model.release import Release
-from tasks.runbooks.build import build_all
+from tasks.net.progress import say
+from tasks.runbooks.build import build_images, check_out
 from tasks.runbooks.push import push_all
+
+META = ("branch", "commit", "sources", "inputs")  # what a release record keeps of its build
 
 
 @dataclass(frozen=True)
 class Published:
     release: Release
-    steps: list       # push's steps (``dry``: the steps push would take)
-    built: dict       # build_all's answer: images, commit, branch, base, sources
+    steps: list       # push's steps (``dry``: the steps push would take; none when nothing was built)
+    built: dict       # build_all's answer: images, commit, branch, base, sources, inputs
     extra: dict = field(default_factory=dict)  # more for the release record (a deploy's message)
 
     @property
     def meta(self) -> dict:
-        """What a release record keeps of its build: branch, commit and sources (and ``extra``)."""
-        return {**{key: self.built[key] for key in ("branch", "commit", "sources")}, **self.extra}
+        """What a release record keeps of its build (and ``extra``)."""
+        return {**{key: self.built[key] for key in META if key in self.built}, **self.extra}
 
 
-def publish(ex, host: str, branch=None, dry: bool = False, before_push: Optional[Callable] = None) -> Published:
+def publish(ex, host: str, branch=None, dry: bool = False, recorded: Optional[dict] = None,
+            before_push: Optional[Callable] = None) -> Published:
     """Build at ``branch`` (a branch, ``--branch`` values or Branches) on ``host``, then push what
-    changed (``dry``: plan the push only). ``before_push(release, built)``: called with the release
-    the push is about to make, before anything is pushed (a deploy's pre_deploy hook); its error stops
-    the push."""
-    built = build_all(ex, host, branch)
+    changed (``dry``: plan the push only). ``recorded``: the cluster's release record; when its
+    sources and build inputs are the checkouts' now, nothing is built and its release is returned.
+    ``before_push(release, built)``: called with the release about to be pushed (or the recorded one,
+    when nothing is built), before anything is pushed (a deploy's pre_deploy hook); its error stops
+    the publish there."""
+    checked = check_out(ex, host, branch)
+    meta = checked.meta(ex.cluster)
+    if recorded is not None and unchanged(recorded, meta):
+        say(f"build: every source and build input is release {recorded['id']}'s: nothing to build")
+        release = Release.from_dict(recorded)
+        if before_push is not None:
+            before_push(release, meta)
+        return Published(release, [], meta)
+    built = build_images(ex, host, checked)
     before = (lambda release: before_push(release, built)) if before_push else None
     release, steps = push_all(ex, host, built["images"], dry=dry, before=before)
     return Published(release, steps, built)
+
+
+def unchanged(recorded: dict, meta: dict) -> bool:
+    """Whether a release record was built from exactly ``meta``'s sources and inputs (a record
+    written before build inputs were kept never is). Pure."""
+    return all(recorded.get(key) == meta[key] for key in ("sources", "inputs")) and \
+        set(recorded.get("components", {})) == set(meta["inputs"])

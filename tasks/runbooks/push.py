@@ -16,22 +16,28 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import semver
-from docker.errors import APIError, ImageNotFound
 
 from tasks.commands.build_scripts import NO_COMMIT, candidate
 from tasks.model import version
 from tasks.model.credentials import load_credentials
 from tasks.model.errors import ConfigError, PreflightError, RemoteError
 from tasks.model.release import Image, Release
-from tasks.net import docker_api
+from tasks.net import deferred
 from tasks.net.progress import say
 from tasks.net.registry import RegistryClient
 from tasks.net.session import optional_lock, session
 from tasks.runbooks.build import component_commits, read_version
 from tasks.runbooks.cli import air_task, build_host, cluster_of
+
+if TYPE_CHECKING:
+    from docker import errors as docker_errors
+
+    from tasks.net import docker_api
+else:
+    docker_api, docker_errors = deferred("tasks.net.docker_api"), deferred("docker.errors")
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ def pushed(ex, api, registry, step: Step, commit: str, auth: dict) -> Step:
         say(f"push: {step.component} {' and '.join(tags)}")
         try:
             manifest = push_image(api, cluster, step, commit, auth, tags) or manifest
-        except APIError as e:
+        except docker_errors.APIError as e:
             raise RemoteError(f"push of {step.component} failed: {e.explanation or e}") from None
     if not manifest:  # an engine that did not say: ask the registry
         manifest = (registry.digests(repository, taken) or (None, ""))[1]
@@ -142,7 +148,7 @@ def candidates(api, cluster, components, commits: dict) -> dict:
             raise ConfigError(f"no checkout of {component} on the build server: run build first")
         try:
             images[component] = api.inspect_image(candidate(cluster, component, commit))["Id"]
-        except ImageNotFound:
+        except docker_errors.ImageNotFound:
             raise ConfigError(f"no image of {component} built from {commit[:12]} (its checkout's commit) "
                               f"on the build server: run build first") from None
     return images
@@ -158,7 +164,7 @@ def push_all(ex, host: str, images: dict = None, dry: bool = False, before=None)
     auth = {"username": username, "password": password}
     base = read_version(ex, host)
     commits = component_commits(ex, host)
-    api = docker_api.engine(ex.conn(host))
+    api = docker_api.engine(ex.conn(host), counted=ex.trips.hook(host, "docker"))
     images = images or candidates(api, cluster, cluster.component_names, commits)
     steps = plan(cluster, base, images, registry)
     if before is not None:
@@ -174,7 +180,7 @@ def prune_dangling(api, host: str) -> None:
     those a container uses. A failure is a warning: the push is done."""
     try:
         reclaimed = api.prune_images(filters={"dangling": True}).get("SpaceReclaimed") or 0
-    except APIError as e:
+    except docker_errors.APIError as e:
         say(f"warning: {host}: pruning dangling images failed: {e.explanation or e}")
         return
     if reclaimed:

@@ -404,8 +404,8 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None,
         if plan_:
             print_plan(rollout, json_)
             return
-        changed = rollout.apply()
-    report({"machine": address, "release": wanted.id, "upgraded": bool(changed)}, json_,
+        changed, trips = rollout.apply(), s.ex.trips
+    report({"machine": address, "release": wanted.id, "upgraded": bool(changed), "round_trips": trips.summary()}, json_,
            f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
 
 
@@ -424,6 +424,6 @@ def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=Fals
         if plan_:
             print_plan(rollout, json_)
             return
-        changed = rollout.apply()
-    report({"release": wanted.id, "upgraded": changed}, json_,
+        changed, trips = rollout.apply(), s.ex.trips
+    report({"release": wanted.id, "upgraded": changed, "round_trips": trips.summary()}, json_,
            f"release {wanted.id}: {len(changed)} machine(s) upgraded")

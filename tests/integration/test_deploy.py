@@ -146,6 +146,13 @@ def test_deploy_of_nothing_new_restarts_nothing(sandbox, local_serving, clock):
     assert seconds < 20
     assert start_times(local_serving) == started
     assert recorded(local_serving)[1] == history  # no release recorded for it
+    # The record now keeps the checkouts' commits and build inputs (if the install wrote it, it kept
+    # none): the next deploy of them builds nothing, and pushes nothing.
+    assert recorded(local_serving)[0]["inputs"].keys() == current["components"].keys()
+    again = deploy()
+    assert f"every source and build input is release {current['id']}'s: nothing to build" in again.stderr
+    assert "built sha256:" not in again.stderr and "push:" not in again.stderr
+    assert released(again) == current["id"] and start_times(local_serving) == started
 
 
 def test_a_broken_release_stops_at_the_first_machine_which_goes_back(sandbox, local_serving, machines, clock,

@@ -16,6 +16,7 @@ import pytest
 from cloudconfig.units import (ETCD_CLIENT_PORT, ETCD_PEER_CA, ETCD_PEER_CERT, ETCD_PEER_DIR, ETCD_PEER_KEY,
                                ETCD_PEER_PORT, etcd_dropin, peer_url)
 from sandbox import testbed as sb
+from tasks.model import certificates
 from tasks.runbooks import etcd_peers
 from tasks.commands import machine
 from tasks.model import state
@@ -77,7 +78,7 @@ def test_the_peer_port_shows_a_certificate_of_the_cluster_ca(cluster):
         assert "Verify return code: 0 (ok)" in shown.stdout
     # Checked against another CA, the same certificate does not verify.
     other = folder(cluster).parent / "other-ca.crt"
-    other.write_bytes(etcd_peers.new_ca("other", datetime.datetime.now(datetime.timezone.utc))[0])
+    other.write_bytes(certificates.new_ca("other", datetime.datetime.now(datetime.timezone.utc))[0])
     try:
         assert s_client(cluster.machines[0], other).returncode != 0
     finally:
@@ -139,8 +140,8 @@ def test_add_machine_issues_the_new_members_certificate(cluster, clock):
 def test_a_member_with_a_certificate_of_another_ca_cannot_join(cluster, clock):
     make_fresh(cluster, [INTRUDER])
     now = datetime.datetime.now(datetime.timezone.utc)
-    intruder_ca, intruder_ca_key = etcd_peers.new_ca("intruder", now)
-    cert, key = etcd_peers.new_member(INTRUDER, intruder_ca, intruder_ca_key, now)
+    intruder_ca, intruder_ca_key = certificates.new_ca("intruder", now)
+    cert, key = certificates.new_member(INTRUDER, intruder_ca, intruder_ca_key, now)
     cluster_ca = (folder(cluster) / "ca.crt").read_bytes()  # it trusts the members: only its own certificate is bad
     with etcd_of(cluster) as client:
         announced = client.add_member(peer_url(INTRUDER), learner=True)

@@ -259,10 +259,14 @@ def test_canary_then_continue_then_a_rolled_back_canary(sandbox, local_serving):
     sb.commit_change(sb.Change(CHANGED))
     with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
         outcome = json.loads(fab("deploy", "--cluster", "local", "--canary", canary, "--json").stdout)
-        second = outcome["release"]
+        second, trips = outcome["release"], outcome.pop("round_trips")
         assert outcome == {"release": second, "candidate": True, "machines": [canary]}
+        # Commands ran on the canary; the total is the sum of what each host answered.
+        assert trips["hosts"][canary]["command"] > 1 and trips["total"] == sum(
+            n for kinds in trips["hosts"].values() for n in kinds.values())
         assert machine_releases(cluster)[canary] == second
         undone = json.loads(fab("rollback", "--cluster", "local", "--json").stdout)
+        assert undone.pop("round_trips")["hosts"][canary]["command"] > 1
         assert undone == {"release": candidate, "candidate_rolled_back": second, "machines": [canary]}
     print(probe.report("deploy --canary, then rollback"))
     assert probe.failed == 0, probe.errors

@@ -187,9 +187,10 @@ def test_change_command_drains_waits_and_puts_in_maintenance_without_reload(prox
     # Only `disabled` words differ from the file haproxy runs with: no check of it.
     assert command.startswith(
         f"umask 022 && printf %s '{text}' > {path}.air-candidate && mv -f {path}.air-candidate {path} && ")
-    assert ("printf '%s\\n' 'set server stage_http/10.0.0.3 state ready;set server stage_https/10.0.0.3 state "
-            "ready;set server stage_http/10.0.0.2 state drain;set server stage_https/10.0.0.2 state drain' | "
-            f"socat -t 5 stdio {sock}") in command
+    # One exchange: the returning readied, the leaving drained, their connections counted.
+    assert ("n=$(printf '%s\\n' 'set server stage_http/10.0.0.3 state ready;set server stage_https/10.0.0.3 state "
+            "ready;set server stage_http/10.0.0.2 state drain;set server stage_https/10.0.0.2 state drain;"
+            f"show stat -1 4 -1' | socat -t 5 stdio {sock} | awk ") in command
     ready, drain, maint = (command.index(f"state {s}") for s in ("ready", "drain", "maint"))
     assert ready < drain < command.index("air-drain:") < maint
     assert "reload" not in command and "haproxy -c" not in command
@@ -222,22 +223,58 @@ def test_api_command_fails_on_any_answer_from_haproxy(tmp_path):
     assert failed.returncode == 1 and "No such server." in failed.stderr
 
 
-def test_wait_command_counts_the_drained_servers_connections_only(tmp_path):
-    import subprocess
-    stat = ("# pxname,svname,qcur,qmax,scur,smax\n"
-            "x_http,10.0.0.1,0,0,2,3\nx_https,10.0.0.1,0,0,1,1\nx_http,10.0.0.11,0,0,5,5\nx_http,BACKEND,0,0,8,8\n")
-    fake = tmp_path / "socat"
-    fake.write_text(f"#!/bin/sh\ncat >/dev/null; cat {tmp_path}/stat\n")
+def fake_socat(folder, answer: str) -> dict:
+    """A socat on PATH that answers every exchange with ``folder``/answer, kept in the file "sent"."""
+    fake = folder / "socat"
+    fake.write_text(f"#!/bin/sh\ncat >> {folder}/sent; cat {folder}/answer\n")
     fake.chmod(0o755)
-    (tmp_path / "stat").write_text(stat)
-    command = bc.wait_command(SimpleNamespace(name="x"), ["10.0.0.1"], 0)
-    out = subprocess.run(["sh", "-c", command], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
-                         capture_output=True, text=True).stdout
+    (folder / "answer").write_text(answer)
+    return {"PATH": f"{folder}:/usr/bin:/bin"}
+
+
+STAT = ("# pxname,svname,qcur,qmax,scur,smax\n"
+        "x_http,10.0.0.1,0,0,2,3\nx_https,10.0.0.1,0,0,1,1\nx_http,10.0.0.11,0,0,5,5\nx_http,BACKEND,0,0,8,8\n")
+
+
+def test_drain_command_counts_the_drained_servers_connections_only(tmp_path):
+    import subprocess
+    env = fake_socat(tmp_path, "\n" + STAT)  # the drain's empty answer, then the table
+    command = bc.drain_command(SimpleNamespace(name="x"), ["set server x_http/10.0.0.1 state drain"], ["10.0.0.1"], 0)
+    out = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True).stdout
     assert bc.drain_left(out) == 3
-    (tmp_path / "stat").write_text(stat.replace(",2,3\n", ",0,3\n").replace(",1,1\n", ",0,1\n"))
-    out = subprocess.run(["sh", "-c", bc.wait_command(SimpleNamespace(name="x"), ["10.0.0.1"], 5)],
-                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True).stdout
-    assert out == "air-drain: 0\n" and bc.drain_left(out) == 0
+
+
+def test_an_idle_machine_leaves_in_one_exchange_without_a_pause(tmp_path):
+    import subprocess
+    import time
+    env = fake_socat(tmp_path, "\n" + STAT.replace(",2,3\n", ",0,3\n").replace(",1,1\n", ",0,1\n"))
+    command = bc.drain_command(SimpleNamespace(name="x"), ["set server x_http/10.0.0.1 state drain"], ["10.0.0.1"], 5)
+    started = time.monotonic()
+    out = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True).stdout
+    assert out == "air-drain: 0\n"
+    assert (tmp_path / "sent").read_text() == "set server x_http/10.0.0.1 state drain;show stat -1 4 -1\n"
+    assert time.monotonic() - started < bc.DRAIN_POLL  # no poll's pause was slept
+
+
+def test_connections_still_open_are_counted_again_until_they_end(tmp_path):
+    import subprocess
+    env = fake_socat(tmp_path, "\n" + STAT)
+    # After the first count, the next ones see the connections gone.
+    (tmp_path / "socat").write_text(f"#!/bin/sh\ncat >> {tmp_path}/sent; cat {tmp_path}/answer; "
+                                    f"sed -i 's/,2,3$/,0,3/; s/,1,1$/,0,1/' {tmp_path}/answer\n")
+    command = bc.drain_command(SimpleNamespace(name="x"), ["set server x_http/10.0.0.1 state drain"], ["10.0.0.1"], 5)
+    out = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True).stdout
+    assert out == "air-drain: 0\n"
+    assert (tmp_path / "sent").read_text().count("show stat") == 2
+
+
+def test_a_drain_haproxy_refuses_fails_with_its_words(tmp_path):
+    import subprocess
+    env = fake_socat(tmp_path, "No such server.\n\n" + STAT)
+    command = bc.drain_command(SimpleNamespace(name="x"), ["set server x_http/nope state drain"], ["nope"], 5)
+    failed = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 or "air-drain" not in failed.stdout
+    assert "haproxy: No such server." in failed.stderr
 
 
 def test_drain_left_without_a_wait_is_zero():

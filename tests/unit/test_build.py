@@ -12,6 +12,7 @@ from tasks.commands.build_scripts import (
     Checkout,
     Job,
     build_context,
+    build_inputs,
     build_options,
     check_branch,
     checkout_script,
@@ -212,6 +213,20 @@ def test_build_options_carry_dockerfile_arguments_and_target(built):
         "buildargs": {"VERSION": "1.4", "WHERE": "prod/app", "FROM_COMMIT": "c0ffee" * 6 + "@master"},
         "target": "runtime",
     }
+
+
+def test_build_inputs_change_with_any_build_setting_or_value_and_only_then(built):
+    app = job(built, "app")
+    same = build_inputs(app)
+    assert same.startswith("sha256:") and build_inputs(job(built, "app")) == same
+    assert build_inputs(job(built, "app", commit="d" * 40)) != same
+    assert build_inputs(replace(app, values={**app.values, "version": "1.5"})) != same
+    for field, value in (("prepare", "make other"), ("target", "builder"), ("args", (("VERSION", "{commit}"),)),
+                         ("dockerfile", "Dockerfile"), ("source", "images"), ("ignore", "x.ignore")):
+        assert build_inputs(replace(app, component=replace(app.component, **{field: value}))) != same, field
+    # What does not go into the image leaves them alone.
+    assert build_inputs(replace(app, component=replace(app.component, port=9999, health="/other"))) == same
+    assert build_inputs(replace(app, cache=False)) == same
 
 
 def test_build_options_of_a_plain_component_have_no_arguments_or_target(built):

@@ -93,3 +93,16 @@ def test_a_published_release_records_its_branch_commit_and_sources():
     built = {"images": {"web": "sha256:1"}, "commit": "abc", "branch": "master", "base": (1, 2),
              "sources": [{"repository": "/srv/git/air.git", "branch": "master", "commit": "abc", "components": ["web"]}]}
     assert Published(None, [], built).meta == {"branch": "master", "commit": "abc", "sources": built["sources"]}
+
+
+def test_a_release_record_is_unchanged_only_with_the_same_sources_inputs_and_components():
+    from tasks.runbooks.publish import unchanged
+    sources = [{"repository": "r", "branch": "master", "commit": "a" * 40, "components": ["web"]}]
+    meta = {"branch": "master", "commit": "a" * 40, "sources": sources, "inputs": {"web": "sha256:1"}}
+    record = {"id": "r1", "components": {"web": {"version": "1.0.1"}}, "sources": sources,
+              "inputs": {"web": "sha256:1"}, "outcome": "succeeded"}
+    assert unchanged(record, meta)
+    assert not unchanged({**record, "inputs": {"web": "sha256:2"}}, meta)
+    assert not unchanged({**record, "sources": [{**sources[0], "commit": "b" * 40}]}, meta)
+    assert not unchanged({k: v for k, v in record.items() if k != "inputs"}, meta)  # recorded before inputs were
+    assert not unchanged({**record, "components": {"web": {}, "gone": {}}}, meta)

@@ -331,8 +331,10 @@ class FakeTunnelExecutor:
     """Stands in for the executor: its one connection is a FakeConnection."""
 
     def __init__(self, connection):
+        from tasks.net.trips import RoundTrips
         self.connection = connection
         self.cluster = SimpleNamespace(etcd_auth=False, secrets="/nonexistent")  # etcd open: no login
+        self.trips = RoundTrips()
 
     def reachable(self, host):
         return None
@@ -389,6 +391,15 @@ def test_tunnel_reaches_the_members_loopback_client_port_over_channels_only(etcd
     assert len(conn.channels) >= 2 and set(conn.channels) == {("direct-tcpip", ("127.0.0.1", 2379))}
 
 
+def test_every_request_through_the_tunnel_is_a_round_trip_to_its_host(etcd):
+    ex = FakeTunnelExecutor(FakeConnection(etcd.port))
+    with tunnel(ex, "node1") as remote:
+        remote.put(etcd.prefix + "k", "v")
+        remote.get(etcd.prefix + "k")
+        remote.get(etcd.prefix + "absent")
+    assert ex.trips.summary() == {"hosts": {"node1": {"etcd": 3}}, "total": 3}
+
+
 def test_a_channel_that_cannot_open_later_is_one_error_line(etcd):
     conn = FakeConnection(etcd.port)
     with tunnel(FakeTunnelExecutor(conn), "node1") as remote:
@@ -415,11 +426,11 @@ def test_tunnel_over_real_ssh():
 
 def test_a_request_to_etcd_goes_out_in_one_write_head_and_body():
     """Through the tunnel a body written after its head waits 40 ms for a delayed ACK on the machine."""
-    from tasks.net.etcd import _OneWriteConnection
+    from tasks.net.http import OneWriteConnection
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        connection = _OneWriteConnection("127.0.0.1", server.getsockname()[1])
+        connection = OneWriteConnection("127.0.0.1", server.getsockname()[1])
         connection.connect()
         writes: list = []
         real = connection.sock
@@ -439,9 +450,9 @@ def test_a_request_to_etcd_goes_out_in_one_write_head_and_body():
 
 
 def test_connections_through_the_tunnel_also_write_each_request_in_one_piece(etcd):
-    from tasks.net.etcd import _OneWriteConnection
+    from tasks.net.http import OneWriteConnection
     with tunnel(FakeTunnelExecutor(FakeConnection(etcd.port)), "node1") as remote:
         url = remote._client.get_url("/kv/range")
         pool = remote._client.session.get_adapter(url).poolmanager.connection_from_url(url)
-        assert issubclass(pool.ConnectionCls, _OneWriteConnection)
+        assert issubclass(pool.ConnectionCls, OneWriteConnection)
         assert remote.get(etcd.prefix + "absent") is None

@@ -9,6 +9,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cloudconfig.units import etcd_dropin
+from tasks.model import certificates
 from tasks.model.errors import ConfigError
 from tasks.runbooks import etcd_peers
 from tasks.runbooks.etcd_peers import Plan, plan
@@ -104,8 +105,8 @@ def test_files_for_a_machine_without_a_certificate_is_refused(cluster):
 def test_a_certificate_of_another_ca_is_refused_before_delivery(cluster):
     folder = etcd_peers.folder_of(cluster)
     etcd_peers.ensure(cluster, ["10.0.0.1"])
-    other_cert, other_key = etcd_peers.new_ca("intruder", NOW)
-    cert, key = etcd_peers.new_member("10.0.0.2", other_cert, other_key, NOW)
+    other_cert, other_key = certificates.new_ca("intruder", NOW)
+    cert, key = certificates.new_member("10.0.0.2", other_cert, other_key, NOW)
     (folder / "10.0.0.2.crt").write_bytes(cert)
     (folder / "10.0.0.2.key").write_bytes(key)
     with pytest.raises(ConfigError, match="10.0.0.2.crt: not issued by the cluster's etcd peer CA"):

@@ -63,3 +63,23 @@ def test_the_model_imports_no_other_layer():
 
 def test_the_network_layer_runs_no_runbook():
     assert under(loaded_by(modules("tasks.net")), ["tasks.runbooks"]) == []
+
+
+# Loaded when a task first needs them (``tasks.net.deferred``), never by `fab` starting: the HTTP
+# stacks, and the certificate code beyond what paramiko itself loads.
+DEFERRED = ("requests", "urllib3", "etcd3gw", "docker", "tasks.net.http", "tasks.net.docker_api",
+            "tasks.model.certificates", "cryptography.x509")
+
+
+def test_fab_starts_without_the_http_stacks():
+    assert under(loaded_by(["fabric", "fabfile"]), DEFERRED) == []
+
+
+def test_what_is_deferred_loads_on_first_use():
+    script = ("import sys\n"
+              "from tasks.net import etcd, registry\n"
+              "assert 'requests' not in sys.modules\n"
+              "etcd.requests.RequestException, registry.http.ConnectingAdapter\n"
+              "print(sorted(m for m in ('requests', 'tasks.net.http', 'etcd3gw.client') if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["['requests',", "'tasks.net.http']"]
