@@ -21,6 +21,7 @@ from tasks.runbooks import (
     membership,
     operator,
     push,
+    release_command,
     secrets,
     settings,
     upgrade,
@@ -30,7 +31,7 @@ namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,
     membership.add_machine, membership.remove_machine,
     upgrade.upgrade_machine_task, upgrade.rolling_upgrade,
-    deploy.deploy, deploy.releases, deploy.rollback,
+    deploy.deploy, deploy.releases, deploy.rollback, release_command.release_command_task,
     operator.status, operator.logs, operator.exec_,
 )
 namespace.add_collection(Collection.from_module(testbed, name="sandbox"))

@@ -138,22 +138,16 @@ def image_environment(version: str, reference: str) -> str:
     return f"AIR_VERSION={version}\nAIR_IMAGE={reference}\n"
 
 
-def component_unit(cluster, component, machine: str) -> str:
-    """The unit running ``component`` in its container on ``machine``, at whatever version and
-    image its ``image_file`` names (the version kept as the container's label and environment).
-    The same for every release."""
-    container = container_name(component.name)
-    stop = cluster.timeouts.stop
-    signal = component.stop_signal
-    data = f"{DATA_DIR}/{component.name}"
+def identity_words(cluster, component, machine: str, version) -> tuple:
+    """The words of ``docker run`` giving a container of ``component`` on ``machine`` what its unit's
+    container has: its environment (``version`` as AIR_VERSION; its etcd login's user and password
+    file when it has one) and its mounts (the machine's state, its own secrets, its data folder).
+    The unit and the release command's one-off container (``tasks.commands.release_command``) share
+    them. Pure."""
     login = etcd_access.has_login(cluster, component)
-    run = command(
-        DOCKER, "run", "--rm", "--name", container, "--network", "host",
-        *(("--stop-signal", signal) if signal != DEFAULT_STOP_SIGNAL else ()),
-        *(("--user", component.user) if component.user else ()),
-        "--label", Expanded(f"{VERSION_LABEL}=${{AIR_VERSION}}"),
+    return (
         "-e", f"AIR_COMPONENT={component.name}",
-        "-e", Expanded("AIR_VERSION=${AIR_VERSION}"),
+        "-e", Expanded(f"AIR_VERSION={version}") if isinstance(version, Expanded) else f"AIR_VERSION={version}",
         "-e", f"AIR_MACHINE={machine}",
         "-e", f"AIR_PORT={component.port}",
         "-e", f"AIR_ETCD={ETCD_LOCAL_CLIENT_URL}",
@@ -162,7 +156,29 @@ def component_unit(cluster, component, machine: str) -> str:
            "-e", f"AIR_ETCD_PASSWORD_FILE={SECRETS_MOUNT}/{etcd_access.PASSWORD_FILE}") if login else ()),
         "-v", f"{STATE_DIR}:{STATE_MOUNT}:ro",
         *(("-v", f"{secrets_dir(component.name)}:{SECRETS_MOUNT}:ro") if component.secrets or login else ()),
-        "-v", f"{data}:{DATA_MOUNT}",
+        "-v", f"{data_dir(component.name)}:{DATA_MOUNT}",
+    )
+
+
+def data_dir(component_name: str) -> str:
+    """A component's data folder on the machine, kept across releases."""
+    return f"{DATA_DIR}/{component_name}"
+
+
+def component_unit(cluster, component, machine: str) -> str:
+    """The unit running ``component`` in its container on ``machine``, at whatever version and
+    image its ``image_file`` names (the version kept as the container's label and environment).
+    The same for every release."""
+    container = container_name(component.name)
+    stop = cluster.timeouts.stop
+    signal = component.stop_signal
+    data = data_dir(component.name)
+    run = command(
+        DOCKER, "run", "--rm", "--name", container, "--network", "host",
+        *(("--stop-signal", signal) if signal != DEFAULT_STOP_SIGNAL else ()),
+        *(("--user", component.user) if component.user else ()),
+        "--label", Expanded(f"{VERSION_LABEL}=${{AIR_VERSION}}"),
+        *identity_words(cluster, component, machine, Expanded("${AIR_VERSION}")),
         Expanded("${AIR_IMAGE}"),
     )
     # A component running as another user owns its data folder (docker would make it root's).

@@ -80,6 +80,10 @@ HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 LABEL = "air.sandbox.role"
 OWNER = "air.sandbox.name"  # which sandbox a container belongs to
 CONFIG = "air.sandbox.config"  # a machine's: the configuration it was prepared with (``_config_id``)
+# The sample backend's "database" (the schema its release command migrates to): one Docker volume per
+# cluster, mounted on each of its machines inside the backend's data folder, so that every machine
+# sees what a migration run on one of them did, as a database server would have it.
+DATABASE_MOUNT = "/var/lib/air/air_backend/database"
 
 
 @dataclass(frozen=True)
@@ -294,7 +298,14 @@ def run_container(node: Node, image: str, config_id: str) -> None:
         args += ["-v", f"{node.name}-docker:/var/lib/docker"]
     if node.role == "registry":
         args += ["-v", f"{node.name}-data:/var/lib/docker-registry"]
+    if node.is_machine:
+        args += ["-v", f"{database_volume(node.cluster)}:{DATABASE_MOUNT}"]
     docker(*args, image, "/lib/systemd/systemd")
+
+
+def database_volume(cluster: str) -> str:
+    """The volume holding a sandbox cluster's sample database (``DATABASE_MOUNT``)."""
+    return f"{PREFIX}-{cluster}-database"
 
 
 def ensure_network() -> None:
@@ -361,6 +372,7 @@ def configure_common(node: Node, base_doc: dict) -> None:
         for file in cloudconfig.files(base_doc):
             put(node.name, file.path, file.content, f"{file.mode:04o}")
     if node.is_machine:
+        inside(node.name, f"chmod 1777 {shlex.quote(DATABASE_MOUNT)}")  # the backend's uid writes there
         put(node.name, node.user_data, cloudconfig.render(base_doc), "0600")
         units = " ".join(shlex.quote(name) for name in cloudconfig.started_units(base_doc))
         if units:
@@ -653,7 +665,8 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def _config_id(image: str, public_key: str) -> str:
     accounts = " ".join(CREDENTIALS_FILES)  # the registry's accounts and the machines' login follow them
-    return hashlib.sha256((image + public_key + (STATE / "ca.crt").read_text() + accounts).encode()).hexdigest()[:12]
+    return hashlib.sha256((image + public_key + (STATE / "ca.crt").read_text() + accounts + DATABASE_MOUNT)
+                          .encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------- a WAN (sandbox/relay.py)
@@ -753,7 +766,8 @@ def owned_volume(name: str) -> bool:
     """Whether volume ``name`` is one of this sandbox's containers' (not another sandbox's whose
     prefix merely starts with ours: ``air-sandbox-w1``, a test run's worker, beside ``air-sandbox``). Pure."""
     node = rf"(build|registry|balancer|m\d+|{CLUSTERS[1]}-m\d+)"
-    return re.fullmatch(rf"{re.escape(PREFIX)}-{node}-(docker|data)", name) is not None
+    return re.fullmatch(rf"{re.escape(PREFIX)}-{node}-(docker|data)", name) is not None or \
+        name in {database_volume(c) for c in CLUSTERS}
 
 
 def tear_down() -> None:
@@ -847,6 +861,18 @@ _VALUE_CHECKS = {
 }
 
 
+# The release command's changes (air_backend's bin/migrate): ``schema`` N makes the release need the
+# database at schema N (0: none), its health failing until the migration ran; ``migration`` `fails`
+# ships a file that makes the migration fail, `passes` removes it.
+MIGRATIONS = ("fails", "passes")
+CHANGE_KINDS.update({"schema": "a whole number", "migration": "|".join(MIGRATIONS)})
+_VALUE_CHECKS.update({
+    "schema": lambda c: None if c.value.isdigit() else "--schema takes a whole number",
+    "migration": lambda c: f"--migration must be one of {', '.join(MIGRATIONS)}" if c.value not in MIGRATIONS else
+    "only air_backend has a migration" if c.component != "air_backend" else None,
+})
+
+
 def _appended(path: str) -> str:
     return f"date +%s%N >> {shlex.quote(path)}"
 
@@ -866,6 +892,16 @@ _EDITS = {
                          else f"printf 'RUN echo compiling {c.component} && exit 3\\n' >> "
                               f"{shlex.quote(c.folder + '/Dockerfile')}"), f"{c.value} fails for {c.component}"),
 }
+
+
+_EDITS.update({
+    "schema": lambda c: ((f"printf '%s\\n' {int(c.value)} > {shlex.quote(c.folder + '/schema')}" if int(c.value) else
+                          f"rm -f {shlex.quote(c.folder + '/schema')}") + "; " + _appended(f"{c.folder}/index.html"),
+                         f"{c.component} needs schema {int(c.value)}"),
+    "migration": lambda c: ((_appended(f"{c.folder}/migration-fails") if c.value == "fails" else
+                             f"rm -f {shlex.quote(c.folder + '/migration-fails')}; " +
+                             _appended(f"{c.folder}/index.html")), f"the migration of {c.component} {c.value}"),
+})
 
 
 def change_script(change: Change) -> str:
@@ -936,12 +972,14 @@ def show_status(c, json_=False):
                 "fix": "a normal change that also removes the component's `broken` and `slow-start` files",
                 "file": "file of the component's folder to change (default index.html)",
                 "fails": "a change whose `prepare` (air_backend) or `build` fails",
-                "slow-start": "the component's health check fails for this many seconds after each start"})
+                "slow-start": "the component's health check fails for this many seconds after each start",
+                "schema": "air_backend: the release needs the database at this schema (0: none) to be healthy",
+                "migration": "air_backend: its release command (bin/migrate) fails, or passes again"})
 def change(c, component="router", broken=False, branch=None, version=None, fix=False, file=None, fails=None,
-           slow_start=None):
+           slow_start=None, schema=None, migration=None):
     """Commit a change to the sample application's repositories on the build server."""
     print(commit_change(change_of(component, branch, broken=broken, fix=fix, slow_start=slow_start, version=version,
-                                  fails=fails, file=file)))
+                                  fails=fails, file=file, schema=schema, migration=migration)))
 
 
 @air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})

@@ -302,3 +302,9 @@ def failure_line(text: str) -> str:
     """The last non-empty line of an error text."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
+
+
+def subject_command(checkout: str, commit: str) -> str:
+    """Prints the subject (first line) of ``commit``'s message in ``checkout``: a deploy's default
+    message. Pure."""
+    return f"git -C {q(checkout)} log -1 --format=%s {q(commit)}"

@@ -277,6 +277,30 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "command": Field("command", "Command run in that container; it reads email, name and password "
                          "as three lines on standard input."),
     }, required=False),
+    "release_command": Section("A command run once per deploy of a new release (the database's migrations), "
+                               "after its images are pushed and before the first machine is drained: in a one-off "
+                               "container of the component's new image on one member that answers, with the "
+                               "component's secrets, etcd login and environment, under `timeouts.release_command`. "
+                               "Its output is shown with the machine's name (secrets masked); a non-zero exit stops "
+                               "the deploy before any machine is drained. A rollback does not run it; "
+                               "`fab release-command` runs it alone.", {
+        "component": Field("name", "Component whose new image (and identity) the command runs with."),
+        "command": Field("command", "The command, split into words as a shell would (no shell is run; "
+                         "write `sh -c '...'` for one)."),
+    }, required=False),
+    "hooks": Section("Commands run on the operator's machine (by `sh -c`, in the cluster file's folder) around "
+                     "every deploy, each within `timeouts.hook`. They get the deploy's facts in their "
+                     "environment: AIR_CLUSTER, AIR_ACTION (deploy or rollback), AIR_RELEASE, "
+                     "AIR_PREVIOUS_RELEASE, AIR_VERSIONS (JSON: component -> version), AIR_BRANCH, "
+                     "AIR_PERFORMER, AIR_MESSAGE, AIR_OUTCOME and AIR_SECONDS (after the deploy); never a "
+                     "secret.", {
+        "pre_deploy": Field("line", "Run after the build, before anything is pushed: a non-zero exit stops the "
+                            "deploy there, nothing changed (a gate on CI). Not run by a rollback.", required=False),
+        "post_deploy": Field("line", "Run after a deploy or rollback that succeeded; its failure is reported and "
+                             "changes nothing.", required=False),
+        "on_failure": Field("line", "Run after a deploy or rollback that failed (or was interrupted); its own "
+                            "failure is reported.", required=False),
+    }, required=False),
     "timeouts": Section("Timeouts, in seconds.", {
         "connect": Field("seconds", "SSH connection.", 10),
         "stop": Field("seconds", "Polite stop of a component before it is killed.", 30),
@@ -288,6 +312,9 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "alive": Field("seconds", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
         "drain": Field("seconds", "A machine leaving the balancer: its established connections may finish within "
                        "this, then it is taken out all the same.", 30),
+        "release_command": Field("seconds", "Deadline of the release command (`release_command`); past it the "
+                                 "one-off container is removed and the deploy stops.", 600),
+        "hook": Field("seconds", "Deadline of one hook (`hooks`); past it the hook is stopped (a failure).", 60),
     }, required=False),
 })
 
@@ -400,6 +427,19 @@ class Admin:
 
 
 @dataclass(frozen=True)
+class ReleaseCommand:
+    component: str
+    command: str
+
+
+@dataclass(frozen=True)
+class Hooks:
+    pre_deploy: Optional[str] = None
+    post_deploy: Optional[str] = None
+    on_failure: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Unit:
     name: str
     content: str
@@ -435,6 +475,8 @@ class Timeouts:
     pull: int
     alive: int
     drain: int
+    release_command: int = 600
+    hook: int = 60
 
 
 @dataclass(frozen=True)
@@ -457,6 +499,8 @@ class Cluster:
     etcd_v2: bool = False
     etcd_auth: bool = False            # the schema's default is true; False here keeps hand-made test clusters open
     backups: Optional[Backups] = None  # None only for a Cluster made by hand: ``load`` always fills it in
+    release_command: Optional[ReleaseCommand] = None
+    hooks: Hooks = Hooks()
 
     def image(self, component: str) -> str:
         """Repository of a component's image, without registry or tag."""
@@ -653,7 +697,7 @@ def _line(value: Any, at: _At) -> str:
 
 
 def _command(value: Any, at: _At) -> str:
-    """A command create-admin splits into words (shlex) to run them in the container."""
+    """A command create-admin (or the release command) splits into words (shlex) to run them in a container."""
     try:
         shlex.split(_line(value, at))
     except ValueError:  # an unbalanced quote or a trailing backslash
@@ -940,7 +984,8 @@ def _with_include(data: dict, file: Path, shown: str) -> dict:
 
 
 def _settle_components(values: dict, shown: str) -> None:
-    """Component names are distinct, and the admin's and the balancer's component are among them;
+    """Component names are distinct, and the admin's, the release command's and the balancer's component are
+    among them;
     the balancer's, when not given, becomes the first component."""
     names = [c["name"] for c in values["components"]]
     if len(set(names)) != len(names):
@@ -949,6 +994,9 @@ def _settle_components(values: dict, shown: str) -> None:
     admin, balancer = values["admin"], values["balancer"]
     if admin and admin["component"] not in names:
         _fail(shown, "admin.component", one_of, admin["component"])
+    release_command = values["release_command"]
+    if release_command and release_command["component"] not in names:
+        _fail(shown, "release_command.component", one_of, release_command["component"])
     balancer["component"] = balancer["component"] or names[0]
     if balancer["component"] not in names:
         _fail(shown, "balancer.component", one_of, balancer["component"])
@@ -970,6 +1018,8 @@ def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
         additions=_additions(values["additions"]),
         settings=values["settings"] or (), etcd_v2=values["etcd_v2"], etcd_auth=values["etcd_auth"],
         backups=_backups(values["backups"], values["secrets"], name),
+        release_command=ReleaseCommand(**values["release_command"]) if values["release_command"] else None,
+        hooks=Hooks(**values["hooks"]) if values["hooks"] else Hooks(),
     )
 
 

@@ -389,7 +389,8 @@ def _release_line(recorded: Optional[dict]) -> str:
         return "release:   none recorded"
     return (f"release:   {recorded['id']} ({recorded.get('outcome', '?')}, {recorded.get('when', '?')}, "
             f"{recorded.get('who', '?')}) "
-            + " ".join(f"{c}={v['version']}" for c, v in sorted(recorded["components"].items())))
+            + " ".join(f"{c}={v['version']}" for c, v in sorted(recorded["components"].items()))
+            + (f"  {json.dumps(recorded['message'], ensure_ascii=False)}" if recorded.get("message") else ""))
 
 
 def _candidate_line(candidate: Optional[dict]) -> str:

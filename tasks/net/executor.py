@@ -306,14 +306,15 @@ class Executor:
     # ------------------------------------------------------------ commands
 
     def run(self, host: str, command: str, *, what: str = None, deadline: int = None, stdin: str = None,
-            check: bool = True, change: bool = True, stream: bool = False) -> Result:
+            check: bool = True, change: bool = True, stream: bool = False, on_line: Callable = None) -> Result:
         """Run ``command`` on ``host`` within ``deadline`` s (default ``timeouts.command``).
 
         ``change``: it changes something, so the task must still be allowed to (``check``);
         a read (``change=False``) runs regardless. ``check``: a non-zero exit raises RemoteError
         naming the host, ``what`` was done and the last lines of its error output. ``stdin``:
         text sent as standard input (the way secrets reach a command). ``stream``: its error
-        output is shown as it comes (a build's progress), and kept as well.
+        output is shown as it comes (a build's progress), and kept as well. ``on_line``: each line of
+        its standard output is given to it as it comes (and kept as well).
         """
         what = what or command.split("\n")[0][:80]
         deadline = int(deadline or self.cluster.timeouts.command)
@@ -323,7 +324,7 @@ class Executor:
         sent = deadline_wrapped(command, deadline, conn.air_sudo)
         with self._step(host, what, deadline):
             status, out, err = self._exec(host, conn, sent, stdin.encode() if stdin is not None else None,
-                                          deadline, what, stream)
+                                          deadline, what, stream, on_line)
         result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
         if status == TIMED_OUT:
             raise DeadlineError(f"{host}: {what}: not done within {deadline} s (stopped there)")
@@ -348,7 +349,7 @@ class Executor:
         return out
 
     def _exec(self, host, conn, command: str, stdin: Optional[bytes], deadline: int, what: str,
-              stream: bool = False) -> tuple:
+              stream: bool = False, on_line: Callable = None) -> tuple:
         """(exit status, stdout, stderr) of one command on its own channel; gives up ``LOCAL_GRACE``
         s after ``deadline`` when the host's own ``timeout`` has not answered."""
         give_up = time.monotonic() + deadline + LOCAL_GRACE
@@ -362,7 +363,7 @@ class Executor:
             channel.shutdown_write()
             reader = threading.Thread(target=_drain_stderr, args=(channel, errors, stream), daemon=True)
             reader.start()
-            chunks = []
+            chunks, pending = [], b""
             while True:
                 left = give_up - time.monotonic()
                 if left <= 0:
@@ -372,6 +373,10 @@ class Executor:
                 if not data:
                     break
                 chunks.append(data)
+                if on_line is not None:
+                    pending = _lines_to(on_line, pending + data)
+            if on_line is not None and pending:
+                on_line(pending.decode(errors="replace"))
             if not channel.status_event.wait(max(0.0, give_up - time.monotonic())):
                 raise socket.timeout()
             reader.join(max(0.0, give_up - time.monotonic()))
@@ -472,6 +477,14 @@ class Executor:
 
     def parallel(self, work: Callable, items: Iterable, *, describe: Callable = str) -> list:
         return parallel(work, items, describe=describe)
+
+
+def _lines_to(on_line: Callable, data: bytes) -> bytes:
+    """Each whole line of ``data`` given to ``on_line``; returns the unfinished rest."""
+    *lines, rest = data.split(b"\n")
+    for line in lines:
+        on_line(line.decode(errors="replace"))
+    return rest
 
 
 def _ask_keepalive(transport, answered: threading.Event) -> None:

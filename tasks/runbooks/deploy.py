@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import Optional
 
 from tasks.commands.build_scripts import parse_branches, without_credentials
@@ -29,25 +30,29 @@ from tasks.model import state
 from tasks.model.status_view import printable
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLock
+from tasks.model.hooks import Facts, check_message
 from tasks.model.release import Release
 from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import etcd_backup, records, release_settings, settings, steps, upgrade
+from tasks.runbooks import etcd_backup, hooks, records, release_command, release_settings, settings, steps, upgrade
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
 from tasks.runbooks.publish import publish, unchanged
 from tasks.runbooks.push import print_report
 from tasks.runbooks.settings import apply as apply_settings
 
 
-def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, rebuild=False) -> Release:
+def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, rebuild=False,
+                   facts: Facts = None) -> Release:
     """The deploy runbook in a session holding the cluster's lock: build, push what changed,
     record the release, roll the cluster to it. ``branch``: the main repository's branch, or
     Branches (components' own branches too). ``dry``: build, then print what push and the
     rollout would do, pushing and changing nothing. ``canary``: a member machine that alone gets
     the new release, recorded as the cluster's candidate (``deploy_canary``); a deploy after it
     continues to the others. A plain deploy whose checkouts and build inputs are those of the
-    cluster's release builds nothing (``publish``), unless ``rebuild``."""
+    cluster's release builds nothing (``publish``), unless ``rebuild``. ``facts``: what the hooks
+    are told, filled in as the deploy goes (its pre_deploy hook runs before the push; None: no
+    hooks, no message)."""
     started = time.monotonic()
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
@@ -56,18 +61,23 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, re
     if not dry:
         etcd_backup.before_change(s, "deploy")
     recorded = None if dry or canary is not None or rebuild else records.read_release(s.etcd, s.cluster)[1]
-    published = publish(s.ex, host, branch, dry=dry, recorded=recorded)
+    published = publish(s.ex, host, branch, dry=dry, recorded=recorded,
+                        before_push=hooks.before_push(s, host, facts) if facts is not None and not dry else None)
+    if facts is not None and facts.message:
+        published = replace(published, extra={"message": facts.message})
     current = rollback_base(s)
     if canary is not None:
         meta, before = published.meta, None
         if dry:
-            print_push_plan(s, published)
+            print_push_plan(s, published, current)
         else:
             before, _ = applied_settings(s, meta)
         with release_settings.put_back_on_failure(s, "deploy", before, release_settings.record_of(s, current)):
+            if not dry:
+                release_command.before_rollout(s, published.release, current, meta, canary=True)
             deploy_canary(s, published.release, current, canary, dry, **meta)
     elif dry:
-        print_push_plan(s, published)
+        print_push_plan(s, published, current)
         upgrade.print_plan(cluster_rollout(s, published.release, current, batch)[0])
     else:
         roll_cluster(s, published, current, batch, started, recorded)
@@ -90,9 +100,10 @@ def rollback_base(s: Session) -> Optional[Release]:
     return current
 
 
-def print_push_plan(s: Session, published) -> None:
+def print_push_plan(s: Session, published, current: Optional[Release] = None) -> None:
     print_report(published.release, published.steps, False)
     print_settings_plan(s)
+    release_command.print_plan(s, published.release, current)
 
 
 def cluster_rollout(s: Session, release: Release, current: Optional[Release], batch: int) -> tuple:
@@ -128,6 +139,7 @@ def roll_cluster(s: Session, published, current: Optional[Release], batch: int, 
     if candidate is not None:
         meta.update(continued_canary(candidate, record, release))
     with release_settings.put_back_on_failure(s, "deploy", before, base):
+        release_command.before_rollout(s, release, current, meta)  # the migrations, before the first drain
         rollout.apply_recorded(previous_meta=kept.of_record(base), **meta)
     if candidate is not None:
         records.clear_candidate(s.etcd, cluster)
@@ -209,17 +221,20 @@ def deploy_canary(s: Session, release: Release, current: Optional[Release], addr
                 "plan": "build, then print what push and the rollout would do; push and change nothing",
                 "rebuild": "build even when the sources and build inputs are the cluster's release's "
                            "(base images changed under the same tag)",
+                "message": "what the release history keeps of this deploy (default: the commit's subject)",
                 "json": "print the outcome as JSON"}, iterable=["branch"])
 def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, rebuild=False,
-           json_=False):
+           json_=False, message=None):
     """Build, push what changed and roll the cluster to it, under the cluster's lock (--canary: one machine)."""
     target = cluster_of(cluster)
     branch = parse_branches(target, branch)
     via = check_address(via, "--via") if via else None
     canary = check_address(canary, "--canary") if canary else None
-    with session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
+    facts = Facts(target.name, performer=state.operator(), message=check_message(message) if message is not None else "")
+    with hooks.around(target, facts, enabled=not plan_), \
+            session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
         release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary,
-                                 rebuild=rebuild)
+                                 rebuild=rebuild, facts=facts)
         candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
     if plan_:
         return
@@ -254,7 +269,7 @@ def releases(c, cluster=None, via=None, json_=False):
 
 def release_line(mark: str, record: dict, outcome: str, settings_now: str = None) -> str:
     """One release of ``fab releases``; its settings' short digest, and whether they are the ones etcd
-    holds (``settings_now``, their digest) or differ. Pure."""
+    holds (``settings_now``, their digest) or differ; who deployed it and their message. Pure."""
     versions = " ".join(f"{k}={v['version']}" for k, v in sorted(record["components"].items()))
     # every repository that went into it: URL (a record written before they were left out may hold
     # credentials), branch and commit
@@ -262,8 +277,10 @@ def release_line(mark: str, record: dict, outcome: str, settings_now: str = None
                       for s in record.get("sources", []))
     same = "unknown" if kept.SETTINGS not in record else \
         "same" if record[kept.SETTINGS]["digest"] == settings_now else "differs"
+    said = (f"  by {record['who']}" if record.get("who") else "") + \
+        (f"  {json.dumps(record['message'], ensure_ascii=False)}" if record.get("message") else "")
     return (f"{mark} {record['when']}  {record['id']}  {outcome:10.40}  settings {kept.short(record):8} {same:7}  "
-            f"{record.get('branch', '-')}  {versions}{sources}")
+            f"{record.get('branch', '-')}  {versions}{sources}{said}")
 
 
 GOOD_OUTCOMES = ("succeeded", "installed")
@@ -331,15 +348,20 @@ def rollback(c, cluster=None, to=None, via=None, plan_=False, json_=False):
     (a canary's candidate: its machines back on the cluster's release)."""
     target = cluster_of(cluster)
     via = via and check_address(via, "--via")
-    with session(target, None if plan_ else "rollback", via) as s:
+    facts = Facts(target.name, action="rollback", performer=state.operator())
+    with hooks.around(target, facts, enabled=not plan_), session(target, None if plan_ else "rollback", via) as s:
         # Read under the lock: a deploy that just ended may have changed both.
         current, current_record = records.read_release(s.etcd, target)
         candidate, candidate_record = records.read_candidate(s.etcd, target)
+        if not plan_:
+            release_command.not_run_by_rollback(target)
         if candidate is not None and to is None:
+            hooks.rolling_back(facts, current_record, candidate)
             rollback_canary(s, current, candidate, candidate_record, plan_, current_record)
             wanted, undone, machines = current, candidate.id, candidate_record["machines"]
         else:
             chosen = rollback_target(records.history(s.etcd, target), current and current.id, to, target.name)
+            hooks.rolling_back(facts, chosen, current)
             wanted, undone, machines = Release.from_dict(chosen), None, list(target.machines)
             if not roll_back_to(s, chosen, current_record, plan_):
                 return

@@ -9,8 +9,8 @@ checkouts and build inputs are those the record keeps: that release is the one p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 from tasks.model.release import Release
 from tasks.net.progress import say
@@ -25,24 +25,33 @@ class Published:
     release: Release
     steps: list       # push's steps (``dry``: the steps push would take; none when nothing was built)
     built: dict       # build_all's answer: images, commit, branch, base, sources, inputs
+    extra: dict = field(default_factory=dict)  # more for the release record (a deploy's message)
 
     @property
     def meta(self) -> dict:
-        """What a release record keeps of its build."""
-        return {key: self.built[key] for key in META if key in self.built}
+        """What a release record keeps of its build (and ``extra``)."""
+        return {**{key: self.built[key] for key in META if key in self.built}, **self.extra}
 
 
-def publish(ex, host: str, branch=None, dry: bool = False, recorded: Optional[dict] = None) -> Published:
+def publish(ex, host: str, branch=None, dry: bool = False, recorded: Optional[dict] = None,
+            before_push: Optional[Callable] = None) -> Published:
     """Build at ``branch`` (a branch, ``--branch`` values or Branches) on ``host``, then push what
     changed (``dry``: plan the push only). ``recorded``: the cluster's release record; when its
-    sources and build inputs are the checkouts' now, nothing is built and its release is returned."""
+    sources and build inputs are the checkouts' now, nothing is built and its release is returned.
+    ``before_push(release, built)``: called with the release about to be pushed (or the recorded one,
+    when nothing is built), before anything is pushed (a deploy's pre_deploy hook); its error stops
+    the publish there."""
     checked = check_out(ex, host, branch)
     meta = checked.meta(ex.cluster)
     if recorded is not None and unchanged(recorded, meta):
         say(f"build: every source and build input is release {recorded['id']}'s: nothing to build")
-        return Published(Release.from_dict(recorded), [], meta)
+        release = Release.from_dict(recorded)
+        if before_push is not None:
+            before_push(release, meta)
+        return Published(release, [], meta)
     built = build_images(ex, host, checked)
-    release, steps = push_all(ex, host, built["images"], dry=dry)
+    before = (lambda release: before_push(release, built)) if before_push else None
+    release, steps = push_all(ex, host, built["images"], dry=dry, before=before)
     return Published(release, steps, built)
 
 

@@ -154,8 +154,9 @@ def candidates(api, cluster, components, commits: dict) -> dict:
     return images
 
 
-def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
-    """Push what changed; returns the Release and the steps taken (``dry``: the steps push would take)."""
+def push_all(ex, host: str, images: dict = None, dry: bool = False, before=None) -> tuple:
+    """Push what changed; returns the Release and the steps taken (``dry``: the steps push would take).
+    ``before(release)``: called with the planned release before the first push."""
     cluster = ex.cluster
     registry = RegistryClient.for_cluster(ex)
     registry.check()
@@ -166,6 +167,8 @@ def push_all(ex, host: str, images: dict = None, dry: bool = False) -> tuple:
     api = docker_api.engine(ex.conn(host), counted=ex.trips.hook(host, "docker"))
     images = images or candidates(api, cluster, cluster.component_names, commits)
     steps = plan(cluster, base, images, registry)
+    if before is not None:
+        before(Release(tuple(s.image for s in steps)))
     if not dry:
         steps = [pushed(ex, api, registry, step, commits[step.component], auth) for step in steps]
         prune_dangling(api, host)

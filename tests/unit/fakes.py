@@ -56,7 +56,8 @@ class FakeExecutor:
             raise RemoteError(f"{host}: cannot reach over SSH ({self.down[host]})")
         return SimpleNamespace(host=host, air_sudo=False)
 
-    def run(self, host, command, *, what=None, deadline=None, stdin=None, check=True, change=True, stream=False):
+    def run(self, host, command, *, what=None, deadline=None, stdin=None, check=True, change=True, stream=False,
+            on_line=None):
         what = what or command.split("\n")[0][:80]
         if change:
             self.check(what)
@@ -71,6 +72,8 @@ class FakeExecutor:
                     raise DeadlineError(f"{host}: {what}: not done within {deadline} s (stopped there)")
                 if check and result.exited != 0:
                     raise RemoteError(f"{host}: {what} failed (exit {result.exited}): {result.stderr}")
+                for line in result.stdout.splitlines() if on_line else ():
+                    on_line(line)
                 return result
         return Result(0, "", "")
 

@@ -113,7 +113,8 @@ def test_a_change_to_the_website_goes_to_its_own_repository_on_develop_or_the_br
 @pytest.mark.parametrize("fields, message", [
     (("nosuch",), "no component 'nosuch' in the sample application"),
     (("router", "change", None, "x;reboot"), "branch 'x;reboot' is not a simple branch name"),
-    (("router", "explode"), "no kind of change 'explode' (one of change, broken, fix, slow-start, version, fails, file)"),
+    (("router", "explode"), "no kind of change 'explode' (one of change, broken, fix, slow-start, version, fails, file, "
+                              "schema, migration)"),
     (("router", "broken", "1"), "--broken takes no value"),
     (("router", "slow-start"), "--slow-start takes whole seconds"),
     (("router", "slow-start", "3.5"), "--slow-start takes whole seconds"),
@@ -208,3 +209,25 @@ def test_the_relay_holds_each_exchange_back_by_the_rtt_and_passes_everything_in_
     finally:
         relay.terminate()
         relay.wait(5)
+
+
+def test_the_release_commands_changes_make_a_release_need_a_schema_or_its_migration_fail():
+    index = "date +%s%N >> components/air_backend/index.html"
+    assert sb.change_script(sb.Change("air_backend", "schema", "2")) == _script(
+        f"printf '%s\\n' 2 > components/air_backend/schema; {index}", "'air_backend needs schema 2'")
+    assert sb.change_script(sb.Change("air_backend", "schema", "0")) == _script(
+        f"rm -f components/air_backend/schema; {index}", "'air_backend needs schema 0'")
+    assert sb.change_script(sb.Change("air_backend", "migration", "fails")) == _script(
+        "date +%s%N >> components/air_backend/migration-fails", "'the migration of air_backend fails'")
+    assert sb.change_script(sb.Change("air_backend", "migration", "passes")) == _script(
+        f"rm -f components/air_backend/migration-fails; {index}", "'the migration of air_backend passes'")
+    for fields, message in ((("air_backend", "schema", "x"), "--schema takes a whole number"),
+                            (("router", "migration", "fails"), "only air_backend has a migration"),
+                            (("air_backend", "migration", "maybe"), "--migration must be one of fails, passes")):
+        with pytest.raises(ConfigError, match=message):
+            sb.Change(*fields)
+
+
+def test_the_sample_database_volumes_are_the_sandboxs_own():
+    assert sb.owned_volume(f"{sb.PREFIX}-local-database") and sb.owned_volume(f"{sb.PREFIX}-local2-database")
+    assert not sb.owned_volume(f"{sb.PREFIX}-w1-local-database")
