@@ -126,14 +126,17 @@ def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd:
         s.close()
 
 
-def optional_lock(s: Session, why: str, wait: bool = False) -> None:
+def optional_lock(s: Session, why: str, wait: bool = False, no_lock: bool = False) -> None:
     """Take the lock when the cluster has an etcd to hold it in; a cluster not yet set up has none
     (its first build and push run before it exists). When no etcd answers but a machine says it was
     installed, the cluster is set up and its etcd is in trouble: PreflightError, nothing done
-    without the lock."""
+    without the lock, unless ``no_lock`` (the operator's ``--no-lock``) says to go on."""
     try:
         s.connect_etcd()
     except RemoteError as no_etcd:
+        if no_lock:
+            say(f"{why}: {s.cluster.name}'s etcd does not answer: going on without the cluster's lock (--no-lock)")
+            return
         machines = list(s.cluster.machines)
         found = s.ex.parallel(lambda address: _installed_release(s.ex, address), machines)
         installed = [(m, release) for m, release in zip(machines, found) if release]
@@ -141,7 +144,8 @@ def optional_lock(s: Session, why: str, wait: bool = False) -> None:
             machine, release = installed[0]
             raise PreflightError(f"{why}: {s.cluster.name} is installed ({machine} runs release {release}) but its "
                                  f"etcd does not answer, so the cluster's lock cannot be taken: nothing was done "
-                                 f"({no_etcd}; `fab status --cluster {s.cluster.name}` says more)") from None
+                                 f"({no_etcd}; `fab status --cluster {s.cluster.name}` says more; "
+                                 f"--no-lock goes on all the same)") from None
         say(f"{s.cluster.name}: no etcd answers and no machine is installed (not set up yet): "
             f"going on without the cluster's lock")
         return

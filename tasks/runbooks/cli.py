@@ -51,3 +51,7 @@ def build_host(c, cluster) -> str:
     """The build server: `fab -H` when given, else the cluster's own."""
     host = getattr(c, "host", None)
     return host or cluster.build.host
+
+
+# The help of --no-lock, for the tasks that may run before the cluster has an etcd (build, push, balancer.setup).
+NO_LOCK_HELP = "go on without the cluster's lock when its etcd does not answer (a cluster in trouble)"
