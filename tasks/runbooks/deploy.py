@@ -57,15 +57,15 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, re
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
         check_canary(s, canary)
-    records.check_all(s.etcd, s.cluster)  # a malformed record stops the deploy here, before the build
+    found = records.check_all(s.etcd, s.cluster)  # a malformed record stops the deploy here, before the build
     if not dry:
         etcd_backup.before_change(s, "deploy")
-    recorded = None if dry or canary is not None or rebuild else records.read_release(s.etcd, s.cluster)[1]
+    recorded = None if dry or canary is not None or rebuild else found.current[1]
     published = publish(s.ex, host, branch, dry=dry, recorded=recorded,
                         before_push=hooks.before_push(s, host, facts) if facts is not None and not dry else None)
     if facts is not None and facts.message:
         published = replace(published, extra={"message": facts.message})
-    current = rollback_base(s)
+    current = rollback_base(found)  # nothing wrote the records since they were read
     if canary is not None:
         meta, before = published.meta, None
         if dry:
@@ -91,12 +91,12 @@ def check_canary(s: Session, canary: str) -> None:
                           f"(members: {', '.join(members)})")
 
 
-def rollback_base(s: Session) -> Optional[Release]:
+def rollback_base(found: records.Snapshot) -> Optional[Release]:
     """The release a failure goes back to: the recorded one, or, when a deploy was killed midway
     (outcome ``upgrading``: its release never proved itself), the last release that did."""
-    current, record = records.read_release(s.etcd, s.cluster)
+    current, record = found.current
     if record and record.get("outcome") == "upgrading":
-        current = last_good(records.history(s.etcd, s.cluster)) or current
+        current = last_good(found.history) or current
     return current
 
 

@@ -6,6 +6,7 @@ through an etcd client (``tasks.net.etcd``) under the session's lock.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from tasks.model import release_settings, state
 from tasks.model.cluster import check_address
@@ -59,12 +60,19 @@ def history(etcd, cluster) -> list:
     return [parsed(key, value)[1] for key, value in sorted(items.items())]
 
 
-def check_all(etcd, cluster) -> None:
+class Snapshot(NamedTuple):
+    """The release records as read at one moment: (Release, record) of the current release and of
+    the candidate (each (None, None) when absent), and the history, oldest first."""
+    current: tuple
+    candidate: tuple
+    history: list
+
+
+def check_all(etcd, cluster) -> Snapshot:
     """Every release record (current, candidate, history) read and checked (``parsed``): a task that
-    acts on them stops before it changes anything when one is malformed, naming its key."""
-    read_release(etcd, cluster)
-    read_candidate(etcd, cluster)
-    history(etcd, cluster)
+    acts on them stops before it changes anything when one is malformed, naming its key. Returns
+    them, for what the task reads of them before its first write."""
+    return Snapshot(read_release(etcd, cluster), read_candidate(etcd, cluster), history(etcd, cluster))
 
 
 def read_candidate(etcd, cluster):
