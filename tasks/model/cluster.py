@@ -288,6 +288,9 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "alive": Field("seconds", "An SSH peer that answers no keepalive for this long is taken for hung or gone.", 10),
         "drain": Field("seconds", "A machine leaving the balancer: its established connections may finish within "
                        "this, then it is taken out all the same.", 30),
+        "reboot": Field("seconds", "A machine rebooted by `fab os-upgrade` must be back within this: SSH answers "
+                        "on its new boot, its etcd member healthy, every Air unit healthy. Otherwise the task "
+                        "stops there, the machine out of the balancer.", 600),
     }, required=False),
 })
 
@@ -435,6 +438,7 @@ class Timeouts:
     pull: int
     alive: int
     drain: int
+    reboot: int
 
 
 @dataclass(frozen=True)
