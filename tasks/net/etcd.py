@@ -740,8 +740,11 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         the same cluster, the same leases and lock, another way in."""
         try:
             channel(other).close()
+        except paramiko.ChannelException as e:
+            raise RemoteError(f"etcd at {where(other)}: cannot connect there ({e.text}): is etcd running?") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise RemoteError(f"etcd at {other}: cannot open the tunnel ({_first_line(e) or type(e).__name__})") from None
+            raise RemoteError(f"etcd at {where(other)}: cannot open the tunnel "
+                              f"({_first_line(e) or type(e).__name__})") from None
         route[0] = other
         client.label = where(other)
         client.drop_connections()
