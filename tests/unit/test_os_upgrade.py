@@ -176,3 +176,29 @@ def test_the_sandbox_stages_the_next_os_version(version, after):
 def test_a_version_that_does_not_end_in_a_number_needs_one_given():
     with pytest.raises(ConfigError):
         next_os_version("4081.2.0-beta")
+
+
+def test_a_version_to_stage_that_is_no_version_is_refused_before_anything():
+    from sandbox.testbed import stage_os_update
+    with pytest.raises(ConfigError) as refused:
+        stage_os_update(["10.0.0.1"], "4081.2.1; reboot")
+    assert str(refused.value) == ("sandbox.os-update: --version: expected a version such as 4081.2.1, "
+                                  "got '4081.2.1; reboot'")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cluster": None}, "error: --cluster is required"),
+    ({"cluster": "prod", "machine_": "10.0.0.1; reboot"}, "error: command line: --machine"),
+    ({"cluster": "prod", "via": "nowhere"}, "error: command line: --via: expected an IPv4 or IPv6 address"),
+])
+def test_bad_input_is_one_error_line_before_anything_is_contacted(cluster, monkeypatch, kwargs, message):
+    from invoke import Context
+    from invoke.exceptions import Exit
+
+    from tasks.model import cluster as cluster_config
+    monkeypatch.setattr(cluster_config, "CLUSTERS_DIR", cluster.file.parent)
+    monkeypatch.setattr(os_upgrade, "session", lambda *a, **k: pytest.fail("a session was opened"))
+    with pytest.raises(Exit) as stopped:
+        os_upgrade.os_upgrade(Context(), **kwargs)
+    text = str(stopped.value.message)
+    assert stopped.value.code == 1 and "\n" not in text and text.startswith(message), text
