@@ -24,9 +24,11 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Optional
 
 from tasks.commands.os_update import os_facts_command, parse_os_facts, reboot_command
+from tasks.commands.shell import tail
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Halt, LostLock, PreflightError, RemoteError
 from tasks.model.os_upgrade_plan import Reboot, describe, plan, quorum_problem, unexpected_version
@@ -130,19 +132,16 @@ class OsUpgrade:
         address = step.machine
         started = time.monotonic()
         self.ex.check(f"the reboot of {address}")
-        boot = self._os(address).boot
+        now = self._os(address)
+        step = replace(step, to=now.staged)  # what it boots into: update-engine may have staged a newer one since
         other = next(m for m in self.members if m != address)
         membership.hand_over_leadership(self.s, address, other, TASK)
         self.s.move_etcd(address, other)
         self.routers.set(routed(self.members, serving, done, [address]))
         with self.ex.finishing():  # a reboot cannot be taken back: the machine in hand is waited for
             say(f"{TASK}: rebooting {address}" + (f" into OS {step.to}" if step.to else ""))
-            try:
-                self.ex.run(address, reboot_command(), what="reboot")
-            except RemoteError:
-                pass  # the connection may drop before the answer: the new boot, or none, tells
-            self.ex.forget(address)
-            version = self._wait_back(step, boot, started + self.cluster.timeouts.reboot, done)
+            self._send_reboot(address, serving, done)
+            version = self._wait_back(step, now.boot, started + self.cluster.timeouts.reboot, done)
             try:
                 self.routers.set(routed(self.members, serving, [*done, address], []))
             except LostLock as lost:
@@ -154,6 +153,19 @@ class OsUpgrade:
         if wrong:
             raise OsUpgradeFailed(f"{wrong}; it serves again; " + _left(done))
         return {"machine": address, "from": step.version, "to": version, "seconds": round(took, 1)}
+
+    def _send_reboot(self, address: str, serving: list, done: list) -> None:
+        """``reboot_command`` on ``address``; when it ran and failed, the machine goes back in and the task stops."""
+        try:
+            result = self.ex.run(address, reboot_command(), what="reboot", check=False)
+        except RemoteError:
+            result = None  # the connection dropped before the answer: the new boot, or none, tells
+        self.ex.forget(address)
+        if result is not None and result.exited != 0:
+            self.routers.set(routed(self.members, serving, [*done, address], []))
+            raise OsUpgradeFailed(f"{address}: reboot failed (exit {result.exited}): "
+                                  f"{tail(result.stderr or result.stdout)}; it is back in the balancer; "
+                                  + _left(done))
 
     def _wait_back(self, step: Reboot, boot: str, deadline: float, done: list) -> Optional[str]:
         """Wait until ``step``'s machine runs a new boot, healthy; its OS version. OsUpgradeFailed,

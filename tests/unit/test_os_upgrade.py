@@ -202,3 +202,21 @@ def test_bad_input_is_one_error_line_before_anything_is_contacted(cluster, monke
         os_upgrade.os_upgrade(Context(), **kwargs)
     text = str(stopped.value.message)
     assert stopped.value.code == 1 and "\n" not in text and text.startswith(message), text
+
+
+def test_a_reboot_command_that_fails_puts_the_machine_back_and_stops(s, etcd_answers):
+    machines = Machines(s.ex, {m: "4081.2.1" for m in MACHINES})
+    s.ex.answer("systemctl reboot", host="10.0.0.2", exited=1, stderr="Failed to reboot: Access denied")
+    with pytest.raises(OsUpgradeFailed) as failed:
+        OsUpgrade(s).apply()
+    assert str(failed.value) == ("10.0.0.2: reboot failed (exit 1): Failed to reboot: Access denied; it is back in "
+                                 "the balancer; the other machines were not touched")
+    assert s.ex.routed == [["10.0.0.1", "10.0.0.3"], MACHINES]
+    assert machines.state["10.0.0.3"]["boot"] == 1
+
+
+def test_the_version_booted_is_the_one_staged_when_the_machine_reboots(s, etcd_answers):
+    machines = Machines(s.ex, {"10.0.0.2": "4081.2.1"})
+    upgrade = OsUpgrade(s)
+    machines.state["10.0.0.2"]["staged"] = "4081.2.2"  # update-engine staged a newer one since the plan
+    assert [(d["machine"], d["from"], d["to"]) for d in upgrade.apply()] == [("10.0.0.2", "4081.2.0", "4081.2.2")]
