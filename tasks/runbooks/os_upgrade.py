@@ -116,7 +116,7 @@ class OsUpgrade:
                 if i:
                     self._gate(step, machines)
                 done.append(self._reboot(step, serving, machines))
-            except Halt as halt:  # between machines: none in hand
+            except Halt as halt:  # before a machine's reboot, or (a lost lock) once it is back
                 raise type(halt)(f"{halt}; " + _left(machines)) from None
         return done
 
@@ -145,8 +145,7 @@ class OsUpgrade:
             try:
                 self.routers.set(routed(self.members, serving, [*done, address], []))
             except LostLock as lost:
-                raise LostLock(f"{lost}; {address} rebooted and is healthy but out of the balancer; "
-                               + _left(done)) from None
+                raise LostLock(f"{lost}; {address} rebooted and is healthy but out of the balancer") from None
         took = time.monotonic() - started
         say(f"{TASK}: {address} runs OS {version}, healthy, back in the balancer ({took:.1f} s)")
         wrong = unexpected_version(step, version)
