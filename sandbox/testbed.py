@@ -84,6 +84,8 @@ CONFIG = "air.sandbox.config"  # a machine's: the configuration it was prepared 
 # cluster, mounted on each of its machines inside the backend's data folder, so that every machine
 # sees what a migration run on one of them did, as a database server would have it.
 DATABASE_MOUNT = "/var/lib/air/air_backend/database"
+REBOOTS = "on-failure"  # a machine container's restart policy: its reboot is the container's restart
+OS_STAGE = "/usr/lib/air-sandbox/os-stage"  # the image's stand-in of update-engine staging an update
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,10 @@ def run_container(node: Node, image: str, config_id: str) -> None:
             "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--stop-signal", "SIGRTMIN+3"]
     if node.role in ("build", "machine", "spare"):
         args += ["-v", f"{node.name}-docker:/var/lib/docker"]
+    if node.is_machine:
+        # A reboot (`systemctl reboot`) ends the container with SIGHUP: Docker starts it again, as a
+        # machine boots again. `docker stop` and `docker kill` leave it off (a machine powered off).
+        args += ["--restart", REBOOTS]
     if node.role == "registry":
         args += ["-v", f"{node.name}-data:/var/lib/docker-registry"]
     if node.is_machine:
@@ -980,6 +986,48 @@ def change(c, component="router", broken=False, branch=None, version=None, fix=F
     """Commit a change to the sample application's repositories on the build server."""
     print(commit_change(change_of(component, branch, broken=broken, fix=fix, slow_start=slow_start, version=version,
                                   fails=fails, file=file, schema=schema, migration=migration)))
+
+
+def next_os_version(version: str) -> str:
+    """The version after ``version``: its last number one higher (4081.2.0 -> 4081.2.1). Pure."""
+    head, _, last = version.rpartition(".")
+    if not last.isdigit():
+        raise ConfigError(f"sandbox.os-update: the machine's OS version {version!r} does not end in a number: "
+                          f"give --version")
+    return f"{head}{'.' if head else ''}{int(last) + 1}"
+
+
+def stage_os_update(addresses, version: Optional[str] = None) -> dict:
+    """Stage an OS update on the sandbox machines at ``addresses``, as update-engine would have
+    downloaded it (``version``, default each machine's next); returns address -> version staged.
+    The machine boots it at its next reboot."""
+    from tasks.commands import os_update
+    if version is not None and not os_update.OS_VERSION.fullmatch(version):
+        raise ConfigError(f"sandbox.os-update: --version: expected a version such as 4081.2.1, got {version!r}")
+    nodes = {n["address"]: Node(**n) for n in json.loads((STATE / "state.json").read_text())["nodes"]} \
+        if (STATE / "state.json").exists() else {}
+    unknown = [a for a in addresses if a not in nodes or not nodes[a].is_machine]
+    if unknown:
+        raise ConfigError(f"sandbox.os-update: not a sandbox machine: {', '.join(unknown)}")
+
+    def one(address):
+        node = nodes[address]
+        wanted = version or next_os_version(inside(node.name, os_update.os_version_command()).strip())
+        inside(node.name, f"{OS_STAGE} {shlex.quote(wanted)}")
+        return wanted
+    return dict(zip(addresses, parallel(one, list(addresses))))
+
+
+@air_task(name="os-update", help={"machines": "machines to stage it on, comma-separated (default: the `local` "
+                                              "cluster's)",
+                                  "version": "the OS version staged (default: each machine's next, "
+                                             "4081.2.0 -> 4081.2.1)"})
+def os_update(c, machines=None, version=None):
+    """Stage an OS update on sandbox machines, as update-engine does; their next reboot boots it."""
+    addresses = [a.strip() for a in machines.split(",") if a.strip()] if machines else \
+        list(cluster_config.load(CLUSTERS[0]).machines)
+    for address, staged in stage_os_update(addresses, version).items():
+        print(f"{address}: update staged: {staged}")
 
 
 @air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})

@@ -315,6 +315,9 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "release_command": Field("seconds", "Deadline of the release command (`release_command`); past it the "
                                  "one-off container is removed and the deploy stops.", 600),
         "hook": Field("seconds", "Deadline of one hook (`hooks`); past it the hook is stopped (a failure).", 60),
+        "reboot": Field("seconds", "A machine rebooted by `fab os-upgrade` must be back within this: SSH answers "
+                        "on its new boot, its etcd member healthy, every Air unit healthy. Otherwise the task "
+                        "stops there, the machine out of the balancer.", 600),
     }, required=False),
 })
 
@@ -477,6 +480,7 @@ class Timeouts:
     drain: int
     release_command: int = 600
     hook: int = 60
+    reboot: int = 600
 
 
 @dataclass(frozen=True)

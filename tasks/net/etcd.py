@@ -108,6 +108,8 @@ class Etcd:
         self._token_lock = threading.Lock()
         self._client = self._new_client(timeout)
         self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
+        # Sends the connections opened from then on to the member on another host (``tunnel``'s).
+        self.move_to: Optional[Callable[[str], None]] = None
 
     def __repr__(self) -> str:
         return f"Etcd({self.label})"
@@ -190,6 +192,12 @@ class Etcd:
     def auth(self, path: str, payload: dict, what: str) -> dict:
         """One call of etcd's auth API (``/v3/auth/<path>``); ``what`` says it (never the payload)."""
         return self._post(what, f"/auth/{path}", payload, retry=False)
+
+    def drop_connections(self) -> None:
+        """Close the connections kept open for the next requests (the lock's too): the next
+        request of each opens a new one, wherever connections go now."""
+        for client in self._clients:
+            client.session.close()
 
     def close(self) -> None:
         """Close this client's HTTP connections (and so their SSH channels)."""
@@ -663,14 +671,17 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
     Nothing listens on this machine: each HTTP connection of the client is its own SSH channel,
     handed to the client as one end of an unnamed socket pair, so no other local user (nor any
     other process) can reach etcd through us, and there is no port or socket file to guard."""
-    label = f"{host} (SSH tunnel to its 127.0.0.1:{remote_port})"
+    def where(at: str) -> str:
+        return f"{at} (SSH tunnel to its 127.0.0.1:{remote_port})"
+    label = where(host)
     login = etcd_access.root_login(ex.cluster)  # a missing credentials file is said before anything is contacted
     why_not = ex.reachable(host)
     if why_not:
         raise RemoteError(f"etcd at {label}: cannot reach over SSH ({why_not})")
-    transport = ex.conn(host).transport
+    route = [host]  # where the connections go: ``move`` changes it
 
-    def channel():
+    def channel(to: str = None):
+        transport = ex.conn(to or route[0]).transport
         return transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0), timeout=timeout)
 
     try:
@@ -686,12 +697,31 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
             return bridged(channel(), timeout)
         except paramiko.ChannelException as e:
             # requests reports an OSError as a failed connection, with this text.
-            raise OSError(f"the SSH channel to {label} failed ({e.text})") from None
+            raise OSError(f"the SSH channel to {where(route[0])} failed ({e.text})") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise OSError(f"the SSH channel to {label} failed ({_first_line(e) or type(e).__name__})") from None
+            raise OSError(f"the SSH channel to {where(route[0])} failed ({_first_line(e) or type(e).__name__})") from None
+
+    def counted(response, *args, **kwargs):  # a round trip to the member the connections go to now
+        ex.trips.count(route[0], "etcd")
+        return response
 
     client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login,
-                  counted=ex.trips.hook(host, "etcd"))
+                  counted=counted)
+
+    def move(other: str) -> None:
+        """From now on, through the member on ``other`` (the one on ``host`` is about to go down):
+        the same cluster, the same leases and lock, another way in."""
+        try:
+            channel(other).close()
+        except paramiko.ChannelException as e:
+            raise RemoteError(f"etcd at {where(other)}: cannot connect there ({e.text}): is etcd running?") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise RemoteError(f"etcd at {where(other)}: cannot open the tunnel "
+                              f"({_first_line(e) or type(e).__name__})") from None
+        route[0] = other
+        client.label = where(other)
+        client.drop_connections()
+    client.move_to = move
     try:
         yield client
     finally:

@@ -222,6 +222,19 @@ class Executor:
         except Unreachable as e:
             return e.reason
 
+    def forget(self, host: str) -> None:
+        """Close ``host``'s connection and drop what was known of it (given up, failed ahead): it
+        reboots, and the next step on it logs in afresh."""
+        with self._lock:
+            conn = self._conns.pop(host, None)
+            self._gone.pop(host, None)
+            self._ahead_failed.pop(host, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # gone already
+
     def _watch(self, host: str, conn: Connection) -> None:
         """Keepalive requests that want an answer: a peer that gives none within the cluster's
         ``timeouts.alive`` (hung, paused, powered off) has its connection closed, so whatever

@@ -71,6 +71,16 @@ class Session:
             stack.close()
         raise RemoteError("no healthy etcd member reachable: " + "; ".join(reasons))
 
+    def move_etcd(self, away_from: str, to: str) -> None:
+        """When the session reaches etcd through ``away_from``, go through ``to`` from now on (the
+        lock's renewals too): ``away_from`` is about to go down."""
+        if self._etcd is None or self.via != away_from:
+            return
+        if self._etcd.move_to is None:
+            raise RemoteError(f"etcd at {self._etcd.label}: cannot be reached another way")
+        self._etcd.move_to(to)
+        self.via = to
+
     def take_lock(self, why: str, wait: bool = False) -> etcd_api.Lock:
         """The cluster's lock, for ``why``; LockedError naming its holder, or, with ``wait``, wait for it."""
         client = self.connect_etcd()

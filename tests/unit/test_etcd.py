@@ -411,6 +411,40 @@ def test_a_channel_that_cannot_open_later_is_one_error_line(etcd):
     assert "the SSH channel to node1 (SSH tunnel to its 127.0.0.1:2379) failed (Connect failed)" in message
 
 
+class TwoHosts(FakeTunnelExecutor):
+    """Two members' hosts, each its own connection."""
+
+    def __init__(self, connections: dict):
+        super().__init__(None)
+        self.connections = connections
+
+    def conn(self, host):
+        return self.connections[host]
+
+
+def test_a_tunnel_moved_to_another_member_goes_on_there_when_the_first_goes_down(etcd):
+    first, second = FakeConnection(etcd.port), FakeConnection(etcd.port)
+    with tunnel(TwoHosts({"node1": first, "node2": second}), "node1") as remote:
+        remote.put(etcd.prefix + "k", "before")
+        remote.move_to("node2")
+        first.refuse = True  # node1 reboots
+        assert remote.get(etcd.prefix + "k") == "before"
+        remote.put(etcd.prefix + "k", "after")
+        assert "node2" in repr(remote)
+    assert len(second.channels) >= 2  # the check that etcd listens there, then the requests
+
+
+def test_a_tunnel_is_not_moved_to_a_member_it_cannot_reach(etcd):
+    first, second = FakeConnection(etcd.port), FakeConnection(etcd.port)
+    second.refuse = True
+    with tunnel(TwoHosts({"node1": first, "node2": second}), "node1") as remote:
+        with pytest.raises(RemoteError) as refused:
+            remote.move_to("node2")
+        assert remote.get(etcd.prefix + "k") is None  # still through node1
+    assert str(refused.value) == ("etcd at node2 (SSH tunnel to its 127.0.0.1:2379): cannot connect there "
+                                  "(Connect failed): is etcd running?")
+
+
 def test_tunnel_to_a_port_where_nothing_listens_fails_at_once(etcd):
     with pytest.raises(RemoteError) as failed:
         with tunnel(FakeTunnelExecutor(FakeConnection(etcd.port)), "node1", remote_port=2380):
