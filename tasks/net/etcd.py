@@ -248,6 +248,21 @@ class Etcd:
                            metadata=True, range_end=_prefix_end(prefix))
         return {meta["key"].decode(): value.decode() for value, meta in items}
 
+    def read_many(self, keys=(), prefixes=()) -> tuple:
+        """({key: value or None}, {prefix: {key: value}}): several keys and prefixes read in one
+        request (a transaction of reads: one round trip, one revision)."""
+        keys, prefixes = list(keys), list(prefixes)
+        ranges = [{"request_range": {"key": _b64(_bytes(k))}} for k in keys]
+        ranges += [{"request_range": {"key": _b64(_bytes(p) or b"\0"), "range_end": _b64(_prefix_end(p))}}
+                   for p in prefixes]
+        result = self._call(f"read {len(keys)} key(s) and {len(prefixes)} prefix(es)", self._client.transaction,
+                            {"compare": [], "success": ranges, "failure": []})
+        answers = [r.get("response_range", {}).get("kvs", []) for r in result.get("responses", [])]
+        text = lambda kv: _unb64(kv.get("value", "")).decode()  # the gateway leaves an empty value out
+        values = {k: text(kvs[0]) if kvs else None for k, kvs in zip(keys, answers)}
+        found = {p: {_unb64(kv["key"]).decode(): text(kv) for kv in kvs} for p, kvs in zip(prefixes, answers[len(keys):])}
+        return values, found
+
     def delete(self, key: str) -> None:
         self._write(f"delete {key}", {"request_delete_range": {"key": _b64(_bytes(key))}},
                     lambda: self._client.delete(_bytes(key)))

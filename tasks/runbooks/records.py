@@ -69,10 +69,14 @@ class Snapshot(NamedTuple):
 
 
 def check_all(etcd, cluster) -> Snapshot:
-    """Every release record (current, candidate, history) read and checked (``parsed``): a task that
-    acts on them stops before it changes anything when one is malformed, naming its key. Returns
-    them, for what the task reads of them before its first write."""
-    return Snapshot(read_release(etcd, cluster), read_candidate(etcd, cluster), history(etcd, cluster))
+    """Every release record (current, candidate, history) read in one request and checked
+    (``parsed``): a task that acts on them stops before it changes anything when one is malformed,
+    naming its key. Returns them, for what the task reads of them before its first write."""
+    current, candidate, past = state.release_key(cluster), state.candidate_key(cluster), state.history_prefix(cluster)
+    values, found = etcd.read_many([current, candidate], [past])
+    record = lambda key: parsed(key, values[key]) if values[key] else (None, None)
+    return Snapshot(record(current), record(candidate),
+                    [parsed(key, value)[1] for key, value in sorted(found[past].items())])
 
 
 def read_candidate(etcd, cluster):

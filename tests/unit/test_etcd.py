@@ -92,6 +92,21 @@ def test_keys_and_values(etcd):
         etcd.delete_prefix("")
 
 
+def test_keys_and_prefixes_read_in_one_request(etcd):
+    p = etcd.prefix
+    etcd.put(p + "a", "1")
+    etcd.put(p + "empty", "")
+    etcd.put(p + "h/1", "one")
+    etcd.put(p + "h/2", "twö")
+    etcd.put(p + "hx", "beside the prefix")
+    asked = []
+    etcd._client.session.hooks["response"].append(lambda response, *a, **k: asked.append(response.request.path_url))
+    values, found = etcd.read_many([p + "a", p + "missing", p + "empty"], [p + "h/", p + "none/"])
+    assert values == {p + "a": "1", p + "missing": None, p + "empty": ""}
+    assert found == {p + "h/": {p + "h/1": "one", p + "h/2": "twö"}, p + "none/": {}}
+    assert asked == ["/v3/kv/txn"]
+
+
 def test_lock_is_exclusive_and_names_its_holder(etcd):
     key = etcd.prefix + "lock"
     alice = {"who": "alice@laptop", "since": "2024-05-01T10:00:00Z", "why": "deploy web 1.2"}
