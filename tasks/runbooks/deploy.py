@@ -151,7 +151,7 @@ def applied_settings(s: Session, meta: dict) -> tuple:
     """(the settings etcd held, the Changes): the cluster file's settings written, and what the
     release record keeps of them added to ``meta``."""
     before = settings.found(s)
-    changes = apply_settings(s, "deploy")
+    changes = apply_settings(s, "deploy", have=before)
     meta.update(release_settings.deployed(s.cluster))
     return before, changes
 
