@@ -114,14 +114,14 @@ class Etcd:
     def __repr__(self) -> str:
         return f"Etcd({self.label})"
 
-    def _new_client(self, timeout: float, logged_in: bool = True) -> gw_client.Etcd3Client:
+    def _new_client(self, timeout: float) -> gw_client.Etcd3Client:
         session = requests.Session()
         if self._counted is not None:
             session.hooks["response"].append(self._counted)
         # Each connection through the tunnel when there is one; each request in one write either way.
         session.mount("http://", http.ConnectingAdapter(self._connect, plain=http.OneWriteConnection)
                       if self._connect is not None else http.OneWriteAdapter())
-        if self._login is not None and logged_in:
+        if self._login is not None:
             session.auth = self._with_token
         client = gw_client.Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH, session=session)
         self._clients.append(client)
@@ -163,9 +163,10 @@ class Etcd:
         now (without quorum it cannot: said at once, not retried); a refused login raises."""
         assert self._login is not None
         user, password = self._login
-        plain = self._new_client(self.timeout, logged_in=False)
+        client = self._client  # its connection, without the token this gets (the auth given here replaces it)
         try:
-            answer = plain.post(plain.get_url("/auth/authenticate"), json={"name": user, "password": password})
+            answer = client.post(client.get_url("/auth/authenticate"), json={"name": user, "password": password},
+                                 auth=_without_token)
         except gw_errors.Etcd3Exception as e:
             if _AUTH_OFF in _etcd_message(e):
                 return ""
@@ -176,9 +177,6 @@ class Etcd:
             return None
         except requests.RequestException as e:
             raise self._error(f"log in as {user}", e) from None
-        finally:
-            plain.session.close()
-            self._clients.remove(plain)
         return str(answer.get("token", ""))
 
     def _forget_token(self) -> None:
@@ -664,6 +662,11 @@ def fenced_txn(lock_key: str, revision: int, request: dict) -> dict:
     return {"compare": [{"key": _b64(_bytes(lock_key)), "result": "EQUAL", "target": "CREATE",
                          "create_revision": revision}],
             "success": [request], "failure": []}
+
+
+def _without_token(request):
+    """A request's auth that adds nothing: the login's own request."""
+    return request
 
 
 def _token_refused(error: Exception) -> bool:

@@ -116,12 +116,14 @@ class Session:
 
 @contextmanager
 def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd: bool = True,
-            changes: bool = None) -> Iterator[Session]:
+            changes: bool = None, ahead=()) -> Iterator[Session]:
     """A Session on ``cluster``: with etcd reached (``etcd``) and, when ``why`` is given, its lock
     taken. A task that ``changes`` things (default: one that takes the lock here; a task that
-    takes it later says so) has its interrupts handled. A lost lock ends in LostLock naming the cluster."""
+    takes it later says so) has its interrupts handled. A lost lock ends in LostLock naming the
+    cluster. The connections to the machines, the balancer and the hosts ``ahead`` (the build
+    server of a deploy) are opened meanwhile."""
     s = Session(cluster)
-    s.ex.connect_ahead([*cluster.machines, cluster.balancer.host])
+    s.ex.connect_ahead([*cluster.machines, cluster.balancer.host, *ahead])
     try:
         with _interrupts(s) if (bool(why) if changes is None else changes) else _nothing():
             if etcd:

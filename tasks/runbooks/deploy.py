@@ -231,10 +231,11 @@ def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=N
     via = check_address(via, "--via") if via else None
     canary = check_address(canary, "--canary") if canary else None
     facts = Facts(target.name, performer=state.operator(), message=check_message(message) if message is not None else "")
+    host = build_host(c, target)
     with hooks.around(target, facts, enabled=not plan_), \
-            session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
-        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary,
-                                 rebuild=rebuild, facts=facts)
+            session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait,
+                    ahead=[host]) as s:
+        release = deploy_release(s, host, branch, int(batch), dry=plan_, canary=canary, rebuild=rebuild, facts=facts)
         candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
     if plan_:
         return
