@@ -10,19 +10,17 @@ checks everything on it.
 """
 import json
 import re
-import threading
 import time
 
 import pytest
 
 from sandbox import testbed as sb
 from tasks.commands import os_update
-from tasks.commands.haproxy import machines_in
-from tasks.net.executor import Executor
 
 from tasks.model.errors import AirError
 
-from conftest import (BALANCER_ADDRESS, Probe, Slow, _etcdctl, error_line, etcd_leader, fab, healthy_members, listed,
+from conftest import (BALANCER_ADDRESS, Poller, Probe, Rotation, Slow, _etcdctl, error_line, etcd_leader, fab,
+                      healthy_members, listed,
                       local_copy, on_each, serving, wait_serving)
 
 PORT = 80
@@ -51,43 +49,14 @@ def container(sandbox, address) -> str:
     return next(m["name"] for m in sandbox["machines"] if m["address"] == address)
 
 
-class Rotation:
-    """Reads the routers file every 0.2 s in a thread: ``fewest`` machines it ever had in rotation."""
-
-    def __init__(self, cluster):
-        self.cluster, self.fewest, self._stop = cluster, len(cluster.machines), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self):
-        with Executor(self.cluster) as ex:
-            while not self._stop.wait(0.2):
-                text = ex.read_file(self.cluster.balancer.host, self.cluster.balancer.routers_file, missing="")
-                self.fewest = min(self.fewest, len(machines_in(text)))
-
-
-class Quorum:
+class Quorum(Poller):
     """Asks every machine's etcd member (etcdctl there, over SSH) every 0.5 s in a thread: ``fewest``
     is the fewest members ever found healthy at once, ``rounds`` how many times it asked."""
+    EVERY = 0.5
 
     def __init__(self, cluster):
-        self.cluster, self.fewest, self.rounds, self._stop = cluster, len(cluster.machines), 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        super().__init__(cluster)
+        self.fewest, self.rounds = len(cluster.machines), 0
 
     def _healthy(self, ex, address) -> bool:
         command, stdin = _etcdctl(self.cluster, "endpoint health")
@@ -97,11 +66,9 @@ class Quorum:
             ex.forget(address)
             return False
 
-    def _run(self):
-        with Executor(self.cluster) as ex:
-            while not self._stop.wait(0.5):
-                healthy = ex.parallel(lambda a: self._healthy(ex, a), list(self.cluster.machines))
-                self.fewest, self.rounds = min(self.fewest, sum(healthy)), self.rounds + 1
+    def poll(self, ex):
+        healthy = ex.parallel(lambda a: self._healthy(ex, a), list(self.cluster.machines))
+        self.fewest, self.rounds = min(self.fewest, sum(healthy)), self.rounds + 1
 
 
 @pytest.fixture
