@@ -22,6 +22,7 @@ import re
 from typing import NamedTuple
 
 from tasks.commands.shell import q
+from tasks.model.canary import BalancerCounters
 
 HEADER = "# Written by air-deploy; do not edit by hand.\n"
 HAPROXY = "/usr/sbin/haproxy"
@@ -267,3 +268,42 @@ def parse_stat(text: str) -> list:
     status, scur = at.get("status", 17), at.get("scur", 4)
     return [Server(r[0], r[1], r[status], int(r[scur] or 0)) for r in rows
             if len(r) > status and r[1] not in ("FRONTEND", "BACKEND")]
+
+
+def set_weights(cluster, weights: dict) -> list:
+    """Runtime API commands giving each machine of ``weights`` that weight (0..256, or ``100%``: its
+    weight from the routers file) in every backend: how a judged canary gets its share of new
+    connections (``balance roundrobin`` honours weights set at run time; a reload forgets them)."""
+    return [f"set weight {backend}/{machine} {weight}"
+            for machine, weight in weights.items() for backend, _, _ in backends(cluster)]
+
+
+# haproxy's per-server counters a judged canary reads (``show stat`` field -> BalancerCounters field):
+# sessions, connection and response errors, server aborts, failed checks, and the mean session time.
+COUNTED = {"stot": "sessions", "econ": "connection_errors", "eresp": "response_errors", "srv_abrt": "aborts",
+           "chkfail": "check_failures"}
+
+
+def parse_counters(text: str) -> dict:
+    """machine -> BalancerCounters of ``show stat`` CSV output, its servers' counters summed over the
+    backends (http, https); the session time (``ttime``, a mean in ms) weighted by their sessions."""
+    lines = (text or "").splitlines()
+    header = next((line.lstrip("# ").split(",") for line in lines if line.startswith("#")), [])
+    at = {name: i for i, name in enumerate(header)}
+    missing = [name for name in [*COUNTED, "ttime", "svname"] if name not in at]
+    if missing:
+        raise ValueError(f"haproxy's show stat has no {', '.join(missing)}")
+    sums: dict = {}
+    for row in (line.split(",") for line in lines if line and not line.startswith("#")):
+        if len(row) <= max(at.values()) or row[1] in ("FRONTEND", "BACKEND"):
+            continue
+        got = {field: int(row[at[name]] or 0) for name, field in COUNTED.items()}
+        total = sums.setdefault(row[1], dict.fromkeys([*COUNTED.values(), "time"], 0))
+        for key, value in got.items():
+            total[key] += value
+        total["time"] += int(row[at["ttime"]] or 0) * max(got["sessions"], 1)
+        total.setdefault("weights", 0)
+        total["weights"] += max(got["sessions"], 1)
+    return {machine: BalancerCounters(**{k: v for k, v in t.items() if k in COUNTED.values()},
+                                      session_time=round(t["time"] / t["weights"]))
+            for machine, t in sums.items()}
