@@ -289,21 +289,22 @@ def parse_counters(text: str) -> dict:
     backends (http, https); the session time (``ttime``, a mean in ms) weighted by their sessions."""
     lines = (text or "").splitlines()
     header = next((line.lstrip("# ").split(",") for line in lines if line.startswith("#")), [])
-    at = {name: i for i, name in enumerate(header)}
-    missing = [name for name in [*COUNTED, "ttime", "svname"] if name not in at]
+    missing = [name for name in [*COUNTED, "ttime", "svname"] if name not in header]
     if missing:
         raise ValueError(f"haproxy's show stat has no {', '.join(missing)}")
-    sums: dict = {}
-    for row in (line.split(",") for line in lines if line and not line.startswith("#")):
-        if len(row) <= max(at.values()) or row[1] in ("FRONTEND", "BACKEND"):
-            continue
-        got = {field: int(row[at[name]] or 0) for name, field in COUNTED.items()}
-        total = sums.setdefault(row[1], dict.fromkeys([*COUNTED.values(), "time"], 0))
-        for key, value in got.items():
-            total[key] += value
-        total["time"] += int(row[at["ttime"]] or 0) * max(got["sessions"], 1)
-        total.setdefault("weights", 0)
-        total["weights"] += max(got["sessions"], 1)
-    return {machine: BalancerCounters(**{k: v for k, v in t.items() if k in COUNTED.values()},
-                                      session_time=round(t["time"] / t["weights"]))
-            for machine, t in sums.items()}
+    servers: dict = {}
+    for line in lines:
+        row = dict(zip(header, line.split(",")))
+        if line and not line.startswith("#") and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            servers.setdefault(row["svname"], []).append(row)
+    return {machine: _counted(rows) for machine, rows in servers.items()}
+
+
+def _counted(rows: list) -> BalancerCounters:
+    """One machine's counters from its rows (one per backend)."""
+    def number(row: dict, name: str) -> int:
+        return int(row.get(name) or 0)
+    weights = [max(number(row, "stot"), 1) for row in rows]
+    mean = sum(number(row, "ttime") * w for row, w in zip(rows, weights)) / sum(weights)
+    return BalancerCounters(**{field: sum(number(row, name) for row in rows) for name, field in COUNTED.items()},
+                            session_time=round(mean))

@@ -237,8 +237,12 @@ def judged_canary(s: Session, published, current: Optional[Release], machine: st
     try:
         verdict = judging.judge(s, machine, *judge)
     except Interrupted:
+        # The Ctrl-C asked for this rollback: it is the step in hand now, and a rollout that sees an
+        # interrupt would put the candidate back. Another Ctrl-C stops the rollback in order.
+        s.ex.interrupted.clear()
         roll_back(f"interrupted: canary on {machine} judged, rolled back")
-        raise
+        raise Interrupted(f"while judging the canary on {machine}: rolled back, it runs the cluster's release "
+                          f"again") from None
     judging.act(s, verdict, published.release, carry_on, roll_back)
 
 
