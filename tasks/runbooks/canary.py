@@ -107,6 +107,9 @@ def judge(s, machine: str, seconds: int, weight: float) -> model.Verdict:
             raise Interrupted(f"interrupted while judging the canary on {machine}")
         after, elapsed = readings(s, routed), time.monotonic() - started
         verdict = model.judge(s.cluster.canary, machine, before, after, elapsed, weight)
+    except RemoteError as e:
+        raise RemoteError(f"canary not judged: {e}; the candidate stays on {machine}: `fab deploy --cluster "
+                          f"{s.cluster.name}` continues it, `fab rollback --cluster {s.cluster.name}` puts it back") from None
     finally:
         if verdict is None or verdict.outcome != model.FAIL:
             even_out(s, routed)

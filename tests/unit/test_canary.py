@@ -254,3 +254,79 @@ def test_judge_flags(tmp_path):
         with pytest.raises(ConfigError) as refused:
             judging.check_options(stage, canary, judge_, weight)
         assert str(refused.value) == message
+
+
+# ---------------------------------------------------------------- the runbook, on the recording fake
+
+def counted(requests: int, errors: int) -> str:
+    """A router's counters answer: ``requests`` of 20 ms, ``errors`` of them 5xx."""
+    buckets = "".join(f'air_request_seconds_bucket{{le="{le}"}} {requests if le >= 0.025 else 0}\n'
+                      for le in BOUNDS[:-1])
+    return (f"air_requests_total {requests}\nair_responses_5xx_total {errors}\n{buckets}"
+            f'air_request_seconds_bucket{{le="+Inf"}} {requests}\n')
+
+
+@pytest.fixture
+def on_fake(tmp_path):
+    """(session stand-in on a FakeExecutor, canary machine): 3 machines in the balancer, each router
+    answering its counters, haproxy its stat; after the first reading (the balancer's stat read
+    once) the canary has answered 40 requests, 12 of them 5xx, the others 100 each."""
+    from types import SimpleNamespace
+
+    from .fakes import FakeExecutor
+    write(tmp_path, "stage", variant(canary={"min_requests": 20}))
+    stage = cluster.load("stage", tmp_path)
+    ex = FakeExecutor(stage)
+    machines = list(stage.machines)
+    ex.files[(stage.balancer.host, stage.balancer.routers_file)] = (haproxy.routers_file(stage, machines), 0o644)
+    ex.answer("show stat", stdout="\n".join([HEADER] + [stat_row("stage_http", m) for m in machines]) + "\n")
+    for m in machines:
+        ex.answer("/air-counters", stdout=counted(0, 0), host=m)
+
+    def later(host, command):
+        if "show stat" in command and not any("show stat" in c for c in ex.commands()[:-1]):
+            for m in machines:
+                ex.answer("/air-counters", stdout=counted(40, 12) if m == machines[2] else counted(100, 0), host=m,
+                          first=True)
+    ex.on_run = later
+    return SimpleNamespace(ex=ex, cluster=stage), machines[2]
+
+
+def balancer_messages(s) -> list:
+    return [c for c in s.ex.commands(s.cluster.balancer.host, changes_only=True) if "set weight" in c]
+
+
+def test_judge_weights_the_canary_reads_twice_and_keeps_its_share_when_it_fails(on_fake):
+    s, machine = on_fake
+    verdict = judging.judge(s, machine, 0, 10)
+    assert verdict.outcome == judge.FAIL and [c.name for c in verdict.failed] == ["5xx (router)"]
+    assert verdict.to_dict()["checks"][0]["canary_requests"] == 40
+    sent = balancer_messages(s)
+    assert len(sent) == 1 and "set weight stage_http/192.0.2.13 56;set weight stage_http/192.0.2.11 252" in sent[0]
+    judging.even_out(s, (machine, *verdict.baseline))   # what act does after the rollback
+    assert "set weight stage_http/192.0.2.13 100%;" in balancer_messages(s)[-1]
+
+
+def test_judge_puts_the_weights_back_after_any_other_verdict_or_an_interrupt(on_fake):
+    s, machine = on_fake
+    s.ex.on_run = None  # no traffic at all
+    assert judging.judge(s, machine, 0, 10).outcome == judge.INCONCLUSIVE
+    assert len(balancer_messages(s)) == 2 and "100%" in balancer_messages(s)[-1]
+    from .fakes import interrupted_at
+    with interrupted_at(s.ex, "show stat"), pytest.raises(judging.Interrupted):  # Ctrl-C in the window
+        judging.judge(s, machine, 60, 10)
+    assert len(balancer_messages(s)) == 4 and "100%" in balancer_messages(s)[-1]  # under finishing()
+    with pytest.raises(judging.Interrupted):  # before it began: nothing is changed
+        judging.judge(s, machine, 60, 10)
+    assert len(balancer_messages(s)) == 4
+
+
+def test_judge_refuses_a_canary_out_of_the_balancer_and_says_what_stays_when_counters_are_missing(on_fake):
+    s, machine = on_fake
+    with pytest.raises(judging.AirError, match="must be in the balancer"):
+        judging.judge(s, "192.0.2.99", 0, 10)
+    s.ex.answer("/air-counters", stdout="<html>404</html>", host=machine, first=True)
+    with pytest.raises(judging.RemoteError) as failed:
+        judging.judge(s, machine, 0, 10)
+    assert "answered no counters" in str(failed.value) and f"the candidate stays on {machine}" in str(failed.value)
+    assert "100%" in balancer_messages(s)[-1]
