@@ -116,7 +116,7 @@ class Verdict:
     def summary(self) -> str:
         """One line: the verdict and the figures that made it."""
         if self.outcome == FAIL:
-            why = "; ".join(f"{c.name} {c.canary} > {c.limit.lstrip('<= ')}" for c in self.failed)
+            why = "; ".join(f"{c.name} {c.canary}, limit {c.limit}" for c in self.failed)
         elif self.outcome == INCONCLUSIVE:
             why = "; ".join(f"{c.name}: canary {c.canary}, baseline {c.baseline}, {c.limit} needed"
                             for c in self.checks if c.outcome == SHORT)

@@ -87,7 +87,7 @@ def test_a_canary_answering_500_fails_on_its_5xx_alone():
     verdict = verdict_of(reading(40, 12, [0.02] * 40, 40))
     assert verdict.outcome == judge.FAIL
     assert [c.name for c in verdict.failed] == ["5xx (router)"]
-    assert verdict.summary() == "fail: 5xx (router) 12/40 (30.0%) > 1.0%"
+    assert verdict.summary() == "fail: 5xx (router) 12/40 (30.0%), limit <= 1.0%"
     assert verdict.to_dict()["checks"][1] == {
         "check": "5xx (router)", "canary": "12/40 (30.0%)", "baseline": "0/200 (0.0%)", "limit": "<= 1.0%",
         "outcome": "FAIL", "canary_errors": 12, "canary_count": 40, "baseline_errors": 0, "baseline_count": 200,
@@ -104,7 +104,7 @@ errors (balancer)          0/40 (0.0%)    0/200 (0.0%)  <= 1.0%                 
 failed checks (balancer)   0              0             <= 0                          ok
 p95 request time (router)  24 ms          24 ms         <= 200 ms                     ok
 session time (balancer)    10 ms          10 ms         (haproxy's mean: not judged)  shown
-verdict: fail: 5xx (router) 12/40 (30.0%) > 1.0%"""
+verdict: fail: 5xx (router) 12/40 (30.0%), limit <= 1.0%"""
 
 
 def test_a_slower_canary_fails_on_its_request_time():
