@@ -337,7 +337,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "max_error_ratio": Field("ratio", "When the baseline fails requests too: the canary may fail this many "
                                  "times the baseline's rate, when that is above `max_error_rate`.", 2),
         "max_latency_ratio": Field("ratio", "How many times the baseline's request time (the 95th percentile at "
-                                   "the routers; haproxy's mean session time at the balancer) the canary's may be.",
+                                   "the routers) the canary's may be.",
                                    1.5),
         "min_latency": Field("milliseconds", "Request times below this are not told apart: the baseline's is "
                              "taken as at least this before the ratio is applied.", 50),
