@@ -801,9 +801,13 @@ def _tear_down() -> None:
 # ---------------------------------------------------------------- changes to the sample application
 
 FAILURES = ("prepare", "build")
+FIXED = ("broken", "slow-start", "errors", "latency-ms")  # the files of a component that `--fix` removes
 # The kinds of change, each with what its value is (None: it takes none). They exclude each other.
 CHANGE_KINDS = {"change": None, "broken": None, "fix": None, "slow-start": "whole seconds",
-                "version": "MAJOR.MINOR", "fails": "|".join(FAILURES), "file": "a file of the component's folder"}
+                "version": "MAJOR.MINOR", "fails": "|".join(FAILURES), "file": "a file of the component's folder",
+                "errors": "a percentage", "latency-ms": "whole milliseconds"}
+FAULTY = "router"  # the component whose answers can be made bad (--errors, --latency-ms): the one the balancer reaches
+PERCENT = re.compile(r"(100|[0-9]{1,2})(\.[0-9]{1,2})?")
 
 
 @dataclass(frozen=True)
@@ -815,7 +819,9 @@ class Change:
     ``slow-start``; ``slow-start`` ships a file ``slow-start`` (its health check fails ``value`` s
     after each start); ``version`` sets the application's VERSION to ``value``; ``fails`` makes the
     component's ``value`` step fail (``prepare``: air_backend's prepare command, ``build``: a
-    Dockerfile step); ``file`` adds a line to ``value``, a file of the component's folder. The
+    Dockerfile step); ``file`` adds a line to ``value``, a file of the component's folder;
+    ``errors`` makes the router answer ``value`` percent of requests 500 (its file ``errors``),
+    ``latency-ms`` slows every request it answers by ``value`` ms (its file ``latency-ms``). The
     change goes to the repository the component is built from (``static_website``: the second
     one, on ``develop`` unless ``branch`` is given; the others: the main one, on ``master``).
     """
@@ -859,6 +865,10 @@ def _change_problem(change: Change) -> Optional[str]:
 
 _VALUE_CHECKS = {
     "slow-start": lambda c: None if c.value.isdigit() else "--slow-start takes whole seconds",
+    "errors": lambda c: _faulty(c) or (None if PERCENT.fullmatch(c.value) and 0 < float(c.value) <= 100
+                                       else "--errors takes a percentage, more than 0 and at most 100"),
+    "latency-ms": lambda c: _faulty(c) or (None if c.value.isdigit() and 0 < int(c.value) <= 60000
+                                           else "--latency-ms takes whole milliseconds, 1 to 60000"),
     "version": lambda c: f"VERSION is in the main repository, not in {c.component}'s" if c.website else None,
     "fails": lambda c: f"--fails must be one of {', '.join(FAILURES)}" if c.value not in FAILURES else
     "only air_backend has a prepare command" if c.value == "prepare" and c.component != "air_backend" else None,
@@ -879,6 +889,10 @@ _VALUE_CHECKS.update({
 })
 
 
+def _faulty(change: Change) -> Optional[str]:
+    return None if change.component == FAULTY else f"only the {FAULTY} answers badly on purpose (--{change.kind})"
+
+
 def _appended(path: str) -> str:
     return f"date +%s%N >> {shlex.quote(path)}"
 
@@ -888,8 +902,13 @@ _EDITS = {
     "change": lambda c: (_appended(f"{c.folder}/index.html"), f"change {c.component}"),
     "file": lambda c: (_appended(f"{c.folder}/{c.value}"), f"change {c.component}"),
     "broken": lambda c: (_appended(f"{c.folder}/broken"), f"break {c.component}"),
-    "fix": lambda c: (f"rm -f {shlex.quote(c.folder + '/broken')} {shlex.quote(c.folder + '/slow-start')}; "
+    "fix": lambda c: ("rm -f " + " ".join(shlex.quote(f"{c.folder}/{name}") for name in FIXED) + "; "
                       + _appended(f"{c.folder}/index.html"), f"fix {c.component}"),
+    # each also a change of its index.html: made twice, it is still a new commit (a new release)
+    "errors": lambda c: (f"printf '%s\\n' {shlex.quote(c.value)} > {shlex.quote(c.folder + '/errors')}; "
+                         + _appended(f"{c.folder}/index.html"), f"{c.component} answers {c.value}% of requests 500"),
+    "latency-ms": lambda c: (f"printf '%s\\n' {int(c.value)} > {shlex.quote(c.folder + '/latency-ms')}; "
+                             + _appended(f"{c.folder}/index.html"), f"{c.component} answers {c.value} ms slower"),
     "slow-start": lambda c: (f"printf '%s\\n' {int(c.value)} > {shlex.quote(c.folder + '/slow-start')}",
                              f"{c.component} starts in {c.value} s"),
     "version": lambda c: (f"printf '%s\\n' {shlex.quote(c.value)} > VERSION", f"VERSION {c.value}"),
@@ -931,7 +950,7 @@ def commit_change(change: Change) -> str:
 
 def change_of(component: str, branch: Optional[str] = None, **flags) -> Change:
     """The Change `fab sandbox.change` asks for: at most one of its kind flags (``broken``, ``fix``,
-    ``slow_start``, ``version``, ``fails``, ``file``) set; none is a plain change."""
+    ``slow_start``, ``version``, ``fails``, ``file``, ``errors``, ``latency_ms``) set; none is a plain change."""
     given = [(name.replace("_", "-"), value) for name, value in flags.items() if value is not None and value is not False]
     if len(given) > 1:
         raise ConfigError(f"sandbox.change: {' and '.join('--' + kind for kind, _ in given)} exclude each other")
@@ -980,12 +999,15 @@ def show_status(c, json_=False):
                 "fails": "a change whose `prepare` (air_backend) or `build` fails",
                 "slow-start": "the component's health check fails for this many seconds after each start",
                 "schema": "air_backend: the release needs the database at this schema (0: none) to be healthy",
-                "migration": "air_backend: its release command (bin/migrate) fails, or passes again"})
+                "migration": "air_backend: its release command (bin/migrate) fails, or passes again",
+                "errors": "the router answers this percentage of requests 500 (not its health checks)",
+                "latency-ms": "the router answers every request this many milliseconds later"})
 def change(c, component="router", broken=False, branch=None, version=None, fix=False, file=None, fails=None,
-           slow_start=None, schema=None, migration=None):
+           slow_start=None, schema=None, migration=None, errors=None, latency_ms=None):
     """Commit a change to the sample application's repositories on the build server."""
     print(commit_change(change_of(component, branch, broken=broken, fix=fix, slow_start=slow_start, version=version,
-                                  fails=fails, file=file, schema=schema, migration=migration)))
+                                  fails=fails, file=file, schema=schema, migration=migration, errors=errors,
+                                  latency_ms=latency_ms)))
 
 
 def next_os_version(version: str) -> str:

@@ -27,8 +27,8 @@ def air_task(*args, **kwargs):
                 return function(c, *a, **kw)
             except Interrupted as stopped:
                 raise Exit(f"interrupted: {stopped}", code=INTERRUPTED) from None
-            except AirError as error:
-                raise Exit(f"error: {error}", code=1) from None
+            except AirError as error:  # an error may have an exit status of its own (``exit_status``)
+                raise Exit(f"error: {error}", code=getattr(error, "exit_status", 1)) from None
         return task(**kwargs)(body)
     if args and callable(args[0]):
         return decorate(args[0])
