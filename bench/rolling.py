@@ -154,6 +154,7 @@ def leave_and_rejoin(cluster, address) -> dict:
     everyone = list(cluster.machines)
     with Executor(cluster) as ex:
         routers = balancer.Routers(ex)
+        routers.listed()  # the connection open and the routers file read: what a rollout has when it drains
         started = time.monotonic()
         routers.set([m for m in everyone if m != address])
         leave = time.monotonic() - started
