@@ -51,6 +51,7 @@ from tasks.runbooks.publish import publish
 from sandbox import testbed as sb
 from tasks.runbooks import upgrade
 from tasks.net.executor import Executor
+from tasks.net.trips import RoundTrips
 from tasks.net.session import session
 from tasks.runbooks import records
 
@@ -189,6 +190,7 @@ def rolling_run(cluster, component: str, before_rollout=None) -> dict:
         release, built = published.release, published.built
         build_push = time.monotonic() - started
         first = before_rollout(release) if before_rollout else None
+        s.ex.trips = RoundTrips()  # from here on, the rollout's own round trips
         pushed = [step.component for step in published.steps if step.decision.changed]
         current, _ = records.read_release(s.etcd, cluster)
         said = io.StringIO()
