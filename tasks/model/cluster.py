@@ -315,6 +315,11 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "release_command": Field("seconds", "Deadline of the release command (`release_command`); past it the "
                                  "one-off container is removed and the deploy stops.", 600),
         "hook": Field("seconds", "Deadline of one hook (`hooks`); past it the hook is stopped (a failure).", 60),
+        "build": Field("seconds", "Deadline of building one component's image through the build server's Docker "
+                       "engine (its prepare command has its own); past it the build is cut off (a failure, "
+                       "nothing pushed).", 1800),
+        "push": Field("seconds", "Deadline of pushing one image tag from the build server to the registry; past "
+                      "it the push is cut off (a failure).", 600),
     }, required=False),
 })
 
@@ -477,6 +482,8 @@ class Timeouts:
     drain: int
     release_command: int = 600
     hook: int = 60
+    build: int = 1800
+    push: int = 600
 
 
 @dataclass(frozen=True)

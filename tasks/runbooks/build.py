@@ -125,13 +125,13 @@ def build_component(api, ex, host, job: Job) -> str:
     log: list = []
     step, image_id = None, None
 
-    def failed(error: str) -> RemoteError:
+    def failed(error: str, kind=RemoteError) -> RemoteError:
         for line in log[-BUILD_LOG_LINES:]:
             say(f"  {component.name}| {line}")
-        return RemoteError(f"build of {component.name} failed at {step or 'its start'}: {failure_line(error)}")
+        return kind(f"build of {component.name} failed at {step or 'its start'}: {failure_line(error)}")
 
     try:
-        for chunk in api.build(fileobj=io.BytesIO(context), **options):
+        for chunk in api.build(f"build {component.name}", fileobj=io.BytesIO(context), **options):
             for line in chunk.get("stream", "").splitlines():
                 if line.strip():
                     log.append(line)
@@ -144,6 +144,8 @@ def build_component(api, ex, host, job: Job) -> str:
                 raise failed(chunk["error"])
     except docker_errors.APIError as e:
         raise failed(e.explanation or str(e)) from None
+    except RemoteError as e:  # the stream cut off (its deadline) or its channel lost: nothing was tagged
+        raise failed(str(e), type(e)) from None
     if image_id is None:
         image_id = api.inspect_image(options["tag"])["Id"]
     forget_older_candidates(api, cluster, component.name, job.commit)
@@ -203,7 +205,7 @@ def check_out(ex, host: str, branch=None, only: str = None) -> CheckedOut:
 def build_images(ex, host: str, checked: CheckedOut, cache: bool = True) -> dict:
     """Build every component of ``checked``; returns what ``build_all`` returns. ``cache``: False
     rebuilds every step."""
-    api = docker_api.engine(ex.conn(host), counted=ex.trips.hook(host, "docker"))
+    api = docker_api.Engine(ex, host)
     images = {job.component.name: build_component(api, ex, host, job) for job in checked.jobs(ex.cluster, cache)}
     return {**checked.meta(ex.cluster), "images": images}
 
