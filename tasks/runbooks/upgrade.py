@@ -70,8 +70,9 @@ class Rollout:
     """
 
     def __init__(self, s, release: Release, previous: Optional[Release], only=None, batch: int = 1, canary: dict = None,
-                 extras: dict = None):
+                 extras: dict = None, done_hint: str = "(fab rolling-upgrade puts them back on the cluster's release)"):
         self.s, self.ex, self.cluster = s, s.ex, s.cluster
+        self.done_hint = done_hint  # what a failure says of the machines already done
         self.release, self.previous = release, previous
         self.extras: dict = extras or {}  # address -> Extra
         self.members = sorted(member_machines(s.etcd))
@@ -214,8 +215,7 @@ class Rollout:
         message = "\n".join(f"upgrade of {s.machine} to {self.release.id} failed: {outcome.failure}\n{outcome.said}"
                             for s, outcome in failed)
         if done:
-            message += (f"\nalready upgraded to {self.release.id}: {', '.join(done)} "
-                        f"(fab rolling-upgrade puts them back on the cluster's release)")
+            message += f"\nalready upgraded to {self.release.id}: {', '.join(done)} {self.done_hint}"
         raise UpgradeFailed(message)
 
     def _left(self, done, rest: str) -> str:
