@@ -59,10 +59,11 @@ class _FabricSSHAdapter(SSHHTTPAdapter):
 
     def cut(self):
         """Close every channel of the pools, in use or not: a call reading from one ends at once."""
-        with self.pools.lock:
-            pools = list(self.pools.values())
-        for pool in pools:
-            pool.cut()
+        # urllib3's container of pools refuses iteration (not thread-safe); its keys are a copy.
+        for key in self.pools.keys():
+            pool = self.pools.get(key)
+            if pool is not None:
+                pool.cut()
 
     def close(self):
         # The connection belongs to the caller: close only the HTTP pools.
@@ -83,8 +84,11 @@ class _CuttablePool(SSHConnectionPool):
 
     def cut(self):
         for conn in list(self._made):
-            if conn.sock is not None:
-                conn.sock.close()
+            try:
+                if conn.sock is not None:
+                    conn.sock.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # gone already: nothing is left to cut
 
 
 def engine(conn, timeout: int = 600, counted=None) -> docker.APIClient:

@@ -146,3 +146,25 @@ def test_a_push_cut_mid_stream_names_the_component_and_the_host(cluster):
         push.push_image(engine, ex.cluster, step, "abc", {}, ["1.0.1", "latest"])
     assert [call for call, _ in api.calls] == ["tag", "push"]
     assert (HOST, "push of web 1.0.1", ex.cluster.timeouts.push) in ex.steps
+
+
+def test_the_adapter_cuts_every_channel_its_pool_opened():
+    """The deadline's cut, on docker-py's own adapter and urllib3's container of pools (which refuses
+    to be iterated): every channel opened is closed, one already gone is skipped."""
+    conn = SimpleNamespace(host=HOST, client=SimpleNamespace(get_transport=lambda: None), open=lambda: None)
+    adapter = docker_api._FabricSSHAdapter(conn, timeout=60)
+    pool = adapter.get_connection("http+docker://ssh/v1.41/images/json")
+    closed = []
+
+    class Channel:
+        def __init__(self, name, gone=False):
+            self.name, self.gone = name, gone
+
+        def close(self):
+            if self.gone:
+                raise EOFError()
+            closed.append(self.name)
+    pool._made += [SimpleNamespace(sock=Channel("build")), SimpleNamespace(sock=Channel("old", gone=True)),
+                   SimpleNamespace(sock=None), SimpleNamespace(sock=Channel("inspect"))]
+    adapter.cut()
+    assert closed == ["build", "inspect"]
