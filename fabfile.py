@@ -20,6 +20,7 @@ from tasks.runbooks import (
     maintenance,
     membership,
     operator,
+    os_upgrade,
     push,
     release_command,
     secrets,
@@ -30,7 +31,7 @@ from tasks.runbooks import (
 namespace = Collection(
     build.build, push.push, install.setup_cluster, install.create_admin,
     membership.add_machine, membership.remove_machine,
-    upgrade.upgrade_machine_task, upgrade.rolling_upgrade,
+    upgrade.upgrade_machine_task, upgrade.rolling_upgrade, os_upgrade.os_upgrade,
     deploy.deploy, deploy.releases, deploy.rollback, release_command.release_command_task,
     operator.status, operator.logs, operator.exec_,
 )

@@ -1,15 +1,18 @@
 """What the bench scripts share, so each holds only what it measures: the project root, put first
 on sys.path when this module is imported (a script run as `python bench/X.py` then imports `tasks`
 and `sandbox` from this checkout, not bench/sandbox.py), a whole `fab` command run and timed as an
-operator runs it, a step timed and printed, and the line that sums up repeated figures. Imports
+operator runs it, a step timed and printed, the line that sums up repeated figures, and a probe
+of requests through a cluster's balancer. Imports
 nothing from `tasks`, so the scripts' own imports say which tasks they measure.
 """
 from __future__ import annotations
 
+import http.client
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -65,3 +68,34 @@ def summary(what: str, figures: Sequence[float], *, width: int, note: str, digit
         return f"{x:5.{digits}f} s"
     return (f"{what:{width}} min {s(min(figures))}  median {s(statistics.median(figures))}  "
             f"max {s(max(figures))}  ({note})")
+
+
+class Probe:
+    """GET /version through the ``cluster``'s balancer every 0.05 s in a thread until stopped;
+    counts what it sent and what failed."""
+
+    def __init__(self, cluster):
+        self.host, self.port = cluster.balancer.host, cluster.balancer.http_port
+        self.sent = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            self.sent += 1
+            try:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+                conn.request("GET", "/version")
+                if conn.getresponse().status != 200:
+                    self.failed += 1
+                conn.close()
+            except (OSError, http.client.HTTPException):
+                self.failed += 1

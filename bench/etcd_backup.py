@@ -11,45 +11,13 @@ cluster is left serving on its three machines (its backups in the cluster file's
 figures; asserts nothing.
 """
 import argparse
-import http.client
-import threading
 
-from common import COLUMN, fab  # first: it puts the project root on sys.path
+from common import COLUMN, Probe, fab  # first: it puts the project root on sys.path
 from tasks.model import cluster as cluster_config
 from tasks.net.executor import Executor
 from tasks.runbooks import etcd_backup
 
 WIPE = "systemctl stop etcd-member.service && rm -rf /var/lib/etcd/member"
-
-
-class Probe:
-    """GET /version through the balancer in a thread until stopped; counts what failed."""
-
-    def __init__(self, cluster):
-        self.host, self.port = cluster.balancer.host, cluster.balancer.http_port
-        self.sent = self.failed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            self.sent += 1
-            try:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
-                conn.request("GET", "/version")
-                if conn.getresponse().status != 200:
-                    self.failed += 1
-                conn.close()
-            except (OSError, http.client.HTTPException):
-                self.failed += 1
 
 
 def measured(what, cluster, *args):

@@ -4,8 +4,8 @@ This package owns what a machine's cloud config says: ``base`` is what a
 freshly prepared machine gets (SSH keys, registry trust and login; the
 administrator may add anything), ``final`` is the administrator's base
 extended, never replaced, by ``install_part`` (etcd membership, the Air
-units, the release state, the cluster's additions, OS reboots under an etcd
-lock). A document is a plain dict; ``render`` writes it as the
+units, the release state, the cluster's additions, and no OS reboot but
+`fab os-upgrade`'s). A document is a plain dict; ``render`` writes it as the
 ``#cloud-config`` YAML the machine boots from, and ``files`` lists the files
 it stands for, which the installer writes as they are, so the cloud config
 and the installed machine cannot differ. Unit contents come from ``.units``.
@@ -22,7 +22,6 @@ import yaml
 
 from .units import (
     ETCD_DROPIN,
-    ETCD_LOCAL_CLIENT_URL,
     ETCD_UNIT,
     STATE_DIR,
     UNIT_DIR,
@@ -34,8 +33,9 @@ from .units import (
 )
 
 HEADER = "#cloud-config\n"
-REBOOT_STRATEGY = "etcd-lock"  # OS updates reboot one machine at a time, under a lock in the cluster's etcd
-LOCKSMITH_ETCD = ETCD_LOCAL_CLIENT_URL
+# No machine reboots by itself: update-engine still downloads and stages OS updates, and
+# `fab os-upgrade` reboots into them one machine at a time, drained and waited for.
+REBOOT_STRATEGY = "off"
 IGNITION_VERSION = "3.3.0"
 DOCKER_CERTS_DIR = "/etc/docker/certs.d"
 DOCKER_CONFIG = "/root/.docker/config.json"
@@ -89,8 +89,8 @@ def installed_components(cluster, release) -> list:
 
 def install_part(cluster, machine: str, members, state: str, release) -> dict:
     """What install adds to a machine's base cloud config: etcd membership, the Air units at
-    ``release``, the release state, the cluster's own additions, and OS reboots one machine at a
-    time (locksmith's lock in the cluster's etcd). A machine runs the components both the cluster
+    ``release``, the release state, the cluster's own additions, and the reboot strategy ``off`` (OS
+    updates are staged, and `fab os-upgrade` reboots into them). A machine runs the components both the cluster
     file and the release have: one the release lacks is not installed."""
     installed = installed_components(cluster, release)
     images = {c.name: release.image(c.name) for c in installed}
@@ -107,8 +107,7 @@ def install_part(cluster, machine: str, members, state: str, release) -> dict:
         units += [_unit(u.name, content=u.content) for u in additions.units]
         write_files += [_write_file(f.path, f.content, int(f.permissions, 8)) for f in additions.files]
     return {"write_files": write_files,
-            "coreos": {"update": {"reboot_strategy": REBOOT_STRATEGY}, "locksmith": {"endpoint": LOCKSMITH_ETCD},
-                       "units": units}}
+            "coreos": {"update": {"reboot_strategy": REBOOT_STRATEGY}, "units": units}}
 
 
 def merge(base_doc: dict, part: dict) -> dict:

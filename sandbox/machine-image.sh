@@ -43,6 +43,62 @@ UNIT
   chroot "$root" systemctl enable "$unit.service"
 done
 
+# Flatcar's OS updates, stood in for: /etc/os-release names a Flatcar version; update_engine_client
+# -status answers as Flatcar's does, with an update staged once `fab sandbox.os-update` wrote its
+# version to $staged; at the next boot (the container's restart) that version becomes the
+# machine's and nothing is staged any more, as when Flatcar boots its other partition.
+rm -f "$root/etc/os-release"
+cat >"$root/etc/os-release" <<'OS'
+NAME="Flatcar Container Linux (air-deploy sandbox stand-in)"
+ID=flatcar
+ID_LIKE=coreos
+VERSION=4081.2.0
+VERSION_ID=4081.2.0
+PRETTY_NAME="Flatcar Container Linux (air-deploy sandbox stand-in)"
+OS
+staged=/var/lib/update_engine/air-sandbox-staged
+mkdir -p "$root/var/lib/update_engine"
+cat >"$root/usr/bin/update_engine_client" <<SCRIPT
+#!/bin/sh
+# Stand-in for Flatcar's update_engine_client: -status only.
+[ "\$1" = -status ] || { echo "update_engine_client (sandbox stand-in): only -status" >&2; exit 64; }
+echo "LAST_CHECKED_TIME=\$(date +%s)"
+echo "PROGRESS=0.000000"
+if [ -s $staged ]; then
+  echo "CURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT"; echo "NEW_VERSION=\$(cat $staged)"; echo "NEW_SIZE=1"
+else
+  echo "CURRENT_OP=UPDATE_STATUS_IDLE"; echo "NEW_VERSION=0.0.0"; echo "NEW_SIZE=0"
+fi
+SCRIPT
+chmod 0755 "$root/usr/bin/update_engine_client"
+mkdir -p "$root/usr/lib/air-sandbox"
+cat >"$root/usr/lib/air-sandbox/os-activate" <<SCRIPT
+#!/bin/sh
+set -e
+v=\$(cat $staged)
+sed -i "s/^VERSION=.*/VERSION=\$v/; s/^VERSION_ID=.*/VERSION_ID=\$v/" /etc/os-release
+rm -f $staged
+SCRIPT
+chmod 0755 "$root/usr/lib/air-sandbox/os-activate"
+printf '#!/bin/sh\n# Stages OS version $1 as update-engine would (sandbox stand-in).\nset -e\nprintf "%%s\\n" "$1" > %s.new && mv -f %s.new %s\n' \
+  "$staged" "$staged" "$staged" >"$root/usr/lib/air-sandbox/os-stage"
+chmod 0755 "$root/usr/lib/air-sandbox/os-stage"
+cat >"$root/etc/systemd/system/air-sandbox-os-activate.service" <<UNIT
+[Unit]
+Description=Boots the staged OS version (sandbox stand-in for Flatcar's partition switch)
+DefaultDependencies=no
+Before=sysinit.target update-engine.service
+ConditionFileNotEmpty=$staged
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/air-sandbox/os-activate
+
+[Install]
+WantedBy=sysinit.target
+UNIT
+chroot "$root" systemctl enable air-sandbox-os-activate.service
+
 # Flatcar's unit name for etcd; configured later by a drop-in with ETCD_* settings.
 cat >"$root/etc/systemd/system/etcd-member.service" <<'UNIT'
 [Unit]

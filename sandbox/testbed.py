@@ -84,6 +84,8 @@ CONFIG = "air.sandbox.config"  # a machine's: the configuration it was prepared 
 # cluster, mounted on each of its machines inside the backend's data folder, so that every machine
 # sees what a migration run on one of them did, as a database server would have it.
 DATABASE_MOUNT = "/var/lib/air/air_backend/database"
+REBOOTS = "on-failure"  # a machine container's restart policy: its reboot is the container's restart
+OS_STAGE = "/usr/lib/air-sandbox/os-stage"  # the image's stand-in of update-engine staging an update
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,10 @@ def run_container(node: Node, image: str, config_id: str) -> None:
             "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--stop-signal", "SIGRTMIN+3"]
     if node.role in ("build", "machine", "spare"):
         args += ["-v", f"{node.name}-docker:/var/lib/docker"]
+    if node.is_machine:
+        # A reboot (`systemctl reboot`) ends the container with SIGHUP: Docker starts it again, as a
+        # machine boots again. `docker stop` and `docker kill` leave it off (a machine powered off).
+        args += ["--restart", REBOOTS]
     if node.role == "registry":
         args += ["-v", f"{node.name}-data:/var/lib/docker-registry"]
     if node.is_machine:
@@ -796,9 +802,13 @@ def _tear_down() -> None:
 
 FAILURES = ("prepare", "build", "hang")
 HANG = 3600  # s: the Dockerfile step of `--fails hang` (a build cut off by its deadline or a lost channel)
+FIXED = ("broken", "slow-start", "errors", "latency-ms")  # the files of a component that `--fix` removes
 # The kinds of change, each with what its value is (None: it takes none). They exclude each other.
 CHANGE_KINDS = {"change": None, "broken": None, "fix": None, "slow-start": "whole seconds",
-                "version": "MAJOR.MINOR", "fails": "|".join(FAILURES), "file": "a file of the component's folder"}
+                "version": "MAJOR.MINOR", "fails": "|".join(FAILURES), "file": "a file of the component's folder",
+                "errors": "a percentage", "latency-ms": "whole milliseconds"}
+FAULTY = "router"  # the component whose answers can be made bad (--errors, --latency-ms): the one the balancer reaches
+PERCENT = re.compile(r"(100|[0-9]{1,2})(\.[0-9]{1,2})?")
 
 
 @dataclass(frozen=True)
@@ -810,7 +820,9 @@ class Change:
     ``slow-start``; ``slow-start`` ships a file ``slow-start`` (its health check fails ``value`` s
     after each start); ``version`` sets the application's VERSION to ``value``; ``fails`` makes the
     component's ``value`` step fail (``prepare``: air_backend's prepare command, ``build``: a
-    Dockerfile step); ``file`` adds a line to ``value``, a file of the component's folder. The
+    Dockerfile step); ``file`` adds a line to ``value``, a file of the component's folder;
+    ``errors`` makes the router answer ``value`` percent of requests 500 (its file ``errors``),
+    ``latency-ms`` slows every request it answers by ``value`` ms (its file ``latency-ms``). The
     change goes to the repository the component is built from (``static_website``: the second
     one, on ``develop`` unless ``branch`` is given; the others: the main one, on ``master``).
     """
@@ -854,6 +866,10 @@ def _change_problem(change: Change) -> Optional[str]:
 
 _VALUE_CHECKS = {
     "slow-start": lambda c: None if c.value.isdigit() else "--slow-start takes whole seconds",
+    "errors": lambda c: _faulty(c) or (None if PERCENT.fullmatch(c.value) and 0 < float(c.value) <= 100
+                                       else "--errors takes a percentage, more than 0 and at most 100"),
+    "latency-ms": lambda c: _faulty(c) or (None if c.value.isdigit() and 0 < int(c.value) <= 60000
+                                           else "--latency-ms takes whole milliseconds, 1 to 60000"),
     "version": lambda c: f"VERSION is in the main repository, not in {c.component}'s" if c.website else None,
     "fails": lambda c: f"--fails must be one of {', '.join(FAILURES)}" if c.value not in FAILURES else
     "only air_backend has a prepare command" if c.value == "prepare" and c.component != "air_backend" else None,
@@ -874,6 +890,10 @@ _VALUE_CHECKS.update({
 })
 
 
+def _faulty(change: Change) -> Optional[str]:
+    return None if change.component == FAULTY else f"only the {FAULTY} answers badly on purpose (--{change.kind})"
+
+
 def _appended(path: str) -> str:
     return f"date +%s%N >> {shlex.quote(path)}"
 
@@ -884,8 +904,13 @@ _EDITS = {
     "change": lambda c: (_appended(f"{c.folder}/index.html"), f"change {c.component}"),
     "file": lambda c: (_appended(f"{c.folder}/{c.value}"), f"change {c.component}"),
     "broken": lambda c: (_appended(f"{c.folder}/broken"), f"break {c.component}"),
-    "fix": lambda c: (f"rm -f {shlex.quote(c.folder + '/broken')} {shlex.quote(c.folder + '/slow-start')}; "
+    "fix": lambda c: ("rm -f " + " ".join(shlex.quote(f"{c.folder}/{name}") for name in FIXED) + "; "
                       + _appended(f"{c.folder}/index.html"), f"fix {c.component}"),
+    # each also a change of its index.html: made twice, it is still a new commit (a new release)
+    "errors": lambda c: (f"printf '%s\\n' {shlex.quote(c.value)} > {shlex.quote(c.folder + '/errors')}; "
+                         + _appended(f"{c.folder}/index.html"), f"{c.component} answers {c.value}% of requests 500"),
+    "latency-ms": lambda c: (f"printf '%s\\n' {int(c.value)} > {shlex.quote(c.folder + '/latency-ms')}; "
+                             + _appended(f"{c.folder}/index.html"), f"{c.component} answers {c.value} ms slower"),
     "slow-start": lambda c: (f"printf '%s\\n' {int(c.value)} > {shlex.quote(c.folder + '/slow-start')}",
                              f"{c.component} starts in {c.value} s"),
     "version": lambda c: (f"printf '%s\\n' {shlex.quote(c.value)} > VERSION", f"VERSION {c.value}"),
@@ -928,7 +953,7 @@ def commit_change(change: Change) -> str:
 
 def change_of(component: str, branch: Optional[str] = None, **flags) -> Change:
     """The Change `fab sandbox.change` asks for: at most one of its kind flags (``broken``, ``fix``,
-    ``slow_start``, ``version``, ``fails``, ``file``) set; none is a plain change."""
+    ``slow_start``, ``version``, ``fails``, ``file``, ``errors``, ``latency_ms``) set; none is a plain change."""
     given = [(name.replace("_", "-"), value) for name, value in flags.items() if value is not None and value is not False]
     if len(given) > 1:
         raise ConfigError(f"sandbox.change: {' and '.join('--' + kind for kind, _ in given)} exclude each other")
@@ -977,12 +1002,57 @@ def show_status(c, json_=False):
                 "fails": "a change whose `prepare` (air_backend) or `build` fails, or whose build `hang`s (an hour-long step)",
                 "slow-start": "the component's health check fails for this many seconds after each start",
                 "schema": "air_backend: the release needs the database at this schema (0: none) to be healthy",
-                "migration": "air_backend: its release command (bin/migrate) fails, or passes again"})
+                "migration": "air_backend: its release command (bin/migrate) fails, or passes again",
+                "errors": "the router answers this percentage of requests 500 (not its health checks)",
+                "latency-ms": "the router answers every request this many milliseconds later"})
 def change(c, component="router", broken=False, branch=None, version=None, fix=False, file=None, fails=None,
-           slow_start=None, schema=None, migration=None):
+           slow_start=None, schema=None, migration=None, errors=None, latency_ms=None):
     """Commit a change to the sample application's repositories on the build server."""
     print(commit_change(change_of(component, branch, broken=broken, fix=fix, slow_start=slow_start, version=version,
-                                  fails=fails, file=file, schema=schema, migration=migration)))
+                                  fails=fails, file=file, schema=schema, migration=migration, errors=errors,
+                                  latency_ms=latency_ms)))
+
+
+def next_os_version(version: str) -> str:
+    """The version after ``version``: its last number one higher (4081.2.0 -> 4081.2.1). Pure."""
+    head, _, last = version.rpartition(".")
+    if not last.isdigit():
+        raise ConfigError(f"sandbox.os-update: the machine's OS version {version!r} does not end in a number: "
+                          f"give --version")
+    return f"{head}{'.' if head else ''}{int(last) + 1}"
+
+
+def stage_os_update(addresses, version: Optional[str] = None) -> dict:
+    """Stage an OS update on the sandbox machines at ``addresses``, as update-engine would have
+    downloaded it (``version``, default each machine's next); returns address -> version staged.
+    The machine boots it at its next reboot."""
+    from tasks.commands import os_update
+    if version is not None and not os_update.OS_VERSION.fullmatch(version):
+        raise ConfigError(f"sandbox.os-update: --version: expected a version such as 4081.2.1, got {version!r}")
+    nodes = {n["address"]: Node(**n) for n in json.loads((STATE / "state.json").read_text())["nodes"]} \
+        if (STATE / "state.json").exists() else {}
+    unknown = [a for a in addresses if a not in nodes or not nodes[a].is_machine]
+    if unknown:
+        raise ConfigError(f"sandbox.os-update: not a sandbox machine: {', '.join(unknown)}")
+
+    def one(address):
+        node = nodes[address]
+        wanted = version or next_os_version(inside(node.name, os_update.os_version_command()).strip())
+        inside(node.name, f"{OS_STAGE} {shlex.quote(wanted)}")
+        return wanted
+    return dict(zip(addresses, parallel(one, list(addresses))))
+
+
+@air_task(name="os-update", help={"machines": "machines to stage it on, comma-separated (default: the `local` "
+                                              "cluster's)",
+                                  "version": "the OS version staged (default: each machine's next, "
+                                             "4081.2.0 -> 4081.2.1)"})
+def os_update(c, machines=None, version=None):
+    """Stage an OS update on sandbox machines, as update-engine does; their next reboot boots it."""
+    addresses = [a.strip() for a in machines.split(",") if a.strip()] if machines else \
+        list(cluster_config.load(CLUSTERS[0]).machines)
+    for address, staged in stage_os_update(addresses, version).items():
+        print(f"{address}: update staged: {staged}")
 
 
 @air_task(name="deploy", help={"branch": "branch of the sample application (default: master)"})

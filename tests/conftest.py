@@ -41,11 +41,12 @@ MACHINES, SPARES = 3, 2
 # sets up fresh machines, which the first module on a new sandbox has without a reset.
 # test_release_content comes after test_faults and test_deploy: its image-retention test needs
 # fewer deploys of its own on a sandbox whose machines already hold a few images.
-LONGEST_FIRST = ("test_install", "test_faults", "test_deploy", "test_etcd_backup", "test_release_content",
-                 "test_release_phase",
-                 "test_operator", "test_hardening", "test_images", "test_balancer", "test_builds", "test_machines",
-                 "test_membership",
-                 "test_release_settings", "test_config", "test_gateway", "test_etcd_auth", "test_etcd_peers",
+LONGEST_FIRST = ("test_install", "test_faults", "test_deploy", "test_os_upgrade", "test_etcd_backup",
+                 "test_release_content", "test_release_phase",
+                 "test_operator", "test_canary", "test_hardening",
+                 "test_images", "test_balancer", "test_builds", "test_machines",
+                 "test_membership", "test_release_settings", "test_config", "test_gateway", "test_etcd_auth",
+                 "test_etcd_peers",
                  "test_sandbox")
 
 
@@ -421,6 +422,49 @@ def installed(sandbox, local):
 
 
 # ---------------------------------------------------------------- traffic through the balancer
+
+class Poller:
+    """Calls ``poll(ex)`` every ``EVERY`` s in a thread, with an Executor of ``cluster`` of its own,
+    from ``with`` to its end."""
+    EVERY = 0.2
+
+    def __init__(self, cluster):
+        self.cluster, self._stop = cluster, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        from tasks.net.executor import Executor
+        with Executor(self.cluster) as ex:
+            while not self._stop.wait(self.EVERY):
+                self.poll(ex)
+
+    def poll(self, ex):
+        raise NotImplementedError
+
+
+class Rotation(Poller):
+    """``fewest``: the fewest machines the routers file ever had in rotation (drained ones are not)."""
+
+    def __init__(self, cluster):
+        super().__init__(cluster)
+        self.fewest = len(cluster.machines)
+
+    def poll(self, ex):
+        from tasks.commands.haproxy import machines_in
+        try:
+            text = ex.read_file(self.cluster.balancer.host, self.cluster.balancer.routers_file, missing="")
+        except Exception:  # the balancer paused, say: nothing to read now
+            return
+        self.fewest = min(self.fewest, len(machines_in(text)))
+
 
 class Probe:
     """Steady GET /version requests to the balancer in a thread, until stopped or a bound is reached."""

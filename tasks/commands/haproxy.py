@@ -22,6 +22,7 @@ import re
 from typing import NamedTuple
 
 from tasks.commands.shell import q
+from tasks.model.canary import BalancerCounters
 
 HEADER = "# Written by air-deploy; do not edit by hand.\n"
 HAPROXY = "/usr/sbin/haproxy"
@@ -267,3 +268,43 @@ def parse_stat(text: str) -> list:
     status, scur = at.get("status", 17), at.get("scur", 4)
     return [Server(r[0], r[1], r[status], int(r[scur] or 0)) for r in rows
             if len(r) > status and r[1] not in ("FRONTEND", "BACKEND")]
+
+
+def set_weights(cluster, weights: dict) -> list:
+    """Runtime API commands giving each machine of ``weights`` that weight (0..256, or ``100%``: its
+    weight from the routers file) in every backend: how a judged canary gets its share of new
+    connections (``balance roundrobin`` honours weights set at run time; a reload forgets them)."""
+    return [f"set weight {backend}/{machine} {weight}"
+            for machine, weight in weights.items() for backend, _, _ in backends(cluster)]
+
+
+# haproxy's per-server counters a judged canary reads (``show stat`` field -> BalancerCounters field):
+# sessions, connection and response errors, server aborts, failed checks, and the mean session time.
+COUNTED = {"stot": "sessions", "econ": "connection_errors", "eresp": "response_errors", "srv_abrt": "aborts",
+           "chkfail": "check_failures"}
+
+
+def parse_counters(text: str) -> dict:
+    """machine -> BalancerCounters of ``show stat`` CSV output, its servers' counters summed over the
+    backends (http, https); the session time (``ttime``, a mean in ms) weighted by their sessions."""
+    lines = (text or "").splitlines()
+    header = next((line.lstrip("# ").split(",") for line in lines if line.startswith("#")), [])
+    missing = [name for name in [*COUNTED, "ttime", "svname"] if name not in header]
+    if missing:
+        raise ValueError(f"haproxy's show stat has no {', '.join(missing)}")
+    servers: dict = {}
+    for line in lines:
+        row = dict(zip(header, line.split(",")))
+        if line and not line.startswith("#") and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            servers.setdefault(row["svname"], []).append(row)
+    return {machine: _counted(rows) for machine, rows in servers.items()}
+
+
+def _counted(rows: list) -> BalancerCounters:
+    """One machine's counters from its rows (one per backend)."""
+    def number(row: dict, name: str) -> int:
+        return int(row.get(name) or 0)
+    weights = [max(number(row, "stot"), 1) for row in rows]
+    mean = sum(number(row, "ttime") * w for row, w in zip(rows, weights)) / sum(weights)
+    return BalancerCounters(**{field: sum(number(row, name) for row in rows) for name, field in COUNTED.items()},
+                            session_time=round(mean))

@@ -42,6 +42,7 @@ BASE_MARK = "--base-from:"  # heads the base cloud config in the release facts
 OS_UPDATE_UNITS = ("update-engine.service", "locksmithd.service")
 OS_UPDATES_PAUSED = "/run/air-os-updates-paused"  # the units that were active when paused
 UNHEALTHY = 97  # exit status of an upgrade command whose health check failed
+SYSTEM_STATE = "systemctl is-system-running"  # prints systemd's state of the machine (os_upgrade_plan.BOOTING)
 
 
 def user_data_command(cluster) -> str:
@@ -427,6 +428,7 @@ def release_facts_command(cluster) -> str:
     return (f"echo '--release'; cat {q(STATE_DIR)}/release 2>/dev/null; "
             f"echo '--components'; cat {q(cloudconfig.COMPONENTS_FILE)} 2>/dev/null; "
             f"echo '--units'; systemctl is-active {units} 2>/dev/null; "
+            f"echo '--system'; {SYSTEM_STATE} 2>/dev/null; "
             f"{cloud_config_facts_command(cluster)}; "
             f"for p in \"$u{cloudconfig.BASE_SUFFIX}\" \"$u\"; do "
             f"if [ -e \"$p\" ]; then echo \"{BASE_MARK}$p\"; cat \"$p\"; break; fi; "
@@ -463,13 +465,13 @@ def in_sections(text: str, names) -> dict:
 
 
 def parse_release_facts(text: str, cluster) -> dict:
-    """{"release": id or "", "components": component -> version, "units": unit -> state,
-    "user_data": path of its cloud config, "edited": whether it changed since air-deploy wrote it,
-    "base": (path read, its text) or None}."""
+    """{"release": id or "", "system": systemd's state of the machine, "components": component ->
+    version, "units": unit -> state, "user_data": path of its cloud config, "edited": whether it
+    changed since air-deploy wrote it, "base": (path read, its text) or None}."""
     text, marked, base = text.partition("\n" + BASE_MARK)
-    sections = in_sections(text, ("release", "components", "units", "user_data", "written"))
+    sections = in_sections(text, ("release", "components", "units", "system", "user_data", "written"))
     path, _, content = base.partition("\n")
-    return {"release": "".join(sections["release"]).strip(),
+    return {"release": "".join(sections["release"]).strip(), "system": "".join(sections["system"]).strip(),
             "components": parse_components("\n".join(sections["components"])),
             "units": dict(zip(units_of(cluster), (s.strip() for s in sections["units"]))),
             "base": (path, content) if marked else None, **parse_cloud_config_facts(sections)}

@@ -1,7 +1,8 @@
 """What the operator's tools send to a machine, and the parsers of what comes back.
 
 ``status_command`` gathers a machine's whole status fact in one command (units with their state,
-version and uptime, etcd's health, its release and cloud config facts, images' disk use) and
+version and uptime, etcd's health, its release and cloud config facts, images' disk use, its OS:
+version, staged update, Docker's version) and
 ``parse_status`` reads it; ``journal_command``/``parse_journal`` do the same for `fab logs`, and
 ``exec_command`` is what `fab exec` runs in a component's container. Pure text, tested by
 equality.
@@ -13,7 +14,7 @@ from typing import Optional
 
 import cloudconfig
 from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, container_name, unit_name
-from tasks.commands import machine
+from tasks.commands import machine, os_update
 from tasks.commands.shell import q
 
 UNIT_PROPERTIES = "Id,ActiveState,SubState,ActiveEnterTimestampMonotonic"
@@ -30,7 +31,7 @@ def status_command(cluster) -> str:
         f"curl -s -m 2 {ETCD_LOCAL_CLIENT_URL}/health 2>/dev/null; echo",
         "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null",
         machine.cloud_config_facts_command(cluster),
-        "true",
+        os_update.os_facts_command(),
     ])
 
 
@@ -109,14 +110,17 @@ def parse_status(text: str, cluster) -> dict:
     """What ``status_command`` printed, as {release, components, units, etcd, images}. Pure.
 
     ``units``: component -> {unit, state, sub, uptime (seconds, None when not active)};
-    ``etcd``: {active, healthy}; ``images``: {size, reclaimable} as Docker says them."""
+    ``etcd``: {active, healthy}; ``images``: {size, reclaimable} as Docker says them; ``os``:
+    {version, update, staged, docker, system, state} (``os_update.OsFacts``, and its state said)."""
     s = machine.in_sections(text, ("release", "components", "units", "uptime", "etcd", "images", "user_data",
-                                   "written"))
+                                   "written", *os_update.SECTIONS))
+    found = os_update.parse_os_facts(text)
     versions = machine.parse_components("\n".join(s["components"]))
     return {"release": "".join(s["release"]).strip(), "components": versions,
             "units": _units(_unit_blocks(s["units"]), versions, _uptime(s["uptime"]), cluster),
             "etcd": _etcd(s["etcd"]), "images": _images(s["images"]),
-            "cloud_config": machine.parse_cloud_config_facts(s)}
+            "cloud_config": machine.parse_cloud_config_facts(s),
+            "os": {**found.as_dict(), "state": os_update.state_text(found)}}
 
 
 def journal_command(component: str, lines: int, since: str = None, follow: bool = False,

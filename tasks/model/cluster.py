@@ -109,6 +109,9 @@ KINDS = {
     "secret_names": "a list of distinct file names of the secrets folder (letters, digits, . _ -)",
     "uid": "a numeric user id (0 to 2147483647)",
     "flag": "true or false",
+    "percent": "a number of percent, more than 0 and at most 100",
+    "ratio": "a number from 1 to 1000",
+    "milliseconds": "a whole number of milliseconds, from 1 to 600000",
     "etcd_reads": "a list of the application's keys the component reads: `maintenance`, `settings/<key>` "
                   "(a key of `settings`), or `settings/<prefix>/` (every setting below it; none of them a secret)",
     "settings": "a mapping of keys (words of letters, digits, . _ - joined by /) to a text or number, "
@@ -320,6 +323,33 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                        "nothing pushed).", 1800),
         "push": Field("seconds", "Deadline of pushing one image tag from the build server to the registry; past "
                       "it the push is cut off (a failure).", 600),
+        "reboot": Field("seconds", "A machine rebooted by `fab os-upgrade` must be back within this: SSH answers "
+                        "on its new boot, its etcd member healthy, every Air unit healthy. Otherwise the task "
+                        "stops there, the machine out of the balancer.", 600),
+    }, required=False),
+    "canary": Section("How `fab deploy --canary M --judge` judges its canary: M gets `weight` percent of the "
+                      "balancer's new connections for the window, and its figures (read from its router and "
+                      "the balancer, as differences of two readings) are compared with those of the other "
+                      "machines over the same window. The front component answers its counters on `counters`.", {
+        "window": Field("seconds", "Seconds the canary is judged over (`--judge` overrides it).", 300),
+        "weight": Field("percent", "Percent of the balancer's new connections the canary gets meanwhile "
+                        "(`--weight` overrides it); the others share the rest.", 10),
+        "min_requests": Field("count", "Requests the canary and the baseline must each answer within the window; "
+                              "fewer on either side: the verdict is inconclusive.", 100),
+        "max_error_rate": Field("percent", "Percent of its requests the canary may fail: 5xx answers at its "
+                                "router, connection errors and server aborts at the balancer (each checked apart).",
+                                1),
+        "max_error_ratio": Field("ratio", "When the baseline fails requests too: the canary may fail this many "
+                                 "times the baseline's rate, when that is above `max_error_rate`.", 2),
+        "max_latency_ratio": Field("ratio", "How many times the baseline's request time (the 95th percentile at "
+                                   "the routers) the canary's may be.",
+                                   1.5),
+        "min_latency": Field("milliseconds", "Request times below this are not told apart: the baseline's is "
+                             "taken as at least this before the ratio is applied.", 50),
+        "counters": Field("url_path", "Path on the front component's `port` (asked from the machine itself) that "
+                          "answers its counters in Prometheus' text format: `air_requests_total`, "
+                          "`air_responses_5xx_total` and the histogram `air_request_seconds_bucket{le=...}`.",
+                          "/air-counters"),
     }, required=False),
 })
 
@@ -484,6 +514,19 @@ class Timeouts:
     hook: int = 60
     build: int = 1800
     push: int = 600
+    reboot: int = 600
+
+
+@dataclass(frozen=True)
+class Canary:
+    window: int = 300
+    weight: float = 10.0
+    min_requests: int = 100
+    max_error_rate: float = 1.0
+    max_error_ratio: float = 2.0
+    max_latency_ratio: float = 1.5
+    min_latency: int = 50
+    counters: str = "/air-counters"
 
 
 @dataclass(frozen=True)
@@ -508,6 +551,7 @@ class Cluster:
     backups: Optional[Backups] = None  # None only for a Cluster made by hand: ``load`` always fills it in
     release_command: Optional[ReleaseCommand] = None
     hooks: Hooks = Hooks()
+    canary: Canary = Canary()
 
     def image(self, component: str) -> str:
         """Repository of a component's image, without registry or tag."""
@@ -653,6 +697,16 @@ def _check(kind: str, value: Any, at: _At) -> Any:
         return CHECKERS[kind](value, at)
     except _Invalid as refused:
         _fail(at.file, refused.where or at.where, KINDS[kind], refused.got)
+
+
+def _number(low: float, high: float, above: bool = False) -> Checker:
+    """A number from ``low`` (excluded when ``above``) to ``high``, as a float."""
+    def check(value: Any, at: _At) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not (low < value if above else low <= value) or value > high:
+            raise _Invalid(value)
+        return float(value)
+    return check
 
 
 def _string(value: Any) -> str:
@@ -871,6 +925,9 @@ CHECKERS: dict[str, Checker] = {
     "secret_names": _secret_names,
     "uid": _whole(0, MAX_UID),
     "flag": _flag,
+    "percent": _number(0, 100, above=True),
+    "ratio": _number(1, 1000),
+    "milliseconds": _whole(1, 600000),
     "settings": _settings,
     "etcd_reads": _etcd_reads,
 }
@@ -1027,6 +1084,7 @@ def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
         backups=_backups(values["backups"], values["secrets"], name),
         release_command=ReleaseCommand(**values["release_command"]) if values["release_command"] else None,
         hooks=Hooks(**values["hooks"]) if values["hooks"] else Hooks(),
+        canary=Canary(**values["canary"]),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import cloudconfig
 from cloudconfig.units import ETCD_UNIT
 from tasks.model.backup import size_text
+from tasks.model.os_upgrade_plan import BOOTING
 
 
 def duration(seconds) -> str:
@@ -94,6 +95,11 @@ class MachineView:
     @property
     def balancer_state(self) -> Optional[str]:
         return self.raw.get("balancer_state")
+
+    @property
+    def os(self) -> dict:
+        """{version, update, staged, docker, system, state}; empty when not read."""
+        return self.raw.get("os") or {}
 
 
 @dataclass(frozen=True)
@@ -298,12 +304,26 @@ def marked_by_haproxy(d: DriftView, m: MachineView) -> list[dict]:
     return [_warning(m.address, f"haproxy marks {m.address} {state_}", fix)]
 
 
+def reboot_pending(d: DriftView, m: MachineView) -> list[dict]:
+    """update-engine staged an OS update: it runs once the machine reboots, which only os-upgrade does."""
+    if not m.os.get("staged"):
+        return []
+    return [_warning(m.address, f"{m.address}: {m.os['state']}", f"`fab os-upgrade --cluster {d.name}`")]
+
+
+def rebooting(d: DriftView, m: MachineView) -> list[dict]:
+    if m.os.get("system") not in BOOTING:
+        return []
+    return [_warning(m.address, f"{m.address} is {m.os['state']}",
+                     f"wait for it, then `fab status --cluster {d.name}` (deploys refuse meanwhile)")]
+
+
 MachineRule = Callable[[DriftView, MachineView], list]
 # Judged only when etcd answers.
 MEMBERSHIP_RULES: tuple[MachineRule, ...] = (not_a_member, not_in_file, left_behind)
 # Judged only when the machine is in service (``DriftView.in_service``).
 SERVICE_RULES: tuple[MachineRule, ...] = (etcd_unhealthy, wrong_release, hand_edited, units_stopped, out_of_balancer,
-                                          marked_by_haproxy)
+                                          marked_by_haproxy, rebooting, reboot_pending)
 
 
 def machine_rules(d: DriftView, m: MachineView) -> tuple[MachineRule, ...]:
@@ -357,15 +377,21 @@ def _release_cell(m: dict, recorded: Optional[dict], candidate: Optional[dict]) 
     return release + " (NOT RECORDED)"
 
 
+def _os_cell(m: dict) -> str:
+    """The OS version, and the one staged for the next boot: 4081.2.0 (4081.2.1 staged)."""
+    found = m.get("os") or {}
+    return (found.get("version") or "?") + (f" ({found['staged']} staged)" if found.get("staged") else "")
+
+
 def _machine_row(m: dict, recorded: Optional[dict], candidate: Optional[dict]) -> tuple:
     if not m["reachable"]:
-        return (m["address"], "DOWN", m["etcd"]["role"], _balancer_cell(m), "?", "?")
+        return (m["address"], "DOWN", m["etcd"]["role"], _balancer_cell(m), "?", "?", "?", "?")
     return (m["address"], "ok", _etcd_cell(m), _balancer_cell(m), _release_cell(m, recorded, candidate),
-            m["images"].get("size", "?"))
+            m["images"].get("size", "?"), _os_cell(m), (m.get("os") or {}).get("docker") or "?")
 
 
 def _machines_table(view: dict) -> list:
-    rows = [("MACHINE", "SSH", "ETCD", "BALANCER", "RELEASE", "IMAGES")]
+    rows = [("MACHINE", "SSH", "ETCD", "BALANCER", "RELEASE", "IMAGES", "OS", "DOCKER")]
     rows += [_machine_row(m, view["release"], view["candidate"]) for m in view["machines"]]
     return _table(rows) + [""]
 

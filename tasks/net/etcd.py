@@ -108,18 +108,20 @@ class Etcd:
         self._token_lock = threading.Lock()
         self._client = self._new_client(timeout)
         self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
+        # Sends the connections opened from then on to the member on another host (``tunnel``'s).
+        self.move_to: Optional[Callable[[str], None]] = None
 
     def __repr__(self) -> str:
         return f"Etcd({self.label})"
 
-    def _new_client(self, timeout: float, logged_in: bool = True) -> gw_client.Etcd3Client:
+    def _new_client(self, timeout: float) -> gw_client.Etcd3Client:
         session = requests.Session()
         if self._counted is not None:
             session.hooks["response"].append(self._counted)
         # Each connection through the tunnel when there is one; each request in one write either way.
         session.mount("http://", http.ConnectingAdapter(self._connect, plain=http.OneWriteConnection)
                       if self._connect is not None else http.OneWriteAdapter())
-        if self._login is not None and logged_in:
+        if self._login is not None:
             session.auth = self._with_token
         client = gw_client.Etcd3Client(host=self.host, port=self.port, timeout=timeout, api_path=API_PATH, session=session)
         self._clients.append(client)
@@ -161,9 +163,10 @@ class Etcd:
         now (without quorum it cannot: said at once, not retried); a refused login raises."""
         assert self._login is not None
         user, password = self._login
-        plain = self._new_client(self.timeout, logged_in=False)
+        client = self._client  # its connection, without the token this gets (the auth given here replaces it)
         try:
-            answer = plain.post(plain.get_url("/auth/authenticate"), json={"name": user, "password": password})
+            answer = client.post(client.get_url("/auth/authenticate"), json={"name": user, "password": password},
+                                 auth=_without_token)
         except gw_errors.Etcd3Exception as e:
             if _AUTH_OFF in _etcd_message(e):
                 return ""
@@ -174,9 +177,6 @@ class Etcd:
             return None
         except requests.RequestException as e:
             raise self._error(f"log in as {user}", e) from None
-        finally:
-            plain.session.close()
-            self._clients.remove(plain)
         return str(answer.get("token", ""))
 
     def _forget_token(self) -> None:
@@ -190,6 +190,12 @@ class Etcd:
     def auth(self, path: str, payload: dict, what: str) -> dict:
         """One call of etcd's auth API (``/v3/auth/<path>``); ``what`` says it (never the payload)."""
         return self._post(what, f"/auth/{path}", payload, retry=False)
+
+    def drop_connections(self) -> None:
+        """Close the connections kept open for the next requests (the lock's too): the next
+        request of each opens a new one, wherever connections go now."""
+        for client in self._clients:
+            client.session.close()
 
     def close(self) -> None:
         """Close this client's HTTP connections (and so their SSH channels)."""
@@ -239,6 +245,21 @@ class Etcd:
         items = self._call(f"get {prefix}*", self._client.get, _bytes(prefix) or b"\0",
                            metadata=True, range_end=_prefix_end(prefix))
         return {meta["key"].decode(): value.decode() for value, meta in items}
+
+    def read_many(self, keys=(), prefixes=()) -> tuple:
+        """({key: value or None}, {prefix: {key: value}}): several keys and prefixes read in one
+        request (a transaction of reads: one round trip, one revision)."""
+        keys, prefixes = list(keys), list(prefixes)
+        ranges = [{"request_range": {"key": _b64(_bytes(k))}} for k in keys]
+        ranges += [{"request_range": {"key": _b64(_bytes(p) or b"\0"), "range_end": _b64(_prefix_end(p))}}
+                   for p in prefixes]
+        result = self._call(f"read {len(keys)} key(s) and {len(prefixes)} prefix(es)", self._client.transaction,
+                            {"compare": [], "success": ranges, "failure": []})
+        answers = [r.get("response_range", {}).get("kvs", []) for r in result.get("responses", [])]
+        text = lambda kv: _unb64(kv.get("value", "")).decode()  # the gateway leaves an empty value out
+        values = {k: text(kvs[0]) if kvs else None for k, kvs in zip(keys, answers)}
+        found = {p: {_unb64(kv["key"]).decode(): text(kv) for kv in kvs} for p, kvs in zip(prefixes, answers[len(keys):])}
+        return values, found
 
     def delete(self, key: str) -> None:
         self._write(f"delete {key}", {"request_delete_range": {"key": _b64(_bytes(key))}},
@@ -643,6 +664,11 @@ def fenced_txn(lock_key: str, revision: int, request: dict) -> dict:
             "success": [request], "failure": []}
 
 
+def _without_token(request):
+    """A request's auth that adds nothing: the login's own request."""
+    return request
+
+
 def _token_refused(error: Exception) -> bool:
     return isinstance(error, gw_errors.Etcd3Exception) and _TOKEN_REFUSED in _etcd_message(error)
 
@@ -663,14 +689,17 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
     Nothing listens on this machine: each HTTP connection of the client is its own SSH channel,
     handed to the client as one end of an unnamed socket pair, so no other local user (nor any
     other process) can reach etcd through us, and there is no port or socket file to guard."""
-    label = f"{host} (SSH tunnel to its 127.0.0.1:{remote_port})"
+    def where(at: str) -> str:
+        return f"{at} (SSH tunnel to its 127.0.0.1:{remote_port})"
+    label = where(host)
     login = etcd_access.root_login(ex.cluster)  # a missing credentials file is said before anything is contacted
     why_not = ex.reachable(host)
     if why_not:
         raise RemoteError(f"etcd at {label}: cannot reach over SSH ({why_not})")
-    transport = ex.conn(host).transport
+    route = [host]  # where the connections go: ``move`` changes it
 
-    def channel():
+    def channel(to: str = None):
+        transport = ex.conn(to or route[0]).transport
         return transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0), timeout=timeout)
 
     try:
@@ -686,12 +715,31 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
             return bridged(channel(), timeout)
         except paramiko.ChannelException as e:
             # requests reports an OSError as a failed connection, with this text.
-            raise OSError(f"the SSH channel to {label} failed ({e.text})") from None
+            raise OSError(f"the SSH channel to {where(route[0])} failed ({e.text})") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise OSError(f"the SSH channel to {label} failed ({_first_line(e) or type(e).__name__})") from None
+            raise OSError(f"the SSH channel to {where(route[0])} failed ({_first_line(e) or type(e).__name__})") from None
+
+    def counted(response, *args, **kwargs):  # a round trip to the member the connections go to now
+        ex.trips.count(route[0], "etcd")
+        return response
 
     client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login,
-                  counted=ex.trips.hook(host, "etcd"))
+                  counted=counted)
+
+    def move(other: str) -> None:
+        """From now on, through the member on ``other`` (the one on ``host`` is about to go down):
+        the same cluster, the same leases and lock, another way in."""
+        try:
+            channel(other).close()
+        except paramiko.ChannelException as e:
+            raise RemoteError(f"etcd at {where(other)}: cannot connect there ({e.text}): is etcd running?") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise RemoteError(f"etcd at {where(other)}: cannot open the tunnel "
+                              f"({_first_line(e) or type(e).__name__})") from None
+        route[0] = other
+        client.label = where(other)
+        client.drop_connections()
+    client.move_to = move
     try:
         yield client
     finally:

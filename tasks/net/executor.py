@@ -90,6 +90,37 @@ def exec_unconfirmed(channel, command: str) -> None:
     channel.transport._send_user_message(message)
 
 
+class _Spare:
+    """A session channel being opened in the background, for the next command on a host."""
+
+    def __init__(self, transport, timeout: float):
+        self.transport = transport
+        self._channel = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._open, args=(timeout,), name="channel ahead", daemon=True).start()
+
+    def _open(self, timeout: float) -> None:
+        try:
+            self._channel = self.transport.open_session(timeout=timeout)
+        except (paramiko.SSHException, OSError, EOFError):
+            self._channel = None  # the command that wanted it opens its own
+        self._ready.set()
+
+    def take(self, transport):
+        """The channel, when it is open on ``transport`` by now and usable; else None (a channel
+        still opening is not waited for: it is closed when it arrives)."""
+        if transport is not self.transport or not self._ready.is_set():
+            threading.Thread(target=self._discard, name="channel ahead discarded", daemon=True).start()
+            return None
+        channel = self._channel
+        return channel if channel is not None and channel.active and not channel.closed else None
+
+    def _discard(self) -> None:
+        self._ready.wait(60)
+        if self._channel is not None:
+            self._channel.close()
+
+
 class Executor:
     """Every remote action of one task, on connections opened once per host."""
 
@@ -107,6 +138,7 @@ class Executor:
         self._local = threading.local()
         self._active: dict = {}                # step id -> (host, what, deadline, started), monotonic times
         self._closed = threading.Event()
+        self._spares: dict = {}                # host -> the _Spare channel opened ahead for its next command
         # On a terminal, a line of the steps in flight per machine, redrawn in place; elsewhere plain lines only.
         self._progress = progress if progress is not None else sys.stderr
         self._ticker = threading.Thread(target=self._show_progress, name="progress", daemon=True)
@@ -222,6 +254,19 @@ class Executor:
         except Unreachable as e:
             return e.reason
 
+    def forget(self, host: str) -> None:
+        """Close ``host``'s connection and drop what was known of it (given up, failed ahead): it
+        reboots, and the next step on it logs in afresh."""
+        with self._lock:
+            conn = self._conns.pop(host, None)
+            self._gone.pop(host, None)
+            self._ahead_failed.pop(host, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # gone already
+
     def _watch(self, host: str, conn: Connection) -> None:
         """Keepalive requests that want an answer: a peer that gives none within the cluster's
         ``timeouts.alive`` (hung, paused, powered off) has its connection closed, so whatever
@@ -308,6 +353,18 @@ class Executor:
 
     # ------------------------------------------------------------ commands
 
+    def _session_channel(self, host: str, conn: Connection):
+        """A session channel on ``conn`` for a command: the one opened ahead for ``host`` when it is
+        ready and still usable, else a new one; either way the next is opened ahead, in the
+        background, so that a command's own wait is its exec alone (one round trip, not two)."""
+        transport, timeout = conn.transport, self.cluster.timeouts.connect
+        with self._lock:
+            spare = self._spares.pop(host, None)
+            if not self._closed.is_set():
+                self._spares[host] = _Spare(transport, timeout)
+        channel = spare.take(transport) if spare is not None else None
+        return channel or transport.open_session(timeout=timeout)
+
     def run(self, host: str, command: str, *, what: str = None, deadline: int = None, stdin: str = None,
             check: bool = True, change: bool = True, stream: bool = False, on_line: Callable = None) -> Result:
         """Run ``command`` on ``host`` within ``deadline`` s (default ``timeouts.command``).
@@ -359,7 +416,7 @@ class Executor:
         errors: list = []
         self.trips.count(host, "command")
         try:
-            channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)
+            channel = self._session_channel(host, conn)
             exec_unconfirmed(channel, command)
             if stdin:
                 channel.sendall(stdin)

@@ -71,6 +71,16 @@ class Session:
             stack.close()
         raise RemoteError("no healthy etcd member reachable: " + "; ".join(reasons))
 
+    def move_etcd(self, away_from: str, to: str) -> None:
+        """When the session reaches etcd through ``away_from``, go through ``to`` from now on (the
+        lock's renewals too): ``away_from`` is about to go down."""
+        if self._etcd is None or self.via != away_from:
+            return
+        if self._etcd.move_to is None:
+            raise RemoteError(f"etcd at {self._etcd.label}: cannot be reached another way")
+        self._etcd.move_to(to)
+        self.via = to
+
     def take_lock(self, why: str, wait: bool = False) -> etcd_api.Lock:
         """The cluster's lock, for ``why``; LockedError naming its holder, or, with ``wait``, wait for it."""
         client = self.connect_etcd()
@@ -106,12 +116,14 @@ class Session:
 
 @contextmanager
 def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd: bool = True,
-            changes: bool = None) -> Iterator[Session]:
+            changes: bool = None, ahead=()) -> Iterator[Session]:
     """A Session on ``cluster``: with etcd reached (``etcd``) and, when ``why`` is given, its lock
     taken. A task that ``changes`` things (default: one that takes the lock here; a task that
-    takes it later says so) has its interrupts handled. A lost lock ends in LostLock naming the cluster."""
+    takes it later says so) has its interrupts handled. A lost lock ends in LostLock naming the
+    cluster. The connections to the machines, the balancer and the hosts ``ahead`` (the build
+    server of a deploy) are opened meanwhile."""
     s = Session(cluster)
-    s.ex.connect_ahead([*cluster.machines, cluster.balancer.host])
+    s.ex.connect_ahead([*cluster.machines, cluster.balancer.host, *ahead])
     try:
         with _interrupts(s) if (bool(why) if changes is None else changes) else _nothing():
             if etcd:
@@ -126,14 +138,17 @@ def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd:
         s.close()
 
 
-def optional_lock(s: Session, why: str, wait: bool = False) -> None:
+def optional_lock(s: Session, why: str, wait: bool = False, no_lock: bool = False) -> None:
     """Take the lock when the cluster has an etcd to hold it in; a cluster not yet set up has none
     (its first build and push run before it exists). When no etcd answers but a machine says it was
     installed, the cluster is set up and its etcd is in trouble: PreflightError, nothing done
-    without the lock."""
+    without the lock, unless ``no_lock`` (the operator's ``--no-lock``) says to go on."""
     try:
         s.connect_etcd()
     except RemoteError as no_etcd:
+        if no_lock:
+            say(f"{why}: {s.cluster.name}'s etcd does not answer: going on without the cluster's lock (--no-lock)")
+            return
         machines = list(s.cluster.machines)
         found = s.ex.parallel(lambda address: _installed_release(s.ex, address), machines)
         installed = [(m, release) for m, release in zip(machines, found) if release]
@@ -141,7 +156,8 @@ def optional_lock(s: Session, why: str, wait: bool = False) -> None:
             machine, release = installed[0]
             raise PreflightError(f"{why}: {s.cluster.name} is installed ({machine} runs release {release}) but its "
                                  f"etcd does not answer, so the cluster's lock cannot be taken: nothing was done "
-                                 f"({no_etcd}; `fab status --cluster {s.cluster.name}` says more)") from None
+                                 f"({no_etcd}; `fab status --cluster {s.cluster.name}` says more; "
+                                 f"--no-lock goes on all the same)") from None
         say(f"{s.cluster.name}: no etcd answers and no machine is installed (not set up yet): "
             f"going on without the cluster's lock")
         return

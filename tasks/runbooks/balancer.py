@@ -37,7 +37,7 @@ from tasks.model.cluster import check_address
 from tasks.model.errors import RemoteError
 from tasks.net.progress import say
 from tasks.net.session import optional_lock, session
-from tasks.runbooks.cli import air_task, cluster_of, report
+from tasks.runbooks.cli import NO_LOCK_HELP, air_task, cluster_of, report
 
 
 class Routers:
@@ -153,12 +153,12 @@ def setup(ex) -> list:
 
 # ---------------------------------------------------------------- the tasks
 
-@air_task(name="setup", help={"cluster": "target cluster"})
-def setup_task(c, cluster=None):
+@air_task(name="setup", help={"cluster": "target cluster", "no-lock": NO_LOCK_HELP})
+def setup_task(c, cluster=None, no_lock=False):
     """Install or refresh the cluster's own haproxy instance on the balancer host (idempotent)."""
     target = cluster_of(cluster)
     with session(target, etcd=False, changes=True) as s:
-        optional_lock(s, "balancer.setup")
+        optional_lock(s, "balancer.setup", no_lock=no_lock)
         setup(s.ex)
 
 

@@ -53,7 +53,7 @@ from tasks.model.errors import ConfigError, DeadlineError, RemoteError
 from tasks.net import deferred
 from tasks.net.progress import say
 from tasks.net.session import optional_lock, session
-from tasks.runbooks.cli import air_task, build_host, cluster_of, report
+from tasks.runbooks.cli import NO_LOCK_HELP, air_task, build_host, cluster_of, report
 
 if TYPE_CHECKING:
     from docker import errors as docker_errors
@@ -222,16 +222,16 @@ def build_all(ex, host: str, branch=None, only: str = None, cache: bool = True) 
                           "COMPONENT=B for a component with its own repository (repeatable)",
                 "component": "build only this component",
                 "no-cache": "rebuild every step instead of using the build server's build cache",
-                "json": "print the images and sources as JSON"},
+                "json": "print the images and sources as JSON", "no-lock": NO_LOCK_HELP},
           iterable=["branch"])
-def build(c, cluster=None, branch=None, component=None, no_cache=False, json_=False):
+def build(c, cluster=None, branch=None, component=None, no_cache=False, json_=False, no_lock=False):
     """Update the cluster's checkouts on the build server and build its images."""
     target = cluster_of(cluster)
     branches = parse_branches(target, branch)
     if component is not None:
         target.component(component)
     with session(target, etcd=False, changes=True) as s:
-        optional_lock(s, f"build {branches}")
+        optional_lock(s, f"build {branches}", no_lock=no_lock)
         result = build_all(s.ex, build_host(c, target), branches, component, cache=not no_cache)
     report({"images": result["images"], "sources": result["sources"]}, json_,
            "\n".join(f"{name:20} {image_id}" for name, image_id in result["images"].items()))

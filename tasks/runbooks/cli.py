@@ -27,8 +27,8 @@ def air_task(*args, **kwargs):
                 return function(c, *a, **kw)
             except Interrupted as stopped:
                 raise Exit(f"interrupted: {stopped}", code=INTERRUPTED) from None
-            except AirError as error:
-                raise Exit(f"error: {error}", code=1) from None
+            except AirError as error:  # an error may have an exit status of its own (``exit_status``)
+                raise Exit(f"error: {error}", code=getattr(error, "exit_status", 1)) from None
         return task(**kwargs)(body)
     if args and callable(args[0]):
         return decorate(args[0])
@@ -51,3 +51,7 @@ def build_host(c, cluster) -> str:
     """The build server: `fab -H` when given, else the cluster's own."""
     host = getattr(c, "host", None)
     return host or cluster.build.host
+
+
+# The help of --no-lock, for the tasks that may run before the cluster has an etcd (build, push, balancer.setup).
+NO_LOCK_HELP = "go on without the cluster's lock when its etcd does not answer (a cluster in trouble)"

@@ -11,7 +11,9 @@ deploy's lock expires by itself.
 ``deploy --canary M`` stops after machine M: the new release runs there only
 and is recorded as the cluster's *candidate* (``state.candidate_key``); a
 plain ``deploy`` of the same release continues it to the other machines, and
-``rollback`` puts M back on the cluster's release.
+``rollback`` puts M back on the cluster's release. With ``--judge`` the
+cluster's own figures decide (``tasks.runbooks.canary``): continued, rolled
+back, or held.
 
 Settings belong to a release (``tasks.runbooks.release_settings``): its record keeps those it
 was deployed with; a deploy or rollback that fails puts the settings it found back, and a
@@ -35,6 +37,7 @@ from tasks.model.release import Release
 from tasks.net import etcd as etcd_api
 from tasks.net.progress import say
 from tasks.net.session import Session, session
+from tasks.runbooks import canary as judging
 from tasks.runbooks import etcd_backup, hooks, records, release_command, release_settings, settings, steps, upgrade
 from tasks.runbooks.cli import air_task, build_host, cluster_of, report
 from tasks.runbooks.publish import publish, unchanged
@@ -43,7 +46,7 @@ from tasks.runbooks.settings import apply as apply_settings
 
 
 def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, rebuild=False,
-                   facts: Facts = None) -> Release:
+                   facts: Facts = None, judge=None) -> Release:
     """The deploy runbook in a session holding the cluster's lock: build, push what changed,
     record the release, roll the cluster to it. ``branch``: the main repository's branch, or
     Branches (components' own branches too). ``dry``: build, then print what push and the
@@ -52,20 +55,21 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, re
     continues to the others. A plain deploy whose checkouts and build inputs are those of the
     cluster's release builds nothing (``publish``), unless ``rebuild``. ``facts``: what the hooks
     are told, filled in as the deploy goes (its pre_deploy hook runs before the push; None: no
-    hooks, no message)."""
+    hooks, no message). ``judge``: (seconds, weight percent): the canary judged, then acted on
+    (``judged_canary``)."""
     started = time.monotonic()
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
         check_canary(s, canary)
-    records.check_all(s.etcd, s.cluster)  # a malformed record stops the deploy here, before the build
+    found = records.check_all(s.etcd, s.cluster)  # a malformed record stops the deploy here, before the build
     if not dry:
         etcd_backup.before_change(s, "deploy")
-    recorded = None if dry or canary is not None or rebuild else records.read_release(s.etcd, s.cluster)[1]
+    recorded = None if dry or canary is not None or rebuild else found.current[1]
     published = publish(s.ex, host, branch, dry=dry, recorded=recorded,
                         before_push=hooks.before_push(s, host, facts) if facts is not None and not dry else None)
     if facts is not None and facts.message:
         published = replace(published, extra={"message": facts.message})
-    current = rollback_base(s)
+    current = rollback_base(found)  # nothing wrote the records since they were read
     if canary is not None:
         meta, before = published.meta, None
         if dry:
@@ -76,6 +80,8 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, re
             if not dry:
                 release_command.before_rollout(s, published.release, current, meta, canary=True)
             deploy_canary(s, published.release, current, canary, dry, **meta)
+        if judge and not dry and records.read_candidate(s.etcd, s.cluster)[0] == published.release:
+            judged_canary(s, published, current, canary, judge, batch, started)
     elif dry:
         print_push_plan(s, published, current)
         upgrade.print_plan(cluster_rollout(s, published.release, current, batch)[0])
@@ -91,12 +97,12 @@ def check_canary(s: Session, canary: str) -> None:
                           f"(members: {', '.join(members)})")
 
 
-def rollback_base(s: Session) -> Optional[Release]:
+def rollback_base(found: records.Snapshot) -> Optional[Release]:
     """The release a failure goes back to: the recorded one, or, when a deploy was killed midway
     (outcome ``upgrading``: its release never proved itself), the last release that did."""
-    current, record = records.read_release(s.etcd, s.cluster)
+    current, record = found.current
     if record and record.get("outcome") == "upgrading":
-        current = last_good(records.history(s.etcd, s.cluster)) or current
+        current = last_good(found.history) or current
     return current
 
 
@@ -114,11 +120,11 @@ def cluster_rollout(s: Session, release: Release, current: Optional[Release], ba
 
 
 def roll_cluster(s: Session, published, current: Optional[Release], batch: int, started: float,
-                 recorded: Optional[dict] = None) -> None:
+                 recorded: Optional[dict] = None, **extra) -> None:
     """Settings, then every machine to the published release (a candidate's machines included),
-    recorded; a release already serving everywhere restarts nothing. ``recorded``: the cluster's
-    release record, as read before the build."""
-    cluster, release, meta = s.cluster, published.release, published.meta
+    recorded (with ``extra``, a judged canary's figures); a release already serving everywhere
+    restarts nothing. ``recorded``: the cluster's release record, as read before the build."""
+    cluster, release, meta = s.cluster, published.release, {**published.meta, **extra}
     say(f"deploy: release {release.id} is in the registry; reading the machines")
     rollout, candidate, record = cluster_rollout(s, release, current, batch)
     base = release_settings.record_of(s, current)
@@ -151,7 +157,7 @@ def applied_settings(s: Session, meta: dict) -> tuple:
     """(the settings etcd held, the Changes): the cluster file's settings written, and what the
     release record keeps of them added to ``meta``."""
     before = settings.found(s)
-    changes = apply_settings(s, "deploy")
+    changes = apply_settings(s, "deploy", have=before)
     meta.update(release_settings.deployed(s.cluster))
     return before, changes
 
@@ -216,35 +222,69 @@ def deploy_canary(s: Session, release: Release, current: Optional[Release], addr
         f"`fab deploy --cluster {cluster.name}` continues, `fab rollback --cluster {cluster.name}` puts it back")
 
 
+def judged_canary(s: Session, published, current: Optional[Release], machine: str, judge: tuple, batch: int,
+                  started: float) -> None:
+    """The candidate on ``machine`` judged over ``judge`` (seconds, weight percent), then continued to
+    every machine (pass), rolled back and recorded ``aborted`` (fail; an interrupt rolls it back too),
+    or held (inconclusive)."""
+    def roll_back(outcome: str, judged: Optional[dict] = None) -> None:
+        current_now, current_record = records.read_release(s.etcd, s.cluster)
+        candidate, record = records.read_candidate(s.etcd, s.cluster)
+        with s.ex.finishing():  # also after an interrupt: the canary goes back
+            rollback_canary(s, current_now, candidate, record, current_record=current_record, outcome=outcome,
+                            judged=judged)
+
+    def carry_on(judged: dict) -> None:
+        roll_cluster(s, published, current, batch, started, judged=judged)
+
+    try:
+        verdict = judging.judge(s, machine, *judge)
+    except Interrupted:
+        # The Ctrl-C asked for this rollback: it is the step in hand now, and a rollout that sees an
+        # interrupt would put the candidate back. Another Ctrl-C stops the rollback in order.
+        s.ex.interrupted.clear()
+        roll_back(f"interrupted: canary on {machine} judged, rolled back")
+        raise Interrupted(f"while judging the canary on {machine}: rolled back, it runs the cluster's release "
+                          f"again") from None
+    judging.act(s, verdict, published.release, carry_on, roll_back)
+
+
 @air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch); "
                 "COMPONENT=B for a component with its own repository (repeatable)",
                 "via": "member to reach etcd through", "wait": "wait for another task's lock instead of failing",
                 "batch": "machines upgraded at once",
                 "canary": "put the new release on this machine only, as the cluster's candidate",
+                "judge": "with --canary: judge it over SECONDS (default: the cluster file's canary.window), "
+                         "then continue, roll back or hold it",
+                "weight": "with --judge: percent of new connections the canary gets (default: canary.weight)",
                 "plan": "build, then print what push and the rollout would do; push and change nothing",
                 "rebuild": "build even when the sources and build inputs are the cluster's release's "
                            "(base images changed under the same tag)",
                 "message": "what the release history keeps of this deploy (default: the commit's subject)",
-                "json": "print the outcome as JSON"}, iterable=["branch"])
-def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, plan_=False, rebuild=False,
-           json_=False, message=None):
+                "json": "print the outcome as JSON"}, iterable=["branch"], optional=["judge"])
+def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, judge=None, weight=None,
+           plan_=False, rebuild=False, json_=False, message=None):
     """Build, push what changed and roll the cluster to it, under the cluster's lock (--canary: one machine)."""
     target = cluster_of(cluster)
     branch = parse_branches(target, branch)
     via = check_address(via, "--via") if via else None
     canary = check_address(canary, "--canary") if canary else None
+    seconds, percent = judging.check_options(target, canary, judge, weight)
     facts = Facts(target.name, performer=state.operator(), message=check_message(message) if message is not None else "")
+    host = build_host(c, target)
     with hooks.around(target, facts, enabled=not plan_), \
-            session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait) as s:
-        release = deploy_release(s, build_host(c, target), branch, int(batch), dry=plan_, canary=canary,
-                                 rebuild=rebuild, facts=facts)
+            session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait,
+                    ahead=[host]) as s:
+        release = deploy_release(s, host, branch, int(batch), dry=plan_, canary=canary, rebuild=rebuild, facts=facts,
+                                 judge=(seconds, percent) if seconds else None)
         candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
+        judged = (records.read_release(s.etcd, target)[1] or {}).get("judged") if seconds and not plan_ else None
     if plan_:
         return
     if json_:
         print(json.dumps({"release": release.id, "candidate": candidate == release,
                           "machines": [canary] if candidate == release else list(target.machines),
-                          "round_trips": s.ex.trips.summary()}))
+                          "round_trips": s.ex.trips.summary(), **({"judged": judged} if judged else {})}))
     else:
         print(f"{'candidate' if candidate == release else 'release'} {release.id}")
 
@@ -266,7 +306,8 @@ def releases(c, cluster=None, via=None, json_=False):
         mark = "*" if current and r["id"] == current.id else " "
         print(printable(release_line(mark, r, r.get("outcome", "?"), settings_now)))
     if candidate:
-        print(printable(release_line("c", candidate, f"candidate on {', '.join(candidate['machines'])}",
+        held = f", {candidate['judged']['verdict']}" if candidate.get("judged") else ""
+        print(printable(release_line("c", candidate, f"candidate on {', '.join(candidate['machines'])}{held}",
                                      settings_now)))
 
 
@@ -405,10 +446,10 @@ def print_restoring(restoring: release_settings.Restoring) -> None:
 
 
 def rollback_canary(s: Session, current: Release, candidate: Release, record: dict, plan_: bool = False,
-                    current_record: dict = None) -> None:
+                    current_record: dict = None, outcome: str = None, judged: dict = None) -> None:
     """The candidate's machines back on the cluster's release, one at a time through the gated
     rollout, with the settings that release kept (``current_record``); then the candidate is
-    forgotten and the history says so."""
+    forgotten and the history says so (``outcome``, with the figures of a ``judged`` canary)."""
     cluster = s.cluster
     if current is None:
         raise ConfigError(f"cluster {cluster.name} has no release recorded to put {', '.join(record['machines'])} back on")
@@ -427,7 +468,8 @@ def rollback_canary(s: Session, current: Release, candidate: Release, record: di
     records.clear_candidate(s.etcd, cluster)
     records.add_history(s.etcd, cluster, {**candidate.to_dict(), "who": state.operator(), "when": state.now(),
                                         **{k: record[k] for k in ("branch", "commit") if k in record},
-                                        "outcome": f"rolled back: canary on {', '.join(record['machines'])}"})
+                                        **({"judged": judged} if judged else {}),
+                                        "outcome": outcome or f"rolled back: canary on {', '.join(record['machines'])}"})
 
 
 @air_task(name="status", help={"cluster": "target cluster", "via": "member to reach etcd through",

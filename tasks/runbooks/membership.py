@@ -150,14 +150,14 @@ def promote(s: Session, member_id: str) -> None:
         at_leader.promote(member_id, timeout=s.cluster.timeouts.healthy)
 
 
-def hand_over_leadership(s: Session, leaving: str, via: str) -> None:
-    """When ``leaving`` leads etcd, move leadership to ``via`` first: a leader removed while leading
-    leaves the cluster without one until an election, and writes in flight get no answer."""
+def hand_over_leadership(s: Session, leaving: str, via: str, task: str = "remove-machine") -> None:
+    """When ``leaving`` leads etcd, move leadership to ``via`` first: a leader removed (or rebooted)
+    while leading leaves the cluster without one until an election, and writes in flight get no answer."""
     members = {state.member_address(m): m for m in s.etcd.members()}
     leader_id = s.etcd.status()["leader"]
     if members.get(leaving) is None or members[leaving].id != leader_id:
         return
-    say(f"remove-machine: {leaving} leads etcd; handing leadership to {via}")
+    say(f"{task}: {leaving} leads etcd; handing leadership to {via}")
     s.ex.check(f"moving etcd leadership off {leaving}")
     with etcd_api.tunnel(s.ex, leaving) as at_leader:
         at_leader.move_leader(members[via].id)

@@ -30,7 +30,7 @@ from tasks.net.progress import say
 from tasks.net.registry import RegistryClient
 from tasks.net.session import optional_lock, session
 from tasks.runbooks.build import component_commits, read_version
-from tasks.runbooks.cli import air_task, build_host, cluster_of
+from tasks.runbooks.cli import NO_LOCK_HELP, air_task, build_host, cluster_of
 
 if TYPE_CHECKING:
     from docker import errors as docker_errors
@@ -208,11 +208,11 @@ def print_report(release: Release, steps: list, as_json: bool) -> None:
     print(f"release {release.id}")
 
 
-@air_task(help={"cluster": "target cluster", "json": "print the release as JSON"})
-def push(c, cluster=None, json_=False):
+@air_task(help={"cluster": "target cluster", "json": "print the release as JSON", "no-lock": NO_LOCK_HELP})
+def push(c, cluster=None, json_=False, no_lock=False):
     """Push the built images that changed, each with the next version the registry allows."""
     target = cluster_of(cluster)
     with session(target, etcd=False, changes=True) as s:
-        optional_lock(s, "push")
+        optional_lock(s, "push", no_lock=no_lock)
         release, steps = push_all(s.ex, build_host(c, target))
     print_report(release, steps, json_)

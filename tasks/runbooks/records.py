@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from tasks.model import release_settings, state
 from tasks.model.cluster import check_address
@@ -61,12 +61,23 @@ def history(etcd, cluster) -> list:
     return [parsed(key, value)[1] for key, value in sorted(items.items())]
 
 
-def check_all(etcd, cluster) -> None:
-    """Every release record (current, candidate, history) read and checked (``parsed``): a task that
-    acts on them stops before it changes anything when one is malformed, naming its key."""
-    read_release(etcd, cluster)
-    read_candidate(etcd, cluster)
-    history(etcd, cluster)
+class Snapshot(NamedTuple):
+    """The release records as read at one moment: (Release, record) of the current release and of
+    the candidate (each (None, None) when absent), and the history, oldest first."""
+    current: tuple
+    candidate: tuple
+    history: list
+
+
+def check_all(etcd, cluster) -> Snapshot:
+    """Every release record (current, candidate, history) read in one request and checked
+    (``parsed``): a task that acts on them stops before it changes anything when one is malformed,
+    naming its key. Returns them, for what the task reads of them before its first write."""
+    current, candidate, past = state.release_key(cluster), state.candidate_key(cluster), state.history_prefix(cluster)
+    values, found = etcd.read_many([current, candidate], [past])
+    record = lambda key: parsed(key, values[key]) if values[key] else (None, None)
+    return Snapshot(record(current), record(candidate),
+                    [parsed(key, value)[1] for key, value in sorted(found[past].items())])
 
 
 def read_candidate(etcd, cluster):

@@ -125,19 +125,20 @@ def plan(s: Session) -> tuple:
     return diff(wanted(s.cluster), have, state.settings_prefix(s.cluster)), have
 
 
-def apply(s: Session, task: str) -> Changes:
+def apply(s: Session, task: str, have: dict = None) -> Changes:
     """Write the changed settings and remove those no longer listed (v3 in one transaction, then the
-    v2 store when the cluster asks for it); says each change on a ``task:`` line."""
-    return write(s, task, wanted(s.cluster), secrets_of(s.cluster))
+    v2 store when the cluster asks for it); says each change on a ``task:`` line. ``have``: what
+    etcd holds, when the task has just read it (under its lock)."""
+    return write(s, task, wanted(s.cluster), secrets_of(s.cluster), have)
 
 
-def write(s: Session, task: str, want: dict, secrets) -> Changes:
+def write(s: Session, task: str, want: dict, secrets, have: dict = None) -> Changes:
     """Make the settings prefix hold ``want`` (etcd key -> value): the cluster file's settings, or
     those a rollback or a failed deploy puts back. ``secrets``: the keys never printed."""
     cluster = s.cluster
     etcd_auth.follow(s, task)
     prefix = state.settings_prefix(cluster)
-    have = found(s)
+    have = found(s) if have is None else have
     changes = diff(want, have, prefix)
     s.ex.check("write the settings")
     s.etcd.write_many(changes.puts, changes.removed)

@@ -36,6 +36,7 @@ from tasks.commands import machine
 from tasks.model import release_settings as kept
 from tasks.model import rollout_plan, state
 from tasks.model.cluster import check_address
+from tasks.model.os_upgrade_plan import BOOTING
 from tasks.model.errors import AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError, RemoteError
 from tasks.model.release import Release
 from tasks.model.rollout_plan import NOTHING, UPGRADE, Extra, Step, _machine, batch_limit, changes, describe, drift, plan, routed
@@ -98,9 +99,12 @@ class Rollout:
             if why:
                 return why, None
             try:
-                return None, steps.release_facts(self.ex, address)
+                facts = steps.release_facts(self.ex, address)
             except RemoteError as e:  # its open connection died (a hung host): as unreachable
                 return str(e).removeprefix(f"{address}: "), None
+            if facts["system"] in BOOTING:  # a reboot under way: it will be down for a while
+                return f"rebooting: systemd is {facts['system']}", None
+            return None, facts
         with ThreadPoolExecutor(max_workers=1) as pool:
             reading = pool.submit(self.routers.listed)
             found = dict(zip(self.machines, self.ex.parallel(one, self.machines)))

@@ -147,6 +147,9 @@ def test_a_build_argument_reaches_the_image(local_serving):
 
 
 def test_a_change_in_the_second_repository_deploys_only_the_static_website(sandbox, local_serving, clock):
+    # The cluster at what master builds now (an earlier module may have left an older release, whose
+    # images the build server's cache no longer makes again): nothing to do when it is already.
+    fab("deploy", "--cluster", "local")
     before, history, _ = recorded(local_serving)
     started = start_times(local_serving)
     site_commit = sb.commit_change(sb.Change(sb.WEBSITE))  # on develop, in the second repository
@@ -207,3 +210,26 @@ def test_a_failing_build_names_the_component_pushes_nothing_and_leaves_the_clust
     assert registry_tags(registry, local_serving) == tags
     assert recorded(local_serving) == (record, history, None)
     assert start_times(local_serving) == started
+
+
+def test_build_and_push_refuse_without_the_lock_when_an_installed_clusters_etcd_is_down(sandbox, local_serving):
+    """Two operators must not build into the shared checkout exactly when the cluster is in trouble:
+    with no etcd answering on an installed cluster, push (and build) refuse in one line; --no-lock
+    goes on. The application serves throughout."""
+    from conftest import on_each, wait_serving
+    cluster = local_serving
+    with Probe(sandbox["balancer"]["address"], sandbox["balancer"]["port"]) as probe:
+        on_each(cluster, "systemctl stop etcd-member")
+        try:
+            refused = fab("push", "--cluster", "local", check=False)
+            forced = fab("balancer.setup", "--cluster", "local", "--no-lock", check=False)
+        finally:
+            on_each(cluster, "systemctl start etcd-member")
+        assert wait_serving(cluster, 60)
+    line = error_line(refused)
+    assert line.startswith("error: push: local is installed (") and "its etcd does not answer" in line
+    assert "nothing was done" in line and "--no-lock" in line
+    assert forced.returncode == 0, forced.stderr
+    assert "going on without the cluster's lock (--no-lock)" in forced.stderr
+    print("\n" + probe.report("etcd stopped on every machine"))
+    assert probe.failed == 0, probe.errors

@@ -11,7 +11,6 @@ failed, how long the failure took to surface) are printed.
 import dataclasses
 import json
 import signal
-import threading
 import time
 
 import pytest
@@ -21,12 +20,12 @@ from tasks.commands import machine
 from tasks.runbooks.publish import publish
 from tasks.model import state
 from tasks.runbooks import upgrade
-from tasks.commands.haproxy import machines_in
 from sandbox import testbed as sb
 from tasks.net.executor import Executor
 from tasks.net.session import session
 
-from conftest import (etcdctl, BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Running, Slow, error_line, etcd_leader,
+from conftest import (etcdctl, BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Rotation, Running, Slow, error_line,
+                      etcd_leader,
                       etcd_of, fab, listed, local_copy, make_fresh, on, on_each, routed_in, serving, wait_serving)
 from tasks.model import rollout_plan
 from tasks.runbooks import records
@@ -48,32 +47,6 @@ def release_files(cluster) -> dict:
                                                       cluster.machines)))
 
 
-class Watch:
-    """Reads the routers file every 0.2 s in a thread; ``fewest`` is the fewest machines it ever had in rotation."""
-
-    def __init__(self, cluster):
-        self.cluster, self.fewest, self._stop = cluster, len(cluster.machines), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self):
-        with Executor(self.cluster) as ex:
-            path = self.cluster.balancer.routers_file
-            while not self._stop.wait(0.2):
-                try:
-                    text = ex.read_file(self.cluster.balancer.host, path, missing="")
-                except Exception:  # the balancer paused: nothing to read now
-                    continue
-                self.fewest = min(self.fewest, len(machines_in(text)))  # in rotation: drained ones are not
-
-
 @pytest.fixture
 def local_serving(installed):
     assert wait_serving(installed, 60), "the cluster is not serving at the start of the test"
@@ -87,7 +60,7 @@ def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(lo
     sb.commit_change(sb.Change("static_website"))
     short = local_copy(tmp_path, timeouts={"lock": SHORT_LEASE})  # its lease is waited out: 5 s show it as 15 s do
     slow = Slow(cluster, 8)
-    with Probe(BALANCER_ADDRESS, PORT) as probe, Watch(cluster) as watch:
+    with Probe(BALANCER_ADDRESS, PORT) as probe, Rotation(cluster) as watch:
         slow.start()
         first = Running("deploy", "--cluster", "local", env=short)
         first.wait_for("balancer: routes to")

@@ -56,7 +56,7 @@ def test_the_administrators_base_is_extended_on_every_machine(local_serving):
         assert sb.ADMIN_FILE in [f["path"] for f in final["write_files"]]
         units = [u["name"] for u in final["coreos"]["units"]]
         assert units[0] == sb.ADMIN_UNIT and "etcd-member.service" in units
-        assert final["coreos"]["update"] == {"reboot_strategy": "etcd-lock"}
+        assert final["coreos"]["update"] == {"reboot_strategy": "off"}
         assert on(cluster, address, f"systemctl is-active {sb.ADMIN_UNIT}").stdout.strip() == "active"
 
 

@@ -35,6 +35,7 @@ class FakeExecutor:
         self._lock = threading.Lock()
         self.steps: list = []  # (host, what, deadline) of every step outside run
         self.on_run = None  # called with (host, command) before answering: a hook for tests
+        self.forgotten: list = []  # hosts whose connection was given up (``forget``), in order
 
     # The real rules of what may still change.
     check = Executor.check
@@ -51,6 +52,9 @@ class FakeExecutor:
 
     def reachable(self, host):
         return self.down.get(host)
+
+    def forget(self, host):
+        self.forgotten.append(host)
 
     def conn(self, host):
         if host in self.down:

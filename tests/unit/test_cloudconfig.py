@@ -152,9 +152,7 @@ ${AIR_IMAGE}
       [Install]
       WantedBy=multi-user.target
   update:
-    reboot_strategy: etcd-lock
-  locksmith:
-    endpoint: http://127.0.0.1:2379
+    reboot_strategy: 'off'
 """
 
 
@@ -296,7 +294,7 @@ def test_the_administrators_base_is_extended_and_nothing_of_it_replaced(cluster)
         "/etc/air/images/web.env", "/etc/air/images/worker.env"]
     assert [u["name"] for u in doc["coreos"]["units"]] == [
         "admin-monitor.service", "etcd-member.service", "air-web.service", "air-worker.service"]
-    assert doc["coreos"]["update"] == {"reboot_strategy": "etcd-lock"}
+    assert doc["coreos"]["update"] == {"reboot_strategy": "off"}
     # One document: the base's entries come first, byte for byte what it said.
     assert render(doc).startswith("#cloud-config\nssh_authorized_keys:\n- ssh-ed25519 CCCC admin\n")
     assert admin == cloudconfig.parse(ADMIN_BASE, "again")  # the base itself is left as it was
@@ -308,7 +306,7 @@ def test_the_administrators_base_is_extended_and_nothing_of_it_replaced(cluster)
     ("#cloud-config\nwrite_files:\n- path: /etc/air/state/release\n  content: x\n",
      "write_files /etc/air/state/release: the base cloud config writes it, and so would the install"),
     ("#cloud-config\ncoreos:\n  update:\n    reboot_strategy: reboot\n",
-     "coreos.update.reboot_strategy: the base cloud config says 'reboot', the install needs 'etcd-lock'"),
+     "coreos.update.reboot_strategy: the base cloud config says 'reboot', the install needs 'off'"),
 ])
 def test_an_install_entry_that_would_replace_the_bases_is_a_conflict_naming_both(cluster, base_text, message):
     with pytest.raises(cloudconfig.Conflict) as conflict:

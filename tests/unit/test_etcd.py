@@ -92,6 +92,21 @@ def test_keys_and_values(etcd):
         etcd.delete_prefix("")
 
 
+def test_keys_and_prefixes_read_in_one_request(etcd):
+    p = etcd.prefix
+    etcd.put(p + "a", "1")
+    etcd.put(p + "empty", "")
+    etcd.put(p + "h/1", "one")
+    etcd.put(p + "h/2", "twö")
+    etcd.put(p + "hx", "beside the prefix")
+    asked = []
+    etcd._client.session.hooks["response"].append(lambda response, *a, **k: asked.append(response.request.path_url))
+    values, found = etcd.read_many([p + "a", p + "missing", p + "empty"], [p + "h/", p + "none/"])
+    assert values == {p + "a": "1", p + "missing": None, p + "empty": ""}
+    assert found == {p + "h/": {p + "h/1": "one", p + "h/2": "twö"}, p + "none/": {}}
+    assert asked == ["/v3/kv/txn"]
+
+
 def test_lock_is_exclusive_and_names_its_holder(etcd):
     key = etcd.prefix + "lock"
     alice = {"who": "alice@laptop", "since": "2024-05-01T10:00:00Z", "why": "deploy web 1.2"}
@@ -409,6 +424,40 @@ def test_a_channel_that_cannot_open_later_is_one_error_line(etcd):
     message = str(failed.value)
     assert message.startswith("etcd at node1 (SSH tunnel to its 127.0.0.1:2379): get ") and "\n" not in message
     assert "the SSH channel to node1 (SSH tunnel to its 127.0.0.1:2379) failed (Connect failed)" in message
+
+
+class TwoHosts(FakeTunnelExecutor):
+    """Two members' hosts, each its own connection."""
+
+    def __init__(self, connections: dict):
+        super().__init__(None)
+        self.connections = connections
+
+    def conn(self, host):
+        return self.connections[host]
+
+
+def test_a_tunnel_moved_to_another_member_goes_on_there_when_the_first_goes_down(etcd):
+    first, second = FakeConnection(etcd.port), FakeConnection(etcd.port)
+    with tunnel(TwoHosts({"node1": first, "node2": second}), "node1") as remote:
+        remote.put(etcd.prefix + "k", "before")
+        remote.move_to("node2")
+        first.refuse = True  # node1 reboots
+        assert remote.get(etcd.prefix + "k") == "before"
+        remote.put(etcd.prefix + "k", "after")
+        assert "node2" in repr(remote)
+    assert len(second.channels) >= 2  # the check that etcd listens there, then the requests
+
+
+def test_a_tunnel_is_not_moved_to_a_member_it_cannot_reach(etcd):
+    first, second = FakeConnection(etcd.port), FakeConnection(etcd.port)
+    second.refuse = True
+    with tunnel(TwoHosts({"node1": first, "node2": second}), "node1") as remote:
+        with pytest.raises(RemoteError) as refused:
+            remote.move_to("node2")
+        assert remote.get(etcd.prefix + "k") is None  # still through node1
+    assert str(refused.value) == ("etcd at node2 (SSH tunnel to its 127.0.0.1:2379): cannot connect there "
+                                  "(Connect failed): is etcd running?")
 
 
 def test_tunnel_to_a_port_where_nothing_listens_fails_at_once(etcd):

@@ -529,11 +529,11 @@ def test_an_upgrade_whose_stop_fails_goes_no_further(tmp_path, cluster):
 
 def test_release_facts_carry_the_base_verbatim_whatever_its_lines():
     base = "#cloud-config\n---\n--units\nwrite_files: []\n"
-    text = (f"--release\nabc\n--components\nweb 1.0.0\n--units\nactive\nfailed\n--user_data\n/u\n"
+    text = (f"--release\nabc\n--components\nweb 1.0.0\n--units\nactive\nfailed\n--system\nrunning\n--user_data\n/u\n"
             f"{machine.BASE_MARK}/u{cloudconfig.BASE_SUFFIX}\n{base}")
     cluster = SimpleNamespace(components=[SimpleNamespace(name="web"), SimpleNamespace(name="worker")])
     facts = machine.parse_release_facts(text, cluster)
-    assert facts == {"release": "abc", "components": {"web": "1.0.0"},
+    assert facts == {"release": "abc", "system": "running", "components": {"web": "1.0.0"},
                      "units": {"air-web.service": "active", "air-worker.service": "failed"},
                      "user_data": "/u", "base": ("/u.air-base", base), "edited": False}
     assert machine.parse_release_facts(text.split(machine.BASE_MARK)[0], cluster)["base"] is None

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tasks.commands import machine, status
+from tasks.commands import machine, os_update, status
 from tasks.commands.haproxy import Server
 from tasks.model import status_view
 from tasks.model.errors import ConfigError
@@ -43,6 +43,21 @@ Build Cache\t0B\t0B
 --written
 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
+--os
+4081.2.0
+--update
+LAST_CHECKED_TIME=1796586046
+PROGRESS=0.000000
+CURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT
+NEW_VERSION=4081.2.1
+NEW_SIZE=1
+--docker
+24.0.9
+--boot
+0a1b2c3d-0000-4000-8000-000000000001
+1976720
+--system
+running
 """
 
 
@@ -56,7 +71,7 @@ def test_status_command(cluster):
         "echo '--etcd'; systemctl is-active etcd-member.service 2>/dev/null; "
         "curl -s -m 2 http://127.0.0.1:2379/health 2>/dev/null; echo; "
         "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null; "
-        f"{machine.cloud_config_facts_command(cluster)}; true")
+        f"{machine.cloud_config_facts_command(cluster)}; {os_update.os_facts_command()}")
 
 
 def test_parse_status(cluster):
@@ -70,6 +85,8 @@ def test_parse_status(cluster):
         "etcd": {"active": "active", "healthy": True},
         "images": {"size": "1.988MB", "reclaimable": "1.987MB (99%)"},
         "cloud_config": {"user_data": "/var/lib/coreos-install/user_data", "edited": True},
+        "os": {"version": "4081.2.0", "update": "UPDATE_STATUS_UPDATED_NEED_REBOOT", "staged": "4081.2.1",
+               "docker": "24.0.9", "system": "running", "state": "update staged: 4081.2.1, reboot pending"},
     }
 
 
@@ -95,7 +112,9 @@ def machine_view(address, release="r1", listed=True, role="follower", units=None
             "etcd": {"role": role, "active": "active", "healthy": True}, "balancer": listed,
             "units": units or {"web": {"state": "active", "version": "1.0.0", "uptime": 60},
                                "worker": {"state": "active", "version": "1.0.0", "uptime": 60}},
-            "images": {"size": "2MB"}}
+            "images": {"size": "2MB"},
+            "os": {"version": "4081.2.0", "update": "UPDATE_STATUS_IDLE", "staged": None, "docker": "24.0.9",
+                   "system": "running", "state": "no update staged"}}
 
 
 MACHINES = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
@@ -123,6 +142,23 @@ def view(**changes):
 
 def test_a_cluster_as_recorded_has_no_warning():
     assert status_view.drift_warnings(HEALTHY) == []
+
+
+def test_an_os_update_staged_is_said_with_os_upgrade_as_its_fix_and_a_reboot_under_way_too():
+    v = view()
+    v["machines"][0]["os"].update(staged="4081.2.1", state="update staged: 4081.2.1, reboot pending")
+    v["machines"][2]["os"].update(system="starting", state="rebooting (systemd starting)")
+    assert status_view.drift_warnings(v) == [
+        {"machine": "10.0.0.1", "problem": "10.0.0.1: update staged: 4081.2.1, reboot pending",
+         "fix": "`fab os-upgrade --cluster prod`"},
+        {"machine": "10.0.0.3", "problem": "10.0.0.3 is rebooting (systemd starting)",
+         "fix": "wait for it, then `fab status --cluster prod` (deploys refuse meanwhile)"}]
+
+
+def test_a_machine_whose_os_was_not_read_has_no_os_warning():
+    v = view()
+    del v["machines"][0]["os"]
+    assert status_view.drift_warnings(v) == []
 
 
 def test_a_cloud_config_changed_by_hand_is_drift_with_where_the_change_belongs():
@@ -221,7 +257,8 @@ def test_a_live_member_without_quorum_says_so_in_the_table_and_no_backup_is_said
     v["backup"] = {"folder": "/b", "newest": None, "age": None, "revision": None, "keys": None}
     v["warnings"] = []
     lines = status_view.render_status(v)
-    assert lines[3] == "10.0.0.1  ok    no quorum: 1 of 3 members answer, UNHEALTHY  in        r1 (recorded)  2MB"
+    assert lines[3] == ("10.0.0.1  ok    no quorum: 1 of 3 members answer, UNHEALTHY  in        r1 (recorded)  2MB"
+                        "     4081.2.0  24.0.9")
     assert "etcd:      DOES NOT ANSWER: no quorum: 1 of 3 members answer (10.0.0.2: no answer within 1.5 s)" in lines
     assert "backup:    none in /b" in lines
 
@@ -248,13 +285,14 @@ def test_the_table():
     v = view(warnings=[], candidate={"id": "r2", "machines": ["10.0.0.3"], "when": "t"})
     v["machines"][2]["release"] = "r2"
     v["machines"][1]["units"]["worker"] = {"state": "failed", "version": "1.0.0", "uptime": None}
+    v["machines"][1]["os"]["staged"] = "4081.2.1"
     assert status_view.render_status(v) == [
         "cluster prod",
         "",
-        "MACHINE   SSH  ETCD               BALANCER  RELEASE         IMAGES",
-        "10.0.0.1  ok   leader, healthy    in        r1 (recorded)   2MB",
-        "10.0.0.2  ok   follower, healthy  in        r1 (recorded)   2MB",
-        "10.0.0.3  ok   follower, healthy  in        r2 (candidate)  2MB",
+        "MACHINE   SSH  ETCD               BALANCER  RELEASE         IMAGES  OS                          DOCKER",
+        "10.0.0.1  ok   leader, healthy    in        r1 (recorded)   2MB     4081.2.0                    24.0.9",
+        "10.0.0.2  ok   follower, healthy  in        r1 (recorded)   2MB     4081.2.0 (4081.2.1 staged)  24.0.9",
+        "10.0.0.3  ok   follower, healthy  in        r2 (candidate)  2MB     4081.2.0                    24.0.9",
         "",
         "units (state, version, up for):",
         "MACHINE   web                 worker",

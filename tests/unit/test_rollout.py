@@ -178,6 +178,16 @@ def test_a_machine_whose_open_connection_dies_at_the_facts_read_refuses_the_roll
     assert s.ex.commands(changes_only=True) == []
 
 
+@pytest.mark.parametrize("system", ["starting", "stopping"])
+def test_a_machine_rebooting_refuses_the_rollout_before_any_change(s, system):
+    s.ex.answer("echo '--release'", host="10.0.0.2", first=True,
+                stdout=f"--system\n{system}\n" + facts_text(OLD.id, {"web": "1.0.0", "worker": "1.0.0"}))
+    with pytest.raises(UpgradeFailed, match=rf"unreachable: 10\.0\.0\.2 \(rebooting: systemd is {system}\)\. "
+                                            r"No machine was changed"):
+        Rollout(s, NEW, OLD).apply()
+    assert s.ex.commands(changes_only=True) == []
+
+
 def test_a_failed_pull_leaves_every_machine_as_it_was(s):
     s.ex.answer("docker pull", host="10.0.0.2", exited=1, stderr="pull of web 1.0.1 failed after 4 tries: EOF", first=True)
     with pytest.raises(UpgradeFailed) as failed:

@@ -86,8 +86,15 @@ def _script(edit: str, what: str, repository: str = sb.REPOSITORY, branch: str =
 @pytest.mark.parametrize("change, edit, what", [
     (sb.Change("router"), "date +%s%N >> components/router/index.html", "'change router'"),
     (sb.Change("air_frontend", "broken"), "date +%s%N >> components/air_frontend/broken", "'break air_frontend'"),
-    (sb.Change("air_frontend", "fix"), "rm -f components/air_frontend/broken components/air_frontend/slow-start; "
+    (sb.Change("air_frontend", "fix"), "rm -f components/air_frontend/broken components/air_frontend/slow-start "
+                                       "components/air_frontend/errors components/air_frontend/latency-ms; "
                                        "date +%s%N >> components/air_frontend/index.html", "'fix air_frontend'"),
+    (sb.Change("router", "errors", "30"), "printf '%s\\n' 30 > components/router/errors; "
+                                          "date +%s%N >> components/router/index.html",
+     "'router answers 30% of requests 500'"),
+    (sb.Change("router", "latency-ms", "300"), "printf '%s\\n' 300 > components/router/latency-ms; "
+                                               "date +%s%N >> components/router/index.html",
+     "'router answers 300 ms slower'"),
     (sb.Change("router", "slow-start", "3"), "printf '%s\\n' 3 > components/router/slow-start",
      "'router starts in 3 s'"),
     (sb.Change("air_backend", "version", "1.1"), "printf '%s\\n' 1.1 > VERSION", "'VERSION 1.1'"),
@@ -114,7 +121,11 @@ def test_a_change_to_the_website_goes_to_its_own_repository_on_develop_or_the_br
     (("nosuch",), "no component 'nosuch' in the sample application"),
     (("router", "change", None, "x;reboot"), "branch 'x;reboot' is not a simple branch name"),
     (("router", "explode"), "no kind of change 'explode' (one of change, broken, fix, slow-start, version, fails, file, "
-                              "schema, migration)"),
+                              "errors, latency-ms, schema, migration)"),
+    (("router", "errors", "0"), "--errors takes a percentage, more than 0 and at most 100"),
+    (("router", "errors", "30%"), "--errors takes a percentage, more than 0 and at most 100"),
+    (("air_backend", "errors", "30"), "only the router answers badly on purpose (--errors)"),
+    (("router", "latency-ms", "0.3"), "--latency-ms takes whole milliseconds, 1 to 60000"),
     (("router", "broken", "1"), "--broken takes no value"),
     (("router", "slow-start"), "--slow-start takes whole seconds"),
     (("router", "slow-start", "3.5"), "--slow-start takes whole seconds"),
@@ -131,11 +142,13 @@ def test_a_change_is_checked_when_made(fields, message):
 
 
 def test_the_flags_of_sandbox_change_make_one_kind_of_change():
-    flags = dict(broken=False, fix=False, slow_start=None, version=None, fails=None, file=None)
+    flags = dict(broken=False, fix=False, slow_start=None, version=None, fails=None, file=None, errors=None,
+                 latency_ms=None)
     assert sb.change_of("router", None, **flags) == sb.Change("router", "change", None, "master")
     assert sb.change_of("router", "b", **{**flags, "broken": True}) == sb.Change("router", "broken", branch="b")
     assert sb.change_of("router", None, **{**flags, "slow_start": "0"}) == sb.Change("router", "slow-start", "0")
     assert sb.change_of("air_backend", None, **{**flags, "version": "2.0"}) == sb.Change("air_backend", "version", "2.0")
+    assert sb.change_of("router", None, **{**flags, "latency_ms": "300"}) == sb.Change("router", "latency-ms", "300")
     with pytest.raises(ConfigError) as refused:
         sb.change_of("router", None, **{**flags, "broken": True, "fix": True})
     assert str(refused.value) == "sandbox.change: --broken and --fix exclude each other"
