@@ -123,7 +123,7 @@ def build_component(api, ex, host, job: Job) -> str:
                                           what=f"read the build context of {component.name}"), component)
     options = build_options(cluster, job)
     log: list = []
-    step, image_id = None, None
+    step, image_id, refused = None, None, None
 
     def failed(error: str, kind=RemoteError) -> RemoteError:
         for line in log[-BUILD_LOG_LINES:]:
@@ -141,11 +141,14 @@ def build_component(api, ex, host, job: Job) -> str:
             if "aux" in chunk and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
             if "error" in chunk:
-                raise failed(chunk["error"])
+                refused = chunk["error"]  # the engine's own answer: a step failed
+                break
     except docker_errors.APIError as e:
         raise failed(e.explanation or str(e)) from None
     except RemoteError as e:  # the stream cut off (its deadline) or its channel lost: nothing was tagged
         raise failed(str(e), type(e)) from None
+    if refused is not None:
+        raise failed(refused)
     if image_id is None:
         image_id = api.inspect_image(options["tag"])["Id"]
     forget_older_candidates(api, cluster, component.name, job.commit)

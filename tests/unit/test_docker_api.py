@@ -138,6 +138,18 @@ def test_a_build_cut_mid_stream_names_the_component_and_step_and_tags_nothing_mo
     assert api.calls == [("build", "web:candidate-abc")]
 
 
+def test_a_step_the_engine_refuses_is_said_once(cluster, monkeypatch):
+    monkeypatch.setattr(build, "build_context", lambda data, component: b"")
+    monkeypatch.setattr(build, "build_options", lambda cluster, job: {"tag": "web:candidate-abc"})
+    refused = "The command '/bin/sh -c make' returned a non-zero code: 2"
+    ex, engine = engine_of(cluster, Api([{"stream": "Step 1/1 : RUN make\n"}, {"error": refused}]))
+    ex.read_bytes = lambda host, command, what: b""
+    with pytest.raises(RemoteError) as raised:
+        build.build_component(engine, ex, HOST, job_of(ex.cluster))
+    assert str(raised.value) == f"build of web failed at step 1/1 (RUN make): {refused}"
+    assert not isinstance(raised.value, DeadlineError) and ex.steps == [(HOST, "build web", cluster.timeouts.build)]
+
+
 def test_a_push_cut_mid_stream_names_the_component_and_the_host(cluster):
     api = Api([{"status": "Preparing"}], then=OSError("Socket is closed"))
     ex, engine = engine_of(cluster, api)
