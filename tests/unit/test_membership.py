@@ -115,3 +115,24 @@ def test_machine_wipe_refuses_a_machine_that_does_not_answer(cluster):
     ex.files[(cluster.balancer.host, cluster.balancer.routers_file)] = (routers_file(cluster, [A, B, C]), 0o644)
     with pytest.raises(PreflightError, match=r"^10.0.0.4: unreachable \(nothing answers on port 22\); nothing was changed$"):
         wipe_removed(SimpleNamespace(cluster=cluster, ex=ex, etcd=FakeEtcd([A, B, C])), D)
+
+
+def test_a_removal_whose_wipe_fails_says_machine_wipe_finishes_it(removed, monkeypatch):
+    from tasks.model.errors import RemoteError
+    from tasks.runbooks import membership
+    gone = []
+    removed.etcd.remove_member = gone.append
+    monkeypatch.setattr(membership, "_probe", lambda ex, a: (True, True, True, "/var/lib/flatcar-install/user_data"))
+    monkeypatch.setattr(membership.etcd_backup, "before_change", lambda s, task: None)
+    monkeypatch.setattr(membership, "hand_over_leadership", lambda s, old, via: None)
+    monkeypatch.setattr(membership.steps, "stop", lambda ex, address: None)
+
+    def wipe(ex, address, user_data):
+        raise RemoteError(f"{address}: wipe etcd and the Air units: connection lost (EOF)")
+    monkeypatch.setattr(membership.steps, "wipe", wipe)
+    with pytest.raises(RemoteError) as failed:
+        membership.remove(removed, A, C)
+    assert gone == ["3"]  # removed from etcd before the wipe failed
+    assert str(failed.value) == (
+        "10.0.0.3 was removed from etcd and the balancer, but wiping it failed (10.0.0.3: wipe etcd and the Air "
+        "units: connection lost (EOF)); `fab machine.wipe --cluster prod --machine 10.0.0.3` finishes it")
