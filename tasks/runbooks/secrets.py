@@ -144,6 +144,18 @@ def found_after_stop(s: Session, machines) -> dict:
     return dict(zip(machines, s.ex.parallel(one, machines)))
 
 
+def roll(s: Session, rollout, members) -> list:
+    """The rollout of the restarts; the machines done. One that stops says, read again from every
+    member, which machines run which secrets (after its own error, in its own kind)."""
+    try:
+        return rollout.apply()
+    except AirError as stopped:
+        summary = stopped_summary(s.cluster.name, found_after_stop(s, members))
+        kind = type(stopped) if isinstance(stopped, (Interrupted, LostLock)) else upgrade.UpgradeFailed
+        between = "\n" if "\n" in str(stopped) else "; "  # a one-line error stays one line
+        raise kind(f"{stopped}{between}{summary}") from None
+
+
 def apply(s: Session, plan_only: bool = False, resume: bool = False) -> Optional[dict]:
     """The runbook: read, plan, remove unused files, roll the restarts through the gated rollout,
     forget the kept copies (``resume``: on every member). Returns the changes (address -> Change).
@@ -166,18 +178,9 @@ def apply(s: Session, plan_only: bool = False, resume: bool = False) -> Optional
     for address, change in changes.items():
         if change.unused:
             s.ex.run(address, remove_command(change.unused), what="remove secrets no component uses")
-    if rollout.steps:
-        try:
-            done = rollout.apply()
-        except AirError as stopped:
-            summary = stopped_summary(s.cluster.name, found_after_stop(s, members))
-            kind = type(stopped) if isinstance(stopped, (Interrupted, LostLock)) else upgrade.UpgradeFailed
-            between = "\n" if "\n" in str(stopped) else "; "  # a one-line error stays one line
-            raise kind(f"{stopped}{between}{summary}") from None
-        forgotten = members if resume else done
-        s.ex.parallel(lambda a: s.ex.run(a, forget_command(), what="forget the previous secrets"), forgotten)
-    elif resume:
-        s.ex.parallel(lambda a: s.ex.run(a, forget_command(), what="forget the previous secrets"), members)
+    done = roll(s, rollout, members) if rollout.steps else []
+    s.ex.parallel(lambda a: s.ex.run(a, forget_command(), what="forget the previous secrets"),
+                  members if resume else done)
     for line in describe(changes):
         say(f"secrets.apply: {line}")
     say(f"secrets.apply: {s.cluster.name}: done in {time.monotonic() - started:.1f} s")
