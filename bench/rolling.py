@@ -51,6 +51,7 @@ from tasks.runbooks.publish import publish
 from sandbox import testbed as sb
 from tasks.runbooks import upgrade
 from tasks.net.executor import Executor
+from tasks.net.trips import RoundTrips
 from tasks.net.session import session
 from tasks.runbooks import records
 
@@ -154,6 +155,7 @@ def leave_and_rejoin(cluster, address) -> dict:
     everyone = list(cluster.machines)
     with Executor(cluster) as ex:
         routers = balancer.Routers(ex)
+        routers.listed()  # the connection open and the routers file read: what a rollout has when it drains
         started = time.monotonic()
         routers.set([m for m in everyone if m != address])
         leave = time.monotonic() - started
@@ -188,6 +190,7 @@ def rolling_run(cluster, component: str, before_rollout=None) -> dict:
         release, built = published.release, published.built
         build_push = time.monotonic() - started
         first = before_rollout(release) if before_rollout else None
+        s.ex.trips = RoundTrips()  # from here on, the rollout's own round trips
         pushed = [step.component for step in published.steps if step.decision.changed]
         current, _ = records.read_release(s.etcd, cluster)
         said = io.StringIO()

@@ -6,9 +6,9 @@ the sandbox reached directly, then with it ``--rtt-ms`` away: the sandbox's late
 SSH and the registry's alike. The rolling upgrade is ``bench/rolling.py``'s (a change to one
 component, built and pushed untimed, then the rollout timed); the no-op deploy and `fab status`
 are run as an operator runs them. Round trips are the executor's counts
-(``tasks.net.trips``): per machine, the most any machine answered during the rollout (commands
-and Docker requests; logins apart); fixed, everything else the rollout waited for (etcd, the
-balancer, the registry, logins). Figures only; nothing is asserted about time.
+(``tasks.net.trips``) of the rollout alone (the build and push before it apart): per machine, the
+most commands any machine answered; fixed, everything else the rollout waited for (etcd, the
+balancer, logins). Figures only; nothing is asserted about time.
 
     python bench/wan.py [--rtt-ms 50] [--runs N] [--json]
 """

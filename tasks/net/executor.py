@@ -53,6 +53,9 @@ logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 LOCAL_GRACE = 10     # seconds we wait beyond a deadline for the remote `timeout` to answer
 KEEPALIVE_EVERY = 2  # seconds between SSH keepalive requests
+# What paramiko reports of a channel closed without an exit status: the connection dropped (or
+# sshd refused the command, which exec_unconfirmed does not wait to hear).
+NO_EXIT_STATUS = -1
 
 
 
@@ -442,6 +445,8 @@ class Executor:
             reader.join(max(0.0, give_up - time.monotonic()))
             status = channel.recv_exit_status()
             channel.close()
+            if status == NO_EXIT_STATUS:  # the channel closed before the command ended
+                raise paramiko.SSHException("the command ended without an exit status")
             return status, b"".join(chunks), b"".join(errors)
         except socket.timeout:
             raise DeadlineError(f"{host}: {what}: no answer within {deadline} s") from None
@@ -495,6 +500,8 @@ class Executor:
             status = channel.recv_exit_status()
             errors.join(5)
             channel.close()
+            if status == NO_EXIT_STATUS:
+                raise paramiko.SSHException("the command ended without an exit status")
             return status
         except (paramiko.SSHException, OSError, EOFError) as e:
             why = self._gone.get(host) or _reason(e)

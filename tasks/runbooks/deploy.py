@@ -65,29 +65,41 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, re
     if not dry:
         etcd_backup.before_change(s, "deploy")
     recorded = None if dry or canary is not None or rebuild else found.current[1]
-    published = publish(s.ex, host, branch, dry=dry, recorded=recorded,
-                        before_push=hooks.before_push(s, host, facts) if facts is not None and not dry else None)
-    if facts is not None and facts.message:
-        published = replace(published, extra={"message": facts.message})
+    published = published_for(s, host, branch, recorded, dry, facts)
     current = rollback_base(found)  # nothing wrote the records since they were read
     if canary is not None:
-        meta, before = published.meta, None
-        if dry:
-            print_push_plan(s, published, current)
-        else:
-            before, _ = applied_settings(s, meta)
-        with release_settings.put_back_on_failure(s, "deploy", before, release_settings.record_of(s, current)):
-            if not dry:
-                release_command.before_rollout(s, published.release, current, meta, canary=True)
-            deploy_canary(s, published.release, current, canary, dry, **meta)
-        if judge and not dry and records.read_candidate(s.etcd, s.cluster)[0] == published.release:
-            judged_canary(s, published, current, canary, judge, batch, started)
+        canary_release(s, published, current, canary, dry, judge, batch, started)
     elif dry:
         print_push_plan(s, published, current)
         upgrade.print_plan(cluster_rollout(s, published.release, current, batch)[0])
     else:
         roll_cluster(s, published, current, batch, started, recorded)
     return published.release
+
+
+def published_for(s: Session, host, branch, recorded: Optional[dict], dry: bool, facts: Optional[Facts]):
+    """A deploy's build and push (nothing built when ``recorded``, the cluster's release record, was
+    built from the same; see ``publish``), its pre_deploy hook run before the push, its message kept."""
+    published = publish(s.ex, host, branch, dry=dry, recorded=recorded,
+                        before_push=hooks.before_push(s, host, facts) if facts is not None and not dry else None)
+    return replace(published, extra={"message": facts.message}) if facts is not None and facts.message else published
+
+
+def canary_release(s: Session, published, current: Optional[Release], canary: str, dry: bool, judge, batch: int,
+                   started: float) -> None:
+    """The published release on machine ``canary`` only (``deploy_canary``), with the settings and
+    release command it needs; then, with ``judge``, judged and acted on (``judged_canary``)."""
+    meta, before = published.meta, None
+    if dry:
+        print_push_plan(s, published, current)
+    else:
+        before, _ = applied_settings(s, meta)
+    with release_settings.put_back_on_failure(s, "deploy", before, release_settings.record_of(s, current)):
+        if not dry:
+            release_command.before_rollout(s, published.release, current, meta, canary=True)
+        deploy_canary(s, published.release, current, canary, dry, **meta)
+    if judge and not dry and records.read_candidate(s.etcd, s.cluster)[0] == published.release:
+        judged_canary(s, published, current, canary, judge, batch, started)
 
 
 def check_canary(s: Session, canary: str) -> None:

@@ -5,7 +5,8 @@ builds every component (``tasks.runbooks.build``), lets the registry decide each
 version and pushes it (``tasks.runbooks.push``), and returns the release with what made it:
 the main commit and branch, every source checkout and every component's build inputs, as the
 release records keep them. Given the cluster's release record, it builds nothing when the
-checkouts and build inputs are those the record keeps: that release is the one published.
+checkouts and build inputs are those the record keeps and the registry's tags still hold its
+images (one request per image): that release is the one published.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 from tasks.model.release import Release
 from tasks.net.progress import say
 from tasks.runbooks.build import build_images, check_out
-from tasks.runbooks.push import push_all
+from tasks.runbooks.push import moved_tag, push_all
 
 META = ("branch", "commit", "sources", "inputs")  # what a release record keeps of its build
 
@@ -37,18 +38,22 @@ def publish(ex, host: str, branch=None, dry: bool = False, recorded: Optional[di
             before_push: Optional[Callable] = None) -> Published:
     """Build at ``branch`` (a branch, ``--branch`` values or Branches) on ``host``, then push what
     changed (``dry``: plan the push only). ``recorded``: the cluster's release record; when its
-    sources and build inputs are the checkouts' now, nothing is built and its release is returned.
+    sources and build inputs are the checkouts' now and the registry's tags still hold its images,
+    nothing is built and its release is returned.
     ``before_push(release, built)``: called with the release about to be pushed (or the recorded one,
     when nothing is built), before anything is pushed (a deploy's pre_deploy hook); its error stops
     the publish there."""
     checked = check_out(ex, host, branch)
     meta = checked.meta(ex.cluster)
     if recorded is not None and unchanged(recorded, meta):
-        say(f"build: every source and build input is release {recorded['id']}'s: nothing to build")
         release = Release.from_dict(recorded)
-        if before_push is not None:
-            before_push(release, meta)
-        return Published(release, [], meta)
+        moved = moved_tag(ex, release)
+        if moved is None:
+            say(f"build: every source and build input is release {recorded['id']}'s: nothing to build")
+            if before_push is not None:
+                before_push(release, meta)
+            return Published(release, [], meta)
+        say(f"build: the registry's {moved} no longer holds release {recorded['id']}'s image: building")
     built = build_images(ex, host, checked)
     before = (lambda release: before_push(release, built)) if before_push else None
     release, steps = push_all(ex, host, built["images"], dry=dry, before=before)

@@ -96,6 +96,17 @@ def published_release(ex) -> Release:
     return Release(tuple(images))
 
 
+def moved_tag(ex, release: Release) -> Optional[str]:
+    """The first ``component version`` of ``release`` whose tag in the registry no longer holds the
+    image the release records (pushed again by hand, or gone), or None when every one does."""
+    registry = RegistryClient.for_cluster(ex)
+    for image in release.images:
+        found = registry.digests(ex.cluster.image(image.component), image.version)
+        if found is None or found[0] != image.digest or (image.manifest and found[1] != image.manifest):
+            return f"{image.component} {image.version}"
+    return None
+
+
 def push_image(api, cluster, step: Step, commit: str, auth: dict, tags: list) -> Optional[str]:
     """Push the candidate as each of ``tags``; the manifest digest the registry gave (None if it said none)."""
     repository = f"{cluster.registry.address}/{cluster.image(step.component)}"

@@ -8,6 +8,7 @@ balancer host. Every test leaves both clusters serving.
 """
 import http.client
 import json
+import re
 import socket
 import ssl
 import time
@@ -159,7 +160,11 @@ def test_a_deploy_of_one_cluster_leaves_the_other_untouched(clusters, deployed, 
             out = fab("deploy", "--cluster", deployed)
     assert probe.covered and probe.sent > 20, probe.report(probed)
     assert probe.failed == 0, probe.report(probed)
-    assert "restarted static_website" in out.stderr, out.stderr  # the deploy did roll its machines
+    # The deploy did roll its machines, each restarting the changed component (and whatever an
+    # earlier module left on another version).
+    restarted = re.findall(r"^upgrade: \S+ runs \S+, restarted (.*) \(", out.stderr, re.M)
+    assert len(restarted) == len(clusters[deployed].machines), out.stderr
+    assert all("static_website" in r.split(", ") for r in restarted), out.stderr
     assert balancer_files(other) == before
     # The other cluster catches up, so both stay on the newest release.
     fab("deploy", "--cluster", probed)

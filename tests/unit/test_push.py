@@ -94,3 +94,26 @@ def test_an_unchanged_image_keeps_its_version_and_records_its_manifest(cluster):
     engine = Engine(registry)
     assert push.pushed(executor(cluster), engine, registry, step, "abc", {}) == step
     assert engine.pushes == []
+
+
+def test_a_moved_tag_is_found_and_only_then(cluster, monkeypatch):
+    from tasks.model.release import Image
+    release = Release((Image("web", "1.0.3", "sha256:" + "a" * 64, "sha256:" + "m" * 64),
+                       Image("worker", "1.0.1", "sha256:" + "b" * 64, "")))  # recorded before manifests were kept
+    held = {("web", "1.0.3"): ("sha256:" + "a" * 64, "sha256:" + "m" * 64),
+            ("worker", "1.0.1"): ("sha256:" + "b" * 64, "sha256:" + "n" * 64)}
+    asked = []
+
+    class Registry:
+        def digests(self, repository, tag):
+            asked.append((repository, tag))
+            return held.get((repository.rsplit("_", 1)[-1], tag))
+
+    monkeypatch.setattr(push.RegistryClient, "for_cluster", classmethod(lambda cls, ex: Registry()))
+    ex = SimpleNamespace(cluster=cluster)
+    assert push.moved_tag(ex, release) is None
+    assert asked == [(cluster.image("web"), "1.0.3"), (cluster.image("worker"), "1.0.1")]
+    held[("web", "1.0.3")] = ("sha256:" + "c" * 64, "sha256:" + "o" * 64)  # pushed again by hand
+    assert push.moved_tag(ex, release) == "web 1.0.3"
+    del held[("web", "1.0.3")]  # gone
+    assert push.moved_tag(ex, release) == "web 1.0.3"
