@@ -2,7 +2,7 @@
 
 Top-level tasks are the runbook verbs (build, push, setup-cluster, deploy,
 ...) and the operator's everyday tools (status, logs, exec); namespaces group the tools around them (sandbox, balancer,
-cloudconfig, lock, etcd, settings, maintenance, secrets).
+cloudconfig, lock, etcd, settings, maintenance, secrets, machine).
 """
 from invoke import Collection
 
@@ -45,3 +45,4 @@ namespace.add_collection(Collection("etcd", etcd_peers.certificates, etcd_peers.
 namespace.add_collection(settings.namespace)
 namespace.add_collection(maintenance.namespace)
 namespace.add_collection(secrets.namespace)
+namespace.add_collection(Collection("machine", membership.wipe_machine))

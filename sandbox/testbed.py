@@ -800,7 +800,8 @@ def _tear_down() -> None:
 
 # ---------------------------------------------------------------- changes to the sample application
 
-FAILURES = ("prepare", "build")
+FAILURES = ("prepare", "build", "hang")
+HANG = 3600  # s: the Dockerfile step of `--fails hang` (a build cut off by its deadline or a lost channel)
 FIXED = ("broken", "slow-start", "errors", "latency-ms")  # the files of a component that `--fix` removes
 # The kinds of change, each with what its value is (None: it takes none). They exclude each other.
 CHANGE_KINDS = {"change": None, "broken": None, "fix": None, "slow-start": "whole seconds",
@@ -897,6 +898,7 @@ def _appended(path: str) -> str:
     return f"date +%s%N >> {shlex.quote(path)}"
 
 
+_FAILING_STEP = {"build": "exit 3", "hang": f"sleep {HANG}"}
 # kind -> (the shell edit in the checkout, the commit message), from the change.
 _EDITS = {
     "change": lambda c: (_appended(f"{c.folder}/index.html"), f"change {c.component}"),
@@ -912,9 +914,10 @@ _EDITS = {
     "slow-start": lambda c: (f"printf '%s\\n' {int(c.value)} > {shlex.quote(c.folder + '/slow-start')}",
                              f"{c.component} starts in {c.value} s"),
     "version": lambda c: (f"printf '%s\\n' {shlex.quote(c.value)} > VERSION", f"VERSION {c.value}"),
-    # prepare: a script its prepare command refuses (sh -n); build: a failing Dockerfile step
+    # prepare: a script its prepare command refuses (sh -n); build: a failing Dockerfile step; hang: one
+    # that runs for an hour without a word
     "fails": lambda c: ((f"printf 'if then\\n' > {shlex.quote(c.folder + '/bin/unfinished')}" if c.value == "prepare"
-                         else f"printf 'RUN echo compiling {c.component} && exit 3\\n' >> "
+                         else f"printf 'RUN echo compiling {c.component} && {_FAILING_STEP[c.value]}\\n' >> "
                               f"{shlex.quote(c.folder + '/Dockerfile')}"), f"{c.value} fails for {c.component}"),
 }
 
@@ -996,7 +999,7 @@ def show_status(c, json_=False):
                 "version": "instead, set the application's VERSION (MAJOR.MINOR)",
                 "fix": "a normal change that also removes the component's `broken` and `slow-start` files",
                 "file": "file of the component's folder to change (default index.html)",
-                "fails": "a change whose `prepare` (air_backend) or `build` fails",
+                "fails": "a change whose `prepare` (air_backend) or `build` fails, or whose build `hang`s (an hour-long step)",
                 "slow-start": "the component's health check fails for this many seconds after each start",
                 "schema": "air_backend: the release needs the database at this schema (0: none) to be healthy",
                 "migration": "air_backend: its release command (bin/migrate) fails, or passes again",

@@ -318,6 +318,11 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "release_command": Field("seconds", "Deadline of the release command (`release_command`); past it the "
                                  "one-off container is removed and the deploy stops.", 600),
         "hook": Field("seconds", "Deadline of one hook (`hooks`); past it the hook is stopped (a failure).", 60),
+        "build": Field("seconds", "Deadline of building one component's image through the build server's Docker "
+                       "engine (its prepare command has its own); past it the build is cut off (a failure, "
+                       "nothing pushed).", 1800),
+        "push": Field("seconds", "Deadline of pushing one image tag from the build server to the registry; past "
+                      "it the push is cut off (a failure).", 600),
         "reboot": Field("seconds", "A machine rebooted by `fab os-upgrade` must be back within this: SSH answers "
                         "on its new boot, its etcd member healthy, every Air unit healthy. Otherwise the task "
                         "stops there, the machine out of the balancer.", 600),
@@ -507,6 +512,8 @@ class Timeouts:
     drain: int
     release_command: int = 600
     hook: int = 60
+    build: int = 1800
+    push: int = 600
     reboot: int = 600
 
 

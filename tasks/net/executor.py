@@ -340,7 +340,10 @@ class Executor:
                 _progress_shown.clear()
 
     @contextmanager
-    def _step(self, host: str, what: str, deadline: float):
+    def step(self, host: str, what: str, deadline: float):
+        """Within it, ``what`` on ``host`` is a step in flight, as a command of ``run`` is: shown in the
+        progress line, named by ``in_flight``, and ``stuck`` (the lock's watchdog) once past ``deadline``
+        s and the grace. For work that does not go through ``run`` (a Docker Engine stream)."""
         token = object()
         with self._lock:
             now = time.monotonic()
@@ -382,7 +385,7 @@ class Executor:
             self.check(what)
         conn = self.conn(host)
         sent = deadline_wrapped(command, deadline, conn.air_sudo)
-        with self._step(host, what, deadline):
+        with self.step(host, what, deadline):
             status, out, err = self._exec(host, conn, sent, stdin.encode() if stdin is not None else None,
                                           deadline, what, stream, on_line)
         result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
@@ -401,7 +404,7 @@ class Executor:
         """The binary standard output of ``command`` (a tar stream, say)."""
         deadline = int(deadline or self.cluster.timeouts.command)
         conn = self.conn(host)
-        with self._step(host, what, deadline):
+        with self.step(host, what, deadline):
             status, out, err = self._exec(host, conn, deadline_wrapped(command, deadline, conn.air_sudo),
                                           None, deadline, what)
         if status != 0:

@@ -123,15 +123,15 @@ def build_component(api, ex, host, job: Job) -> str:
                                           what=f"read the build context of {component.name}"), component)
     options = build_options(cluster, job)
     log: list = []
-    step, image_id = None, None
+    step, image_id, refused = None, None, None
 
-    def failed(error: str) -> RemoteError:
+    def failed(error: str, kind=RemoteError) -> RemoteError:
         for line in log[-BUILD_LOG_LINES:]:
             say(f"  {component.name}| {line}")
-        return RemoteError(f"build of {component.name} failed at {step or 'its start'}: {failure_line(error)}")
+        return kind(f"build of {component.name} failed at {step or 'its start'}: {failure_line(error)}")
 
     try:
-        for chunk in api.build(fileobj=io.BytesIO(context), **options):
+        for chunk in api.build(f"build {component.name}", fileobj=io.BytesIO(context), **options):
             for line in chunk.get("stream", "").splitlines():
                 if line.strip():
                     log.append(line)
@@ -141,9 +141,14 @@ def build_component(api, ex, host, job: Job) -> str:
             if "aux" in chunk and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
             if "error" in chunk:
-                raise failed(chunk["error"])
+                refused = chunk["error"]  # the engine's own answer: a step failed
+                break
     except docker_errors.APIError as e:
         raise failed(e.explanation or str(e)) from None
+    except RemoteError as e:  # the stream cut off (its deadline) or its channel lost: nothing was tagged
+        raise failed(str(e), type(e)) from None
+    if refused is not None:
+        raise failed(refused)
     if image_id is None:
         image_id = api.inspect_image(options["tag"])["Id"]
     forget_older_candidates(api, cluster, component.name, job.commit)
@@ -203,7 +208,7 @@ def check_out(ex, host: str, branch=None, only: str = None) -> CheckedOut:
 def build_images(ex, host: str, checked: CheckedOut, cache: bool = True) -> dict:
     """Build every component of ``checked``; returns what ``build_all`` returns. ``cache``: False
     rebuilds every step."""
-    api = docker_api.engine(ex.conn(host), counted=ex.trips.hook(host, "docker"))
+    api = docker_api.Engine(ex, host)
     images = {job.component.name: build_component(api, ex, host, job) for job in checked.jobs(ex.cluster, cache)}
     return {**checked.meta(ex.cluster), "images": images}
 

@@ -219,13 +219,16 @@ def deploy_canary(s: Session, release: Release, current: Optional[Release], addr
             raise  # its records are not ours to write any more
         kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
         others = [m for m in machines if m != address]
-        if others:
-            records.write_candidate(s.etcd, cluster, release, others, outcome="running", **meta)
-        else:
-            records.clear_candidate(s.etcd, cluster)
-        records.add_history(s.etcd, cluster, {**release.to_dict(), **meta, "who": state.operator(), "when": state.now(),
-                                            "outcome": f"{kind}: canary on {address}: {str(failure).splitlines()[0]}"})
-        raise
+        outcome = f"{kind}: canary on {address}: {str(failure).splitlines()[0]}"
+
+        def write():
+            if others:
+                records.write_candidate(s.etcd, cluster, release, others, outcome="running", **meta)
+            else:
+                records.clear_candidate(s.etcd, cluster)
+            records.add_history(s.etcd, cluster, {**release.to_dict(), **meta, "who": state.operator(),
+                                                "when": state.now(), "outcome": outcome})
+        raise records.after_failure(failure, write) from None
     records.write_candidate(s.etcd, cluster, release, machines, outcome="running", **meta)
     say(f"deploy: candidate {release.id} runs on {', '.join(machines)}; the others run {current and current.id}. "
         f"`fab deploy --cluster {cluster.name}` continues, `fab rollback --cluster {cluster.name}` puts it back")

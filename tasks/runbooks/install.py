@@ -102,7 +102,7 @@ def wipe_all(ex, plans: dict) -> str:
     try:
         ex.parallel(lambda a: steps.wipe(ex, a, plans[a].user_data), list(plans))
         return ""
-    except AirError as e:
+    except Exception as e:  # reported after the failure it cleans up after, never instead of it
         return f"; wiping failed too: {e}"
 
 
@@ -124,15 +124,18 @@ def setup(s: Session, machines) -> Release:
         # From here on, the cluster's lock exists: nothing else may change it meanwhile.
         s.take_lock("setup-cluster")
         etcd_auth.setup(s, "setup-cluster")
-    except AirError as failure:
+    except Exception as failure:  # any failure, ours or not: nothing may stay half-installed
         if isinstance(failure, Halt):
             raise
         # Nothing serves yet: put every machine back to freshly prepared, so setup can simply run again.
         with ex.finishing():
             undone = wipe_all(ex, plans)
-        raise AirError(f"setup-cluster failed before anything started: {failure}\n"
-                       + ("every machine was wiped back to freshly prepared; fix the cause and run it again"
-                          if not undone else f"not every machine could be wiped back{undone}")) from None
+        said = ("every machine was wiped back to freshly prepared; fix the cause and run it again"
+                if not undone else f"not every machine could be wiped back{undone}")
+        if not isinstance(failure, AirError):  # a bug: its traceback stays, after what was done about it
+            say(f"setup-cluster failed before anything started; {said}")
+            raise
+        raise AirError(f"setup-cluster failed before anything started: {failure}\n{said}") from None
     record = records.write_release(s.etcd, cluster, release, outcome="installed")
     records.add_history(s.etcd, cluster, record)
     apply_settings(s, "setup-cluster")

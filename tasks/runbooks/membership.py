@@ -11,7 +11,9 @@ A removal takes the machine out of the balancer first, stops it politely
 when it answers, hands etcd's leadership to another member when it leads,
 removes it from etcd, and wipes its etcd and Air units so it can be added
 back later (a learner left behind by a failed add is removed the same way). It is refused when the members left alive could
-not keep quorum, or when one member would remain, unless forced.
+not keep quorum, or when one member would remain, unless forced. A removal whose wipe failed (or
+whose machine did not answer) is finished by ``machine.wipe``, which refuses a machine that is
+still an etcd member or in the balancer.
 """
 from __future__ import annotations
 
@@ -108,7 +110,7 @@ def add(s: Session, via: str, new: str) -> None:
         if isinstance(failure, LostLock):
             raise LostLock(f"{failure}; {new} was left half-added" +
                            (f" (etcd member {added.id}): remove it with fab remove-machine" if added else
-                            ": wipe it before adding it again")) from None
+                            f": `fab machine.wipe --cluster {cluster.name} --machine {new}` wipes it")) from None
         with ex.finishing():
             undone = _undo_add(s, new, added, plan.user_data)
         raise (Interrupted if isinstance(failure, Interrupted) else AirError)(
@@ -121,15 +123,17 @@ def _undo_add(s: Session, new, added, user_data) -> str:
     """Remove the membership an add made and wipe the machine; says what became of it. A cleanup
     that fails is reported after the failure it cleans up after, never instead of it."""
     said = []
+    member = added is not None
     try:
         if added is not None:
             s.etcd.remove_member(added.id)
+            member = False
             said.append("its etcd membership was removed again")
         steps.wipe(s.ex, new, user_data)
         said.append("it was wiped; the cluster is as before")
     except AirError as e:
-        said.append(f"cleaning up failed too ({e}): `fab remove-machine --cluster {s.cluster.name} "
-                    f"--machine {new}` finishes it")
+        said.append(f"cleaning up failed too ({e}): `fab {'remove-machine' if member else 'machine.wipe'} "
+                    f"--cluster {s.cluster.name} --machine {new}` finishes it")
     return " and ".join(said)
 
 
@@ -190,13 +194,41 @@ def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
         hand_over_leadership(s, old, via)
     ex.check(f"removing {old} from etcd")
     client.remove_member(member.id)
+    finish = f"`fab machine.wipe --cluster {cluster.name} --machine {old}`"
     if answers:
-        steps.wipe(ex, old, user_data)
+        try:
+            steps.wipe(ex, old, user_data)
+        except AirError as e:
+            raise type(e)(f"{old} was removed from etcd and the balancer, but wiping it failed ({e}); "
+                          f"{finish} finishes it") from None
         say(f"remove-machine: {old} removed and wiped")
     else:
         say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
-            f"wipe it before using it again")
+            f"{finish} wipes it once it answers, before it is used again")
     return answers
+
+
+def wipe_removed(s: Session, address: str) -> None:
+    """Finish a removal whose wipe failed: ``address`` back to a freshly prepared machine
+    (``steps.wipe``). Refused, changing nothing, while it is an etcd member of the cluster or in its
+    balancer (``remove-machine`` takes it out of both first)."""
+    cluster, ex = s.cluster, s.ex
+    member = _member(s.etcd, address)
+    if member is not None:
+        raise PreflightError(f"{address} is {'a learner' if member.learner else 'an etcd member'} of {cluster.name}: "
+                             f"`fab remove-machine --cluster {cluster.name} --machine {address}` removes and wipes "
+                             f"it; nothing was changed")
+    if address in balancer.Routers(ex).listed():
+        raise PreflightError(f"{address} is in the balancer of {cluster.name} though not an etcd member: "
+                             f"`fab balancer.remove --cluster {cluster.name} --machine {address}` takes it out "
+                             f"first; nothing was changed")
+    why = ex.reachable(address)
+    if why:
+        raise PreflightError(f"{address}: unreachable ({why}); nothing was changed")
+    user_data = steps.facts(ex, address)["user_data"]
+    ex.check(f"the wipe of {address}")
+    steps.wipe(ex, address, user_data)
+    say(f"machine.wipe: {address} wiped (etcd, the Air units and the cluster's secrets gone; its data kept)")
 
 
 @air_task(name="add-machine", help={"cluster": "target cluster", "via": "an existing member",
@@ -227,3 +259,15 @@ def remove_machine(c, cluster=None, via=None, machine_=None, force=False, json_=
         wiped = remove(s, via, old, force)
     report({"machine": old, "removed": True, "wiped": wiped}, json_,
            f"{old} removed from {target.name}" + ("" if wiped else " (it did not answer: wipe it before reuse)"))
+
+
+@air_task(name="wipe", help={"cluster": "target cluster",
+                             "machine": "address of a machine no longer a member (a removal whose wipe failed)",
+                             "json": "print the outcome as JSON"})
+def wipe_machine(c, cluster=None, machine_=None, json_=False):
+    """Wipe a machine removed from the cluster (etcd, Air units, secrets): finishes a removal whose wipe failed."""
+    target = cluster_of(cluster)
+    address = check_address(machine_, "--machine")
+    with session(target, f"machine.wipe {address}") as s:
+        wipe_removed(s, address)
+    report({"machine": address, "wiped": True}, json_, f"{address} wiped")

@@ -113,7 +113,7 @@ def push_image(api, cluster, step: Step, commit: str, auth: dict, tags: list) ->
     manifest = None
     for tag in tags:
         api.tag(candidate(cluster, step.component, commit), repository, tag)
-        for chunk in api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True):
+        for chunk in api.push(repository, tag, auth_config=auth, what=f"push of {step.component} {tag}"):
             if "error" in chunk:
                 raise RemoteError(f"push of {step.component} {tag} failed: {chunk['error'].strip()}")
             manifest = (chunk.get("aux") or {}).get("Digest") or manifest
@@ -175,7 +175,7 @@ def push_all(ex, host: str, images: dict = None, dry: bool = False, before=None)
     auth = {"username": username, "password": password}
     base = read_version(ex, host)
     commits = component_commits(ex, host)
-    api = docker_api.engine(ex.conn(host), counted=ex.trips.hook(host, "docker"))
+    api = docker_api.Engine(ex, host)
     images = images or candidates(api, cluster, cluster.component_names, commits)
     steps = plan(cluster, base, images, registry)
     if before is not None:
@@ -193,6 +193,9 @@ def prune_dangling(api, host: str) -> None:
         reclaimed = api.prune_images(filters={"dangling": True}).get("SpaceReclaimed") or 0
     except docker_errors.APIError as e:
         say(f"warning: {host}: pruning dangling images failed: {e.explanation or e}")
+        return
+    except RemoteError as e:
+        say(f"warning: pruning dangling images failed: {e}")
         return
     if reclaimed:
         say(f"push: {host}: dangling images pruned ({reclaimed / 1e6:.1f} MB)")

@@ -5,12 +5,13 @@ through an etcd client (``tasks.net.etcd``) under the session's lock.
 """
 from __future__ import annotations
 
+import copy
 import json
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from tasks.model import release_settings, state
 from tasks.model.cluster import check_address
-from tasks.model.errors import ConfigError, RecordError
+from tasks.model.errors import AirError, ConfigError, RecordError
 from tasks.model.release import Release
 
 
@@ -98,3 +99,18 @@ def write_candidate(etcd, cluster, release: Release, machines, **meta) -> dict:
 
 def clear_candidate(etcd, cluster) -> None:
     etcd.delete(state.candidate_key(cluster))
+
+
+def after_failure(failure: AirError, write: Callable[[], object]) -> AirError:
+    """``failure``, once ``write`` recorded it in etcd. When that write fails too, ``failure`` with that
+    said after it: the first error wins, the second is not lost (a one-line error stays one line)."""
+    try:
+        write()
+    except Exception as e:  # whatever stops the write must not hide the failure it records
+        said = (f"recording this in etcd failed too ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                f"the release record may still say `upgrading`, and the next deploy or rollback starts from the "
+                f"last release that succeeded")
+        joined = copy.copy(failure)
+        joined.args = (f"{failure}{chr(10) if chr(10) in str(failure) else '; '}{said}",)
+        return joined
+    return failure

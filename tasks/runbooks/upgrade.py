@@ -33,6 +33,7 @@ from typing import Optional
 
 import cloudconfig
 from tasks.commands import machine
+from tasks.model import release_settings as kept
 from tasks.model import rollout_plan, state
 from tasks.model.cluster import check_address
 from tasks.model.os_upgrade_plan import BOOTING
@@ -71,8 +72,9 @@ class Rollout:
     """
 
     def __init__(self, s, release: Release, previous: Optional[Release], only=None, batch: int = 1, canary: dict = None,
-                 extras: dict = None):
+                 extras: dict = None, done_hint: str = "(fab rolling-upgrade puts them back on the cluster's release)"):
         self.s, self.ex, self.cluster = s, s.ex, s.cluster
+        self.done_hint = done_hint  # what a failure says of the machines already done
         self.release, self.previous = release, previous
         self.extras: dict = extras or {}  # address -> Extra
         self.members = sorted(member_machines(s.etcd))
@@ -218,8 +220,7 @@ class Rollout:
         message = "\n".join(f"upgrade of {s.machine} to {self.release.id} failed: {outcome.failure}\n{outcome.said}"
                             for s, outcome in failed)
         if done:
-            message += (f"\nalready upgraded to {self.release.id}: {', '.join(done)} "
-                        f"(fab rolling-upgrade puts them back on the cluster's release)")
+            message += f"\nalready upgraded to {self.release.id}: {', '.join(done)} {self.done_hint}"
         raise UpgradeFailed(message)
 
     def _left(self, done, rest: str) -> str:
@@ -342,16 +343,46 @@ class Rollout:
         except AirError as failure:
             kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
             record["outcome"] = f"{kind}: {str(failure).splitlines()[0]}"
-            records.add_history(self.s.etcd, self.cluster, record)
-            if self.previous is not None:
-                records.write_release(self.s.etcd, self.cluster, self.previous, **(previous_meta or {}),
-                                    outcome=f"restored after {'an interrupted' if kind == 'interrupted' else 'a failed'} upgrade")
-            raise
+
+            restored = f"restored after {'an interrupted' if kind == 'interrupted' else 'a failed'} upgrade"
+
+            def write():
+                records.add_history(self.s.etcd, self.cluster, record)
+                if self.previous is not None:
+                    records.write_release(self.s.etcd, self.cluster, self.previous, **(previous_meta or {}),
+                                          outcome=restored)
+            raise records.after_failure(failure, write) from None
         record["outcome"] = "succeeded"
         records.write_release(self.s.etcd, self.cluster, self.release,
                             **{k: v for k, v in record.items() if k not in ("id", "components")})
         records.add_history(self.s.etcd, self.cluster, record)
         return changed
+
+
+def apply_recorded_release(rollout: Rollout) -> list:
+    """``rolling-upgrade --release R``: the cluster's release changes, so it is recorded as a deploy's
+    is (``apply_recorded``), with the settings etcd holds (a rolling upgrade leaves them as they are)."""
+    settings = kept.of_record(records.read_release(rollout.s.etcd, rollout.cluster)[1])
+    return rollout.apply_recorded(previous_meta=settings, task="rolling-upgrade", **settings)
+
+
+def apply_kept(rollout: Rollout, address: str) -> list:
+    """``upgrade-machine --release R``: ``rollout`` (of ``address`` alone) applied, and what it did kept
+    in the release history; the cluster's release stays the recorded one (an outcome naming the
+    machine is never a rollback's target)."""
+    s = rollout.s
+    record = {**rollout.release.to_dict(), "who": state.operator(), "when": state.now(), "task": "upgrade-machine"}
+    try:
+        changed = rollout.apply()
+    except LostLock:
+        raise  # its records are not ours to write any more
+    except AirError as failure:
+        kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+        record["outcome"] = f"{kind}: on {address} only: {str(failure).splitlines()[0]}"
+        raise records.after_failure(failure, lambda: records.add_history(s.etcd, s.cluster, record)) from None
+    record["outcome"] = f"on {address} only"
+    records.add_history(s.etcd, s.cluster, record)
+    return changed
 
 
 def plan_data(rollout: Rollout) -> dict:
@@ -408,7 +439,7 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None,
         if plan_:
             print_plan(rollout, json_)
             return
-        changed, trips = rollout.apply(), s.ex.trips
+        changed, trips = (rollout.apply() if release is None else apply_kept(rollout, address)), s.ex.trips
     report({"machine": address, "release": wanted.id, "upgraded": bool(changed), "round_trips": trips.summary()}, json_,
            f"{address}: {'upgraded to' if changed else 'already runs'} release {wanted.id}")
 
@@ -428,6 +459,6 @@ def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=Fals
         if plan_:
             print_plan(rollout, json_)
             return
-        changed, trips = rollout.apply(), s.ex.trips
+        changed, trips = (rollout.apply() if release is None else apply_recorded_release(rollout)), s.ex.trips
     report({"release": wanted.id, "upgraded": changed, "round_trips": trips.summary()}, json_,
            f"release {wanted.id}: {len(changed)} machine(s) upgraded")

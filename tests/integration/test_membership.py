@@ -242,7 +242,8 @@ def test_remove_a_powered_off_machine(cluster, clock):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: {SPARE} did not answer: it was removed from etcd and the balancer only; "
-                        f"wipe it before using it again"]
+                        f"`fab machine.wipe --cluster local --machine {SPARE}` wipes it once it answers, before it "
+                        f"is used again"]
     assert started_members(cluster) == sorted(cluster.machines)
     assert healthy_endpoints(cluster) == sorted(cluster.machines)
     assert listed(cluster) == list(cluster.machines)
@@ -258,9 +259,12 @@ def test_the_removed_machine_powered_on_again_does_not_rejoin(cluster, clock):
     assert started_members(cluster) == sorted(cluster.machines)
     assert healthy_endpoints(cluster) == sorted(cluster.machines)
     assert listed(cluster) == list(cluster.machines)
-    with clock(f"reset {NAME[SPARE]} to fresh"):
-        sb.reset_machines([SPARE])
+    # What the warning of its removal said: machine.wipe finishes it (refused while it was a member).
+    with clock(f"machine.wipe {SPARE}"):
+        wiped = fab("machine.wipe", "--cluster", "local", "--machine", SPARE)
+    assert wiped.stdout.strip() == f"{SPARE} wiped"
     assert is_fresh(cluster, SPARE)
+    assert started_members(cluster) == sorted(cluster.machines)
 
 
 # ---------------------------------------------------------------- quorum

@@ -33,6 +33,7 @@ class FakeExecutor:
         self.rules: list = []
         self._local = threading.local()
         self._lock = threading.Lock()
+        self.steps: list = []  # (host, what, deadline) of every step outside run
         self.on_run = None  # called with (host, command) before answering: a hook for tests
         self.forgotten: list = []  # hosts whose connection was given up (``forget``), in order
 
@@ -114,6 +115,11 @@ class FakeExecutor:
 
     def stuck(self):
         return None
+
+    @contextmanager
+    def step(self, host, what, deadline):
+        self.steps.append((host, what, deadline))
+        yield
 
     def close(self):
         pass

@@ -72,7 +72,7 @@ def test_a_valid_file_loads_with_defaults_applied(tmp_path):
     assert c.build.branch == "master"
     assert (c.ssh.user, c.ssh.port) == ("core", 22)
     assert c.timeouts == cluster.Timeouts(connect=10, stop=30, healthy=60, lock=30, command=60, pull=300,
-                                          alive=10, drain=30, reboot=600)
+                                          alive=10, drain=30, reboot=600, build=1800, push=600)
     assert c.balancer == cluster.Balancer("192.0.2.10", None, 80, 443, "router", 3600, "/etc/haproxy/air/stage")
     assert c.cloud_config is None  # found per machine
     assert c.admin is None
@@ -96,7 +96,7 @@ def test_checkout_names_its_own_cluster(tmp_path):
 def test_timeouts_given_in_part_keep_the_other_defaults(tmp_path):
     write(tmp_path, "prod", variant(timeouts={"healthy": 180}))
     assert cluster.load("prod", tmp_path).timeouts == cluster.Timeouts(
-        connect=10, stop=30, healthy=180, lock=30, command=60, pull=300, alive=10, drain=30, reboot=600)
+        connect=10, stop=30, healthy=180, lock=30, command=60, pull=300, alive=10, drain=30, reboot=600, build=1800, push=600)
 
 
 def test_image_names(tmp_path):

@@ -14,7 +14,7 @@ METHODS = sorted(name for name, value in vars(Connector).items()
 
 def test_the_contract_names_what_runbooks_use():
     assert METHODS == ["check", "close", "finishing", "forget", "in_flight", "parallel", "reachable", "read", "read_file",
-                       "run", "stage_files", "stuck", "write_file", "write_files"]
+                       "run", "stage_files", "step", "stuck", "write_file", "write_files"]
 
 
 @pytest.mark.parametrize("implementation", [Executor, FakeExecutor])

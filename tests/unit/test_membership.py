@@ -60,3 +60,79 @@ def test_batch_limit_keeps_a_majority_in_the_balancer(machines, wanted, limit):
     assert batch_limit(machines, wanted) == limit
     if machines > 2:
         assert machines - limit > machines // 2
+
+
+# ---------------------------------------------------------------- machine.wipe: finishing a removal
+
+@pytest.fixture
+def removed(cluster):
+    """A session of a 3-member cluster whose balancer routes to those 3; 10.0.0.4 was removed, not wiped."""
+    from types import SimpleNamespace
+
+    from tasks.commands.haproxy import routers_file
+
+    from .fakes import FakeEtcd, FakeExecutor
+    ex = FakeExecutor(cluster)
+    ex.files[(cluster.balancer.host, cluster.balancer.routers_file)] = (routers_file(cluster, [A, B, C]), 0o644)
+    ex.answer("echo docker=", stdout="docker=active\netcd_active=active\nuser_data=/var/lib/flatcar-install/user_data\n")
+    return SimpleNamespace(cluster=cluster, ex=ex, etcd=FakeEtcd([A, B, C]))
+
+
+def test_machine_wipe_wipes_a_machine_no_longer_member_nor_routed(removed):
+    from tasks.commands.machine import wipe_command
+    from tasks.runbooks.membership import wipe_removed
+    wipe_removed(removed, D)
+    assert removed.ex.commands(D, changes_only=True) == [wipe_command(removed.cluster, "/var/lib/flatcar-install/user_data")]
+
+
+@pytest.mark.parametrize("address, routed, message", [
+    (B, [A, B, C], "10.0.0.2 is an etcd member of prod: `fab remove-machine --cluster prod --machine 10.0.0.2` "
+                   "removes and wipes it; nothing was changed"),
+    (D, [A, B, C, D], "10.0.0.4 is in the balancer of prod though not an etcd member: `fab balancer.remove "
+                      "--cluster prod --machine 10.0.0.4` takes it out first; nothing was changed"),
+])
+def test_machine_wipe_refuses_a_member_or_a_routed_machine_and_changes_nothing(removed, address, routed, message):
+    from tasks.commands.haproxy import routers_file
+    from tasks.model.errors import PreflightError
+    from tasks.runbooks.membership import wipe_removed
+    cluster = removed.cluster
+    removed.ex.files[(cluster.balancer.host, cluster.balancer.routers_file)] = (routers_file(cluster, routed), 0o644)
+    with pytest.raises(PreflightError) as refused:
+        wipe_removed(removed, address)
+    assert str(refused.value) == message
+    assert removed.ex.commands(changes_only=True) == []
+
+
+def test_machine_wipe_refuses_a_machine_that_does_not_answer(cluster):
+    from types import SimpleNamespace
+
+    from tasks.commands.haproxy import routers_file
+    from tasks.model.errors import PreflightError
+    from tasks.runbooks.membership import wipe_removed
+
+    from .fakes import FakeEtcd, FakeExecutor
+    ex = FakeExecutor(cluster, down=[D])
+    ex.files[(cluster.balancer.host, cluster.balancer.routers_file)] = (routers_file(cluster, [A, B, C]), 0o644)
+    with pytest.raises(PreflightError, match=r"^10.0.0.4: unreachable \(nothing answers on port 22\); nothing was changed$"):
+        wipe_removed(SimpleNamespace(cluster=cluster, ex=ex, etcd=FakeEtcd([A, B, C])), D)
+
+
+def test_a_removal_whose_wipe_fails_says_machine_wipe_finishes_it(removed, monkeypatch):
+    from tasks.model.errors import RemoteError
+    from tasks.runbooks import membership
+    gone = []
+    removed.etcd.remove_member = gone.append
+    monkeypatch.setattr(membership, "_probe", lambda ex, a: (True, True, True, "/var/lib/flatcar-install/user_data"))
+    monkeypatch.setattr(membership.etcd_backup, "before_change", lambda s, task: None)
+    monkeypatch.setattr(membership, "hand_over_leadership", lambda s, old, via: None)
+    monkeypatch.setattr(membership.steps, "stop", lambda ex, address: None)
+
+    def wipe(ex, address, user_data):
+        raise RemoteError(f"{address}: wipe etcd and the Air units: connection lost (EOF)")
+    monkeypatch.setattr(membership.steps, "wipe", wipe)
+    with pytest.raises(RemoteError) as failed:
+        membership.remove(removed, A, C)
+    assert gone == ["3"]  # removed from etcd before the wipe failed
+    assert str(failed.value) == (
+        "10.0.0.3 was removed from etcd and the balancer, but wiping it failed (10.0.0.3: wipe etcd and the Air "
+        "units: connection lost (EOF)); `fab machine.wipe --cluster prod --machine 10.0.0.3` finishes it")

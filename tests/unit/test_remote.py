@@ -199,7 +199,7 @@ class Terminal(io.StringIO):
 def test_a_terminal_gets_the_progress_line_redrawn_and_a_pipe_plain_lines_only(cluster, stream, redrawn):
     ex = Executor(cluster, progress=stream)
     try:
-        with ex._step("10.0.0.1", "pull release r1", 60):
+        with ex.step("10.0.0.1", "pull release r1", 60):
             time.sleep(PROGRESS_AFTER + 2 * PROGRESS_EVERY)
     finally:
         ex.close()

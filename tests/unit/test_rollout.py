@@ -233,6 +233,70 @@ def test_records_of_a_successful_rollout(s):
         ["succeeded"]
 
 
+def history_outcomes(s) -> list:
+    return [json.loads(v)["outcome"] for _, v in sorted(s.etcd.get_prefix(state.history_prefix(s.cluster)).items())]
+
+
+def test_a_failure_record_that_cannot_be_written_comes_after_the_rollouts_own_error(s):
+    from tasks.model.errors import RemoteError
+    s.ex.answer("curl", host="10.0.0.2", exited=1, stderr="not healthy within 20 s: web(...)")
+    put = s.etcd.put
+
+    def refused_after_the_first(key, value):
+        if "upgrading" not in value:
+            raise RemoteError("etcd: no answer within 5 s (10.0.0.1:2379)")
+        put(key, value)
+    s.etcd.put = refused_after_the_first
+    with pytest.raises(UpgradeFailed) as failed:
+        Rollout(s, NEW, OLD).apply_recorded()
+    message = str(failed.value)
+    assert message.startswith(f"upgrade of 10.0.0.2 to {NEW.id} failed: 10.0.0.2: ")
+    assert message.endswith("\nrecording this in etcd failed too (etcd: no answer within 5 s (10.0.0.1:2379)): the "
+                            "release record may still say `upgrading`, and the next deploy or rollback starts from "
+                            "the last release that succeeded")
+
+
+def test_an_interrupt_stays_an_interrupt_of_one_line_when_its_record_cannot_be_written():
+    from tasks.model.errors import RemoteError
+
+    def refused():
+        raise RemoteError("etcd: connection lost")
+    joined = records.after_failure(Interrupted("upgraded to r1: 10.0.0.1; every machine is in the balancer"),
+                                   refused)
+    assert type(joined) is Interrupted and "\n" not in str(joined)
+    assert str(joined).startswith("upgraded to r1: 10.0.0.1; every machine is in the balancer; recording this in "
+                                  "etcd failed too (etcd: connection lost)")
+    written = Interrupted("stopped")
+    assert records.after_failure(written, lambda: None) is written
+
+
+def test_rolling_upgrade_to_a_release_of_the_history_records_it_with_the_settings_etcd_holds(s):
+    from tasks.runbooks.upgrade import apply_recorded_release
+    s.etcd.put(state.release_key(s.cluster), state.release_record(OLD, outcome="succeeded",
+                                                                  settings={"digest": "sha256:" + "d" * 64, "values": {}}))
+    assert apply_recorded_release(Rollout(s, NEW, OLD)) == MACHINES
+    current, record = records.read_release(s.etcd, s.cluster)
+    assert current == NEW and record["outcome"] == "succeeded" and record["task"] == "rolling-upgrade"
+    assert record["settings"] == {"digest": "sha256:" + "d" * 64, "values": {}}
+    assert history_outcomes(s) == ["succeeded"]
+
+
+def test_upgrade_machine_to_a_release_keeps_what_it_did_in_the_history_and_the_clusters_release(s):
+    from tasks.runbooks.upgrade import apply_kept
+    assert apply_kept(Rollout(s, NEW, OLD, only=["10.0.0.2"]), "10.0.0.2") == ["10.0.0.2"]
+    assert records.read_release(s.etcd, s.cluster)[0] == OLD
+    assert history_outcomes(s) == ["on 10.0.0.2 only"]
+    s.ex.answer("curl", host="10.0.0.3", exited=1, stderr="not healthy within 20 s: web(...)")
+    with pytest.raises(UpgradeFailed):
+        apply_kept(Rollout(s, NEW, OLD, only=["10.0.0.3"]), "10.0.0.3")
+    assert records.read_release(s.etcd, s.cluster)[0] == OLD
+    outcomes = history_outcomes(s)
+    assert len(outcomes) == 2 and outcomes[1].startswith(f"failed: on 10.0.0.3 only: upgrade of 10.0.0.3 to {NEW.id}")
+    # Neither is a rollback's target: the cluster never ran NEW everywhere.
+    from tasks.runbooks.deploy import last_good
+    assert last_good(records.history(s.etcd, s.cluster)) is None
+
+
 # ---------------------------------------------------------------- extras (secrets.apply)
 
 def _extra():

@@ -129,7 +129,7 @@ def test_a_change_to_the_website_goes_to_its_own_repository_on_develop_or_the_br
     (("router", "broken", "1"), "--broken takes no value"),
     (("router", "slow-start"), "--slow-start takes whole seconds"),
     (("router", "slow-start", "3.5"), "--slow-start takes whole seconds"),
-    (("router", "fails", "push"), "--fails must be one of prepare, build"),
+    (("router", "fails", "push"), "--fails must be one of prepare, build, hang"),
     (("router", "fails", "prepare"), "only air_backend has a prepare command"),
     ((sb.WEBSITE, "version", "1.2"), "VERSION is in the main repository, not in static_website's"),
     (("router", "file", "../VERSION"), "--file '../VERSION' is not a path inside the component's folder"),
