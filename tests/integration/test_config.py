@@ -152,7 +152,7 @@ def test_rotating_a_secret_restarts_only_its_components_under_a_probe(copy, loca
     figures(f"secrets.apply rotating one secret of air_backend on 3 machines: {seconds:.1f} s "
             f"(probe: {probe.sent} requests, {probe.failed} failed)")
     assert probe.failed == 0, probe.errors
-    assert probe.sent > 20
+    assert probe.sent >= 10, "too few requests to have crossed the three machines' restarts"
     output = applied.stdout + applied.stderr
     assert rotated not in output and not any(value in output for value in copy.secret_values())
     after = started_at(local_serving)
