@@ -65,6 +65,7 @@ RETRY_FOR = 15  # seconds an idempotent call keeps retrying through a leader cha
 TOKEN_FRESH = 240
 LOGIN_PAUSE = 3  # s: after a login etcd could not answer (no quorum), requests go without one meanwhile
 _TOKEN_REFUSED = "invalid auth token"
+NO_LOGIN_NEEDED = {API_PATH + "maintenance/status", API_PATH + "cluster/member/list"}
 _AUTH_OFF = "authentication is not enabled"
 _NO_LOGIN = "user name is empty"
 
@@ -130,7 +131,11 @@ class Etcd:
     # The login.
 
     def _with_token(self, request):
-        """requests' auth hook: the token on every request of this client's sessions."""
+        """requests' auth hook: the token on every request of this client's sessions but those etcd
+        answers without one (a member's status and the member list): a member probed while the
+        cluster has no quorum answers them at once, not after a login that cannot be done."""
+        if request.path_url in NO_LOGIN_NEEDED:
+            return request
         token = self.token()
         if token:
             request.headers["Authorization"] = token
