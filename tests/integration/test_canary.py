@@ -20,6 +20,7 @@ from tasks.net.executor import Executor
 from tasks.runbooks import records
 
 from conftest import Running, Slow, etcd_of, fab, local_copy, serving
+from integration.test_operator import machine_releases, recorded
 
 WINDOW = 4           # s: the judging window of the module's cluster copy
 WEIGHT = 25          # percent of new connections the canary gets (--weight)
@@ -107,17 +108,6 @@ def deploy_judged(cluster, env, canary, *flags, traffic_rate=40):
     return proc, traffic, run, slow
 
 
-def recorded(cluster):
-    with etcd_of(cluster) as client:
-        return records.read_release(client, cluster)[1], records.read_candidate(client, cluster)[1], \
-            records.history(client, cluster)
-
-
-def machine_releases(cluster) -> dict:
-    from tasks.runbooks import steps
-    with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
-                                                      cluster.machines)))
 
 
 def balancer_weights(cluster) -> dict:
