@@ -42,6 +42,11 @@ class Interrupted(Halt):
     """The operator pressed Ctrl-C or sent SIGTERM."""
 
 
+def failure_kind(failure: Exception) -> str:
+    """How a record names what ended a task: "interrupted" (Ctrl-C, SIGTERM) or "failed"."""
+    return "interrupted" if isinstance(failure, Interrupted) else "failed"
+
+
 class LostLock(Halt):
     """The cluster's lock is no longer this task's: its lease expired or the key was taken away."""
 

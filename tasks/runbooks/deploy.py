@@ -31,7 +31,7 @@ from tasks.model import release_settings as kept
 from tasks.model import state
 from tasks.model.status_view import printable
 from tasks.model.cluster import check_address
-from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLock
+from tasks.model.errors import AirError, ConfigError, Halt, Interrupted, LostLock, failure_kind
 from tasks.model.hooks import Facts, check_message
 from tasks.model.release import Release
 from tasks.net import etcd as etcd_api
@@ -217,7 +217,7 @@ def deploy_canary(s: Session, release: Release, current: Optional[Release], addr
     except AirError as failure:
         if isinstance(failure, LostLock):
             raise  # its records are not ours to write any more
-        kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+        kind = failure_kind(failure)
         others = [m for m in machines if m != address]
         outcome = f"{kind}: canary on {address}: {str(failure).splitlines()[0]}"
 

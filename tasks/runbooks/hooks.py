@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 from tasks.commands.build_scripts import subject_command
 from tasks.commands.shell import tail
 from tasks.model import hooks as hooks_model
-from tasks.model.errors import AirError, DeadlineError, Interrupted
+from tasks.model.errors import AirError, DeadlineError, failure_kind
 from tasks.model.hooks import Facts
 from tasks.net.local import run_local
 from tasks.net.progress import say
@@ -64,7 +64,7 @@ def around(cluster, facts: Facts, enabled: bool = True) -> Iterator[Facts]:
         yield facts
     except AirError as failure:
         if enabled:
-            kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+            kind = failure_kind(failure)
             facts.outcome = f"{kind}: {(str(failure).splitlines() or [''])[0]}"
             finish(cluster, facts, started, failed=True)
         raise

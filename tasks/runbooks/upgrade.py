@@ -37,7 +37,8 @@ from tasks.model import release_settings as kept
 from tasks.model import rollout_plan, state
 from tasks.model.cluster import check_address
 from tasks.model.os_upgrade_plan import BOOTING
-from tasks.model.errors import AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError, RemoteError
+from tasks.model.errors import (AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError,
+                                RemoteError, failure_kind)
 from tasks.model.release import Release
 from tasks.model.rollout_plan import NOTHING, UPGRADE, Extra, Step, _machine, batch_limit, changes, describe, drift, plan, routed
 from tasks.net.progress import say
@@ -341,7 +342,7 @@ class Rollout:
         except LostLock:
             raise  # its records are not ours to write any more
         except AirError as failure:
-            kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+            kind = failure_kind(failure)
             record["outcome"] = f"{kind}: {str(failure).splitlines()[0]}"
 
             restored = f"restored after {'an interrupted' if kind == 'interrupted' else 'a failed'} upgrade"
@@ -377,7 +378,7 @@ def apply_kept(rollout: Rollout, address: str) -> list:
     except LostLock:
         raise  # its records are not ours to write any more
     except AirError as failure:
-        kind = "interrupted" if isinstance(failure, Interrupted) else "failed"
+        kind = failure_kind(failure)
         record["outcome"] = f"{kind}: on {address} only: {str(failure).splitlines()[0]}"
         raise records.after_failure(failure, lambda: records.add_history(s.etcd, s.cluster, record)) from None
     record["outcome"] = f"on {address} only"

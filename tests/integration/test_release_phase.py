@@ -21,7 +21,8 @@ import pytest
 from sandbox import testbed as sb
 from tasks.runbooks import records, settings
 
-from conftest import Probe, Slow, error_line, etcd_of, fab, local_copy, on, serving
+from conftest import error_line, etcd_of, fab, local_copy, on, serving
+from integration.test_release_settings import under_traffic
 
 BACKEND = "air_backend"
 DATABASE = sb.DATABASE_MOUNT
@@ -70,17 +71,6 @@ def database(cluster) -> tuple:
                                             f"cat {DATABASE}/migrations 2>/dev/null || true").stdout
     schema, _, log = said.partition("--\n")
     return int(schema.strip()), log.splitlines()
-
-
-def under_traffic(cluster, *args, env=None, check=True):
-    """`fab ARGS` under the probe, a long request in flight all along; (the run, the probe, the long request)."""
-    slow = Slow(cluster, 6)
-    with Probe(cluster.balancer.host, cluster.balancer.http_port) as probe:
-        slow.start()
-        assert slow.started_on.wait(10), slow.error
-        proc = fab(*args, env=env, check=check)
-    slow.join(30)
-    return proc, probe, slow
 
 
 def no_secret_in(cluster, *texts) -> None:
