@@ -111,6 +111,8 @@ KINDS = {
     "flag": "true or false",
     "percent": "a number of percent, more than 0 and at most 100",
     "ratio": "a number from 1 to 1000",
+    "unavailable": f"a number of machines (1 to {MAX_COUNT}) or a percent of the machines (`25%`: 1% to 100%)",
+    "budget": f"a whole number from 0 to {MAX_COUNT}",
     "milliseconds": "a whole number of milliseconds, from 1 to 600000",
     "etcd_reads": "a list of the application's keys the component reads: `maintenance`, `settings/<key>` "
                   "(a key of `settings`), or `settings/<prefix>/` (every setting below it; none of them a secret)",
@@ -351,6 +353,16 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                           "`air_responses_5xx_total` and the histogram `air_request_seconds_bucket{le=...}`.",
                           "/air-counters"),
     }, required=False),
+    "rollout": Section("How a rollout (deploy, rolling-upgrade) goes through the machines; the command line's "
+                       "`--max-unavailable`, `--max-failures` and `--parallel` override it.", {
+        "max_unavailable": Field("unavailable", "Machines out of the balancer at once: a number, or a percent of "
+                                 "the machines (rounded down, at least 1). Never more than one etcd member at a "
+                                 "time, and never so many that most machines are out.", 1),
+        "max_failures": Field("budget", "Machines whose upgrade may fail (each put back on its previous release "
+                              "and into the balancer) before the rollout stops; 0: the first failure stops it.", 0),
+        "parallel": Field("count", "Machines worked on at once where that is safe (reading their facts, pulling "
+                          "and staging a release): at most this many SSH sessions busy at once.", 10),
+    }, required=False),
 })
 
 
@@ -530,6 +542,15 @@ class Canary:
 
 
 @dataclass(frozen=True)
+class RolloutLimits:
+    """How much of a cluster a rollout may take out at once, how many failures it tolerates, how many
+    machines it works on side by side (the cluster file's ``rollout``, or the command line's)."""
+    max_unavailable: str = "1"  # N, or P% (``check_unavailable``)
+    max_failures: int = 0
+    parallel: int = 10
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     file: Path
@@ -552,6 +573,7 @@ class Cluster:
     release_command: Optional[ReleaseCommand] = None
     hooks: Hooks = Hooks()
     canary: Canary = Canary()
+    rollout: RolloutLimits = RolloutLimits()
 
     def image(self, component: str) -> str:
         """Repository of a component's image, without registry or tag."""
@@ -663,6 +685,26 @@ def check_addresses(values, where="machines", file="command line") -> list:
     if len({_as_ipv4(ipaddress.ip_address(a)) for a in result}) != len(result):
         _fail(file, where, KINDS["addresses"], values)
     return result
+
+
+UNAVAILABLE = re.compile(r"([0-9]{1,4})(%?)")
+
+
+def _unavailable(value: Any) -> str:
+    """``max_unavailable`` as the Cluster holds it: "N" or "P%"; _Invalid otherwise."""
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    found = UNAVAILABLE.fullmatch(text)
+    if not found or not 1 <= int(found[1]) <= (100 if found[2] else MAX_COUNT):
+        raise _Invalid(value)
+    return f"{int(found[1])}{found[2]}"
+
+
+def check_option(value, kind: str, where: str) -> Any:
+    """A command line's value of a schema ``kind`` (``unavailable``, ``budget``, ``count``), as the Cluster
+    holds it; or a ConfigError naming the option ``where``."""
+    text = str(value).strip()
+    return _check(kind, text if kind == "unavailable" or not text.isdigit() else int(text),
+                  _At("command line", where, Path("."), ""))
 
 
 # ---------------------------------------------------------------- one value of a kind
@@ -927,6 +969,8 @@ CHECKERS: dict[str, Checker] = {
     "flag": _flag,
     "percent": _number(0, 100, above=True),
     "ratio": _number(1, 1000),
+    "unavailable": lambda value, at: _unavailable(value),
+    "budget": _whole(0, MAX_COUNT),
     "milliseconds": _whole(1, 600000),
     "settings": _settings,
     "etcd_reads": _etcd_reads,
@@ -1085,6 +1129,7 @@ def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
         release_command=ReleaseCommand(**values["release_command"]) if values["release_command"] else None,
         hooks=Hooks(**values["hooks"]) if values["hooks"] else Hooks(),
         canary=Canary(**values["canary"]),
+        rollout=RolloutLimits(**values["rollout"]),
     )
 
 

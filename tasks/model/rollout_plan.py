@@ -4,7 +4,9 @@ A machine runs the components both the cluster file and the release have (``runn
 ``to_restart`` and ``to_remove`` say which of its units change; ``machine_action`` says whether a
 machine needs nothing, only to be put back into the balancer, or an upgrade; ``plan`` makes the
 steps of every machine, ``drift`` the warning about a cluster that is not as recorded,
-``batch_limit`` how many machines may be out at once. Pure: facts in, steps out
+``unavailable`` how many machines may be out at once (``batch_limit`` the majority that always
+serves), ``groups`` the steps taken out of the balancer together (at most one etcd member each, the
+leader last), ``stops`` whether failures so far end the rollout. Pure: facts in, steps out
 (``tasks.runbooks.upgrade.Rollout`` carries them out).
 """
 from __future__ import annotations
@@ -127,6 +129,38 @@ def describe(steps, machines, release: Release) -> list:
 def batch_limit(machines: int, wanted: int) -> int:
     """How many machines may be upgraded at once: a majority always stays in the balancer."""
     return max(1, min(int(wanted), (machines - 1) // 2))
+
+
+def unavailable(machines: int, max_unavailable: str) -> int:
+    """How many of ``machines`` may be out of the balancer at once: ``max_unavailable`` ("N", or "P%" of
+    them rounded down), at least one, and never so many that most are out (``batch_limit``)."""
+    if max_unavailable.endswith("%"):
+        return batch_limit(machines, machines * int(max_unavailable[:-1]) // 100)
+    return batch_limit(machines, int(max_unavailable))
+
+
+def groups(steps, members, machines: int, max_unavailable: str, leader: Optional[str] = None) -> list:
+    """``steps`` in the groups that leave the balancer together, in order: at most ``unavailable(machines,
+    max_unavailable)`` machines each and at most one etcd member (``members``: addresses) each. The members
+    take the last groups, one each, etcd's ``leader`` the very last (its leadership moves once, at the end);
+    the workers fill the groups from the first, in the steps' order. As few groups as that allows."""
+    limit = unavailable(machines, max_unavailable)
+    ones = sorted((s for s in steps if s.machine in members), key=lambda s: s.machine == leader)
+    workers = [s for s in steps if s.machine not in members]
+    count = max(len(ones), -(-len(steps) // limit))
+    member_of = [None] * (count - len(ones)) + ones
+    result = []
+    for member in member_of:
+        room = limit - (member is not None)
+        result.append(workers[:room] + ([member] if member else []))
+        workers = workers[room:]
+    return result
+
+
+def stops(failed: int, left_out: int, max_failures: int) -> bool:
+    """Whether a rollout ends after ``failed`` machines failed, ``left_out`` of them not restored (still out
+    of the balancer: capacity is gone, whatever the budget): more failures than ``max_failures``, or any."""
+    return left_out > 0 or failed > max_failures
 
 
 def units_of(cluster, components=None) -> list:

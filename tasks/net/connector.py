@@ -27,6 +27,7 @@ class Connector(Protocol):
     fence: Any                      # the lock confirmed before every change, once the task holds one
     interrupted: threading.Event    # set by the first Ctrl-C, SIGTERM or SIGHUP
     run_id: str                     # staged files of concurrent runs never collide
+    fan_out: int                    # hosts ``parallel`` works on at once
 
     def reachable(self, host: str) -> Optional[str]: ...
 

@@ -133,6 +133,7 @@ class Executor:
         self.interrupted = threading.Event()   # set by the first Ctrl-C or SIGTERM
         self.run_id = secrets.token_hex(4)     # staged files of concurrent runs never collide
         self.trips = RoundTrips()              # every host's answers waited for (``tasks.net.trips``)
+        self.fan_out = cluster.rollout.parallel  # hosts worked on at once by ``parallel`` (``--parallel``)
         self._conns: dict = {}
         self._gone: dict = {}                  # host -> why its connection was given up
         self._ahead_failed: dict = {}          # host -> (when, Unreachable) of a connection tried ahead
@@ -543,7 +544,7 @@ class Executor:
     # ------------------------------------------------------------ fan-out
 
     def parallel(self, work: Callable, items: Iterable, *, describe: Callable = str) -> list:
-        return parallel(work, items, describe=describe)
+        return parallel(work, items, describe=describe, at_once=self.fan_out)
 
 
 def _lines_to(on_line: Callable, data: bytes) -> bytes:
@@ -609,8 +610,10 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0]
 
 
-def parallel(work: Callable, items: Iterable, *, describe: Callable = str) -> list:
-    """``work(item)`` for every item at once; results in order, or one AirError naming each failure.
+def parallel(work: Callable, items: Iterable, *, describe: Callable = str, at_once: int = 16) -> list:
+    """``work(item)`` for every item, ``at_once`` of them side by side (each host's work holds one of
+    its connection's sessions, so that bounds the SSH sessions busy at once); results in order, or one
+    AirError naming each failure.
 
     Every item runs to its end even when another fails, so the error says
     the state of each machine, not only of the first that failed. A Halt
@@ -619,7 +622,7 @@ def parallel(work: Callable, items: Iterable, *, describe: Callable = str) -> li
     items = list(items)
     if not items:
         return []
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(at_once, len(items)))) as pool:
         futures = [pool.submit(work, item) for item in items]
     results, failures, halts = [], [], []
     for item, future in zip(items, futures):

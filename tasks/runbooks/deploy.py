@@ -45,7 +45,7 @@ from tasks.runbooks.push import print_report
 from tasks.runbooks.settings import apply as apply_settings
 
 
-def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, rebuild=False,
+def deploy_release(s: Session, host, branch, limits=None, dry=False, canary=None, rebuild=False,
                    facts: Facts = None, judge=None) -> Release:
     """The deploy runbook in a session holding the cluster's lock: build, push what changed,
     record the release, roll the cluster to it. ``branch``: the main repository's branch, or
@@ -56,7 +56,7 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, re
     cluster's release builds nothing (``publish``), unless ``rebuild``. ``facts``: what the hooks
     are told, filled in as the deploy goes (its pre_deploy hook runs before the push; None: no
     hooks, no message). ``judge``: (seconds, weight percent): the canary judged, then acted on
-    (``judged_canary``)."""
+    (``judged_canary``). ``limits``: the rollout's (default: the cluster file's)."""
     started = time.monotonic()
     branch = parse_branches(s.cluster, branch)
     if canary is not None:
@@ -68,12 +68,12 @@ def deploy_release(s: Session, host, branch, batch=1, dry=False, canary=None, re
     published = published_for(s, host, branch, recorded, dry, facts)
     current = rollback_base(found)  # nothing wrote the records since they were read
     if canary is not None:
-        canary_release(s, published, current, canary, dry, judge, batch, started)
+        canary_release(s, published, current, canary, dry, judge, limits, started)
     elif dry:
         print_push_plan(s, published, current)
-        upgrade.print_plan(cluster_rollout(s, published.release, current, batch)[0])
+        upgrade.print_plan(cluster_rollout(s, published.release, current, limits)[0])
     else:
-        roll_cluster(s, published, current, batch, started, recorded)
+        roll_cluster(s, published, current, limits, started, recorded)
     return published.release
 
 
@@ -85,7 +85,7 @@ def published_for(s: Session, host, branch, recorded: Optional[dict], dry: bool,
     return replace(published, extra={"message": facts.message}) if facts is not None and facts.message else published
 
 
-def canary_release(s: Session, published, current: Optional[Release], canary: str, dry: bool, judge, batch: int,
+def canary_release(s: Session, published, current: Optional[Release], canary: str, dry: bool, judge, limits,
                    started: float) -> None:
     """The published release on machine ``canary`` only (``deploy_canary``), with the settings and
     release command it needs; then, with ``judge``, judged and acted on (``judged_canary``)."""
@@ -99,7 +99,7 @@ def canary_release(s: Session, published, current: Optional[Release], canary: st
             release_command.before_rollout(s, published.release, current, meta, canary=True)
         deploy_canary(s, published.release, current, canary, dry, **meta)
     if judge and not dry and records.read_candidate(s.etcd, s.cluster)[0] == published.release:
-        judged_canary(s, published, current, canary, judge, batch, started)
+        judged_canary(s, published, current, canary, judge, limits, started)
 
 
 def check_canary(s: Session, canary: str) -> None:
@@ -124,21 +124,21 @@ def print_push_plan(s: Session, published, current: Optional[Release] = None) ->
     release_command.print_plan(s, published.release, current)
 
 
-def cluster_rollout(s: Session, release: Release, current: Optional[Release], batch: int) -> tuple:
+def cluster_rollout(s: Session, release: Release, current: Optional[Release], limits) -> tuple:
     """(the Rollout of every machine to ``release``, the candidate Release or None, its record)."""
     candidate, record = records.read_candidate(s.etcd, s.cluster)
     canary = {m: candidate.id for m in record["machines"]} if candidate else None
-    return upgrade.Rollout(s, release, current, batch=batch, canary=canary), candidate, record
+    return upgrade.Rollout(s, release, current, limits=limits, canary=canary), candidate, record
 
 
-def roll_cluster(s: Session, published, current: Optional[Release], batch: int, started: float,
+def roll_cluster(s: Session, published, current: Optional[Release], limits, started: float,
                  recorded: Optional[dict] = None, **extra) -> None:
     """Settings, then every machine to the published release (a candidate's machines included),
     recorded (with ``extra``, a judged canary's figures); a release already serving everywhere
     restarts nothing. ``recorded``: the cluster's release record, as read before the build."""
     cluster, release, meta = s.cluster, published.release, {**published.meta, **extra}
     say(f"deploy: release {release.id} is in the registry; reading the machines")
-    rollout, candidate, record = cluster_rollout(s, release, current, batch)
+    rollout, candidate, record = cluster_rollout(s, release, current, limits)
     base = release_settings.record_of(s, current)
     before, changed = applied_settings(s, meta)
     if current is not None and current.id == release.id and rollout.nothing_to_do:
@@ -234,7 +234,7 @@ def deploy_canary(s: Session, release: Release, current: Optional[Release], addr
         f"`fab deploy --cluster {cluster.name}` continues, `fab rollback --cluster {cluster.name}` puts it back")
 
 
-def judged_canary(s: Session, published, current: Optional[Release], machine: str, judge: tuple, batch: int,
+def judged_canary(s: Session, published, current: Optional[Release], machine: str, judge: tuple, limits,
                   started: float) -> None:
     """The candidate on ``machine`` judged over ``judge`` (seconds, weight percent), then continued to
     every machine (pass), rolled back and recorded ``aborted`` (fail; an interrupt rolls it back too),
@@ -247,7 +247,7 @@ def judged_canary(s: Session, published, current: Optional[Release], machine: st
                             judged=judged)
 
     def carry_on(judged: dict) -> None:
-        roll_cluster(s, published, current, batch, started, judged=judged)
+        roll_cluster(s, published, current, limits, started, judged=judged)
 
     try:
         verdict = judging.judge(s, machine, *judge)
@@ -264,7 +264,7 @@ def judged_canary(s: Session, published, current: Optional[Release], machine: st
 @air_task(help={"cluster": "target cluster", "branch": "branch to deploy (default: the cluster's build.branch); "
                 "COMPONENT=B for a component with its own repository (repeatable)",
                 "via": "member to reach etcd through", "wait": "wait for another task's lock instead of failing",
-                "batch": "machines upgraded at once",
+                **upgrade.LIMITS_HELP,
                 "canary": "put the new release on this machine only, as the cluster's candidate",
                 "judge": "with --canary: judge it over SECONDS (default: the cluster file's canary.window), "
                          "then continue, roll back or hold it",
@@ -274,20 +274,21 @@ def judged_canary(s: Session, published, current: Optional[Release], machine: st
                            "(base images changed under the same tag)",
                 "message": "what the release history keeps of this deploy (default: the commit's subject)",
                 "json": "print the outcome as JSON"}, iterable=["branch"], optional=["judge"])
-def deploy(c, cluster=None, branch=None, via=None, wait=False, batch=1, canary=None, judge=None, weight=None,
-           plan_=False, rebuild=False, json_=False, message=None):
+def deploy(c, cluster=None, branch=None, via=None, wait=False, max_unavailable=None, max_failures=None, parallel=None,
+           canary=None, judge=None, weight=None, plan_=False, rebuild=False, json_=False, message=None):
     """Build, push what changed and roll the cluster to it, under the cluster's lock (--canary: one machine)."""
     target = cluster_of(cluster)
     branch = parse_branches(target, branch)
     via = check_address(via, "--via") if via else None
     canary = check_address(canary, "--canary") if canary else None
     seconds, percent = judging.check_options(target, canary, judge, weight)
+    limits = upgrade.limits_of(target, max_unavailable=max_unavailable, max_failures=max_failures, parallel=parallel)
     facts = Facts(target.name, performer=state.operator(), message=check_message(message) if message is not None else "")
     host = build_host(c, target)
-    with hooks.around(target, facts, enabled=not plan_), \
+    with upgrade.reported(json_), hooks.around(target, facts, enabled=not plan_), \
             session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait,
                     ahead=[host]) as s:
-        release = deploy_release(s, host, branch, int(batch), dry=plan_, canary=canary, rebuild=rebuild, facts=facts,
+        release = deploy_release(s, host, branch, limits, dry=plan_, canary=canary, rebuild=rebuild, facts=facts,
                                  judge=(seconds, percent) if seconds else None)
         candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
         judged = (records.read_release(s.etcd, target)[1] or {}).get("judged") if seconds and not plan_ else None

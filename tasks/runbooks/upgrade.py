@@ -10,37 +10,44 @@ the balancer (a deploy killed after its start) is only checked and put back,
 the others restart just the components whose version changes. ``--plan``
 prints that and changes nothing. Applying it, every machine to upgrade pulls
 the images, has its files staged and its OS updates paused, all at once, while
-still serving; then group by group (one machine by default; ``--batch`` never
-takes out so many that most of the cluster is out of the balancer) the group
-leaves the balancer in the same change that puts the previous group back, one
-command restarts what changes on the staged files, and the health check must
-pass. OS updates resume on every machine prepared when the rollout ends,
-whatever its end (but a lost lock: then nothing more is ours to change).
+still serving (``--parallel`` of them at once); then group by group (the
+planner's ``groups``: as many machines as ``--max-unavailable`` allows, never
+so many that most of the cluster is out of the balancer, never more than one
+etcd member, the leader last) the group leaves the balancer in the same change
+that puts the previous group back, one command restarts what changes on the
+staged files, and the health check must pass. OS updates resume on every
+machine prepared when the rollout ends, whatever its end (but a lost lock:
+then nothing more is ours to change).
 
-At the first failure, or an interrupt, the machine in hand is put back on the
-release it ran before and into the balancer, nothing further is touched, and
-the error names the machine, the failed check and the journal's last lines.
-A task that lost the cluster's lock changes nothing at all: it says which
-machine it left out of the balancer.
+A machine that fails, or is in hand at an interrupt, is put back on the
+release it ran before and into the balancer; the error names the machine, the
+failed check and the journal's last lines. The rollout goes on while no more
+than ``--max-failures`` machines failed (0 by default: the first failure
+stops it), each restored; then it ends with an error naming the machines that
+failed and what each machine runs (``PartlyUpgraded``). A task that lost the
+cluster's lock changes nothing at all: it says which machine it left out of
+the balancer.
 """
 from __future__ import annotations
 
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import cloudconfig
 from tasks.commands import machine
 from tasks.model import release_settings as kept
 from tasks.model import rollout_plan, state
-from tasks.model.cluster import check_address
+from tasks.model.cluster import RolloutLimits, check_address, check_option
 from tasks.model.os_upgrade_plan import BOOTING
 from tasks.model.errors import (AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError,
                                 RemoteError, failure_kind)
 from tasks.model.release import Release
-from tasks.model.rollout_plan import NOTHING, UPGRADE, Extra, Step, _machine, batch_limit, changes, describe, drift, plan, routed
+from tasks.model.rollout_plan import (NOTHING, UPGRADE, Extra, Step, _machine, changes, describe, drift, groups, plan,
+                                      routed, stops)
 from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import balancer, records, steps
@@ -57,7 +64,17 @@ class Outcome:
 
 
 class UpgradeFailed(AirError):
-    """An upgrade stopped; the message names the machines and the state each was left in."""
+    """An upgrade stopped; the message names the machines and the state each was left in. ``result``:
+    the rollout's end as data (``Rollout.result``), when machines failed."""
+
+    def __init__(self, message: str, result: Optional[dict] = None):
+        super().__init__(message)
+        self.result = result
+
+
+class PartlyUpgraded(UpgradeFailed):
+    """A rollout that went through every machine with failures within its budget: those that failed
+    are back on the previous release, the others run the new one."""
 
 
 def member_machines(client) -> list:
@@ -69,18 +86,23 @@ class Rollout:
 
     Built from one read of the facts; ``steps`` is the plan, ``apply()`` carries it out.
     ``previous``: the release a failed or interrupted machine is put back on. ``canary``:
-    machine -> candidate release id, machines a canary deploy put on it (not drift).
+    machine -> candidate release id, machines a canary deploy put on it (not drift). ``limits``:
+    how many machines may be out at once, may fail, are worked on at once (default: the cluster
+    file's ``rollout``).
     """
 
-    def __init__(self, s, release: Release, previous: Optional[Release], only=None, batch: int = 1, canary: dict = None,
-                 extras: dict = None, done_hint: str = "(fab rolling-upgrade puts them back on the cluster's release)"):
+    def __init__(self, s, release: Release, previous: Optional[Release], only=None, limits: RolloutLimits = None,
+                 canary: dict = None, extras: dict = None,
+                 done_hint: str = "(fab rolling-upgrade puts them back on the cluster's release)"):
         self.s, self.ex, self.cluster = s, s.ex, s.cluster
         self.done_hint = done_hint  # what a failure says of the machines already done
         self.release, self.previous = release, previous
         self.extras: dict = extras or {}  # address -> Extra
-        self.members = sorted(member_machines(s.etcd))
+        self.limits = limits or self.cluster.rollout
+        self.ex.fan_out = self.limits.parallel
+        found = [m for m in s.etcd.members() if not m.learner]
+        self.members = sorted(state.member_address(m) for m in found)
         self.machines = sorted(only or self.members)
-        self.batch = batch_limit(len(self.members), batch)
         self.routers = balancer.Routers(self.ex)
         self.down, self.facts = self._read()
         self.steps = plan(self.cluster, release, self.facts, self.routers.listed(), self.extras) \
@@ -90,7 +112,17 @@ class Rollout:
             raise PreflightError("; ".join(filter(None, edited)) + "; nothing was changed")
         self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous, canary) \
             if not self.down and only is None else None
+        # An etcd member is a machine of etcd's member list; every other machine is a worker.
+        self.groups = groups(self.steps, set(self.members), len(set(self.members) | set(self.machines)),
+                             self.limits.max_unavailable, self._leader(found) if len(self.steps) > 1 else None)
+        self.failed: list = []     # (Step, Outcome) of every machine that failed so far
+        self.restored: list = []   # those of them back on the previous release and in the balancer
         self._bases: dict = {}
+
+    def _leader(self, members) -> Optional[str]:
+        """The address of etcd's leader (its group goes last), or None when no member names one."""
+        leader = self.s.etcd.status()["leader"]
+        return next((state.member_address(m) for m in members if m.id == leader), None)
 
     def _read(self) -> tuple:
         """(machines that cannot be logged in to, with why; facts of the others), with the
@@ -118,7 +150,8 @@ class Rollout:
         return not self.down and not self.steps
 
     def describe(self) -> list:
-        return describe(self.steps, self.machines, self.release)
+        order = "; then ".join(", ".join(s.machine for s in group) for group in self.groups)
+        return describe(self.steps, self.machines, self.release) + ([f"order: {order}"] if len(self.groups) > 1 else [])
 
     # ------------------------------------------------------------ applying
 
@@ -131,8 +164,8 @@ class Rollout:
         serving = self.routers.listed()
         done: list = []
         try:
-            for i in range(0, len(self.steps), self.batch):
-                self._upgrade_group(self.steps[i:i + self.batch], staged, serving, done)
+            for group in self.groups:
+                self._upgrade_group(group, staged, serving, done)
             with ThreadPoolExecutor(max_workers=1) as pool:  # OS updates resume while the last one goes back in
                 resuming = pool.submit(self._end_pause, paused, staged)
                 self._route(serving, done, [])
@@ -143,7 +176,18 @@ class Rollout:
         except AirError:
             self._end_pause(paused, staged)
             raise
+        if self.failed:  # each restored, within the budget
+            raise (PartlyUpgraded if done else UpgradeFailed)(self._failures(self.failed, done), self.result(done))
         return done
+
+    def result(self, done) -> dict:
+        """The rollout's end as data: the machines upgraded, those that failed (with the first line of
+        why) and the release each machine runs (None: out of the balancer, in an unknown state)."""
+        runs = {m: self.facts[m]["release"] for m in self.machines if m in self.facts}
+        runs.update(dict.fromkeys(done, self.release.id))
+        runs.update({s.machine: self.previous.id if o.restored and self.previous else None for s, o in self.failed})
+        return {"release": self.release.id, "upgraded": list(done), "runs": runs,
+                "failed": {s.machine: str(o.failure).splitlines()[0] for s, o in self.failed}}
 
     def _announce(self) -> None:
         if self.down:
@@ -163,15 +207,24 @@ class Rollout:
 
     def _upgrade_group(self, group: list, staged: dict, serving: list, done: list) -> None:
         """One group: out of the balancer (the group before back in), upgraded side by side; the
-        machines that made it join ``done``; a failure ends the rollout (``_stop_after``)."""
+        machines that made it join ``done``, those restored after a failure ``restored``; failures
+        beyond the budget, one not restored, an interrupt or a lost lock end the rollout (``_stop_after``)."""
         names = [s.machine for s in group]
         self._route(serving, done, names, check=f"the upgrade of {', '.join(names)}")
         outcomes = self.ex.parallel(lambda s: self._carry_out(s, staged.pop(s.machine, None)), group,
                                     describe=_machine)
         done += [s.machine for s, outcome in zip(group, outcomes) if outcome.failure is None]
         failed = [(s, outcome) for s, outcome in zip(group, outcomes) if outcome.failure is not None]
-        if failed:
+        if not failed:
+            return
+        self.failed += failed
+        self.restored += [s.machine for s, outcome in failed if outcome.restored]
+        halted = any(isinstance(outcome.failure, Halt) for _, outcome in failed)
+        if halted or stops(len(self.failed), len(self.failed) - len(self.restored), self.limits.max_failures):
             self._stop_after(failed, serving, done)
+        for s, outcome in failed:
+            say(f"upgrade: {s.machine} failed ({str(outcome.failure).splitlines()[0]}); {outcome.said} "
+                f"{len(self.failed)} failure(s) of {self.limits.max_failures} allowed: going on")
 
     def _route(self, serving: list, done: list, out: list, check: str = None) -> None:
         """The balancer routes to the members serving before, and those ``done``, but not ``out``.
@@ -179,7 +232,7 @@ class Rollout:
         try:
             if check:
                 self.ex.check(check)
-            self.routers.set(routed(self.members, serving, done, out))
+            self.routers.set(routed(self.members, serving, done + self.restored, out))
         except Halt as halt:
             self._halt_between(halt, serving, done)
         except AirError as failure:
@@ -199,7 +252,7 @@ class Rollout:
             raise LostLock(f"{halt}; " + self._left(done, "nothing else was changed") +
                            (f"; out of the balancer: {', '.join(out)}" if out else "")) from None
         with self.ex.finishing():
-            self.routers.set(routed(self.members, serving, done, []))
+            self.routers.set(routed(self.members, serving, done + self.restored, []))
         raise Interrupted(self._left(done, "every machine is in the balancer")) from None
 
     def _stop_after(self, failed: list, serving: list, done: list) -> None:
@@ -211,18 +264,27 @@ class Rollout:
             out = ", ".join(s.machine for s, _ in failed)
             raise LostLock(f"{lost[0]}; left out of the balancer mid-upgrade: {out}; "
                            + self._left(done, "nothing else was changed"))
-        back = [s.machine for s, outcome in failed if outcome.restored]
         still_out = [s.machine for s, outcome in failed if not outcome.restored]
         with self.ex.finishing():
-            self.routers.set(routed(self.members, serving, done + back, still_out))
+            self.routers.set(routed(self.members, serving, done + self.restored, still_out))
         if any(isinstance(outcome.failure, Interrupted) for _, outcome in failed):
             raise Interrupted(f"{'; '.join(outcome.said for _, outcome in failed)}; " +
                               self._left(done, "no other machine was touched"))
+        raise UpgradeFailed(self._failures(self.failed, done, stopped=True), self.result(done))
+
+    def _failures(self, failed: list, done: list, stopped: bool = False) -> str:
+        """The machines that failed, each with why and what became of it, then those upgraded."""
         message = "\n".join(f"upgrade of {s.machine} to {self.release.id} failed: {outcome.failure}\n{outcome.said}"
                             for s, outcome in failed)
-        if done:
+        if self.limits.max_failures:
+            message += (f"\n{len(failed)} machine(s) failed, {self.limits.max_failures} allowed: "
+                        + ("the rollout stopped there" if stopped else "every other machine was upgraded"))
+        if done and stopped:
             message += f"\nalready upgraded to {self.release.id}: {', '.join(done)} {self.done_hint}"
-        raise UpgradeFailed(message)
+        elif done:
+            message += (f"\nupgraded to {self.release.id}: {', '.join(done)} (`fab rolling-upgrade --cluster "
+                        f"{self.cluster.name}` tries the others again)")
+        return message
 
     def _left(self, done, rest: str) -> str:
         upgraded = f"upgraded to {self.release.id}: {', '.join(done)}; " if done else ""
@@ -341,9 +403,22 @@ class Rollout:
             changed = self.apply()
         except LostLock:
             raise  # its records are not ours to write any more
+        except PartlyUpgraded as partly:
+            # Most machines run the new release: it stays the cluster's, and a rolling upgrade retries the others.
+            result = partly.result or {}
+            record.update(outcome=f"partly upgraded: failed on {', '.join(result['failed'])}",
+                          failed=result["failed"], runs=result["runs"])
+
+            def write_partly():
+                records.write_release(self.s.etcd, self.cluster, self.release,
+                                      **{k: v for k, v in record.items() if k not in ("id", "components")})
+                records.add_history(self.s.etcd, self.cluster, record)
+            raise records.after_failure(partly, write_partly) from None
         except AirError as failure:
             kind = failure_kind(failure)
             record["outcome"] = f"{kind}: {str(failure).splitlines()[0]}"
+            if isinstance(failure, UpgradeFailed) and failure.result:
+                record.update(failed=failure.result["failed"], runs=failure.result["runs"])
 
             restored = f"restored after {'an interrupted' if kind == 'interrupted' else 'a failed'} upgrade"
 
@@ -390,6 +465,7 @@ def plan_data(rollout: Rollout) -> dict:
     """The plan as data (``--plan --json``): what each machine needs, what stops the rollout."""
     planned = {s.machine: s for s in rollout.steps}
     return {"release": rollout.release.id, "unreachable": rollout.down, "warning": rollout.warning,
+            "groups": [[s.machine for s in group] for group in rollout.groups],
             "machines": {m: {"action": planned[m].action if m in planned else NOTHING,
                              "restart": list(planned[m].restart) if m in planned else [],
                              "remove": list(planned[m].remove) if m in planned else []}
@@ -421,6 +497,36 @@ def target_release(s: Session, release_id=None) -> tuple:
     raise ConfigError(f"no release {release_id!r} in the history of {s.cluster.name} (see fab releases)")
 
 
+# The options of the tasks that roll the cluster (deploy, rolling-upgrade): one home for their help and checks.
+LIMITS_HELP = {
+    "max_unavailable": "machines out of the balancer at once: N, or P% of the machines (default: the cluster "
+                       "file's rollout.max_unavailable); never more than one etcd member, never most machines",
+    "max_failures": "machines that may fail, each put back on its previous release, before the rollout stops "
+                    "(default: rollout.max_failures)",
+    "parallel": "machines whose facts are read and release pulled and staged at once (default: rollout.parallel)",
+}
+LIMITS_KIND = {"max_unavailable": "unavailable", "max_failures": "budget", "parallel": "count"}
+
+
+def limits_of(cluster, **given) -> RolloutLimits:
+    """The cluster file's rollout limits, overridden by those ``given`` on the command line (None: not
+    given), each checked: a bad one is a one-line ConfigError before anything is touched."""
+    return replace(cluster.rollout, **{name: check_option(value, LIMITS_KIND[name], "--" + name.replace("_", "-"))
+                                       for name, value in given.items() if value is not None})
+
+
+@contextmanager
+def reported(as_json: bool):
+    """With ``--json``, a rollout that ended with failed machines prints its result (``Rollout.result``)
+    on standard output before its error line."""
+    try:
+        yield
+    except UpgradeFailed as failed:
+        if as_json and failed.result:
+            print(json.dumps({**failed.result, "error": str(failed).splitlines()[0]}, indent=1, sort_keys=True))
+        raise
+
+
 @air_task(name="upgrade-machine", help={"cluster": "target cluster", "machine": "machine address",
                                         "release": "release id (default: the cluster's current release)",
                                         "via": "member to reach etcd through",
@@ -446,20 +552,22 @@ def upgrade_machine_task(c, cluster=None, machine_=None, release=None, via=None,
 
 
 @air_task(name="rolling-upgrade", help={"cluster": "target cluster", "via": "member to reach etcd through",
-                                        "batch": "machines upgraded at once (capped to keep a majority serving)",
+                                        **LIMITS_HELP,
                                         "release": "release id (default: the cluster's current release)",
                                         "plan": "print what each machine needs and change nothing",
                                         "json": "print the plan or the outcome as JSON"})
-def rolling_upgrade(c, cluster=None, via=None, batch=1, release=None, plan_=False, json_=False):
-    """Upgrade every member machine to the cluster's release, one at a time."""
+def rolling_upgrade(c, cluster=None, via=None, max_unavailable=None, max_failures=None, parallel=None, release=None,
+                    plan_=False, json_=False):
+    """Upgrade every machine to the cluster's release, as many at once as --max-unavailable allows."""
     target = cluster_of(cluster)
     via = check_address(via, "--via") if via else None
-    with session(target, None if plan_ else "rolling-upgrade", via) as s:
+    limits = limits_of(target, max_unavailable=max_unavailable, max_failures=max_failures, parallel=parallel)
+    with reported(json_), session(target, None if plan_ else "rolling-upgrade", via) as s:
         wanted, current = target_release(s, release)
-        rollout = Rollout(s, wanted, current, batch=int(batch))
+        rollout = Rollout(s, wanted, current, limits=limits)
         if plan_:
             print_plan(rollout, json_)
             return
         changed, trips = (rollout.apply() if release is None else apply_recorded_release(rollout)), s.ex.trips
-    report({"release": wanted.id, "upgraded": changed, "round_trips": trips.summary()}, json_,
+    report({**rollout.result(changed), "round_trips": trips.summary()}, json_,
            f"release {wanted.id}: {len(changed)} machine(s) upgraded")

@@ -27,6 +27,7 @@ class FakeExecutor:
         self.fence = None
         self.interrupted = threading.Event()
         self.run_id = "run1"
+        self.fan_out = cluster.rollout.parallel
         self.down = dict.fromkeys(down, "nothing answers on port 22") if not isinstance(down, dict) else dict(down)
         self.calls: list = []
         self.files: dict = {}
@@ -108,7 +109,7 @@ class FakeExecutor:
         return missing if found is None else found[0]
 
     def parallel(self, work, items, *, describe=str):
-        return parallel(work, items, describe=describe)
+        return parallel(work, items, describe=describe, at_once=self.fan_out)
 
     def in_flight(self):
         return []
@@ -199,6 +200,10 @@ class FakeEtcd:
 
     def members(self):
         return list(self._members)
+
+    def status(self):
+        """No leader named unless a test sets ``leader`` (a member's id): the rollout keeps address order."""
+        return {"member": "1", "leader": getattr(self, "leader", ""), "raft_term": 2}
 
     def snapshot(self):
         self.snapshots += 1

@@ -81,6 +81,15 @@ def test_a_valid_file_loads_with_defaults_applied(tmp_path):
     assert c.machines == ("192.0.2.11", "192.0.2.12", "192.0.2.13")
 
 
+def test_rollout_limits_default_to_one_at_a_time_and_are_read_as_n_or_percent(tmp_path):
+    write(tmp_path, "stage", VALID)
+    assert cluster.load("stage", tmp_path).rollout == cluster.RolloutLimits("1", 0, 10)
+    write(tmp_path, "prod", variant(rollout={"max_unavailable": "25%", "max_failures": 2}))
+    assert cluster.load("prod", tmp_path).rollout == cluster.RolloutLimits("25%", 2, 10)
+    write(tmp_path, "test", variant(rollout={"max_unavailable": 3, "parallel": 4}))
+    assert cluster.load("test", tmp_path).rollout == cluster.RolloutLimits("3", 0, 4)
+
+
 def test_local_paths_are_relative_to_the_cluster_file_and_expand_home(tmp_path):
     write(tmp_path, "stage", variant(ssh__known_hosts="~/.ssh/known_hosts"))
     c = cluster.load("stage", tmp_path)
@@ -254,6 +263,13 @@ def test_empty_machines(tmp_path):
      "names, got 'auth.example.com'"),
     ("registry__token_hosts", ["auth example"], "registry.token_hosts[0]: expected an IP address or a DNS name"),
     ("registry__keep", 0, "registry.keep: expected a whole number from 1 to 1000, got 0"),
+    ("rollout", {"max_unavailable": 0}, "rollout.max_unavailable: expected a number of machines (1 to 1000) or a "
+     "percent of the machines (`25%`: 1% to 100%), got 0"),
+    ("rollout", {"max_unavailable": "0%"}, "rollout.max_unavailable: expected a number of machines"),
+    ("rollout", {"max_unavailable": "25 %"}, "rollout.max_unavailable: expected a number of machines"),
+    ("rollout", {"max_unavailable": True}, "rollout.max_unavailable: expected a number of machines"),
+    ("rollout", {"max_failures": -1}, "rollout.max_failures: expected a whole number from 0 to 1000, got -1"),
+    ("rollout", {"parallel": 0}, "rollout.parallel: expected a whole number from 1 to 1000, got 0"),
 ])
 def test_wrong_type_or_shape(tmp_path, field, value, expected):
     message = error_of(tmp_path, "stage", variant(**{field: value}))

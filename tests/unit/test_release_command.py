@@ -85,7 +85,7 @@ def test_it_runs_on_one_member_before_the_first_drain_its_output_masked(configur
     s = configured
     s.cluster = with_command(s.cluster)
     s.ex.answer("air-web-release-command", stdout=f"migrating\nwith {PASSWORD}\ndone\n")
-    deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, 1, 0.0)
+    deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, None, 0.0)
     ran = [(i, h) for i, (h, c, _) in enumerate(s.ex.calls) if "docker run --rm --name air-web-release-command" in c]
     assert [h for _, h in ran] == ["10.0.0.1"]
     assert ran[0][0] < min(i for i, (_, c, _) in enumerate(s.ex.calls) if "list-unit-files --no-legend air-" in c)
@@ -100,7 +100,7 @@ def test_a_failing_release_command_stops_the_deploy_before_any_drain(configured,
     s.cluster = with_command(s.cluster)
     s.ex.answer("air-web-release-command", exited=3, stdout="".join(f"line {i}\n" for i in range(9)) + PASSWORD)
     with pytest.raises(ReleaseCommandFailed) as failed:
-        deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, 1, 0.0)
+        deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, None, 0.0)
     message = str(failed.value)
     assert message.startswith("10.0.0.1: the release command failed (exit 3): line 5 | line 6 | line 7 | line 8 | "
                               "(secret)")
@@ -125,7 +125,7 @@ def test_a_release_command_past_its_deadline_has_its_container_removed(configure
 def test_the_same_release_again_does_not_run_it(configured):
     s = configured
     s.cluster = with_command(s.cluster)
-    deploy.roll_cluster(s, Published(OLD, [], BUILT), OLD, 1, 0.0)
+    deploy.roll_cluster(s, Published(OLD, [], BUILT), OLD, None, 0.0)
     assert not any("air-web-release-command" in c for _, c, _ in s.ex.calls)
 
 

@@ -191,7 +191,7 @@ def test_a_deploy_records_its_settings_and_a_failed_one_puts_the_previous_back(c
     old = at_releases(s, {"site/name": "Old", "db/password": PASSWORD, "stale": "x"})
     s.ex.answer("http://127.0.0.1:8080/health", host="10.0.0.2", exited=1, stderr="not healthy within 5 s: web", first=True)
     with pytest.raises(UpgradeFailed):
-        deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, 1, 0.0)
+        deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, None, 0.0)
     assert settings_in(s) == {"site/name": "Old", "db/password": PASSWORD, "stale": "x"}
     current, history = recorded(s)
     assert current["id"] == OLD.id and current["outcome"] == "restored after a failed upgrade"
@@ -210,7 +210,7 @@ def test_a_deploy_records_its_settings_and_a_failed_one_puts_the_previous_back(c
 def test_a_successful_deploy_keeps_its_settings_in_its_records(configured):
     s = configured
     at_releases(s, {"site/name": "Old", "db/password": PASSWORD})
-    deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, 1, 0.0)
+    deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, None, 0.0)
     current, history = recorded(s)
     fields = kept.fields({"site/name": "Air", "db/password": PASSWORD}, {"db/password": "db_password"},
                          {"db_password": (PASSWORD + "\n").encode()})
@@ -222,14 +222,14 @@ def test_a_successful_deploy_keeps_its_settings_in_its_records(configured):
 def test_a_deploy_of_the_same_release_with_other_settings_records_it_again_with_them(configured):
     s = configured
     at_releases(s, {"site/name": "Old", "db/password": PASSWORD})
-    deploy.roll_cluster(s, Published(OLD, [], BUILT), OLD, 1, 0.0)  # the machines run OLD: nothing to restart
+    deploy.roll_cluster(s, Published(OLD, [], BUILT), OLD, None, 0.0)  # the machines run OLD: nothing to restart
     assert s.ex.commands(changes_only=True) == []
     current, history = recorded(s)
     assert current["settings"]["digest"] == kept.settings_digest({"site/name": "Air", "db/password": PASSWORD})
     assert current["outcome"] == "succeeded" and current["when"] != "2024-01-01T00:00:00.000000Z"
     assert [r["id"] for r in history] == [OLD.id, OLD.id] and history[-1] == current
     # The same settings again: nothing is recorded.
-    deploy.roll_cluster(s, Published(OLD, [], BUILT), OLD, 1, 0.0)
+    deploy.roll_cluster(s, Published(OLD, [], BUILT), OLD, None, 0.0)
     assert recorded(s) == (current, history)
 
 

@@ -6,16 +6,18 @@ one machine at a time out of the balancer) and its halts: a deadline that
 passes, an interrupt mid-step, a lock lost between machines.
 """
 import json
+import time
 
 import pytest
 
 from tasks.commands import machine
 from tasks.commands.haproxy import routers_file
 from tasks.model import state
-from tasks.model.errors import Interrupted, LostLock, PreflightError
+from tasks.model.cluster import RolloutLimits
+from tasks.model.errors import ConfigError, Interrupted, LostLock, PreflightError
 from tasks.model.release import Image, Release
 from tasks.runbooks import records
-from tasks.runbooks.upgrade import Rollout, UpgradeFailed
+from tasks.runbooks.upgrade import PartlyUpgraded, Rollout, UpgradeFailed, limits_of, plan_data
 
 from .fakes import FakeEtcd, FakeExecutor, FakeFence, release_facts_text
 
@@ -380,3 +382,109 @@ def test_a_failed_machine_is_restored_to_a_release_without_the_new_component(s):
     assert restore and "systemctl enable -q --no-reload air-web.service && systemctl restart air-web.service" in restore[-1]
     assert "rm -f /etc/systemd/system/air-worker.service" in restore[-1]  # the unit the upgrade brought goes
     assert "air-worker.service" not in restore[-1].split("rm -f /etc/systemd/system/air-worker.service")[1]  # and is not started
+
+
+# ---------------------------------------------------------------- capacity and the failure budget
+
+def out_of_balancer(ex) -> list:
+    """How many machines each balancer change left out."""
+    return [len(MACHINES) - len(routed) for routed in ex.routed]
+
+
+def test_every_machine_a_member_goes_one_at_a_time_whatever_max_unavailable_and_the_leader_last(s):
+    s.etcd.leader = "1"  # 10.0.0.1 leads etcd
+    done = Rollout(s, NEW, OLD, limits=RolloutLimits(max_unavailable="100%")).apply()
+    assert done == ["10.0.0.2", "10.0.0.3", "10.0.0.1"]
+    assert s.ex.routed == [["10.0.0.1", "10.0.0.3"], ["10.0.0.1", "10.0.0.2"], ["10.0.0.2", "10.0.0.3"], MACHINES]
+    assert max(out_of_balancer(s.ex)) == 1
+
+
+def test_the_plan_says_the_order(s):
+    s.etcd.leader = "2"
+    rollout = Rollout(s, NEW, OLD, limits=RolloutLimits(max_unavailable="2"))
+    assert rollout.describe()[-1] == "order: 10.0.0.1; then 10.0.0.3; then 10.0.0.2"
+    assert plan_data(rollout)["groups"] == [["10.0.0.1"], ["10.0.0.3"], ["10.0.0.2"]]
+
+
+def fail_health_on(s, address):
+    s.ex.answer("list-unit-files --no-legend air-web.service 2>", host=address, deadline=True, first=True)
+
+
+def test_a_failure_within_the_budget_is_restored_and_the_rollout_goes_on_to_the_others(s):
+    fail_health_on(s, "10.0.0.2")
+    with pytest.raises(PartlyUpgraded) as partly:
+        Rollout(s, NEW, OLD, limits=RolloutLimits(max_failures=1)).apply_recorded(branch="master")
+    message = str(partly.value)
+    assert message.splitlines()[0].startswith(f"upgrade of 10.0.0.2 to {NEW.id} failed: 10.0.0.2: restart web")
+    assert f"restored: 10.0.0.2 is back on release {OLD.id} and in the balancer." in message
+    assert "1 machine(s) failed, 1 allowed: every other machine was upgraded" in message
+    assert f"upgraded to {NEW.id}: 10.0.0.1, 10.0.0.3 (`fab rolling-upgrade --cluster" in message
+    # 10.0.0.2 restarted twice (the upgrade, its restore); the rollout went on to 10.0.0.3.
+    assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.3"]
+    assert s.ex.routed[-1] == MACHINES and max(out_of_balancer(s.ex)) == 1
+    result = partly.value.result
+    assert result["failed"].keys() == {"10.0.0.2"} and result["upgraded"] == ["10.0.0.1", "10.0.0.3"]
+    assert result["runs"] == {"10.0.0.1": NEW.id, "10.0.0.2": OLD.id, "10.0.0.3": NEW.id}
+    # Most machines run the new release: it stays the cluster's, its record names the failed machine.
+    current, record = records.read_release(s.etcd, s.cluster)
+    assert current == NEW and record["outcome"] == "partly upgraded: failed on 10.0.0.2"
+    assert record["runs"] == result["runs"] and record["failed"] == result["failed"]
+    assert history_outcomes(s) == ["partly upgraded: failed on 10.0.0.2"]
+
+
+def test_failures_beyond_the_budget_stop_the_rollout_and_the_record_says_who_runs_what(s):
+    fail_health_on(s, "10.0.0.1")
+    fail_health_on(s, "10.0.0.2")
+    with pytest.raises(UpgradeFailed) as failed:
+        Rollout(s, NEW, OLD, limits=RolloutLimits(max_failures=1)).apply_recorded(branch="master")
+    assert not isinstance(failed.value, PartlyUpgraded)
+    assert "2 machine(s) failed, 1 allowed: the rollout stopped there" in str(failed.value)
+    assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2"]  # 10.0.0.3 untouched
+    assert s.ex.routed[-1] == MACHINES
+    current, record = records.read_release(s.etcd, s.cluster)
+    assert current == OLD and record["outcome"] == "restored after a failed upgrade"
+    last = json.loads(sorted(s.etcd.get_prefix(state.history_prefix(s.cluster)).items())[-1][1])
+    assert last["failed"].keys() == {"10.0.0.1", "10.0.0.2"}
+    assert last["runs"] == {"10.0.0.1": OLD.id, "10.0.0.2": OLD.id, "10.0.0.3": OLD.id}
+
+
+def test_every_machine_failing_within_the_budget_is_a_plain_failure(s):
+    for address in MACHINES:
+        fail_health_on(s, address)
+    with pytest.raises(UpgradeFailed) as failed:
+        Rollout(s, NEW, OLD, limits=RolloutLimits(max_failures=3)).apply_recorded()
+    assert not isinstance(failed.value, PartlyUpgraded)
+    assert records.read_release(s.etcd, s.cluster)[0] == OLD
+
+
+def test_parallel_bounds_the_hosts_worked_on_at_once(s):
+    busy, most = set(), []
+
+    def watch(host, command):
+        if "docker pull" in command:
+            busy.add(host)
+            most.append(len(busy))
+            time.sleep(0.05)
+            busy.discard(host)
+    s.ex.on_run = watch
+    Rollout(s, NEW, OLD, limits=RolloutLimits(parallel=1)).apply()
+    assert s.ex.fan_out == 1 and most == [1, 1, 1]
+
+
+@pytest.mark.parametrize("given, error", [
+    ({"max_unavailable": "0"}, "command line: --max-unavailable: expected a number of machines (1 to 1000) or a "
+                               "percent of the machines (`25%`: 1% to 100%), got '0'"),
+    ({"max_unavailable": "150%"}, "--max-unavailable: expected a number of machines"),
+    ({"max_unavailable": "two"}, "--max-unavailable: expected a number of machines"),
+    ({"max_failures": "-1"}, "command line: --max-failures: expected a whole number from 0 to 1000, got '-1'"),
+    ({"parallel": "0"}, "command line: --parallel: expected a whole number from 1 to 1000, got 0"),
+])
+def test_bad_limits_are_one_line_before_anything(cluster, given, error):
+    with pytest.raises(ConfigError) as refused:
+        limits_of(cluster, **given)
+    assert error in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_limits_given_override_the_cluster_files(cluster):
+    assert limits_of(cluster, max_unavailable=" 25% ", max_failures=None, parallel="4") == \
+        RolloutLimits(max_unavailable="25%", max_failures=0, parallel=4)
