@@ -43,7 +43,7 @@ MACHINES, SPARES = 3, 2
 # fewer deploys of its own on a sandbox whose machines already hold a few images.
 LONGEST_FIRST = ("test_install", "test_faults", "test_deploy", "test_os_upgrade", "test_etcd_backup",
                  "test_release_content", "test_release_phase",
-                 "test_operator", "test_canary", "test_hardening",
+                 "test_operator", "test_capacity", "test_canary", "test_hardening",
                  "test_images", "test_balancer", "test_builds", "test_machines",
                  "test_membership", "test_release_settings", "test_config", "test_gateway", "test_etcd_auth",
                  "test_etcd_peers",

@@ -156,11 +156,17 @@ def roll_cluster(s: Session, published, current: Optional[Release], limits, star
         return
     if candidate is not None:
         meta.update(continued_canary(candidate, record, release))
+    partly = None
     with release_settings.put_back_on_failure(s, "deploy", before, base):
         release_command.before_rollout(s, release, current, meta)  # the migrations, before the first drain
-        rollout.apply_recorded(previous_meta=kept.of_record(base), **meta)
+        try:
+            rollout.apply_recorded(previous_meta=kept.of_record(base), **meta)
+        except upgrade.PartlyUpgraded as failed:
+            partly = failed  # the release is the cluster's, on most machines: its settings stay
     if candidate is not None:
         records.clear_candidate(s.etcd, cluster)
+    if partly is not None:
+        raise partly
     say(f"deploy: {cluster.name} runs release {release.id} ({time.monotonic() - started:.1f} s)")
     clean_up(s, release)
 

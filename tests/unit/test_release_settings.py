@@ -6,10 +6,11 @@ import json
 import pytest
 
 from tasks.model import release_settings as kept
+from tasks.model.cluster import RolloutLimits
 from tasks.model.errors import Interrupted, LostLock, RecordError
 from tasks.runbooks import deploy, records
 from tasks.runbooks.publish import Published
-from tasks.runbooks.upgrade import UpgradeFailed
+from tasks.runbooks.upgrade import PartlyUpgraded, UpgradeFailed
 
 from .test_rollout import NEW, OLD, facts_text, record_routes, s  # noqa: F401 (fixtures)
 
@@ -205,6 +206,19 @@ def test_a_deploy_records_its_settings_and_a_failed_one_puts_the_previous_back(c
     put_back = said[said.index("deploy: putting the settings back as they were"):]
     assert "deploy: settings: ~ site/name: 'Air' -> 'Old'" in put_back and "deploy: settings: + stale = 'x'" in put_back
     assert PASSWORD not in said
+
+
+def test_a_deploy_with_a_failure_within_its_budget_keeps_its_settings_with_the_release(configured, capsys):
+    s = configured
+    at_releases(s, {"site/name": "Old", "db/password": PASSWORD})
+    # The upgrade (restarting web alone) fails there; its restore (both components) works.
+    s.ex.answer("list-unit-files --no-legend air-web.service 2>", host="10.0.0.2", deadline=True, first=True)
+    with pytest.raises(PartlyUpgraded):
+        deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, RolloutLimits(max_failures=1), 0.0)
+    assert settings_in(s) == {"site/name": "Air", "db/password": PASSWORD}
+    current, _ = recorded(s)
+    assert current["id"] == NEW.id and current["outcome"] == "partly upgraded: failed on 10.0.0.2"
+    assert "putting the settings back" not in capsys.readouterr().err
 
 
 def test_a_successful_deploy_keeps_its_settings_in_its_records(configured):
