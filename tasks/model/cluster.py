@@ -359,7 +359,8 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                                  "the machines (rounded down, at least 1). Never more than one etcd member at a "
                                  "time, and never so many that most machines are out.", 1),
         "max_failures": Field("budget", "Machines whose upgrade may fail (each put back on its previous release "
-                              "and into the balancer) before the rollout stops; 0: the first failure stops it.", 0),
+                              "and into the balancer) before a deploy or rolling-upgrade stops; 0: the first failure stops it "
+                              "(as it always stops a rollback or secrets.apply).", 0),
         "parallel": Field("count", "Machines worked on at once where that is safe (reading their facts, pulling "
                           "and staging a release): at most this many SSH sessions busy at once.", 10),
     }, required=False),

@@ -88,7 +88,7 @@ class Rollout:
     ``previous``: the release a failed or interrupted machine is put back on. ``canary``:
     machine -> candidate release id, machines a canary deploy put on it (not drift). ``limits``:
     how many machines may be out at once, may fail, are worked on at once (default: the cluster
-    file's ``rollout``).
+    file's ``rollout``, with no failure allowed).
     """
 
     def __init__(self, s, release: Release, previous: Optional[Release], only=None, limits: RolloutLimits = None,
@@ -98,7 +98,8 @@ class Rollout:
         self.done_hint = done_hint  # what a failure says of the machines already done
         self.release, self.previous = release, previous
         self.extras: dict = extras or {}  # address -> Extra
-        self.limits = limits or self.cluster.rollout
+        # A failure budget is for the tasks that take one (deploy, rolling-upgrade): rollbacks and secrets stop at the first.
+        self.limits = limits or replace(self.cluster.rollout, max_failures=0)
         self.ex.fan_out = self.limits.parallel
         found = [m for m in s.etcd.members() if not m.learner]
         self.members = sorted(state.member_address(m) for m in found)

@@ -5,6 +5,7 @@ unless a rule says otherwise. These pin the orchestration (prepare all, then
 one machine at a time out of the balancer) and its halts: a deadline that
 passes, an interrupt mid-step, a lock lost between machines.
 """
+import dataclasses
 import json
 import time
 
@@ -488,3 +489,15 @@ def test_bad_limits_are_one_line_before_anything(cluster, given, error):
 def test_limits_given_override_the_cluster_files(cluster):
     assert limits_of(cluster, max_unavailable=" 25% ", max_failures=None, parallel="4") == \
         RolloutLimits(max_unavailable="25%", max_failures=0, parallel=4)
+
+
+def test_a_rollout_given_no_limits_takes_the_cluster_files_capacity_but_no_failure_budget(s):
+    """Rollbacks and secrets.apply: the file's max_failures is for deploy and rolling-upgrade only."""
+    s.cluster = dataclasses.replace(s.cluster, rollout=RolloutLimits(max_unavailable="3", max_failures=2, parallel=4))
+    fail_health_on(s, "10.0.0.1")
+    rollout = Rollout(s, NEW, OLD)
+    assert rollout.limits == RolloutLimits(max_unavailable="3", max_failures=0, parallel=4) and s.ex.fan_out == 4
+    with pytest.raises(UpgradeFailed) as failed:
+        rollout.apply()
+    assert not isinstance(failed.value, PartlyUpgraded)
+    assert [h for h, _ in restarts(s.ex)] == ["10.0.0.1", "10.0.0.1"]  # the upgrade, its restore; nothing more
