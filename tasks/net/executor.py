@@ -480,20 +480,7 @@ class Executor:
             exec_unconfirmed(channel, sent)
             errors = threading.Thread(target=_copy_stderr, args=(channel,), daemon=True)
             errors.start()
-            channel.settimeout(0.2)
-            pending = b""
-            while stop is None or not stop.is_set():
-                try:
-                    data = channel.recv(1 << 16)
-                except socket.timeout:
-                    continue
-                if not data:
-                    break
-                *lines, pending = (pending + data).split(b"\n")
-                for line in lines:
-                    on_line(line.decode(errors="replace"))
-            if pending:
-                on_line(pending.decode(errors="replace"))
+            _pump_lines(channel, on_line, stop)
             if stop is not None and stop.is_set():
                 channel.close()
                 return None
@@ -572,6 +559,25 @@ def _drain_stderr(channel, sink: list, show: bool) -> None:
                     sys.stderr.flush()
     except (OSError, paramiko.SSHException, EOFError):
         return
+
+
+def _pump_lines(channel, on_line: Callable, stop: Optional[threading.Event]) -> None:
+    """Hand each line of ``channel``'s standard output to ``on_line`` as it comes, until the
+    output ends or ``stop`` is set (looked at every 0.2 s)."""
+    channel.settimeout(0.2)
+    pending = b""
+    while stop is None or not stop.is_set():
+        try:
+            data = channel.recv(1 << 16)
+        except socket.timeout:
+            continue
+        if not data:
+            break
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            on_line(line.decode(errors="replace"))
+    if pending:
+        on_line(pending.decode(errors="replace"))
 
 
 def _copy_stderr(channel) -> None:
