@@ -707,17 +707,24 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         transport = ex.conn(to or route[0]).transport
         return transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0), timeout=timeout)
 
+    spare = []  # the channel opened first, kept for the client's first connection (one round trip less)
     try:
         # One channel first: "nothing listens there" is then said at once, not after a timeout.
-        channel().close()
+        spare.append(channel())
     except paramiko.ChannelException as e:
         raise RemoteError(f"etcd at {label}: cannot connect there ({e.text}): is etcd running?") from None
     except (paramiko.SSHException, OSError, EOFError) as e:
         raise RemoteError(f"etcd at {label}: cannot open the tunnel ({_first_line(e) or type(e).__name__})") from None
 
+    def opened():
+        try:
+            return spare.pop()
+        except IndexError:
+            return channel()
+
     def connect(_host, _port):
         try:
-            return bridged(channel(), timeout)
+            return bridged(opened(), timeout)
         except paramiko.ChannelException as e:
             # requests reports an OSError as a failed connection, with this text.
             raise OSError(f"the SSH channel to {where(route[0])} failed ({e.text})") from None
@@ -744,11 +751,18 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         route[0] = other
         client.label = where(other)
         client.drop_connections()
+        _close_all(spare)
     client.move_to = move
     try:
         yield client
     finally:
         client.close()
+        _close_all(spare)
+
+
+def _close_all(channels: list) -> None:
+    while channels:
+        channels.pop().close()
 
 
 def _reason(error: gw_errors.Etcd3Exception, timeout: float) -> str:

@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterable, Optional
 
@@ -531,6 +531,20 @@ class Executor:
 
     def parallel(self, work: Callable, items: Iterable, *, describe: Callable = str) -> list:
         return parallel(work, items, describe=describe)
+
+    def meanwhile(self, work: Callable, *args) -> Future:
+        """``work(*args)`` started in the background while the task goes on (a check whose answer is
+        wanted a little later: its round trips then cost no time of their own); the Future's
+        ``result()`` gives its value or raises its error. An answer never asked for is dropped."""
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(work(*args))
+            except BaseException as e:  # noqa: B036 - handed to whoever asks for the result
+                future.set_exception(e)
+        threading.Thread(target=run, name="meanwhile", daemon=True).start()
+        return future
 
 
 def _lines_to(on_line: Callable, data: bytes) -> bytes:
