@@ -6,7 +6,8 @@ quorum. A task that changes machines, the balancer, etcd membership, the
 release records, the build checkout or the registry takes the cluster's lock
 (``why`` says what for): an etcd key held by a lease. From then on the
 executor confirms the lock before every change and every etcd write is fenced
-by it, so a task that lost its lock (stopped for longer than the lease, cut
+by it (a membership change or a v2 write confirms it right before: the etcd
+client does, whoever calls it), so a task that lost its lock (stopped for longer than the lease, cut
 off, its key deleted) changes nothing more. A hung step stops the lease's
 renewal, so the lock then expires by itself.
 
@@ -96,7 +97,7 @@ class Session:
         lock.stuck = self.ex.stuck
         self.lock = lock
         self.ex.fence = lock
-        client.fence = (lock.key, lock.revision)
+        client.fence = lock.fence
         self._stack.callback(self._release)
         return lock
 
