@@ -584,8 +584,10 @@ class Lock:
 
     ``confirm()`` tells, before a change, whether the lock is still certainly ours: the lease
     was renewed recently enough that it cannot have expired, and the key is still the one this
-    lock created (not deleted, not taken over). A watchdog (``stuck``, a callable naming a step
-    past its deadline) stops the renewals when the task hangs, so the lock expires by itself.
+    lock created (not deleted, not taken over). The key's read costs a round trip: ``confirm(fresh=s)``
+    takes a read sent less than ``s`` seconds ago for one of its own (a rollout's commands come
+    faster than that). A watchdog (``stuck``, a callable naming a step past its deadline) stops the
+    renewals when the task hangs, so the lock expires by itself.
     """
 
     def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int, revision: int = 0):
@@ -596,6 +598,7 @@ class Lock:
         self._lost: Optional[str] = None
         self._released = False
         self._renewed = boottime()  # when the last renewal that succeeded was sent
+        self._confirmed: Optional[float] = None  # when the last read that found the key ours was sent
         # Their own HTTP sessions (requests sessions are not meant to be shared between
         # threads) and a timeout short enough that one stuck request cannot outlast the lease.
         self._lease = gw_lease.Lease(lease_id, client=etcd._new_client(timeout=max(1.0, ttl / 3)))
@@ -620,8 +623,10 @@ class Lock:
         """False once released, or once found lost (the lock may be someone else's now)."""
         return not self._released and self._lost is None
 
-    def confirm(self) -> None:
-        """Raise LostLock unless the lock is certainly still ours (one linearizable read)."""
+    def confirm(self, fresh: float = 0) -> None:
+        """Raise LostLock unless the lock is certainly still ours: one linearizable read of its key,
+        unless one sent less than ``fresh`` s ago found it ours (the lease's own state is looked at
+        every time: it costs nothing)."""
         if self._released:
             raise LostLock(f"{self.key} was released")
         if self._lost is None:
@@ -629,8 +634,13 @@ class Lock:
             if quiet > self.ttl * 2 / 3:
                 self._lost = f"its lease was not renewed for {quiet:.0f} s (this process was stopped or cut off)"
         if self._lost is None:
-            with self._check_lock:
-                self._lost = self._check_key()
+            with self._check_lock:  # threads confirming at once share one read
+                confirmed = self._confirmed
+                if confirmed is None or boottime() - confirmed >= fresh:
+                    sent = boottime()
+                    self._lost = self._check_key()
+                    if self._lost is None:
+                        self._confirmed = sent
         if self._lost is not None:
             raise LostLock(f"{self.key}: {self._lost}")
 

@@ -260,6 +260,31 @@ def test_a_lease_not_renewed_for_most_of_its_ttl_is_taken_for_lost(etcd, monkeyp
             lock.confirm()
 
 
+def test_a_confirmation_younger_than_fresh_stands_for_one_and_an_older_one_is_read_again(etcd, monkeypatch):
+    from tasks.net import etcd as etcd_module
+    now = [etcd_module.boottime()]
+    monkeypatch.setattr(etcd_module, "boottime", lambda: now[0])  # a clock the test moves
+    key = etcd.prefix + "lock"
+    with etcd.acquire(key, {"who": "alice"}, ttl=6) as lock:
+        reads = []
+        lock._checker.session.hooks["response"].append(lambda response, *a, **k: reads.append(response))
+        lock.confirm(fresh=1)
+        now[0] += 0.9
+        lock.confirm(fresh=1)
+        assert len(reads) == 1  # the second stood on the first
+        etcd.delete(key)
+        lock.confirm(fresh=1)  # within the second: the key's loss is not seen yet
+        now[0] += 0.1
+        with pytest.raises(LostLock, match="the key is gone"):
+            lock.confirm(fresh=1)  # a second old: read again
+        assert len(reads) == 2
+    with etcd.acquire(key, {"who": "alice"}, ttl=6) as lock:
+        lock.confirm(fresh=1)
+        etcd.delete(key)
+        with pytest.raises(LostLock, match="the key is gone"):
+            lock.confirm()  # no freshness asked: always read
+
+
 def test_a_stuck_task_stops_renewing_and_its_lock_expires(etcd):
     key = etcd.prefix + "lock"
     lock = etcd.acquire(key, {"who": "hung"}, ttl=2)
