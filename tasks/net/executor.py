@@ -52,6 +52,10 @@ from tasks.net.tunnel import bridged
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 LOCAL_GRACE = 10     # seconds we wait beyond a deadline for the remote `timeout` to answer
+# A confirmation of the cluster's lock younger than this covers the next change too: a change
+# starts at most this long after the lock was lost, and a rollout's commands, which come faster,
+# do not each pay etcd a round trip.
+LOCK_CONFIRMED_FOR = 1.0
 KEEPALIVE_EVERY = 2  # seconds between SSH keepalive requests
 # What paramiko reports of a channel closed without an exit status: the connection dropped (or
 # sshd refused the command, which exec_unconfirmed does not wait to hear).
@@ -288,11 +292,12 @@ class Executor:
 
     def check(self, what: str = "the next change") -> None:
         """Raise Halt when the task must change nothing more: interrupted (unless finishing the
-        machine in hand), or no longer holding the cluster's lock."""
+        machine in hand), or no longer holding the cluster's lock (confirmed again when its last
+        confirmation is ``LOCK_CONFIRMED_FOR`` s old or more)."""
         if self.interrupted.is_set() and not getattr(self._local, "finishing", False):
             raise Interrupted(f"interrupted before {what}")
         if self.fence is not None:
-            self.fence.confirm()
+            self.fence.confirm(fresh=LOCK_CONFIRMED_FOR)
 
     @contextmanager
     def finishing(self):

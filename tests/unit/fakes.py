@@ -134,7 +134,7 @@ class FakeFence:
     def lose(self, why="the key is gone (deleted or expired)"):
         self.lost = why
 
-    def confirm(self):
+    def confirm(self, fresh=0):
         from tasks.model.errors import LostLock
         if self.lost:
             raise LostLock(f"/air/test/lock: {self.lost}")
