@@ -251,6 +251,16 @@ def wait_member(s: Session, address: str) -> None:
         time.sleep(0.5)
 
 
+def step_aside(s: Session, address: str, members: list, task: str) -> None:
+    """Before etcd on ``address`` restarts: leadership handed to another member when it leads (no
+    election with writes in flight), and the session's own way into etcd (the lock's renewals too)
+    moved off it, as os-upgrade does before a reboot."""
+    from tasks.runbooks import membership  # it imports this module
+    other = next(a for a in members if a != address)
+    membership.hand_over_leadership(s, address, other, task)
+    s.move_etcd(address, other)
+
+
 def _stopped(failure: BaseException, summary: str) -> BaseException:
     """``failure`` with ``summary`` after it, in its own kind when the command line treats that kind
     apart (an interrupt, a lost lock), else as a RemoteError; anything not ours is left as it is."""
@@ -258,7 +268,8 @@ def _stopped(failure: BaseException, summary: str) -> BaseException:
         say(summary)  # a bug keeps its trace, after what the task knows of the cluster
         return failure
     kind = type(failure) if isinstance(failure, Halt) else RemoteError
-    return kind(f"{failure}\n{summary}")
+    between = "\n" if "\n" in str(failure) else "; "  # a one-line error stays one line
+    return kind(f"{failure}{between}{summary}")
 
 
 # ---------------------------------------------------------------- renewing the member certificates
@@ -296,7 +307,7 @@ def renew_all(s: Session) -> list:
             if done:
                 _all_healthy(s, addresses, f"renewing {address}")
             in_hand = address
-            _renew_member(s, address, ca_cert, ca_key)
+            _renew_member(s, address, addresses, ca_cert, ca_key)
             done.append(address)
             in_hand = None
     except BaseException as failure:
@@ -313,11 +324,12 @@ def _ca_of(cluster) -> tuple:
                           f"put it back; nothing was changed") from None
 
 
-def _renew_member(s: Session, address: str, ca_cert: bytes, ca_key: bytes) -> None:
+def _renew_member(s: Session, address: str, members: list, ca_cert: bytes, ca_key: bytes) -> None:
     cert, key = issuing.new_member(address, ca_cert, ca_key, datetime.datetime.now(datetime.timezone.utc))
     serial, until = issuing.validity(cert)
     say(f"etcd peers: {address}: new certificate (serial {serial}, valid until {until:%Y-%m-%d}); restarting etcd")
     staged = s.ex.stage_files(address, machine_files(ca_cert, cert, key))
+    step_aside(s, address, members, "etcd.certificates --renew")
     s.ex.run(address, f"{staged.swap} && {own_command()} && {machine.restart_etcd_command()}",
              what="install the new etcd peer certificate, restart etcd")
     wait_member(s, address)
@@ -393,7 +405,7 @@ def migrate(s: Session) -> list:
     try:
         for address in plaintext(listed):
             in_hand, step = address, SHOWING
-            _show_certificate(s, address)
+            _show_certificate(s, address, addresses)
         for address in todo:
             in_hand, step = address, MOVING
             _move_to_tls(s, address, ids[address], addresses, release, facts[address]["user_data"])
@@ -426,11 +438,12 @@ def _on_the_recorded_release(s: Session, addresses: list) -> tuple:
     return release, facts
 
 
-def _show_certificate(s: Session, address: str) -> None:
+def _show_certificate(s: Session, address: str, members: list) -> None:
     """The first phase on one member: etcd restarts showing its certificate to TLS peers."""
     s.ex.check(f"restarting etcd on {address} with its certificate")
     say(f"etcd peers: {address}: restarting etcd with its certificate for TLS peers")
     s.ex.write_file(address, machine.ETCD_MIGRATION_DROPIN_PATH, etcd_peer_files_dropin(), 0o644)
+    step_aside(s, address, members, "etcd.migrate-peers")
     s.ex.run(address, machine.restart_etcd_command(), what="restart etcd")
     wait_member(s, address)
 
@@ -447,6 +460,7 @@ def _move_to_tls(s: Session, address: str, member_id, addresses: list, release, 
     with etcd_api.tunnel(ex, next(a for a in addresses if a != address)) as other:
         other.update_member(member_id, peer_url(address))
     steps.apply_document(ex, address, document, user_data)
+    step_aside(s, address, addresses, "etcd.migrate-peers")
     ex.run(address, machine.restart_etcd_command(), what="restart etcd on TLS peers")
     wait_member(s, address)
     ex.run(address, migration_done_command(), what="remove the migration drop-in")

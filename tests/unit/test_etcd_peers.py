@@ -247,7 +247,8 @@ def peers(cluster, monkeypatch):
     from tasks.runbooks import etcd_members
     from tests.unit.fakes import FakeEtcd, FakeExecutor
     ex, etcd, tunnels = FakeExecutor(cluster), FakeEtcd(MEMBERS), Tunnels()
-    s = SimpleNamespace(cluster=cluster, ex=ex, etcd=etcd)
+    s = SimpleNamespace(cluster=cluster, ex=ex, etcd=etcd, aside=[])
+    s.move_etcd = lambda away_from, to: s.aside.append((away_from, to))
     release = SimpleNamespace(id="r1")
     facts = {m: {"release": "r1", "user_data": "/var/lib/flatcar-install/user_data", "edited": False}
              for m in MEMBERS}
@@ -258,6 +259,8 @@ def peers(cluster, monkeypatch):
     monkeypatch.setattr(etcd_peers, "final_document", lambda *a: {"write_files": []})
     monkeypatch.setattr(etcd_peers.steps, "apply_document", lambda ex, a, doc, user_data: None)
     monkeypatch.setattr(etcd_peers.time, "sleep", lambda s: None)
+    from tasks.runbooks import membership
+    monkeypatch.setattr(membership, "hand_over_leadership", lambda s, leaving, via, task: s.aside.append(leaving))
     healthy = set(MEMBERS)
     monkeypatch.setattr(etcd_members, "ask_all", lambda ex, addresses, *a: {
         m: etcd_members.Answer(m, None, m in healthy, {"leader": "1"}, tuple((x, x[-1], False, True) for x in MEMBERS))
@@ -317,7 +320,7 @@ def test_migrate_stopped_in_its_second_phase_says_who_moved_and_a_rerun_finishes
     if kind is ConnectionResetError:
         assert stopped.value is failure and summary in capsys.readouterr().err
     else:
-        assert str(stopped.value).startswith(f"{failure}\n{summary}")
+        assert str(stopped.value).startswith(f"{failure}; {summary}")
     # The second run: 10.0.0.1 is TLS and done; 10.0.0.2's peer URL is https already, but its machine
     # still holds the migration drop-in; 10.0.0.3 is plaintext.
     peers.etcd._members[0].peer_urls = ("https://10.0.0.1:2380",)
@@ -339,6 +342,9 @@ def test_renew_restarts_followers_first_the_leader_last_each_healthy_before_the_
     # The fake's leader is member id "1", 10.0.0.1: last.
     assert etcd_peers.renew_all(peers.s) == ["10.0.0.2", "10.0.0.3", "10.0.0.1"]
     assert restarts(peers.ex) == ["10.0.0.2", "10.0.0.3", "10.0.0.1"]
+    # Before each restart, leadership and the session's way into etcd are moved off that member.
+    assert peers.s.aside == ["10.0.0.2", ("10.0.0.2", "10.0.0.1"), "10.0.0.3", ("10.0.0.3", "10.0.0.1"),
+                             "10.0.0.1", ("10.0.0.1", "10.0.0.2")]
     for m in MEMBERS:
         new = (folder / f"{m}.crt").read_bytes()
         assert new != before[m] and certificates.issued_by(new, (folder / "ca.crt").read_bytes())
