@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Validity. The CA's key stays on the operator's machine and a new CA means every member restarted
-# at once with new trust: ten years. A member's key lies on its machine, where a compromise is likelier,
-# and etcd checks no revocation list: a stolen member key is good until it expires. A year bounds that,
-# and `fab etcd.certificates --renew` replaces them all without downtime; a member's never outlives the CA.
+# at once with new trust: ten years. A member's key lies on its machine, where a compromise is
+# likelier, and no revocation list is configured (--peer-crl-file): a stolen member key is good
+# until it expires. A year bounds that, and `fab etcd.certificates --renew` replaces them all
+# without downtime; a member's never outlives the CA.
 CA_DAYS, MEMBER_DAYS = 3650, 365
 
 

@@ -456,11 +456,12 @@ def _move_to_tls(s: Session, address: str, member_id, addresses: list, release, 
     ex.check(f"moving {address}'s etcd peer URL to TLS")
     say(f"etcd peers: {address}: peer URL {peer_url(address)}, clients on loopback; restarting etcd")
     document = final_document(ex, address, addresses, release, user_data)
+    # Before its peers lose it (from the update on, they dial it where it does not listen yet).
+    step_aside(s, address, addresses, "etcd.migrate-peers")
     # Through a fresh tunnel to another member: the restarts broke the connections kept open.
     with etcd_api.tunnel(ex, next(a for a in addresses if a != address)) as other:
         other.update_member(member_id, peer_url(address))
     steps.apply_document(ex, address, document, user_data)
-    step_aside(s, address, addresses, "etcd.migrate-peers")
     ex.run(address, machine.restart_etcd_command(), what="restart etcd on TLS peers")
     wait_member(s, address)
     ex.run(address, migration_done_command(), what="remove the migration drop-in")

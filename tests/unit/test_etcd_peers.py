@@ -387,3 +387,11 @@ def test_renew_refuses_two_members(peers):
     peers.etcd._members = peers.etcd._members[:2]
     with pytest.raises(PreflightError, match="needs three members or more"):
         etcd_peers.renew_all(peers.s)
+
+
+def test_renew_with_machines_is_refused_in_one_line(cluster):
+    from tests.conftest import fab_here
+    refused = fab_here("etcd.certificates", "--cluster", "prod", "--renew", "--machines", "10.0.0.1",
+                       env={"AIR_CLUSTERS_DIR": str(cluster.file.parent)}, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == "error: --renew renews every member's certificate: leave out --machines"
