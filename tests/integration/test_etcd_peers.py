@@ -220,6 +220,17 @@ def under_traffic(cluster):
 
 def test_renew_rotates_every_member_certificate_one_at_a_time_under_traffic(cluster, clock):
     before = {a: shown_certificate(cluster, a) for a in cluster.machines}
+    # Refused, nothing changed, while a member is down.
+    down = cluster.machines[2]
+    on(cluster, down, f"systemctl stop {machine.ETCD_UNIT}")
+    try:
+        refused = fab("etcd.certificates", "--cluster", "local", "--renew", check=False)
+    finally:
+        on(cluster, down, machine.restart_etcd_command())
+    assert error_line(refused).startswith(f"error: etcd not healthy on {down} (") and \
+        error_line(refused).endswith(": not renewing; nothing was changed"), refused.stderr
+    assert {a: shown_certificate(cluster, a) for a in cluster.machines} == before
+    wait_healthy(cluster)
     leader = etcd_leader(cluster)
     probe, slow = under_traffic(cluster)
     with probe:
@@ -244,6 +255,13 @@ def test_renew_rotates_every_member_certificate_one_at_a_time_under_traffic(clus
     assert member_list(cluster) == {a: [peer_url(a)] for a in cluster.machines}
 
 
+def wait_healthy(cluster, within=60) -> None:
+    deadline = time.monotonic() + within
+    while healthy_members(cluster, cluster.machines) != sorted(cluster.machines):
+        assert time.monotonic() < deadline, f"etcd not healthy on every machine within {within} s"
+        time.sleep(1)
+
+
 FAULT = f"{machine.ETCD_DROPIN_PATH.rsplit('/', 1)[0]}/99-test-fault.conf"
 
 
@@ -256,10 +274,7 @@ def to_plaintext(cluster) -> None:
             client.update_member(member_id, f"http://{address}:{ETCD_PEER_PORT}")
         on(cluster, address, f"sed -i 's#https://{address}:#http://{address}:#g' {machine.ETCD_DROPIN_PATH} && "
                              f"{machine.restart_etcd_command()}")
-        deadline = time.monotonic() + 60
-        while healthy_members(cluster, cluster.machines) != sorted(cluster.machines):
-            assert time.monotonic() < deadline, f"etcd not healthy after {address} went plaintext"
-            time.sleep(1)
+        wait_healthy(cluster)
     assert set(etcd_peers.plaintext(etcd_of_members(cluster))) == set(cluster.machines)
 
 
