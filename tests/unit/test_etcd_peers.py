@@ -390,7 +390,7 @@ def test_renew_refuses_two_members(peers):
 
 
 def test_renew_with_machines_is_refused_in_one_line(cluster):
-    from tests.conftest import fab_here
+    from conftest import fab_here  # tests/conftest.py, as pytest imported it (not a second copy)
     refused = fab_here("etcd.certificates", "--cluster", "prod", "--renew", "--machines", "10.0.0.1",
                        env={"AIR_CLUSTERS_DIR": str(cluster.file.parent)}, check=False)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
