@@ -453,6 +453,7 @@ class Etcd:
                                          "lease": lease.id}}],
             "failure": [{"request_range": {"key": _b64(encoded)}}],
         }
+        sent = boottime()  # the lock is ours as of then when this transaction takes it: a confirmation
         try:
             # Retried when unanswered: a try that did apply is then found holding our own lease.
             result = self._call(f"take lock {key}", self._client.transaction, txn)
@@ -461,9 +462,9 @@ class Etcd:
             raise
         mine = _range_kv(result)
         if mine is not None and int(mine.get("lease", 0)) == int(lease.id):
-            return Lock(self, key, dict(holder), ttl, lease.id, int(mine["create_revision"]))
+            return Lock(self, key, dict(holder), ttl, lease.id, int(mine["create_revision"]), confirmed=sent)
         if result.get("succeeded"):
-            return Lock(self, key, dict(holder), ttl, lease.id, int(result["header"]["revision"]))
+            return Lock(self, key, dict(holder), ttl, lease.id, int(result["header"]["revision"]), confirmed=sent)
         self._drop(lease.id)
         current = _range_kv(result)
         if current is None:  # not expected: the same transaction found the key
@@ -590,7 +591,8 @@ class Lock:
     renewals when the task hangs, so the lock expires by itself.
     """
 
-    def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int, revision: int = 0):
+    def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int, revision: int = 0,
+                 confirmed: Optional[float] = None):
         self.etcd, self.key, self.holder, self.ttl, self.lease_id = etcd, key, holder, ttl, lease_id
         self.revision = revision
         self.stuck: Callable[[], Optional[str]] = lambda: None
@@ -598,7 +600,7 @@ class Lock:
         self._lost: Optional[str] = None
         self._released = False
         self._renewed = boottime()  # when the last renewal that succeeded was sent
-        self._confirmed: Optional[float] = None  # when the last read that found the key ours was sent
+        self._confirmed = confirmed  # when the last read that found the key ours (or the taking) was sent
         # Their own HTTP sessions (requests sessions are not meant to be shared between
         # threads) and a timeout short enough that one stuck request cannot outlast the lease.
         self._lease = gw_lease.Lease(lease_id, client=etcd._new_client(timeout=max(1.0, ttl / 3)))

@@ -269,9 +269,12 @@ def test_a_confirmation_younger_than_fresh_stands_for_one_and_an_older_one_is_re
         reads = []
         lock._checker.session.hooks["response"].append(lambda response, *a, **k: reads.append(response))
         lock.confirm(fresh=1)
+        assert reads == []  # the lock was taken a moment ago: that stands for a confirmation
+        now[0] += 1
+        lock.confirm(fresh=1)
         now[0] += 0.9
         lock.confirm(fresh=1)
-        assert len(reads) == 1  # the second stood on the first
+        assert len(reads) == 1  # the third stood on the second
         etcd.delete(key)
         lock.confirm(fresh=1)  # within the second: the key's loss is not seen yet
         now[0] += 0.1
