@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 else:
     requests, http = deferred("requests"), deferred("tasks.net.http")
     gw_client, gw_errors, gw_lease = (deferred(f"etcd3gw.{name}") for name in ("client", "exceptions", "lease"))
+HTTP_STACK = ("requests", "tasks.net.http", "etcd3gw.client", "etcd3gw.exceptions", "etcd3gw.lease")
+"""What the client imports at its first use (``tasks.net.warm`` loads it ahead)."""
 
 API_PATH = "/v3/"  # etcd 3.4 and later; fixed, so no version request precedes every client
 HOLDER_FIELDS = ("who", "since", "why")  # shown first when a lock is refused
@@ -472,8 +474,7 @@ class Etcd:
         raise LockedError(self._locked_message(key, current))
 
     def holder(self, key: str) -> Optional[dict]:
-        value = self.get(key)
-        return None if value is None else _parse_holder(value)
+        return holder_of(self.get(key))
 
     def force_release(self, key: str) -> Optional[dict]:
         """Remove lock ``key`` whoever holds it; return the holder it had, if any.
@@ -866,6 +867,11 @@ def _range_kv(txn_result: dict) -> Optional[dict]:
         if kvs:
             return kvs[0]
     return None
+
+
+def holder_of(value: Optional[str]) -> Optional[dict]:
+    """The holder a lock's key holds (its value read, or None when there is no lock)."""
+    return None if value is None else _parse_holder(value)
 
 
 def _parse_holder(value: str) -> dict:

@@ -30,7 +30,7 @@ from typing import Iterator, Optional
 from tasks.model import state
 from tasks.commands import machine
 from tasks.model.errors import INTERRUPTED, LockedError, LostLock, PreflightError, RemoteError
-from tasks.net import etcd as etcd_api
+from tasks.net import etcd as etcd_api, warm
 from tasks.net.executor import Executor
 from tasks.net.progress import say
 
@@ -127,6 +127,8 @@ def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd:
     cluster. The connections to the machines, the balancer and the hosts ``ahead`` (the build
     server of a deploy) are opened meanwhile."""
     s = Session(cluster)
+    if etcd:
+        warm(etcd_api.HTTP_STACK)  # loaded while the connections open
     s.ex.connect_ahead([*cluster.machines, cluster.balancer.host, *ahead])
     try:
         with _interrupts(s) if (bool(why) if changes is None else changes) else _nothing():
