@@ -46,7 +46,7 @@ LONGEST_FIRST = ("test_install", "test_faults", "test_deploy", "test_os_upgrade"
                  "test_operator", "test_capacity", "test_canary", "test_hardening",
                  "test_images", "test_balancer", "test_builds", "test_machines",
                  "test_membership", "test_release_settings", "test_config", "test_gateway", "test_etcd_auth",
-                 "test_etcd_peers",
+                 "test_etcd_peers", "test_fencing",
                  "test_sandbox")
 
 

@@ -173,6 +173,28 @@ def update_script(plan: list) -> str:
     return "\n".join(f"( {checkout_script(c.repository, c.path, c.branch)}\n) || exit $?" for c in plan)
 
 
+CHECKED_OUT = "@@air: checked out"
+"""The line ``checked_out_script`` prints between the commits and what it read in the main checkout."""
+NO_VERSION = 4  # ``checked_out_script``'s exit status when the main checkout has no VERSION file
+
+
+def checked_out_script(plan: list, version_file: str) -> str:
+    """``update_script``, then, in the same command, the ``CHECKED_OUT`` line, the subject (first
+    line of the message) of the main checkout's commit and ``version_file``'s text: what a build
+    reads next, without a round trip of its own; exits ``NO_VERSION`` when that file is missing."""
+    main = plan[0].path
+    return "\n".join([update_script(plan), f"echo {q(CHECKED_OUT)}", f"git -C {q(main)} log -1 --format=%s HEAD",
+                      f"if [ -e {q(version_file)} ]; then cat {q(version_file)}; else exit {NO_VERSION}; fi"])
+
+
+def parse_checked_out(printed: str, checkouts: int) -> tuple:
+    """(the commits, one per checkout; the main commit's subject; VERSION's text) from what
+    ``checked_out_script`` printed. Pure."""
+    commits, _, rest = printed.partition(f"{CHECKED_OUT}\n")
+    subject, _, version_text = rest.partition("\n")
+    return commits.split()[-checkouts:], subject, version_text
+
+
 def commits_command(paths) -> str:
     """The commit each checkout is at, one line each (``none`` for a missing checkout)."""
     return "; ".join(f"git -C {q(path)} rev-parse HEAD 2>/dev/null || echo {NO_COMMIT}" for path in paths)

@@ -7,6 +7,10 @@ settings, defaults, the cluster's http and https frontends; written by
 machines; kept by ``tasks.runbooks.balancer.Routers``), and its own admin socket.
 Several clusters share one host without sharing a file or a process, so a
 change for one never rewrites, reloads or drops connections of another.
+Every instance runs as haproxy's own user (``HAPROXY_USER``, made by Debian's
+haproxy package), never root, with one capability: binding the frontends' low
+ports. Its admin socket is that user's (mode 600, in a runtime folder only it
+enters); air-deploy reaches it as root, through sudo, like every command.
 
 The frontends pass HTTP and HTTPS through as TCP. A backend server is a
 machine's front component (the router): its ``proxy`` ports when it has
@@ -26,6 +30,8 @@ from tasks.model.canary import BalancerCounters
 
 HEADER = "# Written by air-deploy; do not edit by hand.\n"
 HAPROXY = "/usr/sbin/haproxy"
+HAPROXY_USER = "haproxy"  # what every cluster's instance runs as; Debian's haproxy package makes it
+TOOLS = ("haproxy", "socat", "systemctl")  # what a balancer host needs, beside that user
 SOCAT = "socat"
 DRAIN_POLL = 0.1  # seconds between two counts of a drained server's connections
 DRAINED = "air-drain:"  # the line the drain wait prints: connections still open when it stopped waiting
@@ -123,8 +129,23 @@ def machines_in(text: str) -> list:
     return servers_in(text)[0]
 
 
+def requirements_command() -> str:
+    """Prints the path of each of ``TOOLS`` the host has and ``user:NAME`` when ``HAPROXY_USER`` exists.
+    One name per `command -v`: dash, a plain sh, answers only for the first of several."""
+    return (f"for t in {' '.join(TOOLS)}; do command -v $t; done; "
+            f"id -u {q(HAPROXY_USER)} >/dev/null 2>&1 && echo user:{q(HAPROXY_USER)}")
+
+
+def missing_requirements(output: str) -> list:
+    """What the host lacks, from ``requirements_command``'s output. Pure."""
+    found = output.split()
+    missing = [t for t in TOOLS if not any(p.endswith("/" + t) for p in found)]
+    return missing + ([] if f"user:{HAPROXY_USER}" in found else [f"the user {HAPROXY_USER}"])
+
+
 def unit_file(cluster) -> str:
-    """The systemd unit of the cluster's haproxy instance (master-worker; a reload is graceful)."""
+    """The systemd unit of the cluster's haproxy instance (master-worker; a reload is graceful), run as
+    ``HAPROXY_USER`` with the capability to bind low ports alone."""
     files = f"-f {cluster.balancer.config} -f {cluster.balancer.routers_file}"
     return f"""\
 [Unit]
@@ -133,6 +154,12 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
+User={HAPROXY_USER}
+Group={HAPROXY_USER}
+# The one privilege it needs: binding ports below 1024. No other capability, none gained later.
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+NoNewPrivileges=yes
 ExecStartPre={HAPROXY} -c -q {files}
 ExecStart={HAPROXY} -Ws {files} -p {runtime_dir(cluster)}/haproxy.pid
 ExecReload={HAPROXY} -c -q {files}

@@ -13,7 +13,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CA_DAYS, MEMBER_DAYS = 3650, 1825  # validity
+# Validity. The CA's key stays on the operator's machine and a new CA means every member restarted
+# at once with new trust: ten years. A member's key lies on its machine, where a compromise is
+# likelier, and no revocation list is configured (--peer-crl-file): a stolen member key is good
+# until it expires. A year bounds that, and `fab etcd.certificates --renew` replaces them all
+# without downtime; a member's never outlives the CA.
+CA_DAYS, MEMBER_DAYS = 3650, 365
 
 
 def _name(common_name: str) -> x509.Name:
@@ -51,7 +56,7 @@ def new_member(address: str, ca_cert_pem: bytes, ca_key_pem: bytes, now: datetim
     cert = (x509.CertificateBuilder().subject_name(_name(address)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=MEMBER_DAYS))
+            .not_valid_after(min(now + datetime.timedelta(days=MEMBER_DAYS), ca_cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
                            critical=False)
@@ -69,3 +74,9 @@ def issued_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def validity(cert_pem: bytes) -> tuple:
+    """(serial number in hex, not valid after) of a certificate: what a renewal changes."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return format(cert.serial_number, "x"), cert.not_valid_after_utc

@@ -8,6 +8,7 @@ The HTTP stacks (requests, etcd3gw, docker) are imported when a task first speak
 from __future__ import annotations
 
 import importlib
+import threading
 
 
 class deferred:
@@ -22,3 +23,16 @@ class deferred:
 
     def __repr__(self) -> str:
         return f"deferred({self._name!r})"
+
+
+def warm(names) -> None:
+    """Import the modules ``names`` in a background thread, now: a task that will speak HTTP soon
+    has its stack loaded while it waits on the network (its SSH connections), not after. A module
+    that fails to import here fails again, and is reported, at its first use."""
+    def load() -> None:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                return
+    threading.Thread(target=load, name="imports ahead", daemon=True).start()

@@ -18,7 +18,10 @@ Against an etcd with authentication off the same client goes on without one.
 Leader changes are routine: idempotent calls retry with backoff through an
 election (``RETRY_FOR``). A client may be *fenced* by a held lock: then its
 every write is a transaction that only applies while the lock key is still
-the one this task created, and raises LostLock otherwise.
+the one this task created, and raises LostLock otherwise. A change that
+cannot be one transaction with that comparison (membership, leadership, the
+v2 store) is preceded by the comparison alone (``confirm_fence``), in the
+client itself, so no caller can forget it.
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 else:
     requests, http = deferred("requests"), deferred("tasks.net.http")
     gw_client, gw_errors, gw_lease = (deferred(f"etcd3gw.{name}") for name in ("client", "exceptions", "lease"))
+HTTP_STACK = ("requests", "tasks.net.http", "etcd3gw.client", "etcd3gw.exceptions", "etcd3gw.lease")
+"""What the client imports at its first use (``tasks.net.warm`` loads it ahead)."""
 
 API_PATH = "/v3/"  # etcd 3.4 and later; fixed, so no version request precedes every client
 HOLDER_FIELDS = ("who", "since", "why")  # shown first when a lock is refused
@@ -287,15 +292,14 @@ class Etcd:
         what = f"write {len(puts)} and delete {len(deletes)} key(s)"
         txn = {"compare": [], "success": requests_, "failure": []}
         if self.fence is not None:
-            key, revision = self.fence
-            txn = {**fenced_txn(key, revision, requests_[0]), "success": requests_}
+            txn = fenced_txn(*self.fence, *requests_)
         result = self._call(what, self._client.transaction, txn)
         if self.fence is not None and not result.get("succeeded"):
             raise LostLock(f"{self.fence[0]} is no longer ours: {what} was not written")
 
     # etcd's v2 API, for applications that read /v2/keys/... (members started with ETCD_ENABLE_V2).
-    # Its keys are a store of their own: nothing written through v3 shows there. Not fenced (v2
-    # has no transactions across stores): callers confirm their lock before writing.
+    # Its keys are a store of their own: nothing written through v3 shows there, and no v3
+    # transaction covers a v2 write: on a fenced client each is preceded by ``confirm_fence``.
 
     def _v2(self, what: str, method: str, key: str, **kwargs) -> dict:
         url = f"{self._client.base_url}/v2/keys{urlquote(key)}"
@@ -313,9 +317,11 @@ class Etcd:
         return self._call(what, call)
 
     def v2_put(self, key: str, value: str) -> None:
+        self.confirm_fence(f"put {key} (v2)")
         self._v2(f"put {key} (v2)", "PUT", key, data={"value": value})
 
     def v2_delete(self, key: str) -> None:
+        self.confirm_fence(f"delete {key} (v2)")
         self._v2(f"delete {key} (v2)", "DELETE", key)
 
     def v2_get_prefix(self, prefix: str) -> dict:
@@ -342,6 +348,18 @@ class Etcd:
         if not result.get("succeeded"):
             raise LostLock(f"{key} is no longer ours: {what} was not written")
 
+    def confirm_fence(self, what: str) -> None:
+        """On a fenced client, right before a change no transaction can hold to the fence (a
+        membership change, a leadership transfer, a v2 write): LostLock unless the lock key is
+        still the one this task created. One round trip: a transaction of the comparison alone
+        (a linearizable read), retried through an election like any read."""
+        if self.fence is None:
+            return
+        key, revision = self.fence
+        result = self._call(f"confirm the lock before: {what}", self._client.transaction, fenced_txn(key, revision))
+        if not result.get("succeeded"):
+            raise LostLock(f"{key} is no longer ours: {what} was not done")
+
     # Status and leadership.
 
     def status(self) -> dict:
@@ -353,6 +371,7 @@ class Etcd:
 
     def move_leader(self, target_id: str) -> None:
         """Hand leadership to member ``target_id``; asked of the leader itself."""
+        self.confirm_fence(f"move leadership to {target_id}")
         self._post(f"move leadership to {target_id}", "/maintenance/transfer-leadership",
                    {"targetID": target_id}, retry=False)
 
@@ -364,6 +383,7 @@ class Etcd:
     def add_member(self, peer_url: str, learner: bool = True) -> Member:
         """Announce a member before it starts; a learner does not count for quorum until promoted."""
         kind = "learner" if learner else "voting member"
+        self.confirm_fence(f"add {kind} {peer_url}")
         # Not idempotent: an add that got no answer is not sent again (the caller sees the members).
         result = self._post(f"add {kind} {peer_url}", "/cluster/member/add",
                             {"peerURLs": [peer_url], "isLearner": learner}, retry=False)
@@ -376,6 +396,7 @@ class Etcd:
         """
         deadline = time.monotonic() + timeout
         while True:
+            self.confirm_fence(f"promote {member_id}")  # before every try: catching up may take a while
             try:
                 self._client.post(self._client.get_url("/cluster/member/promote"), json={"ID": member_id})
                 return
@@ -395,11 +416,13 @@ class Etcd:
 
     def update_member(self, member_id: str, peer_url: str) -> None:
         """Set member ``member_id``'s peer URL (its peers dial it there from now on)."""
+        self.confirm_fence(f"update member {member_id} to {peer_url}")
         self._post(f"update member {member_id} to {peer_url}", "/cluster/member/update",
                    {"ID": member_id, "peerURLs": [peer_url]})
 
     def remove_member(self, member_id: str) -> None:
         """Remove ``member_id``; a member already gone (an earlier try that got no answer) is fine."""
+        self.confirm_fence(f"remove member {member_id}")
         try:
             self._post(f"remove member {member_id}", "/cluster/member/remove", {"ID": member_id})
         except RemoteError as e:
@@ -432,6 +455,7 @@ class Etcd:
                                          "lease": lease.id}}],
             "failure": [{"request_range": {"key": _b64(encoded)}}],
         }
+        sent = boottime()  # the lock is ours as of then when this transaction takes it: a confirmation
         try:
             # Retried when unanswered: a try that did apply is then found holding our own lease.
             result = self._call(f"take lock {key}", self._client.transaction, txn)
@@ -440,9 +464,9 @@ class Etcd:
             raise
         mine = _range_kv(result)
         if mine is not None and int(mine.get("lease", 0)) == int(lease.id):
-            return Lock(self, key, dict(holder), ttl, lease.id, int(mine["create_revision"]))
+            return Lock(self, key, dict(holder), ttl, lease.id, int(mine["create_revision"]), confirmed=sent)
         if result.get("succeeded"):
-            return Lock(self, key, dict(holder), ttl, lease.id, int(result["header"]["revision"]))
+            return Lock(self, key, dict(holder), ttl, lease.id, int(result["header"]["revision"]), confirmed=sent)
         self._drop(lease.id)
         current = _range_kv(result)
         if current is None:  # not expected: the same transaction found the key
@@ -450,8 +474,7 @@ class Etcd:
         raise LockedError(self._locked_message(key, current))
 
     def holder(self, key: str) -> Optional[dict]:
-        value = self.get(key)
-        return None if value is None else _parse_holder(value)
+        return holder_of(self.get(key))
 
     def force_release(self, key: str) -> Optional[dict]:
         """Remove lock ``key`` whoever holds it; return the holder it had, if any.
@@ -563,11 +586,14 @@ class Lock:
 
     ``confirm()`` tells, before a change, whether the lock is still certainly ours: the lease
     was renewed recently enough that it cannot have expired, and the key is still the one this
-    lock created (not deleted, not taken over). A watchdog (``stuck``, a callable naming a step
-    past its deadline) stops the renewals when the task hangs, so the lock expires by itself.
+    lock created (not deleted, not taken over). The key's read costs a round trip: ``confirm(fresh=s)``
+    takes a read sent less than ``s`` seconds ago for one of its own (a rollout's commands come
+    faster than that). A watchdog (``stuck``, a callable naming a step past its deadline) stops the
+    renewals when the task hangs, so the lock expires by itself.
     """
 
-    def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int, revision: int = 0):
+    def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int, revision: int = 0,
+                 confirmed: Optional[float] = None):
         self.etcd, self.key, self.holder, self.ttl, self.lease_id = etcd, key, holder, ttl, lease_id
         self.revision = revision
         self.stuck: Callable[[], Optional[str]] = lambda: None
@@ -575,6 +601,7 @@ class Lock:
         self._lost: Optional[str] = None
         self._released = False
         self._renewed = boottime()  # when the last renewal that succeeded was sent
+        self._confirmed = confirmed  # when the last read that found the key ours (or the taking) was sent
         # Their own HTTP sessions (requests sessions are not meant to be shared between
         # threads) and a timeout short enough that one stuck request cannot outlast the lease.
         self._lease = gw_lease.Lease(lease_id, client=etcd._new_client(timeout=max(1.0, ttl / 3)))
@@ -590,12 +617,19 @@ class Lock:
         self.release()
 
     @property
+    def fence(self) -> tuple:
+        """(key, create revision): what the changes of a client fenced by this lock compare (``Etcd.fence``)."""
+        return self.key, self.revision
+
+    @property
     def held(self) -> bool:
         """False once released, or once found lost (the lock may be someone else's now)."""
         return not self._released and self._lost is None
 
-    def confirm(self) -> None:
-        """Raise LostLock unless the lock is certainly still ours (one linearizable read)."""
+    def confirm(self, fresh: float = 0) -> None:
+        """Raise LostLock unless the lock is certainly still ours: one linearizable read of its key,
+        unless one sent less than ``fresh`` s ago found it ours (the lease's own state is looked at
+        every time: it costs nothing)."""
         if self._released:
             raise LostLock(f"{self.key} was released")
         if self._lost is None:
@@ -603,8 +637,13 @@ class Lock:
             if quiet > self.ttl * 2 / 3:
                 self._lost = f"its lease was not renewed for {quiet:.0f} s (this process was stopped or cut off)"
         if self._lost is None:
-            with self._check_lock:
-                self._lost = self._check_key()
+            with self._check_lock:  # threads confirming at once share one read
+                confirmed = self._confirmed
+                if confirmed is None or boottime() - confirmed >= fresh:
+                    sent = boottime()
+                    self._lost = self._check_key()
+                    if self._lost is None:
+                        self._confirmed = sent
         if self._lost is not None:
             raise LostLock(f"{self.key}: {self._lost}")
 
@@ -662,11 +701,12 @@ class Lock:
             self._renewed = sent
 
 
-def fenced_txn(lock_key: str, revision: int, request: dict) -> dict:
-    """A transaction applying ``request`` only while ``lock_key`` is the key created at ``revision``. Pure."""
+def fenced_txn(lock_key: str, revision: int, *requests: dict) -> dict:
+    """A transaction applying ``requests`` (none: it only tells whether it would) only while
+    ``lock_key`` is the key created at ``revision``. Pure."""
     return {"compare": [{"key": _b64(_bytes(lock_key)), "result": "EQUAL", "target": "CREATE",
                          "create_revision": revision}],
-            "success": [request], "failure": []}
+            "success": list(requests), "failure": []}
 
 
 def _without_token(request):
@@ -689,7 +729,8 @@ def _transient(error: Exception, unanswered_too: bool) -> bool:
 @contextmanager
 def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) -> Iterator[Etcd]:
     """An ``Etcd`` client of the member on ``host``, through SSH (over the executor's connection)
-    to its 127.0.0.1:``remote_port``, logged in as the cluster's root when it has ``etcd_auth``.
+    to its 127.0.0.1:``remote_port``, logged in as the cluster's root when it has ``etcd_auth``, and
+    fenced by the lock the executor's task holds, if any (a promotion asked of the leader, say).
 
     Nothing listens on this machine: each HTTP connection of the client is its own SSH channel,
     handed to the client as one end of an unnamed socket pair, so no other local user (nor any
@@ -707,17 +748,24 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         transport = ex.conn(to or route[0]).transport
         return transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0), timeout=timeout)
 
+    spare = []  # the channel opened first, kept for the client's first connection (one round trip less)
     try:
         # One channel first: "nothing listens there" is then said at once, not after a timeout.
-        channel().close()
+        spare.append(channel())
     except paramiko.ChannelException as e:
         raise RemoteError(f"etcd at {label}: cannot connect there ({e.text}): is etcd running?") from None
     except (paramiko.SSHException, OSError, EOFError) as e:
         raise RemoteError(f"etcd at {label}: cannot open the tunnel ({_first_line(e) or type(e).__name__})") from None
 
+    def opened():
+        try:
+            return spare.pop()
+        except IndexError:
+            return channel()
+
     def connect(_host, _port):
         try:
-            return bridged(channel(), timeout)
+            return bridged(opened(), timeout)
         except paramiko.ChannelException as e:
             # requests reports an OSError as a failed connection, with this text.
             raise OSError(f"the SSH channel to {where(route[0])} failed ({e.text})") from None
@@ -730,6 +778,8 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
 
     client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login,
                   counted=counted)
+    if ex.fence is not None:  # opened by a task holding the cluster's lock: its changes are fenced by it too
+        client.fence = ex.fence.fence
 
     def move(other: str) -> None:
         """From now on, through the member on ``other`` (the one on ``host`` is about to go down):
@@ -744,11 +794,18 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         route[0] = other
         client.label = where(other)
         client.drop_connections()
+        _close_all(spare)
     client.move_to = move
     try:
         yield client
     finally:
         client.close()
+        _close_all(spare)
+
+
+def _close_all(channels: list) -> None:
+    while channels:
+        channels.pop().close()
 
 
 def _reason(error: gw_errors.Etcd3Exception, timeout: float) -> str:
@@ -810,6 +867,11 @@ def _range_kv(txn_result: dict) -> Optional[dict]:
         if kvs:
             return kvs[0]
     return None
+
+
+def holder_of(value: Optional[str]) -> Optional[dict]:
+    """The holder a lock's key holds (its value read, or None when there is no lock)."""
+    return None if value is None else _parse_holder(value)
 
 
 def _parse_holder(value: str) -> dict:

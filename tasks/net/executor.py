@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterable, Optional
 
@@ -52,6 +52,10 @@ from tasks.net.tunnel import bridged
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 LOCAL_GRACE = 10     # seconds we wait beyond a deadline for the remote `timeout` to answer
+# A confirmation of the cluster's lock younger than this covers the next change too: a change
+# starts at most this long after the lock was lost, and a rollout's commands, which come faster,
+# do not each pay etcd a round trip.
+LOCK_CONFIRMED_FOR = 1.0
 KEEPALIVE_EVERY = 2  # seconds between SSH keepalive requests
 # What paramiko reports of a channel closed without an exit status: the connection dropped (or
 # sshd refused the command, which exec_unconfirmed does not wait to hear).
@@ -289,11 +293,12 @@ class Executor:
 
     def check(self, what: str = "the next change") -> None:
         """Raise Halt when the task must change nothing more: interrupted (unless finishing the
-        machine in hand), or no longer holding the cluster's lock."""
+        machine in hand), or no longer holding the cluster's lock (confirmed again when its last
+        confirmation is ``LOCK_CONFIRMED_FOR`` s old or more)."""
         if self.interrupted.is_set() and not getattr(self._local, "finishing", False):
             raise Interrupted(f"interrupted before {what}")
         if self.fence is not None:
-            self.fence.confirm()
+            self.fence.confirm(fresh=LOCK_CONFIRMED_FOR)
 
     @contextmanager
     def finishing(self):
@@ -481,20 +486,7 @@ class Executor:
             exec_unconfirmed(channel, sent)
             errors = threading.Thread(target=_copy_stderr, args=(channel,), daemon=True)
             errors.start()
-            channel.settimeout(0.2)
-            pending = b""
-            while stop is None or not stop.is_set():
-                try:
-                    data = channel.recv(1 << 16)
-                except socket.timeout:
-                    continue
-                if not data:
-                    break
-                *lines, pending = (pending + data).split(b"\n")
-                for line in lines:
-                    on_line(line.decode(errors="replace"))
-            if pending:
-                on_line(pending.decode(errors="replace"))
+            _pump_lines(channel, on_line, stop)
             if stop is not None and stop.is_set():
                 channel.close()
                 return None
@@ -546,6 +538,20 @@ class Executor:
     def parallel(self, work: Callable, items: Iterable, *, describe: Callable = str) -> list:
         return parallel(work, items, describe=describe, at_once=self.fan_out)
 
+    def meanwhile(self, work: Callable, *args) -> Future:
+        """``work(*args)`` started in the background while the task goes on (a check whose answer is
+        wanted a little later: its round trips then cost no time of their own); the Future's
+        ``result()`` gives its value or raises its error. An answer never asked for is dropped."""
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(work(*args))
+            except BaseException as e:  # noqa: B036 - handed to whoever asks for the result
+                future.set_exception(e)
+        threading.Thread(target=run, name="meanwhile", daemon=True).start()
+        return future
+
 
 def _lines_to(on_line: Callable, data: bytes) -> bytes:
     """Each whole line of ``data`` given to ``on_line``; returns the unfinished rest."""
@@ -573,6 +579,25 @@ def _drain_stderr(channel, sink: list, show: bool) -> None:
                     sys.stderr.flush()
     except (OSError, paramiko.SSHException, EOFError):
         return
+
+
+def _pump_lines(channel, on_line: Callable, stop: Optional[threading.Event]) -> None:
+    """Hand each line of ``channel``'s standard output to ``on_line`` as it comes, until the
+    output ends or ``stop`` is set (looked at every 0.2 s)."""
+    channel.settimeout(0.2)
+    pending = b""
+    while stop is None or not stop.is_set():
+        try:
+            data = channel.recv(1 << 16)
+        except socket.timeout:
+            continue
+        if not data:
+            break
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            on_line(line.decode(errors="replace"))
+    if pending:
+        on_line(pending.decode(errors="replace"))
 
 
 def _copy_stderr(channel) -> None:

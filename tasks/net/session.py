@@ -5,10 +5,14 @@ and, when it needs one, an etcd client through the first member that has
 quorum. A task that changes machines, the balancer, etcd membership, the
 release records, the build checkout or the registry takes the cluster's lock
 (``why`` says what for): an etcd key held by a lease. From then on the
-executor confirms the lock before every change and every etcd write is fenced
-by it, so a task that lost its lock (stopped for longer than the lease, cut
-off, its key deleted) changes nothing more. A hung step stops the lease's
-renewal, so the lock then expires by itself.
+executor confirms the lock before every change (a confirmation less than a
+second old stands for one: a change starts at most about a second after the
+lock was lost, and a rollout does not pay a round trip per command), every
+etcd write is fenced by it, and a membership change or a v2 write confirms it
+right before (the etcd client does, whoever calls it). So a task that lost
+its lock (stopped for longer than the lease, cut off, its key deleted)
+changes nothing more. A hung step stops the lease's renewal, so the lock then
+expires by itself.
 
 The first Ctrl-C, SIGTERM or SIGHUP lets the step in hand finish (the rollout then
 puts its machine back) and ends the task with exit status 130 once the lock
@@ -26,7 +30,7 @@ from typing import Iterator, Optional
 from tasks.model import state
 from tasks.commands import machine
 from tasks.model.errors import INTERRUPTED, LockedError, LostLock, PreflightError, RemoteError
-from tasks.net import etcd as etcd_api
+from tasks.net import etcd as etcd_api, warm
 from tasks.net.executor import Executor
 from tasks.net.progress import say
 
@@ -96,7 +100,7 @@ class Session:
         lock.stuck = self.ex.stuck
         self.lock = lock
         self.ex.fence = lock
-        client.fence = (lock.key, lock.revision)
+        client.fence = lock.fence
         self._stack.callback(self._release)
         return lock
 
@@ -123,6 +127,8 @@ def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd:
     cluster. The connections to the machines, the balancer and the hosts ``ahead`` (the build
     server of a deploy) are opened meanwhile."""
     s = Session(cluster)
+    if etcd:
+        warm(etcd_api.HTTP_STACK)  # loaded while the connections open
     s.ex.connect_ahead([*cluster.machines, cluster.balancer.host, *ahead])
     try:
         with _interrupts(s) if (bool(why) if changes is None else changes) else _nothing():

@@ -24,7 +24,9 @@ from tasks.commands.haproxy import (
     check_command,
     drain_left,
     main_config,
+    missing_requirements,
     parse_stat,
+    requirements_command,
     plan,
     routers_file,
     servers_in,
@@ -50,7 +52,7 @@ class Routers:
     def __init__(self, ex):
         self.ex, self.cluster, self.host = ex, ex.cluster, ex.cluster.balancer.host
         self._servers = None  # (in rotation, listed but disabled)
-        self._lock = threading.RLock()  # machines upgraded side by side (--batch) share it
+        self._lock = threading.RLock()  # machines upgraded side by side (--max-unavailable) share it
 
     def _read(self) -> tuple:
         if self._servers is None:
@@ -133,11 +135,10 @@ def setup(ex) -> list:
     it changed (none when all was right: then it only makes sure the instance runs)."""
     cluster = ex.cluster
     host = cluster.balancer.host
-    # One name per `command -v`: dash, a plain sh, answers only for the first of several.
-    tools = ex.read(host, "for t in haproxy socat systemctl; do command -v $t; done", check=False).stdout.split()
-    missing = [t for t in ("haproxy", "socat", "systemctl") if not any(p.endswith("/" + t) for p in tools)]
+    missing = missing_requirements(ex.read(host, requirements_command(), check=False).stdout)
     if missing:
-        raise RemoteError(f"{host}: the balancer host needs {', '.join(missing)} (apt-get install haproxy socat)")
+        raise RemoteError(f"{host}: the balancer host needs {', '.join(missing)} (apt-get install haproxy socat: "
+                          f"the haproxy package makes its user)")
     current_routers = ex.read_file(host, cluster.balancer.routers_file, missing="")
     wanted = wanted_files(cluster, current_routers)
     changed = [path for path, text in wanted.items()

@@ -28,12 +28,14 @@ from tasks.commands.build_scripts import (
     BUILD_LOG_LINES,
     CANDIDATE,
     NO_COMMIT,
+    NO_VERSION,
     Branches,
     Job,
     build_context,
     build_inputs,
     build_options,
     candidate,
+    checked_out_script,
     checkouts,
     commits_command,
     context_command,
@@ -41,10 +43,10 @@ from tasks.commands.build_scripts import (
     failure_line,
     jobs,
     parse_branches,
+    parse_checked_out,
     prepare_script,
     step_of,
     sources,
-    update_script,
     without_credentials,
 )
 from tasks.commands.shell import TIMED_OUT, tail
@@ -67,18 +69,23 @@ else:
 
 # ---------------------------------------------------------------- running it
 
-def update_checkouts(ex, host, plan: list) -> list:
-    """Put every checkout at its branch; returns their commits, in ``plan``'s order."""
-    result = ex.run(host, update_script(plan), check=False, deadline=ex.cluster.timeouts.pull,
+def update_checkouts(ex, host, plan: list) -> tuple:
+    """Put every checkout at its branch; returns (their commits, in ``plan``'s order; the main
+    commit's subject; the main checkout's VERSION as (major, minor)), all read by one command."""
+    version_file = f"{ex.cluster.build.checkout}/VERSION"
+    result = ex.run(host, checked_out_script(plan, version_file), check=False, deadline=ex.cluster.timeouts.pull,
                     what=f"update checkouts {', '.join(c.path for c in plan)}")
     if result.exited == 3:
         for c in plan:
             if f"no branch {c.branch} in {without_credentials(c.repository)}" in result.stderr:
                 raise ConfigError(f"no branch {c.branch!r} in {without_credentials(c.repository)}")
+    if result.exited == NO_VERSION:
+        raise ConfigError(f"{host}:{version_file}: missing (it must hold MAJOR.MINOR)")
     if result.exited != 0:
         raise RemoteError(f"{host}: updating the checkouts failed (exit {result.exited}): "
                           f"{credentials_masked(tail(result.stderr or result.stdout))}")
-    return result.stdout.split()[-len(plan):]
+    commits, subject, version_text = parse_checked_out(result.stdout, len(plan))
+    return commits, subject, version.parse_version(version_text, f"{host}:{version_file}")
 
 
 def component_commits(ex, host) -> dict:
@@ -174,6 +181,7 @@ class CheckedOut:
     commits: list    # their commits, in plan's order
     base: tuple      # VERSION's (major, minor)
     components: list
+    subject: str = ""  # the main commit's subject (a deploy's default message)
 
     def jobs(self, cluster, cache: bool = True) -> list:
         return jobs(cluster, self.plan, self.commits, self.base, self.components, cache)
@@ -186,7 +194,7 @@ class CheckedOut:
         """What a release record keeps of its build: main commit and branch, VERSION's base, every
         source checkout, every component's build inputs."""
         return {"commit": self.commits[0], "branch": self.branches.main, "base": self.base,
-                "sources": sources(self.plan, self.commits), "inputs": self.inputs(cluster)}
+                "sources": sources(self.plan, self.commits), "inputs": self.inputs(cluster), "subject": self.subject}
 
 
 def check_out(ex, host: str, branch=None, only: str = None) -> CheckedOut:
@@ -196,13 +204,12 @@ def check_out(ex, host: str, branch=None, only: str = None) -> CheckedOut:
     branches = parse_branches(cluster, branch)
     components = [cluster.component(only)] if only else list(cluster.components)
     plan = checkouts(cluster, branches, components)
-    commits = update_checkouts(ex, host, plan)
-    base = read_version(ex, host)
+    commits, subject, base = update_checkouts(ex, host, plan)
     say(f"build: {cluster.name} at {branches.main} ({commits[0][:10]}), VERSION {base[0]}.{base[1]}, on {host}")
     for c, commit in zip(plan[1:], commits[1:]):
         say(f"build: {', '.join(c.components)} from {without_credentials(c.repository)} at {c.branch} "
             f"({commit[:10]})")
-    return CheckedOut(branches, plan, commits, base, components)
+    return CheckedOut(branches, plan, commits, base, components, subject)
 
 
 def build_images(ex, host: str, checked: CheckedOut, cache: bool = True) -> dict:

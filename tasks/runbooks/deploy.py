@@ -65,36 +65,37 @@ def deploy_release(s: Session, host, branch, limits=None, dry=False, canary=None
     if not dry:
         etcd_backup.before_change(s, "deploy")
     recorded = None if dry or canary is not None or rebuild else found.current[1]
-    published = published_for(s, host, branch, recorded, dry, facts)
+    published = published_for(s, host, branch, recorded, dry, facts, found)
     current = rollback_base(found)  # nothing wrote the records since they were read
     if canary is not None:
-        canary_release(s, published, current, canary, dry, judge, limits, started)
+        canary_release(s, published, current, canary, dry, judge, limits, started, found)
     elif dry:
         print_push_plan(s, published, current)
-        upgrade.print_plan(cluster_rollout(s, published.release, current, limits)[0])
+        upgrade.print_plan(cluster_rollout(s, published.release, current, limits, found)[0])
     else:
-        roll_cluster(s, published, current, limits, started, recorded)
+        roll_cluster(s, published, current, limits, started, recorded, found)
     return published.release
 
 
-def published_for(s: Session, host, branch, recorded: Optional[dict], dry: bool, facts: Optional[Facts]):
+def published_for(s: Session, host, branch, recorded: Optional[dict], dry: bool, facts: Optional[Facts],
+                  found: records.Snapshot):
     """A deploy's build and push (nothing built when ``recorded``, the cluster's release record, was
     built from the same; see ``publish``), its pre_deploy hook run before the push, its message kept."""
-    published = publish(s.ex, host, branch, dry=dry, recorded=recorded,
-                        before_push=hooks.before_push(s, host, facts) if facts is not None and not dry else None)
+    hook = hooks.before_push(s, host, facts, found.current[0]) if facts is not None and not dry else None
+    published = publish(s.ex, host, branch, dry=dry, recorded=recorded, before_push=hook)
     return replace(published, extra={"message": facts.message}) if facts is not None and facts.message else published
 
 
 def canary_release(s: Session, published, current: Optional[Release], canary: str, dry: bool, judge, limits,
-                   started: float) -> None:
+                   started: float, found: records.Snapshot) -> None:
     """The published release on machine ``canary`` only (``deploy_canary``), with the settings and
     release command it needs; then, with ``judge``, judged and acted on (``judged_canary``)."""
     meta, before = published.meta, None
     if dry:
         print_push_plan(s, published, current)
     else:
-        before, _ = applied_settings(s, meta)
-    with release_settings.put_back_on_failure(s, "deploy", before, release_settings.record_of(s, current)):
+        before, _ = applied_settings(s, meta, found)
+    with release_settings.put_back_on_failure(s, "deploy", before, release_settings.record_of(s, current, found)):
         if not dry:
             release_command.before_rollout(s, published.release, current, meta, canary=True)
         deploy_canary(s, published.release, current, canary, dry, **meta)
@@ -124,23 +125,26 @@ def print_push_plan(s: Session, published, current: Optional[Release] = None) ->
     release_command.print_plan(s, published.release, current)
 
 
-def cluster_rollout(s: Session, release: Release, current: Optional[Release], limits) -> tuple:
+def cluster_rollout(s: Session, release: Release, current: Optional[Release], limits,
+                    found: records.Snapshot) -> tuple:
     """(the Rollout of every machine to ``release``, the candidate Release or None, its record)."""
-    candidate, record = records.read_candidate(s.etcd, s.cluster)
+    candidate, record = found.candidate
     canary = {m: candidate.id for m in record["machines"]} if candidate else None
     return upgrade.Rollout(s, release, current, limits=limits, canary=canary), candidate, record
 
 
 def roll_cluster(s: Session, published, current: Optional[Release], limits, started: float,
-                 recorded: Optional[dict] = None, **extra) -> None:
+                 recorded: Optional[dict] = None, found: records.Snapshot = None, **extra) -> None:
     """Settings, then every machine to the published release (a candidate's machines included),
     recorded (with ``extra``, a judged canary's figures); a release already serving everywhere
-    restarts nothing. ``recorded``: the cluster's release record, as read before the build."""
+    restarts nothing. ``recorded``: the cluster's release record, as read before the build;
+    ``found``: the records as the deploy read them (None: read them now)."""
     cluster, release, meta = s.cluster, published.release, {**published.meta, **extra}
     say(f"deploy: release {release.id} is in the registry; reading the machines")
-    rollout, candidate, record = cluster_rollout(s, release, current, limits)
-    base = release_settings.record_of(s, current)
-    before, changed = applied_settings(s, meta)
+    found = found or records.check_all(s.etcd, cluster)
+    rollout, candidate, record = cluster_rollout(s, release, current, limits, found)
+    base = release_settings.record_of(s, current, found)
+    before, changed = applied_settings(s, meta, found)
     if current is not None and current.id == release.id and rollout.nothing_to_do:
         if candidate is not None:
             records.clear_candidate(s.etcd, cluster)
@@ -171,11 +175,11 @@ def roll_cluster(s: Session, published, current: Optional[Release], limits, star
     clean_up(s, release)
 
 
-def applied_settings(s: Session, meta: dict) -> tuple:
+def applied_settings(s: Session, meta: dict, found: records.Snapshot) -> tuple:
     """(the settings etcd held, the Changes): the cluster file's settings written, and what the
-    release record keeps of them added to ``meta``."""
-    before = settings.found(s)
-    changes = apply_settings(s, "deploy", have=before)
+    release record keeps of them added to ``meta``. ``found``: etcd as the deploy read it."""
+    before = found.settings
+    changes = apply_settings(s, "deploy", found)
     meta.update(release_settings.deployed(s.cluster))
     return before, changes
 

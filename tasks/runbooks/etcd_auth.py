@@ -92,17 +92,18 @@ def setup(s: Session, task: str) -> None:
         turn_on(s, task)
 
 
-def follow(s: Session, task: str) -> None:
+def follow(s: Session, task: str, snapshot=None) -> None:
     """The settings' step (setup-cluster, add-machine, deploy, settings.apply): the logins follow
     what components read; a cluster whose etcd is still open is named. When the record of the
     logins last kept is what the cluster file asks for now, etcd is left as that task left it and
     is not read again (one request instead of one per user and role); ``fab etcd.auth`` reads etcd
-    itself."""
+    itself. ``snapshot``: etcd as the task read it under its lock (``records.check_all``), holding
+    that record; None: it is read here."""
     if not s.cluster.etcd_auth:
         return
     root = etcd_access.root_password(s.cluster)
     key = state.logins_key(s.cluster)
-    recorded = etcd_access.parse_digests(key, s.etcd.get(key))
+    recorded = etcd_access.parse_digests(key, s.etcd.get(key) if snapshot is None else snapshot.logins)
     if recorded != etcd_access.digests_after(root, etcd_access.logins(s.cluster, root)):
         keep(s, task)
     if not s.etcd.auth_enabled:

@@ -32,6 +32,8 @@ class Answer(NamedTuple):
     healthy: bool = False        # a quorum read answered
     figures: dict = {}           # ``Etcd.member_status``
     members: tuple = ()          # (address, id, learner, started) of each member, as it lists them
+    values: dict = {}            # key -> value (or None) of the keys asked for, read by the quorum read
+    auth: Optional[bool] = None  # whether etcd asked for a login (known when keys were asked for)
 
     @property
     def answers(self) -> bool:
@@ -57,22 +59,30 @@ def within(work: Callable, items, seconds: float) -> dict:
     return {i: results.get(i, (None, f"no answer within {seconds:g} s")) for i in items}
 
 
-def ask(ex, address: str, timeout: float = ASK_TIMEOUT, partial: dict = None) -> Answer:
-    """The member on ``address``: its own figures and member list, then one quorum read. What it
-    said before the quorum read is put in ``partial`` meanwhile (a member that answers but waits
-    for a quorum it lacks is then known to answer when the deadline comes)."""
+def ask(ex, address: str, timeout: float = ASK_TIMEOUT, partial: dict = None, reads=()) -> Answer:
+    """The member on ``address``: its own figures and member list, then one quorum read (of the
+    keys ``reads``, when given: their values come with the answer, and no other read is needed).
+    What it said before the quorum read is put in ``partial`` meanwhile (a member that answers but
+    waits for a quorum it lacks is then known to answer when the deadline comes)."""
     with etcd_api.tunnel(ex, address, timeout=timeout) as client:
         figures = client.member_status()
         members = tuple((state.member_address(m), m.id, m.learner, m.started) for m in client.members())
         if partial is not None:
             partial[address] = Answer(address, None, False, figures, members)
-        return Answer(address, None, client.healthy(), figures, members)
+        if not reads:
+            return Answer(address, None, client.healthy(), figures, members)
+        try:
+            values, _ = client.read_many(reads)
+        except AirError:  # no quorum, or no login without one
+            return Answer(address, None, False, figures, members)
+        return Answer(address, None, True, figures, members, values, client.auth_enabled)
 
 
-def ask_all(ex, addresses, seconds: float = WITHIN, timeout: float = ASK_TIMEOUT) -> dict:
-    """address -> Answer of every member on ``addresses``, asked side by side within ``seconds``."""
+def ask_all(ex, addresses, seconds: float = WITHIN, timeout: float = ASK_TIMEOUT, reads=()) -> dict:
+    """address -> Answer of every member on ``addresses``, asked side by side within ``seconds``
+    (``reads``: keys each reads with its quorum read)."""
     partial: dict = {}
-    found = within(lambda a: ask(ex, a, timeout, partial), list(dict.fromkeys(addresses)), seconds)
+    found = within(lambda a: ask(ex, a, timeout, partial, reads), list(dict.fromkeys(addresses)), seconds)
     return {a: result or partial.get(a) or Answer(a, error) for a, (result, error) in found.items()}
 
 

@@ -19,9 +19,9 @@ from tasks.commands.shell import tail
 from tasks.model import hooks as hooks_model
 from tasks.model.errors import AirError, DeadlineError, failure_kind
 from tasks.model.hooks import Facts
+from tasks.model.release import Release
 from tasks.net.local import run_local
 from tasks.net.progress import say
-from tasks.runbooks import records
 
 
 class HookFailed(AirError):
@@ -84,16 +84,17 @@ def finish(cluster, facts: Facts, started: float, failed: bool) -> None:
         say(f"warning: {why} (the {facts.action}'s outcome stands: {facts.outcome})")
 
 
-def before_push(s, host: str, facts: Facts):
+def before_push(s, host: str, facts: Facts, current: Optional[Release]):
     """The callback a deploy gives ``publish``: what is known once the build is done goes into
-    ``facts`` (the release about to be pushed, the cluster's recorded one, the versions, the branch,
-    and, when no ``--message`` was given, the commit's subject read in the build server's checkout);
-    then the pre_deploy hook."""
+    ``facts`` (the release about to be pushed, the cluster's recorded one ``current``, the versions,
+    the branch, and, when no ``--message`` was given, the commit's subject read in the build
+    server's checkout); then the pre_deploy hook."""
     def called(release, built) -> None:
-        current, _ = records.read_release(s.etcd, s.cluster)
         facts.release, facts.versions, facts.branch = release.id, release.versions(), built["branch"]
         facts.previous = current.id if current else ""
-        if not facts.message:
+        if not facts.message and "subject" in built:  # read with the checkouts
+            facts.message = hooks_model.subject(built["subject"])
+        elif not facts.message:
             said = s.ex.read(host, subject_command(s.cluster.build.checkout, built["commit"]), check=False,
                              what="read the commit's subject")
             facts.message = hooks_model.subject(said.stdout) if said.exited == 0 else ""

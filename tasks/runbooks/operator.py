@@ -42,9 +42,10 @@ from tasks.model import backup, state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, RemoteError
 from tasks.model.status_view import drift_warnings, log_json, log_line, machine_role, merged, printable, render_status
+from tasks.net import etcd as etcd_api, warm
 from tasks.net.progress import say
 from tasks.net.session import Session, session
-from tasks.runbooks import balancer, etcd_backup, etcd_members, maintenance, records
+from tasks.runbooks import balancer, etcd_backup, etcd_members, records
 from tasks.runbooks.cli import air_task, cluster_of
 
 # ---------------------------------------------------------------- what to run, and reading it back
@@ -67,9 +68,11 @@ NO_ETCD: dict = {"members": [], "via": None, "leader": None, "record": None, "ca
 
 def read_etcd(s: Session, via: str = None) -> tuple:
     """(etcd's part of the view, error or None): every member asked at once (quorum, database
-    sizes), then the records through a member with quorum."""
+    sizes), the records read by each one's quorum read; those of the first with quorum are shown."""
     cluster = s.cluster
-    answers = etcd_members.ask_all(s.ex, [via] if via else list(cluster.machines), ETCD_ASK_WITHIN)
+    keys = [state.release_key(cluster), state.candidate_key(cluster), state.lock_key(cluster),
+            state.maintenance_key(cluster)]
+    answers = etcd_members.ask_all(s.ex, [via] if via else list(cluster.machines), ETCD_ASK_WITHIN, reads=keys)
     quorum = etcd_members.quorum_of(answers)
     health = {"quorum": quorum.has_quorum, "answering": len(quorum.answering), "voters": len(quorum.members),
               "said": quorum.describe(), "answering_members": list(quorum.answering),
@@ -79,12 +82,13 @@ def read_etcd(s: Session, via: str = None) -> tuple:
     if not quorum.has_quorum:
         errors = "; ".join(x.error for x in answers.values() if x.error)
         return {**NO_ETCD, "members": members, **health}, quorum.describe() + (f" ({errors})" if errors else "")
-    client = s.connect_etcd(quorum.healthy[0])
-    _, record = records.read_release(client, cluster)
-    _, candidate = records.read_candidate(client, cluster)
-    return {"members": members, "via": s.via, "leader": quorum.leader, "record": record, "candidate": candidate,
-            "lock": client.holder(state.lock_key(cluster)), "maintenance": maintenance.read(client, cluster),
-            "auth": {"wanted": cluster.etcd_auth, "on": client.auth_enabled}, **health}, None
+    through = answers[quorum.healthy[0]]
+    release, candidate, lock, message = (through.values.get(key) for key in keys)
+    return {"members": members, "via": through.address, "leader": quorum.leader,
+            "record": records.parsed(keys[0], release)[1] if release else None,
+            "candidate": records.parsed(keys[1], candidate)[1] if candidate else None,
+            "lock": etcd_api.holder_of(lock), "maintenance": message,
+            "auth": {"wanted": cluster.etcd_auth, "on": through.auth}, **health}, None
 
 
 def read_machine(ex, address: str) -> dict:
@@ -176,6 +180,7 @@ def status(c, cluster=None, via=None, json_=False):
     """Show every machine and the cluster at a glance; exit 1 when anything is not as recorded."""
     target = cluster_of(cluster)
     via = check_address(via, "--via") if via else None
+    warm(etcd_api.HTTP_STACK)  # every member is asked through its own client: loaded while the connections open
     with session(target, via=via, etcd=False) as s:
         view = read_status(s, via)
     if json_:

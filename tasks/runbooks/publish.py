@@ -43,11 +43,14 @@ def publish(ex, host: str, branch=None, dry: bool = False, recorded: Optional[di
     ``before_push(release, built)``: called with the release about to be pushed (or the recorded one,
     when nothing is built), before anything is pushed (a deploy's pre_deploy hook); its error stops
     the publish there."""
+    # The registry is asked whether the recorded release's tags still hold its images while the
+    # checkouts are updated: the answer is ready when they are found unchanged.
+    held = ex.meanwhile(moved_tag, ex, Release.from_dict(recorded)) if recorded is not None else None
     checked = check_out(ex, host, branch)
     meta = checked.meta(ex.cluster)
-    if recorded is not None and unchanged(recorded, meta):
+    if held is not None and recorded is not None and unchanged(recorded, meta):
         release = Release.from_dict(recorded)
-        moved = moved_tag(ex, release)
+        moved = held.result()
         if moved is None:
             say(f"build: every source and build input is release {recorded['id']}'s: nothing to build")
             if before_push is not None:

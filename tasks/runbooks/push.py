@@ -98,13 +98,20 @@ def published_release(ex) -> Release:
 
 def moved_tag(ex, release: Release) -> Optional[str]:
     """The first ``component version`` of ``release`` whose tag in the registry no longer holds the
-    image the release records (pushed again by hand, or gone), or None when every one does."""
+    image the release records (pushed again by hand, or gone), or None when every one does. The
+    first tag is read alone (the client learns how the registry wants it to log in), the others
+    all at once: one round trip, not one each."""
     registry = RegistryClient.for_cluster(ex)
-    for image in release.images:
+
+    def moved(image) -> Optional[str]:
         found = registry.digests(ex.cluster.image(image.component), image.version)
         if found is None or found[0] != image.digest or (image.manifest and found[1] != image.manifest):
             return f"{image.component} {image.version}"
-    return None
+        return None
+
+    images = list(release.images)
+    said = [moved(image) for image in images[:1]] + ex.parallel(moved, images[1:], describe=lambda i: i.component)
+    return next((m for m in said if m is not None), None)
 
 
 def push_image(api, cluster, step: Step, commit: str, auth: dict, tags: list) -> Optional[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from tasks.model import release_settings, state
 from tasks.model.cluster import check_address
@@ -62,22 +62,28 @@ def history(etcd, cluster) -> list:
 
 
 class Snapshot(NamedTuple):
-    """The release records as read at one moment: (Release, record) of the current release and of
-    the candidate (each (None, None) when absent), and the history, oldest first."""
+    """What a deploy reads of etcd before its first write, at one moment: (Release, record) of the
+    current release and of the candidate (each (None, None) when absent), the history, oldest
+    first; what etcd holds below the settings prefix; the logins' record (its text, or None)."""
     current: tuple
     candidate: tuple
     history: list
+    settings: dict
+    logins: Optional[str]
 
 
 def check_all(etcd, cluster) -> Snapshot:
     """Every release record (current, candidate, history) read in one request and checked
-    (``parsed``): a task that acts on them stops before it changes anything when one is malformed,
-    naming its key. Returns them, for what the task reads of them before its first write."""
+    (``parsed``), the settings and the logins' record with them: a task that acts on them stops
+    before it changes anything when one is malformed, naming its key. Returns them, for what the
+    task reads of them before its first write (under its lock: nothing else writes them)."""
     current, candidate, past = state.release_key(cluster), state.candidate_key(cluster), state.history_prefix(cluster)
-    values, found = etcd.read_many([current, candidate], [past])
+    settings, logins = state.settings_prefix(cluster), state.logins_key(cluster)
+    values, found = etcd.read_many([current, candidate, logins], [past, settings])
     record = lambda key: parsed(key, values[key]) if values[key] else (None, None)
     return Snapshot(record(current), record(candidate),
-                    [parsed(key, value)[1] for key, value in sorted(found[past].items())])
+                    [parsed(key, value)[1] for key, value in sorted(found[past].items())], found[settings],
+                    values[logins])
 
 
 def read_candidate(etcd, cluster):

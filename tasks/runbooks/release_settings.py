@@ -162,12 +162,14 @@ def restoring(s: Session, target: Optional[dict], current: Optional[dict]) -> Re
                      {kept.SETTINGS: restore.kept, kept.SECRETS: {n: digests[n] for n in sorted(used)}})
 
 
-def record_of(s: Session, release) -> Optional[dict]:
+def record_of(s: Session, release, snapshot: records.Snapshot = None) -> Optional[dict]:
     """The record of ``release`` (a Release, or None): the current one when it is that release, else
-    the newest of its history (each checked, ``records.parsed``)."""
+    the newest of its history (each checked, ``records.parsed``). ``snapshot``: the records as the
+    task read them under its lock (None: read here)."""
     if release is None:
         return None
-    _, current = records.read_release(s.etcd, s.cluster)
+    _, current = records.read_release(s.etcd, s.cluster) if snapshot is None else snapshot.current
     if current is not None and current["id"] == release.id:
         return current
-    return next((r for r in reversed(records.history(s.etcd, s.cluster)) if r["id"] == release.id), None)
+    history = records.history(s.etcd, s.cluster) if snapshot is None else snapshot.history
+    return next((r for r in reversed(history) if r["id"] == release.id), None)

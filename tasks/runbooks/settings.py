@@ -25,6 +25,7 @@ from tasks.model.status_view import printable
 from tasks.net.progress import say
 from tasks.net.session import Session, session
 from tasks.runbooks import etcd_auth, etcd_backup
+from tasks.runbooks.records import Snapshot
 from tasks.runbooks.cli import air_task, cluster_of, report
 
 MASK = "(secret)"
@@ -125,20 +126,20 @@ def plan(s: Session) -> tuple:
     return diff(wanted(s.cluster), have, state.settings_prefix(s.cluster)), have
 
 
-def apply(s: Session, task: str, have: dict = None) -> Changes:
+def apply(s: Session, task: str, snapshot: Snapshot = None) -> Changes:
     """Write the changed settings and remove those no longer listed (v3 in one transaction, then the
-    v2 store when the cluster asks for it); says each change on a ``task:`` line. ``have``: what
-    etcd holds, when the task has just read it (under its lock)."""
-    return write(s, task, wanted(s.cluster), secrets_of(s.cluster), have)
+    v2 store when the cluster asks for it); says each change on a ``task:`` line. ``snapshot``: etcd
+    as the task has just read it (under its lock; None: read here)."""
+    return write(s, task, wanted(s.cluster), secrets_of(s.cluster), snapshot)
 
 
-def write(s: Session, task: str, want: dict, secrets, have: dict = None) -> Changes:
+def write(s: Session, task: str, want: dict, secrets, snapshot: Snapshot = None) -> Changes:
     """Make the settings prefix hold ``want`` (etcd key -> value): the cluster file's settings, or
     those a rollback or a failed deploy puts back. ``secrets``: the keys never printed."""
     cluster = s.cluster
-    etcd_auth.follow(s, task)
+    etcd_auth.follow(s, task, snapshot)
     prefix = state.settings_prefix(cluster)
-    have = found(s) if have is None else have
+    have = found(s) if snapshot is None else snapshot.settings
     changes = diff(want, have, prefix)
     s.ex.check("write the settings")
     s.etcd.write_many(changes.puts, changes.removed)

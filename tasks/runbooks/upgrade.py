@@ -119,6 +119,11 @@ class Rollout:
         self.failed: list = []     # (Step, Outcome) of every machine that failed so far
         self.restored: list = []   # those of them back on the previous release and in the balancer
         self._bases: dict = {}
+        # Every machine's documents (units, cloud config), built before the caller writes a record or
+        # a setting: a builder that fails stops the task with etcd and every machine untouched.
+        self.documents = {st.machine: machine.document_files(self._document(st.machine, release),
+                                                             self._user_data(st.machine))
+                          for st in self.steps if st.action == UPGRADE}
 
     def _leader(self, members) -> Optional[str]:
         """The address of etcd's leader (its group goes last), or None when no member names one."""
@@ -316,8 +321,7 @@ class Rollout:
 
         def one(step):
             staged[step.machine] = self.ex.stage_files(
-                step.machine, list(self._extra(step.machine).files) +
-                machine.document_files(self._document(step.machine, self.release), self._user_data(step.machine)),
+                step.machine, list(self._extra(step.machine).files) + self.documents[step.machine],
                 before=machine.pull_command(self.cluster, self.release, step.restart),
                 after=machine.pause_os_updates_command(), deadline=self.cluster.timeouts.pull,
                 what=f"pull release {self.release.id}, stage its files, pause OS updates")

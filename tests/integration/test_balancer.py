@@ -247,3 +247,39 @@ def test_an_unhealthy_router_is_out_within_two_seconds_and_back_when_healthy(clu
     answered = {json.loads(request(local, "/version")[1])["machine"] for _ in range(12)}
     assert machine in answered
     assert serving(local)
+
+
+# ---------------------------------------------------------------- least privilege
+
+CAP_NET_BIND_SERVICE = 1 << 10
+
+
+def proc_status(node: str, pid: str) -> dict:
+    """The fields of /proc/PID/status of a process on a sandbox host, read from this machine (docker exec)."""
+    text = sb.inside(node, f"cat /proc/{int(pid)}/status")
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def test_each_instance_runs_as_haproxys_user_with_the_capability_to_bind_low_ports_alone(clusters, sandbox):
+    node = sandbox["balancer"]["name"]
+    uid = sb.inside(node, f"id -u {haproxy.HAPROXY_USER}").strip()
+    assert uid.isdigit() and uid != "0"
+    for name, cluster in clusters.items():
+        main, workers = balancer_files(cluster)["processes"].split(" ", 1)
+        pids = [main, *workers.split()]
+        assert len(pids) >= 2, pids  # the master and its worker
+        for pid in pids:
+            status = {k: v.strip() for k, v in proc_status(node, pid).items()}
+            assert status["Name"] == "haproxy"
+            assert status["Uid"].split() == [uid] * 4 and status["Gid"].split()[0] != "0", (name, pid, status)
+            for field in ("CapEff", "CapPrm", "CapBnd"):
+                assert int(status[field], 16) == CAP_NET_BIND_SERVICE, (name, pid, field, status[field])
+            assert status["NoNewPrivs"] == "1"
+        # The admin socket is that user's, mode 600, and air-deploy's runtime API calls still get through.
+        owner = sb.inside(node, f"stat -c '%U %a' {haproxy.admin_socket(cluster)}").split()
+        assert owner == [haproxy.HAPROXY_USER, "600"]
+        shown = json.loads(fab("balancer.status", "--cluster", name, "--json").stdout)
+        assert {s["machine"] for s in shown if s["status"].startswith("UP")} == set(cluster.machines)
+        # HTTP and HTTPS through the ports it bound (local's are 80 and 443) still answer.
+        assert request(cluster, "/version")[0] == 200 and request(cluster, "/version", https=True)[0] == 200
+    assert min(c.balancer.http_port for c in clusters.values()) < 1024

@@ -135,7 +135,7 @@ class FakeFence:
     def lose(self, why="the key is gone (deleted or expired)"):
         self.lost = why
 
-    def confirm(self):
+    def confirm(self, fresh=0):
         from tasks.model.errors import LostLock
         if self.lost:
             raise LostLock(f"/air/test/lock: {self.lost}")
@@ -194,6 +194,10 @@ class FakeEtcd:
 
     def get_prefix(self, prefix):
         return {k: v for k, v in self.data.items() if k.startswith(prefix)}
+
+    def read_many(self, keys=(), prefixes=()):
+        self.reads = getattr(self, "reads", 0) + 1
+        return {k: self.get(k) for k in keys}, {p: self.get_prefix(p) for p in prefixes}
 
     def delete(self, key):
         self.data.pop(key, None)

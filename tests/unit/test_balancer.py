@@ -6,6 +6,8 @@ carrying it out (file checked and swapped, then haproxy's runtime API).
 ``balancer.Routers`` reads the file once and only runs that command when
 the machine list changes, which is checked here on the recording executor.
 """
+import pwd
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -134,6 +136,20 @@ def test_unit_file_runs_the_clusters_files_only(proxied):
     assert f"ExecStart=/usr/sbin/haproxy -Ws {files} -p /run/air-balancer-stage/haproxy.pid\n" in text
     assert f"ExecReload=/usr/sbin/haproxy -c -q {files}\nExecReload=/bin/kill -USR2 $MAINPID\n" in text
     assert "RuntimeDirectory=air-balancer-stage\n" in text and "Type=notify\n" in text
+
+
+def test_unit_file_runs_haproxy_as_its_own_user_with_the_capability_to_bind_low_ports_alone(proxied):
+    service = bc.unit_file(proxied).split("[Service]\n")[1].split("\n\n")[0].splitlines()
+    settings = [line for line in service if not line.startswith("#")]
+    assert settings[:5] == ["User=haproxy", "Group=haproxy", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+                            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes"]
+    # Nothing else widens it: no other capability, user or privilege setting anywhere in the unit.
+    assert [line for line in settings if line.split("=")[0] in
+            ("User", "Group", "AmbientCapabilities", "CapabilityBoundingSet", "NoNewPrivileges",
+             "PermissionsStartOnly", "SupplementaryGroups")] == settings[:5]
+    assert not any(line.startswith("Exec") and line.split("=", 1)[1].startswith(("+", "!")) for line in settings)
+    # Its runtime folder (the admin socket's) is that user's, entered by it alone.
+    assert "RuntimeDirectoryMode=0700" in settings and "mode 600 level admin" in bc.main_config(proxied)
 
 
 @pytest.mark.parametrize("enabled, disabled", [
@@ -404,7 +420,7 @@ def test_setup_keeps_the_machines_the_routers_file_lists(cluster):
 
 def test_setup_twice_writes_nothing_the_second_time(cluster):
     ex = FakeExecutor(cluster)
-    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/socat\n/usr/bin/systemctl\n")
+    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/socat\n/usr/bin/systemctl\nuser:haproxy\n")
     assert sorted(balancer.setup(ex)) == sorted([bc.unit_path(cluster), cluster.balancer.config,
                                                  cluster.balancer.routers_file])
     writes = len(ex.commands(changes_only=True))
@@ -414,7 +430,23 @@ def test_setup_twice_writes_nothing_the_second_time(cluster):
 
 def test_setup_refuses_a_host_without_socat(cluster):
     ex = FakeExecutor(cluster)
-    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/systemctl\n")
+    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/systemctl\nuser:haproxy\n")
     with pytest.raises(balancer.RemoteError, match="needs socat"):
         balancer.setup(ex)
     assert ex.commands(changes_only=True) == []
+
+
+def test_setup_refuses_a_host_without_haproxys_user(cluster):
+    ex = FakeExecutor(cluster)
+    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/socat\n/usr/bin/systemctl\n")
+    with pytest.raises(balancer.RemoteError, match="needs the user haproxy"):
+        balancer.setup(ex)
+    assert ex.commands(changes_only=True) == []
+
+
+def test_the_requirements_command_says_what_is_there():
+    found = subprocess.run(["sh", "-c", bc.requirements_command()], capture_output=True, text=True).stdout
+    users = {u.pw_name for u in pwd.getpwall()}
+    assert ("user:haproxy" in found.split()) == ("haproxy" in users)
+    assert bc.missing_requirements("/usr/sbin/haproxy /usr/bin/socat /bin/systemctl user:haproxy") == []
+    assert bc.missing_requirements("/usr/bin/socat") == ["haproxy", "systemctl", "the user haproxy"]

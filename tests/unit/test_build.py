@@ -155,6 +155,30 @@ def test_update_script_runs_every_checkout_script_and_stops_at_the_first_failure
     ])
 
 
+def test_checked_out_script_reads_the_subject_and_version_in_the_same_command(built, tmp_path):
+    from tasks.commands.build_scripts import CHECKED_OUT, NO_VERSION, checked_out_script, parse_checked_out
+    source = tmp_path / "air.git"
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@x", *args], check=True)
+    git("init", "-q", "-b", "master", str(source))
+    git("-C", str(source), "commit", "-q", "--allow-empty", "-m", "Start")
+    plan = [replace(checkouts(built, Branches("master"))[0], repository=str(source), path=str(tmp_path / "air"))]
+    version_file = str(tmp_path / "air" / "VERSION")
+    script = checked_out_script(plan, version_file)
+    assert script == "\n".join([update_script(plan), f"echo '{CHECKED_OUT}'",
+                                 f"git -C {plan[0].path} log -1 --format=%s HEAD",
+                                 f"if [ -e {version_file} ]; then cat {version_file}; else exit {NO_VERSION}; fi"])
+    missing = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert missing.returncode == NO_VERSION
+    (source / "VERSION").write_text("1.4\n")
+    git("-C", str(source), "add", "VERSION")
+    git("-C", str(source), "commit", "-q", "-m", "Fix the router's 'drain'\n\nbody")
+    ran = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    head = subprocess.run(["git", "-C", plan[0].path, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert parse_checked_out(ran.stdout, 1) == ([head], "Fix the router's 'drain'", "1.4\n")
+
+
 def test_commits_command_reads_every_checkout():
     assert commits_command(["/srv/a b", "/srv/c"]) == (
         "git -C '/srv/a b' rev-parse HEAD 2>/dev/null || echo none; "

@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import re
 import time
 from pathlib import Path
 
@@ -259,6 +260,34 @@ def test_a_lease_not_renewed_for_most_of_its_ttl_is_taken_for_lost(etcd, monkeyp
             lock.confirm()
 
 
+def test_a_confirmation_younger_than_fresh_stands_for_one_and_an_older_one_is_read_again(etcd, monkeypatch):
+    from tasks.net import etcd as etcd_module
+    now = [etcd_module.boottime()]
+    monkeypatch.setattr(etcd_module, "boottime", lambda: now[0])  # a clock the test moves
+    key = etcd.prefix + "lock"
+    with etcd.acquire(key, {"who": "alice"}, ttl=6) as lock:
+        reads = []
+        lock._checker.session.hooks["response"].append(lambda response, *a, **k: reads.append(response))
+        lock.confirm(fresh=1)
+        assert reads == []  # the lock was taken a moment ago: that stands for a confirmation
+        now[0] += 1
+        lock.confirm(fresh=1)
+        now[0] += 0.9
+        lock.confirm(fresh=1)
+        assert len(reads) == 1  # the third stood on the second
+        etcd.delete(key)
+        lock.confirm(fresh=1)  # within the second: the key's loss is not seen yet
+        now[0] += 0.1
+        with pytest.raises(LostLock, match="the key is gone"):
+            lock.confirm(fresh=1)  # a second old: read again
+        assert len(reads) == 2
+    with etcd.acquire(key, {"who": "alice"}, ttl=6) as lock:
+        lock.confirm(fresh=1)
+        etcd.delete(key)
+        with pytest.raises(LostLock, match="the key is gone"):
+            lock.confirm()  # no freshness asked: always read
+
+
 def test_a_stuck_task_stops_renewing_and_its_lock_expires(etcd):
     key = etcd.prefix + "lock"
     lock = etcd.acquire(key, {"who": "hung"}, ttl=2)
@@ -274,10 +303,67 @@ def test_a_stuck_task_stops_renewing_and_its_lock_expires(etcd):
         lock.release()
 
 
+def test_membership_calls_and_v2_writes_of_a_fenced_client_go_while_its_lock_stands(etcd):
+    p = etcd.prefix
+    never = f"http://127.0.0.1:{free_ports(1)[0]}"
+    with etcd.acquire(p + "lock", {"who": "alice"}, ttl=5) as lock:
+        client = fenced_client(etcd, lock)
+        learner = client.add_member(never, learner=True)
+        try:
+            client.update_member(learner.id, never.replace("127.0.0.1", "localhost"))
+            client.v2_put(p + "site/name", "Air")
+            assert etcd.v2_get_prefix(p) == {p + "site/name": "Air"}
+            client.v2_delete(p + "site/name")
+        finally:
+            client.remove_member(learner.id)
+        assert [m.name for m in etcd.members()] == ["solo"] and etcd.v2_get_prefix(p) == {}
+
+
+def test_membership_calls_and_v2_writes_after_the_lock_was_taken_away_are_refused_and_do_nothing(etcd):
+    p = etcd.prefix
+    [solo] = etcd.members()
+    never = f"http://127.0.0.1:{free_ports(1)[0]}"
+    learner = etcd.add_member(never, learner=True)  # unfenced: one there to promote, update, remove
+    etcd.v2_put(p + "kept", "v")
+    try:
+        with etcd.acquire(p + "lock", {"who": "alice"}, ttl=5) as lock:
+            client = fenced_client(etcd, lock)
+            etcd.force_release(p + "lock")  # etcdctl del behind the holder's back
+            calls = {"add voting member": lambda: client.add_member(never.replace("127.0.0.1", "localhost"), False),
+                     f"promote {learner.id}": lambda: client.promote(learner.id, timeout=1),
+                     f"update member {learner.id}": lambda: client.update_member(learner.id, never + "0"),
+                     f"remove member {learner.id}": lambda: client.remove_member(learner.id),
+                     f"move leadership to {solo.id}": lambda: client.move_leader(solo.id),
+                     f"put {p}new (v2)": lambda: client.v2_put(p + "new", "x"),
+                     f"delete {p}kept (v2)": lambda: client.v2_delete(p + "kept")}
+            for what, call in calls.items():
+                with pytest.raises(LostLock, match=f"lock is no longer ours: {re.escape(what)}.* was not done"):
+                    call()
+        # Nothing added, promoted, updated or removed.
+        assert sorted(etcd.members(), key=lambda m: m.id) == sorted([solo, learner], key=lambda m: m.id)
+        assert etcd.v2_get_prefix(p) == {p + "kept": "v"}
+    finally:
+        etcd.remove_member(learner.id)
+        etcd.v2_delete(p + "kept")
+
+
+def test_a_tunnel_opened_by_a_task_holding_the_lock_is_fenced_by_it(etcd):
+    ex = FakeTunnelExecutor(FakeConnection(etcd.port))
+    with etcd.acquire(etcd.prefix + "lock", {"who": "alice"}, ttl=5) as lock:
+        ex.fence = lock
+        with tunnel(ex, "node1") as at_leader:  # as membership.promote asks the leader through its own tunnel
+            assert at_leader.fence == (lock.key, lock.revision)
+            etcd.delete(lock.key)
+            with pytest.raises(LostLock, match="was not done"):
+                at_leader.add_member(f"http://127.0.0.1:{free_ports(1)[0]}")
+    assert [m.name for m in etcd.members()] == ["solo"]
+
+
 def test_fenced_txn():
     assert fenced_txn("/air/c/lock", 42, {"request_put": {"key": "a", "value": "b"}}) == {
         "compare": [{"key": "L2Fpci9jL2xvY2s=", "result": "EQUAL", "target": "CREATE", "create_revision": 42}],
         "success": [{"request_put": {"key": "a", "value": "b"}}], "failure": []}
+    assert fenced_txn("/air/c/lock", 42)["success"] == []  # the comparison alone: a confirmation
 
 
 def test_members_of_a_one_member_cluster(etcd, etcd_server):
@@ -350,6 +436,7 @@ class FakeTunnelExecutor:
         self.connection = connection
         self.cluster = SimpleNamespace(etcd_auth=False, secrets="/nonexistent")  # etcd open: no login
         self.trips = RoundTrips()
+        self.fence = None  # the task's lock, once it holds one
 
     def reachable(self, host):
         return None
@@ -402,8 +489,9 @@ def test_tunnel_reaches_the_members_loopback_client_port_over_channels_only(etcd
         assert remote.get(etcd.prefix + "k") == "through the tunnel"
         assert "node1" in repr(remote)
         assert _listening_ports() == before  # nothing of ours listens, so no local user can use it
-    # The first channel checks that etcd listens there; the client's connections are channels too.
-    assert len(conn.channels) >= 2 and set(conn.channels) == {("direct-tcpip", ("127.0.0.1", 2379))}
+    # The first channel checks that etcd listens there and carries the client's first connection
+    # (kept alive for the next requests): one channel in all.
+    assert conn.channels == [("direct-tcpip", ("127.0.0.1", 2379))]
 
 
 def test_every_request_through_the_tunnel_is_a_round_trip_to_its_host(etcd):
@@ -418,6 +506,8 @@ def test_every_request_through_the_tunnel_is_a_round_trip_to_its_host(etcd):
 def test_a_channel_that_cannot_open_later_is_one_error_line(etcd):
     conn = FakeConnection(etcd.port)
     with tunnel(FakeTunnelExecutor(conn), "node1") as remote:
+        remote.get(etcd.prefix + "k")  # over the channel opened first
+        remote.drop_connections()
         conn.refuse = True
         with pytest.raises(RemoteError) as failed:
             remote.get(etcd.prefix + "k")

@@ -301,3 +301,38 @@ def test_a_member_waiting_for_a_quorum_it_lacks_counts_as_answering_at_the_deadl
     assert [(a.address, a.answers, a.healthy) for a in answers.values()] == \
         [("10.0.0.1", True, False), ("10.0.0.2", True, False), ("10.0.0.3", False, False)]
     assert etcd_members.quorum_of(answers).describe() == "no quorum: 2 of 3 members answer"
+
+
+def test_keys_asked_for_are_read_by_each_members_quorum_read_and_a_member_without_quorum_is_not_healthy(
+        cluster, monkeypatch):
+    from contextlib import contextmanager
+
+    class Member:
+        def __init__(self, address):
+            self.address, self.auth_enabled = address, True
+
+        def member_status(self):
+            return {"leader": "1", "db_size": 24576}
+
+        def members(self):
+            return [SimpleNamespace(id=str(i), name=a, peer_urls=(f"https://{a}:2380",), learner=False, started=True)
+                    for i, a in enumerate(cluster.machines)]
+
+        def healthy(self):
+            raise AssertionError("the read of the keys is the quorum read")
+
+        def read_many(self, keys=(), prefixes=()):
+            if self.address == "10.0.0.3":  # cut off from the others: no quorum, no login
+                raise RemoteError("etcd at 10.0.0.3: get: etcdserver: user name is empty")
+            return {k: f"{k} at {self.address}" if k.endswith("release") else None for k in keys}, {}
+
+    @contextmanager
+    def tunnel(ex, address, timeout=5):
+        yield Member(address)
+    monkeypatch.setattr(etcd_members.etcd_api, "tunnel", tunnel)
+    answers = etcd_members.ask_all(FakeExecutor(cluster), cluster.machines, 2, reads=["/air/prod/release", "/air/prod/lock"])
+    assert [(a.address, a.healthy, a.values, a.auth) for a in answers.values()] == [
+        ("10.0.0.1", True, {"/air/prod/release": "/air/prod/release at 10.0.0.1", "/air/prod/lock": None}, True),
+        ("10.0.0.2", True, {"/air/prod/release": "/air/prod/release at 10.0.0.2", "/air/prod/lock": None}, True),
+        ("10.0.0.3", False, {}, None)]
+    assert etcd_members.quorum_of(answers).describe() == "quorum: 3 of 3 members answer"

@@ -1,7 +1,11 @@
-"""tasks/push.py: the version a push takes and the manifest digest it records, against an in-memory registry."""
+"""tasks/push.py: the version a push takes and the manifest digest it records, against an in-memory registry;
+publish's check of an unchanged build."""
 from types import SimpleNamespace
 
+import pytest
+
 from tasks.model import version
+from tasks.model.errors import RemoteError
 from tasks.model.release import Release
 from tasks.runbooks import push
 
@@ -110,10 +114,47 @@ def test_a_moved_tag_is_found_and_only_then(cluster, monkeypatch):
             return held.get((repository.rsplit("_", 1)[-1], tag))
 
     monkeypatch.setattr(push.RegistryClient, "for_cluster", classmethod(lambda cls, ex: Registry()))
-    ex = SimpleNamespace(cluster=cluster)
+    ex = SimpleNamespace(cluster=cluster, parallel=lambda work, items, describe: [work(i) for i in items])
     assert push.moved_tag(ex, release) is None
     assert asked == [(cluster.image("web"), "1.0.3"), (cluster.image("worker"), "1.0.1")]
     held[("web", "1.0.3")] = ("sha256:" + "c" * 64, "sha256:" + "o" * 64)  # pushed again by hand
     assert push.moved_tag(ex, release) == "web 1.0.3"
     del held[("web", "1.0.3")]  # gone
     assert push.moved_tag(ex, release) == "web 1.0.3"
+
+
+def test_an_unchanged_build_asks_the_registry_while_the_checkouts_update_and_builds_nothing(cluster, monkeypatch):
+    import threading
+    from tasks.model.release import Image
+    from tasks.net.executor import Executor
+    from tasks.runbooks import publish
+    release = Release((Image("web", "1.0.3", "sha256:" + "a" * 64, "sha256:" + "d" * 64),))
+    meta = {"branch": "master", "commit": "c" * 40, "sources": {"main": "c" * 40}, "inputs": {"web": "i" * 64}}
+    recorded = {**release.to_dict(), **meta}
+    asked = threading.Event()
+    order = []
+
+    def checked_out(ex, host, branch):  # the checkouts' update: the registry is asked meanwhile
+        assert asked.wait(5), "the registry was not asked while the checkouts were updated"
+        order.append("checked out")
+        return SimpleNamespace(meta=lambda cluster: meta)
+
+    def moved(ex, held):
+        order.append(("registry", held.id))
+        asked.set()
+        return None
+
+    monkeypatch.setattr(publish, "check_out", checked_out)
+    monkeypatch.setattr(publish, "moved_tag", moved)
+    monkeypatch.setattr(publish, "build_images", lambda *a: pytest.fail("built"))
+    ex = SimpleNamespace(cluster=cluster, meanwhile=lambda work, *args: Executor.meanwhile(None, work, *args))
+    published = publish.publish(ex, "build", recorded=recorded)
+    assert (published.release, published.steps) == (release, [])
+    assert order == [("registry", release.id), "checked out"]
+
+    def gone(ex, held):
+        raise RemoteError("registry r:5000 unreachable: refused")
+    monkeypatch.setattr(publish, "moved_tag", gone)
+    monkeypatch.setattr(publish, "check_out", lambda ex, host, branch: SimpleNamespace(meta=lambda cluster: meta))
+    with pytest.raises(RemoteError, match="unreachable"):  # its error is the publish's when it is needed
+        publish.publish(ex, "build", recorded=recorded)

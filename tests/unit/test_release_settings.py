@@ -381,3 +381,24 @@ def test_a_record_is_printed_without_its_secrets_digests():
     assert shown["secrets"] == ["db_pw"] and shown["id"] == "r1"
     assert kept.digest("hunter2") not in repr(shown) and kept.digest("hunter2\n") not in repr(shown)
     assert kept.shown({"id": "old"}) == {"id": "old"}
+
+
+def test_a_builder_error_on_any_machine_leaves_etcd_and_the_machines_untouched(configured, monkeypatch):
+    """Every machine's documents (units, cloud config) are built before the deploy writes `outcome:
+    upgrading` or applies a setting: a builder failing on the last machine changes nothing anywhere."""
+    from tasks.commands import machine
+    from tasks.model.errors import ConfigError
+    s = configured
+    at_releases(s, {"site/name": "Old", "db/password": PASSWORD})
+    before = dict(s.etcd.data)
+    build = machine.cloudconfig.final
+
+    def failing(cluster, address, *args, **kwargs):
+        if address == "10.0.0.3":
+            raise ConfigError("components.web.stop_command: a control character (\\n)")
+        return build(cluster, address, *args, **kwargs)
+    monkeypatch.setattr(machine.cloudconfig, "final", failing)
+    with pytest.raises(ConfigError, match="stop_command"):
+        deploy.roll_cluster(s, Published(NEW, [], BUILT), OLD, None, 0.0)
+    assert s.etcd.data == before  # no record, no setting
+    assert s.ex.commands(changes_only=True) == []

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from types import SimpleNamespace
 
 from tasks.commands.shell import (
     KILL_AFTER,
@@ -147,6 +148,16 @@ def test_a_lost_lock_stops_every_change_even_while_finishing(cluster):
     with ex.finishing(), pytest.raises(LostLock):
         ex.run("10.0.0.1", "systemctl start x")
     assert ex.commands() == ["true"]
+
+
+def test_a_change_asks_the_lock_for_a_confirmation_at_most_a_second_old(cluster):
+    from tasks.net.executor import LOCK_CONFIRMED_FOR
+    asked = []
+    ex = FakeExecutor(cluster)
+    ex.fence = SimpleNamespace(confirm=lambda fresh=0: asked.append(fresh))
+    ex.run("10.0.0.1", "systemctl start x")
+    ex.read("10.0.0.1", "cat /etc/air/state/release")  # a read asks nothing
+    assert asked == [LOCK_CONFIRMED_FOR] and 0 < LOCK_CONFIRMED_FOR <= 1
 
 
 def test_parallel_raises_a_halt_as_itself_with_the_others_failures():
