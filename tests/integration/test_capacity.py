@@ -60,7 +60,8 @@ def local_serving(installed):
     return installed
 
 
-def test_bad_limits_are_refused_in_one_line_before_anything():
+def test_bad_limits_are_refused_in_one_line_before_anything(local):
+    """The cluster file is read (the sandbox's include must exist), the option refused, nothing else run."""
     for option, value in (("--max-unavailable", "0"), ("--max-unavailable", "120%"), ("--max-failures", "-1"),
                           ("--parallel", "none")):
         proc = fab_here("deploy", "--cluster", "local", option, value, check=False)
