@@ -34,7 +34,7 @@ from typing import Optional
 import cloudconfig
 from tasks.commands import machine
 from tasks.model import release_settings as kept
-from tasks.model import rollout_plan, state
+from tasks.model import roles, rollout_plan, state
 from tasks.model.cluster import check_address
 from tasks.model.os_upgrade_plan import BOOTING
 from tasks.model.errors import (AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError,
@@ -64,6 +64,12 @@ def member_machines(client) -> list:
     return [state.member_address(m) for m in client.members() if not m.learner]
 
 
+def serving_machines(cluster, members) -> list:
+    """Every machine that runs the cluster's release: the etcd ``members`` and the cluster file's
+    other machines, its workers (``tasks.model.roles``)."""
+    return list(roles.roles(cluster.machines, members))
+
+
 class Rollout:
     """Bringing the member machines (or ``only`` those) of a session's cluster to ``release``.
 
@@ -78,7 +84,8 @@ class Rollout:
         self.done_hint = done_hint  # what a failure says of the machines already done
         self.release, self.previous = release, previous
         self.extras: dict = extras or {}  # address -> Extra
-        self.members = sorted(member_machines(s.etcd))
+        self.etcd_members = sorted(member_machines(s.etcd))  # a machine's cloud config says whether it is one
+        self.members = sorted(serving_machines(self.cluster, self.etcd_members))  # members and workers
         self.machines = sorted(only or self.members)
         self.batch = batch_limit(len(self.members), batch)
         self.routers = balancer.Routers(self.ex)
@@ -279,10 +286,10 @@ class Rollout:
         """The machine's final cloud config at ``release``: its administrator's base (read with
         its facts), extended."""
         if address not in self._bases:
-            installed = cloudconfig.install_part(self.cluster, address, self.members, "existing", release)
+            installed = cloudconfig.install_part(self.cluster, address, self.etcd_members, "existing", release)
             self._bases[address] = machine.parse_base(address, self._user_data(address),
                                                       self.facts[address]["base"], installed)
-        return machine.final_document(self.cluster, address, self.members, "existing", release,
+        return machine.final_document(self.cluster, address, self.etcd_members, "existing", release,
                                       self._bases[address])
 
     def _carry_out(self, step: Step, staged) -> Outcome:
