@@ -283,6 +283,7 @@ def etcd_proxy_unit(members) -> str:
 Description=Air etcd proxy (to the cluster's etcd members)
 After=network-online.target
 Wants=network-online.target
+StartLimitIntervalSec=0
 
 [Service]
 User={ETCD_USER}

@@ -22,7 +22,7 @@ from typing import Optional
 
 from cloudconfig.units import peer_url
 from tasks.commands import machine
-from tasks.model import rollout_plan, state
+from tasks.model import roles, rollout_plan, state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Interrupted, LostLock, PreflightError, RemoteError
 from tasks.net import etcd as etcd_api
@@ -69,7 +69,9 @@ def _check_via(client, cluster, via):
         raise ConfigError(f"--via {via} is not an etcd member of {cluster.name}")
 
 
-def add(s: Session, via: str, new: str) -> None:
+def add(s: Session, via: str, new: str) -> str:
+    """Add ``new``; returns its role (an etcd member while there are fewer than the cluster's
+    ``etcd_members``, else a worker)."""
     cluster, ex, client = s.cluster, s.ex, s.etcd
     _check_via(client, cluster, via)
     members = client.members()
@@ -81,7 +83,8 @@ def add(s: Session, via: str, new: str) -> None:
     release, _ = records.read_release(client, cluster)
     if release is None:
         raise PreflightError(f"{cluster.name} has no release recorded in etcd: run setup-cluster first")
-    addresses = [state.member_address(m) for m in members] + [new]
+    role = roles.joins_as(len(members), cluster.etcd_members)
+    addresses = [state.member_address(m) for m in members] + ([new] if role == roles.MEMBER else [])
     why = ex.reachable(new)
     if why:
         raise PreflightError(f"{new}: unreachable ({why}); nothing was changed")
@@ -93,14 +96,17 @@ def add(s: Session, via: str, new: str) -> None:
     etcd_peers.ensure(cluster, [new])  # its peer certificate: local files only, before any change
     etcd_backup.before_change(s, "add-machine")
     apply_settings(s, "add-machine")
-    say(f"add-machine: installing release {release.id} on {new}")
+    say(f"add-machine: installing release {release.id} on {new}, as an etcd {role}")
     added = None
     try:
         install_machine(ex, new, plan, release)
-        ex.check(f"adding {new} to etcd")
-        added = client.add_member(peer_url(new), learner=True)
-        ex.run(new, machine.start_etcd_command(), what="start etcd")
-        promote(s, added.id)
+        if role == roles.MEMBER:
+            ex.check(f"adding {new} to etcd")
+            added = client.add_member(peer_url(new), learner=True)
+            ex.run(new, machine.start_etcd_command(), what="start etcd")
+            promote(s, added.id)
+        else:
+            ex.run(new, machine.start_etcd_proxy_command(), what="start the etcd proxy")
         # The release's components: one new in the cluster file joins with the next deploy.
         running = rollout_plan.running_components(cluster, release)
         steps.start(ex, new, running)
@@ -116,7 +122,11 @@ def add(s: Session, via: str, new: str) -> None:
         raise (Interrupted if isinstance(failure, Interrupted) else AirError)(
             f"add-machine {new} failed: {failure}\n{undone}") from None
     balancer.Routers(ex).add(new)
-    say(f"add-machine: {new} is a member and serves release {release.id}")
+    say(f"add-machine: {new} is {'a member' if role == roles.MEMBER else 'a worker'} and serves release {release.id}")
+    if new not in cluster.machines:
+        say(f"add-machine: add {new} to the machines of {cluster.file}: deploys reach the machines listed there "
+            f"and the etcd members")
+    return role
 
 
 def _undo_add(s: Session, new, added, user_data) -> str:
@@ -173,6 +183,8 @@ def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
     cluster, ex, client = s.cluster, s.ex, s.etcd
     _check_via(client, cluster, via)
     member = _member(client, old)
+    if member is None and old in cluster.machines:
+        return remove_worker(s, old)
     if member is None:
         raise ConfigError(f"{old} is not an etcd member of {cluster.name}")
     addresses = [state.member_address(m) for m in client.members()]
@@ -205,7 +217,76 @@ def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
     else:
         say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
             f"{finish} wipes it once it answers, before it is used again")
+    if not member.learner:
+        keep_members(s)
     return answers
+
+
+def remove_worker(s: Session, old: str) -> bool:
+    """Remove worker ``old``: out of the balancer, stopped politely and wiped (etcd is not touched).
+    Returns whether it answered."""
+    ex = s.ex
+    balancer.Routers(ex).remove(old)
+    answers, _, installed, user_data = _probe(ex, old)
+    if not answers:
+        say(f"warning: worker {old} did not answer: it was removed from the balancer only; "
+            f"`fab machine.wipe --cluster {s.cluster.name} --machine {old}` wipes it once it answers")
+        return False
+    if installed:
+        say(f"remove-machine: stopping the Air units on worker {old}")
+        steps.stop(ex, old)
+    steps.wipe(ex, old, user_data)
+    say(f"remove-machine: worker {old} removed and wiped (remove it from the machines of {s.cluster.file})")
+    return True
+
+
+def keep_members(s: Session) -> Optional[str]:
+    """After a member's removal: promote a worker of the cluster file (the first that answers) while
+    etcd has fewer members than ``etcd_members``. Returns the one promoted, if any."""
+    cluster, ex = s.cluster, s.ex
+    members = [state.member_address(m) for m in s.etcd.members()]
+    if roles.joins_as(len(members), cluster.etcd_members) == roles.WORKER:
+        return None
+    candidates = roles.workers(cluster.machines, members)
+    answering = [a for a, why in zip(candidates, ex.parallel(ex.reachable, candidates)) if not why]
+    worker = roles.to_promote(candidates, answering)
+    if worker is None:
+        if candidates:
+            say(f"warning: etcd has {len(members)} members of {cluster.etcd_members} and no worker answers to be "
+                f"promoted ({', '.join(candidates)})")
+        return None
+    promote_worker(s, worker, members)
+    return worker
+
+
+def promote_worker(s: Session, worker: str, members: list) -> None:
+    """``worker`` becomes an etcd member: its proxy gives way to a member etcd (its cloud config
+    rewritten so), which joins as a learner and is promoted once it has caught up. Its applications
+    reach etcd again once it is a voting member (a learner serves no reads)."""
+    cluster, ex, client = s.cluster, s.ex, s.etcd
+    release, _ = records.read_release(client, cluster)
+    if release is None:
+        raise PreflightError(f"{cluster.name} has no release recorded in etcd: cannot promote {worker}")
+    user_data = steps.facts(ex, worker)["user_data"]
+    plan = plan_machine(ex, worker, user_data, members + [worker], release, "existing")
+    say(f"remove-machine: promoting worker {worker} to etcd member (learner, then voting)")
+    etcd_peers.ensure(cluster, [worker])
+    ex.check(f"promoting {worker}")
+    added = None
+    try:
+        ex.run(worker, machine.retire_etcd_proxy_command(), what="stop the etcd proxy")
+        steps.apply_document(ex, worker, plan.doc, plan.user_data)
+        etcd_peers.deliver(ex, worker)
+        added = client.add_member(peer_url(worker), learner=True)
+        ex.run(worker, machine.start_etcd_command(), what="start etcd")
+        promote(s, added.id)
+    except AirError as failure:
+        state_now = (f"it is etcd member {added.id} (perhaps still a learner): `fab remove-machine --cluster "
+                     f"{cluster.name} --machine {worker}` removes it" if added else
+                     "its etcd proxy is stopped: its applications do not reach etcd")
+        raise type(failure)(f"promoting worker {worker} failed: {failure}; the cluster serves with "
+                            f"{len(members)} etcd members, and {worker} is left so: {state_now}") from None
+    say(f"remove-machine: {worker} is an etcd member ({len(members) + 1} members)")
 
 
 def wipe_removed(s: Session, address: str) -> None:
@@ -239,10 +320,10 @@ def add_machine(c, cluster=None, via=None, machine_=None, json_=False):
     target = cluster_of(cluster)
     via, new = check_address(via, "--via"), check_address(machine_, "--machine")
     with session(target, f"add-machine {new}", via) as s:
-        add(s, via, new)
+        role = add(s, via, new)
         release, _ = records.read_release(s.etcd, target)
-    report({"machine": new, "member": True, "release": release.id if release else None}, json_,
-           f"{new} is a member of {target.name}")
+    report({"machine": new, "member": role == roles.MEMBER, "role": role, "release": release.id if release else None},
+           json_, f"{new} is a{'n etcd member' if role == roles.MEMBER else ' worker'} of {target.name}")
 
 
 @air_task(name="remove-machine", help={"cluster": "target cluster", "via": "another member",

@@ -204,6 +204,7 @@ def test_etcd_proxy_unit_forwards_loopback_to_the_members_over_tls():
 Description=Air etcd proxy (to the cluster's etcd members)
 After=network-online.target
 Wants=network-online.target
+StartLimitIntervalSec=0
 
 [Service]
 User=etcd
