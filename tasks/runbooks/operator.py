@@ -144,7 +144,7 @@ def read_status(s: Session, via: str = None) -> dict:
 
 
 def _machine_entry(address: str, fact: dict, etcd: dict, listed, haproxy) -> dict:
-    role = machine_role(address, etcd["members"], etcd["leader"])
+    role = machine_role(address, etcd["members"], etcd["leader"], fact.get("etcd", {}).get("proxy", ""))
     if role != "not a member" and etcd.get("quorum") is False:
         # "no quorum: N of M members answer" for a member that answers, instead of "not a member"
         role = etcd["said"] if address in etcd.get("answering_members", ()) else "member, no answer"
