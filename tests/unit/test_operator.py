@@ -272,6 +272,8 @@ def test_a_machine_entry_takes_the_quorum_line_for_its_role_when_etcd_has_none()
         {"role": "no quorum: 1 of 3 members answer", "active": "active", "healthy": False}
     assert operator._machine_entry("10.0.0.2", fact, etcd, [], {})["etcd"]["role"] == "member, no answer"
     assert operator._machine_entry("10.0.0.9", fact, etcd, [], {})["etcd"]["role"] == "not a member"
+    worker = {**fact, "etcd": {"active": "inactive", "proxy": "active", "healthy": False}}
+    assert operator._machine_entry("10.0.0.9", worker, etcd, [], {})["etcd"]["role"] == "worker"
     with_quorum = {**etcd, "quorum": True, "leader": "10.0.0.1"}
     assert operator._machine_entry("10.0.0.1", fact, with_quorum, [], {})["etcd"]["role"] == "leader"
 
