@@ -218,7 +218,7 @@ def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
         say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
             f"{finish} wipes it once it answers, before it is used again")
     if not member.learner:
-        keep_members(s)
+        keep_members(s, old)
     return answers
 
 
@@ -240,15 +240,19 @@ def remove_worker(s: Session, old: str) -> bool:
     return True
 
 
-def keep_members(s: Session) -> Optional[str]:
-    """After a member's removal: promote a worker of the cluster file (the first that answers) while
-    etcd has fewer members than ``etcd_members``. Returns the one promoted, if any."""
+def keep_members(s: Session, gone: str) -> Optional[str]:
+    """After the removal of member ``gone``: promote a worker of the cluster file (the first that
+    answers and runs the etcd proxy) while etcd has fewer members than ``etcd_members``. Returns the
+    one promoted, if any."""
     cluster, ex = s.cluster, s.ex
     members = [state.member_address(m) for m in s.etcd.members()]
     if roles.joins_as(len(members), cluster.etcd_members) == roles.WORKER:
         return None
-    candidates = roles.workers(cluster.machines, members)
-    answering = [a for a, why in zip(candidates, ex.parallel(ex.reachable, candidates)) if not why]
+    candidates = [a for a in roles.workers(cluster.machines, members) if a != gone]
+
+    def a_worker(address) -> bool:
+        return not ex.reachable(address) and steps.facts(ex, address).get("etcd_proxy") == "yes"
+    answering = [a for a, yes in zip(candidates, ex.parallel(a_worker, candidates)) if yes]
     worker = roles.to_promote(candidates, answering)
     if worker is None:
         if candidates:

@@ -156,6 +156,25 @@ def test_a_members_removal_promotes_the_first_worker_that_answers(cluster, monke
     wide = replace(cluster, machines=(A, B, C, D), etcd_members=3)
     chosen = []
     monkeypatch.setattr(membership, "promote_worker", lambda s, worker, now: chosen.append((worker, now)))
-    s = SimpleNamespace(cluster=wide, ex=FakeExecutor(wide, down=down), etcd=FakeEtcd(members))
-    assert membership.keep_members(s) == promoted
+    ex = FakeExecutor(wide, down=down)
+    ex.answer("echo docker=", stdout="docker=active\netcd_proxy=yes\nuser_data=/u\n")
+    s = SimpleNamespace(cluster=wide, ex=ex, etcd=FakeEtcd(members))
+    assert membership.keep_members(s, E) == promoted
     assert chosen == ([(promoted, members)] if promoted else [])
+
+
+def test_the_member_just_removed_and_a_machine_without_the_proxy_are_not_promoted(cluster, monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tasks.runbooks import membership
+
+    from .fakes import FakeEtcd, FakeExecutor
+    wide = replace(cluster, machines=(A, B, C, D), etcd_members=3)
+    monkeypatch.setattr(membership, "promote_worker", lambda s, worker, now: None)
+    ex = FakeExecutor(wide)
+    ex.answer("echo docker=", stdout="docker=active\netcd_proxy=yes\nuser_data=/u\n")
+    assert membership.keep_members(SimpleNamespace(cluster=wide, ex=ex, etcd=FakeEtcd([A, B])), C) == D
+    ex = FakeExecutor(wide)
+    ex.answer("echo docker=", stdout="docker=active\netcd_proxy=no\nuser_data=/u\n")
+    assert membership.keep_members(SimpleNamespace(cluster=wide, ex=ex, etcd=FakeEtcd([A, B])), C) is None
