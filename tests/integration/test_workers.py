@@ -89,12 +89,18 @@ def active(cluster, unit, machines) -> dict:
 
 def status_of(cluster, env) -> dict:
     """What `fab status --cluster wide --json` reads, read in this process with its deadlines raised:
-    on a loaded 2-CPU host 8 machines do not all answer within status's own 2 s."""
+    on a loaded 2-CPU host (load average 50-60 while this was written) 8 machines do not all answer
+    within status's own 2 s."""
     from tasks.net.session import session
     from tasks.runbooks import operator
-    with mock.patch.object(operator, "STATUS_WITHIN", 30), mock.patch.object(operator, "ETCD_ASK_WITHIN", 15), \
-            session(cluster, etcd=False) as s:
-        return operator.read_status(s)
+    for _ in range(5):  # and asked again while etcd's quorum read or a machine missed even those
+        with mock.patch.object(operator, "STATUS_WITHIN", 30), mock.patch.object(operator, "ETCD_ASK_WITHIN", 15), \
+                session(cluster, etcd=False) as s:
+            view = operator.read_status(s)
+        if view["etcd"].get("quorum") and all(m["reachable"] for m in view["machines"]):
+            break
+        time.sleep(2)
+    return view
 
 
 def test_setup_makes_the_first_three_machines_members_and_the_others_workers(wide):
