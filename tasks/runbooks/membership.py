@@ -97,16 +97,10 @@ def add(s: Session, via: str, new: str) -> str:
     etcd_backup.before_change(s, "add-machine")
     apply_settings(s, "add-machine")
     say(f"add-machine: installing release {release.id} on {new}, as an etcd {role}")
-    added = None
+    added: list = []  # the etcd member it became, once added
     try:
         install_machine(ex, new, plan, release)
-        if role == roles.MEMBER:
-            ex.check(f"adding {new} to etcd")
-            added = client.add_member(peer_url(new), learner=True)
-            ex.run(new, machine.start_etcd_command(), what="start etcd")
-            promote(s, added.id)
-        else:
-            ex.run(new, machine.start_etcd_proxy_command(), what="start the etcd proxy")
+        join(s, new, role, added)
         # The release's components: one new in the cluster file joins with the next deploy.
         running = rollout_plan.running_components(cluster, release)
         steps.start(ex, new, running)
@@ -115,18 +109,34 @@ def add(s: Session, via: str, new: str) -> str:
     except AirError as failure:
         if isinstance(failure, LostLock):
             raise LostLock(f"{failure}; {new} was left half-added" +
-                           (f" (etcd member {added.id}): remove it with fab remove-machine" if added else
+                           (f" (etcd member {added[0].id}): remove it with fab remove-machine" if added else
                             f": `fab machine.wipe --cluster {cluster.name} --machine {new}` wipes it")) from None
         with ex.finishing():
-            undone = _undo_add(s, new, added, plan.user_data)
+            undone = _undo_add(s, new, added[0] if added else None, plan.user_data)
         raise (Interrupted if isinstance(failure, Interrupted) else AirError)(
             f"add-machine {new} failed: {failure}\n{undone}") from None
     balancer.Routers(ex).add(new)
+    _say_added(cluster, new, role, release)
+    return role
+
+
+def _say_added(cluster, new: str, role: str, release) -> None:
     say(f"add-machine: {new} is {'a member' if role == roles.MEMBER else 'a worker'} and serves release {release.id}")
     if new not in cluster.machines:
         say(f"add-machine: add {new} to the machines of {cluster.file}: deploys reach the machines listed there "
             f"and the etcd members")
-    return role
+
+
+def join(s: Session, new: str, role: str, added: list) -> None:
+    """``new``, installed, joins etcd: a member joins as a learner (put in ``added`` at once, for the
+    undo) and is promoted once caught up; a worker starts its etcd proxy to the members."""
+    if role == roles.WORKER:
+        s.ex.run(new, machine.start_etcd_proxy_command(), what="start the etcd proxy")
+        return
+    s.ex.check(f"adding {new} to etcd")
+    added.append(s.etcd.add_member(peer_url(new), learner=True))
+    s.ex.run(new, machine.start_etcd_command(), what="start etcd")
+    promote(s, added[0].id)
 
 
 def _undo_add(s: Session, new, added, user_data) -> str:
@@ -206,20 +216,24 @@ def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
         hand_over_leadership(s, old, via)
     ex.check(f"removing {old} from etcd")
     client.remove_member(member.id)
-    finish = f"`fab machine.wipe --cluster {cluster.name} --machine {old}`"
-    if answers:
-        try:
-            steps.wipe(ex, old, user_data)
-        except AirError as e:
-            raise type(e)(f"{old} was removed from etcd and the balancer, but wiping it failed ({e}); "
-                          f"{finish} finishes it") from None
-        say(f"remove-machine: {old} removed and wiped")
-    else:
+    _wipe_removed_member(s, old, answers, user_data)
+    keep_members(s, old, voted=not member.learner)
+    return answers
+
+
+def _wipe_removed_member(s: Session, old: str, answers: bool, user_data) -> None:
+    """The wipe of a member just removed from etcd and the balancer, when it answers."""
+    finish = f"`fab machine.wipe --cluster {s.cluster.name} --machine {old}`"
+    if not answers:
         say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
             f"{finish} wipes it once it answers, before it is used again")
-    if not member.learner:
-        keep_members(s, old)
-    return answers
+        return
+    try:
+        steps.wipe(s.ex, old, user_data)
+    except AirError as e:
+        raise type(e)(f"{old} was removed from etcd and the balancer, but wiping it failed ({e}); "
+                      f"{finish} finishes it") from None
+    say(f"remove-machine: {old} removed and wiped")
 
 
 def remove_worker(s: Session, old: str) -> bool:
@@ -240,13 +254,13 @@ def remove_worker(s: Session, old: str) -> bool:
     return True
 
 
-def keep_members(s: Session, gone: str) -> Optional[str]:
-    """After the removal of member ``gone``: promote a worker of the cluster file (the first that
-    answers and runs the etcd proxy) while etcd has fewer members than ``etcd_members``. Returns the
-    one promoted, if any."""
+def keep_members(s: Session, gone: str, voted: bool = True) -> Optional[str]:
+    """After the removal of member ``gone`` (a voting one: a learner's removal changes no count):
+    promote a worker of the cluster file (the first that answers and runs the etcd proxy) while etcd
+    has fewer members than ``etcd_members``. Returns the one promoted, if any."""
     cluster, ex = s.cluster, s.ex
     members = [state.member_address(m) for m in s.etcd.members()]
-    if roles.joins_as(len(members), cluster.etcd_members) == roles.WORKER:
+    if not voted or roles.joins_as(len(members), cluster.etcd_members) == roles.WORKER:
         return None
     candidates = [a for a in roles.workers(cluster.machines, members) if a != gone]
 
