@@ -243,8 +243,9 @@ def etcd_dropin(cluster, machine: str, members, state: str) -> str:
         raise ValueError(f"etcd cluster state must be one of {ETCD_STATES}, got {state!r}")
     if machine not in members:
         raise ValueError(f"machine {machine} is not one of the etcd members {list(members)}")
-    # Every value is a validated address or cluster name: nothing to quote. Clients only on
-    # loopback; peers over TLS, each side proving itself with a certificate of the cluster's CA.
+    # Every value is a validated address or cluster name: nothing to quote. Plaintext clients only
+    # on loopback (on its address: TLS, for the workers' proxies); peers over TLS; on both, each side
+    # proves itself with a certificate of the cluster's CA.
     environment = {
         "ETCD_NAME": machine,
         "ETCD_INITIAL_CLUSTER": ",".join(f"{m}={peer_url(m)}" for m in members),
