@@ -22,11 +22,13 @@ import yaml
 
 from .units import (
     ETCD_DROPIN,
+    ETCD_PROXY_UNIT,
     ETCD_UNIT,
     STATE_DIR,
     UNIT_DIR,
     component_unit,
     etcd_dropin,
+    etcd_proxy_unit,
     image_environment,
     image_file,
     unit_name,
@@ -87,14 +89,23 @@ def installed_components(cluster, release) -> list:
     return [c for c in cluster.components if c.name in release.components()]
 
 
+def etcd_part(cluster, machine: str, members, state: str) -> dict:
+    """How ``machine`` reaches etcd: a member's drop-in when it is one of ``members``, else (a worker)
+    the unit of its local etcd proxy to them."""
+    if machine in members:
+        return _unit(ETCD_UNIT, drop_ins=[{"name": ETCD_DROPIN, "content": etcd_dropin(cluster, machine, members, state)}])
+    return _unit(ETCD_PROXY_UNIT, content=etcd_proxy_unit(members))
+
+
 def install_part(cluster, machine: str, members, state: str, release) -> dict:
-    """What install adds to a machine's base cloud config: etcd membership, the Air units at
+    """What install adds to a machine's base cloud config: etcd membership (or, on a worker not among
+    ``members``, its etcd proxy), the Air units at
     ``release``, the release state, the cluster's own additions, and the reboot strategy ``off`` (OS
     updates are staged, and `fab os-upgrade` reboots into them). A machine runs the components both the cluster
     file and the release have: one the release lacks is not installed."""
     installed = installed_components(cluster, release)
     images = {c.name: release.image(c.name) for c in installed}
-    units = [_unit(ETCD_UNIT, drop_ins=[{"name": ETCD_DROPIN, "content": etcd_dropin(cluster, machine, members, state)}])]
+    units = [etcd_part(cluster, machine, members, state)]
     units += [_unit(unit_name(c.name), content=component_unit(cluster, c, machine)) for c in installed]
     components = "".join(f"{c.name} {images[c.name].version} {c.port}\n" for c in installed)
     write_files = [_write_file(RELEASE_FILE, release.id + "\n", 0o644),

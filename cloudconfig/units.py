@@ -84,8 +84,23 @@ def peer_url(address: str) -> str:
     return url(address, ETCD_PEER_PORT, "https")
 
 
-# Where etcd's clients reach it: on the machine itself only (the tool comes over SSH).
+# Where etcd's clients reach it: on the machine itself (the tool comes over SSH; on a worker, its
+# etcd proxy listens there instead).
 ETCD_LOCAL_CLIENT_URL = url("127.0.0.1", ETCD_CLIENT_PORT)
+
+
+def member_client_url(address: str) -> str:
+    """Where the workers' etcd proxies reach a member: TLS on its address, each side proving itself
+    with a certificate of the cluster's etcd CA (the peers' own)."""
+    return url(address, ETCD_CLIENT_PORT, "https")
+
+
+# The worker's local etcd proxy: etcd's grpc-proxy, listening where a member's etcd would
+# (127.0.0.1:2379, plaintext on loopback) and speaking TLS to the members with the machine's
+# etcd certificate. etcd's `gateway` forwards bytes (L4), so a client would have to speak TLS itself.
+ETCD_PROXY_UNIT = "air-etcd-proxy.service"
+ETCD_BINARY = "/usr/bin/etcd"
+ETCD_PROXY_DIR = "/var/lib/etcd/proxy"
 
 
 def quote(word) -> str:
@@ -228,8 +243,9 @@ def etcd_dropin(cluster, machine: str, members, state: str) -> str:
         raise ValueError(f"etcd cluster state must be one of {ETCD_STATES}, got {state!r}")
     if machine not in members:
         raise ValueError(f"machine {machine} is not one of the etcd members {list(members)}")
-    # Every value is a validated address or cluster name: nothing to quote. Clients only on
-    # loopback; peers over TLS, each side proving itself with a certificate of the cluster's CA.
+    # Every value is a validated address or cluster name: nothing to quote. Plaintext clients only
+    # on loopback (on its address: TLS, for the workers' proxies); peers over TLS; on both, each side
+    # proves itself with a certificate of the cluster's CA.
     environment = {
         "ETCD_NAME": machine,
         "ETCD_INITIAL_CLUSTER": ",".join(f"{m}={peer_url(m)}" for m in members),
@@ -237,8 +253,13 @@ def etcd_dropin(cluster, machine: str, members, state: str) -> str:
         "ETCD_INITIAL_CLUSTER_TOKEN": f"air-{cluster.name}",
         "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer_url(machine),
         "ETCD_LISTEN_PEER_URLS": peer_url(machine),
-        "ETCD_LISTEN_CLIENT_URLS": ETCD_LOCAL_CLIENT_URL,
+        "ETCD_LISTEN_CLIENT_URLS": f"{ETCD_LOCAL_CLIENT_URL},{member_client_url(machine)}",
         "ETCD_ADVERTISE_CLIENT_URLS": ETCD_LOCAL_CLIENT_URL,
+        # The TLS client listener, for the workers' proxies: only a certificate of the cluster's CA gets in.
+        "ETCD_CERT_FILE": ETCD_PEER_CERT,
+        "ETCD_KEY_FILE": ETCD_PEER_KEY,
+        "ETCD_TRUSTED_CA_FILE": ETCD_PEER_CA,
+        "ETCD_CLIENT_CERT_AUTH": "true",
         "ETCD_PEER_CERT_FILE": ETCD_PEER_CERT,
         "ETCD_PEER_KEY_FILE": ETCD_PEER_KEY,
         "ETCD_PEER_TRUSTED_CA_FILE": ETCD_PEER_CA,
@@ -247,3 +268,31 @@ def etcd_dropin(cluster, machine: str, members, state: str) -> str:
         **({"ETCD_ENABLE_V2": "true"} if getattr(cluster, "etcd_v2", False) else {}),
     }
     return "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in environment.items())
+
+
+def etcd_proxy_unit(members) -> str:
+    """The unit of a worker's etcd proxy, forwarding 127.0.0.1:2379 to the ``members`` (addresses)
+    over TLS with the machine's etcd certificate. It runs as etcd's user, who owns the certificate."""
+    if not members:
+        raise ValueError("an etcd proxy needs at least one member to forward to")
+    endpoints = ",".join(member_client_url(m).removeprefix("https://") for m in members)
+    run = command(ETCD_BINARY, "grpc-proxy", "start", f"--endpoints={endpoints}",
+                  f"--listen-addr=127.0.0.1:{ETCD_CLIENT_PORT}", f"--cert={ETCD_PEER_CERT}",
+                  f"--key={ETCD_PEER_KEY}", f"--cacert={ETCD_PEER_CA}", f"--data-dir={ETCD_PROXY_DIR}")
+    return f"""\
+[Unit]
+Description=Air etcd proxy (to the cluster's etcd members)
+After=network-online.target
+Wants=network-online.target
+StartLimitIntervalSec=0
+
+[Service]
+User={ETCD_USER}
+StateDirectory=etcd/proxy
+ExecStart={run}
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""

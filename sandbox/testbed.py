@@ -1067,8 +1067,10 @@ def deploy_one(target, branch: str = "master") -> None:
     from tasks.net.session import optional_lock, session
     from tasks.runbooks import deploy as deploying
     from tasks.runbooks import install
+    from tasks.runbooks.etcd_auth import ensure_root
     from tasks.runbooks.publish import publish
     branch = build_scripts.check_branch(branch)
+    ensure_root(target)  # a fresh sandbox has no root login yet, and reaching etcd (or finding none) needs it
     with session(target, etcd=False, changes=True) as s:
         optional_lock(s, f"sandbox.deploy {branch}")
         if s.has_etcd and records.read_release(s.etcd, target)[0] is not None:

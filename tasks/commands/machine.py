@@ -19,6 +19,7 @@ from cloudconfig.units import (
     ETCD_DROPIN,
     ETCD_MIGRATION_DROPIN,
     ETCD_PEER_DIR,
+    ETCD_PROXY_UNIT,
     ETCD_UNIT,
     IMAGE_DIR,
     SECRETS_DIR,
@@ -36,6 +37,7 @@ from tasks.model.errors import PreflightError
 from tasks.model.rollout_plan import units_of
 
 ETCD_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_DROPIN}"
+ETCD_PROXY_PATH = f"{UNIT_DIR}/{ETCD_PROXY_UNIT}"
 ETCD_MIGRATION_DROPIN_PATH = f"{UNIT_DIR}/{ETCD_UNIT}.d/{ETCD_MIGRATION_DROPIN}"
 BASE_MARK = "--base-from:"  # heads the base cloud config in the release facts
 # OS updates that could reboot a machine mid-install; paused meanwhile, then put back as they were.
@@ -64,6 +66,7 @@ def facts_command(cluster) -> str:
         f"echo etcd_unit=$(systemctl cat {ETCD_UNIT} >/dev/null 2>&1 && echo yes || echo no)",
         f"echo etcd_configured=$(test -e {q(ETCD_DROPIN_PATH)} && echo yes || echo no)",
         f"echo etcd_active=$(systemctl is-active {ETCD_UNIT} 2>/dev/null)",
+        f"echo etcd_proxy=$(test -e {q(ETCD_PROXY_PATH)} && echo yes || echo no)",
         f"echo etcd_data=$(test -n \"$(ls -A {q(ETCD_DATA_DIR)} 2>/dev/null)\" && echo yes || echo no)",
         f"echo air_units=$(systemctl list-unit-files --no-legend {units} 2>/dev/null | wc -l)",
         f"echo release=$(cat {q(STATE_DIR)}/release 2>/dev/null)",
@@ -94,6 +97,8 @@ def fresh_problems(facts: dict) -> list:
         problems.append(f"no {ETCD_UNIT}")
     if facts.get("etcd_configured") == "yes" or facts.get("etcd_active") == "active":
         problems.append("etcd is already configured (an installed machine?)")
+    if facts.get("etcd_proxy") == "yes":
+        problems.append(f"{ETCD_PROXY_UNIT} is already installed (a worker?)")
     if facts.get("etcd_data") == "yes":
         problems.append(f"{ETCD_DATA_DIR} is not empty")
     if facts.get("air_units", "0") not in ("", "0"):
@@ -243,6 +248,17 @@ def start_etcd_command() -> str:
     return f"systemctl daemon-reload && systemctl enable -q {ETCD_UNIT} && systemctl start --no-block {ETCD_UNIT}"
 
 
+def start_etcd_proxy_command() -> str:
+    """A worker's etcd proxy enabled and started (on the unit install wrote)."""
+    return f"systemctl daemon-reload && systemctl enable -q --now {ETCD_PROXY_UNIT}"
+
+
+def retire_etcd_proxy_command() -> str:
+    """A worker about to become a member: its etcd proxy stopped and forgotten (127.0.0.1:2379 is
+    etcd's own next)."""
+    return f"systemctl disable -q --now {ETCD_PROXY_UNIT} && rm -f {q(ETCD_PROXY_PATH)} && systemctl daemon-reload"
+
+
 def restart_etcd_command() -> str:
     """etcd restarted on its (re)written drop-ins."""
     return f"systemctl daemon-reload && systemctl restart {ETCD_UNIT}"
@@ -261,8 +277,8 @@ def wipe_command(cluster, user_data: str) -> str:
     unit_files = " ".join(q(f"{UNIT_DIR}/{u}") for u in installed_units(cluster))
     added_files = " ".join(q(f.path) for f in (cluster.additions.files if cluster.additions else ()))
     base = q(user_data + cloudconfig.BASE_SUFFIX)
-    return (f"systemctl disable -q --now {units} {ETCD_UNIT} 2>/dev/null; "
-            f"rm -f {q(ETCD_DROPIN_PATH)} {q(ETCD_MIGRATION_DROPIN_PATH)} {unit_files} {added_files}; "
+    return (f"systemctl disable -q --now {units} {ETCD_UNIT} {ETCD_PROXY_UNIT} 2>/dev/null; "
+            f"rm -f {q(ETCD_DROPIN_PATH)} {q(ETCD_MIGRATION_DROPIN_PATH)} {q(ETCD_PROXY_PATH)} {unit_files} {added_files}; "
             f"rm -rf {q(ETCD_DATA_DIR)} {q(ETCD_DATA_SET_ASIDE)}* {q(STATE_DIR)} {q(IMAGE_DIR)} {q(SECRETS_DIR)} "
             f"{q(SECRETS_PREVIOUS)} {q(ETCD_PEER_DIR)}; "
             f"if [ -e {base} ]; then mv -f {base} {q(user_data)}; fi; rm -f {q(user_data + cloudconfig.WRITTEN_SUFFIX)}; "

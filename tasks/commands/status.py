@@ -13,7 +13,7 @@ import json
 from typing import Optional
 
 import cloudconfig
-from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, ETCD_UNIT, STATE_DIR, container_name, unit_name
+from cloudconfig.units import ETCD_LOCAL_CLIENT_URL, ETCD_PROXY_UNIT, ETCD_UNIT, STATE_DIR, container_name, unit_name
 from tasks.commands import machine, os_update
 from tasks.commands.shell import q
 
@@ -28,6 +28,7 @@ def status_command(cluster) -> str:
         f"echo '--units'; systemctl show -p {UNIT_PROPERTIES} {machine.unit_words(cluster)} 2>/dev/null",
         "echo '--uptime'; cut -d' ' -f1 /proc/uptime",
         f"echo '--etcd'; systemctl is-active {ETCD_UNIT} 2>/dev/null; "
+        f"echo proxy=$(systemctl is-active {ETCD_PROXY_UNIT} 2>/dev/null); "
         f"curl -s -m 2 {ETCD_LOCAL_CLIENT_URL}/health 2>/dev/null; echo",
         "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null",
         machine.cloud_config_facts_command(cluster),
@@ -86,14 +87,16 @@ def _units(shown: dict, versions: dict, uptime: Optional[float], cluster) -> dic
 
 
 def _etcd(lines: list) -> dict:
-    """{active: what systemd says of the etcd unit, healthy: what etcd's /health says}."""
-    etcd_lines = [line.strip() for line in lines if line.strip()]
+    """{active: what systemd says of the etcd unit, proxy: of a worker's etcd proxy, healthy: what
+    /health on 127.0.0.1:2379 says (etcd's, or on a worker its proxy's: whether it reaches a member)}."""
+    proxy = next((line.strip()[len("proxy="):] for line in lines if line.strip().startswith("proxy=")), "")
+    etcd_lines = [line.strip() for line in lines if line.strip() and not line.strip().startswith("proxy=")]
     health = next((line for line in etcd_lines if line.startswith("{")), "")
     try:
         healthy = str(json.loads(health).get("health")) == "true"
     except ValueError:
         healthy = False
-    return {"active": etcd_lines[0] if etcd_lines else "unknown", "healthy": healthy}
+    return {"active": etcd_lines[0] if etcd_lines else "unknown", "proxy": proxy or "unknown", "healthy": healthy}
 
 
 def _images(lines: list) -> dict:

@@ -49,17 +49,20 @@ def new_ca(cluster_name: str, now: datetime.datetime) -> tuple:
 
 def new_member(address: str, ca_cert_pem: bytes, ca_key_pem: bytes, now: datetime.datetime) -> tuple:
     """(certificate PEM, key PEM) for the member at ``address``, issued by the CA: the address is
-    its subject alternative name, and it serves both ways (peers are servers and clients)."""
+    its subject alternative name, and it serves both ways (peers are servers and clients). Its subject
+    is empty: etcd's grpc-proxy refuses a client certificate with a common name (etcd would take that
+    name for an etcd user), and a worker's proxy shows this certificate to the members; the
+    alternative name is then critical, as RFC 5280 asks."""
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name(address)).issuer_name(ca_cert.subject)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(min(now + datetime.timedelta(days=MEMBER_DAYS), ca_cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-                           critical=False)
+                           critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)  # type: ignore[arg-type]

@@ -172,7 +172,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "folder": Field("remote_path", "This cluster's own files on the balancer host (haproxy.cfg, routers.cfg); "
                         "written by air-deploy only.", "/etc/haproxy/air/{cluster}"),
     }),
-    "machines": Field("addresses", "The machines of the cluster (etcd members), by address: none "
+    "machines": Field("addresses", "The machines of the cluster, by address: none "
                       "unspecified, loopback or multicast; ::ffff:A is the machine A. An IPv6 scope id is an "
                       "interface's name or index."),
     "components": Section("The Air components, each a Docker container under systemd on every machine.", {
@@ -248,6 +248,15 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
         "keep": Field("count", "Snapshots kept; older ones are removed after each new one.", 10),
         "max_age": Field("seconds", "Seconds: a task that changes the cluster takes no snapshot of its own while "
                          "the newest is younger than this.", 3600),
+    }, required=False),
+    "etcd": Section("The cluster's etcd members.", {
+        "members": Field("count", "How many machines are etcd members: setup-cluster makes the first ones of "
+                         "`machines` (or of `--machines`) members, add-machine adds a member only while there are "
+                         "fewer, and remove-machine of a member promotes a worker to keep the count. Every other "
+                         "machine is a *worker*: it runs the Air units too, beside a local etcd proxy on "
+                         "127.0.0.1:2379 that forwards to the members over TLS. etcd advises 3 or 5. On an "
+                         "installed cluster etcd's member list decides which machines are members, not this "
+                         "number.", 5),
     }, required=False),
     "etcd_v2": Field("flag", "Serve etcd's v2 API on the members too (for applications that read "
                      "/v2/keys/...) and write the settings and the maintenance key there as well. Takes effect "
@@ -568,6 +577,7 @@ class Cluster:
     timeouts: Timeouts
     additions: Optional[Additions] = None
     settings: tuple = ()               # Setting, in file order
+    etcd_members: int = 5              # the cap on etcd members; the other machines are workers
     etcd_v2: bool = False
     etcd_auth: bool = False            # the schema's default is true; False here keeps hand-made test clusters open
     backups: Optional[Backups] = None  # None only for a Cluster made by hand: ``load`` always fills it in
@@ -1125,7 +1135,8 @@ def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
         admin=Admin(**values["admin"]) if values["admin"] else None,
         timeouts=Timeouts(**values["timeouts"]),
         additions=_additions(values["additions"]),
-        settings=values["settings"] or (), etcd_v2=values["etcd_v2"], etcd_auth=values["etcd_auth"],
+        settings=values["settings"] or (), etcd_members=values["etcd"]["members"],
+        etcd_v2=values["etcd_v2"], etcd_auth=values["etcd_auth"],
         backups=_backups(values["backups"], values["secrets"], name),
         release_command=ReleaseCommand(**values["release_command"]) if values["release_command"] else None,
         hooks=Hooks(**values["hooks"]) if values["hooks"] else Hooks(),

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from typing import Callable, Optional
 
 import cloudconfig
-from cloudconfig.units import ETCD_UNIT
+from cloudconfig.units import ETCD_CLIENT_PORT, ETCD_PROXY_UNIT, ETCD_UNIT
+from tasks.model import roles
 from tasks.model.backup import size_text
 from tasks.model.os_upgrade_plan import BOOTING
 
@@ -32,11 +33,12 @@ def duration(seconds) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
-def machine_role(address: str, members: list, leader: Optional[str]) -> str:
-    """leader, follower, learner, joining (added, not started) or "not a member". Pure."""
+def machine_role(address: str, members: list, leader: Optional[str], proxy: str = "") -> str:
+    """leader, follower, learner, joining (added, not started), worker (not a member, an etcd proxy
+    installed: ``proxy`` is what systemd says of it) or "not a member". Pure."""
     member = next((m for m in members if m["address"] == address), None)
     if member is None:
-        return "not a member"
+        return WORKER if proxy not in PROXY_ABSENT else NOT_MEMBER
     if member["learner"]:
         return "learner"
     if not member["started"]:
@@ -45,6 +47,8 @@ def machine_role(address: str, members: list, leader: Optional[str]) -> str:
 
 
 NOT_MEMBER = "not a member"
+WORKER = roles.WORKER
+PROXY_ABSENT = ("", "unknown", "inactive")  # systemctl is-active of a unit that is not there (or stopped)
 LEFT_BEHIND = ("learner", "joining")  # added to etcd by an add-machine that did not finish
 
 
@@ -215,10 +219,10 @@ def rollout_unfinished(d: DriftView) -> list[dict]:
 def balancer_routes_to_strangers(d: DriftView) -> list[dict]:
     if d.balancer_error or not d.etcd_answers:
         return []
-    members = d.members
-    return [_warning(address, f"the balancer routes to {address}, which is not an etcd member",
+    ours = set(d.members) | {m.address for m in d.machines if m.role == WORKER}
+    return [_warning(address, f"the balancer routes to {address}, which is neither an etcd member nor a worker",
                      f"`fab balancer.remove --cluster {d.name} --machine {address}`")
-            for address in d.listed if address not in members]
+            for address in d.listed if address not in ours]
 
 
 # ---------------------------------------------------------------- a machine's rules
@@ -239,6 +243,9 @@ def not_a_member(d: DriftView, m: MachineView) -> list[dict]:
 def not_in_file(d: DriftView, m: MachineView) -> list[dict]:
     if m.role == NOT_MEMBER or m.address in d.file_machines:
         return []
+    if m.role == WORKER:
+        return [_warning(m.address, f"{m.address} is a worker but not in the cluster file (deploys do not reach it)",
+                         f"add {m.address} to `machines:` in {d.name}.yaml")]
     return [_warning(m.address, f"{m.address} is an etcd member but not in the cluster file",
                      f"add {m.address} to `machines:` in {d.name}.yaml")]
 
@@ -253,6 +260,11 @@ def left_behind(d: DriftView, m: MachineView) -> list[dict]:
 def etcd_unhealthy(d: DriftView, m: MachineView) -> list[dict]:
     if m.role == NOT_MEMBER or m.etcd_healthy:
         return []
+    if m.role == WORKER:
+        return [_warning(m.address, f"the etcd proxy on worker {m.address} cannot reach the etcd members "
+                                    f"({ETCD_PROXY_UNIT} {m.raw['etcd'].get('proxy', 'unknown')})",
+                         f"`journalctl -u {ETCD_PROXY_UNIT}` on {m.address} says why; it needs the members' "
+                         f"port {ETCD_CLIENT_PORT}")]
     return [_warning(m.address, f"etcd on {m.address} is not healthy ({ETCD_UNIT} {m.etcd_active})",
                      f"`systemctl restart {ETCD_UNIT}` on {m.address}; `journalctl -u {ETCD_UNIT}` there says why")]
 

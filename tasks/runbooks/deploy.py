@@ -374,7 +374,7 @@ def clean_up(s: Session, current: Release) -> None:
     past = records.history(s.etcd, cluster)
     kept = releases_kept(past, current, cluster.registry.keep)
     components = set(cluster.component_names).union(*(r["components"] for r in past), current.components())
-    members = sorted(upgrade.member_machines(s.etcd))
+    members = sorted(upgrade.serving_machines(cluster, upgrade.member_machines(s.etcd)))
     try:
         removed = s.ex.parallel(lambda a: steps.clean_images(s.ex, a, components, kept), members)
     except Halt:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from tasks.commands import machine
 from tasks.commands.shell import q, tail
-from tasks.model import state
+from tasks.model import roles, state
 from tasks.model.cluster import CONTROL, check_address, check_addresses
 from tasks.model.errors import AirError, ConfigError, Halt, PreflightError, RemoteError
 from tasks.model.release import Release
@@ -31,9 +31,10 @@ from tasks.runbooks.cli import air_task, cluster_of, report
 from tasks.runbooks.settings import apply as apply_settings
 
 
-def preflight(ex, machines, release) -> dict:
+def preflight(ex, machines, release, members=None) -> dict:
     """Every machine reachable, fresh, with Docker and etcd, and a base cloud config the install
-    can extend; else one error naming each problem. Returns address -> its ``Plan``."""
+    can extend (as one of the etcd ``members``, default all, or as a worker); else one error naming
+    each problem. Returns address -> its ``Plan``."""
     def check(address):
         why = ex.reachable(address)
         if why:
@@ -43,7 +44,7 @@ def preflight(ex, machines, release) -> dict:
         if problems:
             return f"{address}: {', '.join(problems)}", None
         try:
-            return None, plan_machine(ex, address, facts["user_data"], machines, release, "new")
+            return None, plan_machine(ex, address, facts["user_data"], members or machines, release, "new")
         except PreflightError as e:
             return str(e).replace("; nothing was changed", ""), None
 
@@ -76,10 +77,14 @@ def install_machine(ex, address, plan: Plan, release) -> None:
     steps.install(ex, address, plan.doc, release, plan.user_data)
 
 
-def start_etcd(s: Session, machines) -> None:
-    """Start etcd everywhere and wait for its quorum; the session then reaches it."""
+def start_etcd(s: Session, machines, workers=()) -> None:
+    """Start etcd on the members (``machines``) and the etcd proxy on the ``workers``, and wait for
+    etcd's quorum; the session then reaches it."""
     cluster = s.cluster
     s.ex.parallel(lambda a: s.ex.run(a, machine.start_etcd_command(), what="start etcd"), machines)
+    if workers:
+        s.ex.parallel(lambda a: s.ex.run(a, machine.start_etcd_proxy_command(), what="start the etcd proxy"),
+                      list(workers))
     deadline = time.monotonic() + cluster.timeouts.healthy
     while True:
         try:
@@ -115,12 +120,16 @@ def setup(s: Session, machines) -> Release:
         f"({', '.join(f'{i.component} {i.version}' for i in release.images)})")
     etcd_peers.ensure(cluster, machines)
     etcd_auth.ensure_root(cluster)
-    plans = preflight(ex, machines, release)
+    members = roles.first_members(machines, cluster.etcd_members)
+    workers = roles.workers(machines, members)
+    if workers:
+        say(f"setup-cluster: etcd members {', '.join(members)}; workers {', '.join(workers)}")
+    plans = preflight(ex, machines, release, members)
     say("setup-cluster: installing secrets, images, units and cloud config on every machine")
     try:
         ex.parallel(lambda a: install_machine(ex, a, plans[a], release), machines)
         say("setup-cluster: starting etcd")
-        start_etcd(s, machines)
+        start_etcd(s, members, workers)
         # From here on, the cluster's lock exists: nothing else may change it meanwhile.
         s.take_lock("setup-cluster")
         etcd_auth.setup(s, "setup-cluster")
@@ -167,7 +176,7 @@ def resume(s: Session, via) -> Release:
     if any(m.learner or not m.started for m in members):
         raise PreflightError("etcd has a member that has not started or is still a learner; "
                              "remove it first (fab remove-machine)")
-    machines = sorted(state.member_address(m) for m in members)
+    machines = list(roles.roles(s.cluster.machines, sorted(state.member_address(m) for m in members)))
     release, _ = records.read_release(s.etcd, s.cluster)
     if release is None:
         release = push.published_release(s.ex)
@@ -192,7 +201,7 @@ def setup_cluster(c, cluster=None, machines=None, resume_=False, via=None, json_
     via = check_address(via, "--via") if via else None
     with session(target, etcd=False, changes=True) as s:
         release = resume(s, via) if resume_ else setup(s, chosen)
-        serving = sorted(state.member_address(m) for m in s.etcd.members()) if s.etcd else chosen
+        serving = list(roles.roles(chosen, (state.member_address(m) for m in s.etcd.members()))) if s.etcd else chosen
     report({"cluster": target.name, "release": release.id, "machines": serving}, json_,
            f"release {release.id} on {', '.join(serving)}")
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 from cloudconfig.units import peer_url
 from tasks.commands import machine
-from tasks.model import rollout_plan, state
+from tasks.model import roles, rollout_plan, state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, Interrupted, LostLock, PreflightError, RemoteError
 from tasks.net import etcd as etcd_api
@@ -69,7 +69,9 @@ def _check_via(client, cluster, via):
         raise ConfigError(f"--via {via} is not an etcd member of {cluster.name}")
 
 
-def add(s: Session, via: str, new: str) -> None:
+def add(s: Session, via: str, new: str) -> str:
+    """Add ``new``; returns its role (an etcd member while there are fewer than the cluster's
+    ``etcd_members``, else a worker)."""
     cluster, ex, client = s.cluster, s.ex, s.etcd
     _check_via(client, cluster, via)
     members = client.members()
@@ -81,7 +83,8 @@ def add(s: Session, via: str, new: str) -> None:
     release, _ = records.read_release(client, cluster)
     if release is None:
         raise PreflightError(f"{cluster.name} has no release recorded in etcd: run setup-cluster first")
-    addresses = [state.member_address(m) for m in members] + [new]
+    role = roles.joins_as(len(members), cluster.etcd_members)
+    addresses = [state.member_address(m) for m in members] + ([new] if role == roles.MEMBER else [])
     why = ex.reachable(new)
     if why:
         raise PreflightError(f"{new}: unreachable ({why}); nothing was changed")
@@ -93,14 +96,11 @@ def add(s: Session, via: str, new: str) -> None:
     etcd_peers.ensure(cluster, [new])  # its peer certificate: local files only, before any change
     etcd_backup.before_change(s, "add-machine")
     apply_settings(s, "add-machine")
-    say(f"add-machine: installing release {release.id} on {new}")
-    added = None
+    say(f"add-machine: installing release {release.id} on {new}, as an etcd {role}")
+    added: list = []  # the etcd member it became, once added
     try:
         install_machine(ex, new, plan, release)
-        ex.check(f"adding {new} to etcd")
-        added = client.add_member(peer_url(new), learner=True)
-        ex.run(new, machine.start_etcd_command(), what="start etcd")
-        promote(s, added.id)
+        join(s, new, role, added)
         # The release's components: one new in the cluster file joins with the next deploy.
         running = rollout_plan.running_components(cluster, release)
         steps.start(ex, new, running)
@@ -109,14 +109,34 @@ def add(s: Session, via: str, new: str) -> None:
     except AirError as failure:
         if isinstance(failure, LostLock):
             raise LostLock(f"{failure}; {new} was left half-added" +
-                           (f" (etcd member {added.id}): remove it with fab remove-machine" if added else
+                           (f" (etcd member {added[0].id}): remove it with fab remove-machine" if added else
                             f": `fab machine.wipe --cluster {cluster.name} --machine {new}` wipes it")) from None
         with ex.finishing():
-            undone = _undo_add(s, new, added, plan.user_data)
+            undone = _undo_add(s, new, added[0] if added else None, plan.user_data)
         raise (Interrupted if isinstance(failure, Interrupted) else AirError)(
             f"add-machine {new} failed: {failure}\n{undone}") from None
     balancer.Routers(ex).add(new)
-    say(f"add-machine: {new} is a member and serves release {release.id}")
+    _say_added(cluster, new, role, release)
+    return role
+
+
+def _say_added(cluster, new: str, role: str, release) -> None:
+    say(f"add-machine: {new} is {'a member' if role == roles.MEMBER else 'a worker'} and serves release {release.id}")
+    if new not in cluster.machines:
+        say(f"add-machine: add {new} to the machines of {cluster.file}: deploys reach the machines listed there "
+            f"and the etcd members")
+
+
+def join(s: Session, new: str, role: str, added: list) -> None:
+    """``new``, installed, joins etcd: a member joins as a learner (put in ``added`` at once, for the
+    undo) and is promoted once caught up; a worker starts its etcd proxy to the members."""
+    if role == roles.WORKER:
+        s.ex.run(new, machine.start_etcd_proxy_command(), what="start the etcd proxy")
+        return
+    s.ex.check(f"adding {new} to etcd")
+    added.append(s.etcd.add_member(peer_url(new), learner=True))
+    s.ex.run(new, machine.start_etcd_command(), what="start etcd")
+    promote(s, added[0].id)
 
 
 def _undo_add(s: Session, new, added, user_data) -> str:
@@ -173,6 +193,8 @@ def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
     cluster, ex, client = s.cluster, s.ex, s.etcd
     _check_via(client, cluster, via)
     member = _member(client, old)
+    if member is None and old in cluster.machines:
+        return remove_worker(s, old)
     if member is None:
         raise ConfigError(f"{old} is not an etcd member of {cluster.name}")
     addresses = [state.member_address(m) for m in client.members()]
@@ -194,18 +216,95 @@ def remove(s: Session, via: str, old: str, force: bool = False) -> bool:
         hand_over_leadership(s, old, via)
     ex.check(f"removing {old} from etcd")
     client.remove_member(member.id)
-    finish = f"`fab machine.wipe --cluster {cluster.name} --machine {old}`"
-    if answers:
-        try:
-            steps.wipe(ex, old, user_data)
-        except AirError as e:
-            raise type(e)(f"{old} was removed from etcd and the balancer, but wiping it failed ({e}); "
-                          f"{finish} finishes it") from None
-        say(f"remove-machine: {old} removed and wiped")
-    else:
+    _wipe_removed_member(s, old, answers, user_data)
+    keep_members(s, old, voted=not member.learner)
+    return answers
+
+
+def _wipe_removed_member(s: Session, old: str, answers: bool, user_data) -> None:
+    """The wipe of a member just removed from etcd and the balancer, when it answers."""
+    finish = f"`fab machine.wipe --cluster {s.cluster.name} --machine {old}`"
+    if not answers:
         say(f"warning: {old} did not answer: it was removed from etcd and the balancer only; "
             f"{finish} wipes it once it answers, before it is used again")
-    return answers
+        return
+    try:
+        steps.wipe(s.ex, old, user_data)
+    except AirError as e:
+        raise type(e)(f"{old} was removed from etcd and the balancer, but wiping it failed ({e}); "
+                      f"{finish} finishes it") from None
+    say(f"remove-machine: {old} removed and wiped")
+
+
+def remove_worker(s: Session, old: str) -> bool:
+    """Remove worker ``old``: out of the balancer, stopped politely and wiped (etcd is not touched).
+    Returns whether it answered."""
+    ex = s.ex
+    balancer.Routers(ex).remove(old)
+    answers, _, installed, user_data = _probe(ex, old)
+    if not answers:
+        say(f"warning: worker {old} did not answer: it was removed from the balancer only; "
+            f"`fab machine.wipe --cluster {s.cluster.name} --machine {old}` wipes it once it answers")
+        return False
+    if installed:
+        say(f"remove-machine: stopping the Air units on worker {old}")
+        steps.stop(ex, old)
+    steps.wipe(ex, old, user_data)
+    say(f"remove-machine: worker {old} removed and wiped (remove it from the machines of {s.cluster.file})")
+    return True
+
+
+def keep_members(s: Session, gone: str, voted: bool = True) -> Optional[str]:
+    """After the removal of member ``gone`` (a voting one: a learner's removal changes no count):
+    promote a worker of the cluster file (the first that answers and runs the etcd proxy) while etcd
+    has fewer members than ``etcd_members``. Returns the one promoted, if any."""
+    cluster, ex = s.cluster, s.ex
+    members = [state.member_address(m) for m in s.etcd.members()]
+    if not voted or roles.joins_as(len(members), cluster.etcd_members) == roles.WORKER:
+        return None
+    candidates = [a for a in roles.workers(cluster.machines, members) if a != gone]
+
+    def a_worker(address) -> bool:
+        return not ex.reachable(address) and steps.facts(ex, address).get("etcd_proxy") == "yes"
+    answering = [a for a, yes in zip(candidates, ex.parallel(a_worker, candidates)) if yes]
+    worker = roles.to_promote(candidates, answering)
+    if worker is None:
+        if candidates:
+            say(f"warning: etcd has {len(members)} members of {cluster.etcd_members} and no worker answers to be "
+                f"promoted ({', '.join(candidates)})")
+        return None
+    promote_worker(s, worker, members)
+    return worker
+
+
+def promote_worker(s: Session, worker: str, members: list) -> None:
+    """``worker`` becomes an etcd member: its proxy gives way to a member etcd (its cloud config
+    rewritten so), which joins as a learner and is promoted once it has caught up. Its applications
+    reach etcd again once it is a voting member (a learner serves no reads)."""
+    cluster, ex, client = s.cluster, s.ex, s.etcd
+    release, _ = records.read_release(client, cluster)
+    if release is None:
+        raise PreflightError(f"{cluster.name} has no release recorded in etcd: cannot promote {worker}")
+    user_data = steps.facts(ex, worker)["user_data"]
+    plan = plan_machine(ex, worker, user_data, members + [worker], release, "existing")
+    say(f"remove-machine: promoting worker {worker} to etcd member (learner, then voting)")
+    etcd_peers.ensure(cluster, [worker])
+    ex.check(f"promoting {worker}")
+    added = None
+    try:
+        ex.run(worker, machine.retire_etcd_proxy_command(), what="stop the etcd proxy")
+        steps.apply_document(ex, worker, plan.doc, plan.user_data)
+        etcd_peers.deliver(ex, worker)
+        added = client.add_member(peer_url(worker), learner=True)
+        ex.run(worker, machine.start_etcd_command(), what="start etcd")
+        promote(s, added.id)
+    except AirError as failure:
+        state_now = (f"it is etcd member {added.id} (perhaps still a learner): `fab remove-machine --cluster "
+                     f"{cluster.name} --machine {worker}` removes it" if added else
+                     "its etcd proxy is stopped: its applications do not reach etcd")
+        raise type(failure)(f"promoting worker {worker} failed: {failure}; the cluster serves with "
+                            f"{len(members)} etcd members, and {worker} is left so: {state_now}") from None
+    say(f"remove-machine: {worker} is an etcd member ({len(members) + 1} members)")
 
 
 def wipe_removed(s: Session, address: str) -> None:
@@ -239,10 +338,10 @@ def add_machine(c, cluster=None, via=None, machine_=None, json_=False):
     target = cluster_of(cluster)
     via, new = check_address(via, "--via"), check_address(machine_, "--machine")
     with session(target, f"add-machine {new}", via) as s:
-        add(s, via, new)
+        role = add(s, via, new)
         release, _ = records.read_release(s.etcd, target)
-    report({"machine": new, "member": True, "release": release.id if release else None}, json_,
-           f"{new} is a member of {target.name}")
+    report({"machine": new, "member": role == roles.MEMBER, "role": role, "release": release.id if release else None},
+           json_, f"{new} is a{'n etcd member' if role == roles.MEMBER else ' worker'} of {target.name}")
 
 
 @air_task(name="remove-machine", help={"cluster": "target cluster", "via": "another member",

@@ -41,7 +41,7 @@ from tasks.commands.status import (
 from tasks.model import backup, state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, RemoteError
-from tasks.model.status_view import drift_warnings, log_json, log_line, machine_role, merged, printable, render_status
+from tasks.model.status_view import WORKER, drift_warnings, log_json, log_line, machine_role, merged, printable, render_status
 from tasks.net import etcd as etcd_api, warm
 from tasks.net.progress import say
 from tasks.net.session import Session, session
@@ -148,8 +148,8 @@ def read_status(s: Session, via: str = None) -> dict:
 
 
 def _machine_entry(address: str, fact: dict, etcd: dict, listed, haproxy) -> dict:
-    role = machine_role(address, etcd["members"], etcd["leader"])
-    if role != "not a member" and etcd.get("quorum") is False:
+    role = machine_role(address, etcd["members"], etcd["leader"], fact.get("etcd", {}).get("proxy", ""))
+    if role not in ("not a member", WORKER) and etcd.get("quorum") is False:
         # "no quorum: N of M members answer" for a member that answers, instead of "not a member"
         role = etcd["said"] if address in etcd.get("answering_members", ()) else "member, no answer"
     entry = {"address": address, **fact,

@@ -162,7 +162,7 @@ def apply(s: Session, plan_only: bool = False, resume: bool = False) -> Optional
     A rollout that stops says which machines run which secrets."""
     started = time.monotonic()
     current, _ = upgrade.target_release(s)
-    members = sorted(upgrade.member_machines(s.etcd))
+    members = sorted(upgrade.serving_machines(s.cluster, upgrade.member_machines(s.etcd)))
     changes = read_changes(s, members)
     extras = {a: change.extra for a, change in changes.items() if change.extra is not None}
     rollout = upgrade.Rollout(s, current, current, extras=extras, done_hint="(they run the new secrets)")

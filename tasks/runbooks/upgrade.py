@@ -40,7 +40,7 @@ from typing import Optional
 import cloudconfig
 from tasks.commands import machine
 from tasks.model import release_settings as kept
-from tasks.model import rollout_plan, state
+from tasks.model import roles, rollout_plan, state
 from tasks.model.cluster import RolloutLimits, check_address, check_option
 from tasks.model.os_upgrade_plan import BOOTING
 from tasks.model.errors import (AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError,
@@ -81,6 +81,12 @@ def member_machines(client) -> list:
     return [state.member_address(m) for m in client.members() if not m.learner]
 
 
+def serving_machines(cluster, members) -> list:
+    """Every machine that runs the cluster's release: the etcd ``members`` and the cluster file's
+    other machines, its workers (``tasks.model.roles``)."""
+    return list(roles.roles(cluster.machines, members))
+
+
 class Rollout:
     """Bringing the member machines (or ``only`` those) of a session's cluster to ``release``.
 
@@ -102,8 +108,9 @@ class Rollout:
         self.limits = limits or replace(self.cluster.rollout, max_failures=0)
         self.ex.fan_out = self.limits.parallel
         found = [m for m in s.etcd.members() if not m.learner]
-        self.members = sorted(state.member_address(m) for m in found)
-        self.machines = sorted(only or self.members)
+        self.etcd_members = sorted(state.member_address(m) for m in found)  # a machine's cloud config says whether it is one
+        self.all_machines = sorted(serving_machines(self.cluster, self.etcd_members))  # members and workers
+        self.machines = sorted(only or self.all_machines)
         self.routers = balancer.Routers(self.ex)
         self.down, self.facts = self._read()
         self.steps = plan(self.cluster, release, self.facts, self.routers.listed(), self.extras) \
@@ -111,10 +118,10 @@ class Rollout:
         edited = [machine.changed_by_hand(st.machine, self.facts[st.machine]) for st in self.steps if st.action == UPGRADE]
         if any(edited):
             raise PreflightError("; ".join(filter(None, edited)) + "; nothing was changed")
-        self.warning = drift(self.cluster, self.members, self.facts, self.routers.listed(), previous, canary) \
+        self.warning = drift(self.cluster, self.all_machines, self.facts, self.routers.listed(), previous, canary) \
             if not self.down and only is None else None
         # An etcd member is a machine of etcd's member list; every other machine is a worker.
-        self.groups = groups(self.steps, set(self.members), len(set(self.members) | set(self.machines)),
+        self.groups = groups(self.steps, set(self.etcd_members), len(set(self.all_machines) | set(self.machines)),
                              self.limits.max_unavailable, self._leader(found) if len(self.steps) > 1 else None)
         self.failed: list = []     # (Step, Outcome) of every machine that failed so far
         self.restored: list = []   # those of them back on the previous release and in the balancer
@@ -238,14 +245,14 @@ class Rollout:
         try:
             if check:
                 self.ex.check(check)
-            self.routers.set(routed(self.members, serving, done + self.restored, out))
+            self.routers.set(routed(self.all_machines, serving, done + self.restored, out))
         except Halt as halt:
             self._halt_between(halt, serving, done)
         except AirError as failure:
             raise UpgradeFailed(self._balancer_failed(failure, done)) from None
 
     def _balancer_failed(self, failure, done) -> str:
-        out = [m for m in self.members if m not in self.routers.listed()]
+        out = [m for m in self.all_machines if m not in self.routers.listed()]
         return (f"the balancer could not be changed: {failure}; " + self._left(done, "no other machine was touched")
                 + (f"; out of the balancer: {', '.join(out)} (`fab rolling-upgrade --cluster {self.cluster.name}` "
                    f"puts it back once the balancer answers)" if out else ""))
@@ -254,11 +261,11 @@ class Rollout:
         """Stopped between machines, none in hand: when interrupted the machines done go back in;
         when the lock is lost nothing more changes, and the error says who is out of the balancer."""
         if isinstance(halt, LostLock):
-            out = [m for m in self.members if m not in self.routers.listed()]
+            out = [m for m in self.all_machines if m not in self.routers.listed()]
             raise LostLock(f"{halt}; " + self._left(done, "nothing else was changed") +
                            (f"; out of the balancer: {', '.join(out)}" if out else "")) from None
         with self.ex.finishing():
-            self.routers.set(routed(self.members, serving, done + self.restored, []))
+            self.routers.set(routed(self.all_machines, serving, done + self.restored, []))
         raise Interrupted(self._left(done, "every machine is in the balancer")) from None
 
     def _stop_after(self, failed: list, serving: list, done: list) -> None:
@@ -272,7 +279,7 @@ class Rollout:
                            + self._left(done, "nothing else was changed"))
         still_out = [s.machine for s, outcome in failed if not outcome.restored]
         with self.ex.finishing():
-            self.routers.set(routed(self.members, serving, done + self.restored, still_out))
+            self.routers.set(routed(self.all_machines, serving, done + self.restored, still_out))
         if any(isinstance(outcome.failure, Interrupted) for _, outcome in failed):
             raise Interrupted(f"{'; '.join(outcome.said for _, outcome in failed)}; " +
                               self._left(done, "no other machine was touched"))
@@ -346,10 +353,10 @@ class Rollout:
         """The machine's final cloud config at ``release``: its administrator's base (read with
         its facts), extended."""
         if address not in self._bases:
-            installed = cloudconfig.install_part(self.cluster, address, self.members, "existing", release)
+            installed = cloudconfig.install_part(self.cluster, address, self.etcd_members, "existing", release)
             self._bases[address] = machine.parse_base(address, self._user_data(address),
                                                       self.facts[address]["base"], installed)
-        return machine.final_document(self.cluster, address, self.members, "existing", release,
+        return machine.final_document(self.cluster, address, self.etcd_members, "existing", release,
                                       self._bases[address])
 
     def _carry_out(self, step: Step, staged) -> Outcome:

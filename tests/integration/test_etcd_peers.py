@@ -1,4 +1,5 @@
-"""etcd locked down, seen from outside: clients on each machine's loopback only, peers over TLS
+"""etcd locked down, seen from outside: plaintext clients on each machine's loopback only (on its
+address, for the workers' proxies, TLS with a certificate of the cluster's CA), peers over TLS
 with certificates of the cluster's CA, a member without one cannot join, and one holding another
 member's cannot use it. `etcd.certificates --renew` and `etcd.migrate-peers` (stopped halfway,
 then run again) under the probe and a long request.
@@ -9,7 +10,6 @@ CA), then its membership is removed and it is reset. Both spares are fresh at th
 """
 import datetime
 import json
-import socket
 import subprocess
 import time
 
@@ -62,11 +62,25 @@ def peer_request(address: str, ca, cert=None, key=None) -> subprocess.CompletedP
                            f"https://{address}:{ETCD_PEER_PORT}/members"], capture_output=True, text=True, timeout=20)
 
 
-def test_the_client_port_refuses_connections_from_the_host(cluster):
+def client_request(address: str, ca, cert=None, key=None) -> subprocess.CompletedProcess:
+    """GET /version on ``address``'s client port over TLS (where workers' etcd proxies connect), with or
+    without a client certificate."""
+    client = ["--cert", str(cert), "--key", str(key)] if cert else []
+    return subprocess.run(["curl", "-sS", "--http1.1", "-m", "5", "--cacert", str(ca), *client,
+                           f"https://{address}:{ETCD_CLIENT_PORT}/version"], capture_output=True, text=True, timeout=20)
+
+
+def test_the_client_port_answers_the_host_only_with_a_certificate_of_the_cluster_ca(cluster):
+    peers = folder(cluster)
     for address in cluster.machines:
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection((address, ETCD_CLIENT_PORT), timeout=5).close()
-        socket.create_connection((address, ETCD_PEER_PORT), timeout=5).close()  # the machine itself answers
+        refused = client_request(address, peers / "ca.crt")
+        assert refused.returncode != 0 and "etcdserver" not in refused.stdout, refused.stdout + refused.stderr
+        plain = subprocess.run(["curl", "-sS", "-m", "5", f"http://{address}:{ETCD_CLIENT_PORT}/version"],
+                               capture_output=True, text=True, timeout=20)
+        assert "etcdserver" not in plain.stdout, plain.stdout  # no plaintext client on the network
+    address = cluster.machines[0]
+    shown = client_request(address, peers / "ca.crt", peers / f"{address}.crt", peers / f"{address}.key")
+    assert shown.returncode == 0 and "etcdserver" in shown.stdout, shown.stdout + shown.stderr
     # ... while the tool still reaches etcd, through SSH to the machine's loopback.
     with etcd_of(cluster) as client:
         assert sorted(state.member_address(m) for m in client.members()) == sorted(cluster.machines)
@@ -75,8 +89,8 @@ def test_the_client_port_refuses_connections_from_the_host(cluster):
 def test_the_peer_port_shows_a_certificate_of_the_cluster_ca(cluster):
     ca = folder(cluster) / "ca.crt"
     for address in cluster.machines:
-        shown = s_client(address, ca)
-        assert f"subject=CN = {address}\n" in shown.stdout, shown.stdout + shown.stderr
+        shown = s_client(address, ca, "-verify_ip", address)  # its address is its certificate's name
+        assert "subject=\n" in shown.stdout, shown.stdout + shown.stderr  # no common name (grpc-proxy refuses one)
         assert "issuer=CN = air local etcd peer CA\n" in shown.stdout
         assert "Verify return code: 0 (ok)" in shown.stdout
     # Checked against another CA, the same certificate does not verify.
@@ -152,8 +166,8 @@ def test_add_machine_issues_the_new_members_certificate(cluster, clock):
             added = fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", SPARE)
         assert f"etcd peers: local: making the certificate of {SPARE}" in added.stderr
         assert {(peers / f"{SPARE}.crt").stat().st_mode & 0o777, (peers / f"{SPARE}.key").stat().st_mode & 0o777} == {0o600}
-        shown = s_client(SPARE, peers / "ca.crt")
-        assert f"subject=CN = {SPARE}\n" in shown.stdout and "Verify return code: 0 (ok)" in shown.stdout
+        shown = s_client(SPARE, peers / "ca.crt", "-verify_ip", SPARE)
+        assert "subject=\n" in shown.stdout and "Verify return code: 0 (ok)" in shown.stdout
         joined = {m["name"]: m for m in members(cluster)}[SPARE]
         assert joined["peerURLs"] == [peer_url(SPARE)] and not joined.get("isLearner")
         assert healthy_members(cluster, list(cluster.machines) + [SPARE]) == sorted(list(cluster.machines) + [SPARE])

@@ -96,8 +96,12 @@ coreos:
         Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
         Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.2:2380
         Environment=ETCD_LISTEN_PEER_URLS=https://10.0.0.2:2380
-        Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+        Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,https://10.0.0.2:2379
         Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+        Environment=ETCD_CERT_FILE=/etc/air/etcd-peer/peer.crt
+        Environment=ETCD_KEY_FILE=/etc/air/etcd-peer/peer.key
+        Environment=ETCD_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+        Environment=ETCD_CLIENT_CERT_AUTH=true
         Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
         Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
         Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
@@ -346,3 +350,13 @@ def test_without_the_install_part_a_final_config_gives_back_its_base(cluster):
     admin = cloudconfig.parse(ADMIN_BASE, "x")
     part = cloudconfig.install_part(cluster, "10.0.0.2", cluster.machines, "existing", RELEASE)
     assert cloudconfig.without(cloudconfig.merge(admin, part), part) == admin
+
+
+def test_a_worker_gets_the_etcd_proxy_instead_of_a_member_drop_in(cluster, base_doc):
+    doc = final(cluster, "10.0.0.9", cluster.machines, "new", RELEASE, base_doc)
+    etcd = doc["coreos"]["units"][0]
+    assert etcd == {"name": "air-etcd-proxy.service", "enable": True, "command": "start",
+                    "content": cloudconfig.units.etcd_proxy_unit(cluster.machines)}
+    assert "etcd-member.service" not in started_units(doc)
+    assert started_units(doc)[1:] == started_units(final(cluster, "10.0.0.2", cluster.machines, "new", RELEASE,
+                                                         base_doc))[1:]

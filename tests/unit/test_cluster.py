@@ -776,3 +776,11 @@ def test_a_private_secrets_folder_loads(tmp_path):
 def test_an_admin_command_with_an_unbalanced_quote_is_refused(tmp_path, command):
     message = error_of(tmp_path, "stage", variant(admin={"component": "router", "command": command}))
     assert message.endswith(f": admin.command: expected {cluster.KINDS['command']}, got {command!r}")
+
+
+def test_etcd_members_caps_at_five_by_default_and_is_a_count(tmp_path):
+    write(tmp_path, "stage", VALID)
+    assert cluster.load("stage", tmp_path).etcd_members == 5
+    write(tmp_path, "stage", variant(etcd={"members": 3}))
+    assert cluster.load("stage", tmp_path).etcd_members == 3
+    assert "etcd.members" in error_of(tmp_path, "stage", variant(etcd={"members": 0}))

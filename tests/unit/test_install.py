@@ -46,7 +46,7 @@ def test_setup_wipes_every_machine_after_any_failure_before_anything_started(clu
     monkeypatch.setattr(install.push, "published_release", lambda ex: Release((Image("web", "1.0.0", "sha256:" + "a" * 64),)))
     monkeypatch.setattr(install.etcd_peers, "ensure", lambda cluster, machines: None)
     monkeypatch.setattr(install.etcd_auth, "ensure_root", lambda cluster: None)
-    monkeypatch.setattr(install, "preflight", lambda ex, machines, release: {
+    monkeypatch.setattr(install, "preflight", lambda ex, machines, release, members=None: {
         a: SimpleNamespace(user_data="/var/lib/flatcar-install/user_data") for a in machines})
 
     def install_machine(ex, address, plan, release):

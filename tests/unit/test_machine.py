@@ -44,6 +44,7 @@ def test_facts_command(cluster):
         "echo etcd_unit=$(systemctl cat etcd-member.service >/dev/null 2>&1 && echo yes || echo no); "
         "echo etcd_configured=$(test -e /etc/systemd/system/etcd-member.service.d/20-air.conf && echo yes || echo no); "
         "echo etcd_active=$(systemctl is-active etcd-member.service 2>/dev/null); "
+        "echo etcd_proxy=$(test -e /etc/systemd/system/air-etcd-proxy.service && echo yes || echo no); "
         "echo etcd_data=$(test -n \"$(ls -A /var/lib/etcd/member 2>/dev/null)\" && echo yes || echo no); "
         "echo air_units=$(systemctl list-unit-files --no-legend air-web.service air-worker.service 2>/dev/null | wc -l); "
         "echo release=$(cat /etc/air/state/release 2>/dev/null); "
@@ -312,9 +313,10 @@ USER_DATA = "/var/lib/flatcar-install/user_data"
 
 def test_wipe_command(cluster):
     assert machine.wipe_command(cluster, USER_DATA) == (
-        "systemctl disable -q --now air-web.service air-worker.service etcd-member.service 2>/dev/null; "
+        "systemctl disable -q --now air-web.service air-worker.service etcd-member.service air-etcd-proxy.service "
+        "2>/dev/null; "
         "rm -f /etc/systemd/system/etcd-member.service.d/20-air.conf "
-        "/etc/systemd/system/etcd-member.service.d/21-air-peer-files.conf "
+        "/etc/systemd/system/etcd-member.service.d/21-air-peer-files.conf /etc/systemd/system/air-etcd-proxy.service "
         "/etc/systemd/system/air-web.service /etc/systemd/system/air-worker.service ; "
         "rm -rf /var/lib/etcd/member /var/lib/etcd/member.before-* /etc/air/state /etc/air/images /etc/air/secrets "
         "/etc/air/secrets.previous /etc/air/etcd-peer; "
@@ -594,3 +596,16 @@ def test_the_pull_command_lets_the_staging_after_it_run(tmp_path, cluster):
     done = subprocess.run(["sh", "-c", f"{{ {pull}; }} && echo staged"], env=env, capture_output=True,
                           text=True, timeout=30)
     assert (done.returncode, done.stdout) == (0, "staged\n")
+
+
+def test_a_worker_is_not_a_fresh_machine():
+    assert machine.fresh_problems(machine.parse_facts(FRESH + "etcd_proxy=yes\n")) == [
+        "air-etcd-proxy.service is already installed (a worker?)"]
+
+
+def test_a_workers_proxy_starts_and_retires():
+    assert machine.start_etcd_proxy_command() == (
+        "systemctl daemon-reload && systemctl enable -q --now air-etcd-proxy.service")
+    assert machine.retire_etcd_proxy_command() == (
+        "systemctl disable -q --now air-etcd-proxy.service && rm -f /etc/systemd/system/air-etcd-proxy.service && "
+        "systemctl daemon-reload")

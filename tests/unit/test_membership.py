@@ -136,3 +136,45 @@ def test_a_removal_whose_wipe_fails_says_machine_wipe_finishes_it(removed, monke
     assert str(failed.value) == (
         "10.0.0.3 was removed from etcd and the balancer, but wiping it failed (10.0.0.3: wipe etcd and the Air "
         "units: connection lost (EOF)); `fab machine.wipe --cluster prod --machine 10.0.0.3` finishes it")
+
+
+# ---------------------------------------------------------------- workers: the members kept at etcd.members
+
+@pytest.mark.parametrize("members, down, promoted", [
+    ([A, B], [], C),            # a member gone: the first worker of the cluster file is promoted
+    ([A, B], [C], D),           # ... the first that answers
+    ([A, B], [C, D], None),     # none answers: the cluster goes on with 2
+    ([A, B, C], [], None),      # the members are complete: nobody is promoted
+])
+def test_a_members_removal_promotes_the_first_worker_that_answers(cluster, monkeypatch, members, down, promoted):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tasks.runbooks import membership
+
+    from .fakes import FakeEtcd, FakeExecutor
+    wide = replace(cluster, machines=(A, B, C, D), etcd_members=3)
+    chosen = []
+    monkeypatch.setattr(membership, "promote_worker", lambda s, worker, now: chosen.append((worker, now)))
+    ex = FakeExecutor(wide, down=down)
+    ex.answer("echo docker=", stdout="docker=active\netcd_proxy=yes\nuser_data=/u\n")
+    s = SimpleNamespace(cluster=wide, ex=ex, etcd=FakeEtcd(members))
+    assert membership.keep_members(s, E) == promoted
+    assert chosen == ([(promoted, members)] if promoted else [])
+
+
+def test_the_member_just_removed_and_a_machine_without_the_proxy_are_not_promoted(cluster, monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tasks.runbooks import membership
+
+    from .fakes import FakeEtcd, FakeExecutor
+    wide = replace(cluster, machines=(A, B, C, D), etcd_members=3)
+    monkeypatch.setattr(membership, "promote_worker", lambda s, worker, now: None)
+    ex = FakeExecutor(wide)
+    ex.answer("echo docker=", stdout="docker=active\netcd_proxy=yes\nuser_data=/u\n")
+    assert membership.keep_members(SimpleNamespace(cluster=wide, ex=ex, etcd=FakeEtcd([A, B])), C) == D
+    ex = FakeExecutor(wide)
+    ex.answer("echo docker=", stdout="docker=active\netcd_proxy=no\nuser_data=/u\n")
+    assert membership.keep_members(SimpleNamespace(cluster=wide, ex=ex, etcd=FakeEtcd([A, B])), C) is None

@@ -69,6 +69,7 @@ def test_status_command(cluster):
         "air-web.service air-worker.service 2>/dev/null; "
         "echo '--uptime'; cut -d' ' -f1 /proc/uptime; "
         "echo '--etcd'; systemctl is-active etcd-member.service 2>/dev/null; "
+        "echo proxy=$(systemctl is-active air-etcd-proxy.service 2>/dev/null); "
         "curl -s -m 2 http://127.0.0.1:2379/health 2>/dev/null; echo; "
         "echo '--images'; docker system df --format '{{.Type}}\t{{.Size}}\t{{.Reclaimable}}' 2>/dev/null; "
         f"{machine.cloud_config_facts_command(cluster)}; {os_update.os_facts_command()}")
@@ -82,7 +83,7 @@ def test_parse_status(cluster):
                           "uptime": 448},
                   "worker": {"unit": "air-worker.service", "state": "inactive", "sub": "dead", "version": "1.0.1",
                              "uptime": None}},
-        "etcd": {"active": "active", "healthy": True},
+        "etcd": {"active": "active", "proxy": "unknown", "healthy": True},
         "images": {"size": "1.988MB", "reclaimable": "1.987MB (99%)"},
         "cloud_config": {"user_data": "/var/lib/coreos-install/user_data", "edited": True},
         "os": {"version": "4081.2.0", "update": "UPDATE_STATUS_UPDATED_NEED_REBOOT", "staged": "4081.2.1",
@@ -93,7 +94,7 @@ def test_parse_status(cluster):
 def test_parse_status_of_a_machine_without_units_or_etcd(cluster):
     parsed = status.parse_status("--release\n--components\n--units\n--uptime\n12.5\n--etcd\ninactive\n\n"
                                    "--images\n", cluster)
-    assert parsed["release"] == "" and parsed["etcd"] == {"active": "inactive", "healthy": False}
+    assert parsed["release"] == "" and parsed["etcd"] == {"active": "inactive", "proxy": "unknown", "healthy": False}
     assert {u["state"] for u in parsed["units"].values()} == {"unknown"}
 
 
@@ -208,7 +209,7 @@ def test_unreachable_machine_learner_and_stray_balancer_entry():
             "`fab remove-machine --cluster prod --via 10.0.0.1 --machine 10.0.0.1 --force`",
         "10.0.0.3 is an etcd learner left behind by an unfinished add-machine":
             "`fab remove-machine --cluster prod --via 10.0.0.1 --machine 10.0.0.3`, then add-machine again",
-        "the balancer routes to 10.0.0.9, which is not an etcd member":
+        "the balancer routes to 10.0.0.9, which is neither an etcd member nor a worker":
             "`fab balancer.remove --cluster prod --machine 10.0.0.9`",
     }
 
@@ -271,6 +272,8 @@ def test_a_machine_entry_takes_the_quorum_line_for_its_role_when_etcd_has_none()
         {"role": "no quorum: 1 of 3 members answer", "active": "active", "healthy": False}
     assert operator._machine_entry("10.0.0.2", fact, etcd, [], {})["etcd"]["role"] == "member, no answer"
     assert operator._machine_entry("10.0.0.9", fact, etcd, [], {})["etcd"]["role"] == "not a member"
+    worker = {**fact, "etcd": {"active": "inactive", "proxy": "active", "healthy": False}}
+    assert operator._machine_entry("10.0.0.9", worker, etcd, [], {})["etcd"]["role"] == "worker"
     with_quorum = {**etcd, "quorum": True, "leader": "10.0.0.1"}
     assert operator._machine_entry("10.0.0.1", fact, with_quorum, [], {})["etcd"]["role"] == "leader"
 
@@ -431,3 +434,38 @@ def test_a_journal_line_or_etcd_value_cannot_drive_the_terminal():
     assert status_view.printable("a\x1b[2Jb\rc\td é") == "a\\x1b[2Jb\\x0dc\td é"
     assert status_view.log_line(1_700_000_000_000_000, "10.0.0.1", "x\x1b]0;title\x07y") == \
         "10.0.0.1  2023-11-14T22:13:20.000000Z  x\\x1b]0;title\\x07y"
+
+
+def test_a_machine_with_an_etcd_proxy_and_no_membership_is_a_worker():
+    members = [member("10.0.0.1")]
+    assert status_view.machine_role("10.0.0.4", members, "10.0.0.1", "active") == "worker"
+    assert status_view.machine_role("10.0.0.4", members, "10.0.0.1", "failed") == "worker"
+    assert status_view.machine_role("10.0.0.4", members, "10.0.0.1", "inactive") == "not a member"
+    assert status_view.machine_role("10.0.0.1", members, "10.0.0.1", "inactive") == "leader"
+
+
+def test_a_healthy_worker_is_no_drift_and_one_whose_proxy_reaches_no_member_is_said():
+    v = view(file_machines=MACHINES + ["10.0.0.4"])
+    v["balancer"]["listed"] = MACHINES + ["10.0.0.4"]
+    v["machines"].append(machine_view("10.0.0.4", role="worker"))
+    assert status_view.drift_warnings(v) == []
+    assert "10.0.0.4" in "\n".join(status_view.render_status({**v, "warnings": [], "ok": True}))
+    v["machines"][3]["etcd"].update(healthy=False, proxy="active")
+    assert status_view.drift_warnings(v) == [
+        {"machine": "10.0.0.4", "problem": "the etcd proxy on worker 10.0.0.4 cannot reach the etcd members "
+                                           "(air-etcd-proxy.service active)",
+         "fix": "`journalctl -u air-etcd-proxy.service` on 10.0.0.4 says why; it needs the members' port 2379"}]
+
+
+def test_a_worker_outside_the_cluster_file_is_said_so():
+    v = view()
+    v["balancer"]["listed"] = MACHINES + ["10.0.0.4"]
+    v["machines"].append(machine_view("10.0.0.4", role="worker"))
+    assert status_view.drift_warnings(v) == [
+        {"machine": "10.0.0.4", "problem": "10.0.0.4 is a worker but not in the cluster file (deploys do not reach it)",
+         "fix": "add 10.0.0.4 to `machines:` in prod.yaml"}]
+
+
+def test_the_etcd_section_says_the_proxy():
+    assert status._etcd(["inactive", "proxy=active", '{"health":"false"}']) == {
+        "active": "inactive", "proxy": "active", "healthy": False}

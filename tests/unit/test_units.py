@@ -6,6 +6,7 @@ from cloudconfig.units import (
     component_unit,
     container_name,
     etcd_dropin,
+    etcd_proxy_unit,
     image_environment,
     image_file,
     peer_url,
@@ -142,8 +143,12 @@ Environment=ETCD_INITIAL_CLUSTER_STATE=new
 Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
 Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://10.0.0.2:2380
 Environment=ETCD_LISTEN_PEER_URLS=https://10.0.0.2:2380
-Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,https://10.0.0.2:2379
 Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_CERT_FILE=/etc/air/etcd-peer/peer.crt
+Environment=ETCD_KEY_FILE=/etc/air/etcd-peer/peer.key
+Environment=ETCD_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+Environment=ETCD_CLIENT_CERT_AUTH=true
 Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
 Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
 Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
@@ -161,8 +166,12 @@ Environment=ETCD_INITIAL_CLUSTER_STATE=existing
 Environment=ETCD_INITIAL_CLUSTER_TOKEN=air-prod
 Environment=ETCD_INITIAL_ADVERTISE_PEER_URLS=https://[fd00::3]:2380
 Environment=ETCD_LISTEN_PEER_URLS=https://[fd00::3]:2380
-Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,https://[fd00::3]:2379
 Environment=ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379
+Environment=ETCD_CERT_FILE=/etc/air/etcd-peer/peer.crt
+Environment=ETCD_KEY_FILE=/etc/air/etcd-peer/peer.key
+Environment=ETCD_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
+Environment=ETCD_CLIENT_CERT_AUTH=true
 Environment=ETCD_PEER_CERT_FILE=/etc/air/etcd-peer/peer.crt
 Environment=ETCD_PEER_KEY_FILE=/etc/air/etcd-peer/peer.key
 Environment=ETCD_PEER_TRUSTED_CA_FILE=/etc/air/etcd-peer/ca.crt
@@ -187,3 +196,37 @@ def test_etcd_dropin_serves_the_v2_api_when_the_cluster_asks(cluster):
     v2 = replace(cluster, etcd_v2=True)
     assert etcd_dropin(v2, "10.0.0.2", cluster.machines, "new").endswith(
         "Environment=ETCD_DATA_DIR=/var/lib/etcd/member\nEnvironment=ETCD_ENABLE_V2=true\n")
+
+
+def test_etcd_proxy_unit_forwards_loopback_to_the_members_over_tls():
+    assert etcd_proxy_unit(["10.0.0.1", "fd00::2"]) == """\
+[Unit]
+Description=Air etcd proxy (to the cluster's etcd members)
+After=network-online.target
+Wants=network-online.target
+StartLimitIntervalSec=0
+
+[Service]
+User=etcd
+StateDirectory=etcd/proxy
+ExecStart=/usr/bin/etcd grpc-proxy start --endpoints=10.0.0.1:2379,[fd00::2]:2379 --listen-addr=127.0.0.1:2379 \
+--cert=/etc/air/etcd-peer/peer.crt --key=/etc/air/etcd-peer/peer.key --cacert=/etc/air/etcd-peer/ca.crt \
+--data-dir=/var/lib/etcd/proxy
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_etcd_proxy_unit_needs_a_member():
+    with pytest.raises(ValueError):
+        etcd_proxy_unit([])
+
+
+def test_a_member_listens_for_the_workers_proxies_over_tls_with_client_certificates(cluster):
+    dropin = etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new")
+    assert "ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,https://10.0.0.2:2379\n" in dropin
+    assert "ETCD_CLIENT_CERT_AUTH=true\n" in dropin
+    assert "ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379\n" in dropin
