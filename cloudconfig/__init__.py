@@ -206,8 +206,10 @@ def _ignition_unit(unit: dict) -> dict:
     return out
 
 
-class _Dumper(yaml.SafeDumper):
-    """SafeDumper writing multi-line strings as literal blocks, so units read as files."""
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """SafeDumper writing multi-line strings as literal blocks, so units read as files. libyaml's
+    emitter when PyYAML has it (the same text, several times faster: a rollout renders every
+    machine's cloud config before it changes anything), else PyYAML's own."""
 
 
 def _represent_str(dumper, value):

@@ -114,6 +114,15 @@ def fab_here(*args, env=None, input="", check=True):
     return proc
 
 
+def machine_releases(cluster) -> dict:
+    """machine -> the release its release file names, read on every machine of ``cluster`` at once."""
+    from tasks.net.executor import Executor
+    from tasks.runbooks import steps
+    with Executor(cluster) as ex:
+        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
+                                                      cluster.machines)))
+
+
 def routed_in(line: str) -> list:
     """The machines a `balancer: routes to A, B (drained C)` progress line names as routed to."""
     return line.split("routes to", 1)[1].split("(")[0].replace(",", " ").split()

@@ -15,21 +15,14 @@ import cloudconfig
 from cloudconfig.units import unit_name
 from sandbox import testbed as sb
 from tasks.commands.shell import q
-from tasks.net.executor import Executor
-from tasks.runbooks import records, steps
+from tasks.runbooks import records
 
 from conftest import (BALANCER_ADDRESS, Probe, Rotation, Running, Slow, error_line, etcd_leader, etcd_of, fab, fab_here,
-                      listed, on, serving)
+                      listed, machine_releases, on, serving)
 
 CHANGED = "static_website"  # the component a change touches
 PORT = 80
 FAILING = f"/etc/systemd/system/{unit_name(CHANGED)}.d/zz-test-capacity.conf"
-
-
-def machine_releases(cluster) -> dict:
-    with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
-                                                      cluster.machines)))
 
 
 def current_record(cluster) -> dict:

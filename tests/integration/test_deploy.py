@@ -25,8 +25,8 @@ from tasks.model import state
 from sandbox import testbed as sb
 from tasks.net.executor import Executor
 
-from conftest import (ROOT, SHORT_HEALTH, SHORT_LEASE, Probe, etcd_of, fab, get_version, listed, local_copy, on_each,
-                      routed_in, serving, wait_serving)
+from conftest import (ROOT, SHORT_HEALTH, SHORT_LEASE, Probe, etcd_of, fab, get_version, listed, local_copy,
+                      machine_releases, on_each, routed_in, serving, wait_serving)
 from tasks.runbooks import records
 from tasks.runbooks import steps
 
@@ -53,13 +53,6 @@ def start_times(cluster, machines=None) -> dict:
     names = [c.name for c in cluster.components]
     command = "; ".join(f"docker inspect -f '{{{{.State.StartedAt}}}}' {container_name(n)}" for n in names)
     return {m: dict(zip(names, out.split())) for m, out in on_each(cluster, command, machines).items()}
-
-
-def machine_releases(cluster) -> dict:
-    """machine -> its /etc/air/state/release."""
-    with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
-                                                      cluster.machines)))
 
 
 def recorded(cluster):

@@ -21,15 +21,13 @@ from tasks.runbooks.publish import publish
 from tasks.model import state
 from tasks.runbooks import upgrade
 from sandbox import testbed as sb
-from tasks.net.executor import Executor
 from tasks.net.session import session
 
-from conftest import (etcdctl, BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Rotation, Running, Slow, error_line,
-                      etcd_leader,
-                      etcd_of, fab, listed, local_copy, make_fresh, on, on_each, routed_in, serving, wait_serving)
+from conftest import (BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Rotation, Running, Slow, error_line, etcd_leader,
+                      etcd_of, etcdctl, fab, listed, local_copy, machine_releases, make_fresh, on, on_each, routed_in, serving,
+                      wait_serving)
 from tasks.model import rollout_plan
 from tasks.runbooks import records
-from tasks.runbooks import steps
 
 PORT = 80
 
@@ -39,12 +37,6 @@ def recorded(cluster):
     with etcd_of(cluster) as client:
         return records.read_release(client, cluster)[1], records.history(client, cluster), \
             client.holder(state.lock_key(cluster))
-
-
-def release_files(cluster) -> dict:
-    with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
-                                                      cluster.machines)))
 
 
 @pytest.fixture
@@ -142,7 +134,7 @@ def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_st
     # Per machine: its OS update unit, a pause left behind, the staging folders in its /tmp.
     check = (f"systemctl is-active update-engine.service; [ ! -e {machine.OS_UPDATES_PAUSED} ] || echo paused; "
              "ls -d /tmp/tmp.* 2>/dev/null | wc -l")
-    before, releases = on_each(cluster, check), release_files(cluster)
+    before, releases = on_each(cluster, check), machine_releases(cluster)
     sb.commit_change(sb.Change("static_website"))
     with session(hurried, "test: a pull failing on one machine") as s:
         release = publish(s.ex, hurried.build.host, hurried.build.branch).release
@@ -157,7 +149,7 @@ def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_st
     assert f"{blocked}: pull release {release.id}" in str(failed.value)
     assert "No machine was changed." in str(failed.value)
     assert probe.failed == 0, probe.errors
-    assert sorted(listed(cluster)) == sorted(cluster.machines) and release_files(cluster) == releases
+    assert sorted(listed(cluster)) == sorted(cluster.machines) and machine_releases(cluster) == releases
     assert on_each(cluster, check) == before  # OS updates run, nothing paused, no staging folder left
 
 
@@ -187,7 +179,7 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     current, history, holder = recorded(cluster)
     assert holder is None and current["id"] == before["id"]
     assert history[-1]["outcome"].startswith("interrupted")
-    assert release_files(cluster)[in_hand] == before["id"] and in_hand in listed(cluster)
+    assert machine_releases(cluster)[in_hand] == before["id"] and in_hand in listed(cluster)
     sb.commit_change(sb.Change("static_website", "fix"))
     fab("deploy", "--cluster", "local")
     assert serving(cluster)

@@ -22,7 +22,7 @@ from tasks.model.errors import HealthError
 from tasks.net.executor import Executor
 from tasks.commands.shell import q
 
-from conftest import ROOT, Probe, etcd_of, fab, get_version, on, on_each, serving, wait_serving
+from conftest import ROOT, Probe, etcd_of, fab, get_version, machine_releases, on, on_each, serving, wait_serving
 from tasks.runbooks import records
 from tasks.runbooks import steps
 
@@ -33,12 +33,6 @@ def recorded(cluster):
     with etcd_of(cluster) as client:
         return records.read_release(client, cluster)[1], records.read_candidate(client, cluster)[1], \
             records.history(client, cluster)
-
-
-def machine_releases(cluster) -> dict:
-    with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
-                                                      cluster.machines)))
 
 
 def status(*args):

@@ -4,7 +4,8 @@ One expensive setup, several outcomes checked from outside, in file order on the
 setup-cluster makes the first 3 machines members and the 5 others workers (etcdctl's member list,
 systemctl, the balancer's routers); the application's own login reads its settings and watches
 through a worker's etcd proxy (etcdctl on the worker, as etcd's gRPC clients do); a worker whose
-proxy reaches no member shows in `fab status`; remove-machine of a member, with the probe and a long
+proxy reaches no member shows in `fab status`; a deploy at 25 % unavailable, with the probe and a
+long request in flight, takes 2 machines out at most and never two members; remove-machine of a member, with the probe and a long
 request in flight, promotes a worker and etcd keeps 3 healthy members.
 
 The 8 machines are the sandbox's 2 spares and 6 extra ones, brought up for this module only: it
@@ -19,8 +20,8 @@ from unittest import mock
 import pytest
 import yaml
 
-from conftest import (MACHINES, ROOT, SPARES, NOBODY, Probe, Slow, etcdctl, fab, healthy_members, make_fresh, on,
-                      on_each)
+from conftest import (MACHINES, ROOT, SPARES, NOBODY, Probe, Rotation, Running, Slow, etcdctl, fab, healthy_members,
+                      machine_releases, make_fresh, on, on_each, routed_in)
 from cloudconfig.units import ETCD_PROXY_UNIT, ETCD_UNIT, SECRETS_DIR, UNIT_DIR
 from tasks.model import etcd_access
 
@@ -168,6 +169,33 @@ def test_a_worker_whose_proxy_reaches_no_member_shows_in_status(wide):
     time.sleep(2)
     entry = next(m for m in status_of(cluster, env)["machines"] if m["address"] == worker)
     assert entry["etcd"] == {**entry["etcd"], "role": "worker", "healthy": True}
+
+
+def test_a_rolling_deploy_at_25_percent_takes_two_machines_out_at_most_and_one_member_at_a_time(wide, figures):
+    """Every machine (members and workers) to a change, at most 2 of 8 out of the balancer at once (25 %),
+    never two etcd members, under the probe and a long request in flight from the first drain."""
+    from sandbox import testbed as sb
+    cluster, env = wide
+    members = set(cluster.machines[:3])
+    sb.commit_change(sb.Change("static_website"))
+    slow = Slow(cluster, 8)
+    with Probe(cluster.balancer.host, HTTP_PORT, max_seconds=600) as probe, Rotation(cluster) as watch:
+        deploy = Running("deploy", "--cluster", NAME, "--max-unavailable", "25%", env=env)
+        deploy.wait_for("deploy: release ", within=300)
+        slow.start()
+        done = deploy.finish()
+    slow.join(30)
+    routes = [set(routed_in(line)) for line in done.stderr.splitlines() if line.startswith("balancer: routes to")]
+    outs = [set(cluster.machines) - routed for routed in routes]
+    figures(f"deploy of 8 machines at 25 %: {probe.report('meanwhile')}; out at once: "
+            f"{[len(out) for out in outs]}; fewest routed (watched): {watch.fewest}")
+    assert done.returncode == 0, done.stderr
+    release = done.stdout.split()[-1]
+    assert max(len(out) for out in outs) == 2 and all(len(out & members) <= 1 for out in outs), outs
+    assert watch.fewest >= len(cluster.machines) - 2 and routes[-1] == set(cluster.machines)
+    assert set(machine_releases(cluster).values()) == {release}
+    assert probe.failed == 0 and probe.sent > 0, probe.report("deploy at 25 %")
+    assert slow.complete, (slow.error, slow.lines)
 
 
 def test_remove_machine_of_a_member_promotes_a_worker_under_traffic(wide, clock, figures):

@@ -211,6 +211,19 @@ def test_render_reads_back(request, doc):
     assert yaml.safe_load(text) == doc
 
 
+@pytest.mark.parametrize("doc", ["base_doc", "final_doc"])
+def test_libyamls_emitter_writes_the_same_text_as_pyyamls(request, doc):
+    """Machines keep the digest of the cloud config air-deploy wrote: which emitter renders it must
+    not change a byte of it."""
+    doc = request.getfixturevalue(doc)
+
+    class PurePython(yaml.SafeDumper):
+        pass
+    PurePython.add_representer(str, cloudconfig._represent_str)
+    assert render(doc) == cloudconfig.HEADER + yaml.dump(doc, Dumper=PurePython, sort_keys=False,
+                                                         default_flow_style=False)
+
+
 def test_render_does_not_change_yaml_globally(final_doc):
     render(final_doc)
     assert yaml.safe_dump({"a": "one\ntwo\n"}) == "a: 'one\n\n  two\n\n  '\n"
