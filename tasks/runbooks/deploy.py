@@ -302,14 +302,18 @@ def deploy(c, cluster=None, branch=None, via=None, wait=False, max_unavailable=N
                                  judge=(seconds, percent) if seconds else None)
         candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None
         judged = (records.read_release(s.etcd, target)[1] or {}).get("judged") if seconds and not plan_ else None
-    if plan_:
-        return
+    if not plan_:
+        print_deployed(target, release, candidate == release, canary, judged, s.ex.trips, json_)
+
+
+def print_deployed(cluster, release: Release, is_candidate: bool, canary, judged, trips, json_: bool) -> None:
+    """A deploy's last line: the release (or candidate) it leaves; with ``json_``, one JSON object."""
     if json_:
-        print(json.dumps({"release": release.id, "candidate": candidate == release,
-                          "machines": [canary] if candidate == release else list(target.machines),
-                          "round_trips": s.ex.trips.summary(), **({"judged": judged} if judged else {})}))
+        print(json.dumps({"release": release.id, "candidate": is_candidate,
+                          "machines": [canary] if is_candidate else list(cluster.machines),
+                          "round_trips": trips.summary(), **({"judged": judged} if judged else {})}))
     else:
-        print(f"{'candidate' if candidate == release else 'release'} {release.id}")
+        print(f"{'candidate' if is_candidate else 'release'} {release.id}")
 
 
 @air_task(help={"cluster": "target cluster", "via": "member to reach etcd through", "json": "print JSON"})

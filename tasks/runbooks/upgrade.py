@@ -115,9 +115,7 @@ class Rollout:
         self.down, self.facts = self._read()
         self.steps = plan(self.cluster, release, self.facts, self.routers.listed(), self.extras) \
             if not self.down else []
-        edited = [machine.changed_by_hand(st.machine, self.facts[st.machine]) for st in self.steps if st.action == UPGRADE]
-        if any(edited):
-            raise PreflightError("; ".join(filter(None, edited)) + "; nothing was changed")
+        self._refuse_hand_edited()
         self.warning = drift(self.cluster, self.all_machines, self.facts, self.routers.listed(), previous, canary) \
             if not self.down and only is None else None
         # An etcd member is a machine of etcd's member list; every other machine is a worker.
@@ -131,6 +129,13 @@ class Rollout:
         self.documents = {st.machine: machine.document_files(self._document(st.machine, release),
                                                              self._user_data(st.machine))
                           for st in self.steps if st.action == UPGRADE}
+
+    def _refuse_hand_edited(self) -> None:
+        """PreflightError, before anything changes, when a machine to upgrade has a cloud config
+        changed by hand since air-deploy wrote it (writing the release would lose that change)."""
+        edited = [machine.changed_by_hand(st.machine, self.facts[st.machine]) for st in self.steps if st.action == UPGRADE]
+        if any(edited):
+            raise PreflightError("; ".join(filter(None, edited)) + "; nothing was changed")
 
     def _leader(self, members) -> Optional[str]:
         """The address of etcd's leader (its group goes last), or None when no member names one."""
