@@ -428,18 +428,14 @@ def test_setup_twice_writes_nothing_the_second_time(cluster):
     assert len(ex.commands(changes_only=True)) == writes + 1  # only the start check, no file written
 
 
-def test_setup_refuses_a_host_without_socat(cluster):
+@pytest.mark.parametrize("found, missing", [
+    ("/usr/sbin/haproxy\n/usr/bin/systemctl\nuser:haproxy\n", "needs socat"),
+    ("/usr/sbin/haproxy\n/usr/bin/socat\n/usr/bin/systemctl\n", "needs the user haproxy"),
+])
+def test_setup_refuses_a_host_without_socat_or_haproxys_user(cluster, found, missing):
     ex = FakeExecutor(cluster)
-    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/systemctl\nuser:haproxy\n")
-    with pytest.raises(balancer.RemoteError, match="needs socat"):
-        balancer.setup(ex)
-    assert ex.commands(changes_only=True) == []
-
-
-def test_setup_refuses_a_host_without_haproxys_user(cluster):
-    ex = FakeExecutor(cluster)
-    ex.answer("command -v", stdout="/usr/sbin/haproxy\n/usr/bin/socat\n/usr/bin/systemctl\n")
-    with pytest.raises(balancer.RemoteError, match="needs the user haproxy"):
+    ex.answer("command -v", stdout=found)
+    with pytest.raises(balancer.RemoteError, match=missing):
         balancer.setup(ex)
     assert ex.commands(changes_only=True) == []
 
