@@ -41,13 +41,12 @@ MACHINES, SPARES = 3, 2
 # sets up fresh machines, which the first module on a new sandbox has without a reset.
 # test_release_content comes after test_faults and test_deploy: its image-retention test needs
 # fewer deploys of its own on a sandbox whose machines already hold a few images.
-LONGEST_FIRST = ("test_install", "test_workers", "test_faults", "test_deploy", "test_os_upgrade", "test_etcd_backup",
-                 "test_release_content", "test_release_phase",
+LONGEST_FIRST = ("test_install", "test_workers", "test_faults", "test_deploy", "test_etcd_peers", "test_os_upgrade",
+                 "test_etcd_backup", "test_release_content", "test_release_phase",
                  "test_operator", "test_capacity", "test_canary", "test_hardening",
                  "test_images", "test_balancer", "test_builds", "test_machines",
                  "test_membership", "test_release_settings", "test_config", "test_gateway", "test_etcd_auth",
-                 "test_etcd_peers", "test_fencing",
-                 "test_sandbox")
+                 "test_fencing", "test_sandbox")
 
 
 def _layout():
