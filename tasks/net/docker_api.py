@@ -66,7 +66,10 @@ class _FabricSSHAdapter(SSHHTTPAdapter):
                 pool.cut()
 
     def close(self):
-        # The connection belongs to the caller: close only the HTTP pools.
+        # The connection belongs to the caller: close only the HTTP pools, their channels first (a
+        # pool dropped with them open closes them when collected, maybe after the connection, and
+        # paramiko then raises in a finalizer).
+        self.cut()
         self.pools.clear()
 
 

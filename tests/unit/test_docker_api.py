@@ -180,3 +180,6 @@ def test_the_adapter_cuts_every_channel_its_pool_opened():
                    SimpleNamespace(sock=None), SimpleNamespace(sock=Channel("inspect"))]
     adapter.cut()
     assert closed == ["build", "inspect"]
+    closed.clear()
+    adapter.close()  # its channels closed now, not when the pool is collected (maybe after the connection)
+    assert closed == ["build", "inspect"] and adapter.pools.get("engine") is None
