@@ -539,11 +539,13 @@ class Running:
         self.proc = subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         self.lines, self._queue = [], queue.Queue()
+        self.arrived: list = []  # time.monotonic() when each of ``lines`` was read
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self):
         for line in self.proc.stderr:
+            self.arrived.append(time.monotonic())
             self.lines.append(line.rstrip("\n"))
             self._queue.put(line.rstrip("\n"))
 
