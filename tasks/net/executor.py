@@ -451,9 +451,7 @@ class Executor:
             reader.join(max(0.0, give_up - time.monotonic()))
             status = channel.recv_exit_status()
             channel.close()
-            if status == NO_EXIT_STATUS:  # the channel closed before the command ended
-                raise paramiko.SSHException("the command ended without an exit status")
-            return status, b"".join(chunks), b"".join(errors)
+            return _ended(status), b"".join(chunks), b"".join(errors)
         except socket.timeout:
             raise DeadlineError(f"{host}: {what}: no answer within {deadline} s") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
@@ -493,9 +491,7 @@ class Executor:
             status = channel.recv_exit_status()
             errors.join(5)
             channel.close()
-            if status == NO_EXIT_STATUS:
-                raise paramiko.SSHException("the command ended without an exit status")
-            return status
+            return _ended(status)
         except (paramiko.SSHException, OSError, EOFError) as e:
             why = self._gone.get(host) or _reason(e)
             raise RemoteError(f"{host}: {what}: connection lost ({why})") from None
@@ -593,11 +589,17 @@ def _pump_lines(channel, on_line: Callable, stop: Optional[threading.Event]) -> 
             continue
         if not data:
             break
-        *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
-            on_line(line.decode(errors="replace"))
+        pending = _lines_to(on_line, pending + data)
     if pending:
         on_line(pending.decode(errors="replace"))
+
+
+def _ended(status: int) -> int:
+    """A command's exit status as its channel gave it; SSHException when the channel closed without
+    one (the connection dropped before the command ended)."""
+    if status == NO_EXIT_STATUS:
+        raise paramiko.SSHException("the command ended without an exit status")
+    return status
 
 
 def _copy_stderr(channel) -> None:
