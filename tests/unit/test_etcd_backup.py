@@ -273,30 +273,42 @@ def test_the_plans(cluster):
         etcd_recovery.check_restorable(cluster, facts, None)
 
 
-def test_a_member_waiting_for_a_quorum_it_lacks_counts_as_answering_at_the_deadline(cluster, monkeypatch):
+class ProbedMember:
+    """A member as ``etcd_members.ask`` sees it through its tunnel: its own view (``leader``'s id)
+    and the member list of ``machines``; a test's subclass answers its quorum read."""
+    leader = "0"
+
+    def __init__(self, address, machines):
+        self.address, self.machines, self.auth_enabled = address, machines, True
+
+    def member_status(self):
+        return {"leader": self.leader, "db_size": 24576}
+
+    def members(self):
+        return [SimpleNamespace(id=str(i), name=a, peer_urls=(f"https://{a}:2380",), learner=False, started=True)
+                for i, a in enumerate(self.machines)]
+
+
+def probed_through(monkeypatch, member, unreachable=()):
+    """``etcd_members``' tunnels give a ``member`` (a ProbedMember class) of each address, but none
+    to those ``unreachable``."""
     from contextlib import contextmanager
 
-    class Member:
-        def __init__(self, address):
-            self.address = address
+    @contextmanager
+    def tunnel(ex, address, timeout=5):
+        if address in unreachable:
+            raise RemoteError(f"etcd at {address}: cannot connect there")
+        yield member(address, ex.cluster.machines)
+    monkeypatch.setattr(etcd_members.etcd_api, "tunnel", tunnel)
 
-        def member_status(self):
-            return {"leader": "0", "db_size": 24576}
 
-        def members(self):
-            return [SimpleNamespace(id=str(i), name=a, peer_urls=(f"https://{a}:2380",), learner=False, started=True)
-                    for i, a in enumerate(cluster.machines)]
-
+def test_a_member_waiting_for_a_quorum_it_lacks_counts_as_answering_at_the_deadline(cluster, monkeypatch):
+    class Member(ProbedMember):
         def healthy(self):
             time.sleep(3)  # a quorum read without quorum: no answer until its timeout
             return False
 
-    @contextmanager
-    def tunnel(ex, address, timeout=5):
-        if address == "10.0.0.3":
-            raise RemoteError(f"etcd at {address}: cannot connect there")
-        yield Member(address)
-    monkeypatch.setattr(etcd_members.etcd_api, "tunnel", tunnel)
+    probed_through(monkeypatch, Member, unreachable=["10.0.0.3"])
     answers = etcd_members.ask_all(FakeExecutor(cluster), cluster.machines, 0.5)
     assert [(a.address, a.answers, a.healthy) for a in answers.values()] == \
         [("10.0.0.1", True, False), ("10.0.0.2", True, False), ("10.0.0.3", False, False)]
@@ -305,18 +317,8 @@ def test_a_member_waiting_for_a_quorum_it_lacks_counts_as_answering_at_the_deadl
 
 def test_keys_asked_for_are_read_by_each_members_quorum_read_and_a_member_without_quorum_is_not_healthy(
         cluster, monkeypatch):
-    from contextlib import contextmanager
-
-    class Member:
-        def __init__(self, address):
-            self.address, self.auth_enabled = address, True
-
-        def member_status(self):
-            return {"leader": "1", "db_size": 24576}
-
-        def members(self):
-            return [SimpleNamespace(id=str(i), name=a, peer_urls=(f"https://{a}:2380",), learner=False, started=True)
-                    for i, a in enumerate(cluster.machines)]
+    class Member(ProbedMember):
+        leader = "1"
 
         def healthy(self):
             raise AssertionError("the read of the keys is the quorum read")
@@ -326,10 +328,7 @@ def test_keys_asked_for_are_read_by_each_members_quorum_read_and_a_member_withou
                 raise RemoteError("etcd at 10.0.0.3: get: etcdserver: user name is empty")
             return {k: f"{k} at {self.address}" if k.endswith("release") else None for k in keys}, {}
 
-    @contextmanager
-    def tunnel(ex, address, timeout=5):
-        yield Member(address)
-    monkeypatch.setattr(etcd_members.etcd_api, "tunnel", tunnel)
+    probed_through(monkeypatch, Member)
     answers = etcd_members.ask_all(FakeExecutor(cluster), cluster.machines, 2, reads=["/air/prod/release", "/air/prod/lock"])
     assert [(a.address, a.healthy, a.values, a.auth) for a in answers.values()] == [
         ("10.0.0.1", True, {"/air/prod/release": "/air/prod/release at 10.0.0.1", "/air/prod/lock": None}, True),
