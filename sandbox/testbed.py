@@ -61,7 +61,8 @@ NETWORK = PREFIX
 SUBNET = os.environ.get("AIR_SANDBOX_SUBNET", "10.213.7")  # a /24; fixed addresses keep the cluster file stable
 IMAGE_REPO = "air-sandbox/machine"
 BASE_IMAGE = "air-sandbox/base:1"  # the sample app's FROM; built on the build server
-NGINX_IMAGE = "air-sandbox/nginx:1"  # the sample router's FROM: the base image plus Debian's nginx
+ETCD_CLIENT_IMAGE = "air-sandbox/etcd-client:1"  # the base image plus Debian's etcdctl: FROM of what reads etcd
+NGINX_IMAGE = "air-sandbox/nginx:1"  # the sample router's FROM: the etcd client image plus Debian's nginx
 REGISTRY_PORT = 5000
 CLUSTERS = ("local", "local2")  # the sandbox's clusters; the first owns the spares
 OTHER_MACHINES = 2  # machines of local2
@@ -426,11 +427,13 @@ def configure_build(node: Node) -> None:
                           f"docker build -q --label air.sandbox.recipe={recipe} -t {BASE_IMAGE} /tmp/air-base "
                           f">/dev/null && rm -rf /tmp/air-base",
                input=context)
-    nginx_recipe = hashlib.sha256((recipe + NGINX_RECIPE).encode()).hexdigest()[:12]
-    have = inside(node.name, f"docker image inspect -f '{label}' {NGINX_IMAGE} 2>/dev/null || true").strip()
-    if have != nginx_recipe:
-        inside(node.name, NGINX_RECIPE + f"docker build -q --label air.sandbox.recipe={nginx_recipe} "
-                                         f"-t {NGINX_IMAGE} /tmp/air-nginx >/dev/null && rm -rf /tmp/air-nginx")
+    made = recipe
+    for image, image_recipe in ((ETCD_CLIENT_IMAGE, ETCD_CLIENT_RECIPE), (NGINX_IMAGE, NGINX_RECIPE)):
+        made = hashlib.sha256((made + image_recipe).encode()).hexdigest()[:12]  # the images beneath's too
+        have = inside(node.name, f"docker image inspect -f '{label}' {image} 2>/dev/null || true").strip()
+        if have != made:
+            inside(node.name, image_recipe + f"docker build -q --label air.sandbox.recipe={made} "
+                                             f"-t {image} /tmp/air-image >/dev/null && rm -rf /tmp/air-image")
     repositories = [(REPOSITORY, APP_DIR, "master"), (WEBSITE_REPOSITORY, WEBSITE_DIR, WEBSITE_BRANCH)]
     made = inside(node.name, "; ".join(f"cat {path}/{RECIPE_FILE} 2>/dev/null || echo none"
                                        for path, _, _ in repositories)).split()
@@ -448,20 +451,39 @@ def configure_build(node: Node) -> None:
                input=_tar_of(directory))
 
 
-# The sample router's base: Debian's nginx and the libraries it links, copied from the build server's
-# own root file system (the machine image has the package) onto the busybox base image; no public
-# registry, and no second debootstrap.
-NGINX_RECIPE = f"""\
-rm -rf /tmp/air-nginx && mkdir -p /tmp/air-nginx/root/usr/sbin /tmp/air-nginx/root/etc \\
-  /tmp/air-nginx/root/var/log/nginx /tmp/air-nginx/root/var/lib/nginx /tmp/air-nginx/root/tmp
-cd /tmp/air-nginx && cp /usr/sbin/nginx root/usr/sbin/nginx
-for lib in $(ldd /usr/sbin/nginx | awk '$2 == "=>" {{ print $3 }} $1 ~ /^\\// {{ print $1 }}'); do
-  cp -L --parents "$lib" root/
+def _copied_with_libraries(program: str, beneath: str = "") -> str:
+    """A shell recipe's first lines: /tmp/air-image/root made with Debian's ``program`` and the
+    libraries it links (but those of the program ``beneath``, already in the image below), copied
+    from the build server's own root file system (the machine image has the packages): no public
+    registry, and no second debootstrap."""
+    skip = f"$(ldd {beneath} | awk {LIBRARIES} | tr '\\n' ' ')" if beneath else ""
+    return f"""\
+rm -rf /tmp/air-image && mkdir -p /tmp/air-image/root{os.path.dirname(program)} && cd /tmp/air-image
+cp {program} root{program}
+skip=" {skip} "
+for lib in $(ldd {program} | awk {LIBRARIES}); do
+  case "$skip" in *" $lib "*) ;; *) cp -L --parents "$lib" root/ ;; esac
 done
+"""
+
+
+LIBRARIES = shlex.quote('$2 == "=>" { print $3 } $1 ~ /^\\// { print $1 }')  # the paths in ldd's lines
+ETCDCTL = "/usr/bin/etcdctl"
+
+# The image of the sample components that read etcd (router, air_backend): etcd's own gRPC client
+# (etcdctl, static but for libc) on the busybox base image. Workers' etcd proxy (grpc-proxy)
+# speaks gRPC only, so that is what the components speak, the same on members and workers.
+ETCD_CLIENT_RECIPE = _copied_with_libraries(ETCDCTL) + f"""\
+printf 'FROM {BASE_IMAGE}\\nCOPY root/ /\\n' > Dockerfile
+"""
+
+# The sample router's base: Debian's nginx and its libraries on the etcd client image.
+NGINX_RECIPE = _copied_with_libraries("/usr/sbin/nginx", beneath=ETCDCTL) + f"""\
+mkdir -p root/etc root/var/log/nginx root/var/lib/nginx root/tmp
 printf 'root:x:0:0::/:/bin/sh\\nnobody:x:65534:65534::/:/bin/false\\n' > root/etc/passwd
 printf 'root:x:0:\\nnogroup:x:65534:\\n' > root/etc/group
 chmod 1777 root/tmp
-printf 'FROM {BASE_IMAGE}\\nCOPY root/ /\\n' > Dockerfile
+printf 'FROM {ETCD_CLIENT_IMAGE}\\nCOPY root/ /\\n' > Dockerfile
 """
 
 
