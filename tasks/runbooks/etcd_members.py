@@ -86,6 +86,27 @@ def ask_all(ex, addresses, seconds: float = WITHIN, timeout: float = ASK_TIMEOUT
     return {a: result or partial.get(a) or Answer(a, error) for a, (result, error) in found.items()}
 
 
+def ask_members(ex, first, seconds: float = WITHIN, timeout: float = ASK_TIMEOUT, reads=()) -> dict:
+    """address -> Answer of every etcd member: those of ``first`` (the machines taken for members)
+    asked side by side, then the voting members their answers list that were not asked, in what is
+    left of ``seconds``. Workers are not asked: their etcd proxy speaks gRPC only, and a member's
+    answer says all that is known of them."""
+    deadline = time.monotonic() + seconds
+    answers = ask_all(ex, first, seconds, timeout, reads)
+    more = not_asked(answers)
+    left = deadline - time.monotonic()
+    if more and left > 0:
+        answers.update(ask_all(ex, more, left, timeout, reads))
+    return answers
+
+
+def not_asked(answers: dict) -> list:
+    """The voting members the ``answers`` (address -> Answer) list that are not among them, in
+    address order. Pure."""
+    listed = {address for answer in answers.values() for address, _, learner, _ in answer.members if not learner}
+    return sorted(listed - set(answers))
+
+
 class Quorum(NamedTuple):
     """The cluster's etcd as its members' answers show it."""
     members: tuple     # addresses of the voting members, as the answering members list them

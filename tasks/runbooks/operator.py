@@ -38,7 +38,7 @@ from tasks.commands.status import (
     parse_status,
     status_command,
 )
-from tasks.model import backup, state
+from tasks.model import backup, roles, state
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, ConfigError, RemoteError
 from tasks.model.status_view import WORKER, drift_warnings, log_json, log_line, machine_role, merged, printable, render_status
@@ -72,7 +72,11 @@ def read_etcd(s: Session, via: str = None) -> tuple:
     cluster = s.cluster
     keys = [state.release_key(cluster), state.candidate_key(cluster), state.lock_key(cluster),
             state.maintenance_key(cluster)]
-    answers = etcd_members.ask_all(s.ex, [via] if via else list(cluster.machines), ETCD_ASK_WITHIN, reads=keys)
+    if via:
+        answers = etcd_members.ask_all(s.ex, [via], ETCD_ASK_WITHIN, reads=keys)
+    else:  # taken for members: those setup-cluster makes; the other members their answers list are asked next
+        first = roles.first_members(list(cluster.machines), cluster.etcd_members)
+        answers = etcd_members.ask_members(s.ex, first, ETCD_ASK_WITHIN, reads=keys)
     quorum = etcd_members.quorum_of(answers)
     health = {"quorum": quorum.has_quorum, "answering": len(quorum.answering), "voters": len(quorum.members),
               "said": quorum.describe(), "answering_members": list(quorum.answering),
@@ -80,7 +84,9 @@ def read_etcd(s: Session, via: str = None) -> tuple:
     listed = next((x.members for x in answers.values() if x.members), ())
     members = [{"id": i, "address": a, "learner": learner, "started": started} for a, i, learner, started in listed]
     if not quorum.has_quorum:
-        errors = "; ".join(x.error for x in answers.values() if x.error)
+        # The members' errors (every one asked while no member list is known): a worker asked is none.
+        errors = "; ".join(x.error for a, x in answers.items()
+                           if x.error and (a in quorum.members or not quorum.members))
         return {**NO_ETCD, "members": members, **health}, quorum.describe() + (f" ({errors})" if errors else "")
     through = answers[quorum.healthy[0]]
     release, candidate, lock, message = (through.values.get(key) for key in keys)

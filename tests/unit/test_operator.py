@@ -2,14 +2,16 @@
 rules with their fixes and the table, all without a connection."""
 import copy
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
 from tasks.commands import machine, os_update, status
 from tasks.commands.haproxy import Server
 from tasks.model import status_view
-from tasks.model.errors import ConfigError
-from tasks.runbooks import operator
+from tasks.model.errors import AirError, ConfigError
+from tasks.runbooks import etcd_members, operator
 
 # Recorded from a sandbox machine (units renamed to the unit-test cluster's web and worker).
 STATUS_OUTPUT = """\
@@ -469,3 +471,63 @@ def test_a_worker_outside_the_cluster_file_is_said_so():
 def test_the_etcd_section_says_the_proxy():
     assert status._etcd(["inactive", "proxy=active", '{"health":"false"}']) == {
         "active": "inactive", "proxy": "active", "healthy": False}
+
+
+def listing(*members, learners=()):
+    """The member list a member's Answer carries: (address, id, learner, started)."""
+    return tuple((a, a[-1], a in learners, True) for a in [*members, *learners])
+
+
+def test_the_members_not_asked_are_the_voters_the_answers_list_beyond_them():
+    said = listing("10.0.0.1", "10.0.0.2", "10.0.0.5", learners=("10.0.0.6",))
+    answers = {"10.0.0.1": etcd_members.Answer("10.0.0.1", None, True, {}, said),
+               "10.0.0.2": etcd_members.Answer("10.0.0.2", "no answer within 1.5 s"),
+               "10.0.0.3": etcd_members.Answer("10.0.0.3", "etcd at 10.0.0.3: HTTP 404")}
+    assert etcd_members.not_asked(answers) == ["10.0.0.5"]
+    assert etcd_members.not_asked({"10.0.0.2": answers["10.0.0.2"]}) == []
+
+
+@pytest.fixture
+def wide(cluster, monkeypatch):
+    """(session on 8 machines with 3 etcd members: 10.0.0.1, .2 and .5, the worker .3 among the first
+    three of the file after a promotion; the addresses asked, in order)."""
+    machines = tuple(f"10.0.0.{i}" for i in range(1, 9))
+    members = ("10.0.0.1", "10.0.0.2", "10.0.0.5")
+    asked: list = []
+
+    def ask(ex, address, timeout, partial, reads):
+        asked.append(address)
+        if address not in members:  # a worker's grpc-proxy has no JSON gateway
+            raise AirError(f"etcd at {address}: HTTP 404 page not found")
+        return etcd_members.Answer(address, None, True, {"leader": "1"}, listing(*members),
+                                   {key: None for key in reads}, True)
+    monkeypatch.setattr(etcd_members, "ask", ask)
+    return SimpleNamespace(cluster=replace(cluster, machines=machines, etcd_members=3), ex=None), asked
+
+
+def test_status_asks_etcd_of_the_members_only_those_setup_made_first_then_those_they_list(wide):
+    s, asked = wide
+    found, error = operator.read_etcd(s)
+    assert error is None and found["said"] == "quorum: 3 of 3 members answer" and found["leader"] == "10.0.0.1"
+    assert sorted(asked[:3]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"] and asked[3:] == ["10.0.0.5"]
+    assert [m["address"] for m in found["members"]] == ["10.0.0.1", "10.0.0.2", "10.0.0.5"]
+    workers = [operator._machine_entry(a, {"etcd": {"active": "inactive", "proxy": "active", "healthy": True}},
+                                       found, [], {})["etcd"]["role"] for a in s.cluster.machines]
+    assert workers == ["leader", "follower", "worker", "worker", "follower", "worker", "worker", "worker"]
+
+
+def test_status_via_a_member_asks_that_one_only_and_without_quorum_says_the_members_errors_only(wide, monkeypatch):
+    s, asked = wide
+    assert operator.read_etcd(s, via="10.0.0.2")[1] is None and asked == ["10.0.0.2"]
+    asked.clear()
+
+    def ask(ex, address, timeout, partial, reads):
+        asked.append(address)
+        if address == "10.0.0.1":
+            partial[address] = etcd_members.Answer(address, None, False, {}, listing("10.0.0.1", "10.0.0.2", "10.0.0.5"))
+            raise AirError("no quorum")
+        raise AirError(f"etcd at {address}: " + ("HTTP 404" if address == "10.0.0.3" else "cannot reach"))
+    monkeypatch.setattr(etcd_members, "ask", ask)
+    found, error = operator.read_etcd(s)
+    assert sorted(asked) == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.5"]
+    assert error == "no quorum: 1 of 3 members answer (etcd at 10.0.0.2: cannot reach; etcd at 10.0.0.5: cannot reach)"
