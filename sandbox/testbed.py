@@ -427,12 +427,12 @@ def configure_build(node: Node) -> None:
                           f"docker build -q --label air.sandbox.recipe={recipe} -t {BASE_IMAGE} /tmp/air-base "
                           f">/dev/null && rm -rf /tmp/air-base",
                input=context)
-    made = recipe
+    image_made = recipe
     for image, image_recipe in ((ETCD_CLIENT_IMAGE, ETCD_CLIENT_RECIPE), (NGINX_IMAGE, NGINX_RECIPE)):
-        made = hashlib.sha256((made + image_recipe).encode()).hexdigest()[:12]  # the images beneath's too
+        image_made = hashlib.sha256((image_made + image_recipe).encode()).hexdigest()[:12]  # the images beneath's too
         have = inside(node.name, f"docker image inspect -f '{label}' {image} 2>/dev/null || true").strip()
-        if have != made:
-            inside(node.name, image_recipe + f"docker build -q --label air.sandbox.recipe={made} "
+        if have != image_made:
+            inside(node.name, image_recipe + f"docker build -q --label air.sandbox.recipe={image_made} "
                                              f"-t {image} /tmp/air-image >/dev/null && rm -rf /tmp/air-image")
     repositories = [(REPOSITORY, APP_DIR, "master"), (WEBSITE_REPOSITORY, WEBSITE_DIR, WEBSITE_BRANCH)]
     made = inside(node.name, "; ".join(f"cat {path}/{RECIPE_FILE} 2>/dev/null || echo none"
