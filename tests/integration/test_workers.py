@@ -2,8 +2,9 @@
 
 One expensive setup, several outcomes checked from outside, in file order on the state each leaves:
 setup-cluster makes the first 3 machines members and the 5 others workers (etcdctl's member list,
-systemctl, the balancer's routers); the application's own login reads its settings and watches
-through a worker's etcd proxy (etcdctl on the worker, as etcd's gRPC clients do); a worker whose
+systemctl, the balancer's routers); the application on a worker reads its settings and follows the
+maintenance switch through its etcd proxy, with its own logins, over gRPC (seen from outside, on
+the worker's router); a worker whose
 proxy reaches no member shows in `fab status`; a deploy at 25 % unavailable, with the probe and a
 long request in flight, takes 2 machines out at most and never two members; remove-machine of a member, with the probe and a long
 request in flight, promotes a worker and etcd keeps 3 healthy members.
@@ -12,6 +13,7 @@ The 8 machines are the sandbox's 2 spares and 6 extra ones, brought up for this 
 leaves the spares fresh, the extra machines gone and `wide`'s balancer stopped. `wide` has its own
 cluster file, secrets folder (a copy, without the etcd peer certificates) and balancer ports.
 """
+import http.client
 import json
 import shutil
 import time
@@ -22,8 +24,7 @@ import yaml
 
 from conftest import (MACHINES, ROOT, SPARES, NOBODY, Probe, Rotation, Running, Slow, etcdctl, fab, healthy_members,
                       machine_releases, make_fresh, on, on_each, routed_in)
-from cloudconfig.units import ETCD_PROXY_UNIT, ETCD_UNIT, SECRETS_DIR, UNIT_DIR
-from tasks.model import etcd_access
+from cloudconfig.units import ETCD_PROXY_UNIT, ETCD_UNIT, UNIT_DIR
 
 NAME = "wide"
 EXTRA = 6      # machines beyond the session's spares: 8 fresh ones in all
@@ -121,33 +122,55 @@ def test_setup_makes_the_first_three_machines_members_and_the_others_workers(wid
     assert not [w for w in view["warnings"] if "worker" in w["problem"] or "etcd" in w["problem"]], view["warnings"]
 
 
-def login_read(cluster, worker, component, command):
-    """etcdctl ``command`` on ``worker`` through its proxy (127.0.0.1:2379), logged in as ``component``'s
-    own etcd user: its password read there from its secrets file, never on a command line."""
-    user = etcd_access.user_of(component)
-    password_file = f"{SECRETS_DIR}/{component}/{etcd_access.PASSWORD_FILE}"
-    return on(cluster, worker, f"ETCDCTL_USER={user}:$(cat {password_file}) ETCDCTL_API=3 "
-                               f"etcdctl --endpoints=127.0.0.1:2379 {command}", check=False)
+def direct(address, path, accept=None) -> tuple:
+    """(status, body) of GET ``path`` on the router of ``address`` (its port 80), from this machine."""
+    conn = http.client.HTTPConnection(address, 80, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Accept": accept} if accept else {})
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
 
 
-def test_the_application_on_a_worker_reads_and_watches_its_settings_through_the_proxy(wide):
+def answers(address, status, within=10.0) -> bool:
+    """True once the router of ``address`` answers /version with ``status`` (within ``within`` s)."""
+    deadline = time.monotonic() + within
+    while direct(address, "/version")[0] != status:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def watches(cluster, address) -> list:
+    """The ids of the etcdctl processes watching etcd in the router's container on ``address``."""
+    found = on(cluster, address, "docker top air-router -eo pid,args").stdout
+    return [line.split()[0] for line in found.splitlines()[1:] if line.split()[1:2] == ["etcdctl"] and " watch " in line]
+
+
+def test_the_application_on_a_worker_reads_its_settings_and_follows_the_maintenance_switch(wide):
+    """Through the worker's own router, from outside: air_backend's /settings (read with its own
+    login through the worker's etcd proxy, over gRPC) and the router's maintenance page (one
+    long-lived etcdctl watch through the proxy, the same process for both changes)."""
     cluster, env = wide
     worker = cluster.machines[-1]
-    prefix = f"/air/{NAME}/app/"
-    read = login_read(cluster, worker, "air_backend", f"get --print-value-only {prefix}settings/site/name")
-    assert read.exited == 0 and read.stdout.strip() == "Air sandbox", read.stdout + read.stderr
+    status, body = direct(worker, "/settings")
+    assert status == 200 and json.loads(body) == {"component": "air_backend", "machine": worker,
+                                                  "site_name": "Air sandbox", "database_password": "present"}, body
+    watching = watches(cluster, worker)
+    assert len(watching) == 1, watching
+    message = f"Back soon {time.monotonic():.0f}"
+    fab("maintenance.on", "--cluster", NAME, "--message", message, env=env)
+    assert answers(worker, 503)
+    assert json.loads(direct(worker, "/", accept="application/json")[1]) == {"maintenance": True, "message": message}
+    fab("maintenance.off", "--cluster", NAME, env=env)
+    assert answers(worker, 200)
+    assert watches(cluster, worker) == watching
     # The proxy's own certificate carries no identity: without a login, etcd refuses.
+    prefix = f"/air/{NAME}/app/"
     anonymous = on(cluster, worker, f"ETCDCTL_API=3 etcdctl get {prefix}settings/site/name", check=False)
     assert anonymous.exited != 0 and "permission denied" in anonymous.stderr
-    # The router's login watches the maintenance key through the proxy and sees it change.
-    watch = f"ETCDCTL_USER={etcd_access.user_of('router')}:$(cat {SECRETS_DIR}/router/{etcd_access.PASSWORD_FILE}) " \
-            f"ETCDCTL_API=3 timeout 20 etcdctl watch {prefix}maintenance < /dev/null > /tmp/air-watch 2>&1 &"
-    on(cluster, worker, f"sh -c '{watch}'")
-    time.sleep(1)
-    fab("maintenance.on", "--cluster", NAME, env=env)
-    fab("maintenance.off", "--cluster", NAME, env=env)
-    seen = on(cluster, worker, "sleep 1; cat /tmp/air-watch").stdout
-    assert seen.count("PUT") >= 1 and f"{prefix}maintenance" in seen, seen
 
 
 def test_a_worker_whose_proxy_reaches_no_member_shows_in_status(wide):
