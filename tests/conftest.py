@@ -477,7 +477,7 @@ class Rotation(Poller):
 class Probe:
     """Steady GET /version requests to the balancer in a thread, until stopped or a bound is reached."""
 
-    def __init__(self, address, port, max_requests=3000, max_seconds=120, interval=0.04):
+    def __init__(self, address, port, max_requests=3000, max_seconds=120, interval=0.1):
         self.address, self.port = address, port
         self.max_requests, self.max_seconds, self.interval = max_requests, max_seconds, interval
         self.sent = self.failed = 0
