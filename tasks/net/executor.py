@@ -558,7 +558,12 @@ def _lines_to(on_line: Callable, data: bytes) -> bytes:
 
 
 def _ask_keepalive(transport, answered: threading.Event) -> None:
-    transport.global_request("keepalive@openssh.com", wait=True)
+    """One keepalive; ``answered`` set when the host answers. A transport closing under it (the
+    machine removed, the task ending) is no answer: the watcher sees the transport inactive."""
+    try:
+        transport.global_request("keepalive@openssh.com", wait=True)
+    except (OSError, paramiko.SSHException, EOFError):
+        return
     answered.set()
 
 

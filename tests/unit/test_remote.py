@@ -270,3 +270,18 @@ def test_what_a_signal_handler_says_inside_say_is_printed_not_a_deadlock(capsys)
         signal.signal(signal.SIGUSR1, previous[0])
         signal.signal(signal.SIGALRM, previous[1])
     assert said.is_set() and "interrupt: nested" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fails_with", [EOFError(), OSError("socket closed"), None])
+def test_a_keepalive_answered_sets_the_event_and_one_cut_off_is_no_answer_nor_a_thread_error(fails_with):
+    import threading
+    from tasks.net.executor import _ask_keepalive
+
+    class Transport:
+        def global_request(self, kind, wait):
+            assert (kind, wait) == ("keepalive@openssh.com", True)
+            if fails_with is not None:
+                raise fails_with
+    answered = threading.Event()
+    _ask_keepalive(Transport(), answered)
+    assert answered.is_set() is (fails_with is None)
