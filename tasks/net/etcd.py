@@ -512,14 +512,14 @@ class Etcd:
         except RemoteError:
             self._drop(lease_id)
             raise
-        mine = _range_kv(result)
-        if mine is not None and int(mine.get("lease", 0)) == int(lease_id):
-            # An unanswered try that did apply: taken, but what it read is lost with its answer.
-            return Lock(self, key, dict(holder), ttl, lease_id, int(mine["create_revision"]), confirmed=sent)
         if result.get("succeeded"):
             read = _read_of(result.get("responses", [])[1:], keys, prefixes) if keys or prefixes else None
             return Lock(self, key, dict(holder), ttl, lease_id, int(result["header"]["revision"]), confirmed=sent,
                         read=read)
+        mine = _range_kv(result)
+        if mine is not None and int(mine.get("lease", 0)) == int(lease_id):
+            # An unanswered try that did apply: taken, but what it read is lost with its answer.
+            return Lock(self, key, dict(holder), ttl, lease_id, int(mine["create_revision"]), confirmed=sent)
         self._drop(lease_id)
         current = _range_kv(result)
         if current is None:  # not expected: the same transaction found the key
@@ -531,7 +531,8 @@ class Etcd:
         a connection of its own, while the health check and the login go: a grant needs no login."""
         ttl = max(2, int(ttl))
         client = self._new_client(self.timeout)
-        self._lease_ahead = (ttl, _started(lambda: self._call(f"grant a {ttl} s lease", client.lease, ttl).id))
+        # One try, not retried: a member without quorum is left at once, and the lease is asked then.
+        self._lease_ahead = (ttl, _started(lambda: client.lease(ttl).id))
 
     def _lease(self, ttl: int) -> int:
         """The id of a new lease of ``ttl`` s: the one asked ahead when there is one, else granted now."""
@@ -539,8 +540,8 @@ class Etcd:
         if ahead is not None and ahead[0] == ttl:
             try:
                 return int(ahead[1].result())
-            except RemoteError:
-                pass  # asked through a member since left, say: granted now, as without one
+            except Exception:  # noqa: BLE001 - any failure of the try ahead: granted now, retried and said as ever
+                pass
         return int(self._call(f"grant a {ttl} s lease", self._client.lease, ttl).id)
 
     def holder(self, key: str) -> Optional[dict]:
