@@ -55,6 +55,15 @@ def add_history(etcd, cluster, record: dict) -> str:
     return stamp
 
 
+def write_outcome(etcd, cluster, release: Release, record: dict) -> None:
+    """``record``, ``release``'s record with its outcome, as the cluster's current release and in its
+    history at once: ``write_release`` and ``add_history`` in one transaction (one round trip)."""
+    meta = {k: v for k, v in record.items() if k not in ("id", "components")}
+    stamp = record.get("when") or state.now()
+    etcd.write_many({state.release_key(cluster): state.release_record(release, **meta),
+                     state.history_key(cluster, stamp): json.dumps(record, sort_keys=True)})
+
+
 def history(etcd, cluster) -> list:
     """Release records, oldest first, each checked (``parsed``)."""
     items = etcd.get_prefix(state.history_prefix(cluster))
