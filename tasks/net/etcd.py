@@ -474,13 +474,21 @@ class Etcd:
                 raise
 
     def healthy(self) -> bool:
-        """True when the member says it is healthy (``HEALTH_PATH``): it has a leader and a quorum read
-        through raft answered within a second, that is, the cluster has quorum. It needs no login."""
+        """True when the cluster has quorum and a leader, as this member sees it. First its own health
+        (``HEALTH_PATH``: a leader, and a quorum read through raft answered within a second), which
+        needs no login; when that says no, a linearizable read, which may take the client's timeout
+        (a loaded member, an election under way)."""
         client = self._client
         try:
             answer = client.session.get(client.base_url + HEALTH_PATH, timeout=self.timeout)
-            return answer.status_code == 200 and answer.json().get("health") == "true"
-        except (requests.RequestException, ValueError, RemoteError):  # ValueError: not JSON
+            if answer.status_code == 200 and answer.json().get("health") == "true":
+                return True
+        except (requests.RequestException, ValueError):  # ValueError: not JSON
+            pass
+        try:
+            client.get(b"health", serializable=False)
+            return True
+        except (gw_errors.Etcd3Exception, requests.RequestException, RemoteError):  # RemoteError: no login
             return False
 
     # The lock.

@@ -518,6 +518,16 @@ def test_the_member_list_asked_ahead_answers_once_and_not_after_a_change(etcd):
     assert len(asked) == 4 and asked[-1] is etcd._client
 
 
+def test_health_is_the_members_own_word_then_a_quorum_read_when_it_says_no(etcd, monkeypatch):
+    asked = []
+    get = etcd._client.session.get
+    monkeypatch.setattr(etcd._client.session, "get", lambda url, **kw: asked.append(url) or get(url, **kw))
+    assert etcd.healthy() and [u.rsplit("/", 1)[-1] for u in asked] == ["health"]  # etcd's /health: one request
+    sick = SimpleNamespace(status_code=503, json=lambda: {"health": "false"})
+    monkeypatch.setattr(etcd._client.session, "get", lambda url, **kw: sick)
+    assert etcd.healthy()  # a member slow to answer its own check: the quorum read decides
+
+
 def test_a_lock_taken_with_reads_reads_at_its_revision(etcd):
     p = etcd.prefix
     etcd.put(p + "record", "r1")
