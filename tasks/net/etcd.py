@@ -876,7 +876,9 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5, ch
             failures.append(e)
     if failures:
         _close_all(spare)
-        first = failures[0]
+        # paramiko keeps one refusal per connection, not per channel: of channels refused together,
+        # one may say why (ChannelException) and the others only that they did not open.
+        first = next((e for e in failures if isinstance(e, paramiko.ChannelException)), failures[0])
         if isinstance(first, paramiko.ChannelException):
             raise RemoteError(f"etcd at {label}: cannot connect there ({first.text}): is etcd running?") from None
         raise RemoteError(f"etcd at {label}: cannot open the tunnel "

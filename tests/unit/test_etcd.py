@@ -504,6 +504,28 @@ def test_the_channels_asked_for_are_opened_at_once_and_serve_requests_side_by_si
     assert len(conn.channels) == 3
 
 
+def test_channels_refused_together_say_that_nothing_listens_there(etcd):
+    import threading
+
+    class Refusing(FakeConnection):
+        """paramiko keeps one refusal per connection: the channel that misses it only says it did not open."""
+        def __init__(self, port):
+            super().__init__(port)
+            self.calls, self.lock = 0, threading.Lock()
+
+        def open_channel(self, kind, destination, origin, timeout=None):
+            with self.lock:
+                self.calls += 1
+                first = self.calls == 1
+            raise paramiko.SSHException("Unable to open channel.") if first else paramiko.ChannelException(2, "Connect failed")
+
+    with pytest.raises(RemoteError) as failed:
+        with tunnel(FakeTunnelExecutor(Refusing(etcd.port)), "node1", channels=3):
+            pass
+    assert str(failed.value) == ("etcd at node1 (SSH tunnel to its 127.0.0.1:2379): cannot connect there "
+                                 "(Connect failed): is etcd running?")
+
+
 def test_the_member_list_asked_ahead_answers_once_and_not_after_a_change(etcd):
     asked = []
     real = etcd._members_of
