@@ -8,9 +8,11 @@ component, built and pushed untimed, then the rollout timed); the no-op deploy a
 are run as an operator runs them. Round trips are the executor's counts
 (``tasks.net.trips``) of the rollout alone (the build and push before it apart): per machine, the
 most commands any machine answered; fixed, everything else the rollout waited for (etcd, the
-balancer, logins). Figures only; nothing is asserted about time.
+balancer, logins). Figures only; nothing is asserted about time. ``--list`` prints instead every
+round trip of one no-op deploy and of one rollout at the given RTT, in order, each with when it was
+counted and what it was (``RoundTrips.timeline``): what to shorten next.
 
-    python bench/wan.py [--rtt-ms 50] [--runs N] [--json]
+    python bench/wan.py [--rtt-ms 50] [--runs N] [--json] [--list]
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from common import fab  # first: it puts the project root on sys.path
 from rolling import ensure_installed, rolling_run
 from sandbox import testbed as sb
 from tasks.model import cluster as cluster_config
+from tasks.net.session import session
+from tasks.runbooks import deploy, records
 
 COMPONENT = "static_website"
 
@@ -42,16 +46,43 @@ def figures(cluster, runs: int) -> dict:
                             "hosts": trips.summary()["hosts"]}}
 
 
+def noop_deploy_trips(cluster) -> list:
+    """The round trips of one no-op deploy, run in this process as `fab deploy` runs it (its hooks
+    apart: the sandbox's cluster has none)."""
+    host = cluster.build.host
+    with session(cluster, f"deploy {cluster.build.branch}", ahead=[host], reads=records.snapshot_reads(cluster),
+                 registry=True) as s:
+        deploy.deploy_release(s, host, None)
+    return s.ex.trips.timeline()  # the lock's release included
+
+
+def print_timeline(title: str, trips: list) -> None:
+    print(f"{title}: {len(trips)} round trips")
+    for trip in trips:
+        print(f"  {trip.at - trip.took:6.3f} -> {trip.at:6.3f} s  {trip.host:17} {trip.kind:8} {trip.what}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtt-ms", type=float, default=50, help="the WAN's round-trip time (default 50)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each figure, at each RTT (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--list", action="store_true", help="print the round trips of one no-op deploy and one "
+                                                            "rollout at --rtt-ms, in order")
     args = parser.parse_args()
 
     sb.bring_up(3, 2)
     cluster = cluster_config.load("local")
     ensure_installed(cluster)
+    if args.list:
+        try:
+            sb.set_rtt(args.rtt_ms)
+            fab("deploy", "--cluster", "local")  # the release record then keeps its build inputs
+            print_timeline(f"no-op deploy at {args.rtt_ms:g} ms", noop_deploy_trips(cluster))
+            print_timeline(f"rollout at {args.rtt_ms:g} ms", rolling_run(cluster, COMPONENT)["trips"].timeline())
+        finally:
+            sb.set_rtt(0)
+        return
     try:
         sb.set_rtt(0)
         lan = figures(cluster, args.runs)

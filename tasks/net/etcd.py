@@ -29,6 +29,7 @@ import base64
 import json
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
@@ -41,6 +42,7 @@ from tasks.model import etcd_access
 from tasks.model.errors import HealthError, LockedError, LostLock, RemoteError
 from tasks.net import deferred
 from tasks.net.tunnel import bridged
+from tasks.net.trips import request_of, took_by
 
 if TYPE_CHECKING:
     import requests
@@ -70,7 +72,11 @@ RETRY_FOR = 15  # seconds an idempotent call keeps retrying through a leader cha
 TOKEN_FRESH = 240
 LOGIN_PAUSE = 3  # s: after a login etcd could not answer (no quorum), requests go without one meanwhile
 _TOKEN_REFUSED = "invalid auth token"
-NO_LOGIN_NEEDED = {API_PATH + "maintenance/status", API_PATH + "cluster/member/list"}
+HEALTH_PATH = "/health"  # the member's own health (beside the gateway, not under API_PATH)
+# Answered without a login: a member's status, the member list, its health, and a lease's grant
+# (a lease is no key: etcd checks the login of what is put with it, not of the grant).
+NO_LOGIN_NEEDED = {API_PATH + "maintenance/status", API_PATH + "cluster/member/list", API_PATH + "lease/grant",
+                   HEALTH_PATH}
 _AUTH_OFF = "authentication is not enabled"
 _NO_LOGIN = "user name is empty"
 
@@ -112,6 +118,8 @@ class Etcd:
         self._token_used = 0.0
         self._no_login_until = 0.0  # after a login etcd could not answer, none is tried before then
         self._token_lock = threading.Lock()
+        self._lease_ahead: Optional[tuple] = None  # (ttl, Future of the lease id) asked by ``grant_ahead``
+        self._members_ahead: Optional[Future] = None  # the member list asked by ``members_ahead``
         self._client = self._new_client(timeout)
         self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
         # Sends the connections opened from then on to the member on another host (``tunnel``'s).
@@ -152,28 +160,53 @@ class Etcd:
         write). Then requests go without one: a member's status and member list need none, and
         what needs one is refused ("user name is empty")."""
         with self._token_lock:
-            now = boottime()
-            if self._token is None or (self._token and now - self._token_used > TOKEN_FRESH):
-                if now < self._no_login_until:
-                    return ""
-                self._token = self._log_in()
-                if self._token is None:
-                    self._no_login_until = now + LOGIN_PAUSE
-                    return ""
-            self._token_used = now
-            return self._token
+            return self._current_token(self._client)
+
+    def _current_token(self, client) -> str:
+        """``token``'s answer, the token lock held; a login goes over ``client``'s connection."""
+        now = boottime()
+        if self._token is None or (self._token and now - self._token_used > TOKEN_FRESH):
+            if now < self._no_login_until:
+                return ""
+            self._token = self._log_in(client) if client is not self._client else self._log_in()
+            if self._token is None:
+                self._no_login_until = now + LOGIN_PAUSE
+                return ""
+        self._token_used = now
+        return self._token
+
+    def log_in_ahead(self) -> None:
+        """Log in now, on a connection of its own, while this client's first requests go (a health
+        check, a lease grant: neither needs the token): the first request that needs it waits for
+        this login rather than making its own, a round trip later. A login that fails here is
+        tried again, and reported, by that request."""
+        if self._login is None or self._token is not None:
+            return
+        client, holding = self._new_client(self.timeout), threading.Event()
+
+        def log_in() -> None:
+            with self._token_lock:
+                holding.set()
+                try:
+                    self._current_token(client)
+                except RemoteError:
+                    pass  # said again by the first request that needs the token
+        threading.Thread(target=log_in, name="etcd login", daemon=True).start()
+        holding.wait()  # a request made from now on waits for this login
 
     @property
     def auth_enabled(self) -> bool:
         """Whether etcd asks for a login (known once this client, made with one, has logged in)."""
         return bool(self._login is not None and self.token())
 
-    def _log_in(self) -> Optional[str]:
+    def _log_in(self, client=None) -> Optional[str]:
         """One try: the token, "" when authentication is off, None when etcd cannot answer a login
         now (without quorum it cannot: said at once, not retried); a refused login raises."""
         assert self._login is not None
         user, password = self._login
-        client = self._client  # its connection, without the token this gets (the auth given here replaces it)
+        # ``client``'s connection (default: this client's), without the token this gets (the auth
+        # given here replaces it).
+        client = client or self._client
         try:
             answer = client.post(client.get_url("/auth/authenticate"), json={"name": user, "password": password},
                                  auth=_without_token)
@@ -260,16 +293,9 @@ class Etcd:
         """({key: value or None}, {prefix: {key: value}}): several keys and prefixes read in one
         request (a transaction of reads: one round trip, one revision)."""
         keys, prefixes = list(keys), list(prefixes)
-        ranges = [{"request_range": {"key": _b64(_bytes(k))}} for k in keys]
-        ranges += [{"request_range": {"key": _b64(_bytes(p) or b"\0"), "range_end": _b64(_prefix_end(p))}}
-                   for p in prefixes]
         result = self._call(f"read {len(keys)} key(s) and {len(prefixes)} prefix(es)", self._client.transaction,
-                            {"compare": [], "success": ranges, "failure": []})
-        answers = [r.get("response_range", {}).get("kvs", []) for r in result.get("responses", [])]
-        text = lambda kv: _unb64(kv.get("value", "")).decode()  # the gateway leaves an empty value out
-        values = {k: text(kvs[0]) if kvs else None for k, kvs in zip(keys, answers)}
-        found = {p: {_unb64(kv["key"]).decode(): text(kv) for kv in kvs} for p, kvs in zip(prefixes, answers[len(keys):])}
-        return values, found
+                            {"compare": [], "success": _ranges(keys, prefixes), "failure": []})
+        return _read_of(result.get("responses", []), keys, prefixes)
 
     def delete(self, key: str) -> None:
         self._write(f"delete {key}", {"request_delete_range": {"key": _b64(_bytes(key))}},
@@ -353,6 +379,7 @@ class Etcd:
         membership change, a leadership transfer, a v2 write): LostLock unless the lock key is
         still the one this task created. One round trip: a transaction of the comparison alone
         (a linearizable read), retried through an election like any read."""
+        self._members_ahead = None  # the member list asked ahead may be changed by this
         if self.fence is None:
             return
         key, revision = self.fence
@@ -378,7 +405,24 @@ class Etcd:
     # Membership.
 
     def members(self) -> list:
-        return [_member(m) for m in self._call("list members", self._client.members)]
+        """The cluster's members; the list ``members_ahead`` asked for when there is one (used once)."""
+        ahead, self._members_ahead = self._members_ahead, None
+        if ahead is not None:
+            try:
+                return ahead.result()
+            except RemoteError:
+                pass  # asked again now, and said if it fails again
+        return self._members_of(self._client)
+
+    def _members_of(self, client) -> list:
+        return [_member(m) for m in self._call("list members", client.members)]
+
+    def members_ahead(self) -> None:
+        """Ask for the member list now, on a connection of its own, for the next ``members`` (a task
+        holding the cluster's lock that reads it later: membership changes under that lock only, and
+        this client's own changes drop the answer, ``confirm_fence``)."""
+        client = self._new_client(self.timeout)
+        self._members_ahead = _started(lambda: self._members_of(client))
 
     def add_member(self, peer_url: str, learner: bool = True) -> Member:
         """Announce a member before it starts; a learner does not count for quorum until promoted."""
@@ -430,29 +474,43 @@ class Etcd:
                 raise
 
     def healthy(self) -> bool:
-        """True when a linearizable read answers, that is, the cluster has quorum and a leader."""
+        """True when the cluster has quorum and a leader, as this member sees it. First its own health
+        (``HEALTH_PATH``: a leader, and a quorum read through raft answered within a second), which
+        needs no login; when that says no, a linearizable read, which may take the client's timeout
+        (a loaded member, an election under way)."""
+        client = self._client
         try:
-            self._client.get(b"health", serializable=False)
+            answer = client.session.get(client.base_url + HEALTH_PATH, timeout=self.timeout)
+            if answer.status_code == 200 and answer.json().get("health") == "true":
+                return True
+        except (requests.RequestException, ValueError):  # ValueError: not JSON
+            pass
+        try:
+            client.get(b"health", serializable=False)
             return True
         except (gw_errors.Etcd3Exception, requests.RequestException, RemoteError):  # RemoteError: no login
             return False
 
     # The lock.
 
-    def acquire(self, key: str, holder: dict, ttl: int = 30) -> "Lock":
+    def acquire(self, key: str, holder: dict, ttl: int = 30, reads: tuple = ((), ())) -> "Lock":
         """Take the lock ``key`` at once or raise LockedError naming its holder; never waits.
 
         ``holder`` (who, since, why, ...) is stored as JSON under ``key``,
         attached to a lease of ``ttl`` s kept alive until ``release()``: if this
-        process dies the lock goes away by itself within ``ttl`` s.
+        process dies the lock goes away by itself within ``ttl`` s. ``reads``:
+        (keys, prefixes) read in the transaction that takes it, so at the
+        revision the lock was taken at and in the same round trip
+        (``Lock.take_read``; as ``read_many`` answers).
         """
         ttl = max(2, int(ttl))
-        lease = self._call(f"grant a {ttl} s lease", self._client.lease, ttl)
+        lease_id = self._lease(ttl)
         encoded = _bytes(key)
+        keys, prefixes = reads
         txn = {
             "compare": [{"key": _b64(encoded), "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
             "success": [{"request_put": {"key": _b64(encoded), "value": _b64(_bytes(json.dumps(holder))),
-                                         "lease": lease.id}}],
+                                         "lease": lease_id}}, *_ranges(keys, prefixes)],
             "failure": [{"request_range": {"key": _b64(encoded)}}],
         }
         sent = boottime()  # the lock is ours as of then when this transaction takes it: a confirmation
@@ -460,18 +518,39 @@ class Etcd:
             # Retried when unanswered: a try that did apply is then found holding our own lease.
             result = self._call(f"take lock {key}", self._client.transaction, txn)
         except RemoteError:
-            self._drop(lease.id)
+            self._drop(lease_id)
             raise
-        mine = _range_kv(result)
-        if mine is not None and int(mine.get("lease", 0)) == int(lease.id):
-            return Lock(self, key, dict(holder), ttl, lease.id, int(mine["create_revision"]), confirmed=sent)
         if result.get("succeeded"):
-            return Lock(self, key, dict(holder), ttl, lease.id, int(result["header"]["revision"]), confirmed=sent)
-        self._drop(lease.id)
+            read = _read_of(result.get("responses", [])[1:], keys, prefixes) if keys or prefixes else None
+            return Lock(self, key, dict(holder), ttl, lease_id, int(result["header"]["revision"]), confirmed=sent,
+                        read=read)
+        mine = _range_kv(result)
+        if mine is not None and int(mine.get("lease", 0)) == int(lease_id):
+            # An unanswered try that did apply: taken, but what it read is lost with its answer.
+            return Lock(self, key, dict(holder), ttl, lease_id, int(mine["create_revision"]), confirmed=sent)
+        self._drop(lease_id)
         current = _range_kv(result)
         if current is None:  # not expected: the same transaction found the key
             raise LockedError(f"{key} was held a moment ago; try again")
         raise LockedError(self._locked_message(key, current))
+
+    def grant_ahead(self, ttl: int) -> None:
+        """Ask for the lease of the lock about to be taken (``acquire`` with the same ``ttl``) now, on
+        a connection of its own, while the health check and the login go: a grant needs no login."""
+        ttl = max(2, int(ttl))
+        client = self._new_client(self.timeout)
+        # One try, not retried: a member without quorum is left at once, and the lease is asked then.
+        self._lease_ahead = (ttl, _started(lambda: client.lease(ttl).id))
+
+    def _lease(self, ttl: int) -> int:
+        """The id of a new lease of ``ttl`` s: the one asked ahead when there is one, else granted now."""
+        ahead, self._lease_ahead = self._lease_ahead, None
+        if ahead is not None and ahead[0] == ttl:
+            try:
+                return int(ahead[1].result())
+            except Exception:  # noqa: BLE001 - any failure of the try ahead: granted now, retried and said as ever
+                pass
+        return int(self._call(f"grant a {ttl} s lease", self._client.lease, ttl).id)
 
     def holder(self, key: str) -> Optional[dict]:
         return holder_of(self.get(key))
@@ -593,9 +672,10 @@ class Lock:
     """
 
     def __init__(self, etcd: Etcd, key: str, holder: dict, ttl: int, lease_id: int, revision: int = 0,
-                 confirmed: Optional[float] = None):
+                 confirmed: Optional[float] = None, read: Optional[tuple] = None):
         self.etcd, self.key, self.holder, self.ttl, self.lease_id = etcd, key, holder, ttl, lease_id
         self.revision = revision
+        self._read = read  # what the taking read (``Etcd.acquire``'s ``reads``), until taken
         self.stuck: Callable[[], Optional[str]] = lambda: None
         self._stop = threading.Event()
         self._lost: Optional[str] = None
@@ -620,6 +700,12 @@ class Lock:
     def fence(self) -> tuple:
         """(key, create revision): what the changes of a client fenced by this lock compare (``Etcd.fence``)."""
         return self.key, self.revision
+
+    def take_read(self) -> Optional[tuple]:
+        """What the transaction that took the lock read (as ``Etcd.read_many`` answers), once: None
+        when it read nothing, or when that was taken already (it is as old as the lock then)."""
+        read, self._read = self._read, None
+        return read
 
     @property
     def held(self) -> bool:
@@ -701,6 +787,35 @@ class Lock:
             self._renewed = sent
 
 
+def _ranges(keys, prefixes) -> list:
+    """The range requests of a transaction reading ``keys`` and ``prefixes``, in that order."""
+    return ([{"request_range": {"key": _b64(_bytes(k))}} for k in keys] +
+            [{"request_range": {"key": _b64(_bytes(p) or b"\0"), "range_end": _b64(_prefix_end(p))}} for p in prefixes])
+
+
+def _read_of(responses: list, keys, prefixes) -> tuple:
+    """``read_many``'s answer from the responses of ``_ranges(keys, prefixes)``."""
+    keys, prefixes = list(keys), list(prefixes)
+    answers = [r.get("response_range", {}).get("kvs", []) for r in responses]
+    text = lambda kv: _unb64(kv.get("value", "")).decode()  # the gateway leaves an empty value out
+    values = {k: text(kvs[0]) if kvs else None for k, kvs in zip(keys, answers)}
+    found = {p: {_unb64(kv["key"]).decode(): text(kv) for kv in kvs} for p, kvs in zip(prefixes, answers[len(keys):])}
+    return values, found
+
+
+def _started(work: Callable) -> Future:
+    """``work()`` run in a thread of its own from now on; its Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as e:  # noqa: B036 - handed to whoever asks for the result
+            future.set_exception(e)
+    threading.Thread(target=run, name="etcd ahead", daemon=True).start()
+    return future
+
+
 def fenced_txn(lock_key: str, revision: int, *requests: dict) -> dict:
     """A transaction applying ``requests`` (none: it only tells whether it would) only while
     ``lock_key`` is the key created at ``revision``. Pure."""
@@ -727,14 +842,16 @@ def _transient(error: Exception, unanswered_too: bool) -> bool:
 
 
 @contextmanager
-def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) -> Iterator[Etcd]:
+def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5, channels: int = 1) -> Iterator[Etcd]:
     """An ``Etcd`` client of the member on ``host``, through SSH (over the executor's connection)
     to its 127.0.0.1:``remote_port``, logged in as the cluster's root when it has ``etcd_auth``, and
     fenced by the lock the executor's task holds, if any (a promotion asked of the leader, say).
 
     Nothing listens on this machine: each HTTP connection of the client is its own SSH channel,
     handed to the client as one end of an unnamed socket pair, so no other local user (nor any
-    other process) can reach etcd through us, and there is no port or socket file to guard."""
+    other process) can reach etcd through us, and there is no port or socket file to guard.
+    ``channels``: how many are opened at once at the start, for as many connections the client's
+    first requests make side by side (``Etcd.log_in_ahead``, say): one round trip for all."""
     def where(at: str) -> str:
         return f"{at} (SSH tunnel to its 127.0.0.1:{remote_port})"
     label = where(host)
@@ -748,14 +865,24 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
         transport = ex.conn(to or route[0]).transport
         return transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), ("127.0.0.1", 0), timeout=timeout)
 
-    spare = []  # the channel opened first, kept for the client's first connection (one round trip less)
-    try:
-        # One channel first: "nothing listens there" is then said at once, not after a timeout.
-        spare.append(channel())
-    except paramiko.ChannelException as e:
-        raise RemoteError(f"etcd at {label}: cannot connect there ({e.text}): is etcd running?") from None
-    except (paramiko.SSHException, OSError, EOFError) as e:
-        raise RemoteError(f"etcd at {label}: cannot open the tunnel ({_first_line(e) or type(e).__name__})") from None
+    # The channels opened first, kept for the client's first connections (one round trip less each).
+    # Opened before anything is sent: "nothing listens there" is then said at once, not after a timeout.
+    opening = [_started(channel) for _ in range(max(1, channels))]
+    spare, failures = [], []
+    for future in opening:
+        try:
+            spare.append(future.result())
+        except (paramiko.SSHException, OSError, EOFError) as e:  # ChannelException is an SSHException
+            failures.append(e)
+    if failures:
+        _close_all(spare)
+        # paramiko keeps one refusal per connection, not per channel: of channels refused together,
+        # one may say why (ChannelException) and the others only that they did not open.
+        first = next((e for e in failures if isinstance(e, paramiko.ChannelException)), failures[0])
+        if isinstance(first, paramiko.ChannelException):
+            raise RemoteError(f"etcd at {label}: cannot connect there ({first.text}): is etcd running?") from None
+        raise RemoteError(f"etcd at {label}: cannot open the tunnel "
+                          f"({_first_line(first) or type(first).__name__})") from None
 
     def opened():
         try:
@@ -773,7 +900,7 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5) ->
             raise OSError(f"the SSH channel to {where(route[0])} failed ({_first_line(e) or type(e).__name__})") from None
 
     def counted(response, *args, **kwargs):  # a round trip to the member the connections go to now
-        ex.trips.count(route[0], "etcd")
+        ex.trips.count(route[0], "etcd", what=request_of(response), took=took_by(response))
         return response
 
     client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login,

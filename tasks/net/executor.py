@@ -147,6 +147,7 @@ class Executor:
         self._active: dict = {}                # step id -> (host, what, deadline, started), monotonic times
         self._closed = threading.Event()
         self._spares: dict = {}                # host -> the _Spare channel opened ahead for its next command
+        self.registry_client = None            # the task's one registry client (``tasks.net.registry.of_task``)
         # On a terminal, a line of the steps in flight per machine, redrawn in place; elsewhere plain lines only.
         self._progress = progress if progress is not None else sys.stderr
         self._ticker = threading.Thread(target=self._show_progress, name="progress", daemon=True)
@@ -208,8 +209,8 @@ class Executor:
             conn = Connection(host, gateway=via, **self._settings())
             conn.client.load_host_keys(str(self.cluster.ssh.known_hosts))
             conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            sent = time.monotonic()
             try:
-                self.trips.count(host, "login")
                 conn.open()
             except Exception as e:  # anything that stops a login is an answer here
                 conn.close()
@@ -217,12 +218,17 @@ class Executor:
                 if getattr(self._local, "ahead", False):
                     self._ahead_failed[host] = (time.monotonic(), failure)
                 raise failure from None
+            finally:
+                self.trips.count(host, "login", what="SSH login", took=time.monotonic() - sent)
             if self._closed.is_set():  # opened ahead, after the task ended
                 conn.close()
                 raise Unreachable(host, "the task has ended")
             without_nagle(conn.transport.sock)
             conn.air_sudo = self.cluster.ssh.user != "root"
             self._conns[host] = conn
+            with self._lock:  # the first command's channel too is opened ahead (one round trip less)
+                if not self._closed.is_set():
+                    self._spares[host] = _Spare(conn.transport, self.cluster.timeouts.connect)
             threading.Thread(target=self._watch, args=(host, conn), name=f"keepalive {host}", daemon=True).start()
             return conn
 
@@ -421,9 +427,9 @@ class Executor:
               stream: bool = False, on_line: Callable = None) -> tuple:
         """(exit status, stdout, stderr) of one command on its own channel; gives up ``LOCAL_GRACE``
         s after ``deadline`` when the host's own ``timeout`` has not answered."""
-        give_up = time.monotonic() + deadline + LOCAL_GRACE
+        sent = time.monotonic()
+        give_up = sent + deadline + LOCAL_GRACE
         errors: list = []
-        self.trips.count(host, "command")
         try:
             channel = self._session_channel(host, conn)
             exec_unconfirmed(channel, command)
@@ -457,6 +463,8 @@ class Executor:
         except (paramiko.SSHException, OSError, EOFError) as e:
             why = self._gone.get(host) or _reason(e)
             raise RemoteError(f"{host}: {what}: connection lost ({why})") from None
+        finally:  # counted once it ended, answered or not
+            self.trips.count(host, "command", what=what, took=time.monotonic() - sent)
 
     # ------------------------------------------------------------ streams
 
@@ -478,7 +486,7 @@ class Executor:
             return conn.run(sent, pty=True, warn=True).exited
         sent = stream_wrapped(command, conn.air_sudo)
         on_line = on_line or (lambda line: print(line, flush=True))
-        self.trips.count(host, "command")
+        self.trips.count(host, "command", what=what)
         try:
             channel = conn.transport.open_session(timeout=self.cluster.timeouts.connect)
             exec_unconfirmed(channel, sent)

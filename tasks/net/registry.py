@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 from urllib.parse import urljoin, urlsplit
@@ -56,6 +58,7 @@ class RegistryClient:
         self._credentials_file = credentials_file  # named in messages
         self._basic: Optional[str] = None          # Authorization header, once the registry asked for Basic
         self._tokens: dict = {}                    # scope -> Authorization header with a Bearer token
+        self.warming: Optional[Future] = None      # ``warm`` run ahead (``warm_ahead``), until it ends
         self._session = requests.Session()
         if counted is not None:  # a response hook counting round trips (``tasks.net.trips``)
             self._session.hooks["response"].append(counted)
@@ -82,6 +85,48 @@ class RegistryClient:
     def check(self) -> None:
         """Raise RemoteError unless the registry answers and accepts the credentials."""
         self._get("/v2/", scope="")
+
+    @property
+    def knows_login(self) -> bool:
+        """Whether the registry told this client how it wants its login (Basic, or a token)."""
+        return self._basic is not None or bool(self._tokens)
+
+    def warm(self, connections: int) -> None:
+        """Open ``connections`` connections (TCP and TLS) to the registry at once and keep them for
+        the next requests, and learn how it wants its login (one unauthenticated ``GET /v2/``; the
+        Basic header is then made here): that many requests then go side by side, logged in, one
+        round trip each. What fails here is left for the request that needs it to say."""
+        with ThreadPoolExecutor(max_workers=max(1, connections)) as pool:
+            learned = pool.submit(self._learn_login)
+            for opened in [pool.submit(self._open_connection) for _ in range(connections - 1)]:
+                opened.exception()
+            learned.exception()
+
+    def _learn_login(self) -> None:
+        response = self._send(urljoin(self._base, "/v2/"), None, None)
+        if response.status_code == 401:
+            self._authenticate(response, "")
+
+    def _open_connection(self) -> None:
+        """One more connection in the session's pool, opened now (urllib3 opens them as requests need them)."""
+        request = requests.Request("GET", self._base).prepare()
+        adapter = self._session.get_adapter(self._base)
+        assert isinstance(adapter, requests.adapters.HTTPAdapter)
+        pool = adapter.get_connection_with_tls_context(request, self._verify)
+        connection = pool._get_conn()
+        try:
+            connection.connect()
+        except Exception:  # noqa: BLE001 - a request that needs it says what failed
+            connection.close()
+        pool._put_conn(connection)
+
+    def ready(self) -> "RegistryClient":
+        """This client, once its ``warm`` run ahead (if any) ended."""
+        warming = self.warming
+        if warming is not None:
+            warming.exception()
+            self.warming = None
+        return self
 
     def tags(self, repository: str) -> list:
         """All tags of ``repository`` (e.g. ``aircloak/prod_air``); [] if the registry does not know it."""
@@ -221,6 +266,32 @@ class RegistryClient:
                 reason += (" (give the CA that signed the registry's certificate as registry.ca)"
                            if self._verify is True else " (is registry.ca the CA that signed its certificate?)")
         return " ".join(reason.split())
+
+
+_made = threading.Lock()
+
+
+def of_task(ex) -> RegistryClient:
+    """The task's registry client (``ex.registry_client``), made at its first use: the connections and
+    login one look opened serve the next (``warm_ahead``)."""
+    with _made:
+        if ex.registry_client is None:
+            ex.registry_client = RegistryClient.for_cluster(ex)
+        return ex.registry_client
+
+
+def warm_ahead(ex) -> None:
+    """The task's registry client is made, opens one connection per component of the cluster and
+    learns how to log in, all in the background (while SSH logs in and the lock is taken): a look at
+    every component's tag then takes one round trip (``RegistryClient.ready`` waits for it)."""
+    def warm() -> None:
+        client, done = of_task(ex), Future()  # type: ignore[var-annotated]
+        client.warming = done
+        try:
+            client.warm(len(ex.cluster.component_names))
+        finally:
+            done.set_result(None)
+    ex.meanwhile(warm)
 
 
 def _pull(repository: str) -> str:

@@ -30,7 +30,7 @@ from typing import Iterator, Optional
 from tasks.model import state
 from tasks.commands import machine
 from tasks.model.errors import INTERRUPTED, LockedError, LostLock, PreflightError, RemoteError
-from tasks.net import etcd as etcd_api, warm
+from tasks.net import etcd as etcd_api, registry as registry_api, warm
 from tasks.net.executor import Executor
 from tasks.net.progress import say
 
@@ -56,15 +56,21 @@ class Session:
         """True when the session holds an etcd client already (without trying to reach one)."""
         return self._etcd is not None
 
-    def connect_etcd(self, via: str = None) -> etcd_api.Etcd:
-        """An etcd client through ``via``, else the first machine of the cluster file whose member has quorum."""
+    def connect_etcd(self, via: str = None, locking: bool = False) -> etcd_api.Etcd:
+        """An etcd client through ``via``, else the first machine of the cluster file whose member has
+        quorum. Its login and, when ``locking`` (the lock is taken next), the lock's lease are asked
+        for while its health is: three requests side by side, each on a channel of its own, all
+        opened at once."""
         if self._etcd is not None:
             return self._etcd
         reasons = []
         for address in [via] if via else list(self.cluster.machines):
             stack = ExitStack()
             try:
-                client = stack.enter_context(etcd_api.tunnel(self.ex, address))
+                client = stack.enter_context(etcd_api.tunnel(self.ex, address, channels=3 if locking else 2))
+                client.log_in_ahead()
+                if locking:
+                    client.grant_ahead(self.cluster.timeouts.lock)
                 if client.healthy():
                     self._stack.enter_context(stack)
                     self._etcd, self.via = client, address
@@ -85,13 +91,14 @@ class Session:
         self._etcd.move_to(to)
         self.via = to
 
-    def take_lock(self, why: str, wait: bool = False) -> etcd_api.Lock:
-        """The cluster's lock, for ``why``; LockedError naming its holder, or, with ``wait``, wait for it."""
-        client = self.connect_etcd()
+    def take_lock(self, why: str, wait: bool = False, reads: tuple = ((), ())) -> etcd_api.Lock:
+        """The cluster's lock, for ``why``; LockedError naming its holder, or, with ``wait``, wait for it.
+        ``reads``: (keys, prefixes) read in the transaction that takes it (``Lock.take_read``)."""
+        client = self.connect_etcd(locking=True)
         holder = {"who": state.operator(), "since": state.now(), "why": why}
         while True:
             try:
-                lock = client.acquire(state.lock_key(self.cluster), holder, self.cluster.timeouts.lock)
+                lock = client.acquire(state.lock_key(self.cluster), holder, self.cluster.timeouts.lock, reads)
                 break
             except LockedError:
                 if not wait or self.ex.interrupted.is_set():
@@ -120,22 +127,26 @@ class Session:
 
 @contextmanager
 def session(cluster, why: str = None, via: str = None, wait: bool = False, etcd: bool = True,
-            changes: bool = None, ahead=()) -> Iterator[Session]:
+            changes: bool = None, ahead=(), reads: tuple = ((), ()), registry: bool = False) -> Iterator[Session]:
     """A Session on ``cluster``: with etcd reached (``etcd``) and, when ``why`` is given, its lock
     taken. A task that ``changes`` things (default: one that takes the lock here; a task that
     takes it later says so) has its interrupts handled. A lost lock ends in LostLock naming the
     cluster. The connections to the machines, the balancer and the hosts ``ahead`` (the build
-    server of a deploy) are opened meanwhile."""
+    server of a deploy) are opened meanwhile, and, with ``registry``, the registry's (a deploy asks it
+    about the recorded release's tags: ``registry.warm_ahead``). ``reads``: (keys, prefixes) read
+    with the taking of the lock (``Lock.take_read``)."""
     s = Session(cluster)
     if etcd:
         warm(etcd_api.HTTP_STACK)  # loaded while the connections open
     s.ex.connect_ahead([*cluster.machines, cluster.balancer.host, *ahead])
+    if registry:
+        registry_api.warm_ahead(s.ex)
     try:
         with _interrupts(s) if (bool(why) if changes is None else changes) else _nothing():
             if etcd:
-                s.connect_etcd(via)
+                s.connect_etcd(via, locking=bool(why))
             if why:
-                s.take_lock(why, wait)
+                s.take_lock(why, wait, reads)
             try:
                 yield s
             except LostLock as lost:
@@ -150,7 +161,7 @@ def optional_lock(s: Session, why: str, wait: bool = False, no_lock: bool = Fals
     installed, the cluster is set up and its etcd is in trouble: PreflightError, nothing done
     without the lock, unless ``no_lock`` (the operator's ``--no-lock``) says to go on."""
     try:
-        s.connect_etcd()
+        s.connect_etcd(locking=True)
     except RemoteError as no_etcd:
         if no_lock:
             say(f"{why}: {s.cluster.name}'s etcd does not answer: going on without the cluster's lock (--no-lock)")

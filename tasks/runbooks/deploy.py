@@ -59,9 +59,11 @@ def deploy_release(s: Session, host, branch, limits=None, dry=False, canary=None
     (``judged_canary``). ``limits``: the rollout's (default: the cluster file's)."""
     started = time.monotonic()
     branch = parse_branches(s.cluster, branch)
+    s.etcd.members_ahead()  # for the rollout's plan, while the build server is asked
     if canary is not None:
         check_canary(s, canary)
-    found = records.check_all(s.etcd, s.cluster)  # a malformed record stops the deploy here, before the build
+    # A malformed record stops the deploy here, before the build; read with the lock when it was.
+    found = records.check_all(s.etcd, s.cluster, s.lock.take_read() if s.lock is not None else None)
     if not dry:
         etcd_backup.before_change(s, "deploy")
     recorded = None if dry or canary is not None or rebuild else found.current[1]
@@ -297,7 +299,7 @@ def deploy(c, cluster=None, branch=None, via=None, wait=False, max_unavailable=N
     host = build_host(c, target)
     with upgrade.reported(json_), hooks.around(target, facts, enabled=not plan_), \
             session(target, f"deploy {branch}" + (f" --canary {canary}" if canary else ""), via, wait,
-                    ahead=[host]) as s:
+                    ahead=[host], reads=records.snapshot_reads(target), registry=not (plan_ or rebuild or canary)) as s:
         release = deploy_release(s, host, branch, limits, dry=plan_, canary=canary, rebuild=rebuild, facts=facts,
                                  judge=(seconds, percent) if seconds else None)
         candidate = records.read_candidate(s.etcd, target)[0] if canary and not plan_ else None

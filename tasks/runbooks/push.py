@@ -27,6 +27,7 @@ from tasks.model.errors import ConfigError, PreflightError, RemoteError
 from tasks.model.release import Image, Release
 from tasks.net import deferred
 from tasks.net.progress import say
+from tasks.net import registry as registry_api
 from tasks.net.registry import RegistryClient
 from tasks.net.session import optional_lock, session
 from tasks.runbooks.build import component_commits, read_version
@@ -99,9 +100,9 @@ def published_release(ex) -> Release:
 def moved_tag(ex, release: Release) -> Optional[str]:
     """The first ``component version`` of ``release`` whose tag in the registry no longer holds the
     image the release records (pushed again by hand, or gone), or None when every one does. The
-    first tag is read alone (the client learns how the registry wants it to log in), the others
-    all at once: one round trip, not one each."""
-    registry = RegistryClient.for_cluster(ex)
+    first tag is read alone (the client learns how the registry wants it to log in) unless the
+    client knows already (``registry.warm_ahead``), the others all at once: one round trip, not one each."""
+    registry = registry_api.of_task(ex).ready()
 
     def moved(image) -> Optional[str]:
         found = registry.digests(ex.cluster.image(image.component), image.version)
@@ -110,7 +111,8 @@ def moved_tag(ex, release: Release) -> Optional[str]:
         return None
 
     images = list(release.images)
-    said = [moved(image) for image in images[:1]] + ex.parallel(moved, images[1:], describe=lambda i: i.component)
+    alone = [] if registry.knows_login else images[:1]
+    said = [moved(image) for image in alone] + ex.parallel(moved, images[len(alone):], describe=lambda i: i.component)
     return next((m for m in said if m is not None), None)
 
 

@@ -55,6 +55,15 @@ def add_history(etcd, cluster, record: dict) -> str:
     return stamp
 
 
+def write_outcome(etcd, cluster, release: Release, record: dict) -> None:
+    """``record``, ``release``'s record with its outcome, as the cluster's current release and in its
+    history at once: ``write_release`` and ``add_history`` in one transaction (one round trip)."""
+    meta = {k: v for k, v in record.items() if k not in ("id", "components")}
+    stamp = record.get("when") or state.now()
+    etcd.write_many({state.release_key(cluster): state.release_record(release, **meta),
+                     state.history_key(cluster, stamp): json.dumps(record, sort_keys=True)})
+
+
 def history(etcd, cluster) -> list:
     """Release records, oldest first, each checked (``parsed``)."""
     items = etcd.get_prefix(state.history_prefix(cluster))
@@ -72,14 +81,21 @@ class Snapshot(NamedTuple):
     logins: Optional[str]
 
 
-def check_all(etcd, cluster) -> Snapshot:
+def snapshot_reads(cluster) -> tuple:
+    """(keys, prefixes) that ``check_all`` reads: what a deploy reads with the taking of its lock."""
+    return ([state.release_key(cluster), state.candidate_key(cluster), state.logins_key(cluster)],
+            [state.history_prefix(cluster), state.settings_prefix(cluster)])
+
+
+def check_all(etcd, cluster, read: Optional[tuple] = None) -> Snapshot:
     """Every release record (current, candidate, history) read in one request and checked
     (``parsed``), the settings and the logins' record with them: a task that acts on them stops
     before it changes anything when one is malformed, naming its key. Returns them, for what the
-    task reads of them before its first write (under its lock: nothing else writes them)."""
-    current, candidate, past = state.release_key(cluster), state.candidate_key(cluster), state.history_prefix(cluster)
-    settings, logins = state.settings_prefix(cluster), state.logins_key(cluster)
-    values, found = etcd.read_many([current, candidate, logins], [past, settings])
+    task reads of them before its first write (under its lock: nothing else writes them).
+    ``read``: ``snapshot_reads`` as read with the taking of the lock (``Lock.take_read``), when it
+    was; None: read now."""
+    (current, candidate, logins), (past, settings) = keys, prefixes = snapshot_reads(cluster)
+    values, found = read or etcd.read_many(keys, prefixes)
     record = lambda key: parsed(key, values[key]) if values[key] else (None, None)
     return Snapshot(record(current), record(candidate),
                     [parsed(key, value)[1] for key, value in sorted(found[past].items())], found[settings],

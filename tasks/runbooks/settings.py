@@ -141,8 +141,9 @@ def write(s: Session, task: str, want: dict, secrets, snapshot: Snapshot = None)
     prefix = state.settings_prefix(cluster)
     have = found(s) if snapshot is None else snapshot.settings
     changes = diff(want, have, prefix)
-    s.ex.check("write the settings")
-    s.etcd.write_many(changes.puts, changes.removed)
+    if changes:  # the lock is confirmed before a change, not before nothing
+        s.ex.check("write the settings")
+        s.etcd.write_many(changes.puts, changes.removed)
     for line in describe(changes, have, secrets, prefix):
         say(f"{task}: settings: {line}")
     if cluster.etcd_v2:

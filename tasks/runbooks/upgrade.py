@@ -446,9 +446,7 @@ class Rollout:
                                           outcome=restored)
             raise records.after_failure(failure, write) from None
         record["outcome"] = "succeeded"
-        records.write_release(self.s.etcd, self.cluster, self.release,
-                            **{k: v for k, v in record.items() if k not in ("id", "components")})
-        records.add_history(self.s.etcd, self.cluster, record)
+        records.write_outcome(self.s.etcd, self.cluster, self.release, record)
         return changed
 
 

@@ -494,6 +494,77 @@ def test_tunnel_reaches_the_members_loopback_client_port_over_channels_only(etcd
     assert conn.channels == [("direct-tcpip", ("127.0.0.1", 2379))]
 
 
+def test_the_channels_asked_for_are_opened_at_once_and_serve_requests_side_by_side(etcd):
+    conn = FakeConnection(etcd.port)
+    with tunnel(FakeTunnelExecutor(conn), "node1", channels=3) as remote:
+        assert len(conn.channels) == 3  # before anything is sent
+        remote.members_ahead()  # its own connection: one of those channels
+        assert remote.healthy()
+        remote.members()
+    assert len(conn.channels) == 3
+
+
+def test_channels_refused_together_say_that_nothing_listens_there(etcd):
+    import threading
+
+    class Refusing(FakeConnection):
+        """paramiko keeps one refusal per connection: the channel that misses it only says it did not open."""
+        def __init__(self, port):
+            super().__init__(port)
+            self.calls, self.lock = 0, threading.Lock()
+
+        def open_channel(self, kind, destination, origin, timeout=None):
+            with self.lock:
+                self.calls += 1
+                first = self.calls == 1
+            raise paramiko.SSHException("Unable to open channel.") if first else paramiko.ChannelException(2, "Connect failed")
+
+    with pytest.raises(RemoteError) as failed:
+        with tunnel(FakeTunnelExecutor(Refusing(etcd.port)), "node1", channels=3):
+            pass
+    assert str(failed.value) == ("etcd at node1 (SSH tunnel to its 127.0.0.1:2379): cannot connect there "
+                                 "(Connect failed): is etcd running?")
+
+
+def test_the_member_list_asked_ahead_answers_once_and_not_after_a_change(etcd):
+    asked = []
+    real = etcd._members_of
+    etcd._members_of = lambda client: asked.append(client) or real(client)
+    etcd.members_ahead()
+    first = etcd.members()
+    assert len(asked) == 1 and asked[0] is not etcd._client  # the one asked ahead, on its own connection
+    assert etcd.members() == first and asked[-1] is etcd._client  # used once: asked again
+    etcd.members_ahead()
+    etcd.confirm_fence("a membership change")  # unfenced: nothing sent, but the list may change now
+    etcd.members()
+    assert len(asked) == 4 and asked[-1] is etcd._client
+
+
+def test_health_is_the_members_own_word_then_a_quorum_read_when_it_says_no(etcd, monkeypatch):
+    asked = []
+    get = etcd._client.session.get
+    monkeypatch.setattr(etcd._client.session, "get", lambda url, **kw: asked.append(url) or get(url, **kw))
+    assert etcd.healthy() and [u.rsplit("/", 1)[-1] for u in asked] == ["health"]  # etcd's /health: one request
+    sick = SimpleNamespace(status_code=503, json=lambda: {"health": "false"})
+    monkeypatch.setattr(etcd._client.session, "get", lambda url, **kw: sick)
+    assert etcd.healthy()  # a member slow to answer its own check: the quorum read decides
+
+
+def test_a_lock_taken_with_reads_reads_at_its_revision(etcd):
+    p = etcd.prefix
+    etcd.put(p + "record", "r1")
+    etcd.put(p + "settings/a", "1")
+    etcd.grant_ahead(5)
+    lock = etcd.acquire(p + "lock", {"who": "me"}, 5, reads=([p + "record", p + "absent"], [p + "settings/"]))
+    try:
+        assert lock.take_read() == ({p + "record": "r1", p + "absent": None}, {p + "settings/": {p + "settings/a": "1"}})
+        assert etcd._lease_ahead is None
+    finally:
+        lock.release()
+    with etcd.acquire(p + "lock", {"who": "me"}, 5) as plain:
+        assert plain.take_read() is None  # nothing asked, nothing read
+
+
 def test_every_request_through_the_tunnel_is_a_round_trip_to_its_host(etcd):
     ex = FakeTunnelExecutor(FakeConnection(etcd.port))
     with tunnel(ex, "node1") as remote:

@@ -89,6 +89,23 @@ def test_turned_on_only_logins_are_answered_each_with_its_own_keys(reading, etcd
         wrong = Etcd("127.0.0.1", port, timeout=2, login=("root", "wrong"))
         with pytest.raises(RemoteError, match="log in as root: .*authentication failed"):
             wrong.get("x")
+        # A task's start with authentication on: the health check needs no login; the login and the
+        # lock's lease go side by side with it; the lock's transaction reads keys as it takes it.
+        assert anyone.healthy()
+        fresh = Etcd("127.0.0.1", port, timeout=2, login=("root", "root-SECRET"))
+        fresh.log_in_ahead()
+        fresh.grant_ahead(5)
+        ahead = fresh._lease_ahead[1]
+        assert fresh.healthy()
+        key, db = f"/test/{id(fresh)}/lock", state.setting_key(reading, "db/host")
+        lock = fresh.acquire(key, {"who": "me"}, 5, reads=([db], [state.settings_prefix(reading)]))
+        try:
+            assert lock.lease_id == ahead.result() and fresh._token  # the lease asked ahead, the login made ahead
+            read = lock.take_read()
+            assert read == fresh.read_many([db], [state.settings_prefix(reading)]) and read[0] == {db: "h"}
+            assert lock.take_read() is None  # once: later it would be as old as the lock
+        finally:
+            lock.release()
         # A token etcd no longer knows (expired) is renewed once, transparently.
         root._token = "expired.1"
         assert root.get(state.setting_key(reading, "db/host")) == "h"

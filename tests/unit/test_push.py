@@ -109,18 +109,32 @@ def test_a_moved_tag_is_found_and_only_then(cluster, monkeypatch):
     asked = []
 
     class Registry:
+        knows_login = False
+
+        def ready(self):
+            return self
+
         def digests(self, repository, tag):
             asked.append((repository, tag))
             return held.get((repository.rsplit("_", 1)[-1], tag))
 
-    monkeypatch.setattr(push.RegistryClient, "for_cluster", classmethod(lambda cls, ex: Registry()))
-    ex = SimpleNamespace(cluster=cluster, parallel=lambda work, items, describe: [work(i) for i in items])
+    made = []
+    monkeypatch.setattr(push.RegistryClient, "for_cluster", classmethod(lambda cls, ex: made.append(1) or Registry()))
+    side_by_side = []
+    ex = SimpleNamespace(cluster=cluster, registry_client=None,
+                         parallel=lambda work, items, describe: side_by_side.append(len(items)) or [work(i) for i in items])
     assert push.moved_tag(ex, release) is None
     assert asked == [(cluster.image("web"), "1.0.3"), (cluster.image("worker"), "1.0.1")]
+    assert side_by_side == [1]  # the first alone: the client learns how to log in
     held[("web", "1.0.3")] = ("sha256:" + "c" * 64, "sha256:" + "o" * 64)  # pushed again by hand
     assert push.moved_tag(ex, release) == "web 1.0.3"
     del held[("web", "1.0.3")]  # gone
     assert push.moved_tag(ex, release) == "web 1.0.3"
+    assert made == [1]  # one client for the task
+    ex.registry_client.knows_login = True  # warmed ahead: every tag at once
+    side_by_side.clear()
+    assert push.moved_tag(ex, release) == "web 1.0.3"
+    assert side_by_side == [2]
 
 
 def test_an_unchanged_build_asks_the_registry_while_the_checkouts_update_and_builds_nothing(cluster, monkeypatch):

@@ -232,8 +232,8 @@ def test_records_of_a_successful_rollout(s):
     Rollout(s, NEW, OLD).apply_recorded(branch="master", commit="abc")
     current, record = records.read_release(s.etcd, s.cluster)
     assert current == NEW and record["outcome"] == "succeeded" and record["commit"] == "abc"
-    assert [json.loads(v)["outcome"] for v in s.etcd.get_prefix(state.history_prefix(s.cluster)).values()] == \
-        ["succeeded"]
+    assert [json.loads(v) for v in s.etcd.get_prefix(state.history_prefix(s.cluster)).values()] == [record]
+    assert s.etcd.writes == 1  # the current release and its history entry in one transaction
 
 
 def history_outcomes(s) -> list:

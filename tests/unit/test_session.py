@@ -41,7 +41,7 @@ class _NoEtcd:
         self.ex = SimpleNamespace(read=read, parallel=lambda work, items: parallel(work, items))
         self.RemoteError = RemoteError
 
-    def connect_etcd(self):
+    def connect_etcd(self, via=None, locking=False):
         raise self.RemoteError("no healthy etcd member reachable: 10.0.0.1: etcd there has no quorum")
 
     def take_lock(self, why, wait=False):

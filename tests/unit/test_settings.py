@@ -113,6 +113,19 @@ def test_apply_writes_nothing_once_the_lock_is_lost(configured):
     assert etcd.data == {}
 
 
+def test_settings_already_as_wanted_cost_no_confirmation_of_the_lock(configured):
+    etcd = FakeEtcd()
+    s = _session(configured, etcd)
+    settings.apply(s, "deploy")
+    confirmed = []
+    s.ex.fence = SimpleNamespace(confirm=lambda fresh=0: confirmed.append(fresh))
+    assert not settings.apply(s, "deploy")
+    assert confirmed == [] and etcd.writes == 1  # nothing to write: no round trip to confirm the lock
+    etcd.data[P + "site/name"] = "Old"
+    settings.apply(s, "deploy")
+    assert len(confirmed) == 1 and etcd.writes == 2
+
+
 def test_a_key_planted_in_etcd_with_control_characters_is_shown_escaped():
     changes = settings.Changes(removed=(P + "x\x1b[2J",))
     assert settings.describe(changes, {}, settings.Secrets(frozenset()), P) == ["- x\\x1b[2J"]

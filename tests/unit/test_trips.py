@@ -24,3 +24,19 @@ def test_the_hook_counts_each_answer_and_passes_it_on():
     answer = object()
     assert hook(answer) is answer and hook(answer, timeout=3) is answer
     assert trips.summary() == {"hosts": {"registry:5000": {"registry": 2}}, "total": 2}
+
+
+def test_the_timeline_lists_each_round_trip_in_order_with_what_and_how_long():
+    from types import SimpleNamespace
+    from datetime import timedelta
+    trips = RoundTrips()
+    trips.count("m1", "command", what="read the release facts", took=0.05)
+    answer = SimpleNamespace(request=SimpleNamespace(method="POST", path_url="/v3/kv/txn"),
+                             elapsed=timedelta(milliseconds=20))
+    trips.hook("m1", "etcd")(answer)
+    trips.count("m2", "login", 2)
+    listed = trips.timeline()
+    assert [(t.host, t.kind, t.what, t.took) for t in listed] == [
+        ("m1", "command", "read the release facts", 0.05), ("m1", "etcd", "POST /v3/kv/txn", 0.02),
+        ("m2", "login", "", 0.0), ("m2", "login", "", 0.0)]
+    assert listed[0].at <= listed[1].at <= listed[2].at
