@@ -23,7 +23,7 @@ import docker
 import paramiko
 import requests
 import urllib3
-from docker.transport.sshconn import SSHConnectionPool, SSHHTTPAdapter
+from docker.transport.sshconn import SSHConnection, SSHConnectionPool, SSHHTTPAdapter
 
 from tasks.model.errors import DeadlineError, RemoteError
 
@@ -73,6 +73,18 @@ class _FabricSSHAdapter(SSHHTTPAdapter):
         self.pools.clear()
 
 
+class _ChannelConnection(SSHConnection):
+    """docker-py's HTTP connection over one SSH channel, whose closing once the SSH connection is
+    gone (the pool collected after the task closed it) is nothing to say, not an error raised in
+    a finalizer."""
+
+    def close(self):
+        try:
+            super().close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+
 class _CuttablePool(SSHConnectionPool):
     """docker-py's pool of SSH channels, keeping each channel it opened so that ``cut`` can close it."""
 
@@ -81,7 +93,7 @@ class _CuttablePool(SSHConnectionPool):
         self._made: list = []
 
     def _new_conn(self):
-        conn = super()._new_conn()
+        conn = _ChannelConnection(self.ssh_transport, self.timeout, self.ssh_host)
         self._made.append(conn)
         return conn
 

@@ -125,7 +125,10 @@ class _Spare:
     def _discard(self) -> None:
         self._ready.wait(60)
         if self._channel is not None:
-            self._channel.close()
+            try:
+                self._channel.close()
+            except (paramiko.SSHException, OSError, EOFError):
+                pass  # the connection is gone, and the channel with it
 
 
 class Executor:

@@ -183,3 +183,18 @@ def test_the_adapter_cuts_every_channel_its_pool_opened():
     closed.clear()
     adapter.close()  # its channels closed now, not when the pool is collected (maybe after the connection)
     assert closed == ["build", "inspect"] and adapter.pools.get("engine") is None
+
+
+def test_a_pooled_channel_closed_after_its_ssh_connection_is_gone_raises_nothing():
+    from tasks.net.docker_api import _ChannelConnection
+
+    class Channel:
+        closed = False
+
+        def close(self):
+            Channel.closed = True
+            raise EOFError()  # paramiko, writing the close on a connection gone
+    conn = _ChannelConnection(None, 5, "build")
+    conn.sock = Channel()
+    conn.close()
+    assert Channel.closed and conn.sock is None

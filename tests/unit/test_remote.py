@@ -285,3 +285,22 @@ def test_a_keepalive_answered_sets_the_event_and_one_cut_off_is_no_answer_nor_a_
     answered = threading.Event()
     _ask_keepalive(Transport(), answered)
     assert answered.is_set() is (fails_with is None)
+
+
+def test_a_channel_opened_ahead_and_discarded_after_its_connection_died_is_dropped_quietly():
+    from tasks.net.executor import _Spare
+
+    class Channel:
+        closes = 0
+
+        def close(self):
+            Channel.closes += 1
+            raise EOFError()  # paramiko, writing the close on a connection gone
+
+    class Transport:
+        def open_session(self, timeout):
+            return Channel()
+    spare = _Spare(Transport(), timeout=1)
+    assert spare._ready.wait(5)
+    spare._discard()
+    assert Channel.closes == 1
