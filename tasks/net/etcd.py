@@ -120,6 +120,7 @@ class Etcd:
         self._token_lock = threading.Lock()
         self._lease_ahead: Optional[tuple] = None  # (ttl, Future of the lease id) asked by ``grant_ahead``
         self._members_ahead: Optional[Future] = None  # the member list asked by ``members_ahead``
+        self._status_ahead: Optional[Future] = None   # the member's status asked by ``status_ahead``
         self._client = self._new_client(timeout)
         self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
         # Sends the connections opened from then on to the member on another host (``tunnel``'s).
@@ -380,6 +381,7 @@ class Etcd:
         still the one this task created. One round trip: a transaction of the comparison alone
         (a linearizable read), retried through an election like any read."""
         self._members_ahead = None  # the member list asked ahead may be changed by this
+        self._status_ahead = None   # and so may the leadership
         if self.fence is None:
             return
         key, revision = self.fence
@@ -390,8 +392,25 @@ class Etcd:
     # Status and leadership.
 
     def status(self) -> dict:
-        """This member's view: its id (``member``), the ``leader``'s id, ``raft_term``."""
-        data = self._post("read the member status", "/maintenance/status", {})
+        """This member's view: its id (``member``), the ``leader``'s id, ``raft_term``; the one
+        ``status_ahead`` asked for when there is one (used once)."""
+        ahead, self._status_ahead = self._status_ahead, None
+        if ahead is not None:
+            try:
+                return ahead.result()
+            except RemoteError:
+                pass  # asked again now, and said if it fails again
+        return self._status_of(self._client)
+
+    def status_ahead(self) -> None:
+        """Ask for the member's status now, on a connection of its own, for the next ``status`` (a
+        rollout's order, leader last, read while the machines' facts are: leadership moves under
+        the cluster's lock only, ``hand_over_leadership``)."""
+        client = self._new_client(self.timeout)
+        self._status_ahead = _started(lambda: self._status_of(client))
+
+    def _status_of(self, client) -> dict:
+        data = self._call("read the member status", client.post, client.get_url("/maintenance/status"), json={})
         header = data.get("header", {})
         return {"member": str(header.get("member_id", "")), "leader": str(data.get("leader", "")),
                 "raft_term": int(header.get("raft_term", 0) or 0)}

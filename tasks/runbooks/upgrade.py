@@ -112,6 +112,8 @@ class Rollout:
         self.all_machines = sorted(serving_machines(self.cluster, self.etcd_members))  # members and workers
         self.machines = sorted(only or self.all_machines)
         self.routers = balancer.Routers(self.ex)
+        if len(self.machines) > 1:  # the leader goes last: asked while the facts are read
+            s.etcd.status_ahead()
         self.down, self.facts = self._read()
         self.steps = plan(self.cluster, release, self.facts, self.routers.listed(), self.extras) \
             if not self.down else []
@@ -578,6 +580,8 @@ def rolling_upgrade(c, cluster=None, via=None, max_unavailable=None, max_failure
     via = check_address(via, "--via") if via else None
     limits = limits_of(target, max_unavailable=max_unavailable, max_failures=max_failures, parallel=parallel)
     with reported(json_), session(target, None if plan_ else "rolling-upgrade", via) as s:
+        if not plan_:
+            s.etcd.members_ahead()  # for the rollout's plan, while the records are read
         wanted, current = target_release(s, release)
         rollout = Rollout(s, wanted, current, limits=limits)
         if plan_:

@@ -209,6 +209,12 @@ class FakeEtcd:
         """No leader named unless a test sets ``leader`` (a member's id): the rollout keeps address order."""
         return {"member": "1", "leader": getattr(self, "leader", ""), "raft_term": 2}
 
+    def status_ahead(self):
+        self.asked_ahead = getattr(self, "asked_ahead", []) + ["status"]
+
+    def members_ahead(self):
+        self.asked_ahead = getattr(self, "asked_ahead", []) + ["members"]
+
     def snapshot(self):
         self.snapshots += 1
         return SNAPSHOT.read_bytes()

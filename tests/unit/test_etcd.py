@@ -540,6 +540,21 @@ def test_the_member_list_asked_ahead_answers_once_and_not_after_a_change(etcd):
     assert len(asked) == 4 and asked[-1] is etcd._client
 
 
+def test_the_status_asked_ahead_answers_once_and_not_after_a_change(etcd):
+    asked = []
+    real = etcd._status_of
+    etcd._status_of = lambda client: asked.append(client) or real(client)
+    etcd.status_ahead()
+    first = etcd.status()
+    assert len(asked) == 1 and asked[0] is not etcd._client  # the one asked ahead, on its own connection
+    assert first["leader"] and first["member"] == first["leader"]  # one member: it leads
+    assert etcd.status() == first and asked[-1] is etcd._client  # used once: asked again
+    etcd.status_ahead()
+    etcd.confirm_fence("a leadership change")  # unfenced: nothing sent, but the leader may change now
+    etcd.status()
+    assert len(asked) == 4 and asked[-1] is etcd._client
+
+
 def test_health_is_the_members_own_word_then_a_quorum_read_when_it_says_no(etcd, monkeypatch):
     asked = []
     get = etcd._client.session.get

@@ -407,6 +407,12 @@ def test_the_plan_says_the_order(s):
     assert plan_data(rollout)["groups"] == [["10.0.0.1"], ["10.0.0.3"], ["10.0.0.2"]]
 
 
+@pytest.mark.parametrize("only, asked", [(None, ["status"]), (["10.0.0.2"], [])])
+def test_the_leader_is_asked_while_the_facts_are_read_only_for_several_machines(s, only, asked):
+    Rollout(s, NEW, OLD, only=only)
+    assert getattr(s.etcd, "asked_ahead", []) == asked
+
+
 def fail_health_on(s, address):
     s.ex.answer("list-unit-files --no-legend air-web.service 2>", host=address, deadline=True, first=True)
 
