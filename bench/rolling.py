@@ -192,6 +192,7 @@ def rolling_run(cluster, component: str, before_rollout=None) -> dict:
         first = before_rollout(release) if before_rollout else None
         s.ex.trips = RoundTrips()  # from here on, the rollout's own round trips
         pushed = [step.component for step in published.steps if step.decision.changed]
+        s.etcd.members_ahead()  # as `fab deploy` does: the member list asked while other work goes on
         current, _ = records.read_release(s.etcd, cluster)
         said = io.StringIO()
         started = time.monotonic()
