@@ -395,12 +395,7 @@ class Etcd:
         """This member's view: its id (``member``), the ``leader``'s id, ``raft_term``; the one
         ``status_ahead`` asked for when there is one (used once)."""
         ahead, self._status_ahead = self._status_ahead, None
-        if ahead is not None:
-            try:
-                return ahead.result()
-            except RemoteError:
-                pass  # asked again now, and said if it fails again
-        return self._status_of(self._client)
+        return _ahead_or(ahead, lambda: self._status_of(self._client))
 
     def status_ahead(self) -> None:
         """Ask for the member's status now, on a connection of its own, for the next ``status`` (a
@@ -426,12 +421,7 @@ class Etcd:
     def members(self) -> list:
         """The cluster's members; the list ``members_ahead`` asked for when there is one (used once)."""
         ahead, self._members_ahead = self._members_ahead, None
-        if ahead is not None:
-            try:
-                return ahead.result()
-            except RemoteError:
-                pass  # asked again now, and said if it fails again
-        return self._members_of(self._client)
+        return _ahead_or(ahead, lambda: self._members_of(self._client))
 
     def _members_of(self, client) -> list:
         return [_member(m) for m in self._call("list members", client.members)]
@@ -820,6 +810,17 @@ def _read_of(responses: list, keys, prefixes) -> tuple:
     values = {k: text(kvs[0]) if kvs else None for k, kvs in zip(keys, answers)}
     found = {p: {_unb64(kv["key"]).decode(): text(kv) for kv in kvs} for p, kvs in zip(prefixes, answers[len(keys):])}
     return values, found
+
+
+def _ahead_or(ahead: Optional[Future], ask: Callable):
+    """The answer ``ahead`` brought, when it was asked ahead and answered; else ``ask()`` now (a
+    failure ahead is asked again, and said if it fails again)."""
+    if ahead is not None:
+        try:
+            return ahead.result()
+        except RemoteError:
+            pass
+    return ask()
 
 
 def _started(work: Callable) -> Future:

@@ -526,33 +526,26 @@ def test_channels_refused_together_say_that_nothing_listens_there(etcd):
                                  "(Connect failed): is etcd running?")
 
 
-def test_the_member_list_asked_ahead_answers_once_and_not_after_a_change(etcd):
+@pytest.mark.parametrize("asked_for", ["members", "status"])
+def test_what_is_asked_ahead_answers_once_and_not_after_a_change(etcd, asked_for):
+    """The member list and the member's status (its leader) asked ahead, on a connection of their own."""
     asked = []
-    real = etcd._members_of
-    etcd._members_of = lambda client: asked.append(client) or real(client)
-    etcd.members_ahead()
-    first = etcd.members()
+    real = getattr(etcd, f"_{asked_for}_of")
+    setattr(etcd, f"_{asked_for}_of", lambda client: asked.append(client) or real(client))
+    read, ahead = getattr(etcd, asked_for), getattr(etcd, f"{asked_for}_ahead")
+    ahead()
+    first = read()
     assert len(asked) == 1 and asked[0] is not etcd._client  # the one asked ahead, on its own connection
-    assert etcd.members() == first and asked[-1] is etcd._client  # used once: asked again
-    etcd.members_ahead()
-    etcd.confirm_fence("a membership change")  # unfenced: nothing sent, but the list may change now
-    etcd.members()
+    assert first and read() == first and asked[-1] is etcd._client  # used once: asked again
+    ahead()
+    etcd.confirm_fence("a change")  # unfenced: nothing sent, but the members or leader may change now
+    read()
     assert len(asked) == 4 and asked[-1] is etcd._client
 
 
-def test_the_status_asked_ahead_answers_once_and_not_after_a_change(etcd):
-    asked = []
-    real = etcd._status_of
-    etcd._status_of = lambda client: asked.append(client) or real(client)
-    etcd.status_ahead()
-    first = etcd.status()
-    assert len(asked) == 1 and asked[0] is not etcd._client  # the one asked ahead, on its own connection
-    assert first["leader"] and first["member"] == first["leader"]  # one member: it leads
-    assert etcd.status() == first and asked[-1] is etcd._client  # used once: asked again
-    etcd.status_ahead()
-    etcd.confirm_fence("a leadership change")  # unfenced: nothing sent, but the leader may change now
-    etcd.status()
-    assert len(asked) == 4 and asked[-1] is etcd._client
+def test_a_single_member_leads(etcd):
+    status = etcd.status()
+    assert status["leader"] and status["member"] == status["leader"]
 
 
 def test_health_is_the_members_own_word_then_a_quorum_read_when_it_says_no(etcd, monkeypatch):
