@@ -50,18 +50,23 @@ def write_release(etcd, cluster, release: Release, **meta) -> dict:
 
 
 def add_history(etcd, cluster, record: dict) -> str:
-    stamp = record.get("when") or state.now()
-    etcd.put(state.history_key(cluster, stamp), json.dumps(record, sort_keys=True))
+    stamp, key, value = _history_entry(cluster, record)
+    etcd.put(key, value)
     return stamp
+
+
+def _history_entry(cluster, record: dict) -> tuple:
+    """(stamp, key, value) of ``record`` in the cluster's history: under its time, now when it has none."""
+    stamp = record.get("when") or state.now()
+    return stamp, state.history_key(cluster, stamp), json.dumps(record, sort_keys=True)
 
 
 def write_outcome(etcd, cluster, release: Release, record: dict) -> None:
     """``record``, ``release``'s record with its outcome, as the cluster's current release and in its
     history at once: ``write_release`` and ``add_history`` in one transaction (one round trip)."""
     meta = {k: v for k, v in record.items() if k not in ("id", "components")}
-    stamp = record.get("when") or state.now()
-    etcd.write_many({state.release_key(cluster): state.release_record(release, **meta),
-                     state.history_key(cluster, stamp): json.dumps(record, sort_keys=True)})
+    _, key, value = _history_entry(cluster, record)
+    etcd.write_many({state.release_key(cluster): state.release_record(release, **meta), key: value})
 
 
 def history(etcd, cluster) -> list:
