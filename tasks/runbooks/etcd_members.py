@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from typing import Callable, NamedTuple, Optional
 
 from tasks.model import state
@@ -21,7 +22,7 @@ from tasks.net import etcd as etcd_api
 ASK_TIMEOUT = 1.0   # s: one etcd request of a probe (a quorum read without quorum waits this long)
 WITHIN = 1.8        # s: the whole probe of every member
 # Before restore or recover change anything, "no quorum" must be certain, not a slow answer on a
-# busy machine: their probe waits longer.
+# busy machine: their probe waits longer, and so does `status` when members name a leader (``led``).
 SURE_TIMEOUT, SURE_WITHIN = 5.0, 8.0
 
 
@@ -40,9 +41,11 @@ class Answer(NamedTuple):
         return self.error is None
 
 
-def within(work: Callable, items, seconds: float) -> dict:
+def within(work: Callable, items, seconds: float, longer: Optional[dict] = None) -> dict:
     """item -> (result, error text) of ``work(item)`` run for every item at once, each in a daemon
-    thread; an item not done after ``seconds`` gets (None, "no answer within N s")."""
+    thread; an item not done after ``seconds`` (those of ``longer``: its own seconds) gets
+    (None, "no answer within N s")."""
+    longer = longer or {}
     results: dict = {}
 
     def one(item):
@@ -53,10 +56,10 @@ def within(work: Callable, items, seconds: float) -> dict:
     threads = [threading.Thread(target=one, args=(i,), name=f"ask {i}", daemon=True) for i in items]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + seconds
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    return {i: results.get(i, (None, f"no answer within {seconds:g} s")) for i in items}
+    started = time.monotonic()
+    for item, t in zip(items, threads):
+        t.join(max(0.0, started + longer.get(item, seconds) - time.monotonic()))
+    return {i: results.get(i, (None, f"no answer within {longer.get(i, seconds):g} s")) for i in items}
 
 
 def ask(ex, address: str, timeout: float = ASK_TIMEOUT, partial: dict = None, reads=()) -> Answer:
@@ -97,7 +100,18 @@ def ask_members(ex, first, seconds: float = WITHIN, timeout: float = ASK_TIMEOUT
     left = deadline - time.monotonic()
     if more and left > 0:
         answers.update(ask_all(ex, more, left, timeout, reads))
+    if not quorum_of(answers).has_quorum and led(answers):  # busy, not without quorum: asked again, with time
+        answers.update(ask_all(ex, quorum_of(answers).answering, SURE_WITHIN, SURE_TIMEOUT, reads))
     return answers
+
+
+def led(answers: dict) -> bool:
+    """Whether most voting members the ``answers`` list answered and name one leader: etcd has a
+    quorum that quorum reads too slow for the deadline (a busy machine, a slow login) did not show. Pure."""
+    found = quorum_of(answers)
+    leaders = Counter(answers[a].figures.get("leader") for a in found.answering)
+    leader, naming = leaders.most_common(1)[0] if leaders else (None, 0)
+    return leader not in (None, "", "0") and naming > len(found.members) // 2
 
 
 def not_asked(answers: dict) -> list:

@@ -110,12 +110,14 @@ def read_machine(ex, address: str) -> dict:
 
 def read_parts(s: Session, via: str = None) -> dict:
     """part -> (what was read, error or None) of every part of the status, read side by side; a
-    part not read within ``STATUS_WITHIN`` s says so."""
+    part not read within ``STATUS_WITHIN`` s (etcd's: its own time) says so."""
     ex = s.ex
     parts: dict = {"etcd": lambda: read_etcd(s, via), "routers": lambda: (balancer.Routers(ex).listed(), None),
                    "haproxy": lambda: (haproxy_states(balancer.Routers(ex).servers()), None)}
     parts.update({address: (lambda a=address: (read_machine(ex, a), None)) for address in s.cluster.machines})
-    found = etcd_members.within(lambda part: parts[part](), list(parts), STATUS_WITHIN)
+    # etcd's part keeps its own time: longer only when a busy etcd is asked again (``ask_members``).
+    found = etcd_members.within(lambda part: parts[part](), list(parts), STATUS_WITHIN,
+                                longer={"etcd": STATUS_WITHIN + etcd_members.SURE_WITHIN})
     return {part: result if result is not None else (None, error) for part, (result, error) in found.items()}
 
 

@@ -315,6 +315,31 @@ def test_a_member_waiting_for_a_quorum_it_lacks_counts_as_answering_at_the_deadl
     assert etcd_members.quorum_of(answers).describe() == "no quorum: 2 of 3 members answer"
 
 
+@pytest.mark.parametrize("leader, healthy", [("1", True), ("0", False)])
+def test_members_naming_a_leader_whose_quorum_reads_are_slow_are_asked_again_with_time(
+        cluster, monkeypatch, leader, healthy):
+    asked = []
+
+    class Member(ProbedMember):
+        def read_many(self, keys=(), prefixes=()):
+            asked.append(self.address)
+            if asked.count(self.address) == 1:  # a busy machine: the first read is late
+                time.sleep(1)
+            if self.leader == "0":
+                raise RemoteError(f"etcd at {self.address}: get: context deadline exceeded")
+            return {k: "r1" for k in keys}, {}
+    Member.leader = leader
+    probed_through(monkeypatch, Member, unreachable=["10.0.0.3"])
+    started = time.monotonic()
+    answers = etcd_members.ask_members(FakeExecutor(cluster), cluster.machines, 0.5, reads=["/air/prod/release"])
+    assert [(a.address, a.answers, a.healthy) for a in answers.values()] == \
+        [("10.0.0.1", True, healthy), ("10.0.0.2", True, healthy), ("10.0.0.3", False, False)]
+    assert sorted(asked) == sorted(["10.0.0.1", "10.0.0.2"] * (2 if healthy else 1))  # asked again only when led
+    assert etcd_members.led(answers) is healthy
+    if not healthy:  # no leader named: no quorum, said at the first deadline without a second wait
+        assert time.monotonic() - started < 0.9
+
+
 def test_keys_asked_for_are_read_by_each_members_quorum_read_and_a_member_without_quorum_is_not_healthy(
         cluster, monkeypatch):
     class Member(ProbedMember):
