@@ -2,6 +2,7 @@
 import io
 import os
 import subprocess
+import re
 import time
 from pathlib import Path
 
@@ -211,11 +212,11 @@ def test_a_terminal_gets_the_progress_line_redrawn_and_a_pipe_plain_lines_only(c
     ex = Executor(cluster, progress=stream)
     try:
         with ex.step("10.0.0.1", "pull release r1", 60):
-            time.sleep(PROGRESS_AFTER + 2 * PROGRESS_EVERY)
+            time.sleep(PROGRESS_AFTER + 3 * PROGRESS_EVERY)  # a redraw or more, even on a busy machine
     finally:
         ex.close()
     text = stream.getvalue()
-    assert ("\r\x1b[K… 10.0.0.1: pull release r1 1s" in text) is redrawn
+    assert bool(re.search(r"\r\x1b\[K… 10\.0\.0\.1: pull release r1 [12]s", text)) is redrawn
     assert text.endswith("\r\x1b[K") is redrawn  # cleared at the end
     assert text == "" or redrawn
 
