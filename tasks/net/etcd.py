@@ -123,6 +123,8 @@ class Etcd:
         self._status_ahead: Optional[Future] = None   # the member's status asked by ``status_ahead``
         self._client = self._new_client(timeout)
         self.fence: Optional[tuple] = None  # (lock key, its create revision): writes apply only while it stands
+        # Told when a fenced transaction that applied was sent: the lock was ours then (``Lock.confirmed_by``).
+        self.fence_held: Optional[Callable[[float], None]] = None
         # Sends the connections opened from then on to the member on another host (``tunnel``'s).
         self.move_to: Optional[Callable[[str], None]] = None
 
@@ -317,11 +319,9 @@ class Etcd:
         if not requests_:
             return
         what = f"write {len(puts)} and delete {len(deletes)} key(s)"
-        txn = {"compare": [], "success": requests_, "failure": []}
-        if self.fence is not None:
-            txn = fenced_txn(*self.fence, *requests_)
-        result = self._call(what, self._client.transaction, txn)
-        if self.fence is not None and not result.get("succeeded"):
+        if self.fence is None:
+            self._call(what, self._client.transaction, {"compare": [], "success": requests_, "failure": []})
+        elif not self._fenced(what, *requests_):
             raise LostLock(f"{self.fence[0]} is no longer ours: {what} was not written")
 
     # etcd's v2 API, for applications that read /v2/keys/... (members started with ETCD_ENABLE_V2).
@@ -369,11 +369,18 @@ class Etcd:
         the lock key is still the one this task created (etcd's fencing)."""
         if self.fence is None:
             self._call(what, unfenced)
-            return
-        key, revision = self.fence
-        result = self._call(what, self._client.transaction, fenced_txn(key, revision, request))
-        if not result.get("succeeded"):
-            raise LostLock(f"{key} is no longer ours: {what} was not written")
+        elif not self._fenced(what, request):
+            raise LostLock(f"{self.fence[0]} is no longer ours: {what} was not written")
+
+    def _fenced(self, what: str, *requests_: dict) -> bool:
+        """``requests_`` in one transaction that applies them only while the fence stands (none: it
+        only tells whether it stands); True when it did, and ``fence_held`` is told when it was sent."""
+        assert self.fence is not None
+        sent = boottime()
+        result = self._call(what, self._client.transaction, fenced_txn(*self.fence, *requests_))
+        if result.get("succeeded") and self.fence_held is not None:
+            self.fence_held(sent)
+        return bool(result.get("succeeded"))
 
     def confirm_fence(self, what: str) -> None:
         """On a fenced client, right before a change no transaction can hold to the fence (a
@@ -382,12 +389,8 @@ class Etcd:
         (a linearizable read), retried through an election like any read."""
         self._members_ahead = None  # the member list asked ahead may be changed by this
         self._status_ahead = None   # and so may the leadership
-        if self.fence is None:
-            return
-        key, revision = self.fence
-        result = self._call(f"confirm the lock before: {what}", self._client.transaction, fenced_txn(key, revision))
-        if not result.get("succeeded"):
-            raise LostLock(f"{key} is no longer ours: {what} was not done")
+        if self.fence is not None and not self._fenced(f"confirm the lock before: {what}"):
+            raise LostLock(f"{self.fence[0]} is no longer ours: {what} was not done")
 
     # Status and leadership.
 
@@ -663,6 +666,10 @@ def _snapshot_piece(line: bytes) -> bytes:
     return _unb64(message.get("result", {}).get("blob", ""))
 
 
+CANNOT_CONFIRM = "cannot confirm it"  # a lock's key went unanswered
+READ_AHEAD_AFTER = 0.05  # of a confirmation's freshness: younger, it sends no read ahead (``Lock.confirm``)
+
+
 def boottime() -> float:
     """Seconds on a clock that keeps counting while this process is stopped or the laptop sleeps
     (a lease expires on the server all the same)."""
@@ -696,6 +703,7 @@ class Lock:
         self._lease = gw_lease.Lease(lease_id, client=etcd._new_client(timeout=max(1.0, ttl / 3)))
         self._checker = etcd._new_client(timeout=max(1.0, ttl / 3))
         self._check_lock = threading.Lock()
+        self._ahead: Optional[threading.Thread] = None  # a confirmation's read sent ahead (``_read_ahead``)
         self._thread = threading.Thread(target=self._keep_alive, name=f"etcd lock {key}", daemon=True)
         self._thread.start()
 
@@ -724,7 +732,10 @@ class Lock:
     def confirm(self, fresh: float = 0) -> None:
         """Raise LostLock unless the lock is certainly still ours: one linearizable read of its key,
         unless one sent less than ``fresh`` s ago found it ours (the lease's own state is looked at
-        every time: it costs nothing)."""
+        every time: it costs nothing). A confirmation found fresh, unless brand new
+        (``READ_AHEAD_AFTER``), sends the next read at once, in the background: the change that
+        follows (a machine's restart, say) runs meanwhile, and the next confirmation finds that read
+        done instead of waiting on one."""
         if self._released:
             raise LostLock(f"{self.key} was released")
         if self._lost is None:
@@ -735,15 +746,46 @@ class Lock:
             with self._check_lock:  # threads confirming at once share one read
                 confirmed = self._confirmed
                 if confirmed is None or boottime() - confirmed >= fresh:
-                    sent = boottime()
-                    self._lost = self._check_key()
-                    if self._lost is None:
-                        self._confirmed = sent
+                    self._read_key()
+                elif fresh and boottime() - confirmed >= fresh * READ_AHEAD_AFTER:
+                    self._read_ahead()
         if self._lost is not None:
             raise LostLock(f"{self.key}: {self._lost}")
 
-    def _check_key(self) -> Optional[str]:
-        give_up, pause = time.monotonic() + self.ttl / 3, 0.1
+    def confirmed_by(self, sent: float) -> None:
+        """A transaction fenced by this lock, sent at ``sent`` (``boottime``), applied: it stands for a
+        confirmation sent then (``Etcd.fence_held``)."""
+        if self._confirmed is None or sent > self._confirmed:
+            self._confirmed = sent
+
+    def _read_key(self, ahead: bool = False) -> None:
+        """One read of the key (under ``_check_lock``): the lock is found ours as of the read's
+        sending, or lost. Read ahead, it is tried once, and no answer leaves the lock's state as it
+        was (the next confirmation reads again)."""
+        sent = boottime()
+        lost = self._check_key(patience=0 if ahead else None)
+        if lost is None:
+            self._confirmed = sent
+        elif not (ahead and lost.startswith(CANNOT_CONFIRM)):
+            self._lost = lost
+
+    def _read_ahead(self) -> None:
+        """``_read_key`` in a thread of its own, unless one is under way; a confirmation meanwhile
+        waits for it (it holds ``_check_lock``)."""
+        if self._ahead is not None and self._ahead.is_alive():
+            return
+
+        def read():
+            with self._check_lock:
+                if not self._released and self._lost is None:
+                    self._read_key(ahead=True)
+        self._ahead = threading.Thread(target=read, name=f"etcd lock {self.key}: confirmation", daemon=True)
+        self._ahead.start()
+
+    def _check_key(self, patience: Optional[float] = None) -> Optional[str]:
+        """Why the lock is not ours (None: it is), from one linearizable read of its key, tried
+        again for ``patience`` s (a third of the TTL unless given) before "cannot confirm it"."""
+        give_up, pause = time.monotonic() + (self.ttl / 3 if patience is None else patience), 0.1
         while True:
             try:
                 items = self._checker.get(_bytes(self.key), metadata=True, serializable=False)
@@ -752,7 +794,7 @@ class Lock:
                 if _token_refused(e):
                     self.etcd._forget_token()
                 if time.monotonic() + pause > give_up:
-                    return f"cannot confirm it ({_first_line(e) or type(e).__name__})"
+                    return f"{CANNOT_CONFIRM} ({_first_line(e) or type(e).__name__})"
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
         if not items:
@@ -769,6 +811,8 @@ class Lock:
         self._stop.set()
         self._thread.join()
         self._released = True
+        if self._ahead is not None:
+            self._ahead.join()  # a read sent ahead: its session is closed next
         for client in (self._lease.client, self._checker):
             client.session.close()
         try:
@@ -926,7 +970,7 @@ def tunnel(ex, host: str, remote_port: int = CLIENT_PORT, timeout: float = 5, ch
     client = Etcd("127.0.0.1", remote_port, timeout=timeout, label=label, connect=connect, login=login,
                   counted=counted)
     if ex.fence is not None:  # opened by a task holding the cluster's lock: its changes are fenced by it too
-        client.fence = ex.fence.fence
+        client.fence, client.fence_held = ex.fence.fence, ex.fence.confirmed_by
 
     def move(other: str) -> None:
         """From now on, through the member on ``other`` (the one on ``host`` is about to go down):

@@ -107,14 +107,14 @@ class Session:
         lock.stuck = self.ex.stuck
         self.lock = lock
         self.ex.fence = lock
-        client.fence = lock.fence
+        client.fence, client.fence_held = lock.fence, lock.confirmed_by
         self._stack.callback(self._release)
         return lock
 
     def _release(self) -> None:
         self.ex.fence = None
         if self._etcd is not None:
-            self._etcd.fence = None
+            self._etcd.fence = self._etcd.fence_held = None
         if self.lock is not None:
             self.lock.release()
 

@@ -135,6 +135,9 @@ class FakeFence:
     def lose(self, why="the key is gone (deleted or expired)"):
         self.lost = why
 
+    def confirmed_by(self, sent):
+        pass
+
     def confirm(self, fresh=0):
         from tasks.model.errors import LostLock
         if self.lost:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+import requests
 from types import SimpleNamespace
 
 from tasks.model.errors import HealthError, LockedError, LostLock, RemoteError
@@ -272,12 +273,12 @@ def test_a_confirmation_younger_than_fresh_stands_for_one_and_an_older_one_is_re
         assert reads == []  # the lock was taken a moment ago: that stands for a confirmation
         now[0] += 1
         lock.confirm(fresh=1)
-        now[0] += 0.9
+        now[0] += 0.04
         lock.confirm(fresh=1)
-        assert len(reads) == 1  # the third stood on the second
+        assert len(reads) == 1  # the third stood on the second (too young to send one ahead)
         etcd.delete(key)
         lock.confirm(fresh=1)  # within the second: the key's loss is not seen yet
-        now[0] += 0.1
+        now[0] += 0.96
         with pytest.raises(LostLock, match="the key is gone"):
             lock.confirm(fresh=1)  # a second old: read again
         assert len(reads) == 2
@@ -286,6 +287,74 @@ def test_a_confirmation_younger_than_fresh_stands_for_one_and_an_older_one_is_re
         etcd.delete(key)
         with pytest.raises(LostLock, match="the key is gone"):
             lock.confirm()  # no freshness asked: always read
+
+
+def test_a_confirmation_found_fresh_sends_the_next_read_ahead(etcd, monkeypatch):
+    from tasks.net import etcd as etcd_module
+    now = [etcd_module.boottime()]
+    monkeypatch.setattr(etcd_module, "boottime", lambda: now[0])
+    key = etcd.prefix + "lock"
+    with etcd.acquire(key, {"who": "alice"}, ttl=6) as lock:
+        reads = []
+        lock._checker.session.hooks["response"].append(lambda response, *a, **k: reads.append(response))
+        now[0] += 0.6
+        lock.confirm(fresh=1)  # the taking stands for it; the next read goes out now
+        lock._ahead.join(5)
+        assert len(reads) == 1 and lock._confirmed == now[0]
+        now[0] += 0.9  # 1.5 s after the taking, 0.9 s after the read sent ahead
+        lock.confirm(fresh=1)
+        assert len(reads) == 1
+        lock._ahead.join(5)
+        assert len(reads) == 2  # one more ahead
+        etcd.delete(key)
+        now[0] += 0.6
+        lock.confirm(fresh=1)  # fresh: this one sends a read ahead, which finds the key gone
+        lock._ahead.join(5)
+        with pytest.raises(LostLock, match="the key is gone"):
+            lock.confirm(fresh=1)  # no read of its own: the one ahead found it
+        assert len(reads) == 3
+
+
+def test_a_fenced_write_that_applied_stands_for_a_confirmation(etcd, monkeypatch):
+    from tasks.net import etcd as etcd_module
+    now = [etcd_module.boottime()]
+    monkeypatch.setattr(etcd_module, "boottime", lambda: now[0])
+    with etcd.acquire(etcd.prefix + "lock", {"who": "alice"}, ttl=6) as lock:
+        etcd.fence, etcd.fence_held = lock.fence, lock.confirmed_by
+        reads = []
+        lock._checker.session.hooks["response"].append(lambda response, *a, **k: reads.append(response))
+        now[0] += 2
+        etcd.write_many({etcd.prefix + "release": "r2"})
+        now[0] += 0.4
+        lock.confirm(fresh=1)
+        assert reads == [] and lock._confirmed == now[0] - 0.4
+        etcd.fence = (lock.key, lock.revision + 1)  # a fence that no longer stands: nothing confirmed
+        with pytest.raises(LostLock):
+            etcd.put(etcd.prefix + "release", "r3")
+        assert lock._confirmed == now[0] - 0.4
+    etcd.fence = etcd.fence_held = None
+
+
+def test_a_read_ahead_left_unanswered_changes_nothing_and_the_next_confirmation_reads(etcd, monkeypatch):
+    from tasks.net import etcd as etcd_module
+    now = [etcd_module.boottime()]
+    monkeypatch.setattr(etcd_module, "boottime", lambda: now[0])
+    with etcd.acquire(etcd.prefix + "lock", {"who": "alice"}, ttl=6) as lock:
+        taken = lock._confirmed
+        real_get, tries = lock._checker.get, []
+
+        def unanswered(*args, **kwargs):
+            tries.append(args)
+            raise requests.ConnectionError("connection refused")
+        lock._checker.get = unanswered
+        now[0] += 0.6
+        lock.confirm(fresh=1)
+        lock._ahead.join(5)
+        assert len(tries) == 1 and lock.held and lock._confirmed == taken  # tried once, nothing decided
+        lock._checker.get = real_get
+        now[0] += 0.4
+        lock.confirm(fresh=1)  # a second after the taking: read now
+        assert lock._confirmed == now[0]
 
 
 def test_a_stuck_task_stops_renewing_and_its_lock_expires(etcd):
