@@ -186,6 +186,7 @@ def rolling_run(cluster, component: str, before_rollout=None) -> dict:
     sb.commit_change(sb.Change(component))
     started = time.monotonic()
     with session(cluster, "bench/rolling.py") as s:
+        taking = [t for t in s.ex.trips.timeline() if t.host in cluster.machines]  # the lock's and logins'
         published = publish(s.ex, cluster.build.host, cluster.build.branch)
         release, built = published.release, published.built
         build_push = time.monotonic() - started
@@ -205,7 +206,7 @@ def rolling_run(cluster, component: str, before_rollout=None) -> dict:
     per_machine = {m: float(s) for m, s in UPGRADED.findall(said.getvalue())}
     return {"build_push": build_push, "pushed": pushed, "rolling": rolling, "changed": changed,
             "per_machine": per_machine, "release": release.id, "planned": planned, "before": first,
-            "trips": trips}
+            "trips": trips, "taking": taking}
 
 
 def main() -> None:

@@ -70,6 +70,21 @@ class RoundTrips:
             return {"hosts": hosts, "total": sum(self._counts.values())}
 
 
+def waits(trips) -> list:
+    """The round trips grouped into the waits they cost one after the other: trips whose times
+    overlap (sent before the group's last answer) cost one wait together. Each group is a list of
+    ``Trip`` in the order they were sent; a trip of unknown duration is taken as sent when answered. Pure."""
+    groups: list = []
+    end = None
+    for trip in sorted(trips, key=lambda t: t.at - t.took):
+        if end is None or trip.at - trip.took >= end:
+            groups.append([])
+            end = trip.at
+        groups[-1].append(trip)
+        end = max(end, trip.at)
+    return groups
+
+
 def request_of(response) -> str:
     """'METHOD /path' of the request a requests response answers ("" for anything else)."""
     request = getattr(response, "request", None)

@@ -41,6 +41,8 @@ from tasks.net.progress import say
 from tasks.net.session import optional_lock, session
 from tasks.runbooks.cli import NO_LOCK_HELP, air_task, cluster_of, report
 
+CHANGE = "change the balancer"  # what a change's command is called (bench/wan.py tells them by it)
+
 
 class Routers:
     """The cluster's machine list on the balancer host, through the task's executor.
@@ -79,7 +81,7 @@ class Routers:
         drain = self.cluster.timeouts.drain
         result = self.ex.run(self.host, change_command(self.cluster, change, drain, self.ex.run_id),
                              deadline=drain + self.cluster.timeouts.command,
-                             what=f"change the balancer of {self.cluster.name} "
+                             what=f"{CHANGE} of {self.cluster.name} "
                                   f"(is {unit_name(self.cluster)} running? fab balancer.setup)")
         self._servers = (change.machines, change.drained)
         left = drain_left(result.stdout)

@@ -37,6 +37,11 @@ from tasks.commands.shell import Staged, q, tail
 from tasks.model.errors import HealthError, RemoteError
 from tasks.net.connector import Connector
 
+# What two steps a rollout sends every machine at once are called (its round trips are told by them:
+# bench/wan.py counts them with the fixed part, not a machine's own).
+READ_RELEASE_FACTS = "read the release facts"
+RESUME_OS_UPDATES = "resume OS updates"
+
 
 def facts(ex: Connector, address: str) -> dict:
     return parse_facts(ex.read(address, facts_command(ex.cluster), what="read machine facts").stdout)
@@ -81,7 +86,7 @@ def pause_os_updates(ex: Connector, address: str) -> None:
 
 
 def resume_os_updates(ex: Connector, address: str) -> None:
-    ex.run(address, resume_os_updates_command(), what="resume OS updates")
+    ex.run(address, resume_os_updates_command(), what=RESUME_OS_UPDATES)
 
 
 def pull(ex: Connector, address: str, release, components=None) -> None:
@@ -106,7 +111,7 @@ def stop(ex: Connector, address: str, components=None) -> None:
 
 def release_facts(ex: Connector, address: str) -> dict:
     return parse_release_facts(ex.read(address, release_facts_command(ex.cluster),
-                                       what="read the release facts").stdout, ex.cluster)
+                                       what=READ_RELEASE_FACTS).stdout, ex.cluster)
 
 
 def wait_healthy(ex: Connector, address: str, timeout: int = None, components=None) -> None:

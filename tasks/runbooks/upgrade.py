@@ -320,7 +320,7 @@ class Rollout:
             try:
                 with self.ex.finishing():  # putting back, also after an interrupt (on a thread of its own)
                     self.ex.run(address, command + machine.resume_os_updates_command(), check=False,
-                                what="resume OS updates" + (", discard the staged files" if files else ""))
+                                what=steps.RESUME_OS_UPDATES + (", discard the staged files" if files else ""))
             except RemoteError as e:
                 return f"{e} (its OS updates stay paused: `fab rolling-upgrade` resumes them)"
             return None

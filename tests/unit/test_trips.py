@@ -40,3 +40,17 @@ def test_the_timeline_lists_each_round_trip_in_order_with_what_and_how_long():
         ("m1", "command", "read the release facts", 0.05), ("m1", "etcd", "POST /v3/kv/txn", 0.02),
         ("m2", "login", "", 0.0), ("m2", "login", "", 0.0)]
     assert listed[0].at <= listed[1].at <= listed[2].at
+
+
+def test_trips_that_overlap_cost_one_wait_and_the_rest_one_each():
+    from tasks.net.trips import Trip, waits
+    members = Trip(0.108, "m1", "etcd", "POST /v3/cluster/member/list", 0.107)
+    read = Trip(0.057, "m1", "etcd", "POST /v3/kv/range", 0.054)
+    facts = [Trip(0.224 + i / 1000, f"m{i}", "command", "read the release facts", 0.11) for i in (1, 2, 3)]
+    txn = Trip(0.297, "m1", "etcd", "POST /v3/kv/txn", 0.058)
+    login = Trip(0.4, "m1", "login", "SSH login")  # no duration known: sent when answered
+    restart = Trip(1.0, "m2", "command", "restart", 0.5)
+    ahead = Trip(0.9, "m1", "etcd", "POST /v3/kv/range", 0.05)  # sent while the restart ran
+    assert waits([restart, txn, facts[2], members, login, read, facts[0], facts[1], ahead]) == [
+        [members, read], facts, [txn], [login], [restart, ahead]]
+    assert waits([]) == []
