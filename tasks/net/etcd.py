@@ -704,6 +704,7 @@ class Lock:
         self._checker = etcd._new_client(timeout=max(1.0, ttl / 3))
         self._check_lock = threading.Lock()
         self._ahead: Optional[threading.Thread] = None  # a confirmation's read sent ahead (``_read_ahead``)
+        self._ahead_lock = threading.Lock()
         self._thread = threading.Thread(target=self._keep_alive, name=f"etcd lock {key}", daemon=True)
         self._thread.start()
 
@@ -743,12 +744,15 @@ class Lock:
             if quiet > self.ttl * 2 / 3:
                 self._lost = f"its lease was not renewed for {quiet:.0f} s (this process was stopped or cut off)"
         if self._lost is None:
-            with self._check_lock:  # threads confirming at once share one read
-                confirmed = self._confirmed
-                if confirmed is None or boottime() - confirmed >= fresh:
-                    self._read_key()
-                elif fresh and boottime() - confirmed >= fresh * READ_AHEAD_AFTER:
+            confirmed = self._confirmed
+            if confirmed is not None and boottime() - confirmed < fresh:  # stands: nothing waited for
+                if boottime() - confirmed >= fresh * READ_AHEAD_AFTER:
                     self._read_ahead()
+            else:
+                with self._check_lock:  # threads confirming at once (and a read ahead) share one read
+                    confirmed = self._confirmed
+                    if confirmed is None or boottime() - confirmed >= fresh:
+                        self._read_key()
         if self._lost is not None:
             raise LostLock(f"{self.key}: {self._lost}")
 
@@ -770,17 +774,18 @@ class Lock:
             self._lost = lost
 
     def _read_ahead(self) -> None:
-        """``_read_key`` in a thread of its own, unless one is under way; a confirmation meanwhile
-        waits for it (it holds ``_check_lock``)."""
-        if self._ahead is not None and self._ahead.is_alive():
-            return
+        """``_read_key`` in a thread of its own, unless one is under way; a confirmation that needs
+        a read meanwhile waits for it (it holds ``_check_lock``)."""
+        with self._ahead_lock:
+            if self._ahead is not None and self._ahead.is_alive():
+                return
 
-        def read():
-            with self._check_lock:
-                if not self._released and self._lost is None:
-                    self._read_key(ahead=True)
-        self._ahead = threading.Thread(target=read, name=f"etcd lock {self.key}: confirmation", daemon=True)
-        self._ahead.start()
+            def read():
+                with self._check_lock:
+                    if not self._released and self._lost is None:
+                        self._read_key(ahead=True)
+            self._ahead = threading.Thread(target=read, name=f"etcd lock {self.key}: confirmation", daemon=True)
+            self._ahead.start()
 
     def _check_key(self, patience: Optional[float] = None) -> Optional[str]:
         """Why the lock is not ours (None: it is), from one linearizable read of its key, tried

@@ -315,24 +315,49 @@ def test_a_confirmation_found_fresh_sends_the_next_read_ahead(etcd, monkeypatch)
         assert len(reads) == 3
 
 
+def test_a_confirmation_that_stands_does_not_wait_for_the_read_ahead(etcd, monkeypatch):
+    from tasks.net import etcd as etcd_module
+    now = [etcd_module.boottime()]
+    monkeypatch.setattr(etcd_module, "boottime", lambda: now[0])
+    with etcd.acquire(etcd.prefix + "lock", {"who": "alice"}, ttl=6) as lock:
+        real_get = lock._checker.get
+
+        def slow(*args, **kwargs):
+            time.sleep(1)
+            return real_get(*args, **kwargs)
+        lock._checker.get = slow
+        now[0] += 0.2
+        lock.confirm(fresh=1)  # sends the read ahead
+        started = time.monotonic()
+        for _ in range(3):  # machines confirming side by side while it is under way
+            lock.confirm(fresh=1)
+        assert time.monotonic() - started < 0.5 and lock._ahead.is_alive()
+        now[0] += 0.8  # the taking's confirmation is a second old: this one waits for the read ahead
+        lock.confirm(fresh=1)
+        assert not lock._ahead.is_alive() and lock._confirmed == now[0] - 0.8
+
+
 def test_a_fenced_write_that_applied_stands_for_a_confirmation(etcd, monkeypatch):
     from tasks.net import etcd as etcd_module
     now = [etcd_module.boottime()]
     monkeypatch.setattr(etcd_module, "boottime", lambda: now[0])
     with etcd.acquire(etcd.prefix + "lock", {"who": "alice"}, ttl=6) as lock:
         etcd.fence, etcd.fence_held = lock.fence, lock.confirmed_by
-        reads = []
-        lock._checker.session.hooks["response"].append(lambda response, *a, **k: reads.append(response))
-        now[0] += 2
-        etcd.write_many({etcd.prefix + "release": "r2"})
-        now[0] += 0.4
-        lock.confirm(fresh=1)
-        assert reads == [] and lock._confirmed == now[0] - 0.4
-        etcd.fence = (lock.key, lock.revision + 1)  # a fence that no longer stands: nothing confirmed
-        with pytest.raises(LostLock):
-            etcd.put(etcd.prefix + "release", "r3")
-        assert lock._confirmed == now[0] - 0.4
-    etcd.fence = etcd.fence_held = None
+        try:
+            reads = []
+            lock._checker.session.hooks["response"].append(lambda response, *a, **k: reads.append(response))
+            now[0] += 2
+            etcd.write_many({etcd.prefix + "release": "r2"})
+            now[0] += 0.04
+            lock.confirm(fresh=1)
+            assert reads == [] and lock._confirmed == now[0] - 0.04
+            etcd.fence = (lock.key, lock.revision + 1)  # a fence that no longer stands: nothing confirmed
+            now[0] += 0.01
+            with pytest.raises(LostLock):
+                etcd.put(etcd.prefix + "release", "r3")
+            assert lock._confirmed == now[0] - 0.05
+        finally:
+            etcd.fence = etcd.fence_held = None
 
 
 def test_a_read_ahead_left_unanswered_changes_nothing_and_the_next_confirmation_reads(etcd, monkeypatch):
