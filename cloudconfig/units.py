@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from tasks.model import etcd_access
+from tasks.model.cluster import ETCD_BCRYPT_COST
 from tasks.model.errors import ConfigError, RecordError
 from tasks.model.state import app_prefix
 
@@ -266,6 +267,8 @@ def etcd_dropin(cluster, machine: str, members, state: str) -> str:
         "ETCD_PEER_CLIENT_CERT_AUTH": "true",
         "ETCD_DATA_DIR": ETCD_DATA_DIR,
         **({"ETCD_ENABLE_V2": "true"} if getattr(cluster, "etcd_v2", False) else {}),
+        **({"ETCD_BCRYPT_COST": str(cluster.etcd_bcrypt_cost)}
+           if getattr(cluster, "etcd_bcrypt_cost", ETCD_BCRYPT_COST) != ETCD_BCRYPT_COST else {}),
     }
     return "[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in environment.items())
 

@@ -77,6 +77,9 @@ class Section:
     required: bool = True
 
 
+ETCD_BCRYPT_COST = 10  # etcd's own default (a drop-in names another one only)
+BCRYPT_COSTS = (4, 31)  # the costs etcd takes
+
 KINDS = {
     "text": "a non-empty string",
     "line": "a non-empty string on one line (no control characters)",
@@ -114,6 +117,7 @@ KINDS = {
     "unavailable": f"a number of machines (1 to {MAX_COUNT}) or a percent of the machines (`25%`: 1% to 100%)",
     "budget": f"a whole number from 0 to {MAX_COUNT}",
     "milliseconds": "a whole number of milliseconds, from 1 to 600000",
+    "bcrypt_cost": f"a whole number from {BCRYPT_COSTS[0]} to {BCRYPT_COSTS[1]} (etcd's bcrypt cost)",
     "etcd_reads": "a list of the application's keys the component reads: `maintenance`, `settings/<key>` "
                   "(a key of `settings`), or `settings/<prefix>/` (every setting below it; none of them a secret)",
     "settings": "a mapping of keys (words of letters, digits, . _ - joined by /) to a text or number, "
@@ -257,6 +261,10 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
                          "127.0.0.1:2379 that forwards to the members over TLS. etcd advises 3 or 5. On an "
                          "installed cluster etcd's member list decides which machines are members, not this "
                          "number.", 5),
+        "bcrypt_cost": Field("bcrypt_cost", "The cost of the bcrypt hash etcd keeps of each login's password "
+                             "(`--bcrypt-cost`): every login costs the member answering it 2^cost rounds. "
+                             "Takes effect for passwords set while the members run with it (setup-cluster, "
+                             "`fab etcd.auth`, add-machine for its member).", ETCD_BCRYPT_COST),
     }, required=False),
     "etcd_v2": Field("flag", "Serve etcd's v2 API on the members too (for applications that read "
                      "/v2/keys/...) and write the settings and the maintenance key there as well. Takes effect "
@@ -578,6 +586,7 @@ class Cluster:
     additions: Optional[Additions] = None
     settings: tuple = ()               # Setting, in file order
     etcd_members: int = 5              # the cap on etcd members; the other machines are workers
+    etcd_bcrypt_cost: int = ETCD_BCRYPT_COST  # etcd's --bcrypt-cost
     etcd_v2: bool = False
     etcd_auth: bool = False            # the schema's default is true; False here keeps hand-made test clusters open
     backups: Optional[Backups] = None  # None only for a Cluster made by hand: ``load`` always fills it in
@@ -983,6 +992,7 @@ CHECKERS: dict[str, Checker] = {
     "unavailable": lambda value, at: _unavailable(value),
     "budget": _whole(0, MAX_COUNT),
     "milliseconds": _whole(1, 600000),
+    "bcrypt_cost": _whole(*BCRYPT_COSTS),
     "settings": _settings,
     "etcd_reads": _etcd_reads,
 }
@@ -1136,6 +1146,7 @@ def _cluster(name: str, file: Path, values: dict, shown: str) -> Cluster:
         timeouts=Timeouts(**values["timeouts"]),
         additions=_additions(values["additions"]),
         settings=values["settings"] or (), etcd_members=values["etcd"]["members"],
+        etcd_bcrypt_cost=values["etcd"]["bcrypt_cost"],
         etcd_v2=values["etcd_v2"], etcd_auth=values["etcd_auth"],
         backups=_backups(values["backups"], values["secrets"], name),
         release_command=ReleaseCommand(**values["release_command"]) if values["release_command"] else None,

@@ -784,3 +784,12 @@ def test_etcd_members_caps_at_five_by_default_and_is_a_count(tmp_path):
     write(tmp_path, "stage", variant(etcd={"members": 3}))
     assert cluster.load("stage", tmp_path).etcd_members == 3
     assert "etcd.members" in error_of(tmp_path, "stage", variant(etcd={"members": 0}))
+
+
+def test_etcd_bcrypt_cost_is_etcds_default_unless_given_within_what_etcd_takes(tmp_path):
+    write(tmp_path, "stage", VALID)
+    assert cluster.load("stage", tmp_path).etcd_bcrypt_cost == 10
+    write(tmp_path, "stage", variant(etcd={"bcrypt_cost": 4}))
+    assert cluster.load("stage", tmp_path).etcd_bcrypt_cost == 4
+    assert error_of(tmp_path, "stage", variant(etcd={"bcrypt_cost": 3})).endswith(
+        f": etcd.bcrypt_cost: expected {cluster.KINDS['bcrypt_cost']}, got 3")

@@ -230,3 +230,12 @@ def test_a_member_listens_for_the_workers_proxies_over_tls_with_client_certifica
     assert "ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:2379,https://10.0.0.2:2379\n" in dropin
     assert "ETCD_CLIENT_CERT_AUTH=true\n" in dropin
     assert "ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:2379\n" in dropin
+
+
+def test_etcd_dropin_names_a_bcrypt_cost_other_than_etcds_default(cluster):
+    assert "BCRYPT" not in etcd_dropin(cluster, "10.0.0.2", cluster.machines, "new")
+    cheap = replace(cluster, etcd_bcrypt_cost=4)
+    assert etcd_dropin(cheap, "10.0.0.2", cluster.machines, "new").endswith(
+        "Environment=ETCD_DATA_DIR=/var/lib/etcd/member\nEnvironment=ETCD_BCRYPT_COST=4\n")
+
+
