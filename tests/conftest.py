@@ -475,7 +475,9 @@ class Rotation(Poller):
 
 
 class Probe:
-    """Steady GET /version requests to the balancer in a thread, until stopped or a bound is reached."""
+    """Steady GET /release requests to the balancer in a thread, until stopped or a bound is reached
+    (the router's /version without asking the other components: a request fails or not the same
+    way, for a fraction of the processes)."""
 
     def __init__(self, address, port, max_requests=3000, max_seconds=120, interval=0.1):
         self.address, self.port = address, port
@@ -501,7 +503,7 @@ class Probe:
                 and time.monotonic() - self._started < self.max_seconds:
             self.sent += 1
             try:
-                answer = get_version(self.address, self.port)
+                answer = get_version(self.address, self.port, path="/release")
                 self.releases[answer.get("release")] = self.releases.get(answer.get("release"), 0) + 1
             except Exception as e:  # any failure is what is counted
                 self.failed += 1
@@ -519,10 +521,10 @@ class Probe:
                 f"releases answered: {self.releases}" + (f"; errors: {self.errors}" if self.errors else ""))
 
 
-def get_version(address, port, timeout=10) -> dict:
+def get_version(address, port, timeout=10, path="/version") -> dict:
     conn = http.client.HTTPConnection(address, port, timeout=timeout)
     try:
-        conn.request("GET", "/version")
+        conn.request("GET", path)
         response = conn.getresponse()
         body = response.read()
     finally:
