@@ -129,6 +129,7 @@ def test_status_shows_a_machine_drained_in_haproxy_by_hand(local_serving):
         assert proc.returncode == 1
         assert {m["address"]: m["balancer_state"] for m in view["machines"]} == \
             {m: "DRAIN" if m == drained else "UP" for m in cluster.machines}
+        assert len(view["warnings"]) == 1, view["warnings"]
         [warning] = view["warnings"]
         assert warning["problem"] == f"haproxy marks {drained} DRAIN"
         assert f"fab balancer.remove --cluster local --machine {drained}" in warning["fix"]
