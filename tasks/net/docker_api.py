@@ -197,7 +197,8 @@ class Engine:
                 if not expired.is_set():
                     if isinstance(e, TIMED_OUT_ERRORS):
                         raise DeadlineError(f"{self.host}: {what}: no answer within {deadline} s") from None
-                    raise RemoteError(f"{self.host}: {what}: connection lost ({_reason(e)})") from None
+                    raise RemoteError(f"{self.host}: {what}: connection lost "
+                                      f"({self.ex.gave_up_on(self.host) or _reason(e)})") from None
             finally:
                 timer.cancel()
         if expired.is_set():

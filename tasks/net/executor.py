@@ -284,6 +284,11 @@ class Executor:
             except (OSError, EOFError, paramiko.SSHException):
                 pass  # gone already
 
+    def gave_up_on(self, host: str) -> Optional[str]:
+        """Why the keepalive watcher gave ``host``'s connection up (None: it did not): what a
+        step that lost its connection says, rather than the socket's own words."""
+        return self._gone.get(host)
+
     def _watch(self, host: str, conn: Connection) -> None:
         """Keepalive requests that want an answer: a peer that gives none within the cluster's
         ``timeouts.alive`` (hung, paused, powered off) has its connection closed, so whatever
@@ -464,8 +469,7 @@ class Executor:
         except socket.timeout:
             raise DeadlineError(f"{host}: {what}: no answer within {deadline} s") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            why = self._gone.get(host) or _reason(e)
-            raise RemoteError(f"{host}: {what}: connection lost ({why})") from None
+            raise RemoteError(f"{host}: {what}: connection lost ({self.gave_up_on(host) or _reason(e)})") from None
         finally:  # counted once it ended, answered or not
             self.trips.count(host, "command", what=what, took=time.monotonic() - sent)
 
@@ -504,8 +508,7 @@ class Executor:
             channel.close()
             return _ended(status)
         except (paramiko.SSHException, OSError, EOFError) as e:
-            why = self._gone.get(host) or _reason(e)
-            raise RemoteError(f"{host}: {what}: connection lost ({why})") from None
+            raise RemoteError(f"{host}: {what}: connection lost ({self.gave_up_on(host) or _reason(e)})") from None
 
     # ------------------------------------------------------------ files
 

@@ -37,6 +37,7 @@ class FakeExecutor:
         self.steps: list = []  # (host, what, deadline) of every step outside run
         self.on_run = None  # called with (host, command) before answering: a hook for tests
         self.forgotten: list = []  # hosts whose connection was given up (``forget``), in order
+        self.given_up: dict = {}  # host -> the keepalive watcher's verdict (``gave_up_on``)
 
     # The real rules of what may still change.
     check = Executor.check
@@ -56,6 +57,9 @@ class FakeExecutor:
 
     def forget(self, host):
         self.forgotten.append(host)
+
+    def gave_up_on(self, host):
+        return self.given_up.get(host)
 
     def conn(self, host):
         if host in self.down:

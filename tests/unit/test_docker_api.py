@@ -160,6 +160,16 @@ def test_a_push_cut_mid_stream_names_the_component_and_the_host(cluster):
     assert (HOST, "push of web 1.0.1", ex.cluster.timeouts.push) in ex.steps
 
 
+def test_a_stream_cut_because_the_host_was_given_up_says_so(cluster):
+    api = Api([{"status": "Preparing"}], then=OSError("Socket is closed"))
+    ex, engine = engine_of(cluster, api)
+    ex.given_up[HOST] = "no answer over SSH for 5 s (hung or gone)"
+    step = push.Step("web", BUILT, push.version.Decision("1.0.1", True, "1.0.0"))
+    with pytest.raises(RemoteError, match=rf"^{HOST}: push of web 1.0.1: connection lost "
+                                          rf"\(no answer over SSH for 5 s \(hung or gone\)\)$"):
+        push.push_image(engine, ex.cluster, step, "abc", {}, ["1.0.1", "latest"])
+
+
 def test_the_adapter_cuts_every_channel_its_pool_opened():
     """The deadline's cut, on docker-py's own adapter and urllib3's container of pools (which refuses
     to be iterated): every channel opened is closed, one already gone is skipped."""
