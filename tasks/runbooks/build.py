@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from tasks.commands.build_scripts import (
     BUILD_LOG_LINES,
@@ -120,10 +120,24 @@ def prepare(ex, host, checkout: str, component) -> None:
         raise RemoteError(f"build of {component.name} failed at its prepare command (exit {result.exited}): {last}")
 
 
-def build_component(api, ex, host, job: Job) -> str:
-    """Prepare and build one image from its checkout; return its image ID. Steps stream as progress."""
+def reused(api, cluster, job: Job, image_id: str) -> bool:
+    """Whether ``job``'s candidate on the build server is the image ``image_id`` (the one its
+    build inputs made for the cluster's release): then it is not built again."""
+    try:
+        return api.inspect_image(candidate(cluster, job.component.name, job.commit))["Id"] == image_id
+    except docker_errors.ImageNotFound:
+        return False
+
+
+def build_component(api, ex, host, job: Job, reuse: Optional[str] = None) -> str:
+    """Prepare and build one image from its checkout; return its image ID. Steps stream as progress.
+    ``reuse``: the image ID the component's build inputs made for the cluster's release; when its
+    candidate is still that image (and the build may use the cache), nothing is built."""
     started, component, cluster = time.monotonic(), job.component, ex.cluster
     ex.check(f"the build of {component.name}")
+    if reuse is not None and job.cache and reused(api, cluster, job, reuse):
+        say(f"  {component.name}: its build inputs are the release's: {reuse[:19]} kept, not built")
+        return reuse
     if component.prepare:
         prepare(ex, host, job.checkout, component)
     context = build_context(ex.read_bytes(host, context_command(job.checkout, component.source),
@@ -212,11 +226,14 @@ def check_out(ex, host: str, branch=None, only: str = None) -> CheckedOut:
     return CheckedOut(branches, plan, commits, base, components, subject)
 
 
-def build_images(ex, host: str, checked: CheckedOut, cache: bool = True) -> dict:
+def build_images(ex, host: str, checked: CheckedOut, cache: bool = True, reuse: Optional[dict] = None) -> dict:
     """Build every component of ``checked``; returns what ``build_all`` returns. ``cache``: False
-    rebuilds every step."""
+    rebuilds every step. ``reuse``: component -> the image its unchanged build inputs made
+    (``publish.reusable``), kept when its candidate still is that image."""
     api = docker_api.Engine(ex, host)
-    images = {job.component.name: build_component(api, ex, host, job) for job in checked.jobs(ex.cluster, cache)}
+    reuse = reuse or {}
+    images = {job.component.name: build_component(api, ex, host, job, reuse.get(job.component.name))
+              for job in checked.jobs(ex.cluster, cache)}
     return {**checked.meta(ex.cluster), "images": images}
 
 

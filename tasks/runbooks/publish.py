@@ -6,7 +6,10 @@ version and pushes it (``tasks.runbooks.push``), and returns the release with wh
 the main commit and branch, every source checkout and every component's build inputs, as the
 release records keep them. Given the cluster's release record, it builds nothing when the
 checkouts and build inputs are those the record keeps and the registry's tags still hold its
-images (one request per image): that release is the one published.
+images (one request per image): that release is the one published. Otherwise a component whose
+build inputs alone are the record's is not built again when its candidate on the build server is
+still the image the release runs (a change to the second repository builds the static website
+alone).
 """
 from __future__ import annotations
 
@@ -57,10 +60,20 @@ def publish(ex, host: str, branch=None, dry: bool = False, recorded: Optional[di
                 before_push(release, meta)
             return Published(release, [], meta)
         say(f"build: the registry's {moved} no longer holds release {recorded['id']}'s image: building")
-    built = build_images(ex, host, checked)
+    built = build_images(ex, host, checked, reuse=reusable(recorded, meta) if recorded is not None else None)
     before = (lambda release: before_push(release, built)) if before_push else None
     release, steps = push_all(ex, host, built["images"], dry=dry, before=before)
     return Published(release, steps, built)
+
+
+def reusable(recorded: dict, meta: dict) -> dict:
+    """component -> the image ID release ``recorded`` runs, for each component whose build inputs
+    are those the record keeps for it: its build would make that image again (its candidate on the
+    build server is used when it still is that image). Pure."""
+    inputs = recorded.get("inputs") or {}
+    images = recorded.get("components") or {}
+    return {c: images[c]["digest"] for c, digest in meta["inputs"].items()
+            if inputs.get(c) == digest and isinstance(images.get(c), dict) and images[c].get("digest")}
 
 
 def unchanged(recorded: dict, meta: dict) -> bool:

@@ -177,6 +177,11 @@ def test_a_change_in_the_second_repository_deploys_only_the_static_website(sandb
     assert f"{sb.WEBSITE_REPOSITORY} develop@{site_commit[:10]}" in listing[-1]
     assert json.loads(fab("releases", "--cluster", "local", "--json").stdout)[-1]["sources"] == current["sources"]
     assert "release " + current["id"] in proc.stdout
+    # Only the static website was built: the others' build inputs are the release's, their images kept.
+    others = [c.name for c in local_serving.components if c.name != sb.WEBSITE]
+    assert all(f"  {c}: its build inputs are the release's: " in proc.stderr for c in others), proc.stderr
+    assert [c for c in others if f"  {c}: Step " in proc.stderr] == []
+    assert f"  {sb.WEBSITE}: Step " in proc.stderr
 
 
 def registry_tags(registry, cluster) -> dict:

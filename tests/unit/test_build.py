@@ -380,3 +380,13 @@ def test_git_errors_are_shown_without_the_credentials_of_any_url():
         "fatal: unable to access 'https://git.example.org/air.git/': Could not resolve host\n"
         "remote: see https://git.example.org/help and ssh://h:22/x")
     assert credentials_masked("git@host:path/repo.git stays") == "git@host:path/repo.git stays"
+
+
+def test_reusable_are_the_components_whose_build_inputs_are_the_records():
+    from tasks.runbooks.publish import reusable
+    digest = {c: "sha256:" + c[0] * 64 for c in ("router", "static_website", "air_backend")}
+    recorded = {"inputs": {"router": "in-r", "static_website": "in-s1", "air_backend": "in-b"},
+                "components": {c: {"version": "1.0.0", "digest": d} for c, d in digest.items()}}
+    meta = {"inputs": {"router": "in-r", "static_website": "in-s2", "air_backend": "in-b", "extra": "in-x"}}
+    assert reusable(recorded, meta) == {"router": digest["router"], "air_backend": digest["air_backend"]}
+    assert reusable({"components": recorded["components"]}, meta) == {}  # recorded before inputs were kept

@@ -138,6 +138,34 @@ def test_a_build_cut_mid_stream_names_the_component_and_step_and_tags_nothing_mo
     assert api.calls == [("build", "web:candidate-abc")]
 
 
+@pytest.mark.parametrize("candidate, cache, built", [
+    (BUILT, True, False),                    # the candidate is the release's image: kept
+    ("sha256:" + "c" * 64, True, True),     # built again since (other settings): built
+    (None, True, True),                      # no candidate any more: built
+    (BUILT, False, True),                    # --no-cache: every step built again
+], ids=["kept", "other", "gone", "no-cache"])
+def test_a_component_whose_inputs_are_the_releases_is_kept_when_its_candidate_is_that_image(
+        cluster, monkeypatch, candidate, cache, built):
+    import docker
+    monkeypatch.setattr(build, "build_context", lambda data, component: b"")
+    api = Api([{"stream": "Step 1/1 : FROM scratch\n"}, {"aux": {"ID": "sha256:" + "d" * 64}}])
+
+    def inspect_image(image):
+        api.calls.append(("inspect", image))
+        if candidate is None:
+            raise docker.errors.ImageNotFound("no such image")
+        return {"Id": candidate}
+    api.inspect_image, api.images = inspect_image, lambda name: []
+    ex, engine = engine_of(cluster, api)
+    ex.read_bytes = lambda host, command, what: b""
+    job = replace(job_of(ex.cluster), cache=cache)
+    image = build.build_component(engine, ex, HOST, job, reuse=BUILT)
+    assert image == ("sha256:" + "d" * 64 if built else BUILT)
+    tag = build.candidate(ex.cluster, "web", "abc")
+    assert [c for c in api.calls if c[0] == "build"] == ([("build", tag)] if built else [])
+    assert [c for c in api.calls if c[0] == "inspect"] == ([("inspect", tag)] if cache else [])  # --no-cache: not asked
+
+
 def test_a_step_the_engine_refuses_is_said_once(cluster, monkeypatch):
     monkeypatch.setattr(build, "build_context", lambda data, component: b"")
     monkeypatch.setattr(build, "build_options", lambda cluster, job: {"tag": "web:candidate-abc"})
