@@ -5,8 +5,11 @@ outside (signals to the process, `docker pause` of a container, `etcdctl
 del`), while a probe sends requests through the balancer. Each checks the
 outcome from outside (exit status and error line, the routers file, the
 release files, etcd's records and members) and leaves the cluster serving,
-which the next test checks first. The figures of each (requests sent and
-failed, how long the failure took to surface) are printed.
+which the next test checks first. What a test committed and did not ship (a
+change, a slow start) stays committed rather than deployed again by the test
+(a deploy costs the suite's CPU): test_rolling_upgrade_while_a_deploy_runs...
+commits a fix and ships it all. The figures of each (requests sent and failed,
+how long the failure took to surface) are printed.
 """
 import dataclasses
 import json
@@ -28,7 +31,7 @@ from conftest import (BALANCER_ADDRESS, SHORT_LEASE, SPARE_ADDRESSES, Probe, Rot
                       etcd_of, etcdctl, fab, listed, local_copy, machine_releases, make_fresh, on, on_each, routed_in, serving,
                       wait_serving)
 from tasks.model import rollout_plan
-from tasks.runbooks import records
+from tasks.runbooks import balancer, membership, records
 
 PORT = 80
 
@@ -100,6 +103,7 @@ def test_a_paused_balancer_fails_the_deploy_within_its_deadline_and_frees_the_lo
 
 
 def test_a_machine_paused_during_a_deploy_fails_it_at_once_and_frees_the_lock(sandbox, local_serving, figures):
+    """Its change stays committed, not deployed: the next deploy ships it with its own."""
     cluster = local_serving
     sb.commit_change(sb.Change("static_website"))
     name = next(m["name"] for m in sandbox["machines"] if m["address"] == cluster.machines[-1])
@@ -119,14 +123,14 @@ def test_a_machine_paused_during_a_deploy_fails_it_at_once_and_frees_the_lock(sa
     assert "No machine was changed" in error_line(finished)
     assert recorded(cluster)[2] is None
     assert wait_serving(cluster)
-    fab("deploy", "--cluster", "local")  # the change goes out once the machine answers again
-    assert serving(cluster)
 
 
 def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_staged(sandbox, local_serving, figures):
     """The registry unreachable from one machine (its packets rejected there): the rollout stops before
     any machine leaves the balancer, and the machines whose pull worked lose their staged files and
-    update their OS again. (The pull's tries are cut to a few seconds for the test.)"""
+    update their OS again. (The pull's tries are cut to a few seconds for the test.) The release it
+    rolls out is the one the test before built and left unshipped, or, run alone, one of a change
+    of its own."""
     cluster = local_serving
     blocked = cluster.machines[-1]
     name = next(m["name"] for m in sandbox["machines"] if m["address"] == blocked)
@@ -136,10 +140,12 @@ def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_st
     check = (f"systemctl is-active update-engine.service; [ ! -e {machine.OS_UPDATES_PAUSED} ] || echo paused; "
              "ls -d /tmp/tmp.* 2>/dev/null | wc -l")
     before, releases = on_each(cluster, check), machine_releases(cluster)
-    sb.commit_change(sb.Change("static_website"))
     with session(hurried, "test: a pull failing on one machine") as s:
-        release = publish(s.ex, hurried.build.host, hurried.build.branch).release
         current, _ = records.read_release(s.etcd, hurried)
+        release = publish(s.ex, hurried.build.host, hurried.build.branch).release
+        if release.id == current.id:  # nothing committed since the cluster's release
+            sb.commit_change(sb.Change("static_website"))
+            release = publish(s.ex, hurried.build.host, hurried.build.branch).release
         sb.docker("exec", name, "iptables", "-I", *rule)
         try:
             with Probe(BALANCER_ADDRESS, PORT) as probe, pytest.raises(upgrade.UpgradeFailed) as failed:
@@ -155,6 +161,8 @@ def test_a_pull_failing_on_one_machine_changes_none_and_leaves_none_paused_or_st
 
 
 def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_130(local_serving, clock, figures):
+    """The cluster serves on the release it had; the slow start stays committed (the next test
+    replaces it, test_rolling_upgrade_while_a_deploy_runs... fixes it)."""
     cluster = local_serving
     before, _, _ = recorded(cluster)
     # Healthy 3 s after its start: the Ctrl-C lands while the machine in hand waits for it, however fast the rest.
@@ -181,15 +189,15 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     assert holder is None and current["id"] == before["id"]
     assert history[-1]["outcome"].startswith("interrupted")
     assert machine_releases(cluster)[in_hand] == before["id"] and in_hand in listed(cluster)
-    sb.commit_change(sb.Change("static_website", "fix"))
-    fab("deploy", "--cluster", "local")
-    assert serving(cluster)
+    assert wait_serving(cluster)
 
 
 def test_the_lock_deleted_behind_a_deploy_stops_it_within_a_confirmation_of_its_loss(local_serving, figures):
     """The lock is read again before a change once its last confirmation is LOCK_CONFIRMED_FOR s old:
     changes may still begin within that time of the deletion, none after it. Each machine takes 2 s
-    to become healthy (a slow start): a rollout that did not look would go on well past it."""
+    to become healthy (a slow start): a rollout that did not look would go on well past it.
+    rolling-upgrade puts back what the stopped deploy left out; the slow start stays committed
+    (test_rolling_upgrade_while_a_deploy_runs... fixes it)."""
     cluster = local_serving
     sb.commit_change(sb.Change("static_website", "slow-start", "2"))
     try:
@@ -209,13 +217,14 @@ def test_the_lock_deleted_behind_a_deploy_stops_it_within_a_confirmation_of_its_
         assert probe.failed == 0
     finally:
         fab("rolling-upgrade", "--cluster", "local")  # brings back what the stopped deploy left out
-        sb.commit_change(sb.Change("static_website", "fix"))
-        fab("deploy", "--cluster", "local")
     assert serving(cluster)
 
 
 def test_rolling_upgrade_while_a_deploy_runs_is_refused_naming_the_holder(local_serving):
-    sb.commit_change(sb.Change("static_website"))
+    """Its change is a fix: the deploy that completes also ships the changes the tests before left
+    committed and takes their slow start away (the modules after this one deploy without it)."""
+    cluster = local_serving
+    sb.commit_change(sb.Change("static_website", "fix"))
     running = Running("deploy", "--cluster", "local")
     try:
         running.wait_for("build:")
@@ -225,6 +234,15 @@ def test_rolling_upgrade_while_a_deploy_runs_is_refused_naming_the_holder(local_
     assert finished.returncode == 0, finished.stderr
     line = error_line(refused)
     assert line.startswith("error: /air/local/lock is held by who=") and "why=deploy master" in line
+    assert serving(cluster)
+
+
+def add_machine(cluster, new):
+    """What `fab add-machine --via <first machine>` does, run in this process: a test's setup, not
+    what it checks (a `fab` start is CPU the suite spends for nothing then)."""
+    via = cluster.machines[0]
+    with session(cluster, f"add-machine {new}", via) as s:
+        membership.add(s, via, new)
 
 
 def leader(cluster) -> str:
@@ -247,7 +265,7 @@ def test_remove_machine_of_the_etcd_leader_or_a_follower_completes_under_traffic
     cluster = local_serving
     spare = SPARE_ADDRESSES[0]
     make_fresh(cluster, [spare])
-    fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
+    add_machine(cluster, spare)
     if role == "leader":
         make_leader(cluster, spare)
     else:
@@ -290,7 +308,8 @@ def test_setup_cluster_resume_finishes_a_setup_that_stopped_after_etcd_formed(lo
         client.delete(state.release_key(cluster))
     units = " ".join(rollout_plan.units_of(cluster))
     on(cluster, last, f"systemctl stop {units}")
-    fab("balancer.remove", "--cluster", "local", "--machine", last)
+    with session(cluster, f"balancer.remove {last}") as s:  # what `fab balancer.remove` does
+        balancer.Routers(s.ex).remove(last)
     broken = fab("rolling-upgrade", "--cluster", "local", check=False)
     assert "has no release recorded" in error_line(broken)
     resumed = fab("setup-cluster", "--cluster", "local", "--resume")
