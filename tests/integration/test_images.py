@@ -81,7 +81,9 @@ class Session:
 
 
 @pytest.fixture(scope="module")
-def session(sandbox, tmp_path_factory):
+def session(installed, tmp_path_factory):
+    """The module's clusters share the sandbox's machines with `local`: its install (reused when it serves)
+    makes the etcd root login they load with and the etcd that holds their locks."""
     s = Session(tmp_path_factory.mktemp("clusters"))
     yield s
     s.cleanup()
