@@ -4,8 +4,10 @@ Each run of this module is independent of what earlier runs left in the
 registry: its clusters are written into a temporary clusters folder
 (AIR_CLUSTERS_DIR, given to the `fab` subprocess), include the sandbox's
 ``.sandbox/cluster.yaml`` and use a namespace, cluster names and sample-app
-branches made unique by one random prefix. Each test makes its own cluster
-and branch, so tests do not depend on each other's order. At the end the
+branches made unique by one random prefix. A build and push of a fresh cluster
+is the expensive step here: the clusters are module fixtures, each made when a
+test first asks for it, so every test runs alone too; where a test continues
+from the state the one before it left, its docstring says so. At the end the
 module removes its checkouts, branches and images on the build server; its
 images stay in the registry under the unique namespace (the registry has no
 garbage collection running).
@@ -81,7 +83,9 @@ class Session:
 
 
 @pytest.fixture(scope="module")
-def session(sandbox, tmp_path_factory):
+def session(installed, tmp_path_factory):
+    """The module's clusters share the sandbox's machines with `local`: its install (reused when it serves)
+    makes the etcd root login they load with and the etcd that holds their locks."""
     s = Session(tmp_path_factory.mktemp("clusters"))
     yield s
     s.cleanup()
@@ -163,25 +167,30 @@ def test_again_without_change_pushes_nothing(session, stage, registry, capsys):
     assert snapshot(session, registry) == before
 
 
-def test_a_changed_component_alone_gets_the_next_patch(session, registry):
-    branch, _ = session.branch("patch")
-    name = session.write("patch", branch)
-    build_push(session, name)
-    sb.commit_change(sb.Change("air_frontend", branch=branch))
-    report, _, _ = build_push(session, name)
-    assert changed(report) == {"air_frontend"}
-    assert versions(report) == {**{c: "1.0.0" for c in COMPONENTS}, "air_frontend": "1.0.1"}
-    assert report["components"]["air_frontend"]["previous"] == "1.0.0"
-    tags = registry_versions(registry, session.load(name))
-    assert tags == {**{c: ["1.0.0", "latest"] for c in COMPONENTS}, "air_frontend": ["1.0.0", "1.0.1", "latest"]}
-
-
-def test_a_new_minor_version_goes_to_changed_components_only(session, registry):
-    branch, _ = session.branch("minor")
-    name = session.write("minor", branch)
+@pytest.fixture(scope="module")
+def patched(session, registry):
+    """A cluster on its own branch, pushed, then router changed and pushed again: (name, branch, the
+    second push's report, the registry's tags right after it). The minor-version test goes on from
+    here, and the error tests aim at it afterwards."""
+    branch, _ = session.branch("patched")
+    name = session.write("patched", branch)
     build_push(session, name)
     sb.commit_change(sb.Change("router", branch=branch))
-    build_push(session, name)  # router 1.0.1
+    report, _, _ = build_push(session, name)
+    return name, branch, report, registry_versions(registry, session.load(name))
+
+
+def test_a_changed_component_alone_gets_the_next_patch(patched):
+    _, _, report, tags = patched
+    assert changed(report) == {"router"}
+    assert versions(report) == {**{c: "1.0.0" for c in COMPONENTS}, "router": "1.0.1"}
+    assert report["components"]["router"]["previous"] == "1.0.0"
+    assert tags == {**{c: ["1.0.0", "latest"] for c in COMPONENTS}, "router": ["1.0.0", "1.0.1", "latest"]}
+
+
+def test_a_new_minor_version_goes_to_changed_components_only(session, patched, registry):
+    """On the patched cluster (router at 1.0.1, every other component at 1.0.0)."""
+    name, branch, _, _ = patched
     sb.commit_change(sb.Change("air_backend", "version", "1.1", branch=branch))
     sb.commit_change(sb.Change("air_backend", branch=branch))
     report, built, _ = build_push(session, name)
@@ -227,12 +236,14 @@ def test_two_clusters_on_different_branches_keep_separate_checkouts_and_images(s
 # ---------------------------------------------------------------- errors: one line, non-zero, nothing pushed
 
 @pytest.fixture(scope="module")
-def target(session):
-    """A pushed cluster that the error tests aim at: (name, branch)."""
-    branch, _ = session.branch("errors")
-    name = session.write("errors", branch)
-    build_push(session, name)
-    return name, branch
+def target(patched):
+    """A pushed cluster that the error tests aim at: (name, branch). The patched cluster: its versions
+    do not matter here, only that it is pushed and what each step changes."""
+    return patched[:2]
+
+
+def target_short(session, name: str) -> str:
+    return name.removeprefix(f"{session.prefix}_")
 
 
 def unused_port(host: str) -> int:
@@ -245,39 +256,41 @@ def unused_port(host: str) -> int:
 
 
 def test_registry_unreachable(session, target, registry, tmp_path, local):
+    """Leaves air_backend changed, built and not pushed: the wrong-credentials test goes on from there."""
     name, branch = target
     sb.commit_change(sb.Change("air_backend", branch=branch))  # so that a push would have something to push
     host = local.registry.address.rsplit(":", 1)[0]
     port = unused_port(host)
-    session.write("errors", branch, directory=tmp_path, registry={"address": f"{host}:{port}"})
+    session.write(target_short(session, name), branch, directory=tmp_path, registry={"address": f"{host}:{port}"})
     env = {"AIR_CLUSTERS_DIR": str(tmp_path)}
     before = snapshot(session, registry)
-    fab("build", "--cluster", name, env=env)
+    # Built with the registry that is there, so that the wrong-credentials test and the push that
+    # shows both refusals kept air_backend back reuse this one build.
+    fab("build", "--cluster", name, env=session.env)
     message = refused("push", "--cluster", name, env=env)
     assert message.startswith(f"error: registry {host}:{port} unreachable: ")
     assert snapshot(session, registry) == before
-    # With the registry that is there, the same source pushes: the refusal did keep something back.
-    report, _, _ = build_push(session, name)
-    assert changed(report) == {"air_backend"}
 
 
 def test_wrong_registry_credentials(session, target, registry, tmp_path, local):
+    """Goes on from the registry-unreachable test: air_backend changed and built, not pushed. With the
+    registry that is there and the right credentials, the same build pushes afterwards: neither
+    refusal pushed anything of it."""
     name, branch = target
-    sb.commit_change(sb.Change("air_frontend", branch=branch))
     credentials = tmp_path / "registry.yaml"
     wrong = "wrong-" + secrets.token_hex(8)
     credentials.write_text(yaml.safe_dump({"username": sb.REGISTRY_USER, "password": wrong}))
     credentials.chmod(0o600)
-    session.write("errors", branch, directory=tmp_path / "clusters", registry={"credentials": str(credentials)})
+    session.write(target_short(session, name), branch, directory=tmp_path / "clusters",
+                  registry={"credentials": str(credentials)})
     env = {"AIR_CLUSTERS_DIR": str(tmp_path / "clusters")}
     before = snapshot(session, registry)
-    fab("build", "--cluster", name, env=env)
     message = refused("push", "--cluster", name, env=env)
     assert message == f"error: registry {local.registry.address} refused the credentials from {credentials} (HTTP 401)"
     assert wrong not in message
     assert snapshot(session, registry) == before
-    report, _, _ = build_push(session, name)
-    assert changed(report) == {"air_frontend"}
+    report = json.loads(fab("push", "--cluster", name, "--json", env=session.env).stdout)
+    assert changed(report) == {"air_backend"}
 
 
 def test_branch_that_does_not_exist(session, target, registry, build_server):
