@@ -135,7 +135,9 @@ def test_status_shows_a_machine_drained_in_haproxy_by_hand(local_serving):
         assert f"fab balancer.remove --cluster local --machine {drained}" in warning["fix"]
     finally:
         haproxy(cluster, f"set server {cluster.name}_http/{drained} state ready")
-    assert status().returncode == 0
+    # Ready again: haproxy marks every machine UP in every backend (read on its admin socket, as status reads it).
+    servers = haproxy_commands.parse_stat(on(cluster, cluster.balancer.host, haproxy_commands.stat_command(cluster)).stdout)
+    assert servers and {(s.machine, s.status) for s in servers} == {(m, "UP") for m in cluster.machines}, servers
 
 
 # ---------------------------------------------------------------- logs and exec
