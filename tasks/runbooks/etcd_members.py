@@ -100,15 +100,16 @@ def ask_members(ex, first, seconds: float = WITHIN, timeout: float = ASK_TIMEOUT
     left = deadline - time.monotonic()
     if more and left > 0:
         answers.update(ask_all(ex, more, left, timeout, reads))
-    if not quorum_of(answers).has_quorum and led(answers):  # busy, not without quorum: asked again, with time
-        answers.update(ask_all(ex, quorum_of(answers).answering, SURE_WITHIN, SURE_TIMEOUT, reads))
+    found = quorum_of(answers)
+    if not found.has_quorum and led(answers, found):  # busy, not without quorum: asked again, with time
+        answers.update(ask_all(ex, found.answering, SURE_WITHIN, SURE_TIMEOUT, reads))
     return answers
 
 
-def led(answers: dict) -> bool:
-    """Whether most voting members the ``answers`` list answered and name one leader: etcd has a
-    quorum that quorum reads too slow for the deadline (a busy machine, a slow login) did not show. Pure."""
-    found = quorum_of(answers)
+def led(answers: dict, found: Quorum) -> bool:
+    """Whether most voting members the ``answers`` list (``found``: their Quorum) answered and name
+    one leader: etcd has a quorum that quorum reads too slow for the deadline (a busy machine, a
+    slow login) did not show. Pure."""
     leaders = Counter(answers[a].figures.get("leader") for a in found.answering)
     leader, naming = leaders.most_common(1)[0] if leaders else (None, 0)
     return leader not in (None, "", "0") and naming > len(found.members) // 2

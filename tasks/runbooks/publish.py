@@ -48,32 +48,32 @@ def publish(ex, host: str, branch=None, dry: bool = False, recorded: Optional[di
     the publish there."""
     # The registry is asked whether the recorded release's tags still hold its images while the
     # checkouts are updated: the answer is ready when they are found unchanged.
-    held = ex.meanwhile(moved_tag, ex, Release.from_dict(recorded)) if recorded is not None else None
+    current = Release.from_dict(recorded) if recorded is not None else None
+    held = ex.meanwhile(moved_tag, ex, current) if current is not None else None
     checked = check_out(ex, host, branch)
     meta = checked.meta(ex.cluster)
-    if held is not None and recorded is not None and unchanged(recorded, meta):
-        release = Release.from_dict(recorded)
+    if held is not None and recorded is not None and current is not None and unchanged(recorded, meta):
         moved = held.result()
         if moved is None:
             say(f"build: every source and build input is release {recorded['id']}'s: nothing to build")
             if before_push is not None:
-                before_push(release, meta)
-            return Published(release, [], meta)
+                before_push(current, meta)
+            return Published(current, [], meta)
         say(f"build: the registry's {moved} no longer holds release {recorded['id']}'s image: building")
-    built = build_images(ex, host, checked, reuse=reusable(recorded, meta) if recorded is not None else None)
+    reuse = reusable(current, recorded.get("inputs") or {}, meta) if recorded is not None and current is not None \
+        else None
+    built = build_images(ex, host, checked, reuse=reuse)
     before = (lambda release: before_push(release, built)) if before_push else None
     release, steps = push_all(ex, host, built["images"], dry=dry, before=before)
     return Published(release, steps, built)
 
 
-def reusable(recorded: dict, meta: dict) -> dict:
-    """component -> the image ID release ``recorded`` runs, for each component whose build inputs
-    are those the record keeps for it: its build would make that image again (its candidate on the
-    build server is used when it still is that image). Pure."""
-    inputs = recorded.get("inputs") or {}
-    images = recorded.get("components") or {}
-    return {c: images[c]["digest"] for c, digest in meta["inputs"].items()
-            if inputs.get(c) == digest and isinstance(images.get(c), dict) and images[c].get("digest")}
+def reusable(release: Release, inputs: dict, meta: dict) -> dict:
+    """component -> the image ID ``release`` runs, for each component whose build inputs are
+    ``inputs``' (what its record keeps): its build would make that image again (its candidate on
+    the build server is used when it still is that image). Pure."""
+    return {c: release.image(c).digest for c, digest in meta["inputs"].items()
+            if inputs.get(c) == digest and c in release.components()}
 
 
 def unchanged(recorded: dict, meta: dict) -> bool:

@@ -383,10 +383,13 @@ def test_git_errors_are_shown_without_the_credentials_of_any_url():
 
 
 def test_reusable_are_the_components_whose_build_inputs_are_the_records():
+    from tasks.model.release import Release
     from tasks.runbooks.publish import reusable
-    digest = {c: "sha256:" + c[0] * 64 for c in ("router", "static_website", "air_backend")}
+    digest = {c: "sha256:" + h * 64 for c, h in (("router", "1"), ("static_website", "2"), ("air_backend", "3"))}
     recorded = {"inputs": {"router": "in-r", "static_website": "in-s1", "air_backend": "in-b"},
                 "components": {c: {"version": "1.0.0", "digest": d} for c, d in digest.items()}}
+    release = Release.from_dict(recorded)
     meta = {"inputs": {"router": "in-r", "static_website": "in-s2", "air_backend": "in-b", "extra": "in-x"}}
-    assert reusable(recorded, meta) == {"router": digest["router"], "air_backend": digest["air_backend"]}
-    assert reusable({"components": recorded["components"]}, meta) == {}  # recorded before inputs were kept
+    assert reusable(release, recorded["inputs"], meta) == {"router": digest["router"],
+                                                           "air_backend": digest["air_backend"]}
+    assert reusable(release, {}, meta) == {}  # recorded before inputs were kept

@@ -335,7 +335,7 @@ def test_members_naming_a_leader_whose_quorum_reads_are_slow_are_asked_again_wit
     assert [(a.address, a.answers, a.healthy) for a in answers.values()] == \
         [("10.0.0.1", True, healthy), ("10.0.0.2", True, healthy), ("10.0.0.3", False, False)]
     assert sorted(asked) == sorted(["10.0.0.1", "10.0.0.2"] * (2 if healthy else 1))  # asked again only when led
-    assert etcd_members.led(answers) is healthy
+    assert etcd_members.led(answers, etcd_members.quorum_of(answers)) is healthy
     if not healthy:  # no leader named: no quorum, said at the first deadline without a second wait
         assert time.monotonic() - started < 0.9
 
