@@ -59,6 +59,7 @@ def round_trips(cluster, run: dict) -> dict:
 
     def owned(trip) -> bool:  # a machine's own command, or a balancer change
         return changes(trip) or trip.kind == "command" and trip.host in machines and not trip.what.startswith(shared)
+
     def waited(trips) -> list:
         return [t for t in trips if not t.what.endswith("/lease/keepalive")]
     taking, rollout = waited(run["taking"]), waited(run["trips"].timeline())
