@@ -165,8 +165,9 @@ def test_ctrl_c_mid_upgrade_puts_the_machine_back_records_interrupted_and_exits_
     replaces it, test_rolling_upgrade_while_a_deploy_runs... fixes it)."""
     cluster = local_serving
     before, _, _ = recorded(cluster)
-    # Healthy 3 s after its start: the Ctrl-C lands while the machine in hand waits for it, however fast the rest.
-    sb.commit_change(sb.Change("static_website", "slow-start", "3"))
+    # Healthy 6 s after its start: the Ctrl-C lands while the machine in hand waits for it, however fast the
+    # rest (with 3 s, a full run on busy CPUs once sent it after the machine was healthy again).
+    sb.commit_change(sb.Change("static_website", "slow-start", "6"))
     slow = Slow(cluster, 6)  # a long request in flight too: short ones alone hide a restart without a drain
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         slow.start()
