@@ -86,15 +86,26 @@ class _ChannelConnection(SSHConnection):
 
 
 class _CuttablePool(SSHConnectionPool):
-    """docker-py's pool of SSH channels, keeping each channel it opened so that ``cut`` can close it."""
+    """docker-py's pool of SSH channels, keeping each channel it opened so that ``cut`` can close it,
+    and never handing out one whose far end has closed."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._made: list = []
 
     def _new_conn(self):
+        self._made = [made for made in self._made if not _ended(made.sock)]
         conn = _ChannelConnection(self.ssh_transport, self.timeout, self.ssh_host)
         self._made.append(conn)
+        return conn
+
+    def _get_conn(self, timeout=None):
+        # docker-py's pool skips urllib3's check for a dropped connection (it would call fileno() on
+        # the channel): a channel whose `docker system dial-stdio` ended would be reused, and the
+        # request sent on it fail with "Socket is closed" before anything reached the engine.
+        conn = super()._get_conn(timeout)
+        if _ended(conn.sock):
+            conn.close()
         return conn
 
     def cut(self):
@@ -104,6 +115,12 @@ class _CuttablePool(SSHConnectionPool):
                     conn.sock.close()
             except (OSError, EOFError, paramiko.SSHException):
                 pass  # gone already: nothing is left to cut
+
+
+def _ended(channel) -> bool:
+    """True for a pooled connection's channel that can carry no request: closed, or ended by the far
+    end (paramiko's flags, read without making the channel a file descriptor). ``None``: not yet open."""
+    return channel is not None and bool(channel.closed or channel.eof_received)
 
 
 def engine(conn, timeout: int = 600, counted=None) -> docker.APIClient:

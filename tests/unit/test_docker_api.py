@@ -236,3 +236,25 @@ def test_a_pooled_channel_closed_after_its_ssh_connection_is_gone_raises_nothing
     conn.sock = Channel()
     conn.close()
     assert Channel.closed and conn.sock is None
+
+
+@pytest.mark.parametrize("far_end, reused", [("open", True), ("ended", False), ("closed", False)])
+def test_a_pooled_channel_whose_far_end_ended_is_not_reused(far_end, reused):
+    """docker-py's pool skips urllib3's dropped-connection check: ours hands out a channel whose
+    `docker system dial-stdio` ended as a connection to open afresh, not one whose request would fail
+    with "Socket is closed"."""
+    conn = SimpleNamespace(host=HOST, client=SimpleNamespace(get_transport=lambda: None), open=lambda: None)
+    pool = docker_api._FabricSSHAdapter(conn, timeout=60).get_connection("http+docker://ssh/v1.41/build")
+    closed = []
+
+    class Channel:
+        eof_received, closed = far_end == "ended", far_end == "closed"
+
+        def close(self):
+            closed.append(self)
+    pooled = pool._get_conn()  # the first: a connection not yet open
+    channel = pooled.sock = Channel()
+    pool._put_conn(pooled)
+    handed = pool._get_conn()
+    assert handed is pooled
+    assert (handed.sock is channel, closed) == ((True, []) if reused else (False, [channel]))
