@@ -19,7 +19,7 @@ def main():
     args = parser.parse_args()
     sandbox.tear_down()
     if args.no_image_cache:
-        sandbox.docker("image", "rm", "-f", sandbox.image_tag(), check=False)
+        sandbox.docker("image", "rm", "-f", sandbox.machine_image.image_tag(), check=False)
     label = "cold up (image built)" if args.no_image_cache else "cold up (image cached)"
     timed(f"{label}, {args.machines} machines", sandbox.bring_up, args.machines, args.spares, form=COLUMN)
     timed(f"warm up, {args.machines} machines", sandbox.bring_up, args.machines, args.spares, form=COLUMN)

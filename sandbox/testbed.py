@@ -16,7 +16,6 @@ key, CA, credentials) is written to ``.sandbox/cluster.yaml`` and
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import io
 import json
@@ -24,12 +23,10 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import signal
 import subprocess
 import tarfile
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +37,7 @@ import yaml
 
 import cloudconfig
 from cloudconfig import USER_DATA_PATHS
+from sandbox import image as machine_image
 from tasks.commands import build_scripts
 from tasks.model import cluster as cluster_config
 from tasks.model.errors import AirError, ConfigError
@@ -49,7 +47,6 @@ from tasks.runbooks import records
 from tasks.runbooks.cli import air_task
 
 ROOT = cluster_config.PROJECT_ROOT
-RECIPE = ROOT / "sandbox" / "machine-image.sh"
 BASE_IMAGE_DIR = ROOT / "sandbox" / "base-image"
 APP_DIR = ROOT / "sandbox" / "air"
 WEBSITE_DIR = ROOT / "sandbox" / "website"  # the static website: a second repository
@@ -59,7 +56,6 @@ STATE = Path(os.environ.get("AIR_SANDBOX_STATE", ROOT / ".sandbox"))
 PREFIX = os.environ.get("AIR_SANDBOX_PREFIX", "air-sandbox")
 NETWORK = PREFIX
 SUBNET = os.environ.get("AIR_SANDBOX_SUBNET", "10.213.7")  # a /24; fixed addresses keep the cluster file stable
-IMAGE_REPO = "air-sandbox/machine"
 BASE_IMAGE = "air-sandbox/base:1"  # the sample app's FROM; built on the build server
 ETCD_CLIENT_IMAGE = "air-sandbox/etcd-client:1"  # the base image plus Debian's etcdctl: FROM of what reads etcd
 NGINX_IMAGE = "air-sandbox/nginx:1"  # the sample router's FROM: the etcd client image plus Debian's nginx
@@ -166,45 +162,9 @@ def engine_ready() -> None:
 
 # ---------------------------------------------------------------- the machine image
 
-def image_tag() -> str:
-    digest = hashlib.sha256(RECIPE.read_bytes()).hexdigest()[:12]
-    return f"{IMAGE_REPO}:{digest}"
-
-
-# One machine image build at a time on this machine, whichever sandbox asks (a test run's workers
-# start together; another checkout's sandbox shares the engine and the image).
-IMAGE_LOCK = Path(tempfile.gettempdir()) / "air-sandbox-image.lock"
-
-
 def ensure_image() -> str:
-    tag = image_tag()
-    if _have_image(tag):
-        return tag
-    with _locked(IMAGE_LOCK):
-        if not _have_image(tag):  # built meanwhile by whoever held the lock
-            _build_image(tag)
-    return tag
-
-
-def _have_image(tag: str) -> bool:
-    return docker("image", "inspect", tag, check=False).returncode == 0
-
-
-def _build_image(tag: str) -> None:
-    if not shutil.which("debootstrap"):
-        raise AirError("sandbox: debootstrap is needed to build the machine image (apt-get install debootstrap)")
-    say(f"sandbox: building machine image {tag} from Debian packages (about a minute)")
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="air-rootfs-") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        sh("sh", str(RECIPE), str(rootfs), timeout=1800)
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]', "-", tag],
-                                  stdin=tar.stdout, capture_output=True, text=True)
-        tar.wait()
-        if imported.returncode != 0 or tar.returncode != 0:
-            raise AirError(f"sandbox: importing the machine image failed: {imported.stderr.strip()}")
-    say(f"sandbox: machine image ready in {time.monotonic() - started:.0f} s")
+    """The machine image's tag (``sandbox.image``), built first when the engine does not have it."""
+    return machine_image.ensure_image(say)
 
 
 # ---------------------------------------------------------------- secrets and keys (on this machine)
@@ -605,18 +565,10 @@ def prepare(node: Node, base_doc: dict, config_id: str):
 
 
 @contextmanager
-def _locked(path: Path):
-    """Held while ``path`` is locked (fcntl): other processes asking for it wait."""
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-@contextmanager
 def _exclusive():
     """One change to the sandbox at a time (two test runs, or a test run and a developer)."""
     STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _locked(STATE / ".lock"):
+    with machine_image.locked(STATE / ".lock"):
         yield
 
 

@@ -83,3 +83,12 @@ def test_what_is_deferred_loads_on_first_use():
               "print(sorted(m for m in ('requests', 'tasks.net.http', 'etcd3gw.client') if m in sys.modules))")
     found = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert found.stdout.split() == ["['requests',", "'tasks.net.http']"]
+
+
+def test_the_machine_images_build_needs_only_the_standard_library():
+    """`sandbox/prepare-host` starts it before the Python packages are installed."""
+    at_start = set(loaded_by([]))  # what site-packages' .pth files load in any interpreter
+    loaded = loaded_by(["sandbox.image"])
+    third_party = [m for m in loaded if m not in at_start and m.split(".")[0] not in sys.stdlib_module_names
+                   and m.split(".")[0] not in ("sandbox", "tasks")]
+    assert third_party == [] and under(loaded, ["tasks"]) == ["tasks", "tasks.model", "tasks.model.errors"]
