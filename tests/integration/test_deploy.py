@@ -54,9 +54,11 @@ def balancer_view(sandbox, machines, tries=60) -> dict:
 
 def start_times(cluster, machines=None) -> dict:
     """machine -> {component: start time of its container}."""
-    names = [c.name for c in cluster.components]
-    command = "; ".join(f"docker inspect -f '{{{{.State.StartedAt}}}}' {container_name(n)}" for n in names)
-    return {m: dict(zip(names, out.split())) for m, out in on_each(cluster, command, machines).items()}
+    containers = {container_name(c.name): c.name for c in cluster.components}
+    command = f"docker inspect -f '{{{{.Name}}}} {{{{.State.StartedAt}}}}' {' '.join(containers)} 2>/dev/null; true"
+    found = on_each(cluster, command, machines)
+    return {m: {containers[name.lstrip("/")]: started for name, started in (line.split() for line in out.splitlines())}
+            for m, out in found.items()}
 
 
 def recorded(cluster):
