@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -297,13 +298,23 @@ def test_a_confirmation_found_fresh_sends_the_next_read_ahead(etcd, monkeypatch)
     with etcd.acquire(key, {"who": "alice"}, ttl=6) as lock:
         reads = []
         lock._checker.session.hooks["response"].append(lambda response, *a, **k: reads.append(response))
+        held = threading.Event()  # cleared: a read sent ahead waits (so what was read is known when asserted)
+        held.set()
+        real_get = lock._checker.get
+
+        def gated(*args, **kwargs):
+            held.wait(5)
+            return real_get(*args, **kwargs)
+        lock._checker.get = gated
         now[0] += 0.6
         lock.confirm(fresh=1)  # the taking stands for it; the next read goes out now
         lock._ahead.join(5)
         assert len(reads) == 1 and lock._confirmed == now[0]
         now[0] += 0.9  # 1.5 s after the taking, 0.9 s after the read sent ahead
+        held.clear()
         lock.confirm(fresh=1)
-        assert len(reads) == 1
+        assert len(reads) == 1  # it stood without a read of its own; the one it sent ahead is held
+        held.set()
         lock._ahead.join(5)
         assert len(reads) == 2  # one more ahead
         etcd.delete(key)
