@@ -111,11 +111,14 @@ def name_of(sandbox, address) -> str:
 # ---------------------------------------------------------------- backups
 
 def test_restore_and_recover_refuse_while_etcd_has_quorum(installed, young, folder):
-    fab("etcd.backup", "--cluster", "local", env=young)
-    for args in (("etcd.recover", "--machine", M1), ("etcd.restore", "--snapshot", str(snapshots(folder)[-1]))):
-        line = error_line(fab(*args, "--cluster", "local", check=False, env=young))
-        assert line == (f"error: etcd of local still has quorum (3 of 3 members answer healthy): {args[0]} is for "
-                        f"a cluster that lost it; nothing was changed")
+    # One `fab`: a backup (the snapshot etcd.restore is given below), then etcd.recover, refused.
+    recover = fab("etcd.backup", "--cluster", "local", "etcd.recover", "--cluster", "local", "--machine", M1,
+                  check=False, env=young)
+    assert recover.stdout.startswith("etcd backup: ") and recover.stdout.strip().endswith(str(snapshots(folder)[-1]))
+    restore = fab("etcd.restore", "--cluster", "local", "--snapshot", str(snapshots(folder)[-1]), check=False, env=young)
+    for task, proc in (("etcd.recover", recover), ("etcd.restore", restore)):
+        assert error_line(proc) == (f"error: etcd of local still has quorum (3 of 3 members answer healthy): {task} "
+                                    f"is for a cluster that lost it; nothing was changed")
     assert member_names(installed) == sorted(installed.machines)
 
 
