@@ -11,6 +11,7 @@ read from outside: etcdctl on the machines (and on this host, for the files), th
 back, requests through the balancer with a probe and a long request in flight. The module
 leaves the cluster serving on its three machines, as the next module expects.
 """
+import hashlib
 import json
 import stat
 import subprocess
@@ -19,11 +20,11 @@ import time
 import pytest
 
 from sandbox import testbed as sb
-from tasks.model import backup, cluster as cluster_config
-from tasks.runbooks import records
+from tasks.model import backup, cluster as cluster_config, state
+from tasks.runbooks import balancer, records, settings
 
-from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, Probe, Slow, error_line, etcd_of, etcdctl, fab, listed,
-                      local_copy, on, on_each, serving, wait_serving)
+from conftest import (BALANCER_ADDRESS, MACHINE_ADDRESSES, Probe, Slow, error_line, etcd_of, etcdctl, executor, fab,
+                      fab_here, listed, local_copy, on, on_each, serving, wait_serving)
 
 M1, M2, M3 = MACHINE_ADDRESSES
 PORT = 80
@@ -67,23 +68,40 @@ def member_names(cluster, via=M1) -> list:
 
 
 def recorded(cluster) -> tuple:
-    """(the recorded release's id, the history's ids and outcomes, the settings) read back from etcd."""
+    """(the recorded release's id, the history's ids and outcomes, the settings) read back from etcd;
+    the settings as every key below their prefix with its value, a secret's by its SHA-256 (a
+    failed comparison prints no secret)."""
     with etcd_of(cluster) as client:
         release, _ = records.read_release(client, cluster)
         history = [(r["id"], r["outcome"]) for r in records.history(client, cluster)]
-    settings = json.loads(fab("settings.get", "--cluster", "local", "--json").stdout)
-    return release.id, history, settings
+        found = client.get_prefix(state.settings_prefix(cluster))
+    secrets = settings.secrets_of(cluster)
+    shown = {k: "sha256 " + hashlib.sha256(v.encode()).hexdigest() if secrets.hides(k, v) else v
+             for k, v in found.items()}
+    assert shown, "no settings in etcd"
+    return release.id, history, shown
 
 
-def wait_until_down(address, within) -> bool:
-    """True once haproxy's checks take ``address`` out (every backend says DOWN)."""
+def wait_until_down(cluster, address, within) -> bool:
+    """True once haproxy's checks take ``address`` out (every backend says DOWN), as haproxy's admin
+    socket on the balancer tells (what `fab balancer.status` shows)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        servers = json.loads(fab("balancer.status", "--cluster", "local", "--json").stdout)
-        if all(s["status"].startswith("DOWN") for s in servers if s["machine"] == address):
+        servers = balancer.Routers(executor(cluster)).servers()
+        if all(s.status.startswith("DOWN") for s in servers if s.machine == address):
             return True
-        time.sleep(0.5)
+        time.sleep(0.25)
     return False
+
+
+def documents(text) -> list:
+    """The JSON documents printed one after another (a `fab` run of several tasks, each with --json)."""
+    found, at, decoder, text = [], 0, json.JSONDecoder(), text.strip()
+    while at < len(text):
+        document, at = decoder.raw_decode(text, at)
+        found.append(document)
+        at += len(text[at:]) - len(text[at:].lstrip())
+    return found
 
 
 def name_of(sandbox, address) -> str:
@@ -93,17 +111,21 @@ def name_of(sandbox, address) -> str:
 # ---------------------------------------------------------------- backups
 
 def test_restore_and_recover_refuse_while_etcd_has_quorum(installed, young, folder):
-    fab("etcd.backup", "--cluster", "local", env=young)
-    for args in (("etcd.recover", "--machine", M1), ("etcd.restore", "--snapshot", str(snapshots(folder)[-1]))):
-        line = error_line(fab(*args, "--cluster", "local", check=False, env=young))
-        assert line == (f"error: etcd of local still has quorum (3 of 3 members answer healthy): {args[0]} is for "
-                        f"a cluster that lost it; nothing was changed")
+    # One `fab`: a backup (the snapshot etcd.restore is given below), then etcd.recover, refused.
+    recover = fab("etcd.backup", "--cluster", "local", "etcd.recover", "--cluster", "local", "--machine", M1,
+                  check=False, env=young)
+    assert recover.stdout.startswith("etcd backup: ") and recover.stdout.strip().endswith(str(snapshots(folder)[-1]))
+    restore = fab("etcd.restore", "--cluster", "local", "--snapshot", str(snapshots(folder)[-1]), check=False, env=young)
+    for task, proc in (("etcd.recover", recover), ("etcd.restore", restore)):
+        assert error_line(proc) == (f"error: etcd of local still has quorum (3 of 3 members answer healthy): {task} "
+                                    f"is for a cluster that lost it; nothing was changed")
     assert member_names(installed) == sorted(installed.machines)
 
 
 def test_backups_are_checked_private_and_pruned(installed, young, folder, clock):
-    with clock("4 backups"):
-        made = [json.loads(fab("etcd.backup", "--cluster", "local", "--json", env=young).stdout) for _ in range(4)]
+    with clock("4 backups"):  # one `fab` running the task 4 times (--no-dedupe: the same arguments each time)
+        made = documents(fab("--no-dedupe", *["etcd.backup", "--cluster", "local", "--json"] * 4, env=young).stdout)
+    assert len(made) == 4 and len({m["file"] for m in made}) == 4, made
     kept = snapshots(folder)
     assert [p.name for p in kept] == [m["file"] for m in made[-3:]]  # the newest 3
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -123,7 +145,7 @@ def test_backups_are_checked_private_and_pruned(installed, young, folder, clock)
     data[4096] ^= 0xFF  # a byte of its database
     damaged.write_bytes(bytes(data))
     assert "its SHA-256 trailer does not match" in error_line(
-        fab("etcd.restore", "--cluster", "local", "--snapshot", str(damaged), check=False))
+        fab_here("etcd.restore", "--cluster", "local", "--snapshot", str(damaged), check=False))  # refused before any host
 
 
 def test_defrag_goes_member_by_member_leader_last(installed):
@@ -155,7 +177,7 @@ def test_two_of_three_killed_status_says_so_in_seconds_and_recover_brings_the_cl
     with clock("kill m2 and m3, until haproxy's checks take them out"):
         for address in (M2, M3):
             sb.docker("kill", name_of(sandbox, address))
-        assert wait_until_down(M2, 30) and wait_until_down(M3, 30)
+        assert wait_until_down(cluster, M2, 30) and wait_until_down(cluster, M3, 30)
     # From now on the survivor alone serves: a request that fails failed there.
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         started = time.monotonic()
@@ -182,10 +204,11 @@ def test_two_of_three_killed_status_says_so_in_seconds_and_recover_brings_the_cl
     figures(probe.report("the survivor during fab status and etcd.recover"))
     assert probe.failed == 0, probe.errors
 
-    with clock("m2 and m3 back fresh, add-machine of each"):
+    with clock("m2 and m3 back fresh"):
         sb.reset_machines([M2, M3])
-        for address in (M2, M3):
-            fab("add-machine", "--cluster", "local", "--via", M1, "--machine", address, env=young)
+    with clock("add-machine of m2, then of m3 (one fab)"):
+        fab(*(arg for address in (M2, M3) for arg in ("add-machine", "--cluster", "local", "--via", M1,
+                                                       "--machine", address)), env=young)  # one after the other
     assert member_names(cluster) == sorted(cluster.machines)
     assert sorted(listed(cluster)) == sorted(cluster.machines)
     assert recorded(cluster) == before
@@ -205,7 +228,7 @@ def test_every_members_data_lost_restore_from_the_newest_automatic_backup_then_d
     meta = record_of(newest)
     with clock("m3 made afresh (its data and units gone)"):
         sb.reset_machines([M3])
-        assert wait_until_down(M3, 30), "haproxy still sends to the machine made afresh"
+        assert wait_until_down(cluster, M3, 30), "haproxy still sends to the machine made afresh"
     slow = Slow(cluster, 12)
     with Probe(BALANCER_ADDRESS, PORT) as probe:
         slow.start()

@@ -115,20 +115,24 @@ def test_a_failed_deploy_puts_the_settings_back_and_a_rollback_restores_its_rele
     assert current["settings"] == good["settings"]
     assert history[-1]["outcome"].startswith("failed: ") and history[-1]["settings"]["values"][SITE] == {"value": second}
 
-    # Its repair, with the other setting; then the plan of a rollback, and the rollback.
+    # Its repair, with the other setting, then the plan of a rollback (one `fab` running both, one after
+    # the other: the plan reads what the repair left); then the rollback and the listing (one `fab` too).
     sb.commit_change(sb.Change(CHANGED, "fix"))
-    with clock("deploy of the repair with other settings"):
-        fab("deploy", "--cluster", "local", env=env)
+    with clock("deploy of the repair with other settings, then the rollback's plan"):
+        out = fab("deploy", "--cluster", "local", "rollback", "--cluster", "local", "--plan", env=env).stdout
     repaired, _ = recorded(cluster)
-    assert site_through_balancer(cluster) == {second} and etcd_values(cluster, FLAG) == {"on\n"}
-    plan = fab("rollback", "--cluster", "local", "--plan", env=env).stdout.splitlines()
+    deployed, *plan = out.splitlines()
+    assert deployed == f"release {repaired['id']}", out
     assert f"settings: ~ {SITE}: {second!r} -> {first!r}" in plan and f"settings: - {FLAG}" in plan
-    assert site_through_balancer(cluster) == {second}  # the plan changed nothing
-    with clock("rollback, under the probe"):
-        proc, probe, slow = under_traffic(cluster, "rollback", "--cluster", "local", env=env)
+    # the repair's settings, which the plan changed nothing of
+    assert site_through_balancer(cluster) == {second} and etcd_values(cluster, FLAG) == {"on\n"}
+    with clock("rollback, under the probe, then the listing"):
+        proc, probe, slow = under_traffic(cluster, "rollback", "--cluster", "local", "releases", "--cluster", "local",
+                                          env=env)
     figures(f"rollback restoring the settings: {probe.report('meanwhile')}")
     assert probe.failed == 0 and slow.complete, (probe.errors, slow.lines, slow.error)
-    assert proc.stdout.strip() == f"release {good['id']}"
+    rolled_back, *listing = proc.stdout.splitlines()
+    assert rolled_back == f"release {good['id']}", proc.stdout
     assert f"rollback: settings: ~ {SITE}: {second!r} -> {first!r}" in proc.stderr
     assert f"rollback: settings: - {FLAG}" in proc.stderr
     secret_values = [p.read_text().strip() for p in sb.STATE.joinpath("secrets").iterdir() if p.is_file()]
@@ -138,8 +142,8 @@ def test_a_failed_deploy_puts_the_settings_back_and_a_rollback_restores_its_rele
     current, history = recorded(cluster)
     assert current["rollback_from"] == repaired["id"] and current["settings"] == good["settings"]
 
-    # The listing says which releases ran with the settings etcd holds now.
-    listing = fab("releases", "--cluster", "local").stdout.splitlines()
+    # The listing (after the rollback) says which releases ran with the settings etcd holds now.
+    assert [line[2:].split()[1] for line in listing] == [r["id"] for r in history], listing  # one line each
     short = lambda record: f"settings {kept.short(record):8}"
     assert listing[-1].startswith("*") and f"{short(good)} same" in listing[-1]
     assert any(repaired["id"] in line and f"{short(repaired)} differs" in line for line in listing)
