@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
 
@@ -115,11 +115,9 @@ def fab_here(*args, env=None, input="", check=True):
 
 def machine_releases(cluster) -> dict:
     """machine -> the release its release file names, read on every machine of ``cluster`` at once."""
-    from tasks.net.executor import Executor
     from tasks.runbooks import steps
-    with Executor(cluster) as ex:
-        return dict(zip(cluster.machines, ex.parallel(lambda a: steps.release_facts(ex, a)["release"],
-                                                      cluster.machines)))
+    return _looking(cluster, lambda ex: dict(zip(cluster.machines, ex.parallel(
+        lambda a: steps.release_facts(ex, a)["release"], cluster.machines))))
 
 
 def routed_in(line: str) -> list:
@@ -251,12 +249,32 @@ def cluster_copy(name, folder, **changes) -> dict:
     return {"AIR_CLUSTERS_DIR": str(folder)}
 
 
+def _etcd_client(ex, cluster, via, stack: ExitStack):
+    """An etcd client of ``cluster`` on ``ex``'s connections (its tunnel closed with ``stack``), through
+    ``via``, else the first machine whose member has quorum, as a task's session finds one."""
+    from tasks.model.errors import RemoteError
+    from tasks.net import etcd as etcd_api
+    reasons = []
+    for address in [via] if via else list(cluster.machines):
+        with ExitStack() as tried:
+            try:
+                client = tried.enter_context(etcd_api.tunnel(ex, address, channels=2))
+                client.log_in_ahead()
+                if client.healthy():
+                    stack.enter_context(tried.pop_all())
+                    return client
+                reasons.append(f"{address}: etcd there has no quorum")
+            except RemoteError as e:
+                reasons.append(str(e))
+    raise RemoteError("no healthy etcd member reachable: " + "; ".join(reasons))
+
+
 @contextmanager
 def etcd_of(cluster, via=None):
-    """An etcd client of the cluster (no lock taken)."""
-    from tasks.net.session import session
-    with session(cluster, via=via) as s:
-        yield s.etcd
+    """An etcd client of the cluster (no lock taken), over the connections kept open (``executor``):
+    a look at etcd opens no SSH connection (a session's would open one to every machine)."""
+    with ExitStack() as stack:
+        yield _looking(cluster, lambda ex: _etcd_client(ex, cluster, via, stack))
 
 
 @pytest.fixture(scope="module")
@@ -317,23 +335,22 @@ def serving(cluster) -> bool:
     """True when the cluster's etcd has exactly its machines as started members, a release is
     recorded, every machine runs that release and the balancer lists exactly those machines."""
     from tasks.model.errors import AirError
-    from tasks.net.session import session
     from tasks.model import state
     from tasks.runbooks import balancer, records, steps
     try:
-        with session(cluster) as s:
-            members = s.etcd.members()
-            release, _ = records.read_release(s.etcd, cluster)
-            addresses = sorted(state.member_address(m) for m in members)
-            if release is None or addresses != sorted(cluster.machines) or \
-                    any(m.learner or not m.started for m in members):
-                return False
+        with etcd_of(cluster) as etcd:
+            members = etcd.members()
+            release, _ = records.read_release(etcd, cluster)
+        addresses = sorted(state.member_address(m) for m in members)
+        if release is None or addresses != sorted(cluster.machines) or \
+                any(m.learner or not m.started for m in members):
+            return False
 
-            def runs(address):
-                facts = steps.release_facts(s.ex, address)
-                return facts["release"] == release.id and set(facts["units"].values()) == {"active"}
-            return all(s.ex.parallel(runs, cluster.machines)) and \
-                sorted(balancer.Routers(s.ex).listed()) == addresses
+        def runs(ex, address):
+            facts = steps.release_facts(ex, address)
+            return facts["release"] == release.id and set(facts["units"].values()) == {"active"}
+        return _looking(cluster, lambda ex: all(ex.parallel(lambda a: runs(ex, a), cluster.machines))
+                        and sorted(balancer.Routers(ex).listed()) == addresses)
     except AirError:
         return False
 

@@ -5,11 +5,13 @@ outside (signals to the process, `docker pause` of a container, `etcdctl
 del`), while a probe sends requests through the balancer. Each checks the
 outcome from outside (exit status and error line, the routers file, the
 release files, etcd's records and members) and leaves the cluster serving,
-which the next test checks first. What a test committed and did not ship (a
-change, a slow start) stays committed rather than deployed again by the test
-(a deploy costs the suite's CPU): test_rolling_upgrade_while_a_deploy_runs...
-commits a fix and ships it all. The figures of each (requests sent and failed,
-how long the failure took to surface) are printed.
+which the next test checks first (the lock deleted behind a deploy leaves a
+machine out of the balancer: the deploy of the test after it puts it back).
+What a test committed and did not ship (a change, a slow start) stays committed
+rather than deployed again by the test (a deploy costs the suite's CPU):
+test_rolling_upgrade_while_a_deploy_runs... commits a fix and ships it all.
+The figures of each (requests sent and failed, how long the failure took to
+surface) are printed.
 """
 import dataclasses
 import json
@@ -43,10 +45,25 @@ def recorded(cluster):
             client.holder(state.lock_key(cluster))
 
 
+def lock_holder(cluster):
+    with etcd_of(cluster) as client:
+        return client.holder(state.lock_key(cluster))
+
+
+def wait_lock_free(cluster, within: float) -> bool:
+    """True once nobody holds the cluster's lock, False when it is still held after ``within`` s."""
+    deadline = time.monotonic() + within
+    while lock_holder(cluster) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 @pytest.fixture
 def local_serving(installed):
     assert wait_serving(installed, 60), "the cluster is not serving at the start of the test"
-    assert recorded(installed)[2] is None, "the lock is held at the start of the test"
+    assert lock_holder(installed) is None, "the lock is held at the start of the test"
     return installed
 
 
@@ -58,10 +75,12 @@ def test_a_deploy_stopped_past_its_lease_loses_the_lock_and_another_completes(lo
     slow = Slow(cluster, 8)
     with Probe(BALANCER_ADDRESS, PORT) as probe, Rotation(cluster) as watch:
         slow.start()
-        first = Running("deploy", "--cluster", "local", env=short)
-        first.wait_for("balancer: routes to")
+        with clock("first deploy, to its first drain"):
+            first = Running("deploy", "--cluster", "local", env=short)
+            first.wait_for("balancer: routes to")
         first.proc.send_signal(signal.SIGSTOP)   # a laptop lid closed mid-upgrade
-        time.sleep(SHORT_LEASE + 2)
+        with clock("the stopped deploy's lease running out"):  # polled: the time a fixed sleep would wait beyond it
+            assert wait_lock_free(cluster, SHORT_LEASE + 5), "the stopped deploy's lock outlived its lease"
         with clock("second deploy while the first is stopped"):
             second = Running("deploy", "--cluster", "local")
             second.wait_for("build:")
@@ -197,41 +216,44 @@ def test_the_lock_deleted_behind_a_deploy_stops_it_within_a_confirmation_of_its_
     """The lock is read again before a change once its last confirmation is LOCK_CONFIRMED_FOR s old:
     changes may still begin within that time of the deletion, none after it. Each machine takes 2 s
     to become healthy (a slow start): a rollout that did not look would go on well past it.
-    rolling-upgrade puts back what the stopped deploy left out; the slow start stays committed
-    (test_rolling_upgrade_while_a_deploy_runs... fixes it)."""
+    What the stopped deploy left out (a machine out of the balancer, on its release) stays so: the
+    deploy of test_rolling_upgrade_while_a_deploy_runs... puts it back (a rolling-upgrade here
+    restarted the two others on the slow start, only for that deploy to restart all three again);
+    the slow start stays committed (that deploy fixes it too)."""
     cluster = local_serving
     sb.commit_change(sb.Change("static_website", "slow-start", "2"))
-    try:
-        with Probe(BALANCER_ADDRESS, PORT) as probe:
-            running = Running("deploy", "--cluster", "local")
-            running.wait_for("balancer: routes to")
-            etcdctl(cluster, cluster.machines[0], f"del {state.lock_key(cluster)}")
-            deleted, seen = time.monotonic(), len(running.lines)
-            finished = running.finish()
-        changes = [(line, at - deleted) for line, at in zip(running.lines[seen:], running.arrived[seen:])
-                   if line.startswith("balancer: routes to")]
-        figures(f"lock deleted mid-deploy: {error_line(finished)}; balancer changes after it: "
-                f"{[f'{s:.2f} s' for _, s in changes]}; {probe.report('meanwhile')}")
-        assert error_line(finished).startswith("error: lost the deploy lock of local (/air/local/lock: the key is gone")
-        # Only changes begun within the confirmation's age (each printed when done: a reload's time later).
-        assert all(s < LOCK_CONFIRMED_FOR + 1.0 for _, s in changes), changes
-        assert probe.failed == 0
-    finally:
-        fab("rolling-upgrade", "--cluster", "local")  # brings back what the stopped deploy left out
-    assert serving(cluster)
-
-
-def test_rolling_upgrade_while_a_deploy_runs_is_refused_naming_the_holder(local_serving):
-    """Its change is a fix: the deploy that completes also ships the changes the tests before left
-    committed and takes their slow start away (the modules after this one deploy without it)."""
-    cluster = local_serving
-    sb.commit_change(sb.Change("static_website", "fix"))
-    running = Running("deploy", "--cluster", "local")
-    try:
-        running.wait_for("build:")
-        refused = fab("rolling-upgrade", "--cluster", "local", check=False)
-    finally:
+    with Probe(BALANCER_ADDRESS, PORT) as probe:
+        running = Running("deploy", "--cluster", "local")
+        running.wait_for("balancer: routes to")
+        etcdctl(cluster, cluster.machines[0], f"del {state.lock_key(cluster)}")
+        deleted, seen = time.monotonic(), len(running.lines)
         finished = running.finish()
+    changes = [(line, at - deleted) for line, at in zip(running.lines[seen:], running.arrived[seen:])
+               if line.startswith("balancer: routes to")]
+    figures(f"lock deleted mid-deploy: {error_line(finished)}; balancer changes after it: "
+            f"{[f'{s:.2f} s' for _, s in changes]}; {probe.report('meanwhile')}")
+    assert error_line(finished).startswith("error: lost the deploy lock of local (/air/local/lock: the key is gone")
+    # Only changes begun within the confirmation's age (each printed when done: a reload's time later).
+    assert all(s < LOCK_CONFIRMED_FOR + 1.0 for _, s in changes), changes
+    assert probe.failed == 0
+
+
+def test_rolling_upgrade_while_a_deploy_runs_is_refused_naming_the_holder(installed, clock):
+    """Its change is a fix: the deploy that completes also ships the changes the tests before left
+    committed and takes their slow start away (the modules after this one deploy without it). It
+    starts from what the test before left (a machine out of the balancer, on the release of the
+    stopped deploy, or, when that test failed, whatever it left) and ends with the cluster serving:
+    the deploy puts every machine on the fix and in the balancer."""
+    cluster = installed
+    assert lock_holder(cluster) is None, "the lock is held at the start of the test"
+    sb.commit_change(sb.Change("static_website", "fix"))
+    with clock("deploy of the fix, with a rolling-upgrade refused meanwhile"):
+        running = Running("deploy", "--cluster", "local")
+        try:
+            running.wait_for("build:")
+            refused = fab("rolling-upgrade", "--cluster", "local", check=False)
+        finally:
+            finished = running.finish()
     assert finished.returncode == 0, finished.stderr
     line = error_line(refused)
     assert line.startswith("error: /air/local/lock is held by who=") and "why=deploy master" in line

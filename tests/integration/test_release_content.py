@@ -7,8 +7,9 @@ component or another ``registry.keep`` is a copy of clusters/local.yaml in a tem
 clusters folder (AIR_CLUSTERS_DIR), so it is still the cluster `local`. The tests run in
 file order; each leaves the cluster serving on the plain local.yaml. Deploys are the expensive
 step: where one deploy can carry the change another check needs, it does (the first deploy
-also changes static_website for the image-retention test; that test's last deploy is the one
-the registry goes down in).
+and the deploy that takes the extra component away also change static_website, so that the
+image-retention test finds the machines holding enough of its images without deploys of its
+own; that test's last deploy is the one the registry goes down in).
 """
 import base64
 import json
@@ -23,10 +24,11 @@ from tasks.commands import machine
 from tasks.model import state
 from tasks.model.credentials import load_credentials
 from tasks.net.executor import Executor
+from tasks.net.session import session
 
 from conftest import (ROOT, SPARE_ADDRESSES, Probe, Running, error_line, etcd_of, fab, get_version, local_copy, on,
                       on_each)
-from tasks.runbooks import records
+from tasks.runbooks import membership, records
 from tasks.runbooks import steps
 
 REGISTRY = f"{sb.PREFIX}-registry"
@@ -141,8 +143,9 @@ def test_an_overwritten_version_tag_changes_nothing_that_runs(sandbox, local_ser
     fab("add-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
     try:
         joined = on(cluster, spare, "docker inspect -f '{{.Image}}' air-air_frontend").stdout.strip()
-    finally:
-        fab("remove-machine", "--cluster", "local", "--via", cluster.machines[0], "--machine", spare)
+    finally:  # what `fab remove-machine` does, run in this process: the cluster put back, not a check
+        with session(cluster, f"remove-machine {spare}", cluster.machines[0]) as s:
+            membership.remove(s, cluster.machines[0], spare)
     assert joined == frontend["digest"]
 
     again, _, _ = probed(sandbox, "deploy", "--cluster", "local")
@@ -200,49 +203,60 @@ def test_machines_log_in_with_the_pull_account_and_the_push_account_stays_here(l
 
 # ---------------------------------------------------------------- components come and go
 
-def test_components_come_and_go_and_rollbacks_cross_both(sandbox, local_serving, tmp_path):
+def test_components_come_and_go_and_rollbacks_cross_both(sandbox, local_serving, tmp_path, clock):
+    """The deploy that takes the extra component away also ships a change of static_website: one
+    more of its images on the machines for the image-retention test, without a deploy of its own
+    there (nothing checked here is about static_website)."""
     cluster = local_serving
     plain = current(cluster)["id"]
     with_extra = local_copy(tmp_path / "extra", components=LOCAL["components"] + [EXTRA])
 
-    added, _, _ = probed(sandbox, "deploy", "--cluster", "local", env=with_extra)
+    with clock("deploy adding a component"):
+        added, _, _ = probed(sandbox, "deploy", "--cluster", "local", env=with_extra)
     grown = released(added)
     extra = current(cluster)["components"]["extra"]["version"]
     assert set(on_each(cluster, "systemctl is-active air-extra.service").values()) == {"active\n"}
     answer = get_version(sandbox["balancer"]["address"], sandbox["balancer"]["port"])
     assert answer["release"] == grown and answer["components"]["extra"] == extra, answer
 
-    removed, _, _ = probed(sandbox, "deploy", "--cluster", "local")  # the plain file: extra is gone
+    sb.commit_change(sb.Change("static_website"))
+    with clock("deploy taking it away"):
+        removed, _, _ = probed(sandbox, "deploy", "--cluster", "local")  # the plain file: extra is gone
     assert "extra" not in current(cluster)["components"]
     gone = "systemctl list-unit-files --no-legend air-extra.service | wc -l; docker ps -q --filter name=air-extra | wc -l"
     assert set(on_each(cluster, gone).values()) == {"0\n0\n"}
     assert "extra" not in get_version(sandbox["balancer"]["address"], sandbox["balancer"]["port"])["components"]
 
-    back, _, _ = probed(sandbox, "rollback", "--cluster", "local", "--to", grown, env=with_extra)
+    with clock("rollback to the release with it"):
+        back, _, _ = probed(sandbox, "rollback", "--cluster", "local", "--to", grown, env=with_extra)
     assert released(back) == grown
     assert set(on_each(cluster, "systemctl is-active air-extra.service").values()) == {"active\n"}
 
-    first, _, _ = probed(sandbox, "rollback", "--cluster", "local", "--to", plain, env=with_extra)  # older than extra
+    with clock("rollback to a release older than it"):
+        first, _, _ = probed(sandbox, "rollback", "--cluster", "local", "--to", plain, env=with_extra)
     assert released(first) == plain
     assert set(on_each(cluster, gone).values()) == {"0\n0\n"}
 
 
 # ---------------------------------------------------------------- old images
 
-def test_machines_keep_the_images_of_the_current_and_kept_releases(sandbox, local_serving, tmp_path, figures):
+def test_machines_keep_the_images_of_the_current_and_kept_releases(sandbox, local_serving, tmp_path, figures, clock):
     """The deploy that cleans up is also the one the registry goes down in, for 3 s during the
-    pulls: the engines' retries carry it through (under the probe), and it cleans up all the same."""
+    pulls: the engines' retries carry it through (under the probe), and it cleans up all the same.
+    The static_website images it removes are those the tests before left (their deploys change it
+    for this), or, with fewer, those of deploys of its own."""
     cluster = local_serving
     keep = 1  # registry.keep (3 by default): 1 proves the same rule in fewer deploys
     keep_all = local_copy(tmp_path / "all", registry={"keep": 50})
     keep_one = local_copy(tmp_path / "one", registry={"keep": keep})
     address = cluster.machines[0]
     # With every image kept, deploys until the machine holds more static_website images than the
-    # current one and `keep` more; what earlier tests left counts (the first test's deploy changes
-    # static_website for this), so it takes 1 to 3. At least 1, so that the release before the
-    # cleanup is a deploy of the plain file: the rollbacks of the test before are not what is kept.
+    # current one and `keep` more; what earlier tests left counts (the module's first deploy and its
+    # deploy taking the extra component away change static_website for this), so after them it takes
+    # none. The release before the cleanup is then the test before's rollback to a release of the
+    # plain file: it is one of the kept ones all the same (a rollback is recorded as a release).
     deploys = 0
-    while deploys < 3 and (deploys == 0 or len(image_census(cluster, address)[0]["static_website"]) <= keep + 1):
+    while deploys < 3 and len(image_census(cluster, address)[0]["static_website"]) <= keep + 1:
         sb.commit_change(sb.Change("static_website"))
         fab("deploy", "--cluster", "local", env=keep_all)
         deploys += 1
@@ -250,7 +264,8 @@ def test_machines_keep_the_images_of_the_current_and_kept_releases(sandbox, loca
     before, size_before = image_census(cluster, address)
     disk_before = int(on(cluster, address, disk).stdout)
     sb.commit_change(sb.Change("static_website"))
-    registry_down_for_3_s_during_the_pulls(sandbox, cluster, env=keep_one)
+    with clock("deploy cleaning up, the registry down for 3 s"):
+        registry_down_for_3_s_during_the_pulls(sandbox, cluster, env=keep_one)
     after, size_after = image_census(cluster, address)
     disk_after = int(on(cluster, address, disk).stdout)
     figures(f"disk use of {address}'s Docker images and layers (du of overlay2 and image): "
