@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
 
@@ -249,32 +249,25 @@ def cluster_copy(name, folder, **changes) -> dict:
     return {"AIR_CLUSTERS_DIR": str(folder)}
 
 
-def _etcd_client(ex, cluster, via, stack: ExitStack):
-    """An etcd client of ``cluster`` on ``ex``'s connections (its tunnel closed with ``stack``), through
-    ``via``, else the first machine whose member has quorum, as a task's session finds one."""
-    from tasks.model.errors import RemoteError
-    from tasks.net import etcd as etcd_api
-    reasons = []
-    for address in [via] if via else list(cluster.machines):
-        with ExitStack() as tried:
-            try:
-                client = tried.enter_context(etcd_api.tunnel(ex, address, channels=2))
-                client.log_in_ahead()
-                if client.healthy():
-                    stack.enter_context(tried.pop_all())
-                    return client
-                reasons.append(f"{address}: etcd there has no quorum")
-            except RemoteError as e:
-                reasons.append(str(e))
-    raise RemoteError("no healthy etcd member reachable: " + "; ".join(reasons))
-
-
 @contextmanager
 def etcd_of(cluster, via=None):
-    """An etcd client of the cluster (no lock taken), over the connections kept open (``executor``):
-    a look at etcd opens no SSH connection (a session's would open one to every machine)."""
-    with ExitStack() as stack:
-        yield _looking(cluster, lambda ex: _etcd_client(ex, cluster, via, stack))
+    """An etcd client of the cluster (no lock taken), found as a task's session finds it, over the
+    connections kept open (``executor``): a look at etcd opens no SSH connection (a session of its
+    own would open one to every machine)."""
+    from tasks.net.session import Session
+
+    def connect(ex):
+        s = Session(cluster, ex)
+        try:
+            return s, s.connect_etcd(via)
+        except BaseException:
+            s.close()
+            raise
+    s, client = _looking(cluster, connect)
+    try:
+        yield client
+    finally:
+        s.close()
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,11 @@ from tasks.net.progress import say
 class Session:
     """The executor, etcd client and lock of one task on ``cluster``."""
 
-    def __init__(self, cluster):
+    def __init__(self, cluster, ex: Optional[Executor] = None):
+        """``ex``: an executor of ``cluster`` already open, to use and leave open (default: one of its own)."""
         self.cluster = cluster
-        self.ex = Executor(cluster)
+        self.ex = ex or Executor(cluster)
+        self._owns_ex = ex is None
         self._etcd: Optional[etcd_api.Etcd] = None
         self.lock: Optional[etcd_api.Lock] = None
         self.via: Optional[str] = None
@@ -122,7 +124,8 @@ class Session:
         try:
             self._stack.close()
         finally:
-            self.ex.close()
+            if self._owns_ex:
+                self.ex.close()
 
 
 @contextmanager

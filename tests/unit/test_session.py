@@ -67,3 +67,21 @@ def test_without_etcd_an_installed_cluster_refuses_unless_no_lock():
     forced = _NoEtcd({"10.0.0.1": "abc123def456\n"})
     session.optional_lock(forced, "push", no_lock=True)
     assert forced.locked is None and forced.commands == []  # not even asked: the operator said so
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_session_closes_the_executor_it_made_and_leaves_one_it_was_given_open(given, monkeypatch):
+    closed = []
+
+    class Executor:
+        def __init__(self, cluster):
+            self.cluster = cluster
+
+        def close(self):
+            closed.append(self)
+    monkeypatch.setattr(session, "Executor", Executor)
+    cluster = SimpleNamespace(name="prod", machines=["10.0.0.1"])
+    kept = Executor(cluster) if given else None
+    s = session.Session(cluster, kept)
+    s.close()
+    assert (s.ex is kept, closed) == ((True, []) if given else (False, [s.ex]))
