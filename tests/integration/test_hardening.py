@@ -24,7 +24,10 @@ from integration.test_deploy import recorded
 from integration.test_images import registry_versions
 
 BUILD = f"{sb.PREFIX}-build"
-SHORT_BUILD = 15  # s: timeouts.build of the copy of local.yaml whose build is cut off by its deadline
+# s: timeouts.build of the copy of local.yaml whose build is cut off by its deadline (the router's
+# build reaches its hour-long step within a second of its start: the steps before it are cached)
+SHORT_BUILD = 6
+LONG = 15  # s: the long request in flight while secrets.apply is interrupted and resumed (both: 7-12 s)
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +48,17 @@ def hanging_step_started(run) -> str:
 
 
 def build_left_running(cluster) -> str:
-    """The hour-long step's process on the build server, if the engine still runs it after a while."""
-    for _ in range(30):
+    """The hour-long step's process on the build server, if the engine still runs it after 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
         found = on(cluster, BUILD_ADDRESS, f"pgrep -ax sleep | grep ' {sb.HANG}$' || true").stdout.strip()
-        if not found:
-            return ""
-        time.sleep(1)
-    return found
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.25)
 
 
 def test_a_docker_stream_cut_mid_build_is_one_error_line_and_nothing_is_pushed(local_serving, registry, hanging,
-                                                                                 tmp_path):
+                                                                                 tmp_path, clock):
     cluster = local_serving
     tags, (release, history, _) = registry_versions(registry, cluster), recorded(cluster)
     # The router's last step, whatever its number.
@@ -63,16 +66,18 @@ def test_a_docker_stream_cut_mid_build_is_one_error_line_and_nothing_is_pushed(l
     with Probe(cluster.balancer.host, cluster.balancer.http_port, max_requests=20000, max_seconds=600) as probe:
         # Its deadline passes: the stream is cut off there.
         short = local_copy(tmp_path, timeouts={"build": SHORT_BUILD})
-        cut = fab("deploy", "--cluster", "local", "--branch", hanging, env=short, check=False)
+        with clock("deploy, its build cut off by its deadline"):
+            cut = fab("deploy", "--cluster", "local", "--branch", hanging, env=short, check=False)
         assert re.fullmatch(rf"error: build of router failed at {step}: {re.escape(BUILD_ADDRESS)}: build router: "
                             rf"not done within {SHORT_BUILD} s \(cut off there\)", error_line(cut)), cut.stderr
         assert build_left_running(cluster) == ""
         # Its channel is dropped on the build server (the far end of the Engine API, killed).
-        run = Running("deploy", "--cluster", "local", "--branch", hanging)
-        hanging_step_started(run)
-        # `docker system dial-stdio`, the Engine API's end of the channel (dockerd's name differs).
-        on(cluster, BUILD_ADDRESS, "pgrep -x docker | xargs -r kill")
-        dropped = error_line(run.finish(within=120))
+        with clock("deploy, its build's channel dropped"):
+            run = Running("deploy", "--cluster", "local", "--branch", hanging)
+            hanging_step_started(run)
+            # `docker system dial-stdio`, the Engine API's end of the channel (dockerd's name differs).
+            on(cluster, BUILD_ADDRESS, "pgrep -x docker | xargs -r kill")
+            dropped = error_line(run.finish(within=120))
         assert re.match(rf"error: build of router failed at {step}: {re.escape(BUILD_ADDRESS)}: build router: "
                         rf"connection lost \(", dropped), dropped
         assert build_left_running(cluster) == ""
@@ -91,7 +96,20 @@ def session_keys(cluster) -> dict:
     return {m: text.split()[0] for m, text in on_each(cluster, f"sha256sum {SESSION_KEY}").items()}
 
 
-def test_secrets_apply_interrupted_after_a_machine_says_who_runs_what_and_resume_finishes(local_serving, tmp_path):
+def drained_in_flight(slow, runs) -> bool:
+    """Whether the long request was still in flight when the balancer began to drain its machine: the
+    progress line before the one saying that machine was drained (or the run's start) came before the
+    request ended. ``runs``: (when it was started, Running), in order."""
+    for started, run in runs:
+        times = [started] + run.arrived
+        for i, line in enumerate(run.lines):
+            if line.startswith("balancer: routes to ") and line.endswith(f"(drained {slow.machine})"):
+                return times[i] < slow.ended
+    return False
+
+
+def test_secrets_apply_interrupted_after_a_machine_says_who_runs_what_and_resume_finishes(local_serving, tmp_path,
+                                                                                          clock):
     cluster = local_serving
     copy = Copy(tmp_path / "clusters")
     rotated = "rotated-" + secrets.token_urlsafe(12)
@@ -99,13 +117,15 @@ def test_secrets_apply_interrupted_after_a_machine_says_who_runs_what_and_resume
     new, before = hashlib.sha256((rotated + "\n").encode()).hexdigest(), session_keys(cluster)
     try:
         with Probe(cluster.balancer.host, cluster.balancer.http_port, max_requests=20000, max_seconds=600) as probe:
-            slow = Slow(cluster, 30)
+            slow = Slow(cluster, LONG)
             slow.start()
             assert slow.started_on.wait(30) and slow.error is None, slow.error
-            run = Running("secrets.apply", "--cluster", "local", env=copy.env)
-            first = run.wait_for(f"upgrade: {SUBNET}.", within=300).split()[1]
-            run.proc.send_signal(signal.SIGINT)  # Ctrl-C once the first machine runs the new secrets
-            stopped = run.finish(within=300)
+            with clock("secrets.apply, interrupted after its first machine"):
+                started = time.monotonic()
+                run = Running("secrets.apply", "--cluster", "local", env=copy.env)
+                first = run.wait_for(f"upgrade: {SUBNET}.", within=300).split()[1]
+                run.proc.send_signal(signal.SIGINT)  # Ctrl-C once the first machine runs the new secrets
+                stopped = run.finish(within=300)
             others = sorted(set(MACHINE_ADDRESSES) - {first})
             last = stopped.stderr.strip().splitlines()[-1]
             assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
@@ -115,18 +135,26 @@ def test_secrets_apply_interrupted_after_a_machine_says_who_runs_what_and_resume
                                  f"the others"), last
             halfway = session_keys(cluster)
             assert halfway == {**before, first: new}
-            resumed = fab("secrets.apply", "--cluster", "local", "--resume", env=copy.env)
+            with clock("secrets.apply --resume"):
+                resumed_at = time.monotonic()
+                resume = Running("secrets.apply", "--cluster", "local", "--resume", env=copy.env)
+                resumed = resume.finish()
+            assert resumed.returncode == 0, resumed.stderr
             assert (f"secrets.apply: resuming: the folder's secrets already run on {first}; finishing "
                     f"{', '.join(others)}") in resumed.stderr
             assert rotated not in resumed.stdout + resumed.stderr + stopped.stderr
             slow.join(60)
         assert probe.covered and probe.failed == 0, probe.report("secrets.apply interrupted, then resumed")
         assert slow.complete, (slow.error, slow.lines[-3:])
+        assert drained_in_flight(slow, [(started, run), (resumed_at, resume)]), \
+            (f"the long request ended before its machine ({slow.machine}) was drained: give it more seconds",
+             slow.ended, run.arrived, run.lines, resume.arrived, resume.lines)
         assert set(session_keys(cluster).values()) == {new}
         kept = on_each(cluster, "test -e /etc/air/secrets.previous && echo kept || echo none")
         assert set(kept.values()) == {"none\n"}, kept
     finally:
-        fab("secrets.apply", "--cluster", "local", "--wait")  # back to the cluster file's secrets
+        with clock("secrets.apply, back to the cluster file's secrets"):
+            fab("secrets.apply", "--cluster", "local", "--wait")
     assert session_keys(cluster) == before
 
 
