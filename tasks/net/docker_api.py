@@ -25,7 +25,7 @@ import requests
 import urllib3
 from docker.transport.sshconn import SSHConnection, SSHConnectionPool, SSHHTTPAdapter
 
-from tasks.model.errors import DeadlineError, RemoteError
+from tasks.model.errors import DeadlineError
 
 # The Engine API level air-deploy speaks: Docker 20.10 and every later engine answer it.
 API_VERSION = "1.41"
@@ -214,8 +214,7 @@ class Engine:
                 if not expired.is_set():
                     if isinstance(e, TIMED_OUT_ERRORS):
                         raise DeadlineError(f"{self.host}: {what}: no answer within {deadline} s") from None
-                    raise RemoteError(f"{self.host}: {what}: connection lost "
-                                      f"({self.ex.gave_up_on(self.host) or _reason(e)})") from None
+                    raise self.ex.connection_lost(self.host, what, _reason(e)) from None
             finally:
                 timer.cancel()
         if expired.is_set():

@@ -289,6 +289,11 @@ class Executor:
         step that lost its connection says, rather than the socket's own words."""
         return self._gone.get(host)
 
+    def connection_lost(self, host: str, what: str, reason: str) -> RemoteError:
+        """The error of step ``what`` on ``host`` whose connection was lost: why the keepalive
+        watcher gave the host up, when it did, else ``reason`` (the transport's own words)."""
+        return RemoteError(f"{host}: {what}: connection lost ({self.gave_up_on(host) or reason})")
+
     def _watch(self, host: str, conn: Connection) -> None:
         """Keepalive requests that want an answer: a peer that gives none within the cluster's
         ``timeouts.alive`` (hung, paused, powered off) has its connection closed, so whatever
@@ -469,7 +474,7 @@ class Executor:
         except socket.timeout:
             raise DeadlineError(f"{host}: {what}: no answer within {deadline} s") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise RemoteError(f"{host}: {what}: connection lost ({self.gave_up_on(host) or _reason(e)})") from None
+            raise self.connection_lost(host, what, _reason(e)) from None
         finally:  # counted once it ended, answered or not
             self.trips.count(host, "command", what=what, took=time.monotonic() - sent)
 
@@ -508,7 +513,7 @@ class Executor:
             channel.close()
             return _ended(status)
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise RemoteError(f"{host}: {what}: connection lost ({self.gave_up_on(host) or _reason(e)})") from None
+            raise self.connection_lost(host, what, _reason(e)) from None
 
     # ------------------------------------------------------------ files
 

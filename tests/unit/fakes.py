@@ -41,6 +41,7 @@ class FakeExecutor:
 
     # The real rules of what may still change.
     check = Executor.check
+    connection_lost = Executor.connection_lost
     finishing = Executor.finishing
 
     def answer(self, text: str, exited: int = 0, stdout: str = "", stderr: str = "", host: str = None,
