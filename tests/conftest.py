@@ -10,6 +10,7 @@ anything reads it) and runs whole modules, the longest first. A test that
 changes the cluster restores what it changed, or says in its fixture what
 state it leaves.
 """
+import atexit
 import http.client
 import io
 import json
@@ -23,6 +24,7 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
 
+import fabfork
 import pytest
 
 from sandbox import workers  # reads nothing of the environment: the worker's own sandbox is put there first
@@ -82,10 +84,14 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)
 
 
+FAB = fabfork.FabServer(ROOT)  # started at the first `fab` run
+atexit.register(FAB.stop)
+
+
 def fab(*args, env=None, input=None, check=True, timeout=600):
-    """Run `fab ARGS` from the project root as a user would; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, "-m", "fabric", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, input=input, timeout=timeout)
+    """Run `fab ARGS` from the project root as a user would, in a process of its own (forked from
+    one that has Fabric imported: tests/fabfork.py); returns the CompletedProcess."""
+    proc = FAB.run(args, {**os.environ, **(env or {})}, input=input, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -548,8 +554,8 @@ class Running:
     """A `fab` run in the background whose progress lines (standard error) can be waited for."""
 
     def __init__(self, *args, env=None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        self.proc = FAB.spawn(args, {**os.environ, **(env or {})})
+        self.proc.stdin.close()
         self.lines, self._queue = [], queue.Queue()
         self.arrived: list = []  # time.monotonic() when each of ``lines`` was read
         self._reader = threading.Thread(target=self._read, daemon=True)
