@@ -102,13 +102,11 @@ def fab_here(*args, env=None, input="", check=True):
     refuses before contacting any host: the same CompletedProcess (exit status and outputs) with no
     interpreter to start. A traceback would be an exception raised here."""
     from fabric.main import program
-    from tasks.model import cluster as cluster_config
     env = env or {}
     out, err = io.StringIO(), io.StringIO()
-    clusters = Path(env.get("AIR_CLUSTERS_DIR", cluster_config.CLUSTERS_DIR))
     code = 0
-    with mock.patch.dict(os.environ, env), mock.patch.object(cluster_config, "CLUSTERS_DIR", clusters), \
-            mock.patch.object(sys, "stdin", io.StringIO(input)), redirect_stdout(out), redirect_stderr(err):
+    with mock.patch.dict(os.environ, env), mock.patch.object(sys, "stdin", io.StringIO(input)), \
+            redirect_stdout(out), redirect_stderr(err):
         try:
             program.run(["fab", "--search-root", str(ROOT), *args])
         except SystemExit as stopped:

@@ -2,11 +2,13 @@
 
 A test run calls `fab` a few hundred times, and each `python -m fabric` spends about a quarter of a
 CPU-second importing Fabric, Invoke, paramiko, docker-py and requests before it reads its first
-argument. Here one server process (`python -m tests.fabfork SOCKET`, one per test process) imports
-those third-party libraries once; for each run it forks a child that becomes `python -m fabric ARGS`
-in the run's working folder and environment, with the caller's pipes as its standard input, output
-and error. The child loads the fabfile and air-deploy's own modules itself, as a fresh `fab` does:
-the server imports none of them, since some read the environment when imported.
+argument, and another 50 ms importing air-deploy's modules. Here one server process (`python -m
+tests.fabfork SOCKET`, one per test process) imports those once: Fabric and the third-party libraries
+the tasks use, and every module of `tasks` and `cloudconfig` (none reads the environment or a file
+when imported). For each run it forks a child that becomes `python -m fabric ARGS` in the run's
+working folder and environment, with the caller's pipes as its standard input, output and error.
+The child loads the fabfile, and with it the sandbox's tasks, itself, as a fresh `fab` does
+(`sandbox.testbed` reads the environment when imported).
 
 Each run's child is forked by a short-lived supervisor that waits for it and reports its exit status;
 the server itself stays single-threaded, so forking it is safe, and frozen for the collector, so the
@@ -14,8 +16,10 @@ children share its pages instead of copying them. The server ends when the test 
 that started it closes its standard input (at exit, or when it dies).
 """
 import gc
+import importlib
 import json
 import os
+import pkgutil
 import runpy
 import select
 import selectors
@@ -28,16 +32,20 @@ import threading
 import time
 from pathlib import Path
 
-# Imported by the server once: what `fab` and air-deploy's tasks import from outside the project.
+# Imported by the server once: what `fab` and air-deploy's tasks import from outside the project,
+# and the project's packages whose every module is imported too.
 PRELOADED = ("fabric.main", "docker", "requests", "yaml", "etcd3gw", "semver", "cryptography.x509")
+PRELOADED_PACKAGES = ("tasks", "cloudconfig")
 
 
 # ---- the server (its own process) -------------------------------------------------------------
 
 def serve(path: str) -> None:
-    import importlib
     for name in PRELOADED:
         importlib.import_module(name)
+    for package in PRELOADED_PACKAGES:
+        for module in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+            importlib.import_module(module.name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(64)

@@ -26,7 +26,7 @@ from tasks.model.state import MAINTENANCE as MAINTENANCE_READ
 from tasks.model.state import SETTINGS as SETTINGS_READ
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # tasks/model/cluster.py -> the checkout
-CLUSTERS_DIR = Path(os.environ.get("AIR_CLUSTERS_DIR", PROJECT_ROOT / "clusters"))
+CLUSTERS_VARIABLE = "AIR_CLUSTERS_DIR"  # where the cluster files are, when not in the checkout's clusters/
 # Every pattern below is used with fullmatch: match with $ would take "name\n" for "name".
 CLUSTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 COMPONENT_NAME = CLUSTER_NAME
@@ -1067,14 +1067,19 @@ def _read_yaml(path: Path, shown: str) -> dict:
     return data
 
 
+def clusters_dir() -> Path:
+    """The folder of the cluster files: $AIR_CLUSTERS_DIR, read when asked, else clusters/."""
+    return Path(os.environ.get(CLUSTERS_VARIABLE, PROJECT_ROOT / "clusters"))
+
+
 def known_clusters(directory: Path = None) -> list:
-    directory = Path(directory or CLUSTERS_DIR)
+    directory = Path(directory or clusters_dir())
     return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
 def load(name: str, directory: Path = None) -> Cluster:
     """Read and validate ``clusters/<name>.yaml``; raise ConfigError on any problem."""
-    file = _cluster_file(name, Path(directory or CLUSTERS_DIR))
+    file = _cluster_file(name, Path(directory or clusters_dir()))
     shown = _shown(file)
     data = _with_include(_read_yaml(file, shown), file, shown)
     values = _validate(SCHEMA, data, _At(shown, "", file.parent, name))

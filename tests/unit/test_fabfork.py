@@ -71,3 +71,20 @@ def test_a_spawned_run_can_be_signalled_and_waited_for(server, sleepy):
     assert child.wait(10) == -signal.SIGTERM and child.poll() == -signal.SIGTERM
     for stream in (child.stdin, child.stdout, child.stderr):
         stream.close()
+
+
+def test_no_preloaded_module_reads_the_environment_when_imported():
+    """The server imports `tasks` and `cloudconfig` once for every run: a module-level read of the
+    environment there would give each run the server's value instead of its own."""
+    import ast
+    found = []
+    for package in fabfork.PRELOADED_PACKAGES:
+        for file in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(file.read_text())
+            for statement in tree.body:
+                if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    continue  # what runs when called (a class's methods too)
+                for node in ast.walk(statement):
+                    if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
+                        found.append(f"{file.relative_to(ROOT)}:{node.lineno}")
+    assert found == []

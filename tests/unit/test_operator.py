@@ -366,7 +366,7 @@ def tasks_on(cluster, monkeypatch):
     from invoke import Context
 
     from tasks.model import cluster as cluster_config
-    monkeypatch.setattr(cluster_config, "CLUSTERS_DIR", cluster.file.parent)
+    monkeypatch.setenv(cluster_config.CLUSTERS_VARIABLE, str(cluster.file.parent))
 
     def no_session(*args, **kwargs):
         raise AssertionError("a session was opened")

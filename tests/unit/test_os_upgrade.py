@@ -196,7 +196,7 @@ def test_bad_input_is_one_error_line_before_anything_is_contacted(cluster, monke
     from invoke.exceptions import Exit
 
     from tasks.model import cluster as cluster_config
-    monkeypatch.setattr(cluster_config, "CLUSTERS_DIR", cluster.file.parent)
+    monkeypatch.setenv(cluster_config.CLUSTERS_VARIABLE, str(cluster.file.parent))
     monkeypatch.setattr(os_upgrade, "session", lambda *a, **k: pytest.fail("a session was opened"))
     with pytest.raises(Exit) as stopped:
         os_upgrade.os_upgrade(Context(), **kwargs)
