@@ -23,6 +23,7 @@ import pkgutil
 import runpy
 import select
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,7 +54,10 @@ def serve(path: str) -> None:
     gc.freeze()  # what is imported stays out of the children's collections: their pages stay shared
     print("ready", flush=True)
     while True:
-        readable, _, _ = select.select([listener, sys.stdin], [], [])
+        try:
+            readable, _, _ = select.select([listener, sys.stdin], [], [])
+        except KeyboardInterrupt:  # a Ctrl-C at the terminal reaches the whole process group: ours to end
+            return
         if sys.stdin in readable:  # our test process closed it: it has ended
             return
         conn, _ = listener.accept()
@@ -124,6 +128,7 @@ class FabServer:
             self.proc.stdin.close()
             self.proc.wait(10)
             self.proc = None
+            shutil.rmtree(Path(self.path).parent, ignore_errors=True)
 
     def spawn(self, args, env: dict) -> "Forked":
         """`python -m fabric ARGS` started from the project root with ``env`` (the whole

@@ -88,3 +88,13 @@ def test_no_preloaded_module_reads_the_environment_when_imported():
                     if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
                         found.append(f"{file.relative_to(ROOT)}:{node.lineno}")
     assert found == []
+
+
+def test_a_ctrl_c_ends_the_server_quietly_and_stop_leaves_nothing_behind():
+    forks = fabfork.FabServer(ROOT)
+    forks.run(("--version",), dict(os.environ))
+    folder = Path(forks.path).parent
+    forks.proc.send_signal(signal.SIGINT)  # as a Ctrl-C at the terminal reaches the process group
+    assert forks.proc.wait(10) == 0
+    forks.stop()
+    assert not folder.exists()
