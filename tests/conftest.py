@@ -90,7 +90,7 @@ atexit.register(FAB.stop)
 
 def fab(*args, env=None, input=None, check=True, timeout=600):
     """Run `fab ARGS` from the project root as a user would, in a process of its own (forked from
-    one that has Fabric imported: tests/fabfork.py); returns the CompletedProcess."""
+    one that has Fabric and air-deploy's modules imported: tests/fabfork.py); returns the CompletedProcess."""
     proc = FAB.run(args, {**os.environ, **(env or {})}, input=input, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"fab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
