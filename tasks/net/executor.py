@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, Iterable, Optional
 
@@ -661,6 +661,12 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0]
 
 
+# Seconds the main thread waits at most at a time for work done side by side. Python runs signal
+# handlers (Ctrl-C's) in the main thread only, and the kernel may hand the signal to a worker thread:
+# a main thread blocked until the work ends would see it only then, after the step it should stop.
+SIGNALS_SEEN_WITHIN = 0.1
+
+
 def parallel(work: Callable, items: Iterable, *, describe: Callable = str, at_once: int = 16) -> list:
     """``work(item)`` for every item, ``at_once`` of them side by side (each host's work holds one of
     its connection's sessions, so that bounds the SSH sessions busy at once); results in order, or one
@@ -675,6 +681,8 @@ def parallel(work: Callable, items: Iterable, *, describe: Callable = str, at_on
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(at_once, len(items)))) as pool:
         futures = [pool.submit(work, item) for item in items]
+        while wait(futures, timeout=SIGNALS_SEEN_WITHIN).not_done:
+            pass
     results, failures, halts = [], [], []
     for item, future in zip(items, futures):
         error = future.exception()

@@ -2,6 +2,8 @@
 import io
 import os
 import subprocess
+import signal
+import threading
 import re
 import time
 from pathlib import Path
@@ -172,6 +174,36 @@ def test_parallel_raises_a_halt_as_itself_with_the_others_failures():
         parallel(work, ["10.0.0.0", "10.0.0.1", "10.0.0.2"])
     assert str(halted.value) == "/air/c/lock: the key is gone; 10.0.0.2: pull failed"
     assert parallel(lambda n: n * 2, [1, 2, 3]) == [2, 4, 6]
+
+
+def test_a_signal_a_worker_thread_receives_is_handled_while_the_work_goes_on():
+    """Python runs signal handlers in the main thread only; the kernel may deliver a Ctrl-C to any
+    thread. While ``parallel`` waits, the main thread wakes often enough to run the handler at once,
+    not when the work ends (a Ctrl-C would then come after the step it was meant to stop)."""
+    handled = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(time.monotonic()))
+    working = threading.Event()
+
+    def work(seconds):
+        working.set()
+        time.sleep(seconds)
+        return seconds
+    try:
+        def send_to_the_worker():
+            working.wait(5)
+            worker = next(t for t in threading.enumerate() if t is not threading.main_thread()
+                          and t.name.startswith("ThreadPoolExecutor"))
+            time.sleep(0.3)  # the main thread is waiting by then
+            sent.append(time.monotonic())
+            signal.pthread_kill(worker.ident, signal.SIGUSR1)
+        sent: list = []
+        threading.Thread(target=send_to_the_worker, name="sender").start()
+        assert parallel(work, [2.0]) == [2.0]
+        ended = time.monotonic()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert sent and handled, (sent, handled)
+    assert handled[0] - sent[0] < 1.0 and ended - handled[0] > 0.5, (sent, handled, ended)
 
 
 def test_a_file_being_installed_from_staging_is_never_readable_by_others(tmp_path):
