@@ -180,23 +180,22 @@ def test_a_signal_a_worker_thread_receives_is_handled_while_the_work_goes_on():
     """Python runs signal handlers in the main thread only; the kernel may deliver a Ctrl-C to any
     thread. While ``parallel`` waits, the main thread wakes often enough to run the handler at once,
     not when the work ends (a Ctrl-C would then come after the step it was meant to stop)."""
-    handled = []
+    handled, sent, workers = [], [], []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(time.monotonic()))
     working = threading.Event()
 
     def work(seconds):
+        workers.append(threading.get_ident())
         working.set()
         time.sleep(seconds)
         return seconds
+
+    def send_to_the_worker():
+        working.wait(5)
+        time.sleep(0.3)  # the main thread is waiting by then
+        sent.append(time.monotonic())
+        signal.pthread_kill(workers[0], signal.SIGUSR1)
     try:
-        def send_to_the_worker():
-            working.wait(5)
-            worker = next(t for t in threading.enumerate() if t is not threading.main_thread()
-                          and t.name.startswith("ThreadPoolExecutor"))
-            time.sleep(0.3)  # the main thread is waiting by then
-            sent.append(time.monotonic())
-            signal.pthread_kill(worker.ident, signal.SIGUSR1)
-        sent: list = []
         threading.Thread(target=send_to_the_worker, name="sender").start()
         assert parallel(work, [2.0]) == [2.0]
         ended = time.monotonic()
