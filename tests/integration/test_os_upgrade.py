@@ -16,12 +16,14 @@ import pytest
 
 from sandbox import testbed as sb
 from tasks.commands import os_update
+from tasks.commands.machine import SYSTEM_STATE
 
 from tasks.model.errors import AirError
+from tasks.model.os_upgrade_plan import BOOTING
 
 from conftest import (BALANCER_ADDRESS, Poller, Probe, Rotation, Slow, _etcdctl, error_line, etcd_leader, fab,
                       healthy_members, listed,
-                      local_copy, on_each, serving, wait_serving)
+                      local_copy, on, on_each, serving, wait_serving)
 
 PORT = 80
 BACK = re.compile(r"^os-upgrade: (\S+) runs OS (\S+), healthy, back in the balancer \(([\d.]+) s\)$")
@@ -42,6 +44,16 @@ def member_healthy(cluster, address) -> bool:
     try:
         return healthy_members(cluster, [address]) == [address]
     except AirError:  # still booting: no SSH yet
+        return False
+
+
+def booted(cluster, address) -> bool:
+    """Its etcd member healthy and its boot over, as the tasks judge a machine (``BOOTING``): on
+    a loaded host etcd is up well before systemd has started everything else."""
+    try:
+        return member_healthy(cluster, address) and \
+            on(cluster, address, SYSTEM_STATE, check=False).stdout.strip() not in BOOTING
+    except AirError:  # its SSH went down again: not yet
         return False
 
 
@@ -164,7 +176,7 @@ def test_a_machine_that_does_not_come_back_stops_the_task_within_the_reboot_time
         sb.docker("start", container(sandbox, gone))
     # Powered on again, it boots the staged OS; the fix status names puts it back in the balancer.
     deadline = time.monotonic() + 120
-    while not member_healthy(cluster, gone):
+    while not booted(cluster, gone):
         assert time.monotonic() < deadline, f"{gone} did not come back after `docker start`"
         time.sleep(1)
     fab("upgrade-machine", "--cluster", "local", "--machine", gone)
