@@ -18,6 +18,7 @@ that started it closes its standard input (at exit, or when it dies).
 import gc
 import importlib
 import json
+import locale
 import os
 import pkgutil
 import runpy
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 # Imported by the server once: what `fab` and air-deploy's tasks import from outside the project,
 # and the project's packages whose every module is imported too.
@@ -165,7 +167,7 @@ class Forked:
     """One forked `fab`: what subprocess.Popen offers of it (pid, args, its standard streams as
     text files, returncode, poll, wait, send_signal, kill)."""
 
-    def __init__(self, conn, args: list, stdin: int, stdout: int, stderr: int):
+    def __init__(self, conn, args: list, stdin: TextIO, stdout: TextIO, stderr: TextIO):
         self._conn = conn
         self.args, self.stdin, self.stdout, self.stderr = args, stdin, stdout, stderr
         self.pid = int(conn.recv(64).split()[1])
@@ -243,8 +245,8 @@ def _communicate(stdin, stdout, stderr, input, timeout):
 
 
 def _text(data: bytes) -> str:
-    """Bytes as subprocess's text mode gives them: decoded, with universal newlines."""
-    return data.decode().replace("\r\n", "\n").replace("\r", "\n")
+    """Bytes as subprocess's text mode gives them: decoded as the locale says, with universal newlines."""
+    return data.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
 
 
 if __name__ == "__main__":
