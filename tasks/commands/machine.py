@@ -306,6 +306,14 @@ def resume_os_updates_command() -> str:
             f"[ -z \"$units\" ] || systemctl start --no-block $units; rm -f {OS_UPDATES_PAUSED}; fi; }}")
 
 
+def paused_while(command: str) -> str:
+    """``command`` with the machine's OS updates paused beside it, not after it (a pull hides the
+    pause's time); its status is the command's. Whoever runs it resumes them when the whole fails
+    (``staging_command``'s ``undo``). Pure."""
+    return (f"{{ {pause_os_updates_command()} }} & pausing=$!; "
+            f"if {{ {command}; }}; then wait $pausing; else wait $pausing; false; fi")
+
+
 def diagnostics_command(cluster) -> str:
     """The last lines of each unit's journal, for an error message."""
     return "; ".join(f"echo '--- {u}'; journalctl -u {q(u)} -n 5 --no-pager -o cat 2>/dev/null" for u in units_of(cluster))

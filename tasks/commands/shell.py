@@ -90,19 +90,21 @@ def unchanged_filter(files) -> str:
             f"{same}; true")
 
 
-def staging_command(files, before: str = None, after: str = None) -> str:
+def staging_command(files, before: str = None, after: str = None, undo: str = None) -> str:
     """Makes a private folder (mktemp: 0700), unpacks there the archive ``archive_of(files)`` sent
     on standard input, drops the files already in place (``unchanged_filter``) and prints the folder
     after ``STAGED_MARK``. ``before`` runs meanwhile (a pull: the unpacking is hidden behind it);
-    ``after`` last, the folder removed when it fails: one round trip for a step and its files. Pure."""
-    unpack = f'base64 -d <&3 | tar -x --no-same-owner -C "$staging" && {unchanged_filter(list(files))}'
+    ``after`` last, the folder removed when it fails: one round trip for a step and its files.
+    ``undo`` runs when any of it fails (what ``before`` may have changed put back). Pure."""
+    failed = f'rm -rf "$staging"; {undo}; false' if undo else 'rm -rf "$staging"; false'
+    unpack = f'base64 -d <&3 | tar -x --no-same-owner -C "$staging" && {{ {unchanged_filter(list(files))}; }}'
     if before:
         # Standard input is the archive: a job in the background reads it only through a copy (fd 3).
         stage = (f'exec 3<&0 && staging=$(mktemp -d) && {{ {{ {unpack}; }} & unpacking=$!; }} && '
-                 f'{{ {{ {before}; }} && wait $unpacking || {{ wait $unpacking; rm -rf "$staging"; false; }}; }}')
+                 f'{{ {{ {before}; }} && wait $unpacking || {{ wait $unpacking; {failed}; }}; }}')
     else:
-        stage = f'exec 3<&0 && staging=$(mktemp -d) && {{ {unpack} || {{ rm -rf "$staging"; false; }}; }}'
-    after_it = f'{{ {after}; }} || {{ rm -rf "$staging"; false; }}' if after else None
+        stage = f'exec 3<&0 && staging=$(mktemp -d) && {{ {unpack} || {{ {failed}; }}; }}'
+    after_it = f'{{ {after}; }} || {{ {failed}; }}' if after else None
     return " && ".join(part for part in (stage, f'echo "{STAGED_MARK}$staging"', after_it) if part)
 
 

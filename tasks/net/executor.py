@@ -517,15 +517,15 @@ class Executor:
 
     # ------------------------------------------------------------ files
 
-    def stage_files(self, host: str, files, *, before: str = None, after: str = None, what: str = None,
-                    deadline: int = None) -> Staged:
+    def stage_files(self, host: str, files, *, before: str = None, after: str = None, undo: str = None,
+                    what: str = None, deadline: int = None) -> Staged:
         """Upload ``(path, content, mode)`` files into a private staging folder without putting them
-        in place yet, in one command (``staging_command``; ``before`` and ``after`` run in it too, with
-        ``what`` and ``deadline`` saying so). Staging folders are unique, so two runs never take each
-        other's files. Returns the commands that swap them in or discard them."""
+        in place yet, in one command (``staging_command``; ``before``, ``after`` and, on a failure,
+        ``undo`` run in it too, with ``what`` and ``deadline`` saying so). Staging folders are unique,
+        so two runs never take each other's files. Returns the commands that swap them in or discard them."""
         files = list(files)
         what = what or f"stage {len(files)} file(s)"
-        printed = self.run(host, staging_command(files, before, after), stdin=archive_of(files), what=what,
+        printed = self.run(host, staging_command(files, before, after, undo), stdin=archive_of(files), what=what,
                            deadline=deadline).stdout
         return staged_commands(files, staged_folder(printed), f".air-new-{self.run_id}")
 

@@ -336,8 +336,8 @@ class Rollout:
         def one(step):
             staged[step.machine] = self.ex.stage_files(
                 step.machine, list(self._extra(step.machine).files) + self.documents[step.machine],
-                before=machine.pull_command(self.cluster, self.release, step.restart),
-                after=machine.pause_os_updates_command(), deadline=self.cluster.timeouts.pull,
+                before=machine.paused_while(machine.pull_command(self.cluster, self.release, step.restart)),
+                undo=machine.resume_os_updates_command(), deadline=self.cluster.timeouts.pull,
                 what=f"pull release {self.release.id}, stage its files, pause OS updates")
         try:
             self.ex.parallel(one, [s for s in self.steps if s.action == UPGRADE], describe=_machine)

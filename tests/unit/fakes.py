@@ -91,10 +91,10 @@ class FakeExecutor:
     def read(self, host, command, *, what=None, deadline=None, check=True):
         return self.run(host, command, what=what, deadline=deadline, check=check, change=False)
 
-    def stage_files(self, host, files, *, before=None, after=None, what=None, deadline=None) -> Staged:
-        """Records each file as ``<path>.staged``; the staging command (with ``before`` and ``after``) is run as sent."""
+    def stage_files(self, host, files, *, before=None, after=None, undo=None, what=None, deadline=None) -> Staged:
+        """Records each file as ``<path>.staged``; the staging command (with ``before``, ``after`` and ``undo``) is run as sent."""
         files = list(files)
-        self.run(host, staging_command(files, before, after), what=what or "stage files", deadline=deadline)
+        self.run(host, staging_command(files, before, after, undo), what=what or "stage files", deadline=deadline)
         for path, content, mode in files:
             self.files[(host, path + ".staged")] = (content, mode)
         return staged_commands(files, "/tmp/staging", ".staged")

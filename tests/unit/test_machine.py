@@ -366,6 +366,36 @@ def test_os_updates_are_paused_and_put_back_as_they_were(tmp_path, monkeypatch):
     assert run_sh(env + machine.resume_os_updates_command(), tmp_path).returncode == 0  # nothing paused: nothing
 
 
+def stand_in_systemctl(tmp_path, monkeypatch) -> str:
+    """A systemctl logging its arguments (update-engine active, locksmithd not); returns the shell
+    prefix that puts it first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(
+        "#!/bin/sh\necho \"$*\" >> \"$LOG\"\n"
+        "[ \"$1 $2 $3\" = 'is-active -q update-engine.service' ] && exit 0\n"
+        "[ \"$1\" = is-active ] && exit 3\nexit 0\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setattr(machine, "OS_UPDATES_PAUSED", str(tmp_path / "paused"))
+    return f"PATH={bin_dir}:$PATH LOG={tmp_path}/log; export PATH LOG; "
+
+
+def test_os_updates_are_paused_beside_a_command_and_a_failed_staging_resumes_them(tmp_path, monkeypatch):
+    from tasks.commands.shell import staging_command
+    env = stand_in_systemctl(tmp_path, monkeypatch)
+    paused = tmp_path / "paused"
+    done = run_sh(env + machine.paused_while("echo pulled") + " && echo on", tmp_path)
+    assert (done.returncode, done.stdout, paused.read_text()) == (0, "pulled\non\n", "update-engine.service\n")
+    paused.unlink()
+    assert run_sh(env + machine.paused_while("false"), tmp_path).returncode != 0
+    assert paused.exists()  # the pause was waited for, whatever the command's end: ``undo`` finds it done
+    paused.unlink()
+    staging = staging_command([], before=machine.paused_while("false"), undo=machine.resume_os_updates_command())
+    assert run_sh(env + staging, tmp_path).returncode != 0
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log[-1] == "start --no-block update-engine.service" and not paused.exists()
+
+
 def test_diagnostics_command(cluster):
     assert machine.diagnostics_command(cluster) == (
         "echo '--- air-web.service'; journalctl -u air-web.service -n 5 --no-pager -o cat 2>/dev/null; "

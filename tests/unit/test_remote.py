@@ -120,6 +120,19 @@ def test_only_files_that_change_are_staged_and_swapped_in(tmp_path):
     assert (etc / "same").stat().st_ino == kept and not folder.exists()
 
 
+def test_undo_runs_when_the_staging_fails_and_only_then(tmp_path):
+    files = [("/etc/a.conf", "A", 0o644)]
+    undo = f"echo undone >> {tmp_path}/undone"
+
+    def staged(before, archive):
+        return subprocess.run(["sh", "-c", staging_command(files, before, None, undo)], input=archive, text=True,
+                              capture_output=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert staged("true", archive_of(files)).returncode == 0 and not (tmp_path / "undone").exists()
+    assert staged("false", archive_of(files)).returncode != 0  # the step failed
+    assert staged("true", "not an archive").returncode != 0    # the unpacking failed after the step went well
+    assert (tmp_path / "undone").read_text() == "undone\nundone\n"
+
+
 def test_a_failed_step_around_the_staging_leaves_no_folder_behind(tmp_path):
     files = [("/etc/a.conf", "A", 0o644)]
     assert staged_by_command(tmp_path, files, before="false").returncode != 0
