@@ -134,6 +134,22 @@ def pull_command(cluster, release, components=None) -> str:
             f"failed=0; for pid in $pids; do wait $pid || failed=1; done; [ $failed = 0 ]")
 
 
+def prefetch_command(cluster, release, previous) -> str:
+    """Starts the pulls of the images ``release`` has and ``previous`` has not (of components in the
+    cluster file) and returns at once, printing nothing: sent with a rollout's read of the facts,
+    the download goes on while it plans, and the preparation's own pull (``pull_command``, which
+    checks what it gets) finds the image there or joins its download. In a session of its own
+    (``setsid``): the end of the command that started it does not end it. Empty when nothing is new. Pure."""
+    had = {i.digest for i in previous.images} if previous is not None else set()
+    names = set(cluster.component_names)
+    new = [i for i in release.images if i.component in names and i.digest not in had]
+    if previous is None or not new:
+        return ""
+    refs = " ".join(q(cluster.pinned_ref(i)) for i in new)
+    return (f"setsid -f sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' prefetch {refs} "
+            f"</dev/null >/dev/null 2>&1")
+
+
 def cleanup_command(cluster, components, keep) -> str:
     """Removes the machine's images of ``components``' repositories but those of the ``keep``
     releases and any a container (running or not) uses; prints ``removed <image ID>`` for each."""

@@ -109,9 +109,10 @@ def stop(ex: Connector, address: str, components=None) -> None:
            deadline=ex.cluster.timeouts.stop + ex.cluster.timeouts.command)
 
 
-def release_facts(ex: Connector, address: str) -> dict:
-    return parse_release_facts(ex.read(address, release_facts_command(ex.cluster),
-                                       what=READ_RELEASE_FACTS).stdout, ex.cluster)
+def release_facts(ex: Connector, address: str, prefetch: str = "") -> dict:
+    """The machine's release facts; ``prefetch`` (``prefetch_command``) is started in the same command."""
+    command = f"{prefetch}; {release_facts_command(ex.cluster)}" if prefetch else release_facts_command(ex.cluster)
+    return parse_release_facts(ex.read(address, command, what=READ_RELEASE_FACTS).stdout, ex.cluster)
 
 
 def wait_healthy(ex: Connector, address: str, timeout: int = None, components=None) -> None:

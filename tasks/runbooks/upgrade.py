@@ -146,13 +146,18 @@ class Rollout:
 
     def _read(self) -> tuple:
         """(machines that cannot be logged in to, with why; facts of the others), with the
-        balancer read at the same time: neither waits for the other."""
+        balancer read at the same time: neither waits for the other. A rollout that may change
+        things (its task holds the cluster's lock; a plan does not) starts the new images'
+        download with the same command (``prefetch_command``)."""
+        prefetch = machine.prefetch_command(self.cluster, self.release, self.previous) \
+            if self.ex.fence is not None else ""
+
         def one(address):
             why = self.ex.reachable(address)
             if why:
                 return why, None
             try:
-                facts = steps.release_facts(self.ex, address)
+                facts = steps.release_facts(self.ex, address, prefetch)
             except RemoteError as e:  # its open connection died (a hung host): as unreachable
                 return str(e).removeprefix(f"{address}: "), None
             if facts["system"] in BOOTING:  # a reboot under way: it will be down for a while

@@ -7,6 +7,7 @@ notice. Nothing here connects anywhere.
 import hashlib
 import os
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -612,6 +613,31 @@ def test_the_facts_command_prints_the_written_digest_then_the_present_one(tmp_pa
 def test_a_machine_without_a_cloud_config_is_refused_with_how_to_prepare_it():
     with pytest.raises(machine.PreflightError, match=r"^10\.0\.0\.1: no cloud config at /u: prepare the machine"):
         machine.parse_base("10.0.0.1", "/u", None)
+
+
+def test_the_prefetch_starts_the_new_images_pulls_and_returns_without_waiting_for_them(tmp_path, cluster):
+    old = Release((Image("web", "1.2.2", "sha256:" + "b" * 64, "sha256:" + "d" * 64),
+                   Image("worker", "1.0.0", "sha256:" + "c" * 64, "sha256:" + "f" * 64)))
+    new = Release((ONE.images[0], old.images[1]))
+    web = cluster.pinned_ref(ONE.images[0])
+    assert machine.prefetch_command(cluster, new, old) == (
+        f"setsid -f sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' prefetch {web} </dev/null >/dev/null 2>&1")
+    assert machine.prefetch_command(cluster, new, new) == "" and machine.prefetch_command(cluster, new, None) == ""
+    # A docker that pulls only once told to: the command has returned long before.
+    (tmp_path / "docker").write_text('#!/bin/sh\nwhile [ ! -e "$(dirname "$0")/go" ]; do sleep 0.01; done\n'
+                                     'echo "$*" > "$(dirname "$0")/pulled"\n')
+    (tmp_path / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    done = subprocess.run(["sh", "-c", machine.prefetch_command(cluster, new, old) + "; echo read"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "read\n", "")
+    assert not (tmp_path / "pulled").exists()
+    (tmp_path / "go").touch()
+    for _ in range(1000):
+        if (tmp_path / "pulled").exists() and (tmp_path / "pulled").read_text():
+            break
+        time.sleep(0.01)
+    assert (tmp_path / "pulled").read_text() == f"pull -q {web}\n"
 
 
 def test_the_pull_command_lets_the_staging_after_it_run(tmp_path, cluster):

@@ -146,6 +146,17 @@ def test_an_interrupt_mid_step_puts_the_machine_in_hand_back_and_stops(s):
     assert current == OLD and record["outcome"] == "restored after an interrupted upgrade"
 
 
+def test_a_rollout_holding_the_lock_starts_the_new_images_download_with_its_read_of_the_facts(s):
+    reads = lambda: [c for _, c, _ in s.ex.calls if "echo '--release'" in c]  # noqa: E731
+    Rollout(s, NEW, OLD)  # a plan: no lock held, nothing started
+    assert reads() and not any("docker pull" in c for c in reads())
+    s.ex.calls.clear()
+    s.ex.fence = FakeFence()
+    Rollout(s, NEW, OLD)
+    prefetch = machine.prefetch_command(s.cluster, NEW, OLD)
+    assert prefetch and reads() == [f"{prefetch}; {machine.release_facts_command(s.cluster)}"] * 3
+
+
 def test_a_lost_lock_changes_nothing_more(s):
     s.ex.fence = FakeFence()
 
