@@ -120,13 +120,13 @@ def pull_command(cluster, release, components=None) -> str:
     if not images:
         return "true"
     budget = max(1, cluster.timeouts.pull - PULL_MARGIN)
+    inspect = "docker image inspect -f '{{.Id}}' \"$1\""
     pull = ("pull() { tries=0; pause=1; "
-            "while :; do [ -n \"$4\" ] && docker image inspect \"$1\" >/dev/null 2>&1 && break; "
-            "tries=$((tries + 1)); out=$(docker pull -q \"$1\" 2>&1) && break; "
+            f"while :; do [ -n \"$4\" ] && got=$({inspect} 2>/dev/null) && break; "
+            f"tries=$((tries + 1)); out=$(docker pull -q \"$1\" 2>&1) && {{ got=$({inspect}) || return 1; break; }}; "
             "if [ $(( $(date +%s) + pause )) -ge $end ]; then "
             "echo \"pull of $3 failed after $tries tries: $(printf '%s\\n' \"$out\" | tail -n 1)\" >&2; return 1; fi; "
             f"sleep $pause; pause=$((pause * 2)); [ $pause -le {PULL_PAUSE_MAX} ] || pause={PULL_PAUSE_MAX}; done; "
-            "got=$(docker image inspect -f '{{.Id}}' \"$1\") || return 1; "
             "[ \"$got\" = \"$2\" ] || { echo \"$3: the registry gave $got, release $5 records $2\" >&2; return 1; }; }")
     calls = " ".join(f"pull {q(cluster.pinned_ref(i))} {q(i.digest)} {q(f'{i.component} {i.version}')} "
                      f"{'pinned' if i.manifest else q('')} {q(release.id)} & pids=\"$pids $!\";" for i in images)

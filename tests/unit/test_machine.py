@@ -152,8 +152,9 @@ def test_pull_command_skips_a_component_the_cluster_file_lacks(cluster):
 
 FAKE_DOCKER = """#!/bin/sh
 # docker as the pull command uses it: `pull` fails while $FAILS (a counter file) is above 0;
-# `image inspect` knows an image once pulled (or when $HAVE is set) and prints $ID.
+# `image inspect` knows an image once pulled (or when $HAVE is set) and prints $ID. Each call is logged.
 state=$(dirname "$0")
+echo "$1" >> "$state/calls"
 case "$1" in
   pull) n=$(cat "$state/fails"); if [ "$n" -gt 0 ]; then echo $((n - 1)) > "$state/fails";
         echo "Error response from daemon: Get https://registry/v2/: connection refused (try $n)" >&2; exit 1; fi;
@@ -204,6 +205,11 @@ def test_another_image_than_the_recorded_one_fails_naming_both_digests(tmp_path,
 
 def test_an_image_pinned_by_digest_that_the_machine_has_is_not_pulled_again(tmp_path, cluster):
     assert run_pull(tmp_path, cluster, ONE, have=True) == (0, "", 0)
+    assert (tmp_path / "calls").read_text() == "image\n"  # its ID read once: found and checked
+    (tmp_path / "calls").unlink()
+    (tmp_path / "have").unlink()
+    assert run_pull(tmp_path, cluster, ONE) == (0, "", 1)
+    assert (tmp_path / "calls").read_text() == "image\npull\nimage\n"
     by_tag = Release((Image("web", "1.2.3", "sha256:" + "a" * 64),))
     assert run_pull(tmp_path / "..", cluster, by_tag, have=True)[2] == 1  # a tag can move: pulled again
 
