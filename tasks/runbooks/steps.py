@@ -110,8 +110,9 @@ def stop(ex: Connector, address: str, components=None) -> None:
 
 
 def release_facts(ex: Connector, address: str, prefetch: str = "") -> dict:
-    """The machine's release facts; ``prefetch`` (``prefetch_command``) is started in the same command."""
-    command = f"{prefetch}; {release_facts_command(ex.cluster)}" if prefetch else release_facts_command(ex.cluster)
+    """The machine's release facts; ``prefetch`` (``prefetch_command``) is started by the same command,
+    once they are read (the pulls do not slow the read down)."""
+    command = f"{release_facts_command(ex.cluster)}; {prefetch}" if prefetch else release_facts_command(ex.cluster)
     return parse_release_facts(ex.read(address, command, what=READ_RELEASE_FACTS).stdout, ex.cluster)
 
 

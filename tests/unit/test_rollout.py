@@ -154,7 +154,7 @@ def test_a_rollout_holding_the_lock_starts_the_new_images_download_with_its_read
     s.ex.fence = FakeFence()
     Rollout(s, NEW, OLD)
     prefetch = machine.prefetch_command(s.cluster, NEW, OLD)
-    assert prefetch and reads() == [f"{prefetch}; {machine.release_facts_command(s.cluster)}"] * 3
+    assert prefetch and reads() == [f"{machine.release_facts_command(s.cluster)}; {prefetch}"] * 3
 
 
 def test_a_lost_lock_changes_nothing_more(s):
