@@ -129,6 +129,37 @@ def reused(api, cluster, job: Job, image_id: str) -> bool:
         return False
 
 
+class BuildStream:
+    """What an engine's build stream of one component said so far: its lines, the step it was at,
+    the image it made, or the error it refused with."""
+
+    def __init__(self, component: str):
+        self.component = component
+        self.log: list = []
+        self.step: Optional[str] = None
+        self.image_id: Optional[str] = None
+        self.refused: Optional[str] = None
+
+    def follow(self, chunks) -> None:
+        """Read the stream's chunks to its end, or to the engine's error; each step said as it starts."""
+        for chunk in chunks:
+            for line in filter(str.strip, chunk.get("stream", "").splitlines()):
+                self.log.append(line)
+                if line.startswith("Step "):
+                    self.step = step_of(line)
+                    say(f"  {self.component}: {line}")
+            self.image_id = chunk.get("aux", {}).get("ID", self.image_id)
+            if "error" in chunk:
+                self.refused = chunk["error"]  # the engine's own answer: a step failed
+                return
+
+    def failed(self, error: str, kind=RemoteError) -> RemoteError:
+        """The build's error, naming the step it failed at; its last lines are said first."""
+        for line in self.log[-BUILD_LOG_LINES:]:
+            say(f"  {self.component}| {line}")
+        return kind(f"build of {self.component} failed at {self.step or 'its start'}: {failure_line(error)}")
+
+
 def build_component(api, ex, host, job: Job, reuse: Optional[str] = None) -> str:
     """Prepare and build one image from its checkout; return its image ID. Steps stream as progress.
     ``reuse``: the image ID the component's build inputs made for the cluster's release; when its
@@ -143,35 +174,16 @@ def build_component(api, ex, host, job: Job, reuse: Optional[str] = None) -> str
     context = build_context(ex.read_bytes(host, context_command(job.checkout, component.source),
                                           what=f"read the build context of {component.name}"), component)
     options = build_options(cluster, job)
-    log: list = []
-    step, image_id, refused = None, None, None
-
-    def failed(error: str, kind=RemoteError) -> RemoteError:
-        for line in log[-BUILD_LOG_LINES:]:
-            say(f"  {component.name}| {line}")
-        return kind(f"build of {component.name} failed at {step or 'its start'}: {failure_line(error)}")
-
+    stream = BuildStream(component.name)
     try:
-        for chunk in api.build(f"build {component.name}", fileobj=io.BytesIO(context), **options):
-            for line in chunk.get("stream", "").splitlines():
-                if line.strip():
-                    log.append(line)
-                    if line.startswith("Step "):
-                        step = step_of(line)
-                        say(f"  {component.name}: {line}")
-            if "aux" in chunk and "ID" in chunk["aux"]:
-                image_id = chunk["aux"]["ID"]
-            if "error" in chunk:
-                refused = chunk["error"]  # the engine's own answer: a step failed
-                break
+        stream.follow(api.build(f"build {component.name}", fileobj=io.BytesIO(context), **options))
     except docker_errors.APIError as e:
-        raise failed(e.explanation or str(e)) from None
+        raise stream.failed(e.explanation or str(e)) from None
     except RemoteError as e:  # the stream cut off (its deadline) or its channel lost: nothing was tagged
-        raise failed(str(e), type(e)) from None
-    if refused is not None:
-        raise failed(refused)
-    if image_id is None:
-        image_id = api.inspect_image(options["tag"])["Id"]
+        raise stream.failed(str(e), type(e)) from None
+    if stream.refused is not None:
+        raise stream.failed(stream.refused)
+    image_id = stream.image_id or api.inspect_image(options["tag"])["Id"]
     forget_older_candidates(api, cluster, component.name, job.commit)
     say(f"  {component.name}: built {image_id[:19]} in {time.monotonic() - started:.1f} s")
     return image_id

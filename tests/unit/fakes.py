@@ -92,7 +92,7 @@ class FakeExecutor:
         return self.run(host, command, what=what, deadline=deadline, check=check, change=False)
 
     def stage_files(self, host, files, *, before=None, after=None, undo=None, what=None, deadline=None) -> Staged:
-        """Records each file as ``<path>.staged``; the staging command (with ``before``, ``after`` and ``undo``) is run as sent."""
+        """Records each file as ``<path>.staged``; the staging command (``before``, ``after``, ``undo``) is run as sent."""
         files = list(files)
         self.run(host, staging_command(files, before, after, undo), what=what or "stage files", deadline=deadline)
         for path, content, mode in files:

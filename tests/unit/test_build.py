@@ -393,3 +393,20 @@ def test_reusable_are_the_components_whose_build_inputs_are_the_records():
     assert reusable(release, recorded["inputs"], meta) == {"router": digest["router"],
                                                            "air_backend": digest["air_backend"]}
     assert reusable(release, {}, meta) == {}  # recorded before inputs were kept
+
+
+def test_a_build_stream_is_followed_to_its_image_or_to_the_engine_s_error(capsys):
+    from tasks.runbooks.build import BuildStream
+    made = BuildStream("web")
+    made.follow([{"stream": "Step 1/2 : FROM base\n"}, {"stream": " ---> abc\n\n"},
+                 {"stream": "Step 2/2 : COPY . /app/\n"}, {"aux": {"ID": "sha256:" + "1" * 64}}])
+    assert (made.log, made.step, made.image_id, made.refused) == (
+        ["Step 1/2 : FROM base", " ---> abc", "Step 2/2 : COPY . /app/"], "step 2/2 (COPY . /app/)",
+        "sha256:" + "1" * 64, None)
+    assert capsys.readouterr().err == "  web: Step 1/2 : FROM base\n  web: Step 2/2 : COPY . /app/\n"
+    refused = BuildStream("web")
+    refused.follow(iter([{"stream": "Step 1/2 : RUN false\n"}, {"error": "The command returned 1"},
+                         {"stream": "never read\n"}]))
+    assert (refused.step, refused.image_id, refused.refused) == ("step 1/2 (RUN false)", None, "The command returned 1")
+    assert str(refused.failed(refused.refused)) == "build of web failed at step 1/2 (RUN false): The command returned 1"
+
