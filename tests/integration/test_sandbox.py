@@ -198,3 +198,18 @@ def test_bring_up_twice_in_a_row_is_fast_the_second_time(sandbox, capsys):
         print(f"\n  sandbox.up, already up: {times[0]:.1f} s, then again: {times[1]:.1f} s")
     assert info == sandbox
     assert times[1] < 15
+
+
+# ---------------------------------------------------------------- a machine made afresh leaves nothing behind
+
+def test_a_machine_made_afresh_takes_its_containers_control_groups_with_it(ex, probe_image):
+    """Killed with its engine, a machine's containers leave control groups that nothing else
+    removes; reset_machines removes them (they piled up on this machine, thousands a day)."""
+    spare = next(n for n in NODES if n.role == "spare")
+    reference, _ = probe_image
+    ex.run(spare.address, f"docker pull -q {q(reference)}", what=f"pull {reference}")
+    inner = ex.run(spare.address, f"docker run -d {q(reference)} sleep 600").stdout.strip()
+    groups = [*sb.CGROUPS.glob(f"*/docker/{inner}"), *sb.CGROUPS.glob(f"docker/{inner}")]
+    assert groups, f"no control group of {inner} under {sb.CGROUPS}"
+    sb.reset_machines([spare.address])
+    assert [g for g in groups if g.exists()] == []
