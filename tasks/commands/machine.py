@@ -139,15 +139,16 @@ def prefetch_command(cluster, release, previous) -> str:
     cluster file) and returns at once, printing nothing: sent with a rollout's read of the facts,
     the download goes on while it plans, and the preparation's own pull (``pull_command``, which
     checks what it gets) finds the image there or joins its download. In a session of its own
-    (``setsid``): the end of the command that started it does not end it. Empty when nothing is new. Pure."""
+    (``setsid``): the end of the command that started it does not end it; ``timeouts.pull`` does. Empty
+    when nothing is new. Pure."""
     had = {i.digest for i in previous.images} if previous is not None else set()
     names = set(cluster.component_names)
     new = [i for i in release.images if i.component in names and i.digest not in had]
     if previous is None or not new:
         return ""
     refs = " ".join(q(cluster.pinned_ref(i)) for i in new)
-    return (f"setsid -f sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' prefetch {refs} "
-            f"</dev/null >/dev/null 2>&1")
+    return (f"setsid -f timeout {int(cluster.timeouts.pull)} sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' "
+            f"prefetch {refs} </dev/null >/dev/null 2>&1")
 
 
 def cleanup_command(cluster, components, keep) -> str:

@@ -627,7 +627,8 @@ def test_the_prefetch_starts_the_new_images_pulls_and_returns_without_waiting_fo
     new = Release((ONE.images[0], old.images[1]))
     web = cluster.pinned_ref(ONE.images[0])
     assert machine.prefetch_command(cluster, new, old) == (
-        f"setsid -f sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' prefetch {web} </dev/null >/dev/null 2>&1")
+        f"setsid -f timeout {cluster.timeouts.pull} sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' "
+        f"prefetch {web} </dev/null >/dev/null 2>&1")
     assert machine.prefetch_command(cluster, new, new) == "" and machine.prefetch_command(cluster, new, None) == ""
     # A docker that pulls only once told to: the command has returned long before.
     (tmp_path / "docker").write_text('#!/bin/sh\nwhile [ ! -e "$(dirname "$0")/go" ]; do sleep 0.01; done\n'
