@@ -141,10 +141,11 @@ def prefetch_command(cluster, release, previous) -> str:
     checks what it gets) finds the image there or joins its download. In a session of its own
     (``setsid``): the end of the command that started it does not end it; ``timeouts.pull`` does. Empty
     when nothing is new. Pure."""
-    had = {i.digest for i in previous.images} if previous is not None else set()
-    names = set(cluster.component_names)
+    if previous is None:  # no release recorded before: nothing tells what is new
+        return ""
+    had, names = {i.digest for i in previous.images}, set(cluster.component_names)
     new = [i for i in release.images if i.component in names and i.digest not in had]
-    if previous is None or not new:
+    if not new:
         return ""
     refs = " ".join(q(cluster.pinned_ref(i)) for i in new)
     return (f"setsid -f timeout {int(cluster.timeouts.pull)} sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' "
