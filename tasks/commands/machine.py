@@ -138,7 +138,8 @@ def prefetch_command(cluster, release, previous) -> str:
     """Starts the pulls of the images ``release`` has and ``previous`` has not (of components in the
     cluster file) and returns at once, printing nothing: sent with a rollout's read of the facts,
     the download goes on while it plans, and the preparation's own pull (``pull_command``, which
-    checks what it gets) finds the image there or joins its download. In a session of its own
+    checks what it gets) finds the image there or joins its download; an image the machine has is not
+    pulled (a rollback to kept images asks the registry nothing). In a session of its own
     (``setsid``): the end of the command that started it does not end it; ``timeouts.pull`` does. Empty
     when nothing is new. Pure."""
     if previous is None:  # no release recorded before: nothing tells what is new
@@ -148,7 +149,8 @@ def prefetch_command(cluster, release, previous) -> str:
     if not new:
         return ""
     refs = " ".join(q(cluster.pinned_ref(i)) for i in new)
-    return (f"setsid -f timeout {int(cluster.timeouts.pull)} sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' "
+    fetch = 'docker image inspect "$ref" >/dev/null 2>&1 || docker pull -q "$ref"'  # one it has is not asked for
+    return (f"setsid -f timeout {int(cluster.timeouts.pull)} sh -c 'for ref; do {{ {fetch}; }} & done; wait' "
             f"prefetch {refs} </dev/null >/dev/null 2>&1")
 
 

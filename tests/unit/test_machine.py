@@ -627,16 +627,20 @@ def test_the_prefetch_starts_the_new_images_pulls_and_returns_without_waiting_fo
     new = Release((ONE.images[0], old.images[1]))
     web = cluster.pinned_ref(ONE.images[0])
     assert machine.prefetch_command(cluster, new, old) == (
-        f"setsid -f timeout {cluster.timeouts.pull} sh -c 'for ref; do docker pull -q \"$ref\" & done; wait' "
-        f"prefetch {web} </dev/null >/dev/null 2>&1")
+        f"setsid -f timeout {cluster.timeouts.pull} sh -c 'for ref; do {{ docker image inspect \"$ref\" >/dev/null 2>&1 "
+        f"|| docker pull -q \"$ref\"; }} & done; wait' prefetch {web} </dev/null >/dev/null 2>&1")
     assert machine.prefetch_command(cluster, new, new) == "" and machine.prefetch_command(cluster, new, None) == ""
-    # A docker that pulls only once told to: the command has returned long before.
-    (tmp_path / "docker").write_text('#!/bin/sh\nwhile [ ! -e "$(dirname "$0")/go" ]; do sleep 0.01; done\n'
-                                     'echo "$*" > "$(dirname "$0")/pulled"\n')
+    # A docker that has no image ($HAVE unset) and pulls only once told to: the command has returned long before.
+    (tmp_path / "docker").write_text('#!/bin/sh\nstate=$(dirname "$0")\necho "$*" >> "$state/calls"\n'
+                                     '[ "$1" = image ] && { [ -n "$HAVE" ]; exit; }\n'
+                                     'while [ ! -e "$state/go" ]; do sleep 0.01; done\necho "$*" > "$state/pulled"\n')
     (tmp_path / "docker").chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    done = subprocess.run(["sh", "-c", machine.prefetch_command(cluster, new, old) + "; echo read"], env=env,
-                          capture_output=True, text=True, timeout=30)
+
+    def prefetch(**more):
+        return subprocess.run(["sh", "-c", machine.prefetch_command(cluster, new, old) + "; echo read"],
+                              env={**env, **more}, capture_output=True, text=True, timeout=30)
+    done = prefetch()
     assert (done.returncode, done.stdout, done.stderr) == (0, "read\n", "")
     assert not (tmp_path / "pulled").exists()
     (tmp_path / "go").touch()
@@ -645,6 +649,15 @@ def test_the_prefetch_starts_the_new_images_pulls_and_returns_without_waiting_fo
             break
         time.sleep(0.01)
     assert (tmp_path / "pulled").read_text() == f"pull -q {web}\n"
+    # An image the machine has: looked at, not pulled (the registry is not asked).
+    (tmp_path / "calls").unlink()
+    assert prefetch(HAVE="1").returncode == 0
+    for _ in range(1000):
+        if (tmp_path / "calls").exists():
+            break
+        time.sleep(0.01)
+    time.sleep(0.2)  # a pull, were one started, would be logged by now
+    assert (tmp_path / "calls").read_text() == f"image inspect {web}\n"
 
 
 def test_the_pull_command_lets_the_staging_after_it_run(tmp_path, cluster):
