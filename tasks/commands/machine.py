@@ -108,6 +108,7 @@ def fresh_problems(facts: dict) -> list:
 
 PULL_PAUSE_MAX = 8   # seconds between two tries of a pull, at most (the pauses double from 1 s)
 PULL_MARGIN = 5      # seconds of the pull deadline kept for the check after the last try
+PREFETCH_LOCK = "/run/air-prefetch.lock"  # held by a prefetch while its pulls run
 
 
 def pull_command(cluster, release, components=None) -> str:
@@ -130,7 +131,8 @@ def pull_command(cluster, release, components=None) -> str:
             "[ \"$got\" = \"$2\" ] || { echo \"$3: the registry gave $got, release $5 records $2\" >&2; return 1; }; }")
     calls = " ".join(f"pull {q(cluster.pinned_ref(i))} {q(i.digest)} {q(f'{i.component} {i.version}')} "
                      f"{'pinned' if i.manifest else q('')} {q(release.id)} & pids=\"$pids $!\";" for i in images)
-    return (f"end=$(( $(date +%s) + {budget} )); {pull}; pids=''; {calls} "
+    # A prefetch under way is waited for: its images are then found, not pulled a second time.
+    return (f"end=$(( $(date +%s) + {budget} )); flock {PREFETCH_LOCK} true 2>/dev/null; {pull}; pids=''; {calls} "
             f"failed=0; for pid in $pids; do wait $pid || failed=1; done; [ $failed = 0 ]")
 
 
@@ -138,10 +140,10 @@ def prefetch_command(cluster, release, previous) -> str:
     """Starts the pulls of the images ``release`` has and ``previous`` has not (of components in the
     cluster file) and returns at once, printing nothing: sent with a rollout's read of the facts,
     the download goes on while it plans, and the preparation's own pull (``pull_command``, which
-    checks what it gets) finds the image there or joins its download; an image the machine has is not
-    pulled (a rollback to kept images asks the registry nothing). In a session of its own
-    (``setsid``): the end of the command that started it does not end it; ``timeouts.pull`` does. Empty
-    when nothing is new. Pure."""
+    checks what it gets) waits for it (``PREFETCH_LOCK``) and finds the images there; an image the
+    machine has is not pulled (a rollback to kept images asks the registry nothing). In a session of
+    its own (``setsid``): the end of the command that started it does not end it; ``timeouts.pull``
+    does. Empty when nothing is new. Pure."""
     if previous is None:  # no release recorded before: nothing tells what is new
         return ""
     had, names = {i.digest for i in previous.images}, set(cluster.component_names)
@@ -150,7 +152,8 @@ def prefetch_command(cluster, release, previous) -> str:
         return ""
     refs = " ".join(q(cluster.pinned_ref(i)) for i in new)
     fetch = 'docker image inspect "$ref" >/dev/null 2>&1 || docker pull -q "$ref"'  # one it has is not asked for
-    return (f"setsid -f timeout {int(cluster.timeouts.pull)} sh -c 'for ref; do {{ {fetch}; }} & done; wait' "
+    return (f"setsid -f flock {PREFETCH_LOCK} timeout {int(cluster.timeouts.pull)} "
+            f"sh -c 'for ref; do {{ {fetch}; }} & done; wait' "
             f"prefetch {refs} </dev/null >/dev/null 2>&1")
 
 

@@ -127,9 +127,15 @@ PINNED = Release((Image("worker", "1.3.0", "sha256:" + "b" * 64, "sha256:" + "d"
                   Image("web", "1.2.3", "sha256:" + "a" * 64)))  # web recorded before manifest digests were kept
 
 
+@pytest.fixture(autouse=True)
+def prefetch_lock_here(tmp_path, monkeypatch):
+    """Commands run here take the prefetch's lock in the test's folder, not this machine's /run."""
+    monkeypatch.setattr(machine, "PREFETCH_LOCK", str(tmp_path / "prefetch.lock"))
+
+
 def test_pull_command_pulls_side_by_side_by_digest_and_checks_each_image(cluster):
     command = machine.pull_command(cluster, PINNED)
-    assert command.startswith("end=$(( $(date +%s) + 295 )); pull() { ")
+    assert command.startswith(f"end=$(( $(date +%s) + 295 )); flock {machine.PREFETCH_LOCK} true 2>/dev/null; pull() {{ ")
     assert command.endswith(
         "pids=''; "
         "pull registry.example.org:5000/aircloak/prod_web:1.2.3 sha256:" + "a" * 64 + " 'web 1.2.3' '' "
@@ -627,8 +633,9 @@ def test_the_prefetch_starts_the_new_images_pulls_and_returns_without_waiting_fo
     new = Release((ONE.images[0], old.images[1]))
     web = cluster.pinned_ref(ONE.images[0])
     assert machine.prefetch_command(cluster, new, old) == (
-        f"setsid -f timeout {cluster.timeouts.pull} sh -c 'for ref; do {{ docker image inspect \"$ref\" >/dev/null 2>&1 "
-        f"|| docker pull -q \"$ref\"; }} & done; wait' prefetch {web} </dev/null >/dev/null 2>&1")
+        f"setsid -f flock {machine.PREFETCH_LOCK} timeout {cluster.timeouts.pull} sh -c 'for ref; do {{ docker image "
+        f"inspect \"$ref\" >/dev/null 2>&1 || docker pull -q \"$ref\"; }} & done; wait' prefetch {web} "
+        f"</dev/null >/dev/null 2>&1")
     assert machine.prefetch_command(cluster, new, new) == "" and machine.prefetch_command(cluster, new, None) == ""
     # A docker that has no image ($HAVE unset) and pulls only once told to: the command has returned long before.
     (tmp_path / "docker").write_text('#!/bin/sh\nstate=$(dirname "$0")\necho "$*" >> "$state/calls"\n'
@@ -658,6 +665,30 @@ def test_the_prefetch_starts_the_new_images_pulls_and_returns_without_waiting_fo
         time.sleep(0.01)
     time.sleep(0.2)  # a pull, were one started, would be logged by now
     assert (tmp_path / "calls").read_text() == f"image inspect {web}\n"
+
+
+def test_the_pull_waits_for_a_prefetch_under_way_and_finds_its_image(tmp_path, cluster):
+    """A docker whose pulls end only once told to: the preparation's pull, started while the
+    prefetch pulls, waits for it and then only reads the image's ID; it never pulls a second time."""
+    (tmp_path / "docker").write_text(
+        '#!/bin/sh\nstate=$(dirname "$0")\necho "$1" >> "$state/calls"\ncase "$1" in\n'
+        '  pull) while [ ! -e "$state/go" ]; do sleep 0.01; done; touch "$state/have"; exit 0 ;;\n'
+        '  image) [ -e "$state/have" ] || exit 1; [ "$3" = -f ] && echo "$ID"; exit 0 ;;\nesac\nexit 2\n')
+    (tmp_path / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "ID": ONE.images[0].digest}
+    old = Release((Image("web", "1.2.2", "sha256:" + "b" * 64, "sha256:" + "d" * 64),))
+    subprocess.run(["sh", "-c", machine.prefetch_command(cluster, ONE, old)], env=env, check=True, timeout=30)
+    for _ in range(1000):  # the prefetch is pulling
+        if (tmp_path / "calls").exists() and "pull" in (tmp_path / "calls").read_text():
+            break
+        time.sleep(0.01)
+    pulling = subprocess.Popen(["sh", "-c", machine.pull_command(cluster, ONE)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # were it not waiting, it would have asked for the image and pulled by now
+    (tmp_path / "go").touch()
+    out, err = pulling.communicate(timeout=30)
+    assert (pulling.returncode, err) == (0, "")
+    assert (tmp_path / "calls").read_text().split() == ["image", "pull", "image"]
 
 
 def test_the_pull_command_lets_the_staging_after_it_run(tmp_path, cluster):
