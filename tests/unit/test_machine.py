@@ -356,29 +356,6 @@ def test_the_base_is_kept_once_and_the_wipe_puts_it_back_byte_for_byte(tmp_path)
     assert oct(os.stat(user_data).st_mode & 0o777) == oct(0o600)
 
 
-def test_os_updates_are_paused_and_put_back_as_they_were(tmp_path, monkeypatch):
-    """Run with a stand-in systemctl: update-engine was active, locksmithd was not."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(
-        "#!/bin/sh\necho \"$*\" >> \"$LOG\"\n"
-        "[ \"$1 $2 $3\" = 'is-active -q update-engine.service' ] && exit 0\n"
-        "[ \"$1\" = is-active ] && exit 3\nexit 0\n")
-    (bin_dir / "systemctl").chmod(0o755)
-    paused = tmp_path / "paused"
-    monkeypatch.setattr(machine, "OS_UPDATES_PAUSED", str(paused))
-    env = f"PATH={bin_dir}:$PATH LOG={tmp_path}/log; export PATH LOG; "
-    assert run_sh(env + machine.pause_os_updates_command() + " && echo on", tmp_path).stdout == "on\n"
-    assert paused.read_text() == "update-engine.service\n"
-    assert run_sh(env + machine.pause_os_updates_command(), tmp_path).returncode == 0  # paused twice: first record kept
-    assert paused.read_text() == "update-engine.service\n"
-    assert run_sh(env + machine.resume_os_updates_command() + " && echo on", tmp_path).stdout == "on\n"
-    log = (tmp_path / "log").read_text().splitlines()
-    assert "stop update-engine.service locksmithd.service" in log
-    assert log[-1] == "start --no-block update-engine.service" and not paused.exists()  # queued, not waited for
-    assert run_sh(env + machine.resume_os_updates_command(), tmp_path).returncode == 0  # nothing paused: nothing
-
-
 def stand_in_systemctl(tmp_path, monkeypatch) -> str:
     """A systemctl logging its arguments (update-engine active, locksmithd not); returns the shell
     prefix that puts it first on PATH."""
@@ -391,6 +368,21 @@ def stand_in_systemctl(tmp_path, monkeypatch) -> str:
     (bin_dir / "systemctl").chmod(0o755)
     monkeypatch.setattr(machine, "OS_UPDATES_PAUSED", str(tmp_path / "paused"))
     return f"PATH={bin_dir}:$PATH LOG={tmp_path}/log; export PATH LOG; "
+
+
+def test_os_updates_are_paused_and_put_back_as_they_were(tmp_path, monkeypatch):
+    """Run with a stand-in systemctl: update-engine was active, locksmithd was not."""
+    env = stand_in_systemctl(tmp_path, monkeypatch)
+    paused = tmp_path / "paused"
+    assert run_sh(env + machine.pause_os_updates_command() + " && echo on", tmp_path).stdout == "on\n"
+    assert paused.read_text() == "update-engine.service\n"
+    assert run_sh(env + machine.pause_os_updates_command(), tmp_path).returncode == 0  # paused twice: first record kept
+    assert paused.read_text() == "update-engine.service\n"
+    assert run_sh(env + machine.resume_os_updates_command() + " && echo on", tmp_path).stdout == "on\n"
+    log = (tmp_path / "log").read_text().splitlines()
+    assert "stop update-engine.service locksmithd.service" in log
+    assert log[-1] == "start --no-block update-engine.service" and not paused.exists()  # queued, not waited for
+    assert run_sh(env + machine.resume_os_updates_command(), tmp_path).returncode == 0  # nothing paused: nothing
 
 
 def test_os_updates_are_paused_beside_a_command_and_a_failed_staging_resumes_them(tmp_path, monkeypatch):
