@@ -409,4 +409,3 @@ def test_a_build_stream_is_followed_to_its_image_or_to_the_engine_s_error(capsys
                          {"stream": "never read\n"}]))
     assert (refused.step, refused.image_id, refused.refused) == ("step 1/2 (RUN false)", None, "The command returned 1")
     assert str(refused.failed(refused.refused)) == "build of web failed at step 1/2 (RUN false): The command returned 1"
-

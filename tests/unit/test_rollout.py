@@ -147,7 +147,8 @@ def test_an_interrupt_mid_step_puts_the_machine_in_hand_back_and_stops(s):
 
 
 def test_a_rollout_holding_the_lock_starts_the_new_images_download_with_its_read_of_the_facts(s):
-    reads = lambda: [c for _, c, _ in s.ex.calls if "echo '--release'" in c]  # noqa: E731
+    def reads() -> list:
+        return [c for _, c, _ in s.ex.calls if "echo '--release'" in c]
     Rollout(s, NEW, OLD)  # a plan: no lock held, nothing started
     assert reads() and not any("docker pull" in c for c in reads())
     s.ex.calls.clear()
