@@ -137,6 +137,12 @@ def docker(*args, **kwargs):
 CGROUPS = Path("/sys/fs/cgroup")
 
 
+def container_cgroups(container_id: str) -> list:
+    """The control groups on this machine of a container a sandbox machine's engine runs (its
+    engine makes them under the host's ``docker`` group: one per controller, or one under cgroup v2)."""
+    return [*CGROUPS.glob(f"*/docker/{container_id}"), *CGROUPS.glob(f"docker/{container_id}")]
+
+
 def remove_containers(*names: str, volumes: bool = False) -> None:
     """``docker rm -f`` of sandbox containers, with the control groups of the containers their own
     engines ran: killed with the engine, nothing removes those, and they would pile up on this
@@ -149,7 +155,7 @@ def remove_containers(*names: str, volumes: bool = False) -> None:
         return ran.stdout.split() if ran.returncode == 0 else []
     ids = [i for found in parallel(inner, list(names)) for i in found if re.fullmatch(r"[0-9a-f]{64}", i)]
     docker("rm", "-f", *(["-v"] if volumes else []), *names)
-    for path in (p for i in ids for p in [*CGROUPS.glob(f"*/docker/{i}"), *CGROUPS.glob(f"docker/{i}")]):
+    for path in (p for i in ids for p in container_cgroups(i)):
         try:
             path.rmdir()  # empty now that its processes are gone; refused (and left) otherwise
         except OSError:

@@ -209,7 +209,7 @@ def test_a_machine_made_afresh_takes_its_containers_control_groups_with_it(ex, p
     reference, _ = probe_image
     ex.run(spare.address, f"docker pull -q {q(reference)}", what=f"pull {reference}")
     inner = ex.run(spare.address, f"docker run -d {q(reference)} sleep 600").stdout.strip()
-    groups = [*sb.CGROUPS.glob(f"*/docker/{inner}"), *sb.CGROUPS.glob(f"docker/{inner}")]
+    groups = sb.container_cgroups(inner)
     assert groups, f"no control group of {inner} under {sb.CGROUPS}"
     sb.reset_machines([spare.address])
     assert [g for g in groups if g.exists()] == []
