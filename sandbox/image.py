@@ -1,8 +1,8 @@
-"""The sandbox's machine image: Debian packages via debootstrap (``machine-image.sh``), imported
+"""The sandbox's machine image: Debian packages via mmdebstrap (``machine-image.sh``), imported
 into this machine's Docker engine and tagged with a hash of that recipe.
 
 The standard library only: ``sandbox/prepare-host`` starts it (``python3 -m sandbox.image``) as
-soon as debootstrap is on a fresh machine, before the Docker engine and the Python packages, so
+soon as mmdebstrap is on a fresh machine, before the Docker engine and the Python packages, so
 that the image's minute of downloads and unpacking runs beside theirs. The rootfs is made first;
 the import waits for the engine to answer. One build at a time on this machine, whichever
 sandbox asks (an fcntl lock): whoever needs the image meanwhile waits for it, and builds it
@@ -67,8 +67,8 @@ def _engine_answers() -> bool:
 
 
 def _build_image(tag: str, say) -> None:
-    if not shutil.which("debootstrap"):
-        raise AirError("sandbox: debootstrap is needed to build the machine image (apt-get install debootstrap)")
+    if not shutil.which("mmdebstrap"):
+        raise AirError("sandbox: mmdebstrap is needed to build the machine image (apt-get install mmdebstrap)")
     say(f"sandbox: building machine image {tag} from Debian packages (about a minute)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="air-rootfs-") as tmp:

@@ -1,7 +1,7 @@
 """The sandbox: the `local` target cluster, made of containers on this machine.
 
 It owns everything about the local test bed: the machine image (Debian
-packages via debootstrap, cached by a hash of its recipe), the Docker network
+packages via mmdebstrap, cached by a hash of its recipe), the Docker network
 and containers that act as CoreOS machines (systemd as PID 1, sshd, dockerd,
 etcd-member.service not yet configured), the build server with the sample
 application's git repository, the registry (TLS from the sandbox CA, htpasswd
@@ -443,7 +443,7 @@ def _copied_with_libraries(program: str, beneath: str = "") -> str:
     """A shell recipe's first lines: /tmp/air-image/root made with Debian's ``program`` and the
     libraries it links (but those of the program ``beneath``, already in the image below), copied
     from the build server's own root file system (the machine image has the packages): no public
-    registry, and no second debootstrap."""
+    registry, and no second root file system built."""
     skip = f"$(ldd {beneath} | awk {LIBRARIES} | tr '\\n' ' ')" if beneath else ""
     return f"""\
 rm -rf /tmp/air-image && mkdir -p /tmp/air-image/root{os.path.dirname(program)} && cd /tmp/air-image

@@ -14,18 +14,27 @@ A worker's sandbox is derived from the run's base sandbox (``AIR_SANDBOX_PREFIX`
 Each worker removes its sandbox at the end (unless ``AIR_SANDBOX_KEEP=1``); by hand, worker k's
 goes with ``AIR_SANDBOX_PREFIX=P-wk AIR_SANDBOX_STATE=STATE/wk fab sandbox.down``.
 
-Pure but for ``write_clusters``; it imports nothing of the sandbox (whose module reads the
-environment when it is imported: the worker's environment has to be in place first).
+``python3 -m sandbox.workers up|down N`` runs ``fab sandbox.up`` (or ``down``) for workers 1..N side by
+side, each in its worker's environment: ``tests/run`` brings the sandboxes up this way while lint and
+the unit tests run; a worker's own bring-up then finds its sandbox up (or waits for the one under
+way: the sandbox's lock).
+
+Pure but for ``write_clusters`` and ``on_each``; it imports nothing of the sandbox (whose module
+reads the environment when it is imported: the worker's environment has to be in place first).
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Mapping, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = {"AIR_SANDBOX_PREFIX": "air-sandbox", "AIR_SANDBOX_SUBNET": "10.213.7",
             "AIR_SANDBOX_STATE": str(ROOT / ".sandbox")}
+MACHINES, SPARES = 3, 2  # each test sandbox's: the local cluster's machines, and spares to add
 STRIDE = 32  # third octets of a worker's subnet: the base's plus k * STRIDE
 MAX_WORKERS = 7  # 31 + 7 * 32 = 255: the largest that stays an octet
 INCLUDE = re.compile(r"^include: \.\./\.sandbox/(?P<file>[\w.-]+)$", re.MULTILINE)
@@ -81,3 +90,28 @@ def write_clusters(state: Path, clusters: Path, source: Path = ROOT / "clusters"
     clusters.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.glob("*.yaml")):
         (clusters / path.name).write_text(cluster_file(path.read_text(), state))
+
+
+def worker_id(k: int) -> str:
+    """xdist's id of worker k (``number``'s inverse)."""
+    return f"gw{k - 1}"
+
+
+def on_each(action: str, count: int) -> int:
+    """``fab sandbox.ACTION`` (``up`` to the test sandboxes' shape, or ``down``) for workers 1..count
+    side by side, each in its worker's environment; the number of them that failed."""
+    runs = []
+    for k in range(1, count + 1):
+        env = {**os.environ, **environment(worker_id(k), os.environ)}
+        args = ["sandbox.down"]
+        if action == "up":
+            write_clusters(Path(env["AIR_SANDBOX_STATE"]), Path(env["AIR_CLUSTERS_DIR"]))
+            args = ["sandbox.up", "--machines", str(MACHINES), "--spares", str(SPARES)]
+        runs.append(subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=ROOT, env=env))
+    return sum(run.wait() != 0 for run in runs)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("up", "down") or not sys.argv[2].isdigit():
+        sys.exit("usage: python3 -m sandbox.workers up|down N")
+    sys.exit(1 if on_each(sys.argv[1], int(sys.argv[2])) else 0)

@@ -35,7 +35,7 @@ if WORKER:
     workers.write_clusters(Path(os.environ["AIR_SANDBOX_STATE"]), Path(os.environ["AIR_CLUSTERS_DIR"]))
 
 ROOT = Path(__file__).resolve().parent.parent
-MACHINES, SPARES = 3, 2
+MACHINES, SPARES = workers.MACHINES, workers.SPARES
 
 # The integration modules, about the longest first (as `--durations` measured them): on several
 # workers (``--dist loadfile --no-loadscope-reorder``) each worker takes the next module when it is

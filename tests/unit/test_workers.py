@@ -62,3 +62,31 @@ def test_the_projects_cluster_files_all_name_the_sandbox_state_the_way_the_copy_
     for path in (workers.ROOT / "clusters").glob("*.yaml"):
         copied = workers.cluster_file(path.read_text(), Path("/elsewhere"))
         assert "../.sandbox" not in copied, path.name
+
+
+def test_worker_ids_are_xdists():
+    assert [workers.number(workers.worker_id(k)) for k in (1, 2, 3)] == [1, 2, 3]
+
+
+def test_the_sandboxes_brought_up_ahead_are_the_workers_own(mocker, tmp_path):
+    """``on_each("up", 2)``: `fab sandbox.up` in the shape the tests use, once per worker, in that
+    worker's environment (the one tests/conftest.py gives it), after its cluster files are written."""
+    started = []
+    mocker.patch.object(workers.subprocess, "Popen", side_effect=lambda args, cwd, env: started.append((args, env))
+                        or mocker.Mock(wait=mocker.Mock(return_value=0)))
+    env = {"AIR_SANDBOX_PREFIX": "air-x", "AIR_SANDBOX_SUBNET": "10.213.9", "AIR_SANDBOX_STATE": str(tmp_path)}
+    mocker.patch.dict(workers.os.environ, env)
+    assert workers.on_each("up", 2) == 0
+    assert [args[3:] for args, _ in started] == [["sandbox.up", "--machines", "3", "--spares", "2"]] * 2
+    assert [args[1:3] for args, _ in started] == [["-m", "fabric"]] * 2
+    for k, (_, given) in enumerate(started, 1):
+        assert {name: given[name] for name in workers.environment(workers.worker_id(k), env)} == \
+            workers.environment(workers.worker_id(k), env)
+        assert (tmp_path / f"w{k}" / "clusters" / "local.yaml").is_file()
+
+
+def test_a_failed_bring_up_is_counted(mocker):
+    codes = iter([0, 1, 1])
+    mocker.patch.object(workers.subprocess, "Popen", side_effect=lambda args, cwd, env:
+                        mocker.Mock(wait=mocker.Mock(return_value=next(codes))))
+    assert workers.on_each("down", 3) == 2
