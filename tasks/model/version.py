@@ -7,16 +7,20 @@ An image equal to the newest tag keeps that version, so rebuilding unchanged
 source is a no-op; a different image gets the next patch, or ``.0`` when
 VERSION moved on. VERSION going backwards is a ConfigError. Nothing is kept on
 the build server.
+
+The semver package is used here and nowhere else, and imported when first needed (not by `fab`
+starting: it is 3 ms of a start-up that lists tasks).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Tuple
-
-import semver
+from typing import TYPE_CHECKING, Iterable, Optional, Tuple
 
 from tasks.model.errors import ConfigError
+
+if TYPE_CHECKING:
+    import semver
 
 MAJOR_MINOR = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 
@@ -33,6 +37,7 @@ def parse_version(text: str, where) -> Tuple[int, int]:
 
 def newest(tags: Iterable[str]) -> Optional[semver.Version]:
     """The highest plain MAJOR.MINOR.PATCH tag; ``latest``, junk, pre-releases and builds are ignored."""
+    import semver
     versions = []
     for tag in tags:
         try:
@@ -42,6 +47,12 @@ def newest(tags: Iterable[str]) -> Optional[semver.Version]:
         if version.prerelease is None and version.build is None:
             versions.append(version)
     return max(versions, default=None)
+
+
+def next_patch(version: str) -> str:
+    """The version after MAJOR.MINOR.PATCH ``version``: its patch plus one."""
+    import semver
+    return str(semver.Version.parse(version).bump_patch())
 
 
 @dataclass(frozen=True)

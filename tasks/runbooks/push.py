@@ -18,8 +18,6 @@ import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional
 
-import semver
-
 from tasks.commands.build_scripts import NO_COMMIT, candidate
 from tasks.model import version
 from tasks.model.credentials import load_credentials
@@ -69,14 +67,14 @@ def plan(cluster, base: tuple, images: dict, registry: RegistryClient) -> list:
 def free_version(registry: RegistryClient, repository: str, step: Step) -> tuple:
     """(version, manifest digest or None): the step's planned version when that tag is free or holds
     this very image (then with its manifest digest), else the next patch that is."""
-    planned = semver.Version.parse(step.decision.version)
+    planned = step.decision.version
     while True:
-        found = registry.digests(repository, str(planned))
+        found = registry.digests(repository, planned)
         if found is None:
-            return str(planned), None
+            return planned, None
         if found[0] == step.image_id:
-            return str(planned), found[1]
-        planned = planned.bump_patch()
+            return planned, found[1]
+        planned = version.next_patch(planned)
 
 
 def published_release(ex) -> Release:

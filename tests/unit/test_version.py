@@ -2,6 +2,7 @@ import pytest
 import semver
 
 from tasks.model.errors import ConfigError
+from tasks.model import version
 from tasks.model.version import Decision, decide, newest, parse_version
 
 OLD, NEW = "sha256:" + "a" * 64, "sha256:" + "b" * 64
@@ -90,3 +91,8 @@ def test_parse_version(text, expected):
 def test_malformed_version_is_an_error_naming_the_file(text):
     with pytest.raises(ConfigError, match="build:/air/VERSION: expected MAJOR.MINOR"):
         parse_version(text, "build:/air/VERSION")
+
+
+@pytest.mark.parametrize("given, after", [("1.0.0", "1.0.1"), ("1.9.9", "1.9.10"), ("0.10.41", "0.10.42")])
+def test_next_patch(given, after):
+    assert version.next_patch(given) == after

@@ -86,6 +86,7 @@ def test_the_sandboxes_brought_up_ahead_are_the_workers_own(mocker, tmp_path):
 
 
 def test_a_failed_bring_up_is_counted(mocker):
+    mocker.patch.dict(workers.os.environ, {"AIR_SANDBOX_SUBNET": "10.213.9"})  # not an xdist worker's own
     codes = iter([0, 1, 1])
     mocker.patch.object(workers.subprocess, "Popen", side_effect=lambda args, cwd, env:
                         mocker.Mock(wait=mocker.Mock(return_value=next(codes))))
