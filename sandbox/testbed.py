@@ -25,7 +25,6 @@ import secrets
 import shlex
 import signal
 import subprocess
-import tarfile
 import sys
 import time
 from contextlib import contextmanager
@@ -486,6 +485,7 @@ def _content_hash(directory: Path) -> str:
 
 
 def _tar_of(directory: Path) -> bytes:
+    import tarfile  # here: `fab` starting has no use for it
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(directory.rglob("*")):
