@@ -15,10 +15,12 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from urllib.parse import quote
 
 import yaml
+
+from tasks.model.frozen import frozen
 
 from .units import (
     ETCD_DROPIN,
@@ -45,7 +47,7 @@ RELEASE_FILE = f"{STATE_DIR}/release"
 COMPONENTS_FILE = f"{STATE_DIR}/components"
 
 
-@dataclass(frozen=True)
+@frozen
 class File:
     path: str
     content: str = field(repr=False)  # may be a secret: never in a repr or a log

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +39,7 @@ from sandbox import image as machine_image
 from tasks.commands import build_scripts
 from tasks.model import cluster as cluster_config
 from tasks.model.errors import AirError, ConfigError
+from tasks.model.frozen import frozen
 from tasks.net.executor import parallel
 from tasks.net.progress import say
 from tasks.runbooks import records
@@ -84,7 +84,7 @@ REBOOTS = "on-failure"  # a machine container's restart policy: its reboot is th
 OS_STAGE = "/usr/lib/air-sandbox/os-stage"  # the image's stand-in of update-engine staging an update
 
 
-@dataclass(frozen=True)
+@frozen
 class Node:
     name: str
     address: str
@@ -813,7 +813,7 @@ FAULTY = "router"  # the component whose answers can be made bad (--errors, --la
 PERCENT = re.compile(r"(100|[0-9]{1,2})(\.[0-9]{1,2})?")
 
 
-@dataclass(frozen=True)
+@frozen
 class Change:
     """One change to the sample application, checked when it is made.
 

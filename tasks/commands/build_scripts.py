@@ -14,12 +14,12 @@ import json
 import os
 import re
 import tarfile
-from dataclasses import dataclass
 from typing import Optional
 
 from tasks.commands.shell import q
 from tasks.model.cluster import Component, relative_to, valid_branch
 from tasks.model.errors import ConfigError
+from tasks.model.frozen import frozen
 
 CANDIDATE = "candidate-"  # + commit: a freshly built image, before push gives it a version
 
@@ -40,7 +40,7 @@ def check_branch(branch: str) -> str:
     return branch
 
 
-@dataclass(frozen=True)
+@frozen
 class Branches:
     """The branch of every checkout of a build: the main repository's, and those given for
     components with their own repository (the others keep their cluster file's branch)."""
@@ -80,7 +80,7 @@ def parse_branches(cluster, values=None) -> Branches:
     return Branches(main or cluster.build.branch, tuple(sorted(components.items())))
 
 
-@dataclass(frozen=True)
+@frozen
 class Checkout:
     """One git checkout on the build server, and the components built from it."""
     repository: str
@@ -100,7 +100,7 @@ def checkouts(cluster, branches: Branches, components=None) -> list:
     return plan
 
 
-@dataclass(frozen=True)
+@frozen
 class Job:
     """One component's build: the checkout it is built from, and the values its build arguments may name."""
     component: Component

@@ -26,8 +26,10 @@ section (``tasks.model.cluster.Canary``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Optional
+
+from tasks.model.frozen import frozen
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 OK, FAILED, SHORT, SHOWN = "ok", "FAIL", "too few", "shown"
@@ -35,7 +37,7 @@ QUANTILE = 0.95
 INF = math.inf
 
 
-@dataclass(frozen=True)
+@frozen
 class RouterCounters:
     """One reading of a router's counters (totals since it started)."""
     requests: int = 0
@@ -58,7 +60,7 @@ class RouterCounters:
                               tuple((le, mine.get(le, 0) + theirs.get(le, 0)) for le in bounds))
 
 
-@dataclass(frozen=True)
+@frozen
 class BalancerCounters:
     """One reading of haproxy's counters of one machine (its servers in every backend, summed)."""
     sessions: int = 0
@@ -83,14 +85,14 @@ class BalancerCounters:
                                 max(0, self.check_failures - earlier.check_failures), self.session_time)
 
 
-@dataclass(frozen=True)
+@frozen
 class Reading:
     """What one machine's counters said at one time."""
     router: RouterCounters
     balancer: BalancerCounters
 
 
-@dataclass(frozen=True)
+@frozen
 class Check:
     name: str
     canary: str
@@ -100,7 +102,7 @@ class Check:
     figures: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@frozen
 class Verdict:
     outcome: str   # PASS, FAIL, INCONCLUSIVE
     machine: str

@@ -15,13 +15,14 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Union
 
 import yaml
 
 from tasks.model.errors import ConfigError
+from tasks.model.frozen import frozen
 from tasks.model.state import MAINTENANCE as MAINTENANCE_READ
 from tasks.model.state import SETTINGS as SETTINGS_READ
 
@@ -61,7 +62,7 @@ RESERVED_SECRETS = (ETCD_ROOT_FILE, ETCD_PASSWORD_FILE)
 
 # ---------------------------------------------------------------- the schema
 
-@dataclass(frozen=True)
+@frozen
 class Field:
     kind: str
     doc: str
@@ -69,7 +70,7 @@ class Field:
     required: bool = True
 
 
-@dataclass(frozen=True)
+@frozen
 class Section:
     doc: str
     fields: dict
@@ -386,7 +387,7 @@ SCHEMA = Section("A target cluster: one YAML file per cluster, named <cluster>.y
 
 # ---------------------------------------------------------------- the typed result
 
-@dataclass(frozen=True)
+@frozen
 class Ssh:
     user: str
     port: int
@@ -395,7 +396,7 @@ class Ssh:
     gateway: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Build:
     host: str
     repository: str
@@ -403,7 +404,7 @@ class Build:
     branch: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Registry:
     address: str
     ca: Optional[Path]
@@ -418,7 +419,7 @@ class Registry:
         return self.pull_credentials or self.credentials
 
 
-@dataclass(frozen=True)
+@frozen
 class Balancer:
     host: str
     bind: Optional[str]
@@ -439,14 +440,14 @@ class Balancer:
         return f"{self.folder}/routers.cfg"
 
 
-@dataclass(frozen=True)
+@frozen
 class Proxy:
     http: int
     https: Optional[int]
     protocol: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Component:
     name: str
     port: int
@@ -477,7 +478,7 @@ class Component:
             object.__setattr__(self, "dockerfile", in_folder(self.source, "Dockerfile"))
 
 
-@dataclass(frozen=True)
+@frozen
 class Setting:
     """One key of the application's settings: its text, or the secret file whose content it is."""
     key: str                       # relative to the application's settings prefix (tasks.model.state)
@@ -485,52 +486,52 @@ class Setting:
     secret: Optional[str] = None   # a file name of the secrets folder
 
 
-@dataclass(frozen=True)
+@frozen
 class Admin:
     component: str
     command: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ReleaseCommand:
     component: str
     command: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Hooks:
     pre_deploy: Optional[str] = None
     post_deploy: Optional[str] = None
     on_failure: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Unit:
     name: str
     content: str
 
 
-@dataclass(frozen=True)
+@frozen
 class File:
     path: str
     content: str
     permissions: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Additions:
     units: tuple
     files: tuple
 
 
-@dataclass(frozen=True)
+@frozen
 class Backups:
     folder: Path
     keep: int = 10
     max_age: int = 3600
 
 
-@dataclass(frozen=True)
+@frozen
 class Timeouts:
     connect: int
     stop: int
@@ -547,7 +548,7 @@ class Timeouts:
     reboot: int = 600
 
 
-@dataclass(frozen=True)
+@frozen
 class Canary:
     window: int = 300
     weight: float = 10.0
@@ -559,7 +560,7 @@ class Canary:
     counters: str = "/air-counters"
 
 
-@dataclass(frozen=True)
+@frozen
 class RolloutLimits:
     """How much of a cluster a rollout may take out at once, how many failures it tolerates, how many
     machines it works on side by side (the cluster file's ``rollout``, or the command line's)."""
@@ -568,7 +569,7 @@ class RolloutLimits:
     parallel: int = 10
 
 
-@dataclass(frozen=True)
+@frozen
 class Cluster:
     name: str
     file: Path
@@ -732,7 +733,7 @@ def check_option(value, kind: str, where: str) -> Any:
 # CHECKERS gives each kind of KINDS its checker: it takes the value as the file says it, and returns it
 # as the Cluster holds it (normalized), or raises _Invalid; _check turns that into the one-line error.
 
-@dataclass(frozen=True)
+@frozen
 class _At:
     """Where a value is read: the file as shown, the field's path, the file's folder, the cluster's name."""
     file: str

@@ -24,6 +24,7 @@ from tasks.model import state
 from tasks.model.cluster import ETCD_PASSWORD_FILE, ETCD_ROOT_FILE
 from tasks.model.credentials import load_credentials
 from tasks.model.errors import ConfigError, RecordError
+from tasks.model.frozen import frozen
 
 ROOT = "root"        # etcd turns authentication on only with a user root holding the role root
 USER_PREFIX = "air-"  # the logins air-deploy keeps; any other user or role in etcd is left alone
@@ -39,14 +40,14 @@ class Grant:
     range_end: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class Login:
     user: str                          # also its role's name
     grants: tuple = ()                 # Grant, sorted
     password: str = field(default="", repr=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class Found:
     """etcd's side: users (name -> roles), the roles air-deploy keeps (name -> Grants), and the
     digests of the passwords last set (``state.logins_key``)."""
@@ -55,7 +56,7 @@ class Found:
     digests: dict
 
 
-@dataclass(frozen=True)
+@frozen
 class Call:
     """One call of etcd's auth API: ``/v3/auth/<path>`` with ``payload`` (which may hold a
     password: only ``said`` is ever shown)."""

@@ -8,15 +8,16 @@ in as read (``tasks.commands.os_update.OsFacts``: ``version``, ``staged``, ``reb
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
+
+from tasks.model.frozen import frozen
 
 # systemd's states of a machine going down or coming up (``systemctl is-system-running``): a reboot
 # under way. A deploy refuses to start meanwhile; os-upgrade waits for the state to end.
 BOOTING = ("initializing", "starting", "stopping")
 
 
-@dataclass(frozen=True)
+@frozen
 class Reboot:
     """One machine's reboot: the OS ``version`` it runs and the one it should boot (``to``; None
     for a reboot without an update)."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 
 from tasks.model.errors import RecordError
+from tasks.model.frozen import frozen
 
 # What a release record may hold: what push writes, nothing a shell could read as more.
 COMPONENT = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -20,7 +20,7 @@ VERSION = re.compile(r"(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-@dataclass(frozen=True)
+@frozen
 class Image:
     component: str
     version: str
@@ -28,7 +28,7 @@ class Image:
     manifest: str = ""  # the registry's manifest digest; "" in releases recorded before it was kept
 
 
-@dataclass(frozen=True)
+@frozen
 class Release:
     images: tuple  # of Image, sorted by component
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Optional
 
 from tasks.model.cluster import SECRET_NAME, SETTING_KEY
 from tasks.model.errors import RecordError
+from tasks.model.frozen import frozen
 from tasks.model.release import DIGEST
 
 SETTINGS, SECRETS = "settings", "secrets"  # the record's fields
@@ -99,7 +100,7 @@ def short(record: dict) -> str:
 
 # ---------------------------------------------------------------- putting them back
 
-@dataclass(frozen=True)
+@frozen
 class Restore:
     """The settings a rollback puts back: ``values`` (key -> value) etcd is to hold; ``left``: key ->
     NAME of the secret keys whose file changed since (or is gone), left as they are; ``kept``: what

@@ -11,11 +11,12 @@ leader last), ``stops`` whether failures so far end the rollout. Pure: facts in,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Optional
 
 import cloudconfig
 from cloudconfig.units import unit_name
+from tasks.model.frozen import frozen
 from tasks.model.release import Release
 
 # What bringing one machine to a release takes (``machine_action``).
@@ -35,7 +36,7 @@ def machine_action(running: str, units: dict, listed: bool, release_id: str) -> 
     return NOTHING if listed else READD
 
 
-@dataclass(frozen=True)
+@frozen
 class Step:
     machine: str
     action: str           # UPGRADE or READD
@@ -43,7 +44,7 @@ class Step:
     remove: tuple = ()    # components whose units are stopped, disabled and removed (UPGRADE)
 
 
-@dataclass(frozen=True)
+@frozen
 class Extra:
     """What a rollout does on one machine besides bringing it to its release (secrets.apply):
     ``restart`` these components too, stage ``files`` with the release's, run ``before`` ahead of

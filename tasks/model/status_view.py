@@ -8,7 +8,6 @@ it; ``render_status`` is the table. Also the journal lines' merged order and for
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
@@ -17,6 +16,7 @@ from cloudconfig.units import ETCD_CLIENT_PORT, ETCD_PROXY_UNIT, ETCD_UNIT
 from tasks.model import roles
 from tasks.model.backup import size_text
 from tasks.model.os_upgrade_plan import BOOTING
+from tasks.model.frozen import frozen
 
 
 def duration(seconds) -> str:
@@ -52,7 +52,7 @@ PROXY_ABSENT = ("", "unknown", "inactive")  # systemctl is-active of a unit that
 LEFT_BEHIND = ("learner", "joining")  # added to etcd by an add-machine that did not finish
 
 
-@dataclass(frozen=True)
+@frozen
 class MachineView:
     """One machine's entry of the view, typed: what the drift rules read of it."""
     raw: dict
@@ -106,7 +106,7 @@ class MachineView:
         return self.raw.get("os") or {}
 
 
-@dataclass(frozen=True)
+@frozen
 class DriftView:
     """The view ``read_status`` assembles, typed: what the drift rules read of the cluster."""
     raw: dict

@@ -14,10 +14,10 @@ starting: it is 3 ms of a start-up that lists tasks).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Optional, Tuple
 
 from tasks.model.errors import ConfigError
+from tasks.model.frozen import frozen
 
 if TYPE_CHECKING:
     import semver
@@ -55,7 +55,7 @@ def next_patch(version: str) -> str:
     return str(semver.Version.parse(version).bump_patch())
 
 
-@dataclass(frozen=True)
+@frozen
 class Decision:
     version: str             # the tag the new image gets
     changed: bool            # False: the registry already holds this very image as ``version``

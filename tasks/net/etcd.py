@@ -31,7 +31,6 @@ import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 from urllib.parse import quote as urlquote
 
@@ -40,6 +39,7 @@ import paramiko
 from cloudconfig.units import ETCD_CLIENT_PORT as CLIENT_PORT
 from tasks.model import etcd_access
 from tasks.model.errors import HealthError, LockedError, LostLock, RemoteError
+from tasks.model.frozen import frozen
 from tasks.net import deferred
 from tasks.net.tunnel import bridged
 from tasks.net.trips import request_of, took_by
@@ -81,7 +81,7 @@ _AUTH_OFF = "authentication is not enabled"
 _NO_LOGIN = "user name is empty"
 
 
-@dataclass(frozen=True)
+@frozen
 class Member:
     id: str
     name: str

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from tasks.commands.build_scripts import (
@@ -52,6 +51,7 @@ from tasks.commands.build_scripts import (
 from tasks.commands.shell import TIMED_OUT, tail
 from tasks.model import version
 from tasks.model.errors import ConfigError, DeadlineError, RemoteError
+from tasks.model.frozen import frozen
 from tasks.net import deferred
 from tasks.net.progress import say
 from tasks.net.session import optional_lock, session
@@ -199,7 +199,7 @@ def forget_older_candidates(api, cluster, component: str, commit: str) -> None:
                 api.remove_image(tag, noprune=True)
 
 
-@dataclass(frozen=True)
+@frozen
 class CheckedOut:
     """The cluster's checkouts on the build server, each at its branch: what a build starts from."""
     branches: Branches

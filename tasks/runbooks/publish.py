@@ -13,9 +13,10 @@ alone).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable, Optional
 
+from tasks.model.frozen import frozen
 from tasks.model.release import Release
 from tasks.net.progress import say
 from tasks.runbooks.build import build_images, check_out
@@ -24,7 +25,7 @@ from tasks.runbooks.push import moved_tag, push_all
 META = ("branch", "commit", "sources", "inputs")  # what a release record keeps of its build
 
 
-@dataclass(frozen=True)
+@frozen
 class Published:
     release: Release
     steps: list       # push's steps (``dry``: the steps push would take; none when nothing was built)

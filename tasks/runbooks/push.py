@@ -15,13 +15,14 @@ in the API's auth header, never in argv, a file or a log.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
 from tasks.commands.build_scripts import NO_COMMIT, candidate
 from tasks.model import version
 from tasks.model.credentials import load_credentials
 from tasks.model.errors import ConfigError, PreflightError, RemoteError
+from tasks.model.frozen import frozen
 from tasks.model.release import Image, Release
 from tasks.net import deferred
 from tasks.net.progress import say
@@ -39,7 +40,7 @@ else:
     docker_api, docker_errors = deferred("tasks.net.docker_api"), deferred("docker.errors")
 
 
-@dataclass(frozen=True)
+@frozen
 class Step:
     component: str
     image_id: str

@@ -11,12 +11,12 @@ folder's file still gives the value kept.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Optional
 
 from tasks.model import release_settings as kept
 from tasks.model import state
 from tasks.model.errors import AirError, LostLock
+from tasks.model.frozen import frozen
 from tasks.net.progress import say
 from tasks.net.session import Session
 from tasks.runbooks import records, settings
@@ -93,7 +93,7 @@ def _put_back(s: Session, task: str, before: dict, record: Optional[dict]) -> No
 
 # ---------------------------------------------------------------- a rollback's settings
 
-@dataclass(frozen=True)
+@frozen
 class Restoring:
     """What a rollback to the release recorded by ``target`` does to the settings below ``prefix``:
     ``restore`` (None: the record kept none), the ``changes`` it makes to what etcd holds

@@ -22,7 +22,6 @@ removes every previous copy a run killed mid-machine left behind.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 from invoke import Collection
@@ -32,6 +31,7 @@ from tasks.commands import machine
 from tasks.commands.shell import q
 from tasks.model.cluster import check_address
 from tasks.model.errors import AirError, Interrupted, LostLock
+from tasks.model.frozen import frozen
 from tasks.model.rollout_plan import Extra
 from tasks.net.progress import say
 from tasks.net.session import Session, session
@@ -61,7 +61,7 @@ def remove_command(paths) -> str:
     return ("rm -f " + " ".join(q(p) for p in paths)) if paths else "true"
 
 
-@dataclass(frozen=True)
+@frozen
 class Change:
     """One machine's secrets change: ``extra`` for the rollout (None: nothing restarts), the files
     of restarted components it removes, and files no component uses (removed at once)."""

@@ -12,7 +12,7 @@ setup-cluster, add-machine and every deploy call ``apply``, and the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from invoke import Collection
@@ -20,6 +20,7 @@ from invoke import Collection
 from tasks.model import state
 from tasks.model.cluster import check_address
 from tasks.model.errors import ConfigError
+from tasks.model.frozen import frozen
 from tasks.model.release_settings import secret_value
 from tasks.model.status_view import printable
 from tasks.net.progress import say
@@ -45,7 +46,7 @@ def wanted(cluster) -> dict:
     return values
 
 
-@dataclass(frozen=True)
+@frozen
 class Secrets:
     """What is never printed: the values of the keys that are secrets, and any value that is the
     content of a file of the secrets folder (a key that was a secret and is now plain text, or one
@@ -65,7 +66,7 @@ def secrets_of(cluster) -> Secrets:
     return Secrets(frozenset(state.setting_key(cluster, s.key) for s in cluster.settings if s.secret), values)
 
 
-@dataclass(frozen=True)
+@frozen
 class Changes:
     """What makes etcd hold the wanted settings: keys to add, to change (key -> new value), to remove."""
     added: dict = field(default_factory=dict, repr=False)

@@ -34,7 +34,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Optional
 
 import cloudconfig
@@ -45,6 +45,7 @@ from tasks.model.cluster import RolloutLimits, check_address, check_option
 from tasks.model.os_upgrade_plan import BOOTING
 from tasks.model.errors import (AirError, ConfigError, Halt, HealthError, Interrupted, LostLock, PreflightError,
                                 RemoteError, failure_kind)
+from tasks.model.frozen import frozen
 from tasks.model.release import Release
 from tasks.model.rollout_plan import (NOTHING, UPGRADE, Extra, Step, _machine, changes, describe, drift, groups, plan,
                                       routed, stops)
@@ -54,7 +55,7 @@ from tasks.runbooks import balancer, records, steps
 from tasks.runbooks.cli import air_task, cluster_of, report
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     """What became of one machine of a rollout: no failure, or the failure and what was done about
     it (``said``), ``restored`` when it is back on the previous release."""
