@@ -76,11 +76,11 @@ def ensure_installed(cluster) -> str:
 
 def physical(cluster, address, components) -> dict:
     """Seconds of stop and start of the units of ``components`` (those an upgrade restarts) and of
-    the whole machine's health check, timed on the machine itself."""
+    the health check an upgrade makes (those first, then every component), timed on the machine itself."""
     script = " && ".join([
         "t0=$(date +%s.%N)", machine.stop_command(cluster, components),
         "t1=$(date +%s.%N)", machine.start_command(cluster, components),
-        "t2=$(date +%s.%N)", f"( {machine.health_command(cluster, cluster.timeouts.healthy)} )",
+        "t2=$(date +%s.%N)", f"( {machine.health_command(cluster, cluster.timeouts.healthy, first=components)} )",
         "t3=$(date +%s.%N)", 'echo "$t0 $t1 $t2 $t3"'])
     everyone = list(cluster.machines)
     with Executor(cluster) as ex:

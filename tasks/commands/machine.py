@@ -245,26 +245,34 @@ def _dq(text: str) -> str:
     return "".join("\\" + ch if ch in '"$`\\' else ch for ch in text)
 
 
-# Seconds between two rounds of health checks, the last repeated: a component often answers within
-# 0.1-0.2 s of its start, so the first rounds come sooner.
-HEALTH_PAUSES = ("0.05", "0.1", "0.2")
+# Seconds between two rounds of health checks: a component often answers 0.1-0.3 s after its start,
+# so the first HEALTH_FAST_ROUNDS rounds come every HEALTH_FAST_PAUSE s (a restart is seen healthy at
+# most that much after it is), the later ones every HEALTH_PAUSE s.
+HEALTH_FAST_PAUSE, HEALTH_FAST_ROUNDS, HEALTH_PAUSE = "0.02", 25, "0.2"
 
 
-def health_command(cluster, timeout: int, components=None) -> str:
+def health_command(cluster, timeout: int, components=None, first=None) -> str:
     """Waits until every component (of ``components``, when given) passes its health rule on the
     machine (``health_check``), or fails naming those that don't and what each answered. The
-    checks are repeated after each of ``HEALTH_PAUSES``, then after the last of them."""
+    checks are repeated every ``HEALTH_FAST_PAUSE`` s at first, then every ``HEALTH_PAUSE`` s.
+    ``first``: the components just started; the others are not asked again and again while these
+    come up: the rounds check them alone until they pass, then every component, in one round that
+    must pass whole (rounds of every component follow, should it not)."""
     checked = [c for c in cluster.components if components is None or c.name in components]
     if not checked:
         return "true"
-    checks = "; ".join(health_check(c) for c in checked)
+    starting = [c for c in checked if first is not None and c.name in first]
+    every = "; ".join(health_check(c) for c in checked)
+    rounds = (f"if [ -n \"$all\" ]; then {every}; else {'; '.join(health_check(c) for c in starting)}; fi"
+              if starting and len(starting) < len(checked) else every)
     body = any(c.check == "http" and c.health_body for c in checked)
     scratch = "body=$(mktemp) || exit 1; trap 'rm -f \"$body\"' EXIT; " if body else ""
-    longer = " ".join(f"{a}) pause={b} ;;" for a, b in zip(HEALTH_PAUSES, HEALTH_PAUSES[1:]))
-    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); pause={HEALTH_PAUSES[0]}; {scratch}"
-            f"while :; do failed=''; {checks}; [ -z \"$failed\" ] && exit 0; "
+    passed = ("if [ -z \"$failed\" ]; then [ -n \"$all\" ] && exit 0; all=1; continue; fi"
+              if rounds != every else "[ -z \"$failed\" ] && exit 0")
+    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); n=0; {'all=; ' if rounds != every else ''}{scratch}"
+            f"while :; do failed=''; {rounds}; {passed}; "
             f"if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within {int(timeout)} s:$failed\" >&2; exit 1; fi; "
-            f"sleep $pause; case $pause in {longer} esac; done")
+            f"n=$((n + 1)); if [ $n -le {HEALTH_FAST_ROUNDS} ]; then sleep {HEALTH_FAST_PAUSE}; else sleep {HEALTH_PAUSE}; fi; done")
 
 
 def start_etcd_command() -> str:
@@ -527,11 +535,11 @@ def parse_release_facts(text: str, cluster) -> dict:
 def upgrade_command(cluster, components, swap: str, remove=(), running=None) -> str:
     """One machine's upgrade in one command: stop the units of ``components`` and ``remove`` that
     exist, ``swap`` the staged files in, remove the units of ``remove``, start those of
-    ``components``, wait until every component it runs (``running``, default all) is healthy.
-    Exits ``UNHEALTHY`` when the health check fails. (Its OS updates resume when the whole rollout
-    ends.) Pure."""
+    ``components``, wait until every component it runs (``running``, default all) is healthy
+    (those started first: ``health_command``). Exits ``UNHEALTHY`` when the health check fails.
+    (Its OS updates resume when the whole rollout ends.) Pure."""
     return (f"{stop_command(cluster, [*components, *remove])} && {swap} && {remove_command(remove)} && "
             f"{start_command(cluster, components)} || exit $?; "
-            f"( {health_command(cluster, cluster.timeouts.healthy, running)} ) || exit {UNHEALTHY}")
+            f"( {health_command(cluster, cluster.timeouts.healthy, running, first=components)} ) || exit {UNHEALTHY}")
 
 

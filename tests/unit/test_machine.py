@@ -263,28 +263,67 @@ def test_health_of_some_components(cluster):
 
 def test_health_command(cluster):
     assert machine.health_command(cluster, 60) == (
-        "deadline=$(( $(date +%s) + 60 )); pause=0.05; while :; do failed=''; "
+        "deadline=$(( $(date +%s) + 60 )); n=0; while :; do failed=''; "
         "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:8080/health); "
         "[ \"$code\" = 200 ] || failed=\"$failed web(expected HTTP 200, got HTTP $code)\"; "
         "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
         "[ \"$code\" = 200 ] || failed=\"$failed worker(expected HTTP 200, got HTTP $code)\"; "
         "[ -z \"$failed\" ] && exit 0; "
         "if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within 60 s:$failed\" >&2; exit 1; fi; "
-        "sleep $pause; case $pause in 0.05) pause=0.1 ;; 0.1) pause=0.2 ;; esac; done")
+        "n=$((n + 1)); if [ $n -le 25 ]; then sleep 0.02; else sleep 0.2; fi; done")
 
 
-def test_health_checks_come_sooner_at_first_then_every_fifth_of_a_second(tmp_path, cluster):
+def test_health_checks_come_every_50th_of_a_second_at_first_then_every_fifth(tmp_path, cluster):
     """The health command in a real sh, sleep and curl stood in for: the pauses it takes until the
-    component answers 200 at its sixth round."""
+    component answers 200 at its 28th round."""
     (tmp_path / "sleep").write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/pauses\n')
     (tmp_path / "curl").write_text(f'#!/bin/sh\nn=$(cat {tmp_path}/pauses 2>/dev/null | wc -l)\n'
-                                   '[ "$n" -ge 5 ] && printf 200 || printf 000\n')
+                                   '[ "$n" -ge 27 ] && printf 200 || printf 000\n')
     for tool in ("sleep", "curl"):
         (tmp_path / tool).chmod(0o755)
     done = subprocess.run(["sh", "-c", machine.health_command(cluster, 60, ["web"])], capture_output=True, text=True,
                           env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "pauses").read_text().split() == ["0.05", "0.1", "0.2", "0.2", "0.2"]
+    assert (tmp_path / "pauses").read_text().split() == ["0.02"] * 25 + ["0.2", "0.2"]
+
+
+def test_health_command_asks_the_started_components_alone_until_they_pass(cluster):
+    assert machine.health_command(cluster, 60, first=["worker"]) == (
+        "deadline=$(( $(date +%s) + 60 )); n=0; all=; while :; do failed=''; "
+        "if [ -n \"$all\" ]; then "
+        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:8080/health); "
+        "[ \"$code\" = 200 ] || failed=\"$failed web(expected HTTP 200, got HTTP $code)\"; "
+        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
+        "[ \"$code\" = 200 ] || failed=\"$failed worker(expected HTTP 200, got HTTP $code)\"; else "
+        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
+        "[ \"$code\" = 200 ] || failed=\"$failed worker(expected HTTP 200, got HTTP $code)\"; fi; "
+        "if [ -z \"$failed\" ]; then [ -n \"$all\" ] && exit 0; all=1; continue; fi; "
+        "if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within 60 s:$failed\" >&2; exit 1; fi; "
+        "n=$((n + 1)); if [ $n -le 25 ]; then sleep 0.02; else sleep 0.2; fi; done")
+    assert machine.health_command(cluster, 60, first=["web", "worker"]) == machine.health_command(cluster, 60)
+
+
+@pytest.mark.parametrize("web_fails_once, asked", [
+    (False, ["9090", "9090", "9090", "8080", "9090"]),
+    (True, ["9090", "9090", "9090", "8080", "9090", "8080", "9090"])])
+def test_the_others_are_asked_once_the_started_one_passes_and_all_must_pass_together(tmp_path, cluster, web_fails_once,
+                                                                                    asked):
+    """In a real sh, curl and sleep stood in for: the worker answers at its third round; the web
+    component, healthy all along, is asked only then (and, when that one answer fails, in every
+    round after, with the worker again)."""
+    (tmp_path / "sleep").write_text("#!/bin/sh\n")
+    (tmp_path / "curl").write_text(
+        f'#!/bin/sh\nfor a; do url=$a; done; port=${{url#http://127.0.0.1:}}; port=${{port%%/*}}\n'
+        f'echo "$port" >> {tmp_path}/asked\n'
+        f'n=$(grep -c "$port" {tmp_path}/asked)\n'
+        f'if [ "$port" = 9090 ]; then [ "$n" -ge 3 ] && printf 200 || printf 000; '
+        f'else [ "$n" = 1 ] && [ {int(web_fails_once)} = 1 ] && printf 503 || printf 200; fi\n')
+    for tool in ("sleep", "curl"):
+        (tmp_path / tool).chmod(0o755)
+    done = subprocess.run(["sh", "-c", machine.health_command(cluster, 60, first=["worker"])], capture_output=True,
+                          text=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "asked").read_text().split() == asked
 
 
 def test_health_check_of_an_expected_status_and_body(cluster):
@@ -307,7 +346,7 @@ def test_health_command_keeps_a_scratch_file_only_for_body_rules(cluster):
     with_body = machine.health_command(replace(cluster, components=(
         replace(cluster.component("web"), health_body="ok"), cluster.component("worker"))), 5)
     assert "mktemp" not in plain
-    assert with_body.startswith("deadline=$(( $(date +%s) + 5 )); pause=0.05; body=$(mktemp) || exit 1; "
+    assert with_body.startswith("deadline=$(( $(date +%s) + 5 )); n=0; body=$(mktemp) || exit 1; "
                                 "trap 'rm -f \"$body\"' EXIT; while :; do")
 
 
