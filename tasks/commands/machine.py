@@ -262,17 +262,19 @@ def health_command(cluster, timeout: int, components=None, first=None) -> str:
     if not checked:
         return "true"
     starting = [c for c in checked if first is not None and c.name in first]
+    focused = 0 < len(starting) < len(checked)  # the others are asked once these pass
     every = "; ".join(health_check(c) for c in checked)
     rounds = (f"if [ -n \"$all\" ]; then {every}; else {'; '.join(health_check(c) for c in starting)}; fi"
-              if starting and len(starting) < len(checked) else every)
+              if focused else every)
+    passed = ("if [ -z \"$failed\" ]; then [ -n \"$all\" ] && exit 0; all=1; continue; fi"
+              if focused else "[ -z \"$failed\" ] && exit 0")
     body = any(c.check == "http" and c.health_body for c in checked)
     scratch = "body=$(mktemp) || exit 1; trap 'rm -f \"$body\"' EXIT; " if body else ""
-    passed = ("if [ -z \"$failed\" ]; then [ -n \"$all\" ] && exit 0; all=1; continue; fi"
-              if rounds != every else "[ -z \"$failed\" ] && exit 0")
-    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); n=0; {'all=; ' if rounds != every else ''}{scratch}"
+    pause = f"n=$((n + 1)); if [ $n -le {HEALTH_FAST_ROUNDS} ]; then sleep {HEALTH_FAST_PAUSE}; else sleep {HEALTH_PAUSE}; fi"
+    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); n=0; {'all=; ' if focused else ''}{scratch}"
             f"while :; do failed=''; {rounds}; {passed}; "
             f"if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within {int(timeout)} s:$failed\" >&2; exit 1; fi; "
-            f"n=$((n + 1)); if [ $n -le {HEALTH_FAST_ROUNDS} ]; then sleep {HEALTH_FAST_PAUSE}; else sleep {HEALTH_PAUSE}; fi; done")
+            f"{pause}; done")
 
 
 def start_etcd_command() -> str:
