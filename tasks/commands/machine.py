@@ -246,35 +246,41 @@ def _dq(text: str) -> str:
 
 
 # Seconds between two rounds of health checks: a component often answers 0.1-0.3 s after its start,
-# so the first HEALTH_FAST_ROUNDS rounds come every HEALTH_FAST_PAUSE s (a restart is seen healthy at
-# most that much after it is), the later ones every HEALTH_PAUSE s.
+# so an upgrade's first HEALTH_FAST_ROUNDS rounds come every HEALTH_FAST_PAUSE s (its restart is seen
+# healthy at most that much after it is); the later ones, and those of longer waits (an install, a
+# reboot: seconds), every HEALTH_PAUSE s.
 HEALTH_FAST_PAUSE, HEALTH_FAST_ROUNDS, HEALTH_PAUSE = "0.02", 25, "0.2"
 
 
 def health_command(cluster, timeout: int, components=None, first=None) -> str:
     """Waits until every component (of ``components``, when given) passes its health rule on the
     machine (``health_check``), or fails naming those that don't and what each answered. The
-    checks are repeated every ``HEALTH_FAST_PAUSE`` s at first, then every ``HEALTH_PAUSE`` s.
-    ``first``: the components just started; the others are not asked again and again while these
-    come up: the rounds check them alone until they pass, then every component, in one round that
-    must pass whole (rounds of every component follow, should it not)."""
+    checks are repeated every ``HEALTH_PAUSE`` s. ``first``: the components an upgrade just
+    restarted; the rounds come every ``HEALTH_FAST_PAUSE`` s at first, and check these alone until
+    they pass, then every component, in one round that must pass whole (rounds of every component
+    follow, should it not)."""
     checked = [c for c in cluster.components if components is None or c.name in components]
     if not checked:
         return "true"
-    starting = [c for c in checked if first is not None and c.name in first]
-    focused = 0 < len(starting) < len(checked)  # the others are asked once these pass
-    every = "; ".join(health_check(c) for c in checked)
-    rounds = (f"if [ -n \"$all\" ]; then {every}; else {'; '.join(health_check(c) for c in starting)}; fi"
-              if focused else every)
-    passed = ("if [ -z \"$failed\" ]; then [ -n \"$all\" ] && exit 0; all=1; continue; fi"
-              if focused else "[ -z \"$failed\" ] && exit 0")
+    start, rounds, passed = _health_rounds(checked, [c for c in checked if c.name in (first or ())])
     body = any(c.check == "http" and c.health_body for c in checked)
     scratch = "body=$(mktemp) || exit 1; trap 'rm -f \"$body\"' EXIT; " if body else ""
     pause = f"n=$((n + 1)); if [ $n -le {HEALTH_FAST_ROUNDS} ]; then sleep {HEALTH_FAST_PAUSE}; else sleep {HEALTH_PAUSE}; fi"
-    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); n=0; {'all=; ' if focused else ''}{scratch}"
+    fast_rounds_done = 0 if first is not None else HEALTH_FAST_ROUNDS
+    return (f"deadline=$(( $(date +%s) + {int(timeout)} )); n={fast_rounds_done}; {start}{scratch}"
             f"while :; do failed=''; {rounds}; {passed}; "
             f"if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within {int(timeout)} s:$failed\" >&2; exit 1; fi; "
             f"{pause}; done")
+
+
+def _health_rounds(checked, starting) -> tuple:
+    """(what the health command starts with, what a round checks, what ends the wait once a round
+    found nothing failing): every component each round, or ``starting`` ones until they pass."""
+    every = "; ".join(health_check(c) for c in checked)
+    if not 0 < len(starting) < len(checked):
+        return "", every, "[ -z \"$failed\" ] && exit 0"
+    return ("all=; ", f"if [ -n \"$all\" ]; then {every}; else {'; '.join(health_check(c) for c in starting)}; fi",
+            "if [ -z \"$failed\" ]; then [ -n \"$all\" ] && exit 0; all=1; continue; fi")
 
 
 def start_etcd_command() -> str:

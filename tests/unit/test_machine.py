@@ -263,7 +263,7 @@ def test_health_of_some_components(cluster):
 
 def test_health_command(cluster):
     assert machine.health_command(cluster, 60) == (
-        "deadline=$(( $(date +%s) + 60 )); n=0; while :; do failed=''; "
+        "deadline=$(( $(date +%s) + 60 )); n=25; while :; do failed=''; "
         "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:8080/health); "
         "[ \"$code\" = 200 ] || failed=\"$failed web(expected HTTP 200, got HTTP $code)\"; "
         "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
@@ -273,18 +273,20 @@ def test_health_command(cluster):
         "n=$((n + 1)); if [ $n -le 25 ]; then sleep 0.02; else sleep 0.2; fi; done")
 
 
-def test_health_checks_come_every_50th_of_a_second_at_first_then_every_fifth(tmp_path, cluster):
+@pytest.mark.parametrize("first, pauses", [(["web"], ["0.02"] * 25 + ["0.2", "0.2"]), (None, ["0.2"] * 27)])
+def test_an_upgrades_health_checks_come_every_50th_of_a_second_at_first_then_every_fifth(tmp_path, cluster, first,
+                                                                                       pauses):
     """The health command in a real sh, sleep and curl stood in for: the pauses it takes until the
-    component answers 200 at its 28th round."""
+    component answers 200 at its 28th round, after an upgrade restarted it, or in another wait."""
     (tmp_path / "sleep").write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/pauses\n')
     (tmp_path / "curl").write_text(f'#!/bin/sh\nn=$(cat {tmp_path}/pauses 2>/dev/null | wc -l)\n'
                                    '[ "$n" -ge 27 ] && printf 200 || printf 000\n')
     for tool in ("sleep", "curl"):
         (tmp_path / tool).chmod(0o755)
-    done = subprocess.run(["sh", "-c", machine.health_command(cluster, 60, ["web"])], capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, timeout=30)
+    done = subprocess.run(["sh", "-c", machine.health_command(cluster, 60, ["web"], first=first)], capture_output=True,
+                          text=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "pauses").read_text().split() == ["0.02"] * 25 + ["0.2", "0.2"]
+    assert (tmp_path / "pauses").read_text().split() == pauses
 
 
 def test_health_command_asks_the_started_components_alone_until_they_pass(cluster):
@@ -300,7 +302,8 @@ def test_health_command_asks_the_started_components_alone_until_they_pass(cluste
         "if [ -z \"$failed\" ]; then [ -n \"$all\" ] && exit 0; all=1; continue; fi; "
         "if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within 60 s:$failed\" >&2; exit 1; fi; "
         "n=$((n + 1)); if [ $n -le 25 ]; then sleep 0.02; else sleep 0.2; fi; done")
-    assert machine.health_command(cluster, 60, first=["web", "worker"]) == machine.health_command(cluster, 60)
+    every_one_started = machine.health_command(cluster, 60, first=["web", "worker"])
+    assert every_one_started == machine.health_command(cluster, 60).replace("n=25;", "n=0;")
 
 
 @pytest.mark.parametrize("web_fails_once, asked", [
@@ -346,7 +349,7 @@ def test_health_command_keeps_a_scratch_file_only_for_body_rules(cluster):
     with_body = machine.health_command(replace(cluster, components=(
         replace(cluster.component("web"), health_body="ok"), cluster.component("worker"))), 5)
     assert "mktemp" not in plain
-    assert with_body.startswith("deadline=$(( $(date +%s) + 5 )); n=0; body=$(mktemp) || exit 1; "
+    assert with_body.startswith("deadline=$(( $(date +%s) + 5 )); n=25; body=$(mktemp) || exit 1; "
                                 "trap 'rm -f \"$body\"' EXIT; while :; do")
 
 
