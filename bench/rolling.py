@@ -138,7 +138,10 @@ def floor_of(cluster, pull: float, component: str) -> dict:
     return {"pull": pull, "machines": per_machine, "total": pull + sum(m["total"] for m in per_machine.values())}
 
 
-def start_up(runs: int = 5) -> dict:
+START_UP_RUNS = 15  # each start is 0.2-0.3 s, and on a shared host single starts vary by a third
+
+
+def start_up(runs: int = START_UP_RUNS) -> dict:
     """Medians of `fab --list` and of `python -c "import fabric"`, measured side by side."""
     lists, imports = [], []
     for _ in range(runs):
@@ -263,7 +266,7 @@ def main() -> None:
     print(f"no-op `fab deploy` (nothing new), {len(noops)} runs: " + ", ".join(f"{s:4.2f} s" for s in noops)
           + f"; median {figures['noop_deploy_s']:4.2f} s")
     print(f"`fab --list` {starts['fab_list_s']:4.2f} s, `python -c 'import fabric'` {starts['import_fabric_s']:4.2f} s "
-          f"(ratio {starts['fab_list_s'] / starts['import_fabric_s']:4.2f}), medians of 5")
+          f"(ratio {starts['fab_list_s'] / starts['import_fabric_s']:4.2f}), medians of {START_UP_RUNS}")
     print(f"balancer, {len(moves)} times a machine out and back in over one connection (runtime API, no reload): "
           f"leave median {figures['drain_idle_s']:5.3f} s (max {max(m['leave'] for m in moves):5.3f}); "
           f"rejoin until haproxy says UP median {figures['rejoin_s']:5.3f} s "
