@@ -2,8 +2,8 @@
 
 Python 3.11's ``dataclass(frozen=True)`` writes six methods for each class (``__init__``,
 ``__repr__``, ``__eq__``, ``__hash__``, ``__setattr__``, ``__delattr__``) and compiles each with
-``exec``: about 0.15 ms apiece, so 17 ms of every `fab` start for the 55 classes of air-deploy's
-modules (`bench/rolling.py`'s start-up figure). A ``frozen`` class compiles its ``__init__`` only;
+``exec``: about 0.15 ms apiece, so 17 ms of every `fab` start for the 53 such classes of
+air-deploy's modules (`bench/rolling.py`'s start-up figure). A ``frozen`` class compiles its ``__init__`` only;
 the other five are the ones below, shared by every such class, and do what the dataclass's would:
 
 - equal when of the same class with equal compared fields (``NotImplemented`` otherwise);
