@@ -19,7 +19,7 @@ side, each in its worker's environment: ``tests/run`` brings the sandboxes up th
 the unit tests run; a worker's own bring-up then finds its sandbox up (or waits for the one under
 way: the sandbox's lock).
 
-Pure but for ``write_clusters`` and ``on_each``; it imports nothing of the sandbox (whose module
+Pure but for ``write_clusters``, ``prepared`` and ``on_each``; it imports nothing of the sandbox (whose module
 reads the environment when it is imported: the worker's environment has to be in place first).
 """
 from __future__ import annotations
@@ -92,6 +92,14 @@ def write_clusters(state: Path, clusters: Path, source: Path = ROOT / "clusters"
         (clusters / path.name).write_text(cluster_file(path.read_text(), state))
 
 
+def prepared(worker: Optional[str], env: Mapping[str, str]) -> dict:
+    """``environment(worker, env)``, the worker's clusters folder written first (``write_clusters``)."""
+    found = environment(worker, env)
+    if found:
+        write_clusters(Path(found["AIR_SANDBOX_STATE"]), Path(found["AIR_CLUSTERS_DIR"]))
+    return found
+
+
 def worker_id(k: int) -> str:
     """xdist's id of worker k (``number``'s inverse)."""
     return f"gw{k - 1}"
@@ -102,11 +110,11 @@ def on_each(action: str, count: int) -> int:
     side by side, each in its worker's environment; the number of them that failed."""
     runs = []
     for k in range(1, count + 1):
-        env = {**os.environ, **environment(worker_id(k), os.environ)}
-        args = ["sandbox.down"]
         if action == "up":
-            write_clusters(Path(env["AIR_SANDBOX_STATE"]), Path(env["AIR_CLUSTERS_DIR"]))
+            env = {**os.environ, **prepared(worker_id(k), os.environ)}
             args = ["sandbox.up", "--machines", str(MACHINES), "--spares", str(SPARES)]
+        else:
+            env, args = {**os.environ, **environment(worker_id(k), os.environ)}, ["sandbox.down"]
         runs.append(subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=ROOT, env=env))
     return sum(run.wait() != 0 for run in runs)
 

@@ -30,9 +30,7 @@ import pytest
 from sandbox import workers  # reads nothing of the environment: the worker's own sandbox is put there first
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-os.environ.update(workers.environment(WORKER, os.environ))
-if WORKER:
-    workers.write_clusters(Path(os.environ["AIR_SANDBOX_STATE"]), Path(os.environ["AIR_CLUSTERS_DIR"]))
+os.environ.update(workers.prepared(WORKER, os.environ))
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES, SPARES = workers.MACHINES, workers.SPARES

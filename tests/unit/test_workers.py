@@ -91,3 +91,8 @@ def test_a_failed_bring_up_is_counted(mocker):
     mocker.patch.object(workers.subprocess, "Popen", side_effect=lambda args, cwd, env:
                         mocker.Mock(wait=mocker.Mock(return_value=next(codes))))
     assert workers.on_each("down", 3) == 2
+
+
+def test_outside_xdist_nothing_is_prepared(tmp_path):
+    assert workers.prepared(None, {"AIR_SANDBOX_STATE": str(tmp_path)}) == {}
+    assert list(tmp_path.iterdir()) == []
