@@ -319,7 +319,9 @@ def test_a_confirmation_found_fresh_sends_the_next_read_ahead(etcd, monkeypatch)
         assert len(reads) == 2  # one more ahead
         etcd.delete(key)
         now[0] += 0.6
+        held.clear()  # the read ahead waits until this confirmation has returned (on a busy host it could be first)
         lock.confirm(fresh=1)  # fresh: this one sends a read ahead, which finds the key gone
+        held.set()
         lock._ahead.join(5)
         with pytest.raises(LostLock, match="the key is gone"):
             lock.confirm(fresh=1)  # no read of its own: the one ahead found it
