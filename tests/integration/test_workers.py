@@ -32,13 +32,14 @@ HTTP_PORT, HTTPS_PORT = 8090, 8453
 
 
 def wide_file(folder, machines) -> None:
-    """clusters/local.yaml as cluster `wide`: its machines, 3 etcd members, its own ports and secrets."""
+    """clusters/local.yaml as cluster `wide`: its machines, 3 etcd members (its other etcd settings
+    kept), its own ports and secrets."""
     from sandbox import testbed as sb
     data = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
     secrets = folder / "secrets"
     shutil.copytree(sb.STATE / "secrets", secrets, ignore=shutil.ignore_patterns("etcd-peer"))
-    data.update(include=str(sb.fragment_file("local")), machines=machines, etcd={"members": 3},
-                secrets=str(secrets))
+    data.update(include=str(sb.fragment_file("local")), machines=machines, secrets=str(secrets),
+                etcd={**data.get("etcd", {}), "members": 3})  # local's bcrypt cost kept: 5 workers log in often
     data["balancer"].update(http_port=HTTP_PORT, https_port=HTTPS_PORT)
     (folder / f"{NAME}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 

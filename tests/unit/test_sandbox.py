@@ -44,6 +44,7 @@ def test_a_signed_certificate_verifies_against_the_sandbox_ca(tmp_path):
     assert verified.stdout.strip().endswith(": OK")
     text = sb.sh("openssl", "x509", "-noout", "-text", "-in", str(tmp_path / "registry.crt")).stdout
     assert "IP Address:10.0.0.11" in text and "DNS:registry" in text
+    assert "id-ecPublicKey" in text and f"ASN1 OID: {sb.CURVE}" in text  # cheap to sign with, at every handshake
     assert oct((tmp_path / "registry.key").stat().st_mode & 0o777) == oct(0o600)
 
 
