@@ -197,8 +197,8 @@ def ensure_image() -> str:
 # ---------------------------------------------------------------- secrets and keys (on this machine)
 
 # The sandbox's keys (its CA, the registry's and the router's TLS keys) are P-256, not RSA: every
-# TLS handshake signs with the server's key, and RSA-2048's signatures took a fifth of the
-# registry's CPU in the tests.
+# TLS handshake signs with the server's key, and RSA-2048's arithmetic was a fifth of the registry's
+# own CPU samples (perf, over test_deploy). A state made before keeps its RSA keys; they still work.
 CURVE = "prime256v1"
 
 
@@ -384,8 +384,8 @@ def configure_registry(node: Node) -> None:
     for account in CREDENTIALS_FILES:
         user, password = registry_credentials(account)
         # bcrypt at its least cost, 4 (htpasswd's default is 5): the registry checks the password
-        # at every request, and a third of its CPU went to that in the tests (as etcd's logins: see
-        # clusters/local.yaml). The passwords are random, 18 bytes.
+        # at every request, and bcrypt was a third of its own CPU samples over test_deploy (as
+        # etcd's logins: see clusters/local.yaml). The passwords are random, 18 bytes.
         lines.append(inside(node.name, f"htpasswd -niB -C 4 {shlex.quote(user)}", input=password.encode()).strip())
     put(node.name, "/etc/docker/registry/htpasswd", "\n".join(lines) + "\n", "0640", "root:docker-registry")
     put(node.name, "/etc/docker/registry/registry.crt", (STATE / "registry.crt").read_text())
