@@ -43,23 +43,27 @@ def young(installed, folder, tmp_path_factory):
     return local_copy(tmp_path_factory.mktemp("young"), backups={"folder": str(folder), "keep": 3, "max_age": 3600})
 
 
+EAGER_AGE = 1  # seconds: the backups.max_age of ``eager``
+
+
 @pytest.fixture(scope="module")
 def eager(installed, folder, tmp_path_factory):
-    """The same, but every task takes one first once the newest is 1 s old (``out_of_youth``)."""
-    return local_copy(tmp_path_factory.mktemp("eager"), backups={"folder": str(folder), "keep": 3, "max_age": 1})
+    """The same, but every task takes one first once the newest is EAGER_AGE s old (``out_of_youth``)."""
+    return local_copy(tmp_path_factory.mktemp("eager"),
+                      backups={"folder": str(folder), "keep": 3, "max_age": EAGER_AGE})
 
 
 def snapshots(folder) -> list:
     return sorted(p for p in folder.iterdir() if p.suffix == ".db")
 
 
-def out_of_youth(folder, max_age=1) -> None:
-    """Waits until the newest backup in ``folder`` is ``max_age`` s old (as ``backup.age`` counts):
-    a task run with ``eager`` takes one then (a test just before may have taken one a moment ago)."""
+def out_of_youth(folder) -> None:
+    """Waits until the newest backup in ``folder`` is EAGER_AGE s old (as ``backup.age`` counts): a
+    task run with ``eager`` takes one then (a test just before may have taken one a moment ago)."""
     found = snapshots(folder)
     seconds = backup.age(found[-1].name, datetime.now(timezone.utc)) if found else None
-    if seconds is not None and seconds < max_age:
-        time.sleep(max_age - seconds + 0.05)
+    if seconds is not None and seconds < EAGER_AGE:
+        time.sleep(EAGER_AGE - seconds + 0.05)
 
 
 def record_of(path) -> dict:
