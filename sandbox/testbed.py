@@ -725,7 +725,7 @@ def set_rtt(rtt_ms: float) -> None:
     is (re)started and the redirect rule set, or both removed. Connections already open keep the
     way they were opened on."""
     port = RELAY_PORTS + int(SUBNET.split(".")[2])
-    while sh("iptables", "-D", *relay_rule(port), check=False).returncode == 0:
+    while sh("iptables", "-w", "-D", *relay_rule(port), check=False).returncode == 0:  # -w: another's change waited for
         pass
     pid_file = STATE / "relay.pid"
     if pid_file.exists():
@@ -749,7 +749,7 @@ def set_rtt(rtt_ms: float) -> None:
         time.sleep(0.05)
     if not stats.exists():
         raise AirError(f"sandbox: the latency relay did not start (see {STATE / 'relay.log'})")
-    sh("iptables", "-I", *relay_rule(port))
+    sh("iptables", "-w", "-I", *relay_rule(port))
     say(f"sandbox: {rtt_ms:g} ms RTT between this machine and the sandbox (relay on 127.0.0.1:{port})")
 
 
@@ -801,12 +801,24 @@ def _tear_down() -> None:
     volumes = [v for v in docker("volume", "ls", "-q", "--filter", f"name={PREFIX}-").stdout.split() if owned_volume(v)]
     if volumes:
         docker("volume", "rm", "-f", *volumes)
-    if docker("network", "inspect", NETWORK, check=False).returncode == 0:
-        docker("network", "rm", NETWORK)
+    remove_network()
     for name in ("state.json", "known_hosts"):
         (STATE / name).unlink(missing_ok=True)
     for name in CLUSTERS:
         fragment_file(name).unlink(missing_ok=True)
+
+
+def remove_network(tries: int = 3) -> None:
+    """The sandbox's network removed, if there is one. dockerd's own iptables changes for it can fail
+    while it changes other networks (sandboxes torn down side by side): "(exit status 1)" from
+    `docker network rm`, seen once in some fifty CI runs. It is tried again a second later, ``tries`` times."""
+    for attempt in range(tries):
+        if docker("network", "inspect", NETWORK, check=False).returncode != 0:
+            return
+        if attempt:
+            time.sleep(1)
+        if docker("network", "rm", NETWORK, check=attempt == tries - 1).returncode == 0:
+            return
 
 
 # ---------------------------------------------------------------- changes to the sample application
