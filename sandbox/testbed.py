@@ -808,17 +808,22 @@ def _tear_down() -> None:
         fragment_file(name).unlink(missing_ok=True)
 
 
-def remove_network(tries: int = 3) -> None:
-    """The sandbox's network removed, if there is one. dockerd's own iptables changes for it can fail
-    while it changes other networks (sandboxes torn down side by side): "(exit status 1)" from
-    `docker network rm`, seen once in some fifty CI runs. It is tried again a second later, ``tries`` times."""
-    for attempt in range(tries):
-        if docker("network", "inspect", NETWORK, check=False).returncode != 0:
-            return
-        if attempt:
-            time.sleep(1)
-        if docker("network", "rm", NETWORK, check=attempt == tries - 1).returncode == 0:
-            return
+def remove_network() -> None:
+    """The sandbox's network removed, if there is one. dockerd (20.10 here) can keep an endpoint of a
+    container removed meanwhile, and then refuses: "has active endpoints", none attached (seen twice
+    in some fifty CI runs; only dockerd's restart forgets it). Then the network is left as it is,
+    with a warning: the next bring-up uses it, new containers attach to it as to a new one."""
+    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
+        return
+    removed = docker("network", "rm", NETWORK, check=False)
+    if removed.returncode == 0:
+        return
+    attached = docker("network", "inspect", NETWORK, "--format", "{{len .Containers}}", check=False).stdout.strip()
+    if "has active endpoints" in removed.stderr and attached == "0":
+        say(f"sandbox: warning: dockerd keeps an endpoint of a removed container on network {NETWORK}, which "
+            f"stays (restarting dockerd lets it go); the next bring-up uses it")
+        return
+    raise AirError(f"sandbox: `docker network rm {NETWORK}` failed: {removed.stderr.strip().splitlines()[0]}")
 
 
 # ---------------------------------------------------------------- changes to the sample application
