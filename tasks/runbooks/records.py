@@ -42,11 +42,21 @@ def read_release(etcd, cluster):
 
 
 def write_release(etcd, cluster, release: Release, **meta) -> dict:
+    record = release_entry(release, **meta)
+    put_release(etcd, cluster, record)
+    return record
+
+
+def release_entry(release: Release, **meta) -> dict:
+    """The record ``write_release`` writes: ``release`` with ``meta``, who and when added unless given."""
     meta.setdefault("who", state.operator())
     meta.setdefault("when", state.now())
-    record = state.release_record(release, **meta)
-    etcd.put(state.release_key(cluster), record)
-    return json.loads(record)
+    return json.loads(state.release_record(release, **meta))
+
+
+def put_release(etcd, cluster, record: dict) -> None:
+    """``record`` (a ``release_entry``) written as the cluster's current release."""
+    etcd.put(state.release_key(cluster), json.dumps(record, sort_keys=True))
 
 
 def add_history(etcd, cluster, record: dict) -> str:

@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional
 
 import cloudconfig
 from tasks.commands import machine
@@ -181,15 +181,19 @@ class Rollout:
 
     # ------------------------------------------------------------ applying
 
-    def apply(self) -> list:
+    def apply(self, prepared: Callable[[], object] = None) -> list:
         """Carry out the plan; returns the machines done. Refuses at once, changing nothing, when a
-        machine did not answer: one found down halfway would leave the cluster on two releases."""
+        machine did not answer: one found down halfway would leave the cluster on two releases.
+        ``prepared``, when given, is called once every machine is prepared, before the first leaves
+        the balancer; what it raises ends the rollout there, as a failed preparation does."""
         self._announce()
         staged = self._prepare_all()
         paused = list(staged)  # their OS updates stay paused until the rollout ends, whatever its end
         serving = self.routers.listed()
         done: list = []
         try:
+            if prepared is not None:
+                prepared()
             for group in self.groups:
                 self._upgrade_group(group, staged, serving, done)
             with ThreadPoolExecutor(max_workers=1) as pool:  # OS updates resume while the last one goes back in
@@ -422,10 +426,12 @@ class Rollout:
 
     def apply_recorded(self, previous_meta: dict = None, **meta) -> list:
         """``apply`` with the cluster's current release and history kept right in etcd; after a
-        failure the previous release is the current one again, with ``previous_meta``."""
-        record = records.write_release(self.s.etcd, self.cluster, self.release, outcome="upgrading", **meta)
+        failure the previous release is the current one again, with ``previous_meta``. The release is
+        recorded ``upgrading`` while the machines prepare (which changes nothing they serve), and that
+        write is done before the first machine leaves the balancer."""
+        record = records.release_entry(self.release, outcome="upgrading", **meta)
         try:
-            changed = self.apply()
+            changed = self._apply_writing(record)
         except LostLock:
             raise  # its records are not ours to write any more
         except PartlyUpgraded as partly:
@@ -456,6 +462,13 @@ class Rollout:
         record["outcome"] = "succeeded"
         records.write_outcome(self.s.etcd, self.cluster, self.release, record)
         return changed
+
+    def _apply_writing(self, record: dict) -> list:
+        """``apply``, with ``record`` written as the cluster's release while the machines prepare;
+        that write has ended, done or failed, when this returns or raises."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            recording = pool.submit(records.put_release, self.s.etcd, self.cluster, record)
+            return self.apply(prepared=recording.result)
 
 
 def apply_recorded_release(rollout: Rollout) -> list:

@@ -248,6 +248,33 @@ def test_records_of_a_successful_rollout(s):
     assert s.etcd.writes == 1  # the current release and its history entry in one transaction
 
 
+def test_the_upgrading_record_is_written_before_the_first_machine_leaves_the_balancer(s):
+    written = []
+    put = s.etcd.put
+
+    def noting(key, value):  # the outcome written, and the balancer changes made by then
+        written.append((json.loads(value)["outcome"], list(getattr(s.ex, "routed", []))))
+        put(key, value)
+    s.etcd.put = noting
+    Rollout(s, NEW, OLD).apply_recorded()
+    assert written == [("upgrading", [])] and len(s.ex.routed) == len(MACHINES) + 1
+
+
+def test_an_upgrading_record_that_cannot_be_written_stops_the_rollout_before_any_machine_leaves(s):
+    from tasks.model.errors import RemoteError
+
+    def refused(key, value):
+        raise RemoteError("etcd: no answer within 5 s (10.0.0.1:2379)")
+    s.etcd.put = refused
+    with pytest.raises(RemoteError) as failed:
+        Rollout(s, NEW, OLD).apply_recorded()
+    assert str(failed.value).startswith("etcd: no answer within 5 s (10.0.0.1:2379); recording this in etcd failed too")
+    # Prepared, then put back: staged files discarded, OS updates resumed; nothing drained or restarted.
+    assert sorted(resumed(s.ex)) == MACHINES and all(c.startswith("rm -rf ") for c in resumed(s.ex).values())
+    assert getattr(s.ex, "routed", []) == [] and restarts(s.ex) == []
+    assert records.read_release(s.etcd, s.cluster)[0] == OLD
+
+
 def history_outcomes(s) -> list:
     return [json.loads(v)["outcome"] for _, v in sorted(s.etcd.get_prefix(state.history_prefix(s.cluster)).items())]
 
