@@ -261,16 +261,47 @@ def test_health_of_some_components(cluster):
     assert machine.health_command(cluster, 5, []) == "true"
 
 
+WEB_CHECK = ("code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:8080/health); "
+             "[ \"$code\" = 200 ] || failed=\"$failed web(expected HTTP 200, got HTTP $code)\"")
+WORKER_CHECK = ("code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
+                "[ \"$code\" = 200 ] || failed=\"$failed worker(expected HTTP 200, got HTTP $code)\"")
+# Both at once, each in a subshell; their failures gathered in the components' order.
+BOTH = (f"failed=$( ( failed=''; {WEB_CHECK}; [ -z \"$failed\" ] || printf '0%s\\n' \"$failed\" ) & "
+        f"( failed=''; {WORKER_CHECK}; [ -z \"$failed\" ] || printf '1%s\\n' \"$failed\" ) & wait); "
+        "[ -z \"$failed\" ] || failed=$(printf '%s\\n' \"$failed\" | sort -n | sed 's/^[0-9]*//' | tr -d '\\n')")
+
+
 def test_health_command(cluster):
     assert machine.health_command(cluster, 60) == (
-        "deadline=$(( $(date +%s) + 60 )); n=25; while :; do failed=''; "
-        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:8080/health); "
-        "[ \"$code\" = 200 ] || failed=\"$failed web(expected HTTP 200, got HTTP $code)\"; "
-        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
-        "[ \"$code\" = 200 ] || failed=\"$failed worker(expected HTTP 200, got HTTP $code)\"; "
+        f"deadline=$(( $(date +%s) + 60 )); n=25; while :; do failed=''; {BOTH}; "
         "[ -z \"$failed\" ] && exit 0; "
         "if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within 60 s:$failed\" >&2; exit 1; fi; "
         "n=$((n + 1)); if [ $n -le 25 ]; then sleep 0.02; else sleep 0.2; fi; done")
+    assert machine.health_command(cluster, 60, ["web"]) == machine.health_command(cluster, 60).replace(BOTH, WEB_CHECK)
+
+
+def fake_tools(folder, **scripts) -> dict:
+    """An environment whose PATH finds these shell scripts first, by name."""
+    for name, script in scripts.items():
+        (folder / name).write_text("#!/bin/sh\n" + script)
+        (folder / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def test_a_rounds_checks_run_at_once_and_say_what_failed_in_the_components_order(tmp_path, cluster):
+    """In a real sh, curl stood in for: web's answer waits until the worker's check has started
+    (checks one after the other would never see it, and web would answer 000 after 5 s); both
+    fail, the worker's first, and the message still names web first."""
+    env = fake_tools(tmp_path, curl=(
+        f'for a; do url=$a; done\n'
+        f'case $url in *9090*) touch {tmp_path}/worker-asked; printf 503;;\n'
+        f'  *) i=0; while [ ! -e {tmp_path}/worker-asked ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done\n'
+        f'     [ -e {tmp_path}/worker-asked ] && printf 500 || printf 000;; esac\n'))
+    done = subprocess.run(["sh", "-c", machine.health_command(cluster, 0)], capture_output=True, text=True, env=env,
+                          timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == ("not healthy within 0 s: web(expected HTTP 200, got HTTP 500) "
+                           "worker(expected HTTP 200, got HTTP 503)\n")
 
 
 @pytest.mark.parametrize("first, pauses", [(["web"], ["0.02"] * 25 + ["0.2", "0.2"]), (None, ["0.2"] * 27)])
@@ -292,13 +323,7 @@ def test_an_upgrades_health_checks_come_every_50th_of_a_second_at_first_then_eve
 def test_health_command_asks_the_started_components_alone_until_they_pass(cluster):
     assert machine.health_command(cluster, 60, first=["worker"]) == (
         "deadline=$(( $(date +%s) + 60 )); n=0; all=; while :; do failed=''; "
-        "if [ -n \"$all\" ]; then "
-        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:8080/health); "
-        "[ \"$code\" = 200 ] || failed=\"$failed web(expected HTTP 200, got HTTP $code)\"; "
-        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
-        "[ \"$code\" = 200 ] || failed=\"$failed worker(expected HTTP 200, got HTTP $code)\"; else "
-        "code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 http://127.0.0.1:9090/ready); "
-        "[ \"$code\" = 200 ] || failed=\"$failed worker(expected HTTP 200, got HTTP $code)\"; fi; "
+        f"if [ -n \"$all\" ]; then {BOTH}; else {WORKER_CHECK}; fi; "
         "if [ -z \"$failed\" ]; then [ -n \"$all\" ] && exit 0; all=1; continue; fi; "
         "if [ $(date +%s) -ge $deadline ]; then echo \"not healthy within 60 s:$failed\" >&2; exit 1; fi; "
         "n=$((n + 1)); if [ $n -le 25 ]; then sleep 0.02; else sleep 0.2; fi; done")
@@ -307,14 +332,16 @@ def test_health_command_asks_the_started_components_alone_until_they_pass(cluste
 
 
 @pytest.mark.parametrize("web_fails_once, asked", [
-    (False, ["9090", "9090", "9090", "8080", "9090"]),
-    (True, ["9090", "9090", "9090", "8080", "9090", "8080", "9090"])])
+    (False, [["9090"], ["9090"], ["9090", "8080", "9090"]]),
+    (True, [["9090"], ["9090"], ["9090", "8080", "9090"], ["8080", "9090"]])])
 def test_the_others_are_asked_once_the_started_one_passes_and_all_must_pass_together(tmp_path, cluster, web_fails_once,
                                                                                     asked):
     """In a real sh, curl and sleep stood in for: the worker answers at its third round; the web
     component, healthy all along, is asked only then (and, when that one answer fails, in every
-    round after, with the worker again)."""
-    (tmp_path / "sleep").write_text("#!/bin/sh\n")
+    round after, with the worker again). ``asked``: the ports each round asked, a round of both
+    at once in either order, between two pauses (sleep): the worker's round that passes goes on
+    without one into the round of both."""
+    (tmp_path / "sleep").write_text(f"#!/bin/sh\necho - >> {tmp_path}/asked\n")
     (tmp_path / "curl").write_text(
         f'#!/bin/sh\nfor a; do url=$a; done; port=${{url#http://127.0.0.1:}}; port=${{port%%/*}}\n'
         f'echo "$port" >> {tmp_path}/asked\n'
@@ -326,7 +353,8 @@ def test_the_others_are_asked_once_the_started_one_passes_and_all_must_pass_toge
     done = subprocess.run(["sh", "-c", machine.health_command(cluster, 60, first=["worker"])], capture_output=True,
                           text=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "asked").read_text().split() == asked
+    rounds = [sorted(r.split()) for r in (tmp_path / "asked").read_text().split("-")]
+    assert rounds == [sorted(r) for r in asked]
 
 
 def test_health_check_of_an_expected_status_and_body(cluster):
@@ -349,8 +377,9 @@ def test_health_command_keeps_a_scratch_file_only_for_body_rules(cluster):
     with_body = machine.health_command(replace(cluster, components=(
         replace(cluster.component("web"), health_body="ok"), cluster.component("worker"))), 5)
     assert "mktemp" not in plain
-    assert with_body.startswith("deadline=$(( $(date +%s) + 5 )); n=25; body=$(mktemp) || exit 1; "
-                                "trap 'rm -f \"$body\"' EXIT; while :; do")
+    assert with_body.startswith("deadline=$(( $(date +%s) + 5 )); n=25; body=$(mktemp -d) || exit 1; "
+                                "trap 'rm -rf \"$body\"' EXIT; while :; do")
+    assert "curl -s -o \"$body/0\" -w" in with_body  # each check with a body rule has a file of its own
 
 
 def test_health_command_takes_whole_seconds(cluster):
