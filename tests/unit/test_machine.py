@@ -16,6 +16,7 @@ import pytest
 
 import cloudconfig
 from tasks.commands import machine
+from tasks.commands.shell import q
 from tasks.model import rollout_plan
 from tasks.model.release import Image, Release
 
@@ -221,11 +222,12 @@ def test_an_image_pinned_by_digest_that_the_machine_has_is_not_pulled_again(tmp_
 
 
 def test_start_command(cluster):
+    units = "air-web.service air-worker.service"
     assert machine.start_command(cluster) == (
-        "if systemctl show -p NeedDaemonReload -p LoadState air-web.service air-worker.service | "
-        "grep -qxE 'NeedDaemonReload=yes|LoadState=not-found'; then systemctl daemon-reload; fi && "
-        "systemctl enable -q --no-reload air-web.service air-worker.service && "
-        "systemctl restart air-web.service air-worker.service")
+        f"needs=$(systemctl show -p NeedDaemonReload -p LoadState -p UnitFileState {units} | "
+        f"awk {q(machine._START_NEEDS)}) && case $needs in reload) systemctl daemon-reload && "
+        f"systemctl enable -q --no-reload {units};; enable) systemctl enable -q --no-reload {units};; esac && "
+        f"systemctl restart {units}")
     assert machine.start_command(cluster, []) == "true"
 
 
@@ -593,7 +595,7 @@ def run_upgrade(tmp_path, cluster, stop_exit=0, health_code="200", unit_state="N
     bin_dir.mkdir()
     log = tmp_path / "log"
     (bin_dir / "systemctl").write_text(f'#!/bin/sh\n[ "$1" = list-unit-files ] && {{ echo "$3 enabled enabled"; '
-                                       f'exit 0; }}\n[ "$1" = show ] && {{ echo {unit_state}; exit 0; }}\n'
+                                       f'exit 0; }}\n[ "$1" = show ] && {{ printf "%s\\n" {unit_state}; exit 0; }}\n'
                                        f'echo "systemctl $*" >> {log}\n'
                                        f'[ "$1" = stop ] && exit {stop_exit}\n'
                                        f'[ "$1" = is-active ] && exit 1\nexit 0\n')
@@ -615,13 +617,20 @@ def test_an_upgrade_stops_swaps_starts_checks_and_resumes_os_updates_in_order(tm
     assert log[5:7] == ["curl", "curl"]  # both components healthy at the first try
 
 
-@pytest.mark.parametrize("unit_state, reloaded", [
-    ("NeedDaemonReload=no", False), ("LoadState=not-found", True), ("NeedDaemonReload=yes", True)])
-def test_systemd_reads_the_units_again_only_when_one_is_new_or_changed(tmp_path, cluster, unit_state, reloaded):
+@pytest.mark.parametrize("unit_state, before_restart", [
+    # Known, enabled, unchanged on disk: restarted, nothing more.
+    ("LoadState=loaded NeedDaemonReload=no UnitFileState=enabled", []),
+    ("LoadState=loaded NeedDaemonReload=no UnitFileState=disabled", ["enable"]),
+    # Changed on disk, or never read by systemd: read again, then enabled.
+    ("LoadState=loaded NeedDaemonReload=yes UnitFileState=enabled", ["daemon-reload", "enable"]),
+    ("LoadState=not-found NeedDaemonReload=no UnitFileState=", ["daemon-reload", "enable"])])
+def test_systemd_reads_the_units_again_and_enables_them_only_when_it_says_so(tmp_path, cluster, unit_state,
+                                                                              before_restart):
     status, log = run_upgrade(tmp_path, cluster, unit_state=unit_state)
-    assert status == 0 and ("systemctl daemon-reload" in log) == reloaded
-    assert log[log.index("swap") + 1 + reloaded:][:2] == [
-        "systemctl enable -q --no-reload air-web.service", "systemctl restart air-web.service"]
+    calls = {"daemon-reload": "systemctl daemon-reload", "enable": "systemctl enable -q --no-reload air-web.service"}
+    assert status == 0
+    assert log[log.index("swap") + 1:][:len(before_restart) + 1] == [
+        *(calls[c] for c in before_restart), "systemctl restart air-web.service"]
 
 
 def test_an_upgrade_that_is_not_healthy_says_so_by_its_exit_status(tmp_path, cluster):
