@@ -26,6 +26,7 @@ from unittest import mock
 
 import fabfork
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from sandbox import workers  # reads nothing of the environment: the worker's own sandbox is put there first
 
@@ -41,12 +42,27 @@ MACHINES, SPARES = workers.MACHINES, workers.SPARES
 # sets up fresh machines, which the first module on a new sandbox has without a reset.
 # test_release_content comes after test_faults and test_deploy: its image-retention test needs
 # fewer deploys of its own on a sandbox whose machines already hold a few images.
-LONGEST_FIRST = ("test_install", "test_workers", "test_faults", "test_deploy", "test_etcd_peers", "test_os_upgrade",
-                 "test_etcd_backup", "test_release_content", "test_release_phase",
-                 "test_operator", "test_capacity", "test_canary", "test_hardening",
-                 "test_images", "test_balancer", "test_builds", "test_machines",
-                 "test_membership", "test_release_settings", "test_config", "test_gateway", "test_etcd_auth",
-                 "test_fencing", "test_sandbox")
+# The modules of SECOND_CLUSTER come together: they run as one (``ModulesScheduling``).
+LONGEST_FIRST = ("test_install", "test_workers", "test_faults", "test_etcd_peers", "test_balancer", "test_etcd_auth",
+                 "test_deploy", "test_etcd_backup", "test_builds", "test_release_content", "test_os_upgrade",
+                 "test_canary", "test_operator", "test_machines", "test_membership", "test_hardening", "test_images",
+                 "test_release_settings", "test_capacity", "test_config", "test_release_phase", "test_gateway",
+                 "test_sandbox", "test_fencing")
+# The modules that use the sandbox's second cluster (the `local2` fixture). They run on one worker,
+# one after the other: that cluster is installed on one sandbox, once (12-16 s each time).
+SECOND_CLUSTER = ("test_balancer", "test_etcd_auth")
+
+
+class ModulesScheduling(LoadFileScheduling):
+    """``--dist loadfile``, with the modules of ``SECOND_CLUSTER`` one unit of work."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return "second cluster" if Path(module).stem in SECOND_CLUSTER else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    return ModulesScheduling(config, log) if config.getoption("dist") == "loadfile" else None
 
 
 def _layout():
@@ -73,6 +89,10 @@ def pytest_collection_modifyitems(items):
                       - set(LONGEST_FIRST))
     if unranked:  # it would run last, on one worker, while the other has nothing left to do
         raise pytest.UsageError(f"tests/conftest.py: LONGEST_FIRST does not place {', '.join(unranked)}")
+    sharing = {Path(str(i.fspath)).stem for i in items if "local2" in getattr(i, "fixturenames", ())}
+    if not sharing <= set(SECOND_CLUSTER):  # it would install the second cluster on a sandbox of its own
+        missing = ", ".join(sorted(sharing - set(SECOND_CLUSTER)))
+        raise pytest.UsageError(f"tests/conftest.py: SECOND_CLUSTER does not name {missing}")
 
     def rank(item):  # unit tests first; within a module, file order (the sort is stable)
         if "tests/integration" not in str(item.fspath):
