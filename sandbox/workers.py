@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = {"AIR_SANDBOX_PREFIX": "air-sandbox", "AIR_SANDBOX_SUBNET": "10.213.7",
             "AIR_SANDBOX_STATE": str(ROOT / ".sandbox")}
 MACHINES, SPARES = 3, 2  # each test sandbox's: the local cluster's machines, and spares to add
+UP_AHEAD = "AIR_SANDBOX_UP_AHEAD"  # "1": the workers' sandboxes were brought up just before (tests/run)
 STRIDE = 32  # third octets of a worker's subnet: the base's plus k * STRIDE
 MAX_WORKERS = 7  # 31 + 7 * 32 = 255: the largest that stays an octet
 INCLUDE = re.compile(r"^include: \.\./\.sandbox/(?P<file>[\w.-]+)$", re.MULTILINE)
