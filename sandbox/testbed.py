@@ -102,8 +102,9 @@ class Node:
         return USER_DATA_PATHS[0] if flatcar else USER_DATA_PATHS[-1]
 
 
-def layout(machines: int, spares: int) -> list:
-    """The containers a sandbox of that size has, with their fixed addresses."""
+def layout(machines: int, spares: int, second: bool = True) -> list:
+    """The containers a sandbox of that size has, with their fixed addresses; ``second``: with the
+    machines of the second cluster."""
     if machines < 1 or spares < 0 or machines + spares > 40:
         raise ConfigError(f"sandbox: --machines must be 1..40 and --spares 0..{40 - machines}")
     nodes = [Node(f"{PREFIX}-build", f"{SUBNET}.10", "build"),
@@ -111,9 +112,13 @@ def layout(machines: int, spares: int) -> list:
              Node(f"{PREFIX}-balancer", f"{SUBNET}.12", "balancer")]
     for i in range(machines + spares):
         nodes.append(Node(f"{PREFIX}-m{i + 1}", f"{SUBNET}.{21 + i}", "machine" if i < machines else "spare"))
-    for i in range(OTHER_MACHINES):
+    for i in range(OTHER_MACHINES if second else 0):
         nodes.append(Node(f"{PREFIX}-{CLUSTERS[1]}-m{i + 1}", f"{SUBNET}.{61 + i}", "machine", CLUSTERS[1]))
     return nodes
+
+
+def second_cluster_node(name: str) -> bool:
+    return name.startswith(f"{PREFIX}-{CLUSTERS[1]}-m")
 
 
 # ---------------------------------------------------------------- local commands
@@ -546,18 +551,21 @@ def _running(nodes: list) -> dict:
 
 
 def status(nodes: list = None) -> dict:
-    """What the sandbox is, for scripts (``fab sandbox.status --json``)."""
+    """What the sandbox is, for scripts (``fab sandbox.status --json``): ``up`` when every container
+    made (``nodes``, else those the last bring-up made) runs. The second cluster's machines are
+    listed whether made or not (not made: not running)."""
     state_file = STATE / "state.json"
     if nodes is None:
         if not state_file.exists():
             return {"cluster": "local", "up": False}
         nodes = [Node(**n) for n in json.loads(state_file.read_text())["nodes"]]
-    running = _running(nodes)
+    every = nodes + [n for n in layout(1, 0) if n.cluster == CLUSTERS[1] and n not in nodes]
+    running = _running(every)
     pick = lambda role: next(n for n in nodes if n.role == role)
     ports = {name: _ports(name) for name in CLUSTERS}
     return {
         "cluster": "local",
-        "up": all(running.values()),
+        "up": all(running[n.name] for n in nodes),
         "ssh_key": str(STATE / "id_ed25519"),
         "known_hosts": str(STATE / "known_hosts"),
         "ca": str(STATE / "ca.crt"),
@@ -569,7 +577,7 @@ def status(nodes: list = None) -> dict:
                       "running": running[n.name]} for n in nodes if n.is_machine and n.cluster == CLUSTERS[0]],
         "clusters": {name: {"port": ports[name][0], "https_port": ports[name][1],
                             "machines": [{"name": n.name, "address": n.address, "running": running[n.name]}
-                                         for n in nodes if n.is_machine and n.cluster == name]}
+                                         for n in every if n.is_machine and n.cluster == name]}
                      for name in CLUSTERS},
         "relay": relay_stats(),  # {"connections", "rtt_ms"} while the sandbox sits behind a WAN
     }
@@ -609,15 +617,15 @@ def _exclusive():
         yield
 
 
-def bring_up(machines: int = 3, spares: int = 2) -> dict:
-    """Bring the sandbox to the wanted shape; reuse whatever is already right."""
+def bring_up(machines: int = 3, spares: int = 2, second: bool = True) -> dict:
+    """Bring the sandbox to the wanted shape; reuse whatever is already right. ``second``: the
+    second cluster's machines too; without it they are not made, but kept when they are there."""
     with _exclusive():
-        return _bring_up(machines, spares)
+        return _bring_up(machines, spares, second)
 
 
-def _bring_up(machines: int, spares: int) -> dict:
+def _bring_up(machines: int, spares: int, second: bool) -> dict:
     started = time.monotonic()
-    nodes = layout(machines, spares)
     engine_ready()
     image = ensure_image()
     ensure_local_files()
@@ -626,8 +634,9 @@ def _bring_up(machines: int, spares: int) -> dict:
     config_id = _config_id(image, public_key)
 
     # Machines beyond the wanted number go (a smaller sandbox was asked for).
-    wanted = {n.name for n in nodes}
     listed = docker("ps", "-a", "--filter", f"label={OWNER}={PREFIX}", "--format", "{{.Names}}").stdout.split()
+    nodes = layout(machines, spares, second or any(second_cluster_node(name) for name in listed))
+    wanted = {n.name for n in nodes}
     for name in listed:
         if name not in wanted:
             remove_containers(name, volumes=True)
@@ -646,10 +655,10 @@ def _bring_up(machines: int, spares: int) -> dict:
         elif not info["State"]["Running"]:
             docker("start", node.name)
 
-    for name in CLUSTERS:
+    for name in CLUSTERS:  # every cluster's machines, made or not: their addresses are fixed
         fragment_file(name).write_text(
             f"# Written by `fab sandbox.up`; clusters/{name}.yaml includes it.\n" +
-            yaml.safe_dump(cluster_fragment(nodes, name), sort_keys=False))
+            yaml.safe_dump(cluster_fragment(layout(machines, spares), name), sort_keys=False))
     base_doc = base_document()
     keys = parallel(lambda n: prepare(n, base_doc, config_id), nodes, describe=lambda n: n.name)
     _write_atomically(STATE / "known_hosts", "".join(f"{n.address} {k[0]} {k[1]}\n" for n, k in keys))
@@ -992,10 +1001,11 @@ def change_of(component: str, branch: Optional[str] = None, **flags) -> Change:
 # ---------------------------------------------------------------- the tasks
 
 @air_task(help={"machines": "machines in the cluster (default 3)",
-                "spares": "extra machines, prepared but not in the cluster, for add-machine (default 2)"})
-def up(c, machines=3, spares=2):
-    """Bring up the sandbox (the `local` cluster); reuses what is already running."""
-    bring_up(int(machines), int(spares))
+                "spares": "extra machines, prepared but not in the cluster, for add-machine (default 2)",
+                "second": "the second cluster's machines too (default); --no-second: not made, kept if there"})
+def up(c, machines=3, spares=2, second=True):
+    """Bring up the sandbox (the `local` cluster and the second's machines); reuses what is already running."""
+    bring_up(int(machines), int(spares), second)
 
 
 @air_task

@@ -113,7 +113,8 @@ def on_each(action: str, count: int) -> int:
     for k in range(1, count + 1):
         if action == "up":
             env = {**os.environ, **prepared(worker_id(k), os.environ)}
-            args = ["sandbox.up", "--machines", str(MACHINES), "--spares", str(SPARES)]
+            # The second cluster's machines are made by the one worker whose tests use it (tests/conftest.py).
+            args = ["sandbox.up", "--machines", str(MACHINES), "--spares", str(SPARES), "--no-second"]
         else:
             env, args = {**os.environ, **environment(worker_id(k), os.environ)}, ["sandbox.down"]
         runs.append(subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=ROOT, env=env))

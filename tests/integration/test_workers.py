@@ -55,7 +55,7 @@ def wide(sandbox, local, tmp_path_factory, clock):
     nodes = sb.layout(MACHINES, SPARES + EXTRA)
     machines = [n.address for n in nodes if n.role == "spare" and n.cluster == "local"]
     with clock(f"{EXTRA} extra machines up"):
-        sb.bring_up(MACHINES, SPARES + EXTRA)
+        sb.bring_up(MACHINES, SPARES + EXTRA, second=False)
         make_fresh(local, machines)
     folder = tmp_path_factory.mktemp("clusters")
     wide_file(folder, machines)
@@ -71,7 +71,7 @@ def wide(sandbox, local, tmp_path_factory, clock):
     finally:
         on(local, local.balancer.host, f"systemctl disable -q --now air-balancer-{NAME}.service", check=False)
         sb.reset_machines(SPARE_ADDRESSES_OF(nodes))
-        sb.bring_up(MACHINES, SPARES)
+        sb.bring_up(MACHINES, SPARES, second=False)
 
 
 def SPARE_ADDRESSES_OF(nodes) -> list:
