@@ -1,6 +1,7 @@
 """tasks.net.etcd against a real etcd started here (the Debian etcd-server package), no SSH."""
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -579,13 +580,22 @@ class FakeConnection:
 
 
 def _listening_ports() -> set:
-    """The local TCP ports in LISTEN state, from /proc (Linux)."""
+    """The local TCP ports this process listens on, from /proc (Linux): its sockets in LISTEN state
+    (other processes, such as the other test workers' servers, open and close theirs meanwhile)."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            ours.add(target[len("socket:["):-1])
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
-                if fields[3] == "0A":
+                if fields[3] == "0A" and fields[9] in ours:
                     ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 

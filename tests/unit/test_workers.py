@@ -77,7 +77,7 @@ def test_the_sandboxes_brought_up_ahead_are_the_workers_own(mocker, tmp_path):
     env = {"AIR_SANDBOX_PREFIX": "air-x", "AIR_SANDBOX_SUBNET": "10.213.9", "AIR_SANDBOX_STATE": str(tmp_path)}
     mocker.patch.dict(workers.os.environ, env)
     assert workers.on_each("up", 2) == 0
-    assert [args[3:] for args, _ in started] == [["sandbox.up", "--machines", "3", "--spares", "2"]] * 2
+    assert [args[3:] for args, _ in started] == [["sandbox.up", "--machines", "3", "--spares", "2", "--no-second"]] * 2
     assert [args[1:3] for args, _ in started] == [["-m", "fabric"]] * 2
     for k, (_, given) in enumerate(started, 1):
         assert {name: given[name] for name in workers.environment(workers.worker_id(k), env)} == \
