@@ -563,6 +563,8 @@ def status(nodes: list = None) -> dict:
     running = _running(every)
     pick = lambda role: next(n for n in nodes if n.role == role)
     ports = {name: _ports(name) for name in CLUSTERS}
+    clusters = {name: {"port": ports[name][0], "https_port": ports[name][1], "machines": _machines_of(name, every, running)}
+                for name in CLUSTERS}
     return {
         "cluster": "local",
         "up": all(running[n.name] for n in nodes),
@@ -575,12 +577,14 @@ def status(nodes: list = None) -> dict:
                      "port": ports[CLUSTERS[0]][0], "https_port": ports[CLUSTERS[0]][1]},
         "machines": [{"name": n.name, "address": n.address, "spare": n.role == "spare",
                       "running": running[n.name]} for n in nodes if n.is_machine and n.cluster == CLUSTERS[0]],
-        "clusters": {name: {"port": ports[name][0], "https_port": ports[name][1],
-                            "machines": [{"name": n.name, "address": n.address, "running": running[n.name]}
-                                         for n in every if n.is_machine and n.cluster == name]}
-                     for name in CLUSTERS},
+        "clusters": clusters,
         "relay": relay_stats(),  # {"connections", "rtt_ms"} while the sandbox sits behind a WAN
     }
+
+
+def _machines_of(cluster: str, nodes: list, running: dict) -> list:
+    return [{"name": n.name, "address": n.address, "running": running[n.name]}
+            for n in nodes if n.is_machine and n.cluster == cluster]
 
 
 def _ports(name: str) -> tuple:
