@@ -118,6 +118,7 @@ def layout(machines: int, spares: int, second: bool = True) -> list:
 
 
 def second_cluster_node(name: str) -> bool:
+    """Whether container ``name`` is one of the second cluster's machines."""
     return name.startswith(f"{PREFIX}-{CLUSTERS[1]}-m")
 
 

@@ -96,3 +96,10 @@ def test_a_failed_bring_up_is_counted(mocker):
 def test_outside_xdist_nothing_is_prepared(tmp_path):
     assert workers.prepared(None, {"AIR_SANDBOX_STATE": str(tmp_path)}) == {}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_modules_that_share_the_second_cluster_are_one_unit_of_work_the_others_one_each():
+    from conftest import SECOND_CLUSTER, ModulesScheduling
+    scope = ModulesScheduling._split_scope  # it reads nothing of the scheduler
+    assert scope(None, "tests/integration/test_deploy.py::test_a[x]") == "tests/integration/test_deploy.py"
+    assert {scope(None, f"tests/integration/{module}.py::test_a") for module in SECOND_CLUSTER} == {"second cluster"}
