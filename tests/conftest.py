@@ -339,7 +339,7 @@ def sandbox():
     # well): then its status is enough (a bring-up that finds it up costs 2-5 s per worker).
     info = sb.status() if os.environ.get(workers.UP_AHEAD) == "1" else None
     if not (info and info["up"]):
-        info = sb.bring_up(MACHINES, SPARES, second=False)  # the second cluster's machines: `second_cluster`
+        info = sb.bring_up(MACHINES, SPARES, second=False)  # the second cluster's machines: see `second_cluster`
     yield info
     close_executors()
     if os.environ.get("AIR_SANDBOX_KEEP") != "1":
