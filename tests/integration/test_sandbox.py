@@ -208,14 +208,20 @@ def test_bring_up_twice_in_a_row_is_fast_the_second_time(whole, capsys):
 
 # ---------------------------------------------------------------- a machine made afresh leaves nothing behind
 
-def test_a_machine_made_afresh_takes_its_containers_control_groups_with_it(ex, probe_image):
+@pytest.mark.parametrize("machine", ["running", "killed"])
+def test_a_machine_made_afresh_takes_its_containers_control_groups_with_it(local, probe_image, machine):
     """Killed with its engine, a machine's containers leave control groups that nothing else
-    removes; reset_machines removes them (they piled up on this machine, thousands a day)."""
+    removes; reset_machines removes them (they piled up on this machine, thousands a day), also
+    for a machine killed before (its engine cannot say what it ran: its volume does)."""
     spare = next(n for n in NODES if n.role == "spare")
     reference, _ = probe_image
-    ex.run(spare.address, f"docker pull -q {q(reference)}", what=f"pull {reference}")
-    inner = ex.run(spare.address, f"docker run -d {q(reference)} sleep 600").stdout.strip()
+    with Executor(local) as ex:  # its own: the spare is made afresh (another host key) by each case
+        ex.run(spare.address, f"docker pull -q {q(reference)}", what=f"pull {reference}")
+        inner = ex.run(spare.address, f"docker run -d {q(reference)} sleep 600").stdout.strip()
     groups = sb.container_cgroups(inner)
     assert groups, f"no control group of {inner} under {sb.CGROUPS}"
+    if machine == "killed":
+        sb.docker("kill", spare.name)
+        assert [g for g in groups if g.exists()] == groups  # left behind by the kill
     sb.reset_machines([spare.address])
     assert [g for g in groups if g.exists()] == []
