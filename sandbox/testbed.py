@@ -117,9 +117,9 @@ def layout(machines: int, spares: int, second: bool = True) -> list:
     return nodes
 
 
-def second_cluster_node(name: str) -> bool:
-    """Whether container ``name`` is one of the second cluster's machines."""
-    return name.startswith(f"{PREFIX}-{CLUSTERS[1]}-m")
+def second_cluster_nodes() -> list:
+    """The second cluster's machines (``layout``'s, whatever the sandbox's size)."""
+    return [n for n in layout(1, 0) if n.cluster == CLUSTERS[1]]
 
 
 # ---------------------------------------------------------------- local commands
@@ -572,7 +572,7 @@ def status(nodes: list = None) -> dict:
         if not state_file.exists():
             return {"cluster": "local", "up": False}
         nodes = [Node(**n) for n in json.loads(state_file.read_text())["nodes"]]
-    every = nodes + [n for n in layout(1, 0) if n.cluster == CLUSTERS[1] and n not in nodes]
+    every = nodes + [n for n in second_cluster_nodes() if n not in nodes]
     running = _running(every)
     pick = lambda role: next(n for n in nodes if n.role == role)
     ports = {name: _ports(name) for name in CLUSTERS}
@@ -652,7 +652,7 @@ def _bring_up(machines: int, spares: int, second: bool) -> dict:
 
     # Machines beyond the wanted number go (a smaller sandbox was asked for).
     listed = docker("ps", "-a", "--filter", f"label={OWNER}={PREFIX}", "--format", "{{.Names}}").stdout.split()
-    nodes = layout(machines, spares, second or any(second_cluster_node(name) for name in listed))
+    nodes = layout(machines, spares, second or any(n.name in listed for n in second_cluster_nodes()))
     wanted = {n.name for n in nodes}
     for name in listed:
         if name not in wanted:

@@ -19,7 +19,8 @@ def test_layout_gives_local2_machines_of_its_own_beside_the_shared_hosts():
 def test_without_the_second_cluster_the_layout_is_the_same_but_for_its_machines():
     whole, first = sb.layout(3, 2), sb.layout(3, 2, second=False)
     assert first == [n for n in whole if n.cluster != "local2"] and len(whole) - len(first) == sb.OTHER_MACHINES
-    assert [sb.second_cluster_node(n.name) for n in whole] == [n.cluster == "local2" for n in whole]
+    assert sb.second_cluster_nodes() == [n for n in whole if n.cluster == "local2"] == \
+        [n for n in sb.layout(38, 2) if n.cluster == "local2"]  # the same, whatever the size
 
 
 def test_the_largest_sandbox_keeps_local2_addresses_apart():
