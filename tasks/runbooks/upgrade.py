@@ -441,8 +441,7 @@ class Rollout:
                           failed=result["failed"], runs=result["runs"])
 
             def write_partly():
-                records.write_release(self.s.etcd, self.cluster, self.release,
-                                      **{k: v for k, v in record.items() if k not in ("id", "components")})
+                records.put_release(self.s.etcd, self.cluster, record)
                 records.add_history(self.s.etcd, self.cluster, record)
             raise records.after_failure(partly, write_partly) from None
         except AirError as failure:
