@@ -252,3 +252,17 @@ def test_the_release_commands_changes_make_a_release_need_a_schema_or_its_migrat
 def test_the_sample_database_volumes_are_the_sandboxs_own():
     assert sb.owned_volume(f"{sb.PREFIX}-local-database") and sb.owned_volume(f"{sb.PREFIX}-local2-database")
     assert not sb.owned_volume(f"{sb.PREFIX}-w1-local-database")
+
+
+def test_files_tar_carries_each_files_path_content_mode_and_owner():
+    import io
+    import tarfile
+    files = [sb.Put("/home/core/.ssh/authorized_keys", "ssh-ed25519 AAAA a\n", 0o600, "core:core"),
+             sb.Put("/etc/docker/registry/htpasswd", b"air:$2y$04$x\n", 0o640, "root:docker-registry"),
+             sb.Put("/etc/air-sandbox", "config\n")]
+    with tarfile.open(fileobj=io.BytesIO(sb.files_tar(files))) as tar:
+        members = tar.getmembers()
+        read = [(m.name, m.mode, m.uname, m.gname, m.isfile(), tar.extractfile(m).read()) for m in members]
+    assert read == [("home/core/.ssh/authorized_keys", 0o600, "core", "core", True, b"ssh-ed25519 AAAA a\n"),
+                    ("etc/docker/registry/htpasswd", 0o640, "root", "docker-registry", True, b"air:$2y$04$x\n"),
+                    ("etc/air-sandbox", 0o644, "root", "root", True, b"config\n")]
