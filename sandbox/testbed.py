@@ -469,7 +469,10 @@ def configure_build(node: Node) -> None:
     have = inside(node.name, f"docker image inspect -f '{label}' {BASE_IMAGE} 2>/dev/null || true").strip()
     if have != recipe:
         inside(node.name, f"rm -rf /tmp/air-base && mkdir /tmp/air-base && tar -x -C /tmp/air-base && "
-                          f"cp /bin/busybox /tmp/air-base/busybox && "
+                          f"cd /tmp/air-base && mkdir -p root/bin && cp /bin/busybox root/bin/busybox && "
+                          f"for applet in $(root/bin/busybox --list); do "  # as `busybox --install -s /bin` makes them
+                          f"[ -e root/bin/$applet ] || ln -s /bin/busybox root/bin/$applet; done && "
+                          f"mv air-serve root/bin/air-serve && "
                           f"docker build -q --label air.sandbox.recipe={recipe} -t {BASE_IMAGE} /tmp/air-base "
                           f">/dev/null && rm -rf /tmp/air-base",
                input=context)

@@ -192,7 +192,7 @@ def registry_tags(registry, cluster) -> dict:
 @pytest.mark.parametrize("fails, component, expected", [
     ("prepare", "air_backend", 'error: build of air_backend failed at its prepare command (exit 2): '
                                'bin/unfinished: 1: Syntax error: "then" unexpected'),
-    ("build", "air_frontend", "error: build of air_frontend failed at step 7/7 (RUN echo compiling air_frontend "
+    ("build", "air_frontend", "error: build of air_frontend failed at step 5/5 (RUN echo compiling air_frontend "
                               "&& exit 3): The command '/bin/sh -c echo compiling air_frontend && exit 3' "
                               "returned a non-zero code: 3"),
 ])
