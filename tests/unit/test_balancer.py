@@ -234,6 +234,7 @@ def test_api_command_fails_on_any_answer_from_haproxy(tmp_path):
     command = bc.api_command(SimpleNamespace(name="x"), ["set server x_http/a state drain"])
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
     assert subprocess.run(["sh", "-c", command], env={**env, "ANSWER": ""}).returncode == 0
+    assert subprocess.run(["sh", "-c", command], env={**env, "ANSWER": " \n\t"}).returncode == 0  # blank lines only
     failed = subprocess.run(["sh", "-c", command], env={**env, "ANSWER": "No such server."},
                             capture_output=True, text=True)
     assert failed.returncode == 1 and "No such server." in failed.stderr
