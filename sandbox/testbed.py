@@ -223,10 +223,6 @@ def put_files(node: str, files, then: str = "") -> str:
     return inside(node, "tar -x -C /" + (f" && {then}" if then else ""), input=files_tar(files))
 
 
-def put(node: str, path: str, content, mode: str = "0644", owner: str = None) -> None:
-    """Write one file into a container (``put_files``)."""
-    put_files(node, [Put(path, content, int(mode, 8), owner)])
-
 
 def engine_ready() -> None:
     try:
@@ -651,7 +647,7 @@ def prepare(node: Node, base_doc: dict, config_id: str):
             configure_balancer(node)
         elif node.role == "build":
             configure_build(node)
-        put(node.name, MARKER, config_id + "\n")
+        put_files(node.name, [Put(MARKER, config_id + "\n")])
     elif node.role == "build":
         configure_build(node)  # checks only, fast; the repository may have been removed
     return node, key.split()[:2]
